@@ -1,0 +1,157 @@
+"""Index calculus: differentiate, contract Kronecker deltas, tidy sums.
+
+SymPy differentiates x[n, j] by x[p, q] into KroneckerDelta(n, p) KroneckerDelta(j, q).
+Summing those deltas with Sum.doit() would wrap results in Piecewise range guards (sympy
+issues 12750, 12751).  We know every index is in range by construction, so contract() does
+it directly: sum over k of delta(k, q) f(k) is f(q).
+"""
+from __future__ import annotations
+
+import itertools
+
+import sympy as sp
+
+from .indices import dim_of, free_indices
+
+_EXPAND = dict(deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
+               log=False, basic=False)
+
+
+def _is_leaf(e) -> bool:
+    return not e.args or isinstance(e, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number,
+                                        sp.IndexedBase))
+
+
+def contract(expr):
+    """Contract deltas against sums, split sums over terms, pull out constant factors.
+
+    The result has sums of one index each, whose bodies all depend on that index.
+    """
+    if _is_leaf(expr):
+        return expr
+    if isinstance(expr, sp.Sum):
+        out = contract(expr.function)
+        for k, lo, hi in expr.limits:
+            out = _sum_over(out, k, lo, hi)
+        return out
+    if not (expr.has(sp.Sum) or expr.has(sp.KroneckerDelta)):
+        return expr
+    return expr.func(*[contract(a) for a in expr.args])
+
+
+def _sum_over(body, k, lo, hi):
+    terms = sp.Add.make_args(sp.expand(body, **_EXPAND))
+    out = []
+    for term in terms:
+        factors = sp.Mul.make_args(term)
+        delta = next((f for f in factors if isinstance(f, sp.KroneckerDelta)
+                      and k in f.args), None)
+        if delta is not None:
+            other = delta.args[0] if delta.args[1] == k else delta.args[1]
+            rest = sp.Mul(*[f for f in factors if f is not delta])
+            out.append(rest.xreplace({k: other}))
+            continue
+        dep = [f for f in factors if k in free_indices(f)]
+        indep = [f for f in factors if k not in free_indices(f)]
+        if not dep:
+            out.append(sp.Mul(*indep) * (hi - lo + 1))
+        else:
+            out.append(sp.Mul(*indep) * sp.Sum(sp.Mul(*dep), (k, lo, hi)))
+    return sp.Add(*out)
+
+
+def fold(expr, value, name_of):
+    """Write `value` (an equation's right-hand side) as its tensor wherever it appears.
+
+    `value` has free indices L; for every way of mapping L onto indices present in expr,
+    value(mapped) is replaced by name_of(mapped).  This turns sigma(z)(1 - sigma(z)) into
+    a (1 - a) and softmax's exp(z_p) / sum_k exp(z_k) into y_p.
+    """
+    lhs = sorted(free_indices(value), key=str)
+    if not lhs:
+        return _subs_everywhere(expr, value, name_of({}))
+    present = list(expr.atoms(sp.Idx))
+    choices = [[i for i in present if dim_of(i) == dim_of(l)] for l in lhs]
+    for combo in itertools.product(*choices):
+        mapping = dict(zip(lhs, combo))
+        pattern = value.xreplace(mapping)
+        if expr.has(*[a for a in pattern.atoms(sp.Indexed)]):
+            expr = _subs_everywhere(expr, pattern, name_of(mapping))
+    return expr
+
+
+def _subs_everywhere(expr, old, new):
+    """Algebraic substitution node by node, so it also reaches inside sums whose bound
+    index occurs in `old` (Sum.subs refuses those)."""
+    if isinstance(expr, sp.Sum):
+        return sp.Sum(_subs_everywhere(expr.function, old, new), *expr.limits)
+    if _is_leaf(expr):
+        return new if expr == old else expr
+    rebuilt = expr.func(*[_subs_everywhere(a, old, new) for a in expr.args])
+    if rebuilt == old:
+        return new
+    if isinstance(rebuilt, (sp.Mul, sp.Add)):
+        # Mul/Add know partial matches: exp(z)/S**2 with old = exp(z)/S gives new/S.
+        replaced = rebuilt._eval_subs(old, new)
+        if replaced is not None:
+            return replaced
+    if isinstance(rebuilt, sp.Mul):
+        # contract() pulls constant factors out of sums; a match may need them back in:
+        # (sum_k exp(z_k) dy_k) / S  ->  sum_k (exp(z_k) / S) dy_k  ->  sum_k y_k dy_k.
+        factors = sp.Mul.make_args(rebuilt)
+        for j, f in enumerate(factors):
+            if not isinstance(f, sp.Sum):
+                continue
+            others = sp.Mul(*(factors[:j] + factors[j + 1:]))
+            pushed = sp.Sum(others * f.function, *f.limits)
+            body = _subs_everywhere(pushed.function, old, new)
+            if body != pushed.function:
+                return contract(sp.Sum(body, *f.limits))
+    return rebuilt
+
+
+def apply_conditions(expr, conditions, layer):
+    """Replace sum_k T[.., k, ..] by the declared value; returns (expr, conditions used)."""
+    used = []
+    for c in conditions:
+        def rule(s, c=c):
+            body = s.function
+            k = s.limits[0][0]
+            return (isinstance(body, sp.Indexed) and body.base.label.name == c.tensor
+                    and len(s.limits) == 1 and body.indices[c.slot] == k)
+
+        new = expr.replace(lambda e: isinstance(e, sp.Sum) and rule(e), lambda e: c.value)
+        if new != expr:
+            used.append(c)
+            expr = new
+    return expr, used
+
+
+def tidy(expr):
+    """A readable equivalent: the smallest of a few cheap rewrites, by operation count.
+
+    sympy.simplify is avoided: on sums of indexed terms it is slow and rarely better.
+    """
+    expr = contract(expr)
+    candidates = [expr]
+    try:
+        expanded = contract(sp.expand(expr, **_EXPAND))
+        candidates.append(expanded)
+        candidates.append(sp.factor_terms(expanded))
+        if not expr.has(sp.Sum):
+            candidates.append(sp.factor_terms(sp.cancel(expr)))
+        else:
+            candidates.append(_cancel_terms(expanded))
+    except (sp.PolynomialError, TypeError):  # cancel refuses some non-rational forms
+        pass
+    return min(candidates, key=lambda e: (sp.count_ops(e), len(str(e))))
+
+
+def _cancel_terms(expr):
+    """cancel() applied to sum-free factors of each term (sums stay intact)."""
+    out = []
+    for term in sp.Add.make_args(expr):
+        sums = [f for f in sp.Mul.make_args(term) if f.has(sp.Sum)]
+        plain = sp.Mul(*[f for f in sp.Mul.make_args(term) if not f.has(sp.Sum)])
+        out.append(sp.cancel(plain) * sp.Mul(*sums))
+    return sp.factor_terms(sp.Add(*out))

@@ -1,0 +1,166 @@
+"""Reverse mode over a layer's equations: the adjoint (gradient) of every tensor.
+
+For an equation Y[L] = F and a tensor X that F reads, the contribution to X's adjoint is
+
+    dX[P] += sum over L of dY[L] * dF/dX[P]
+
+with the Kronecker deltas contracted (derive.calculus).  Each contribution is then written
+in terms of Y itself where F appears (sigma(z)(1 - sigma(z)) becomes a(1 - a)).
+
+Which adjoints become steps of their own: the gradient of every input and parameter, and
+every intermediate adjoint used by two or more others (the delta of a dense layer feeds dW,
+db and dx).  An adjoint used once is inlined into its user, which is how the textbook
+recursion delta1 = (W2^T delta2) (.) f'(z1) appears: da1 is inlined into dz1.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .calculus import apply_conditions, contract, fold, tidy
+from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
+from .spec import Condition, Equation, Layer, dim_symbol
+
+
+def adjoint_name(tensor: str) -> str:
+    return "d" + tensor
+
+
+@dataclass(frozen=True)
+class Step:
+    """One computed adjoint: name[indices] = expr."""
+    tensor: str
+    indices: tuple[sp.Idx, ...]
+    expr: sp.Expr                            # general form: what kernels compute
+    given: sp.Expr | None = None             # simplified under declared conditions
+    conditions: tuple[Condition, ...] = ()   # the conditions `given` relies on
+    is_gradient: bool = False                # an input's or parameter's gradient
+
+    @property
+    def name(self) -> str:
+        return adjoint_name(self.tensor)
+
+    @property
+    def lhs(self):
+        if not self.indices:
+            return sp.Symbol(self.name)
+        return sp.IndexedBase(self.name)[self.indices]
+
+    @property
+    def simplest(self) -> sp.Expr:
+        return self.given if self.given is not None else self.expr
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """dX += this, from one equation (kept for documents: the chain rule, term by term)."""
+    equation: Equation
+    tensor: str
+    expr: sp.Expr
+
+
+@dataclass(frozen=True)
+class Derivation:
+    layer: Layer
+    steps: tuple[Step, ...]                      # in the order the backward pass runs them
+    contributions: tuple[Contribution, ...] = field(default=())
+
+    @property
+    def gradients(self) -> dict[str, Step]:
+        return {s.tensor: s for s in self.steps if s.is_gradient}
+
+    def step(self, tensor: str) -> Step:
+        for s in self.steps:
+            if s.tensor == tensor:
+                return s
+        raise KeyError(tensor)
+
+    @property
+    def upstream(self) -> list[str]:
+        """Names of the upstream gradients the backward pass takes."""
+        return [adjoint_name(t.name) for t in self.layer.upstream]
+
+
+def derive(layer: Layer) -> Derivation:
+    taken = set(layer.tensors) | set(layer.dims)
+    canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken)
+             for t in layer.tensors.values()}
+
+    def adjoint_ref(name, idx):
+        return sp.IndexedBase(adjoint_name(name))[tuple(idx)] if idx \
+            else sp.Symbol(adjoint_name(name))
+
+    # 1. Local contributions, walking the equations backwards.
+    defs: dict[str, sp.Expr] = {}
+    contributions = []
+    for eq in reversed(layer.equations):
+        mapping = {i: fresh(i) for i in eq.indices}
+        rhs = freshen_bound(eq.rhs).xreplace(mapping)
+        lhs = [mapping[i] for i in eq.indices]
+        y = layer.tensors[eq.target]
+        seed = sp.Integer(1) if eq.target == layer.loss else adjoint_ref(eq.target, lhs)
+        for xname in sorted(eq.reads & set(layer.tensors)):
+            x = layer.tensors[xname]
+            if x.role == "target":
+                continue
+            local = sp.diff(rhs, x.ref(*canon[xname]))
+            if local == 0:
+                continue
+            term = seed * local
+            if lhs:
+                term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
+            term = contract(term)
+            term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
+            contributions.append(Contribution(eq, xname, term))
+            defs[xname] = defs.get(xname, sp.Integer(0)) + term
+
+    # 2. Decide which adjoints are steps, inline the others.
+    computed = [eq.target for eq in reversed(layer.equations)
+                if eq.target in defs] + [t.name for t in layer.differentiable]
+    uses = Counter()
+    for expr in defs.values():
+        for name in _adjoints_read(expr, layer):
+            uses[name] += 1
+    gradients = {t.name for t in layer.differentiable}
+    kept = [n for n in computed if n in gradients or uses[n] >= 2]
+
+    resolved: dict[str, sp.Expr] = {}
+    steps = []
+    for name in computed:
+        expr = defs.get(name, sp.Integer(0))
+        for ref in sorted(_adjoint_refs(expr, layer), key=str):
+            target = ref.base.label.name[1:] if isinstance(ref, sp.Indexed) else ref.name[1:]
+            if target in resolved and target not in kept:
+                body = freshen_bound(resolved[target])
+                if isinstance(ref, sp.Indexed):
+                    body = body.xreplace(dict(zip(canon[target], ref.indices)))
+                expr = expr.xreplace({ref: body})
+        expr = tidy(expr)
+        resolved[name] = expr
+        if name not in kept:
+            continue
+        free = {i.label.name for i in canon[name]}
+        expr = tidy_bound(freshen_bound(expr), taken | free)
+        given, used = apply_conditions(expr, layer.conditions, layer)
+        if used:
+            given = tidy_bound(freshen_bound(tidy(given)), taken | free)
+        steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
+                          name in gradients))
+    return Derivation(layer, tuple(steps), tuple(contributions))
+
+
+def _adjoint_refs(expr, layer):
+    indexed = {adjoint_name(t.name) for t in layer.tensors.values() if t.dims}
+    scalar = {adjoint_name(t.name) for t in layer.tensors.values() if not t.dims}
+    refs = {a for a in expr.atoms(sp.Indexed) if a.base.label.name in indexed}
+    refs |= {s for s in expr.atoms(sp.Symbol) if s.name in scalar}
+    return refs
+
+
+def _adjoints_read(expr, layer):
+    out = set()
+    for ref in _adjoint_refs(expr, layer):
+        out.add(ref.base.label.name[1:] if isinstance(ref, sp.Indexed) else ref.name[1:])
+    return out

@@ -1,0 +1,87 @@
+"""Index bookkeeping on SymPy expressions: free indices, fresh and readable names."""
+from __future__ import annotations
+
+import itertools
+
+import sympy as sp
+
+# Readable names tried, after the dimension's own lower-case name, for new indices.
+POOL = ("k", "l", "m", "p", "q", "r", "s", "u", "v", "w", "a", "b", "c", "e", "f", "g", "h")
+_fresh = itertools.count()
+
+
+def free_indices(expr) -> set[sp.Idx]:
+    """Indices not bound by a sum inside expr."""
+    if isinstance(expr, sp.Idx):
+        return {expr}
+    if isinstance(expr, sp.Indexed):
+        return {i for i in expr.indices if isinstance(i, sp.Idx)}
+    if isinstance(expr, sp.Sum):
+        return free_indices(expr.function) - {lim[0] for lim in expr.limits}
+    if not expr.args or isinstance(expr, (sp.Symbol, sp.Number)):
+        return set()
+    out: set[sp.Idx] = set()
+    for a in expr.args:
+        out |= free_indices(a)
+    return out
+
+
+def dim_of(i: sp.Idx) -> sp.Symbol:
+    return i.upper + 1
+
+
+def fresh(i: sp.Idx) -> sp.Idx:
+    """A new index over the same range, with a name no spec can write (it has a '~')."""
+    return sp.Idx(f"{i.label.name}~{next(_fresh)}", dim_of(i))
+
+
+def readable(dim: sp.Symbol, taken: set[str]) -> sp.Idx:
+    """A readable index over `dim` whose name is not in `taken`."""
+    first = str(dim).lower()
+    for name in itertools.chain([first], POOL):
+        if name not in taken and name.isidentifier():
+            return sp.Idx(name, dim)
+    for n in itertools.count(2):
+        name = f"{first}{n}"
+        if name not in taken:
+            return sp.Idx(name, dim)
+    raise AssertionError("unreachable")
+
+
+def canonical_indices(dims, taken: set[str]) -> tuple[sp.Idx, ...]:
+    """Readable free indices for a tensor with the given dimension symbols."""
+    out = []
+    used = set(taken)
+    for d in dims:
+        i = readable(d, used)
+        used.add(i.label.name)
+        out.append(i)
+    return tuple(out)
+
+
+def freshen_bound(expr):
+    """Rename every summation index in expr to a fresh one (before substituting it)."""
+    if isinstance(expr, sp.Sum):
+        mapping = {lim[0]: fresh(lim[0]) for lim in expr.limits}
+        body = freshen_bound(expr.function).xreplace(mapping)
+        return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
+        return expr
+    return expr.func(*[freshen_bound(a) for a in expr.args])
+
+
+def tidy_bound(expr, taken: set[str]):
+    """Give every summation index a readable name unused in its scope."""
+    if isinstance(expr, sp.Sum):
+        scope = set(taken) | {i.label.name for i in free_indices(expr)}
+        mapping = {}
+        for k, lo, hi in expr.limits:
+            new = readable(dim_of(k), scope)
+            scope.add(new.label.name)
+            mapping[k] = new
+        body = expr.function.xreplace(mapping)
+        body = tidy_bound(body, scope)
+        return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
+        return expr
+    return expr.func(*[tidy_bound(a, taken) for a in expr.args])

@@ -1,0 +1,602 @@
+"""Spec text -> Layer.  The text is data: Python's `ast` parses each expression and a
+whitelist of node types turns it into SymPy; nothing is eval'd, exec'd or sympified.
+
+Statements, one per line (`#` starts a comment):
+
+    layer NAME [free text describing it]
+    dims N, I, J
+    input x[N, J]          (also: param, target, output, intermediate)
+    loss L                 (a scalar output; the backward pass seeds dL = 1)
+    given sum(t[n, i], i) = 1
+    z[n, i] = W[i, j] * x[n, j] + b[i]
+
+Summation rule (Einstein, made strict): an index that is not on the left-hand side and is
+not bound by an explicit sum(expr, k, ...) is summed over the additive term it appears in,
+provided it appears there as an index of a plain factor (not only inside a function call,
+a denominator or a power).  Anything else is an error that says where to put sum(...).
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import sympy as sp
+
+from .errors import SpecError
+from .functions import FUNCTIONS
+from .indices import free_indices as _free_indices
+from .names import layer_name_problem, name_problem
+from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
+
+MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
+MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10 would hang)
+DECL_KEYWORDS = ROLES + ("loss",)
+SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
+
+
+class _Statement:
+    def __init__(self, file: str, line: int, text: str):
+        self.file, self.line, self.text = file, line, text
+
+    def error(self, message: str, col: int | None = None) -> SpecError:
+        return SpecError(message, self.file, self.line, col)
+
+
+def parse_spec(text: str, file: str = "<spec>") -> Layer:
+    """Parse spec text into a validated Layer; every problem is a SpecError."""
+    if not isinstance(text, str):
+        raise SpecError("spec text must be a string", file)
+    try:
+        return _Parser(text, file).parse()
+    except RecursionError:
+        raise SpecError("expression is too deeply nested", file) from None
+
+
+def load_spec(path: str | Path) -> Layer:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file: {exc}", str(path)) from None
+    return parse_spec(text, str(path))
+
+
+class _Parser:
+    def __init__(self, text: str, file: str):
+        self.text, self.file = text, file
+        self.name: str | None = None
+        self.doc = ""
+        self.dims: dict[str, int] = {}          # name -> declaring line
+        self.tensors: dict[str, Tensor] = {}
+        self.loss: str | None = None
+        self.equations: list[Equation] = []
+        self.conditions_src: list[tuple[_Statement, str, int]] = []
+
+    # ---- statements -------------------------------------------------------------------
+    def parse(self) -> Layer:
+        for lineno, raw in enumerate(self.text.splitlines(), start=1):
+            stmt = _Statement(self.file, lineno, raw)
+            body = raw.split("#", 1)[0].rstrip()
+            if not body.strip():
+                continue
+            bad = next((c for c, ch in enumerate(body) if not (ch.isascii() and
+                        (ch.isprintable() or ch == "\t"))), None)
+            if bad is not None:
+                raise stmt.error(f"unexpected character {body[bad]!r}; spec statements "
+                                 f"use printable ASCII only", bad + 1)
+            if len(body) > MAX_LINE:
+                raise stmt.error(f"statement is longer than {MAX_LINE} characters")
+            self._statement(stmt, body)
+        return self._finish()
+
+    def _statement(self, stmt: _Statement, body: str) -> None:
+        stripped = body.lstrip()
+        start = len(body) - len(stripped)
+        word = stripped.split(None, 1)[0]
+        rest_col = start + len(word)
+        rest = body[rest_col:]
+        if self.name is None and word != "layer":
+            raise stmt.error("a spec starts with 'layer NAME'", start + 1)
+        if word == "layer":
+            self._layer(stmt, rest, rest_col)
+        elif word == "dims":
+            self._dims(stmt, rest, rest_col)
+        elif word in DECL_KEYWORDS:
+            self._declare(stmt, word, rest, rest_col)
+        elif word == "given":
+            self.conditions_src.append((stmt, rest, rest_col))
+        else:
+            self._equation(stmt, body)
+
+    def _layer(self, stmt, rest, col):
+        if self.name is not None:
+            raise stmt.error("'layer' appears twice", 1)
+        parts = rest.split(None, 1)
+        if not parts:
+            raise stmt.error("'layer' needs a name", col + 1)
+        problem = layer_name_problem(parts[0])
+        if problem:
+            raise stmt.error(problem, col + rest.index(parts[0]) + 1)
+        self.name = parts[0]
+        self.doc = parts[1].strip() if len(parts) > 1 else ""
+
+    def _dims(self, stmt, rest, col):
+        sh = self._parse_expr(stmt, rest, col)
+        items = sh.node.elts if isinstance(sh.node, ast.Tuple) else [sh.node]
+        for item in items:
+            c = sh.col(item)
+            if not isinstance(item, ast.Name):
+                raise stmt.error("'dims' takes a comma-separated list of names", c)
+            self._check_name(stmt, item.id, c)
+            self._check_new(stmt, item.id, c)
+            self.dims[item.id] = stmt.line
+
+    def _declare(self, stmt, role, rest, col):
+        sh = self._parse_expr(stmt, rest, col)
+        items = sh.node.elts if isinstance(sh.node, ast.Tuple) else [sh.node]
+        for item in items:
+            c = sh.col(item)
+            if isinstance(item, ast.Name):
+                name, dims = item.id, ()
+            elif isinstance(item, ast.Subscript) and isinstance(item.value, ast.Name):
+                name = item.value.id
+                slots = item.slice.elts if isinstance(item.slice, ast.Tuple) else [item.slice]
+                dims = []
+                for s in slots:
+                    sc = sh.col(s)
+                    if not isinstance(s, ast.Name):
+                        raise stmt.error(f"dimensions of '{name}' must be names declared "
+                                         f"with 'dims'", sc)
+                    if s.id not in self.dims:
+                        raise stmt.error(f"undeclared dimension '{s.id}' in the shape of "
+                                         f"'{name}'; declare it with 'dims {s.id}'", sc)
+                    dims.append(s.id)
+                dims = tuple(dims)
+            else:
+                raise stmt.error(f"'{role}' takes declarations like x[N, J] or L", c)
+            self._check_name(stmt, name, c)
+            self._check_new(stmt, name, c)
+            if role == "loss":
+                if dims:
+                    raise stmt.error(f"the loss '{name}' must be a scalar (no indices)", c)
+                if self.loss is not None:
+                    raise stmt.error(f"a layer has one loss; '{self.loss}' is already it", c)
+                self.loss = name
+                role = "output"
+            self.tensors[name] = Tensor(name, role, dims, stmt.line)
+
+    def _check_name(self, stmt, name, col):
+        problem = name_problem(name)
+        if problem:
+            raise stmt.error(problem, col)
+
+    def _check_new(self, stmt, name, col):
+        if name in self.dims:
+            raise stmt.error(f"'{name}' is already declared as a dimension on line "
+                             f"{self.dims[name]}", col)
+        if name in self.tensors:
+            raise stmt.error(f"'{name}' is already declared on line "
+                             f"{self.tensors[name].line}", col)
+        if self.name == name:
+            raise stmt.error(f"'{name}' is the layer's own name", col)
+
+    def _parse_expr(self, stmt, source, col) -> ast.expr:
+        stripped = source.strip()
+        lead = len(source) - len(source.lstrip())
+        if not stripped:
+            raise stmt.error("expected an expression", col + 1)
+        if "^" in stripped:
+            raise stmt.error("'^' is not a power here; write ** for powers",
+                             col + source.index("^") + 1)
+        try:
+            tree = ast.parse(stripped, mode="eval")
+        except SyntaxError as exc:
+            c = col + lead + (exc.offset or 1)
+            raise stmt.error(f"cannot parse: {exc.msg}", c) from None
+        except (ValueError, MemoryError) as exc:
+            raise stmt.error(f"cannot parse: {exc}", col + lead + 1) from None
+        # Keep the column shift so errors point into the original line.
+        return _Shifted(tree.body, col + lead)
+
+    # ---- equations --------------------------------------------------------------------
+    def _split_equals(self, stmt, body) -> tuple[int, str, str]:
+        hits = [m.start() for m in SINGLE_EQUALS.finditer(body)]
+        if not hits:
+            word = body.split()[0]
+            raise stmt.error(f"unknown statement '{word}': expected a declaration "
+                             f"({', '.join(('layer', 'dims') + DECL_KEYWORDS + ('given',))}) "
+                             f"or an equation 'name[...] = ...'", body.index(word) + 1)
+        if len(hits) > 1:
+            raise stmt.error("an equation has exactly one '='", hits[1] + 1)
+        at = hits[0]
+        return at, body[:at], body[at + 1:]
+
+    def _equation(self, stmt, body):
+        at, lhs_src, rhs_src = self._split_equals(stmt, body)
+        lhs = self._parse_expr(stmt, lhs_src, 0)
+        if isinstance(lhs.node, ast.Name):
+            name, slots = lhs.node.id, []
+        elif isinstance(lhs.node, ast.Subscript) and isinstance(lhs.node.value, ast.Name):
+            name = lhs.node.value.id
+            sl = lhs.node.slice
+            slots = sl.elts if isinstance(sl, ast.Tuple) else [sl]
+        else:
+            raise stmt.error("the left-hand side must be a tensor like z[n, i] or L",
+                             lhs.col(lhs.node))
+        lcol = lhs.col(lhs.node)
+        tensor = self.tensors.get(name)
+        if tensor is None:
+            hint = "; declare it as output, intermediate or loss" if name not in self.dims \
+                else " (it is a dimension)"
+            raise stmt.error(f"undeclared tensor '{name}'{hint}", lcol)
+        if tensor.role in ("input", "param", "target"):
+            raise stmt.error(f"'{name}' is declared as {tensor.role} on line {tensor.line} "
+                             f"and cannot be assigned", lcol)
+        for eq in self.equations:
+            if eq.target == name:
+                raise stmt.error(f"'{name}' is assigned twice (first on line {eq.line})", lcol)
+        scope = _Expr(self, stmt, lhs.shift)
+        lhs_indices = scope.bind_lhs(tensor, slots, lcol)
+        rhs = self._parse_expr(stmt, rhs_src, at + 1)
+        scope.shift = rhs.shift
+        expr = scope.rhs(rhs.node, lhs_indices)
+        self.equations.append(Equation(name, tuple(lhs_indices), expr, stmt.line,
+                                       body.strip()))
+
+    # ---- conditions -------------------------------------------------------------------
+    def _condition(self, stmt, rest, col) -> Condition:
+        at, lhs_src, rhs_src = self._split_equals(stmt, " " * col + rest)
+        lhs = self._parse_expr(stmt, lhs_src[col:], col)
+        node = lhs.node
+        form = ("a condition has the form sum(T[n, i], i) = value, e.g. one-hot rows "
+                "'given sum(t[n, i], i) = 1'")
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "sum" and len(node.args) == 2 and not node.keywords
+                and isinstance(node.args[0], ast.Subscript)
+                and isinstance(node.args[0].value, ast.Name)
+                and isinstance(node.args[1], ast.Name)):
+            raise stmt.error(form, lhs.col(node))
+        sub, summed = node.args
+        tname = sub.value.id
+        tensor = self.tensors.get(tname)
+        if tensor is None:
+            raise stmt.error(f"undeclared tensor '{tname}'", lhs.col(sub))
+        slots = sub.slice.elts if isinstance(sub.slice, ast.Tuple) else [sub.slice]
+        names = [s.id if isinstance(s, ast.Name) else None for s in slots]
+        if None in names or len(set(names)) != len(names):
+            raise stmt.error(form, lhs.col(sub))
+        if len(names) != len(tensor.dims):
+            raise stmt.error(f"'{tname}' has {len(tensor.dims)} indices "
+                             f"[{', '.join(tensor.dims)}], not {len(names)}", lhs.col(sub))
+        if summed.id not in names:
+            raise stmt.error(f"the summed index '{summed.id}' is not an index of '{tname}'",
+                             lhs.col(summed))
+        rhs = self._parse_expr(stmt, rhs_src, at + 1)
+        value = _Expr(self, stmt, rhs.shift).scalar(rhs.node)
+        return Condition(tname, names.index(summed.id), value, stmt.line,
+                         rest.strip())
+
+    # ---- whole-layer checks -------------------------------------------------------------
+    def _finish(self) -> Layer:
+        if self.name is None:
+            raise SpecError("empty spec: a spec starts with 'layer NAME'", self.file)
+        conditions = tuple(self._condition(*c) for c in self.conditions_src)
+        assigned = {eq.target for eq in self.equations}
+        for t in self.tensors.values():
+            if t.role in ("output", "intermediate") and t.name not in assigned:
+                raise SpecError(f"{'loss' if t.name == self.loss else t.role} '{t.name}' "
+                                f"is declared but no equation assigns it", self.file, t.line)
+        if not any(t.role == "output" for t in self.tensors.values()):
+            raise SpecError("the layer declares no output or loss", self.file)
+        names = set(self.tensors) | set(self.dims)
+        for t in self.tensors.values():
+            if "d" + t.name in names:
+                raise SpecError(f"'d{t.name}' names the gradient of '{t.name}' but is "
+                                f"already declared; rename one of them", self.file, t.line)
+        readers = {}
+        for eq in self.equations:
+            for name in eq.reads:
+                readers.setdefault(name, eq)
+        for t in self.tensors.values():
+            if t.role == "output" and t.name in readers:
+                raise SpecError(f"output '{t.name}' is read by the equation on line "
+                                f"{readers[t.name].line}; declare it 'intermediate' "
+                                f"(forward still returns it)", self.file, t.line)
+        return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
+                     tuple(self._ordered()), conditions, self.loss, self.text, self.file)
+
+    def _ordered(self) -> list[Equation]:
+        """Equations in dependency order; a cycle is an error naming its lines."""
+        by_target = {eq.target: eq for eq in self.equations}
+        order, state = [], {}
+
+        def visit(eq, path):
+            mark = state.get(eq.target)
+            if mark == "done":
+                return
+            if mark == "open":
+                cycle = path[path.index(eq.target):] + [eq.target]
+                lines = ", ".join(str(by_target[n].line) for n in cycle[:-1])
+                raise SpecError(f"the equations form a cycle: {' -> '.join(cycle)} "
+                                f"(lines {lines})", self.file, eq.line)
+            state[eq.target] = "open"
+            for dep in sorted(eq.reads):
+                if dep in by_target:
+                    visit(by_target[dep], path + [eq.target])
+            state[eq.target] = "done"
+            order.append(eq)
+
+        for eq in self.equations:
+            visit(eq, [])
+        return order
+
+
+class _Shifted:
+    """An ast node plus the column of its source text within the statement's line."""
+
+    def __init__(self, node: ast.expr, shift: int):
+        self.node, self.shift = node, shift
+
+    def col(self, node) -> int:
+        return self.shift + getattr(node, "col_offset", 0) + 1
+
+
+class _Expr:
+    """Converts one statement's ast to SymPy, binding each index to one dimension."""
+
+    def __init__(self, parser: _Parser, stmt: _Statement, shift: int):
+        self.p, self.stmt, self.shift = parser, stmt, shift
+        self.bound: dict[str, tuple[str, int]] = {}   # index -> (dimension, column)
+        self.lhs: set[str] = set()
+
+    def col(self, node) -> int:
+        return self.shift + getattr(node, "col_offset", 0) + 1
+
+    def err(self, message, node) -> SpecError:
+        return self.stmt.error(message, self.col(node))
+
+    # index bookkeeping
+    def bind(self, name: str, dim: str, node) -> sp.Idx:
+        if name in self.p.tensors or name in self.p.dims:
+            kind = "dimension" if name in self.p.dims else "tensor"
+            raise self.err(f"'{name}' is a {kind}, not an index", node)
+        problem = name_problem(name)
+        if problem:
+            raise self.err(problem, node)
+        seen = self.bound.get(name)
+        if seen is not None and seen[0] != dim:
+            raise self.err(f"index '{name}' runs over {dim} here but over {seen[0]} at "
+                           f"column {seen[1]}; an index has one dimension", node)
+        if seen is None:
+            self.bound[name] = (dim, self.col(node))
+        return index(name, dim)
+
+    def bind_lhs(self, tensor: Tensor, slots, col) -> list[sp.Idx]:
+        if len(slots) != len(tensor.dims):
+            raise self.stmt.error(f"'{tensor.name}' has {len(tensor.dims)} indices "
+                                  f"[{', '.join(tensor.dims)}], not {len(slots)}", col)
+        out = []
+        for s, dim in zip(slots, tensor.dims):
+            if not isinstance(s, ast.Name):
+                raise self.err("left-hand side indices must be plain names", s)
+            if s.id in self.lhs:
+                raise self.err(f"index '{s.id}' appears twice on the left-hand side", s)
+            self.lhs.add(s.id)
+            out.append(self.bind(s.id, dim, s))
+        return out
+
+    # expressions
+    def rhs(self, node, lhs_indices) -> sp.Expr:
+        terms = []
+        for sign, term in _additive_terms(node, +1):
+            bare, nested = {}, {}
+            _index_uses(term, bare, nested, outer=True)
+            for name, where in nested.items():
+                if name not in self.lhs and name not in bare:
+                    raise self.err(
+                        f"index '{name}' is not on the left-hand side and appears only "
+                        f"inside a function call, a denominator, a power or a sum; write "
+                        f"sum(..., {name}) to say what is summed", where)
+            implicit = [n for n in bare if n not in self.lhs]
+            expr = self.convert(term, frozenset(self.lhs) | frozenset(implicit))
+            summed = [index(n, self.bound[n][0]) for n in implicit]
+            if summed:
+                expr = sp.Sum(expr, *[(k, 0, k.upper) for k in summed])
+            terms.append(sign * expr)
+        expr = sp.Add(*terms)
+        used = {i.label.name for i in _free_indices(expr)}
+        missing = [i for i in lhs_indices if i.label.name not in used]
+        if missing:
+            raise self.err(f"left-hand index '{missing[0].label.name}' does not appear on "
+                           f"the right-hand side; both sides must have the same free "
+                           f"indices", node)
+        return expr
+
+    def scalar(self, node) -> sp.Expr:
+        expr = self.convert(node, frozenset())
+        if _free_indices(expr) or expr.atoms(sp.Indexed):
+            raise self.err("a condition's value must be a constant", node)
+        return expr
+
+    def convert(self, node, allowed: frozenset) -> sp.Expr:
+        """ast -> SymPy; `allowed` holds the index names in scope at this node."""
+        if isinstance(node, ast.BinOp):
+            a = self.convert(node.left, allowed)
+            b = self.convert(node.right, allowed)
+            op = type(node.op)
+            if op is ast.Add:
+                return a + b
+            if op is ast.Sub:
+                return a - b
+            if op is ast.Mult:
+                return a * b
+            if op is ast.Div:
+                return a / b
+            if op is ast.Pow:
+                if not (b.is_Number and abs(b) <= MAX_EXPONENT):
+                    raise self.err(f"exponents must be numbers of size at most "
+                                   f"{MAX_EXPONENT}", node.right)
+                if a.is_Number and a == 0 and b.is_negative:
+                    raise self.err("0 to a negative power", node)
+                return sp.Pow(a, b)
+            raise self.err(f"operator '{_OPS.get(op, op.__name__)}' is not part of the "
+                           f"spec language (use + - * / **)", node)
+        if isinstance(node, ast.UnaryOp):
+            v = self.convert(node.operand, allowed)
+            if isinstance(node.op, ast.USub):
+                return -v
+            if isinstance(node.op, ast.UAdd):
+                return v
+            raise self.err("only unary + and - are allowed", node)
+        if isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise self.err(f"unexpected constant {v!r}; only numbers are allowed", node)
+            if isinstance(v, float):
+                if v != v or v in (float("inf"), float("-inf")):
+                    raise self.err("numbers must be finite", node)
+                return sp.Rational(repr(v))
+            if abs(v) > 10**12:
+                raise self.err("integer literal is too large", node)
+            return sp.Integer(v)
+        if isinstance(node, ast.Name):
+            return self.name(node, allowed)
+        if isinstance(node, ast.Subscript):
+            return self.subscript(node, allowed)
+        if isinstance(node, ast.Call):
+            return self.call(node, allowed)
+        raise self.err(f"{_describe(node)} is not part of the spec language", node)
+
+    def name(self, node, allowed):
+        n = node.id
+        if n in self.p.dims:
+            return dim_symbol(n)
+        t = self.p.tensors.get(n)
+        if t is not None:
+            if t.dims:
+                raise self.err(f"'{n}' needs {len(t.dims)} indices [{', '.join(t.dims)}]",
+                               node)
+            return sp.Symbol(n)
+        if n in self.bound or n in allowed:
+            raise self.err(f"index '{n}' can only be used to index a tensor", node)
+        if n in FUNCTIONS or n == "sum":
+            raise self.err(f"'{n}' is a function; call it like {n}(...)", node)
+        raise self.err(f"undeclared name '{n}': not a tensor or dimension of this layer",
+                       node)
+
+    def subscript(self, node, allowed):
+        if not isinstance(node.value, ast.Name):
+            raise self.err("only a tensor name can be indexed", node)
+        n = node.value.id
+        t = self.p.tensors.get(n)
+        if t is None:
+            what = "a dimension" if n in self.p.dims else "not declared"
+            raise self.err(f"undeclared tensor '{n}' ({what})", node)
+        slots = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if len(slots) != len(t.dims):
+            raise self.err(f"'{n}' has {len(t.dims)} indices [{', '.join(t.dims)}], not "
+                           f"{len(slots)}", node)
+        idx = []
+        for s, dim in zip(slots, t.dims):
+            if not isinstance(s, ast.Name):
+                raise self.err(f"indices of '{n}' must be plain index names", s)
+            idx.append(self.bind(s.id, dim, s))
+        names = [i.label.name for i in idx]
+        if len(set(names)) != len(names):
+            raise self.err(f"'{n}' uses an index twice (a diagonal); use distinct indices",
+                           node)
+        return t.base[tuple(idx)]
+
+    def call(self, node, allowed):
+        if not isinstance(node.func, ast.Name):
+            raise self.err("only named functions can be called", node)
+        fname = node.func.id
+        if node.keywords:
+            raise self.err(f"{fname}() takes no keyword arguments", node.keywords[0].value)
+        if fname == "sum":
+            if len(node.args) < 2:
+                raise self.err("sum needs an expression and the indices it sums: "
+                               "sum(expr, k)", node)
+            ks = []
+            for a in node.args[1:]:
+                if not isinstance(a, ast.Name):
+                    raise self.err("sum's second and later arguments are index names", a)
+                if a.id in allowed or a.id in self.lhs:
+                    raise self.err(f"index '{a.id}' is already bound here and cannot be "
+                                   f"summed again", a)
+                if a.id in [k.id for k in ks]:
+                    raise self.err(f"index '{a.id}' is summed twice", a)
+                ks.append(a)
+            inner_allowed = allowed | {a.id for a in ks}
+            body = self.convert(node.args[0], inner_allowed)
+            free = {i.label.name for i in _free_indices(body)}
+            limits = []
+            for a in ks:
+                if a.id not in free:
+                    raise self.err(f"index '{a.id}' is summed but not used inside the sum",
+                                   a)
+                k = index(a.id, self.bound[a.id][0])
+                limits.append((k, 0, k.upper))
+            stray = sorted(free - inner_allowed)
+            if stray:
+                raise self.err(f"index '{stray[0]}' is neither on the left-hand side nor "
+                               f"summed; add it to this sum(..., {stray[0]})", node)
+            return sp.Sum(body, *limits)
+        f = FUNCTIONS.get(fname)
+        if f is None:
+            raise self.err(f"unknown function '{fname}'; known: "
+                           f"{', '.join(sorted(FUNCTIONS))}, sum", node.func)
+        if len(node.args) != 1:
+            raise self.err(f"{fname}() takes exactly one argument", node)
+        arg = self.convert(node.args[0], allowed)
+        if fname == "log" and arg.is_Number and arg <= 0:
+            raise self.err("log of a non-positive constant", node.args[0])
+        return f(arg)
+
+
+_OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
+        ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>"}
+
+
+def _describe(node) -> str:
+    return {ast.Compare: "a comparison", ast.BoolOp: "'and'/'or'", ast.Lambda: "lambda",
+            ast.Attribute: "attribute access", ast.List: "a list", ast.Tuple: "a tuple",
+            ast.Dict: "a dict", ast.IfExp: "'if'"}.get(type(node), type(node).__name__)
+
+
+def _additive_terms(node, sign):
+    """Top-level additive terms of an ast expression, with their signs."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+        yield from _additive_terms(node.left, sign)
+        yield from _additive_terms(node.right, sign if isinstance(node.op, ast.Add)
+                                   else -sign)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        yield from _additive_terms(node.operand, -sign if isinstance(node.op, ast.USub)
+                                   else sign)
+    else:
+        yield sign, node
+
+
+def _index_uses(node, bare, nested, outer):
+    """Record index names used as plain factors (`bare`) or only deeper (`nested`)."""
+    if isinstance(node, ast.Subscript):
+        sl = node.slice
+        for s in (sl.elts if isinstance(sl, ast.Tuple) else [sl]):
+            if isinstance(s, ast.Name):
+                (bare if outer else nested).setdefault(s.id, s)
+        return
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        _index_uses(node.left, bare, nested, outer)
+        _index_uses(node.right, bare, nested, outer)
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        _index_uses(node.left, bare, nested, outer)
+        _index_uses(node.right, bare, nested, False)
+    elif isinstance(node, ast.UnaryOp):
+        _index_uses(node.operand, bare, nested, outer)
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+            and node.func.id == "sum":
+        return  # indices inside an explicit sum belong to that sum
+    else:
+        for child in ast.iter_child_nodes(node):
+            _index_uses(child, bare, nested, False)

@@ -1,0 +1,124 @@
+"""The layer model every other module reads: dimensions, tensors, equations, conditions.
+
+A Layer is built only by derive.parser (from spec text) or by derive.builder (from Python),
+both of which validate it; nothing downstream mutates it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+ROLES = ("input", "param", "target", "output", "intermediate")
+
+
+def dim_symbol(name: str) -> sp.Symbol:
+    """The SymPy symbol of a dimension: a positive integer."""
+    return sp.Symbol(name, integer=True, positive=True)
+
+
+def index(name: str, dim: str) -> sp.Idx:
+    """An index running over 0 .. dim-1."""
+    return sp.Idx(name, dim_symbol(dim))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    role: str                 # one of ROLES
+    dims: tuple[str, ...]     # dimension names, one per index slot
+    line: int                 # where it was declared
+
+    @property
+    def base(self) -> sp.IndexedBase:
+        return sp.IndexedBase(self.name)
+
+    def ref(self, *indices):
+        """T[indices] as a SymPy expression (the plain symbol for a scalar)."""
+        if not self.dims:
+            return sp.Symbol(self.name)
+        return self.base[indices]
+
+
+@dataclass(frozen=True)
+class Equation:
+    target: str
+    indices: tuple[sp.Idx, ...]   # the left-hand side's indices, in slot order
+    rhs: sp.Expr                  # sums explicit (sp.Sum over sp.Idx)
+    line: int
+    text: str                     # the source line, for documents and errors
+
+    @property
+    def reads(self) -> set[str]:
+        """Names of the tensors the right-hand side reads."""
+        names = {b.label.name for b in self.rhs.atoms(sp.IndexedBase)}
+        names |= {s.name for s in self.rhs.atoms(sp.Symbol)}
+        return names
+
+
+@dataclass(frozen=True)
+class Condition:
+    """sum over one slot of a tensor equals a value, e.g. one-hot rows: sum_i t[n, i] = 1."""
+    tensor: str
+    slot: int
+    value: sp.Expr
+    line: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    doc: str
+    dims: tuple[str, ...]
+    tensors: dict[str, Tensor]
+    equations: tuple[Equation, ...]      # in evaluation order
+    conditions: tuple[Condition, ...] = ()
+    loss: str | None = None              # the scalar output the backward pass seeds with 1
+    source: str = ""                     # the spec text this layer was read from
+    file: str = "<spec>"
+
+    def by_role(self, *roles: str) -> list[Tensor]:
+        return [t for t in self.tensors.values() if t.role in roles]
+
+    @property
+    def inputs(self) -> list[Tensor]:
+        return self.by_role("input")
+
+    @property
+    def params(self) -> list[Tensor]:
+        return self.by_role("param")
+
+    @property
+    def targets(self) -> list[Tensor]:
+        return self.by_role("target")
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        return self.by_role("output")
+
+    @property
+    def differentiable(self) -> list[Tensor]:
+        """Tensors that get a gradient: inputs then parameters, in declaration order."""
+        return self.by_role("input") + self.by_role("param")
+
+    @property
+    def upstream(self) -> list[Tensor]:
+        """Outputs whose upstream gradient the backward pass takes (all but the loss)."""
+        return [t for t in self.outputs if t.name != self.loss]
+
+    def equation_for(self, name: str) -> Equation:
+        for eq in self.equations:
+            if eq.target == name:
+                return eq
+        raise KeyError(name)
+
+    def describe(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """name -> (role, dimension names): enough for a caller to build arrays."""
+        return {t.name: (t.role, t.dims) for t in self.tensors.values()}
+
+
+@dataclass
+class _Scope:
+    """Index bindings inside one statement: index name -> (dimension, line, column)."""
+    bindings: dict[str, tuple[str, int, int]] = field(default_factory=dict)
