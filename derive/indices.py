@@ -18,6 +18,8 @@ def free_indices(expr) -> set[sp.Idx]:
         return {i for i in expr.indices if isinstance(i, sp.Idx)}
     if isinstance(expr, sp.Sum):
         return free_indices(expr.function) - {lim[0] for lim in expr.limits}
+    if hasattr(expr, "bound_indices"):      # e.g. a maximum over an index
+        return free_indices(expr.args[0]) - set(expr.bound_indices)
     if not expr.args or isinstance(expr, (sp.Symbol, sp.Number)):
         return set()
     out: set[sp.Idx] = set()

@@ -1,0 +1,46 @@
+"""Writing generated sources to disk: write to a temporary file, then rename, so a reader
+never sees half a file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from derive import derive
+from derive.builtins import resolve
+
+from .numpy_backend import numpy_source
+from .plan import plan
+
+BACKENDS = ("numpy",)
+
+
+def sources(layer_or_name, backend: str = "numpy") -> dict[str, str]:
+    """file name -> text of the generated sources of one layer."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; available: {', '.join(BACKENDS)}")
+    layer = resolve(layer_or_name)
+    kplan = plan(derive(layer))
+    return {f"{layer.name}.py": numpy_source(kplan)}
+
+
+def emit(layer_or_name, out_dir, backend: str = "numpy") -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, text in sources(layer_or_name, backend).items():
+        path = out_dir / fname
+        write_atomic(path, text)
+        written.append(path)
+    return written
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,96 @@
+"""codegen.load: a layer's generated kernels as a Python object.
+
+The generated module is written under a cache directory named by a hash of its source (so
+two layers with the same name but different specs never collide) and imported from there.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from derive import derive
+from derive.builtins import resolve
+
+from .emit import write_atomic
+from .numpy_backend import numpy_source
+from .plan import plan
+
+CACHE_ENV = "BACKPROP_CACHE"
+
+
+def cache_dir(override=None) -> Path:
+    if override is not None:
+        return Path(override)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "backprop-toolkit"
+
+
+class Kernels:
+    """forward(**arrays) and backward(**arrays) of one layer, checked by name."""
+
+    def __init__(self, layer, derivation, module, path: Path, backend: str):
+        self.layer = layer
+        self.derivation = derivation
+        self.module = module
+        self.path = path
+        self.backend = backend
+        self.name = layer.name
+        # name -> (role, dimension names), for building arrays of the right shape
+        self.tensors = dict(module.TENSORS)
+        self.args = tuple(module.ARGS)
+        self.returns = tuple(module.RETURNS)
+        self.upstream = tuple(module.UPSTREAM)
+        self.gradients = tuple(module.GRADIENTS)
+
+    def forward(self, **arrays):
+        self._check(arrays, self.args, ())
+        return self.module.forward(**{n: arrays[n] for n in self.args})
+
+    def backward(self, **arrays):
+        reusable = tuple(n for n in self.returns if n in _kwonly(self.module.backward))
+        self._check(arrays, self.args + self.upstream, self.returns)
+        extra = {n: arrays[n] for n in reusable if n in arrays}
+        return self.module.backward(**{n: arrays[n] for n in self.args + self.upstream},
+                                    **extra)
+
+    def _check(self, arrays, required, optional):
+        missing = [n for n in required if n not in arrays]
+        if missing:
+            raise ValueError(f"{self.name}: missing array{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(missing)} (expects {', '.join(required)})")
+        unknown = [n for n in arrays if n not in required and n not in optional]
+        if unknown:
+            raise ValueError(f"{self.name}: unexpected array{'s' if len(unknown) > 1 else ''}"
+                             f" {', '.join(unknown)} (expects {', '.join(required)})")
+
+    def __repr__(self):
+        return f"<{self.backend} kernels of layer {self.name} from {self.path}>"
+
+
+def _kwonly(fn):
+    code = fn.__code__
+    return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+
+
+def load(layer_or_name, backend: str = "numpy", cache=None) -> Kernels:
+    """Kernels for a Layer, a built-in name or a spec file path."""
+    if backend != "numpy":
+        raise ValueError(f"unknown backend '{backend}'; available: numpy")
+    layer = resolve(layer_or_name)
+    derivation = derive(layer)
+    source = numpy_source(plan(derivation))
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    directory = cache_dir(cache) / "numpy" / key
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{layer.name}.py"
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
+        write_atomic(path, source)
+    spec = importlib.util.spec_from_file_location(f"backprop_generated_{layer.name}_{key}",
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Kernels(layer, derivation, module, path, backend)

@@ -1,0 +1,70 @@
+"""NumPy backend: a kernel plan -> one readable Python module per layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from derive.pretty import derivation_text  # noqa: F401  (re-exported for callers)
+from derive.pretty import formula
+
+from .numpy_printer import NumpyPrinter
+from .plan import KernelPlan
+from .render import render
+from .version import VERSION
+
+TEMPLATE = "numpy_module.py.j2"
+
+
+@dataclass(frozen=True)
+class Printed:
+    name: str
+    code: str
+    formula: str
+
+
+def numpy_source(plan: KernelPlan) -> str:
+    layer = plan.layer
+    printer = NumpyPrinter(layer.dims)
+    forward = [Printed(st.name, printer.statement(st), st.formula) for st in plan.forward]
+    forward_dims = _ordered(layer.dims, printer.dims_used)
+    printer.dims_used = set()
+    backward = [Printed(st.name, printer.statement(st), st.formula) for st in plan.backward]
+    backward_dims = _ordered(layer.dims, printer.dims_used)
+    deriv = plan.derivation
+    backward_formulas = []
+    for s in deriv.steps:
+        backward_formulas.append(f"{formula(s.lhs)} = {formula(s.expr)}")
+        if s.given is not None:
+            conds = "; ".join(c.text for c in s.conditions)
+            backward_formulas.append(f"    = {formula(s.given)}    (given {conds})")
+    shapes = [(t.name, t.dims) for t in layer.tensors.values()]
+    shapes += [("d" + t.name, t.dims) for t in layer.upstream]
+    seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
+        "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
+        ", ".join(plan.upstream)
+    return render(
+        TEMPLATE,
+        name=layer.name,
+        doc=layer.doc or f"layer {layer.name}",
+        version=VERSION,
+        forward_formulas=[eq.text for eq in layer.equations],
+        backward_formulas=backward_formulas,
+        seed=seed,
+        conditions=[c.text for c in layer.conditions],
+        shapes_doc=", ".join(f"{n}[{', '.join(d)}]" if d else n for n, d in shapes),
+        tensors=[(t.name, t.role, t.dims) for t in layer.tensors.values()],
+        shapes=shapes,
+        args=list(plan.args),
+        returns=list(plan.returns),
+        upstream=list(plan.upstream),
+        reuses=list(plan.reuses),
+        gradients=list(plan.gradients),
+        helpers=sorted(printer.helpers_used),
+        forward=forward,
+        forward_dims=forward_dims,
+        backward=backward,
+        backward_dims=backward_dims,
+    )
+
+
+def _ordered(all_dims, used):
+    return [d for d in all_dims if d in used]

@@ -1,0 +1,219 @@
+"""Index-form SymPy -> NumPy source.  Every expression is printed as an array whose axes
+are a given tuple of indices (size-1 axes where it does not depend on one); sums become
+einsum calls over the factors that depend on them, so contractions run in BLAS."""
+from __future__ import annotations
+
+import string
+
+import sympy as sp
+
+from derive.functions import relu, sigmoid, softplus
+from derive.indices import free_indices
+
+from .plan import Maximum, Statement
+
+ADD, MUL, POW, ATOM = 1, 2, 3, 4
+
+CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sigmoid: "_sigmoid"}
+HELPERS = {"_sigmoid"}
+
+
+class NumpyPrinter:
+    def __init__(self, dims: tuple[str, ...]):
+        self.dims = set(dims)
+        self.helpers_used: set[str] = set()
+        self.dims_used: set[str] = set()
+
+    # statements -------------------------------------------------------------------------
+    def statement(self, st: Statement) -> str:
+        ctx = tuple(st.indices)
+        if st.expr == 0:
+            return f"np.zeros({self.shape(st)}, dtype)"
+        code = self.array(st.expr, ctx)
+        if {i for i in free_indices(st.expr)} != set(ctx) or not _has_array(st.expr):
+            # The formula does not depend on every axis (or on any array): materialize.
+            code = f"np.full({self.shape(st)}, {code}, dtype)" if not free_indices(st.expr) \
+                else f"np.broadcast_to({code}, {self.shape(st)}).copy()"
+        return code
+
+    def shape(self, st: Statement) -> str:
+        for d in st.dims:
+            self.dims_used.add(d)
+        if not st.dims:
+            return "()"
+        return "(" + ", ".join(st.dims) + ("," if len(st.dims) == 1 else "") + ")"
+
+    def array(self, expr, ctx) -> str:
+        return self._p(expr, ctx)[0]
+
+    # expressions: each returns (code, precedence) ---------------------------------------
+    def _p(self, e, ctx):
+        if isinstance(e, sp.Indexed):
+            return self._indexed(e, ctx), ATOM
+        if isinstance(e, sp.Symbol):
+            if e.name in self.dims:
+                self.dims_used.add(e.name)
+            return e.name, ATOM
+        if isinstance(e, sp.Integer):
+            return str(int(e)), (ATOM if e >= 0 else ADD)
+        if isinstance(e, sp.Rational):
+            return f"{e.p}/{e.q}", MUL
+        if isinstance(e, sp.Float):
+            return repr(float(e)), ATOM
+        if e is sp.S.Half:
+            return "0.5", ATOM
+        if isinstance(e, sp.Add):
+            return self._add(e, ctx), ADD
+        if isinstance(e, sp.Mul):
+            return self._mul(e, ctx)
+        if isinstance(e, sp.Pow):
+            return self._pow(e, ctx)
+        if isinstance(e, sp.Sum):
+            return self._sum(e, ctx), ATOM
+        if isinstance(e, Maximum):
+            return self._max(e, ctx), ATOM
+        if isinstance(e, sp.Heaviside):
+            return f"np.heaviside({self.array(e.args[0], ctx)}, 0)", ATOM
+        if isinstance(e, relu):
+            return f"np.maximum({self.array(e.args[0], ctx)}, 0)", ATOM
+        if isinstance(e, softplus):
+            return f"np.logaddexp(0, {self.array(e.args[0], ctx)})", ATOM
+        for f, name in CALLS.items():
+            if isinstance(e, f):
+                if name in HELPERS:
+                    self.helpers_used.add(name)
+                return f"{name}({self.array(e.args[0], ctx)})", ATOM
+        raise NotImplementedError(f"no NumPy form for {e.func}")
+
+    def _wrap(self, e, ctx, prec):
+        code, p = self._p(e, ctx)
+        return f"({code})" if p < prec else code
+
+    def _add(self, e, ctx):
+        terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
+        out = self._wrap(terms[0], ctx, ADD)
+        for t in terms[1:]:
+            if t.could_extract_minus_sign():
+                out += " - " + self._wrap(-t, ctx, MUL)
+            else:
+                out += " + " + self._wrap(t, ctx, ADD)
+        return out
+
+    def _mul(self, e, ctx):
+        if e.could_extract_minus_sign():
+            inner, p = self._mul(-e, ctx) if isinstance(-e, sp.Mul) else self._p(-e, ctx)
+            return "-" + (f"({inner})" if p < MUL else inner), MUL
+        num, den = [], []
+        for f in e.args:
+            if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+                den.append(f.base if f.exp == -1 else sp.Pow(f.base, -f.exp))
+            elif isinstance(f, sp.Rational) and not isinstance(f, sp.Integer):
+                if f.p != 1:
+                    num.append(sp.Integer(f.p))
+                den.append(sp.Integer(f.q))
+            else:
+                num.append(f)
+        top = "*".join(self._wrap(f, ctx, MUL) for f in num) if num else "1"
+        if not den:
+            return top, MUL
+        bottom = "*".join(self._wrap(f, ctx, POW) for f in den)
+        if len(den) > 1:
+            bottom = f"({bottom})"
+        return f"{top}/{bottom}", MUL
+
+    def _pow(self, e, ctx):
+        if e.exp == sp.S.Half:
+            return f"np.sqrt({self.array(e.base, ctx)})", ATOM
+        if e.exp == -1:
+            return f"1/{self._wrap(e.base, ctx, POW)}", MUL
+        return f"{self._wrap(e.base, ctx, ATOM)}**{self._wrap(e.exp, ctx, ATOM)}", POW
+
+    def _indexed(self, e, ctx):
+        name = e.base.label.name
+        idx = list(e.indices)
+        order = [i for i in ctx if i in idx]
+        code = name
+        if order != idx:
+            perm = tuple(idx.index(i) for i in order)
+            code = f"{name}.T" if len(idx) == 2 else f"np.transpose({name}, {perm})"
+        return _expand(code, order, ctx)
+
+    def _sum(self, e, ctx):
+        ks = [lim[0] for lim in e.limits]
+        outer = [i for i in ctx if i in free_indices(e)]
+        inner = outer + ks
+        letters = _letters(inner)
+        coeff, operands = [], []
+        for f in sp.Mul.make_args(e.function):
+            own = free_indices(f)
+            if not own:
+                coeff.append(f)
+            elif isinstance(f, sp.Indexed):
+                operands.append((f.base.label.name, "".join(letters[i] for i in f.indices)))
+            else:
+                axes = [i for i in inner if i in own]
+                operands.append((self.array(f, tuple(axes)), "".join(letters[i] for i in axes)))
+        out = "".join(letters[i] for i in outer)
+        kept = "".join(c for c in operands[0][1] if c in out) if operands else None
+        if len(operands) == 1 and sorted(operands[0][1]) == sorted(letters[i] for i in inner) \
+                and kept == out:
+            axes = tuple(operands[0][1].index(letters[k]) for k in ks)
+            code = f"{_atom(operands[0][0])}.sum(axis={axes[0] if len(axes) == 1 else axes})"
+        else:
+            spec = ",".join(s for _, s in operands) + "->" + out
+            args = ", ".join(c for c, _ in operands)
+            opt = ", optimize=True" if len(operands) > 1 else ""
+            code = f"np.einsum('{spec}', {args}{opt})"
+        if coeff:
+            code = f"{self._wrap(sp.Mul(*coeff), ctx, MUL)}*{code}"
+            code = f"({code})"
+        return _expand(code, outer, ctx)
+
+    def _max(self, e, ctx):
+        body, k = e.args
+        outer = [i for i in ctx if i in free_indices(body) - {k}]
+        code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
+        return _expand(code, outer, ctx)
+
+
+def _atom(code: str) -> str:
+    """code, parenthesized unless it is already one operand (a name, call or subscript)."""
+    depth = 0
+    for pos, ch in enumerate(code):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and (ch in "+*/ %<>=" or (ch == "-" and pos == 0)):
+            return f"({code})"
+        elif depth == 0 and ch == "-":
+            return f"({code})"
+    return code
+
+
+def _expand(code, have, ctx):
+    """Insert size-1 axes so an array over `have` lines up with `ctx`."""
+    if list(have) == list(ctx):
+        return code
+    slices = ", ".join(":" if i in have else "None" for i in ctx)
+    return f"{_atom(code)}[{slices}]"
+
+
+def _letters(indices):
+    """einsum letters: an index's own name when it is one free letter, else the next free."""
+    out, used = {}, set()
+    for i in indices:
+        name = i.label.name
+        if len(name) == 1 and name in string.ascii_letters and name not in used:
+            out[i] = name
+            used.add(name)
+    spare = (c for c in string.ascii_letters if c not in used)
+    for i in indices:
+        if i not in out:
+            out[i] = next(spare)
+    return out
+
+
+def _has_array(expr) -> bool:
+    return bool(expr.atoms(sp.Indexed)) or any(
+        isinstance(s, sp.Symbol) for s in expr.free_symbols)

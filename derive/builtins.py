@@ -1,0 +1,42 @@
+"""Built-in layers: spec files in derive/layers/, written in the spec language itself."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .errors import SpecError
+from .parser import load_spec, parse_spec
+from .spec import Layer
+
+# The order `backprop list` shows them in: layers, losses, networks, the worked example.
+BUILTINS = ("dense", "sigmoid", "tanh", "relu", "softmax", "mse", "softmax_cross_entropy",
+            "sigmoid_bce", "mlp2", "neuron")
+
+
+def builtin_text(name: str) -> str:
+    return resources.files("derive.layers").joinpath(f"{name}.bp").read_text("utf-8")
+
+
+def builtin(name: str) -> Layer:
+    if name not in BUILTINS:
+        raise SpecError(f"no built-in layer '{name}'; built-ins: {', '.join(BUILTINS)}",
+                        "<builtin>")
+    return parse_spec(builtin_text(name), f"<builtin {name}>")
+
+
+def resolve(layer_or_name) -> Layer:
+    """A Layer, a built-in name, or a path to a spec file -> Layer."""
+    if isinstance(layer_or_name, Layer):
+        return layer_or_name
+    if isinstance(layer_or_name, Path) or (isinstance(layer_or_name, str) and (
+            layer_or_name.endswith(".bp") or "/" in layer_or_name or "\\" in layer_or_name)):
+        return load_spec(layer_or_name)
+    if isinstance(layer_or_name, str):
+        if layer_or_name in BUILTINS:
+            return builtin(layer_or_name)
+        if Path(layer_or_name).is_file():
+            return load_spec(layer_or_name)
+        raise SpecError(f"'{layer_or_name}' is neither a built-in layer "
+                        f"({', '.join(BUILTINS)}) nor a spec file", "<command line>")
+    raise TypeError(f"expected a Layer, a built-in name or a spec path, got "
+                    f"{type(layer_or_name).__name__}")

@@ -1,0 +1,57 @@
+"""Plain-text formulas for terminals and docstrings: sums as sum_k(...), ReLU' as [z > 0]."""
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.str import StrPrinter
+
+
+class FormulaPrinter(StrPrinter):
+    def _print_Idx(self, expr):
+        return expr.label.name
+
+    def _print_Indexed(self, expr):
+        return f"{expr.base.label.name}[{', '.join(self._print(i) for i in expr.indices)}]"
+
+    def _print_Sum(self, expr):
+        ks = [lim[0] for lim in expr.limits]
+        body = expr.function
+        while isinstance(body, sp.Sum):  # sum_n(sum_i(...)) reads better as sum_{n,i}(...)
+            ks += [lim[0] for lim in body.limits]
+            body = body.function
+        names = ",".join(self._print(k) for k in ks)
+        sub = names if len(ks) == 1 else "{" + names + "}"
+        return f"sum_{sub}({self._print(body)})"
+
+    def _print_Heaviside(self, expr):
+        return f"[{self._print(expr.args[0])} > 0]"
+
+    def _print_Maximum(self, expr):
+        return f"max_{self._print(expr.args[1])}({self._print(expr.args[0])})"
+
+
+def formula(expr) -> str:
+    return FormulaPrinter(dict(order="none")).doprint(expr)
+
+
+def equation(lhs, rhs) -> str:
+    return f"{formula(lhs)} = {formula(rhs)}"
+
+
+def derivation_text(derivation) -> str:
+    """The whole derivation as readable text: forward equations, then every gradient."""
+    layer = derivation.layer
+    lines = [f"layer {layer.name}" + (f": {layer.doc}" if layer.doc else ""), "",
+             "forward:"]
+    lines += [f"  {eq.text}" for eq in layer.equations]
+    if layer.conditions:
+        lines += ["", "conditions:"] + [f"  {c.text}" for c in layer.conditions]
+    seed = (f"the loss {layer.loss} (dL/d{layer.loss} = 1)" if layer.loss else "")
+    ups = ", ".join(derivation.upstream)
+    lines += ["", "backward" + (f", from {seed}" if seed else "") +
+              (f"{' and' if seed else ', from'} the upstream gradient{'s' if len(derivation.upstream) > 1 else ''} {ups}" if ups else "") + ":"]
+    for s in derivation.steps:
+        lines.append(f"  {equation(s.lhs, s.expr)}")
+        if s.given is not None:
+            conds = "; ".join(c.text for c in s.conditions)
+            lines.append(f"    = {formula(s.given)}    (given {conds})")
+    return "\n".join(lines)
