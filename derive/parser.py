@@ -392,14 +392,16 @@ class _Expr:
         for sign, term in _additive_terms(node, +1):
             bare, nested = {}, {}
             _index_uses(term, bare, nested, outer=True)
+            implicit = [n for n in bare if n not in self.lhs]
+            # Convert first, permissively, so errors are reported left to right.
+            expr = self.convert(term, frozenset(self.lhs) | frozenset(bare) |
+                                frozenset(nested))
             for name, where in nested.items():
                 if name not in self.lhs and name not in bare:
                     raise self.err(
                         f"index '{name}' is not on the left-hand side and appears only "
                         f"inside a function call, a denominator, a power or a sum; write "
                         f"sum(..., {name}) to say what is summed", where)
-            implicit = [n for n in bare if n not in self.lhs]
-            expr = self.convert(term, frozenset(self.lhs) | frozenset(implicit))
             summed = [index(n, self.bound[n][0]) for n in implicit]
             if summed:
                 expr = sp.Sum(expr, *[(k, 0, k.upper) for k in summed])

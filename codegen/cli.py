@@ -1,0 +1,75 @@
+"""The `backprop` command: list, derive, emit, tour."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from derive import SpecError, derive
+from derive.builtins import BUILTINS, builtin, resolve
+from derive.pretty import derivation_text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="backprop",
+        description="Derive backpropagation formulas from a layer's forward equations "
+                    "and emit verified kernels.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", help="list the built-in layers")
+
+    p = sub.add_parser("derive", help="print a layer's derived gradient formulas")
+    p.add_argument("layer", metavar="NAME_OR_FILE")
+
+    p = sub.add_parser("emit", help="write a layer's generated kernels")
+    p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?")
+    p.add_argument("--all", action="store_true", help="every built-in layer")
+    p.add_argument("--backend", default="numpy", choices=["numpy"])
+    p.add_argument("-o", "--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
+    p.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (SpecError, ValueError, OSError) as exc:
+        print(f"backprop: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_list(args) -> int:
+    width = max(map(len, BUILTINS))
+    for name in BUILTINS:
+        layer = builtin(name)
+        print(f"{name:<{width}}  {layer.doc}")
+    return 0
+
+
+def cmd_derive(args) -> int:
+    print(derivation_text(derive(resolve(args.layer))))
+    return 0
+
+
+def cmd_emit(args) -> int:
+    from .emit import emit
+
+    if args.all == (args.layer is not None):
+        raise ValueError("emit takes either NAME_OR_FILE or --all")
+    names = BUILTINS if args.all else [args.layer]
+    for name in names:
+        for path in emit(name, args.out, args.backend):
+            print(path)
+    return 0
+
+
+def cmd_tour(args) -> int:
+    from .tour import tour
+
+    return tour(seed=args.seed)
+
+
+COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "tour": cmd_tour}
+
+if __name__ == "__main__":
+    sys.exit(main())

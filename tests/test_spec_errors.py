@@ -1,0 +1,154 @@
+"""Every kind of bad spec gets a SpecError naming file, line and column."""
+import pytest
+
+from derive import LayerBuilder, SpecError, parse_spec
+from derive.builtins import builtin_text
+
+HEAD = """layer demo
+dims N, I, J
+input x[N, J]
+param W[I, J], b[I]
+output z[N, I]
+"""
+
+
+def error_of(text, file="demo.bp"):
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, file)
+    return info.value
+
+
+@pytest.mark.parametrize("equation, line, col, words", [
+    # unknown function: the column points at the function's name
+    ("z[n, i] = foo(W[i, j] * x[n, j]) + b[i]", 6, 11, "unknown function 'foo'"),
+    # undeclared tensor on the right-hand side
+    ("z[n, i] = V[i, j] * x[n, j] + b[i]", 6, 11, "undeclared tensor 'V'"),
+    # wrong number of indices
+    ("z[n, i] = W[i] * x[n, i] + b[i]", 6, 11, "'W' has 2 indices [I, J], not 1"),
+    # an index used with two different dimensions (i is I in W, J in x)
+    ("z[n, i] = W[i, j] * x[n, i] + b[i]", 6, 26, "index 'i' runs over J here but over I"),
+    # a left-hand index missing from the right: free indices differ
+    ("z[n, i] = W[i, j] * x[0, j] + b[i]", 6, 23, "indices of 'x' must be plain"),
+    ("z[n, i] = b[i]", 6, 11, "left-hand index 'n' does not appear"),
+    # an index that is not on the left and only sits inside a function: ambiguous sum
+    ("z[n, i] = exp(W[i, j]) * sum(x[n, k], k) + b[i]", 6, 20, "write sum(..., j)"),
+    # an undeclared name used as a value
+    ("z[n, i] = W[i, j] * x[n, j] + b[i] * alpha", 6, 38, "undeclared name 'alpha'"),
+    # powers written with ^
+    ("z[n, i] = W[i, j] * x[n, j] + b[i]^2", 6, 35, "write ** for powers"),
+    # a stray character
+    ("z[n, i] = W[i, j] * x[n, j] + b[i] @ b[i]", 6, 31, "operator '@'"),
+    ("z[n, i] = W[i, j] * x[n, j] + b[i] == 1", 6, 11, "a comparison is not part"),
+    ("z[n, i] = W[i, j] * x[n, j] = b[i]", 6, 29, "exactly one '='"),
+    ("z[n, i] = sum(W[i, j] * x[n, j], k) + b[i]", 6, 34, "'k' is summed but not used"),
+    ("z[n, i] = sum(W[i, j] * x[n, j], i) + b[i]", 6, 34, "already bound"),
+    ("z[n, i] = x[n, j] ** y + b[i]", 6, 22, "undeclared name 'y'"),
+    ("z[n, i] = W[i, j] * x[n, j] ** 1000 + b[i]", 6, 32, "exponents must be numbers"),
+])
+def test_equation_errors(equation, line, col, words):
+    err = error_of(HEAD + equation + "\n")
+    assert err.file == "demo.bp"
+    assert (err.line, err.col) == (line, col), str(err)
+    assert words in err.message, str(err)
+    assert str(err).startswith(f"demo.bp:{line}:{col}: ")
+
+
+def test_diagonal_and_unparseable():
+    err = error_of(HEAD.replace("b[I]", "b[I], S[J, J]") + "z[n, i] = S[j, j] * x[n, j] + b[i]\n")
+    assert (err.line, err.col) == (6, 11) and "uses an index twice" in err.message
+    err = error_of(HEAD + "z[n, i] = W[i, j] * x[n, j] + b[i] +\n")
+    assert err.line == 6 and "cannot parse" in err.message
+
+
+def test_undeclared_dimension():
+    err = error_of("layer demo\ndims N\ninput x[N, K]\n")
+    assert (err.line, err.col) == (3, 12) and "undeclared dimension 'K'" in err.message
+
+
+def test_tensor_assigned_twice():
+    err = error_of(HEAD + "z[n, i] = b[i] * x[n, j]\nz[n, i] = W[i, j] * x[n, j]\n")
+    assert (err.line, err.col) == (7, 1) and "assigned twice (first on line 6)" in err.message
+
+
+def test_assigning_an_input():
+    err = error_of(HEAD + "x[n, j] = W[i, j] * 2 * z[n, i]\n")
+    assert (err.line, err.col) == (6, 1) and "declared as input" in err.message
+
+
+def test_cycle():
+    text = """layer demo
+dims N
+input x[N]
+intermediate a[N], b[N]
+output c[N]
+a[n] = b[n] + x[n]
+b[n] = a[n] * 2
+c[n] = a[n]
+"""
+    err = error_of(text)
+    assert "cycle" in err.message and err.line in (6, 7)
+    assert "lines" in err.message
+
+
+@pytest.mark.parametrize("decl, col, words", [
+    ("input 2x[N]", 7, "cannot parse"),
+    ("input for[N]", 7, "cannot parse"),           # Python keyword: not even parseable
+    ("input int[N]", 7, "'int' is a C keyword"),
+    ("input double", 7, "'double' is a C keyword"),
+    ("input x_[N], match[N]", 14, "'match' is a Python keyword"),
+    ("input exp[N]", 7, "reserved"),
+    ("input N[N]", 7, "already declared as a dimension"),
+    ("input y[N], y[N]", 13, "already declared on line 3"),
+    ("input _x[N]", 7, "not a valid name"),
+    ("input x[3]", 9, "dimensions of 'x' must be names"),
+    ("loss L[N]", 6, "must be a scalar"),
+    ("frobnicate x", 1, "unknown statement 'frobnicate'"),
+])
+def test_declaration_errors(decl, col, words):
+    err = error_of(f"layer demo\ndims N\n{decl}\n")
+    assert (err.line, err.col) == (3, col), str(err)
+    assert words in err.message, str(err)
+
+
+def test_gradient_name_clash():
+    err = error_of("layer demo\ndims N\ninput x[N], dx[N]\noutput y[N]\ny[n] = x[n] + dx[n]\n")
+    assert err.line == 3 and "'dx' names the gradient of 'x'" in err.message
+
+
+def test_output_never_assigned():
+    err = error_of(HEAD)
+    assert err.line == 5 and "no equation assigns it" in err.message
+
+
+def test_missing_layer_line_and_non_ascii():
+    assert error_of("dims N\n").line == 1
+    err = error_of("layer demo\ndims N\ninput x[N]  \n output y[N]\ny[n] = x[n] \u00b7 2\n")
+    assert (err.line, err.col) == (5, 13) and "ASCII" in err.message
+
+
+def test_index_only_in_denominator_is_ambiguous():
+    err = error_of(HEAD + "z[n, i] = x[n, i] / W[i, j] + b[i]\n".replace("x[n, i]", "b[i]"))
+    assert "write sum(..., j)" in err.message or "left-hand index" in err.message
+
+
+def test_condition_errors():
+    base = builtin_text("softmax_cross_entropy")
+    bad = base.replace("given  sum(t[n, i], i) = 1", "given  t[n, i] = 1")
+    err = error_of(bad)
+    assert err.line == 7 and "sum(T[n, i], i) = value" in err.message
+    bad = base.replace("given  sum(t[n, i], i) = 1", "given  sum(t[n, i], j) = 1")
+    assert "not an index of 't'" in error_of(bad).message
+
+
+def test_output_read_by_another_equation():
+    text = "layer demo\ndims N\ninput x[N]\noutput y[N], z[N]\ny[n] = 2*x[n]\nz[n] = y[n]\n"
+    err = error_of(text)
+    assert err.line == 4 and "declare it 'intermediate'" in err.message
+
+
+def test_builder_reports_the_same_errors():
+    b = (LayerBuilder("demo").dims("N", "I", "J").input("x[N, J]").param("W[I, J]")
+         .output("z[N, I]").equation("z[n, i] = W[i, j]"))
+    with pytest.raises(SpecError) as info:
+        b.build()
+    assert info.value.file == "<LayerBuilder demo>" and "left-hand index 'n'" in str(info.value)
