@@ -1,0 +1,159 @@
+"""Every built-in layer's emitted NumPy kernels against three independent oracles:
+the lambdified symbolic expressions, central finite differences of the emitted forward,
+and PyTorch autograd on a hand-written forward."""
+import numpy as np
+import pytest
+
+import codegen
+from derive.builtins import BUILTINS
+from derive.evaluate import evaluate
+
+from .oracles import (draw_sizes, finite_differences, objective, random_arrays, rel_err,
+                      tolerance, torch_forward)
+
+CASES = [(name, seed) for name in BUILTINS for seed in range(3)]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return {name: codegen.load(name) for name in BUILTINS}
+
+
+def setup(kernels, name, seed, one_hot=False):
+    k = kernels[name]
+    rng = np.random.default_rng(1000 + seed)
+    sizes = draw_sizes(k.layer, rng, ones=(seed == 0))
+    return k, sizes, random_arrays(k, sizes, rng, one_hot)
+
+
+@pytest.mark.parametrize("name, seed", CASES)
+def test_against_symbolic(kernels, name, seed):
+    k, sizes, arrays = setup(kernels, name, seed)
+    fwd = k.forward(**{n: arrays[n] for n in k.args})
+    grads = k.backward(**arrays)
+    sym = evaluate(k.derivation, arrays)
+    tol = tolerance(np.float64, sizes)
+    for n in k.returns:
+        assert rel_err(fwd[n], sym[n]) < tol, (n, sizes)
+    for n in k.gradients:
+        assert grads[n].shape == np.shape(arrays[n[1:]])
+        assert rel_err(grads[n], sym[n]) < tol, (n, sizes)
+
+
+@pytest.mark.parametrize("name, seed", CASES)
+def test_against_finite_differences(kernels, name, seed):
+    k, sizes, arrays = setup(kernels, name, seed)
+    grads = k.backward(**arrays)
+    for n in k.gradients:
+        fd = finite_differences(k, arrays, n[1:])
+        # h = 1e-6 in float64: truncation ~h^2 and rounding ~eps/h, both well below 1e-6.
+        assert rel_err(grads[n], fd) < 1e-6, (n, sizes, rel_err(grads[n], fd))
+
+
+@pytest.mark.parametrize("name, seed", CASES)
+def test_against_pytorch(kernels, name, seed):
+    torch = pytest.importorskip("torch")
+    k, sizes, arrays = setup(kernels, name, seed, one_hot=(seed == 2))
+    fn = torch_forward(name)
+    leaves = {n: torch.tensor(arrays[n], dtype=torch.float64, requires_grad=True)
+              for n in k.args}
+    out = fn(**leaves)
+    total = sum((out[t.name] * torch.tensor(arrays["d" + t.name])).sum()
+                for t in k.layer.upstream)
+    if k.layer.loss:
+        total = total + out[k.layer.loss]
+    wanted = [n[1:] for n in k.gradients]
+    tgrads = torch.autograd.grad(total, [leaves[n] for n in wanted])
+    fwd = k.forward(**{n: arrays[n] for n in k.args})
+    grads = k.backward(**arrays)
+    tol = tolerance(np.float64, sizes)
+    for n, value in out.items():
+        assert rel_err(fwd[n], value.detach().numpy()) < tol, n
+    for n, g in zip(wanted, tgrads):
+        assert rel_err(grads["d" + n], g.numpy()) < tol, ("d" + n, sizes)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_float32_follows_float64(kernels, name):
+    k, sizes, arrays = setup(kernels, name, 1)
+    grads64 = k.backward(**arrays)
+    a32 = {n: v.astype(np.float32) for n, v in arrays.items()}
+    fwd32 = k.forward(**{n: a32[n] for n in k.args})
+    grads32 = k.backward(**a32)
+    tol = tolerance(np.float32, sizes)
+    for n, v in grads32.items():
+        assert v.dtype == np.float32, n
+        assert rel_err(v, grads64[n]) < tol, (n, rel_err(v, grads64[n]), tol)
+    for v in fwd32.values():
+        assert v.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_backward_reuses_forward_results(kernels, name):
+    k, sizes, arrays = setup(kernels, name, 2)
+    fwd = k.forward(**{n: arrays[n] for n in k.args})
+    plain = k.backward(**arrays)
+    reused = k.backward(**arrays, **fwd)
+    for n in plain:
+        np.testing.assert_array_equal(plain[n], reused[n])
+
+
+def test_one_hot_condition_is_not_needed_by_kernels(kernels):
+    """Kernels compute the general form, so soft targets (rows not summing to 1) still get
+    the exact gradient; the simplified y - t would be wrong for them."""
+    k = kernels["softmax_cross_entropy"]
+    rng = np.random.default_rng(7)
+    z, t = rng.normal(size=(5, 3)), rng.uniform(size=(5, 3))
+    g = k.backward(z=z, t=t)["dz"]
+    fd = finite_differences(k, {"z": z, "t": t}, "z")
+    assert rel_err(g, fd) < 1e-6
+    y = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    assert rel_err(g, (y - t) / 5) > 1e-2   # the one-hot form really differs here
+
+
+@pytest.mark.parametrize("name, logit", [(n, s) for n in ("softmax", "softmax_cross_entropy",
+                                                           "sigmoid_bce", "mlp2", "sigmoid")
+                                          for s in (1e4, -1e4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_logits_stay_finite(kernels, name, logit, dtype):
+    k = kernels[name]
+    rng = np.random.default_rng(3)
+    sizes = {d: 3 for d in k.layer.dims}
+    arrays = random_arrays(k, sizes, rng, one_hot=True)
+    first = k.args[0]
+    arrays[first] = arrays[first] * 0 + logit * np.sign(rng.normal(size=arrays[first].shape))
+    arrays = {n: v.astype(dtype) for n, v in arrays.items()}
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        fwd = k.forward(**{n: arrays[n] for n in k.args})
+        grads = k.backward(**arrays)
+    for n, v in list(fwd.items()) + list(grads.items()):
+        assert np.all(np.isfinite(v)), (n, v)
+
+
+def test_bad_arrays_get_named_errors(kernels):
+    k = kernels["dense"]
+    x, W, b = np.ones((3, 5)), np.ones((7, 5)), np.ones(7)
+    with pytest.raises(ValueError, match=r"W: expected shape \(I=7, J=5\)|W: .*dimension J"):
+        k.forward(x=x, W=np.ones((7, 4)), b=b)
+    with pytest.raises(ValueError, match=r"b: expected shape .* \(1 axes\), got \(7, 1\)"):
+        k.forward(x=x, W=W, b=np.ones((7, 1)))
+    with pytest.raises(ValueError, match="missing array b"):
+        k.forward(x=x, W=W)
+    with pytest.raises(ValueError, match="unexpected array bias"):
+        k.forward(x=x, W=W, b=b, bias=b)
+    with pytest.raises(ValueError, match="missing array dz"):
+        k.backward(x=x, W=W, b=b)
+    with pytest.raises(ValueError, match=r"dz: expected shape \(N=3, I=7\)"):
+        k.backward(x=x, W=W, b=b, dz=np.ones((3, 6)))
+    with pytest.raises(ValueError, match="dimension N .* is 0"):
+        k.forward(x=np.ones((0, 5)), W=W, b=b)
+    with pytest.raises(ValueError, match="expected real numbers"):
+        k.forward(x=x.astype(complex), W=W, b=b)
+
+
+def test_tensors_describe_shapes(kernels):
+    assert kernels["dense"].tensors == {
+        "x": ("input", ("N", "J")), "W": ("param", ("I", "J")), "b": ("param", ("I",)),
+        "z": ("output", ("N", "I"))}
+    assert kernels["mlp2"].tensors["L"] == ("output", ())
+    assert kernels["mlp2"].gradients == ("dx", "dW1", "db1", "dW2", "db2")
