@@ -10,10 +10,12 @@ Statements, one per line (`#` starts a comment):
     given sum(t[n, i], i) = 1
     z[n, i] = W[i, j] * x[n, j] + b[i]
 
-Summation rule (Einstein, made strict): an index that is not on the left-hand side and is
-not bound by an explicit sum(expr, k, ...) is summed over the additive term it appears in,
-provided it appears there as an index of a plain factor (not only inside a function call,
-a denominator or a power).  Anything else is an error that says where to put sum(...).
+Summation rule (Einstein, made strict): an index that is not on the left-hand side and not
+bound by an enclosing sum(expr, k, ...) is summed over the smallest additive term in which
+it is a plain factor, where the scopes are the right-hand side, each function argument and
+each sum body: W[i, j] * x[n, j] sums j over that product, sigmoid(W[i, j] * x[n, j])
+sums it inside the sigmoid.  An index that appears only inside parentheses, a denominator
+or a power has no such term: that is an error that says to write sum(...).
 """
 from __future__ import annotations
 
@@ -388,25 +390,7 @@ class _Expr:
 
     # expressions
     def rhs(self, node, lhs_indices) -> sp.Expr:
-        terms = []
-        for sign, term in _additive_terms(node, +1):
-            bare, nested = {}, {}
-            _index_uses(term, bare, nested, outer=True)
-            implicit = [n for n in bare if n not in self.lhs]
-            # Convert first, permissively, so errors are reported left to right.
-            expr = self.convert(term, frozenset(self.lhs) | frozenset(bare) |
-                                frozenset(nested))
-            for name, where in nested.items():
-                if name not in self.lhs and name not in bare:
-                    raise self.err(
-                        f"index '{name}' is not on the left-hand side and appears only "
-                        f"inside a function call, a denominator, a power or a sum; write "
-                        f"sum(..., {name}) to say what is summed", where)
-            summed = [index(n, self.bound[n][0]) for n in implicit]
-            if summed:
-                expr = sp.Sum(expr, *[(k, 0, k.upper) for k in summed])
-            terms.append(sign * expr)
-        expr = sp.Add(*terms)
+        expr = self.scope(node, frozenset(self.lhs))
         used = {i.label.name for i in _free_indices(expr)}
         missing = [i for i in lhs_indices if i.label.name not in used]
         if missing:
@@ -414,6 +398,29 @@ class _Expr:
                            f"the right-hand side; both sides must have the same free "
                            f"indices", node)
         return expr
+
+    def scope(self, node, allowed: frozenset) -> sp.Expr:
+        """One summation scope (the right-hand side, a function argument or a sum body):
+        an index not bound outside is summed over the additive term of this scope in
+        which it is a plain factor."""
+        terms = []
+        for sign, term in _additive_terms(node, +1):
+            bare, stuck = {}, {}
+            _index_uses(term, bare, stuck, outer=True)
+            implicit = [n for n in bare if n not in allowed]
+            inner = allowed | frozenset(implicit)
+            expr = self.convert(term, inner)
+            for name, where in stuck.items():
+                if name not in inner:
+                    raise self.err(
+                        f"index '{name}' is not bound here and appears only inside "
+                        f"parentheses, a denominator or a power, so where its sum goes is "
+                        f"ambiguous; write sum(..., {name})", where)
+            summed = [index(n, self.bound[n][0]) for n in implicit]
+            if summed:
+                expr = sp.Sum(expr, *[(k, 0, k.upper) for k in summed])
+            terms.append(sign * expr)
+        return sp.Add(*terms)
 
     def scalar(self, node) -> sp.Expr:
         expr = self.convert(node, frozenset())
@@ -530,8 +537,7 @@ class _Expr:
                 if a.id in [k.id for k in ks]:
                     raise self.err(f"index '{a.id}' is summed twice", a)
                 ks.append(a)
-            inner_allowed = allowed | {a.id for a in ks}
-            body = self.convert(node.args[0], inner_allowed)
+            body = self.scope(node.args[0], allowed | {a.id for a in ks})
             free = {i.label.name for i in _free_indices(body)}
             limits = []
             for a in ks:
@@ -540,10 +546,6 @@ class _Expr:
                                    a)
                 k = index(a.id, self.bound[a.id][0])
                 limits.append((k, 0, k.upper))
-            stray = sorted(free - inner_allowed)
-            if stray:
-                raise self.err(f"index '{stray[0]}' is neither on the left-hand side nor "
-                               f"summed; add it to this sum(..., {stray[0]})", node)
             return sp.Sum(body, *limits)
         f = FUNCTIONS.get(fname)
         if f is None:
@@ -551,7 +553,7 @@ class _Expr:
                            f"{', '.join(sorted(FUNCTIONS))}, sum", node.func)
         if len(node.args) != 1:
             raise self.err(f"{fname}() takes exactly one argument", node)
-        arg = self.convert(node.args[0], allowed)
+        arg = self.scope(node.args[0], allowed)
         if fname == "log" and arg.is_Number and arg <= 0:
             raise self.err("log of a non-positive constant", node.args[0])
         return f(arg)
@@ -580,25 +582,26 @@ def _additive_terms(node, sign):
         yield sign, node
 
 
-def _index_uses(node, bare, nested, outer):
-    """Record index names used as plain factors (`bare`) or only deeper (`nested`)."""
+def _index_uses(node, bare, stuck, outer):
+    """Index names used as plain factors of a term (`bare`), or only inside parentheses,
+    a denominator or a power (`stuck`).  Function calls and sums are scopes of their own
+    and are not entered."""
     if isinstance(node, ast.Subscript):
         sl = node.slice
         for s in (sl.elts if isinstance(sl, ast.Tuple) else [sl]):
             if isinstance(s, ast.Name):
-                (bare if outer else nested).setdefault(s.id, s)
+                (bare if outer else stuck).setdefault(s.id, s)
+        return
+    if isinstance(node, ast.Call):
         return
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-        _index_uses(node.left, bare, nested, outer)
-        _index_uses(node.right, bare, nested, outer)
+        _index_uses(node.left, bare, stuck, outer)
+        _index_uses(node.right, bare, stuck, outer)
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-        _index_uses(node.left, bare, nested, outer)
-        _index_uses(node.right, bare, nested, False)
+        _index_uses(node.left, bare, stuck, outer)
+        _index_uses(node.right, bare, stuck, False)
     elif isinstance(node, ast.UnaryOp):
-        _index_uses(node.operand, bare, nested, outer)
-    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-            and node.func.id == "sum":
-        return  # indices inside an explicit sum belong to that sum
+        _index_uses(node.operand, bare, stuck, outer)
     else:
         for child in ast.iter_child_nodes(node):
-            _index_uses(child, bare, nested, False)
+            _index_uses(child, bare, stuck, False)

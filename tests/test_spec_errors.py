@@ -31,7 +31,9 @@ def error_of(text, file="demo.bp"):
     ("z[n, i] = W[i, j] * x[0, j] + b[i]", 6, 23, "indices of 'x' must be plain"),
     ("z[n, i] = b[i]", 6, 11, "left-hand index 'n' does not appear"),
     # an index that is not on the left and only sits inside a function: ambiguous sum
-    ("z[n, i] = exp(W[i, j]) * sum(x[n, k], k) + b[i]", 6, 20, "write sum(..., j)"),
+    # an index bound nowhere that sits only in parentheses or a denominator: ambiguous
+    ("z[n, i] = (W[i, j] + b[i]) * sum(x[n, k], k)", 6, 17, "write sum(..., j)"),
+    ("z[n, i] = b[i] * sum(x[n, k], k) / W[i, j]", 6, 41, "ambiguous"),
     # an undeclared name used as a value
     ("z[n, i] = W[i, j] * x[n, j] + b[i] * alpha", 6, 38, "undeclared name 'alpha'"),
     # powers written with ^
