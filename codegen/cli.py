@@ -8,6 +8,8 @@ from derive import SpecError, derive
 from derive.builtins import BUILTINS, builtin, resolve
 from derive.pretty import derivation_text
 
+from .emit import BACKENDS
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
@@ -23,8 +25,9 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("emit", help="write a layer's generated kernels")
     p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?")
-    p.add_argument("--all", action="store_true", help="every built-in layer")
-    p.add_argument("--backend", default="numpy", choices=["numpy"])
+    p.add_argument("--all", action="store_true",
+                   help="every built-in layer, into DIR/<backend>/ (how generated/ is made)")
+    p.add_argument("--backend", default="numpy", choices=list(BACKENDS))
     p.add_argument("-o", "--out", required=True, metavar="DIR")
 
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
@@ -56,10 +59,14 @@ def cmd_emit(args) -> int:
 
     if args.all == (args.layer is not None):
         raise ValueError("emit takes either NAME_OR_FILE or --all")
-    names = BUILTINS if args.all else [args.layer]
-    for name in names:
-        for path in emit(name, args.out, args.backend):
+    if args.all:
+        from .emit import emit_all
+
+        for path in emit_all(args.out, [args.backend]):
             print(path)
+        return 0
+    for path in emit(args.layer, args.out, args.backend):
+        print(path)
     return 0
 
 

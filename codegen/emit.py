@@ -35,6 +35,25 @@ def emit(layer_or_name, out_dir, backend: str = "numpy") -> list[Path]:
     return written
 
 
+def emit_all(out_dir, backends=BACKENDS) -> list[Path]:
+    """Every built-in layer into out_dir/<backend>/, removing files no layer produces,
+    so the folder is exactly what the generator makes (this is how generated/ is built)."""
+    from derive.builtins import BUILTINS
+
+    written = []
+    for backend in backends:
+        folder = Path(out_dir) / backend
+        expected = set()
+        for name in BUILTINS:
+            for path in emit(name, folder, backend):
+                expected.add(path.name)
+                written.append(path)
+        for stale in folder.iterdir():
+            if stale.is_file() and stale.name not in expected:
+                stale.unlink()
+    return written
+
+
 def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -70,7 +70,7 @@ def fold(expr, value, name_of):
     lhs = sorted(free_indices(value), key=str)
     if not lhs:
         return _subs_everywhere(expr, value, name_of({}))
-    present = list(expr.atoms(sp.Idx))
+    present = sorted(expr.atoms(sp.Idx), key=str)
     choices = [[i for i in present if dim_of(i) == dim_of(l)] for l in lhs]
     for combo in itertools.product(*choices):
         mapping = dict(zip(lhs, combo))

@@ -157,3 +157,36 @@ def test_tensors_describe_shapes(kernels):
         "z": ("output", ("N", "I"))}
     assert kernels["mlp2"].tensors["L"] == ("output", ())
     assert kernels["mlp2"].gradients == ("dx", "dW1", "db1", "dW2", "db2")
+
+
+GATED = """layer gated  a = x (.) sigmoid(W x + b): a gated linear unit, not a built-in
+dims N, I
+input  x[N, I]
+param  W[I, I], b[I]
+intermediate g[N, I]
+output a[N, I]
+
+g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
+a[n, i] = x[n, i] * g[n, i]
+"""
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_user_layer_from_spec_file(tmp_path, seed):
+    spec = tmp_path / "gated.bp"
+    spec.write_text(GATED)
+    k = codegen.load(str(spec), cache=tmp_path / "cache")
+    rng = np.random.default_rng(seed)
+    sizes = draw_sizes(k.layer, rng, ones=(seed == 0))
+    arrays = random_arrays(k, sizes, rng)
+    grads = k.backward(**arrays)
+    sym = evaluate(k.derivation, arrays)
+    for n in k.gradients:
+        assert rel_err(grads[n], sym[n]) < tolerance(np.float64, sizes), n
+        assert rel_err(grads[n], finite_differences(k, arrays, n[1:])) < 1e-6, n
+    torch = pytest.importorskip("torch")
+    x, W, b = (torch.tensor(arrays[n], requires_grad=True) for n in ("x", "W", "b"))
+    a = x * torch.sigmoid(x @ W.T + b)
+    tg = torch.autograd.grad((a * torch.tensor(arrays["da"])).sum(), [x, W, b])
+    for n, g in zip(("dx", "dW", "db"), tg):
+        assert rel_err(grads[n], g.numpy()) < tolerance(np.float64, sizes), n

@@ -1,0 +1,81 @@
+"""The `backprop` command, run as a user runs it."""
+import subprocess
+import sys
+
+import pytest
+
+from derive.builtins import BUILTINS
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "codegen.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_list():
+    r = run("list")
+    assert r.returncode == 0
+    names = [line.split()[0] for line in r.stdout.splitlines()]
+    assert names == list(BUILTINS)
+
+
+def test_derive_builtin_prints_formulas():
+    r = run("derive", "mlp2")
+    assert r.returncode == 0, r.stderr
+    assert "dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c])" in r.stdout
+    assert "given sum(t[n, c], c) = 1" in r.stdout
+
+
+def test_derive_spec_file(tmp_path):
+    spec = tmp_path / "scale.bp"
+    spec.write_text("layer scale\ndims N\ninput x[N]\nparam s\noutput y[N]\ny[n] = s * x[n]\n")
+    r = run("derive", str(spec))
+    assert r.returncode == 0, r.stderr
+    assert "dx[n] = s*dy[n]" in r.stdout
+    assert "ds = sum_n(dy[n]*x[n])" in r.stdout
+
+
+def test_emit_writes_an_importable_module(tmp_path):
+    r = run("emit", "softmax", "--backend", "numpy", "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    module = tmp_path / "softmax.py"
+    assert module.exists()
+    check = subprocess.run(
+        [sys.executable, "-c",
+         "import numpy as np, softmax as m; y = m.forward(np.zeros((2, 4)))['y'];"
+         "assert np.allclose(y, 0.25); print('ok')"],
+        cwd=tmp_path, capture_output=True, text=True)
+    assert check.stdout.strip() == "ok", check.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (("derive", "no_such_layer"), "neither a built-in layer"),
+    (("derive", "missing.bp"), "cannot read spec file"),
+    (("emit", "dense", "--backend", "numpy"), "required: -o"),
+    (("emit", "-o", "x"), "either NAME_OR_FILE or --all"),
+    (("frobnicate",), "invalid choice"),
+])
+def test_bad_input_exits_nonzero_with_one_line(args, words):
+    r = run(*args)
+    assert r.returncode != 0
+    assert words in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_spec_file_names_line_and_column(tmp_path):
+    spec = tmp_path / "bad.bp"
+    spec.write_text("layer bad\ndims N\ninput x[N]\noutput y[N]\ny[n] = sinh(x[n])\n")
+    r = run("derive", str(spec))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{spec}:5:8: unknown function 'sinh'" in lines[0]
+
+
+def test_tour():
+    r = run("tour")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for text in ("yhat   = 0.598688", "L      = 0.513015", "dL/dz  = -0.401312",
+                 "dL/dw  = -0.200656", "emitted mlp2.py", "tour passed"):
+        assert text in out
+    assert out.count(" ok (< 1e-6)") == 5
