@@ -1,0 +1,85 @@
+"""How long the symbolic side takes: parse + derive + kernel plan of each built-in layer,
+and of the whole set, each measured cold (in a fresh Python process, so SymPy's caches
+start empty).  Import time of sympy and the toolkit is reported apart.
+
+    python bench/derive_speed.py [--repeat 5]
+
+Prints the median over the repeats, and the min and max; the aim is under 1 s a layer and
+under 5 s for the set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import sympy
+from derive import derive
+from derive.builtins import BUILTINS, builtin
+from codegen.plan import plan
+t1 = time.perf_counter()
+names = BUILTINS if sys.argv[1] == "*" else [sys.argv[1]]
+for name in names:
+    plan(derive(builtin(name)))
+t2 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "derive": t2 - t1}))
+"""
+
+
+def measure(name: str, repeat: int):
+    imports, derives = [], []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True,
+                             text=True, check=True)
+        r = json.loads(out.stdout)
+        imports.append(r["import"])
+        derives.append(r["derive"])
+    return imports, derives
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    from derive.builtins import BUILTINS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}"
+          f"; Python {platform.python_version()}; sympy {__import__('sympy').__version__}")
+    print(f"cold parse + derive + plan, median of {args.repeat} fresh processes (min..max)\n")
+    print(f"{'layer':<24}{'median s':>10}{'min..max s':>18}   aim")
+    worst = 0.0
+    all_imports = []
+    for name in BUILTINS:
+        imports, times = measure(name, args.repeat)
+        all_imports += imports
+        med = statistics.median(times)
+        worst = max(worst, med)
+        print(f"{name:<24}{med:>10.3f}{min(times):>9.3f}..{max(times):<7.3f}   "
+              f"{'ok' if med < 1.0 else 'SLOW'} (< 1 s)")
+    imports, times = measure("*", args.repeat)
+    med = statistics.median(times)
+    print(f"{'all ' + str(len(BUILTINS)) + ' together':<24}{med:>10.3f}{min(times):>9.3f}.."
+          f"{max(times):<7.3f}   {'ok' if med < 5.0 else 'SLOW'} (< 5 s)")
+    print(f"\nimport of sympy + toolkit (not included above): median "
+          f"{statistics.median(all_imports):.3f} s")
+
+
+if __name__ == "__main__":
+    main()
