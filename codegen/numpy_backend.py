@@ -19,15 +19,21 @@ class Printed:
     name: str
     code: str
     formula: str
+    temps: tuple = ()       # (name, code) pairs computed first
+
+
+def _printed(printer, st) -> Printed:
+    temps, code = printer.statement(st)
+    return Printed(st.name, code, st.formula, tuple(temps))
 
 
 def numpy_source(plan: KernelPlan) -> str:
     layer = plan.layer
     printer = NumpyPrinter(layer.dims)
-    forward = [Printed(st.name, printer.statement(st), st.formula) for st in plan.forward]
+    forward = [_printed(printer, st) for st in plan.forward]
     forward_dims = _ordered(layer.dims, printer.dims_used)
     printer.dims_used = set()
-    backward = [Printed(st.name, printer.statement(st), st.formula) for st in plan.backward]
+    backward = [_printed(printer, st) for st in plan.backward]
     backward_dims = _ordered(layer.dims, printer.dims_used)
     deriv = plan.derivation
     backward_formulas = []

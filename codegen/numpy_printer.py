@@ -4,6 +4,7 @@ einsum calls over the factors that depend on them, so contractions run in BLAS."
 from __future__ import annotations
 
 import string
+from collections import Counter
 
 import sympy as sp
 
@@ -23,17 +24,46 @@ class NumpyPrinter:
         self.dims = set(dims)
         self.helpers_used: set[str] = set()
         self.dims_used: set[str] = set()
+        self.seen: Counter = Counter()   # printed calls and reductions, for CSE
+        self.temps = 0
 
     # statements -------------------------------------------------------------------------
-    def statement(self, st: Statement) -> str:
+    def statement(self, st: Statement) -> tuple[list[tuple[str, str]], str]:
+        """(temporaries, code): code computes st's array; each temporary (name, code) holds
+        a call or reduction the statement would otherwise evaluate more than once."""
         ctx = tuple(st.indices)
         if st.expr == 0:
-            return f"np.zeros({self.shape(st)}, dtype)"
+            return [], f"np.zeros({self.shape(st)}, dtype)"
+        self.seen = Counter()
         code = self.array(st.expr, ctx)
         if {i for i in free_indices(st.expr)} != set(ctx) or not _has_array(st.expr):
             # The formula does not depend on every axis (or on any array): materialize.
             code = f"np.full({self.shape(st)}, {code}, dtype)" if not free_indices(st.expr) \
                 else f"np.broadcast_to({code}, {self.shape(st)}).copy()"
+        return self._hoist(code)
+
+    def _hoist(self, code):
+        """Common subexpression elimination on printed code: an array expression printed
+        twice (exp(z - m) in a softmax's numerator and denominator, say) is computed once.
+        Printing is deterministic, so equal text means equal value."""
+        repeated = sorted((c for c, n in self.seen.items() if n > 1 and code.count(c) > 1),
+                          key=len)
+        temps, names = [], {}
+        for c in repeated:
+            body = c
+            for inner, name in names.items():      # shorter ones, already hoisted
+                body = body.replace(inner, name)
+            self.temps += 1
+            names[c] = f"_t{self.temps}"
+            temps.append((names[c], body))
+        for c in sorted(names, key=len, reverse=True):
+            code = code.replace(c, names[c])
+        return [(n, b) for n, b in temps if code.count(n) or any(n in b2 for _, b2 in temps)],\
+            code
+
+    def _note(self, code: str) -> str:
+        if len(code) >= 12:
+            self.seen[code] += 1
         return code
 
     def shape(self, st: Statement) -> str:
@@ -69,20 +99,20 @@ class NumpyPrinter:
         if isinstance(e, sp.Pow):
             return self._pow(e, ctx)
         if isinstance(e, sp.Sum):
-            return self._sum(e, ctx), ATOM
+            return self._note(self._sum(e, ctx)), ATOM
         if isinstance(e, Maximum):
-            return self._max(e, ctx), ATOM
+            return self._note(self._max(e, ctx)), ATOM
         if isinstance(e, sp.Heaviside):
-            return f"np.heaviside({self.array(e.args[0], ctx)}, 0)", ATOM
+            return self._note(f"np.heaviside({self.array(e.args[0], ctx)}, 0)"), ATOM
         if isinstance(e, relu):
-            return f"np.maximum({self.array(e.args[0], ctx)}, 0)", ATOM
+            return self._note(f"np.maximum({self.array(e.args[0], ctx)}, 0)"), ATOM
         if isinstance(e, softplus):
-            return f"np.logaddexp(0, {self.array(e.args[0], ctx)})", ATOM
+            return self._note(f"np.logaddexp(0, {self.array(e.args[0], ctx)})"), ATOM
         for f, name in CALLS.items():
             if isinstance(e, f):
                 if name in HELPERS:
                     self.helpers_used.add(name)
-                return f"{name}({self.array(e.args[0], ctx)})", ATOM
+                return self._note(f"{name}({self.array(e.args[0], ctx)})"), ATOM
         raise NotImplementedError(f"no NumPy form for {e.func}")
 
     def _wrap(self, e, ctx, prec):

@@ -394,9 +394,13 @@ class _Expr:
         used = {i.label.name for i in _free_indices(expr)}
         missing = [i for i in lhs_indices if i.label.name not in used]
         if missing:
-            raise self.err(f"left-hand index '{missing[0].label.name}' does not appear on "
-                           f"the right-hand side; both sides must have the same free "
-                           f"indices", node)
+            name = missing[0].label.name
+            written = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            if name in written:
+                raise self.err(f"left-hand index '{name}' cancels out: the right-hand side "
+                               f"simplifies to {expr}, which does not depend on it", node)
+            raise self.err(f"left-hand index '{name}' does not appear on the right-hand "
+                           f"side; both sides must have the same free indices", node)
         return expr
 
     def scope(self, node, allowed: frozenset) -> sp.Expr:
@@ -430,6 +434,13 @@ class _Expr:
 
     def convert(self, node, allowed: frozenset) -> sp.Expr:
         """ast -> SymPy; `allowed` holds the index names in scope at this node."""
+        expr = self._convert(node, allowed)
+        if expr.has(sp.zoo, sp.nan, sp.oo, sp.I):
+            raise self.err("this is not a finite real number (a division by zero, or the "
+                           "root or log of a negative constant)", node)
+        return expr
+
+    def _convert(self, node, allowed: frozenset) -> sp.Expr:
         if isinstance(node, ast.BinOp):
             a = self.convert(node.left, allowed)
             b = self.convert(node.right, allowed)

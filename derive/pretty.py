@@ -22,6 +22,19 @@ class FormulaPrinter(StrPrinter):
         sub = names if len(ks) == 1 else "{" + names + "}"
         return f"sum_{sub}({self._print(body)})"
 
+    def _print_Add(self, expr, order=None):
+        # Positive terms first: (y*sum_k(t) - t)/N rather than (-t + y*sum_k(t))/N.
+        terms = sorted(expr.args, key=lambda t: (t.could_extract_minus_sign(),
+                                                 sp.default_sort_key(t)))
+        out = self._print(terms[0]) if not terms[0].could_extract_minus_sign() else \
+            "-" + self.parenthesize(-terms[0], 50)
+        for t in terms[1:]:
+            if t.could_extract_minus_sign():
+                out += " - " + self.parenthesize(-t, 50)
+            else:
+                out += " + " + self.parenthesize(t, 40)
+        return out
+
     def _print_Heaviside(self, expr):
         return f"[{self._print(expr.args[0])} > 0]"
 

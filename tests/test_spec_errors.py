@@ -46,6 +46,9 @@ def error_of(text, file="demo.bp"):
     ("z[n, i] = sum(W[i, j] * x[n, j], i) + b[i]", 6, 34, "already bound"),
     ("z[n, i] = x[n, j] ** y + b[i]", 6, 22, "undeclared name 'y'"),
     ("z[n, i] = W[i, j] * x[n, j] ** 1000 + b[i]", 6, 32, "exponents must be numbers"),
+    ("z[n, i] = W[i, j] * x[n, j] / 0 + b[i]", 6, 11, "not a finite real number"),
+    ("z[n, i] = W[i, j] * x[n, j] * sqrt(-2) + b[i]", 6, 31, "not a finite real number"),
+    ("z[n, i] = W[i, j] * x[n, j] - W[i, j] * x[n, j] + b[i]", 6, 11, "'n' cancels out"),
 ])
 def test_equation_errors(equation, line, col, words):
     err = error_of(HEAD + equation + "\n")

@@ -11,8 +11,8 @@ Forward equations (index form; an index not on the left is summed):
     L = -sum(t[n, c] * log(y[n, c]), n, c) / N
 
 Backward pass (seeded with dL = 1):
-    dz2[n, c] = (-t[n, c] + y[n, c]*sum_k(t[n, k]))/N
-        = (-t[n, c] + y[n, c])/N    (given sum(t[n, c], c) = 1)
+    dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N
+        = (y[n, c] - t[n, c])/N    (given sum(t[n, c], c) = 1)
     dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c])
     dx[n, d] = sum_h(W1[h, d]*dz1[n, h])
     dW1[h, d] = sum_n(dz1[n, h]*x[n, d])
@@ -112,7 +112,8 @@ def forward(x, W1, b1, W2, b2, t):
     # maximum over k of z2[n, k], for a stable exp-sum
     _y_max = z2.max(axis=-1)
     # y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k)
-    y = np.exp(z2 - _y_max[:, None])/np.exp(z2 - _y_max[:, None]).sum(axis=1)[:, None]
+    _t1 = np.exp(z2 - _y_max[:, None])
+    y = _t1/_t1.sum(axis=1)[:, None]
     # L = -sum(t[n, c] * log(y[n, c]), n, c) / N
     L = -np.einsum('nc,nc->', z2 - _y_max[:, None] - np.log(np.exp(z2 - _y_max[:, None]).sum(axis=1)[:, None]), t, optimize=True)/N
     return {
@@ -136,7 +137,7 @@ def backward(x, W1, b1, W2, b2, t, *, a1=None, y=None):
     a, dtype, sizes = _prepare({'x': x, 'W1': W1, 'b1': b1, 'W2': W2, 'b2': b2, 't': t, 'a1': a1, 'y': y})
     x, W1, b1, W2, b2, t, a1, y = a['x'], a['W1'], a['b1'], a['W2'], a['b2'], a['t'], a['a1'], a['y']
     N = sizes['N']
-    # dz2[n, c] = (-t[n, c] + y[n, c]*sum_k(t[n, k]))/N
+    # dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N
     dz2 = (y*t.sum(axis=1)[:, None] - t)/N
     # dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c])
     dz1 = (1 - a1)*a1*np.einsum('ch,nc->nh', W2, dz2, optimize=True)

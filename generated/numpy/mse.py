@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N)
 
 Backward pass (seeded with dL = 1):
-    dy[n, i] = (-t[n, i] + y[n, i])/N
+    dy[n, i] = (y[n, i] - t[n, i])/N
 
 Shapes: y[N, I], t[N, I], L
 """
@@ -79,7 +79,7 @@ def backward(y, t):
     a, dtype, sizes = _prepare({'y': y, 't': t})
     y, t = a['y'], a['t']
     N = sizes['N']
-    # dy[n, i] = (-t[n, i] + y[n, i])/N
+    # dy[n, i] = (y[n, i] - t[n, i])/N
     dy = (y - t)/N
     return {
         'dy': np.asarray(dy, dtype),

@@ -9,7 +9,7 @@ Forward equations (index form; an index not on the left is summed):
     L = -y * log(yhat)
 
 Backward pass (seeded with dL = 1):
-    dz = -y + y*yhat
+    dz = y*yhat - y
     dx = dz*w
     dw = dz*x
 
@@ -104,7 +104,7 @@ def backward(x, w, y, *, yhat=None):
         yhat = cache['yhat'] if yhat is None else yhat
     a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y, 'yhat': yhat})
     x, w, y, yhat = a['x'], a['w'], a['y'], a['yhat']
-    # dz = -y + y*yhat
+    # dz = y*yhat - y
     dz = y*yhat - y
     # dx = dz*w
     dx = dz*w

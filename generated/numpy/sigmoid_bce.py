@@ -8,7 +8,7 @@ Forward equations (index form; an index not on the left is summed):
     L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N
 
 Backward pass (seeded with dL = 1):
-    dz[n, i] = (-t[n, i] + y[n, i])/N
+    dz[n, i] = (y[n, i] - t[n, i])/N
 
 Shapes: z[N, I], t[N, I], y[N, I], L
 """
@@ -96,7 +96,7 @@ def backward(z, t, *, y=None):
     a, dtype, sizes = _prepare({'z': z, 't': t, 'y': y})
     z, t, y = a['z'], a['t'], a['y']
     N = sizes['N']
-    # dz[n, i] = (-t[n, i] + y[n, i])/N
+    # dz[n, i] = (y[n, i] - t[n, i])/N
     dz = (y - t)/N
     return {
         'dz': np.asarray(dz, dtype),

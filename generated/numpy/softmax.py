@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k)
 
 Backward pass (from the upstream gradient dy):
-    dz[n, i] = (-sum_k(dy[n, k]*y[n, k]) + dy[n, i])*y[n, i]
+    dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i]
 
 Shapes: z[N, I], y[N, I], dy[N, I]
 """
@@ -67,7 +67,8 @@ def forward(z):
     # maximum over k of z[n, k], for a stable exp-sum
     _y_max = z.max(axis=-1)
     # y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k)
-    y = np.exp(z - _y_max[:, None])/np.exp(z - _y_max[:, None]).sum(axis=1)[:, None]
+    _t1 = np.exp(z - _y_max[:, None])
+    y = _t1/_t1.sum(axis=1)[:, None]
     return {
         'y': np.asarray(y, dtype),
     }
@@ -83,7 +84,7 @@ def backward(z, dy, *, y=None):
         y = cache['y'] if y is None else y
     a, dtype, sizes = _prepare({'z': z, 'dy': dy, 'y': y})
     z, dy, y = a['z'], a['dy'], a['y']
-    # dz[n, i] = (-sum_k(dy[n, k]*y[n, k]) + dy[n, i])*y[n, i]
+    # dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i]
     dz = (dy - np.einsum('nk,nk->n', dy, y, optimize=True)[:, None])*y
     return {
         'dz': np.asarray(dz, dtype),

@@ -8,8 +8,8 @@ Forward equations (index form; an index not on the left is summed):
     L = -sum(t[n, i] * log(y[n, i]), n, i) / N
 
 Backward pass (seeded with dL = 1):
-    dz[n, i] = (-t[n, i] + y[n, i]*sum_k(t[n, k]))/N
-        = (-t[n, i] + y[n, i])/N    (given sum(t[n, i], i) = 1)
+    dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N
+        = (y[n, i] - t[n, i])/N    (given sum(t[n, i], i) = 1)
 
 Declared conditions, used to simplify the formulas above (the code computes the general
 forms, which hold whether or not a target satisfies them):
@@ -77,7 +77,8 @@ def forward(z, t):
     # maximum over k of z[n, k], for a stable exp-sum
     _y_max = z.max(axis=-1)
     # y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k)
-    y = np.exp(z - _y_max[:, None])/np.exp(z - _y_max[:, None]).sum(axis=1)[:, None]
+    _t1 = np.exp(z - _y_max[:, None])
+    y = _t1/_t1.sum(axis=1)[:, None]
     # L = -sum(t[n, i] * log(y[n, i]), n, i) / N
     L = -np.einsum('ni,ni->', z - _y_max[:, None] - np.log(np.exp(z - _y_max[:, None]).sum(axis=1)[:, None]), t, optimize=True)/N
     return {
@@ -97,7 +98,7 @@ def backward(z, t, *, y=None):
     a, dtype, sizes = _prepare({'z': z, 't': t, 'y': y})
     z, t, y = a['z'], a['t'], a['y']
     N = sizes['N']
-    # dz[n, i] = (-t[n, i] + y[n, i]*sum_k(t[n, k]))/N
+    # dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N
     dz = (y*t.sum(axis=1)[:, None] - t)/N
     return {
         'dz': np.asarray(dz, dtype),
