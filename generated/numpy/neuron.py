@@ -97,7 +97,7 @@ def forward(x, w, y):
 def backward(x, w, y, *, yhat=None):
     """Returns dx, dw as a dict.
 
-    yhat may be passed from forward()'s result to skip recomputing them.
+    yhat may be passed from forward()'s result to skip recomputing it.
     """
     if yhat is None:
         cache = forward(x, w, y)

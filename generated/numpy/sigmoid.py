@@ -80,7 +80,7 @@ def forward(z):
 def backward(z, da, *, a=None):
     """Returns dz as a dict.
 
-    a may be passed from forward()'s result to skip recomputing them.
+    a may be passed from forward()'s result to skip recomputing it.
     """
     if a is None:
         cache = forward(z)

@@ -88,7 +88,7 @@ def forward(z, t):
 def backward(z, t, *, y=None):
     """Returns dz as a dict.
 
-    y may be passed from forward()'s result to skip recomputing them.
+    y may be passed from forward()'s result to skip recomputing it.
     """
     if y is None:
         cache = forward(z, t)

@@ -77,7 +77,7 @@ def forward(z):
 def backward(z, dy, *, y=None):
     """Returns dz as a dict.
 
-    y may be passed from forward()'s result to skip recomputing them.
+    y may be passed from forward()'s result to skip recomputing it.
     """
     if y is None:
         cache = forward(z)
