@@ -76,12 +76,22 @@ def _kwonly(fn):
     return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
 
 
-def load(layer_or_name, backend: str = "numpy", cache=None) -> Kernels:
-    """Kernels for a Layer, a built-in name or a spec file path."""
-    if backend != "numpy":
-        raise ValueError(f"unknown backend '{backend}'; available: numpy")
+def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=None):
+    """Kernels for a Layer, a built-in name or a spec file path.
+
+    backend="numpy": a generated NumPy module (any float dtype; float32 in, float32 out).
+    backend="c": compiled C kernels for one dtype, "float32" or "float64" (default),
+    cached under `cache`, $BACKPROP_CACHE or ~/.cache/backprop-toolkit.
+    """
+    if backend not in ("numpy", "c"):
+        raise ValueError(f"unknown backend '{backend}'; available: numpy, c")
     layer = resolve(layer_or_name)
     derivation = derive(layer)
+    if backend == "c":
+        return _load_c(layer, derivation, dtype or "float64", cache)
+    if dtype is not None:
+        raise ValueError("dtype is chosen per call by the NumPy backend (it follows the "
+                         "arrays); pass dtype only with backend='c'")
     source = numpy_source(plan(derivation))
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     directory = cache_dir(cache) / "numpy" / key
@@ -94,3 +104,17 @@ def load(layer_or_name, backend: str = "numpy", cache=None) -> Kernels:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return Kernels(layer, derivation, module, path, backend)
+
+
+def _load_c(layer, derivation, dtype, cache):
+    from .build import build
+    from .c_backend import c_sources
+    from .c_kernels import CKernels
+
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    kplan = plan(derivation)
+    files = c_sources(kplan)
+    cdef = files.pop("cdef")
+    module = build(layer.name, files, cdef, cache_dir(cache))
+    return CKernels(layer, derivation, kplan, module, dtype, files)

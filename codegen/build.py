@@ -1,0 +1,214 @@
+"""Compile generated C into a Python extension (cffi API mode), cached on disk.
+
+Cache entry: CACHE/c/<key>/ holding the extension and manifest.json (the extension's
+SHA-256).  The key hashes the sources, the cffi declarations, the flags, the compiler (its
+resolved path, size and mtime, found without running it), the Python ABI and cffi's
+version: any change makes a new entry, and a warm cache loads without starting the
+compiler.  OpenMP support is probed only when building; the compiler's identity fixes it.
+
+    1. look without a lock: a valid entry (manifest present, hash matches) is imported;
+    2. on a miss, take the entry's file lock (flock: released by the kernel if the holder
+       dies, so no stale locks), look again, and only then compile;
+    3. compile into a private temporary folder, write the manifest last, rename the folder
+       into place: a killed build leaves no half entry, and a corrupt or truncated entry
+       fails the hash check and is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from contextlib import redirect_stdout
+from io import StringIO
+
+import cffi
+
+NUMPY_HINT = ("To run without a C compiler, use the NumPy backend: "
+              "codegen.load(layer, backend=\"numpy\").")
+BASE_FLAGS = ["-O3", "-fPIC"]
+OPENMP_FLAGS = ["-fopenmp"]
+_loaded: dict[str, object] = {}        # key -> module, within this process
+_openmp: dict[tuple, bool] = {}        # compiler -> whether -fopenmp works
+
+
+class CompilerError(RuntimeError):
+    """The C compiler is missing or failed; the message carries its own output."""
+
+
+def compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+
+
+def _run(cmd, cwd=None):
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise CompilerError(f"no C compiler found: '{cmd[0]}' is not on PATH (set CC to "
+                            f"choose another). {NUMPY_HINT}") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CompilerError(f"could not run the C compiler '{cmd[0]}': {exc}. "
+                            f"{NUMPY_HINT}") from None
+
+
+def compiler_identity(cc) -> str:
+    """Who the compiler is, without running it (a warm cache never starts the compiler):
+    its resolved path, size and modification time, which change when it is upgraded."""
+    path = shutil.which(cc[0])
+    if path is None:
+        raise CompilerError(f"no C compiler found: '{cc[0]}' is not on PATH (set CC to "
+                            f"choose another). {NUMPY_HINT}")
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return f"{' '.join([real] + cc[1:])}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def compiler_version(cc) -> str:
+    r = _run(cc + ["--version"])
+    if r.returncode != 0:
+        raise CompilerError(f"'{' '.join(cc)} --version' failed:\n{r.stderr.strip()}\n"
+                            f"{NUMPY_HINT}")
+    return r.stdout.strip().splitlines()[0] if r.stdout.strip() else "unknown"
+
+
+def openmp_flags(cc) -> list[str]:
+    """-fopenmp when this compiler accepts it; the kernels compile to serial code without."""
+    key = tuple(cc)
+    if key not in _openmp:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "probe.c"
+            src.write_text("#include <omp.h>\nint main(void){return omp_get_max_threads()<1;}\n")
+            r = _run(cc + OPENMP_FLAGS + [str(src), "-o", str(Path(tmp) / "probe")])
+            _openmp[key] = r.returncode == 0
+    return OPENMP_FLAGS if _openmp[key] else []
+
+
+def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
+    """The compiled extension module for `sources` (file name -> text), from the cache
+    when a valid entry exists, else compiled once even under concurrent callers."""
+    cc = compiler()
+    key = _key(sources, cdef, BASE_FLAGS, compiler_identity(cc))
+    if key in _loaded:
+        return _loaded[key]
+    module_name = f"_bp_{name}_{key[:16]}"
+    root = Path(cache_root) / "c"
+    entry = root / key
+    module = _try_load(entry, module_name)
+    if module is None:
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root / f"{key}.lock"):
+            module = _try_load(entry, module_name)      # another process may have built it
+            if module is None:
+                flags = BASE_FLAGS + openmp_flags(cc)
+                _compile_entry(entry, module_name, sources, cdef, cc, flags,
+                               compiler_version(cc))
+                module = _try_load(entry, module_name)
+        if module is None:
+            raise CompilerError(f"the freshly built kernel in {entry} does not load")
+    _loaded[key] = module
+    return module
+
+
+def _key(sources, cdef, flags, identity) -> str:
+    h = hashlib.sha256()
+    for part in ([f"{n}\0{t}" for n, t in sorted(sources.items())] +
+                 [cdef, " ".join(flags), identity, sys.implementation.cache_tag,
+                  sysconfig.get_config_var("EXT_SUFFIX") or "", cffi.__version__,
+                  platform.machine()]):
+        h.update(part.encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def _ext_suffix() -> str:
+    return sysconfig.get_config_var("EXT_SUFFIX") or importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def _try_load(entry: Path, module_name: str):
+    """Import the entry's extension if its manifest and hash check out, else None."""
+    manifest = entry / "manifest.json"
+    library = entry / (module_name + _ext_suffix())
+    try:
+        meta = json.loads(manifest.read_text())
+        data = library.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, library)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    sys.modules[module_name] = module
+    return module
+
+
+def _compile_entry(entry, module_name, sources, cdef, cc, flags, version):
+    root = entry.parent
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".build-{entry.name[:16]}-"))
+    try:
+        c_files = []
+        for fname, text in sources.items():
+            (tmp / fname).write_text(text, encoding="utf-8")
+            if fname.endswith(".c"):
+                c_files.append(fname)
+        header = next(f for f in sources if f.endswith(".h"))
+        ffi = cffi.FFI()
+        ffi.cdef(cdef)
+        ffi.set_source(module_name, f'#include "{header}"')
+        with redirect_stdout(StringIO()):         # cffi announces "generating ..."
+            ffi.emit_c_code(str(tmp / f"{module_name}.c"))
+        library = module_name + _ext_suffix()
+        cmd = cc + flags + ["-shared", "-I.", f"-I{sysconfig.get_paths()['include']}",
+                            f"{module_name}.c"] + c_files + ["-o", library, "-lm"]
+        if sys.platform == "darwin":
+            cmd[-3:-3] = ["-undefined", "dynamic_lookup"]
+        started = time.time()
+        r = _run(cmd, cwd=tmp)
+        if r.returncode != 0:
+            raise CompilerError(f"the C compiler failed building kernel '{module_name}' "
+                                f"({' '.join(cmd)}):\n{(r.stderr or r.stdout).strip()}\n"
+                                f"{NUMPY_HINT}")
+        digest = hashlib.sha256((tmp / library).read_bytes()).hexdigest()
+        (tmp / "manifest.json").write_text(json.dumps({
+            "sha256": digest, "module": module_name, "compiler": version,
+            "command": cmd, "seconds": round(time.time() - started, 3)}, indent=1))
+        if entry.exists():                    # a corrupt entry: replace it
+            shutil.rmtree(entry, ignore_errors=True)
+        os.rename(tmp, entry)
+        with open(root / "builds.log", "a", encoding="utf-8") as log:
+            log.write(f"{entry.name} {module_name} pid={os.getpid()}\n")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as f:
+        try:
+            import fcntl
+        except ImportError:           # not POSIX: no cross-process lock, still atomic
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

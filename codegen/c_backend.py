@@ -1,0 +1,177 @@
+"""C backend: a kernel plan -> a C99 header and source per layer (float and double)."""
+from __future__ import annotations
+
+import sympy as sp
+
+from derive.indices import dim_of
+from derive.pretty import formula
+
+from .c_printer import CTYPES, SUFFIX, KernelCPrinter
+from .loops import LoopPlan, Nest, lower
+from .plan import KernelPlan
+from .render import render
+from .version import VERSION
+
+DTYPES = ("float32", "float64")
+
+
+def c_sources(plan: KernelPlan) -> dict[str, str]:
+    """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}"""
+    layer = plan.layer
+    loops = lower(plan)
+    shapes = {t.name: t.dims for t in layer.tensors.values()}
+    shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+    for t in loops.forward_temps + loops.backward_temps:
+        shapes[t.name] = t.dims
+    scalars = {n for n, d in shapes.items() if not d}
+    dims_params = ", ".join(f"ptrdiff_t {d}" for d in layer.dims) or "void"
+    forward_doc = [eq.text for eq in layer.equations]
+    backward_doc = []
+    for s in plan.derivation.steps:
+        backward_doc.append(f"{formula(s.lhs)} = {formula(s.expr)}")
+    helpers = _helpers(loops)
+
+    def arrays(names):
+        return ", ".join(f"{n}[{', '.join(shapes[n])}]" if shapes[n] else n for n in names) \
+            or "(none)"
+
+    variants = []
+    for dtype in DTYPES:
+        ctype = CTYPES[dtype]
+        printer = KernelCPrinter(dtype, shapes, scalars)
+        dims = [f"ptrdiff_t {d}" for d in layer.dims]
+
+        def params(inputs, outputs):
+            return ", ".join(dims + [f"const {ctype} *restrict {n}" for n in inputs]
+                             + [f"{ctype} *restrict {n}" for n in outputs]
+                             + [f"{ctype} *restrict bp_work"])
+
+        variants.append(dict(
+            ctype=ctype, suffix=SUFFIX[dtype], f="f" if dtype == "float32" else "",
+            forward_params=params(plan.args, plan.returns),
+            backward_params=params(plan.args + plan.upstream + plan.reuses, plan.gradients),
+            forward_unused=_unused(layer.dims, plan.args, plan.returns, loops.forward,
+                                   loops.forward_temps, shapes),
+            backward_unused=_unused(layer.dims, plan.args + plan.upstream + plan.reuses,
+                                    plan.gradients, loops.backward, loops.backward_temps,
+                                    shapes),
+            forward_temps=_offsets(loops.forward_temps),
+            backward_temps=_offsets(loops.backward_temps),
+            forward=[_view(n, printer, shapes) for n in loops.forward],
+            backward=[_view(n, printer, shapes) for n in loops.backward],
+        ))
+    seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
+        "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
+        ", ".join(plan.upstream)
+    context = dict(
+        name=layer.name, doc=layer.doc or f"layer {layer.name}", version=VERSION,
+        guard=f"BP_{layer.name.upper()}_H", dims=list(layer.dims), dims_params=dims_params,
+        forward_doc=forward_doc, backward_doc=backward_doc, seed=seed, helpers=helpers,
+        forward_in_doc=arrays(plan.args), forward_out_doc=arrays(plan.returns),
+        backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
+        backward_out_doc=arrays(plan.gradients),
+        forward_work=_size(loops.forward_temps), backward_work=_size(loops.backward_temps),
+        variants=variants,
+    )
+    return {f"{layer.name}.h": render("c_header.h.j2", **context),
+            f"{layer.name}.c": render("c_source.c.j2", **context),
+            "cdef": render("c_cdef.h.j2", **context)}
+
+
+def work_elements(plan: KernelPlan, sizes: dict[str, int]) -> tuple[int, int]:
+    """Scratch elements of forward and backward at concrete sizes (the *_work functions)."""
+    loops = lower(plan)
+
+    def total(temps):
+        out = 0
+        for t in temps:
+            n = 1
+            for d in t.dims:
+                n *= sizes[d]
+            out += n
+        return out
+
+    return total(loops.forward_temps), total(loops.backward_temps)
+
+
+def _unused(dims, inputs, outputs, nests, temps, shapes) -> list[str]:
+    """Parameters a function never reads, to be cast to void (no compiler warnings)."""
+    used = set()
+    for n in nests:
+        for e in (n.body, n.init):
+            used |= {a.base.label.name for a in e.atoms(sp.Indexed)}
+            used |= {s.name for s in e.free_symbols if isinstance(s, sp.Symbol)}
+        used.add(n.target)
+        used |= {str(dim_of(i)) for i in n.loops}
+        used |= set(shapes.get(n.target, ()))
+    for t in temps:
+        used |= set(t.dims)
+    if temps:
+        used.add("bp_work")
+    params = list(dims) + list(inputs) + list(outputs) + ["bp_work"]
+    return [p for p in params if p not in used]
+
+
+def _size(temps) -> str:
+    terms = ["*".join(f"(size_t){d}" for d in t.dims) or "1" for t in temps]
+    return " + ".join(terms) or "0"
+
+
+def _offsets(temps):
+    out, terms = [], []
+    for t in temps:
+        out.append(dict(name=t.name, offset=" + ".join(terms) or "0"))
+        terms.append("*".join(t.dims) or "1")
+    return out
+
+
+def _helpers(loops: LoopPlan) -> set[str]:
+    names = set()
+    for n in loops.forward + loops.backward:
+        for e in (n.body, n.init):
+            for f in e.atoms(sp.Function):
+                names.add({"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
+    return names
+
+
+def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
+    """What the template needs of one loop nest, every formula printed."""
+    loops = [(i.label.name, str(dim_of(i))) for i in n.loops]
+    extents = "*".join(e for _, e in loops)
+    target_ref = sp.IndexedBase(n.target)[n.out] if n.out else sp.Symbol(n.target)
+    target = printer._print(target_ref)
+    replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols("bp_c"),
+                                   optimizations="basic")
+    cse = [(str(s), printer.code(e)) for s, e in replacements]
+    value = printer.code(body)
+    when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
+    view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"),
+                loops=loops, cse=cse, value=value,
+                target=target, op=n.op, pragma="", init_pragma="", split=0,
+                out_loops=[], start="0", finish="")
+    if n.kind == "elementwise":
+        view.update(mode="assign",
+                    pragma=f"#pragma omp parallel for{when}" if loops else "")
+        return view
+    red = "max" if n.op == "max" else "+"
+    start = "-INFINITY" if n.op == "max" else "0"
+    finish = "bp_acc" if n.op == "max" else printer.code(n.init + sp.Symbol("bp_acc"))
+    if not n.out:
+        view.update(mode="scalar_total", start=start, finish=finish,
+                    pragma=f"#pragma omp parallel for reduction({red}:bp_acc){when}")
+    elif n.accumulate_in_place:
+        out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
+        out_extent = "*".join(e for _, e in out_loops)
+        size = "*".join(shapes[n.target])
+        if n.parallel == "array":
+            pragma = f"#pragma omp parallel for reduction({red}:{n.target}[0:{size}]){when}"
+        else:
+            pragma = f"#pragma omp parallel for{when}"
+        view.update(mode="inplace", out_loops=out_loops, pragma=pragma,
+                    start=start if n.op == "max" else printer.code(n.init),
+                    init_pragma=f"#pragma omp parallel for if ({out_extent} >= "
+                                f"BP_PARALLEL_MIN)")
+    else:
+        view.update(mode="scalar_acc", split=len(n.out), start=start, finish=finish,
+                    pragma=f"#pragma omp parallel for{when}")
+    return view

@@ -1,0 +1,130 @@
+"""The compiled C kernels of one layer behind the same forward/backward contract as the
+NumPy backend.  Every array is checked before C sees it: dtype as compiled, shape against
+the layer's dimensions (consistent across arrays), C-contiguity, sizes of at least 1.
+Outputs are allocated here, so they never alias an input."""
+from __future__ import annotations
+
+import numpy as np
+
+from .c_printer import CTYPES, SUFFIX
+
+
+class CKernels:
+    backend = "c"
+
+    def __init__(self, layer, derivation, plan, module, dtype: str, sources: dict):
+        self.layer = layer
+        self.derivation = derivation
+        self.plan = plan
+        self.name = layer.name
+        self.dtype = np.dtype(dtype)
+        self.sources = sources
+        self._ffi, self._lib = module.ffi, module.lib
+        self._ctype = CTYPES[dtype]
+        sfx = SUFFIX[dtype]
+        self._forward = getattr(self._lib, f"bp_{layer.name}_forward_{sfx}")
+        self._backward = getattr(self._lib, f"bp_{layer.name}_backward_{sfx}")
+        self._forward_work = getattr(self._lib, f"bp_{layer.name}_forward_work")
+        self._backward_work = getattr(self._lib, f"bp_{layer.name}_backward_work")
+        self.tensors = layer.describe()
+        self.args = plan.args
+        self.returns = plan.returns
+        self.upstream = plan.upstream
+        self.gradients = plan.gradients
+        self.reuses = plan.reuses
+        self._shapes = {t.name: t.dims for t in layer.tensors.values()}
+        self._shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+
+    def set_threads(self, threads: int) -> None:
+        """Threads the kernels may use (OpenMP; no effect when built without it)."""
+        getattr(self._lib, f"bp_{self.name}_set_threads")(int(threads))
+
+    # ---- the contract -------------------------------------------------------------------
+    def forward(self, **arrays):
+        _names(self.name, arrays, self.args, ())
+        a, sizes = self._check(arrays, self.args)
+        out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in self.returns}
+        work = self._work(self._forward_work, sizes)
+        self._forward(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                      *[self._ptr(out[n]) for n in self.returns], self._ptr(work))
+        return out
+
+    def backward(self, **arrays):
+        _names(self.name, arrays, self.args + self.upstream, self.returns)
+        if any(n not in arrays for n in self.reuses):
+            fwd = self.forward(**{n: arrays[n] for n in self.args})
+            arrays = {**{n: fwd[n] for n in self.reuses}, **arrays}
+        inputs = self.args + self.upstream + self.reuses
+        a, sizes = self._check(arrays, inputs)
+        out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in self.gradients}
+        work = self._work(self._backward_work, sizes)
+        self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
+                       *[self._ptr(out[n]) for n in self.gradients], self._ptr(work))
+        return out
+
+    # ---- checks ---------------------------------------------------------------------------
+    def _check(self, arrays, names):
+        sizes: dict[str, tuple[int, str]] = {}
+        checked = {}
+        for name in names:
+            value = arrays[name]
+            dims = self._shapes[name]
+            if not dims and np.ndim(value) == 0 and not isinstance(value, np.ndarray):
+                value = np.asarray(value, dtype=self.dtype)   # a Python number: no dtype
+            if not isinstance(value, np.ndarray):
+                raise ValueError(f"{name}: expected a numpy.ndarray of {self.dtype}, got "
+                                 f"{type(value).__name__}")
+            if value.dtype != self.dtype:
+                raise ValueError(f"{name}: expected dtype {self.dtype} (these kernels were "
+                                 f"compiled for it), got {value.dtype}")
+            if value.ndim != len(dims):
+                raise ValueError(f"{name}: expected shape {_shape(dims, sizes)} "
+                                 f"({len(dims)} axes), got {value.shape}")
+            for axis, (dim, size) in enumerate(zip(dims, value.shape)):
+                if size == 0:
+                    raise ValueError(f"{name}: dimension {dim} (axis {axis}) is 0; every "
+                                     f"dimension must be at least 1")
+                first = sizes.setdefault(dim, (size, name))
+                if first[0] != size:
+                    raise ValueError(f"{name}: expected shape {_shape(dims, sizes)}, got "
+                                     f"{value.shape}: dimension {dim} is {first[0]} in "
+                                     f"{first[1]}")
+            if not value.flags.c_contiguous:
+                raise ValueError(f"{name}: expected a C-contiguous array (use "
+                                 f"numpy.ascontiguousarray), got strides {value.strides}")
+            checked[name] = value
+        missing = [d for d in self.layer.dims if d not in sizes]
+        if missing:
+            raise ValueError(f"{self.name}: no array gives the size of dimension "
+                             f"{missing[0]}")
+        return checked, {d: s for d, (s, _) in sizes.items()}
+
+    def _shape(self, name, sizes):
+        return tuple(sizes[d] for d in self._shapes[name])
+
+    def _dims(self, sizes):
+        return [sizes[d] for d in self.layer.dims]
+
+    def _work(self, fn, sizes):
+        return np.empty(max(int(fn(*self._dims(sizes))), 1), self.dtype)
+
+    def _ptr(self, array):
+        return self._ffi.cast(f"{self._ctype} *", self._ffi.from_buffer(array))
+
+    def __repr__(self):
+        return f"<C kernels ({self.dtype}) of layer {self.name}>"
+
+
+def _names(layer, arrays, required, optional):
+    missing = [n for n in required if n not in arrays]
+    if missing:
+        raise ValueError(f"{layer}: missing array{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} (expects {', '.join(required)})")
+    unknown = [n for n in arrays if n not in required and n not in optional]
+    if unknown:
+        raise ValueError(f"{layer}: unexpected array{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)} (expects {', '.join(required)})")
+
+
+def _shape(dims, sizes):
+    return "(" + ", ".join(f"{d}={sizes[d][0]}" if d in sizes else d for d in dims) + ")"

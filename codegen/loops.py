@@ -1,0 +1,214 @@
+"""Kernel plan -> loop nests, for backends that write loops (C).
+
+Every statement becomes one or more nests of one of two kinds:
+
+    elementwise  T[F] = f(arrays)                 loops over F in T's axis order
+    reduce       T[F] = sum_K body  (or max_K)    loops over F and K
+
+A sum or maximum nested inside a larger expression is first hoisted into a temporary array
+over its own free indices (softmax's sum_k exp(z[n, k] - m[n]) becomes s[n], computed once
+per row rather than once per element).
+
+Loop order puts the index that is last-axis (stride 1) in the most array references
+innermost, so inner loops walk memory contiguously; a reduction keeps one of its output
+indices outermost, so that loop can run in parallel without write races.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from derive.indices import dim_of, free_indices
+
+from .plan import KernelPlan, Maximum, Statement
+
+
+@dataclass(frozen=True)
+class Nest:
+    kind: str                         # "elementwise" or "reduce"
+    target: str
+    out: tuple[sp.Idx, ...]           # the target's indices, in axis order
+    loops: tuple[sp.Idx, ...]         # outermost first
+    reduced: tuple[sp.Idx, ...]       # indices summed (or maximized) over
+    body: sp.Expr                     # the value, or the summand
+    op: str = "sum"                   # "sum" or "max" for reductions
+    comment: str = ""
+    init: sp.Expr = sp.Integer(0)     # a reduction's starting value (b[i] in W x + b)
+
+    @property
+    def parallel(self) -> str:
+        """How the outermost loop runs in parallel: 'output' (it indexes the target, so
+        threads write disjoint parts), 'scalar' (a scalar reduction), 'array' (threads
+        reduce private copies of the target), or '' (no loops)."""
+        if not self.loops:
+            return ""
+        if self.loops[0] in self.out:
+            return "output"
+        return "array" if self.out else "scalar"
+
+    @property
+    def accumulate_in_place(self) -> bool:
+        """True when a reduced loop is outside an output loop: the target is initialized
+        first and updated in place; otherwise a scalar accumulator suffices."""
+        if self.kind != "reduce":
+            return False
+        pos = {i: k for k, i in enumerate(self.loops)}
+        return any(pos[r] < pos[o] for r in self.reduced for o in self.out)
+
+
+@dataclass(frozen=True)
+class Temp:
+    name: str
+    indices: tuple[sp.Idx, ...]
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(str(dim_of(i)) for i in self.indices)
+
+
+@dataclass
+class LoopPlan:
+    forward: list[Nest] = field(default_factory=list)
+    backward: list[Nest] = field(default_factory=list)
+    forward_temps: list[Temp] = field(default_factory=list)
+    backward_temps: list[Temp] = field(default_factory=list)
+
+
+def lower(plan: KernelPlan) -> LoopPlan:
+    out = LoopPlan()
+    counter = [0]
+    known: dict = {}                         # reduction -> temporary, within one pass
+    for st in plan.forward:
+        if st.name.startswith("_"):          # plan temporaries (row maxima) live in work
+            out.forward_temps.append(Temp(st.name, st.indices))
+        out.forward += _lower_statement(st, out.forward_temps, counter, known)
+    known = {}
+    for st in plan.backward:
+        if st.name not in plan.gradients:    # a delta used by several gradients
+            out.backward_temps.append(Temp(st.name, st.indices))
+        out.backward += _lower_statement(st, out.backward_temps, counter, known)
+    return out
+
+
+def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[Nest]:
+    nests: list[Nest] = []
+    expr = st.expr
+    init, reduction = _split_init(expr, st.indices)
+    coeff, core = _split_coefficient(reduction)
+    if isinstance(core, (sp.Sum, Maximum)):
+        body, reduced, op = _reduction_parts(core)
+        ctx = tuple(st.indices) + tuple(reduced)
+        body = _hoist(body, temps, nests, counter, ctx, known)
+        init = _hoist(init, temps, nests, counter, tuple(st.indices), known)
+        nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
+                                  init))
+        return nests
+    expr = _hoist(expr, temps, nests, counter, tuple(st.indices), known)
+    nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices), (), expr,
+                      comment=st.formula))
+    return nests
+
+
+def _split_init(expr, out):
+    """base + c * Sum(...) -> (base, c * Sum(...)) when the sum covers every output index
+    and base has no sum: then the reduction starts from base instead of a temporary."""
+    if not isinstance(expr, sp.Add):
+        return sp.Integer(0), expr
+    candidates = [t for t in expr.args if _split_coefficient(t)[1] is not t or
+                  isinstance(t, sp.Sum)]
+    candidates = [t for t in candidates if isinstance(_split_coefficient(t)[1], sp.Sum)
+                  and free_indices(t) == set(out)]
+    if len(candidates) != 1:
+        return sp.Integer(0), expr
+    base = expr - candidates[0]
+    if base.has(sp.Sum) or base.has(Maximum):
+        return sp.Integer(0), expr
+    return base, candidates[0]
+
+
+def _split_coefficient(expr):
+    """c * Sum(...) -> (c, Sum) when c is free of indices; else (1, expr)."""
+    if isinstance(expr, sp.Mul):
+        reductions = [f for f in expr.args if isinstance(f, (sp.Sum, Maximum))]
+        rest = [f for f in expr.args if not isinstance(f, (sp.Sum, Maximum))]
+        if len(reductions) == 1 and not any(free_indices(f) or f.atoms(sp.Indexed)
+                                            for f in rest):
+            if not isinstance(reductions[0], Maximum):
+                return sp.Mul(*rest), reductions[0]
+    return sp.Integer(1), expr
+
+
+def _reduction_parts(core):
+    if isinstance(core, Maximum):
+        return core.args[0], (core.args[1],), "max"
+    body, reduced = core.function, [lim[0] for lim in core.limits]
+    while isinstance(body, sp.Sum):               # sum_n sum_i -> one nest over n, i
+        reduced += [lim[0] for lim in body.limits]
+        body = body.function
+    return body, tuple(reduced), "sum"
+
+
+def _hoist(expr, temps, nests, counter, ctx, known):
+    """Replace every sum or maximum inside expr by a temporary computed before it.  A
+    temporary's axes follow `ctx` (the enclosing loops), so it is read contiguously; an
+    identical reduction already computed in this pass is reused."""
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol)):
+        return expr
+    if isinstance(expr, (sp.Sum, Maximum)):
+        body, reduced, op = _reduction_parts(expr)
+        free = tuple(sorted(free_indices(expr), key=lambda i: (
+            list(ctx).index(i) if i in ctx else len(ctx), str(i))))
+        body = _hoist(body, temps, nests, counter, free + tuple(reduced), known)
+        key = (op, _canonical(body, reduced), free)
+        if key in known:
+            return _ref(known[key], free)
+        counter[0] += 1
+        name = f"_s{counter[0]}"
+        temps.append(Temp(name, free))
+        what = "maximum" if op == "max" else "sum"
+        nest = _reduce_nest(name, free, reduced, body, op,
+                            f"{what} over {', '.join(map(str, reduced))}")
+        known[key] = name
+        nests.append(nest)
+        return _ref(name, free)
+    return expr.func(*[_hoist(a, temps, nests, counter, ctx, known) for a in expr.args])
+
+
+def _ref(name, free):
+    return sp.IndexedBase(name)[free] if free else sp.Symbol(name)
+
+
+def _canonical(body, reduced):
+    return body.xreplace({k: sp.Idx(f"_r{j}", dim_of(k)) for j, k in enumerate(reduced)})
+
+
+def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0)) -> Nest:
+    out = tuple(out)
+    refs = [(target, out)] + [(a.base.label.name, tuple(a.indices))
+                              for a in body.atoms(sp.Indexed)]
+    loops = _order(out, tuple(reduced), refs)
+    return Nest("reduce", target, out, loops, tuple(reduced), body, op, comment, init)
+
+
+def _order(out, reduced, refs):
+    """Outermost first.  Each index scores the sum over references of its distance from
+    the last axis (0 = stride 1); higher scores go outer, ties put output indices outer.
+    When that puts a reduced index outermost, an output index is moved out instead if the
+    innermost loop stays the same (so the outer loop can be parallel without private
+    copies of the target)."""
+    def score(i):
+        total = 0
+        for _, idx in refs:
+            if i in idx:
+                total += len(idx) - 1 - list(idx).index(i)
+        return total
+
+    everything = list(out) + [r for r in reduced if r not in out]
+    order = sorted(everything, key=lambda i: (-score(i), i not in out,
+                                              everything.index(i)))
+    if out and order[0] not in out and len(order) > 2:
+        best = max(out, key=lambda i: (score(i), -list(out).index(i)))
+        if best != order[-1]:
+            order = [best] + [i for i in order if i != best]
+    return tuple(order)
