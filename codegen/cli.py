@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?")
     p.add_argument("--all", action="store_true",
                    help="every built-in layer, into DIR/<backend>/ (how generated/ is made)")
-    p.add_argument("--backend", default="numpy", choices=list(BACKENDS))
+    p.add_argument("--backend", choices=list(BACKENDS),
+                   help="numpy (default) or c; with --all, every backend unless given")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
 
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
@@ -62,10 +63,10 @@ def cmd_emit(args) -> int:
     if args.all:
         from .emit import emit_all
 
-        for path in emit_all(args.out, [args.backend]):
+        for path in emit_all(args.out, [args.backend] if args.backend else BACKENDS):
             print(path)
         return 0
-    for path in emit(args.layer, args.out, args.backend):
+    for path in emit(args.layer, args.out, args.backend or "numpy"):
         print(path)
     return 0
 

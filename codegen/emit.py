@@ -12,7 +12,7 @@ from derive.builtins import resolve
 from .numpy_backend import numpy_source
 from .plan import plan
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "c")
 
 
 def sources(layer_or_name, backend: str = "numpy") -> dict[str, str]:
@@ -21,6 +21,12 @@ def sources(layer_or_name, backend: str = "numpy") -> dict[str, str]:
         raise ValueError(f"unknown backend '{backend}'; available: {', '.join(BACKENDS)}")
     layer = resolve(layer_or_name)
     kplan = plan(derive(layer))
+    if backend == "c":
+        from .c_backend import c_sources
+
+        files = c_sources(kplan)
+        files.pop("cdef")
+        return files
     return {f"{layer.name}.py": numpy_source(kplan)}
 
 

@@ -1,0 +1,241 @@
+"""The C build: standalone sources, the cache (warm, concurrent, corrupt), compiler
+failures, and a wrapper that keeps bad arrays away from C."""
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import codegen
+from codegen.build import CompilerError
+from derive.builtins import BUILTINS
+
+from .oracles import finite_differences, random_arrays, rel_err, tolerance
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cc_available():
+    from shutil import which
+    return which(os.environ.get("CC", "cc")) is not None
+
+
+@pytest.mark.parametrize("openmp", [False, True])
+@pytest.mark.parametrize("name", BUILTINS)
+def test_generated_sources_compile_standalone(tmp_path, name, openmp):
+    """The committed generated/c sources are plain C99: no warnings under -pedantic."""
+    src = ROOT / "generated" / "c" / f"{name}.c"
+    flags = ["-fopenmp"] if openmp else ["-Wno-unknown-pragmas"]
+    r = subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror",
+                        *flags, "-c", str(src), "-o", str(tmp_path / f"{name}.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_plain_c_program_uses_a_kernel(tmp_path):
+    """No Python anywhere: a C program calls the generated dense kernels."""
+    main = tmp_path / "main.c"
+    main.write_text(textwrap.dedent("""
+        #include <stdio.h>
+        #include <stdlib.h>
+        #include "dense.h"
+        int main(void) {
+            const ptrdiff_t N = 2, I = 3, J = 2;
+            double x[4] = {1, 2, 3, 4}, W[6] = {1, 0, 0, 1, 1, 1}, b[3] = {0.5, 0, -1};
+            double z[6], dz[6] = {1, 1, 1, 1, 1, 1}, dx[4], dW[6], db[3];
+            double *work = malloc((bp_dense_backward_work(N, I, J) + 1) * sizeof *work);
+            bp_dense_forward_f64(N, I, J, x, W, b, z, work);
+            bp_dense_backward_f64(N, I, J, x, W, b, dz, dx, dW, db, work);
+            for (int k = 0; k < 6; ++k) printf("%g ", z[k]);
+            for (int k = 0; k < 4; ++k) printf("%g ", dx[k]);
+            for (int k = 0; k < 3; ++k) printf("%g ", db[k]);
+            printf("\\n");
+            free(work);
+            return 0;
+        }
+    """))
+    exe = tmp_path / "main"
+    r = subprocess.run(["cc", "-std=c99", "-O2", f"-I{ROOT / 'generated' / 'c'}",
+                        str(main), str(ROOT / "generated" / "c" / "dense.c"), "-lm",
+                        "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = [float(v) for v in subprocess.run([str(exe)], capture_output=True,
+                                            text=True).stdout.split()]
+    x, W, b = np.array([[1, 2], [3, 4.]]), np.array([[1, 0], [0, 1], [1, 1.]]), \
+        np.array([0.5, 0, -1])
+    z = x @ W.T + b
+    np.testing.assert_allclose(out[:6], z.ravel())
+    np.testing.assert_allclose(out[6:10], (np.ones((2, 3)) @ W).ravel())
+    np.testing.assert_allclose(out[10:], [2, 2, 2])
+
+
+def run_python(code, env):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+SNIPPET = """
+    import numpy as np, codegen
+    k = codegen.load("mlp2", backend="c", dtype="float64")
+    rng = np.random.default_rng(0)
+    x, W1, b1 = rng.normal(size=(4, 3)), rng.normal(size=(5, 3)), rng.normal(size=5)
+    W2, b2, t = rng.normal(size=(2, 5)), rng.normal(size=2), np.eye(2)[[0, 1, 1, 0]]
+    g = k.backward(x=x, W1=W1, b1=b1, W2=W2, b2=b2, t=t)
+    ref = codegen.load("mlp2").backward(x=x, W1=W1, b1=b1, W2=W2, b2=b2, t=t)
+    assert all(np.allclose(g[n], ref[n], rtol=1e-12, atol=1e-14) for n in g)
+    print("ok")
+"""
+
+
+def counting_compiler(tmp_path):
+    """A cc wrapper that records every invocation."""
+    log = tmp_path / "cc.log"
+    script = tmp_path / "cc-wrapper"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec cc \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script, log
+
+
+def test_warm_cache_loads_without_the_compiler(tmp_path):
+    script, log = counting_compiler(tmp_path)
+    env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache"), "CC": str(script)}
+    assert run_python(SNIPPET, env).stdout.strip() == "ok"
+    calls = log.read_text().count("\n")
+    assert calls >= 1
+    r = run_python(SNIPPET, env)
+    assert r.stdout.strip() == "ok", r.stderr
+    assert log.read_text().count("\n") == calls      # no new compiler invocation
+
+
+def test_parallel_processes_build_once(tmp_path):
+    env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(SNIPPET)], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for out, err in results:
+        assert out.strip() == "ok", err
+    builds = (tmp_path / "cache" / "c" / "builds.log").read_text().splitlines()
+    assert len(builds) == 1, builds
+    entries = [p for p in (tmp_path / "cache" / "c").iterdir() if p.is_dir()]
+    assert len(entries) == 1                          # no leftover temporary folders
+
+
+def test_truncated_cache_entry_is_rebuilt(tmp_path):
+    env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache")}
+    assert run_python(SNIPPET, env).stdout.strip() == "ok"
+    (entry,) = [p for p in (tmp_path / "cache" / "c").iterdir() if p.is_dir()]
+    (lib,) = [p for p in entry.iterdir() if p.suffix == ".so"]
+    data = lib.read_bytes()
+    lib.write_bytes(data[: len(data) // 3])
+    r = run_python(SNIPPET, env)
+    assert r.stdout.strip() == "ok", r.stderr
+    assert len((tmp_path / "cache" / "c" / "builds.log").read_text().splitlines()) == 2
+    assert lib.read_bytes() != data[: len(data) // 3]
+
+
+def test_missing_compiler_says_so_and_suggests_numpy(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(CompilerError, match="no C compiler found.*NumPy backend"):
+        codegen.load("relu", backend="c", cache=tmp_path / "cache")
+
+
+def test_failing_compiler_message_is_carried(tmp_path, monkeypatch):
+    script = tmp_path / "bad-cc"
+    script.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo bad-cc 1.0; exit 0; fi\n"
+                      "echo 'bad-cc: error: this compiler refuses everything' >&2\nexit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(script))
+    with pytest.raises(CompilerError) as info:
+        codegen.load("tanh", backend="c", cache=tmp_path / "cache")
+    assert "this compiler refuses everything" in str(info.value)
+    assert "backend=\"numpy\"" in str(info.value)
+    assert not [p for p in (tmp_path / "cache" / "c").iterdir() if p.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def dense32():
+    return codegen.load("dense", backend="c", dtype="float32")
+
+
+def good(dtype=np.float32):
+    return dict(x=np.ones((3, 5), dtype), W=np.ones((7, 5), dtype), b=np.ones(7, dtype))
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(W=np.ones((7, 4), np.float32)), r"W: expected shape \(I=7, J=5\), got \(7, 4\)"),
+    (dict(b=np.ones((7, 1), np.float32)), r"b: expected shape \(I=7\) \(1 axes\)"),
+    (dict(x=np.ones((3, 5), np.float64)), "x: expected dtype float32"),
+    (dict(x=np.ones((3, 5), np.int32)), "x: expected dtype float32"),
+    (dict(x=np.ones((5, 3), np.float32).T), "x: expected a C-contiguous array"),
+    (dict(W=np.ones((7, 10), np.float32)[:, ::2]), "W: expected a C-contiguous array"),
+    (dict(x=np.ones((0, 5), np.float32)), "x: dimension N .* is 0"),
+    (dict(x=[[1.0] * 5] * 3), "x: expected a numpy.ndarray"),
+])
+def test_bad_arrays_never_reach_c(dense32, change, words):
+    with pytest.raises(ValueError, match=words):
+        dense32.forward(**{**good(), **change})
+    with pytest.raises(ValueError, match=words):
+        dense32.backward(**{**good(), **change}, dz=np.ones((3, 7), np.float32))
+
+
+def test_bad_upstream_and_names(dense32):
+    with pytest.raises(ValueError, match=r"dz: expected shape \(N=3, I=7\), got \(3, 6\)"):
+        dense32.backward(**good(), dz=np.ones((3, 6), np.float32))
+    with pytest.raises(ValueError, match="missing array dz"):
+        dense32.backward(**good())
+    with pytest.raises(ValueError, match="unexpected array bias"):
+        dense32.forward(**good(), bias=np.ones(7, np.float32))
+
+
+def test_nan_inputs_propagate_without_crashing(dense32):
+    a = good()
+    a["x"][1, 2] = np.nan
+    z = dense32.forward(**a)["z"]
+    assert np.isnan(z[1]).all() and np.isfinite(z[[0, 2]]).all()
+    g = dense32.backward(**a, dz=np.ones((3, 7), np.float32))
+    assert np.isnan(g["dW"][:, 2]).all()
+
+
+def test_bad_dtype_argument():
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        codegen.load("dense", backend="c", dtype="float16")
+
+
+GATED = """layer gated  a = x (.) sigmoid(W x + b): a gated linear unit, not a built-in
+dims N, I
+input  x[N, I]
+param  W[I, I], b[I]
+intermediate g[N, I]
+output a[N, I]
+
+g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
+a[n, i] = x[n, i] * g[n, i]
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_user_layer_from_spec_file_to_c(tmp_path, dtype):
+    from derive.evaluate import evaluate
+
+    spec = tmp_path / "gated.bp"
+    spec.write_text(GATED)
+    c = codegen.load(str(spec), backend="c", dtype=dtype)
+    k = codegen.load(str(spec))
+    rng = np.random.default_rng(11)
+    sizes = dict(N=5, I=7)
+    arrays = random_arrays(k, sizes, rng)
+    exact = evaluate(c.derivation, arrays)
+    a = {n: v.astype(dtype) for n, v in arrays.items()}
+    grads = c.backward(**a)
+    tol = max(tolerance(np.dtype(dtype), sizes), 50 * np.finfo(dtype).eps)
+    for n in c.gradients:
+        assert rel_err(grads[n], exact[n]) < tol, n
+        assert rel_err(grads[n], k.backward(**a)[n]) < tol, n
+    if dtype == "float64":
+        for n in c.gradients:
+            assert rel_err(grads[n], finite_differences(c, arrays, n[1:])) < 1e-6, n

@@ -1,0 +1,128 @@
+"""The compiled C kernels of every built-in layer, in float32 and float64, against the
+NumPy backend, the symbolic expressions, finite differences and PyTorch."""
+import numpy as np
+import pytest
+
+import codegen
+from derive.builtins import BUILTINS
+from derive.evaluate import evaluate
+
+from .oracles import (draw_sizes, finite_differences, random_arrays, rel_err, tolerance,
+                      torch_forward)
+
+DTYPES = ("float32", "float64")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return {(name, dt): codegen.load(name, backend="c", dtype=dt)
+            for name in BUILTINS for dt in DTYPES}
+
+
+@pytest.fixture(scope="module")
+def numpy_kernels():
+    return {name: codegen.load(name) for name in BUILTINS}
+
+
+def cast(arrays, dtype):
+    return {n: np.asarray(v, dtype=dtype) for n, v in arrays.items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, seed", [(n, s) for n in BUILTINS for s in range(3)])
+def test_against_numpy_and_symbolic(kernels, numpy_kernels, name, seed, dtype):
+    c = kernels[name, dtype]
+    rng = np.random.default_rng(2000 + seed)
+    sizes = draw_sizes(c.layer, rng, ones=(seed == 0))
+    arrays = random_arrays(numpy_kernels[name], sizes, rng)
+    exact = evaluate(c.derivation, arrays)            # float64 symbolic oracle
+    a = cast(arrays, dtype)
+    fwd = c.forward(**{n: a[n] for n in c.args})
+    grads = c.backward(**a)
+    np_fwd = numpy_kernels[name].forward(**{n: a[n] for n in c.args})
+    np_grads = numpy_kernels[name].backward(**a)
+    tol = tolerance(np.dtype(dtype), sizes)
+    for n in c.returns:
+        assert fwd[n].dtype == np.dtype(dtype) and fwd[n].shape == np_fwd[n].shape
+        assert rel_err(fwd[n], np_fwd[n]) < tol, (n, sizes)
+        # float32 against the float64 oracle: inputs were rounded too, so allow that as well
+        assert rel_err(fwd[n], exact[n]) < max(tol, 50 * np.finfo(dtype).eps), (n, sizes)
+    for n in c.gradients:
+        assert grads[n].dtype == np.dtype(dtype)
+        assert rel_err(grads[n], np_grads[n]) < tol, (n, sizes)
+        assert rel_err(grads[n], exact[n]) < max(tol, 50 * np.finfo(dtype).eps), (n, sizes)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_float64_against_finite_differences(kernels, numpy_kernels, name):
+    c = kernels[name, "float64"]
+    rng = np.random.default_rng(5)
+    sizes = draw_sizes(c.layer, rng)
+    arrays = random_arrays(numpy_kernels[name], sizes, rng)
+    grads = c.backward(**arrays)
+    for n in c.gradients:
+        fd = finite_differences(c, arrays, n[1:])
+        assert rel_err(grads[n], fd) < 1e-6, (n, sizes)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_against_pytorch(kernels, numpy_kernels, name):
+    torch = pytest.importorskip("torch")
+    c = kernels[name, "float64"]
+    rng = np.random.default_rng(9)
+    sizes = draw_sizes(c.layer, rng)
+    arrays = random_arrays(numpy_kernels[name], sizes, rng, one_hot=True)
+    leaves = {n: torch.tensor(arrays[n], requires_grad=True) for n in c.args}
+    out = torch_forward(name)(**leaves)
+    total = sum((out[t.name] * torch.tensor(arrays["d" + t.name])).sum()
+                for t in c.layer.upstream)
+    if c.layer.loss:
+        total = total + out[c.layer.loss]
+    wanted = [n[1:] for n in c.gradients]
+    tgrads = torch.autograd.grad(total, [leaves[n] for n in wanted])
+    grads = c.backward(**arrays)
+    for n, g in zip(wanted, tgrads):
+        assert rel_err(grads["d" + n], g.numpy()) < tolerance(np.float64, sizes), n
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["softmax", "softmax_cross_entropy", "sigmoid_bce", "mlp2",
+                                  "sigmoid", "tanh"])
+@pytest.mark.parametrize("logit", [1e4, -1e4])
+def test_extreme_logits_stay_finite(kernels, numpy_kernels, name, dtype, logit):
+    c = kernels[name, dtype]
+    rng = np.random.default_rng(3)
+    arrays = random_arrays(numpy_kernels[name], {d: 3 for d in c.layer.dims}, rng,
+                           one_hot=True)
+    first = c.args[0]
+    arrays[first] = logit * np.sign(rng.normal(size=arrays[first].shape))
+    a = cast(arrays, dtype)
+    fwd = c.forward(**{n: a[n] for n in c.args})
+    grads = c.backward(**a)
+    for n, v in list(fwd.items()) + list(grads.items()):
+        assert np.all(np.isfinite(v)), (n, v)
+
+
+def test_backward_reuses_given_intermediates(kernels, numpy_kernels):
+    c = kernels["mlp2", "float64"]
+    rng = np.random.default_rng(1)
+    arrays = random_arrays(numpy_kernels["mlp2"], dict(N=5, D=3, H=7, C=2), rng)
+    fwd = c.forward(**{n: arrays[n] for n in c.args})
+    a = c.backward(**arrays)
+    b = c.backward(**arrays, **fwd)
+    for n in a:
+        np.testing.assert_array_equal(a[n], b[n])
+
+
+def test_threads_do_not_change_results(kernels, numpy_kernels):
+    """Large enough for the OpenMP loops to fork (above BP_PARALLEL_MIN)."""
+    c = kernels["mlp2", "float64"]
+    rng = np.random.default_rng(4)
+    arrays = random_arrays(numpy_kernels["mlp2"], dict(N=257, D=61, H=67, C=11), rng)
+    c.set_threads(1)
+    one = c.backward(**arrays)
+    c.set_threads(2)
+    two = c.backward(**arrays)
+    ref = numpy_kernels["mlp2"].backward(**arrays)
+    for n in one:
+        assert rel_err(one[n], ref[n]) < 1e-12 and rel_err(two[n], ref[n]) < 1e-12, n
