@@ -38,7 +38,10 @@ import cffi
 
 NUMPY_HINT = ("To run without a C compiler, use the NumPy backend: "
               "codegen.load(layer, backend=\"numpy\").")
-BASE_FLAGS = ["-O3", "-fPIC"]
+BASE_FLAGS = ["-fPIC"]
+# -fno-math-errno: math calls have no side effect, so loops around them can vectorize.
+# Override with $BACKPROP_CFLAGS (the key includes whatever is used).
+DEFAULT_OPT_FLAGS = ["-O3", "-march=native", "-fno-math-errno"]
 OPENMP_FLAGS = ["-fopenmp"]
 _loaded: dict[str, object] = {}        # key -> module, within this process
 _openmp: dict[tuple, bool] = {}        # compiler -> whether -fopenmp works
@@ -95,11 +98,38 @@ def openmp_flags(cc) -> list[str]:
     return OPENMP_FLAGS if _openmp[key] else []
 
 
+def opt_flags() -> list[str]:
+    env = os.environ.get("BACKPROP_CFLAGS")
+    if env is not None:
+        return shlex.split(env)
+    flags = list(DEFAULT_OPT_FLAGS)
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64" \
+            and platform.libc_ver()[0] == "glibc":
+        # glibc's <math.h> declares the vector variants of exp, log, tanh... (libmvec,
+        # within 4 ulp) only when __FAST_MATH__ is defined.  Defining it, without
+        # -ffast-math itself, lets `omp simd` loops call them while the arithmetic stays
+        # IEEE: no reassociation outside simd reductions, no finite-math assumption, and
+        # no flush-to-zero switched on in the calling process.
+        flags.append("-D__FAST_MATH__")
+    return flags
+
+
+def cpu_identity() -> str:
+    """-march=native code runs only on this kind of CPU: its model and flags join the key."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            wanted = [l for l in f if l.startswith(("model name", "flags"))][:2]
+        return hashlib.sha256("".join(wanted).encode()).hexdigest()[:16]
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
     """The compiled extension module for `sources` (file name -> text), from the cache
     when a valid entry exists, else compiled once even under concurrent callers."""
     cc = compiler()
-    key = _key(sources, cdef, BASE_FLAGS, compiler_identity(cc))
+    flags = BASE_FLAGS + opt_flags()
+    key = _key(sources, cdef, flags, compiler_identity(cc) + "|" + cpu_identity())
     if key in _loaded:
         return _loaded[key]
     module_name = f"_bp_{name}_{key[:16]}"
@@ -111,9 +141,8 @@ def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
         with _locked(root / f"{key}.lock"):
             module = _try_load(entry, module_name)      # another process may have built it
             if module is None:
-                flags = BASE_FLAGS + openmp_flags(cc)
-                _compile_entry(entry, module_name, sources, cdef, cc, flags,
-                               compiler_version(cc))
+                _compile_entry(entry, module_name, sources, cdef, cc,
+                               flags + openmp_flags(cc), compiler_version(cc))
                 module = _try_load(entry, module_name)
         if module is None:
             raise CompilerError(f"the freshly built kernel in {entry} does not load")

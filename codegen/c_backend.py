@@ -148,17 +148,26 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
-                out_loops=[], start="0", finish="")
+                out_loops=[], start="0", finish="", simd="", init_simd="")
+    # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
+    # lanes, which -O3 alone may not do; a NaN-propagating max stays scalar.
+    simd = "#pragma omp simd" if len(loops) else ""
     if n.kind == "elementwise":
-        view.update(mode="assign",
-                    pragma=f"#pragma omp parallel for{when}" if loops else "")
+        view.update(mode="assign", simd=simd,
+                    pragma=f"#pragma omp parallel for{when}" if len(loops) > 1 else
+                    (f"#pragma omp parallel for simd{when}" if loops else ""))
+        if len(loops) == 1:
+            view["simd"] = ""
         return view
     red = "max" if n.op == "max" else "+"
     start = "-INFINITY" if n.op == "max" else "0"
     finish = "bp_acc" if n.op == "max" else printer.code(n.init + sp.Symbol("bp_acc"))
     if not n.out:
+        fused = " simd" if n.op == "sum" and len(loops) == 1 else ""
         view.update(mode="scalar_total", start=start, finish=finish,
-                    pragma=f"#pragma omp parallel for reduction({red}:bp_acc){when}")
+                    simd="#pragma omp simd reduction(+:bp_acc)"
+                    if n.op == "sum" and len(loops) > 1 else "",
+                    pragma=f"#pragma omp parallel for{fused} reduction({red}:bp_acc){when}")
     elif n.accumulate_in_place:
         out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
         out_extent = "*".join(e for _, e in out_loops)
@@ -167,11 +176,15 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
             pragma = f"#pragma omp parallel for reduction({red}:{n.target}[0:{size}]){when}"
         else:
             pragma = f"#pragma omp parallel for{when}"
+        inner_reduced = n.loops[-1] in n.reduced
         view.update(mode="inplace", out_loops=out_loops, pragma=pragma,
+                    simd="" if n.op == "max" or inner_reduced or len(loops) < 2 else simd,
                     start=start if n.op == "max" else printer.code(n.init),
-                    init_pragma=f"#pragma omp parallel for if ({out_extent} >= "
-                                f"BP_PARALLEL_MIN)")
+                    init_simd="#pragma omp simd" if len(out_loops) > 1 else "",
+                    init_pragma=f"#pragma omp parallel for{' simd' if len(out_loops) == 1 else ''}"
+                                f" if ({out_extent} >= BP_PARALLEL_MIN)")
     else:
         view.update(mode="scalar_acc", split=len(n.out), start=start, finish=finish,
+                    simd="#pragma omp simd reduction(+:bp_acc)" if n.op == "sum" else "",
                     pragma=f"#pragma omp parallel for{when}")
     return view

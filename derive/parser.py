@@ -204,6 +204,8 @@ class _Parser:
     # ---- equations --------------------------------------------------------------------
     def _split_equals(self, stmt, body) -> tuple[int, str, str]:
         hits = [m.start() for m in SINGLE_EQUALS.finditer(body)]
+        if not body.strip():
+            raise stmt.error("expected a condition like 'given sum(t[n, i], i) = 1'", 1)
         if not hits:
             word = body.split()[0]
             raise stmt.error(f"unknown statement '{word}': expected a declaration "

@@ -141,6 +141,8 @@ def test_condition_errors():
     bad = base.replace("given  sum(t[n, i], i) = 1", "given  t[n, i] = 1")
     err = error_of(bad)
     assert err.line == 7 and "sum(T[n, i], i) = value" in err.message
+    bad = base.replace("given  sum(t[n, i], i) = 1", "given# sum(t[n, i], i) = 1")
+    assert "expected a condition" in error_of(bad).message
     bad = base.replace("given  sum(t[n, i], i) = 1", "given  sum(t[n, i], j) = 1")
     assert "not an index of 't'" in error_of(bad).message
 

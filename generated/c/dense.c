@@ -57,6 +57,7 @@ void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t i = 0; i < I; ++i) {
             float bp_acc = 0;
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 bp_acc += W[i*J + j]*x[n*J + j];
             }
@@ -72,6 +73,7 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     /* dx[n, j] = sum_i(W[i, j]*dz[n, i]) */
     #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t j = 0; j < J; ++j) {
             dx[n*J + j] = 0;
         }
@@ -79,6 +81,7 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t i = 0; i < I; ++i) {
+            #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dx[n*J + j] += W[i*J + j]*dz[n*I + i];
             }
@@ -87,6 +90,7 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     /* dW[i, j] = sum_n(dz[n, i]*x[n, j]) */
     #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < I; ++i) {
+        #pragma omp simd
         for (ptrdiff_t j = 0; j < J; ++j) {
             dW[i*J + j] = 0;
         }
@@ -94,18 +98,20 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < I; ++i) {
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dW[i*J + j] += dz[n*I + i]*x[n*J + j];
             }
         }
     }
     /* db[i] = sum_n(dz[n, i]) */
-    #pragma omp parallel for if (I >= BP_PARALLEL_MIN)
+    #pragma omp parallel for simd if (I >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < I; ++i) {
         db[i] = 0;
     }
     #pragma omp parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             db[i] += dz[n*I + i];
         }
@@ -122,6 +128,7 @@ void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t i = 0; i < I; ++i) {
             double bp_acc = 0;
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 bp_acc += W[i*J + j]*x[n*J + j];
             }
@@ -137,6 +144,7 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     /* dx[n, j] = sum_i(W[i, j]*dz[n, i]) */
     #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t j = 0; j < J; ++j) {
             dx[n*J + j] = 0;
         }
@@ -144,6 +152,7 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t i = 0; i < I; ++i) {
+            #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dx[n*J + j] += W[i*J + j]*dz[n*I + i];
             }
@@ -152,6 +161,7 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     /* dW[i, j] = sum_n(dz[n, i]*x[n, j]) */
     #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < I; ++i) {
+        #pragma omp simd
         for (ptrdiff_t j = 0; j < J; ++j) {
             dW[i*J + j] = 0;
         }
@@ -159,18 +169,20 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < I; ++i) {
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dW[i*J + j] += dz[n*I + i]*x[n*J + j];
             }
         }
     }
     /* db[i] = sum_n(dz[n, i]) */
-    #pragma omp parallel for if (I >= BP_PARALLEL_MIN)
+    #pragma omp parallel for simd if (I >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < I; ++i) {
         db[i] = 0;
     }
     #pragma omp parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             db[i] += dz[n*I + i];
         }

@@ -75,6 +75,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t h = 0; h < H; ++h) {
             float bp_acc = 0;
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 bp_acc += W1[h*D + d]*x[n*D + d];
             }
@@ -84,6 +85,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     /* a1[n, h] = sigmoid(z1[n, h]) */
     #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             a1[n*H + h] = bp_sigmoid_f32(z1[n*H + h]);
         }
@@ -93,6 +95,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             float bp_acc = 0;
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_acc += W2[c*H + h]*a1[n*H + h];
             }
@@ -112,6 +115,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         float bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc += expf(-_y_max[n] + z2[n*C + k]);
         }
@@ -120,6 +124,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = expf(-_y_max[n] + z2[n*C + c])*1.0F/_s1[n];
         }
@@ -129,6 +134,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         float bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*C >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 bp_acc += (logf(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0F/N;
             }
@@ -149,6 +155,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         float bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc += t[n*C + k];
         }
@@ -157,6 +164,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             dz2[n*C + c] = (_s2[n]*y[n*C + c] - t[n*C + c])*1.0F/N;
         }
@@ -164,6 +172,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* sum over c */
     #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             _s3[n*H + h] = 0;
         }
@@ -171,6 +180,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
+            #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
             }
@@ -179,6 +189,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
     #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
         }
@@ -186,6 +197,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
     #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t d = 0; d < D; ++d) {
             dx[n*D + d] = 0;
         }
@@ -193,6 +205,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t h = 0; h < H; ++h) {
+            #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
             }
@@ -201,6 +214,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
     #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t h = 0; h < H; ++h) {
+        #pragma omp simd
         for (ptrdiff_t d = 0; d < D; ++d) {
             dW1[h*D + d] = 0;
         }
@@ -208,18 +222,20 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t h = 0; h < H; ++h) {
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
             }
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    #pragma omp parallel for if (H >= BP_PARALLEL_MIN)
+    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
     #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             db1[h] += dz1[n*H + h];
         }
@@ -227,6 +243,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
     #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             dW2[c*H + h] = 0;
         }
@@ -234,18 +251,20 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
             }
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    #pragma omp parallel for if (C >= BP_PARALLEL_MIN)
+    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
     #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             db2[c] += dz2[n*C + c];
         }
@@ -270,6 +289,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t h = 0; h < H; ++h) {
             double bp_acc = 0;
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 bp_acc += W1[h*D + d]*x[n*D + d];
             }
@@ -279,6 +299,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     /* a1[n, h] = sigmoid(z1[n, h]) */
     #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             a1[n*H + h] = bp_sigmoid_f64(z1[n*H + h]);
         }
@@ -288,6 +309,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             double bp_acc = 0;
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_acc += W2[c*H + h]*a1[n*H + h];
             }
@@ -307,6 +329,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         double bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc += exp(-_y_max[n] + z2[n*C + k]);
         }
@@ -315,6 +338,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = exp(-_y_max[n] + z2[n*C + c])*1.0/_s1[n];
         }
@@ -324,6 +348,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         double bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*C >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 bp_acc += (log(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0/N;
             }
@@ -344,6 +369,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         double bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc += t[n*C + k];
         }
@@ -352,6 +378,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             dz2[n*C + c] = (_s2[n]*y[n*C + c] - t[n*C + c])*1.0/N;
         }
@@ -359,6 +386,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* sum over c */
     #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             _s3[n*H + h] = 0;
         }
@@ -366,6 +394,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
+            #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
             }
@@ -374,6 +403,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
     #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
         }
@@ -381,6 +411,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
     #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t d = 0; d < D; ++d) {
             dx[n*D + d] = 0;
         }
@@ -388,6 +419,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t h = 0; h < H; ++h) {
+            #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
             }
@@ -396,6 +428,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
     #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t h = 0; h < H; ++h) {
+        #pragma omp simd
         for (ptrdiff_t d = 0; d < D; ++d) {
             dW1[h*D + d] = 0;
         }
@@ -403,18 +436,20 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
     for (ptrdiff_t h = 0; h < H; ++h) {
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
             }
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    #pragma omp parallel for if (H >= BP_PARALLEL_MIN)
+    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
     #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             db1[h] += dz1[n*H + h];
         }
@@ -422,6 +457,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
     #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
+        #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             dW2[c*H + h] = 0;
         }
@@ -429,18 +465,20 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
             }
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    #pragma omp parallel for if (C >= BP_PARALLEL_MIN)
+    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
     #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             db2[c] += dz2[n*C + c];
         }

@@ -53,6 +53,7 @@ void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
         float bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (1.0F/2.0F)*1.0F/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             }
@@ -67,6 +68,7 @@ void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
     /* dy[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0F/N;
         }
@@ -83,6 +85,7 @@ void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
         double bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (1.0/2.0)*1.0/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             }
@@ -97,6 +100,7 @@ void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
     /* dy[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
         }

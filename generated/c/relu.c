@@ -62,6 +62,7 @@ void bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
     /* a[n, i] = relu(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = bp_relu_f32(z[n*I + i]);
         }
@@ -74,6 +75,7 @@ void bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     /* dz[n, i] = [z[n, i] > 0]*da[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_step_f32(z[n*I + i])*da[n*I + i];
         }
@@ -99,6 +101,7 @@ void bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
     /* a[n, i] = relu(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = bp_relu_f64(z[n*I + i]);
         }
@@ -111,6 +114,7 @@ void bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
     /* dz[n, i] = [z[n, i] > 0]*da[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_step_f64(z[n*I + i])*da[n*I + i];
         }

@@ -58,6 +58,7 @@ void bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     /* a[n, i] = sigmoid(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
         }
@@ -71,6 +72,7 @@ void bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     /* dz[n, i] = (1 - a[n, i])*a[n, i]*da[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
         }
@@ -92,6 +94,7 @@ void bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     /* a[n, i] = sigmoid(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
         }
@@ -105,6 +108,7 @@ void bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     /* dz[n, i] = (1 - a[n, i])*a[n, i]*da[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
         }

@@ -65,6 +65,7 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     /* y[n, i] = sigmoid(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
         }
@@ -74,6 +75,7 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
         float bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i])*1.0F/N;
             }
@@ -89,6 +91,7 @@ void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
     /* dz[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0F/N;
         }
@@ -116,6 +119,7 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     /* y[n, i] = sigmoid(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
         }
@@ -125,6 +129,7 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
         double bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i])*1.0/N;
             }
@@ -140,6 +145,7 @@ void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
     /* dz[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
         }

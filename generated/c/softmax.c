@@ -62,6 +62,7 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         float bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += expf(-_y_max[n] + z[n*I + k]);
         }
@@ -70,6 +71,7 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
         }
@@ -84,6 +86,7 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         float bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += dy[n*I + k]*y[n*I + k];
         }
@@ -92,6 +95,7 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(_s2[n] - dy[n*I + i])*y[n*I + i];
         }
@@ -117,6 +121,7 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         double bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += exp(-_y_max[n] + z[n*I + k]);
         }
@@ -125,6 +130,7 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
         }
@@ -139,6 +145,7 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         double bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += dy[n*I + k]*y[n*I + k];
         }
@@ -147,6 +154,7 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(_s2[n] - dy[n*I + i])*y[n*I + i];
         }

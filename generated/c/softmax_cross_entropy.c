@@ -63,6 +63,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         float bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += expf(-_y_max[n] + z[n*I + k]);
         }
@@ -71,6 +72,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
     /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
         }
@@ -80,6 +82,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
         float bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (logf(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0F/N;
             }
@@ -96,6 +99,7 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         float bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += t[n*I + k];
         }
@@ -104,6 +108,7 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
     /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0F/N;
         }
@@ -129,6 +134,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         double bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += exp(-_y_max[n] + z[n*I + k]);
         }
@@ -137,6 +143,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
     /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
         }
@@ -146,6 +153,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
         double bp_acc = 0;
         #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (log(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0/N;
             }
@@ -162,6 +170,7 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         double bp_acc = 0;
+        #pragma omp simd reduction(+:bp_acc)
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc += t[n*I + k];
         }
@@ -170,6 +179,7 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
     /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0/N;
         }

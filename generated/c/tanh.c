@@ -51,6 +51,7 @@ void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
     /* a[n, i] = tanh(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = tanhf(z[n*I + i]);
         }
@@ -64,6 +65,7 @@ void bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     /* dz[n, i] = (1 - a[n, i]**2)*da[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
@@ -78,6 +80,7 @@ void bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
     /* a[n, i] = tanh(z[n, i]) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = tanh(z[n*I + i]);
         }
@@ -91,6 +94,7 @@ void bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
     /* dz[n, i] = (1 - a[n, i]**2)*da[n, i] */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
