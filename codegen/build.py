@@ -44,7 +44,7 @@ BASE_FLAGS = ["-fPIC"]
 DEFAULT_OPT_FLAGS = ["-O3", "-march=native", "-fno-math-errno"]
 OPENMP_FLAGS = ["-fopenmp"]
 _loaded: dict[str, object] = {}        # key -> module, within this process
-_openmp: dict[tuple, bool] = {}        # compiler -> whether -fopenmp works
+_openmp: dict[tuple, bool] = {}        # (compiler[, flag]) -> whether it is accepted
 
 
 class CompilerError(RuntimeError):
@@ -84,6 +84,23 @@ def compiler_version(cc) -> str:
         raise CompilerError(f"'{' '.join(cc)} --version' failed:\n{r.stderr.strip()}\n"
                             f"{NUMPY_HINT}")
     return r.stdout.strip().splitlines()[0] if r.stdout.strip() else "unknown"
+
+
+def accepted(cc, flags) -> list[str]:
+    """The flags this compiler accepts (-march=native is unknown to some), probed once
+    per compiler when a build is needed."""
+    out = []
+    for flag in flags:
+        key = (tuple(cc), flag)
+        if key not in _openmp:
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "probe.c"
+                src.write_text("int bp_probe(void) { return 0; }\n")
+                r = _run(cc + [flag, "-c", str(src), "-o", str(Path(tmp) / "probe.o")])
+                _openmp[key] = r.returncode == 0
+        if _openmp[key]:
+            out.append(flag)
+    return out
 
 
 def openmp_flags(cc) -> list[str]:
@@ -142,7 +159,7 @@ def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
             module = _try_load(entry, module_name)      # another process may have built it
             if module is None:
                 _compile_entry(entry, module_name, sources, cdef, cc,
-                               flags + openmp_flags(cc), compiler_version(cc))
+                               accepted(cc, flags) + openmp_flags(cc), compiler_version(cc))
                 module = _try_load(entry, module_name)
         if module is None:
             raise CompilerError(f"the freshly built kernel in {entry} does not load")

@@ -239,3 +239,9 @@ def test_user_layer_from_spec_file_to_c(tmp_path, dtype):
     if dtype == "float64":
         for n in c.gradients:
             assert rel_err(grads[n], finite_differences(c, arrays, n[1:])) < 1e-6, n
+        torch = pytest.importorskip("torch")
+        x, W, b = (torch.tensor(arrays[n], requires_grad=True) for n in ("x", "W", "b"))
+        out = x * torch.sigmoid(x @ W.T + b)
+        tg = torch.autograd.grad((out * torch.tensor(arrays["da"])).sum(), [x, W, b])
+        for n, g in zip(("dx", "dW", "db"), tg):
+            assert rel_err(grads[n], g.numpy()) < tol, n
