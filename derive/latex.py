@@ -1,0 +1,461 @@
+"""LaTeX for people: index form (W^{(1)}_{hd}, sums over named indices) and matrix form
+(x W^T + 1 b^T, W^T delta (.) sigma'(z), delta^T a) of formulas.
+
+Matrix forms are small expression trees that can both print themselves and evaluate with
+NumPy, so a test can check every matrix form against its index form numerically.  Only
+tensors of at most two indices have matrix forms; anything else says so (NoMatrixForm).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+
+from .functions import relu, sigmoid, softplus
+from .indices import dim_of, free_indices
+
+
+def tex_name(name: str) -> str:
+    """W1 -> W^{(1)} (a layer number), yhat -> \\hat{y}, sigma -> \\sigma, dz2 stays dz_{2}
+    only when called for a plain name; adjoints go through tex_adjoint."""
+    m = re.fullmatch(r"(.*?[A-Za-z_])(\d+)", name)
+    base, layer = (m.group(1), m.group(2)) if m else (name, "")
+    body = sp.latex(sp.Symbol(base))
+    return f"{body}^{{({layer})}}" if layer else body
+
+
+def tex_adjoint(name: str) -> str:
+    """The adjoint dL/dX of tensor X, written \\bar{X}."""
+    m = re.fullmatch(r"(.*?[A-Za-z_])(\d+)", name)
+    base, layer = (m.group(1), m.group(2)) if m else (name, "")
+    body = r"\bar{%s}" % sp.latex(sp.Symbol(base))
+    return f"{body}^{{({layer})}}" if layer else body
+
+
+class IndexLatexPrinter(LatexPrinter):
+    """Index form: T_{ij} for T[i, j], \\bar{X} for the adjoint dX, sums as \\sum_{k}."""
+
+    def __init__(self, adjoints: set[str] = frozenset(), **settings):
+        super().__init__(dict(settings))
+        self.adjoints = set(adjoints)
+
+    def name(self, name: str) -> str:
+        if name in self.adjoints:
+            return tex_adjoint(name[1:])
+        return tex_name(name)
+
+    def _print_Add(self, expr, order=None):
+        # positive terms first: y - t rather than -t + y
+        terms = sorted(expr.args, key=lambda t: (t.could_extract_minus_sign(),
+                                                 sp.default_sort_key(t)))
+        out = ""
+        for k, t in enumerate(terms):
+            if t.could_extract_minus_sign():
+                body = self._print(-t)
+                if isinstance(-t, sp.Add):
+                    body = rf"\left({body}\right)"
+                out += ("-" if k == 0 else " - ") + body
+            else:
+                out += ("" if k == 0 else " + ") + self._print(t)
+        return out
+
+    def _print_Symbol(self, expr, style="plain"):
+        if expr.name in self.adjoints or re.fullmatch(r".*\d", expr.name):
+            return self.name(expr.name)
+        return super()._print_Symbol(expr)
+
+    def _print_Idx(self, expr):
+        return self._print(expr.label)
+
+    def _print_Indexed(self, expr):
+        sub = [self._print(i) for i in expr.indices]
+        joined = "".join(sub) if all(len(s) == 1 for s in sub) else ",".join(sub)
+        return f"{self.name(expr.base.label.name)}_{{{joined}}}"
+
+    def _print_Sum(self, expr):
+        ks = [self._print(lim[0]) for lim in expr.limits]
+        body = expr.function
+        while isinstance(body, sp.Sum):
+            ks += [self._print(lim[0]) for lim in body.limits]
+            body = body.function
+        inner = self._print(body)
+        if isinstance(body, sp.Add):
+            inner = rf"\left({inner}\right)"
+        return rf"\sum_{{{','.join(ks)}}} {inner}"
+
+    def _print_KroneckerDelta(self, expr, exp=None):
+        a, b = (self._print(x) for x in expr.args)
+        return rf"\delta_{{{a}{b}}}"
+
+    def _print_Heaviside(self, expr, exp=None):
+        return r"\mathbb{1}\left[%s > 0\right]" % self._print(expr.args[0])
+
+    def _print_Maximum(self, expr):
+        return r"\max_{%s} %s" % (self._print(expr.args[1]), self._print(expr.args[0]))
+
+
+def index_latex(expr, adjoints=frozenset()) -> str:
+    return IndexLatexPrinter(adjoints).doprint(expr)
+
+
+# ---- matrix forms ---------------------------------------------------------------------
+
+class NoMatrixForm(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MNode:
+    """A matrix-form expression; `axes` are the index-form indices it stands for, in
+    order (row, column)."""
+
+    def latex(self) -> str:
+        raise NotImplementedError
+
+    def evaluate(self, values: dict, sizes: dict) -> np.ndarray:
+        raise NotImplementedError
+
+    prec = 3   # 0 add, 1 hadamard, 2 product, 3 atom
+
+
+@dataclass(frozen=True)
+class Leaf(MNode):
+    name: str
+    tex: str
+    transposed: bool = False
+
+    def latex(self):
+        if not self.transposed:
+            return self.tex
+        return ("{%s}" % self.tex if "^" in self.tex else self.tex) + "^{T}"
+
+    def evaluate(self, values, sizes):
+        a = np.asarray(values[self.name], dtype=float)
+        a = a.reshape(a.shape + (1,)) if a.ndim == 1 else a   # vectors are columns
+        return a.T if self.transposed else a
+
+
+@dataclass(frozen=True)
+class Ones(MNode):
+    dim: str
+    transposed: bool = False
+
+    def latex(self):
+        return r"\mathbf{1}" + ("^{T}" if self.transposed else "")
+
+    def evaluate(self, values, sizes):
+        v = np.ones((sizes[self.dim], 1))
+        return v.T if self.transposed else v
+
+
+@dataclass(frozen=True)
+class Scalar(MNode):
+    expr: sp.Expr
+    tex: str
+
+    def latex(self):
+        return self.tex
+
+    def evaluate(self, values, sizes):
+        subs = {s: (sizes[s.name] if s.name in sizes else values[s.name])
+                for s in self.expr.free_symbols}
+        return np.asarray(float(self.expr.subs(subs)))
+
+    @property
+    def prec(self):
+        return 3 if (self.expr.is_Atom and not self.expr.could_extract_minus_sign()) else 0
+
+
+@dataclass(frozen=True)
+class Product(MNode):       # ordinary matrix product, or scalar times matrix
+    factors: tuple
+    prec = 2
+
+    def latex(self):
+        return " ".join(_wrap(f, 2) for f in self.factors)
+
+    def evaluate(self, values, sizes):
+        out = self.factors[0].evaluate(values, sizes)
+        for f in self.factors[1:]:
+            v = f.evaluate(values, sizes)
+            out = out * v if (np.ndim(out) == 0 or np.ndim(v) == 0) else out @ v
+        return out
+
+
+@dataclass(frozen=True)
+class Hadamard(MNode):
+    factors: tuple
+    prec = 1
+
+    def latex(self):
+        # matrix products first, as textbooks write (W^T delta) (.) sigma'(z)
+        ordered = sorted(self.factors, key=lambda f: not isinstance(f, Product))
+        return r" \odot ".join(_wrap(f, 3 if isinstance(f, (Product, _T)) else 2)
+                               for f in ordered)
+
+    def evaluate(self, values, sizes):
+        out = self.factors[0].evaluate(values, sizes)
+        for f in self.factors[1:]:
+            out = out * f.evaluate(values, sizes)
+        return out
+
+
+@dataclass(frozen=True)
+class Divide(MNode):
+    num: MNode
+    den: MNode
+    prec = 1
+
+    def latex(self):
+        if isinstance(self.den, Scalar):
+            return rf"\frac{{{self.num.latex()}}}{{{self.den.latex()}}}"
+        return rf"{_wrap(self.num, 2)} \oslash {_wrap(self.den, 3)}"
+
+    def evaluate(self, values, sizes):
+        return self.num.evaluate(values, sizes) / self.den.evaluate(values, sizes)
+
+
+@dataclass(frozen=True)
+class Sum_(MNode):
+    terms: tuple           # (sign, node)
+    prec = 0
+
+    def latex(self):
+        out = ""
+        terms = sorted(self.terms, key=lambda st: st[0] < 0)   # positive terms first
+        for k, (sign, t) in enumerate(terms):
+            body = _wrap(t, 1)
+            out += (("-" if sign < 0 else "") if k == 0 else (" - " if sign < 0 else " + ")) \
+                + body
+        return out
+
+    def evaluate(self, values, sizes):
+        return sum(s * t.evaluate(values, sizes) for s, t in self.terms)
+
+
+@dataclass(frozen=True)
+class Apply(MNode):        # an elementwise function
+    func: str
+    arg: MNode
+    power: int = 1
+
+    def latex(self):
+        if self.func == "pow":
+            return rf"{_wrap(self.arg, 3)}^{{\odot {self.power}}}"
+        if self.func == "step":
+            return r"\mathbb{1}\left[%s > 0\right]" % self.arg.latex()
+        name = {"sigmoid": r"\sigma", "exp": r"\exp", "log": r"\log", "tanh": r"\tanh",
+                "sqrt": r"\sqrt", "relu": r"\operatorname{ReLU}",
+                "softplus": r"\operatorname{softplus}"}[self.func]
+        return rf"{name}\left({self.arg.latex()}\right)"
+
+    def evaluate(self, values, sizes):
+        v = self.arg.evaluate(values, sizes)
+        return {"sigmoid": lambda a: 1 / (1 + np.exp(-a)), "exp": np.exp, "log": np.log,
+                "tanh": np.tanh, "sqrt": np.sqrt, "relu": lambda a: np.maximum(a, 0),
+                "softplus": lambda a: np.logaddexp(0, a),
+                "step": lambda a: (a > 0).astype(float),
+                "pow": lambda a: a ** self.power}[self.func](v)
+
+
+def _wrap(node, prec):
+    code = node.latex()
+    return rf"\left({code}\right)" if node.prec < prec else code
+
+
+FUNCS = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sigmoid: "sigmoid", relu: "relu",
+         softplus: "softplus"}
+
+
+class MatrixConverter:
+    """Index form -> matrix form, for results whose tensors have at most two indices."""
+
+    def __init__(self, shapes: dict[str, tuple[str, ...]], adjoints=frozenset()):
+        self.shapes = shapes
+        self.adjoints = set(adjoints)
+
+    def tex(self, name):
+        return tex_adjoint(name[1:]) if name in self.adjoints else tex_name(name)
+
+    def convert(self, expr, axes) -> MNode:
+        axes = tuple(axes)
+        if len(axes) > 2:
+            raise NoMatrixForm("more than two indices")
+        node, have = self._node(expr, axes)
+        return self._broadcast(node, have, axes)
+
+    # each returns (node, axes the node's rows/columns stand for)
+    def _node(self, e, axes):
+        if not free_indices(e) and not e.atoms(sp.Indexed):
+            return Scalar(e, index_latex(e, self.adjoints)), ()
+        if isinstance(e, sp.Indexed):
+            return self._leaf(e, axes)
+        if isinstance(e, sp.Add):
+            return self._add(e, axes)
+        if isinstance(e, sp.Mul):
+            return self._mul(e, axes)
+        if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
+            base, have = self._node(e.base, axes)
+            return Apply("pow", base, int(e.exp)), have
+        if isinstance(e, sp.Pow) and e.exp == -1:
+            den, have = self._node(e.base, axes)
+            return Divide(Scalar(sp.Integer(1), "1"), den), have
+        if isinstance(e, sp.Heaviside):
+            arg, have = self._node(e.args[0], axes)
+            return Apply("step", arg), have
+        for f, name in FUNCS.items():
+            if isinstance(e, f):
+                arg, have = self._node(e.args[0], axes)
+                return Apply(name, arg), have
+        if isinstance(e, sp.Sum):
+            return self._sum(e, axes)
+        raise NoMatrixForm(f"no matrix form for {type(e).__name__}")
+
+    def _leaf(self, e, axes):
+        name = e.base.label.name
+        idx = tuple(e.indices)
+        if len(idx) > 2:
+            raise NoMatrixForm(f"{name} has more than two indices")
+        order = tuple(i for i in axes if i in idx)
+        if len(order) != len(idx):
+            raise NoMatrixForm(f"{name} is indexed by a summed index here")
+        transposed = len(idx) == 2 and order != idx
+        return Leaf(name, self.tex(name), transposed), order
+
+    def _add(self, e, axes):
+        terms = []
+        for t in e.args:
+            sign = -1 if t.could_extract_minus_sign() else 1
+            node, have = self._node(-t if sign < 0 else t, axes)
+            terms.append((sign, self._broadcast(node, have, axes) if have else node))
+        return Sum_(tuple(terms)), axes
+
+    def _mul(self, e, axes):
+        coeff = [f for f in e.args if not free_indices(f) and not f.atoms(sp.Indexed)]
+        rest = [f for f in e.args if f not in coeff]
+        num = [f for f in rest if not (isinstance(f, sp.Pow) and f.exp.is_Number
+                                       and f.exp < 0)]
+        den = [1 / f for f in rest if f not in num]
+        c = sp.Mul(*coeff)
+        nodes, have_all = [], set()
+        for f in num:
+            node, have = self._node(f, axes)
+            nodes.append((node, have))
+            have_all |= set(have)
+        target = tuple(i for i in axes if i in have_all)
+        parts = [self._broadcast(n, h, target) if h != target else n for n, h in nodes]
+        node = parts[0] if len(parts) == 1 else Hadamard(tuple(parts)) if parts else None
+        if den:
+            dnode, dhave = self._node(sp.Mul(*den), axes)
+            if node is None:
+                node, target = Scalar(sp.Integer(1), "1"), ()
+            if dhave and set(dhave) - set(target):
+                target = tuple(i for i in axes if i in set(target) | set(dhave))
+                node = self._broadcast(node, (), target) if not target else node
+            node = Divide(node, self._broadcast(dnode, dhave, target) if dhave else dnode)
+        if c != 1:
+            negative = c.could_extract_minus_sign()
+            c = -c if negative else c
+            p, q = sp.fraction(c)
+            if q != 1 and p.is_Number:
+                node = Divide(Product((Scalar(p, index_latex(p)), node)) if p != 1 else node,
+                              Scalar(q, index_latex(q, self.adjoints)))
+            elif c != 1:
+                node = Product((Scalar(c, index_latex(c, self.adjoints)), node))
+            if negative:
+                node = Sum_(((-1, node),))
+        return node, target
+
+    def _sum(self, e, axes):
+        ks = [lim[0] for lim in e.limits]
+        body = e.function
+        while isinstance(body, sp.Sum):
+            ks += [lim[0] for lim in body.limits]
+            body = body.function
+        if len(ks) != 1:
+            # sum over everything: 1^T (.) 1
+            if len(ks) == 2 and not free_indices(e):
+                node = self.convert(body, tuple(ks))
+                return Product((Ones(str(dim_of(ks[0])), True), node,
+                                Ones(str(dim_of(ks[1]))))), ()
+            raise NoMatrixForm("a sum over several indices")
+        k = ks[0]
+        free = [i for i in axes if i in free_indices(e)]
+        groups: dict[frozenset, list] = {}
+        coeff = []
+        for f in sp.Mul.make_args(body):
+            s = frozenset(free_indices(f))
+            if not s:
+                coeff.append(f)
+            else:
+                groups.setdefault(s, []).append(f)
+        with_k = [g for g in groups if k in g]
+        without = [g for g in groups if k not in g]
+        if without or not with_k or len(with_k) > 2:
+            raise NoMatrixForm("a sum that is not a matrix or vector product")
+        if len(with_k) == 1:
+            (g,) = with_k
+            others = [i for i in free if i in g]
+            node = self.convert(sp.Mul(*groups[g]), tuple(others) + (k,))
+            if others:       # rows of node summed: node 1
+                result = Product((node, Ones(str(dim_of(k)))))
+            else:            # a vector summed: 1^T v
+                result = Product((Ones(str(dim_of(k)), True), node))
+            have = tuple(others)
+        else:
+            g1, g2 = with_k
+            o1 = [i for i in free if i in g1]
+            o2 = [i for i in free if i in g2]
+            if len(o1) > 1 or len(o2) > 1:
+                raise NoMatrixForm("a contraction of more than two indices")
+            # the factor whose free index comes first in axes goes left
+            if o2 and (not o1 or free.index(o2[0]) < free.index(o1[0])):
+                g1, g2, o1, o2 = g2, g1, o2, o1
+            left = self.convert(sp.Mul(*groups[g1]), tuple(o1) + (k,))
+            if not o1:
+                left = _transpose(left)
+            right = self.convert(sp.Mul(*groups[g2]), (k,) + tuple(o2))
+            if not o2 and isinstance(right, Leaf) and not right.transposed:
+                pass
+            result = Product((left, right))
+            have = tuple(o1 + o2)
+        if coeff:
+            c = sp.Mul(*coeff)
+            result = Product((Scalar(c, index_latex(c, self.adjoints)), result))
+        return result, have
+
+    def _broadcast(self, node, have, axes):
+        """A node over `have` stretched to `axes` with ones vectors (1 b^T, v 1^T)."""
+        have, axes = tuple(have), tuple(axes)
+        if have == axes or not have:
+            return node
+        if len(axes) == 2 and len(have) == 1:
+            r, c = axes
+            if have == (c,):
+                return Product((Ones(str(dim_of(r))), _transpose(node)))
+            return Product((node, Ones(str(dim_of(c)), True)))
+        raise NoMatrixForm("cannot broadcast")
+
+
+def _transpose(node):
+    if isinstance(node, Leaf):
+        return Leaf(node.name, node.tex, not node.transposed)
+    if isinstance(node, Ones):
+        return Ones(node.dim, not node.transposed)
+    if isinstance(node, Product):
+        return Product(tuple(_transpose(f) for f in reversed(node.factors)))
+    return _T(node)
+
+
+@dataclass(frozen=True)
+class _T(MNode):
+    node: MNode
+
+    def latex(self):
+        return rf"{_wrap(self.node, 3)}^{{T}}"
+
+    def evaluate(self, values, sizes):
+        return self.node.evaluate(values, sizes).T
