@@ -9,7 +9,7 @@ from derive.pretty import formula
 from .c_printer import CTYPES, SUFFIX, KernelCPrinter
 from .loops import LoopPlan, Nest, lower
 from .plan import KernelPlan
-from .render import render
+from templates import render
 from .version import VERSION
 
 DTYPES = ("float32", "float64")

@@ -31,13 +31,18 @@ def main(argv=None) -> int:
                    help="numpy (default) or c; with --all, every backend unless given")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
 
+    p = sub.add_parser("latex", help="write a layer's derivation as a document")
+    p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="file ending in .tex, .md, .pdf or .png")
+
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
     p.add_argument("--seed", type=int, default=0)
 
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, ValueError, OSError) as exc:
+    except (SpecError, ValueError, OSError, RuntimeError) as exc:
         print(f"backprop: {exc}", file=sys.stderr)
         return 2
 
@@ -71,13 +76,22 @@ def cmd_emit(args) -> int:
     return 0
 
 
+def cmd_latex(args) -> int:
+    from derive.document import write
+
+    for path in write(derive(resolve(args.layer)), args.out):
+        print(path)
+    return 0
+
+
 def cmd_tour(args) -> int:
     from .tour import tour
 
     return tour(seed=args.seed)
 
 
-COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "tour": cmd_tour}
+COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "latex": cmd_latex,
+            "tour": cmd_tour}
 
 if __name__ == "__main__":
     sys.exit(main())

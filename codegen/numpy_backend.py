@@ -8,7 +8,7 @@ from derive.pretty import formula
 
 from .numpy_printer import NumpyPrinter
 from .plan import KernelPlan
-from .render import render
+from templates import render
 from .version import VERSION
 
 TEMPLATE = "numpy_module.py.j2"

@@ -77,6 +77,15 @@ class Derivation:
                 return s
         raise KeyError(tensor)
 
+    def _repr_latex_(self) -> str:
+        """Jupyter shows a derivation as its gradients in index form."""
+        from .latex import index_latex
+
+        adjoints = {adjoint_name(t) for t in self.layer.tensors}
+        lines = [f"{index_latex(s.lhs, adjoints)} &= {index_latex(s.simplest, adjoints)}"
+                 for s in self.steps]
+        return r"$$\begin{aligned}" + r" \\ ".join(lines) + r"\end{aligned}$$"
+
     @property
     def upstream(self) -> list[str]:
         """Names of the upstream gradients the backward pass takes."""
@@ -113,7 +122,9 @@ def derive(layer: Layer) -> Derivation:
                 term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
             term = contract(term)
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
-            contributions.append(Contribution(eq, xname, term))
+            free = {i.label.name for i in canon[xname]}
+            contributions.append(Contribution(
+                eq, xname, tidy_bound(freshen_bound(term), taken | free)))
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.

@@ -130,7 +130,7 @@ class Leaf(MNode):
     def latex(self):
         if not self.transposed:
             return self.tex
-        return ("{%s}" % self.tex if "^" in self.tex else self.tex) + "^{T}"
+        return (r"\left(%s\right)" % self.tex if "^" in self.tex else self.tex) + "^{T}"
 
     def evaluate(self, values, sizes):
         a = np.asarray(values[self.name], dtype=float)

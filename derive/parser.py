@@ -34,6 +34,7 @@ from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
 MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
 MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10 would hang)
 DECL_KEYWORDS = ROLES + ("loss",)
+OTHER_KEYWORDS = ("layer", "dims", "given", "example")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
 
 
@@ -74,6 +75,7 @@ class _Parser:
         self.loss: str | None = None
         self.equations: list[Equation] = []
         self.conditions_src: list[tuple[_Statement, str, int]] = []
+        self.example: dict[str, float] = {}
 
     # ---- statements -------------------------------------------------------------------
     def parse(self) -> Layer:
@@ -108,6 +110,8 @@ class _Parser:
             self._declare(stmt, word, rest, rest_col)
         elif word == "given":
             self.conditions_src.append((stmt, rest, rest_col))
+        elif word == "example":
+            self._example(stmt, rest, rest_col)
         else:
             self._equation(stmt, body)
 
@@ -201,6 +205,37 @@ class _Parser:
         # Keep the column shift so errors point into the original line.
         return _Shifted(tree.body, col + lead)
 
+    def _example(self, stmt, rest, col):
+        """example x = 0.5, w = 0.8, N = 2: values for a document's worked example
+        (scalar tensors) and sizes for its dimensions."""
+        offset = col
+        for item in rest.split(","):
+            m = re.fullmatch(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", item)
+            if not m:
+                raise stmt.error("example takes 'name = number' pairs separated by commas",
+                                 offset + 1)
+            name, value = m.group(1), m.group(2)
+            where = offset + item.index(name) + 1
+            try:
+                number = float(value)
+            except ValueError:
+                raise stmt.error(f"'{value}' is not a number", offset + item.index(value) + 1)\
+                    from None
+            if number != number or number in (float("inf"), float("-inf")):
+                raise stmt.error("example values must be finite", where)
+            if name in self.dims:
+                if number != int(number) or not 1 <= number <= 16:
+                    raise stmt.error(f"example size of {name} must be an integer from 1 to 16",
+                                     where)
+                self.example[name] = int(number)
+            elif name in self.tensors and not self.tensors[name].dims and \
+                    self.tensors[name].role in ("input", "param", "target"):
+                self.example[name] = number
+            else:
+                raise stmt.error(f"'{name}' is not a dimension or a scalar input, parameter or "
+                                 f"target of this layer", where)
+            offset += len(item) + 1
+
     # ---- equations --------------------------------------------------------------------
     def _split_equals(self, stmt, body) -> tuple[int, str, str]:
         hits = [m.start() for m in SINGLE_EQUALS.finditer(body)]
@@ -209,7 +244,7 @@ class _Parser:
         if not hits:
             word = body.split()[0]
             raise stmt.error(f"unknown statement '{word}': expected a declaration "
-                             f"({', '.join(('layer', 'dims') + DECL_KEYWORDS + ('given',))}) "
+                             f"({', '.join(OTHER_KEYWORDS[:2] + DECL_KEYWORDS + OTHER_KEYWORDS[2:])}) "
                              f"or an equation 'name[...] = ...'", body.index(word) + 1)
         if len(hits) > 1:
             raise stmt.error("an equation has exactly one '='", hits[1] + 1)
@@ -308,7 +343,8 @@ class _Parser:
                                 f"{readers[t.name].line}; declare it 'intermediate' "
                                 f"(forward still returns it)", self.file, t.line)
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
-                     tuple(self._ordered()), conditions, self.loss, self.text, self.file)
+                     tuple(self._ordered()), conditions, self.loss, self.text, self.file,
+                     dict(self.example))
 
     def _ordered(self) -> list[Equation]:
         """Equations in dependency order; a cycle is an error naming its lines."""

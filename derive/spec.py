@@ -77,6 +77,7 @@ class Layer:
     loss: str | None = None              # the scalar output the backward pass seeds with 1
     source: str = ""                     # the spec text this layer was read from
     file: str = "<spec>"
+    example: dict = field(default_factory=dict)   # worked-example values and sizes
 
     def by_role(self, *roles: str) -> list[Tensor]:
         return [t for t in self.tensors.values() if t.role in roles]
@@ -118,7 +119,3 @@ class Layer:
         return {t.name: (t.role, t.dims) for t in self.tensors.values()}
 
 
-@dataclass
-class _Scope:
-    """Index bindings inside one statement: index name -> (dimension, line, column)."""
-    bindings: dict[str, tuple[str, int, int]] = field(default_factory=dict)

@@ -1,0 +1,283 @@
+"""Derivation documents: what `backprop latex` writes.  This module gathers every formula
+(index form, matrix form, the chain rule term by term, local derivatives, contractions,
+conditions, a worked example) as LaTeX strings; templates/derivation.*.j2 lay them out."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import sympy as sp
+
+from templates import render
+
+from .calculus import tidy
+from .derivation import Derivation, adjoint_name
+from .evaluate import evaluate
+from .indices import canonical_indices, freshen_bound, readable, tidy_bound
+from .latex import (IndexLatexPrinter, MatrixConverter, NoMatrixForm, tex_adjoint,
+                    tex_name)
+from .spec import dim_symbol
+
+
+ENGINES = ("pdflatex", "lualatex")
+
+
+def write(derivation: Derivation, out) -> list:
+    """Write the document to `out`: .tex, .md, .pdf (LaTeX engine) or .png (LaTeX engine
+    and pdftoppm; one file per page: OUT.png, then OUT-2.png, ...).  Returns the paths."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix in (".tex", ".md"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(document(derivation, suffix[1:]), encoding="utf-8")
+        return [out]
+    if suffix not in (".pdf", ".png"):
+        raise ValueError(f"{out}: the output must end in .tex, .md, .pdf or .png")
+    engine = next((e for e in ENGINES if shutil.which(e)), None)
+    if engine is None:
+        raise RuntimeError(f"{out.name}: making a {suffix} needs a LaTeX engine (pdflatex or "
+                           f"lualatex), and neither is on PATH; install one (Debian: apt-get "
+                           f"install texlive-latex-base) or write .tex/.md instead")
+    if suffix == ".png" and not shutil.which("pdftoppm"):
+        raise RuntimeError(f"{out.name}: making a .png needs pdftoppm, which is not on PATH; "
+                           f"install it (Debian: apt-get install poppler-utils) or write .pdf")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="backprop-latex-") as tmp:
+        tex = Path(tmp) / "derivation.tex"
+        tex.write_text(document(derivation, "tex"), encoding="utf-8")
+        r = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error",
+                            tex.name], cwd=tmp, capture_output=True, text=True, timeout=300)
+        pdf = Path(tmp) / "derivation.pdf"
+        if r.returncode != 0 or not pdf.exists():
+            errors = [line for line in r.stdout.splitlines() if line.startswith("!")]
+            raise RuntimeError(f"{engine} failed on the generated document: "
+                               f"{'; '.join(errors[:3]) or r.stdout[-500:]}")
+        if suffix == ".pdf":
+            shutil.copyfile(pdf, out)
+            return [out]
+        r = subprocess.run(["pdftoppm", "-png", "-r", "110", str(pdf),
+                            str(Path(tmp) / "page")], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"pdftoppm failed: {r.stderr.strip()}")
+        pages = sorted(Path(tmp).glob("page-*.png"))
+        written = []
+        for k, page in enumerate(pages, start=1):
+            target = out if k == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
+            shutil.copyfile(page, target)
+            written.append(target)
+        return written
+
+
+def document(derivation: Derivation, fmt: str = "tex") -> str:
+    """The derivation as a LaTeX (fmt="tex") or Markdown (fmt="md") document."""
+    if fmt not in ("tex", "md"):
+        raise ValueError(f"unknown document format '{fmt}' (tex or md)")
+    return render(f"derivation.{fmt}.j2", **context(derivation))
+
+
+def context(d: Derivation) -> dict:
+    layer = d.layer
+    shapes = {t.name: t.dims for t in layer.tensors.values()}
+    shapes.update({adjoint_name(n): dims for n, dims in list(shapes.items())})
+    adjoints = {adjoint_name(t) for t in layer.tensors}
+    p = IndexLatexPrinter(adjoints)
+    conv = MatrixConverter(shapes, adjoints)
+    taken = set(layer.tensors) | set(layer.dims)
+
+    def tex(e):
+        return p.doprint(e)
+
+    def matrix(expr, indices):
+        try:
+            return conv.convert(expr, indices).latex()
+        except NoMatrixForm:
+            return None
+
+    def ref(name, idx):
+        t = layer.tensors[name]
+        return t.ref(*idx)
+
+    tensors = [dict(name=tex_name(t.name), role=t.role,
+                    shape=r" \times ".join(t.dims) if t.dims else "scalar")
+               for t in layer.tensors.values()]
+    forward = []
+    for eq in layer.equations:
+        lhs = ref(eq.target, eq.indices)
+        m = matrix(eq.rhs, eq.indices) if eq.indices else None
+        forward.append(dict(index=f"{tex(lhs)} = {tex(eq.rhs)}",
+                            matrix=f"{tex_name(eq.target)} = {m}" if m else None))
+
+    steps = {s.tensor: s for s in d.steps}
+    by_tensor: dict[str, list] = {}
+    for c in d.contributions:
+        by_tensor.setdefault(c.tensor, []).append(c)
+    order = list(by_tensor) + [s.tensor for s in d.steps if s.tensor not in by_tensor]
+    users = {}
+    for c in d.contributions:
+        if c.equation.target not in steps and c.equation.target != layer.loss:
+            users.setdefault(c.equation.target, set()).add(c.tensor)
+
+    gradients = []
+    for name in order:
+        t = layer.tensors[name]
+        P = canonical_indices([dim_symbol(x) for x in t.dims], taken)
+        terms = []
+        for c in by_tensor.get(name, []):
+            terms.append(_term(c, P, layer, taken, tex))
+        step = steps.get(name)
+        entry = dict(name=tex_name(name), title=_partial(tex_name(name), P, p),
+                     adjoint=tex(sp.IndexedBase(adjoint_name(name))[P]) if P
+                     else tex_adjoint(name), terms=terms, kept=step is not None,
+                     gradient=bool(step and step.is_gradient),
+                     used_in=sorted(tex_name(u) for u in users.get(name, ())),
+                     result=None, matrix=None, given=None)
+        if step is not None:
+            lhs = tex(step.lhs)
+            entry["result"] = f"{lhs} = {tex(step.expr)}"
+            m = matrix(step.expr, step.indices)
+            entry["matrix"] = f"{tex_adjoint(name)} = {m}" if m and step.indices else None
+            if step.given is not None:
+                gm = matrix(step.given, step.indices) if step.indices else None
+                entry["given"] = dict(
+                    conditions=[_condition_tex(cond, layer, tex) for cond in step.conditions],
+                    index=f"{lhs} = {tex(step.given)}",
+                    matrix=f"{tex_adjoint(name)} = {gm}" if gm else None)
+        gradients.append(entry)
+
+    deltas = [s for s in d.steps if not s.is_gradient]
+    recursion = []
+    if len(deltas) >= 2:
+        for s in deltas:
+            m = matrix(s.simplest, s.indices)
+            recursion.append(dict(index=f"{tex(s.lhs)} = {tex(s.simplest)}",
+                                  matrix=f"{tex_adjoint(s.tensor)} = {m}" if m else None))
+    conditions = [_condition_tex(c, layer, tex) for c in layer.conditions]
+    return dict(
+        name=layer.name, doc=layer.doc, tensors=tensors, forward=forward,
+        loss=tex_name(layer.loss) if layer.loss else None,
+        upstream=[tex_adjoint(t.name) for t in layer.upstream],
+        gradients=gradients, recursion=recursion, conditions=conditions,
+        example=_example(d, tex), tex_escape=tex_escape)
+
+
+def _partial(name_tex, P, p):
+    sub = "".join(p.doprint(i) for i in P)
+    return rf"\frac{{\partial L}}{{\partial {name_tex}{'_{' + sub + '}' if P else ''}}}"
+
+
+def _term(c, P, layer, taken, tex):
+    """The chain rule for one equation Y = F feeding tensor X, term by term."""
+    eq = c.equation
+    y = layer.tensors[eq.target]
+    x = layer.tensors[c.tensor]
+    used = {i.label.name for i in P} | taken
+    rename = {}
+    for i in eq.indices:
+        if i.label.name in used:
+            new = readable(i.upper + 1, used | {j.label.name for j in eq.indices})
+            used.add(new.label.name)
+            rename[i] = new
+    lhs_idx = [rename.get(i, i) for i in eq.indices]
+    # bound (summed) indices must not collide with X's indices either
+    rhs = tidy_bound(freshen_bound(eq.rhs.xreplace(rename)),
+                     used | {i.label.name for i in lhs_idx})
+    yref, xref = y.ref(*lhs_idx), x.ref(*P)
+    local = sp.diff(rhs, xref)
+    seed = "" if eq.target == layer.loss else tex(
+        sp.IndexedBase(adjoint_name(eq.target))[tuple(lhs_idx)] if lhs_idx
+        else sp.Symbol(adjoint_name(eq.target)))
+    sums = ",".join(tex(i) for i in lhs_idx)
+    dy = rf"\frac{{\partial {tex(yref)}}}{{\partial {tex(xref)}}}"
+    chain = (rf"\sum_{{{sums}}} " if sums else "") + (f"{seed} " if seed else "") + dy
+    return dict(equation=f"{tex(yref)} = {tex(rhs)}", chain=chain,
+                local=f"{dy} = {tex(local)}", contracted=tex(tidy(c.expr)),
+                delta=local.has(sp.KroneckerDelta), source=tex_name(eq.target),
+                fold=eq.target != layer.loss and _mentions(c.expr, eq.target))
+
+
+def _mentions(expr, name) -> bool:
+    return any(a.base.label.name == name for a in expr.atoms(sp.Indexed)) or \
+        any(s.name == name for s in expr.free_symbols if isinstance(s, sp.Symbol))
+
+
+def _condition_tex(cond, layer, tex):
+    t = layer.tensors[cond.tensor]
+    idx = canonical_indices([dim_symbol(x) for x in t.dims], set(layer.tensors))
+    k = idx[cond.slot]
+    return dict(text=cond.text,
+                latex=f"\\sum_{{{tex(k)}}} {tex(t.ref(*idx))} = {tex(cond.value)}")
+
+
+def _example(d: Derivation, tex) -> dict:
+    """A worked example at small concrete values: the spec's `example` line where given,
+    else sizes 2 and short decimals from a fixed seed (one-hot rows for a target that is
+    declared one-hot)."""
+    layer = d.layer
+    rng = np.random.default_rng(7)
+    sizes = {dim: int(layer.example.get(dim, 2)) for dim in layer.dims}
+    one_hot = {c.tensor for c in layer.conditions}
+    values = {}
+    for t in layer.tensors.values():
+        shape = tuple(sizes[x] for x in t.dims)
+        if t.role not in ("input", "param", "target"):
+            continue
+        if t.name in layer.example:
+            values[t.name] = np.array(layer.example[t.name])
+        elif t.role == "target" and t.name in one_hot and t.dims:
+            rows = int(np.prod(shape[:-1]))
+            values[t.name] = np.eye(shape[-1])[rng.integers(0, shape[-1], rows)].reshape(shape)
+        elif t.role == "target":
+            values[t.name] = np.round(rng.uniform(0, 1, shape), 1)
+        else:
+            values[t.name] = np.round(rng.uniform(-1, 1, shape), 1)
+    for t in layer.upstream:
+        values[adjoint_name(t.name)] = np.round(rng.uniform(-1, 1, tuple(sizes[x] for x in
+                                                                           t.dims)), 1)
+    result = evaluate(d, values)
+    given = [dict(name=_value_name(n, layer), value=_tex_value(v))
+             for n, v in values.items()]
+    computed = [dict(name=tex_name(eq.target), value=_tex_value(result[eq.target]))
+                for eq in d.layer.equations]
+    grads = [dict(name=tex_adjoint(s.tensor), value=_tex_value(result[s.name]),
+                  label=rf"\partial L / \partial {tex_name(s.tensor)}")
+             for s in d.steps]
+    return dict(sizes=", ".join(f"{k} = {v}" for k, v in sizes.items()), given=given,
+                computed=computed, gradients=grads)
+
+
+def _value_name(n, layer):
+    return tex_adjoint(n[1:]) if n not in layer.tensors else tex_name(n)
+
+
+def _fmt(v: float) -> str:
+    """Four significant digits, trailing zeros kept (0.5130, not 0.513)."""
+    s = f"{v:#.4g}"
+    if "e" in s:
+        mant, exp = s.split("e")
+        return rf"{mant} \times 10^{{{int(exp)}}}"
+    return s.rstrip(".") if s.endswith(".") else s
+
+
+def _tex_value(v) -> str:
+    a = np.asarray(v, dtype=float)
+    if a.ndim == 0:
+        return _fmt(float(a))
+    if a.ndim == 1:
+        a = a.reshape(-1, 1)
+    if a.ndim > 2:
+        return r"\text{(a tensor of shape %s)}" % (a.shape,)
+    rows = [" & ".join(_fmt(float(x)) for x in row) for row in a]
+    return r"\begin{pmatrix} " + r" \\ ".join(rows) + r" \end{pmatrix}"
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&",
+                "#": r"\#", "^": r"\^{}", "_": r"\_", "%": r"\%", "~": r"\~{}"}
+
+
+def tex_escape(text: str) -> str:
+    return re.sub(r"[\\{}$&#^_%~]", lambda m: _TEX_SPECIAL[m.group()], text)
