@@ -36,6 +36,18 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="file ending in .tex, .md, .pdf or .png")
 
+    p = sub.add_parser("verify", help="check a claimed formula against the derivation")
+    p.add_argument("claim", nargs="?", metavar="CLAIM",
+                   help=r"LaTeX, e.g. '\frac{\partial L}{\partial z} = \hat{y} - y'")
+    p.add_argument("--model", metavar="NAME_OR_FILE", help="the layer the claim is about")
+    p.add_argument("--map", action="append", default=[], metavar="SYMBOL=TENSOR",
+                   help=r"map a claim symbol to a tensor (repeatable), e.g. '\hat{y}=y'")
+    p.add_argument("--json", action="store_true", help="print a machine-readable record")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds SymPy may spend before numbers decide (default 5)")
+    p.add_argument("--catalogue", action="store_true",
+                   help="verify the built-in catalogue of textbook claims")
+
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
     p.add_argument("--seed", type=int, default=0)
 
@@ -84,6 +96,49 @@ def cmd_latex(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    import json
+
+    from derive.catalogue import CATALOGUE
+    from derive.claims import ClaimError
+    from derive.verify import verify
+
+    if args.catalogue:
+        records, failures = [], 0
+        for e in CATALOGUE:
+            v = verify(derive(builtin(e.model)), e.claim, timeout=args.timeout)
+            ok = v.verdict == e.verdict and tuple(v.conditions) == e.conditions
+            failures += not ok
+            records.append({**v.record(), "name": e.name, "source": e.source,
+                            "expected": e.verdict, "expected_conditions": list(e.conditions),
+                            "as_expected": ok})
+            if not args.json:
+                cond = f" [{'; '.join(v.conditions)}]" if v.conditions else ""
+                print(f"{v.verdict:<12}{'' if ok else '(UNEXPECTED) '}{e.name:<22} "
+                      f"{e.model:<22} {e.claim}{cond}\n{'':12}{e.source}; decided {v.method}")
+        if args.json:
+            print(json.dumps(records, indent=1))
+        else:
+            print(f"\n{len(CATALOGUE) - failures} of {len(CATALOGUE)} claims got their "
+                  f"expected verdict")
+        return 1 if failures else 0
+    if not args.claim or not args.model:
+        raise ValueError("verify needs --model NAME_OR_FILE and a CLAIM (or --catalogue)")
+    mapping = {}
+    for item in args.map:
+        if "=" not in item:
+            raise ValueError(f"--map {item}: expected SYMBOL=TENSOR")
+        key, value = item.rsplit("=", 1)
+        mapping[key.strip()] = value.strip()
+    try:
+        v = verify(derive(resolve(args.model)), args.claim, mapping, timeout=args.timeout)
+    except ClaimError as exc:
+        print(f"backprop: cannot read the claim: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(v.record(), indent=1) if args.json else v.text())
+    return 0
+
+
 def cmd_tour(args) -> int:
     from .tour import tour
 
@@ -91,7 +146,7 @@ def cmd_tour(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "latex": cmd_latex,
-            "tour": cmd_tour}
+            "verify": cmd_verify, "tour": cmd_tour}
 
 if __name__ == "__main__":
     sys.exit(main())

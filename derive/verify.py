@@ -72,10 +72,15 @@ class Verdict:
             ce = self.counterexample
             lines.append(f"  counterexample at sizes {ce['sizes']}:")
             for k, v in ce["inputs"].items():
-                lines.append(f"    {k} = {np.array2string(np.asarray(v), precision=4)}")
-            lines.append(f"    left  = {np.array2string(np.asarray(ce['left']), precision=6)}")
-            lines.append(f"    right = {np.array2string(np.asarray(ce['right']), precision=6)}")
+                lines.append(_show(f"    {k} = ", v, 4))
+            lines.append(_show("    left  = ", ce["left"], 6))
+            lines.append(_show("    right = ", ce["right"], 6))
         return "\n".join(lines)
+
+
+def _show(prefix, value, precision):
+    return prefix + np.array2string(np.asarray(value), precision=precision, separator=", ",
+                                    prefix=prefix)
 
 
 class IllFormed(Exception):
@@ -125,9 +130,17 @@ class Reader:
         return name
 
     def _named(self, base, layer):
-        candidates = [base + layer] if layer else [base]
-        found = [c for c in candidates if c in self.layer.tensors or c in self.layer.dims]
-        return found[0] if found else None
+        name = base + layer
+        if name in self.layer.tensors or name in self.layer.dims:
+            return name
+        if not layer:
+            several = sorted(t for t in self.layer.tensors
+                             if t[len(base):].isdigit() and t.startswith(base))
+            if several:
+                raise ClaimError(f"'{base}' could be any of {', '.join(several)}: give the "
+                                 f"layer, as in {base}^{{({several[-1][len(base):]})}}, or "
+                                 f"--map '{base}=TENSOR'")
+        return None
 
     def idx(self, name, dim, where):
         seen = self.bound.get(name)
