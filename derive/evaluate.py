@@ -77,12 +77,13 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
 
 
 def _compute(expr, indices, dims, sizes, values):
-    subs = {dim_symbol(d): n for d, n in sizes.items()}
-    expr = expr.xreplace(subs)
+    subs = {dim_symbol(d): sp.Integer(n) for d, n in sizes.items()}
+    expr = sp.sympify(expr).xreplace(subs)
     indices = [i.xreplace(subs) for i in indices]
     elements = []
     for combo in itertools.product(*[range(sizes[d]) for d in dims]):
-        elements.append(expr.xreplace(dict(zip(indices, map(sp.Integer, combo)))).doit())
+        elements.append(sp.sympify(expr.xreplace(dict(zip(indices, map(sp.Integer, combo))))
+                                   ).doit())
     names = sorted({b.label.name for e in elements for b in e.atoms(sp.IndexedBase)} |
                    {s.name for e in elements for s in e.free_symbols
                     if isinstance(s, sp.Symbol) and not isinstance(s, sp.Indexed)})
