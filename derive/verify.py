@@ -18,7 +18,9 @@ Nielsen's book): a batch tensor x[N, D] is then the D x N matrix x^T.
 """
 from __future__ import annotations
 
+import ast
 import itertools
+import re
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -507,16 +509,78 @@ def numeric_check(reading, d, rules, trials=6, seed=0):
     return None
 
 
+def is_spec_claim(text: str) -> bool:
+    """A claim in the spec language: no backslash, and a tensor on the left."""
+    return "\\" not in text and bool(re.match(r"\s*[A-Za-z]\w*\s*(\[[^\]]*\])?\s*=[^=]",
+                                              text))
+
+
+def read_spec_claim(text: str, d: Derivation) -> Reading:
+    """`dz[n, i] = (y[n, i] - t[n, i]) / N`, read by the spec parser with each tensor's
+    gradient dX declared beside it."""
+    from .errors import SpecError
+    from .parser import _Expr, _Parser, _Statement
+    from .spec import Tensor
+
+    layer = d.layer
+    p = _Parser("", "<claim>")
+    p.name = layer.name
+    p.dims = {dim: 0 for dim in layer.dims}
+    p.tensors = dict(layer.tensors)
+    for t in layer.tensors.values():
+        if t.role != "target":
+            p.tensors[adjoint_name(t.name)] = Tensor(adjoint_name(t.name), "output", t.dims, 0)
+    stmt = _Statement("<claim>", 1, text)
+    try:
+        at, lhs_src, rhs_src = p._split_equals(stmt, text)
+        lhs = p._parse_expr(stmt, lhs_src, 0)
+        node = lhs.node
+        if isinstance(node, ast.Name):
+            name, slots = node.id, []
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+            name = node.value.id
+            sl = node.slice
+            slots = sl.elts if isinstance(sl, ast.Tuple) else [sl]
+        else:
+            raise ClaimError("the left-hand side must be a tensor like dz[n, i]", 1)
+        tensor = p.tensors.get(name)
+        if tensor is None:
+            raise ClaimError(f"unknown tensor '{name}' on the left (gradients are d + name)", 1)
+        scope = _Expr(p, stmt, lhs.shift)
+        indices = scope.bind_lhs(tensor, slots, lhs.col(node))
+        rhs = p._parse_expr(stmt, rhs_src, at + 1)
+        scope.shift = rhs.shift
+        expr = scope.rhs(rhs.node, indices)
+    except SpecError as exc:
+        if "does not appear on the right-hand side" in exc.message or \
+                "runs over" in exc.message:
+            raise IllFormed(exc.message) from None
+        raise ClaimError(exc.message, exc.col) from None
+    lhs_expr = tensor.ref(*indices)
+    return Reading("index form", lhs_expr, expr, tuple(indices), False)
+
+
 def verify(d: Derivation, claim_text: str, mapping: dict | None = None,
            timeout: float = 5.0) -> Verdict:
-    claim = parse_claim(claim_text)
     mapping = dict(mapping or {})
+    if is_spec_claim(claim_text or ""):
+        base = dict(claim=claim_text.strip(), model=d.layer.name)
+        try:
+            reading = read_spec_claim(claim_text, d)
+        except IllFormed as exc:
+            return Verdict("ILL-FORMED", "shapes", message=str(exc), **base)
+        return _decide([reading], "", base, d, timeout)
+    claim = parse_claim(claim_text)
     for key, value in mapping.items():
         base = value[1:] if value.startswith("d") and value[1:] in d.layer.tensors else value
         if base not in d.layer.tensors:
             raise ClaimError(f"--map {key}={value}: this layer has no tensor '{value}'")
     readings, problems = read_claim(claim, d, mapping)
-    base = dict(claim=claim.text, model=d.layer.name)
+    return _decide(readings, problems, dict(claim=claim.text, model=d.layer.name), d,
+                   timeout)
+
+
+def _decide(readings, problems, base, d, timeout) -> Verdict:
     if not readings:
         return Verdict("ILL-FORMED", "shapes", message=problems, **base)
     outcomes = []
@@ -548,5 +612,6 @@ def verify(d: Derivation, claim_text: str, mapping: dict | None = None,
 
 
 def _conv(reading, readings):
-    return f"examples as {reading.convention}" if len(readings) > 1 or \
-        reading.convention == "columns" else "examples as rows"
+    if reading.convention == "index form":
+        return "index form"
+    return f"examples as {reading.convention}"

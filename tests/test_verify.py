@@ -125,3 +125,21 @@ def test_cli_catalogue():
     r = cli("--catalogue", "--timeout", "3")
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{len(CATALOGUE)} of {len(CATALOGUE)} claims got their expected verdict" in r.stdout
+
+
+@pytest.mark.parametrize("claim, verdict, method", [
+    ("dz[n, i] = (y[n, i] * sum(t[n, k], k) - t[n, i]) / N", "HOLDS", "symbolic"),
+    ("dz[n, i] = (y[n, i] - t[n, i]) / N", "CONDITIONAL", "numeric"),
+    ("dz[n, i] = y[n, i] * t[n, i]", "FALSE", "numeric"),
+    ("dz[n, i] = y[n, j] * t[n, j]", "ILL-FORMED", "shapes"),
+])
+def test_claims_in_the_spec_language(derivations, claim, verdict, method):
+    v = verify(d_of(derivations, "softmax_cross_entropy"), claim, timeout=3)
+    assert (v.verdict, v.method) == (verdict, method), v.text()
+
+
+def test_spec_language_claim_errors(derivations):
+    with pytest.raises(ClaimError, match="unknown tensor 'dq'"):
+        verify(d_of(derivations, "dense"), "dq[n] = 1")
+    with pytest.raises(ClaimError, match="unknown function 'sinh'"):
+        verify(d_of(derivations, "dense"), "dx[n, j] = sinh(x[n, j])")
