@@ -45,15 +45,16 @@ void bp_relu_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 
+/* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline float bp_relu_f32(float x)
 {
-    return x > 0 ? x : 0;
+    return (x > 0 || x != x) ? x : 0;
 }
 
-/* relu'(x): 1 for x > 0, else 0 (0 at x = 0, as PyTorch) */
+/* relu'(x): 1 for x > 0, else 0 (0 at x = 0, as PyTorch); NaN stays NaN */
 static inline float bp_step_f32(float x)
 {
-    return x > 0 ? 1 : 0;
+    return x != x ? x : (x > 0 ? 1 : 0);
 }
 
 void bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
@@ -84,15 +85,16 @@ void bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
 
 /* ---- double ------------------------------------------------------------------ */
 
+/* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline double bp_relu_f64(double x)
 {
-    return x > 0 ? x : 0;
+    return (x > 0 || x != x) ? x : 0;
 }
 
-/* relu'(x): 1 for x > 0, else 0 (0 at x = 0, as PyTorch) */
+/* relu'(x): 1 for x > 0, else 0 (0 at x = 0, as PyTorch); NaN stays NaN */
 static inline double bp_step_f64(double x)
 {
-    return x > 0 ? 1 : 0;
+    return x != x ? x : (x > 0 ? 1 : 0);
 }
 
 void bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
