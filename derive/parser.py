@@ -330,6 +330,11 @@ class _Parser:
             raise SpecError("the layer declares no output or loss", self.file)
         names = set(self.tensors) | set(self.dims)
         for t in self.tensors.values():
+            problem = name_problem("d" + t.name) if t.role != "target" else None
+            if problem and "reserved" not in problem:
+                raise SpecError(f"the gradient of '{t.name}' would be named 'd{t.name}', but "
+                                f"{problem.split(' ', 1)[1]}; rename '{t.name}'", self.file,
+                                t.line)
             if "d" + t.name in names:
                 raise SpecError(f"'d{t.name}' names the gradient of '{t.name}' but is "
                                 f"already declared; rename one of them", self.file, t.line)

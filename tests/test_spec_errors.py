@@ -159,3 +159,8 @@ def test_builder_reports_the_same_errors():
     with pytest.raises(SpecError) as info:
         b.build()
     assert info.value.file == "<LayerBuilder demo>" and "left-hand index 'n'" in str(info.value)
+
+
+def test_gradient_name_that_is_a_keyword():
+    err = error_of("layer demo\ndims N\ninput x[N]\noutput o[N]\no[n] = x[n]\n")
+    assert err.line == 4 and "'do'" in err.message and "C keyword" in err.message

@@ -1,0 +1,72 @@
+"""Layers nobody built in, in shapes the built-ins do not exercise (three-index tensors,
+transposed use, scalar parameters, a loss with a regularizer), through both backends."""
+import numpy as np
+import pytest
+
+import codegen
+from derive.evaluate import evaluate
+
+from .oracles import finite_differences, random_arrays, rel_err, tolerance
+
+SPECS = {
+    "attention": """layer attention  Single-head attention: scores, softmax over keys, values
+dims N, T, D
+input q[N, T, D], k[N, T, D], v[N, T, D]
+intermediate s[N, T, T], p[N, T, T]
+output o2[N, T, D]
+s[n, i, j] = q[n, i, d] * k[n, j, d] / sqrt(D)
+p[n, i, j] = exp(s[n, i, j]) / sum(exp(s[n, i, m]), m)
+o2[n, i, d] = p[n, i, j] * v[n, j, d]
+""",
+    "transposed": """layer transposed  W used transposed, a scalar parameter
+dims N, I, J
+input x[N, I]
+param W[I, J], c
+output y[N, J]
+y[n, j] = c * tanh(W[i, j] * x[n, i]) + c * c
+""",
+    "layernorm": """layer layernorm  Layer normalization without the affine part
+dims N, C
+input x[N, C]
+intermediate mu[N], var[N]
+output y[N, C]
+mu[n] = sum(x[n, c], c) / C
+var[n] = sum((x[n, c] - mu[n])**2, c) / C
+y[n, c] = (x[n, c] - mu[n]) / sqrt(var[n] + 0.00001)
+""",
+    "bilinear": """layer bilinear  x^T A y per example, softplus loss, L2 penalty
+dims N, I, J
+input x[N, I], y[N, J]
+param A[I, J]
+intermediate s[N]
+loss L
+s[n] = x[n, i] * A[i, j] * y[n, j]
+L = sum(softplus(s[n]), n) / N + sum(A[i, j]**2, i, j) * 0.01
+""",
+}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_user_layer_both_backends(tmp_path, name):
+    spec = tmp_path / f"{name}.bp"
+    spec.write_text(SPECS[name])
+    k = codegen.load(str(spec))
+    rng = np.random.default_rng(5)
+    sizes = {d: int(rng.choice([2, 3, 5])) for d in k.layer.dims}
+    arrays = random_arrays(k, sizes, rng)
+    grads = k.backward(**arrays)
+    exact = evaluate(k.derivation, arrays)
+    for n in k.gradients:
+        assert rel_err(grads[n], exact[n]) < tolerance(np.float64, sizes), n
+        assert rel_err(grads[n], finite_differences(k, arrays, n[1:])) < 1e-6, n
+    fwd = k.forward(**{n: arrays[n] for n in k.args})
+    for dtype in ("float64", "float32"):
+        c = codegen.load(str(spec), backend="c", dtype=dtype)
+        a = {n: np.asarray(v, dtype=dtype) for n, v in arrays.items()}
+        tol = max(tolerance(np.dtype(dtype), sizes), 50 * np.finfo(dtype).eps)
+        cf = c.forward(**{n: a[n] for n in c.args})
+        cg = c.backward(**a)
+        for n in fwd:
+            assert rel_err(cf[n], fwd[n]) < tol, (dtype, n)
+        for n in grads:
+            assert rel_err(cg[n], grads[n]) < tol, (dtype, n)
