@@ -44,6 +44,25 @@ s[n] = x[n, i] * A[i, j] * y[n, j]
 L = sum(softplus(s[n]), n) / N + sum(A[i, j]**2, i, j) * 0.01
 """,
 }
+SPECS["multi"] = """layer multi  Two outputs, a scalar output that is not a loss, logsumexp
+dims N, I
+input x[N, I]
+param w[I]
+output s, y[N], r[N]
+s = sum(x[n, i] * w[i], n, i)
+y[n] = log(sum(exp(x[n, i]), i))
+r[n] = sqrt(sum(x[n, i]**2, i) + 1) ** -1 + w[i] * w[i] * 0.5
+"""
+SPECS["chain"] = """layer chain  An intermediate used twice, relu and softplus, a weighted loss
+dims N, I
+input x[N, I]
+param w[I]
+target t[N, I]
+intermediate h[N, I]
+loss L
+h[n, i] = relu(x[n, i] * w[i]) + softplus(x[n, i] - w[i])
+L = sum(t[n, i] * h[n, i] * h[n, i] + exp(-h[n, i]), n, i) / N
+"""
 
 
 @pytest.mark.parametrize("name", SPECS)
