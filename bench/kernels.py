@@ -68,6 +68,31 @@ def softmax(z):
     return e / e.sum(1, keepdims=True)
 
 
+K = np.float32(0.7978845608028654)
+
+
+def gelu(z):
+    return 0.5 * z * (1 + np.tanh(K * (z + 0.044715 * z ** 3)))
+
+
+def gelu_grad(z):
+    th = np.tanh(K * (z + 0.044715 * z ** 3))
+    return 0.5 * (1 + th) + 0.5 * z * (1 - th ** 2) * K * (1 + 3 * 0.044715 * z ** 2)
+
+
+def layernorm(x):
+    mu = x.mean(1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(1, keepdims=True) + 1e-5)
+
+
+def layernorm_backward(x, w, dy):
+    xhat = layernorm(x)
+    rstd = 1 / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    g = dy * w
+    dx = rstd * (g - g.mean(1, keepdims=True) - xhat * (g * xhat).mean(1, keepdims=True))
+    return {"dx": dx, "dw": (dy * xhat).sum(0), "db": dy.sum(0)}
+
+
 # Hand-written NumPy: what a person would write from the textbook, per layer.
 HAND = {
     "dense": (lambda x, W, b: {"z": x @ W.T + b},
@@ -78,6 +103,10 @@ HAND = {
              lambda z, da: {"dz": da * (1 - np.tanh(z) ** 2)}),
     "relu": (lambda z: {"a": np.maximum(z, 0)},
              lambda z, da: {"dz": da * (z > 0)}),
+    "gelu": (lambda z: {"a": gelu(z)},
+             lambda z, da: {"dz": da * gelu_grad(z)}),
+    "layernorm": (lambda x, w, b: {"y": layernorm(x) * w + b},
+                  lambda x, w, b, dy: layernorm_backward(x, w, dy)),
     "softmax": (lambda z: {"y": softmax(z)},
                 lambda z, dy: (lambda y: {"dz": y * (dy - (dy * y).sum(1, keepdims=True))})(
                     softmax(z))),

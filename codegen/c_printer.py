@@ -41,6 +41,12 @@ class KernelCPrinter(C99CodePrinter):
                 out = (f"({out})" if k > 1 else out) + f"*{dims[k]} + {idx}"
         return out or "0"
 
+    def _print_Integer(self, expr):
+        # C int constants overflow past 2**31: large ones are floating constants.
+        if abs(int(expr)) >= 2**31:
+            return self._print_Float(sp.Float(int(expr)))
+        return super()._print_Integer(expr)
+
     def _print_Indexed(self, expr):
         name = expr.base.label.name
         return f"{name}[{self.offset(name, expr.indices)}]"

@@ -10,6 +10,7 @@ import sympy as sp
 
 from derive.functions import relu, sigmoid, softplus
 from derive.indices import free_indices
+from derive.pretty import decimal, is_long_number
 
 from .plan import Maximum, Statement
 
@@ -84,6 +85,8 @@ class NumpyPrinter:
             if e.name in self.dims:
                 self.dims_used.add(e.name)
             return e.name, ATOM
+        if is_long_number(e):
+            return decimal(e), (ATOM if e >= 0 else ADD)
         if isinstance(e, sp.Integer):
             return str(int(e)), (ATOM if e >= 0 else ADD)
         if isinstance(e, sp.Rational):
@@ -137,7 +140,8 @@ class NumpyPrinter:
         for f in e.args:
             if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
                 den.append(f.base if f.exp == -1 else sp.Pow(f.base, -f.exp))
-            elif isinstance(f, sp.Rational) and not isinstance(f, sp.Integer):
+            elif isinstance(f, sp.Rational) and not isinstance(f, sp.Integer) \
+                    and not is_long_number(f):
                 if f.p != 1:
                     num.append(sp.Integer(f.p))
                 den.append(sp.Integer(f.q))

@@ -9,8 +9,8 @@ from .parser import load_spec, parse_spec
 from .spec import Layer
 
 # The order `backprop list` shows them in: layers, losses, networks, the worked example.
-BUILTINS = ("dense", "sigmoid", "tanh", "relu", "softmax", "mse", "softmax_cross_entropy",
-            "sigmoid_bce", "mlp2", "neuron")
+BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm", "mse",
+            "softmax_cross_entropy", "sigmoid_bce", "mlp2", "neuron")
 
 
 def builtin_text(name: str) -> str:

@@ -72,12 +72,28 @@ def fold(expr, value, name_of):
         return _subs_everywhere(expr, value, name_of({}))
     present = sorted(expr.atoms(sp.Idx), key=str)
     choices = [[i for i in present if dim_of(i) == dim_of(l)] for l in lhs]
-    for combo in itertools.product(*choices):
-        mapping = dict(zip(lhs, combo))
-        pattern = value.xreplace(mapping)
-        if expr.has(*[a for a in pattern.atoms(sp.Indexed)]):
-            expr = _subs_everywhere(expr, pattern, name_of(mapping))
+    for variant in _bound_variants(value, expr):
+        for combo in itertools.product(*choices):
+            mapping = dict(zip(lhs, combo))
+            pattern = variant.xreplace(mapping)
+            if expr.has(*[a for a in pattern.atoms(sp.Indexed)]):
+                expr = _subs_everywhere(expr, pattern, name_of(mapping))
     return expr
+
+
+def _bound_variants(value, expr):
+    """value, and value with its summation indices renamed to those summed in expr: a sum
+    is the same sum whatever its bound index is called."""
+    ours = [lim[0] for s in value.atoms(sp.Sum) for lim in s.limits]
+    if not ours:
+        return [value]
+    theirs = sorted({lim[0] for s in expr.atoms(sp.Sum) for lim in s.limits}, key=str)
+    out = [value]
+    for k in ours:
+        for other in theirs:
+            if dim_of(other) == dim_of(k) and other != k:
+                out.append(value.xreplace({k: other}))
+    return out
 
 
 def _subs_everywhere(expr, old, new):
@@ -90,8 +106,9 @@ def _subs_everywhere(expr, old, new):
     rebuilt = expr.func(*[_subs_everywhere(a, old, new) for a in expr.args])
     if rebuilt == old:
         return new
-    if isinstance(rebuilt, (sp.Mul, sp.Add)):
-        # Mul/Add know partial matches: exp(z)/S**2 with old = exp(z)/S gives new/S.
+    if isinstance(rebuilt, (sp.Mul, sp.Add, sp.Pow)):
+        # Mul/Add/Pow know partial matches: exp(z)/S**2 with old = exp(z)/S gives new/S,
+        # and X**(-3/2) with old = X**(-1/2) gives new**3.
         replaced = rebuilt._eval_subs(old, new)
         if replaced is not None:
             return replaced
@@ -144,7 +161,14 @@ def tidy(expr):
             candidates.append(_cancel_terms(expanded))
     except (sp.PolynomialError, TypeError):  # cancel refuses some non-rational forms
         pass
-    return min(candidates, key=lambda e: (sp.count_ops(e), len(str(e))))
+    return min(candidates, key=_complexity)
+
+
+def _complexity(e):
+    """Operation count, with long constants (a decimal literal as a rational, or the
+    common denominator cancel() makes of several) counted as costly as three operations."""
+    longs = sum(1 for r in e.atoms(sp.Rational) if abs(r.q) > 10**4 or abs(r.p) > 10**9)
+    return sp.count_ops(e) + 3 * longs, len(str(e))
 
 
 def _cancel_terms(expr):

@@ -122,6 +122,13 @@ def derive(layer: Layer) -> Derivation:
                 term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
             term = contract(term)
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
+            # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
+            # so that terms which cancel once named do cancel.
+            for other in layer.equations:
+                if other is not eq and other.target != layer.loss:
+                    t = layer.tensors[other.target]
+                    term = contract(fold(term, other.rhs, lambda m, t=t, o=other:
+                                         t.ref(*[m[l] for l in o.indices])))
             free = {i.label.name for i in canon[xname]}
             contributions.append(Contribution(
                 eq, xname, tidy_bound(freshen_bound(term), taken | free)))

@@ -86,6 +86,17 @@ class IndexLatexPrinter(LatexPrinter):
             inner = rf"\left({inner}\right)"
         return rf"\sum_{{{','.join(ks)}}} {inner}"
 
+    def _print_Rational(self, expr):
+        from .pretty import is_long_number
+        if is_long_number(expr):
+            return self._print(sp.Float(float(expr), 16))
+        return super()._print_Rational(expr)
+
+    def _print_Integer(self, expr):
+        from .pretty import is_long_number
+        return self._print(sp.Float(float(expr), 16)) if is_long_number(expr) \
+            else str(int(expr))
+
     def _print_KroneckerDelta(self, expr, exp=None):
         a, b = (self._print(x) for x in expr.args)
         return rf"\delta_{{{a}{b}}}"
@@ -240,13 +251,15 @@ class Sum_(MNode):
 class Apply(MNode):        # an elementwise function
     func: str
     arg: MNode
-    power: int = 1
+    power: object = 1       # an int or a SymPy Rational
 
     def latex(self):
         if self.func == "pow":
-            return rf"{_wrap(self.arg, 3)}^{{\odot {self.power}}}"
+            return rf"{_wrap(self.arg, 3)}^{{\odot {sp.latex(self.power)}}}"
         if self.func == "step":
             return r"\mathbb{1}\left[%s > 0\right]" % self.arg.latex()
+        if self.func == "sqrt":
+            return r"\sqrt{%s}" % self.arg.latex()
         name = {"sigmoid": r"\sigma", "exp": r"\exp", "log": r"\log", "tanh": r"\tanh",
                 "sqrt": r"\sqrt", "relu": r"\operatorname{ReLU}",
                 "softplus": r"\operatorname{softplus}"}[self.func]
@@ -258,7 +271,7 @@ class Apply(MNode):        # an elementwise function
                 "tanh": np.tanh, "sqrt": np.sqrt, "relu": lambda a: np.maximum(a, 0),
                 "softplus": lambda a: np.logaddexp(0, a),
                 "step": lambda a: (a > 0).astype(float),
-                "pow": lambda a: a ** self.power}[self.func](v)
+                "pow": lambda a: a ** float(self.power)}[self.func](v)
 
 
 def _wrap(node, prec):
@@ -297,12 +310,15 @@ class MatrixConverter:
             return self._add(e, axes)
         if isinstance(e, sp.Mul):
             return self._mul(e, axes)
-        if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
-            base, have = self._node(e.base, axes)
-            return Apply("pow", base, int(e.exp)), have
-        if isinstance(e, sp.Pow) and e.exp == -1:
-            den, have = self._node(e.base, axes)
+        if isinstance(e, sp.Pow) and e.exp.is_Rational and e.exp < 0:
+            den, have = self._node(e.base ** -e.exp, axes)
             return Divide(Scalar(sp.Integer(1), "1"), den), have
+        if isinstance(e, sp.Pow) and e.exp == sp.S.Half:
+            base, have = self._node(e.base, axes)
+            return Apply("sqrt", base), have
+        if isinstance(e, sp.Pow) and e.exp.is_Rational and e.exp > 0:
+            base, have = self._node(e.base, axes)
+            return Apply("pow", base, e.exp), have
         if isinstance(e, sp.Heaviside):
             arg, have = self._node(e.args[0], axes)
             return Apply("step", arg), have

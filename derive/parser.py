@@ -519,7 +519,11 @@ class _Expr:
             if isinstance(v, float):
                 if v != v or v in (float("inf"), float("-inf")):
                     raise self.err("numbers must be finite", node)
-                return sp.Rational(repr(v))
+                text = repr(v)
+                digits = len(text.replace("-", "").replace(".", "").split("e")[0].strip("0"))
+                # Short decimals stay exact (0.5 -> 1/2); long ones (0.7978845608028654)
+                # are floats, so products of constants do not grow 40-digit fractions.
+                return sp.Rational(text) if digits <= 6 else sp.Float(text, 17)
             if abs(v) > 10**12:
                 raise self.err("integer literal is too large", node)
             return sp.Integer(v)

@@ -38,8 +38,26 @@ class FormulaPrinter(StrPrinter):
     def _print_Heaviside(self, expr):
         return f"[{self._print(expr.args[0])} > 0]"
 
+    def _print_Rational(self, expr):
+        return decimal(expr) if is_long_number(expr) else super()._print_Rational(expr)
+
+    def _print_Integer(self, expr):
+        return decimal(expr) if is_long_number(expr) else super()._print_Integer(expr)
+
     def _print_Maximum(self, expr):
         return f"max_{self._print(expr.args[1])}({self._print(expr.args[0])})"
+
+
+def is_long_number(expr) -> bool:
+    """A rational that reads better as a decimal: one a decimal literal turned into, like
+    3989422804014327/5000000000000000 (0.7978845608028654)."""
+    if not isinstance(expr, sp.Rational):
+        return False
+    return abs(expr.q) > 10**4 or abs(expr.p) > 10**9
+
+
+def decimal(expr) -> str:
+    return repr(float(expr))
 
 
 def formula(expr) -> str:
