@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import sys
 
+from machine import cpu_model
+
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -42,16 +44,6 @@ def measure(name: str, repeat: int):
         imports.append(r["import"])
         derives.append(r["derive"])
     return imports, derives
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

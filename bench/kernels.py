@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import codegen  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from derive.builtins import BUILTINS  # noqa: E402
 
 N, W = 4096, 768
@@ -180,16 +181,6 @@ def median_time(fn, repeat):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arguments import check_names
 from .c_printer import CTYPES, SUFFIX
 
 
@@ -41,7 +42,7 @@ class CKernels:
 
     # ---- the contract -------------------------------------------------------------------
     def forward(self, **arrays):
-        _names(self.name, arrays, self.args, ())
+        check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
         out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in self.returns}
         work = self._work(self._forward_work, sizes)
@@ -50,7 +51,7 @@ class CKernels:
         return out
 
     def backward(self, **arrays):
-        _names(self.name, arrays, self.args + self.upstream, self.returns)
+        check_names(self.name, arrays, self.args + self.upstream, self.returns)
         if any(n not in arrays for n in self.reuses):
             fwd = self.forward(**{n: arrays[n] for n in self.args})
             arrays = {**{n: fwd[n] for n in self.reuses}, **arrays}
@@ -113,17 +114,6 @@ class CKernels:
 
     def __repr__(self):
         return f"<C kernels ({self.dtype}) of layer {self.name}>"
-
-
-def _names(layer, arrays, required, optional):
-    missing = [n for n in required if n not in arrays]
-    if missing:
-        raise ValueError(f"{layer}: missing array{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(missing)} (expects {', '.join(required)})")
-    unknown = [n for n in arrays if n not in required and n not in optional]
-    if unknown:
-        raise ValueError(f"{layer}: unexpected array{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(unknown)} (expects {', '.join(required)})")
 
 
 def _shape(dims, sizes):

@@ -13,6 +13,7 @@ from pathlib import Path
 from derive import derive
 from derive.builtins import resolve
 
+from .arguments import check_names
 from .emit import write_atomic
 from .numpy_backend import numpy_source
 from .plan import plan
@@ -58,14 +59,7 @@ class Kernels:
                                     **extra)
 
     def _check(self, arrays, required, optional):
-        missing = [n for n in required if n not in arrays]
-        if missing:
-            raise ValueError(f"{self.name}: missing array{'s' if len(missing) > 1 else ''} "
-                             f"{', '.join(missing)} (expects {', '.join(required)})")
-        unknown = [n for n in arrays if n not in required and n not in optional]
-        if unknown:
-            raise ValueError(f"{self.name}: unexpected array{'s' if len(unknown) > 1 else ''}"
-                             f" {', '.join(unknown)} (expects {', '.join(required)})")
+        check_names(self.name, arrays, required, optional)
 
     def __repr__(self):
         return f"<{self.backend} kernels of layer {self.name} from {self.path}>"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from derive.pretty import derivation_text  # noqa: F401  (re-exported for callers)
 from derive.pretty import formula
 
 from .numpy_printer import NumpyPrinter

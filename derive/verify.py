@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from .calculus import apply_conditions, contract, tidy
+from .calculus import contract, tidy
 from .claims import (Bin, Claim, ClaimError, Func, Grad, Neg, Num, Post, Sym, SumOver,
                      parse_claim)
 from .derivation import Derivation, adjoint_name

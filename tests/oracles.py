@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
-SIZES = (1, 2, 3, 5, 7, 11)   # 1 and odd primes, so no axis mix-up hides behind a square
+SIZES = (1, 2, 3, 5, 7, 11)
+
+# A layer that is not built in, written as a user would, for the backends' user-layer tests.
+GATED = """layer gated  a = x (.) sigmoid(W x + b): a gated linear unit, not a built-in
+dims N, I
+input  x[N, I]
+param  W[I, I], b[I]
+intermediate g[N, I]
+output a[N, I]
+
+g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
+a[n, i] = x[n, i] * g[n, i]
+"""
+   # 1 and odd primes, so no axis mix-up hides behind a square
 
 
 def draw_sizes(layer, rng, ones=False):

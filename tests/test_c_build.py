@@ -14,7 +14,7 @@ import codegen
 from codegen.build import CompilerError
 from derive.builtins import BUILTINS
 
-from .oracles import finite_differences, random_arrays, rel_err, tolerance
+from .oracles import GATED, finite_differences, random_arrays, rel_err, tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,16 +206,6 @@ def test_bad_dtype_argument():
         codegen.load("dense", backend="c", dtype="float16")
 
 
-GATED = """layer gated  a = x (.) sigmoid(W x + b): a gated linear unit, not a built-in
-dims N, I
-input  x[N, I]
-param  W[I, I], b[I]
-intermediate g[N, I]
-output a[N, I]
-
-g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
-a[n, i] = x[n, i] * g[n, i]
-"""
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -139,16 +139,9 @@ def test_unused_input_gets_zero_gradient():
 
 def test_gated_unit_from_a_spec_file(tmp_path):
     spec = tmp_path / "gated.bp"
-    spec.write_text("""layer gated  a = x (.) sigmoid(W x + b): a gated linear unit
-dims N, I
-input  x[N, I]
-param  W[I, I], b[I]
-intermediate g[N, I]
-output a[N, I]
+    from .oracles import GATED
 
-g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
-a[n, i] = x[n, i] * g[n, i]
-""")
+    spec.write_text(GATED)
     from derive import load_spec
 
     d = derive(load_spec(spec))

@@ -8,7 +8,7 @@ import codegen
 from derive.builtins import BUILTINS
 from derive.evaluate import evaluate
 
-from .oracles import (draw_sizes, finite_differences, objective, random_arrays, rel_err,
+from .oracles import (GATED, draw_sizes, finite_differences, random_arrays, rel_err,
                       tolerance, torch_forward)
 
 CASES = [(name, seed) for name in BUILTINS for seed in range(3)]
@@ -159,16 +159,6 @@ def test_tensors_describe_shapes(kernels):
     assert kernels["mlp2"].gradients == ("dx", "dW1", "db1", "dW2", "db2")
 
 
-GATED = """layer gated  a = x (.) sigmoid(W x + b): a gated linear unit, not a built-in
-dims N, I
-input  x[N, I]
-param  W[I, I], b[I]
-intermediate g[N, I]
-output a[N, I]
-
-g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
-a[n, i] = x[n, i] * g[n, i]
-"""
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -1,0 +1,14 @@
+"""Checking the names of the arrays a caller passes, shared by every backend's wrapper."""
+from __future__ import annotations
+
+
+def check_names(layer: str, arrays: dict, required, optional=()) -> None:
+    """ValueError naming what is missing or unexpected, and what is expected."""
+    missing = [n for n in required if n not in arrays]
+    if missing:
+        raise ValueError(f"{layer}: missing array{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} (expects {', '.join(required)})")
+    unknown = [n for n in arrays if n not in required and n not in optional]
+    if unknown:
+        raise ValueError(f"{layer}: unexpected array{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)} (expects {', '.join(required)})")
