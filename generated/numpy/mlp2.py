@@ -64,9 +64,10 @@ GRADIENTS = ['dx', 'dW1', 'db1', 'dW2', 'db2']
 
 
 def _sigmoid(v):
-    # exp of -|v| only, so neither branch overflows.
+    # exp of -|v| only, so nothing overflows; one division for both branches.
     e = np.exp(-np.abs(v))
-    return np.where(v >= 0, 1 / (1 + e), e / (1 + e))
+    r = 1 / (1 + e)
+    return np.where(v >= 0, r, e * r)
 
 
 def _prepare(arrays):

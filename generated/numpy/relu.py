@@ -77,7 +77,7 @@ def backward(z, da):
     a, dtype, sizes = _prepare({'z': z, 'da': da})
     z, da = a['z'], a['da']
     # dz[n, i] = [z[n, i] > 0]*da[n, i]
-    dz = np.heaviside(z, 0)*da
+    dz = np.sign(np.maximum(z, 0))*da
     return {
         'dz': np.asarray(dz, dtype),
     }
