@@ -149,7 +149,7 @@ def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
     key = _key(sources, cdef, flags, compiler_identity(cc) + "|" + cpu_identity())
     if key in _loaded:
         return _loaded[key]
-    module_name = f"_bp_{name}_{key[:16]}"
+    module_name = module_name_for(name, key)
     root = Path(cache_root) / "c"
     entry = root / key
     module = _try_load(entry, module_name)
@@ -165,6 +165,73 @@ def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
             raise CompilerError(f"the freshly built kernel in {entry} does not load")
     _loaded[key] = module
     return module
+
+
+_FINGERPRINT: list = []
+
+
+def toolkit_fingerprint() -> str:
+    """A hash of the toolkit's own code and templates: what turns a spec into C."""
+    if not _FINGERPRINT:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for folder, pattern in (("derive", "*.py"), ("derive", "*.lark"), ("codegen", "*.py"),
+                                ("templates", "*.j2")):
+            for f in sorted((root / folder).glob(pattern)):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+        _FINGERPRINT.append(h.hexdigest())
+    return _FINGERPRINT[0]
+
+
+def spec_key(spec_text: str, name: str) -> str:
+    """The key of a spec as written, for the index that lets a warm load skip SymPy: the
+    spec text, the toolkit's fingerprint, flags, compiler, CPU, ABI and cffi."""
+    cc = compiler()
+    h = hashlib.sha256()
+    for part in (name, spec_text, toolkit_fingerprint(), " ".join(BASE_FLAGS + opt_flags()),
+                 compiler_identity(cc), cpu_identity(), sys.implementation.cache_tag,
+                 sysconfig.get_config_var("EXT_SUFFIX") or "", cffi.__version__):
+        h.update(part.encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def load_indexed(cache_root: Path, skey: str):
+    """(module, metadata) when the index names a valid entry for this spec, else None."""
+    index = Path(cache_root) / "c" / "index" / f"{skey}.json"
+    try:
+        meta = json.loads(index.read_text())
+        key, module_name = meta["key"], meta["module"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if key in _loaded:
+        return _loaded[key], meta
+    module = _try_load(Path(cache_root) / "c" / key, module_name)
+    if module is None:
+        return None
+    _loaded[key] = module
+    return module, meta
+
+
+def remember(cache_root: Path, skey: str, meta: dict) -> None:
+    """Record which entry a spec built, and what the wrapper needs to know of it."""
+    folder = Path(cache_root) / "c" / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    os.replace(tmp, folder / f"{skey}.json")
+
+
+def module_name_for(name: str, key: str) -> str:
+    return f"_bp_{name}_{key[:16]}"
+
+
+def build_key(sources: dict, cdef: str) -> str:
+    """The cache key build() uses for these sources."""
+    return _key(sources, cdef, BASE_FLAGS + opt_flags(),
+                compiler_identity(compiler()) + "|" + cpu_identity())
 
 
 def _key(sources, cdef, flags, identity) -> str:

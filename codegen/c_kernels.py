@@ -13,13 +13,11 @@ from .c_printer import CTYPES, SUFFIX
 class CKernels:
     backend = "c"
 
-    def __init__(self, layer, derivation, plan, module, dtype: str, sources: dict):
+    def __init__(self, layer, derivation, plan, module, dtype: str):
         self.layer = layer
-        self.derivation = derivation
-        self.plan = plan
+        self._derivation = derivation      # None after a warm load: derived when asked for
         self.name = layer.name
         self.dtype = np.dtype(dtype)
-        self.sources = sources
         self._ffi, self._lib = module.ffi, module.lib
         self._ctype = CTYPES[dtype]
         sfx = SUFFIX[dtype]
@@ -28,13 +26,21 @@ class CKernels:
         self._forward_work = getattr(self._lib, f"bp_{layer.name}_forward_work")
         self._backward_work = getattr(self._lib, f"bp_{layer.name}_backward_work")
         self.tensors = layer.describe()
-        self.args = plan.args
-        self.returns = plan.returns
-        self.upstream = plan.upstream
-        self.gradients = plan.gradients
-        self.reuses = plan.reuses
+        self.args = tuple(plan.args)
+        self.returns = tuple(plan.returns)
+        self.upstream = tuple(plan.upstream)
+        self.gradients = tuple(plan.gradients)
+        self.reuses = tuple(plan.reuses)
         self._shapes = {t.name: t.dims for t in layer.tensors.values()}
         self._shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+
+    @property
+    def derivation(self):
+        if self._derivation is None:
+            from derive import derive
+
+            self._derivation = derive(self.layer)
+        return self._derivation
 
     def set_threads(self, threads: int) -> None:
         """Threads the kernels may use (OpenMP; no effect when built without it)."""

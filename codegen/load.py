@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from derive import derive
 from derive.builtins import resolve
@@ -80,12 +81,12 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     if backend not in ("numpy", "c"):
         raise ValueError(f"unknown backend '{backend}'; available: numpy, c")
     layer = resolve(layer_or_name)
-    derivation = derive(layer)
     if backend == "c":
-        return _load_c(layer, derivation, dtype or "float64", cache)
+        return _load_c(layer, dtype or "float64", cache)
     if dtype is not None:
         raise ValueError("dtype is chosen per call by the NumPy backend (it follows the "
                          "arrays); pass dtype only with backend='c'")
+    derivation = derive(layer)
     source = numpy_source(plan(derivation))
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
     directory = cache_dir(cache) / "numpy" / key
@@ -100,15 +101,30 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     return Kernels(layer, derivation, module, path, backend)
 
 
-def _load_c(layer, derivation, dtype, cache):
-    from .build import build
-    from .c_backend import c_sources
+def _load_c(layer, dtype, cache):
+    """C kernels; a warm cache is found from the spec text alone (no SymPy, no printing)."""
+    from . import build as b
     from .c_kernels import CKernels
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    root = cache_dir(cache)
+    skey = b.spec_key(layer.source, layer.name)
+    hit = b.load_indexed(root, skey)
+    if hit is not None:
+        module, meta = hit
+        return CKernels(layer, None, SimpleNamespace(**meta["plan"]), module, dtype)
+    from .c_backend import c_sources
+
+    derivation = derive(layer)
     kplan = plan(derivation)
     files = c_sources(kplan)
     cdef = files.pop("cdef")
-    module = build(layer.name, files, cdef, cache_dir(cache))
-    return CKernels(layer, derivation, kplan, module, dtype, files)
+    module = b.build(layer.name, files, cdef, root)
+    key = b.build_key(files, cdef)
+    b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
+                                plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS}))
+    return CKernels(layer, derivation, kplan, module, dtype)
+
+
+PLAN_FIELDS = ("args", "returns", "upstream", "gradients", "reuses")

@@ -106,9 +106,13 @@ def test_warm_cache_loads_without_the_compiler(tmp_path):
     assert run_python(SNIPPET, env).stdout.strip() == "ok"
     calls = log.read_text().count("\n")
     assert calls >= 1
-    r = run_python(SNIPPET, env)
-    assert r.stdout.strip() == "ok", r.stderr
+    probe = SNIPPET.replace('print("ok")', 'import sys\n    print("ok", "codegen.c_backend" '
+                                            'in sys.modules)')
+    r = run_python(probe, env)
+    assert r.stdout.split()[0] == "ok", r.stderr
     assert log.read_text().count("\n") == calls      # no new compiler invocation
+    # the C sources were not even regenerated: the spec index found the entry
+    assert r.stdout.split()[1] == "False"
 
 
 def test_parallel_processes_build_once(tmp_path):
@@ -121,14 +125,16 @@ def test_parallel_processes_build_once(tmp_path):
         assert out.strip() == "ok", err
     builds = (tmp_path / "cache" / "c" / "builds.log").read_text().splitlines()
     assert len(builds) == 1, builds
-    entries = [p for p in (tmp_path / "cache" / "c").iterdir() if p.is_dir()]
+    entries = [p for p in (tmp_path / "cache" / "c").iterdir()
+               if p.is_dir() and p.name != "index"]
     assert len(entries) == 1                          # no leftover temporary folders
 
 
 def test_truncated_cache_entry_is_rebuilt(tmp_path):
     env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache")}
     assert run_python(SNIPPET, env).stdout.strip() == "ok"
-    (entry,) = [p for p in (tmp_path / "cache" / "c").iterdir() if p.is_dir()]
+    (entry,) = [p for p in (tmp_path / "cache" / "c").iterdir()
+                if p.is_dir() and p.name != "index"]
     (lib,) = [p for p in entry.iterdir() if p.suffix == ".so"]
     data = lib.read_bytes()
     lib.write_bytes(data[: len(data) // 3])
@@ -154,7 +160,8 @@ def test_failing_compiler_message_is_carried(tmp_path, monkeypatch):
         codegen.load("tanh", backend="c", cache=tmp_path / "cache")
     assert "this compiler refuses everything" in str(info.value)
     assert "backend=\"numpy\"" in str(info.value)
-    assert not [p for p in (tmp_path / "cache" / "c").iterdir() if p.is_dir()]
+    assert not [p for p in (tmp_path / "cache" / "c").iterdir()
+                if p.is_dir() and p.name != "index"]
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +242,17 @@ def test_user_layer_from_spec_file_to_c(tmp_path, dtype):
         tg = torch.autograd.grad((out * torch.tensor(arrays["da"])).sum(), [x, W, b])
         for n, g in zip(("dx", "dW", "db"), tg):
             assert rel_err(grads[n], g.numpy()) < tol, n
+
+
+def test_corrupt_spec_index_falls_back_to_a_full_load(tmp_path):
+    import numpy as np
+
+    k = codegen.load("relu", backend="c", cache=tmp_path)
+    for f in (tmp_path / "c" / "index").iterdir():
+        f.write_text("{not json")
+    import codegen.build as b
+    b._loaded.clear()
+    k2 = codegen.load("relu", backend="c", cache=tmp_path)
+    z = np.array([[-1.0, 2.0]])
+    assert np.array_equal(k2.forward(z=z)["a"], k.forward(z=z)["a"])
+    assert k2.derivation.layer.name == "relu"
