@@ -44,7 +44,7 @@ BASE_FLAGS = ["-fPIC"]
 DEFAULT_OPT_FLAGS = ["-O3", "-march=native", "-fno-math-errno"]
 OPENMP_FLAGS = ["-fopenmp"]
 _loaded: dict[str, object] = {}        # key -> module, within this process
-_openmp: dict[tuple, bool] = {}        # (compiler[, flag]) -> whether it is accepted
+_accepted: dict[tuple, bool] = {}      # (compiler[, flag]) -> whether it is accepted
 
 
 class CompilerError(RuntimeError):
@@ -92,13 +92,13 @@ def accepted(cc, flags) -> list[str]:
     out = []
     for flag in flags:
         key = (tuple(cc), flag)
-        if key not in _openmp:
+        if key not in _accepted:
             with tempfile.TemporaryDirectory() as tmp:
                 src = Path(tmp) / "probe.c"
                 src.write_text("int bp_probe(void) { return 0; }\n")
                 r = _run(cc + [flag, "-c", str(src), "-o", str(Path(tmp) / "probe.o")])
-                _openmp[key] = r.returncode == 0
-        if _openmp[key]:
+                _accepted[key] = r.returncode == 0
+        if _accepted[key]:
             out.append(flag)
     return out
 
@@ -106,13 +106,13 @@ def accepted(cc, flags) -> list[str]:
 def openmp_flags(cc) -> list[str]:
     """-fopenmp when this compiler accepts it; the kernels compile to serial code without."""
     key = tuple(cc)
-    if key not in _openmp:
+    if key not in _accepted:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "probe.c"
             src.write_text("#include <omp.h>\nint main(void){return omp_get_max_threads()<1;}\n")
             r = _run(cc + OPENMP_FLAGS + [str(src), "-o", str(Path(tmp) / "probe")])
-            _openmp[key] = r.returncode == 0
-    return OPENMP_FLAGS if _openmp[key] else []
+            _accepted[key] = r.returncode == 0
+    return OPENMP_FLAGS if _accepted[key] else []
 
 
 def opt_flags() -> list[str]:

@@ -153,11 +153,10 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     # lanes, which -O3 alone may not do; a NaN-propagating max stays scalar.
     simd = "#pragma omp simd" if len(loops) else ""
     if n.kind == "elementwise":
-        view.update(mode="assign", simd=simd,
+        # one loop: a combined `parallel for simd`; more: simd on the innermost only
+        view.update(mode="assign", simd=simd if len(loops) > 1 else "",
                     pragma=f"#pragma omp parallel for{when}" if len(loops) > 1 else
                     (f"#pragma omp parallel for simd{when}" if loops else ""))
-        if len(loops) == 1:
-            view["simd"] = ""
         return view
     red = "max" if n.op == "max" else "+"
     start = "-INFINITY" if n.op == "max" else "0"

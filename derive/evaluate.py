@@ -45,10 +45,13 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
     for eq in layer.equations:
         dims = layer.tensors[eq.target].dims
         values[eq.target] = _compute(eq.rhs, eq.indices, dims, sizes, values)
-    steps = {s.tensor: s for s in derivation.steps}
+    for step in derivation.steps:
+        dims = layer.tensors[step.tensor].dims
+        expr = step.simplest if given else step.expr
+        values[adjoint_name(step.tensor)] = _compute(expr, step.indices, dims, sizes, values)
     if every_adjoint:
         # Also the adjoints the derivation inlined (dy, da1, ...): each is the sum of its
-        # contributions, computed in reverse order so the adjoints they read exist.
+        # contributions, which read only steps and adjoints computed before it here.
         from .indices import canonical_indices
         from .spec import dim_symbol
 
@@ -56,23 +59,13 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
         order = [eq.target for eq in reversed(layer.equations)] + \
             [t.name for t in layer.differentiable]
         for name in order:
-            t = layer.tensors[name]
             if name == layer.loss or adjoint_name(name) in values:
                 continue
-            if name in steps:
-                step = steps[name]
-                values[adjoint_name(name)] = _compute(step.simplest if given else step.expr,
-                                                      step.indices, t.dims, sizes, values)
-                continue
+            t = layer.tensors[name]
             idx = canonical_indices([dim_symbol(d) for d in t.dims], taken)
             total = sum((c.expr for c in derivation.contributions if c.tensor == name),
                         sp.Integer(0))
             values[adjoint_name(name)] = _compute(total, idx, t.dims, sizes, values)
-        return values
-    for step in derivation.steps:
-        dims = layer.tensors[step.tensor].dims
-        expr = step.simplest if given else step.expr
-        values[adjoint_name(step.tensor)] = _compute(expr, step.indices, dims, sizes, values)
     return values
 
 

@@ -229,9 +229,8 @@ class Reader:
             if n.op == "*":
                 return self.matmul(a, ax, b, bx)
             if n.op == "/":
-                if bx:
+                if bx:                                 # elementwise division
                     b = b.xreplace(self.unify(ax, bx, "÷"))
-                    return a / b, ax
                 return a / b, ax
             if n.op == "odot" or n.op in "+-":
                 if ax and bx:
@@ -248,9 +247,6 @@ class Reader:
                 return sp.diff(f(s), s).xreplace({s: e}), ax
             return f(e), ax
         if isinstance(n, SumOver):
-            for i in n.index:
-                if i in self.bound:
-                    pass
             body, ax = self.read(n.body)
             free = {i.label.name: i for i in free_indices(body)}
             limits = []
@@ -361,8 +357,6 @@ def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
                 sorted(lf | rf, key=str)), r.implied_batch))
         except IllFormed as exc:
             problems.append(f"{exc} (examples as {convention})")
-    if readings and not any(len(x.axes) == len(readings[0].axes) for x in readings[1:]):
-        pass
     return readings, "; ".join(problems)
 
 
@@ -477,11 +471,9 @@ def _sides(reading: Reading, d: Derivation, sizes, values):
     full = evaluate(d, values, every_adjoint=True)
     axes = [a for a in reading.axes if a != ONE]
     dims = [str(a.upper + 1) for a in axes]
-    extra = {str(dim_symbol(k)): v for k, v in sizes.items()}
-    sizes2 = {**sizes, **{dd: extra.get(dd, 1) for dd in dims}}
     one = {ONE: sp.Integer(0)}
-    left = _compute(reading.lhs.xreplace(one), axes, dims, sizes2, full)
-    right = _compute(reading.rhs.xreplace(one), axes, dims, sizes2, full)
+    left = _compute(reading.lhs.xreplace(one), axes, dims, sizes, full)
+    right = _compute(reading.rhs.xreplace(one), axes, dims, sizes, full)
     return left, right
 
 
