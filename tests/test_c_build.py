@@ -1,5 +1,6 @@
 """The C build: standalone sources, the cache (warm, concurrent, corrupt), compiler
 failures, and a wrapper that keeps bad arrays away from C."""
+import json
 import os
 import stat
 import subprocess
@@ -256,3 +257,17 @@ def test_corrupt_spec_index_falls_back_to_a_full_load(tmp_path):
     z = np.array([[-1.0, 2.0]])
     assert np.array_equal(k2.forward(z=z)["a"], k.forward(z=z)["a"])
     assert k2.derivation.layer.name == "relu"
+
+
+def test_cflags_override_makes_its_own_entry(tmp_path, monkeypatch):
+    import numpy as np
+
+    a = codegen.load("relu", backend="c", cache=tmp_path)
+    monkeypatch.setenv("BACKPROP_CFLAGS", "-O1")
+    b = codegen.load("relu", backend="c", cache=tmp_path)
+    entries = [p for p in (tmp_path / "c").iterdir() if p.is_dir() and p.name != "index"]
+    assert len(entries) == 2
+    manifests = [json.loads((e / "manifest.json").read_text()) for e in entries]
+    assert any("-O1" in m["command"] for m in manifests)
+    z = np.array([[-1.0, 2.0]])
+    assert np.array_equal(a.forward(z=z)["a"], b.forward(z=z)["a"])

@@ -148,3 +148,25 @@ def test_gated_unit_from_a_spec_file(tmp_path):
     assert [s.name for s in d.steps] == ["dg", "dx", "dW", "db"]
     text = str(d.step("x").expr)
     assert "g[n, i]" in text and "Sum" in text
+
+
+def test_decimal_literals():
+    """Short decimals stay exact; long ones are floats, so constants stay readable."""
+    from derive import parse_spec
+    from derive.pretty import derivation_text
+
+    layer = parse_spec("layer d\ndims N\ninput x[N]\noutput y[N]\n"
+                       "y[n] = 0.5 * x[n] + 0.7978845608028654 * x[n]**3\n")
+    rhs = layer.equations[0].rhs
+    assert sp.Rational(1, 2) in rhs.atoms(sp.Rational)
+    assert any(isinstance(a, sp.Float) for a in rhs.atoms(sp.Number))
+    text = derivation_text(derive(builtin("gelu")))
+    assert "0.7978845608028654" in text and "/1000000" not in text
+
+
+def test_large_integer_constants_print_as_c_floating_constants():
+    from codegen.c_printer import KernelCPrinter
+
+    x = sp.Symbol("x")
+    code = KernelCPrinter("float64", {}, set()).code(10**21 * x + 3)
+    assert "1000000000000000000000" not in code and "e+21" in code and "3" in code

@@ -164,3 +164,16 @@ def test_builder_reports_the_same_errors():
 def test_gradient_name_that_is_a_keyword():
     err = error_of("layer demo\ndims N\ninput x[N]\noutput o[N]\no[n] = x[n]\n")
     assert err.line == 4 and "'do'" in err.message and "C keyword" in err.message
+
+
+@pytest.mark.parametrize("line, col, words", [
+    ("example x = abc", 13, "'abc' is not a number"),
+    ("example q = 1", 9, "'q' is not a dimension or a scalar input"),
+    ("example x 1", 8, "'name = number' pairs"),
+    ("example N = 0", 9, "integer from 1 to 16"),
+    ("example x = inf", 9, "finite"),
+])
+def test_example_statement_errors(line, col, words):
+    err = error_of(f"layer d\ndims N\ninput x, v[N]\noutput y[N]\ny[n] = x * v[n]\n{line}\n")
+    assert (err.line, err.col) == (6, col), str(err)
+    assert words in err.message
