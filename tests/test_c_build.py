@@ -262,6 +262,8 @@ def test_corrupt_spec_index_falls_back_to_a_full_load(tmp_path):
 def test_cflags_override_makes_its_own_entry(tmp_path, monkeypatch):
     import numpy as np
 
+    import codegen.build as b
+    b._loaded.clear()        # modules built earlier in this process would be reused
     a = codegen.load("relu", backend="c", cache=tmp_path)
     monkeypatch.setenv("BACKPROP_CFLAGS", "-O1")
     b = codegen.load("relu", backend="c", cache=tmp_path)
