@@ -7,6 +7,7 @@ from derive.indices import dim_of
 from derive.pretty import formula
 
 from .c_printer import CTYPES, SUFFIX, KernelCPrinter
+from .gemm import as_gemm
 from .loops import LoopPlan, Nest, lower
 from .plan import KernelPlan
 from templates import render
@@ -30,6 +31,10 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     for s in plan.derivation.steps:
         backward_doc.append(f"{formula(s.lhs)} = {formula(s.expr)}")
     helpers = _helpers(loops)
+    gemm_doc = "; ".join(
+        f"{', '.join(n.target for n in nests if as_gemm(n))} in {what}"
+        for what, nests in (("forward", loops.forward), ("backward", loops.backward))
+        if any(as_gemm(n) for n in nests))
 
     def arrays(names):
         return ", ".join(f"{n}[{', '.join(shapes[n])}]" if shapes[n] else n for n in names) \
@@ -70,7 +75,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         forward_in_doc=arrays(plan.args), forward_out_doc=arrays(plan.returns),
         backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
         backward_out_doc=arrays(plan.gradients),
-        forward_work=_size(loops.forward_temps), backward_work=_size(loops.backward_temps),
+        gemm_doc=gemm_doc, forward_work=_size(loops.forward_temps), backward_work=_size(loops.backward_temps),
         variants=variants,
     )
     return {f"{layer.name}.h": render("c_header.h.j2", **context),
@@ -146,6 +151,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     value = printer.code(body)
     when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"),
+                suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="")
@@ -187,3 +193,17 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
                     simd="#pragma omp simd reduction(+:bp_acc)" if n.op == "sum" else "",
                     pragma=f"#pragma omp parallel for{when}")
     return view
+
+
+def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
+    g = as_gemm(n)
+    if g is None:
+        return None
+    fill_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
+    fill = printer.code(n.init) if n.init != 0 else ""
+    extents = "*".join(e for _, e in fill_loops)
+    return dict(trans_a=112 if g.trans_a else 111, trans_b=112 if g.trans_b else 111,
+                m=g.m, n=g.n, k=g.k, lda=g.lda, ldb=g.ldb, ldc=g.ldc, a=g.a, b=g.b,
+                c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
+                fill=fill, fill_loops=fill_loops,
+                fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN)")

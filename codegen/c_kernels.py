@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arguments import check_names
+from .blas import numpy_blas
 from .c_printer import CTYPES, SUFFIX
 
 
@@ -33,6 +34,8 @@ class CKernels:
         self.reuses = tuple(plan.reuses)
         self._shapes = {t.name: t.dims for t in layer.tensors.values()}
         self._shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+        self.blas = None
+        self.use_blas(True)
 
     @property
     def derivation(self):
@@ -42,9 +45,23 @@ class CKernels:
             self._derivation = derive(self.layer)
         return self._derivation
 
+    def use_blas(self, enabled: bool = True) -> None:
+        """Matrix products through NumPy's BLAS (the default, when NumPy has an ILP64
+        OpenBLAS) or through the generated loops.  The setting belongs to the compiled
+        module, so it applies to every kernels object of this layer in the process."""
+        blas = numpy_blas() if enabled else None
+        f32 = self._ffi.cast("bp_gemm_f32_t", blas.sgemm if blas else 0)
+        f64 = self._ffi.cast("bp_gemm_f64_t", blas.dgemm if blas else 0)
+        getattr(self._lib, f"bp_{self.name}_set_gemm")(f32, f64)
+        self.blas = blas
+
     def set_threads(self, threads: int) -> None:
-        """Threads the kernels may use (OpenMP; no effect when built without it)."""
+        """Threads the kernels may use: OpenMP's (no effect when built without it) and,
+        when matrix products go to NumPy's OpenBLAS, its thread count too, which NumPy
+        shares (as torch.set_num_threads also sets its BLAS's)."""
         getattr(self._lib, f"bp_{self.name}_set_threads")(int(threads))
+        if self.blas is not None and self.blas.set_threads is not None:
+            self.blas.set_threads(max(int(threads), 1))
 
     # ---- the contract -------------------------------------------------------------------
     def forward(self, **arrays):

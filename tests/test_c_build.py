@@ -37,30 +37,56 @@ def test_generated_sources_compile_standalone(tmp_path, name, openmp):
     assert r.returncode == 0, r.stderr
 
 
-def test_plain_c_program_uses_a_kernel(tmp_path):
-    """No Python anywhere: a C program calls the generated dense kernels."""
+@pytest.mark.parametrize("own_gemm", [False, True])
+def test_plain_c_program_uses_a_kernel(tmp_path, own_gemm):
+    """No Python anywhere: a C program calls the generated dense kernels, with their own
+    loops or with a GEMM it supplies (a plain reference product that counts its calls, so
+    the layout, transposes, leading dimensions, alpha and beta the kernels pass are checked
+    against the CBLAS meaning)."""
     main = tmp_path / "main.c"
     main.write_text(textwrap.dedent("""
         #include <stdio.h>
         #include <stdlib.h>
         #include "dense.h"
+        static int calls = 0;
+        static void gemm(int layout, int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                         double alpha, const double *a, ptrdiff_t lda, const double *b,
+                         ptrdiff_t ldb, double beta, double *c, ptrdiff_t ldc) {
+            ++calls;
+            if (layout != 101) abort();
+            for (ptrdiff_t i = 0; i < m; ++i)
+                for (ptrdiff_t j = 0; j < n; ++j) {
+                    double s = 0;
+                    for (ptrdiff_t p = 0; p < k; ++p)
+                        s += (ta == 112 ? a[p*lda + i] : a[i*lda + p]) *
+                             (tb == 112 ? b[j*ldb + p] : b[p*ldb + j]);
+                    c[i*ldc + j] = alpha * s + (beta != 0 ? beta * c[i*ldc + j] : 0);
+                }
+        }
         int main(void) {
+        #ifdef OWN_GEMM
+            bp_dense_set_gemm(NULL, gemm);
+        #else
+            (void)gemm;
+        #endif
             const ptrdiff_t N = 2, I = 3, J = 2;
             double x[4] = {1, 2, 3, 4}, W[6] = {1, 0, 0, 1, 1, 1}, b[3] = {0.5, 0, -1};
-            double z[6], dz[6] = {1, 1, 1, 1, 1, 1}, dx[4], dW[6], db[3];
+            double z[6], dz[6] = {1, -2, 3, 0.5, 5, -6}, dx[4], dW[6], db[3];
             double *work = malloc((bp_dense_backward_work(N, I, J) + 1) * sizeof *work);
             bp_dense_forward_f64(N, I, J, x, W, b, z, work);
             bp_dense_backward_f64(N, I, J, x, W, b, dz, dx, dW, db, work);
             for (int k = 0; k < 6; ++k) printf("%g ", z[k]);
             for (int k = 0; k < 4; ++k) printf("%g ", dx[k]);
             for (int k = 0; k < 3; ++k) printf("%g ", db[k]);
-            printf("\\n");
+            for (int k = 0; k < 6; ++k) printf("%g ", dW[k]);
+            printf("%d\\n", calls);
             free(work);
             return 0;
         }
     """))
     exe = tmp_path / "main"
-    r = subprocess.run(["cc", "-std=c99", "-O2", f"-I{ROOT / 'generated' / 'c'}",
+    r = subprocess.run(["cc", "-std=c99", "-O2", f"-I{ROOT / 'generated' / 'c'}"]
+                       + (["-DOWN_GEMM"] if own_gemm else []) + [
                         str(main), str(ROOT / "generated" / "c" / "dense.c"), "-lm",
                         "-o", str(exe)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -70,8 +96,11 @@ def test_plain_c_program_uses_a_kernel(tmp_path):
         np.array([0.5, 0, -1])
     z = x @ W.T + b
     np.testing.assert_allclose(out[:6], z.ravel())
-    np.testing.assert_allclose(out[6:10], (np.ones((2, 3)) @ W).ravel())
-    np.testing.assert_allclose(out[10:], [2, 2, 2])
+    dz = np.array([[1, -2, 3], [0.5, 5, -6]])
+    np.testing.assert_allclose(out[6:10], (dz @ W).ravel())
+    np.testing.assert_allclose(out[10:13], dz.sum(axis=0))
+    np.testing.assert_allclose(out[13:19], (dz.T @ x).ravel())
+    assert out[19] == (3 if own_gemm else 0)       # z, dx and dW are matrix products
 
 
 def run_python(code, env):

@@ -160,3 +160,30 @@ def test_vector_math_error_bound_and_special_values(kernels, numpy_kernels, name
     # units of the upstream gradient (here 1).
     fin = np.isfinite(want_grad)
     assert np.abs(grad[fin] - want_grad[fin]).max() <= 8 * eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["dense", "mlp2"])
+def test_matrix_products_through_blas_and_through_loops(kernels, numpy_kernels, name, dtype):
+    """Matrix products go to NumPy's BLAS by default (every other test runs that path);
+    the generated loops, used when no GEMM is supplied, meet the same oracle."""
+    from codegen.blas import numpy_blas
+
+    c = kernels[name, dtype]
+    assert c.blas is not None and c.blas == numpy_blas(), "NumPy's OpenBLAS was not found"
+    rng = np.random.default_rng(77)
+    sizes = {d: int(v) for d, v in zip(c.layer.dims, rng.integers(5, 40, len(c.layer.dims)))}
+    arrays = random_arrays(numpy_kernels[name], sizes, rng)
+    exact = evaluate(c.derivation, arrays)
+    a = cast(arrays, dtype)
+    tol = max(tolerance(np.dtype(dtype), sizes), 50 * np.finfo(dtype).eps)
+    results = {}
+    try:
+        for blas in (True, False):
+            c.use_blas(blas)
+            results[blas] = {**c.forward(**{n: a[n] for n in c.args}), **c.backward(**a)}
+    finally:
+        c.use_blas(True)
+    for blas, got in results.items():
+        for n in c.returns + c.gradients:
+            assert rel_err(got[n], exact[n]) < tol, (blas, n, sizes)

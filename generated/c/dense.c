@@ -19,6 +19,16 @@
 #include <omp.h>
 #endif
 
+/* The GEMM the caller supplied with bp_dense_set_gemm; NULL: loops below. */
+static bp_gemm_f32_t bp_gemm_f32 = NULL;
+static bp_gemm_f64_t bp_gemm_f64 = NULL;
+
+void bp_dense_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
+{
+    bp_gemm_f32 = sgemm;
+    bp_gemm_f64 = dgemm;
+}
+
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
 
@@ -53,15 +63,26 @@ void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
 {
     (void)bp_work;
     /* z[n, i] = W[i, j] * x[n, j] + b[i] */
-    #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            float bp_acc = 0;
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t j = 0; j < J; ++j) {
-                bp_acc += W[i*J + j]*x[n*J + j];
+    if (bp_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                z[n*I + i] = b[i];
             }
-            z[n*I + i] = bp_acc + b[i];
+        }
+        bp_gemm_f32(101, 111, 112, N, I, J, 1, x, J, W, J, 1, z, I);
+    } else {
+        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                float bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t j = 0; j < J; ++j) {
+                    bp_acc += W[i*J + j]*x[n*J + j];
+                }
+                z[n*I + i] = bp_acc + b[i];
+            }
         }
     }
 }
@@ -71,36 +92,44 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     (void)b;
     (void)bp_work;
     /* dx[n, j] = sum_i(W[i, j]*dz[n, i]) */
-    #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t j = 0; j < J; ++j) {
-            dx[n*J + j] = 0;
-        }
-    }
-    #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t i = 0; i < I; ++i) {
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
+    } else {
+        #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
-                dx[n*J + j] += W[i*J + j]*dz[n*I + i];
+                dx[n*J + j] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j < J; ++j) {
+                    dx[n*J + j] += W[i*J + j]*dz[n*I + i];
+                }
             }
         }
     }
     /* dW[i, j] = sum_n(dz[n, i]*x[n, j]) */
-    #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t i = 0; i < I; ++i) {
-        #pragma omp simd
-        for (ptrdiff_t j = 0; j < J; ++j) {
-            dW[i*J + j] = 0;
-        }
-    }
-    #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t i = 0; i < I; ++i) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
+    } else {
+        #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t i = 0; i < I; ++i) {
             #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
-                dW[i*J + j] += dz[n*I + i]*x[n*J + j];
+                dW[i*J + j] = 0;
+            }
+        }
+        #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j < J; ++j) {
+                    dW[i*J + j] += dz[n*I + i]*x[n*J + j];
+                }
             }
         }
     }
@@ -124,15 +153,26 @@ void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
 {
     (void)bp_work;
     /* z[n, i] = W[i, j] * x[n, j] + b[i] */
-    #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            double bp_acc = 0;
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t j = 0; j < J; ++j) {
-                bp_acc += W[i*J + j]*x[n*J + j];
+    if (bp_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                z[n*I + i] = b[i];
             }
-            z[n*I + i] = bp_acc + b[i];
+        }
+        bp_gemm_f64(101, 111, 112, N, I, J, 1, x, J, W, J, 1, z, I);
+    } else {
+        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                double bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t j = 0; j < J; ++j) {
+                    bp_acc += W[i*J + j]*x[n*J + j];
+                }
+                z[n*I + i] = bp_acc + b[i];
+            }
         }
     }
 }
@@ -142,36 +182,44 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     (void)b;
     (void)bp_work;
     /* dx[n, j] = sum_i(W[i, j]*dz[n, i]) */
-    #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t j = 0; j < J; ++j) {
-            dx[n*J + j] = 0;
-        }
-    }
-    #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t i = 0; i < I; ++i) {
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
+    } else {
+        #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
-                dx[n*J + j] += W[i*J + j]*dz[n*I + i];
+                dx[n*J + j] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j < J; ++j) {
+                    dx[n*J + j] += W[i*J + j]*dz[n*I + i];
+                }
             }
         }
     }
     /* dW[i, j] = sum_n(dz[n, i]*x[n, j]) */
-    #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t i = 0; i < I; ++i) {
-        #pragma omp simd
-        for (ptrdiff_t j = 0; j < J; ++j) {
-            dW[i*J + j] = 0;
-        }
-    }
-    #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
-    for (ptrdiff_t i = 0; i < I; ++i) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
+    } else {
+        #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t i = 0; i < I; ++i) {
             #pragma omp simd
             for (ptrdiff_t j = 0; j < J; ++j) {
-                dW[i*J + j] += dz[n*I + i]*x[n*J + j];
+                dW[i*J + j] = 0;
+            }
+        }
+        #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t j = 0; j < J; ++j) {
+                    dW[i*J + j] += dz[n*I + i]*x[n*J + j];
+                }
             }
         }
     }

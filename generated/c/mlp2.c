@@ -27,6 +27,16 @@
 #include <omp.h>
 #endif
 
+/* The GEMM the caller supplied with bp_mlp2_set_gemm; NULL: loops below. */
+static bp_gemm_f32_t bp_gemm_f32 = NULL;
+static bp_gemm_f64_t bp_gemm_f64 = NULL;
+
+void bp_mlp2_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
+{
+    bp_gemm_f32 = sgemm;
+    bp_gemm_f64 = dgemm;
+}
+
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
 
@@ -71,15 +81,26 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
-    #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            float bp_acc = 0;
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                bp_acc += W1[h*D + d]*x[n*D + d];
+    if (bp_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                z1[n*H + h] = b1[h];
             }
-            z1[n*H + h] = bp_acc + b1[h];
+        }
+        bp_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+    } else {
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                float bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    bp_acc += W1[h*D + d]*x[n*D + d];
+                }
+                z1[n*H + h] = bp_acc + b1[h];
+            }
         }
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
@@ -91,15 +112,26 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
-    #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            float bp_acc = 0;
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_acc += W2[c*H + h]*a1[n*H + h];
+    if (bp_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                z2[n*C + c] = b2[c];
             }
-            z2[n*C + c] = bp_acc + b2[c];
+        }
+        bp_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+    } else {
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                float bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    bp_acc += W2[c*H + h]*a1[n*H + h];
+                }
+                z2[n*C + c] = bp_acc + b2[c];
+            }
         }
     }
     /* maximum over k of z2[n, k], for a stable exp-sum */
@@ -170,19 +202,23 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* sum over c */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            _s3[n*H + h] = 0;
-        }
-    }
-    #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
+    } else {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
-                _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                _s3[n*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                }
             }
         }
     }
@@ -195,36 +231,44 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
-    #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t d = 0; d < D; ++d) {
-            dx[n*D + d] = 0;
-        }
-    }
-    #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    } else {
+        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                dx[n*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                }
             }
         }
     }
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        #pragma omp simd
-        for (ptrdiff_t d = 0; d < D; ++d) {
-            dW1[h*D + d] = 0;
-        }
-    }
-    #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    } else {
+        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
             #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
-                dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                dW1[h*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                }
             }
         }
     }
@@ -241,19 +285,23 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
-    #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t c = 0; c < C; ++c) {
-        #pragma omp simd
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            dW2[c*H + h] = 0;
-        }
-    }
-    #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t c = 0; c < C; ++c) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    } else {
+        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
             #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
-                dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                dW2[c*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                }
             }
         }
     }
@@ -285,15 +333,26 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
-    #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            double bp_acc = 0;
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                bp_acc += W1[h*D + d]*x[n*D + d];
+    if (bp_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                z1[n*H + h] = b1[h];
             }
-            z1[n*H + h] = bp_acc + b1[h];
+        }
+        bp_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+    } else {
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                double bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    bp_acc += W1[h*D + d]*x[n*D + d];
+                }
+                z1[n*H + h] = bp_acc + b1[h];
+            }
         }
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
@@ -305,15 +364,26 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
-    #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            double bp_acc = 0;
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_acc += W2[c*H + h]*a1[n*H + h];
+    if (bp_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                z2[n*C + c] = b2[c];
             }
-            z2[n*C + c] = bp_acc + b2[c];
+        }
+        bp_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+    } else {
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                double bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    bp_acc += W2[c*H + h]*a1[n*H + h];
+                }
+                z2[n*C + c] = bp_acc + b2[c];
+            }
         }
     }
     /* maximum over k of z2[n, k], for a stable exp-sum */
@@ -384,19 +454,23 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* sum over c */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            _s3[n*H + h] = 0;
-        }
-    }
-    #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
+    } else {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
-                _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                _s3[n*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                }
             }
         }
     }
@@ -409,36 +483,44 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
-    #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t d = 0; d < D; ++d) {
-            dx[n*D + d] = 0;
-        }
-    }
-    #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    } else {
+        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                dx[n*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                }
             }
         }
     }
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        #pragma omp simd
-        for (ptrdiff_t d = 0; d < D; ++d) {
-            dW1[h*D + d] = 0;
-        }
-    }
-    #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    } else {
+        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
             #pragma omp simd
             for (ptrdiff_t d = 0; d < D; ++d) {
-                dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                dW1[h*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                }
             }
         }
     }
@@ -455,19 +537,23 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
-    #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t c = 0; c < C; ++c) {
-        #pragma omp simd
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            dW2[c*H + h] = 0;
-        }
-    }
-    #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
-    for (ptrdiff_t c = 0; c < C; ++c) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    } else {
+        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
             #pragma omp simd
             for (ptrdiff_t h = 0; h < H; ++h) {
-                dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                dW2[c*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                }
             }
         }
     }

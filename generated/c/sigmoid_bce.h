@@ -25,6 +25,27 @@ size_t bp_sigmoid_bce_backward_work(ptrdiff_t N, ptrdiff_t I);
 /* Threads the kernels may use (no effect when compiled without OpenMP). */
 void bp_sigmoid_bce_set_threads(int threads);
 
+#ifndef BP_GEMM_TYPES
+#define BP_GEMM_TYPES
+/* A row-major matrix product C = alpha op(A) op(B) + beta C with the signature of
+ * cblas_sgemm / cblas_dgemm in an ILP64 BLAS (sizes are 64-bit on LP64 systems): layout
+ * is 101 (row-major), trans 111 (no) or 112 (yes).  NumPy's OpenBLAS exports these as
+ * scipy_cblas_sgemm64_ and scipy_cblas_dgemm64_; for a BLAS with 32-bit sizes pass a
+ * small wrapper. */
+typedef void (*bp_gemm_f32_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
+                              ptrdiff_t n, ptrdiff_t k, float alpha, const float *a,
+                              ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
+                              float *c, ptrdiff_t ldc);
+typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
+                              ptrdiff_t n, ptrdiff_t k, double alpha, const double *a,
+                              ptrdiff_t lda, const double *b, ptrdiff_t ldb, double beta,
+                              double *c, ptrdiff_t ldc);
+#endif
+
+/* Matrix products call these when set; NULL (the
+ * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
+void bp_sigmoid_bce_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
+
 /* forward, float:
  *   y[n, i] = sigmoid(z[n, i])
  *   L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N

@@ -17,6 +17,16 @@
 #include <omp.h>
 #endif
 
+/* The GEMM the caller supplied with bp_softmax_set_gemm; NULL: loops below. */
+static bp_gemm_f32_t bp_gemm_f32 = NULL;
+static bp_gemm_f64_t bp_gemm_f64 = NULL;
+
+void bp_softmax_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
+{
+    bp_gemm_f32 = sgemm;
+    bp_gemm_f64 = dgemm;
+}
+
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
 
