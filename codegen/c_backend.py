@@ -8,7 +8,7 @@ from derive.pretty import formula
 
 from .c_printer import CTYPES, SUFFIX, KernelCPrinter
 from .gemm import as_gemm
-from .loops import LoopPlan, Nest, lower
+from .loops import Group, LoopPlan, Nest, fuse, inline_cheap, lower
 from .plan import KernelPlan
 from templates import render
 from .version import VERSION
@@ -19,7 +19,7 @@ DTYPES = ("float32", "float64")
 def c_sources(plan: KernelPlan) -> dict[str, str]:
     """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}"""
     layer = plan.layer
-    loops = lower(plan)
+    loops = lower_for_c(plan)
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
     for t in loops.forward_temps + loops.backward_temps:
@@ -62,8 +62,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                     shapes),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
-            forward=[_view(n, printer, shapes) for n in loops.forward],
-            backward=[_view(n, printer, shapes) for n in loops.backward],
+            forward=_views(loops.forward, printer, shapes),
+            backward=_views(loops.backward, printer, shapes),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
@@ -85,7 +85,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
 
 def work_elements(plan: KernelPlan, sizes: dict[str, int]) -> tuple[int, int]:
     """Scratch elements of forward and backward at concrete sizes (the *_work functions)."""
-    loops = lower(plan)
+    loops = lower_for_c(plan)
 
     def total(temps):
         out = 0
@@ -97,6 +97,17 @@ def work_elements(plan: KernelPlan, sizes: dict[str, int]) -> tuple[int, int]:
         return out
 
     return total(loops.forward_temps), total(loops.backward_temps)
+
+
+def lower_for_c(plan: KernelPlan) -> LoopPlan:
+    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay)."""
+    loops = lower(plan)
+    for side in ("forward", "backward"):
+        nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
+                                    keep=as_gemm)
+        setattr(loops, side, nests)
+        setattr(loops, side + "_temps", temps)
+    return loops
 
 
 def _unused(dims, inputs, outputs, nests, temps, shapes) -> list[str]:
@@ -139,7 +150,50 @@ def _helpers(loops: LoopPlan) -> set[str]:
     return names
 
 
-def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
+def _views(nests, printer, shapes) -> list[dict]:
+    return [_group_view(x, printer, shapes) if isinstance(x, Group) else
+            _view(x, printer, shapes) for x in fuse(nests, alone=as_gemm)]
+
+
+def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
+    """One parallel loop over g.index around every member's inner loops."""
+    var, extent = g.index.label.name, str(dim_of(g.index))
+    members, pre, post, clauses = [], [], [], []
+    ctype = CTYPES[printer.dtype]
+    for k, n in enumerate(g.nests):
+        v = _view(n, printer, shapes, acc=f"bp_acc{k}")
+        v.update(loops=v["loops"][1:], pragma="", init_pragma="")
+        if v["mode"] == "assign":
+            v["simd"] = "#pragma omp simd" if v["loops"] else ""
+        elif v["mode"] == "scalar_acc":
+            v["split"] -= 1
+        elif v["mode"] == "scalar_total":
+            acc = f"bp_total{k}"
+            pre.append(dict(line=f"{ctype} {acc} = {v['start']};"))
+            post.append(dict(line=f"{v['target']} = "
+                              f"{printer.code(n.init + sp.Symbol(acc))};"))
+            clauses.append(f"reduction(+:{acc})")
+            v.update(mode="update", target=acc,
+                     simd=f"#pragma omp simd reduction(+:{acc})" if v["loops"] else "")
+        elif n.parallel == "array":
+            init = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
+            pre.append(dict(nest=_view(init, printer, shapes)))
+            clauses.append(f"reduction(+:{n.target}[0:{'*'.join(shapes[n.target])}])")
+            v.update(mode="update")
+        else:                                   # in place, this row of the target
+            v.update(out_loops=v["out_loops"][1:],
+                     init_simd="#pragma omp simd" if len(v["out_loops"]) > 1 else "")
+        members.append(v)
+    widest = max(g.nests, key=lambda n: len(n.loops))
+    extents = "*".join(str(dim_of(i)) for i in widest.loops)
+    pragma = " ".join(["#pragma omp parallel for"] + clauses +
+                      [f"if ({extents} >= BP_PARALLEL_MIN)"])
+    return dict(group=True, var=var, extent=extent, members=members, pre=pre, post=post,
+                pragma=pragma,
+                comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests))
+
+
+def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict:
     """What the template needs of one loop nest, every formula printed."""
     loops = [(i.label.name, str(dim_of(i))) for i in n.loops]
     extents = "*".join(e for _, e in loops)
@@ -150,13 +204,13 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)
     when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
-    view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"),
+    view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"), acc=acc,
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="")
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
-    # lanes, which -O3 alone may not do; a NaN-propagating max stays scalar.
+    # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""
     if n.kind == "elementwise":
         # one loop: a combined `parallel for simd`; more: simd on the innermost only
@@ -166,13 +220,15 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
         return view
     red = "max" if n.op == "max" else "+"
     start = "-INFINITY" if n.op == "max" else "0"
-    finish = "bp_acc" if n.op == "max" else printer.code(n.init + sp.Symbol("bp_acc"))
+    finish = f"{acc}_nan ? NAN : {acc}" if n.op == "max" else \
+        printer.code(n.init + sp.Symbol(acc))
     if not n.out:
-        fused = " simd" if n.op == "sum" and len(loops) == 1 else ""
+        fused = " simd" if len(loops) == 1 else ""
+        clause = f"reduction(+:{acc})" if n.op == "sum" else \
+            f"reduction(max:{acc}) reduction(|:{acc}_nan)"
         view.update(mode="scalar_total", start=start, finish=finish,
-                    simd="#pragma omp simd reduction(+:bp_acc)"
-                    if n.op == "sum" and len(loops) > 1 else "",
-                    pragma=f"#pragma omp parallel for{fused} reduction({red}:bp_acc){when}")
+                    simd=f"#pragma omp simd {clause}" if len(loops) > 1 else "",
+                    pragma=f"#pragma omp parallel for{fused} {clause}{when}")
     elif n.accumulate_in_place:
         out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
         out_extent = "*".join(e for _, e in out_loops)
@@ -190,7 +246,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
                                 f" if ({out_extent} >= BP_PARALLEL_MIN)")
     else:
         view.update(mode="scalar_acc", split=len(n.out), start=start, finish=finish,
-                    simd="#pragma omp simd reduction(+:bp_acc)" if n.op == "sum" else "",
+                    # a maximum vectorizes too: NaNs are flagged beside it, not compared
+                    simd=f"#pragma omp simd reduction(+:{acc})" if n.op == "sum" else
+                    f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
                     pragma=f"#pragma omp parallel for{when}")
     return view
 

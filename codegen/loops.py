@@ -212,3 +212,104 @@ def _order(out, reduced, refs):
         if best != order[-1]:
             order = [best] + [i for i in order if i != best]
     return tuple(order)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Consecutive nests sharing their outermost loop, run as one parallel loop: each
+    iteration (a row, typically) does every nest's inner loops, so a row read by several
+    nests comes from cache, not memory.  Reductions over that loop (dW[c] += ... over n,
+    or a scalar loss) become reduction clauses of the shared loop."""
+    index: sp.Idx
+    nests: tuple[Nest, ...]
+
+
+def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
+    """Nests and Groups, in order.  A nest joins the group before it when its outermost
+    loop is the group's and it reads what the group wrote only in the current iteration
+    (row n of an array whose first axis is the group's loop).  `alone`: nests that must
+    stay on their own (a library call)."""
+    out: list = []
+    current: list[Nest] = []
+
+    def close():
+        if len(current) > 1:
+            out.append(Group(current[0].loops[0], tuple(current)))
+        else:
+            out.extend(current)
+        current.clear()
+
+    for nest in nests:
+        if current and not alone(nest) and _joins(nest, current):
+            current.append(nest)
+            continue
+        close()
+        if not alone(nest) and _groupable(nest):
+            current.append(nest)
+        else:
+            out.append(nest)
+    close()
+    return out
+
+
+def _groupable(nest: Nest) -> bool:
+    if not nest.loops:
+        return False
+    if nest.parallel in ("array", "scalar"):
+        return nest.op == "sum"
+    return not (nest.accumulate_in_place and nest.out[0] != nest.loops[0])
+
+
+def _joins(nest: Nest, group: list[Nest]) -> bool:
+    idx = group[0].loops[0]
+    if not _groupable(nest) or nest.loops[0] != idx:
+        return False
+    written = {g.target: g for g in group}
+    if nest.target in written:
+        return False
+    for e in (nest.body, nest.init):
+        refs = e.atoms(sp.Indexed)
+        arrays = {r.base.label for r in refs}
+        for s in e.free_symbols - arrays:
+            if type(s) is sp.Symbol and s.name in written:
+                return False            # a scalar total is known only after the loop
+        for ref in refs:
+            writer = written.get(ref.base.label.name)
+            if writer is None:
+                continue
+            if writer.parallel != "output" or writer.out[0] != idx or ref.indices[0] != idx:
+                return False
+    return True
+
+
+def inline_cheap(nests: list[Nest], temps: list[Temp], keep=lambda nest: False):
+    """Drop scratch arrays that cost more to store than to recompute: an elementwise
+    temporary with arithmetic only (dxhat = w * dy in layer norm) or read by a single nest
+    is substituted into its readers, so it never travels to memory and back.  `keep`:
+    nests whose formula must stay as it is (a GEMM's operands).  Returns (nests, temps)."""
+    scratch = {t.name for t in temps}
+    nests = list(nests)
+    for name in [n.target for n in nests if n.kind == "elementwise" and n.target in scratch]:
+        x = next(n for n in nests if n.target == name)
+        readers = [n for n in nests if n is not x and _reads(n, x.target)]
+        cheap = not x.body.atoms(sp.Function) and sp.count_ops(x.body) <= 4
+        if not readers or not (cheap or len(readers) == 1) or any(keep(n) for n in readers):
+            continue
+
+        def value(ref, x=x):
+            return x.body.xreplace(dict(zip(x.out, ref.indices)))
+
+        for k, n in enumerate(nests):
+            if n in readers:
+                sub = {r: value(r) for e in (n.body, n.init) for r in e.atoms(sp.Indexed)
+                       if r.base.label.name == x.target}
+                nests[k] = Nest(n.kind, n.target, n.out, n.loops, n.reduced,
+                                n.body.xreplace(sub), n.op, n.comment, n.init.xreplace(sub))
+        nests = [n for n in nests if n is not x]
+        temps = [t for t in temps if t.name != x.target]
+    return nests, temps
+
+
+def _reads(nest: Nest, name: str) -> bool:
+    return any(r.base.label.name == name for e in (nest.body, nest.init)
+               for r in e.atoms(sp.Indexed))

@@ -60,25 +60,19 @@ void bp_gelu_set_threads(int threads)
 void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work)
 {
     (void)bp_work;
-    /* u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        /* u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             u[n*I + i] = z[n*I + i]*(0.797884561F + 0.0356774081F*(z[n*I + i]*z[n*I + i]));
         }
-    }
-    /* th[n, i] = tanh(u[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* th[n, i] = tanh(u[n, i]) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             th[n*I + i] = tanhf(u[n*I + i]);
         }
-    }
-    /* a[n, i] = 0.5 * z[n, i] * (1 + th[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* a[n, i] = 0.5 * z[n, i] * (1 + th[n, i]) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = (1.0F/2.0F)*(th[n*I + i] + 1)*z[n*I + i];
@@ -105,25 +99,19 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
 void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work)
 {
     (void)bp_work;
-    /* u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3) */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        /* u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             u[n*I + i] = z[n*I + i]*(0.7978845608028654 + 0.035677408136300126*(z[n*I + i]*z[n*I + i]));
         }
-    }
-    /* th[n, i] = tanh(u[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* th[n, i] = tanh(u[n, i]) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             th[n*I + i] = tanh(u[n*I + i]);
         }
-    }
-    /* a[n, i] = 0.5 * z[n, i] * (1 + th[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* a[n, i] = 0.5 * z[n, i] * (1 + th[n, i]) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = (1.0/2.0)*(th[n*I + i] + 1)*z[n*I + i];

@@ -47,7 +47,7 @@ size_t bp_layernorm_backward_work(ptrdiff_t N, ptrdiff_t C)
 {
     (void)N;
     (void)C;
-    return (size_t)N*(size_t)C + (size_t)N + (size_t)N;
+    return (size_t)N + (size_t)N;
 }
 
 void bp_layernorm_set_threads(int threads)
@@ -64,42 +64,30 @@ void bp_layernorm_set_threads(int threads)
 void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict rstd, float *restrict xhat, float *restrict bp_work)
 {
     float *const _s1 = bp_work + 0;
-    /* mu[n] = sum(x[n, c], c) / C */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* mu[n] = sum(x[n, c], c) / C */
+        float bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc += x[n*C + c]*1.0F/C;
+            bp_acc0 += x[n*C + c]*1.0F/C;
         }
-        mu[n] = bp_acc;
-    }
-    /* sum over c */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        mu[n] = bp_acc0;
+        /* sum over c */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc += (mu[n] - x[n*C + c])*(mu[n] - x[n*C + c]);
+            bp_acc1 += (mu[n] - x[n*C + c])*(mu[n] - x[n*C + c]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
-    #pragma omp parallel for simd if (N >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
         rstd[n] = powf(_s1[n]*1.0F/C + 1.0F/100000.0F, -1.0F/2.0F);
-    }
-    /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             xhat[n*C + c] = -(mu[n] - x[n*C + c])*rstd[n];
         }
-    }
-    /* y[n, c] = xhat[n, c] * w[c] + b[c] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* y[n, c] = xhat[n, c] * w[c] + b[c] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
@@ -110,66 +98,45 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
 void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, const float *restrict xhat, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
-    float *const dxhat = bp_work + 0;
-    float *const _s2 = bp_work + N*C;
-    float *const _s3 = bp_work + N*C + N;
-    /* dxhat[n, c] = w[c]*dy[n, c] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            dxhat[n*C + c] = dy[n*C + c]*w[c];
-        }
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += dxhat[n*C + k];
-        }
-        _s2[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += dxhat[n*C + k]*x[n*C + k];
-        }
-        _s3[n] = bp_acc;
-    }
-    /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            const float bp_c0 = 1.0F/C;
-            const float bp_c1 = bp_c0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
-            dx[n*C + c] = (-bp_c0*_s2[n] - bp_c1*mu[n] + bp_c1*x[n*C + c] + dxhat[n*C + c])*rstd[n];
-        }
-    }
-    /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
+    float *const _s2 = bp_work + 0;
+    float *const _s3 = bp_work + N;
     #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
-    #pragma omp parallel for reduction(+:dw[0:C]) if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            dw[c] += dy[n*C + c]*xhat[n*C + c];
-        }
-    }
-    /* db[c] = sum_n(dy[n, c]) */
     #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         db[c] = 0;
     }
-    #pragma omp parallel for reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    #pragma omp parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        /* sum over k */
+        float bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc0 += dy[n*C + k]*w[k];
+        }
+        _s2[n] = bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc1 += dy[n*C + k]*w[k]*x[n*C + k];
+        }
+        _s3[n] = bp_acc1;
+        /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            const float bp_c0 = 1.0F/C;
+            const float bp_c1 = bp_c0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
+            dx[n*C + c] = (-bp_c0*_s2[n] - bp_c1*mu[n] + bp_c1*x[n*C + c] + dy[n*C + c]*w[c])*rstd[n];
+        }
+        /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            dw[c] += dy[n*C + c]*xhat[n*C + c];
+        }
+        /* db[c] = sum_n(dy[n, c]) */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             db[c] += dy[n*C + c];
@@ -182,42 +149,30 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
 void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict rstd, double *restrict xhat, double *restrict bp_work)
 {
     double *const _s1 = bp_work + 0;
-    /* mu[n] = sum(x[n, c], c) / C */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* mu[n] = sum(x[n, c], c) / C */
+        double bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc += x[n*C + c]*1.0/C;
+            bp_acc0 += x[n*C + c]*1.0/C;
         }
-        mu[n] = bp_acc;
-    }
-    /* sum over c */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        mu[n] = bp_acc0;
+        /* sum over c */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc += (mu[n] - x[n*C + c])*(mu[n] - x[n*C + c]);
+            bp_acc1 += (mu[n] - x[n*C + c])*(mu[n] - x[n*C + c]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
-    #pragma omp parallel for simd if (N >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
         rstd[n] = pow(_s1[n]*1.0/C + 1.0/100000.0, -1.0/2.0);
-    }
-    /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             xhat[n*C + c] = -(mu[n] - x[n*C + c])*rstd[n];
         }
-    }
-    /* y[n, c] = xhat[n, c] * w[c] + b[c] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* y[n, c] = xhat[n, c] * w[c] + b[c] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
@@ -228,66 +183,45 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
 void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, const double *restrict xhat, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
-    double *const dxhat = bp_work + 0;
-    double *const _s2 = bp_work + N*C;
-    double *const _s3 = bp_work + N*C + N;
-    /* dxhat[n, c] = w[c]*dy[n, c] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            dxhat[n*C + c] = dy[n*C + c]*w[c];
-        }
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += dxhat[n*C + k];
-        }
-        _s2[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += dxhat[n*C + k]*x[n*C + k];
-        }
-        _s3[n] = bp_acc;
-    }
-    /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            const double bp_c0 = 1.0/C;
-            const double bp_c1 = bp_c0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
-            dx[n*C + c] = (-bp_c0*_s2[n] - bp_c1*mu[n] + bp_c1*x[n*C + c] + dxhat[n*C + c])*rstd[n];
-        }
-    }
-    /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
+    double *const _s2 = bp_work + 0;
+    double *const _s3 = bp_work + N;
     #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
-    #pragma omp parallel for reduction(+:dw[0:C]) if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            dw[c] += dy[n*C + c]*xhat[n*C + c];
-        }
-    }
-    /* db[c] = sum_n(dy[n, c]) */
     #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         db[c] = 0;
     }
-    #pragma omp parallel for reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    #pragma omp parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        /* sum over k */
+        double bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc0 += dy[n*C + k]*w[k];
+        }
+        _s2[n] = bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc1 += dy[n*C + k]*w[k]*x[n*C + k];
+        }
+        _s3[n] = bp_acc1;
+        /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            const double bp_c0 = 1.0/C;
+            const double bp_c1 = bp_c0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
+            dx[n*C + c] = (-bp_c0*_s2[n] - bp_c1*mu[n] + bp_c1*x[n*C + c] + dy[n*C + c]*w[c])*rstd[n];
+        }
+        /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            dw[c] += dy[n*C + c]*xhat[n*C + c];
+        }
+        /* db[c] = sum_n(dy[n, c]) */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             db[c] += dy[n*C + c];

@@ -134,45 +134,38 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             }
         }
     }
-    /* maximum over k of z2[n, k], for a stable exp-sum */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+    float bp_total3 = 0;
+    #pragma omp parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = -INFINITY;
+        /* maximum over k of z2[n, k], for a stable exp-sum */
+        float bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            { const float bp_v = z2[n*C + k]; if (bp_v > bp_acc || bp_v != bp_v) bp_acc = bp_v; }
+            const float bp_v = z2[n*C + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
         }
-        _y_max[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += expf(-_y_max[n] + z2[n*C + k]);
+            bp_acc1 += expf(-_y_max[n] + z2[n*C + k]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = expf(-_y_max[n] + z2[n*C + c])*1.0F/_s1[n];
         }
-    }
-    /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
-    {
-        float bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*C >= BP_PARALLEL_MIN)
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                bp_acc += (logf(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0F/N;
-            }
+        /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        #pragma omp simd reduction(+:bp_total3)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            bp_total3 += (logf(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0F/N;
         }
-        L[0] = bp_acc;
     }
+    L[0] = bp_total3;
 }
 
 void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
@@ -183,19 +176,16 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     float *const _s2 = bp_work + N*C;
     float *const dz1 = bp_work + N*C + N;
     float *const _s3 = bp_work + N*C + N + N*H;
-    /* sum over k */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* sum over k */
+        float bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += t[n*C + k];
+            bp_acc0 += t[n*C + k];
         }
-        _s2[n] = bp_acc;
-    }
-    /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s2[n] = bp_acc0;
+        /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             dz2[n*C + c] = (_s2[n]*y[n*C + c] - t[n*C + c])*1.0F/N;
@@ -386,45 +376,38 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             }
         }
     }
-    /* maximum over k of z2[n, k], for a stable exp-sum */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+    double bp_total3 = 0;
+    #pragma omp parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = -INFINITY;
+        /* maximum over k of z2[n, k], for a stable exp-sum */
+        double bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            { const double bp_v = z2[n*C + k]; if (bp_v > bp_acc || bp_v != bp_v) bp_acc = bp_v; }
+            const double bp_v = z2[n*C + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
         }
-        _y_max[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += exp(-_y_max[n] + z2[n*C + k]);
+            bp_acc1 += exp(-_y_max[n] + z2[n*C + k]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = exp(-_y_max[n] + z2[n*C + c])*1.0/_s1[n];
         }
-    }
-    /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
-    {
-        double bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*C >= BP_PARALLEL_MIN)
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                bp_acc += (log(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0/N;
-            }
+        /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        #pragma omp simd reduction(+:bp_total3)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            bp_total3 += (log(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0/N;
         }
-        L[0] = bp_acc;
     }
+    L[0] = bp_total3;
 }
 
 void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
@@ -435,19 +418,16 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     double *const _s2 = bp_work + N*C;
     double *const dz1 = bp_work + N*C + N;
     double *const _s3 = bp_work + N*C + N + N*H;
-    /* sum over k */
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* sum over k */
+        double bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc += t[n*C + k];
+            bp_acc0 += t[n*C + k];
         }
-        _s2[n] = bp_acc;
-    }
-    /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s2[n] = bp_acc0;
+        /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
             dz2[n*C + c] = (_s2[n]*y[n*C + c] - t[n*C + c])*1.0/N;

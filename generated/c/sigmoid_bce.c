@@ -72,26 +72,21 @@ static inline float bp_softplus_f32(float x)
 void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
     (void)bp_work;
-    /* y[n, i] = sigmoid(z[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    float bp_total1 = 0;
+    #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        /* y[n, i] = sigmoid(z[n, i]) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
         }
-    }
-    /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
-    {
-        float bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                bp_acc += (-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i])*1.0F/N;
-            }
+        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
+        #pragma omp simd reduction(+:bp_total1)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total1 += (-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i])*1.0F/N;
         }
-        L[0] = bp_acc;
     }
+    L[0] = bp_total1;
 }
 
 void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
@@ -126,26 +121,21 @@ static inline double bp_softplus_f64(double x)
 void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
     (void)bp_work;
-    /* y[n, i] = sigmoid(z[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    double bp_total1 = 0;
+    #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        /* y[n, i] = sigmoid(z[n, i]) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
         }
-    }
-    /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
-    {
-        double bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                bp_acc += (-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i])*1.0/N;
-            }
+        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
+        #pragma omp simd reduction(+:bp_total1)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total1 += (-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i])*1.0/N;
         }
-        L[0] = bp_acc;
     }
+    L[0] = bp_total1;
 }
 
 void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)

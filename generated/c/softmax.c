@@ -59,28 +59,26 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
-    /* maximum over k of z[n, k], for a stable exp-sum */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = -INFINITY;
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        float bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            { const float bp_v = z[n*I + k]; if (bp_v > bp_acc || bp_v != bp_v) bp_acc = bp_v; }
+            const float bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
         }
-        _y_max[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
@@ -92,19 +90,16 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
 {
     (void)z;
     float *const _s2 = bp_work + 0;
-    /* sum over k */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* sum over k */
+        float bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += dy[n*I + k]*y[n*I + k];
+            bp_acc0 += dy[n*I + k]*y[n*I + k];
         }
-        _s2[n] = bp_acc;
-    }
-    /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s2[n] = bp_acc0;
+        /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(_s2[n] - dy[n*I + i])*y[n*I + i];
@@ -118,28 +113,26 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
-    /* maximum over k of z[n, k], for a stable exp-sum */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = -INFINITY;
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        double bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            { const double bp_v = z[n*I + k]; if (bp_v > bp_acc || bp_v != bp_v) bp_acc = bp_v; }
+            const double bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
         }
-        _y_max[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
@@ -151,19 +144,16 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
 {
     (void)z;
     double *const _s2 = bp_work + 0;
-    /* sum over k */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* sum over k */
+        double bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += dy[n*I + k]*y[n*I + k];
+            bp_acc0 += dy[n*I + k]*y[n*I + k];
         }
-        _s2[n] = bp_acc;
-    }
-    /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s2[n] = bp_acc0;
+        /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(_s2[n] - dy[n*I + i])*y[n*I + i];

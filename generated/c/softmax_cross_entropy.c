@@ -60,64 +60,54 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
-    /* maximum over k of z[n, k], for a stable exp-sum */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    float bp_total3 = 0;
+    #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = -INFINITY;
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        float bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            { const float bp_v = z[n*I + k]; if (bp_v > bp_acc || bp_v != bp_v) bp_acc = bp_v; }
+            const float bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
         }
-        _y_max[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
         }
-    }
-    /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
-    {
-        float bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                bp_acc += (logf(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0F/N;
-            }
+        /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        #pragma omp simd reduction(+:bp_total3)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total3 += (logf(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0F/N;
         }
-        L[0] = bp_acc;
     }
+    L[0] = bp_total3;
 }
 
 void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     float *const _s2 = bp_work + 0;
-    /* sum over k */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        float bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* sum over k */
+        float bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += t[n*I + k];
+            bp_acc0 += t[n*I + k];
         }
-        _s2[n] = bp_acc;
-    }
-    /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s2[n] = bp_acc0;
+        /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0F/N;
@@ -131,64 +121,54 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
-    /* maximum over k of z[n, k], for a stable exp-sum */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    double bp_total3 = 0;
+    #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = -INFINITY;
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        double bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            { const double bp_v = z[n*I + k]; if (bp_v > bp_acc || bp_v != bp_v) bp_acc = bp_v; }
+            const double bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
         }
-        _y_max[n] = bp_acc;
-    }
-    /* sum over k */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
         }
-        _s1[n] = bp_acc;
-    }
-    /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s1[n] = bp_acc1;
+        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
         }
-    }
-    /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
-    {
-        double bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                bp_acc += (log(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0/N;
-            }
+        /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        #pragma omp simd reduction(+:bp_total3)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total3 += (log(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0/N;
         }
-        L[0] = bp_acc;
     }
+    L[0] = bp_total3;
 }
 
 void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     double *const _s2 = bp_work + 0;
-    /* sum over k */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        double bp_acc = 0;
-        #pragma omp simd reduction(+:bp_acc)
+        /* sum over k */
+        double bp_acc0 = 0;
+        #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc += t[n*I + k];
+            bp_acc0 += t[n*I + k];
         }
-        _s2[n] = bp_acc;
-    }
-    /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+        _s2[n] = bp_acc0;
+        /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0/N;
