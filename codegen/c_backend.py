@@ -25,6 +25,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     for t in loops.forward_temps + loops.backward_temps:
         shapes[t.name] = t.dims
     scalars = {n for n, d in shapes.items() if not d}
+    integer = {t.name for t in layer.tensors.values() if t.values is not None}
     dims_params = ", ".join(f"ptrdiff_t {d}" for d in layer.dims) or "void"
     forward_doc = [eq.text for eq in layer.equations]
     backward_doc = []
@@ -47,7 +48,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         dims = [f"ptrdiff_t {d}" for d in layer.dims]
 
         def params(inputs, outputs):
-            return ", ".join(dims + [f"const {ctype} *restrict {n}" for n in inputs]
+            return ", ".join(dims + [f"const {'int64_t' if n in integer else ctype} "
+                                     f"*restrict {n}" for n in inputs]
                              + [f"{ctype} *restrict {n}" for n in outputs]
                              + [f"{ctype} *restrict bp_work"])
 

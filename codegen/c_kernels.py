@@ -33,6 +33,8 @@ class CKernels:
         self.gradients = tuple(plan.gradients)
         self.reuses = tuple(plan.reuses)
         self._shapes = {t.name: t.dims for t in layer.tensors.values()}
+        self._indices = {t.name: t.values for t in layer.tensors.values()
+                         if t.values is not None}
         self._shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
         self.blas = None
         self.use_blas(True)
@@ -94,11 +96,17 @@ class CKernels:
             value = arrays[name]
             dims = self._shapes[name]
             if not dims and np.ndim(value) == 0 and not isinstance(value, np.ndarray):
-                value = np.asarray(value, dtype=self.dtype)   # a Python number: no dtype
+                # a Python number: no dtype of its own
+                value = np.asarray(value, dtype=None if name in self._indices else self.dtype)
             if not isinstance(value, np.ndarray):
                 raise ValueError(f"{name}: expected a numpy.ndarray of {self.dtype}, got "
                                  f"{type(value).__name__}")
-            if value.dtype != self.dtype:
+            if name in self._indices:
+                if not np.issubdtype(value.dtype, np.integer):
+                    raise ValueError(f"{name}: expected integers (indices into "
+                                     f"{self._indices[name]}), got dtype {value.dtype}")
+                value = value.astype(np.int64, copy=False)
+            elif value.dtype != self.dtype:
                 raise ValueError(f"{name}: expected dtype {self.dtype} (these kernels were "
                                  f"compiled for it), got {value.dtype}")
             if value.ndim != len(dims):
@@ -121,6 +129,17 @@ class CKernels:
         if missing:
             raise ValueError(f"{self.name}: no array gives the size of dimension "
                              f"{missing[0]}")
+        for name, dim in self._indices.items():
+            # C reads x[n, t[n]] unchecked: an index out of range would read (or write)
+            # outside the array, so every value is checked here
+            a = checked.get(name)
+            if a is None:
+                continue
+            bad = np.flatnonzero((a < 0) | (a >= sizes[dim][0]))
+            if bad.size:
+                where = tuple(int(w) for w in np.unravel_index(bad[0], a.shape))
+                raise ValueError(f"{name}: values must lie in 0..{dim}-1 = "
+                                 f"0..{sizes[dim][0] - 1}; found {a.flat[bad[0]]} at {where}")
         return checked, {d: s for d, (s, _) in sizes.items()}
 
     def _shape(self, name, sizes):
@@ -133,7 +152,8 @@ class CKernels:
         return np.empty(max(int(fn(*self._dims(sizes))), 1), self.dtype)
 
     def _ptr(self, array):
-        return self._ffi.cast(f"{self._ctype} *", self._ffi.from_buffer(array))
+        ctype = "int64_t" if array.dtype == np.int64 else self._ctype
+        return self._ffi.cast(f"{ctype} *", self._ffi.from_buffer(array))
 
     def __repr__(self):
         return f"<C kernels ({self.dtype}) of layer {self.name}>"

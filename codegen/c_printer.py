@@ -71,6 +71,10 @@ class KernelCPrinter(C99CodePrinter):
     def _print_relu(self, expr):
         return self._helper("relu", expr)
 
+    def _print_KroneckerDelta(self, expr):
+        a, b = (self._print(x) for x in expr.args)
+        return f"({a} == {b})"
+
     def _print_Heaviside(self, expr):
         # The ReLU'(0) = 0 convention, as in PyTorch and the NumPy backend.
         return self._helper("step", expr)

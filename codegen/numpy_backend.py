@@ -57,6 +57,7 @@ def numpy_source(plan: KernelPlan) -> str:
         conditions=[c.text for c in layer.conditions],
         shapes_doc=", ".join(f"{n}[{', '.join(d)}]" if d else n for n, d in shapes),
         tensors=[(t.name, t.role, t.dims) for t in layer.tensors.values()],
+        indices={t.name: t.values for t in layer.tensors.values() if t.values is not None},
         shapes=shapes,
         args=list(plan.args),
         returns=list(plan.returns),

@@ -105,6 +105,8 @@ class NumpyPrinter:
             return self._note(self._sum(e, ctx)), ATOM
         if isinstance(e, Maximum):
             return self._note(self._max(e, ctx)), ATOM
+        if isinstance(e, sp.KroneckerDelta):
+            return self._delta(e, ctx), ATOM
         if isinstance(e, sp.Heaviside):
             # heaviside(z, 0) as sign(max(z, 0)): the same values, NaN included, but two
             # vectorized ufuncs instead of np.heaviside's slow loop (9x faster here)
@@ -167,12 +169,36 @@ class NumpyPrinter:
     def _indexed(self, e, ctx):
         name = e.base.label.name
         idx = list(e.indices)
+        if not all(isinstance(i, sp.Idx) for i in idx):
+            return self._gather(e, ctx)
         order = [i for i in ctx if i in idx]
         code = name
         if order != idx:
             perm = tuple(idx.index(i) for i in order)
             code = f"{name}.T" if len(idx) == 2 else f"np.transpose({name}, {perm})"
         return _expand(code, order, ctx)
+
+    def _gather(self, e, ctx):
+        """z[n, t[n]]: advanced indexing with one index array per slot, each laid out
+        over the axes the result depends on (np.arange for a plain index)."""
+        have = [i for i in ctx if i in free_indices(e)]
+        slots = []
+        for i in e.indices:
+            if isinstance(i, sp.Idx):
+                dim = str(i.upper + 1)
+                self.dims_used.add(dim)
+                slots.append(_expand(f"np.arange({dim})", [i], have))
+            else:
+                slots.append(self.array(i, tuple(have)))
+        return _expand(f"{e.base.label.name}[{', '.join(slots)}]", have, ctx)
+
+    def _delta(self, e, ctx):
+        a, b = (self.array(x, ctx) if not isinstance(x, sp.Idx) else
+                _expand(f"np.arange({x.upper + 1})", [x], ctx) for x in e.args)
+        for x in e.args:
+            if isinstance(x, sp.Idx):
+                self.dims_used.add(str(x.upper + 1))
+        return f"({a} == {b}).astype(dtype)"
 
     def _sum(self, e, ctx):
         ks = [lim[0] for lim in e.limits]
@@ -184,7 +210,7 @@ class NumpyPrinter:
             own = free_indices(f)
             if not own:
                 coeff.append(f)
-            elif isinstance(f, sp.Indexed):
+            elif isinstance(f, sp.Indexed) and all(isinstance(i, sp.Idx) for i in f.indices):
                 operands.append((f.base.label.name, "".join(letters[i] for i in f.indices)))
             else:
                 axes = [i for i in inner if i in own]

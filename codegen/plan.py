@@ -119,8 +119,11 @@ def _softmax_parts(expr):
         h = s.function.args[0]
         for e in exps:
             g = e.args[0]
-            for i in free_indices(g):
-                if dim_of(i) == dim_of(k) and h.xreplace({k: i}) == g:
+            # the numerator's index: a free index, or a gathered one (z[n, t[n]])
+            gathered = [x for a in g.atoms(sp.Indexed) for x in a.indices
+                        if not isinstance(x, sp.Idx)]
+            for i in [i for i in free_indices(g) if dim_of(i) == dim_of(k)] + gathered:
+                if h.xreplace({k: i}) == g:
                     return e, s, k
     return None
 

@@ -10,7 +10,8 @@ from .spec import Layer
 
 # The order `backprop list` shows them in: layers, losses, networks, the worked example.
 BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm", "mse",
-            "softmax_cross_entropy", "sigmoid_bce", "mlp2", "neuron")
+            "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
+            "neuron")
 
 
 def builtin_text(name: str) -> str:

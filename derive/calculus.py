@@ -149,7 +149,7 @@ def tidy(expr):
 
     sympy.simplify is avoided: on sums of indexed terms it is slow and rarely better.
     """
-    expr = contract(expr)
+    expr = _gather_deltas(contract(expr))
     candidates = [expr]
     try:
         expanded = contract(sp.expand(expr, **_EXPAND))
@@ -162,6 +162,24 @@ def tidy(expr):
     except (sp.PolynomialError, TypeError):  # cancel refuses some non-rational forms
         pass
     return min(candidates, key=_complexity)
+
+
+def _gather_deltas(expr):
+    """In a product with delta(i, t[n]) (an index against a gathered integer), the other
+    factors only matter where i = t[n]: write them so, and y[n, i] / y[n, t[n]] cancels."""
+    if _is_leaf(expr):
+        return expr
+    expr = expr.func(*[_gather_deltas(a) for a in expr.args])
+    if not isinstance(expr, sp.Mul):
+        return expr
+    for d in [f for f in expr.args if isinstance(f, sp.KroneckerDelta)]:
+        a, b = d.args
+        if isinstance(b, sp.Idx) and not isinstance(a, sp.Idx):
+            a, b = b, a
+        if isinstance(a, sp.Idx) and not isinstance(b, sp.Idx) and b.atoms(sp.Indexed):
+            rest = sp.Mul(*[f for f in expr.args if f is not d])
+            return d * rest.xreplace({a: b})
+    return expr
 
 
 def _complexity(e):

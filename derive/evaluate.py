@@ -18,6 +18,7 @@ NUMERIC = {
     "relu": lambda v: np.maximum(v, 0.0),
     "softplus": lambda v: np.logaddexp(0.0, v),
     "Heaviside": lambda v, h0=0.0: np.heaviside(v, h0),
+    "KroneckerDelta": lambda a, b: np.float64(a == b),
 }
 
 
@@ -40,7 +41,9 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
     under the declared conditions.
     """
     layer = derivation.layer
-    values = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    integer = {t.name for t in layer.tensors.values() if t.values is not None}
+    values = {k: np.asarray(v, dtype=np.int64 if k in integer else np.float64)
+              for k, v in arrays.items()}
     sizes = sizes_of(layer, values)
     for eq in layer.equations:
         dims = layer.tensors[eq.target].dims

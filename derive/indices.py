@@ -14,8 +14,11 @@ def free_indices(expr) -> set[sp.Idx]:
     """Indices not bound by a sum inside expr."""
     if isinstance(expr, sp.Idx):
         return {expr}
-    if isinstance(expr, sp.Indexed):
-        return {i for i in expr.indices if isinstance(i, sp.Idx)}
+    if isinstance(expr, sp.Indexed):            # z[n, t[n]]: t[n] is a gather, n is free
+        out = set()
+        for i in expr.indices:
+            out |= {i} if isinstance(i, sp.Idx) else free_indices(i)
+        return out
     if isinstance(expr, sp.Sum):
         return free_indices(expr.function) - {lim[0] for lim in expr.limits}
     if hasattr(expr, "bound_indices"):      # e.g. a maximum over an index

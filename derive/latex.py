@@ -99,7 +99,8 @@ class IndexLatexPrinter(LatexPrinter):
 
     def _print_KroneckerDelta(self, expr, exp=None):
         a, b = (self._print(x) for x in expr.args)
-        return rf"\delta_{{{a}{b}}}"
+        sep = "" if len(a) == 1 and len(b) == 1 else ","
+        return rf"\delta_{{{a}{sep}{b}}}"
 
     def _print_Heaviside(self, expr, exp=None):
         return r"\mathbb{1}\left[%s > 0\right]" % self._print(expr.args[0])
@@ -146,6 +147,22 @@ class Leaf(MNode):
     def evaluate(self, values, sizes):
         a = np.asarray(values[self.name], dtype=float)
         a = a.reshape(a.shape + (1,)) if a.ndim == 1 else a   # vectors are columns
+        return a.T if self.transposed else a
+
+
+@dataclass(frozen=True)
+class OneHot(MNode):
+    """delta(i, t[n]) over rows n and columns i: the one-hot matrix of integer labels t."""
+    name: str
+    tex: str
+    classes: str              # the dimension the labels index
+    transposed: bool = False
+
+    def latex(self):
+        return rf"\operatorname{{onehot}}({self.tex})" + ("^{T}" if self.transposed else "")
+
+    def evaluate(self, values, sizes):
+        a = np.eye(sizes[self.classes])[np.asarray(values[self.name], dtype=int)]
         return a.T if self.transposed else a
 
 
@@ -322,6 +339,8 @@ class MatrixConverter:
         if isinstance(e, sp.Heaviside):
             arg, have = self._node(e.args[0], axes)
             return Apply("step", arg), have
+        if isinstance(e, sp.KroneckerDelta):
+            return self._one_hot(e, axes)
         for f, name in FUNCS.items():
             if isinstance(e, f):
                 arg, have = self._node(e.args[0], axes)
@@ -330,9 +349,23 @@ class MatrixConverter:
             return self._sum(e, axes)
         raise NoMatrixForm(f"no matrix form for {type(e).__name__}")
 
+    def _one_hot(self, e, axes):
+        i, g = e.args
+        if not isinstance(i, sp.Idx):
+            i, g = g, i
+        if not (isinstance(i, sp.Idx) and isinstance(g, sp.Indexed) and len(g.indices) == 1
+                and isinstance(g.indices[0], sp.Idx) and i in axes and g.indices[0] in axes):
+            raise NoMatrixForm("a Kronecker delta that is not a one-hot of labels")
+        row = g.indices[0]
+        order = tuple(a for a in axes if a in (row, i))
+        name = g.base.label.name
+        return OneHot(name, self.tex(name), str(dim_of(i)), order != (row, i)), order
+
     def _leaf(self, e, axes):
         name = e.base.label.name
         idx = tuple(e.indices)
+        if not all(isinstance(x, sp.Idx) for x in idx):
+            raise NoMatrixForm(f"{name} is gathered by integer labels (index form only)")
         if len(idx) > 2:
             raise NoMatrixForm(f"{name} has more than two indices")
         order = tuple(i for i in axes if i in idx)

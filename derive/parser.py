@@ -143,6 +143,10 @@ class _Parser:
         items = sh.node.elts if isinstance(sh.node, ast.Tuple) else [sh.node]
         for item in items:
             c = sh.col(item)
+            values = None
+            if isinstance(item, ast.Compare):         # t[N] in I: integers indexing I
+                values = self._values_of(stmt, role, item, sh)
+                item = item.left
             if isinstance(item, ast.Name):
                 name, dims = item.id, ()
             elif isinstance(item, ast.Subscript) and isinstance(item.value, ast.Name):
@@ -170,7 +174,22 @@ class _Parser:
                     raise stmt.error(f"a layer has one loss; '{self.loss}' is already it", c)
                 self.loss = name
                 role = "output"
-            self.tensors[name] = Tensor(name, role, dims, stmt.line)
+            self.tensors[name] = Tensor(name, role, dims, stmt.line, values)
+
+    def _values_of(self, stmt, role, item, sh) -> str:
+        c = sh.col(item)
+        if len(item.ops) != 1 or not isinstance(item.ops[0], ast.In) \
+                or not isinstance(item.comparators[0], ast.Name):
+            raise stmt.error("an integer tensor is declared like t[N] in I (its values "
+                             "index dimension I)", c)
+        if role not in ("input", "target"):
+            raise stmt.error(f"only inputs and targets can hold integer indices, not a "
+                             f"{role}", c)
+        dim = item.comparators[0].id
+        if dim not in self.dims:
+            raise stmt.error(f"undeclared dimension '{dim}' after 'in'; declare it with "
+                             f"'dims {dim}'", sh.col(item.comparators[0]))
+        return dim
 
     def _check_name(self, stmt, name, col):
         problem = name_problem(name)
@@ -454,11 +473,11 @@ class _Expr:
         for sign, term in _additive_terms(node, +1):
             bare, stuck = {}, {}
             _index_uses(term, bare, stuck, outer=True)
-            implicit = [n for n in bare if n not in allowed]
+            implicit = [n for n in bare if n not in allowed and n not in self.p.tensors]
             inner = allowed | frozenset(implicit)
             expr = self.convert(term, inner)
             for name, where in stuck.items():
-                if name not in inner:
+                if name not in inner and name not in self.p.tensors:
                     raise self.err(
                         f"index '{name}' is not bound here and appears only inside "
                         f"parentheses, a denominator or a power, so where its sum goes is "
@@ -541,6 +560,9 @@ class _Expr:
             return dim_symbol(n)
         t = self.p.tensors.get(n)
         if t is not None:
+            if t.values is not None:
+                raise self.err(f"'{n}' holds an integer index into {t.values}; use it only "
+                               f"inside another tensor's brackets, like x[{n}]", node)
             if t.dims:
                 raise self.err(f"'{n}' needs {len(t.dims)} indices [{', '.join(t.dims)}]",
                                node)
@@ -552,7 +574,7 @@ class _Expr:
         raise self.err(f"undeclared name '{n}': not a tensor or dimension of this layer",
                        node)
 
-    def subscript(self, node, allowed):
+    def subscript(self, node, allowed, as_index=False):
         if not isinstance(node.value, ast.Name):
             raise self.err("only a tensor name can be indexed", node)
         n = node.value.id
@@ -564,12 +586,25 @@ class _Expr:
         if len(slots) != len(t.dims):
             raise self.err(f"'{n}' has {len(t.dims)} indices [{', '.join(t.dims)}], not "
                            f"{len(slots)}", node)
+        if t.values is not None and not as_index:
+            raise self.err(f"'{n}' holds integer indices into {t.values}; use it only "
+                           f"inside another tensor's brackets, like x[n, {n}[...]]", node)
         idx = []
         for s, dim in zip(slots, t.dims):
+            gather = s.value if isinstance(s, ast.Subscript) else s
+            inner = self.p.tensors.get(gather.id) if isinstance(gather, ast.Name) else None
+            if inner is not None and inner.values is not None:
+                if inner.values != dim:
+                    raise self.err(f"'{inner.name}' holds indices into {inner.values}, but "
+                                   f"this slot of '{n}' runs over {dim}", s)
+                idx.append(self.subscript(s, allowed, as_index=True)
+                           if isinstance(s, ast.Subscript) else sp.Symbol(inner.name))
+                continue
             if not isinstance(s, ast.Name):
-                raise self.err(f"indices of '{n}' must be plain index names", s)
+                raise self.err(f"indices of '{n}' must be plain index names or an integer "
+                               f"tensor (declared like 't[N] in {dim}')", s)
             idx.append(self.bind(s.id, dim, s))
-        names = [i.label.name for i in idx]
+        names = [i.label.name for i in idx if isinstance(i, sp.Idx)]
         if len(set(names)) != len(names):
             raise self.err(f"'{n}' uses an index twice (a diagonal); use distinct indices",
                            node)
@@ -649,6 +684,8 @@ def _index_uses(node, bare, stuck, outer):
         for s in (sl.elts if isinstance(sl, ast.Tuple) else [sl]):
             if isinstance(s, ast.Name):
                 (bare if outer else stuck).setdefault(s.id, s)
+            elif isinstance(s, ast.Subscript):      # a gather z[n, t[n]]
+                _index_uses(s, bare, stuck, outer)
         return
     if isinstance(node, ast.Call):
         return

@@ -35,6 +35,10 @@ class FormulaPrinter(StrPrinter):
                 out += " + " + self.parenthesize(t, 40)
         return out
 
+    def _print_KroneckerDelta(self, expr):
+        a, b = (self._print(x) for x in expr.args)
+        return f"[{a} == {b}]"
+
     def _print_Heaviside(self, expr):
         return f"[{self._print(expr.args[0])} > 0]"
 

@@ -28,6 +28,7 @@ class Tensor:
     role: str                 # one of ROLES
     dims: tuple[str, ...]     # dimension names, one per index slot
     line: int                 # where it was declared
+    values: str | None = None  # integer tensors (`t[N] in I`): the dimension they index
 
     @property
     def base(self) -> sp.IndexedBase:
@@ -100,8 +101,9 @@ class Layer:
 
     @property
     def differentiable(self) -> list[Tensor]:
-        """Tensors that get a gradient: inputs then parameters, in declaration order."""
-        return self.by_role("input") + self.by_role("param")
+        """Tensors that get a gradient: inputs then parameters, in declaration order
+        (integer index tensors have none)."""
+        return [t for t in self.by_role("input") + self.by_role("param") if t.values is None]
 
     @property
     def upstream(self) -> list[Tensor]:

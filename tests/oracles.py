@@ -31,7 +31,9 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
     out = {}
     for t in layer.tensors.values():
         shape = tuple(sizes[d] for d in t.dims)
-        if t.role in ("input", "param"):
+        if t.values is not None:                     # integer indices (class labels)
+            out[t.name] = rng.integers(0, sizes[t.values], size=shape)
+        elif t.role in ("input", "param"):
             a = rng.normal(size=shape)
             if layer.name == "relu":       # keep finite differences away from the kink
                 a = a + np.sign(a) * 0.05
@@ -94,6 +96,15 @@ def tolerance(dtype, sizes):
     return 50 * np.finfo(dtype).eps * (1 + k)
 
 
+def torch_leaves(layer, arrays, names):
+    """PyTorch tensors of the arrays: float64 leaves that track gradients, integer index
+    tensors as int64 (they have no gradient)."""
+    import torch
+
+    return {n: torch.tensor(arrays[n]) if layer.tensors[n].values is not None else
+            torch.tensor(arrays[n], dtype=torch.float64, requires_grad=True) for n in names}
+
+
 def torch_forward(name):
     """Textbook forwards in PyTorch, keyed by built-in layer name."""
     import torch
@@ -110,6 +121,7 @@ def torch_forward(name):
         "mse": lambda y, t: {"L": 0.5 * ((y - t) ** 2).sum() / y.shape[0]},
         # probabilities as targets: -sum t log softmax(z), averaged over the batch
         "softmax_cross_entropy": lambda z, t: {"L": F.cross_entropy(z, t)},
+        "softmax_cross_entropy_labels": lambda z, t: {"L": F.cross_entropy(z, t)},
         "sigmoid_bce": lambda z, t: {
             "L": F.binary_cross_entropy_with_logits(z, t, reduction="sum") / z.shape[0]},
         "mlp2": lambda x, W1, b1, W2, b2, t: {

@@ -8,7 +8,7 @@ from derive.builtins import BUILTINS
 from derive.evaluate import evaluate
 
 from .oracles import (draw_sizes, finite_differences, random_arrays, rel_err, tolerance,
-                      torch_forward)
+                      torch_forward, torch_leaves)
 
 DTYPES = ("float32", "float64")
 
@@ -25,7 +25,9 @@ def numpy_kernels():
 
 
 def cast(arrays, dtype):
-    return {n: np.asarray(v, dtype=dtype) for n, v in arrays.items()}
+    """Floating arrays in dtype; integer index arrays stay integers."""
+    return {n: v if np.issubdtype(np.asarray(v).dtype, np.integer) else
+            np.asarray(v, dtype=dtype) for n, v in arrays.items()}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -72,7 +74,7 @@ def test_against_pytorch(kernels, numpy_kernels, name):
     rng = np.random.default_rng(9)
     sizes = draw_sizes(c.layer, rng)
     arrays = random_arrays(numpy_kernels[name], sizes, rng, one_hot=True)
-    leaves = {n: torch.tensor(arrays[n], requires_grad=True) for n in c.args}
+    leaves = torch_leaves(c.layer, arrays, c.args)
     out = torch_forward(name)(**leaves)
     total = sum((out[t.name] * torch.tensor(arrays["d" + t.name])).sum()
                 for t in c.layer.upstream)
@@ -86,7 +88,8 @@ def test_against_pytorch(kernels, numpy_kernels, name):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["softmax", "softmax_cross_entropy", "sigmoid_bce", "mlp2",
+@pytest.mark.parametrize("name", ["softmax", "softmax_cross_entropy",
+                                  "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
                                   "sigmoid", "tanh"])
 @pytest.mark.parametrize("logit", [1e4, -1e4])
 def test_extreme_logits_stay_finite(kernels, numpy_kernels, name, dtype, logit):

@@ -23,7 +23,9 @@ def test_no_piecewise_delta_or_derivative_left(name):
     for s in d.steps:
         for e in (s.expr, s.given) if s.given is not None else (s.expr,):
             assert not e.has(sp.Piecewise), s
-            assert not e.has(sp.KroneckerDelta), s
+            # a delta survives only against a gathered label: [i == t[n]], the one-hot
+            assert all(any(not isinstance(a, sp.Idx) for a in dl.args)
+                       for dl in e.atoms(sp.KroneckerDelta)), s
             assert not e.has(sp.Derivative), s
             assert "~" not in str(e), s   # no internal dummy index names
 
@@ -170,3 +172,12 @@ def test_large_integer_constants_print_as_c_floating_constants():
     x = sp.Symbol("x")
     code = KernelCPrinter("float64", {}, set()).code(10**21 * x + 3)
     assert "1000000000000000000000" not in code and "e+21" in code and "3" in code
+
+
+def test_integer_labels_gather_and_their_one_hot():
+    """-log y[n, t[n]] of a softmax: dz = (y - [i == t[n]]) / N, the textbook result
+    for integer class labels, with no sum over classes left."""
+    d = derive(builtin("softmax_cross_entropy_labels"))
+    (step,) = d.steps
+    t = sp.IndexedBase("t")
+    assert same(step.expr, (T("y")[n, i] - sp.KroneckerDelta(i, t[n])) / N)

@@ -9,7 +9,7 @@ from derive.builtins import BUILTINS
 from derive.evaluate import evaluate
 
 from .oracles import (GATED, draw_sizes, finite_differences, random_arrays, rel_err,
-                      tolerance, torch_forward)
+                      tolerance, torch_forward, torch_leaves)
 
 CASES = [(name, seed) for name in BUILTINS for seed in range(3)]
 
@@ -55,8 +55,7 @@ def test_against_pytorch(kernels, name, seed):
     torch = pytest.importorskip("torch")
     k, sizes, arrays = setup(kernels, name, seed, one_hot=(seed == 2))
     fn = torch_forward(name)
-    leaves = {n: torch.tensor(arrays[n], dtype=torch.float64, requires_grad=True)
-              for n in k.args}
+    leaves = torch_leaves(k.layer, arrays, k.args)
     out = fn(**leaves)
     total = sum((out[t.name] * torch.tensor(arrays["d" + t.name])).sum()
                 for t in k.layer.upstream)
@@ -77,7 +76,8 @@ def test_against_pytorch(kernels, name, seed):
 def test_float32_follows_float64(kernels, name):
     k, sizes, arrays = setup(kernels, name, 1)
     grads64 = k.backward(**arrays)
-    a32 = {n: v.astype(np.float32) for n, v in arrays.items()}
+    a32 = {n: v if np.issubdtype(v.dtype, np.integer) else v.astype(np.float32)
+           for n, v in arrays.items()}
     fwd32 = k.forward(**{n: a32[n] for n in k.args})
     grads32 = k.backward(**a32)
     tol = tolerance(np.float32, sizes)

@@ -177,3 +177,43 @@ def test_example_statement_errors(line, col, words):
     err = error_of(f"layer d\ndims N\ninput x, v[N]\noutput y[N]\ny[n] = x * v[n]\n{line}\n")
     assert (err.line, err.col) == (6, col), str(err)
     assert words in err.message
+
+
+LABELS = """layer labels
+dims N, I, J
+input z[N, I]
+input u[N, J]
+target t[N] in I
+output y[N]
+"""
+
+
+@pytest.mark.parametrize("text, line, col, words", [
+    # a label tensor used as a value, not inside brackets
+    (LABELS + "y[n] = t[n] * z[n, 0]", 7, 8, "use it only inside another tensor"),
+    (LABELS + "y[n] = t[n] + sum(z[n, i], i)", 7, 8, "holds integer indices into I"),
+    # labels into I gathering along a J slot
+    (LABELS + "y[n] = u[n, t[n]]", 7, 13, "'t' holds indices into I, but this slot of 'u' "
+                                          "runs over J"),
+    # a float tensor used as an index
+    (LABELS + "y[n] = z[n, u[n, 0]]", 7, 13, "must be plain index names or an integer"),
+    # declarations
+    (LABELS.replace("target t[N] in I", "target t[N] in K") + "y[n] = z[n, t[n]]", 5, 16,
+     "undeclared dimension 'K' after 'in'"),
+    (LABELS.replace("target t[N] in I", "target t[N] < I") + "y[n] = z[n, t[n]]", 5, 8,
+     "declared like t[N] in I"),
+    (LABELS.replace("output y[N]", "output y[N] in I") + "y[n] = z[n, 0]", 6, 8,
+     "only inputs and targets can hold integer indices"),
+])
+def test_integer_label_errors(text, line, col, words):
+    e = error_of(text)
+    assert (e.line, e.col) == (line, col) and words in e.message, (e.line, e.col, e.message)
+
+
+def test_gather_and_scalar_label_parse():
+    layer = parse_spec(LABELS + "y[n] = z[n, t[n]]")
+    assert layer.tensors["t"].values == "I" and "t" not in [x.name for x in
+                                                              layer.differentiable]
+    scalar = parse_spec("layer pick\ndims I\ninput z[I]\ntarget c in I\nloss L\n"
+                        "L = -z[c]")
+    assert scalar.tensors["c"].values == "I" and scalar.tensors["c"].dims == ()

@@ -13,6 +13,7 @@
 #define BP_GELU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {

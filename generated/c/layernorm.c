@@ -16,6 +16,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "layernorm.h"
 

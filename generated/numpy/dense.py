@@ -31,6 +31,8 @@ SHAPES = {
     'z': ('N', 'I'),
     'dz': ('N', 'I'),
 }
+# integer tensors -> the dimension their values index
+INDICES = {}
 ARGS = ['x', 'W', 'b']
 RETURNS = ['z']
 UPSTREAM = ['dz']
@@ -40,7 +42,7 @@ GRADIENTS = ['dx', 'dW', 'db']
 def _prepare(arrays):
     """Check every array against SHAPES; return them in one float dtype, and the sizes."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
-    dtype = np.result_type(*out.values())
+    dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
     sizes = {}
     for name, a in out.items():
@@ -56,10 +58,30 @@ def _prepare(arrays):
             if first[0] != size:
                 raise ValueError(f"{name}: expected shape {_shape(dims, sizes)}, got "
                                  f"{a.shape}: dimension {dim} is {first[0]} in {first[1]}")
+        if name in INDICES:
+            continue
         if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
             raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
         out[name] = a.astype(dtype, copy=False)
+    for name, dim in INDICES.items():
+        if name in out:
+            out[name] = _indices(name, out[name], dim, sizes)
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
+
+
+def _indices(name, a, dim, sizes):
+    """An integer tensor's values must index `dim`: 0 <= value < its size."""
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name}: expected integers (indices into {dim}), got dtype "
+                         f"{a.dtype}")
+    if dim not in sizes:
+        raise ValueError(f"{name}: no array gives the size of dimension {dim}")
+    bad = np.flatnonzero((a < 0) | (a >= sizes[dim][0]))
+    if bad.size:
+        where = np.unravel_index(bad[0], a.shape)
+        raise ValueError(f"{name}: values must lie in 0..{dim}-1 = 0..{sizes[dim][0] - 1}; "
+                         f"found {a.flat[bad[0]]} at {tuple(int(w) for w in where)}")
+    return a.astype(np.intp, copy=False)
 
 
 def _shape(dims, sizes):

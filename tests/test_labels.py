@@ -1,0 +1,95 @@
+"""Integer index tensors (`target t[N] in I`): gathers like z[n, t[n]] and the one-hot
+deltas their gradients carry, through both backends, against PyTorch; and every way a
+label array can be wrong gets an error naming it (C would otherwise read out of bounds)."""
+import numpy as np
+import pytest
+
+import codegen
+from derive import parse_spec
+from derive.evaluate import evaluate
+
+from .oracles import finite_differences, rel_err, tolerance
+
+EMBED = """layer embed  Embedding lookup, scaled
+dims N, V, D
+input ids[N] in V
+param E[V, D], s[D]
+output y[N, D]
+
+y[n, d] = E[ids[n], d] * s[d]
+"""
+
+
+@pytest.fixture(scope="module")
+def embed():
+    layer = parse_spec(EMBED)
+    return {b: codegen.load(layer, backend=b) for b in ("numpy", "c")}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("sizes", [(1, 1, 1), (5, 7, 3), (11, 2, 5)])
+def test_embedding_gather_and_scatter(embed, backend, sizes):
+    """dE[v, d] = s[d] sum_n [v == ids[n]] dy[n, d]: rows hit twice accumulate, rows never
+    hit stay zero (V = 7 > N = 5 leaves some unused; N = 11 > V = 2 repeats)."""
+    k = embed[backend]
+    N, V, D = sizes
+    rng = np.random.default_rng(sum(sizes))
+    a = dict(ids=rng.integers(0, V, N), E=rng.normal(size=(V, D)), s=rng.normal(size=D),
+             dy=rng.normal(size=(N, D)))
+    exact = evaluate(k.derivation, a)
+    y = k.forward(ids=a["ids"], E=a["E"], s=a["s"])["y"]
+    np.testing.assert_allclose(y, a["E"][a["ids"]] * a["s"], rtol=1e-14)
+    g = k.backward(**a)
+    for n in ("dE", "ds"):
+        assert rel_err(g[n], exact[n]) < tolerance(np.float64, dict(zip("NVD", sizes))), n
+        assert rel_err(g[n], finite_differences(k, dict(a), n[1:])) < 1e-6, n
+    torch = pytest.importorskip("torch")
+    E = torch.tensor(a["E"], requires_grad=True)
+    s = torch.tensor(a["s"], requires_grad=True)
+    out = torch.nn.functional.embedding(torch.tensor(a["ids"]), E) * s
+    (out * torch.tensor(a["dy"])).sum().backward()
+    assert rel_err(g["dE"], E.grad.numpy()) < 1e-13
+    assert rel_err(g["ds"], s.grad.numpy()) < 1e-13
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", None), ("c", "float32"),
+                                            ("c", "float64")])
+def test_cross_entropy_with_labels_matches_pytorch(backend, dtype):
+    torch = pytest.importorskip("torch")
+    k = codegen.load("softmax_cross_entropy_labels", backend=backend, dtype=dtype)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(13, 17)) * 4
+    t = rng.integers(0, 17, 13)
+    zt = torch.tensor(z, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(zt, torch.tensor(t))
+    loss.backward()
+    zz = z.astype(dtype or np.float64)
+    tol = 1e-5 if dtype == "float32" else 1e-13    # float32: ~100 eps over 17 classes
+    assert abs(float(k.forward(z=zz, t=t)["L"]) - loss.item()) < tol * max(1, loss.item())
+    assert rel_err(k.backward(z=zz, t=t)["dz"], zt.grad.numpy()) < tol
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("labels, words", [
+    (np.array([0, 1, 3]), "t: values must lie in 0..I-1 = 0..2; found 3 at (2,)"),
+    (np.array([0, -1, 2]), "found -1 at (1,)"),
+    (np.array([0.0, 1.0, 2.0]), "t: expected integers (indices into I), got dtype float64"),
+    (np.array([0, 1]), "t: expected shape (N=3)"),
+])
+def test_bad_labels_are_named(backend, labels, words):
+    k = codegen.load("softmax_cross_entropy_labels", backend=backend)
+    z = np.zeros((3, 3))
+    for call in (k.forward, k.backward):
+        with pytest.raises(ValueError) as info:
+            call(z=z, t=labels)
+        assert words in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_any_integer_dtype_is_accepted(backend):
+    k = codegen.load("softmax_cross_entropy_labels", backend=backend)
+    z = np.random.default_rng(0).normal(size=(4, 5))
+    ref = k.backward(z=z, t=np.array([0, 4, 2, 2]))["dz"]
+    for dt in (np.int32, np.uint8, np.int16):
+        got = k.backward(z=z, t=np.array([0, 4, 2, 2], dtype=dt))["dz"]
+        np.testing.assert_array_equal(got, ref)
