@@ -8,7 +8,7 @@ from derive.pretty import formula
 
 from .c_printer import CTYPES, SUFFIX, KernelCPrinter
 from .gemm import as_gemm
-from .loops import Group, LoopPlan, Nest, fuse, inline_cheap, lower
+from .loops import Group, LoopPlan, Nest, fusable, fuse, inline_cheap, lower
 from .plan import KernelPlan
 from templates import render
 from .version import VERSION
@@ -22,7 +22,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     loops = lower_for_c(plan)
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
-    for t in loops.forward_temps + loops.backward_temps:
+    for t in loops.forward_temps + loops.backward_temps + loops.fused_temps:
         shapes[t.name] = t.dims
     scalars = {n for n, d in shapes.items() if not d}
     integer = {t.name for t in layer.tensors.values() if t.values is not None}
@@ -41,6 +41,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         return ", ".join(f"{n}[{', '.join(shapes[n])}]" if shapes[n] else n for n in names) \
             or "(none)"
 
+    fused_out = tuple(t.name for t in layer.outputs) + tuple(plan.gradients) \
+        if fusable(plan) else ()
     variants = []
     for dtype in DTYPES:
         ctype = CTYPES[dtype]
@@ -66,6 +68,11 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             backward_temps=_offsets(loops.backward_temps),
             forward=_views(loops.forward, printer, shapes),
             backward=_views(loops.backward, printer, shapes),
+            fused_params=params(plan.args, fused_out),
+            fused_unused=_unused(layer.dims, plan.args, fused_out, loops.fused,
+                                 loops.fused_temps, shapes),
+            fused_temps=_offsets(loops.fused_temps),
+            fused=_views(loops.fused, printer, shapes),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
@@ -77,7 +84,9 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         forward_in_doc=arrays(plan.args), forward_out_doc=arrays(plan.returns),
         backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
         backward_out_doc=arrays(plan.gradients),
-        gemm_doc=gemm_doc, forward_work=_size(loops.forward_temps), backward_work=_size(loops.backward_temps),
+        gemm_doc=gemm_doc, forward_work=_size(loops.forward_temps),
+        backward_work=_size(loops.backward_temps), fused=fusable(plan),
+        fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
     )
     return {f"{layer.name}.h": render("c_header.h.j2", **context),
@@ -85,26 +94,10 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             "cdef": render("c_cdef.h.j2", **context)}
 
 
-def work_elements(plan: KernelPlan, sizes: dict[str, int]) -> tuple[int, int]:
-    """Scratch elements of forward and backward at concrete sizes (the *_work functions)."""
-    loops = lower_for_c(plan)
-
-    def total(temps):
-        out = 0
-        for t in temps:
-            n = 1
-            for d in t.dims:
-                n *= sizes[d]
-            out += n
-        return out
-
-    return total(loops.forward_temps), total(loops.backward_temps)
-
-
 def lower_for_c(plan: KernelPlan) -> LoopPlan:
     """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay)."""
     loops = lower(plan)
-    for side in ("forward", "backward"):
+    for side in ("forward", "backward", "fused"):
         nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
                                     keep=as_gemm)
         setattr(loops, side, nests)
@@ -145,7 +138,7 @@ def _offsets(temps):
 
 def _helpers(loops: LoopPlan) -> set[str]:
     names = set()
-    for n in loops.forward + loops.backward:
+    for n in loops.forward + loops.backward + loops.fused:
         for e in (n.body, n.init):
             for f in e.atoms(sp.Function):
                 names.add({"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))

@@ -26,6 +26,8 @@ class CKernels:
         self._backward = getattr(self._lib, f"bp_{layer.name}_backward_{sfx}")
         self._forward_work = getattr(self._lib, f"bp_{layer.name}_forward_work")
         self._backward_work = getattr(self._lib, f"bp_{layer.name}_backward_work")
+        self._fused = getattr(self._lib, f"bp_{layer.name}_forward_backward_{sfx}", None)
+        self._fused_work = getattr(self._lib, f"bp_{layer.name}_forward_backward_work", None)
         self.tensors = layer.describe()
         self.args = tuple(plan.args)
         self.returns = tuple(plan.returns)
@@ -86,6 +88,23 @@ class CKernels:
         work = self._work(self._backward_work, sizes)
         self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
                        *[self._ptr(out[n]) for n in self.gradients], self._ptr(work))
+        return out
+
+    def forward_backward(self, **arrays):
+        """The loss (and any outputs) and every gradient in one pass: for a layer that ends
+        in its loss, intermediates never leave the kernel (see forward_backward in the
+        generated header).  Other layers: ValueError (they need upstream gradients)."""
+        if self._fused is None:
+            raise ValueError(f"{self.name}: forward_backward needs a layer that ends in its "
+                             f"loss; this one takes upstream gradients "
+                             f"({', '.join(self.upstream)}): call forward, then backward")
+        check_names(self.name, arrays, self.args, ())
+        a, sizes = self._check(arrays, self.args)
+        names = tuple(t.name for t in self.layer.outputs) + self.gradients
+        out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in names}
+        work = self._work(self._fused_work, sizes)
+        self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                    *[self._ptr(out[n]) for n in names], self._ptr(work))
         return out
 
     # ---- checks ---------------------------------------------------------------------------

@@ -59,6 +59,20 @@ class Kernels:
         return self.module.backward(**{n: arrays[n] for n in self.args + self.upstream},
                                     **extra)
 
+    def forward_backward(self, **arrays):
+        """The outputs (the loss) and every gradient; for a layer that ends in its loss.
+        NumPy runs forward, then backward reusing its intermediates."""
+        if self.upstream:
+            raise ValueError(f"{self.name}: forward_backward needs a layer that ends in its "
+                             f"loss; this one takes upstream gradients "
+                             f"({', '.join(self.upstream)}): call forward, then backward")
+        self._check(arrays, self.args, ())
+        fwd = self.forward(**arrays)
+        grads = self.backward(**arrays, **{n: fwd[n] for n in self.returns
+                                           if n in _kwonly(self.module.backward)})
+        outputs = [t.name for t in self.layer.outputs]
+        return {**{n: fwd[n] for n in outputs}, **grads}
+
     def _check(self, arrays, required, optional):
         check_names(self.name, arrays, required, optional)
 

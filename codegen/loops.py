@@ -73,6 +73,9 @@ class LoopPlan:
     backward: list[Nest] = field(default_factory=list)
     forward_temps: list[Temp] = field(default_factory=list)
     backward_temps: list[Temp] = field(default_factory=list)
+    # forward then backward in one function, for a loss layer: intermediates are scratch
+    fused: list[Nest] = field(default_factory=list)
+    fused_temps: list[Temp] = field(default_factory=list)
 
 
 def lower(plan: KernelPlan) -> LoopPlan:
@@ -88,7 +91,24 @@ def lower(plan: KernelPlan) -> LoopPlan:
         if st.name not in plan.gradients:    # a delta used by several gradients
             out.backward_temps.append(Temp(st.name, st.indices))
         out.backward += _lower_statement(st, out.backward_temps, counter, known)
+    if fusable(plan):
+        known = {}
+        scratch = {t.name for t in plan.layer.by_role("intermediate")}
+        for st in plan.forward:
+            if st.name.startswith("_") or st.name in scratch:
+                out.fused_temps.append(Temp(st.name, st.indices))
+            out.fused += _lower_statement(st, out.fused_temps, counter, known)
+        for st in plan.backward:
+            if st.name not in plan.gradients:
+                out.fused_temps.append(Temp(st.name, st.indices))
+            out.fused += _lower_statement(st, out.fused_temps, counter, known)
     return out
+
+
+def fusable(plan: KernelPlan) -> bool:
+    """Forward and backward fuse when the backward needs nothing from outside: a layer
+    ending in its loss (no upstream gradients)."""
+    return bool(plan.layer.loss) and not plan.upstream
 
 
 def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[Nest]:

@@ -190,3 +190,49 @@ def test_matrix_products_through_blas_and_through_loops(kernels, numpy_kernels, 
     for blas, got in results.items():
         for n in c.returns + c.gradients:
             assert rel_err(got[n], exact[n]) < tol, (blas, n, sizes)
+
+
+LOSS_LAYERS = [n for n in BUILTINS if codegen.load(n).upstream == ()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, seed", [(n, s) for n in LOSS_LAYERS for s in range(2)])
+def test_fused_forward_backward(kernels, numpy_kernels, name, seed, dtype):
+    """One kernel computes the loss and every gradient (intermediates stay in scratch or
+    are recomputed): the same values as forward + backward and the symbolic oracle."""
+    c = kernels[name, dtype]
+    rng = np.random.default_rng(3000 + seed)
+    sizes = draw_sizes(c.layer, rng, ones=(seed == 0))
+    arrays = random_arrays(numpy_kernels[name], sizes, rng)
+    exact = evaluate(c.derivation, arrays)
+    a = cast(arrays, dtype)
+    got = c.forward_backward(**{n: a[n] for n in c.args})
+    assert set(got) == {t.name for t in c.layer.outputs} | set(c.gradients)
+    tol = max(tolerance(np.dtype(dtype), sizes), 50 * np.finfo(dtype).eps)
+    for n, v in got.items():
+        assert v.dtype == np.dtype(dtype) and rel_err(v, exact[n]) < tol, (n, sizes)
+    np_got = numpy_kernels[name].forward_backward(**{n: arrays[n] for n in c.args})
+    for n, v in np_got.items():
+        assert rel_err(v, exact[n]) < tolerance(np.float64, sizes), (n, sizes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "softmax_cross_entropy_labels",
+                                  "sigmoid_bce", "mlp2"])
+@pytest.mark.parametrize("logit", [1e4, -1e4])
+def test_fused_extreme_logits_stay_finite(kernels, numpy_kernels, name, dtype, logit):
+    c = kernels[name, dtype]
+    rng = np.random.default_rng(5)
+    arrays = random_arrays(numpy_kernels[name], {d: 3 for d in c.layer.dims}, rng,
+                           one_hot=True)
+    first = c.args[0]
+    arrays[first] = logit * np.sign(rng.normal(size=arrays[first].shape))
+    a = cast(arrays, dtype)
+    for n, v in c.forward_backward(**{n: a[n] for n in c.args}).items():
+        assert np.all(np.isfinite(v)), (n, v)
+
+
+def test_fused_needs_a_loss_layer(kernels, numpy_kernels):
+    for k in (kernels["dense", "float64"], numpy_kernels["dense"]):
+        with pytest.raises(ValueError, match="needs a layer that ends in its loss"):
+            k.forward_backward(x=np.ones((2, 2)), W=np.ones((2, 2)), b=np.ones(2))

@@ -59,6 +59,15 @@ size_t bp_mlp2_backward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C)
     return (size_t)N*(size_t)C + (size_t)N + (size_t)N*(size_t)H + (size_t)N*(size_t)H;
 }
 
+size_t bp_mlp2_forward_backward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C)
+{
+    (void)N;
+    (void)D;
+    (void)H;
+    (void)C;
+    return (size_t)N*(size_t)H + (size_t)N*(size_t)H + (size_t)N*(size_t)C + (size_t)N + (size_t)N + (size_t)N*(size_t)C + (size_t)N + (size_t)N*(size_t)H + (size_t)N*(size_t)H;
+}
+
 void bp_mlp2_set_threads(int threads)
 {
 #ifdef _OPENMP
@@ -310,6 +319,228 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     }
 }
 
+void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
+{
+    float *const z1 = bp_work + 0;
+    float *const a1 = bp_work + N*H;
+    float *const z2 = bp_work + N*H + N*H;
+    float *const _y_max = bp_work + N*H + N*H + N*C;
+    float *const _s4 = bp_work + N*H + N*H + N*C + N;
+    float *const dz2 = bp_work + N*H + N*H + N*C + N + N;
+    float *const _s5 = bp_work + N*H + N*H + N*C + N + N + N*C;
+    float *const dz1 = bp_work + N*H + N*H + N*C + N + N + N*C + N;
+    float *const _s6 = bp_work + N*H + N*H + N*C + N + N + N*C + N + N*H;
+    /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
+    if (bp_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                z1[n*H + h] = b1[h];
+            }
+        }
+        bp_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+    } else {
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                float bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    bp_acc += W1[h*D + d]*x[n*D + d];
+                }
+                z1[n*H + h] = bp_acc + b1[h];
+            }
+        }
+    }
+    /* a1[n, h] = sigmoid(z1[n, h]) */
+    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            a1[n*H + h] = bp_sigmoid_f32(z1[n*H + h]);
+        }
+    }
+    /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
+    if (bp_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                z2[n*C + c] = b2[c];
+            }
+        }
+        bp_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+    } else {
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                float bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    bp_acc += W2[c*H + h]*a1[n*H + h];
+                }
+                z2[n*C + c] = bp_acc + b2[c];
+            }
+        }
+    }
+    float bp_total2 = 0;
+    #pragma omp parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* maximum over k of z2[n, k], for a stable exp-sum */
+        float bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            const float bp_v = z2[n*C + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
+        }
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc1 += expf(-_y_max[n] + z2[n*C + k]);
+        }
+        _s4[n] = bp_acc1;
+        /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        #pragma omp simd reduction(+:bp_total2)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            bp_total2 += (logf(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0F/N;
+        }
+        /* sum over k */
+        float bp_acc3 = 0;
+        #pragma omp simd reduction(+:bp_acc3)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc3 += t[n*C + k];
+        }
+        _s5[n] = bp_acc3;
+        /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            dz2[n*C + c] = 1.0F/N*(expf(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0F/_s4[n] - t[n*C + c]);
+        }
+    }
+    L[0] = bp_total2;
+    /* sum over c */
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
+    } else {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                _s6[n*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    _s6[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                }
+            }
+        }
+    }
+    /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
+    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            dz1[n*H + h] = -(a1[n*H + h] - 1)*_s6[n*H + h]*a1[n*H + h];
+        }
+    }
+    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    } else {
+        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t d = 0; d < D; ++d) {
+                dx[n*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                }
+            }
+        }
+    }
+    /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    } else {
+        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            #pragma omp simd
+            for (ptrdiff_t d = 0; d < D; ++d) {
+                dW1[h*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                }
+            }
+        }
+    }
+    /* db1[h] = sum_n(dz1[n, h]) */
+    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t h = 0; h < H; ++h) {
+        db1[h] = 0;
+    }
+    #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            db1[h] += dz1[n*H + h];
+        }
+    }
+    /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
+    if (bp_gemm_f32 != NULL) {
+        bp_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    } else {
+        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                dW2[c*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                }
+            }
+        }
+    }
+    /* db2[c] = sum_n(dz2[n, c]) */
+    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    for (ptrdiff_t c = 0; c < C; ++c) {
+        db2[c] = 0;
+    }
+    #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            db2[c] += dz2[n*C + c];
+        }
+    }
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 /* exp of -|x| only, so neither branch overflows */
@@ -461,6 +692,228 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp simd
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
+        }
+    }
+    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    } else {
+        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t d = 0; d < D; ++d) {
+                dx[n*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                }
+            }
+        }
+    }
+    /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    } else {
+        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            #pragma omp simd
+            for (ptrdiff_t d = 0; d < D; ++d) {
+                dW1[h*D + d] = 0;
+            }
+        }
+        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                }
+            }
+        }
+    }
+    /* db1[h] = sum_n(dz1[n, h]) */
+    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t h = 0; h < H; ++h) {
+        db1[h] = 0;
+    }
+    #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            db1[h] += dz1[n*H + h];
+        }
+    }
+    /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    } else {
+        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                dW2[c*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                }
+            }
+        }
+    }
+    /* db2[c] = sum_n(dz2[n, c]) */
+    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    for (ptrdiff_t c = 0; c < C; ++c) {
+        db2[c] = 0;
+    }
+    #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            db2[c] += dz2[n*C + c];
+        }
+    }
+}
+
+void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
+{
+    double *const z1 = bp_work + 0;
+    double *const a1 = bp_work + N*H;
+    double *const z2 = bp_work + N*H + N*H;
+    double *const _y_max = bp_work + N*H + N*H + N*C;
+    double *const _s4 = bp_work + N*H + N*H + N*C + N;
+    double *const dz2 = bp_work + N*H + N*H + N*C + N + N;
+    double *const _s5 = bp_work + N*H + N*H + N*C + N + N + N*C;
+    double *const dz1 = bp_work + N*H + N*H + N*C + N + N + N*C + N;
+    double *const _s6 = bp_work + N*H + N*H + N*C + N + N + N*C + N + N*H;
+    /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
+    if (bp_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                z1[n*H + h] = b1[h];
+            }
+        }
+        bp_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+    } else {
+        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                double bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    bp_acc += W1[h*D + d]*x[n*D + d];
+                }
+                z1[n*H + h] = bp_acc + b1[h];
+            }
+        }
+    }
+    /* a1[n, h] = sigmoid(z1[n, h]) */
+    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            a1[n*H + h] = bp_sigmoid_f64(z1[n*H + h]);
+        }
+    }
+    /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
+    if (bp_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                z2[n*C + c] = b2[c];
+            }
+        }
+        bp_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+    } else {
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                double bp_acc = 0;
+                #pragma omp simd reduction(+:bp_acc)
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    bp_acc += W2[c*H + h]*a1[n*H + h];
+                }
+                z2[n*C + c] = bp_acc + b2[c];
+            }
+        }
+    }
+    double bp_total2 = 0;
+    #pragma omp parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* maximum over k of z2[n, k], for a stable exp-sum */
+        double bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            const double bp_v = z2[n*C + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
+        }
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc1 += exp(-_y_max[n] + z2[n*C + k]);
+        }
+        _s4[n] = bp_acc1;
+        /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        #pragma omp simd reduction(+:bp_total2)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            bp_total2 += (log(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0/N;
+        }
+        /* sum over k */
+        double bp_acc3 = 0;
+        #pragma omp simd reduction(+:bp_acc3)
+        for (ptrdiff_t k = 0; k < C; ++k) {
+            bp_acc3 += t[n*C + k];
+        }
+        _s5[n] = bp_acc3;
+        /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            dz2[n*C + c] = 1.0/N*(exp(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0/_s4[n] - t[n*C + c]);
+        }
+    }
+    L[0] = bp_total2;
+    /* sum over c */
+    if (bp_gemm_f64 != NULL) {
+        bp_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
+    } else {
+        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            #pragma omp simd
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                _s6[n*H + h] = 0;
+            }
+        }
+        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    _s6[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                }
+            }
+        }
+    }
+    /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
+    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        #pragma omp simd
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            dz1[n*H + h] = -(a1[n*H + h] - 1)*_s6[n*H + h]*a1[n*H + h];
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */

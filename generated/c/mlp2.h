@@ -22,6 +22,7 @@ extern "C" {
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_mlp2_forward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C);
 size_t bp_mlp2_backward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C);
+size_t bp_mlp2_forward_backward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C);
 
 /* Threads the kernels may use (no effect when compiled without OpenMP). */
 void bp_mlp2_set_threads(int threads);
@@ -71,6 +72,13 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
  */
 void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work);
 
+/* forward and backward in one pass, float: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C]
+ * out: L, dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
+ */
+void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work);
+
 /* forward, double:
  *   z1[n, h] = W1[h, d] * x[n, d] + b1[h]
  *   a1[n, h] = sigmoid(z1[n, h])
@@ -94,6 +102,13 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
  * out: dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
  */
 void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
+
+/* forward and backward in one pass, double: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C]
+ * out: L, dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
+ */
+void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
 
 #ifdef __cplusplus
 }

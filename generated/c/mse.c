@@ -45,6 +45,13 @@ size_t bp_mse_backward_work(ptrdiff_t N, ptrdiff_t I)
     return 0;
 }
 
+size_t bp_mse_forward_backward_work(ptrdiff_t N, ptrdiff_t I)
+{
+    (void)N;
+    (void)I;
+    return 0;
+}
+
 void bp_mse_set_threads(int threads)
 {
 #ifdef _OPENMP
@@ -86,6 +93,26 @@ void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
     }
 }
 
+void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work)
+{
+    (void)bp_work;
+    float bp_total0 = 0;
+    #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
+        #pragma omp simd reduction(+:bp_total0)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total0 += (1.0F/2.0F)*1.0F/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+        }
+        /* dy[n, i] = (y[n, i] - t[n, i])/N */
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0F/N;
+        }
+    }
+    L[0] = bp_total0;
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work)
@@ -116,4 +143,24 @@ void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
             dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
         }
     }
+}
+
+void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work)
+{
+    (void)bp_work;
+    double bp_total0 = 0;
+    #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
+        #pragma omp simd reduction(+:bp_total0)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total0 += (1.0/2.0)*1.0/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+        }
+        /* dy[n, i] = (y[n, i] - t[n, i])/N */
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
+        }
+    }
+    L[0] = bp_total0;
 }

@@ -22,6 +22,7 @@ extern "C" {
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_mse_forward_work(ptrdiff_t N, ptrdiff_t I);
 size_t bp_mse_backward_work(ptrdiff_t N, ptrdiff_t I);
+size_t bp_mse_forward_backward_work(ptrdiff_t N, ptrdiff_t I);
 
 /* Threads the kernels may use (no effect when compiled without OpenMP). */
 void bp_mse_set_threads(int threads);
@@ -61,6 +62,13 @@ void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
  */
 void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work);
 
+/* forward and backward in one pass, float: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  y[N, I], t[N, I]
+ * out: L, dy[N, I]
+ */
+void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work);
+
 /* forward, double:
  *   L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N)
  * in:  y[N, I], t[N, I]
@@ -74,6 +82,13 @@ void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
  * out: dy[N, I]
  */
 void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work);
+
+/* forward and backward in one pass, double: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  y[N, I], t[N, I]
+ * out: L, dy[N, I]
+ */
+void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work);
 
 #ifdef __cplusplus
 }

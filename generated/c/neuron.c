@@ -45,6 +45,11 @@ size_t bp_neuron_backward_work(void)
     return 1;
 }
 
+size_t bp_neuron_forward_backward_work(void)
+{
+    return 1 + 1 + 1;
+}
+
 void bp_neuron_set_threads(int threads)
 {
 #ifdef _OPENMP
@@ -91,6 +96,25 @@ void bp_neuron_backward_f32(const float *restrict x, const float *restrict w, co
     dw[0] = dz[0]*x[0];
 }
 
+void bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work)
+{
+    float *const z = bp_work + 0;
+    float *const yhat = bp_work + 1;
+    float *const dz = bp_work + 1 + 1;
+    /* z = w * x */
+    z[0] = w[0]*x[0];
+    /* yhat = sigmoid(z) */
+    yhat[0] = bp_sigmoid_f32(z[0]);
+    /* L = -y * log(yhat) */
+    L[0] = y[0]*bp_softplus_f32(-z[0]);
+    /* dz = y*yhat - y */
+    dz[0] = y[0]*(yhat[0] - 1);
+    /* dx = dz*w */
+    dx[0] = dz[0]*w[0];
+    /* dw = dz*x */
+    dw[0] = dz[0]*x[0];
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 /* exp of -|x| only, so neither branch overflows */
@@ -120,6 +144,25 @@ void bp_neuron_forward_f64(const double *restrict x, const double *restrict w, c
 void bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
     double *const dz = bp_work + 0;
+    /* dz = y*yhat - y */
+    dz[0] = y[0]*(yhat[0] - 1);
+    /* dx = dz*w */
+    dx[0] = dz[0]*w[0];
+    /* dw = dz*x */
+    dw[0] = dz[0]*x[0];
+}
+
+void bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work)
+{
+    double *const z = bp_work + 0;
+    double *const yhat = bp_work + 1;
+    double *const dz = bp_work + 1 + 1;
+    /* z = w * x */
+    z[0] = w[0]*x[0];
+    /* yhat = sigmoid(z) */
+    yhat[0] = bp_sigmoid_f64(z[0]);
+    /* L = -y * log(yhat) */
+    L[0] = y[0]*bp_softplus_f64(-z[0]);
     /* dz = y*yhat - y */
     dz[0] = y[0]*(yhat[0] - 1);
     /* dx = dz*w */

@@ -22,6 +22,7 @@ extern "C" {
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_neuron_forward_work(void);
 size_t bp_neuron_backward_work(void);
+size_t bp_neuron_forward_backward_work(void);
 
 /* Threads the kernels may use (no effect when compiled without OpenMP). */
 void bp_neuron_set_threads(int threads);
@@ -65,6 +66,13 @@ void bp_neuron_forward_f32(const float *restrict x, const float *restrict w, con
  */
 void bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work);
 
+/* forward and backward in one pass, float: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  x, w, y
+ * out: L, dx, dw
+ */
+void bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work);
+
 /* forward, double:
  *   z = w * x
  *   yhat = sigmoid(z)
@@ -82,6 +90,13 @@ void bp_neuron_forward_f64(const double *restrict x, const double *restrict w, c
  * out: dx, dw
  */
 void bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work);
+
+/* forward and backward in one pass, double: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  x, w, y
+ * out: L, dx, dw
+ */
+void bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work);
 
 #ifdef __cplusplus
 }

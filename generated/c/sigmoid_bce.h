@@ -22,6 +22,7 @@ extern "C" {
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_sigmoid_bce_forward_work(ptrdiff_t N, ptrdiff_t I);
 size_t bp_sigmoid_bce_backward_work(ptrdiff_t N, ptrdiff_t I);
+size_t bp_sigmoid_bce_forward_backward_work(ptrdiff_t N, ptrdiff_t I);
 
 /* Threads the kernels may use (no effect when compiled without OpenMP). */
 void bp_sigmoid_bce_set_threads(int threads);
@@ -62,6 +63,13 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
  */
 void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work);
 
+/* forward and backward in one pass, float: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  z[N, I], t[N, I]
+ * out: L, dz[N, I]
+ */
+void bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work);
+
 /* forward, double:
  *   y[n, i] = sigmoid(z[n, i])
  *   L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N
@@ -76,6 +84,13 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
  * out: dz[N, I]
  */
 void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work);
+
+/* forward and backward in one pass, double: the loss and the gradients above,
+ * with intermediates kept in scratch (or recomputed) instead of returned.
+ * in:  z[N, I], t[N, I]
+ * out: L, dz[N, I]
+ */
+void bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work);
 
 #ifdef __cplusplus
 }

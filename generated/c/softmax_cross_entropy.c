@@ -46,6 +46,13 @@ size_t bp_softmax_cross_entropy_backward_work(ptrdiff_t N, ptrdiff_t I)
     return (size_t)N;
 }
 
+size_t bp_softmax_cross_entropy_forward_backward_work(ptrdiff_t N, ptrdiff_t I)
+{
+    (void)N;
+    (void)I;
+    return (size_t)N + (size_t)N + (size_t)N;
+}
+
 void bp_softmax_cross_entropy_set_threads(int threads)
 {
 #ifdef _OPENMP
@@ -116,6 +123,52 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
     }
 }
 
+void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
+{
+    float *const _y_max = bp_work + 0;
+    float *const _s3 = bp_work + N;
+    float *const _s4 = bp_work + N + N;
+    float bp_total2 = 0;
+    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        float bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            const float bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
+        }
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+        }
+        _s3[n] = bp_acc1;
+        /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        #pragma omp simd reduction(+:bp_total2)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total2 += (logf(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0F/N;
+        }
+        /* sum over k */
+        float bp_acc3 = 0;
+        #pragma omp simd reduction(+:bp_acc3)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            bp_acc3 += t[n*I + k];
+        }
+        _s4[n] = bp_acc3;
+        /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            dz[n*I + i] = 1.0F/N*(expf(-_y_max[n] + z[n*I + i])*_s4[n]*1.0F/_s3[n] - t[n*I + i]);
+        }
+    }
+    L[0] = bp_total2;
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
@@ -175,4 +228,50 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
             dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0/N;
         }
     }
+}
+
+void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
+{
+    double *const _y_max = bp_work + 0;
+    double *const _s3 = bp_work + N;
+    double *const _s4 = bp_work + N + N;
+    double bp_total2 = 0;
+    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        double bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            const double bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
+        }
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+        }
+        _s3[n] = bp_acc1;
+        /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        #pragma omp simd reduction(+:bp_total2)
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            bp_total2 += (log(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0/N;
+        }
+        /* sum over k */
+        double bp_acc3 = 0;
+        #pragma omp simd reduction(+:bp_acc3)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            bp_acc3 += t[n*I + k];
+        }
+        _s4[n] = bp_acc3;
+        /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            dz[n*I + i] = 1.0/N*(exp(-_y_max[n] + z[n*I + i])*_s4[n]*1.0/_s3[n] - t[n*I + i]);
+        }
+    }
+    L[0] = bp_total2;
 }

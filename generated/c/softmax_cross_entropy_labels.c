@@ -46,6 +46,13 @@ size_t bp_softmax_cross_entropy_labels_backward_work(ptrdiff_t N, ptrdiff_t I)
     return 0;
 }
 
+size_t bp_softmax_cross_entropy_labels_forward_backward_work(ptrdiff_t N, ptrdiff_t I)
+{
+    (void)N;
+    (void)I;
+    return (size_t)N + (size_t)N;
+}
+
 void bp_softmax_cross_entropy_labels_set_threads(int threads)
 {
 #ifdef _OPENMP
@@ -106,6 +113,41 @@ void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
     }
 }
 
+void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
+{
+    float *const _y_max = bp_work + 0;
+    float *const _s2 = bp_work + N;
+    float bp_total2 = 0;
+    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        float bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            const float bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
+        }
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        float bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+        }
+        _s2[n] = bp_acc1;
+        /* L = -sum(log(y[n, t[n]]), n) / N */
+        bp_total2 += (logf(_s2[n]) + _y_max[n] - z[n*I + t[n]])*1.0F/N;
+        /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            dz[n*I + i] = 1.0F/N*(expf(-_y_max[n] + z[n*I + i])*1.0F/_s2[n] - (i == t[n]));
+        }
+    }
+    L[0] = bp_total2;
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
@@ -155,4 +197,39 @@ void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
             dz[n*I + i] = -((i == t[n]) - y[n*I + i])*1.0/N;
         }
     }
+}
+
+void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
+{
+    double *const _y_max = bp_work + 0;
+    double *const _s2 = bp_work + N;
+    double bp_total2 = 0;
+    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        /* maximum over k of z[n, k], for a stable exp-sum */
+        double bp_acc0 = -INFINITY;
+        int bp_acc0_nan = 0;
+        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            const double bp_v = z[n*I + k];
+            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+            bp_acc0_nan |= bp_v != bp_v;
+        }
+        _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+        /* sum over k */
+        double bp_acc1 = 0;
+        #pragma omp simd reduction(+:bp_acc1)
+        for (ptrdiff_t k = 0; k < I; ++k) {
+            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+        }
+        _s2[n] = bp_acc1;
+        /* L = -sum(log(y[n, t[n]]), n) / N */
+        bp_total2 += (log(_s2[n]) + _y_max[n] - z[n*I + t[n]])*1.0/N;
+        /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < I; ++i) {
+            dz[n*I + i] = 1.0/N*(exp(-_y_max[n] + z[n*I + i])*1.0/_s2[n] - (i == t[n]));
+        }
+    }
+    L[0] = bp_total2;
 }
