@@ -181,7 +181,9 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
         members.append(v)
     widest = max(g.nests, key=lambda n: len(n.loops))
     extents = "*".join(str(dim_of(i)) for i in widest.loops)
-    pragma = " ".join(["#pragma omp parallel for"] + clauses +
+    # members with no loops of their own: the shared loop is the one to vectorize
+    flat = all(len(n.loops) == 1 for n in g.nests)
+    pragma = " ".join([f"#pragma omp parallel for{' simd' if flat else ''}"] + clauses +
                       [f"if ({extents} >= BP_PARALLEL_MIN)"])
     return dict(group=True, var=var, extent=extent, members=members, pre=pre, post=post,
                 pragma=pragma,

@@ -8,10 +8,11 @@ from .errors import SpecError
 from .parser import load_spec, parse_spec
 from .spec import Layer
 
-# The order `backprop list` shows them in: layers, losses, networks, the worked example.
+# The order `backprop list` shows them in: layers, losses, networks, the optimizer step,
+# the worked example.
 BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm", "mse",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
-            "neuron")
+            "adam", "neuron")
 
 
 def builtin_text(name: str) -> str:

@@ -88,7 +88,10 @@ class Derivation:
 
     @property
     def upstream(self) -> list[str]:
-        """Names of the upstream gradients the backward pass takes."""
+        """Names of the upstream gradients the backward pass takes (none when nothing is
+        differentiated: a forward-only layer such as an optimizer step)."""
+        if not self.layer.differentiable:
+            return []
         return [adjoint_name(t.name) for t in self.layer.upstream]
 
 
@@ -101,6 +104,13 @@ def derive(layer: Layer) -> Derivation:
         return sp.IndexedBase(adjoint_name(name))[tuple(idx)] if idx \
             else sp.Symbol(adjoint_name(name))
 
+    # Tensors whose adjoint matters: the differentiable ones and every value computed from
+    # them (not labels, not `nograd` hyperparameters, not what depends only on those).
+    needed = {t.name for t in layer.differentiable}
+    for eq in layer.equations:
+        if eq.reads & needed:
+            needed.add(eq.target)
+
     # 1. Local contributions, walking the equations backwards.
     defs: dict[str, sp.Expr] = {}
     contributions = []
@@ -112,7 +122,7 @@ def derive(layer: Layer) -> Derivation:
         seed = sp.Integer(1) if eq.target == layer.loss else adjoint_ref(eq.target, lhs)
         for xname in sorted(eq.reads & set(layer.tensors)):
             x = layer.tensors[xname]
-            if x.role == "target":
+            if xname not in needed:
                 continue
             local = sp.diff(rhs, x.ref(*canon[xname]))
             if local == 0:

@@ -227,7 +227,9 @@ def _example(d: Derivation, tex) -> dict:
         if t.role not in ("input", "param", "target"):
             continue
         if t.name in layer.example:
-            values[t.name] = np.array(layer.example[t.name])
+            values[t.name] = np.full(shape, layer.example[t.name])
+        elif t.values is not None:                       # integer labels
+            values[t.name] = rng.integers(0, sizes[t.values], shape)
         elif t.role == "target" and t.name in one_hot and t.dims:
             rows = int(np.prod(shape[:-1]))
             values[t.name] = np.eye(shape[-1])[rng.integers(0, shape[-1], rows)].reshape(shape)

@@ -73,7 +73,10 @@ class IndexLatexPrinter(LatexPrinter):
     def _print_Indexed(self, expr):
         sub = [self._print(i) for i in expr.indices]
         joined = "".join(sub) if all(len(s) == 1 for s in sub) else ",".join(sub)
-        return f"{self.name(expr.base.label.name)}_{{{joined}}}"
+        base = self.name(expr.base.label.name)
+        if "_" in base:                  # p_next: {p_{next}}_{i}, not a double subscript
+            base = f"{{{base}}}"
+        return f"{base}_{{{joined}}}"
 
     def _print_Sum(self, expr):
         ks = [self._print(lim[0]) for lim in expr.limits]

@@ -20,6 +20,7 @@ or a power has no such term: that is an error that says to write sum(...).
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
 MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
 MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10 would hang)
 DECL_KEYWORDS = ROLES + ("loss",)
-OTHER_KEYWORDS = ("layer", "dims", "given", "example")
+OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
 
 
@@ -112,6 +113,8 @@ class _Parser:
             self.conditions_src.append((stmt, rest, rest_col))
         elif word == "example":
             self._example(stmt, rest, rest_col)
+        elif word == "nograd":
+            self._nograd(stmt, rest, rest_col)
         else:
             self._equation(stmt, body)
 
@@ -176,6 +179,24 @@ class _Parser:
                 role = "output"
             self.tensors[name] = Tensor(name, role, dims, stmt.line, values)
 
+    def _nograd(self, stmt, rest, col):
+        """nograd lr, step: inputs or parameters the backward pass leaves alone
+        (hyperparameters, optimizer state)."""
+        sh = self._parse_expr(stmt, rest, col)
+        items = sh.node.elts if isinstance(sh.node, ast.Tuple) else [sh.node]
+        for item in items:
+            c = sh.col(item)
+            if not isinstance(item, ast.Name):
+                raise stmt.error("'nograd' takes a comma-separated list of tensor names", c)
+            t = self.tensors.get(item.id)
+            if t is None:
+                raise stmt.error(f"'{item.id}' is not declared (declare it before "
+                                 f"'nograd')", c)
+            if t.role not in ("input", "param"):
+                raise stmt.error(f"'{item.id}' is a {t.role}; only inputs and parameters "
+                                 f"have gradients to leave out", c)
+            self.tensors[item.id] = dataclasses.replace(t, nograd=True)
+
     def _values_of(self, stmt, role, item, sh) -> str:
         c = sh.col(item)
         if len(item.ops) != 1 or not isinstance(item.ops[0], ast.In) \
@@ -225,8 +246,8 @@ class _Parser:
         return _Shifted(tree.body, col + lead)
 
     def _example(self, stmt, rest, col):
-        """example x = 0.5, w = 0.8, N = 2: values for a document's worked example
-        (scalar tensors) and sizes for its dimensions."""
+        """example x = 0.5, w = 0.8, N = 2: values for a document's worked example (an
+        array is filled with its value) and sizes for its dimensions."""
         offset = col
         for item in rest.split(","):
             m = re.fullmatch(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", item)
@@ -247,11 +268,15 @@ class _Parser:
                     raise stmt.error(f"example size of {name} must be an integer from 1 to 16",
                                      where)
                 self.example[name] = int(number)
-            elif name in self.tensors and not self.tensors[name].dims and \
+            elif name in self.tensors and \
                     self.tensors[name].role in ("input", "param", "target"):
-                self.example[name] = number
+                t = self.tensors[name]
+                if t.values is not None and (number != int(number) or number < 0):
+                    raise stmt.error(f"'{name}' holds indices into {t.values}: its example "
+                                     f"value must be an integer from 0", where)
+                self.example[name] = number         # an array is filled with it
             else:
-                raise stmt.error(f"'{name}' is not a dimension or a scalar input, parameter or "
+                raise stmt.error(f"'{name}' is not a dimension or an input, parameter or "
                                  f"target of this layer", where)
             offset += len(item) + 1
 
@@ -516,9 +541,13 @@ class _Expr:
             if op is ast.Div:
                 return a / b
             if op is ast.Pow:
-                if not (b.is_Number and abs(b) <= MAX_EXPONENT):
+                scalar_tensors = {sp.Symbol(t.name) for t in self.p.tensors.values()
+                                  if not t.dims}
+                by_scalar = not b.is_Number and b.free_symbols <= scalar_tensors \
+                    and not b.atoms(sp.Indexed)      # beta1**step: a scalar input
+                if not (by_scalar or (b.is_Number and abs(b) <= MAX_EXPONENT)):
                     raise self.err(f"exponents must be numbers of size at most "
-                                   f"{MAX_EXPONENT}", node.right)
+                                   f"{MAX_EXPONENT} or scalar tensors", node.right)
                 if a.is_Number and a == 0 and b.is_negative:
                     raise self.err("0 to a negative power", node)
                 return sp.Pow(a, b)

@@ -80,6 +80,9 @@ def derivation_text(derivation) -> str:
     lines += [f"  {eq.text}" for eq in layer.equations]
     if layer.conditions:
         lines += ["", "conditions:"] + [f"  {c.text}" for c in layer.conditions]
+    if not layer.differentiable:
+        return "\n".join(lines + ["", "backward: none (every input is nograd: a forward-only "
+                                       "layer)"])
     seed = (f"the loss {layer.loss} (dL/d{layer.loss} = 1)" if layer.loss else "")
     ups = ", ".join(derivation.upstream)
     lines += ["", "backward" + (f", from {seed}" if seed else "") +

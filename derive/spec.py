@@ -29,6 +29,7 @@ class Tensor:
     dims: tuple[str, ...]     # dimension names, one per index slot
     line: int                 # where it was declared
     values: str | None = None  # integer tensors (`t[N] in I`): the dimension they index
+    nograd: bool = False      # an input or parameter the backward pass does not differentiate
 
     @property
     def base(self) -> sp.IndexedBase:
@@ -102,8 +103,9 @@ class Layer:
     @property
     def differentiable(self) -> list[Tensor]:
         """Tensors that get a gradient: inputs then parameters, in declaration order
-        (integer index tensors have none)."""
-        return [t for t in self.by_role("input") + self.by_role("param") if t.values is None]
+        (integer index tensors and those declared `nograd` have none)."""
+        return [t for t in self.by_role("input") + self.by_role("param")
+                if t.values is None and not t.nograd]
 
     @property
     def upstream(self) -> list[Tensor]:

@@ -45,7 +45,11 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             else:
                 a = rng.uniform(0.05, 1.0, size=shape)   # soft targets (probabilities)
             out[t.name] = a
-    for t in layer.upstream:
+    if layer.name == "adam":        # an optimizer's state and hyperparameters have domains
+        out.update(v=rng.uniform(0, 2, size=out["v"].shape), step=float(rng.integers(1, 9)),
+                   lr=rng.uniform(1e-3, 1e-1), beta1=rng.uniform(0.5, 0.95),
+                   beta2=rng.uniform(0.9, 0.999), eps=10.0 ** rng.uniform(-8, -2))
+    for t in layer.upstream if layer.differentiable else ():
         out["d" + t.name] = rng.normal(size=tuple(sizes[d] for d in t.dims))
     return out
 
@@ -127,4 +131,22 @@ def torch_forward(name):
         "mlp2": lambda x, W1, b1, W2, b2, t: {
             "L": F.cross_entropy(F.linear(torch.sigmoid(F.linear(x, W1, b1)), W2, b2), t)},
         "neuron": lambda x, w, y: {"L": -y * torch.log(torch.sigmoid(w * x))},
+        "adam": torch_adam_step,
     }[name]
+
+
+def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
+    """One step of torch.optim.Adam (the for-each implementation) from the given state:
+    an oracle independent of our formula."""
+    import torch
+
+    param = torch.nn.Parameter(p.detach().clone())
+    param.grad = g.detach().clone()
+    opt = torch.optim.Adam([param], lr=float(lr), betas=(float(beta1), float(beta2)),
+                           eps=float(eps), foreach=False)
+    opt.state[param] = {"step": torch.tensor(float(step) - 1),
+                        "exp_avg": m.detach().clone(), "exp_avg_sq": v.detach().clone()}
+    opt.step()
+    state = opt.state[param]
+    return {"p_next": param.detach(), "m_next": state["exp_avg"],
+            "v_next": state["exp_avg_sq"]}

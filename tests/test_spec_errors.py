@@ -168,7 +168,8 @@ def test_gradient_name_that_is_a_keyword():
 
 @pytest.mark.parametrize("line, col, words", [
     ("example x = abc", 13, "'abc' is not a number"),
-    ("example q = 1", 9, "'q' is not a dimension or a scalar input"),
+    ("example q = 1", 9, "'q' is not a dimension or an input"),
+    ("example y = 1", 9, "'y' is not a dimension or an input"),
     ("example x 1", 8, "'name = number' pairs"),
     ("example N = 0", 9, "integer from 1 to 16"),
     ("example x = inf", 9, "finite"),
@@ -208,6 +209,11 @@ output y[N]
 def test_integer_label_errors(text, line, col, words):
     e = error_of(text)
     assert (e.line, e.col) == (line, col) and words in e.message, (e.line, e.col, e.message)
+
+
+def test_example_value_of_a_label_is_an_index():
+    e = error_of(LABELS + "y[n] = z[n, t[n]]\nexample t = 1.5")
+    assert (e.line, e.col) == (8, 9) and "holds indices into I" in e.message
 
 
 def test_gather_and_scalar_label_parse():
