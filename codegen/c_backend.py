@@ -8,7 +8,8 @@ from derive.pretty import formula
 
 from .c_printer import CTYPES, SUFFIX, KernelCPrinter
 from .gemm import as_gemm
-from .loops import Group, LoopPlan, Nest, fusable, fuse, inline_cheap, lower
+from .loops import (Group, LoopPlan, Nest, fusable, fuse, hoist_invariants, inline_cheap,
+                    lower)
 from .plan import KernelPlan
 from templates import render
 from .version import VERSION
@@ -60,17 +61,20 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             forward_params=params(plan.args, plan.returns),
             backward_params=params(plan.args + plan.upstream + plan.reuses, plan.gradients),
             forward_unused=_unused(layer.dims, plan.args, plan.returns, loops.forward,
-                                   loops.forward_temps, shapes),
+                                   loops.forward_temps, shapes, loops.invariants["forward"]),
             backward_unused=_unused(layer.dims, plan.args + plan.upstream + plan.reuses,
                                     plan.gradients, loops.backward, loops.backward_temps,
-                                    shapes),
+                                    shapes, loops.invariants["backward"]),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
             forward=_views(loops.forward, printer, shapes),
             backward=_views(loops.backward, printer, shapes),
             fused_params=params(plan.args, fused_out),
             fused_unused=_unused(layer.dims, plan.args, fused_out, loops.fused,
-                                 loops.fused_temps, shapes),
+                                 loops.fused_temps, shapes, loops.invariants["fused"]),
+            **{f"{side}_consts": [(str(s), printer.code(e)) for s, e in
+                                  loops.invariants[side]]
+               for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
             fused=_views(loops.fused, printer, shapes),
         ))
@@ -95,19 +99,21 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
 
 
 def lower_for_c(plan: KernelPlan) -> LoopPlan:
-    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay)."""
+    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay) and
+    loop-invariant subexpressions computed once per call."""
     loops = lower(plan)
     for side in ("forward", "backward", "fused"):
         nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
                                     keep=as_gemm)
+        nests, loops.invariants[side] = hoist_invariants(nests)
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
 
 
-def _unused(dims, inputs, outputs, nests, temps, shapes) -> list[str]:
+def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]:
     """Parameters a function never reads, to be cast to void (no compiler warnings)."""
-    used = set()
+    used = {s.name for _, e in consts for s in e.free_symbols}
     for n in nests:
         for e in (n.body, n.init):
             used |= {a.base.label.name for a in e.atoms(sp.Indexed)}
@@ -137,11 +143,12 @@ def _offsets(temps):
 
 
 def _helpers(loops: LoopPlan) -> set[str]:
+    exprs = [e for n in loops.forward + loops.backward + loops.fused for e in (n.body, n.init)]
+    exprs += [e for side in loops.invariants.values() for _, e in side]
     names = set()
-    for n in loops.forward + loops.backward + loops.fused:
-        for e in (n.body, n.init):
-            for f in e.atoms(sp.Function):
-                names.add({"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
+    for e in exprs:
+        for f in e.atoms(sp.Function):
+            names.add({"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
     return names
 
 

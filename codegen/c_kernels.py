@@ -68,29 +68,29 @@ class CKernels:
             self.blas.set_threads(max(int(threads), 1))
 
     # ---- the contract -------------------------------------------------------------------
-    def forward(self, **arrays):
+    def forward(self, out=None, **arrays):
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
-        out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in self.returns}
+        out = self._outputs(out, self.returns, sizes, a)
         work = self._work(self._forward_work, sizes)
         self._forward(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
                       *[self._ptr(out[n]) for n in self.returns], self._ptr(work))
         return out
 
-    def backward(self, **arrays):
+    def backward(self, out=None, **arrays):
         check_names(self.name, arrays, self.args + self.upstream, self.returns)
         if any(n not in arrays for n in self.reuses):
             fwd = self.forward(**{n: arrays[n] for n in self.args})
             arrays = {**{n: fwd[n] for n in self.reuses}, **arrays}
         inputs = self.args + self.upstream + self.reuses
         a, sizes = self._check(arrays, inputs)
-        out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in self.gradients}
+        out = self._outputs(out, self.gradients, sizes, a)
         work = self._work(self._backward_work, sizes)
         self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
                        *[self._ptr(out[n]) for n in self.gradients], self._ptr(work))
         return out
 
-    def forward_backward(self, **arrays):
+    def forward_backward(self, out=None, **arrays):
         """The loss (and any outputs) and every gradient in one pass: for a layer that ends
         in its loss, intermediates never leave the kernel (see forward_backward in the
         generated header).  Other layers: ValueError (they need upstream gradients)."""
@@ -101,13 +101,41 @@ class CKernels:
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
         names = tuple(t.name for t in self.layer.outputs) + self.gradients
-        out = {n: np.empty(self._shape(n, sizes), self.dtype) for n in names}
+        out = self._outputs(out, names, sizes, a)
         work = self._work(self._fused_work, sizes)
         self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
                     *[self._ptr(out[n]) for n in names], self._ptr(work))
         return out
 
     # ---- checks ---------------------------------------------------------------------------
+    def _outputs(self, given, names, sizes, inputs):
+        """Result arrays: fresh ones, or the caller's (`out={name: array}`, some or all),
+        each checked like an input and refused if it may overlap any other array (the C
+        pointers are restrict)."""
+        given = dict(given or {})
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            raise ValueError(f"{self.name}: out has no result named {unknown[0]} (results: "
+                             f"{', '.join(names)})")
+        out = {}
+        for n in names:
+            shape = self._shape(n, sizes)
+            a = given.get(n)
+            if a is None:
+                out[n] = np.empty(shape, self.dtype)
+                continue
+            if not isinstance(a, np.ndarray) or a.dtype != self.dtype or a.shape != shape \
+                    or not a.flags.c_contiguous or not a.flags.writeable:
+                got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise ValueError(f"out[{n!r}]: expected a writeable C-contiguous {self.dtype} "
+                                 f"array of shape {shape}, got {got}")
+            for other, b in list(inputs.items()) + list(out.items()):
+                if np.may_share_memory(a, b):
+                    raise ValueError(f"out[{n!r}] overlaps {other}: results must not share "
+                                     f"memory with any other array")
+            out[n] = a
+        return out
+
     def _check(self, arrays, names):
         sizes: dict[str, tuple[int, str]] = {}
         checked = {}

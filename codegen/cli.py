@@ -48,6 +48,18 @@ def main(argv=None) -> int:
     p.add_argument("--catalogue", action="store_true",
                    help="verify the built-in catalogue of textbook claims")
 
+    p = sub.add_parser("bench", help="time the generated C kernels against NumPy, "
+                                      "PyTorch and the memory-traffic floor")
+    p.add_argument("--repeat", type=int, default=9, help="timed calls per implementation "
+                   "(default 9; medians are reported)")
+    p.add_argument("--only", default="", metavar="KERNELS",
+                   help="comma-separated benchmark names (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="sizes divided by 64: checks the benchmark runs, measures little")
+    p.add_argument("--json", action="store_true", help="print one record per kernel and "
+                   "implementation as JSON instead of the table")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
     p.add_argument("--seed", type=int, default=0)
 
@@ -139,6 +151,15 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from bench.run import main as bench
+
+    if args.repeat < 1:
+        raise ValueError("--repeat must be at least 1")
+    return bench(repeat=args.repeat, only=args.only, quick=args.quick, as_json=args.json,
+                 use_torch=not args.no_torch)
+
+
 def cmd_tour(args) -> int:
     from .tour import tour
 
@@ -146,7 +167,7 @@ def cmd_tour(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "latex": cmd_latex,
-            "verify": cmd_verify, "tour": cmd_tour}
+            "verify": cmd_verify, "tour": cmd_tour, "bench": cmd_bench}
 
 if __name__ == "__main__":
     sys.exit(main())

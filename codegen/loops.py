@@ -76,6 +76,8 @@ class LoopPlan:
     # forward then backward in one function, for a loss layer: intermediates are scratch
     fused: list[Nest] = field(default_factory=list)
     fused_temps: list[Temp] = field(default_factory=list)
+    # per side: (symbol, expression) computed once at the top of the function
+    invariants: dict = field(default_factory=dict)
 
 
 def lower(plan: KernelPlan) -> LoopPlan:
@@ -333,3 +335,28 @@ def inline_cheap(nests: list[Nest], temps: list[Temp], keep=lambda nest: False):
 def _reads(nest: Nest, name: str) -> bool:
     return any(r.base.label.name == name for e in (nest.body, nest.init)
                for r in e.atoms(sp.Indexed))
+
+
+def hoist_invariants(nests: list[Nest], prefix: str = "bp_k"):
+    """Subexpressions that read no array element (1 - beta1**step, 1/N) computed once
+    per call instead of once per element: a vectorized powf in the loop costs more than
+    the loads.  Returns (nests, [(symbol, expression)]) in first-use order."""
+    found: dict = {}
+    written = {n.target for n in nests}       # scalars computed here are not known at the top
+
+    def invariant(e) -> bool:
+        return not e.atoms(sp.Indexed) and not e.atoms(sp.Idx) and not e.atoms(Maximum) \
+            and not e.has(sp.Sum) and not any(s.name in written for s in e.free_symbols)
+
+    def walk(e):
+        if not e.args or isinstance(e, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
+            return e
+        if invariant(e) and (e.atoms(sp.Function) or e.atoms(sp.Pow)):
+            if e not in found:
+                found[e] = sp.Symbol(f"{prefix}{len(found)}")
+            return found[e]
+        return e.func(*[walk(a) for a in e.args])
+
+    out = [Nest(n.kind, n.target, n.out, n.loops, n.reduced, walk(n.body), n.op, n.comment,
+                walk(n.init)) for n in nests]
+    return out, [(s, e) for e, s in found.items()]

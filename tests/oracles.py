@@ -140,11 +140,11 @@ def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
     an oracle independent of our formula."""
     import torch
 
+    lr, beta1, beta2, eps, step = (float(x.detach()) for x in (lr, beta1, beta2, eps, step))
     param = torch.nn.Parameter(p.detach().clone())
     param.grad = g.detach().clone()
-    opt = torch.optim.Adam([param], lr=float(lr), betas=(float(beta1), float(beta2)),
-                           eps=float(eps), foreach=False)
-    opt.state[param] = {"step": torch.tensor(float(step) - 1),
+    opt = torch.optim.Adam([param], lr=lr, betas=(beta1, beta2), eps=eps, foreach=False)
+    opt.state[param] = {"step": torch.tensor(step - 1),
                         "exp_avg": m.detach().clone(), "exp_avg_sq": v.detach().clone()}
     opt.step()
     state = opt.state[param]

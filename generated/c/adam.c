@@ -58,6 +58,8 @@ void bp_adam_set_threads(int threads)
 void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work)
 {
     (void)bp_work;
+    const float bp_k0 = 1.0F/(1 - powf(beta1[0], step[0]));
+    const float bp_k1 = 1.0F/(1 - powf(beta2[0], step[0]));
     #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
@@ -65,7 +67,7 @@ void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *rest
         /* v_next[i] = beta2 * v[i] + (1 - beta2) * g[i]**2 */
         v_next[i] = beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i];
         /* p_next[i] = p[i] - lr * (beta1 * m[i] + (1 - beta1) * g[i]) / (1 - beta1**step) / (sqrt((beta2 * v[i] + (1 - beta2) * g[i]**2) / (1 - beta2**step)) + eps) */
-        p_next[i] = lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0F/(powf(beta1[0], step[0]) - 1)*1.0F/(eps[0] + sqrtf(-1.0F/(powf(beta2[0], step[0]) - 1)*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
+        p_next[i] = -bp_k0*lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0F/(eps[0] + sqrtf(bp_k1*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
     }
 }
 
@@ -89,6 +91,8 @@ void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *res
 void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work)
 {
     (void)bp_work;
+    const double bp_k0 = 1.0/(1 - pow(beta1[0], step[0]));
+    const double bp_k1 = 1.0/(1 - pow(beta2[0], step[0]));
     #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
@@ -96,7 +100,7 @@ void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *re
         /* v_next[i] = beta2 * v[i] + (1 - beta2) * g[i]**2 */
         v_next[i] = beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i];
         /* p_next[i] = p[i] - lr * (beta1 * m[i] + (1 - beta1) * g[i]) / (1 - beta1**step) / (sqrt((beta2 * v[i] + (1 - beta2) * g[i]**2) / (1 - beta2**step)) + eps) */
-        p_next[i] = lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0/(pow(beta1[0], step[0]) - 1)*1.0/(eps[0] + sqrt(-1.0/(pow(beta2[0], step[0]) - 1)*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
+        p_next[i] = -bp_k0*lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0/(eps[0] + sqrt(bp_k1*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
     }
 }
 

@@ -65,13 +65,14 @@ void bp_layernorm_set_threads(int threads)
 void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict rstd, float *restrict xhat, float *restrict bp_work)
 {
     float *const _s1 = bp_work + 0;
+    const float bp_k0 = 1.0F/C;
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* mu[n] = sum(x[n, c], c) / C */
         float bp_acc0 = 0;
         #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc0 += x[n*C + c]*1.0F/C;
+            bp_acc0 += bp_k0*x[n*C + c];
         }
         mu[n] = bp_acc0;
         /* sum over c */
@@ -82,7 +83,7 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         }
         _s1[n] = bp_acc1;
         /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
-        rstd[n] = powf(_s1[n]*1.0F/C + 1.0F/100000.0F, -1.0F/2.0F);
+        rstd[n] = powf(bp_k0*_s1[n] + 1.0F/100000.0F, -1.0F/2.0F);
         /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -101,6 +102,7 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
     (void)b;
     float *const _s2 = bp_work + 0;
     float *const _s3 = bp_work + N;
+    const float bp_k0 = 1.0F/C;
     #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
@@ -128,9 +130,8 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
         /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            const float bp_c0 = 1.0F/C;
-            const float bp_c1 = bp_c0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
-            dx[n*C + c] = (-bp_c0*_s2[n] - bp_c1*mu[n] + bp_c1*x[n*C + c] + dy[n*C + c]*w[c])*rstd[n];
+            const float bp_c0 = bp_k0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
+            dx[n*C + c] = -(bp_c0*mu[n] - bp_c0*x[n*C + c] + bp_k0*_s2[n] - dy[n*C + c]*w[c])*rstd[n];
         }
         /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
         #pragma omp simd
@@ -150,13 +151,14 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
 void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict rstd, double *restrict xhat, double *restrict bp_work)
 {
     double *const _s1 = bp_work + 0;
+    const double bp_k0 = 1.0/C;
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* mu[n] = sum(x[n, c], c) / C */
         double bp_acc0 = 0;
         #pragma omp simd reduction(+:bp_acc0)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc0 += x[n*C + c]*1.0/C;
+            bp_acc0 += bp_k0*x[n*C + c];
         }
         mu[n] = bp_acc0;
         /* sum over c */
@@ -167,7 +169,7 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         }
         _s1[n] = bp_acc1;
         /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
-        rstd[n] = pow(_s1[n]*1.0/C + 1.0/100000.0, -1.0/2.0);
+        rstd[n] = pow(bp_k0*_s1[n] + 1.0/100000.0, -1.0/2.0);
         /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -186,6 +188,7 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
     (void)b;
     double *const _s2 = bp_work + 0;
     double *const _s3 = bp_work + N;
+    const double bp_k0 = 1.0/C;
     #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
@@ -213,9 +216,8 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
         /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            const double bp_c0 = 1.0/C;
-            const double bp_c1 = bp_c0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
-            dx[n*C + c] = (-bp_c0*_s2[n] - bp_c1*mu[n] + bp_c1*x[n*C + c] + dy[n*C + c]*w[c])*rstd[n];
+            const double bp_c0 = bp_k0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
+            dx[n*C + c] = -(bp_c0*mu[n] - bp_c0*x[n*C + c] + bp_k0*_s2[n] - dy[n*C + c]*w[c])*rstd[n];
         }
         /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
         #pragma omp simd

@@ -90,6 +90,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
+    const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_gemm_f32 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
@@ -172,7 +173,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total3 += (logf(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0F/N;
+            bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
         }
     }
     L[0] = bp_total3;
@@ -186,6 +187,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     float *const _s2 = bp_work + N*C;
     float *const dz1 = bp_work + N*C + N;
     float *const _s3 = bp_work + N*C + N + N*H;
+    const float bp_k0 = 1.0F/N;
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
@@ -198,7 +200,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = (_s2[n]*y[n*C + c] - t[n*C + c])*1.0F/N;
+            dz2[n*C + c] = bp_k0*(_s2[n]*y[n*C + c] - t[n*C + c]);
         }
     }
     /* sum over c */
@@ -330,6 +332,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     float *const _s5 = bp_work + N*H + N*H + N*C + N + N + N*C;
     float *const dz1 = bp_work + N*H + N*H + N*C + N + N + N*C + N;
     float *const _s6 = bp_work + N*H + N*H + N*C + N + N + N*C + N + N*H;
+    const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_gemm_f32 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
@@ -407,7 +410,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total2 += (logf(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0F/N;
+            bp_total2 += bp_k0*(logf(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
         }
         /* sum over k */
         float bp_acc3 = 0;
@@ -419,7 +422,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = 1.0F/N*(expf(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0F/_s4[n] - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(expf(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0F/_s4[n] - t[n*C + c]);
         }
     }
     L[0] = bp_total2;
@@ -554,6 +557,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
+    const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_gemm_f64 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
@@ -636,7 +640,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total3 += (log(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0/N;
+            bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
         }
     }
     L[0] = bp_total3;
@@ -650,6 +654,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     double *const _s2 = bp_work + N*C;
     double *const dz1 = bp_work + N*C + N;
     double *const _s3 = bp_work + N*C + N + N*H;
+    const double bp_k0 = 1.0/N;
     #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
@@ -662,7 +667,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = (_s2[n]*y[n*C + c] - t[n*C + c])*1.0/N;
+            dz2[n*C + c] = bp_k0*(_s2[n]*y[n*C + c] - t[n*C + c]);
         }
     }
     /* sum over c */
@@ -794,6 +799,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     double *const _s5 = bp_work + N*H + N*H + N*C + N + N + N*C;
     double *const dz1 = bp_work + N*H + N*H + N*C + N + N + N*C + N;
     double *const _s6 = bp_work + N*H + N*H + N*C + N + N + N*C + N + N*H;
+    const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_gemm_f64 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
@@ -871,7 +877,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total2 += (log(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c]*1.0/N;
+            bp_total2 += bp_k0*(log(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
         }
         /* sum over k */
         double bp_acc3 = 0;
@@ -883,7 +889,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = 1.0/N*(exp(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0/_s4[n] - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(exp(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0/_s4[n] - t[n*C + c]);
         }
     }
     L[0] = bp_total2;

@@ -66,6 +66,7 @@ void bp_mse_set_threads(int threads)
 void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict bp_work)
 {
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
     {
         float bp_acc = 0;
@@ -73,7 +74,7 @@ void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
-                bp_acc += (1.0F/2.0F)*1.0F/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                bp_acc += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             }
         }
         L[0] = bp_acc;
@@ -83,12 +84,13 @@ void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
 void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
 {
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     /* dy[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0F/N;
+            dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
 }
@@ -96,18 +98,19 @@ void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
 void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work)
 {
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     float bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total0 += (1.0F/2.0F)*1.0F/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+            bp_total0 += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
         }
         /* dy[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0F/N;
+            dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
     L[0] = bp_total0;
@@ -118,6 +121,7 @@ void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
 void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work)
 {
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
     {
         double bp_acc = 0;
@@ -125,7 +129,7 @@ void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t i = 0; i < I; ++i) {
-                bp_acc += (1.0/2.0)*1.0/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                bp_acc += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             }
         }
         L[0] = bp_acc;
@@ -135,12 +139,13 @@ void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
 void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
 {
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     /* dy[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
+            dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
 }
@@ -148,18 +153,19 @@ void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
 void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work)
 {
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     double bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total0 += (1.0/2.0)*1.0/N*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+            bp_total0 += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
         }
         /* dy[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dy[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
+            dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
     L[0] = bp_total0;

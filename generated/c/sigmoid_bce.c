@@ -80,6 +80,7 @@ static inline float bp_softplus_f32(float x)
 void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     float bp_total1 = 0;
     #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -91,7 +92,7 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
         /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total1)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total1 += (-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i])*1.0F/N;
+            bp_total1 += bp_k0*(-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i]);
         }
     }
     L[0] = bp_total1;
@@ -101,12 +102,13 @@ void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
 {
     (void)z;
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     /* dz[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0F/N;
+            dz[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
 }
@@ -114,18 +116,19 @@ void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
 void bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
 {
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     float bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total0 += (-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i])*1.0F/N;
+            bp_total0 += bp_k0*(-(t[n*I + i] - 1)*bp_softplus_f32(z[n*I + i]) + bp_softplus_f32(-z[n*I + i])*t[n*I + i]);
         }
         /* dz[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = (bp_sigmoid_f32(z[n*I + i]) - t[n*I + i])*1.0F/N;
+            dz[n*I + i] = bp_k0*(bp_sigmoid_f32(z[n*I + i]) - t[n*I + i]);
         }
     }
     L[0] = bp_total0;
@@ -149,6 +152,7 @@ static inline double bp_softplus_f64(double x)
 void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     double bp_total1 = 0;
     #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -160,7 +164,7 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
         /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total1)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total1 += (-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i])*1.0/N;
+            bp_total1 += bp_k0*(-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i]);
         }
     }
     L[0] = bp_total1;
@@ -170,12 +174,13 @@ void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
 {
     (void)z;
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     /* dz[n, i] = (y[n, i] - t[n, i])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -(t[n*I + i] - y[n*I + i])*1.0/N;
+            dz[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
 }
@@ -183,18 +188,19 @@ void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
 void bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
 {
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     double bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total0 += (-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i])*1.0/N;
+            bp_total0 += bp_k0*(-(t[n*I + i] - 1)*bp_softplus_f64(z[n*I + i]) + bp_softplus_f64(-z[n*I + i])*t[n*I + i]);
         }
         /* dz[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = (bp_sigmoid_f64(z[n*I + i]) - t[n*I + i])*1.0/N;
+            dz[n*I + i] = bp_k0*(bp_sigmoid_f64(z[n*I + i]) - t[n*I + i]);
         }
     }
     L[0] = bp_total0;

@@ -68,6 +68,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
+    const float bp_k0 = 1.0F/N;
     float bp_total3 = 0;
     #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -96,7 +97,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total3 += (logf(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0F/N;
+            bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
         }
     }
     L[0] = bp_total3;
@@ -106,6 +107,7 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
 {
     (void)z;
     float *const _s2 = bp_work + 0;
+    const float bp_k0 = 1.0F/N;
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
@@ -118,7 +120,7 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0F/N;
+            dz[n*I + i] = bp_k0*(_s2[n]*y[n*I + i] - t[n*I + i]);
         }
     }
 }
@@ -128,6 +130,7 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
     float *const _y_max = bp_work + 0;
     float *const _s3 = bp_work + N;
     float *const _s4 = bp_work + N + N;
+    const float bp_k0 = 1.0F/N;
     float bp_total2 = 0;
     #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -151,7 +154,7 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total2 += (logf(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0F/N;
+            bp_total2 += bp_k0*(logf(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
         }
         /* sum over k */
         float bp_acc3 = 0;
@@ -163,7 +166,7 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = 1.0F/N*(expf(-_y_max[n] + z[n*I + i])*_s4[n]*1.0F/_s3[n] - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(expf(-_y_max[n] + z[n*I + i])*_s4[n]*1.0F/_s3[n] - t[n*I + i]);
         }
     }
     L[0] = bp_total2;
@@ -175,6 +178,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
+    const double bp_k0 = 1.0/N;
     double bp_total3 = 0;
     #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -203,7 +207,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total3 += (log(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0/N;
+            bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
         }
     }
     L[0] = bp_total3;
@@ -213,6 +217,7 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
 {
     (void)z;
     double *const _s2 = bp_work + 0;
+    const double bp_k0 = 1.0/N;
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
@@ -225,7 +230,7 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = (_s2[n]*y[n*I + i] - t[n*I + i])*1.0/N;
+            dz[n*I + i] = bp_k0*(_s2[n]*y[n*I + i] - t[n*I + i]);
         }
     }
 }
@@ -235,6 +240,7 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
     double *const _y_max = bp_work + 0;
     double *const _s3 = bp_work + N;
     double *const _s4 = bp_work + N + N;
+    const double bp_k0 = 1.0/N;
     double bp_total2 = 0;
     #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -258,7 +264,7 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total2 += (log(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i]*1.0/N;
+            bp_total2 += bp_k0*(log(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
         }
         /* sum over k */
         double bp_acc3 = 0;
@@ -270,7 +276,7 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = 1.0/N*(exp(-_y_max[n] + z[n*I + i])*_s4[n]*1.0/_s3[n] - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(exp(-_y_max[n] + z[n*I + i])*_s4[n]*1.0/_s3[n] - t[n*I + i]);
         }
     }
     L[0] = bp_total2;

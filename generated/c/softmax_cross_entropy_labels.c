@@ -68,6 +68,7 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
+    const float bp_k0 = 1.0F/N;
     float bp_total3 = 0;
     #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -94,7 +95,7 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
             y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total3 += (logf(_s1[n]) + _y_max[n] - z[n*I + t[n]])*1.0F/N;
+        bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
     }
     L[0] = bp_total3;
 }
@@ -103,12 +104,13 @@ void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
 {
     (void)z;
     (void)bp_work;
+    const float bp_k0 = 1.0F/N;
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -((i == t[n]) - y[n*I + i])*1.0F/N;
+            dz[n*I + i] = -bp_k0*((i == t[n]) - y[n*I + i]);
         }
     }
 }
@@ -117,6 +119,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
 {
     float *const _y_max = bp_work + 0;
     float *const _s2 = bp_work + N;
+    const float bp_k0 = 1.0F/N;
     float bp_total2 = 0;
     #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -138,11 +141,11 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total2 += (logf(_s2[n]) + _y_max[n] - z[n*I + t[n]])*1.0F/N;
+        bp_total2 += bp_k0*(logf(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = 1.0F/N*(expf(-_y_max[n] + z[n*I + i])*1.0F/_s2[n] - (i == t[n]));
+            dz[n*I + i] = bp_k0*(expf(-_y_max[n] + z[n*I + i])*1.0F/_s2[n] - (i == t[n]));
         }
     }
     L[0] = bp_total2;
@@ -154,6 +157,7 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
+    const double bp_k0 = 1.0/N;
     double bp_total3 = 0;
     #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -180,7 +184,7 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
             y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total3 += (log(_s1[n]) + _y_max[n] - z[n*I + t[n]])*1.0/N;
+        bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
     }
     L[0] = bp_total3;
 }
@@ -189,12 +193,13 @@ void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
 {
     (void)z;
     (void)bp_work;
+    const double bp_k0 = 1.0/N;
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -((i == t[n]) - y[n*I + i])*1.0/N;
+            dz[n*I + i] = -bp_k0*((i == t[n]) - y[n*I + i]);
         }
     }
 }
@@ -203,6 +208,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
 {
     double *const _y_max = bp_work + 0;
     double *const _s2 = bp_work + N;
+    const double bp_k0 = 1.0/N;
     double bp_total2 = 0;
     #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -224,11 +230,11 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total2 += (log(_s2[n]) + _y_max[n] - z[n*I + t[n]])*1.0/N;
+        bp_total2 += bp_k0*(log(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = 1.0/N*(exp(-_y_max[n] + z[n*I + i])*1.0/_s2[n] - (i == t[n]));
+            dz[n*I + i] = bp_k0*(exp(-_y_max[n] + z[n*I + i])*1.0/_s2[n] - (i == t[n]));
         }
     }
     L[0] = bp_total2;

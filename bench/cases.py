@@ -1,0 +1,210 @@
+"""The kernels `backprop bench` measures: each a built-in layer (written in the spec
+language and derived), its arrays, the hand-written NumPy a person would keep, PyTorch
+eager's best CPU path, and the big buffers its traffic floor streams."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+F32 = np.float32
+
+
+@dataclass
+class Case:
+    kernel: str                       # record name, e.g. "layernorm_backward"
+    layer: str                        # built-in layer
+    entry: str                        # "forward", "backward" or "forward_backward"
+    sizes: dict[str, int]
+    make: Callable                    # (rng, sizes) -> arrays the entry takes
+    hand: Callable                    # arrays -> results, hand-written NumPy
+    torch: Callable | None = None     # (torch, arrays) -> a no-argument callable
+    reads: tuple[str, ...] = ()       # the big arrays the kernel reads ...
+    writes: tuple[str, ...] = ()      # ... and writes: what its traffic floor streams
+    flops: Callable | None = None     # sizes -> floating-point operations (GEMM cases)
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def size_text(self) -> str:
+        return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
+
+
+def _normal(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape, dtype=F32) * F32(scale))
+
+
+# ---- 1. dense layer backward -------------------------------------------------------------
+def _dense_make(rng, s):
+    N, I, J = s["N"], s["I"], s["J"]
+    return dict(x=_normal(rng, N, J), W=_normal(rng, I, J, scale=0.05), b=_normal(rng, I),
+                dz=_normal(rng, N, I))
+
+
+def _dense_hand(a):
+    return {"dx": a["dz"] @ a["W"], "dW": a["dz"].T @ a["x"], "db": a["dz"].sum(0)}
+
+
+def _dense_torch(torch, a):
+    x, W, dz = (torch.from_numpy(a[n]) for n in ("x", "W", "dz"))
+    return lambda: (dz @ W, dz.t() @ x, dz.sum(0))
+
+
+# ---- 2. layer norm backward ----------------------------------------------------------------
+def _ln_make(rng, s):
+    N, C = s["N"], s["C"]
+    x = _normal(rng, N, C)
+    w, b, dy = 1 + _normal(rng, C, scale=0.1), _normal(rng, C, scale=0.1), _normal(rng, N, C)
+    mu = x.mean(1, dtype=np.float64)
+    rstd = 1 / np.sqrt(((x - mu[:, None]) ** 2).mean(1) + 1e-5)
+    xhat = ((x - mu[:, None]) * rstd[:, None]).astype(F32)
+    return dict(x=x, w=w, b=b, dy=dy, mu=mu.astype(F32), rstd=rstd.astype(F32), xhat=xhat)
+
+
+def _ln_hand(a):
+    g = a["dy"] * a["w"]
+    xhat, rstd = a["xhat"], a["rstd"][:, None]
+    dx = rstd * (g - g.mean(1, keepdims=True) - xhat * (g * xhat).mean(1, keepdims=True))
+    return {"dx": dx, "dw": (a["dy"] * xhat).sum(0), "db": a["dy"].sum(0)}
+
+
+def _ln_torch(torch, a):
+    x, w, b, dy = (torch.from_numpy(a[n]) for n in ("x", "w", "b", "dy"))
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, [x.shape[1]], w, b, 1e-5)
+    return lambda: torch.ops.aten.native_layer_norm_backward(
+        dy, x, [x.shape[1]], mean, rstd, w, b, [True, True, True])
+
+
+# ---- 3. GELU backward ----------------------------------------------------------------------
+K = F32(0.7978845608028654)
+
+
+def _gelu_make(rng, s):
+    z = _normal(rng, s["N"], s["I"])
+    th = np.tanh(K * (z + F32(0.044715) * z ** 3))
+    return dict(z=z, th=th, da=_normal(rng, s["N"], s["I"]))
+
+
+def _gelu_hand(a):
+    z, th = a["z"], a["th"]
+    grad = 0.5 * (1 + th) + 0.5 * z * (1 - th ** 2) * K * (1 + 3 * F32(0.044715) * z ** 2)
+    return {"dz": a["da"] * grad}
+
+
+def _gelu_torch(torch, a):
+    z, da = torch.from_numpy(a["z"]), torch.from_numpy(a["da"])
+    return lambda: torch.ops.aten.gelu_backward(da, z, approximate="tanh")
+
+
+# ---- 4. softmax + cross-entropy with integer labels, forward and backward ---------------------
+def _ce_make(rng, s):
+    return dict(z=_normal(rng, s["N"], s["I"], scale=3), t=rng.integers(0, s["I"], s["N"]))
+
+
+def _ce_hand(a):
+    z, t = a["z"], a["t"]
+    rows = np.arange(len(z))
+    m = z.max(1, keepdims=True)
+    e = np.exp(z - m)
+    s = e.sum(1, keepdims=True)
+    loss = (np.log(s[:, 0]) + m[:, 0] - z[rows, t]).mean()
+    dz = e / s
+    dz[rows, t] -= 1
+    dz /= len(z)
+    return {"L": loss, "dz": dz}
+
+
+def _ce_torch(torch, a):
+    z, t = torch.from_numpy(a["z"]).requires_grad_(), torch.from_numpy(a["t"])
+
+    def step():
+        z.grad = None
+        loss = torch.nn.functional.cross_entropy(z, t)
+        loss.backward()
+        return loss, z.grad
+    return step
+
+
+# ---- 5. Adam step ----------------------------------------------------------------------------
+def _adam_make(rng, s):
+    P = s["P"]
+    return dict(p=_normal(rng, P), g=_normal(rng, P), m=_normal(rng, P, scale=0.1),
+                v=np.abs(_normal(rng, P, scale=0.1)), step=F32(10), lr=F32(1e-3),
+                beta1=F32(0.9), beta2=F32(0.999), eps=F32(1e-8))
+
+
+def _adam_hand(a):
+    b1, b2, t = a["beta1"], a["beta2"], a["step"]
+    m = b1 * a["m"] + (1 - b1) * a["g"]
+    v = b2 * a["v"] + (1 - b2) * a["g"] ** 2
+    p = a["p"] - a["lr"] * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + a["eps"])
+    return {"p_next": p, "m_next": m, "v_next": v}
+
+
+def _adam_torch(torch, a):
+    p, g, m, v = (torch.from_numpy(a[n].copy()) for n in ("p", "g", "m", "v"))
+    step = torch.tensor(float(a["step"]) - 1)
+
+    def run():           # the fused CPU kernel torch.optim.Adam(fused=True) calls, in place
+        torch._fused_adam_([p], [g], [m], [v], [], [step], lr=float(a["lr"]),
+                           beta1=float(a["beta1"]), beta2=float(a["beta2"]),
+                           weight_decay=0.0, eps=float(a["eps"]), amsgrad=False,
+                           maximize=False)
+    return run
+
+
+# ---- 6. sigmoid + binary cross-entropy, forward and backward -----------------------------------
+def _bce_make(rng, s):
+    return dict(z=_normal(rng, s["N"], s["I"], scale=2),
+                t=(rng.random((s["N"], s["I"]), dtype=F32) < 0.5).astype(F32))
+
+
+def _bce_hand(a):
+    z, t = a["z"], a["t"]
+    n = len(z)
+    return {"L": (np.logaddexp(0, z) - t * z).sum() / n,
+            "dz": (1 / (1 + np.exp(-z)) - t) / n}
+
+
+def _bce_torch(torch, a):
+    z, t = torch.from_numpy(a["z"]).requires_grad_(), torch.from_numpy(a["t"])
+
+    def step():
+        z.grad = None
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            z, t, reduction="sum") / z.shape[0]
+        loss.backward()
+        return loss, z.grad
+    return step
+
+
+def cases(scale: int = 1) -> list[Case]:
+    """The issue's benchmark set; `scale` divides the large sizes (a quick run)."""
+    def big(n):
+        return max(n // scale, 1)
+
+    dense_flops = lambda s: 2 * 2 * s["N"] * s["I"] * s["J"] + s["N"] * s["I"]
+    return [
+        Case("dense_backward", "dense", "backward", dict(N=big(4096), I=768, J=768),
+             _dense_make, _dense_hand, _dense_torch, flops=dense_flops,
+             note="x[N, J] W[I, J] -> dx, dW, db; compute-bound: GEMMs through BLAS"),
+        Case("dense_backward_small", "dense", "backward", dict(N=64, I=512, J=512),
+             _dense_make, _dense_hand, _dense_torch, flops=dense_flops,
+             note="the small shape: call overhead matters"),
+        Case("layernorm_backward", "layernorm", "backward", dict(N=big(4096), C=768),
+             _ln_make, _ln_hand, _ln_torch, reads=("x", "dy", "xhat"), writes=("dx",),
+             note="with the saved mean and reciprocal std"),
+        Case("gelu_backward", "gelu", "backward", dict(N=big(4096), I=3072),
+             _gelu_make, _gelu_hand, _gelu_torch, reads=("z", "da", "th"), writes=("dz",),
+             note="tanh form; reads the tanh the forward saved"),
+        Case("softmax_ce_labels_fwd_bwd", "softmax_cross_entropy_labels", "forward_backward",
+             dict(N=big(4096), I=8192), _ce_make, _ce_hand, _ce_torch, reads=("z",),
+             writes=("dz",), note="integer labels, batch mean; loss and dlogits in one pass"),
+        Case("adam_step", "adam", "forward", dict(P=big(10_000_000)),
+             _adam_make, _adam_hand, _adam_torch, reads=("p", "g", "m", "v"),
+             writes=("p_next", "m_next", "v_next"),
+             note="torch: the fused CPU Adam, in place"),
+        Case("sigmoid_bce_fwd_bwd", "sigmoid_bce", "forward_backward",
+             dict(N=big(10_000), I=1000), _bce_make, _bce_hand, _bce_torch,
+             reads=("z", "t"), writes=("dz",), note="loss and dz in one pass"),
+    ]

@@ -1,0 +1,39 @@
+"""The traffic floor: a trivial C kernel that only streams a kernel's buffers (read each
+input array once, write each output once), compiled with the generated kernels' flags.
+Its time is the memory-bandwidth limit a kernel with that read/write pattern can reach."""
+from __future__ import annotations
+
+import numpy as np
+
+from codegen.build import build
+from codegen.load import cache_dir
+from codegen.version import VERSION
+from templates import render
+
+SHAPES = [(r, w) for r in range(1, 5) for w in range(1, 4)]
+
+
+class Floor:
+    def __init__(self, cache=None):
+        context = dict(shapes=SHAPES, version=VERSION)
+        header = render("floor.h.j2", **context)
+        cdef = "\n".join(line for line in header.splitlines()
+                         if line.startswith(("void", "size_t")))
+        module = build("floor", {"floor.h": header, "floor.c": render("floor.c.j2", **context)},
+                       cdef, cache_dir(cache))
+        self._ffi, self._lib = module.ffi, module.lib
+
+    def set_threads(self, threads: int) -> None:
+        self._lib.bp_floor_set_threads(int(threads))
+
+    def stream(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
+        """Read every input and write every output once (float32, all the same size)."""
+        n = inputs[0].size
+        if not (1 <= len(inputs) <= 4 and 1 <= len(outputs) <= 3) or any(
+                a.size != n or a.dtype != np.float32 or not a.flags.c_contiguous
+                for a in inputs + outputs):
+            raise ValueError("the floor streams 1-4 inputs and 1-3 outputs, float32, "
+                             "contiguous, all of one size")
+        ptr = lambda a: self._ffi.cast("float *", self._ffi.from_buffer(a))
+        fn = getattr(self._lib, f"bp_floor_{len(inputs)}_{len(outputs)}")
+        fn(n, *[ptr(a) for a in inputs], *[ptr(a) for a in outputs])

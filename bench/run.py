@@ -1,0 +1,212 @@
+"""`backprop bench`: the generated C kernels against their peers, measured side by side.
+
+For every case in bench/cases.py, in this one process and session, the implementations
+run interleaved (A B C ... A B C ...; one warm-up call each first), so machine noise
+falls on all of them alike:
+
+    c       the generated C kernel, 1 and 2 threads, into preallocated and fresh outputs
+    numpy   the emitted NumPy module (fresh outputs)
+    hand    hand-written NumPy (fresh outputs)
+    torch   PyTorch eager's best CPU path, 2 threads (when installed)
+    floor   a C kernel that only streams the same big buffers (1 and 2 threads)
+
+Each record has the median of --repeat timed calls, the ratio vs_torch (PyTorch's median /
+this one: above 1 is faster than PyTorch), pct_floor (floor time / this time, in percent,
+at the same thread count) and achieved GB/s (the floor's bytes / time) or GFLOP/s.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import codegen
+from codegen.blas import numpy_blas
+
+from .cases import Case, cases
+from .floor import Floor
+
+THREADS = (1, 2)
+
+
+def machine() -> dict:
+    info = dict(machine=platform.machine(), cores=os.cpu_count(), cpu=_cpu_model(),
+                python=platform.python_version(), numpy=np.__version__)
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    blas = numpy_blas()
+    info["kernel_blas"] = blas.describe() if blas else None
+    try:
+        from threadpoolctl import threadpool_info
+        info["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
+                                   "threading_layer", "filepath")} for p in threadpool_info()]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed (pip install threadpoolctl)"
+    info["openblas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                       "OPENBLAS_NUM_THREADS",
+                                                       "OMP_NUM_THREADS") if k in os.environ}
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _median_interleaved(impls: dict, repeat: int) -> dict:
+    """impls: key -> (setup, call).  setup runs before each call, untimed (thread counts)."""
+    for setup, call in impls.values():
+        setup()
+        call()                                   # warm-up: page faults, lazy init, caches
+    times = {k: [] for k in impls}
+    for _ in range(repeat):
+        for k, (setup, call) in impls.items():
+            setup()
+            t0 = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list[dict]:
+    c = codegen.load(case.layer, backend="c", dtype="float32")
+    npk = codegen.load(case.layer)
+    arrays = case.make(rng, case.sizes)
+    if case.entry == "backward":
+        fwd = c.forward(**{n: arrays[n] for n in c.args})
+        arrays.update({n: fwd[n] for n in c.reuses if n not in arrays})
+        names = c.args + c.upstream + c.reuses
+    else:
+        names = c.args
+    args = {n: arrays[n] for n in names}
+    entry = getattr(c, case.entry)
+    results = entry(**args)
+    prealloc = {n: np.empty_like(v) for n, v in results.items() if np.ndim(v)}
+    impls = {}
+    for t in THREADS:
+        setup = (lambda t=t: c.set_threads(t))
+        impls[("c", t, "preallocated")] = (setup, lambda: entry(out=prealloc, **args))
+        impls[("c", t, "fresh")] = (setup, lambda: entry(**args))
+    np_entry = getattr(npk, case.entry)
+    np_args = {n: arrays[n] for n in (npk.args + npk.upstream if case.entry == "backward"
+                                      else npk.args)}
+    if case.entry == "backward":
+        np_args.update({n: arrays[n] for n in c.reuses})
+    nothing = lambda: None
+    impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
+    impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))
+    torch_call = None
+    if use_torch and case.torch is not None:
+        try:
+            import torch
+            torch.set_num_threads(2)
+            torch_call = case.torch(torch, arrays)
+        except ImportError:
+            pass
+    if torch_call is not None:
+        mode = "in-place" if case.kernel.startswith("adam") else "fresh"
+        impls[("torch", 2, mode)] = (nothing, torch_call)
+    if case.reads:
+        ins = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in case.reads]
+        outs = [prealloc[n] for n in case.writes]
+        for t in THREADS:
+            setup = (lambda t=t: floor.set_threads(t))
+            impls[("floor", t, "preallocated")] = (setup, lambda: floor.stream(ins, outs))
+            impls[("floor", t, "fresh")] = (setup, lambda: floor.stream(
+                ins, [np.empty_like(o) for o in outs]))
+    medians = _median_interleaved(impls, repeat)
+    c.set_threads(max(THREADS))
+    nbytes = sum(np.asarray(arrays[n]).nbytes for n in case.reads) + \
+        sum(prealloc[n].nbytes for n in case.writes)
+    torch_time = next((v for (impl, _, _), v in medians.items() if impl == "torch"), None)
+    records = []
+    for (impl, threads, outputs), median in medians.items():
+        rec = dict(kernel=case.kernel, impl=impl, threads=threads, outputs=outputs,
+                   median_s=median, sizes=case.sizes)
+        if torch_time is not None and impl != "torch":
+            rec["vs_torch"] = torch_time / median
+        if case.reads:
+            mode = "preallocated" if outputs == "in-place" else outputs
+            fl = medians.get(("floor", threads, mode)) or medians[("floor", 2, mode)]
+            rec["pct_floor"] = 100 * fl / median
+            rec["gbps"] = nbytes / median / 1e9
+        if case.flops:
+            rec["gflops"] = case.flops(case.sizes) / median / 1e9
+        records.append(rec)
+    return records
+
+
+def table(info: dict, records: list[dict], repeat: int) -> str:
+    lines = [f"machine: {info['machine']}, {info['cores']} cores, {info['cpu']}; python "
+             f"{info['python']}, numpy {info['numpy']}, torch {info['torch'] or 'not installed'}"
+             f"; float32; median of {repeat}, implementations interleaved",
+             f"kernel BLAS: {info['kernel_blas'] or 'none (generated loops)'}"]
+    pools = info["threadpools"]
+    if isinstance(pools, list):
+        lines.append("thread pools: " + "; ".join(
+            f"{p['internal_api']} {p['version']} ({p.get('architecture') or p.get('threading_layer')}) "
+            f"{p['num_threads']} threads, {os.path.basename(p['filepath'] or '')}" for p in pools))
+    else:
+        lines.append(f"thread pools: {pools}")
+    if any(k in info["openblas_env"] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
+        lines.append("NOTE: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: they slow NumPy's "
+                     "BLAS here; unset them for a fair NumPy baseline")
+    by_kernel: dict[str, list] = {}
+    for r in records:
+        by_kernel.setdefault(r["kernel"], []).append(r)
+    for kernel, recs in by_kernel.items():
+        sizes = " ".join(f"{k}={v}" for k, v in recs[0]["sizes"].items())
+        lines += ["", f"{kernel}  ({sizes})",
+                  f"  {'impl':<7}{'thr':>4} {'outputs':<13}{'median ms':>11}{'GB/s':>8}"
+                  f"{'GFLOP/s':>9}{'% floor':>9}{'vs torch':>10}"]
+        for r in recs:
+            lines.append(
+                f"  {r['impl']:<7}{r['threads']:>4} {r['outputs']:<13}"
+                f"{r['median_s'] * 1e3:>11.3f}"
+                f"{r['gbps'] if 'gbps' in r else float('nan'):>8.1f}"
+                f"{r['gflops'] if 'gflops' in r else float('nan'):>9.1f}"
+                f"{r['pct_floor'] if 'pct_floor' in r else float('nan'):>9.1f}"
+                f"{r['vs_torch'] if 'vs_torch' in r else float('nan'):>10.2f}")
+    lines += ["", "vs torch: PyTorch's median / this one (above 1: faster than PyTorch); "
+                  "% floor: the streaming kernel's time / this one, same threads and outputs; "
+                  "nan: does not apply"]
+    return "\n".join(lines)
+
+
+def main(repeat: int = 9, only: str = "", quick: bool = False, as_json: bool = False,
+         use_torch: bool = True, out=None) -> int:
+    import sys
+
+    out = out or sys.stdout
+    chosen = [c for c in cases(scale=64 if quick else 1)
+              if not only or c.kernel in only.split(",")]
+    if only and not chosen:
+        names = ", ".join(c.kernel for c in cases())
+        raise ValueError(f"no benchmark named {only!r}; available: {names}")
+    info = machine()
+    floor = Floor()
+    rng = np.random.default_rng(0)
+    records = []
+    for case in chosen:
+        records += run_case(case, repeat, floor, rng, use_torch)
+        if not as_json:
+            print(f"  measured {case.kernel}", file=sys.stderr)
+    if as_json:
+        json.dump(dict(machine=info, repeat=repeat, records=records), out, indent=1)
+        out.write("\n")
+    else:
+        out.write(table(info, records, repeat) + "\n")
+    return 0
