@@ -52,7 +52,8 @@ def machine() -> dict:
         info["threadpools"] = "threadpoolctl not installed (pip install threadpoolctl)"
     info["openblas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                        "OPENBLAS_NUM_THREADS",
-                                                       "OMP_NUM_THREADS") if k in os.environ}
+                                                       "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+                          if k in os.environ}
     return info
 
 
@@ -161,6 +162,9 @@ def table(info: dict, records: list[dict], repeat: int) -> str:
             f"{p['num_threads']} threads, {os.path.basename(p['filepath'] or '')}" for p in pools))
     else:
         lines.append(f"thread pools: {pools}")
+    if info["openblas_env"]:
+        lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in
+                                                   info["openblas_env"].items()))
     if any(k in info["openblas_env"] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
         lines.append("NOTE: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: they slow NumPy's "
                      "BLAS here; unset them for a fair NumPy baseline")

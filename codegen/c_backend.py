@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from derive.indices import dim_of
+from derive.indices import dim_of, free_indices
 from derive.pretty import formula
 
 from .c_printer import CTYPES, SUFFIX, KernelCPrinter
@@ -48,6 +48,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     for dtype in DTYPES:
         ctype = CTYPES[dtype]
         printer = KernelCPrinter(dtype, shapes, scalars)
+        printer.integer = integer
         dims = [f"ptrdiff_t {d}" for d in layer.dims]
 
         def params(inputs, outputs):
@@ -154,7 +155,65 @@ def _helpers(loops: LoopPlan) -> set[str]:
 
 def _views(nests, printer, shapes) -> list[dict]:
     return [_group_view(x, printer, shapes) if isinstance(x, Group) else
-            _view(x, printer, shapes) for x in fuse(nests, alone=as_gemm)]
+            _hoist_row_values(_view(x, printer, shapes), printer)
+            for x in fuse(nests, alone=as_gemm)]
+
+
+def _hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
+    """Load what the innermost loop reads but does not index (a row's maximum and sum, its
+    label t[n], a scalar input) into locals before that loop.  GCC does not hoist loads
+    through pointers into the scratch buffer past the stores of the loop, and then it
+    will not vectorize the loop at all."""
+    n, loops, mode = v["nest"], v["loops"], v["mode"]
+    if mode not in ("assign", "update", "inplace", "scalar_acc") or not loops:
+        return v
+    inner_loops = loops[v["split"]:] if mode == "scalar_acc" else loops
+    if len(inner_loops) != 1 and mode == "scalar_acc" or \
+            (len(loops) == 1 and v["pragma"] and mode != "scalar_acc"):
+        return v                     # a pragma must stay right above its loop
+    inner = inner_loops[-1][0]
+    refs = sorted((a for a in n.body.atoms(sp.Indexed)
+                   if inner not in {i.label.name for i in free_indices(a)}), key=str)
+    refs += sorted((s for s in n.body.free_symbols
+                    if type(s) is sp.Symbol and s.name in printer.scalars), key=str)
+    if not refs:
+        return v
+    sub = {r: sp.Symbol(f"{v['acc']}_r{k}") for k, r in enumerate(refs)}
+    body = n.body.xreplace(sub)
+    # then whole factors and terms free of the inner index: 1/s[n] once per row, so the
+    # loop multiplies instead of dividing
+    derived: dict = {}
+    inner_of = lambda e: any(i.label.name == inner for i in e.atoms(sp.Idx))
+
+    def lift(e):
+        if not e.args or isinstance(e, (sp.Indexed, sp.Symbol, sp.Number)):
+            return e
+        if isinstance(e, (sp.Mul, sp.Add)):
+            fixed = [a for a in e.args if not inner_of(a) and not a.is_Number]
+            rest = [lift(a) for a in e.args if inner_of(a) or a.is_Number]
+            if fixed and rest and (len(fixed) > 1 or not isinstance(fixed[0], sp.Symbol)):
+                key = e.func(*fixed)
+                if key not in derived:
+                    derived[key] = sp.Symbol(f"{v['acc']}_r{len(sub) + len(derived)}")
+                return e.func(derived[key], *rest)
+            return e.func(*[lift(a) for a in e.args])
+        return e.func(*[lift(a) for a in e.args])
+
+    body = lift(body)
+    hoisted = [(r, s) for r, s in sub.items()] + [(e, s) for e, s in derived.items()]
+    replacements, (body,) = sp.cse([body],
+                                   symbols=sp.numbered_symbols(f"{v['acc']}_c"),
+                                   optimizations="basic")
+    def ctype(r):
+        if not isinstance(r, (sp.Indexed, sp.Symbol)):
+            return v["ctype"]
+        name = r.base.label.name if isinstance(r, sp.Indexed) else r.name
+        return "int64_t" if name in getattr(printer, "integer", ()) else v["ctype"]
+
+    v.update(hoisted=[(ctype(r), str(s), printer.code(r)) for r, s in hoisted],
+             cse=[(str(s), printer.code(e)) for s, e in replacements],
+             value=printer.code(body))
+    return v
 
 
 def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
@@ -179,13 +238,13 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
                      simd=f"#pragma omp simd reduction(+:{acc})" if v["loops"] else "")
         elif n.parallel == "array":
             init = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
-            pre.append(dict(nest=_view(init, printer, shapes)))
+            pre.append(dict(nest=_hoist_row_values(_view(init, printer, shapes), printer)))
             clauses.append(f"reduction(+:{n.target}[0:{'*'.join(shapes[n.target])}])")
             v.update(mode="update")
         else:                                   # in place, this row of the target
             v.update(out_loops=v["out_loops"][1:],
                      init_simd="#pragma omp simd" if len(v["out_loops"]) > 1 else "")
-        members.append(v)
+        members.append(_hoist_row_values(v, printer))
     widest = max(g.nests, key=lambda n: len(n.loops))
     extents = "*".join(str(dim_of(i)) for i in widest.loops)
     # members with no loops of their own: the shared loop is the one to vectorize
@@ -209,6 +268,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     value = printer.code(body)
     when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"), acc=acc,
+                nest=n, hoisted=[],
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,

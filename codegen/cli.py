@@ -152,6 +152,13 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import os
+
+    # Three thread pools share the cores here (our OpenMP, PyTorch's OpenMP, OpenBLAS's
+    # threads); OpenMP workers that spin after a parallel region steal the cores BLAS
+    # needs next (a 64x512x512 backward took 6 ms instead of 0.5).  Sleeping workers are
+    # the fair setting for every implementation; it must be set before OpenMP starts.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from bench.run import main as bench
 
     if args.repeat < 1:

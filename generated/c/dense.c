@@ -106,9 +106,10 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
         #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
+                const float bp_acc_r0 = dz[n*I + i];
                 #pragma omp simd
                 for (ptrdiff_t j = 0; j < J; ++j) {
-                    dx[n*J + j] += W[i*J + j]*dz[n*I + i];
+                    dx[n*J + j] += bp_acc_r0*W[i*J + j];
                 }
             }
         }
@@ -127,9 +128,10 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
         #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
         for (ptrdiff_t i = 0; i < I; ++i) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const float bp_acc_r0 = dz[n*I + i];
                 #pragma omp simd
                 for (ptrdiff_t j = 0; j < J; ++j) {
-                    dW[i*J + j] += dz[n*I + i]*x[n*J + j];
+                    dW[i*J + j] += bp_acc_r0*x[n*J + j];
                 }
             }
         }
@@ -196,9 +198,10 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
         #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
+                const double bp_acc_r0 = dz[n*I + i];
                 #pragma omp simd
                 for (ptrdiff_t j = 0; j < J; ++j) {
-                    dx[n*J + j] += W[i*J + j]*dz[n*I + i];
+                    dx[n*J + j] += bp_acc_r0*W[i*J + j];
                 }
             }
         }
@@ -217,9 +220,10 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
         #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
         for (ptrdiff_t i = 0; i < I; ++i) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const double bp_acc_r0 = dz[n*I + i];
                 #pragma omp simd
                 for (ptrdiff_t j = 0; j < J; ++j) {
-                    dW[i*J + j] += dz[n*I + i]*x[n*J + j];
+                    dW[i*J + j] += bp_acc_r0*x[n*J + j];
                 }
             }
         }

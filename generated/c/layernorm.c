@@ -77,17 +77,22 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         mu[n] = bp_acc0;
         /* sum over c */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = mu[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc1 += (mu[n] - x[n*C + c])*(mu[n] - x[n*C + c]);
+            bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
         }
         _s1[n] = bp_acc1;
         /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
         rstd[n] = powf(bp_k0*_s1[n] + 1.0F/100000.0F, -1.0F/2.0F);
         /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
+        const float bp_acc3_r0 = mu[n];
+        const float bp_acc3_r1 = rstd[n];
+        const float bp_acc3_r2 = -bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            xhat[n*C + c] = -(mu[n] - x[n*C + c])*rstd[n];
+            xhat[n*C + c] = bp_acc3_r1*(bp_acc3_r2 + x[n*C + c]);
         }
         /* y[n, c] = xhat[n, c] * w[c] + b[c] */
         #pragma omp simd
@@ -128,10 +133,15 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
         }
         _s3[n] = bp_acc1;
         /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
+        const float bp_acc2_r0 = _s2[n];
+        const float bp_acc2_r1 = _s3[n];
+        const float bp_acc2_r2 = mu[n];
+        const float bp_acc2_r3 = rstd[n];
+        const float bp_acc2_r4 = bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
+        const float bp_acc2_r5 = -bp_acc2_r0*bp_k0 + bp_acc2_r2*bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            const float bp_c0 = bp_k0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
-            dx[n*C + c] = -(bp_c0*mu[n] - bp_c0*x[n*C + c] + bp_k0*_s2[n] - dy[n*C + c]*w[c])*rstd[n];
+            dx[n*C + c] = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
         }
         /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
         #pragma omp simd
@@ -163,17 +173,22 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         mu[n] = bp_acc0;
         /* sum over c */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = mu[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc1 += (mu[n] - x[n*C + c])*(mu[n] - x[n*C + c]);
+            bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
         }
         _s1[n] = bp_acc1;
         /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
         rstd[n] = pow(bp_k0*_s1[n] + 1.0/100000.0, -1.0/2.0);
         /* xhat[n, c] = (x[n, c] - mu[n]) * rstd[n] */
+        const double bp_acc3_r0 = mu[n];
+        const double bp_acc3_r1 = rstd[n];
+        const double bp_acc3_r2 = -bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            xhat[n*C + c] = -(mu[n] - x[n*C + c])*rstd[n];
+            xhat[n*C + c] = bp_acc3_r1*(bp_acc3_r2 + x[n*C + c]);
         }
         /* y[n, c] = xhat[n, c] * w[c] + b[c] */
         #pragma omp simd
@@ -214,10 +229,15 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
         }
         _s3[n] = bp_acc1;
         /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n] */
+        const double bp_acc2_r0 = _s2[n];
+        const double bp_acc2_r1 = _s3[n];
+        const double bp_acc2_r2 = mu[n];
+        const double bp_acc2_r3 = rstd[n];
+        const double bp_acc2_r4 = bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
+        const double bp_acc2_r5 = -bp_acc2_r0*bp_k0 + bp_acc2_r2*bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            const double bp_c0 = bp_k0*(_s2[n]*mu[n] - _s3[n])*(rstd[n]*rstd[n]);
-            dx[n*C + c] = -(bp_c0*mu[n] - bp_c0*x[n*C + c] + bp_k0*_s2[n] - dy[n*C + c]*w[c])*rstd[n];
+            dx[n*C + c] = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
         }
         /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
         #pragma omp simd

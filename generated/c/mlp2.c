@@ -160,20 +160,29 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z2[n*C + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z2[n*C + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
+        const float bp_acc2_r0 = _s1[n];
+        const float bp_acc2_r1 = _y_max[n];
+        const float bp_acc2_r2 = -bp_acc2_r1;
+        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            y[n*C + c] = expf(-_y_max[n] + z2[n*C + c])*1.0F/_s1[n];
+            y[n*C + c] = bp_acc2_r3*expf(bp_acc2_r2 + z2[n*C + c]);
         }
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        const float bp_acc3_r0 = _s1[n];
+        const float bp_acc3_r1 = _y_max[n];
+        const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
+            bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
         }
     }
     L[0] = bp_total3;
@@ -198,9 +207,10 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
         _s2[n] = bp_acc0;
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
+        const float bp_acc1_r0 = _s2[n];
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(_s2[n]*y[n*C + c] - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
         }
     }
     /* sum over c */
@@ -217,9 +227,10 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
+                const float bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                    _s3[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
             }
         }
@@ -246,9 +257,10 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
+                const float bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                    dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
             }
         }
@@ -267,9 +279,10 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const float bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                    dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
             }
         }
@@ -300,9 +313,10 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const float bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                    dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
             }
         }
@@ -402,15 +416,20 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z2[n*C + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z2[n*C + k]);
         }
         _s4[n] = bp_acc1;
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        const float bp_acc2_r0 = _s4[n];
+        const float bp_acc2_r1 = _y_max[n];
+        const float bp_acc2_r2 = -bp_acc2_r1 - logf(bp_acc2_r0);
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total2 += bp_k0*(logf(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
+            bp_total2 += -bp_k0*(bp_acc2_r2 + z2[n*C + c])*t[n*C + c];
         }
         /* sum over k */
         float bp_acc3 = 0;
@@ -420,9 +439,14 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
         _s5[n] = bp_acc3;
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
+        const float bp_acc4_r0 = _s4[n];
+        const float bp_acc4_r1 = _s5[n];
+        const float bp_acc4_r2 = _y_max[n];
+        const float bp_acc4_r3 = -bp_acc4_r2;
+        const float bp_acc4_r4 = bp_acc4_r1*1.0F/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(expf(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0F/_s4[n] - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(bp_acc4_r4*expf(bp_acc4_r3 + z2[n*C + c]) - t[n*C + c]);
         }
     }
     L[0] = bp_total2;
@@ -440,9 +464,10 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
+                const float bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    _s6[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                    _s6[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
             }
         }
@@ -469,9 +494,10 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
+                const float bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                    dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
             }
         }
@@ -490,9 +516,10 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const float bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                    dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
             }
         }
@@ -523,9 +550,10 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const float bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                    dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
             }
         }
@@ -627,20 +655,29 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z2[n*C + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z2[n*C + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
+        const double bp_acc2_r0 = _s1[n];
+        const double bp_acc2_r1 = _y_max[n];
+        const double bp_acc2_r2 = -bp_acc2_r1;
+        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            y[n*C + c] = exp(-_y_max[n] + z2[n*C + c])*1.0/_s1[n];
+            y[n*C + c] = bp_acc2_r3*exp(bp_acc2_r2 + z2[n*C + c]);
         }
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        const double bp_acc3_r0 = _s1[n];
+        const double bp_acc3_r1 = _y_max[n];
+        const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
+            bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
         }
     }
     L[0] = bp_total3;
@@ -665,9 +702,10 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
         _s2[n] = bp_acc0;
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
+        const double bp_acc1_r0 = _s2[n];
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(_s2[n]*y[n*C + c] - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
         }
     }
     /* sum over c */
@@ -684,9 +722,10 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
+                const double bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    _s3[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                    _s3[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
             }
         }
@@ -713,9 +752,10 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
+                const double bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                    dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
             }
         }
@@ -734,9 +774,10 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const double bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                    dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
             }
         }
@@ -767,9 +808,10 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const double bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                    dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
             }
         }
@@ -869,15 +911,20 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z2[n*C + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z2[n*C + k]);
         }
         _s4[n] = bp_acc1;
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
+        const double bp_acc2_r0 = _s4[n];
+        const double bp_acc2_r1 = _y_max[n];
+        const double bp_acc2_r2 = -bp_acc2_r1 - log(bp_acc2_r0);
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_total2 += bp_k0*(log(_s4[n]) + _y_max[n] - z2[n*C + c])*t[n*C + c];
+            bp_total2 += -bp_k0*(bp_acc2_r2 + z2[n*C + c])*t[n*C + c];
         }
         /* sum over k */
         double bp_acc3 = 0;
@@ -887,9 +934,14 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
         _s5[n] = bp_acc3;
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
+        const double bp_acc4_r0 = _s4[n];
+        const double bp_acc4_r1 = _s5[n];
+        const double bp_acc4_r2 = _y_max[n];
+        const double bp_acc4_r3 = -bp_acc4_r2;
+        const double bp_acc4_r4 = bp_acc4_r1*1.0/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(exp(-_y_max[n] + z2[n*C + c])*_s5[n]*1.0/_s4[n] - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(bp_acc4_r4*exp(bp_acc4_r3 + z2[n*C + c]) - t[n*C + c]);
         }
     }
     L[0] = bp_total2;
@@ -907,9 +959,10 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
+                const double bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    _s6[n*H + h] += W2[c*H + h]*dz2[n*C + c];
+                    _s6[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
             }
         }
@@ -936,9 +989,10 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
+                const double bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[n*D + d] += W1[h*D + d]*dz1[n*H + h];
+                    dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
             }
         }
@@ -957,9 +1011,10 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const double bp_acc_r0 = dz1[n*H + h];
                 #pragma omp simd
                 for (ptrdiff_t d = 0; d < D; ++d) {
-                    dW1[h*D + d] += dz1[n*H + h]*x[n*D + d];
+                    dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
             }
         }
@@ -990,9 +1045,10 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const double bp_acc_r0 = dz2[n*C + c];
                 #pragma omp simd
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    dW2[c*H + h] += a1[n*H + h]*dz2[n*C + c];
+                    dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
             }
         }

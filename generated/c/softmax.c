@@ -74,15 +74,21 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        const float bp_acc2_r0 = _s1[n];
+        const float bp_acc2_r1 = _y_max[n];
+        const float bp_acc2_r2 = -bp_acc2_r1;
+        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
+            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
         }
     }
 }
@@ -101,9 +107,11 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
         }
         _s2[n] = bp_acc0;
         /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
+        const float bp_acc1_r0 = _s2[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -(_s2[n] - dy[n*I + i])*y[n*I + i];
+            dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
         }
     }
 }
@@ -128,15 +136,21 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        const double bp_acc2_r0 = _s1[n];
+        const double bp_acc2_r1 = _y_max[n];
+        const double bp_acc2_r2 = -bp_acc2_r1;
+        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
+            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
         }
     }
 }
@@ -155,9 +169,11 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
         }
         _s2[n] = bp_acc0;
         /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
+        const double bp_acc1_r0 = _s2[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -(_s2[n] - dy[n*I + i])*y[n*I + i];
+            dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
         }
     }
 }

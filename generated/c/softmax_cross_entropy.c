@@ -84,20 +84,29 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        const float bp_acc2_r0 = _s1[n];
+        const float bp_acc2_r1 = _y_max[n];
+        const float bp_acc2_r2 = -bp_acc2_r1;
+        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
+            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
         }
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        const float bp_acc3_r0 = _s1[n];
+        const float bp_acc3_r1 = _y_max[n];
+        const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
+            bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
         }
     }
     L[0] = bp_total3;
@@ -118,9 +127,10 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
         }
         _s2[n] = bp_acc0;
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        const float bp_acc1_r0 = _s2[n];
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(_s2[n]*y[n*I + i] - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(bp_acc1_r0*y[n*I + i] - t[n*I + i]);
         }
     }
 }
@@ -146,15 +156,20 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
         }
         _s3[n] = bp_acc1;
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        const float bp_acc2_r0 = _s3[n];
+        const float bp_acc2_r1 = _y_max[n];
+        const float bp_acc2_r2 = -bp_acc2_r1 - logf(bp_acc2_r0);
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total2 += bp_k0*(logf(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
+            bp_total2 += -bp_k0*(bp_acc2_r2 + z[n*I + i])*t[n*I + i];
         }
         /* sum over k */
         float bp_acc3 = 0;
@@ -164,9 +179,14 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         }
         _s4[n] = bp_acc3;
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        const float bp_acc4_r0 = _s3[n];
+        const float bp_acc4_r1 = _s4[n];
+        const float bp_acc4_r2 = _y_max[n];
+        const float bp_acc4_r3 = -bp_acc4_r2;
+        const float bp_acc4_r4 = bp_acc4_r1*1.0F/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(expf(-_y_max[n] + z[n*I + i])*_s4[n]*1.0F/_s3[n] - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(bp_acc4_r4*expf(bp_acc4_r3 + z[n*I + i]) - t[n*I + i]);
         }
     }
     L[0] = bp_total2;
@@ -194,20 +214,29 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        const double bp_acc2_r0 = _s1[n];
+        const double bp_acc2_r1 = _y_max[n];
+        const double bp_acc2_r2 = -bp_acc2_r1;
+        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
+            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
         }
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        const double bp_acc3_r0 = _s1[n];
+        const double bp_acc3_r1 = _y_max[n];
+        const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
+            bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
         }
     }
     L[0] = bp_total3;
@@ -228,9 +257,10 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
         }
         _s2[n] = bp_acc0;
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        const double bp_acc1_r0 = _s2[n];
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(_s2[n]*y[n*I + i] - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(bp_acc1_r0*y[n*I + i] - t[n*I + i]);
         }
     }
 }
@@ -256,15 +286,20 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
         }
         _s3[n] = bp_acc1;
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
+        const double bp_acc2_r0 = _s3[n];
+        const double bp_acc2_r1 = _y_max[n];
+        const double bp_acc2_r2 = -bp_acc2_r1 - log(bp_acc2_r0);
         #pragma omp simd reduction(+:bp_total2)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            bp_total2 += bp_k0*(log(_s3[n]) + _y_max[n] - z[n*I + i])*t[n*I + i];
+            bp_total2 += -bp_k0*(bp_acc2_r2 + z[n*I + i])*t[n*I + i];
         }
         /* sum over k */
         double bp_acc3 = 0;
@@ -274,9 +309,14 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         }
         _s4[n] = bp_acc3;
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        const double bp_acc4_r0 = _s3[n];
+        const double bp_acc4_r1 = _s4[n];
+        const double bp_acc4_r2 = _y_max[n];
+        const double bp_acc4_r3 = -bp_acc4_r2;
+        const double bp_acc4_r4 = bp_acc4_r1*1.0/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(exp(-_y_max[n] + z[n*I + i])*_s4[n]*1.0/_s3[n] - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(bp_acc4_r4*exp(bp_acc4_r3 + z[n*I + i]) - t[n*I + i]);
         }
     }
     L[0] = bp_total2;

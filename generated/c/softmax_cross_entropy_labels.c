@@ -84,15 +84,21 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        const float bp_acc2_r0 = _s1[n];
+        const float bp_acc2_r1 = _y_max[n];
+        const float bp_acc2_r2 = -bp_acc2_r1;
+        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = expf(-_y_max[n] + z[n*I + i])*1.0F/_s1[n];
+            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
@@ -108,9 +114,10 @@ void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        const int64_t bp_acc_r0 = t[n];
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -bp_k0*((i == t[n]) - y[n*I + i]);
+            dz[n*I + i] = -bp_k0*((bp_acc_r0 == i) - y[n*I + i]);
         }
     }
 }
@@ -135,17 +142,24 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
+        const float bp_acc1_r0 = _y_max[n];
+        const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total2 += bp_k0*(logf(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
+        const float bp_acc3_r0 = _s2[n];
+        const float bp_acc3_r1 = _y_max[n];
+        const int64_t bp_acc3_r2 = t[n];
+        const float bp_acc3_r3 = -bp_acc3_r1;
+        const float bp_acc3_r4 = 1.0F/bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(expf(-_y_max[n] + z[n*I + i])*1.0F/_s2[n] - (i == t[n]));
+            dz[n*I + i] = bp_k0*(bp_acc3_r4*expf(bp_acc3_r3 + z[n*I + i]) - (bp_acc3_r2 == i));
         }
     }
     L[0] = bp_total2;
@@ -173,15 +187,21 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        const double bp_acc2_r0 = _s1[n];
+        const double bp_acc2_r1 = _y_max[n];
+        const double bp_acc2_r2 = -bp_acc2_r1;
+        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = exp(-_y_max[n] + z[n*I + i])*1.0/_s1[n];
+            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
@@ -197,9 +217,10 @@ void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
     #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
+        const int64_t bp_acc_r0 = t[n];
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = -bp_k0*((i == t[n]) - y[n*I + i]);
+            dz[n*I + i] = -bp_k0*((bp_acc_r0 == i) - y[n*I + i]);
         }
     }
 }
@@ -224,17 +245,24 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
+        const double bp_acc1_r0 = _y_max[n];
+        const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(-_y_max[n] + z[n*I + k]);
+            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total2 += bp_k0*(log(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
+        const double bp_acc3_r0 = _s2[n];
+        const double bp_acc3_r1 = _y_max[n];
+        const int64_t bp_acc3_r2 = t[n];
+        const double bp_acc3_r3 = -bp_acc3_r1;
+        const double bp_acc3_r4 = 1.0/bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(exp(-_y_max[n] + z[n*I + i])*1.0/_s2[n] - (i == t[n]));
+            dz[n*I + i] = bp_k0*(bp_acc3_r4*exp(bp_acc3_r3 + z[n*I + i]) - (bp_acc3_r2 == i));
         }
     }
     L[0] = bp_total2;
