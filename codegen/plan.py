@@ -88,8 +88,8 @@ def plan(derivation: Derivation) -> KernelPlan:
         temps, expr = _shift_softmax(expr, eq.target, maxima)
         forward += temps
         forward.append(Statement(eq.target, eq.indices, expr, eq.text))
-    backward = tuple(Statement(s.name, s.indices, s.expr, show(s.lhs, s.expr))
-                     for s in derivation.steps)
+    backward = tuple(Statement(s.name, s.indices, _recompute_cheap(s.expr, layer),
+                               show(s.lhs, s.expr)) for s in derivation.steps)
     forward_names = {eq.target for eq in layer.equations}
     read = set()
     for st in backward:
@@ -104,6 +104,32 @@ def plan(derivation: Derivation) -> KernelPlan:
         reuses=tuple(n for n in returns if n in read and n in forward_names),
         upstream=tuple(derivation.upstream),
         gradients=tuple(adjoint_name(t.name) for t in layer.differentiable))
+
+
+def _recompute_cheap(expr, layer):
+    """Forward intermediates that are a few arithmetic operations on values the backward
+    pass reads anyway (layer norm's xhat = (x - mu) rstd) are recomputed, not read back:
+    one array fewer to store, pass and stream through memory."""
+    cheap = {eq.target: eq for eq in layer.equations
+             if layer.tensors[eq.target].role == "intermediate" and eq.indices
+             and not eq.rhs.has(sp.Sum) and not eq.rhs.atoms(sp.Function)
+             and _arithmetic(eq.rhs) <= 3}
+    if not cheap:
+        return expr
+
+    def value(ref):
+        eq = cheap[ref.base.label.name]
+        return eq.rhs.xreplace(dict(zip(eq.indices, ref.indices)))
+
+    return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in cheap,
+                        value)
+
+
+def _arithmetic(e) -> int:
+    """Additions, products and powers in e, not counting those inside array references."""
+    if isinstance(e, (sp.Indexed, sp.Symbol, sp.Number)):
+        return 0
+    return isinstance(e, (sp.Add, sp.Mul, sp.Pow)) + sum(_arithmetic(a) for a in e.args)
 
 
 def _softmax_parts(expr):

@@ -102,7 +102,7 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
     }
 }
 
-void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, const float *restrict xhat, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
+void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
     float *const _s2 = bp_work + 0;
@@ -144,9 +144,12 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
             dx[n*C + c] = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
         }
         /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
+        const float bp_acc3_r0 = mu[n];
+        const float bp_acc3_r1 = rstd[n];
+        const float bp_acc3_r2 = -bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dw[c] += dy[n*C + c]*xhat[n*C + c];
+            dw[c] += bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c];
         }
         /* db[c] = sum_n(dy[n, c]) */
         #pragma omp simd
@@ -198,7 +201,7 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
     }
 }
 
-void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, const double *restrict xhat, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
+void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
     double *const _s2 = bp_work + 0;
@@ -240,9 +243,12 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
             dx[n*C + c] = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
         }
         /* dw[c] = sum_n(dy[n, c]*xhat[n, c]) */
+        const double bp_acc3_r0 = mu[n];
+        const double bp_acc3_r1 = rstd[n];
+        const double bp_acc3_r2 = -bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dw[c] += dy[n*C + c]*xhat[n*C + c];
+            dw[c] += bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c];
         }
         /* db[c] = sum_n(dy[n, c]) */
         #pragma omp simd

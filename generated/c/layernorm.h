@@ -62,10 +62,10 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
  *   dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]
  *   dw[c] = sum_n(dy[n, c]*xhat[n, c])
  *   db[c] = sum_n(dy[n, c])
- * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N], xhat[N, C]
+ * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N]
  * out: dx[N, C], dw[C], db[C]
  */
-void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, const float *restrict xhat, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work);
+void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work);
 
 /* forward, double:
  *   mu[n] = sum(x[n, c], c) / C
@@ -82,10 +82,10 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
  *   dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]
  *   dw[c] = sum_n(dy[n, c]*xhat[n, c])
  *   db[c] = sum_n(dy[n, c])
- * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N], xhat[N, C]
+ * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N]
  * out: dx[N, C], dw[C], db[C]
  */
-void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, const double *restrict xhat, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work);
+void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work);
 
 #ifdef __cplusplus
 }

@@ -119,18 +119,17 @@ def forward(x, w, b):
     }
 
 
-def backward(x, w, b, dy, *, mu=None, rstd=None, xhat=None):
+def backward(x, w, b, dy, *, mu=None, rstd=None):
     """Returns dx, dw, db as a dict.
 
-    mu, rstd, xhat may be passed from forward()'s result to skip recomputing them.
+    mu, rstd may be passed from forward()'s result to skip recomputing them.
     """
-    if mu is None or rstd is None or xhat is None:
+    if mu is None or rstd is None:
         cache = forward(x, w, b)
         mu = cache['mu'] if mu is None else mu
         rstd = cache['rstd'] if rstd is None else rstd
-        xhat = cache['xhat'] if xhat is None else xhat
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'rstd': rstd, 'xhat': xhat})
-    x, w, b, dy, mu, rstd, xhat = a['x'], a['w'], a['b'], a['dy'], a['mu'], a['rstd'], a['xhat']
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'rstd': rstd})
+    x, w, b, dy, mu, rstd = a['x'], a['w'], a['b'], a['dy'], a['mu'], a['rstd']
     C = sizes['C']
     # dxhat[n, c] = w[c]*dy[n, c]
     dxhat = w[None, :]*dy
@@ -139,7 +138,7 @@ def backward(x, w, b, dy, *, mu=None, rstd=None, xhat=None):
     _t2 = np.einsum('nk,nk->n', dxhat, x, optimize=True)[:, None]
     dx = (rstd[:, None]**2*(_t2 - mu[:, None]*_t1)*mu[:, None]/C + dxhat - _t1/C - rstd[:, None]**2*(_t2 - mu[:, None]*_t1)*x/C)*rstd[:, None]
     # dw[c] = sum_n(dy[n, c]*xhat[n, c])
-    dw = np.einsum('nc,nc->c', dy, xhat, optimize=True)
+    dw = np.einsum('cn,n,nc->c', x.T - mu[None, :], rstd, dy, optimize=True)
     # db[c] = sum_n(dy[n, c])
     db = dy.sum(axis=0)
     return {
