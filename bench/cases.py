@@ -24,7 +24,7 @@ class Case:
     writes: tuple[str, ...] = ()      # ... and writes: what its traffic floor streams
     flops: Callable | None = None     # sizes -> floating-point operations (GEMM cases)
     note: str = ""
-    extra: dict = field(default_factory=dict)
+    in_place: dict = field(default_factory=dict)   # result -> the input it may overwrite
 
     def size_text(self) -> str:
         return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
@@ -203,7 +203,8 @@ def cases(scale: int = 1) -> list[Case]:
         Case("adam_step", "adam", "forward", dict(P=big(10_000_000)),
              _adam_make, _adam_hand, _adam_torch, reads=("p", "g", "m", "v"),
              writes=("p_next", "m_next", "v_next"),
-             note="torch: the fused CPU Adam, in place"),
+             in_place=dict(p_next="p", m_next="m", v_next="v"),
+             note="torch: the fused CPU Adam, in place; ours in place too (out=)"),
         Case("sigmoid_bce_fwd_bwd", "sigmoid_bce", "forward_backward",
              dict(N=big(10_000), I=1000), _bce_make, _bce_hand, _bce_torch,
              reads=("z", "t"), writes=("dz",), note="loss and dz in one pass"),

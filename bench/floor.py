@@ -26,6 +26,12 @@ class Floor:
     def set_threads(self, threads: int) -> None:
         self._lib.bp_floor_set_threads(int(threads))
 
+    def stream_in_place(self, arrays: list[np.ndarray], writes: int) -> None:
+        """Read every array once and write the first `writes` of them back."""
+        ptr = lambda a: self._ffi.cast("float *", self._ffi.from_buffer(a))
+        fn = getattr(self._lib, f"bp_floor_inplace_{len(arrays)}_{writes}")
+        fn(arrays[0].size, *[ptr(a) for a in arrays])
+
     def stream(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
         """Read every input and write every output once (float32, all the same size)."""
         n = inputs[0].size

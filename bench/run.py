@@ -97,10 +97,16 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
     results = entry(**args)
     prealloc = {n: np.empty_like(v) for n, v in results.items() if np.ndim(v)}
     impls = {}
+    state = {n: np.array(arrays[n]) for n in case.in_place.values()}   # updated in place
+    inplace_args = {**args, **state}
+    inplace_out = {r: state[i] for r, i in case.in_place.items()}
     for t in THREADS:
         setup = (lambda t=t: c.set_threads(t))
         impls[("c", t, "preallocated")] = (setup, lambda: entry(out=prealloc, **args))
         impls[("c", t, "fresh")] = (setup, lambda: entry(**args))
+        if case.in_place:
+            impls[("c", t, "in-place")] = (setup, lambda: entry(out=inplace_out,
+                                                                **inplace_args))
     np_entry = getattr(npk, case.entry)
     np_args = {n: arrays[n] for n in (npk.args + npk.upstream if case.entry == "backward"
                                       else npk.args)}
@@ -128,6 +134,11 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
             impls[("floor", t, "preallocated")] = (setup, lambda: floor.stream(ins, outs))
             impls[("floor", t, "fresh")] = (setup, lambda: floor.stream(
                 ins, [np.empty_like(o) for o in outs]))
+            if case.in_place:            # the written arrays first, then the read-only ones
+                order = [np.array(arrays[case.in_place[w]]) for w in case.writes] + [
+                    np.array(arrays[r]) for r in case.reads if r not in case.in_place.values()]
+                impls[("floor", t, "in-place")] = (setup, lambda order=order:
+                                                   floor.stream_in_place(order, len(outs)))
     medians = _median_interleaved(impls, repeat)
     c.set_threads(max(THREADS))
     nbytes = sum(np.asarray(arrays[n]).nbytes for n in case.reads) + \
@@ -140,8 +151,7 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
         if torch_time is not None and impl != "torch":
             rec["vs_torch"] = torch_time / median
         if case.reads:
-            mode = "preallocated" if outputs == "in-place" else outputs
-            fl = medians.get(("floor", threads, mode)) or medians[("floor", 2, mode)]
+            fl = medians.get(("floor", threads, outputs)) or medians[("floor", 2, outputs)]
             rec["pct_floor"] = 100 * fl / median
             rec["gbps"] = nbytes / median / 1e9
         if case.flops:

@@ -44,6 +44,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
 
     fused_out = tuple(t.name for t in layer.outputs) + tuple(plan.gradients) \
         if fusable(plan) else ()
+    inplace = pointwise(loops.forward)
     variants = []
     for dtype in DTYPES:
         ctype = CTYPES[dtype]
@@ -71,6 +72,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             forward=_views(loops.forward, printer, shapes),
             backward=_views(loops.backward, printer, shapes),
             fused_params=params(plan.args, fused_out),
+            inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
+            inplace=_inplace_view(loops.forward, printer) if inplace else None,
             fused_unused=_unused(layer.dims, plan.args, fused_out, loops.fused,
                                  loops.fused_temps, shapes, loops.invariants["fused"]),
             **{f"{side}_consts": [(str(s), printer.code(e)) for s, e in
@@ -90,7 +93,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
         backward_out_doc=arrays(plan.gradients),
         gemm_doc=gemm_doc, forward_work=_size(loops.forward_temps),
-        backward_work=_size(loops.backward_temps), fused=fusable(plan),
+        backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
     )
@@ -157,6 +160,42 @@ def _views(nests, printer, shapes) -> list[dict]:
     return [_group_view(x, printer, shapes) if isinstance(x, Group) else
             _hoist_row_values(_view(x, printer, shapes), printer)
             for x in fuse(nests, alone=as_gemm)]
+
+
+def pointwise(nests: list[Nest]) -> bool:
+    """Every statement elementwise over the same loops, every array read at exactly those
+    indices: element i of each result depends only on element i of each input, so a result
+    may overwrite an input of its shape (an optimizer step, in place)."""
+    if not nests or any(n.kind != "elementwise" or not n.loops for n in nests):
+        return False
+    loops = nests[0].loops
+    return all(n.loops == loops and n.out == loops and all(
+        tuple(a.indices) == loops for e in (n.body, n.init) for a in e.atoms(sp.Indexed))
+        for n in nests)
+
+
+def _inplace_view(nests: list[Nest], printer: KernelCPrinter) -> dict:
+    """One loop that loads every input element, computes every result into a local, then
+    stores: with no restrict and `omp simd` (no dependence between iterations), a result
+    may share its buffer with the input it replaces."""
+    loops = nests[0].loops
+    reads = sorted({a for n in nests for a in n.body.atoms(sp.Indexed)}, key=str)
+    local = {a: sp.Symbol(f"bp_in_{a.base.label.name}") for a in reads}
+    scalars = sorted({s for n in nests for s in n.body.free_symbols
+                      if type(s) is sp.Symbol and s.name in printer.scalars}, key=str)
+    before = {s: sp.Symbol(f"bp_s_{s.name}") for s in scalars}   # read once, not per element
+    local.update(before)
+    computed, results = {}, []
+    for n in nests:       # arrays are contiguous and of one shape: one flat index bp_i
+        ref = sp.IndexedBase(n.target)[loops]
+        value = n.body.xreplace({**local, **computed})
+        computed[ref] = sp.Symbol(f"bp_out_{n.target}")
+        results.append((str(computed[ref]), printer.code(value), f"{n.target}[bp_i]"))
+    return dict(extent="*".join(str(dim_of(i)) for i in loops),
+                scalars=[(str(s), printer._print(a)) for a, s in before.items()],
+                loads=[(str(s), f"{a.base.label.name}[bp_i]") for a, s in local.items()
+                       if a not in before],
+                results=results)
 
 
 def _hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:

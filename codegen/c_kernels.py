@@ -27,6 +27,7 @@ class CKernels:
         self._forward_work = getattr(self._lib, f"bp_{layer.name}_forward_work")
         self._backward_work = getattr(self._lib, f"bp_{layer.name}_backward_work")
         self._fused = getattr(self._lib, f"bp_{layer.name}_forward_backward_{sfx}", None)
+        self._inplace = getattr(self._lib, f"bp_{layer.name}_forward_inplace_{sfx}", None)
         self._fused_work = getattr(self._lib, f"bp_{layer.name}_forward_backward_work", None)
         self.tensors = layer.describe()
         self.args = tuple(plan.args)
@@ -69,11 +70,15 @@ class CKernels:
 
     # ---- the contract -------------------------------------------------------------------
     def forward(self, out=None, **arrays):
+        """Results in fresh arrays, or in the caller's: out={name: array}.  For a layer
+        computed element by element (an optimizer step, an activation) a result may be the
+        very input it replaces, out={"p_next": p}: an update in place."""
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
-        out = self._outputs(out, self.returns, sizes, a)
+        out = self._outputs(out, self.returns, sizes, a, in_place=self._inplace is not None)
         work = self._work(self._forward_work, sizes)
-        self._forward(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+        shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
+        (self._inplace if shared else self._forward)(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
                       *[self._ptr(out[n]) for n in self.returns], self._ptr(work))
         return out
 
@@ -108,10 +113,10 @@ class CKernels:
         return out
 
     # ---- checks ---------------------------------------------------------------------------
-    def _outputs(self, given, names, sizes, inputs):
+    def _outputs(self, given, names, sizes, inputs, in_place=False):
         """Result arrays: fresh ones, or the caller's (`out={name: array}`, some or all),
         each checked like an input and refused if it may overlap any other array (the C
-        pointers are restrict)."""
+        pointers are restrict), except, with `in_place`, exactly the input it replaces."""
         given = dict(given or {})
         unknown = [n for n in given if n not in names]
         if unknown:
@@ -130,9 +135,14 @@ class CKernels:
                 raise ValueError(f"out[{n!r}]: expected a writeable C-contiguous {self.dtype} "
                                  f"array of shape {shape}, got {got}")
             for other, b in list(inputs.items()) + list(out.items()):
-                if np.may_share_memory(a, b):
-                    raise ValueError(f"out[{n!r}] overlaps {other}: results must not share "
-                                     f"memory with any other array")
+                if not np.may_share_memory(a, b):
+                    continue
+                if in_place and other in inputs and _same_buffer(a, b):
+                    continue
+                why = (" (only layers computed element by element update in place)"
+                       if other in inputs and _same_buffer(a, b) else "")
+                raise ValueError(f"out[{n!r}] overlaps {other}: results must not share "
+                                 f"memory with any other array{why}")
             out[n] = a
         return out
 
@@ -204,6 +214,11 @@ class CKernels:
 
     def __repr__(self):
         return f"<C kernels ({self.dtype}) of layer {self.name}>"
+
+
+def _same_buffer(a, b) -> bool:
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
 def _shape(dims, sizes):

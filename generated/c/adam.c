@@ -86,6 +86,31 @@ void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *res
     (void)bp_work;
 }
 
+void bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, float *p_next, float *m_next, float *v_next, float *bp_work)
+{
+    (void)bp_work;
+    const float bp_k0 = 1.0F/(1 - powf(beta1[0], step[0]));
+    const float bp_k1 = 1.0F/(1 - powf(beta2[0], step[0]));
+    const float bp_s_beta1 = beta1[0];
+    const float bp_s_beta2 = beta2[0];
+    const float bp_s_eps = eps[0];
+    const float bp_s_lr = lr[0];
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
+        const float bp_in_g = g[bp_i];
+        const float bp_in_m = m[bp_i];
+        const float bp_in_p = p[bp_i];
+        const float bp_in_v = v[bp_i];
+        const float bp_out_m_next = bp_in_g*(1 - bp_s_beta1) + bp_in_m*bp_s_beta1;
+        const float bp_out_v_next = bp_in_v*bp_s_beta2 + (1 - bp_s_beta2)*(bp_in_g*bp_in_g);
+        const float bp_out_p_next = bp_in_p - bp_k0*bp_s_lr*(bp_in_g*(1 - bp_s_beta1) + bp_in_m*bp_s_beta1)*1.0F/(bp_s_eps + sqrtf(bp_k1*(bp_in_v*bp_s_beta2 + (1 - bp_s_beta2)*(bp_in_g*bp_in_g))));
+        m_next[bp_i] = bp_out_m_next;
+        v_next[bp_i] = bp_out_v_next;
+        p_next[bp_i] = bp_out_p_next;
+    }
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work)
@@ -117,4 +142,29 @@ void bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *r
     (void)beta2;
     (void)eps;
     (void)bp_work;
+}
+
+void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, double *p_next, double *m_next, double *v_next, double *bp_work)
+{
+    (void)bp_work;
+    const double bp_k0 = 1.0/(1 - pow(beta1[0], step[0]));
+    const double bp_k1 = 1.0/(1 - pow(beta2[0], step[0]));
+    const double bp_s_beta1 = beta1[0];
+    const double bp_s_beta2 = beta2[0];
+    const double bp_s_eps = eps[0];
+    const double bp_s_lr = lr[0];
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
+        const double bp_in_g = g[bp_i];
+        const double bp_in_m = m[bp_i];
+        const double bp_in_p = p[bp_i];
+        const double bp_in_v = v[bp_i];
+        const double bp_out_m_next = bp_in_g*(1 - bp_s_beta1) + bp_in_m*bp_s_beta1;
+        const double bp_out_v_next = bp_in_v*bp_s_beta2 + (1 - bp_s_beta2)*(bp_in_g*bp_in_g);
+        const double bp_out_p_next = bp_in_p - bp_k0*bp_s_lr*(bp_in_g*(1 - bp_s_beta1) + bp_in_m*bp_s_beta1)*1.0/(bp_s_eps + sqrt(bp_k1*(bp_in_v*bp_s_beta2 + (1 - bp_s_beta2)*(bp_in_g*bp_in_g))));
+        m_next[bp_i] = bp_out_m_next;
+        v_next[bp_i] = bp_out_v_next;
+        p_next[bp_i] = bp_out_p_next;
+    }
 }

@@ -56,6 +56,10 @@ void bp_adam_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  */
 void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work);
 
+/* The same forward pass, element by element with no restrict: a result may share its
+ * buffer with an input of the same shape (p_next with p: an update in place). */
+void bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, float *p_next, float *m_next, float *v_next, float *bp_work);
+
 /* backward, float:
  * in:  p[P], g[P], m[P], v[P], step, lr, beta1, beta2, eps
  * out: (none)
@@ -70,6 +74,10 @@ void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *res
  * out: p_next[P], m_next[P], v_next[P]
  */
 void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work);
+
+/* The same forward pass, element by element with no restrict: a result may share its
+ * buffer with an input of the same shape (p_next with p: an update in place). */
+void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, double *p_next, double *m_next, double *v_next, double *bp_work);
 
 /* backward, double:
  * in:  p[P], g[P], m[P], v[P], step, lr, beta1, beta2, eps

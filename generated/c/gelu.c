@@ -95,6 +95,24 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     }
 }
 
+void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *u, float *th, float *bp_work)
+{
+    (void)bp_work;
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
+        const float bp_in_th = th[bp_i];
+        const float bp_in_u = u[bp_i];
+        const float bp_in_z = z[bp_i];
+        const float bp_out_u = 0.797884561F*bp_in_z + 0.0356774081F*(bp_in_z*bp_in_z*bp_in_z);
+        const float bp_out_th = tanhf(bp_out_u);
+        const float bp_out_a = (1.0F/2.0F)*bp_in_z*(bp_out_th + 1);
+        u[bp_i] = bp_out_u;
+        th[bp_i] = bp_out_th;
+        a[bp_i] = bp_out_a;
+    }
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work)
@@ -131,5 +149,23 @@ void bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
             const double bp_c0 = -1 + th[n*I + i]*th[n*I + i];
             dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_c0*z[n*I + i] + 0.10703222440890038*bp_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
         }
+    }
+}
+
+void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *u, double *th, double *bp_work)
+{
+    (void)bp_work;
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
+        const double bp_in_th = th[bp_i];
+        const double bp_in_u = u[bp_i];
+        const double bp_in_z = z[bp_i];
+        const double bp_out_u = 0.7978845608028654*bp_in_z + 0.035677408136300126*(bp_in_z*bp_in_z*bp_in_z);
+        const double bp_out_th = tanh(bp_out_u);
+        const double bp_out_a = (1.0/2.0)*bp_in_z*(bp_out_th + 1);
+        u[bp_i] = bp_out_u;
+        th[bp_i] = bp_out_th;
+        a[bp_i] = bp_out_a;
     }
 }

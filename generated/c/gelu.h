@@ -56,6 +56,10 @@ void bp_gelu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  */
 void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work);
 
+/* The same forward pass, element by element with no restrict: a result may share its
+ * buffer with an input of the same shape (p_next with p: an update in place). */
+void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *u, float *th, float *bp_work);
+
 /* backward, float:
  *   dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2
  * in:  z[N, I], da[N, I], th[N, I]
@@ -71,6 +75,10 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
  * out: a[N, I], u[N, I], th[N, I]
  */
 void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work);
+
+/* The same forward pass, element by element with no restrict: a result may share its
+ * buffer with an input of the same shape (p_next with p: an update in place). */
+void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *u, double *th, double *bp_work);
 
 /* backward, double:
  *   dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2

@@ -94,6 +94,18 @@ void bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     }
 }
 
+void bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
+{
+    (void)bp_work;
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
+        const float bp_in_z = z[bp_i];
+        const float bp_out_a = bp_relu_f32(bp_in_z);
+        a[bp_i] = bp_out_a;
+    }
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 /* max(x, 0); a NaN stays NaN, as in NumPy */
@@ -131,5 +143,17 @@ void bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_step_f64(z[n*I + i])*da[n*I + i];
         }
+    }
+}
+
+void bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
+{
+    (void)bp_work;
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
+        const double bp_in_z = z[bp_i];
+        const double bp_out_a = bp_relu_f64(bp_in_z);
+        a[bp_i] = bp_out_a;
     }
 }

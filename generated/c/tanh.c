@@ -83,6 +83,18 @@ void bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     }
 }
 
+void bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
+{
+    (void)bp_work;
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
+        const float bp_in_z = z[bp_i];
+        const float bp_out_a = tanhf(bp_in_z);
+        a[bp_i] = bp_out_a;
+    }
+}
+
 /* ---- double ------------------------------------------------------------------ */
 
 void bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
@@ -109,5 +121,17 @@ void bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
+    }
+}
+
+void bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
+{
+    (void)bp_work;
+    /* every load of element bp_i comes before any store to it */
+    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
+        const double bp_in_z = z[bp_i];
+        const double bp_out_a = tanh(bp_in_z);
+        a[bp_i] = bp_out_a;
     }
 }

@@ -54,6 +54,10 @@ void bp_tanh_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  */
 void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work);
 
+/* The same forward pass, element by element with no restrict: a result may share its
+ * buffer with an input of the same shape (p_next with p: an update in place). */
+void bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work);
+
 /* backward, float:
  *   dz[n, i] = (1 - a[n, i]**2)*da[n, i]
  * in:  z[N, I], da[N, I], a[N, I]
@@ -67,6 +71,10 @@ void bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
  * out: a[N, I]
  */
 void bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work);
+
+/* The same forward pass, element by element with no restrict: a result may share its
+ * buffer with an input of the same shape (p_next with p: an update in place). */
+void bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work);
 
 /* backward, double:
  *   dz[n, i] = (1 - a[n, i]**2)*da[n, i]
