@@ -17,7 +17,10 @@ import statistics
 import subprocess
 import sys
 
-from machine import cpu_model
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import _cpu_model as cpu_model  # noqa: E402
 
 CHILD = r"""
 import json, sys, time

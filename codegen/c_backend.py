@@ -179,7 +179,9 @@ def _inplace_view(nests: list[Nest], printer: KernelCPrinter) -> dict:
     stores: with no restrict and `omp simd` (no dependence between iterations), a result
     may share its buffer with the input it replaces."""
     loops = nests[0].loops
-    reads = sorted({a for n in nests for a in n.body.atoms(sp.Indexed)}, key=str)
+    written = {n.target for n in nests}          # computed in this iteration: locals
+    reads = sorted({a for n in nests for a in n.body.atoms(sp.Indexed)
+                    if a.base.label.name not in written}, key=str)
     local = {a: sp.Symbol(f"bp_in_{a.base.label.name}") for a in reads}
     scalars = sorted({s for n in nests for s in n.body.free_symbols
                       if type(s) is sp.Symbol and s.name in printer.scalars}, key=str)

@@ -84,7 +84,7 @@ def plan(derivation: Derivation) -> KernelPlan:
     forward = []
     maxima = {}   # one row maximum per distinct exp-sum, shared by all statements
     for eq in layer.equations:
-        expr = _stable_logs(eq.rhs, defs)
+        expr = _one_softplus(_stable_logs(eq.rhs, defs))
         temps, expr = _shift_softmax(expr, eq.target, maxima)
         forward += temps
         forward.append(Statement(eq.target, eq.indices, expr, eq.text))
@@ -123,6 +123,26 @@ def _recompute_cheap(expr, layer):
 
     return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in cheap,
                         value)
+
+
+def _one_softplus(expr):
+    """softplus(-a) = softplus(a) - a: binary cross-entropy's (1 - t) softplus(z) +
+    t softplus(-z) becomes softplus(z) - t z, one exp and one log1p per element instead
+    of two.  Kept only when it leaves fewer softplus calls."""
+    flipped = expr.replace(
+        lambda e: isinstance(e, softplus) and e.args[0].could_extract_minus_sign(),
+        lambda e: softplus(-e.args[0]) + e.args[0])
+
+    def expand_sums(e):
+        if isinstance(e, sp.Sum):
+            return sp.Sum(sp.expand(expand_sums(e.function)), *e.limits)
+        if not e.args or isinstance(e, (sp.Indexed, sp.Idx, sp.Symbol)):
+            return e
+        return e.func(*[expand_sums(a) for a in e.args])
+
+    flipped = expand_sums(flipped)
+    count = lambda e: sum(1 for _ in sp.preorder_traversal(e) if isinstance(_, softplus))
+    return flipped if count(flipped) < count(expr) else expr
 
 
 def _arithmetic(e) -> int:

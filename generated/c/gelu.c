@@ -101,8 +101,6 @@ void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
     /* every load of element bp_i comes before any store to it */
     #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
-        const float bp_in_th = th[bp_i];
-        const float bp_in_u = u[bp_i];
         const float bp_in_z = z[bp_i];
         const float bp_out_u = 0.797884561F*bp_in_z + 0.0356774081F*(bp_in_z*bp_in_z*bp_in_z);
         const float bp_out_th = tanhf(bp_out_u);
@@ -158,8 +156,6 @@ void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
     /* every load of element bp_i comes before any store to it */
     #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
-        const double bp_in_th = th[bp_i];
-        const double bp_in_u = u[bp_i];
         const double bp_in_z = z[bp_i];
         const double bp_out_u = 0.7978845608028654*bp_in_z + 0.035677408136300126*(bp_in_z*bp_in_z*bp_in_z);
         const double bp_out_th = tanh(bp_out_u);

@@ -100,7 +100,7 @@ def forward(z, t):
     # y[n, i] = sigmoid(z[n, i])
     y = _sigmoid(z)
     # L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N
-    L = -(-(1 - t)*np.logaddexp(0, z) - t*np.logaddexp(0, -z)).sum(axis=(0, 1))/N
+    L = -(t*z - np.logaddexp(0, z)).sum(axis=(0, 1))/N
     return {
         'L': np.asarray(L, dtype),
         'y': np.asarray(y, dtype),

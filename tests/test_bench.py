@@ -1,0 +1,84 @@
+"""The benchmark measures what it claims: every peer computes the same results as the
+generated kernel, and `backprop bench --json` writes well-formed records.  No timing is
+asserted (speed lives in bench/, never in tests)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import codegen
+from bench.cases import cases
+from bench.floor import Floor
+
+CASES = cases(scale=64)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.kernel for c in CASES])
+def test_every_peer_computes_the_same_results(case):
+    c = codegen.load(case.layer, backend="c", dtype="float32")
+    arrays = case.make(np.random.default_rng(0), case.sizes)
+    if case.entry == "backward":
+        fwd = c.forward(**{n: arrays[n] for n in c.args})
+        arrays.update({n: fwd[n] for n in c.reuses if n not in arrays})
+        names = c.args + c.upstream + c.reuses
+    else:
+        names = c.args
+    ours = getattr(c, case.entry)(**{n: arrays[n] for n in names})
+    hand = case.hand(dict(arrays))
+    for n, v in hand.items():
+        np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
+                                   err_msg=f"hand {n}")
+    torch = pytest.importorskip("torch")
+    call = case.torch(torch, {k: (np.array(v) if isinstance(v, np.ndarray) else v)
+                              for k, v in arrays.items()})
+    got = call()
+    if case.kernel == "adam_step":
+        return                    # in place on copies: compared in tests/test_outputs.py
+    if case.kernel.endswith("fwd_bwd"):
+        loss, dz = got
+        np.testing.assert_allclose(float(loss.detach()), float(ours["L"]), rtol=1e-4)
+        np.testing.assert_allclose(dz.numpy(), ours["dz"], rtol=2e-4, atol=1e-7)
+    else:
+        want = dict(zip(c.gradients, got if isinstance(got, tuple) else (got,)))
+        for n, v in want.items():
+            np.testing.assert_allclose(v.numpy(), ours[n], rtol=2e-4, atol=2e-5, err_msg=n)
+
+
+def test_floor_streams_what_it_is_given():
+    floor = Floor()
+    a, b = np.arange(10, dtype=np.float32), np.ones(10, np.float32)
+    out = np.empty(10, np.float32)
+    floor.stream([a, b], [out])
+    np.testing.assert_array_equal(out, a + b)
+    floor.stream_in_place([a, b], 1)
+    np.testing.assert_array_equal(a, out)          # a <- a + b
+    with pytest.raises(ValueError, match="1-4 inputs"):
+        floor.stream([a], [np.empty(3, np.float32)])
+
+
+def test_bench_json_records():
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--quick", "--repeat",
+                        "2", "--json", "--only", "layernorm_backward,adam_step"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["machine"]["cores"] >= 1 and data["repeat"] == 2
+    recs = data["records"]
+    kinds = {(x["kernel"], x["impl"], x["threads"]) for x in recs}
+    for kernel in ("layernorm_backward", "adam_step"):
+        for impl, threads in (("c", 1), ("c", 2), ("numpy", 2), ("hand", 2), ("floor", 2)):
+            assert (kernel, impl, threads) in kinds
+    for x in recs:
+        assert x["median_s"] > 0 and "pct_floor" in x and x["gbps"] > 0
+        assert set(x) >= {"kernel", "impl", "threads", "outputs", "median_s"}
+    assert any(x["outputs"] == "in-place" and x["impl"] == "c" for x in recs)
+    if data["machine"]["torch"]:
+        assert all("vs_torch" in x for x in recs if x["impl"] != "torch")
+
+
+def test_bench_names_an_unknown_kernel():
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--only", "nope"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "no benchmark named 'nope'" in r.stderr
