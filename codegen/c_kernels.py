@@ -8,39 +8,53 @@ import numpy as np
 
 from .arguments import check_names
 from .blas import numpy_blas
-from .c_printer import CTYPES, SUFFIX
+from .dtypes import CTYPES, SUFFIX
 
 
 class CKernels:
     backend = "c"
 
-    def __init__(self, layer, derivation, plan, module, dtype: str):
-        self.layer = layer
+    def __init__(self, layer, derivation, plan, module, dtype: str, shape=None):
+        """`layer` is a Layer, or (after a warm load) a function that parses it when first
+        asked for; `shape` then describes it: name, dims, tensors, outputs."""
+        self._layer = layer
         self._derivation = derivation      # None after a warm load: derived when asked for
-        self.name = layer.name
+        shape = shape or layer_shape(layer)
+        self.name = shape["name"]
+        self._dim_names = tuple(shape["dims"])
+        self._output_names = tuple(shape["outputs"])
+        tensors = {n: (role, tuple(dims), values)
+                   for n, (role, dims, values) in shape["tensors"].items()}
+        layer_name = self.name
         self.dtype = np.dtype(dtype)
         self._ffi, self._lib = module.ffi, module.lib
         self._ctype = CTYPES[dtype]
         sfx = SUFFIX[dtype]
-        self._forward = getattr(self._lib, f"bp_{layer.name}_forward_{sfx}")
-        self._backward = getattr(self._lib, f"bp_{layer.name}_backward_{sfx}")
-        self._forward_work = getattr(self._lib, f"bp_{layer.name}_forward_work")
-        self._backward_work = getattr(self._lib, f"bp_{layer.name}_backward_work")
-        self._fused = getattr(self._lib, f"bp_{layer.name}_forward_backward_{sfx}", None)
-        self._inplace = getattr(self._lib, f"bp_{layer.name}_forward_inplace_{sfx}", None)
-        self._fused_work = getattr(self._lib, f"bp_{layer.name}_forward_backward_work", None)
-        self.tensors = layer.describe()
+        self._forward = getattr(self._lib, f"bp_{layer_name}_forward_{sfx}")
+        self._backward = getattr(self._lib, f"bp_{layer_name}_backward_{sfx}")
+        self._forward_work = getattr(self._lib, f"bp_{layer_name}_forward_work")
+        self._backward_work = getattr(self._lib, f"bp_{layer_name}_backward_work")
+        self._fused = getattr(self._lib, f"bp_{layer_name}_forward_backward_{sfx}", None)
+        self._inplace = getattr(self._lib, f"bp_{layer_name}_forward_inplace_{sfx}", None)
+        self._fused_work = getattr(self._lib, f"bp_{layer_name}_forward_backward_work", None)
+        self.tensors = {n: (role, dims) for n, (role, dims, _) in tensors.items()}
         self.args = tuple(plan.args)
         self.returns = tuple(plan.returns)
         self.upstream = tuple(plan.upstream)
         self.gradients = tuple(plan.gradients)
         self.reuses = tuple(plan.reuses)
-        self._shapes = {t.name: t.dims for t in layer.tensors.values()}
-        self._indices = {t.name: t.values for t in layer.tensors.values()
-                         if t.values is not None}
-        self._shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+        self._shapes = {n: dims for n, (_, dims, _) in tensors.items()}
+        self._indices = {n: values for n, (_, _, values) in tensors.items()
+                         if values is not None}
+        self._shapes.update({"d" + n: dims for n, (_, dims, _) in tensors.items()})
         self.blas = None
         self.use_blas(True)
+
+    @property
+    def layer(self):
+        if callable(self._layer):
+            self._layer = self._layer()
+        return self._layer
 
     @property
     def derivation(self):
@@ -78,8 +92,9 @@ class CKernels:
         out = self._outputs(out, self.returns, sizes, a, in_place=self._inplace is not None)
         work = self._work(self._forward_work, sizes)
         shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
-        (self._inplace if shared else self._forward)(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                      *[self._ptr(out[n]) for n in self.returns], self._ptr(work))
+        kernel = self._inplace if shared else self._forward
+        kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+               *[self._ptr(out[n]) for n in self.returns], self._ptr(work))
         return out
 
     def backward(self, out=None, **arrays):
@@ -105,7 +120,7 @@ class CKernels:
                              f"({', '.join(self.upstream)}): call forward, then backward")
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
-        names = tuple(t.name for t in self.layer.outputs) + self.gradients
+        names = self._output_names + self.gradients
         out = self._outputs(out, names, sizes, a)
         work = self._work(self._fused_work, sizes)
         self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
@@ -182,7 +197,7 @@ class CKernels:
                 raise ValueError(f"{name}: expected a C-contiguous array (use "
                                  f"numpy.ascontiguousarray), got strides {value.strides}")
             checked[name] = value
-        missing = [d for d in self.layer.dims if d not in sizes]
+        missing = [d for d in self._dim_names if d not in sizes]
         if missing:
             raise ValueError(f"{self.name}: no array gives the size of dimension "
                              f"{missing[0]}")
@@ -203,7 +218,7 @@ class CKernels:
         return tuple(sizes[d] for d in self._shapes[name])
 
     def _dims(self, sizes):
-        return [sizes[d] for d in self.layer.dims]
+        return [sizes[d] for d in self._dim_names]
 
     def _work(self, fn, sizes):
         return np.empty(max(int(fn(*self._dims(sizes))), 1), self.dtype)
@@ -214,6 +229,14 @@ class CKernels:
 
     def __repr__(self):
         return f"<C kernels ({self.dtype}) of layer {self.name}>"
+
+
+def layer_shape(layer) -> dict:
+    """What the wrapper needs of a Layer, as plain data (kept in the warm-load index)."""
+    return dict(name=layer.name, dims=list(layer.dims),
+                outputs=[t.name for t in layer.outputs],
+                tensors={t.name: [t.role, list(t.dims), t.values]
+                         for t in layer.tensors.values()})
 
 
 def _same_buffer(a, b) -> bool:

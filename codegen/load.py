@@ -12,7 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from derive import derive
-from derive.builtins import resolve
+from derive.builtins import resolve, spec_source
+from derive.parser import parse_spec
+from derive.spec import Layer
 
 from .arguments import check_names
 from .emit import write_atomic
@@ -94,9 +96,9 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     """
     if backend not in ("numpy", "c"):
         raise ValueError(f"unknown backend '{backend}'; available: numpy, c")
-    layer = resolve(layer_or_name)
     if backend == "c":
-        return _load_c(layer, dtype or "float64", cache)
+        return _load_c(layer_or_name, dtype or "float64", cache)
+    layer = resolve(layer_or_name)
     if dtype is not None:
         raise ValueError("dtype is chosen per call by the NumPy backend (it follows the "
                          "arrays); pass dtype only with backend='c'")
@@ -115,19 +117,27 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     return Kernels(layer, derivation, module, path, backend)
 
 
-def _load_c(layer, dtype, cache):
-    """C kernels; a warm cache is found from the spec text alone (no SymPy, no printing)."""
+def _load_c(layer_or_name, dtype, cache):
+    """C kernels; a warm cache is found from the spec text alone: no parsing, no SymPy, no
+    printing (the Layer is parsed only if asked for, from the same text)."""
     from . import build as b
-    from .c_kernels import CKernels
+    from .c_kernels import CKernels, layer_shape
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     root = cache_dir(cache)
-    skey = b.spec_key(layer.source, layer.name)
-    hit = b.load_indexed(root, skey)
-    if hit is not None:
-        module, meta = hit
-        return CKernels(layer, None, SimpleNamespace(**meta["plan"]), module, dtype)
+    source = spec_source(layer_or_name)
+    if source is not None:
+        text, label = source
+        skey = b.spec_key(text, label if isinstance(layer_or_name, Layer) else "")
+        hit = b.load_indexed(root, skey)
+        if hit is not None and "shape" in hit[1]:
+            module, meta = hit
+            lazy = (lambda: layer_or_name) if isinstance(layer_or_name, Layer) else \
+                (lambda: parse_spec(text, label))
+            return CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
+                            shape=meta["shape"])
+    layer = resolve(layer_or_name)
     from .c_backend import c_sources
 
     derivation = derive(layer)
@@ -136,8 +146,10 @@ def _load_c(layer, dtype, cache):
     cdef = files.pop("cdef")
     module = b.build(layer.name, files, cdef, root)
     key = b.build_key(files, cdef)
-    b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
-                                plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS}))
+    if source is not None:
+        b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
+                                    plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS},
+                                    shape=layer_shape(layer)))
     return CKernels(layer, derivation, kplan, module, dtype)
 
 

@@ -26,6 +26,21 @@ def builtin(name: str) -> Layer:
     return parse_spec(builtin_text(name), f"<builtin {name}>")
 
 
+def spec_source(layer_or_name) -> tuple[str, str] | None:
+    """(spec text, file label) of a Layer, built-in name or spec path, without parsing it
+    (a warm cache load needs only the text); None when resolve() must say what is wrong."""
+    if isinstance(layer_or_name, Layer):
+        return layer_or_name.source, layer_or_name.file
+    if isinstance(layer_or_name, str) and layer_or_name in BUILTINS:
+        return builtin_text(layer_or_name), f"<builtin {layer_or_name}>"
+    if isinstance(layer_or_name, (str, Path)):
+        try:
+            return Path(layer_or_name).read_text(encoding="utf-8"), str(layer_or_name)
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+    return None
+
+
 def resolve(layer_or_name) -> Layer:
     """A Layer, a built-in name, or a path to a spec file -> Layer."""
     if isinstance(layer_or_name, Layer):

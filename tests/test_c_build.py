@@ -145,6 +145,29 @@ def test_warm_cache_loads_without_the_compiler(tmp_path):
     assert r.stdout.split()[1] == "False"
 
 
+def test_warm_load_parses_nothing_until_asked(tmp_path):
+    """A warm load reads the spec text and the index only: no parsing, no C printer; the
+    Layer and the derivation appear when asked for, from the same text."""
+    env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache")}
+    code = """
+        import sys, numpy as np, codegen
+        k = codegen.load("softmax_cross_entropy_labels", backend="c", dtype="float32")
+        print(k._derivation is None and not isinstance(k._layer, type(None)))
+    """
+    assert run_python(code, env).returncode == 0
+    probe = """
+        import sys, numpy as np, codegen
+        k = codegen.load("softmax_cross_entropy_labels", backend="c", dtype="float32")
+        heavy = [m for m in ("codegen.c_printer", "codegen.c_backend") if m in sys.modules]
+        parsed = not callable(k._layer)
+        r = k.forward_backward(z=np.zeros((2, 3), np.float32), t=np.array([0, 2]))
+        print(heavy, parsed, round(float(r["L"]), 4), k.layer.name, k.derivation.steps[0].tensor)
+    """
+    r = run_python(probe, env)
+    assert r.stdout.split() == ["[]", "False", str(round(float(np.log(3)), 4)),
+                                "softmax_cross_entropy_labels", "z"], r.stderr
+
+
 def test_parallel_processes_build_once(tmp_path):
     env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(SNIPPET)], env=env,
