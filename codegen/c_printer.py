@@ -26,7 +26,7 @@ class KernelCPrinter(C99CodePrinter):
         self.scalars = scalars
 
     def code(self, expr) -> str:
-        return self.doprint(optimize(expr, OPTIMIZATIONS))
+        return self.doprint(_optimized(expr))
 
     def offset(self, name: str, indices) -> str:
         """Row-major offset, in Horner form: ((i1*D2 + i2)*D3 + i3)."""
@@ -77,3 +77,16 @@ class KernelCPrinter(C99CodePrinter):
     def _print_Heaviside(self, expr):
         # The ReLU'(0) = 0 convention, as in PyTorch and the NumPy backend.
         return self._helper("step", expr)
+
+
+_OPTIMIZED: dict = {}
+
+
+def _optimized(expr):
+    """The rewrites, memoized (both dtypes print the same formulas) and skipped where no
+    pattern can match: they are SymPy pattern matching, most of the C generation time."""
+    if not (expr.has(sp.exp) or expr.has(sp.log) or expr.has(sp.Pow)):
+        return expr
+    if expr not in _OPTIMIZED:
+        _OPTIMIZED[expr] = optimize(expr, OPTIMIZATIONS)
+    return _OPTIMIZED[expr]
