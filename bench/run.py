@@ -82,9 +82,9 @@ def _median_interleaved(impls: dict, repeat: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list[dict]:
-    c = codegen.load(case.layer, backend="c", dtype="float32")
-    npk = codegen.load(case.layer)
+def case_arrays(case: Case, c, rng) -> tuple[dict, dict]:
+    """(every array of the case, including the forward results a backward reuses; the
+    arguments the kernel entry takes)."""
     arrays = case.make(rng, case.sizes)
     if case.entry == "backward":
         fwd = c.forward(**{n: arrays[n] for n in c.args})
@@ -92,7 +92,13 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
         names = c.args + c.upstream + c.reuses
     else:
         names = c.args
-    args = {n: arrays[n] for n in names}
+    return arrays, {n: arrays[n] for n in names}
+
+
+def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list[dict]:
+    c = codegen.load(case.layer, backend="c", dtype="float32")
+    npk = codegen.load(case.layer)
+    arrays, args = case_arrays(case, c, rng)
     entry = getattr(c, case.entry)
     results = entry(**args)
     prealloc = {n: np.empty_like(v) for n, v in results.items() if np.ndim(v)}

@@ -11,6 +11,7 @@ import pytest
 import codegen
 from bench.cases import cases
 from bench.floor import Floor
+from bench.run import case_arrays
 
 CASES = cases(scale=64)
 
@@ -18,14 +19,8 @@ CASES = cases(scale=64)
 @pytest.mark.parametrize("case", CASES, ids=[c.kernel for c in CASES])
 def test_every_peer_computes_the_same_results(case):
     c = codegen.load(case.layer, backend="c", dtype="float32")
-    arrays = case.make(np.random.default_rng(0), case.sizes)
-    if case.entry == "backward":
-        fwd = c.forward(**{n: arrays[n] for n in c.args})
-        arrays.update({n: fwd[n] for n in c.reuses if n not in arrays})
-        names = c.args + c.upstream + c.reuses
-    else:
-        names = c.args
-    ours = getattr(c, case.entry)(**{n: arrays[n] for n in names})
+    arrays, args = case_arrays(case, c, np.random.default_rng(0))
+    ours = getattr(c, case.entry)(**args)
     hand = case.hand(dict(arrays))
     for n, v in hand.items():
         np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
