@@ -220,6 +220,20 @@ def test_fused_forward_backward(kernels, numpy_kernels, name, seed, dtype):
     np_got = numpy_kernels[name].forward_backward(**{n: arrays[n] for n in c.args})
     for n, v in np_got.items():
         assert rel_err(v, exact[n]) < tolerance(np.float64, sizes), (n, sizes)
+    if dtype != "float64" or seed != 1:
+        return
+    # the other two oracles, on the fused kernel itself: central differences of the loss,
+    # and PyTorch autograd of the textbook forward
+    for n in c.gradients:
+        assert rel_err(got[n], finite_differences(c, dict(arrays), n[1:])) < 1e-6, n
+    torch = pytest.importorskip("torch")
+    leaves = torch_leaves(c.layer, arrays, c.args)
+    loss = torch_forward(name)(**leaves)[c.layer.loss]
+    wanted = [n[1:] for n in c.gradients]
+    for n, g in zip(wanted, torch.autograd.grad(loss, [leaves[n] for n in wanted])):
+        assert rel_err(got["d" + n], g.numpy()) < tolerance(np.float64, sizes), n
+    assert abs(float(got[c.layer.loss]) - float(loss.detach())) < 1e-12 * max(
+        1.0, abs(float(loss.detach())))
 
 
 def test_fused_needs_a_loss_layer(kernels, numpy_kernels):
