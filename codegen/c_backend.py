@@ -200,6 +200,50 @@ def _inplace_view(nests: list[Nest], printer: KernelCPrinter) -> dict:
                 results=results)
 
 
+def _merge_inner_loops(members: list[dict]) -> list[dict]:
+    """Consecutive members of a group whose inner loop is the same single loop, none
+    reading what another writes, share that loop: layer norm's two row sums become one
+    pass with two accumulators, its dw and db updates another (one read of the row each,
+    not two)."""
+    out: list[dict] = []
+    run: list[dict] = []
+
+    def key(v):
+        if v["mode"] == "scalar_acc" and v["op"] == "sum" and v["split"] == 0:
+            return tuple(v["loops"])
+        if v["mode"] in ("assign", "update") and len(v["loops"]) == 1:
+            return tuple(v["loops"])
+        return None
+
+    def reads(v):
+        n = v["nest"]
+        return {a.base.label.name for e in (n.body, n.init) for a in e.atoms(sp.Indexed)}
+
+    def close():
+        if len(run) > 1:
+            # row sums and the scalar totals of the enclosing loop reduce over this loop too
+            accs = [p["acc"] for p in run if p["mode"] == "scalar_acc"] + \
+                [p["target"] for p in run if p.get("total")]
+            out.append(dict(mode="merged", parts=list(run), loops=run[0]["loops"],
+                            comment="; ".join(p["comment"] for p in run),
+                            simd="#pragma omp simd" + (f" reduction(+:{', '.join(accs)})"
+                                                       if accs else "")))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for v in members:
+        k = key(v)
+        if run and k is not None and k == key(run[0]) and not (
+                reads(v) & {p["nest"].target for p in run}):
+            run.append(v)
+            continue
+        close()
+        (run if k is not None else out).append(v)
+    close()
+    return out
+
+
 def _hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
     """Load what the innermost loop reads but does not index (a row's maximum and sum, its
     label t[n], a scalar input) into locals before that loop.  GCC does not hoist loads
@@ -275,7 +319,7 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
             post.append(dict(line=f"{v['target']} = "
                               f"{printer.code(n.init + sp.Symbol(acc))};"))
             clauses.append(f"reduction(+:{acc})")
-            v.update(mode="update", target=acc,
+            v.update(mode="update", target=acc, total=True,
                      simd=f"#pragma omp simd reduction(+:{acc})" if v["loops"] else "")
         elif n.parallel == "array":
             init = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
@@ -292,7 +336,8 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
     flat = all(len(n.loops) == 1 for n in g.nests)
     pragma = " ".join([f"#pragma omp parallel for{' simd' if flat else ''}"] + clauses +
                       [f"if ({extents} >= BP_PARALLEL_MIN)"])
-    return dict(group=True, var=var, extent=extent, members=members, pre=pre, post=post,
+    return dict(group=True, var=var, extent=extent, members=_merge_inner_loops(members),
+                pre=pre, post=post,
                 pragma=pragma,
                 comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests))
 
@@ -303,7 +348,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     extents = "*".join(e for _, e in loops)
     target_ref = sp.IndexedBase(n.target)[n.out] if n.out else sp.Symbol(n.target)
     target = printer._print(target_ref)
-    replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols("bp_c"),
+    replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols(f"{acc}_c"),
                                    optimizations="basic")
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)

@@ -89,8 +89,8 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            const float bp_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_c0*z[n*I + i] + 0.107032224F*bp_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
+            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
         }
     }
 }
@@ -144,8 +144,8 @@ void bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
     for (ptrdiff_t n = 0; n < N; ++n) {
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            const double bp_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_c0*z[n*I + i] + 0.10703222440890038*bp_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
+            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
         }
     }
 }

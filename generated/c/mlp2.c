@@ -168,21 +168,17 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             bp_acc1 += expf(bp_acc1_r1 + z2[n*C + k]);
         }
         _s1[n] = bp_acc1;
-        /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
+        /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k); L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         const float bp_acc2_r0 = _s1[n];
         const float bp_acc2_r1 = _y_max[n];
         const float bp_acc2_r2 = -bp_acc2_r1;
         const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            y[n*C + c] = bp_acc2_r3*expf(bp_acc2_r2 + z2[n*C + c]);
-        }
-        /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
+            y[n*C + c] = bp_acc2_r3*expf(bp_acc2_r2 + z2[n*C + c]);
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
         }
     }
@@ -664,21 +660,17 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             bp_acc1 += exp(bp_acc1_r1 + z2[n*C + k]);
         }
         _s1[n] = bp_acc1;
-        /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k) */
+        /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k); L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         const double bp_acc2_r0 = _s1[n];
         const double bp_acc2_r1 = _y_max[n];
         const double bp_acc2_r2 = -bp_acc2_r1;
         const double bp_acc2_r3 = 1.0/bp_acc2_r0;
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            y[n*C + c] = bp_acc2_r3*exp(bp_acc2_r2 + z2[n*C + c]);
-        }
-        /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
+            y[n*C + c] = bp_acc2_r3*exp(bp_acc2_r2 + z2[n*C + c]);
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
         }
     }

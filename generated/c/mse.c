@@ -102,14 +102,10 @@ void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
     float bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
+        /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N); dy[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
-        }
-        /* dy[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
@@ -157,14 +153,10 @@ void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
     double bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
+        /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N); dy[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
-        }
-        /* dy[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }

@@ -85,14 +85,10 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     float bp_total1 = 0;
     #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* y[n, i] = sigmoid(z[n, i]) */
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
-        }
-        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
+        /* y[n, i] = sigmoid(z[n, i]); L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total1)
         for (ptrdiff_t i = 0; i < I; ++i) {
+            y[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
             bp_total1 += bp_k0*(bp_softplus_f32(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
         }
     }
@@ -121,14 +117,10 @@ void bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *
     float bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
+        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N; dz[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += bp_k0*(bp_softplus_f32(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
-        }
-        /* dz[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*(bp_sigmoid_f32(z[n*I + i]) - t[n*I + i]);
         }
     }
@@ -158,14 +150,10 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     double bp_total1 = 0;
     #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* y[n, i] = sigmoid(z[n, i]) */
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
-        }
-        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
+        /* y[n, i] = sigmoid(z[n, i]); L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
         #pragma omp simd reduction(+:bp_total1)
         for (ptrdiff_t i = 0; i < I; ++i) {
+            y[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
             bp_total1 += bp_k0*(bp_softplus_f64(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
         }
     }
@@ -194,14 +182,10 @@ void bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double 
     double bp_total0 = 0;
     #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
+        /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N; dz[n, i] = (y[n, i] - t[n, i])/N */
         #pragma omp simd reduction(+:bp_total0)
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += bp_k0*(bp_softplus_f64(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
-        }
-        /* dz[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*(bp_sigmoid_f64(z[n*I + i]) - t[n*I + i]);
         }
     }

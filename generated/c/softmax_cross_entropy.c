@@ -91,21 +91,17 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
             bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
-        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k); L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         const float bp_acc2_r0 = _s1[n];
         const float bp_acc2_r1 = _y_max[n];
         const float bp_acc2_r2 = -bp_acc2_r1;
         const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
-        }
-        /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
+            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
         }
     }
@@ -221,21 +217,17 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
             bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
         }
         _s1[n] = bp_acc1;
-        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k); L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         const double bp_acc2_r0 = _s1[n];
         const double bp_acc2_r1 = _y_max[n];
         const double bp_acc2_r2 = -bp_acc2_r1;
         const double bp_acc2_r3 = 1.0/bp_acc2_r0;
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
-        }
-        /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
+            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
         }
     }
