@@ -200,6 +200,40 @@ def _inplace_view(nests: list[Nest], printer: KernelCPrinter) -> dict:
                 results=results)
 
 
+def _store_summands(g: Group):
+    """A row sum whose summand a later statement of the row recomputes elementwise (the
+    softmax's exp(z - m) in the sum and again in y or dz) writes it into that statement's
+    row as it sums, and the statement reads it back from cache: one exp per element, not
+    two.  Returns (nests, {index of the sum: where its summand is stored})."""
+    nests, stores = list(g.nests), {}
+    for s, S in enumerate(nests):
+        if S.kind != "reduce" or S.op != "sum" or len(S.loops) != 2 or len(S.reduced) != 1 \
+                or S.loops[0] != g.index or not S.body.atoms(sp.Function):
+            continue
+        (k,) = S.reduced
+        for a in range(s + 1, len(nests)):
+            A = nests[a]
+            later = nests[s + 1:a]
+            if A.kind != "elementwise" or len(A.loops) != 2 or A.out != A.loops \
+                    or A.loops[0] != g.index or dim_of(A.loops[1]) != dim_of(k):
+                continue
+            i = A.loops[1]
+            summand = S.body.xreplace({k: i})
+            if not A.body.has(summand) or any(
+                    n.target == A.target or A.target in {r.base.label.name for e in
+                                                         (n.body, n.init) for r in
+                                                         e.atoms(sp.Indexed)}
+                    for n in later):
+                continue
+            row = sp.IndexedBase(A.target)
+            nests[a] = Nest(A.kind, A.target, A.out, A.loops, A.reduced,
+                            A.body.xreplace({summand: row[g.index, i]}), A.op, A.comment,
+                            A.init)
+            stores[s] = row[g.index, k]
+            break
+    return nests, stores
+
+
 def _merge_inner_loops(members: list[dict]) -> list[dict]:
     """Consecutive members of a group whose inner loop is the same single loop, none
     reading what another writes, share that loop: layer norm's two row sums become one
@@ -306,8 +340,11 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
     var, extent = g.index.label.name, str(dim_of(g.index))
     members, pre, post, clauses = [], [], [], []
     ctype = CTYPES[printer.dtype]
-    for k, n in enumerate(g.nests):
+    nests, stores = _store_summands(g)
+    for k, n in enumerate(nests):
         v = _view(n, printer, shapes, acc=f"bp_acc{k}")
+        if k in stores:
+            v["store"] = printer._print(stores[k])
         v.update(loops=v["loops"][1:], pragma="", init_pragma="")
         if v["mode"] == "assign":
             v["simd"] = "#pragma omp simd" if v["loops"] else ""
@@ -354,7 +391,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     value = printer.code(body)
     when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"), acc=acc,
-                nest=n, hoisted=[],
+                nest=n, hoisted=[], store="",
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,

@@ -165,20 +165,20 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z2[n*C + k]);
+            const float bp_v = expf(bp_acc1_r1 + z2[n*C + k]);
+            y[n*C + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k); L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         const float bp_acc2_r0 = _s1[n];
-        const float bp_acc2_r1 = _y_max[n];
-        const float bp_acc2_r2 = -bp_acc2_r1;
-        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
+        const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            y[n*C + c] = bp_acc2_r3*expf(bp_acc2_r2 + z2[n*C + c]);
+            y[n*C + c] = bp_acc2_r1*y[n*C + c];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
         }
     }
@@ -417,7 +417,9 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z2[n*C + k]);
+            const float bp_v = expf(bp_acc1_r1 + z2[n*C + k]);
+            dz2[n*C + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s4[n] = bp_acc1;
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
@@ -438,12 +440,10 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         const float bp_acc4_r0 = _s4[n];
         const float bp_acc4_r1 = _s5[n];
-        const float bp_acc4_r2 = _y_max[n];
-        const float bp_acc4_r3 = -bp_acc4_r2;
-        const float bp_acc4_r4 = bp_acc4_r1*1.0F/bp_acc4_r0;
+        const float bp_acc4_r2 = bp_acc4_r1*1.0F/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(bp_acc4_r4*expf(bp_acc4_r3 + z2[n*C + c]) - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(bp_acc4_r2*dz2[n*C + c] - t[n*C + c]);
         }
     }
     L[0] = bp_total2;
@@ -657,20 +657,20 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z2[n*C + k]);
+            const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
+            y[n*C + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k); L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
         const double bp_acc2_r0 = _s1[n];
-        const double bp_acc2_r1 = _y_max[n];
-        const double bp_acc2_r2 = -bp_acc2_r1;
-        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
+        const double bp_acc2_r1 = 1.0/bp_acc2_r0;
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            y[n*C + c] = bp_acc2_r3*exp(bp_acc2_r2 + z2[n*C + c]);
+            y[n*C + c] = bp_acc2_r1*y[n*C + c];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
         }
     }
@@ -909,7 +909,9 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z2[n*C + k]);
+            const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
+            dz2[n*C + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s4[n] = bp_acc1;
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
@@ -930,12 +932,10 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         const double bp_acc4_r0 = _s4[n];
         const double bp_acc4_r1 = _s5[n];
-        const double bp_acc4_r2 = _y_max[n];
-        const double bp_acc4_r3 = -bp_acc4_r2;
-        const double bp_acc4_r4 = bp_acc4_r1*1.0/bp_acc4_r0;
+        const double bp_acc4_r2 = bp_acc4_r1*1.0/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(bp_acc4_r4*exp(bp_acc4_r3 + z2[n*C + c]) - t[n*C + c]);
+            dz2[n*C + c] = bp_k0*(bp_acc4_r2*dz2[n*C + c] - t[n*C + c]);
         }
     }
     L[0] = bp_total2;

@@ -78,17 +78,17 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
+            const float bp_v = expf(bp_acc1_r1 + z[n*I + k]);
+            y[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const float bp_acc2_r0 = _s1[n];
-        const float bp_acc2_r1 = _y_max[n];
-        const float bp_acc2_r2 = -bp_acc2_r1;
-        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
+        const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
     }
 }
@@ -140,17 +140,17 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
+            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+            y[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const double bp_acc2_r0 = _s1[n];
-        const double bp_acc2_r1 = _y_max[n];
-        const double bp_acc2_r2 = -bp_acc2_r1;
-        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
+        const double bp_acc2_r1 = 1.0/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
     }
 }

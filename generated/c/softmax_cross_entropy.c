@@ -88,20 +88,20 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
+            const float bp_v = expf(bp_acc1_r1 + z[n*I + k]);
+            y[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k); L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         const float bp_acc2_r0 = _s1[n];
-        const float bp_acc2_r1 = _y_max[n];
-        const float bp_acc2_r2 = -bp_acc2_r1;
-        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
+        const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
         }
     }
@@ -156,7 +156,9 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
+            const float bp_v = expf(bp_acc1_r1 + z[n*I + k]);
+            dz[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s3[n] = bp_acc1;
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
@@ -177,12 +179,10 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         const float bp_acc4_r0 = _s3[n];
         const float bp_acc4_r1 = _s4[n];
-        const float bp_acc4_r2 = _y_max[n];
-        const float bp_acc4_r3 = -bp_acc4_r2;
-        const float bp_acc4_r4 = bp_acc4_r1*1.0F/bp_acc4_r0;
+        const float bp_acc4_r2 = bp_acc4_r1*1.0F/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(bp_acc4_r4*expf(bp_acc4_r3 + z[n*I + i]) - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
         }
     }
     L[0] = bp_total2;
@@ -214,20 +214,20 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
+            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+            y[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k); L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
         const double bp_acc2_r0 = _s1[n];
-        const double bp_acc2_r1 = _y_max[n];
-        const double bp_acc2_r2 = -bp_acc2_r1;
-        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
+        const double bp_acc2_r1 = 1.0/bp_acc2_r0;
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
         #pragma omp simd reduction(+:bp_total3)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
         }
     }
@@ -282,7 +282,9 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
+            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+            dz[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s3[n] = bp_acc1;
         /* L = -sum(t[n, i] * log(y[n, i]), n, i) / N */
@@ -303,12 +305,10 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
         const double bp_acc4_r0 = _s3[n];
         const double bp_acc4_r1 = _s4[n];
-        const double bp_acc4_r2 = _y_max[n];
-        const double bp_acc4_r3 = -bp_acc4_r2;
-        const double bp_acc4_r4 = bp_acc4_r1*1.0/bp_acc4_r0;
+        const double bp_acc4_r2 = bp_acc4_r1*1.0/bp_acc4_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(bp_acc4_r4*exp(bp_acc4_r3 + z[n*I + i]) - t[n*I + i]);
+            dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
         }
     }
     L[0] = bp_total2;

@@ -88,17 +88,17 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
+            const float bp_v = expf(bp_acc1_r1 + z[n*I + k]);
+            y[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const float bp_acc2_r0 = _s1[n];
-        const float bp_acc2_r1 = _y_max[n];
-        const float bp_acc2_r2 = -bp_acc2_r1;
-        const float bp_acc2_r3 = 1.0F/bp_acc2_r0;
+        const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*expf(bp_acc2_r2 + z[n*I + i]);
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
@@ -146,20 +146,20 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += expf(bp_acc1_r1 + z[n*I + k]);
+            const float bp_v = expf(bp_acc1_r1 + z[n*I + k]);
+            dz[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total2 += bp_k0*(logf(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
         const float bp_acc3_r0 = _s2[n];
-        const float bp_acc3_r1 = _y_max[n];
-        const int64_t bp_acc3_r2 = t[n];
-        const float bp_acc3_r3 = -bp_acc3_r1;
-        const float bp_acc3_r4 = 1.0F/bp_acc3_r0;
+        const int64_t bp_acc3_r1 = t[n];
+        const float bp_acc3_r2 = 1.0F/bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(bp_acc3_r4*expf(bp_acc3_r3 + z[n*I + i]) - (bp_acc3_r2 == i));
+            dz[n*I + i] = bp_k0*(bp_acc3_r2*dz[n*I + i] - (bp_acc3_r1 == i));
         }
     }
     L[0] = bp_total2;
@@ -191,17 +191,17 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
+            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+            y[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const double bp_acc2_r0 = _s1[n];
-        const double bp_acc2_r1 = _y_max[n];
-        const double bp_acc2_r2 = -bp_acc2_r1;
-        const double bp_acc2_r3 = 1.0/bp_acc2_r0;
+        const double bp_acc2_r1 = 1.0/bp_acc2_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            y[n*I + i] = bp_acc2_r3*exp(bp_acc2_r2 + z[n*I + i]);
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
@@ -249,20 +249,20 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         const double bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < I; ++k) {
-            bp_acc1 += exp(bp_acc1_r1 + z[n*I + k]);
+            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+            dz[n*I + k] = bp_v;
+            bp_acc1 += bp_v;
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
         bp_total2 += bp_k0*(log(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
         const double bp_acc3_r0 = _s2[n];
-        const double bp_acc3_r1 = _y_max[n];
-        const int64_t bp_acc3_r2 = t[n];
-        const double bp_acc3_r3 = -bp_acc3_r1;
-        const double bp_acc3_r4 = 1.0/bp_acc3_r0;
+        const int64_t bp_acc3_r1 = t[n];
+        const double bp_acc3_r2 = 1.0/bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = bp_k0*(bp_acc3_r4*exp(bp_acc3_r3 + z[n*I + i]) - (bp_acc3_r2 == i));
+            dz[n*I + i] = bp_k0*(bp_acc3_r2*dz[n*I + i] - (bp_acc3_r1 == i));
         }
     }
     L[0] = bp_total2;
