@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.build import build
-from codegen.load import cache_dir
+from codegen.loader import cache_dir
 from codegen.version import VERSION
 from templates import render
 

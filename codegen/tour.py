@@ -11,8 +11,8 @@ from derive.builtins import builtin
 from derive.evaluate import evaluate
 from derive.pretty import derivation_text
 
-from .emit import emit
-from .load import load
+from .emitter import emit
+from .loader import load
 
 
 def tour(seed: int = 0) -> int:

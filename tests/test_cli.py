@@ -86,3 +86,16 @@ def test_emit_c_writes_header_and_source(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["relu.c", "relu.h"]
     assert "void bp_relu_backward_f32(" in (tmp_path / "relu.h").read_text()
+
+
+def test_help_is_quick_to_import():
+    """`backprop --help` starts without SymPy; its list of backends is codegen.emit's."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import sys, codegen.cli; "
+                        "print('sympy' in sys.modules)"], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
+    from codegen.cli import BACKENDS
+    from codegen.emitter import BACKENDS as EMIT_BACKENDS
+    assert BACKENDS == EMIT_BACKENDS

@@ -2,7 +2,7 @@
 import difflib
 from pathlib import Path
 
-from codegen.emit import BACKENDS, emit_all
+from codegen.emitter import BACKENDS, emit_all
 
 ROOT = Path(__file__).resolve().parent.parent
 

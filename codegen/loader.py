@@ -1,4 +1,4 @@
-"""codegen.load: a layer's generated kernels as a Python object.
+"""codegen.load (this module: codegen.loader): a layer's generated kernels as a Python object.
 
 The generated module is written under a cache directory named by a hash of its source (so
 two layers with the same name but different specs never collide) and imported from there.
@@ -17,7 +17,7 @@ from derive.parser import parse_spec
 from derive.spec import Layer
 
 from .arguments import check_names
-from .emit import write_atomic
+from .emitter import write_atomic
 from .numpy_backend import numpy_source
 from .plan import plan
 
