@@ -66,6 +66,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # the reader went away (`backprop list | head`): stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (SpecError, ValueError, OSError, RuntimeError) as exc:
         print(f"backprop: {exc}", file=sys.stderr)
         return 2

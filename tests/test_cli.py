@@ -99,3 +99,14 @@ def test_help_is_quick_to_import():
     from codegen.cli import BACKENDS
     from codegen.emitter import BACKENDS as EMIT_BACKENDS
     assert BACKENDS == EMIT_BACKENDS
+
+
+def test_a_closed_pipe_is_not_an_error():
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "codegen.cli", "derive", "mlp2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()        # the reader is gone before the command writes (it imports SymPy)
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and "Broken pipe" not in err, err
