@@ -6,7 +6,8 @@ import sympy as sp
 from derive.indices import dim_of, free_indices
 from derive.pretty import formula
 
-from .c_printer import CTYPES, SUFFIX, KernelCPrinter
+from .c_printer import KernelCPrinter
+from .dtypes import CTYPES, SUFFIX
 from .gemm import as_gemm
 from .loops import (Group, LoopPlan, Nest, fusable, fuse, hoist_invariants, inline_cheap,
                     lower)

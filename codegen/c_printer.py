@@ -10,7 +10,7 @@ from sympy.printing.c import C99CodePrinter
 # log(1 + x) -> log1p(x), exp(x) - 1 -> expm1(x), small integer powers -> products.
 OPTIMIZATIONS = list(optims_c99) + [create_expand_pow_optimization(4, base_req=lambda b: True)]
 
-from .dtypes import CTYPES, SUFFIX  # noqa: F401  (re-exported for the C backend)
+from .dtypes import SUFFIX
 
 
 class KernelCPrinter(C99CodePrinter):
