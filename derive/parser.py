@@ -193,8 +193,8 @@ class _Parser:
                 raise stmt.error(f"'{item.id}' is not declared (declare it before "
                                  f"'nograd')", c)
             if t.role not in ("input", "param"):
-                raise stmt.error(f"'{item.id}' is a {t.role}; only inputs and parameters "
-                                 f"have gradients to leave out", c)
+                raise stmt.error(f"'{item.id}' is declared as {t.role}; only inputs and "
+                                 f"parameters have gradients to leave out", c)
             self.tensors[item.id] = dataclasses.replace(t, nograd=True)
 
     def _values_of(self, stmt, role, item, sh) -> str:

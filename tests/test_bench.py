@@ -60,6 +60,8 @@ def test_bench_json_records():
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["machine"]["cores"] >= 1 and data["repeat"] == 2
+    # spinning OpenMP workers would steal BLAS's cores: the bench sleeps them unless told
+    assert data["machine"]["openblas_env"].get("OMP_WAIT_POLICY") == "PASSIVE"
     recs = data["records"]
     kinds = {(x["kernel"], x["impl"], x["threads"]) for x in recs}
     for kernel in ("layernorm_backward", "adam_step"):

@@ -240,3 +240,28 @@ def test_fused_needs_a_loss_layer(kernels, numpy_kernels):
     for k in (kernels["dense", "float64"], numpy_kernels["dense"]):
         with pytest.raises(ValueError, match="needs a layer that ends in its loss"):
             k.forward_backward(x=np.ones((2, 2)), W=np.ones((2, 2)), b=np.ones(2))
+
+
+def test_blas_can_be_turned_off_from_the_environment(tmp_path):
+    """BACKPROP_BLAS=none: no BLAS is looked up, the generated loops run."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, codegen; k = codegen.load('dense', backend='c'); "
+            "g = k.backward(x=np.ones((3, 2)), W=np.ones((4, 2)), b=np.zeros(4), "
+            "dz=np.ones((3, 4))); print(k.blas, float(g['dW'].sum()))")
+    env = {**os.environ, "BACKPROP_BLAS": "none", "BACKPROP_CACHE": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.stdout.split() == ["None", "24.0"], r.stderr
+
+
+def test_layernorm_backward_recomputes_xhat():
+    """xhat = (x - mu) rstd is a few operations on arrays the backward reads anyway: the
+    kernel plan recomputes it rather than taking it back from forward."""
+    from codegen.plan import plan
+    from derive import derive
+    from derive.builtins import builtin
+
+    assert plan(derive(builtin("layernorm"))).reuses == ("mu", "rstd")
+    assert plan(derive(builtin("gelu"))).reuses == ("th",)      # tanh is not cheap

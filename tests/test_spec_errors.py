@@ -223,3 +223,26 @@ def test_gather_and_scalar_label_parse():
     scalar = parse_spec("layer pick\ndims I\ninput z[I]\ntarget c in I\nloss L\n"
                         "L = -z[c]")
     assert scalar.tensors["c"].values == "I" and scalar.tensors["c"].dims == ()
+
+
+@pytest.mark.parametrize("line, col, words", [
+    ("nograd q", 8, "'q' is not declared (declare it before 'nograd')"),
+    ("nograd y", 8, "'y' is declared as output; only inputs and parameters"),
+    ("nograd x[0]", 8, "comma-separated list of tensor names"),
+])
+def test_nograd_statement_errors(line, col, words):
+    err = error_of(f"layer d\ndims N\ninput x, v[N]\noutput y[N]\ny[n] = x * v[n]\n{line}\n")
+    assert (err.line, err.col) == (6, col) and words in err.message, str(err)
+
+
+def test_nograd_inputs_get_no_gradient():
+    layer = parse_spec("layer d\ndims N\ninput x, v[N]\noutput y[N]\nnograd x\n"
+                       "y[n] = x * v[n]\n")
+    assert [t.name for t in layer.differentiable] == ["v"]
+
+
+def test_exponents_may_be_scalar_tensors_only():
+    text = "layer d\ndims N\ninput s, v[N]\noutput y[N]\n"
+    assert parse_spec(text + "y[n] = v[n] ** s\n").tensors["s"].dims == ()
+    err = error_of(text + "y[n] = s ** v[n]\n")
+    assert err.line == 5 and "exponents must be numbers" in err.message
