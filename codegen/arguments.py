@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 
+def check_fusable(layer: str, loss, upstream) -> None:
+    """forward_backward is for a layer that ends in its loss (no upstream gradients); the
+    same rule the C backend uses to emit its fused kernel (codegen.loops.fusable)."""
+    if loss and not upstream:
+        return
+    why = (f"this one takes upstream gradients ({', '.join(upstream)})" if upstream
+           else "this one has no loss")
+    raise ValueError(f"{layer}: forward_backward needs a layer that ends in its loss; {why}: "
+                     f"call forward, then backward")
+
+
 def check_names(layer: str, arrays: dict, required, optional=()) -> None:
     """ValueError naming what is missing or unexpected, and what is expected."""
     missing = [n for n in required if n not in arrays]

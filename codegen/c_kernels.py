@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arguments import check_names
+from .arguments import check_fusable, check_names
 from .blas import numpy_blas
 from .dtypes import CTYPES, SUFFIX
 
@@ -115,9 +115,7 @@ class CKernels:
         in its loss, intermediates never leave the kernel (see forward_backward in the
         generated header).  Other layers: ValueError (they need upstream gradients)."""
         if self._fused is None:
-            raise ValueError(f"{self.name}: forward_backward needs a layer that ends in its "
-                             f"loss; this one takes upstream gradients "
-                             f"({', '.join(self.upstream)}): call forward, then backward")
+            check_fusable(self.name, None, self.upstream)
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
         names = self._output_names + self.gradients

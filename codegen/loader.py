@@ -16,7 +16,7 @@ from derive.builtins import resolve, spec_source
 from derive.parser import parse_spec
 from derive.spec import Layer
 
-from .arguments import check_names
+from .arguments import check_fusable, check_names
 from .emitter import write_atomic
 from .numpy_backend import numpy_source
 from .plan import plan
@@ -64,10 +64,7 @@ class Kernels:
     def forward_backward(self, **arrays):
         """The outputs (the loss) and every gradient; for a layer that ends in its loss.
         NumPy runs forward, then backward reusing its intermediates."""
-        if self.upstream:
-            raise ValueError(f"{self.name}: forward_backward needs a layer that ends in its "
-                             f"loss; this one takes upstream gradients "
-                             f"({', '.join(self.upstream)}): call forward, then backward")
+        check_fusable(self.name, self.layer.loss, self.upstream)
         self._check(arrays, self.args, ())
         fwd = self.forward(**arrays)
         grads = self.backward(**arrays, **{n: fwd[n] for n in self.returns

@@ -240,6 +240,9 @@ def test_fused_needs_a_loss_layer(kernels, numpy_kernels):
     for k in (kernels["dense", "float64"], numpy_kernels["dense"]):
         with pytest.raises(ValueError, match="needs a layer that ends in its loss"):
             k.forward_backward(x=np.ones((2, 2)), W=np.ones((2, 2)), b=np.ones(2))
+    for k in (kernels["adam", "float64"], numpy_kernels["adam"]):   # forward only: no loss
+        with pytest.raises(ValueError, match="ends in its loss; this one has no loss"):
+            k.forward_backward(p=np.ones(2))
 
 
 def test_blas_can_be_turned_off_from_the_environment(tmp_path):
