@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -276,11 +277,8 @@ def _compile_entry(entry, module_name, sources, cdef, cc, flags, version):
     root = entry.parent
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".build-{entry.name[:16]}-"))
     try:
-        c_files = []
         for fname, text in sources.items():
             (tmp / fname).write_text(text, encoding="utf-8")
-            if fname.endswith(".c"):
-                c_files.append(fname)
         header = next(f for f in sources if f.endswith(".h"))
         ffi = cffi.FFI()
         ffi.cdef(cdef)
@@ -288,16 +286,17 @@ def _compile_entry(entry, module_name, sources, cdef, cc, flags, version):
         with redirect_stdout(StringIO()):         # cffi announces "generating ..."
             ffi.emit_c_code(str(tmp / f"{module_name}.c"))
         library = module_name + _ext_suffix()
-        cmd = cc + flags + ["-shared", "-I.", f"-I{sysconfig.get_paths()['include']}",
-                            f"{module_name}.c"] + c_files + ["-o", library, "-lm"]
+        started = time.time()
+        units = [(f"{module_name}.c", 0)] + [
+            (fname, part) for fname, text in sources.items() if fname.endswith(".c")
+            for part in _parts(text)]
+        objects = _compile_units(units, cc, flags, tmp, module_name)
+        cmd = cc + flags + ["-shared"] + objects + ["-o", library, "-lm"]
         if sys.platform == "darwin":
             cmd[-3:-3] = ["-undefined", "dynamic_lookup"]
-        started = time.time()
         r = _run(cmd, cwd=tmp)
         if r.returncode != 0:
-            raise CompilerError(f"the C compiler failed building kernel '{module_name}' "
-                                f"({' '.join(cmd)}):\n{(r.stderr or r.stdout).strip()}\n"
-                                f"{NUMPY_HINT}")
+            raise _failed(module_name, cmd, r)
         digest = hashlib.sha256((tmp / library).read_bytes()).hexdigest()
         (tmp / "manifest.json").write_text(json.dumps({
             "sha256": digest, "module": module_name, "compiler": version,
@@ -310,6 +309,61 @@ def _compile_entry(entry, module_name, sources, cdef, cc, flags, version):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parts(text: str) -> list[int]:
+    """How a generated source splits for a parallel build: it says `bp-parts: K` and
+    compiles part k alone under -DBP_PART=k; any other source compiles whole (part 0)."""
+    found = re.search(r"\bbp-parts: (\d+)\b", text)
+    return list(range(1, int(found.group(1)) + 1)) if found else [0]
+
+
+def _compile_units(units, cc, flags, cwd: Path, module_name) -> list[str]:
+    """Compile each (file, part) to an object file, all at once (gcc is single-threaded,
+    the parts are independent), and return the object names in link order."""
+    include = ["-I.", f"-I{sysconfig.get_paths()['include']}"]
+    jobs = []
+    for fname, part in units:
+        obj = f"{Path(fname).stem}.{part}.o"
+        cmd = cc + flags + include + ([f"-DBP_PART={part}"] if part else []) + \
+            ["-c", fname, "-o", obj]
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        except FileNotFoundError:
+            _reap(jobs)
+            raise CompilerError(f"no C compiler found: '{cmd[0]}' is not on PATH (set CC "
+                                f"to choose another). {NUMPY_HINT}") from None
+        except OSError as exc:
+            _reap(jobs)
+            raise CompilerError(f"could not run the C compiler '{cmd[0]}': {exc}. "
+                                f"{NUMPY_HINT}") from None
+        jobs.append((cmd, obj, proc))
+    failure = None
+    for cmd, obj, proc in jobs:
+        try:
+            out, err = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        if proc.returncode != 0 and failure is None:
+            failure = _failed(module_name, cmd, subprocess.CompletedProcess(
+                cmd, proc.returncode, out, err))
+    if failure is not None:
+        raise failure
+    return [obj for _, obj, _ in jobs]
+
+
+def _reap(jobs) -> None:
+    for _, _, proc in jobs:
+        proc.kill()
+        proc.communicate()
+
+
+def _failed(module_name, cmd, r) -> CompilerError:
+    return CompilerError(f"the C compiler failed building kernel '{module_name}' "
+                         f"({' '.join(cmd)}):\n{(r.stderr or r.stdout).strip()}\n"
+                         f"{NUMPY_HINT}")
 
 
 @contextmanager

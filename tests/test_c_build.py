@@ -37,6 +37,48 @@ def test_generated_sources_compile_standalone(tmp_path, name, openmp):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("name", ["mlp2", "dense", "softmax_cross_entropy_labels"])
+def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name):
+    """The toolkit compiles a source's parts (-DBP_PART=k) at once and links them: each part
+    is warning-free C99, no symbol is defined twice, and together they define exactly what
+    the whole file defines."""
+    src = ROOT / "generated" / "c" / f"{name}.c"
+    flags = ["cc", "-std=c99", "-O1", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fopenmp",
+             "-fPIC"]
+
+    def defined(obj):
+        out = subprocess.run(["nm", "--defined-only", "-g", str(obj)], capture_output=True,
+                             text=True, check=True).stdout
+        return sorted(line.split()[-1] for line in out.splitlines() if line.strip())
+
+    whole = tmp_path / "whole.o"
+    subprocess.run(flags + ["-c", str(src), "-o", str(whole)], check=True)
+    symbols = []
+    for part in codegen.build._parts(src.read_text()):
+        obj = tmp_path / f"part{part}.o"
+        r = subprocess.run(flags + [f"-DBP_PART={part}", "-c", str(src), "-o", str(obj)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        symbols += defined(obj)
+    assert len(symbols) == len(set(symbols)), "a symbol is defined in two parts"
+    assert sorted(symbols) == defined(whole)
+    assert codegen.build._parts(src.read_text()) == [1, 2]
+    assert codegen.build._parts("int f(void);") == [0]
+
+
+def test_a_failing_part_is_reported_and_leaves_no_entry(tmp_path, monkeypatch):
+    """Parts compile at once: when only the double part fails, its message still arrives."""
+    script = tmp_path / "half-cc"
+    script.write_text("#!/bin/sh\ncase \"$*\" in *BP_PART=2*) echo 'half-cc: error: no doubles "
+                      "today' >&2; exit 1;; esac\nexec cc \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(script))
+    with pytest.raises(CompilerError, match="BP_PART=2.*\n.*no doubles today"):
+        codegen.load("relu", backend="c", cache=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache" / "c").iterdir()
+                if p.is_dir() and p.name != "index"]
+
+
 @pytest.mark.parametrize("own_gemm", [False, True])
 def test_plain_c_program_uses_a_kernel(tmp_path, own_gemm):
     """No Python anywhere: a C program calls the generated dense kernels, with their own

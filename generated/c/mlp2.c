@@ -28,18 +28,30 @@
 #include <omp.h>
 #endif
 
-/* The GEMM the caller supplied with bp_mlp2_set_gemm; NULL: loops below. */
-static bp_gemm_f32_t bp_gemm_f32 = NULL;
-static bp_gemm_f64_t bp_gemm_f64 = NULL;
-
-void bp_mlp2_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
-{
-    bp_gemm_f32 = sgemm;
-    bp_gemm_f64 = dgemm;
-}
+/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
+ * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
+ * objects: a first build takes half the time on two cores.
+ * bp-parts: 2 */
+#ifndef BP_PART
+#define BP_PART 0
+#endif
 
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
+
+/* The GEMM the caller supplied with bp_mlp2_set_gemm; NULL: loops below.  Visible
+ * to both parts, so not static. */
+extern bp_gemm_f32_t bp_mlp2_gemm_f32;
+extern bp_gemm_f64_t bp_mlp2_gemm_f64;
+#if BP_PART == 0 || BP_PART == 1
+bp_gemm_f32_t bp_mlp2_gemm_f32 = NULL;
+bp_gemm_f64_t bp_mlp2_gemm_f64 = NULL;
+
+void bp_mlp2_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
+{
+    bp_mlp2_gemm_f32 = sgemm;
+    bp_mlp2_gemm_f64 = dgemm;
+}
 
 size_t bp_mlp2_forward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C)
 {
@@ -76,8 +88,10 @@ void bp_mlp2_set_threads(int threads)
     (void)threads;
 #endif
 }
+#endif
 
 /* ---- float ------------------------------------------------------------------ */
+#if BP_PART == 0 || BP_PART == 1
 
 /* exp of -|x| only, so neither branch overflows; one division for both branches */
 static inline float bp_sigmoid_f32(float x)
@@ -93,7 +107,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     float *const _s1 = bp_work + N;
     const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
-    if (bp_gemm_f32 != NULL) {
+    if (bp_mlp2_gemm_f32 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -101,7 +115,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 z1[n*H + h] = b1[h];
             }
         }
-        bp_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+        bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -124,7 +138,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
-    if (bp_gemm_f32 != NULL) {
+    if (bp_mlp2_gemm_f32 != NULL) {
         #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -132,7 +146,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 z2[n*C + c] = b2[c];
             }
         }
-        bp_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+        bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -211,8 +225,8 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* sum over c */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -241,8 +255,8 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
         #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -263,8 +277,8 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
         #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -297,8 +311,8 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
         #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -345,7 +359,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     float *const _s6 = bp_work + N*H + N*H + N*C + N + N + N*C + N + N*H;
     const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
-    if (bp_gemm_f32 != NULL) {
+    if (bp_mlp2_gemm_f32 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -353,7 +367,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
                 z1[n*H + h] = b1[h];
             }
         }
-        bp_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+        bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -376,7 +390,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
-    if (bp_gemm_f32 != NULL) {
+    if (bp_mlp2_gemm_f32 != NULL) {
         #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -384,7 +398,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
                 z2[n*C + c] = b2[c];
             }
         }
-        bp_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+        bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -448,8 +462,8 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     }
     L[0] = bp_total2;
     /* sum over c */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -478,8 +492,8 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
         #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -500,8 +514,8 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
         #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -534,8 +548,8 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
-    if (bp_gemm_f32 != NULL) {
-        bp_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    if (bp_mlp2_gemm_f32 != NULL) {
+        bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
         #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -568,8 +582,10 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
 }
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
+#if BP_PART == 0 || BP_PART == 2
 
 /* exp of -|x| only, so neither branch overflows; one division for both branches */
 static inline double bp_sigmoid_f64(double x)
@@ -585,7 +601,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     double *const _s1 = bp_work + N;
     const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
-    if (bp_gemm_f64 != NULL) {
+    if (bp_mlp2_gemm_f64 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -593,7 +609,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 z1[n*H + h] = b1[h];
             }
         }
-        bp_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+        bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -616,7 +632,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
-    if (bp_gemm_f64 != NULL) {
+    if (bp_mlp2_gemm_f64 != NULL) {
         #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -624,7 +640,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 z2[n*C + c] = b2[c];
             }
         }
-        bp_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+        bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -703,8 +719,8 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* sum over c */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -733,8 +749,8 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
         #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -755,8 +771,8 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
         #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -789,8 +805,8 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
         #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -837,7 +853,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     double *const _s6 = bp_work + N*H + N*H + N*C + N + N + N*C + N + N*H;
     const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
-    if (bp_gemm_f64 != NULL) {
+    if (bp_mlp2_gemm_f64 != NULL) {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -845,7 +861,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
                 z1[n*H + h] = b1[h];
             }
         }
-        bp_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
+        bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
         #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -868,7 +884,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
-    if (bp_gemm_f64 != NULL) {
+    if (bp_mlp2_gemm_f64 != NULL) {
         #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
             #pragma omp simd
@@ -876,7 +892,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
                 z2[n*C + c] = b2[c];
             }
         }
-        bp_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
+        bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
         #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -940,8 +956,8 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     }
     L[0] = bp_total2;
     /* sum over c */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
         #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -970,8 +986,8 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
         #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -992,8 +1008,8 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
         #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1026,8 +1042,8 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dW2[c, h] = sum_n(a1[n, h]*dz2[n, c]) */
-    if (bp_gemm_f64 != NULL) {
-        bp_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
+    if (bp_mlp2_gemm_f64 != NULL) {
+        bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
         #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -1060,3 +1076,4 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
 }
+#endif
