@@ -246,7 +246,7 @@ def _merge_inner_loops(members: list[dict]) -> list[dict]:
     def key(v):
         if v["mode"] == "scalar_acc" and v["op"] == "sum" and v["split"] == 0:
             return tuple(v["loops"])
-        if v["mode"] in ("assign", "update") and len(v["loops"]) == 1:
+        if v["mode"] in ("assign", "update") and len(v["loops"]) == 1 and not v.get("point"):
             return tuple(v["loops"])
         return None
 
@@ -319,6 +319,18 @@ def _hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
             return e.func(*[lift(a) for a in e.args])
         return e.func(*[lift(a) for a in e.args])
 
+    point = _one_point(body, inner) if mode == "assign" else None
+    if point is not None:
+        # [i == t[n]] is 1 at one i of the row: the loop computes the row as if it were 0
+        # everywhere, and that one element is computed apart (before the loop, which may
+        # overwrite what it reads) and stored after it.  No integer compare per element.
+        delta, i, at = point
+        fixed = body.xreplace({delta: sp.S.One}).xreplace({i: at})
+        body = body.xreplace({delta: sp.S.Zero})
+        target = sp.IndexedBase(n.target)[tuple(at if x == i else x for x in n.out)]
+        extent = inner_loops[-1][1]
+        v.update(point=dict(at=printer.code(at), extent=extent, target=printer.code(target),
+                            value=printer.code(fixed), var=f"{v['acc']}_fix"))
     body = lift(body)
     hoisted = [(r, s) for r, s in sub.items()] + [(e, s) for e, s in derived.items()]
     replacements, (body,) = sp.cse([body],
@@ -334,6 +346,21 @@ def _hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
              cse=[(str(s), printer.code(e)) for s, e in replacements],
              value=printer.code(body))
     return v
+
+
+def _one_point(body, inner: str):
+    """(delta, i, at) when the body's only bracket on the inner index i is [i == at] with
+    `at` free of i (a label t[n], hoisted), else None."""
+    deltas = {d for d in body.atoms(sp.KroneckerDelta)
+              if any(isinstance(a, sp.Idx) and a.label.name == inner for a in d.args)}
+    if len(deltas) != 1:
+        return None
+    (delta,) = deltas
+    a, b = delta.args
+    i, at = (a, b) if isinstance(a, sp.Idx) and a.label.name == inner else (b, a)
+    if not isinstance(at, sp.Symbol) or isinstance(at, sp.Idx):
+        return None
+    return delta, i, at
 
 
 def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
@@ -392,7 +419,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     value = printer.code(body)
     when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"), acc=acc,
-                nest=n, hoisted=[], store="",
+                nest=n, hoisted=[], store="", point=None,
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,

@@ -93,3 +93,36 @@ def test_any_integer_dtype_is_accepted(backend):
     for dt in (np.int32, np.uint8, np.int16):
         got = k.backward(z=z, t=np.array([0, 4, 2, 2], dtype=dt))["dz"]
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("I", [1, 2, 17, 33])
+def test_one_hot_element_at_both_ends_of_the_row(I):
+    """C computes a row as if [i == t[n]] were 0 and the labelled element apart: labels at
+    the first and last class, and a single class, agree with the NumPy backend."""
+    c = codegen.load("softmax_cross_entropy_labels", backend="c")
+    ref = codegen.load("softmax_cross_entropy_labels", backend="numpy")
+    z = np.random.default_rng(I).normal(size=(4, I)) * 3
+    t = np.array([0, I - 1, I // 2, 0])
+    for entry in ("backward", "forward_backward"):
+        got = getattr(c, entry)(z=z, t=t)["dz"]
+        want = (ref.backward if entry == "backward" else ref.forward_backward)(z=z, t=t)["dz"]
+        assert rel_err(got, want) < 1e-14
+
+
+def test_plain_c_never_writes_outside_the_row_for_a_bad_label():
+    """The wrapper refuses labels out of range; C called directly (a plain C program) must
+    still not store the labelled element outside dz: it is stored only when 0 <= t < I."""
+    k = codegen.load("softmax_cross_entropy_labels", backend="c")
+    ffi, lib = k._ffi, k._lib
+    N, I = 3, 5
+    y = np.full((N, I), 0.2)
+    t = np.array([-1, 5, 2], dtype=np.int64)
+    buf = np.full(N * I + 2 * I, 7.0)               # dz with a guard band on both sides
+    dz = buf[I:-I]
+    lib.bp_softmax_cross_entropy_labels_backward_f64(
+        N, I, ffi.from_buffer("double[]", y), ffi.from_buffer("int64_t[]", t),
+        ffi.from_buffer("double[]", y), ffi.from_buffer("double[]", dz, require_writable=True),
+        ffi.NULL)
+    assert (buf[:I] == 7.0).all() and (buf[-I:] == 7.0).all()
+    np.testing.assert_allclose(dz.reshape(N, I)[:2], 0.2 / N)       # no one-hot at all
+    np.testing.assert_allclose(dz.reshape(N, I)[2], [0.2 / N] * 2 + [(0.2 - 1) / N] + [0.2 / N] * 2)
