@@ -84,11 +84,12 @@ def plan(derivation: Derivation) -> KernelPlan:
     forward = []
     maxima = {}   # one row maximum per distinct exp-sum, shared by all statements
     for eq in layer.equations:
-        expr = _one_softplus(_stable_logs(eq.rhs, defs))
+        expr = _one_softplus(_stable_logs(_stable_ratios(eq.rhs), defs))
         temps, expr = _shift_softmax(expr, eq.target, maxima)
         forward += temps
         forward.append(Statement(eq.target, eq.indices, expr, eq.text))
-    backward = tuple(Statement(s.name, s.indices, _recompute_cheap(s.expr, layer),
+    backward = tuple(Statement(s.name, s.indices,
+                               _recompute_cheap(_stable_ratios(s.expr), layer),
                                show(s.lhs, s.expr)) for s in derivation.steps)
     forward_names = {eq.target for eq in layer.equations}
     read = set()
@@ -104,6 +105,23 @@ def plan(derivation: Derivation) -> KernelPlan:
         reuses=tuple(n for n in returns if n in read and n in forward_names),
         upstream=tuple(derivation.upstream),
         gradients=tuple(adjoint_name(t.name) for t in layer.differentiable))
+
+
+def _stable_ratios(expr):
+    """exp(u) / (1 + exp(u)) = sigmoid(u): the derivative of log(1 + exp(u)) as SymPy writes
+    it is inf / inf = NaN once exp(u) overflows (u > 88 in float32)."""
+    def split(m):
+        for f in m.args:
+            if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Add) \
+                    and len(f.base.args) == 2 and sp.S.One in f.base.args:
+                u = f.base.args[0] if f.base.args[1] == 1 else f.base.args[1]
+                if isinstance(u, sp.exp) and u in m.args:
+                    return f, u
+        return None
+
+    return expr.replace(lambda e: isinstance(e, sp.Mul) and split(e) is not None,
+                        lambda e: e.func(*(a for a in e.args if a not in split(e)))
+                        * sigmoid(split(e)[1].args[0]))
 
 
 def _recompute_cheap(expr, layer):
@@ -221,7 +239,7 @@ def _is_exp_sum(e) -> bool:
 def _stable_logs(expr, defs):
     """log of a tensor defined as a softmax or a sigmoid, computed without taking log(0):
     log(softmax_i) = g_i - log sum_k exp(g_k);  log(sigmoid(a)) = -softplus(-a);
-    log(1 - sigmoid(a)) = -softplus(a)."""
+    log(1 - sigmoid(a)) = -softplus(a);  log(1 + exp(a)) = softplus(a)."""
     def definition(ref):
         name = ref.base.label.name if isinstance(ref, sp.Indexed) else getattr(ref, "name", None)
         eq = defs.get(name)
@@ -237,6 +255,10 @@ def _stable_logs(expr, defs):
         if not isinstance(e, sp.log):
             return e
         arg = e.args[0]
+        if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.Integer(1) in arg.args:
+            u = arg.args[0] if arg.args[1] == 1 else arg.args[1]
+            if isinstance(u, sp.exp):           # log(1 + exp(u)) overflows for u > 88
+                return softplus(u.args[0])
         ref, flip = arg, False
         if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.Integer(1) in arg.args:
             other = arg.args[0] if arg.args[1] == 1 else arg.args[1]

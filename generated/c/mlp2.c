@@ -93,12 +93,11 @@ void bp_mlp2_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-/* exp of -|x| only, so neither branch overflows; one division for both branches */
+/* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline float bp_sigmoid_f32(float x)
 {
     const float e = expf(-fabsf(x));
-    const float r = 1 / (1 + e);
-    return x >= 0 ? r : e * r;
+    return (x >= 0 ? 1 : e) / (1 + e);
 }
 
 void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
@@ -587,12 +586,11 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-/* exp of -|x| only, so neither branch overflows; one division for both branches */
+/* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline double bp_sigmoid_f64(double x)
 {
     const double e = exp(-fabs(x));
-    const double r = 1 / (1 + e);
-    return x >= 0 ? r : e * r;
+    return (x >= 0 ? 1 : e) / (1 + e);
 }
 
 void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)

@@ -70,12 +70,11 @@ void bp_sigmoid_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-/* exp of -|x| only, so neither branch overflows; one division for both branches */
+/* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline float bp_sigmoid_f32(float x)
 {
     const float e = expf(-fabsf(x));
-    const float r = 1 / (1 + e);
-    return x >= 0 ? r : e * r;
+    return (x >= 0 ? 1 : e) / (1 + e);
 }
 
 void bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
@@ -121,12 +120,11 @@ void bp_sigmoid_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-/* exp of -|x| only, so neither branch overflows; one division for both branches */
+/* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline double bp_sigmoid_f64(double x)
 {
     const double e = exp(-fabs(x));
-    const double r = 1 / (1 + e);
-    return x >= 0 ? r : e * r;
+    return (x >= 0 ? 1 : e) / (1 + e);
 }
 
 void bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
