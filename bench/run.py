@@ -211,11 +211,14 @@ def main(repeat: int = 9, only: str = "", quick: bool = False, as_json: bool = F
     import sys
 
     out = out or sys.stdout
-    chosen = [c for c in cases(scale=64 if quick else 1)
-              if not only or c.kernel in only.split(",")]
-    if only and not chosen:
-        names = ", ".join(c.kernel for c in cases())
-        raise ValueError(f"no benchmark named {only!r}; available: {names}")
+    everything = cases(scale=64 if quick else 1)
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in {c.kernel for c in everything}]
+    if unknown:       # one misspelt name must not silently drop its benchmark
+        names = ", ".join(c.kernel for c in everything)
+        raise ValueError(f"no benchmark named {', '.join(map(repr, unknown))}; "
+                         f"available: {names}")
+    chosen = [c for c in everything if not wanted or c.kernel in wanted]
     info = machine()
     floor = Floor()
     rng = np.random.default_rng(0)

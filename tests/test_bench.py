@@ -79,3 +79,8 @@ def test_bench_names_an_unknown_kernel():
     r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--only", "nope"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "no benchmark named 'nope'" in r.stderr
+    # one misspelt name among good ones is named too, not silently skipped
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--quick", "--only",
+                        "gelu_backward,softmax_ce_labels"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and "no benchmark named 'softmax_ce_labels'" in r.stderr
