@@ -59,12 +59,15 @@ def compiler() -> list[str]:
 def _run(cmd, cwd=None):
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        raise CompilerError(f"no C compiler found: '{cmd[0]}' is not on PATH (set CC to "
-                            f"choose another). {NUMPY_HINT}") from None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CompilerError(f"could not run the C compiler '{cmd[0]}': {exc}. "
-                            f"{NUMPY_HINT}") from None
+        raise _cannot_run(cmd, exc) from None
+
+
+def _cannot_run(cmd, exc) -> CompilerError:
+    if isinstance(exc, FileNotFoundError):
+        return CompilerError(f"no C compiler found: '{cmd[0]}' is not on PATH (set CC to "
+                             f"choose another). {NUMPY_HINT}")
+    return CompilerError(f"could not run the C compiler '{cmd[0]}': {exc}. {NUMPY_HINT}")
 
 
 def compiler_identity(cc) -> str:
@@ -330,14 +333,9 @@ def _compile_units(units, cc, flags, cwd: Path, module_name) -> list[str]:
         try:
             proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-        except FileNotFoundError:
-            _reap(jobs)
-            raise CompilerError(f"no C compiler found: '{cmd[0]}' is not on PATH (set CC "
-                                f"to choose another). {NUMPY_HINT}") from None
         except OSError as exc:
             _reap(jobs)
-            raise CompilerError(f"could not run the C compiler '{cmd[0]}': {exc}. "
-                                f"{NUMPY_HINT}") from None
+            raise _cannot_run(cmd, exc) from None
         jobs.append((cmd, obj, proc))
     failure = None
     for cmd, obj, proc in jobs:

@@ -107,21 +107,26 @@ def plan(derivation: Derivation) -> KernelPlan:
         gradients=tuple(adjoint_name(t.name) for t in layer.differentiable))
 
 
+def _exp_in_one_plus(e):
+    """u when e is 1 + exp(u), else None."""
+    if isinstance(e, sp.Add) and len(e.args) == 2 and sp.S.One in e.args:
+        other = e.args[0] if e.args[1] == 1 else e.args[1]
+        if isinstance(other, sp.exp):
+            return other.args[0]
+    return None
+
+
 def _stable_ratios(expr):
     """exp(u) / (1 + exp(u)) = sigmoid(u): the derivative of log(1 + exp(u)) as SymPy writes
     it is inf / inf = NaN once exp(u) overflows (u > 88 in float32)."""
-    def split(m):
+    def rewrite(m):
         for f in m.args:
-            if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, sp.Add) \
-                    and len(f.base.args) == 2 and sp.S.One in f.base.args:
-                u = f.base.args[0] if f.base.args[1] == 1 else f.base.args[1]
-                if isinstance(u, sp.exp) and u in m.args:
-                    return f, u
-        return None
+            u = _exp_in_one_plus(f.base) if isinstance(f, sp.Pow) and f.exp == -1 else None
+            if u is not None and sp.exp(u) in m.args:
+                return m.func(*(a for a in m.args if a not in (f, sp.exp(u)))) * sigmoid(u)
+        return m
 
-    return expr.replace(lambda e: isinstance(e, sp.Mul) and split(e) is not None,
-                        lambda e: e.func(*(a for a in e.args if a not in split(e)))
-                        * sigmoid(split(e)[1].args[0]))
+    return expr.replace(lambda e: isinstance(e, sp.Mul), rewrite)
 
 
 def _recompute_cheap(expr, layer):
@@ -255,10 +260,9 @@ def _stable_logs(expr, defs):
         if not isinstance(e, sp.log):
             return e
         arg = e.args[0]
-        if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.Integer(1) in arg.args:
-            u = arg.args[0] if arg.args[1] == 1 else arg.args[1]
-            if isinstance(u, sp.exp):           # log(1 + exp(u)) overflows for u > 88
-                return softplus(u.args[0])
+        u = _exp_in_one_plus(arg)
+        if u is not None:                       # log(1 + exp(u)) overflows for u > 88
+            return softplus(u)
         ref, flip = arg, False
         if isinstance(arg, sp.Add) and len(arg.args) == 2 and sp.Integer(1) in arg.args:
             other = arg.args[0] if arg.args[1] == 1 else arg.args[1]
