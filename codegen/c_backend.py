@@ -154,6 +154,8 @@ def _helpers(loops: LoopPlan) -> set[str]:
     for e in exprs:
         for f in e.atoms(sp.Function):
             names.add({"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
+    if names & {"sigmoid", "softplus"}:
+        names.add("exp")                         # both are written in exp
     return names
 
 

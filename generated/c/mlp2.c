@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "mlp2.h"
 
@@ -93,10 +94,44 @@ void bp_mlp2_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
+/* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
+ * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
+ * loop vectorizes it inline.  2^k is applied as two powers of two, so a subnormal result
+ * rounds once and 2^128 is never formed alone.  x is clamped to [-104, 89], beyond which
+ * the result is 0 or Inf anyway; NaN passes through.  Within 1.02 ulp of exp over every
+ * float (checked exhaustively against double). */
+static inline float bp_exp_f32(float x)
+{
+    const float xc = x < -104.0F ? -104.0F : (x > 89.0F ? 89.0F : x);
+    /* x / ln 2 + 1.5 * 2^23: k lands, rounded to nearest, in the low mantissa bits */
+    const float shifted = fmaf(xc, 1.44269504088896341F, 12582912.0F);
+    const float k = shifted - 12582912.0F;
+    float r = fmaf(k, -0.693145751953125F, xc);
+    r = fmaf(k, -1.428606765330187045e-06F, r);
+    float p = 1.9875691500e-4F;
+    p = fmaf(p, r, 1.3981999507e-3F);
+    p = fmaf(p, r, 8.3334519073e-3F);
+    p = fmaf(p, r, 4.1665795894e-2F);
+    p = fmaf(p, r, 1.6666665459e-1F);
+    p = fmaf(p, r, 5.0000001201e-1F);
+    p = fmaf(p, r * r, r) + 1;
+    int32_t bits, k1, k2;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits -= 0x4B400000;                          /* the integer k */
+    k1 = bits >> 1;
+    k2 = bits - k1;
+    k1 = (k1 + 127) << 23;
+    k2 = (k2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &k1, sizeof s1);
+    memcpy(&s2, &k2, sizeof s2);
+    return x != x ? x + x : p * s1 * s2;
+}
+
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline float bp_sigmoid_f32(float x)
 {
-    const float e = expf(-fabsf(x));
+    const float e = bp_exp_f32(-fabsf(x));
     return (x >= 0 ? 1 : e) / (1 + e);
 }
 
@@ -178,7 +213,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            const float bp_v = expf(bp_acc1_r1 + z2[n*C + k]);
+            const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
             y[n*C + k] = bp_v;
             bp_acc1 += bp_v;
         }
@@ -430,7 +465,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const float bp_acc1_r1 = -bp_acc1_r0;
         #pragma omp simd reduction(+:bp_acc1)
         for (ptrdiff_t k = 0; k < C; ++k) {
-            const float bp_v = expf(bp_acc1_r1 + z2[n*C + k]);
+            const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
             dz2[n*C + k] = bp_v;
             bp_acc1 += bp_v;
         }
