@@ -97,15 +97,22 @@ void bp_mlp2_set_threads(int threads)
 /* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
  * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
  * loop vectorizes it inline.  2^k is applied as two powers of two, so a subnormal result
- * rounds once and 2^128 is never formed alone.  x is clamped to [-104, 89], beyond which
- * the result is 0 or Inf anyway; NaN passes through.  Within 1.02 ulp of exp over every
- * float (checked exhaustively against double). */
+ * rounds once.  x is clamped below at -104 (the result is 0 there anyway) and k above at
+ * 129 (p 2^129 is Inf for any p the reduction leaves, and so is p = Inf for x = Inf);
+ * that upper clamp is an integer min on k's bits, one instruction, where a second float
+ * clamp made GCC if-convert the whole function.  NaN passes through p.  Within 1.02 ulp
+ * of exp over every float (checked exhaustively against double). */
 static inline float bp_exp_f32(float x)
 {
-    const float xc = x < -104.0F ? -104.0F : (x > 89.0F ? 89.0F : x);
+    const float xc = -104.0F > x ? -104.0F : x;
     /* x / ln 2 + 1.5 * 2^23: k lands, rounded to nearest, in the low mantissa bits */
     const float shifted = fmaf(xc, 1.44269504088896341F, 12582912.0F);
-    const float k = shifted - 12582912.0F;
+    int32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = bits < 0x4B400000 + 129 ? bits : 0x4B400000 + 129;
+    float clamped;
+    memcpy(&clamped, &bits, sizeof clamped);
+    const float k = clamped - 12582912.0F;
     float r = fmaf(k, -0.693145751953125F, xc);
     r = fmaf(k, -1.428606765330187045e-06F, r);
     float p = 1.9875691500e-4F;
@@ -115,17 +122,12 @@ static inline float bp_exp_f32(float x)
     p = fmaf(p, r, 1.6666665459e-1F);
     p = fmaf(p, r, 5.0000001201e-1F);
     p = fmaf(p, r * r, r) + 1;
-    int32_t bits, k1, k2;
-    memcpy(&bits, &shifted, sizeof bits);
-    bits -= 0x4B400000;                          /* the integer k */
-    k1 = bits >> 1;
-    k2 = bits - k1;
-    k1 = (k1 + 127) << 23;
-    k2 = (k2 + 127) << 23;
+    const int32_t k1 = (bits - 0x4B400000) >> 1, k2 = bits - 0x4B400000 - k1;
+    const int32_t e1 = (k1 + 127) << 23, e2 = (k2 + 127) << 23;
     float s1, s2;
-    memcpy(&s1, &k1, sizeof s1);
-    memcpy(&s2, &k2, sizeof s2);
-    return x != x ? x + x : p * s1 * s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    return p * s1 * s2;
 }
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
