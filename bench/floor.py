@@ -18,10 +18,21 @@ class Floor:
         context = dict(shapes=SHAPES, version=VERSION)
         header = render("floor.h.j2", **context)
         cdef = "\n".join(line for line in header.splitlines()
-                         if line.startswith(("void", "size_t")))
+                         if line.startswith(("void", "size_t", "int")))
         module = build("floor", {"floor.h": header, "floor.c": render("floor.c.j2", **context)},
                        cdef, cache_dir(cache))
         self._ffi, self._lib = module.ffi, module.lib
+
+    def flush(self, arrays) -> bool:
+        """Drop these arrays from every cache level, so the next call reads them from memory
+        (and finds no dirty line of them to write back).  Only their lines go: the
+        interpreter and the libraries stay warm, as they would in a training loop.  False
+        on a CPU without a cache-flush instruction the kernel knows."""
+        flushed = True
+        for a in arrays:
+            if a.nbytes:
+                flushed &= bool(self._lib.bp_floor_flush(self._ffi.from_buffer(a), a.nbytes))
+        return flushed
 
     def set_threads(self, threads: int) -> None:
         self._lib.bp_floor_set_threads(int(threads))

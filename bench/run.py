@@ -10,9 +10,12 @@ falls on all of them alike:
     torch   PyTorch eager's best CPU path, 2 threads (when installed)
     floor   a C kernel that only streams the same big buffers (1 and 2 threads)
 
-Each record has the median of --repeat timed calls, the ratio vs_torch (PyTorch's median /
-this one: above 1 is faster than PyTorch), pct_floor (floor time / this time, in percent,
-at the same thread count) and achieved GB/s (the floor's bytes / time) or GFLOP/s.
+Before each timed call of a memory-bound case (one with a floor), the case's buffers are
+flushed from every cache level (clflush; untimed), so every implementation and the floor
+stream them from memory while the interpreter and libraries stay warm.  Each record has
+the median of --repeat timed calls, the ratio vs_torch (PyTorch's median / this one: above
+1 is faster than PyTorch), pct_floor (floor time / this time, in percent, at the same
+thread count) and achieved GB/s (the floor's bytes / time) or GFLOP/s.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ def machine() -> dict:
         info["threadpools"] = "threadpoolctl not installed (pip install threadpoolctl)"
     info["openblas_env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                        "OPENBLAS_NUM_THREADS",
+                                                       "OPENBLAS_THREAD_TIMEOUT",
                                                        "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
                           if k in os.environ}
     return info
@@ -132,19 +136,31 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
     if torch_call is not None:
         mode = "in-place" if case.kernel.startswith("adam") else "fresh"
         impls[("torch", 2, mode)] = (nothing, torch_call)
+    floor_buffers = []
     if case.reads:
         ins = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in case.reads]
         outs = [prealloc[n] for n in case.writes]
         for t in THREADS:
             setup = (lambda t=t: floor.set_threads(t))
             impls[("floor", t, "preallocated")] = (setup, lambda: floor.stream(ins, outs))
+            floor_buffers += ins + outs
             impls[("floor", t, "fresh")] = (setup, lambda: floor.stream(
                 ins, [np.empty_like(o) for o in outs]))
             if case.in_place:            # the written arrays first, then the read-only ones
                 order = [np.array(arrays[case.in_place[w]]) for w in case.writes] + [
                     np.array(arrays[r]) for r in case.reads if r not in case.in_place.values()]
+                floor_buffers += order
                 impls[("floor", t, "in-place")] = (setup, lambda order=order:
                                                    floor.stream_in_place(order, len(outs)))
+    if case.reads:
+        # Memory-bound: before each timed call the case's buffers are flushed from every
+        # cache, so each implementation and the floor stream them from memory.  Without
+        # this a case whose buffers nearly fit in L3 (layer norm: 38 MB, 32 MB of L3 here)
+        # measured whatever the previous implementation happened to leave there.
+        buffers = _distinct([*arrays.values(), *prealloc.values(), *state.values(),
+                             *floor_buffers])
+        impls = {k: (lambda setup=setup: (floor.flush(buffers), setup()), call)
+                 for k, (setup, call) in impls.items()}
     medians = _median_interleaved(impls, repeat)
     c.set_threads(max(THREADS))
     nbytes = sum(np.asarray(arrays[n]).nbytes for n in case.reads) + \
@@ -164,6 +180,16 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
             rec["gflops"] = case.flops(case.sizes) / median / 1e9
         records.append(rec)
     return records
+
+
+def _distinct(arrays) -> list[np.ndarray]:
+    """Each buffer once (an array and a view of it are one buffer), scalars left out."""
+    seen, out = set(), []
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.ndim and a.ctypes.data not in seen:
+            seen.add(a.ctypes.data)
+            out.append(a)
+    return out
 
 
 def table(info: dict, records: list[dict], repeat: int) -> str:

@@ -257,6 +257,16 @@ def _merge_inner_loops(members: list[dict]) -> list[dict]:
         return {a.base.label.name for e in (n.body, n.init) for a in e.atoms(sp.Indexed)}
 
     def close():
+        targets = [p["target"] for p in run if p["mode"] in ("assign", "update")]
+        if len(run) > 1 and len(set(targets)) == len(targets):
+            # Every part's loads before any part's store: after a store to dx[n, c], a
+            # load of dw[c] (a private copy the compiler cannot prove apart) waits until
+            # the CPU rules out that they alias; layer norm's pass ran 25% slower so.
+            # Sound because no part reads what another writes, and no two write one array.
+            stores = [p for p in run if p["nest"].out and (      # array elements, not totals
+                p["mode"] == "assign" or p["mode"] == "update" and p["op"] == "sum")]
+            for p in stores if len(stores) > 1 else ():
+                p["early"] = f"{p['acc']}_m"
         if len(run) > 1:
             # row sums and the scalar totals of the enclosing loop reduce over this loop too
             accs = [p["acc"] for p in run if p["mode"] == "scalar_acc"] + \

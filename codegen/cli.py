@@ -176,6 +176,11 @@ def cmd_bench(args) -> int:
     # needs next (a 64x512x512 backward took 6 ms instead of 0.5).  Sleeping workers are
     # the fair setting for every implementation; it must be set before OpenMP starts.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenBLAS's workers likewise spin after each call (2^28 cycles by default): a NumPy
+    # peer's matrix product left one spinning on the second core, and the next 2-thread
+    # kernel ran at 1-thread speed (layer norm 1.8 ms, 1.25 with them asleep).  2^4 cycles
+    # lets them sleep at once; it must be set before NumPy loads OpenBLAS.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     from bench.run import main as bench
 
     if args.repeat < 1:

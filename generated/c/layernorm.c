@@ -155,9 +155,12 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
         const float bp_acc3_r2 = -bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dx[n*C + c] = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
-            dw[c] += bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c];
-            db[c] += dy[n*C + c];
+            const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
+            const float bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
+            const float bp_acc4_m = db[c] + (dy[n*C + c]);
+            dx[n*C + c] = bp_acc2_m;
+            dw[c] = bp_acc3_m;
+            db[c] = bp_acc4_m;
         }
     }
 }
@@ -244,9 +247,12 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
         const double bp_acc3_r2 = -bp_acc3_r0;
         #pragma omp simd
         for (ptrdiff_t c = 0; c < C; ++c) {
-            dx[n*C + c] = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
-            dw[c] += bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c];
-            db[c] += dy[n*C + c];
+            const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
+            const double bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
+            const double bp_acc4_m = db[c] + (dy[n*C + c]);
+            dx[n*C + c] = bp_acc2_m;
+            dw[c] = bp_acc3_m;
+            db[c] = bp_acc4_m;
         }
     }
 }
