@@ -73,23 +73,25 @@ void bp_sigmoid_set_threads(int threads)
 
 /* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
  * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
- * loop vectorizes it inline.  2^k is applied as two powers of two, so a subnormal result
- * rounds once.  x is clamped below at -104 (the result is 0 there anyway) and k above at
- * 129 (p 2^129 is Inf for any p the reduction leaves, and so is p = Inf for x = Inf);
- * that upper clamp is an integer min on k's bits, one instruction, where a second float
- * clamp made GCC if-convert the whole function.  NaN passes through p.  Within 1.02 ulp
- * of exp over every float (checked exhaustively against double). */
+ * loop vectorizes it inline.  x is clamped below at -104 (the result is 0 there anyway)
+ * and k above at 129 (p 2^129 is Inf for any p the reduction leaves, and so is p = Inf for
+ * x = Inf); that upper clamp is an integer min on k's bits, one instruction, where a
+ * second float clamp made GCC if-convert the whole function.  NaN passes through p.
+ * 2^k is applied as two powers of two, 2^(e1 - 127) 2^(e2 - 127), so a subnormal result
+ * rounds once: the rounding constant 1.5 * 2^23 + 255 leaves D = k + 255 in the low bits,
+ * e1 = floor(D / 2) and e2 = ceil(D / 2) - 1 (both in [52, 192]) come out of two shifts,
+ * and the constant's own bits fall off the top.  Within 1.02 ulp of exp over every float
+ * (checked exhaustively against double). */
 static inline float bp_exp_f32(float x)
 {
     const float xc = -104.0F > x ? -104.0F : x;
-    /* x / ln 2 + 1.5 * 2^23: k lands, rounded to nearest, in the low mantissa bits */
-    const float shifted = fmaf(xc, 1.44269504088896341F, 12582912.0F);
+    const float shifted = fmaf(xc, 1.44269504088896341F, 12583167.0F);
     int32_t bits;
     memcpy(&bits, &shifted, sizeof bits);
-    bits = bits < 0x4B400000 + 129 ? bits : 0x4B400000 + 129;
+    bits = bits < 0x4B400000 + 255 + 129 ? bits : 0x4B400000 + 255 + 129;
     float clamped;
     memcpy(&clamped, &bits, sizeof clamped);
-    const float k = clamped - 12582912.0F;
+    const float k = clamped - 12583167.0F;
     float r = fmaf(k, -0.693145751953125F, xc);
     r = fmaf(k, -1.428606765330187045e-06F, r);
     float p = 1.9875691500e-4F;
@@ -99,8 +101,8 @@ static inline float bp_exp_f32(float x)
     p = fmaf(p, r, 1.6666665459e-1F);
     p = fmaf(p, r, 5.0000001201e-1F);
     p = fmaf(p, r * r, r) + 1;
-    const int32_t k1 = (bits - 0x4B400000) >> 1, k2 = bits - 0x4B400000 - k1;
-    const int32_t e1 = (k1 + 127) << 23, e2 = (k2 + 127) << 23;
+    const int32_t half = bits >> 1;
+    const int32_t e1 = (int32_t)((uint32_t)half << 23), e2 = (int32_t)((uint32_t)(bits - 1 - half) << 23);
     float s1, s2;
     memcpy(&s1, &e1, sizeof s1);
     memcpy(&s2, &e2, sizeof s2);
