@@ -97,6 +97,9 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
+        prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
+                                                                      "fused")
+                     for x in v[side] if x.get("group") for m in x["members"]),
     )
     return {f"{layer.name}.h": render("c_header.h.j2", **context),
             f"{layer.name}.c": render("c_source.c.j2", **context),
@@ -413,10 +416,40 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
     flat = all(len(n.loops) == 1 for n in g.nests)
     pragma = " ".join([f"#pragma omp parallel for{' simd' if flat else ''}"] + clauses +
                       [f"if ({extents} >= BP_PARALLEL_MIN)"])
-    return dict(group=True, var=var, extent=extent, members=_merge_inner_loops(members),
+    members = _merge_inner_loops(members)
+    _prefetch_next_row(members, var, extent, shapes, 8 if printer.dtype == "float64" else 4)
+    return dict(group=True, var=var, extent=extent, members=members,
                 pre=pre, post=post,
                 pragma=pragma,
                 comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests))
+
+
+def _prefetch_next_row(members: list[dict], var: str, extent: str, shapes, itemsize: int):
+    """The first pass over row n streams it in from memory; the passes after it find it in
+    cache and compute, while memory would idle.  The first such pass over a row of the same
+    length asks, block by block, for the same stretch of row n + 1 of the arrays the first
+    pass streams: softmax + CE's exp pass, 32 KB rows, ran 8-10% faster so."""
+    def inner(m):
+        loops = m["loops"][m["split"]:] if m["mode"] == "scalar_acc" else m["loops"]
+        return loops[0] if len(loops) == 1 and m["mode"] in (
+            "assign", "update", "scalar_acc", "merged") else None
+
+    def nests(m):
+        return [p["nest"] for p in m["parts"]] if m["mode"] == "merged" else [m["nest"]]
+
+    if len(members) < 2 or inner(members[0]) is None:
+        return
+    k, row = inner(members[0])
+    rows = sorted({a.base.label.name for n in nests(members[0]) for e in (n.body, n.init)
+                   for a in e.atoms(sp.Indexed)
+                   if [str(i) for i in a.indices] == [var, k] and len(shapes.get(
+                       a.base.label.name, ())) == 2})
+    later = next((m for m in members[1:] if inner(m) and inner(m)[1] == row), None)
+    if rows and later is not None:
+        line = 64 // itemsize                   # elements in a 64-byte cache line
+        later["prefetch"] = dict(
+            rows=[f"{a} + ({var} + 1 < {extent} ? {var} + 1 : {var})*{row}" for a in rows],
+            step=line, block=16 * line)
 
 
 def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict:

@@ -311,6 +311,38 @@ def test_fused_forward_backward(kernels, numpy_kernels, name, seed, dtype):
         1.0, abs(float(loss.detach())))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, row", [("softmax_cross_entropy_labels", 1000),
+                                       ("softmax_cross_entropy_labels", 256),
+                                       ("layernorm", 517)])
+def test_rows_longer_than_a_prefetch_block(kernels, numpy_kernels, name, row, dtype):
+    """Passes that ask for the next row ahead run their inner loop in blocks of 16 cache
+    lines (256 floats, 128 doubles): rows of several blocks, a partial last block, exactly
+    one block, and the last row (whose "next row" is itself) give the NumPy backend's
+    float64 values (itself checked against the symbolic oracle above; expanding that oracle
+    at rows of 1000 takes minutes)."""
+    from codegen.emitter import sources
+    assert "BP_PREFETCH(" in sources(name, "c")[f"{name}.c"]          # the blocked path
+    c = kernels[name, dtype]
+    rng = np.random.default_rng(5000 + row)
+    sizes = {d: (row if d in ("I", "C") else 3) for d in c.layer.dims}
+    arrays = random_arrays(numpy_kernels[name], sizes, rng)
+    npk = numpy_kernels[name]
+    if c._fused:
+        exact = npk.forward_backward(**{n: arrays[n] for n in c.args})
+    else:
+        exact = {**npk.forward(**{n: arrays[n] for n in c.args}),
+                 **npk.backward(**{n: arrays[n] for n in c.args + c.upstream})}
+    a = cast(arrays, dtype)
+    got = c.forward_backward(**{n: a[n] for n in c.args}) if c._fused else {
+        **c.forward(**{n: a[n] for n in c.args}),
+        **c.backward(**{n: a[n] for n in c.args + c.upstream})}
+    assert set(got) == set(exact)
+    tol = max(tolerance(np.dtype(dtype), sizes), 50 * np.finfo(dtype).eps)
+    for n, v in got.items():
+        assert rel_err(v, exact[n]) < tol, (n, sizes)
+
+
 def test_fused_needs_a_loss_layer(kernels, numpy_kernels):
     for k in (kernels["dense", "float64"], numpy_kernels["dense"]):
         with pytest.raises(ValueError, match="needs a layer that ends in its loss"):

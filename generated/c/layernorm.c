@@ -36,6 +36,13 @@
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
 
+/* A hint that a cache line will soon be read (never faults; nothing where unknown). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define BP_PREFETCH(p) ((void)(p))
+#endif
+
 /* The GEMM the caller supplied with bp_layernorm_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_layernorm_gemm_f32;
@@ -94,9 +101,15 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         float bp_acc1 = 0;
         const float bp_acc1_r0 = mu[n];
         const float bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
+        for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 256) {
+            const ptrdiff_t bp_c_hi = bp_c_lo + 256 < C ? bp_c_lo + 256 : C;
+            for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
+                BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
+                bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
+            }
         }
         _s1[n] = bp_acc1;
         /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
@@ -153,14 +166,21 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
         const float bp_acc3_r0 = mu[n];
         const float bp_acc3_r1 = rstd[n];
         const float bp_acc3_r2 = -bp_acc3_r0;
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
-            const float bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
-            const float bp_acc4_m = db[c] + (dy[n*C + c]);
-            dx[n*C + c] = bp_acc2_m;
-            dw[c] = bp_acc3_m;
-            db[c] = bp_acc4_m;
+        for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 256) {
+            const ptrdiff_t bp_c_hi = bp_c_lo + 256 < C ? bp_c_lo + 256 : C;
+            for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
+                BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_q);
+                BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd
+            for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
+                const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
+                const float bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
+                const float bp_acc4_m = db[c] + (dy[n*C + c]);
+                dx[n*C + c] = bp_acc2_m;
+                dw[c] = bp_acc3_m;
+                db[c] = bp_acc4_m;
+            }
         }
     }
 }
@@ -186,9 +206,15 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         double bp_acc1 = 0;
         const double bp_acc1_r0 = mu[n];
         const double bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
+        for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 128) {
+            const ptrdiff_t bp_c_hi = bp_c_lo + 128 < C ? bp_c_lo + 128 : C;
+            for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
+                BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
+                bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
+            }
         }
         _s1[n] = bp_acc1;
         /* rstd[n] = 1 / sqrt(sum((x[n, c] - mu[n])**2, c) / C + 0.00001) */
@@ -245,14 +271,21 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
         const double bp_acc3_r0 = mu[n];
         const double bp_acc3_r1 = rstd[n];
         const double bp_acc3_r2 = -bp_acc3_r0;
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
-            const double bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
-            const double bp_acc4_m = db[c] + (dy[n*C + c]);
-            dx[n*C + c] = bp_acc2_m;
-            dw[c] = bp_acc3_m;
-            db[c] = bp_acc4_m;
+        for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 128) {
+            const ptrdiff_t bp_c_hi = bp_c_lo + 128 < C ? bp_c_lo + 128 : C;
+            for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
+                BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_q);
+                BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd
+            for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
+                const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
+                const double bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
+                const double bp_acc4_m = db[c] + (dy[n*C + c]);
+                dx[n*C + c] = bp_acc2_m;
+                dw[c] = bp_acc3_m;
+                db[c] = bp_acc4_m;
+            }
         }
     }
 }

@@ -40,6 +40,13 @@
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
 
+/* A hint that a cache line will soon be read (never faults; nothing where unknown). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define BP_PREFETCH(p) ((void)(p))
+#endif
+
 /* The GEMM the caller supplied with bp_mlp2_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_mlp2_gemm_f32;
@@ -215,11 +222,17 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         float bp_acc1 = 0;
         const float bp_acc1_r0 = _y_max[n];
         const float bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
-            y[n*C + k] = bp_v;
-            bp_acc1 += bp_v;
+        for (ptrdiff_t bp_k_lo = 0; bp_k_lo < C; bp_k_lo += 256) {
+            const ptrdiff_t bp_k_hi = bp_k_lo + 256 < C ? bp_k_lo + 256 : C;
+            for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
+                BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
+                y[n*C + k] = bp_v;
+                bp_acc1 += bp_v;
+            }
         }
         _s1[n] = bp_acc1;
         /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k); L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
@@ -257,9 +270,15 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         _s2[n] = bp_acc0;
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         const float bp_acc1_r0 = _s2[n];
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
+        for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 256) {
+            const ptrdiff_t bp_c_hi = bp_c_lo + 256 < C ? bp_c_lo + 256 : C;
+            for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
+                BP_PREFETCH(t + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd
+            for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
+                dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
+            }
         }
     }
     /* sum over c */
@@ -467,11 +486,17 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         float bp_acc1 = 0;
         const float bp_acc1_r0 = _y_max[n];
         const float bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
-            dz2[n*C + k] = bp_v;
-            bp_acc1 += bp_v;
+        for (ptrdiff_t bp_k_lo = 0; bp_k_lo < C; bp_k_lo += 256) {
+            const ptrdiff_t bp_k_hi = bp_k_lo + 256 < C ? bp_k_lo + 256 : C;
+            for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
+                BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
+                dz2[n*C + k] = bp_v;
+                bp_acc1 += bp_v;
+            }
         }
         _s4[n] = bp_acc1;
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
@@ -708,11 +733,17 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         double bp_acc1 = 0;
         const double bp_acc1_r0 = _y_max[n];
         const double bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
-            y[n*C + k] = bp_v;
-            bp_acc1 += bp_v;
+        for (ptrdiff_t bp_k_lo = 0; bp_k_lo < C; bp_k_lo += 128) {
+            const ptrdiff_t bp_k_hi = bp_k_lo + 128 < C ? bp_k_lo + 128 : C;
+            for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
+                BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
+                y[n*C + k] = bp_v;
+                bp_acc1 += bp_v;
+            }
         }
         _s1[n] = bp_acc1;
         /* y[n, c] = exp(z2[n, c]) / sum(exp(z2[n, k]), k); L = -sum(t[n, c] * log(y[n, c]), n, c) / N */
@@ -750,9 +781,15 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         _s2[n] = bp_acc0;
         /* dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N */
         const double bp_acc1_r0 = _s2[n];
-        #pragma omp simd
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
+        for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 128) {
+            const ptrdiff_t bp_c_hi = bp_c_lo + 128 < C ? bp_c_lo + 128 : C;
+            for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
+                BP_PREFETCH(t + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd
+            for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
+                dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
+            }
         }
     }
     /* sum over c */
@@ -960,11 +997,17 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         double bp_acc1 = 0;
         const double bp_acc1_r0 = _y_max[n];
         const double bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t k = 0; k < C; ++k) {
-            const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
-            dz2[n*C + k] = bp_v;
-            bp_acc1 += bp_v;
+        for (ptrdiff_t bp_k_lo = 0; bp_k_lo < C; bp_k_lo += 128) {
+            const ptrdiff_t bp_k_hi = bp_k_lo + 128 < C ? bp_k_lo + 128 : C;
+            for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
+                BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
+                dz2[n*C + k] = bp_v;
+                bp_acc1 += bp_v;
+            }
         }
         _s4[n] = bp_acc1;
         /* L = -sum(t[n, c] * log(y[n, c]), n, c) / N */

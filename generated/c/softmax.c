@@ -30,6 +30,13 @@
 /* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
 
+/* A hint that a cache line will soon be read (never faults; nothing where unknown). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define BP_PREFETCH(p) ((void)(p))
+#endif
+
 /* The GEMM the caller supplied with bp_softmax_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_softmax_gemm_f32;
@@ -129,11 +136,17 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
         float bp_acc1 = 0;
         const float bp_acc1_r0 = _y_max[n];
         const float bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t k = 0; k < I; ++k) {
-            const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
-            y[n*I + k] = bp_v;
-            bp_acc1 += bp_v;
+        for (ptrdiff_t bp_k_lo = 0; bp_k_lo < I; bp_k_lo += 256) {
+            const ptrdiff_t bp_k_hi = bp_k_lo + 256 < I ? bp_k_lo + 256 : I;
+            for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
+                BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
+                y[n*I + k] = bp_v;
+                bp_acc1 += bp_v;
+            }
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
@@ -162,9 +175,16 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
         /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
         const float bp_acc1_r0 = _s2[n];
         const float bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
+        for (ptrdiff_t bp_i_lo = 0; bp_i_lo < I; bp_i_lo += 256) {
+            const ptrdiff_t bp_i_hi = bp_i_lo + 256 < I ? bp_i_lo + 256 : I;
+            for (ptrdiff_t bp_q = bp_i_lo; bp_q < bp_i_hi; bp_q += 16) {
+                BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*I + bp_q);
+                BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*I + bp_q);
+            }
+            #pragma omp simd
+            for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
+                dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
+            }
         }
     }
 }
@@ -193,11 +213,17 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
         double bp_acc1 = 0;
         const double bp_acc1_r0 = _y_max[n];
         const double bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd reduction(+:bp_acc1)
-        for (ptrdiff_t k = 0; k < I; ++k) {
-            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
-            y[n*I + k] = bp_v;
-            bp_acc1 += bp_v;
+        for (ptrdiff_t bp_k_lo = 0; bp_k_lo < I; bp_k_lo += 128) {
+            const ptrdiff_t bp_k_hi = bp_k_lo + 128 < I ? bp_k_lo + 128 : I;
+            for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
+                BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
+            }
+            #pragma omp simd reduction(+:bp_acc1)
+            for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+                y[n*I + k] = bp_v;
+                bp_acc1 += bp_v;
+            }
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
@@ -226,9 +252,16 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
         /* dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i] */
         const double bp_acc1_r0 = _s2[n];
         const double bp_acc1_r1 = -bp_acc1_r0;
-        #pragma omp simd
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
+        for (ptrdiff_t bp_i_lo = 0; bp_i_lo < I; bp_i_lo += 128) {
+            const ptrdiff_t bp_i_hi = bp_i_lo + 128 < I ? bp_i_lo + 128 : I;
+            for (ptrdiff_t bp_q = bp_i_lo; bp_q < bp_i_hi; bp_q += 8) {
+                BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*I + bp_q);
+                BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*I + bp_q);
+            }
+            #pragma omp simd
+            for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
+                dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
+            }
         }
     }
 }
