@@ -71,19 +71,26 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _median_interleaved(impls: dict, repeat: int) -> dict:
-    """impls: key -> (setup, call).  setup runs before each call, untimed (thread counts)."""
+def _median_interleaved(impls: dict, repeat: int, min_seconds: float = 0.0) -> tuple[dict, int]:
+    """impls: key -> (setup, call).  setup runs before each call, untimed (thread counts,
+    cache flushes).  Rounds of one call each go on until there are `repeat` of them and
+    they have taken `min_seconds` (at most 10 x repeat rounds): a millisecond kernel's
+    median then spans seconds of this shared machine's swings, not a few milliseconds of
+    one of them.  Returns the medians and the number of rounds."""
     for setup, call in impls.values():
         setup()
         call()                                   # warm-up: page faults, lazy init, caches
     times = {k: [] for k in impls}
-    for _ in range(repeat):
+    start, rounds = time.perf_counter(), 0
+    while rounds < repeat or (time.perf_counter() - start < min_seconds
+                              and rounds < 10 * repeat):
         for k, (setup, call) in impls.items():
             setup()
             t0 = time.perf_counter()
             call()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+        rounds += 1
+    return {k: statistics.median(v) for k, v in times.items()}, rounds
 
 
 def case_arrays(case: Case, c, rng) -> tuple[dict, dict]:
@@ -99,7 +106,8 @@ def case_arrays(case: Case, c, rng) -> tuple[dict, dict]:
     return arrays, {n: arrays[n] for n in names}
 
 
-def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list[dict]:
+def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
+             min_seconds: float = 0.0) -> list[dict]:
     c = codegen.load(case.layer, backend="c", dtype="float32")
     npk = codegen.load(case.layer)
     arrays, args = case_arrays(case, c, rng)
@@ -161,7 +169,7 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
                              *floor_buffers])
         impls = {k: (lambda setup=setup: (floor.flush(buffers), setup()), call)
                  for k, (setup, call) in impls.items()}
-    medians = _median_interleaved(impls, repeat)
+    medians, rounds = _median_interleaved(impls, repeat, min_seconds)
     c.set_threads(max(THREADS))
     nbytes = sum(np.asarray(arrays[n]).nbytes for n in case.reads) + \
         sum(prealloc[n].nbytes for n in case.writes)
@@ -169,7 +177,7 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True) -> list
     records = []
     for (impl, threads, outputs), median in medians.items():
         rec = dict(kernel=case.kernel, impl=impl, threads=threads, outputs=outputs,
-                   median_s=median, sizes=case.sizes)
+                   median_s=median, calls=rounds, sizes=case.sizes)
         if torch_time is not None and impl != "torch":
             rec["vs_torch"] = torch_time / median
         if case.reads:
@@ -192,10 +200,10 @@ def _distinct(arrays) -> list[np.ndarray]:
     return out
 
 
-def table(info: dict, records: list[dict], repeat: int) -> str:
+def table(info: dict, records: list[dict]) -> str:
     lines = [f"machine: {info['machine']}, {info['cores']} cores, {info['cpu']}; python "
              f"{info['python']}, numpy {info['numpy']}, torch {info['torch'] or 'not installed'}"
-             f"; float32; median of {repeat}, implementations interleaved",
+             f"; float32; medians, implementations interleaved",
              f"kernel BLAS: {info['kernel_blas'] or 'none (generated loops)'}"]
     pools = info["threadpools"]
     if isinstance(pools, list):
@@ -215,7 +223,7 @@ def table(info: dict, records: list[dict], repeat: int) -> str:
         by_kernel.setdefault(r["kernel"], []).append(r)
     for kernel, recs in by_kernel.items():
         sizes = " ".join(f"{k}={v}" for k, v in recs[0]["sizes"].items())
-        lines += ["", f"{kernel}  ({sizes})",
+        lines += ["", f"{kernel}  ({sizes}; median of {recs[0]['calls']} calls each)",
                   f"  {'impl':<7}{'thr':>4} {'outputs':<13}{'median ms':>11}{'GB/s':>8}"
                   f"{'GFLOP/s':>9}{'% floor':>9}{'vs torch':>10}"]
         for r in recs:
@@ -233,7 +241,7 @@ def table(info: dict, records: list[dict], repeat: int) -> str:
 
 
 def main(repeat: int = 9, only: str = "", quick: bool = False, as_json: bool = False,
-         use_torch: bool = True, out=None) -> int:
+         use_torch: bool = True, out=None, min_seconds: float = 2.0) -> int:
     import sys
 
     out = out or sys.stdout
@@ -250,12 +258,13 @@ def main(repeat: int = 9, only: str = "", quick: bool = False, as_json: bool = F
     rng = np.random.default_rng(0)
     records = []
     for case in chosen:
-        records += run_case(case, repeat, floor, rng, use_torch)
+        records += run_case(case, repeat, floor, rng, use_torch,
+                            0.0 if quick else min_seconds)
         if not as_json:
             print(f"  measured {case.kernel}", file=sys.stderr)
     if as_json:
         json.dump(dict(machine=info, repeat=repeat, records=records), out, indent=1)
         out.write("\n")
     else:
-        out.write(table(info, records, repeat) + "\n")
+        out.write(table(info, records) + "\n")
     return 0

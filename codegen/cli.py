@@ -51,7 +51,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="time the generated C kernels against NumPy, "
                                       "PyTorch and the memory-traffic floor")
     p.add_argument("--repeat", type=int, default=9, help="timed calls per implementation "
-                   "(default 9; medians are reported)")
+                   "at least (default 9; medians are reported)")
+    p.add_argument("--min-time", type=float, default=2.0, metavar="SECONDS",
+                   help="go on calling until each benchmark has run this long, at most 10x "
+                   "--repeat calls (default 2; --quick: 0)")
     p.add_argument("--only", default="", metavar="KERNELS",
                    help="comma-separated benchmark names (default: all)")
     p.add_argument("--quick", action="store_true",
@@ -185,7 +188,10 @@ def cmd_bench(args) -> int:
 
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
+    if args.min_time < 0:
+        raise ValueError("--min-time must be at least 0")
     return bench(repeat=args.repeat, only=args.only, quick=args.quick, as_json=args.json,
+                 min_seconds=args.min_time,
                  use_torch=not args.no_torch)
 
 

@@ -86,6 +86,7 @@ def test_bench_json_records():
     for x in recs:
         assert x["median_s"] > 0 and "pct_floor" in x and x["gbps"] > 0
         assert set(x) >= {"kernel", "impl", "threads", "outputs", "median_s"}
+        assert x["calls"] == 2                         # --quick: --repeat calls, no minimum time
     assert any(x["outputs"] == "in-place" and x["impl"] == "c" for x in recs)
     if data["machine"]["torch"]:
         assert all("vs_torch" in x for x in recs if x["impl"] != "torch")
@@ -100,3 +101,21 @@ def test_bench_names_an_unknown_kernel():
                         "gelu_backward,softmax_ce_labels"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 2 and "no benchmark named 'softmax_ce_labels'" in r.stderr
+
+
+def test_bench_rounds_run_for_the_minimum_time():
+    """Rounds go on past --repeat until the minimum time, and stop at 10 x repeat."""
+    from bench.run import _median_interleaved
+    calls = []
+    impls = {"a": (lambda: None, lambda: calls.append(1))}
+    medians, rounds = _median_interleaved(impls, 3, min_seconds=0.0)
+    assert rounds == 3 and len(calls) == 4                     # one warm-up call
+    calls.clear()
+    medians, rounds = _median_interleaved(impls, 3, min_seconds=60.0)
+    assert rounds == 30 and len(calls) == 31 and medians["a"] >= 0
+
+
+def test_bench_refuses_a_negative_minimum_time():
+    r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--min-time", "-1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--min-time must be at least 0" in r.stderr
