@@ -11,15 +11,9 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-from derive import derive
-from derive.builtins import resolve, spec_source
-from derive.parser import parse_spec
-from derive.spec import Layer
+from derive.builtins import is_layer, resolve, spec_source
 
 from .arguments import check_fusable, check_names
-from .emitter import write_atomic
-from .numpy_backend import numpy_source
-from .plan import plan
 
 CACHE_ENV = "BACKPROP_CACHE"
 
@@ -95,6 +89,12 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
         raise ValueError(f"unknown backend '{backend}'; available: numpy, c")
     if backend == "c":
         return _load_c(layer_or_name, dtype or "float64", cache)
+    from derive import derive
+
+    from .emitter import write_atomic
+    from .numpy_backend import numpy_source
+    from .plan import plan
+
     layer = resolve(layer_or_name)
     if dtype is not None:
         raise ValueError("dtype is chosen per call by the NumPy backend (it follows the "
@@ -126,16 +126,21 @@ def _load_c(layer_or_name, dtype, cache):
     source = spec_source(layer_or_name)
     if source is not None:
         text, label = source
-        skey = b.spec_key(text, label if isinstance(layer_or_name, Layer) else "")
+        skey = b.spec_key(text, label if is_layer(layer_or_name) else "")
         hit = b.load_indexed(root, skey)
         if hit is not None and "shape" in hit[1]:
             module, meta = hit
-            lazy = (lambda: layer_or_name) if isinstance(layer_or_name, Layer) else \
-                (lambda: parse_spec(text, label))
+            lazy = (lambda: layer_or_name) if is_layer(layer_or_name) else \
+                (lambda: _parse(text, label))
             return CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
                             shape=meta["shape"])
-    layer = resolve(layer_or_name)
+    # Cold: parse, derive, plan, print, compile (SymPy from here on).
+    from derive import derive
+
     from .c_backend import c_sources
+    from .plan import plan
+
+    layer = resolve(layer_or_name)
 
     derivation = derive(layer)
     kplan = plan(derivation)
@@ -151,3 +156,9 @@ def _load_c(layer_or_name, dtype, cache):
 
 
 PLAN_FIELDS = ("args", "returns", "upstream", "gradients", "reuses")
+
+
+def _parse(text, label):
+    from derive.parser import parse_spec
+
+    return parse_spec(text, label)

@@ -1,12 +1,14 @@
 """Built-in layers: spec files in derive/layers/, written in the spec language itself."""
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
 
 from .errors import SpecError
-from .parser import load_spec, parse_spec
-from .spec import Layer
+
+# The parser and Layer (and with them SymPy) load on first use: a warm cache load of C
+# kernels needs only a spec's text (spec_source), and SymPy's import is 0.2 s.
 
 # The order `backprop list` shows them in: layers, losses, networks, the optimizer step,
 # the worked example.
@@ -19,17 +21,27 @@ def builtin_text(name: str) -> str:
     return resources.files("derive.layers").joinpath(f"{name}.bp").read_text("utf-8")
 
 
-def builtin(name: str) -> Layer:
+def builtin(name: str):
+    """The parsed Layer of a built-in."""
+    from .parser import parse_spec
+
     if name not in BUILTINS:
         raise SpecError(f"no built-in layer '{name}'; built-ins: {', '.join(BUILTINS)}",
                         "<builtin>")
     return parse_spec(builtin_text(name), f"<builtin {name}>")
 
 
+def is_layer(x) -> bool:
+    """isinstance(x, Layer), without importing the spec module (a Layer exists only once
+    something has imported it)."""
+    spec = sys.modules.get("derive.spec")
+    return spec is not None and isinstance(x, spec.Layer)
+
+
 def spec_source(layer_or_name) -> tuple[str, str] | None:
     """(spec text, file label) of a Layer, built-in name or spec path, without parsing it
     (a warm cache load needs only the text); None when resolve() must say what is wrong."""
-    if isinstance(layer_or_name, Layer):
+    if is_layer(layer_or_name):
         return layer_or_name.source, layer_or_name.file
     if isinstance(layer_or_name, str) and layer_or_name in BUILTINS:
         return builtin_text(layer_or_name), f"<builtin {layer_or_name}>"
@@ -41,9 +53,11 @@ def spec_source(layer_or_name) -> tuple[str, str] | None:
     return None
 
 
-def resolve(layer_or_name) -> Layer:
+def resolve(layer_or_name):
     """A Layer, a built-in name, or a path to a spec file -> Layer."""
-    if isinstance(layer_or_name, Layer):
+    from .parser import load_spec
+
+    if is_layer(layer_or_name):
         return layer_or_name
     if isinstance(layer_or_name, Path) or (isinstance(layer_or_name, str) and (
             layer_or_name.endswith(".bp") or "/" in layer_or_name or "\\" in layer_or_name)):
