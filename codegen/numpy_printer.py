@@ -203,6 +203,9 @@ class NumpyPrinter:
     def _sum(self, e, ctx):
         ks = [lim[0] for lim in e.limits]
         outer = [i for i in ctx if i in free_indices(e)]
+        scatter = _scatter(e, ks, outer)
+        if scatter is not None:
+            return _expand(self._scatter_add(scatter, ks, outer), outer, ctx)
         inner = outer + ks
         letters = _letters(inner)
         coeff, operands = [], []
@@ -231,11 +234,45 @@ class NumpyPrinter:
             code = f"({code})"
         return _expand(code, outer, ctx)
 
+    def _scatter_add(self, scatter, ks, outer):
+        """sum_n [v == g(n)] f(n, ...) for every v: f's rows added at rows g(n) of zeros
+        (np.add.at), O(N) work and memory where the einsum with a one-hot [v == g(n)]
+        matrix was O(V N) (an embedding's gradient: V = 50,000 rows)."""
+        v, g, rest = scatter
+        others = [i for i in outer if i != v]
+        index = self.array(g, tuple(ks))
+        values = self.array(rest, tuple(ks + others))
+        size = str(v.upper + 1)
+        self.dims_used.add(size)
+        self.helpers_used.add("_scatter_add")
+        code = f"_scatter_add({size}, {index}, {values}, dtype)"
+        if outer.index(v):                       # the v axis goes where ctx has it
+            code = f"np.moveaxis({code}, 0, {outer.index(v)})"
+        return code
+
     def _max(self, e, ctx):
         body, k = e.args
         outer = [i for i in ctx if i in free_indices(body) - {k}]
         code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
         return _expand(code, outer, ctx)
+
+
+def _scatter(e, ks, outer):
+    """(v, g, rest) when the sum's summand is [v == g] * rest with v one of the result's
+    indices, g an integer expression of the summed indices (a label ids[n]) and v nowhere
+    else: a scatter-add, not a contraction.  None otherwise."""
+    factors = sp.Mul.make_args(e.function)
+    for d in factors:
+        if not isinstance(d, sp.KroneckerDelta):
+            continue
+        for v, g in (d.args, d.args[::-1]):
+            if not isinstance(v, sp.Idx) or v not in outer or isinstance(g, sp.Idx) \
+                    or not free_indices(g) or not free_indices(g) <= set(ks):
+                continue
+            rest = sp.Mul(*[f for f in factors if f is not d])
+            if v not in free_indices(rest):
+                return v, g, rest
+    return None
 
 
 def _atom(code: str) -> str:

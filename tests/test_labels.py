@@ -52,6 +52,45 @@ def test_embedding_gather_and_scatter(embed, backend, sizes):
     assert rel_err(g["ds"], s.grad.numpy()) < 1e-13
 
 
+EMBED_SEQ = """layer embed_seq  Embedding of a batch of sequences, the table stored transposed
+dims B, T, V, D
+input ids[B, T] in V
+param E[D, V]
+output y[B, T, D]
+
+y[b, t, d] = E[d, ids[b, t]]
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_embedding_gradient_is_a_scatter_add(embed, backend):
+    """dE[v, d] = sum_n [v == ids[n]] dy[n, d] is added row by row at ids[n] (np.add.at),
+    not contracted with a V x N one-hot matrix: labels over two axes, a table whose v axis
+    comes second, repeated and never-used rows; and the NumPy module has no one-hot left."""
+    layer = parse_spec(EMBED_SEQ)
+    k = codegen.load(layer, backend=backend)
+    if backend == "numpy":
+        from codegen.emitter import sources
+        src = sources(layer)["embed_seq.py"]
+        assert "_scatter_add(V, ids" in src and "np.arange(V)" not in src
+        src = sources(parse_spec(EMBED))["embed.py"]
+        assert "_scatter_add(V, ids" in src and "np.arange(V)" not in src
+    B, T, V, D = 2, 3, 4, 5
+    rng = np.random.default_rng(7)
+    a = dict(ids=np.array([[0, 3, 3], [0, 3, 1]]), E=rng.normal(size=(D, V)),
+             dy=rng.normal(size=(B, T, D)))                     # row 2 never used, 3 thrice
+    exact = evaluate(k.derivation, a)
+    g = k.backward(**a)
+    sizes = dict(B=B, T=T, V=V, D=D)
+    assert rel_err(g["dE"], exact["dE"]) < tolerance(np.float64, sizes)
+    assert np.all(g["dE"][:, 2] == 0)
+    torch = pytest.importorskip("torch")
+    E = torch.tensor(a["E"], requires_grad=True)
+    out = torch.nn.functional.embedding(torch.tensor(a["ids"]), E.T)
+    (out * torch.tensor(a["dy"])).sum().backward()
+    assert rel_err(g["dE"], E.grad.numpy()) < 1e-13
+
+
 @pytest.mark.parametrize("backend, dtype", [("numpy", None), ("c", "float32"),
                                             ("c", "float64")])
 def test_cross_entropy_with_labels_matches_pytorch(backend, dtype):
