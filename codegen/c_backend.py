@@ -124,7 +124,7 @@ def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]
     """Parameters a function never reads, to be cast to void (no compiler warnings)."""
     used = {s.name for _, e in consts for s in e.free_symbols}
     for n in nests:
-        for e in (n.body, n.init):
+        for e in (n.body, n.init) + ((n.at[1],) if n.at else ()):   # a scatter's g too
             used |= {a.base.label.name for a in e.atoms(sp.Indexed)}
             used |= {s.name for s in e.free_symbols if isinstance(s, sp.Symbol)}
         used.add(n.target)
@@ -273,6 +273,23 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
     # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""
+    if n.kind == "scatter":
+        # Serial over the summed indices: two of them may hit the same row.  The target is
+        # filled with its start first; a g outside 0..V-1 adds nothing (plain C callers).
+        v, g = n.at
+        at = sp.Symbol("bp_at")
+        reduced = len(n.reduced)
+        out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
+        out_extent = "*".join(e for _, e in out_loops)
+        view.update(mode="scatter", fill=view["target"], target=printer._print(sp.IndexedBase(n.target)[tuple(
+                        at if i == v else i for i in n.out)]),
+                    at=str(at), index=printer.code(g), extent=str(dim_of(v)),
+                    outer=loops[:reduced], loops=loops[reduced:], out_loops=out_loops,
+                    start=printer.code(n.init), simd=simd if len(loops) > reduced else "",
+                    init_simd="#pragma omp simd" if len(out_loops) > 1 else "",
+                    init_pragma=f"#pragma omp parallel for{' simd' if len(out_loops) == 1 else ''}"
+                                f" if ({out_extent} >= BP_PARALLEL_MIN)")
+        return view
     if n.kind == "elementwise":
         # one loop: a combined `parallel for simd`; more: simd on the innermost only
         view.update(mode="assign", simd=simd if len(loops) > 1 else "",

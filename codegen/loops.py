@@ -15,18 +15,19 @@ indices outermost, so that loop can run in parallel without write races.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
 from derive.indices import dim_of, free_indices
 
 from .plan import KernelPlan, Maximum, Statement
+from .scatter import scatter_parts
 
 
 @dataclass(frozen=True)
 class Nest:
-    kind: str                         # "elementwise" or "reduce"
+    kind: str                         # "elementwise", "reduce" or "scatter"
     target: str
     out: tuple[sp.Idx, ...]           # the target's indices, in axis order
     loops: tuple[sp.Idx, ...]         # outermost first
@@ -35,6 +36,8 @@ class Nest:
     op: str = "sum"                   # "sum" or "max" for reductions
     comment: str = ""
     init: sp.Expr = sp.Integer(0)     # a reduction's starting value (b[i] in W x + b)
+    # a scatter's (v, g): T[.., v, ..] = sum_K [v == g] body is body added at v = g
+    at: tuple | None = None
 
     @property
     def parallel(self) -> str:
@@ -207,6 +210,18 @@ def _canonical(body, reduced):
 
 def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0)) -> Nest:
     out = tuple(out)
+    scatter = scatter_parts(out, tuple(reduced), body) if op == "sum" else None
+    if scatter is not None:
+        # Each summand lands on one v, g's value: loop over the summed indices, then over
+        # the other output indices (stride 1 innermost), adding at v = g.  O(K F) where
+        # looping over v as well was O(V K F): an embedding's gradient, V = 50,000.
+        v, g, rest = scatter
+        others = tuple(i for i in out if i != v)
+        refs = [(target, others)] + [(a.base.label.name, tuple(a.indices))
+                                     for a in rest.atoms(sp.Indexed)]
+        inner = _order(others, (), refs) if others else ()
+        return Nest("scatter", target, out, tuple(reduced) + inner, tuple(reduced), rest,
+                    op, comment, init, at=(v, g))
     refs = [(target, out)] + [(a.base.label.name, tuple(a.indices))
                               for a in body.atoms(sp.Indexed)]
     loops = _order(out, tuple(reduced), refs)
@@ -275,7 +290,7 @@ def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
 
 
 def _groupable(nest: Nest) -> bool:
-    if not nest.loops:
+    if not nest.loops or nest.kind == "scatter":     # a scatter's loop writes any row
         return False
     if nest.parallel in ("array", "scalar"):
         return nest.op == "sum"
@@ -325,8 +340,7 @@ def inline_cheap(nests: list[Nest], temps: list[Temp], keep=lambda nest: False):
             if n in readers:
                 sub = {r: value(r) for e in (n.body, n.init) for r in e.atoms(sp.Indexed)
                        if r.base.label.name == x.target}
-                nests[k] = Nest(n.kind, n.target, n.out, n.loops, n.reduced,
-                                n.body.xreplace(sub), n.op, n.comment, n.init.xreplace(sub))
+                nests[k] = replace(n, body=n.body.xreplace(sub), init=n.init.xreplace(sub))
         nests = [n for n in nests if n is not x]
         temps = [t for t in temps if t.name != x.target]
     return nests, temps
@@ -357,6 +371,5 @@ def hoist_invariants(nests: list[Nest], prefix: str = "bp_k"):
             return found[e]
         return e.func(*[walk(a) for a in e.args])
 
-    out = [Nest(n.kind, n.target, n.out, n.loops, n.reduced, walk(n.body), n.op, n.comment,
-                walk(n.init)) for n in nests]
+    out = [replace(n, body=walk(n.body), init=walk(n.init)) for n in nests]
     return out, [(s, e) for e, s in found.items()]

@@ -13,6 +13,7 @@ from derive.indices import free_indices
 from derive.pretty import decimal, is_long_number
 
 from .plan import Maximum, Statement
+from .scatter import scatter_parts
 
 ADD, MUL, POW, ATOM = 1, 2, 3, 4
 
@@ -203,7 +204,7 @@ class NumpyPrinter:
     def _sum(self, e, ctx):
         ks = [lim[0] for lim in e.limits]
         outer = [i for i in ctx if i in free_indices(e)]
-        scatter = _scatter(e, ks, outer)
+        scatter = scatter_parts(outer, ks, e.function)
         if scatter is not None:
             return _expand(self._scatter_add(scatter, ks, outer), outer, ctx)
         inner = outer + ks
@@ -255,24 +256,6 @@ class NumpyPrinter:
         outer = [i for i in ctx if i in free_indices(body) - {k}]
         code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
         return _expand(code, outer, ctx)
-
-
-def _scatter(e, ks, outer):
-    """(v, g, rest) when the sum's summand is [v == g] * rest with v one of the result's
-    indices, g an integer expression of the summed indices (a label ids[n]) and v nowhere
-    else: a scatter-add, not a contraction.  None otherwise."""
-    factors = sp.Mul.make_args(e.function)
-    for d in factors:
-        if not isinstance(d, sp.KroneckerDelta):
-            continue
-        for v, g in (d.args, d.args[::-1]):
-            if not isinstance(v, sp.Idx) or v not in outer or isinstance(g, sp.Idx) \
-                    or not free_indices(g) or not free_indices(g) <= set(ks):
-                continue
-            rest = sp.Mul(*[f for f in factors if f is not d])
-            if v not in free_indices(rest):
-                return v, g, rest
-    return None
 
 
 def _atom(code: str) -> str:

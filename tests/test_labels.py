@@ -63,18 +63,33 @@ y[b, t, d] = E[d, ids[b, t]]
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])
-def test_embedding_gradient_is_a_scatter_add(embed, backend):
+def test_embedding_gradient_is_a_scatter_add(embed, backend, tmp_path):
     """dE[v, d] = sum_n [v == ids[n]] dy[n, d] is added row by row at ids[n] (np.add.at),
     not contracted with a V x N one-hot matrix: labels over two axes, a table whose v axis
     comes second, repeated and never-used rows; and the NumPy module has no one-hot left."""
+    from codegen.emitter import sources
     layer = parse_spec(EMBED_SEQ)
     k = codegen.load(layer, backend=backend)
     if backend == "numpy":
-        from codegen.emitter import sources
         src = sources(layer)["embed_seq.py"]
         assert "_scatter_add(V, ids" in src and "np.arange(V)" not in src
         src = sources(parse_spec(EMBED))["embed.py"]
         assert "_scatter_add(V, ids" in src and "np.arange(V)" not in src
+    else:
+        # C loops over the labels, not over V; a label outside 0..V-1 (a plain C caller's)
+        # adds nothing; the source is warning-free C99 with and without OpenMP
+        import subprocess
+        for lay in (layer, parse_spec(EMBED)):
+            files = sources(lay, "c")
+            src = files[f"{lay.name}.c"]
+            assert "const int64_t bp_at = ids[" in src and "if (0 <= bp_at && bp_at < V)" in src
+            for name, text in files.items():
+                (tmp_path / name).write_text(text)
+            for flags in (["-fopenmp"], ["-Wno-unknown-pragmas"]):
+                r = subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic",
+                                    "-Werror", *flags, "-c", str(tmp_path / f"{lay.name}.c"),
+                                    "-o", str(tmp_path / "x.o")], capture_output=True, text=True)
+                assert r.returncode == 0, r.stderr
     B, T, V, D = 2, 3, 4, 5
     rng = np.random.default_rng(7)
     a = dict(ids=np.array([[0, 3, 3], [0, 3, 1]]), E=rng.normal(size=(D, V)),
@@ -165,3 +180,27 @@ def test_plain_c_never_writes_outside_the_row_for_a_bad_label():
     assert (buf[:I] == 7.0).all() and (buf[-I:] == 7.0).all()
     np.testing.assert_allclose(dz.reshape(N, I)[:2], 0.2 / N)       # no one-hot at all
     np.testing.assert_allclose(dz.reshape(N, I)[2], [0.2 / N] * 2 + [(0.2 - 1) / N] + [0.2 / N] * 2)
+
+
+def test_plain_c_scatter_skips_a_bad_label():
+    """Called directly, the C scatter adds a row only for labels in 0..V-1: -1 and V add
+    nothing anywhere (guard bands intact), the good labels' rows are added."""
+    k = codegen.load(parse_spec(EMBED), backend="c")
+    ffi, lib = k._ffi, k._lib
+    N, V, D = 3, 4, 2
+    ids = np.array([-1, 4, 2], dtype=np.int64)
+    # ds gathers E[ids[n], d] unchecked (the wrapper checks labels): E sits inside a guard
+    # band too, so those reads stay in memory this test owns
+    E, s = np.ones(V * D + 2 * D)[D:-D], np.array([2.0, 3.0])
+    dy = np.arange(N * D, dtype=float).reshape(N, D) + 1
+    buf = np.full(V * D + 2 * D, 7.0)                    # dE with a guard band on both sides
+    dE = buf[D:-D]
+    ds = np.zeros(D)
+    work = np.zeros(int(lib.bp_embed_backward_work(N, V, D)) or 1)
+    p = lambda a, t="double[]": ffi.from_buffer(t, a, require_writable=True)
+    lib.bp_embed_backward_f64(N, V, D, p(ids, "int64_t[]"), p(E), p(s), p(dy), p(dE), p(ds),
+                              p(work))
+    assert (buf[:D] == 7.0).all() and (buf[-D:] == 7.0).all()
+    want = np.zeros((V, D))
+    want[2] = dy[2] * s
+    np.testing.assert_array_equal(dE.reshape(V, D), want)
