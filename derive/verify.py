@@ -362,7 +362,10 @@ def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
 
 @contextmanager
 def time_limit(seconds):
-    """SIGALRM-based limit (main thread only); elsewhere no limit is enforced."""
+    """SIGALRM-based limit (main thread only); elsewhere no limit is enforced.  After the
+    limit the alarm repeats every 50 ms until the block ends: a TimeoutError raised while
+    a gc callback runs (hypothesis installs one) is swallowed there, and a single alarm
+    would then let SymPy run on without limit."""
     def raise_timeout(signum, frame):
         raise TimeoutError
 
@@ -371,7 +374,7 @@ def time_limit(seconds):
     except ValueError:           # not the main thread
         yield
         return
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
     try:
         yield
     finally:

@@ -143,3 +143,22 @@ def test_spec_language_claim_errors(derivations):
         verify(d_of(derivations, "dense"), "dq[n] = 1")
     with pytest.raises(ClaimError, match="unknown function 'sinh'"):
         verify(d_of(derivations, "dense"), "dx[n, j] = sinh(x[n, j])")
+
+
+def test_time_limit_fires_again_when_a_timeout_is_swallowed():
+    """A TimeoutError raised inside a gc callback is ignored by Python; the limit must not
+    end with it (the alarm repeats until the block is left)."""
+    import time
+
+    from derive.verify import time_limit
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        with time_limit(0.05):
+            try:
+                while True:
+                    time.sleep(0.001)
+            except TimeoutError:
+                pass                                  # swallowed, as in a gc callback
+            while time.perf_counter() - start < 5:
+                time.sleep(0.001)
+    assert time.perf_counter() - start < 2
