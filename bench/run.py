@@ -144,14 +144,13 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     if torch_call is not None:
         mode = "in-place" if case.kernel.startswith("adam") else "fresh"
         impls[("torch", 2, mode)] = (nothing, torch_call)
-    floor_buffers = []
     if case.reads:
         ins = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in case.reads]
         outs = [prealloc[n] for n in case.writes]
+        floor_buffers = ins + outs
         for t in THREADS:
             setup = (lambda t=t: floor.set_threads(t))
             impls[("floor", t, "preallocated")] = (setup, lambda: floor.stream(ins, outs))
-            floor_buffers += ins + outs
             impls[("floor", t, "fresh")] = (setup, lambda: floor.stream(
                 ins, [np.empty_like(o) for o in outs]))
             if case.in_place:            # the written arrays first, then the read-only ones
@@ -160,7 +159,6 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
                 floor_buffers += order
                 impls[("floor", t, "in-place")] = (setup, lambda order=order:
                                                    floor.stream_in_place(order, len(outs)))
-    if case.reads:
         # Memory-bound: before each timed call the case's buffers are flushed from every
         # cache, so each implementation and the floor stream them from memory.  Without
         # this a case whose buffers nearly fit in L3 (layer norm: 38 MB, 32 MB of L3 here)

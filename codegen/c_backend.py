@@ -279,16 +279,12 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         v, g = n.at
         at = sp.Symbol("bp_at")
         reduced = len(n.reduced)
-        out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
-        out_extent = "*".join(e for _, e in out_loops)
-        view.update(mode="scatter", fill=view["target"], target=printer._print(sp.IndexedBase(n.target)[tuple(
+        view.update(_fill_first(n), mode="scatter", fill=view["target"],
+                    target=printer._print(sp.IndexedBase(n.target)[tuple(
                         at if i == v else i for i in n.out)]),
                     at=str(at), index=printer.code(g), extent=str(dim_of(v)),
-                    outer=loops[:reduced], loops=loops[reduced:], out_loops=out_loops,
-                    start=printer.code(n.init), simd=simd if len(loops) > reduced else "",
-                    init_simd="#pragma omp simd" if len(out_loops) > 1 else "",
-                    init_pragma=f"#pragma omp parallel for{' simd' if len(out_loops) == 1 else ''}"
-                                f" if ({out_extent} >= BP_PARALLEL_MIN)")
+                    outer=loops[:reduced], loops=loops[reduced:],
+                    start=printer.code(n.init), simd=simd if len(loops) > reduced else "")
         return view
     if n.kind == "elementwise":
         # one loop: a combined `parallel for simd`; more: simd on the innermost only
@@ -308,20 +304,15 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                     simd=f"#pragma omp simd {clause}" if len(loops) > 1 else "",
                     pragma=f"#pragma omp parallel for{fused} {clause}{when}")
     elif n.accumulate_in_place:
-        out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
-        out_extent = "*".join(e for _, e in out_loops)
         size = "*".join(shapes[n.target])
         if n.parallel == "array":
             pragma = f"#pragma omp parallel for reduction({red}:{n.target}[0:{size}]){when}"
         else:
             pragma = f"#pragma omp parallel for{when}"
         inner_reduced = n.loops[-1] in n.reduced
-        view.update(mode="inplace", out_loops=out_loops, pragma=pragma,
+        view.update(_fill_first(n), mode="inplace", fill=view["target"], pragma=pragma,
                     simd="" if n.op == "max" or inner_reduced or len(loops) < 2 else simd,
-                    start=start if n.op == "max" else printer.code(n.init),
-                    init_simd="#pragma omp simd" if len(out_loops) > 1 else "",
-                    init_pragma=f"#pragma omp parallel for{' simd' if len(out_loops) == 1 else ''}"
-                                f" if ({out_extent} >= BP_PARALLEL_MIN)")
+                    start=start if n.op == "max" else printer.code(n.init))
     else:
         view.update(mode="scalar_acc", split=len(n.out), start=start, finish=finish,
                     # a maximum vectorizes too: NaNs are flagged beside it, not compared
@@ -329,6 +320,17 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                     f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
                     pragma=f"#pragma omp parallel for{when}")
     return view
+
+
+def _fill_first(n: Nest) -> dict:
+    """The loops that set a target to its start before updates add to it (in place and
+    scatter nests), parallel over the whole target."""
+    out_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
+    out_extent = "*".join(e for _, e in out_loops)
+    return dict(out_loops=out_loops,
+                init_simd="#pragma omp simd" if len(out_loops) > 1 else "",
+                init_pragma=f"#pragma omp parallel for{' simd' if len(out_loops) == 1 else ''}"
+                            f" if ({out_extent} >= BP_PARALLEL_MIN)")
 
 
 def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
