@@ -11,6 +11,8 @@ import itertools
 
 import sympy as sp
 
+from .affine import (between, bounds_from, divides, extremes, is_full, proven_nonnegative,
+                     solve_for)
 from .indices import dim_of, free_indices
 
 _EXPAND = dict(deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
@@ -25,39 +27,133 @@ def _is_leaf(e) -> bool:
 def contract(expr):
     """Contract deltas against sums, split sums over terms, pull out constant factors.
 
-    The result has sums of one index each, whose bodies all depend on that index.
+    The result has sums of one index each, whose bodies all depend on that index.  A
+    delta of affine arguments, delta(i + k, r), is solved for one summed index and that
+    index's range kept as a bracket the remaining sums absorb into their bounds
+    (derive.affine): the adjoint of a shifted read is a gather with exact bounds.
     """
     if _is_leaf(expr):
         return expr
     if isinstance(expr, sp.Sum):
-        out = contract(expr.function)
-        for k, lo, hi in expr.limits:
-            out = _sum_over(out, k, lo, hi)
-        return out
+        return _contract_sum(expr.function, list(expr.limits))
     if not (expr.has(sp.Sum) or expr.has(sp.KroneckerDelta)):
         return expr
     return expr.func(*[contract(a) for a in expr.args])
 
 
-def _sum_over(body, k, lo, hi):
-    terms = sp.Add.make_args(sp.expand(body, **_EXPAND))
+def _contract_sum(body, limits):
     out = []
-    for term in terms:
+    for term in sp.Add.make_args(sp.expand(body, **_EXPAND)):
         factors = sp.Mul.make_args(term)
-        delta = next((f for f in factors if isinstance(f, sp.KroneckerDelta)
-                      and k in f.args), None)
-        if delta is not None:
-            other = delta.args[0] if delta.args[1] == k else delta.args[1]
-            rest = sp.Mul(*[f for f in factors if f is not delta])
-            out.append(rest.xreplace({k: other}))
+        # A sum inside the term whose body holds a delta joins this one, so the delta is
+        # solved for the best of all summed indices (the outer ones first: the forward
+        # output position i in delta(i + k, r), leaving the kernel offset k summed).
+        inner = next((f for f in factors if isinstance(f, sp.Sum)
+                      and f.function.has(sp.KroneckerDelta)), None)
+        if inner is not None:
+            rest = sp.Mul(*[f for f in factors if f is not inner])
+            out.append(_contract_sum(rest * inner.function, limits + list(inner.limits)))
             continue
+        factors = [contract(f) for f in factors]
+        out.append(_eliminate(factors, limits))
+    return sp.Add(*out)
+
+
+def _eliminate(factors, limits):
+    """One product summed over `limits` (outermost first): solve its deltas for summed
+    indices, absorb range brackets into bounds, then nest the sums innermost-last with
+    each body holding only the factors that depend on its index."""
+    factors, limits = list(factors), [tuple(lim) for lim in limits]
+    while True:
+        choice = _pick_delta(factors, limits)
+        if choice is None:
+            break
+        d, pos, solution, divisor, numerator = choice
+        k, lo, hi = limits.pop(pos)
+        factors.remove(d)
+        sub = {k: solution}
+        factors = [f.xreplace(sub) for f in factors]
+        limits = [(j, a.xreplace(sub), b.xreplace(sub)) for j, a, b in limits]
+        if solution.atoms(sp.Indexed):
+            continue                  # a label's value: in range by the wrappers' checks
+        if divisor == 1:
+            bracket = between(solution, lo, hi)
+        else:                         # k = numerator / divisor, where that divides
+            factors.append(divides(divisor, numerator))
+            bracket = between(numerator, divisor * lo, divisor * hi)
+        if not _implied(bracket):
+            factors.append(bracket)
+    factors, limits = _absorb(factors, limits)
+    for k, lo, hi in reversed(limits):
         dep = [f for f in factors if k in free_indices(f)]
         indep = [f for f in factors if k not in free_indices(f)]
         if not dep:
-            out.append(sp.Mul(*indep) * (hi - lo + 1))
+            count = hi - lo + 1
+            factors = indep + [count if is_full((k, lo, hi)) else sp.Max(0, count)]
         else:
-            out.append(sp.Mul(*indep) * sp.Sum(sp.Mul(*dep), (k, lo, hi)))
-    return sp.Add(*out)
+            factors = indep + [sp.Sum(sp.Mul(*dep), (k, lo, hi))]
+    return sp.Mul(*factors)
+
+
+def _pick_delta(factors, limits):
+    """(delta, limit position, solution, divisor, numerator) for the delta to eliminate
+    next: a unit coefficient first (no divisibility condition), then the outermost."""
+    best = None
+    for f in factors:
+        if not isinstance(f, sp.KroneckerDelta):
+            continue
+        e = f.args[0] - f.args[1]
+        for pos, (k, _, _) in enumerate(limits):
+            if k not in free_indices(f):
+                continue
+            solved = solve_for(k, e)
+            if solved is None:
+                continue
+            solution, divisor = solved
+            score = (divisor != 1, pos)
+            if best is None or score < best[0]:
+                best = (score, (f, pos, solution, divisor, sp.expand(solution * divisor)))
+    return best[1] if best else None
+
+
+def _implied(bracket) -> bool:
+    e, lo, hi = bracket.args
+    span = extremes(e)
+    return span is not None and proven_nonnegative(span[0] - lo) \
+        and proven_nonnegative(hi - span[1])
+
+
+def _absorb(factors, limits):
+    """[lo <= a*k + b <= hi] on a summed k becomes bounds of k's sum (the innermost
+    summed index the bracket holds, so the bounds read only outer indices)."""
+    limits = list(limits)
+    kept = []
+    for f in factors:
+        target = None
+        if isinstance(f, between):
+            held = free_indices(f)
+            for pos in reversed(range(len(limits))):
+                if limits[pos][0] in held:
+                    target = pos
+                    break
+        found = bounds_from(f, limits[target][0]) if target is not None else None
+        if found is None:
+            kept.append(f)
+            continue
+        k, lo, hi = limits[target]
+        new_lo, new_hi = found
+        lo = new_lo if lo == k.lower and _at_least(new_lo, lo) else \
+            (lo if _at_least(lo, new_lo) else sp.Max(lo, new_lo))
+        hi = new_hi if hi == k.upper and _at_least(hi, new_hi) else \
+            (hi if _at_least(new_hi, hi) else sp.Min(hi, new_hi))
+        limits[target] = (k, lo, hi)
+    return kept, limits
+
+
+def _at_least(a, b) -> bool:
+    """a >= b provably (over the ranges of the indices both hold)."""
+    span = extremes(a - b)
+    return span is not None and proven_nonnegative(span[0])
 
 
 def fold(expr, value, name_of):

@@ -44,19 +44,26 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
     integer = {t.name for t in layer.tensors.values() if t.values is not None}
     values = {k: np.asarray(v, dtype=np.int64 if k in integer else np.float64)
               for k, v in arrays.items()}
-    sizes = sizes_of(layer, values)
+    sizes = layer.dim_sizes(sizes_of(layer, values))
+    for name, expr in layer.dim_defs.items():
+        subs = {dim_symbol(d): n for d, n in sizes.items() if d != name}
+        if name in sizes and expr.xreplace(subs) != sizes[name]:
+            raise ValueError(f"dimension {name} is {sizes[name]}, but its definition gives "
+                             f"{expr.xreplace(subs)}")
+    outside = {t.name: (t.outside, [sizes[d] for d in t.dims])
+               for t in layer.tensors.values()}
+    compute = lambda expr, idx, dims: _compute(expr, idx, dims, sizes, values, outside)
     for eq in layer.equations:
         dims = layer.tensors[eq.target].dims
-        values[eq.target] = _compute(eq.rhs, eq.indices, dims, sizes, values)
+        values[eq.target] = compute(eq.rhs, eq.indices, dims)
     for step in derivation.steps:
         dims = layer.tensors[step.tensor].dims
         expr = step.simplest if given else step.expr
-        values[adjoint_name(step.tensor)] = _compute(expr, step.indices, dims, sizes, values)
+        values[adjoint_name(step.tensor)] = compute(expr, step.indices, dims)
     if every_adjoint:
         # Also the adjoints the derivation inlined (dy, da1, ...): each is the sum of its
         # contributions, which read only steps and adjoints computed before it here.
         from .indices import canonical_indices
-        from .spec import dim_symbol
 
         taken = set(layer.tensors) | set(layer.dims)
         order = [eq.target for eq in reversed(layer.equations)] + \
@@ -68,18 +75,18 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
             idx = canonical_indices([dim_symbol(d) for d in t.dims], taken)
             total = sum((c.expr for c in derivation.contributions if c.tensor == name),
                         sp.Integer(0))
-            values[adjoint_name(name)] = _compute(total, idx, t.dims, sizes, values)
+            values[adjoint_name(name)] = compute(total, idx, t.dims)
     return values
 
 
-def _compute(expr, indices, dims, sizes, values):
+def _compute(expr, indices, dims, sizes, values, outside):
     subs = {dim_symbol(d): sp.Integer(n) for d, n in sizes.items()}
     expr = sp.sympify(expr).xreplace(subs)
     indices = [i.xreplace(subs) for i in indices]
     elements = []
     for combo in itertools.product(*[range(sizes[d]) for d in dims]):
-        elements.append(sp.sympify(expr.xreplace(dict(zip(indices, map(sp.Integer, combo))))
-                                   ).doit())
+        element = expr.xreplace(dict(zip(indices, map(sp.Integer, combo))))
+        elements.append(_expand(element, outside))
     names = sorted({b.label.name for e in elements for b in e.atoms(sp.IndexedBase)} |
                    {s.name for e in elements for s in e.free_symbols
                     if isinstance(s, sp.Symbol) and not isinstance(s, sp.Indexed)})
@@ -87,3 +94,36 @@ def _compute(expr, indices, dims, sizes, values):
     fn = sp.lambdify(args, elements, modules=[NUMERIC, "numpy"])
     out = np.asarray(fn(*[values[n] for n in names]), dtype=np.float64)
     return out.reshape(tuple(sizes[d] for d in dims))
+
+
+def _expand(e, outside):
+    """An element formula with every sum written out.  Sums are expanded here rather than
+    by Sum.doit(): a sum whose upper bound is below its lower bound is empty (SymPy's
+    Karr convention would negate it), and a read outside a zero-padded array is 0."""
+    if isinstance(e, sp.Sum):
+        *inner, (k, lo, hi) = e.limits             # the last limit is the outermost
+        body = sp.Sum(e.function, *inner) if inner else e.function
+        lo, hi = _expand(lo, outside), _expand(hi, outside)
+        return sp.Add(*[_expand(body.xreplace({k: sp.Integer(v)}), outside)
+                        for v in range(int(lo), int(hi) + 1)])
+    if isinstance(e, sp.Indexed):
+        idx = [_expand(i, outside) for i in e.indices]
+        name = e.base.label.name
+        if name in outside and all(i.is_Integer for i in idx):
+            fill, shape = outside[name]
+            if any(not 0 <= int(i) < n for i, n in zip(idx, shape)):
+                if fill is None:
+                    raise IndexError(f"{name}{tuple(map(int, idx))} is outside {name}'s "
+                                     f"shape {tuple(shape)}")
+                return fill
+        return e.base[tuple(idx)]
+    if not e.args or isinstance(e, (sp.Symbol, sp.Number)):
+        return e
+    if isinstance(e, sp.Mul):
+        # brackets first: a read they guard may lie outside its array where they are 0
+        guards = [_expand(a, outside) for a in e.args if not isinstance(a, sp.Indexed)]
+        if any(g == 0 for g in guards):
+            return sp.Integer(0)
+        return sp.Mul(*guards, *[_expand(a, outside) for a in e.args
+                                 if isinstance(a, sp.Indexed)])
+    return e.func(*[_expand(a, outside) for a in e.args])

@@ -20,7 +20,10 @@ def free_indices(expr) -> set[sp.Idx]:
             out |= {i} if isinstance(i, sp.Idx) else free_indices(i)
         return out
     if isinstance(expr, sp.Sum):
-        return free_indices(expr.function) - {lim[0] for lim in expr.limits}
+        out = free_indices(expr.function)
+        for k, lo, hi in reversed(expr.limits):    # bounds may read outer indices
+            out = (out - {k}) | free_indices(lo) | free_indices(hi)
+        return out
     if hasattr(expr, "bound_indices"):      # e.g. a maximum over an index
         return free_indices(expr.args[0]) - set(expr.bound_indices)
     if not expr.args or isinstance(expr, (sp.Symbol, sp.Number)):

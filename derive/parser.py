@@ -26,16 +26,18 @@ from pathlib import Path
 
 import sympy as sp
 
+from .affine import extremes, proven_nonnegative
 from .errors import SpecError
 from .functions import FUNCTIONS
 from .indices import free_indices as _free_indices
 from .names import layer_name_problem, name_problem
+from .pretty import formula
 from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
 
 MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
 MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10 would hang)
 DECL_KEYWORDS = ROLES + ("loss",)
-OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd")
+OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd", "const", "outside")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
 
 
@@ -77,6 +79,9 @@ class _Parser:
         self.equations: list[Equation] = []
         self.conditions_src: list[tuple[_Statement, str, int]] = []
         self.example: dict[str, float] = {}
+        self.constants: dict[str, int] = {}      # const S = 2: substituted as numbers
+        self.dim_defs: dict[str, sp.Expr] = {}   # dims Lout = (L - K) // S + 1
+        self.reads_to_check: list = []            # shifted reads, checked at the end
 
     # ---- statements -------------------------------------------------------------------
     def parse(self) -> Layer:
@@ -115,6 +120,10 @@ class _Parser:
             self._example(stmt, rest, rest_col)
         elif word == "nograd":
             self._nograd(stmt, rest, rest_col)
+        elif word == "const":
+            self._const(stmt, rest, rest_col)
+        elif word == "outside":
+            self._outside(stmt, rest, rest_col)
         else:
             self._equation(stmt, body)
 
@@ -131,15 +140,100 @@ class _Parser:
         self.doc = parts[1].strip() if len(parts) > 1 else ""
 
     def _dims(self, stmt, rest, col):
-        sh = self._parse_expr(stmt, rest, col)
-        items = sh.node.elts if isinstance(sh.node, ast.Tuple) else [sh.node]
-        for item in items:
-            c = sh.col(item)
-            if not isinstance(item, ast.Name):
-                raise stmt.error("'dims' takes a comma-separated list of names", c)
-            self._check_name(stmt, item.id, c)
-            self._check_new(stmt, item.id, c)
-            self.dims[item.id] = stmt.line
+        """dims N, C, L, K, Lout = (L + 2*P - K) // S + 1: names, and derived dimensions
+        defined by integer arithmetic of earlier ones and constants (floor division)."""
+        for text, c in _items(rest, col):
+            name, _, definition = text.partition("=")
+            sh = self._parse_expr(stmt, name, c)
+            if not isinstance(sh.node, ast.Name):
+                raise stmt.error("'dims' takes a comma-separated list of names, each "
+                                 "optionally defined: Lout = (L - K) // S + 1",
+                                 sh.col(sh.node))
+            self._check_name(stmt, sh.node.id, sh.col(sh.node))
+            self._check_new(stmt, sh.node.id, sh.col(sh.node))
+            if definition.strip():
+                at = c + len(name) + 1
+                value = self._dim_definition(stmt, self._parse_expr(stmt, definition, at))
+                if value.is_Integer and value < 1:
+                    raise stmt.error(f"dimension {sh.node.id} = {value}: a dimension is at "
+                                     f"least 1", at + 1)
+                self.dim_defs[sh.node.id] = value
+            self.dims[sh.node.id] = stmt.line
+
+    def _dim_definition(self, stmt, sh) -> sp.Expr:
+        """Integer arithmetic of dimensions and constants: + - * and // (floor)."""
+        def conv(node):
+            if isinstance(node, ast.BinOp):
+                a, b = conv(node.left), conv(node.right)
+                op = type(node.op)
+                if op is ast.Add:
+                    return a + b
+                if op is ast.Sub:
+                    return a - b
+                if op is ast.Mult:
+                    return a * b
+                if op is ast.FloorDiv:
+                    if not (b.is_Integer and b > 0):
+                        raise stmt.error("floor division in a dimension is by a positive "
+                                         "integer constant", sh.col(node.right))
+                    return sp.floor(a / b)
+                if op is ast.Div:
+                    raise stmt.error("a dimension's size is an integer: write // (floor "
+                                     "division, as PyTorch computes output sizes), not /",
+                                     sh.col(node))
+                raise stmt.error("a dimension is defined with + - * and // only",
+                                 sh.col(node))
+            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+                return -conv(node.operand)
+            if isinstance(node, ast.Constant) and type(node.value) is int:
+                return sp.Integer(node.value)
+            if isinstance(node, ast.Name):
+                if node.id in self.constants:
+                    return sp.Integer(self.constants[node.id])
+                if node.id in self.dims:
+                    return dim_symbol(node.id)
+                raise stmt.error(f"'{node.id}' is not a dimension or constant declared "
+                                 f"before this line", sh.col(node))
+            raise stmt.error("a dimension is defined by integer arithmetic of dimensions "
+                             "and constants", sh.col(node))
+        return conv(sh.node)
+
+    def _const(self, stmt, rest, col):
+        """const S = 2, P = 1: integer constants, written into subscripts and dimension
+        definitions as their values."""
+        for text, c in _items(rest, col):
+            m = re.fullmatch(r"(\s*)([A-Za-z][A-Za-z0-9_]*)\s*=\s*(-?\s*\d+)\s*", text)
+            if not m:
+                raise stmt.error("const takes 'NAME = integer' pairs separated by commas, "
+                                 "e.g. const S = 2, P = 1", c + 1)
+            name, where = m.group(2), c + len(m.group(1)) + 1
+            self._check_name(stmt, name, where)
+            self._check_new(stmt, name, where)
+            if name in self.constants:
+                raise stmt.error(f"constant '{name}' is declared twice", where)
+            value = int(m.group(3).replace(" ", ""))
+            if abs(value) > 10**6:
+                raise stmt.error(f"constant {name} = {value} is too large", where)
+            self.constants[name] = value
+
+    def _outside(self, stmt, rest, col):
+        """outside x = 0: reads of x outside its range give 0 (zero padding)."""
+        m = re.fullmatch(r"(\s*)([A-Za-z][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", rest)
+        if not m:
+            raise stmt.error("outside takes 'TENSOR = 0': what reads outside the tensor's "
+                             "range give (zero padding)", col + 1)
+        name, where = m.group(2), col + len(m.group(1)) + 1
+        t = self.tensors.get(name)
+        if t is None:
+            raise stmt.error(f"'{name}' is not declared (declare it before 'outside')", where)
+        if t.role not in ("input", "param", "target") or t.values is not None:
+            raise stmt.error(f"'{name}' is a {t.role if t.values is None else 'label'}: "
+                             f"only arrays the layer reads from its caller can be padded",
+                             where)
+        if m.group(3) != "0":
+            raise stmt.error("only zero padding is supported: write 'outside "
+                             f"{name} = 0'", col + rest.index(m.group(3)) + 1)
+        self.tensors[name] = dataclasses.replace(t, outside=sp.Integer(0))
 
     def _declare(self, stmt, role, rest, col):
         sh = self._parse_expr(stmt, rest, col)
@@ -218,6 +312,8 @@ class _Parser:
             raise stmt.error(problem, col)
 
     def _check_new(self, stmt, name, col):
+        if name in self.constants:
+            raise stmt.error(f"'{name}' is already declared as a constant", col)
         if name in self.dims:
             raise stmt.error(f"'{name}' is already declared as a dimension on line "
                              f"{self.dims[name]}", col)
@@ -365,6 +461,8 @@ class _Parser:
         if self.name is None:
             raise SpecError("empty spec: a spec starts with 'layer NAME'", self.file)
         conditions = tuple(self._condition(*c) for c in self.conditions_src)
+        for check in self.reads_to_check:
+            self._check_read(*check)
         assigned = {eq.target for eq in self.equations}
         for t in self.tensors.values():
             if t.role in ("output", "intermediate") and t.name not in assigned:
@@ -393,7 +491,24 @@ class _Parser:
                                 f"(forward still returns it)", self.file, t.line)
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
                      tuple(self._ordered()), conditions, self.loss, self.text, self.file,
-                     dict(self.example))
+                     dict(self.example), dict(self.constants), dict(self.dim_defs))
+
+    def _check_read(self, stmt, col, name, dim, expr, text):
+        """A shifted read stays inside its axis for every size, or the tensor declares
+        what it reads as outside (zero padding)."""
+        tensor = self.tensors[name]
+        if tensor.outside is not None:
+            return
+        span = extremes(expr)
+        top = dim_symbol(dim) - 1
+        if span is not None and proven_nonnegative(span[0], self.dim_defs) \
+                and proven_nonnegative(top - span[1], self.dim_defs):
+            return
+        where = f"runs from {formula(span[0])} to {formula(span[1])}" if span else "varies"
+        raise stmt.error(f"{name}[..., {text}, ...] can read outside {name}: the subscript "
+                         f"{where}, the axis {dim} from 0 to {formula(top)}; declare "
+                         f"'outside {name} = 0' for zero padding, or define the output size "
+                         f"so that reads stay inside (e.g. dims Lout = L - K + 1)", col)
 
     def _ordered(self) -> list[Equation]:
         """Equations in dependency order; a cycle is an error naming its lines."""
@@ -438,6 +553,7 @@ class _Expr:
         self.p, self.stmt, self.shift = parser, stmt, shift
         self.bound: dict[str, tuple[str, int]] = {}   # index -> (dimension, column)
         self.lhs: set[str] = set()
+        self.root = None                              # the right-hand side's ast
 
     def col(self, node) -> int:
         return self.shift + getattr(node, "col_offset", 0) + 1
@@ -477,6 +593,7 @@ class _Expr:
 
     # expressions
     def rhs(self, node, lhs_indices) -> sp.Expr:
+        self.root = node
         expr = self.scope(node, frozenset(self.lhs))
         used = {i.label.name for i in _free_indices(expr)}
         missing = [i for i in lhs_indices if i.label.name not in used]
@@ -498,11 +615,13 @@ class _Expr:
         for sign, term in _additive_terms(node, +1):
             bare, stuck = {}, {}
             _index_uses(term, bare, stuck, outer=True)
-            implicit = [n for n in bare if n not in allowed and n not in self.p.tensors]
+            implicit = [n for n in bare if n not in allowed and n not in self.p.tensors
+                        and n not in self.p.constants and n not in self.p.dims]
             inner = allowed | frozenset(implicit)
             expr = self.convert(term, inner)
             for name, where in stuck.items():
-                if name not in inner and name not in self.p.tensors:
+                if name not in inner and name not in self.p.tensors \
+                        and name not in self.p.constants and name not in self.p.dims:
                     raise self.err(
                         f"index '{name}' is not bound here and appears only inside "
                         f"parentheses, a denominator or a power, so where its sum goes is "
@@ -629,15 +748,99 @@ class _Expr:
                 idx.append(self.subscript(s, allowed, as_index=True)
                            if isinstance(s, ast.Subscript) else sp.Symbol(inner.name))
                 continue
-            if not isinstance(s, ast.Name):
+            if isinstance(s, ast.Name) and s.id not in self.p.constants:
+                idx.append(self.bind(s.id, dim, s))
+                continue
+            if as_index:
+                raise self.err(f"indices of the label '{n}' must be plain index names", s)
+            if isinstance(s, ast.Subscript):
                 raise self.err(f"indices of '{n}' must be plain index names or an integer "
-                               f"tensor (declared like 't[N] in {dim}')", s)
-            idx.append(self.bind(s.id, dim, s))
+                               f"tensor (declared like 't[N] in {dim}'), or affine in "
+                               f"indices like 2*i + k - 1", s)
+            idx.append(self.affine(s, t, dim))
         names = [i.label.name for i in idx if isinstance(i, sp.Idx)]
         if len(set(names)) != len(names):
             raise self.err(f"'{n}' uses an index twice (a diagonal); use distinct indices",
                            node)
         return t.base[tuple(idx)]
+
+    def affine(self, node, tensor: Tensor, dim: str) -> sp.Expr:
+        """A subscript like 2*i + k - P: integer constants times indices, plus a constant
+        (numbers, constants, dimensions).  Its range is checked when the spec is complete
+        (an `outside` statement may come later)."""
+        expr = self._affine(node)
+        if not expr.atoms(sp.Idx) and not expr.is_Integer and not expr.free_symbols:
+            raise self.err("a subscript is an index, an integer or an affine expression "
+                           "of indices like 2*i + k - 1", node)
+        self.p.reads_to_check.append((self.stmt, self.col(node), tensor.name, dim, expr,
+                                      ast.unparse(node)))
+        return expr
+
+    def _affine(self, node) -> sp.Expr:
+        not_affine = ("a subscript must be affine in its indices: integer constants times "
+                      "indices plus a constant, like 2*i + k - 1")
+        if isinstance(node, ast.BinOp):
+            a, b = self._affine(node.left), self._affine(node.right)
+            op = type(node.op)
+            if op is ast.Add:
+                return a + b
+            if op is ast.Sub:
+                return a - b
+            if op is ast.Mult:
+                if a.atoms(sp.Idx) and b.atoms(sp.Idx):
+                    raise self.err(f"{not_affine} (a product of two indices is not)", node)
+                coeff, other = (b, node.right) if a.atoms(sp.Idx) else (a, node.left)
+                if (a.atoms(sp.Idx) or b.atoms(sp.Idx)) and isinstance(other, ast.Name) \
+                        and other.id in self.p.constants and coeff <= 0:
+                    raise self.err(f"{other.id} = {coeff} multiplies an index: a stride or "
+                                   f"dilation is a positive integer", other)
+                if (a.atoms(sp.Idx) or b.atoms(sp.Idx)) and coeff == 0:
+                    raise self.err("an index times 0 vanishes from the subscript: a stride "
+                                   "or dilation is a positive integer", node)
+                if (a.atoms(sp.Idx) or b.atoms(sp.Idx)) and not coeff.is_Integer:
+                    raise self.err(f"{not_affine} (an index's coefficient is an integer "
+                                   f"constant)", node)
+                return a * b
+            raise self.err(f"{not_affine}; '{_OPS.get(op, op.__name__)}' is not allowed in "
+                           f"a subscript", node)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = self._affine(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return sp.Integer(node.value)
+        if isinstance(node, ast.Name):
+            n = node.id
+            if n in self.p.constants:
+                return sp.Integer(self.p.constants[n])
+            if n in self.p.dims:
+                return dim_symbol(n)
+            t = self.p.tensors.get(n)
+            if t is not None:
+                raise self.err(f"'{n}' is a tensor; a subscript is affine in indices "
+                               f"(labels stand alone in their slot, like x[{n}[n]])", node)
+            if n not in self.bound:
+                self._bind_from_plain_use(n, node)
+            return index(n, self.bound[n][0])
+        raise self.err(not_affine, node)
+
+    def _bind_from_plain_use(self, name: str, node) -> None:
+        """An index used in a shifted subscript takes its dimension from a plain use
+        elsewhere in the equation (W[o, c, k] * x[n, c, i + k]) or from sum(..., k in K)."""
+        for sub in ast.walk(self.root):
+            if isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name) \
+                    and sub.value.id in self.p.tensors:
+                t = self.p.tensors[sub.value.id]
+                slots = sub.slice.elts if isinstance(sub.slice, ast.Tuple) else [sub.slice]
+                for s, dim in zip(slots, t.dims):
+                    if isinstance(s, ast.Name) and s.id == name:
+                        self.bind(name, dim, s)
+                        return
+        problem = name_problem(name)
+        if problem:
+            raise self.err(problem, node)
+        raise self.err(f"index '{name}' appears only in shifted subscripts, so its range is "
+                       f"unknown: write sum(..., {name} in K) with the dimension K it runs "
+                       f"over", node)
 
     def call(self, node, allowed):
         if not isinstance(node.func, ast.Name):
@@ -651,8 +854,18 @@ class _Expr:
                                "sum(expr, k)", node)
             ks = []
             for a in node.args[1:]:
+                if isinstance(a, ast.Compare) and isinstance(a.left, ast.Name) \
+                        and len(a.ops) == 1 and isinstance(a.ops[0], ast.In) \
+                        and isinstance(a.comparators[0], ast.Name):
+                    dim = a.comparators[0].id          # sum(..., k in K): k runs over K
+                    if dim not in self.p.dims:
+                        raise self.err(f"'{dim}' is not a dimension of this layer",
+                                       a.comparators[0])
+                    self.bind(a.left.id, dim, a.left)
+                    a = a.left
                 if not isinstance(a, ast.Name):
-                    raise self.err("sum's second and later arguments are index names", a)
+                    raise self.err("sum's second and later arguments are index names "
+                                   "(or 'k in K' to give an index its dimension)", a)
                 if a.id in allowed or a.id in self.lhs:
                     raise self.err(f"index '{a.id}' is already bound here and cannot be "
                                    f"summed again", a)
@@ -679,6 +892,20 @@ class _Expr:
         if fname == "log" and arg.is_Number and arg <= 0:
             raise self.err("log of a non-positive constant", node.args[0])
         return f(arg)
+
+
+def _items(text: str, col: int):
+    """Comma-separated items of a statement at bracket depth 0, with their columns."""
+    out, depth, start = [], 0, 0
+    for pos, ch in enumerate(text + ","):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append((text[start:pos], col + start))
+            start = pos + 1
+    return [(t, c) for t, c in out if t.strip()] or [(text, col)]
 
 
 _OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
@@ -715,6 +942,10 @@ def _index_uses(node, bare, stuck, outer):
                 (bare if outer else stuck).setdefault(s.id, s)
             elif isinstance(s, ast.Subscript):      # a gather z[n, t[n]]
                 _index_uses(s, bare, stuck, outer)
+            else:                                   # a shifted read x[n, i + k]
+                for sub in ast.walk(s):
+                    if isinstance(sub, ast.Name):
+                        (bare if outer else stuck).setdefault(sub.id, sub)
         return
     if isinstance(node, ast.Call):
         return

@@ -30,6 +30,7 @@ class Tensor:
     line: int                 # where it was declared
     values: str | None = None  # integer tensors (`t[N] in I`): the dimension they index
     nograd: bool = False      # an input or parameter the backward pass does not differentiate
+    outside: sp.Expr | None = None  # what a read outside the array gives (zero padding)
 
     @property
     def base(self) -> sp.IndexedBase:
@@ -80,6 +81,10 @@ class Layer:
     source: str = ""                     # the spec text this layer was read from
     file: str = "<spec>"
     example: dict = field(default_factory=dict)   # worked-example values and sizes
+    constants: dict = field(default_factory=dict)  # name -> integer (stride, padding, ...)
+    # derived dimensions: name -> expression in the other dimensions' symbols, e.g.
+    # Lout -> floor((L - K)/2) + 1; sizes of these follow from the others
+    dim_defs: dict = field(default_factory=dict)
 
     def by_role(self, *roles: str) -> list[Tensor]:
         return [t for t in self.tensors.values() if t.role in roles]
@@ -117,6 +122,17 @@ class Layer:
             if eq.target == name:
                 return eq
         raise KeyError(name)
+
+    def dim_sizes(self, known: dict) -> dict:
+        """`known` sizes plus every derived dimension computable from them."""
+        sizes = dict(known)
+        for name, expr in self.dim_defs.items():
+            if name not in sizes:
+                subs = {dim_symbol(d): n for d, n in sizes.items()}
+                value = expr.xreplace(subs)
+                if value.is_Integer:
+                    sizes[name] = int(value)
+        return sizes
 
     def describe(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """name -> (role, dimension names): enough for a caller to build arrays."""

@@ -28,7 +28,7 @@ def error_of(text, file="demo.bp"):
     # an index used with two different dimensions (i is I in W, J in x)
     ("z[n, i] = W[i, j] * x[n, i] + b[i]", 6, 26, "index 'i' runs over J here but over I"),
     # a left-hand index missing from the right: free indices differ
-    ("z[n, i] = W[i, j] * x[0, j] + b[i]", 6, 23, "indices of 'x' must be plain"),
+    ("z[n, i] = W[i, j] * x[n*j, j] + b[i]", 6, 23, "a product of two indices is not"),
     ("z[n, i] = b[i]", 6, 11, "left-hand index 'n' does not appear"),
     # an index that is not on the left and only sits inside a function: ambiguous sum
     # an index bound nowhere that sits only in parentheses or a denominator: ambiguous
