@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sympy as sp
+
 from derive.pretty import formula
 
 from .numpy_printer import NumpyPrinter
@@ -41,6 +43,9 @@ def numpy_source(plan: KernelPlan) -> str:
         if s.given is not None:
             conds = "; ".join(c.text for c in s.conditions)
             backward_formulas.append(f"    = {formula(s.given)}    (given {conds})")
+    dim_defs = [(name, [d for d in layer.dims if sp.Symbol(d, integer=True, positive=True)
+                        in expr.free_symbols], printer.integer_code(expr), formula(expr))
+                for name, expr in layer.dim_defs.items()]
     shapes = [(t.name, t.dims) for t in layer.tensors.values()]
     shapes += [("d" + t.name, t.dims) for t in layer.upstream]
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
@@ -69,6 +74,7 @@ def numpy_source(plan: KernelPlan) -> str:
         forward_dims=forward_dims,
         backward=backward,
         backward_dims=backward_dims,
+        dim_defs=dim_defs,
     )
 
 

@@ -8,6 +8,8 @@ from collections import Counter
 
 import sympy as sp
 
+from derive.affine import between, divides, is_full
+from derive.affine import terms as affine_terms
 from derive.functions import relu, sigmoid, softplus
 from derive.indices import free_indices
 from derive.pretty import decimal, is_long_number
@@ -82,6 +84,26 @@ class NumpyPrinter:
     def _p(self, e, ctx):
         if isinstance(e, sp.Indexed):
             return self._indexed(e, ctx), ATOM
+        if isinstance(e, sp.Idx):                 # an index as a value: bounds, brackets
+            dim = str(e.upper + 1)
+            self.dims_used.add(dim)
+            return _expand(f"np.arange({dim})", [e], ctx), ATOM
+        if isinstance(e, (sp.Max, sp.Min)):
+            call = "np.maximum" if isinstance(e, sp.Max) else "np.minimum"
+            code = self.array(e.args[0], ctx)
+            for a in e.args[1:]:
+                code = f"{call}({code}, {self.array(a, ctx)})"
+            return code, ATOM
+        if isinstance(e, sp.floor):
+            return self.integer(e.args[0], ctx), MUL
+        if isinstance(e, sp.ceiling):
+            return f"-({self.integer(-e.args[0], ctx)})", ADD
+        if isinstance(e, between):
+            x, lo, hi = (self.array(a, ctx) for a in e.args)
+            return f"(({lo} <= {x}) & ({x} <= {hi})).astype(dtype)", ATOM
+        if isinstance(e, divides):
+            q, x = e.args
+            return f"({_atom(self.integer(x, ctx))} % {q} == 0).astype(dtype)", ATOM
         if isinstance(e, sp.Symbol):
             if e.name in self.dims:
                 self.dims_used.add(e.name)
@@ -167,11 +189,31 @@ class NumpyPrinter:
             return f"1/{self._wrap(e.base, ctx, POW)}", MUL
         return f"{self._wrap(e.base, ctx, ATOM)}**{self._wrap(e.exp, ctx, ATOM)}", POW
 
+    def integer_code(self, e) -> str:
+        """A dimension's definition in Python integer arithmetic (floor as //)."""
+        saved = self.dims_used
+        try:
+            return self.array(e, ())
+        finally:
+            self.dims_used = saved
+
+    def integer(self, e, ctx) -> str:
+        """An integer-valued index expression, rounded down: (l + 1 - 2*k)//2."""
+        num, den = sp.fraction(sp.together(e))
+        code = self.array(num, ctx)
+        return code if den == 1 else f"{_atom(code)}//{den}"
+
     def _indexed(self, e, ctx):
         name = e.base.label.name
         idx = list(e.indices)
-        if not all(isinstance(i, sp.Idx) for i in idx):
+        if any(i.atoms(sp.Indexed) for i in idx):
             return self._gather(e, ctx)
+        if not all(isinstance(i, sp.Idx) for i in idx):
+            view, axes = self._window(e)
+            have = [i for i in ctx if i in axes]
+            letters = _letters(list(dict.fromkeys(have + axes)))
+            spec = "".join(letters[i] for i in axes) + "->" + "".join(letters[i] for i in have)
+            return _expand(f"np.einsum('{spec}', {view})", have, ctx)
         order = [i for i in ctx if i in idx]
         code = name
         if order != idx:
@@ -193,6 +235,39 @@ class NumpyPrinter:
                 slots.append(self.array(i, tuple(have)))
         return _expand(f"{e.base.label.name}[{', '.join(slots)}]", have, ctx)
 
+    def _window(self, e):
+        """(code, axes) of a read at affine subscripts, x[n, c, 2*i + k - 1]: a strided
+        view of x (zero-padded where a subscript leaves its axis), one view axis per index
+        term, in slot order; an index that repeats makes a diagonal for einsum.  Index
+        expressions with fractions (a strided read's adjoint) gather through index arrays
+        instead."""
+        slots, axes = [], []
+        for i in e.indices:
+            parts = affine_terms(i)
+            if parts is None or not all(c.is_Integer for c in parts[0].values()) \
+                    or any(not r.is_Integer for r in parts[1].atoms(sp.Rational)):
+                return self._take(e)
+            coeffs, const = parts
+            steps = []
+            for k, c in sorted(coeffs.items(), key=lambda kc: str(kc[0])):
+                dim = str(k.upper + 1)
+                self.dims_used.add(dim)
+                steps.append(f"({int(c)}, {dim})")
+                axes.append(k)
+            self.dims_used |= {s.name for s in const.free_symbols}
+            inner = ", ".join(steps) + ("," if len(steps) == 1 else "")
+            slots.append(f"({self.array(const, ())}, ({inner}))")
+        self.helpers_used.add("_window")
+        return f"_window({e.base.label.name}, ({', '.join(slots)},))", axes
+
+    def _take(self, e):
+        """x[(l + 1 - 2*k)//2, ...] through index arrays over the read's indices: 0 where
+        an index falls outside its axis (a bracket or bound beside it zeroes those)."""
+        axes = sorted(free_indices(e), key=str)
+        slots = [self.integer(i, tuple(axes)) for i in e.indices]
+        self.helpers_used.add("_take")
+        return f"_take({e.base.label.name}, ({', '.join(slots)},))", axes
+
     def _delta(self, e, ctx):
         a, b = (self.array(x, ctx) if not isinstance(x, sp.Idx) else
                 _expand(f"np.arange({x.upper + 1})", [x], ctx) for x in e.args)
@@ -210,12 +285,19 @@ class NumpyPrinter:
         inner = outer + ks
         letters = _letters(inner)
         coeff, operands = [], []
-        for f in sp.Mul.make_args(e.function):
+        factors = list(sp.Mul.make_args(e.function))
+        for k, lo, hi in e.limits:           # a bounded sum: the bounds as a 0/1 mask
+            if not is_full((k, lo, hi)):
+                factors.append(between(k, lo, hi))
+        for f in factors:
             own = free_indices(f)
             if not own:
                 coeff.append(f)
             elif isinstance(f, sp.Indexed) and all(isinstance(i, sp.Idx) for i in f.indices):
                 operands.append((f.base.label.name, "".join(letters[i] for i in f.indices)))
+            elif isinstance(f, sp.Indexed) and not any(i.atoms(sp.Indexed) for i in f.indices):
+                view, axes = self._window(f)         # einsum reads the view directly
+                operands.append((view, "".join(letters[i] for i in axes)))
             else:
                 axes = [i for i in inner if i in own]
                 operands.append((self.array(f, tuple(axes)), "".join(letters[i] for i in axes)))

@@ -4,23 +4,59 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
+from .affine import is_full
+
 
 class FormulaPrinter(StrPrinter):
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sp.Indexed):       # Indexed's own _sympystr would win
+            return self._print_Indexed(expr)
+        return super()._print(expr, **kwargs)
+
     def _print_Idx(self, expr):
         return expr.label.name
 
     def _print_Indexed(self, expr):
-        return f"{expr.base.label.name}[{', '.join(self._print(i) for i in expr.indices)}]"
+        return f"{expr.base.label.name}[{', '.join(self._index(i) for i in expr.indices)}]"
+
+    def _index(self, i):
+        """An index expression; one with fractions over a common denominator, (l + 1)/2."""
+        if not isinstance(i, sp.Idx) and any(not r.is_Integer for r in i.atoms(sp.Rational)):
+            i = sp.together(i)
+        return self._print(i)
 
     def _print_Sum(self, expr):
-        ks = [lim[0] for lim in expr.limits]
+        limits = list(expr.limits)
         body = expr.function
         while isinstance(body, sp.Sum):  # sum_n(sum_i(...)) reads better as sum_{n,i}(...)
-            ks += [lim[0] for lim in body.limits]
+            limits += list(body.limits)
             body = body.function
-        names = ",".join(self._print(k) for k in ks)
-        sub = names if len(ks) == 1 else "{" + names + "}"
+        parts = [self._print(k) if is_full((k, lo, hi)) else
+                 f"{self._print(k)}={self._print(lo)}..{self._print(hi)}"
+                 for k, lo, hi in limits]
+        names = ",".join(parts)
+        sub = names if len(parts) == 1 and is_full(limits[0]) else "{" + names + "}"
         return f"sum_{sub}({self._print(body)})"
+
+    def _print_floor(self, expr):
+        return f"floor({self._index(expr.args[0])})"
+
+    def _print_ceiling(self, expr):
+        return f"ceiling({self._index(expr.args[0])})"
+
+    def _print_between(self, expr):
+        e, lo, hi = (self._print(a) for a in expr.args)
+        return f"[{lo} <= {e} <= {hi}]"
+
+    def _print_divides(self, expr):
+        q, e = (self._print(a) for a in expr.args)
+        return f"[{q} | {e}]"
+
+    def _print_Max(self, expr):
+        return f"max({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr):
+        return f"min({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_Add(self, expr, order=None):
         # Positive terms first: (y*sum_k(t) - t)/N rather than (-t + y*sum_k(t))/N.
