@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from derive.affine import between, divides
 from derive.indices import dim_of
 from derive.pretty import formula
 
@@ -50,7 +51,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     variants = []
     for dtype in DTYPES:
         ctype = CTYPES[dtype]
-        printer = KernelCPrinter(dtype, shapes, scalars)
+        printer = KernelCPrinter(dtype, shapes, scalars, frozenset(
+            t.name for t in layer.tensors.values() if t.outside is not None))
         printer.integer = integer
         dims = [f"ptrdiff_t {d}" for d in layer.dims]
 
@@ -98,6 +100,10 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
+        index_math=any(n.bounds or n.body.has(sp.floor, sp.ceiling, between, divides)
+                       or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
+                              for i in a.indices for r in i.atoms(sp.Rational))
+                       for n in loops.forward + loops.backward + loops.fused),
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
                                                                       "fused")
                      for x in v[side] if x.get("group") for m in x["members"]),
@@ -129,6 +135,8 @@ def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]
             used |= {s.name for s in e.free_symbols if isinstance(s, sp.Symbol)}
         used.add(n.target)
         used |= {str(dim_of(i)) for i in n.loops}
+        used |= {s.name for b in n.bounds for e in b[1:] for s in e.free_symbols
+                 if type(s) is sp.Symbol}
         used |= set(shapes.get(n.target, ()))
     for t in temps:
         used |= set(t.dims)
@@ -255,12 +263,19 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
 
 def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict:
     """What the template needs of one loop nest, every formula printed."""
-    loops = [(i.label.name, str(dim_of(i))) for i in n.loops]
-    extents = "*".join(e for _, e in loops)
+    bounded = {k: (lo, hi) for k, lo, hi in n.bounds}
+    # a loop is (name, extent), or (name, first, end) over part of its range
+    loops = [(i.label.name, printer.index_code(bounded[i][0]),
+              printer.index_code(bounded[i][1] + 1)) if i in bounded else
+             (i.label.name, str(dim_of(i))) for i in n.loops]
+    extents = "*".join(str(dim_of(i)) for i in n.loops)
     target_ref = sp.IndexedBase(n.target)[n.out] if n.out else sp.Symbol(n.target)
     target = printer._print(target_ref)
-    replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols(f"{acc}_c"),
-                                   optimizations="basic")
+    if n.body.has(between, divides) or _guarded_reads(n.body, printer):
+        replacements, body = [], n.body        # no read may move out of its guard
+    else:
+        replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols(f"{acc}_c"),
+                                       optimizations="basic")
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)
     when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
@@ -320,6 +335,13 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                     f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
                     pragma=f"#pragma omp parallel for{when}")
     return view
+
+
+def _guarded_reads(expr, printer) -> bool:
+    """Reads the printer guards (a padded array at a shifted index, a label's row)."""
+    return any(not isinstance(i, sp.Idx) and (a.base.label.name in printer.padded
+                                              or i.atoms(sp.Indexed))
+               for a in expr.atoms(sp.Indexed) for i in a.indices)
 
 
 def _fill_first(n: Nest) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arguments import check_fusable, check_names
+from .arguments import check_fusable, check_names, derive_sizes, dim_program
 from .blas import numpy_blas
 from .dtypes import CTYPES, SUFFIX
 
@@ -22,6 +22,7 @@ class CKernels:
         shape = shape or layer_shape(layer)
         self.name = shape["name"]
         self._dim_names = tuple(shape["dims"])
+        self._dim_defs = shape.get("dim_defs", {})
         self._output_names = tuple(shape["outputs"])
         tensors = {n: (role, tuple(dims), values)
                    for n, (role, dims, values) in shape["tensors"].items()}
@@ -195,6 +196,7 @@ class CKernels:
                 raise ValueError(f"{name}: expected a C-contiguous array (use "
                                  f"numpy.ascontiguousarray), got strides {value.strides}")
             checked[name] = value
+        derive_sizes(self.name, self._dim_defs, sizes)
         missing = [d for d in self._dim_names if d not in sizes]
         if missing:
             raise ValueError(f"{self.name}: no array gives the size of dimension "
@@ -231,7 +233,12 @@ class CKernels:
 
 def layer_shape(layer) -> dict:
     """What the wrapper needs of a Layer, as plain data (kept in the warm-load index)."""
+    from derive.pretty import formula
+
     return dict(name=layer.name, dims=list(layer.dims),
+                dim_defs={name: [sorted(s.name for s in expr.free_symbols),
+                                 dim_program(expr), formula(expr)]
+                          for name, expr in layer.dim_defs.items()},
                 outputs=[t.name for t in layer.outputs],
                 tensors={t.name: [t.role, list(t.dims), t.values]
                          for t in layer.tensors.values()})

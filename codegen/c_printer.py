@@ -10,6 +10,8 @@ from sympy.printing.c import C99CodePrinter
 # log(1 + x) -> log1p(x), exp(x) - 1 -> expm1(x), small integer powers -> products.
 OPTIMIZATIONS = list(optims_c99) + [create_expand_pow_optimization(4, base_req=lambda b: True)]
 
+from derive.affine import between, divides
+
 from .dtypes import SUFFIX
 
 
@@ -17,13 +19,15 @@ class KernelCPrinter(C99CodePrinter):
     """Prints one scalar element formula.  `shapes` maps every array name to its
     dimension names (row-major); `scalars` are names passed as pointers to one value."""
 
-    def __init__(self, dtype: str, shapes: dict[str, tuple[str, ...]], scalars: set[str]):
+    def __init__(self, dtype: str, shapes: dict[str, tuple[str, ...]], scalars: set[str],
+                 padded: frozenset = frozenset()):
         settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
         super().__init__(settings)
         self.dtype = dtype
         self.suffix = SUFFIX[dtype]
         self.shapes = shapes
         self.scalars = scalars
+        self.padded = padded          # arrays that read as 0 outside their range
 
     def code(self, expr) -> str:
         return self.doprint(_optimized(expr))
@@ -33,7 +37,7 @@ class KernelCPrinter(C99CodePrinter):
         dims = self.shapes[name]
         out = ""
         for k, i in enumerate(indices):
-            idx = self._print(i)
+            idx = self.index_code(i)
             if k == 0:
                 out = idx
             else:
@@ -46,9 +50,70 @@ class KernelCPrinter(C99CodePrinter):
             return self._print_Float(sp.Float(int(expr)))
         return super()._print_Integer(expr)
 
+    def index_code(self, e) -> str:
+        """An integer index expression in ptrdiff_t arithmetic: fractions as exact
+        divisions (a divisibility bracket guards them), max/min and floor/ceiling
+        through the bp_ integer helpers."""
+        if isinstance(e, (sp.Idx, sp.Integer, sp.Symbol)) or e.atoms(sp.Indexed) or not (
+                e.atoms(sp.Max, sp.Min, sp.floor, sp.ceiling)
+                or any(not r.is_Integer for r in e.atoms(sp.Rational))):
+            return self._print(e)             # integer arithmetic prints as it is
+        if isinstance(e, (sp.Max, sp.Min)):
+            name = "bp_imax" if isinstance(e, sp.Max) else "bp_imin"
+            code = self.index_code(e.args[0])
+            for a in e.args[1:]:
+                code = f"{name}({code}, {self.index_code(a)})"
+            return code
+        if isinstance(e, (sp.floor, sp.ceiling)):
+            sign = 1 if isinstance(e, sp.floor) else -1
+            num, den = sp.fraction(sp.together(sign * e.args[0]))
+            code = f"bp_floordiv({self.index_code(sp.expand(num))}, {den})"
+            return code if sign == 1 else f"(-{code})"
+        num, den = sp.fraction(sp.together(e))
+        if den != 1:
+            return f"({self.index_code(sp.expand(num))})/{den}"
+        if isinstance(e, sp.Add):
+            terms = [self.index_code(t) for t in e.args]
+            return "(" + " + ".join(terms).replace("+ -", "- ") + ")"
+        if isinstance(e, sp.Mul):
+            return "(" + "*".join(self.index_code(f) for f in e.args) + ")"
+        return self._print(e)
+
     def _print_Indexed(self, expr):
         name = expr.base.label.name
-        return f"{name}[{self.offset(name, expr.indices)}]"
+        code = f"{name}[{self.offset(name, expr.indices)}]"
+        guards = []
+        for i, dim in zip(expr.indices, self.shapes[name]):
+            # a padded array's shifted read, or a label (checked by the wrapper, not by a
+            # plain C caller): never outside the array
+            if not isinstance(i, sp.Idx) and (name in self.padded or i.atoms(sp.Indexed)):
+                v = self.index_code(i)
+                guards.append(f"0 <= {v} && {v} < {dim}")
+        return f"(({' && '.join(guards)}) ? {code} : 0)" if guards else code
+
+    def condition(self, e) -> str:
+        """The C condition of a bracket."""
+        if isinstance(e, between):
+            x, lo, hi = (self.index_code(a) for a in e.args)
+            return f"{lo} <= {x} && {x} <= {hi}"
+        q, x = e.args
+        return f"({self.index_code(x)}) % {q} == 0"
+
+    def _print_between(self, expr):
+        return f"(({self.condition(expr)}) ? 1 : 0)"
+
+    def _print_divides(self, expr):
+        return f"(({self.condition(expr)}) ? 1 : 0)"
+
+    def _print_Mul(self, expr, **kwargs):
+        # A bracket guards what it multiplies: its factors are read only where it is 1
+        # (they may lie outside their arrays elsewhere).
+        guards = [f for f in expr.args if isinstance(f, (between, divides))]
+        if not guards:
+            return super()._print_Mul(expr, **kwargs)
+        rest = sp.Mul(*[f for f in expr.args if f not in guards])
+        cond = " && ".join(self.condition(g) for g in guards)
+        return f"(({cond}) ? {self.parenthesize(rest, 0)} : 0)"
 
     def _print_Idx(self, expr):
         return expr.label.name

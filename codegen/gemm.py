@@ -38,7 +38,7 @@ class Gemm:
 
 def as_gemm(nest: Nest) -> Gemm | None:
     if nest.kind != "reduce" or nest.op != "sum" or len(nest.out) != 2 \
-            or len(nest.reduced) != 1:
+            or len(nest.reduced) != 1 or nest.bounds:
         return None
     p, q = nest.out
     (k,) = nest.reduced

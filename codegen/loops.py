@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
+from derive.affine import is_full
 from derive.indices import dim_of, free_indices
 
 from .plan import KernelPlan, Maximum, Statement
@@ -38,6 +39,9 @@ class Nest:
     init: sp.Expr = sp.Integer(0)     # a reduction's starting value (b[i] in W x + b)
     # a scatter's (v, g): T[.., v, ..] = sum_K [v == g] body is body added at v = g
     at: tuple | None = None
+    # reduced indices that run over part of their range: (k, lo, hi), inclusive bounds
+    # that may read indices of enclosing loops (a shifted read's adjoint)
+    bounds: tuple = ()
 
     @property
     def parallel(self) -> str:
@@ -122,12 +126,12 @@ def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[N
     init, reduction = _split_init(expr, st.indices)
     coeff, core = _split_coefficient(reduction)
     if isinstance(core, (sp.Sum, Maximum)):
-        body, reduced, op = _reduction_parts(core)
+        body, reduced, op, bounds = _reduction_parts(core)
         ctx = tuple(st.indices) + tuple(reduced)
         body = _hoist(body, temps, nests, counter, ctx, known)
         init = _hoist(init, temps, nests, counter, tuple(st.indices), known)
         nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
-                                  init))
+                                  init, bounds))
         return nests
     expr = _hoist(expr, temps, nests, counter, tuple(st.indices), known)
     nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices), (), expr,
@@ -165,13 +169,15 @@ def _split_coefficient(expr):
 
 
 def _reduction_parts(core):
+    """(body, reduced indices, op, bounds of those that run over part of their range)."""
     if isinstance(core, Maximum):
-        return core.args[0], (core.args[1],), "max"
-    body, reduced = core.function, [lim[0] for lim in core.limits]
+        return core.args[0], (core.args[1],), "max", ()
+    body, limits = core.function, list(core.limits)
     while isinstance(body, sp.Sum):               # sum_n sum_i -> one nest over n, i
-        reduced += [lim[0] for lim in body.limits]
+        limits += list(body.limits)
         body = body.function
-    return body, tuple(reduced), "sum"
+    bounds = tuple((k, lo, hi) for k, lo, hi in limits if not is_full((k, lo, hi)))
+    return body, tuple(k for k, _, _ in limits), "sum", bounds
 
 
 def _hoist(expr, temps, nests, counter, ctx, known):
@@ -181,11 +187,12 @@ def _hoist(expr, temps, nests, counter, ctx, known):
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol)):
         return expr
     if isinstance(expr, (sp.Sum, Maximum)):
-        body, reduced, op = _reduction_parts(expr)
+        body, reduced, op, bounds = _reduction_parts(expr)
         free = tuple(sorted(free_indices(expr), key=lambda i: (
             list(ctx).index(i) if i in ctx else len(ctx), str(i))))
         body = _hoist(body, temps, nests, counter, free + tuple(reduced), known)
-        key = (op, _canonical(body, reduced), free)
+        key = (op, _canonical(body, reduced), free,
+               _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced))
         if key in known:
             return _ref(known[key], free)
         counter[0] += 1
@@ -193,7 +200,7 @@ def _hoist(expr, temps, nests, counter, ctx, known):
         temps.append(Temp(name, free))
         what = "maximum" if op == "max" else "sum"
         nest = _reduce_nest(name, free, reduced, body, op,
-                            f"{what} over {', '.join(map(str, reduced))}")
+                            f"{what} over {', '.join(map(str, reduced))}", bounds=bounds)
         known[key] = name
         nests.append(nest)
         return _ref(name, free)
@@ -208,9 +215,11 @@ def _canonical(body, reduced):
     return body.xreplace({k: sp.Idx(f"_r{j}", dim_of(k)) for j, k in enumerate(reduced)})
 
 
-def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0)) -> Nest:
+def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0),
+                 bounds=()) -> Nest:
     out = tuple(out)
-    scatter = scatter_parts(out, tuple(reduced), body) if op == "sum" else None
+    scatter = scatter_parts(out, tuple(reduced), body) if op == "sum" and not bounds \
+        else None
     if scatter is not None:
         # Each summand lands on one v, g's value: loop over the summed indices, then over
         # the other output indices (stride 1 innermost), adding at v = g.  O(K F) where
@@ -224,8 +233,21 @@ def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0)) ->
                     op, comment, init, at=(v, g))
     refs = [(target, out)] + [(a.base.label.name, tuple(a.indices))
                               for a in body.atoms(sp.Indexed)]
-    loops = _order(out, tuple(reduced), refs)
-    return Nest("reduce", target, out, loops, tuple(reduced), body, op, comment, init)
+    loops = _after_bounds(_order(out, tuple(reduced), refs), bounds)
+    return Nest("reduce", target, out, loops, tuple(reduced), body, op, comment, init,
+                bounds=tuple(bounds))
+
+
+def _after_bounds(order, bounds):
+    """Loop order with every bounded index inside the loops its bounds read."""
+    order = list(order)
+    for k, lo, hi in bounds:
+        needs = free_indices(lo) | free_indices(hi)
+        last = max((order.index(i) for i in needs if i in order), default=-1)
+        if order.index(k) < last:
+            order.remove(k)
+            order.insert(last, k)
+    return tuple(order)
 
 
 def _order(out, reduced, refs):
@@ -290,7 +312,7 @@ def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
 
 
 def _groupable(nest: Nest) -> bool:
-    if not nest.loops or nest.kind == "scatter":     # a scatter's loop writes any row
+    if not nest.loops or nest.kind == "scatter" or nest.bounds:   # a scatter writes any row
         return False
     if nest.parallel in ("array", "scalar"):
         return nest.op == "sum"

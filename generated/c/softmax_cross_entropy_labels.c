@@ -167,7 +167,7 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
+        bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - ((0 <= t[n] && t[n] < I) ? z[n*I + t[n]] : 0));
     }
     L[0] = bp_total3;
 }
@@ -227,7 +227,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total2 += bp_k0*(logf(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
+        bp_total2 += bp_k0*(logf(_s2[n]) + _y_max[n] - ((0 <= t[n] && t[n] < I) ? z[n*I + t[n]] : 0));
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
         const float bp_acc3_r0 = _s2[n];
         const int64_t bp_acc3_r1 = t[n];
@@ -290,7 +290,7 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - z[n*I + t[n]]);
+        bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - ((0 <= t[n] && t[n] < I) ? z[n*I + t[n]] : 0));
     }
     L[0] = bp_total3;
 }
@@ -350,7 +350,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         }
         _s2[n] = bp_acc1;
         /* L = -sum(log(y[n, t[n]]), n) / N */
-        bp_total2 += bp_k0*(log(_s2[n]) + _y_max[n] - z[n*I + t[n]]);
+        bp_total2 += bp_k0*(log(_s2[n]) + _y_max[n] - ((0 <= t[n] && t[n] < I) ? z[n*I + t[n]] : 0));
         /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
         const double bp_acc3_r0 = _s2[n];
         const int64_t bp_acc3_r1 = t[n];
