@@ -78,15 +78,20 @@ def _kwonly(fn):
     return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
 
 
-def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=None):
+def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=None,
+         constants: dict | None = None):
     """Kernels for a Layer, a built-in name or a spec file path.
 
     backend="numpy": a generated NumPy module (any float dtype; float32 in, float32 out).
     backend="c": compiled C kernels for one dtype, "float32" or "float64" (default),
     cached under `cache`, $BACKPROP_CACHE or ~/.cache/backprop-toolkit.
+    constants: values for the spec's `const` statements, e.g. {"S": 2, "P": 1} for a
+    convolution's stride and padding.
     """
     if backend not in ("numpy", "c"):
         raise ValueError(f"unknown backend '{backend}'; available: numpy, c")
+    if constants:
+        layer_or_name = resolve(layer_or_name, constants)
     if backend == "c":
         return _load_c(layer_or_name, dtype or "float64", cache)
     from derive import derive

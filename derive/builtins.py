@@ -12,7 +12,8 @@ from .errors import SpecError
 
 # The order `backprop list` shows them in: layers, losses, networks, the optimizer step,
 # the worked example.
-BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm", "mse",
+BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm",
+            "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "global_avgpool2d", "mse",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
             "adam", "neuron")
 
@@ -21,14 +22,14 @@ def builtin_text(name: str) -> str:
     return resources.files("derive.layers").joinpath(f"{name}.bp").read_text("utf-8")
 
 
-def builtin(name: str):
-    """The parsed Layer of a built-in."""
+def builtin(name: str, constants: dict | None = None):
+    """The parsed Layer of a built-in (`constants`: values for its `const` statements)."""
     from .parser import parse_spec
 
     if name not in BUILTINS:
         raise SpecError(f"no built-in layer '{name}'; built-ins: {', '.join(BUILTINS)}",
                         "<builtin>")
-    return parse_spec(builtin_text(name), f"<builtin {name}>")
+    return parse_spec(builtin_text(name), f"<builtin {name}>", constants)
 
 
 def is_layer(x) -> bool:
@@ -53,20 +54,23 @@ def spec_source(layer_or_name) -> tuple[str, str] | None:
     return None
 
 
-def resolve(layer_or_name):
-    """A Layer, a built-in name, or a path to a spec file -> Layer."""
-    from .parser import load_spec
+def resolve(layer_or_name, constants: dict | None = None):
+    """A Layer, a built-in name, or a path to a spec file -> Layer; `constants` sets the
+    values of the spec's `const` statements (stride, padding, ...)."""
+    from .parser import load_spec, parse_spec
 
     if is_layer(layer_or_name):
+        if constants:
+            return parse_spec(layer_or_name.source, layer_or_name.file, constants)
         return layer_or_name
     if isinstance(layer_or_name, Path) or (isinstance(layer_or_name, str) and (
             layer_or_name.endswith(".bp") or "/" in layer_or_name or "\\" in layer_or_name)):
-        return load_spec(layer_or_name)
+        return load_spec(layer_or_name, constants)
     if isinstance(layer_or_name, str):
         if layer_or_name in BUILTINS:
-            return builtin(layer_or_name)
+            return builtin(layer_or_name, constants)
         if Path(layer_or_name).is_file():
-            return load_spec(layer_or_name)
+            return load_spec(layer_or_name, constants)
         raise SpecError(f"'{layer_or_name}' is neither a built-in layer "
                         f"({', '.join(BUILTINS)}) nor a spec file", "<command line>")
     raise TypeError(f"expected a Layer, a built-in name or a spec path, got "

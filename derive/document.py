@@ -197,6 +197,8 @@ def _term(c, P, layer, taken, tex):
     return dict(equation=f"{tex(yref)} = {tex(rhs)}", chain=chain,
                 local=f"{dy} = {tex(local)}", contracted=tex(tidy(c.expr)),
                 delta=local.has(sp.KroneckerDelta), source=tex_name(eq.target),
+                shifted=any(not all(isinstance(a, sp.Idx) for a in d.args)
+                            for d in local.atoms(sp.KroneckerDelta)),
                 fold=eq.target != layer.loss and _mentions(c.expr, eq.target))
 
 
@@ -219,7 +221,8 @@ def _example(d: Derivation, tex) -> dict:
     declared one-hot)."""
     layer = d.layer
     rng = np.random.default_rng(7)
-    sizes = {dim: int(layer.example.get(dim, 2)) for dim in layer.dims}
+    sizes = layer.dim_sizes({dim: int(layer.example.get(dim, 2)) for dim in layer.dims
+                             if dim not in layer.dim_defs})      # output sizes follow
     one_hot = {c.tensor for c in layer.conditions}
     values = {}
     for t in layer.tensors.values():

@@ -15,6 +15,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from .functions import relu, sigmoid, softplus
+from .affine import is_full
 from .indices import dim_of, free_indices
 
 
@@ -71,7 +72,7 @@ class IndexLatexPrinter(LatexPrinter):
         return self._print(expr.label)
 
     def _print_Indexed(self, expr):
-        sub = [self._print(i) for i in expr.indices]
+        sub = [self._index(i) for i in expr.indices]
         joined = "".join(sub) if all(len(s) == 1 for s in sub) else ",".join(sub)
         base = self.name(expr.base.label.name)
         if "_" in base:                  # p_next: {p_{next}}_{i}, not a double subscript
@@ -79,15 +80,40 @@ class IndexLatexPrinter(LatexPrinter):
         return f"{base}_{{{joined}}}"
 
     def _print_Sum(self, expr):
-        ks = [self._print(lim[0]) for lim in expr.limits]
+        limits = list(expr.limits)
         body = expr.function
         while isinstance(body, sp.Sum):
-            ks += [self._print(lim[0]) for lim in body.limits]
+            limits += list(body.limits)
             body = body.function
         inner = self._print(body)
         if isinstance(body, sp.Add):
             inner = rf"\left({inner}\right)"
-        return rf"\sum_{{{','.join(ks)}}} {inner}"
+        # indices over their whole range under one sigma; a bounded one gets its own,
+        # with both bounds (an empty range sums to 0)
+        full = [self._print(k) for k, lo, hi in limits if is_full((k, lo, hi))]
+        sigmas = [rf"\sum_{{{','.join(full)}}}"] if full else []
+        sigmas += [rf"\sum_{{{self._print(k)}={self._index(lo)}}}^{{{self._index(hi)}}}"
+                   for k, lo, hi in limits if not is_full((k, lo, hi))]
+        return " ".join(sigmas) + f" {inner}"
+
+    def _index(self, e):
+        """An index expression, fractions over one denominator: \\frac{l + 1}{2}."""
+        if not isinstance(e, sp.Idx) and any(not r.is_Integer for r in e.atoms(sp.Rational)) \
+                and not e.has(sp.floor, sp.ceiling, sp.Max, sp.Min):
+            e = sp.together(e)
+        return self._print(e)
+
+    def _print_Max(self, expr, exp=None):
+        return r"\max\left(%s\right)" % ", ".join(self._index(a) for a in expr.args)
+
+    def _print_Min(self, expr, exp=None):
+        return r"\min\left(%s\right)" % ", ".join(self._index(a) for a in expr.args)
+
+    def _print_floor(self, expr, exp=None):
+        return r"\left\lfloor %s \right\rfloor" % self._print(sp.together(expr.args[0]))
+
+    def _print_ceiling(self, expr, exp=None):
+        return r"\left\lceil %s \right\rceil" % self._print(sp.together(expr.args[0]))
 
     def _print_Rational(self, expr):
         from .pretty import is_long_number

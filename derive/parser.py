@@ -49,28 +49,34 @@ class _Statement:
         return SpecError(message, self.file, self.line, col)
 
 
-def parse_spec(text: str, file: str = "<spec>") -> Layer:
-    """Parse spec text into a validated Layer; every problem is a SpecError."""
+def parse_spec(text: str, file: str = "<spec>", constants: dict | None = None) -> Layer:
+    """Parse spec text into a validated Layer; every problem is a SpecError.
+
+    `constants` overrides the values of the spec's `const` statements (a convolution's
+    stride S=2, padding P=1): the Layer's source is the text with those values written in.
+    """
     if not isinstance(text, str):
         raise SpecError("spec text must be a string", file)
     try:
-        return _Parser(text, file).parse()
+        return _Parser(text, file, constants).parse()
     except RecursionError:
         raise SpecError("expression is too deeply nested", file) from None
 
 
-def load_spec(path: str | Path) -> Layer:
+def load_spec(path: str | Path, constants: dict | None = None) -> Layer:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file: {exc}", str(path)) from None
-    return parse_spec(text, str(path))
+    return parse_spec(text, str(path), constants)
 
 
 class _Parser:
-    def __init__(self, text: str, file: str):
+    def __init__(self, text: str, file: str, overrides: dict | None = None):
         self.text, self.file = text, file
+        self.overrides = dict(overrides or {})
+        self.rewrites: list[tuple[int, int, int, str]] = []   # (line, start, end, value)
         self.name: str | None = None
         self.doc = ""
         self.dims: dict[str, int] = {}          # name -> declaring line
@@ -212,6 +218,13 @@ class _Parser:
             if name in self.constants:
                 raise stmt.error(f"constant '{name}' is declared twice", where)
             value = int(m.group(3).replace(" ", ""))
+            if name in self.overrides:
+                value = self.overrides[name]
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise SpecError(f"constant {name} must be set to an integer, not "
+                                    f"{value!r}", self.file, stmt.line)
+                start = c + m.start(3)
+                self.rewrites.append((stmt.line, start, c + m.end(3), str(value)))
             if abs(value) > 10**6:
                 raise stmt.error(f"constant {name} = {value} is too large", where)
             self.constants[name] = value
@@ -460,9 +473,16 @@ class _Parser:
     def _finish(self) -> Layer:
         if self.name is None:
             raise SpecError("empty spec: a spec starts with 'layer NAME'", self.file)
+        unknown = sorted(set(self.overrides) - set(self.constants))
+        if unknown:
+            raise SpecError(f"'{unknown[0]}' is not a constant of layer {self.name}; its "
+                            f"constants: {', '.join(self.constants) or 'none'}", self.file)
         conditions = tuple(self._condition(*c) for c in self.conditions_src)
-        for check in self.reads_to_check:
-            self._check_read(*check)
+        unsafe = {check[2] for check in self.reads_to_check if not self._check_read(*check)}
+        for t in list(self.tensors.values()):
+            if t.outside is not None and t.name not in unsafe:
+                # every read stays inside (padding 0): no read needs a guard
+                self.tensors[t.name] = dataclasses.replace(t, outside=None)
         assigned = {eq.target for eq in self.equations}
         for t in self.tensors.values():
             if t.role in ("output", "intermediate") and t.name not in assigned:
@@ -490,25 +510,35 @@ class _Parser:
                                 f"{readers[t.name].line}; declare it 'intermediate' "
                                 f"(forward still returns it)", self.file, t.line)
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
-                     tuple(self._ordered()), conditions, self.loss, self.text, self.file,
+                     tuple(self._ordered()), conditions, self.loss, self._source(), self.file,
                      dict(self.example), dict(self.constants), dict(self.dim_defs))
 
     def _check_read(self, stmt, col, name, dim, expr, text):
         """A shifted read stays inside its axis for every size, or the tensor declares
         what it reads as outside (zero padding)."""
-        tensor = self.tensors[name]
-        if tensor.outside is not None:
-            return
         span = extremes(expr)
         top = dim_symbol(dim) - 1
         if span is not None and proven_nonnegative(span[0], self.dim_defs) \
                 and proven_nonnegative(top - span[1], self.dim_defs):
-            return
+            return True
+        if self.tensors[name].outside is not None:
+            return False
         where = f"runs from {formula(span[0])} to {formula(span[1])}" if span else "varies"
         raise stmt.error(f"{name}[..., {text}, ...] can read outside {name}: the subscript "
                          f"{where}, the axis {dim} from 0 to {formula(top)}; declare "
                          f"'outside {name} = 0' for zero padding, or define the output size "
                          f"so that reads stay inside (e.g. dims Lout = L - K + 1)", col)
+
+    def _source(self) -> str:
+        """The spec text, with overridden constants written in (it keys the kernel cache
+        and heads the generated files)."""
+        if not self.rewrites:
+            return self.text
+        lines = self.text.splitlines(keepends=True)
+        for line, start, end, value in sorted(self.rewrites, reverse=True):
+            row = lines[line - 1]
+            lines[line - 1] = row[:start] + value + row[end:]
+        return "".join(lines)
 
     def _ordered(self) -> list[Equation]:
         """Equations in dependency order; a cycle is an error naming its lines."""

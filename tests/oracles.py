@@ -22,7 +22,19 @@ a[n, i] = x[n, i] * g[n, i]
 
 
 def draw_sizes(layer, rng, ones=False):
-    return {d: 1 if ones else int(rng.choice(SIZES)) for d in layer.dims}
+    """A size for every dimension the arrays have; a derived dimension (a convolution's
+    output size) follows from the others, which are drawn again until it is at least 1.
+    Layers with 4-axis tensors draw from smaller sizes (the symbolic oracle writes out
+    every element's formula)."""
+    rank = max((len(t.dims) for t in layer.tensors.values()), default=0)
+    pool = SIZES if rank < 4 else SIZES[:4]
+    free = [d for d in layer.dims if d not in layer.dim_defs]
+    for attempt in range(1000):
+        sizes = layer.dim_sizes({d: 1 if ones and attempt == 0 else int(rng.choice(pool))
+                                 for d in free})
+        if all(sizes.get(d, 0) >= 1 for d in layer.dims):
+            return sizes
+    raise AssertionError(f"no valid sizes drawn for {layer.name}")
 
 
 def random_arrays(kernels, sizes, rng, one_hot=False):
@@ -132,7 +144,25 @@ def torch_forward(name):
             "L": F.cross_entropy(F.linear(torch.sigmoid(F.linear(x, W1, b1)), W2, b2), t)},
         "neuron": lambda x, w, y: {"L": -y * torch.log(torch.sigmoid(w * x))},
         "adam": torch_adam_step,
+        "conv1d": lambda x, w, b: {"y": F.conv1d(x, w, b)},
+        "conv2d": lambda x, w, b: {"y": F.conv2d(x, w, b)},
+        "conv2d_grouped": torch_grouped_conv2d,
+        "avgpool2d": lambda x: {"y": F.avg_pool2d(x, 2, 2)},
+        "global_avgpool2d": lambda x: {"y": F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]},
     }[name]
+
+
+def torch_grouped_conv2d(x, w, b, stride=1, padding=0, dilation=1):
+    """conv2d_grouped's tensors are torch's with the channel axis split into
+    (group, channel in group): the same memory."""
+    import torch.nn.functional as F
+
+    n, g, cg, h, width = x.shape
+    og = w.shape[1]
+    y = F.conv2d(x.reshape(n, g * cg, h, width), w.reshape(g * og, cg, *w.shape[3:]),
+                 b.reshape(g * og), stride=stride, padding=padding, dilation=dilation,
+                 groups=g)
+    return {"y": y.reshape(n, g, og, *y.shape[2:])}
 
 
 def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
