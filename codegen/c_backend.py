@@ -295,7 +295,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         at = sp.Symbol("bp_at")
         reduced = len(n.reduced)
         view.update(_fill_first(n), mode="scatter", fill=view["target"],
-                    target=printer._print(sp.IndexedBase(n.target)[tuple(
+                    target=printer.element(sp.IndexedBase(n.target)[tuple(
                         at if i == v else i for i in n.out)]),
                     at=str(at), index=printer.code(g), extent=str(dim_of(v)),
                     outer=loops[:reduced], loops=loops[reduced:],

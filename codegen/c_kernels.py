@@ -236,7 +236,8 @@ def layer_shape(layer) -> dict:
     from derive.pretty import formula
 
     return dict(name=layer.name, dims=list(layer.dims),
-                dim_defs={name: [sorted(s.name for s in expr.free_symbols),
+                dim_defs={name: [[d for d in layer.dims
+                                  if d in {s.name for s in expr.free_symbols}],
                                  dim_program(expr), formula(expr)]
                           for name, expr in layer.dim_defs.items()},
                 outputs=[t.name for t in layer.outputs],

@@ -79,6 +79,12 @@ class KernelCPrinter(C99CodePrinter):
             return "(" + "*".join(self.index_code(f) for f in e.args) + ")"
         return self._print(e)
 
+    def element(self, expr) -> str:
+        """An array element as a place to store into: never guarded (stores are placed
+        only where they are in range)."""
+        name = expr.base.label.name
+        return f"{name}[{self.offset(name, expr.indices)}]"
+
     def _print_Indexed(self, expr):
         name = expr.base.label.name
         code = f"{name}[{self.offset(name, expr.indices)}]"
@@ -86,7 +92,9 @@ class KernelCPrinter(C99CodePrinter):
         for i, dim in zip(expr.indices, self.shapes[name]):
             # a padded array's shifted read, or a label (checked by the wrapper, not by a
             # plain C caller): never outside the array
-            if not isinstance(i, sp.Idx) and (name in self.padded or i.atoms(sp.Indexed)):
+            label = i.atoms(sp.Indexed) or (isinstance(i, sp.Symbol) and not
+                                            isinstance(i, sp.Idx))     # a label loaded once
+            if not isinstance(i, sp.Idx) and (name in self.padded or label):
                 v = self.index_code(i)
                 guards.append(f"0 <= {v} && {v} < {dim}")
         return f"(({' && '.join(guards)}) ? {code} : 0)" if guards else code

@@ -20,8 +20,12 @@ def main(argv=None) -> int:
 
     sub.add_parser("list", help="list the built-in layers")
 
+    const_help = ("set the spec's constants, e.g. --const S=2,P=1 for a convolution's "
+                  "stride and padding (repeatable)")
     p = sub.add_parser("derive", help="print a layer's derived gradient formulas")
     p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
+                   help=const_help)
 
     p = sub.add_parser("emit", help="write a layer's generated kernels")
     p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?")
@@ -30,9 +34,13 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=list(BACKENDS),
                    help="numpy (default) or c; with --all, every backend unless given")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
+    p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
+                   help=const_help)
 
     p = sub.add_parser("latex", help="write a layer's derivation as a document")
     p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
+                   help=const_help)
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="file ending in .tex, .md, .pdf or .png")
 
@@ -80,6 +88,23 @@ def main(argv=None) -> int:
         return 2
 
 
+def _constants(items) -> dict:
+    """--const S=2,P=1 (repeatable) -> {"S": 2, "P": 1}."""
+    out = {}
+    for item in ",".join(items).split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            raise ValueError(f"--const takes NAME=INTEGER pairs, e.g. --const S=2,P=1; got "
+                             f"'{item}'") from None
+        if not sep:
+            raise ValueError(f"--const takes NAME=INTEGER pairs; got '{item}'")
+    return out
+
+
 def cmd_list(args) -> int:
     from derive.builtins import BUILTINS, builtin
 
@@ -95,7 +120,7 @@ def cmd_derive(args) -> int:
     from derive.builtins import resolve
     from derive.pretty import derivation_text
 
-    print(derivation_text(derive(resolve(args.layer))))
+    print(derivation_text(derive(resolve(args.layer, _constants(args.const)))))
     return 0
 
 
@@ -110,7 +135,12 @@ def cmd_emit(args) -> int:
         for path in emit_all(args.out, [args.backend] if args.backend else BACKENDS):
             print(path)
         return 0
-    for path in emit(args.layer, args.out, args.backend or "numpy"):
+    layer = args.layer
+    if args.const:
+        from derive.builtins import resolve
+
+        layer = resolve(layer, _constants(args.const))
+    for path in emit(layer, args.out, args.backend or "numpy"):
         print(path)
     return 0
 
@@ -120,7 +150,7 @@ def cmd_latex(args) -> int:
     from derive.builtins import resolve
     from derive.document import write
 
-    for path in write(derive(resolve(args.layer)), args.out):
+    for path in write(derive(resolve(args.layer, _constants(args.const))), args.out):
         print(path)
     return 0
 

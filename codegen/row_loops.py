@@ -163,7 +163,7 @@ def hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
         body = body.xreplace({delta: sp.S.Zero})
         target = sp.IndexedBase(n.target)[tuple(at if x == i else x for x in n.out)]
         extent = inner_loops[-1][1]
-        v.update(point=dict(at=printer.code(at), extent=extent, target=printer.code(target),
+        v.update(point=dict(at=printer.code(at), extent=extent, target=printer.element(target),
                             value=printer.code(fixed), var=f"{v['acc']}_fix"))
     body = lift(body)
     hoisted = [(r, s) for r, s in sub.items()] + [(e, s) for e, s in derived.items()]

@@ -211,7 +211,8 @@ class _Parser:
             m = re.fullmatch(r"(\s*)([A-Za-z][A-Za-z0-9_]*)\s*=\s*(-?\s*\d+)\s*", text)
             if not m:
                 raise stmt.error("const takes 'NAME = integer' pairs separated by commas, "
-                                 "e.g. const S = 2, P = 1", c + 1)
+                                 "e.g. const S = 2, P = 1",
+                                 c + len(text) - len(text.lstrip()) + 1)
             name, where = m.group(2), c + len(m.group(1)) + 1
             self._check_name(stmt, name, where)
             self._check_new(stmt, name, where)
@@ -240,7 +241,9 @@ class _Parser:
         if t is None:
             raise stmt.error(f"'{name}' is not declared (declare it before 'outside')", where)
         if t.role not in ("input", "param", "target") or t.values is not None:
-            raise stmt.error(f"'{name}' is a {t.role if t.values is None else 'label'}: "
+            what = "a label" if t.values is not None else \
+                ("an " if t.role[0] in "aeiou" else "a ") + t.role
+            raise stmt.error(f"'{name}' is {what}: "
                              f"only arrays the layer reads from its caller can be padded",
                              where)
         if m.group(3) != "0":
@@ -831,8 +834,8 @@ class _Expr:
                     raise self.err(f"{not_affine} (an index's coefficient is an integer "
                                    f"constant)", node)
                 return a * b
-            raise self.err(f"{not_affine}; '{_OPS.get(op, op.__name__)}' is not allowed in "
-                           f"a subscript", node)
+            shown = {ast.Div: "/", **_OPS}.get(op, op.__name__)
+            raise self.err(f"{not_affine}; '{shown}' is not allowed in a subscript", node)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             v = self._affine(node.operand)
             return -v if isinstance(node.op, ast.USub) else v

@@ -182,7 +182,7 @@ void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
-        const float bp_acc_fix = bp_acc_fix_in ? bp_k0*(y[n*I + bp_acc_r0] - 1) : 0;
+        const float bp_acc_fix = bp_acc_fix_in ? bp_k0*(((0 <= bp_acc_r0 && bp_acc_r0 < I) ? y[n*I + bp_acc_r0] : 0) - 1) : 0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*y[n*I + i];
@@ -233,7 +233,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         const int64_t bp_acc3_r1 = t[n];
         const float bp_acc3_r2 = bp_k0*1.0F/bp_acc3_r0;
         const int bp_acc3_fix_in = 0 <= bp_acc3_r1 && bp_acc3_r1 < I;
-        const float bp_acc3_fix = bp_acc3_fix_in ? bp_k0*(dz[n*I + bp_acc3_r1]*1.0F/bp_acc3_r0 - 1) : 0;
+        const float bp_acc3_fix = bp_acc3_fix_in ? bp_k0*(((0 <= bp_acc3_r1 && bp_acc3_r1 < I) ? dz[n*I + bp_acc3_r1] : 0)*1.0F/bp_acc3_r0 - 1) : 0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_acc3_r2*dz[n*I + i];
@@ -305,7 +305,7 @@ void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
-        const double bp_acc_fix = bp_acc_fix_in ? bp_k0*(y[n*I + bp_acc_r0] - 1) : 0;
+        const double bp_acc_fix = bp_acc_fix_in ? bp_k0*(((0 <= bp_acc_r0 && bp_acc_r0 < I) ? y[n*I + bp_acc_r0] : 0) - 1) : 0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*y[n*I + i];
@@ -356,7 +356,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         const int64_t bp_acc3_r1 = t[n];
         const double bp_acc3_r2 = bp_k0*1.0/bp_acc3_r0;
         const int bp_acc3_fix_in = 0 <= bp_acc3_r1 && bp_acc3_r1 < I;
-        const double bp_acc3_fix = bp_acc3_fix_in ? bp_k0*(dz[n*I + bp_acc3_r1]*1.0/bp_acc3_r0 - 1) : 0;
+        const double bp_acc3_fix = bp_acc3_fix_in ? bp_k0*(((0 <= bp_acc3_r1 && bp_acc3_r1 < I) ? dz[n*I + bp_acc3_r1] : 0)*1.0/bp_acc3_r0 - 1) : 0;
         #pragma omp simd
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_acc3_r2*dz[n*I + i];
