@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import sympy as sp
 
-from derive.affine import between, divides
-from derive.indices import dim_of
+from derive.affine import between, bounds_from, divides
+from derive.indices import dim_of, free_indices
 from derive.pretty import formula
 
 from .c_printer import KernelCPrinter
 from .dtypes import CTYPES, SUFFIX
 from .gemm import as_gemm
-from .loops import (Group, LoopPlan, Nest, fusable, fuse, hoist_invariants, inline_cheap,
-                    lower)
+from .im2col import as_im2col
+from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
+                    inline_cheap, lower)
 from .plan import KernelPlan
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
@@ -23,11 +24,13 @@ DTYPES = ("float32", "float64")
 def c_sources(plan: KernelPlan) -> dict[str, str]:
     """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}"""
     layer = plan.layer
-    loops = lower_for_c(plan)
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+    loops = lower_for_c(plan, shapes)
     for t in loops.forward_temps + loops.backward_temps + loops.fused_temps:
         shapes[t.name] = t.dims
+    windows = _windows(layer)
+    lowered = lambda n: as_gemm(n) or as_im2col(n, shapes, windows)
     scalars = {n for n, d in shapes.items() if not d}
     integer = {t.name for t in layer.tensors.values() if t.values is not None}
     dims_params = ", ".join(f"ptrdiff_t {d}" for d in layer.dims) or "void"
@@ -37,9 +40,9 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         backward_doc.append(f"{formula(s.lhs)} = {formula(s.expr)}")
     helpers = _helpers(loops)
     gemm_doc = "; ".join(
-        f"{', '.join(n.target for n in nests if as_gemm(n))} in {what}"
+        f"{', '.join(n.target for n in nests if lowered(n))} in {what}"
         for what, nests in (("forward", loops.forward), ("backward", loops.backward))
-        if any(as_gemm(n) for n in nests))
+        if any(lowered(n) for n in nests))
 
     def arrays(names):
         return ", ".join(f"{n}[{', '.join(shapes[n])}]" if shapes[n] else n for n in names) \
@@ -53,6 +56,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         ctype = CTYPES[dtype]
         printer = KernelCPrinter(dtype, shapes, scalars, frozenset(
             t.name for t in layer.tensors.values() if t.outside is not None))
+        printer.windows = windows
         printer.integer = integer
         dims = [f"ptrdiff_t {d}" for d in layer.dims]
 
@@ -73,8 +77,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                     shapes, loops.invariants["backward"]),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
-            forward=_views(loops.forward, printer, shapes),
-            backward=_views(loops.backward, printer, shapes),
+            forward=_views(loops.forward, printer, shapes, lowered),
+            backward=_views(loops.backward, printer, shapes, lowered),
             fused_params=params(plan.args, fused_out),
             inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
             inplace=_inplace_view(loops.forward, printer) if inplace else None,
@@ -84,7 +88,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
-            fused=_views(loops.fused, printer, shapes),
+            fused=_views(loops.fused, printer, shapes, lowered),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
@@ -113,14 +117,23 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             "cdef": render("c_cdef.h.j2", **context)}
 
 
-def lower_for_c(plan: KernelPlan) -> LoopPlan:
-    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay) and
-    loop-invariant subexpressions computed once per call."""
+def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
+    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay),
+    loop-invariant subexpressions computed once per call, and scratch for the packed
+    operands of convolutions lowered onto the GEMM hook."""
     loops = lower(plan)
     for side in ("forward", "backward", "fused"):
+        known = dict(shapes)
+        known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})
+        windows = _windows(plan.layer)
         nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
-                                    keep=as_gemm)
+                                    keep=lambda n: as_gemm(n) or as_im2col(n, known, windows))
         nests, loops.invariants[side] = hoist_invariants(nests)
+        for n in nests:
+            g = as_im2col(n, known, windows)
+            for operand in (g.a, g.b) if g else ():
+                if operand.pack is not None:
+                    temps.append(Temp(operand.name, operand.pack.out))
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
@@ -171,10 +184,10 @@ def _helpers(loops: LoopPlan) -> set[str]:
     return names
 
 
-def _views(nests, printer, shapes) -> list[dict]:
+def _views(nests, printer, shapes, lowered) -> list[dict]:
     return [_group_view(x, printer, shapes) if isinstance(x, Group) else
             hoist_row_values(_view(x, printer, shapes), printer)
-            for x in fuse(nests, alone=as_gemm)]
+            for x in fuse(nests, alone=lowered)]
 
 
 def pointwise(nests: list[Nest]) -> bool:
@@ -282,6 +295,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"), acc=acc,
                 nest=n, hoisted=[], store="", point=None,
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
+                im2col=_im2col_view(n, printer, shapes, printer.windows),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="")
@@ -367,3 +381,57 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
                 c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN)")
+
+
+def _windows(layer) -> frozenset:
+    """The parameters' dimensions: a convolution's kernel sizes."""
+    return frozenset(d for t in layer.params for d in t.dims)
+
+
+def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | None:
+    """A contraction with a shifted operand as GEMMs over packed operands (codegen/im2col):
+    T filled with its start, then for each loop value: pack, multiply, accumulate."""
+    g = as_im2col(n, shapes, windows)
+    if g is None:
+        return None
+    fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
+    packs = [(p, _pack_view(p.pack, printer, shapes)) for p in (g.a, g.b)
+             if p.pack is not None]
+    ext = lambda idx: printer.index_code(sp.Mul(*[dim_of(i) for i in idx]))
+    loop = (g.loop.label.name, str(dim_of(g.loop))) if g.loop is not None else None
+    ptr = lambda name, offset: name if offset == 0 else f"{name} + {printer.index_code(offset)}"
+    return dict(fill=_view(fill, printer, shapes), loop=loop,
+                once=[v for p, v in packs if not p.per_loop],
+                each=[v for p, v in packs if p.per_loop],
+                trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
+                m=ext(g.m), n=ext(g.n), k=ext(g.k), lda=g.a.ld, ldb=g.b.ld, ldc=ext(g.n),
+                a=ptr(g.a.name, g.a.offset), b=ptr(g.b.name, g.b.offset),
+                c=ptr(n.target, g.c_offset), alpha=printer.code(g.alpha))
+
+
+def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
+    """An operand packed for a GEMM, row by row: the brackets that keep a shifted read in
+    its array, tested once per row where they do not read the row's index, and turned
+    into the bounds of the row's loop where they do (an interior without checks and zeros
+    at the borders)."""
+    v = _view(n, printer, shapes)
+    inner = n.loops[-1]
+    factors = sp.Mul.make_args(n.body)
+    ref = next(f for f in factors if isinstance(f, sp.Indexed))
+    row, lo, hi = [], sp.Integer(0), dim_of(inner) - 1
+    for f in factors:
+        if not isinstance(f, between):
+            continue
+        found = bounds_from(f, inner) if inner in free_indices(f) else None
+        if found is None:
+            row.append(printer.condition(f))
+        else:
+            lo, hi = sp.Max(lo, found[0]), sp.Min(hi, found[1])
+    var, extent = inner.label.name, str(dim_of(inner))
+    v.update(mode="pack", outer=v["loops"][:-1], var=var, extent=extent,
+             row=" && ".join(row) or "1", value=printer.element(ref),
+             lo=f"bp_imin({printer.index_code(lo)}, {extent})",
+             hi=f"bp_imin({printer.index_code(hi)} + 1, {extent})",
+             pragma=f"#pragma omp parallel for if ({'*'.join(str(dim_of(i)) for i in n.loops)}"
+                    f" >= BP_PARALLEL_MIN)" if len(n.loops) > 1 else "")
+    return v

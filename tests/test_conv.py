@@ -420,3 +420,27 @@ def test_plain_c_reads_and_writes_only_inside_arrays(tmp_path):
     for n, leaf in zip(("dx", "dw", "db"), leaves):
         np.testing.assert_allclose(got[n], leaf.grad.numpy().ravel(), rtol=1e-13, atol=1e-13)
     np.testing.assert_array_equal(got["g"], [0, 0, 0, 0, 4, 5])
+
+
+@pytest.mark.parametrize("name, constants, sizes", [
+    ("conv2d", dict(S=2, P=1), dict(x=(2, 3, 7, 6), w=(4, 3, 3, 3), b=(4,))),
+    ("conv2d", dict(D=2, P=2), dict(x=(1, 2, 5, 9), w=(3, 2, 3, 2), b=(3,))),
+    ("conv1d", dict(S=3, P=2, D=2), dict(x=(2, 3, 13), w=(2, 3, 3), b=(2,))),
+])
+def test_gemm_lowering_and_loops_agree(name, constants, sizes):
+    """The C convolution runs as packed operands and one GEMM per image when a GEMM is
+    supplied (BLAS), else as loops: both against torch, in float32 and float64."""
+    conv = {"conv1d": F.conv1d, "conv2d": F.conv2d}[name]
+    fn = lambda x, w, b: conv(x, w, b, stride=constants.get("S", 1),
+                              padding=constants.get("P", 0), dilation=constants.get("D", 1))
+    for dtype in ("float64", "float32"):
+        k = codegen.load(name, backend="c", dtype=dtype, constants=constants)
+        assert k.blas is not None, "the GEMM path needs NumPy's BLAS"
+        rng = np.random.default_rng(3)
+        inputs = {n: rng.normal(size=s) for n, s in sizes.items()}
+        try:
+            for blas in (True, False):
+                k.use_blas(blas)
+                _check(k, inputs, fn, dtype, np.random.default_rng(4), TOL[dtype])
+        finally:
+            k.use_blas(True)

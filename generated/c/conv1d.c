@@ -72,7 +72,7 @@ size_t bp_conv1d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L
     (void)L;
     (void)K;
     (void)Lout;
-    return 0;
+    return (size_t)C*(size_t)K*(size_t)Lout;
 }
 
 size_t bp_conv1d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout)
@@ -83,7 +83,7 @@ size_t bp_conv1d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)L;
     (void)K;
     (void)Lout;
-    return 0;
+    return (size_t)C*(size_t)O*(size_t)K + (size_t)O*(size_t)K*(size_t)L + (size_t)C*(size_t)K*(size_t)Lout;
 }
 
 void bp_conv1d_set_threads(int threads)
@@ -102,24 +102,53 @@ void bp_conv1d_set_threads(int threads)
 void bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
     (void)L;
-    (void)bp_work;
+    float *const _y_pb = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
-    #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
-            #pragma omp simd
-            for (ptrdiff_t i = 0; i < Lout; ++i) {
-                y[(n*O + o)*Lout + i] = b[o];
+    if (bp_conv1d_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                #pragma omp simd
+                for (ptrdiff_t i = 0; i < Lout; ++i) {
+                    y[(n*O + o)*Lout + i] = b[o];
+                }
             }
         }
-    }
-    #pragma omp parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, i + k] as a c k x i matrix */
+            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                    }
+                }
+            }
+            bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
+        }
+    } else {
+        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                #pragma omp simd
                 for (ptrdiff_t i = 0; i < Lout; ++i) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        y[(n*O + o)*Lout + i] += w[(o*C + c)*K + k]*x[(n*C + c)*L + i + k];
+                    y[(n*O + o)*Lout + i] = b[o];
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t i = 0; i < Lout; ++i) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            y[(n*O + o)*Lout + i] += w[(o*C + c)*K + k]*x[(n*C + c)*L + i + k];
+                        }
                     }
                 }
             }
@@ -130,56 +159,136 @@ void bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
 void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
-    (void)bp_work;
+    float *const _dx_pa = bp_work + 0;
+    float *const _dx_pb = bp_work + C*O*K;
+    float *const _dw_pb = bp_work + C*O*K + O*K*L;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
-    #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_conv1d_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t l = 0; l < L; ++l) {
+                    dx[(n*C + c)*L + l] = 0;
+                }
+            }
+        }
+        /* pack w[o, c, k] as a c x o k matrix */
+        #pragma omp parallel for if (C*O*K >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
-            for (ptrdiff_t l = 0; l < L; ++l) {
-                dx[(n*C + c)*L + l] = 0;
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                {
+                    const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, K), 0) : K;
+                    const ptrdiff_t bp_hi = bp_imax(bp_imin(K - 1 + 1, K), bp_lo);
+                    for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pa[(c*O + o)*K + k] = 0;
+                    #pragma omp simd
+                    for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pa[(c*O + o)*K + k] = w[(o*C + c)*K + k];
+                    for (ptrdiff_t k = bp_hi; k < K; ++k) _dx_pa[(c*O + o)*K + k] = 0;
+                }
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack dy[n, o, -k + l] as a o k x l matrix */
+            #pragma omp parallel for if (O*K*L >= BP_PARALLEL_MIN)
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
+                        for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
+                        for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                    }
+                }
+            }
+            bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
+        }
+    } else {
+        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t l = 0; l < L; ++l) {
+                    dx[(n*C + c)*L + l] = 0;
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t l = 0; l < L; ++l) {
+                        for (ptrdiff_t k = bp_imax(0, -Lout + l + 1); k < (1 + bp_imin(K - 1, l)); ++k) {
+                            dx[(n*C + c)*L + l] += dy[(n*O + o)*Lout + -(k - l)]*w[(o*C + c)*K + k];
+                        }
+                    }
+                }
             }
         }
     }
-    #pragma omp parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+    /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
+    if (bp_conv1d_gemm_f32 != NULL) {
+        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t l = 0; l < L; ++l) {
-                    for (ptrdiff_t k = bp_imax(0, -Lout + l + 1); k < (1 + bp_imin(K - 1, l)); ++k) {
-                        dx[(n*C + c)*L + l] += dy[(n*O + o)*Lout + -(k - l)]*w[(o*C + c)*K + k];
+                #pragma omp simd
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    dw[(o*C + c)*K + k] = 0;
+                }
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, k + lout] as a c k x lout matrix */
+            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                        for (ptrdiff_t lout = 0; lout < bp_lo; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t lout = bp_lo; lout < bp_hi; ++lout) _dw_pb[(c*K + k)*Lout + lout] = x[(n*C + c)*L + k + lout];
+                        for (ptrdiff_t lout = bp_hi; lout < Lout; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                    }
+                }
+            }
+            bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
+        }
+    } else {
+        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    dw[(o*C + c)*K + k] = 0;
+                }
+            }
+        }
+        #pragma omp parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
+                            dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + lout]*x[(n*C + c)*L + k + lout];
+                        }
                     }
                 }
             }
         }
     }
-    #pragma omp parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN)
+    /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
+    #pragma omp parallel for if (O*N*Lout >= BP_PARALLEL_MIN)
     for (ptrdiff_t o = 0; o < O; ++o) {
-        /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
-            for (ptrdiff_t k = 0; k < K; ++k) {
-                dw[(o*C + c)*K + k] = 0;
-            }
-        }
+        float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                        dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + lout]*x[(n*C + c)*L + k + lout];
-                    }
-                }
-            }
-        }
-        /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
-        float bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc1)
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                bp_acc1 += dy[(n*O + o)*Lout + lout];
+                bp_acc += dy[(n*O + o)*Lout + lout];
             }
         }
-        db[o] = bp_acc1;
+        db[o] = bp_acc;
     }
 }
 #endif
@@ -190,24 +299,53 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
 void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
     (void)L;
-    (void)bp_work;
+    double *const _y_pb = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
-    #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
-            #pragma omp simd
-            for (ptrdiff_t i = 0; i < Lout; ++i) {
-                y[(n*O + o)*Lout + i] = b[o];
+    if (bp_conv1d_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                #pragma omp simd
+                for (ptrdiff_t i = 0; i < Lout; ++i) {
+                    y[(n*O + o)*Lout + i] = b[o];
+                }
             }
         }
-    }
-    #pragma omp parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, i + k] as a c k x i matrix */
+            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                    }
+                }
+            }
+            bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
+        }
+    } else {
+        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                #pragma omp simd
                 for (ptrdiff_t i = 0; i < Lout; ++i) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        y[(n*O + o)*Lout + i] += w[(o*C + c)*K + k]*x[(n*C + c)*L + i + k];
+                    y[(n*O + o)*Lout + i] = b[o];
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t i = 0; i < Lout; ++i) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            y[(n*O + o)*Lout + i] += w[(o*C + c)*K + k]*x[(n*C + c)*L + i + k];
+                        }
                     }
                 }
             }
@@ -218,56 +356,136 @@ void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
 void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
-    (void)bp_work;
+    double *const _dx_pa = bp_work + 0;
+    double *const _dx_pb = bp_work + C*O*K;
+    double *const _dw_pb = bp_work + C*O*K + O*K*L;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
-    #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_conv1d_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t l = 0; l < L; ++l) {
+                    dx[(n*C + c)*L + l] = 0;
+                }
+            }
+        }
+        /* pack w[o, c, k] as a c x o k matrix */
+        #pragma omp parallel for if (C*O*K >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
-            for (ptrdiff_t l = 0; l < L; ++l) {
-                dx[(n*C + c)*L + l] = 0;
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                {
+                    const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, K), 0) : K;
+                    const ptrdiff_t bp_hi = bp_imax(bp_imin(K - 1 + 1, K), bp_lo);
+                    for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pa[(c*O + o)*K + k] = 0;
+                    #pragma omp simd
+                    for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pa[(c*O + o)*K + k] = w[(o*C + c)*K + k];
+                    for (ptrdiff_t k = bp_hi; k < K; ++k) _dx_pa[(c*O + o)*K + k] = 0;
+                }
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack dy[n, o, -k + l] as a o k x l matrix */
+            #pragma omp parallel for if (O*K*L >= BP_PARALLEL_MIN)
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
+                        for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
+                        for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                    }
+                }
+            }
+            bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
+        }
+    } else {
+        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t l = 0; l < L; ++l) {
+                    dx[(n*C + c)*L + l] = 0;
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t l = 0; l < L; ++l) {
+                        for (ptrdiff_t k = bp_imax(0, -Lout + l + 1); k < (1 + bp_imin(K - 1, l)); ++k) {
+                            dx[(n*C + c)*L + l] += dy[(n*O + o)*Lout + -(k - l)]*w[(o*C + c)*K + k];
+                        }
+                    }
+                }
             }
         }
     }
-    #pragma omp parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
+    /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
+    if (bp_conv1d_gemm_f64 != NULL) {
+        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t l = 0; l < L; ++l) {
-                    for (ptrdiff_t k = bp_imax(0, -Lout + l + 1); k < (1 + bp_imin(K - 1, l)); ++k) {
-                        dx[(n*C + c)*L + l] += dy[(n*O + o)*Lout + -(k - l)]*w[(o*C + c)*K + k];
+                #pragma omp simd
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    dw[(o*C + c)*K + k] = 0;
+                }
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, k + lout] as a c k x lout matrix */
+            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                        for (ptrdiff_t lout = 0; lout < bp_lo; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t lout = bp_lo; lout < bp_hi; ++lout) _dw_pb[(c*K + k)*Lout + lout] = x[(n*C + c)*L + k + lout];
+                        for (ptrdiff_t lout = bp_hi; lout < Lout; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                    }
+                }
+            }
+            bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
+        }
+    } else {
+        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                #pragma omp simd
+                for (ptrdiff_t k = 0; k < K; ++k) {
+                    dw[(o*C + c)*K + k] = 0;
+                }
+            }
+        }
+        #pragma omp parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
+                            dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + lout]*x[(n*C + c)*L + k + lout];
+                        }
                     }
                 }
             }
         }
     }
-    #pragma omp parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN)
+    /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
+    #pragma omp parallel for if (O*N*Lout >= BP_PARALLEL_MIN)
     for (ptrdiff_t o = 0; o < O; ++o) {
-        /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
-            for (ptrdiff_t k = 0; k < K; ++k) {
-                dw[(o*C + c)*K + k] = 0;
-            }
-        }
+        double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                        dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + lout]*x[(n*C + c)*L + k + lout];
-                    }
-                }
-            }
-        }
-        /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
-        double bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc1)
+            #pragma omp simd reduction(+:bp_acc)
             for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                bp_acc1 += dy[(n*O + o)*Lout + lout];
+                bp_acc += dy[(n*O + o)*Lout + lout];
             }
         }
-        db[o] = bp_acc1;
+        db[o] = bp_acc;
     }
 }
 #endif

@@ -75,7 +75,7 @@ size_t bp_conv2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return 0;
+    return (size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout;
 }
 
 size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
@@ -89,7 +89,7 @@ size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return 0;
+    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout;
 }
 
 void bp_conv2d_set_threads(int threads)
@@ -109,28 +109,63 @@ void bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 {
     (void)H;
     (void)W;
-    (void)bp_work;
+    float *const _y_pb = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
-    #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                #pragma omp simd
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    y[((n*O + o)*Hout + i)*Wout + j] = b[o];
+    if (bp_conv2d_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    #pragma omp simd
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        y[((n*O + o)*Hout + i)*Wout + j] = b[o];
+                    }
                 }
             }
         }
-    }
-    #pragma omp parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                #pragma omp simd
+                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
+        }
+    } else {
+        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t j = 0; j < Wout; ++j) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                y[((n*O + o)*Hout + i)*Wout + j] += w[((o*C + c)*KH + p)*KW + q]*x[((n*C + c)*H + i + p)*W + j + q];
+                    #pragma omp simd
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        y[((n*O + o)*Hout + i)*Wout + j] = b[o];
+                    }
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t i = 0; i < Hout; ++i) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t j = 0; j < Wout; ++j) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    y[((n*O + o)*Hout + i)*Wout + j] += w[((o*C + c)*KH + p)*KW + q]*x[((n*C + c)*H + i + p)*W + j + q];
+                                }
                             }
                         }
                     }
@@ -143,28 +178,81 @@ void bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
-    (void)bp_work;
+    float *const _dx_pa = bp_work + 0;
+    float *const _dx_pb = bp_work + C*O*KH*KW;
+    float *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
     /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                #pragma omp simd
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = 0;
-                }
-            }
-        }
-    }
-    #pragma omp parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
+    if (bp_conv2d_gemm_f32 != NULL) {
+        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
-                        for (ptrdiff_t k = 0; k < W; ++k) {
-                            for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
-                                dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - kh)*Wout + k - kw]*w[((o*C + c)*KH + kh)*KW + kw];
+                    #pragma omp simd
+                    for (ptrdiff_t k = 0; k < W; ++k) {
+                        dx[((n*C + c)*H + h)*W + k] = 0;
+                    }
+                }
+            }
+        }
+        /* pack w[o, c, kh, kw] as a c x o kh kw matrix */
+        #pragma omp parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
+                        for (ptrdiff_t kw = 0; kw < bp_lo; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t kw = bp_lo; kw < bp_hi; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = w[((o*C + c)*KH + kh)*KW + kw];
+                        for (ptrdiff_t kw = bp_hi; kw < KW; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                    }
+                }
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack dy[n, o, h - kh, k - kw] as a o kh kw x h k matrix */
+            #pragma omp parallel for if (O*KH*KW*H*W >= BP_PARALLEL_MIN)
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        for (ptrdiff_t h = 0; h < H; ++h) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= h - kh && h - kh <= Hout - 1) ? bp_imax(bp_imin(kw, W), 0) : W;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + kw - 1) + 1, W), bp_lo);
+                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                                #pragma omp simd
+                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = dy[((n*O + o)*Hout + h - kh)*Wout + k - kw];
+                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
+        }
+    } else {
+        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    #pragma omp simd
+                    for (ptrdiff_t k = 0; k < W; ++k) {
+                        dx[((n*C + c)*H + h)*W + k] = 0;
+                    }
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t h = 0; h < H; ++h) {
+                        for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
+                            for (ptrdiff_t k = 0; k < W; ++k) {
+                                for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
+                                    dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - kh)*Wout + k - kw]*w[((o*C + c)*KH + kh)*KW + kw];
+                                }
                             }
                         }
                     }
@@ -172,41 +260,82 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             }
         }
     }
-    #pragma omp parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
-    for (ptrdiff_t o = 0; o < O; ++o) {
-        /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                #pragma omp simd
-                for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                    dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+    /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
+    if (bp_conv2d_gemm_f32 != NULL) {
+        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    #pragma omp simd
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, hout + kh, kw + wout] as a c kh kw x hout wout matrix */
+            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                        for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                            for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                                dw[((o*C + c)*KH + kh)*KW + kw] += dy[((n*O + o)*Hout + hout)*Wout + wout]*x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= hout + kh && hout + kh <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -kw), Wout), 0) : Wout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - kw - 1) + 1, Wout), bp_lo);
+                                for (ptrdiff_t wout = 0; wout < bp_lo; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                                #pragma omp simd
+                                for (ptrdiff_t wout = bp_lo; wout < bp_hi; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                                for (ptrdiff_t wout = bp_hi; wout < Wout; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
+        }
+    } else {
+        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    #pragma omp simd
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    }
+                }
+            }
+        }
+        #pragma omp parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+                            for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+                                    dw[((o*C + c)*KH + kh)*KW + kw] += dy[((n*O + o)*Hout + hout)*Wout + wout]*x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
-        float bp_acc1 = 0;
+    }
+    /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
+    #pragma omp parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN)
+    for (ptrdiff_t o = 0; o < O; ++o) {
+        float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                #pragma omp simd reduction(+:bp_acc1)
+                #pragma omp simd reduction(+:bp_acc)
                 for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    bp_acc1 += dy[((n*O + o)*Hout + hout)*Wout + wout];
+                    bp_acc += dy[((n*O + o)*Hout + hout)*Wout + wout];
                 }
             }
         }
-        db[o] = bp_acc1;
+        db[o] = bp_acc;
     }
 }
 #endif
@@ -218,28 +347,63 @@ void bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 {
     (void)H;
     (void)W;
-    (void)bp_work;
+    double *const _y_pb = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
-    #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                #pragma omp simd
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    y[((n*O + o)*Hout + i)*Wout + j] = b[o];
+    if (bp_conv2d_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    #pragma omp simd
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        y[((n*O + o)*Hout + i)*Wout + j] = b[o];
+                    }
                 }
             }
         }
-    }
-    #pragma omp parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                #pragma omp simd
+                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
+        }
+    } else {
+        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t j = 0; j < Wout; ++j) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                y[((n*O + o)*Hout + i)*Wout + j] += w[((o*C + c)*KH + p)*KW + q]*x[((n*C + c)*H + i + p)*W + j + q];
+                    #pragma omp simd
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        y[((n*O + o)*Hout + i)*Wout + j] = b[o];
+                    }
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t i = 0; i < Hout; ++i) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t j = 0; j < Wout; ++j) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    y[((n*O + o)*Hout + i)*Wout + j] += w[((o*C + c)*KH + p)*KW + q]*x[((n*C + c)*H + i + p)*W + j + q];
+                                }
                             }
                         }
                     }
@@ -252,28 +416,81 @@ void bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
-    (void)bp_work;
+    double *const _dx_pa = bp_work + 0;
+    double *const _dx_pb = bp_work + C*O*KH*KW;
+    double *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
     /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                #pragma omp simd
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = 0;
-                }
-            }
-        }
-    }
-    #pragma omp parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN)
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t o = 0; o < O; ++o) {
+    if (bp_conv2d_gemm_f64 != NULL) {
+        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
-                        for (ptrdiff_t k = 0; k < W; ++k) {
-                            for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
-                                dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - kh)*Wout + k - kw]*w[((o*C + c)*KH + kh)*KW + kw];
+                    #pragma omp simd
+                    for (ptrdiff_t k = 0; k < W; ++k) {
+                        dx[((n*C + c)*H + h)*W + k] = 0;
+                    }
+                }
+            }
+        }
+        /* pack w[o, c, kh, kw] as a c x o kh kw matrix */
+        #pragma omp parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
+                        for (ptrdiff_t kw = 0; kw < bp_lo; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                        #pragma omp simd
+                        for (ptrdiff_t kw = bp_lo; kw < bp_hi; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = w[((o*C + c)*KH + kh)*KW + kw];
+                        for (ptrdiff_t kw = bp_hi; kw < KW; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                    }
+                }
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack dy[n, o, h - kh, k - kw] as a o kh kw x h k matrix */
+            #pragma omp parallel for if (O*KH*KW*H*W >= BP_PARALLEL_MIN)
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        for (ptrdiff_t h = 0; h < H; ++h) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= h - kh && h - kh <= Hout - 1) ? bp_imax(bp_imin(kw, W), 0) : W;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + kw - 1) + 1, W), bp_lo);
+                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                                #pragma omp simd
+                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = dy[((n*O + o)*Hout + h - kh)*Wout + k - kw];
+                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
+        }
+    } else {
+        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t h = 0; h < H; ++h) {
+                    #pragma omp simd
+                    for (ptrdiff_t k = 0; k < W; ++k) {
+                        dx[((n*C + c)*H + h)*W + k] = 0;
+                    }
+                }
+            }
+        }
+        #pragma omp parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t h = 0; h < H; ++h) {
+                        for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
+                            for (ptrdiff_t k = 0; k < W; ++k) {
+                                for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
+                                    dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - kh)*Wout + k - kw]*w[((o*C + c)*KH + kh)*KW + kw];
+                                }
                             }
                         }
                     }
@@ -281,41 +498,82 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             }
         }
     }
-    #pragma omp parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
-    for (ptrdiff_t o = 0; o < O; ++o) {
-        /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                #pragma omp simd
-                for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                    dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+    /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
+    if (bp_conv2d_gemm_f64 != NULL) {
+        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    #pragma omp simd
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* pack x[n, c, hout + kh, kw + wout] as a c kh kw x hout wout matrix */
+            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                        for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                            for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                                dw[((o*C + c)*KH + kh)*KW + kw] += dy[((n*O + o)*Hout + hout)*Wout + wout]*x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= hout + kh && hout + kh <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -kw), Wout), 0) : Wout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - kw - 1) + 1, Wout), bp_lo);
+                                for (ptrdiff_t wout = 0; wout < bp_lo; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                                #pragma omp simd
+                                for (ptrdiff_t wout = bp_lo; wout < bp_hi; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                                for (ptrdiff_t wout = bp_hi; wout < Wout; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
+        }
+    } else {
+        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                    #pragma omp simd
+                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    }
+                }
+            }
+        }
+        #pragma omp parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+                            for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+                                    dw[((o*C + c)*KH + kh)*KW + kw] += dy[((n*O + o)*Hout + hout)*Wout + wout]*x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
-        double bp_acc1 = 0;
+    }
+    /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
+    #pragma omp parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN)
+    for (ptrdiff_t o = 0; o < O; ++o) {
+        double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                #pragma omp simd reduction(+:bp_acc1)
+                #pragma omp simd reduction(+:bp_acc)
                 for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    bp_acc1 += dy[((n*O + o)*Hout + hout)*Wout + wout];
+                    bp_acc += dy[((n*O + o)*Hout + hout)*Wout + wout];
                 }
             }
         }
-        db[o] = bp_acc1;
+        db[o] = bp_acc;
     }
 }
 #endif
