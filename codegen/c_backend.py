@@ -432,6 +432,7 @@ def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
              row=" && ".join(row) or "1", value=printer.element(ref),
              lo=f"bp_imin({printer.index_code(lo)}, {extent})",
              hi=f"bp_imin({printer.index_code(hi)} + 1, {extent})",
-             pragma=f"#pragma omp parallel for if ({'*'.join(str(dim_of(i)) for i in n.loops)}"
-                    f" >= BP_PARALLEL_MIN)" if len(n.loops) > 1 else "")
+             # serial: the GEMM's own threads run right after; OpenMP workers still
+             # spinning from a parallel pack held OpenBLAS's to a tenth of its speed
+             pragma="")
     return v
