@@ -1,4 +1,4 @@
-"""Random and mutated spec text only ever yields a Layer or a SpecError, quickly.
+"""Random and mutated spec text only ever yields a Layer or a SpecError.
 
 Accepted specs go on through derivation and NumPy source generation, which must not fail
 either: whatever the parser lets through, the rest of the pipeline can handle.
