@@ -136,10 +136,10 @@ def test_cross_entropy_with_labels_matches_pytorch(backend, dtype):
 def test_bad_labels_are_named(backend, labels, words):
     k = codegen.load("softmax_cross_entropy_labels", backend=backend)
     z = np.zeros((3, 3))
-    for call in (k.forward, k.backward):
+    for call in (k.forward, k.backward, k.forward_backward):   # every entry checks them
         with pytest.raises(ValueError) as info:
             call(z=z, t=labels)
-        assert words in str(info.value)
+        assert words in str(info.value), call.__name__
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])
