@@ -1,0 +1,21 @@
+"""The suite itself: collecting it builds nothing (the private-cache fixture is not active
+yet at collection, so a load there would write into the user's cache)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_collection_writes_no_kernel_cache(tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BACKPROP_CACHE": str(cache), "HOME": str(tmp_path),
+           "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                        "-p", "no:cacheprovider", "tests"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert " tests collected" in r.stdout or "tests collected" in r.stdout, r.stdout[-500:]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written == [], written
