@@ -19,3 +19,15 @@ def test_collection_writes_no_kernel_cache(tmp_path):
     assert " tests collected" in r.stdout or "tests collected" in r.stdout, r.stdout[-500:]
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written == [], written
+
+
+def test_hypothesis_is_derandomized_in_ci():
+    """CI=true (set by .ci/run) selects the derandomized profile; locally it is random."""
+    code = ("import tests.conftest; from hypothesis import settings; "
+            "print(settings.default.derandomize)")
+    for ci, want in (("true", "True"), ("", "False")):
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, env={**os.environ, "CI": ci}, timeout=300)
+        assert r.stdout.strip() == want, (ci, r.stderr)
+    assert 'export CI="${CI:-true}"' in (ROOT / ".ci" / "run").read_text()
+    assert "export BACKPROP_REQUIRE_ORACLES=1" in (ROOT / ".ci" / "run").read_text()
