@@ -32,3 +32,22 @@ def test_hypothesis_is_derandomized_in_ci():
         assert r.stdout.strip() == want, (env.get("CI"), r.stderr)
     assert 'export CI="${CI:-true}"' in (ROOT / ".ci" / "run").read_text()
     assert "export BACKPROP_REQUIRE_ORACLES=1" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_what_the_tests_prove_names_real_tests():
+    """docs/tests.md maps README promises to tests: every file and test it names exists."""
+    import ast
+    import re
+
+    text = (ROOT / "docs" / "tests.md").read_text()
+    defined = {}
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        defined[path.name] = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
+    every = set().union(*defined.values())
+    named_files = set(re.findall(r"`(test_\w+\.py)", text))
+    assert named_files and named_files <= set(defined), named_files - set(defined)
+    for file, test in re.findall(r"`(test_\w+\.py)::(test_\w+)`", text):
+        assert test in defined[file], f"{file}::{test}"
+    bare = set(re.findall(r"`(test_\w+)`", text))
+    assert bare <= every, bare - every
