@@ -11,8 +11,16 @@ from derive.errors import SpecError
 BACKENDS = ("numpy", "c")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad input is one line and exit status 2 (argparse's default adds a usage line);
+    subcommand parsers are made of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="backprop",
         description="Derive backpropagation formulas from a layer's forward equations "
                     "and emit verified kernels.")

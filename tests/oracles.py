@@ -1,11 +1,29 @@
 """Independent oracles for the kernel tests: random arrays of the right shapes, central
 finite differences, and hand-written PyTorch forwards of every built-in layer (written
-from the textbook definitions, not from our specs, so they share no code with us)."""
+from the textbook definitions, not from our specs, so they share no code with us); and
+require_oracle, through which every test asks for an optional oracle program or module."""
 from __future__ import annotations
 
-import numpy as np
+import os
+import shutil
 
+import numpy as np
+import pytest
+
+# 1 and odd primes, drawn without replacement, so no axis mix-up hides behind a square
 SIZES = (1, 2, 3, 5, 7, 11)
+
+# Dimensions a normalization runs over, with the smallest size whose gradients are not
+# trivially zero: over one class a softmax is the constant 1, and over one element a layer
+# norm's xhat is 0; over two elements xhat is +-1 up to eps, so its gradient is O(eps)
+# rounding noise.  Sizes of these dimensions are drawn from SIZES at or above the bound.
+SMALLEST = {"softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
+            "softmax_cross_entropy_labels": {"I": 2}, "mlp2": {"C": 2},
+            "layernorm": {"C": 3}}
+
+REQUIRE_ENV = "BACKPROP_REQUIRE_ORACLES"
+# The oracles a test may ask for: a Python module, or programs (the first one found).
+PROGRAMS = {"latex": ("pdflatex", "lualatex"), "pdftoppm": ("pdftoppm",)}
 
 # A layer that is not built in, written as a user would, for the backends' user-layer tests.
 GATED = """layer gated  a = x (.) sigmoid(W x + b): a gated linear unit, not a built-in
@@ -18,20 +36,59 @@ output a[N, I]
 g[n, i] = sigmoid(W[i, j] * x[n, j] + b[i])
 a[n, i] = x[n, i] * g[n, i]
 """
-   # 1 and odd primes, so no axis mix-up hides behind a square
+
+
+def require_oracle(name):
+    """An optional oracle: "torch" (the module), "latex" or "pdftoppm" (a program's path),
+    "cc" (the C compiler, $CC or cc, as a command list).  Missing, the test is skipped,
+    or fails when BACKPROP_REQUIRE_ORACLES=1 (CI sets it), so CI cannot pass without it."""
+    if name == "torch":
+        try:
+            import torch
+            return torch
+        except ImportError as exc:
+            _missing(f"PyTorch ({exc})")
+    if name == "cc":
+        import shlex
+        cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+        if shutil.which(cc[0]) is None:
+            _missing(f"a C compiler ('{cc[0]}' is not on PATH)")
+        return cc
+    for program in PROGRAMS[name]:
+        path = shutil.which(program)
+        if path is not None:
+            return path
+    _missing(" or ".join(PROGRAMS[name]))
+
+
+def _missing(what):
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"oracle missing: {what}, and {REQUIRE_ENV}=1 forbids skipping it",
+                    pytrace=False)
+    pytest.skip(f"oracle missing: {what} (set {REQUIRE_ENV}=1 to make this a failure)")
 
 
 def draw_sizes(layer, rng, ones=False):
-    """A size for every dimension the arrays have; a derived dimension (a convolution's
-    output size) follows from the others, which are drawn again until it is at least 1.
-    Layers with 4-axis tensors draw from smaller sizes (the symbolic oracle writes out
-    every element's formula)."""
+    """A size per dimension: distinct (from SIZES) while there are enough, or with `ones`
+    every size 1; both respecting SMALLEST for the layer's normalized dimensions.  A
+    derived dimension (a convolution's output size) follows from the others, which are
+    drawn again until it is at least 1; layers with 4-axis tensors draw from smaller sizes
+    (the symbolic oracle writes out every element's formula)."""
+    smallest = SMALLEST.get(layer.name, {})
     rank = max((len(t.dims) for t in layer.tensors.values()), default=0)
     pool = SIZES if rank < 4 else SIZES[:4]
     free = [d for d in layer.dims if d not in layer.dim_defs]
     for attempt in range(1000):
-        sizes = layer.dim_sizes({d: 1 if ones and attempt == 0 else int(rng.choice(pool))
-                                 for d in free})
+        sizes, used = {}, set()
+        for d in free:
+            low = smallest.get(d, 1)
+            if ones and attempt == 0:
+                sizes[d] = low
+                continue
+            fresh = [s for s in pool if s >= low and s not in used]
+            sizes[d] = int(rng.choice(fresh or [s for s in pool if s >= low]))
+            used.add(sizes[d])
+        sizes = layer.dim_sizes(sizes)
         if all(sizes.get(d, 0) >= 1 for d in layer.dims):
             return sizes
     raise AssertionError(f"no valid sizes drawn for {layer.name}")
@@ -49,6 +106,7 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             a = rng.normal(size=shape)
             if layer.name == "relu":       # keep finite differences away from the kink
                 a = a + np.sign(a) * 0.05
+                a.flat[0] = abs(a.flat[0])     # at least one active unit: dz is not all 0
             out[t.name] = a
         elif t.role == "target":
             if t.dims and one_hot:
@@ -93,12 +151,29 @@ def finite_differences(kernels, arrays, name, h=1e-6):
     return grad
 
 
-def rel_err(a, b):
-    """Normwise relative error, measured against at least 1: the test data are O(1), so an
-    exactly-zero gradient (layer norm over one element) and its rounding noise agree."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = max(np.linalg.norm(a), np.linalg.norm(b), 1.0)
-    return float(np.linalg.norm(a - b) / scale)
+def rel_err(got, want):
+    """Normwise relative error ||got - want|| / ||want||, with no floor: a small result is
+    held to the same relative bound as a large one.  A zero reference compares exactly
+    (0 when got is zero too, else inf)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    diff, scale = np.linalg.norm(got - want), np.linalg.norm(want)
+    if scale == 0:
+        return 0.0 if diff == 0 else float("inf")
+    return float(diff / scale)
+
+
+def assert_nonzero(value, what):
+    """A comparison with an all-zero reference proves nothing: refuse the data."""
+    assert np.linalg.norm(np.asarray(value, np.float64)) > 0, \
+        f"{what}: the reference is all zeros, so comparing with it proves nothing"
+
+
+def assert_close(got, want, tol, what):
+    """A gradient against its oracle: the oracle is not all zeros, then the normwise
+    relative error is below tol."""
+    assert_nonzero(want, what)
+    err = rel_err(got, want)
+    assert err < tol, (what, err, tol)
 
 
 def tolerance(dtype, sizes):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import codegen
+
+from .oracles import require_oracle
 from bench.cases import cases
 from bench.floor import Floor
 from bench.run import case_arrays
@@ -25,7 +27,7 @@ def test_every_peer_computes_the_same_results(case):
     for n, v in hand.items():
         np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
                                    err_msg=f"hand {n}")
-    torch = pytest.importorskip("torch")
+    torch = require_oracle("torch")
     call = case.torch(torch, {k: (np.array(v) if isinstance(v, np.ndarray) else v)
                               for k, v in arrays.items()})
     got = call()

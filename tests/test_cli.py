@@ -55,11 +55,12 @@ def test_emit_writes_an_importable_module(tmp_path):
     (("emit", "-o", "x"), "either NAME_OR_FILE or --all"),
     (("frobnicate",), "invalid choice"),
 ])
-def test_bad_input_exits_nonzero_with_one_line(args, words):
+def test_bad_input_exits_2_with_one_line(args, words):
     r = run(*args)
-    assert r.returncode != 0
-    assert words in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], r.stderr
+    assert r.stdout == ""
 
 
 def test_bad_spec_file_names_line_and_column(tmp_path):

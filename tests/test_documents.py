@@ -1,6 +1,5 @@
 """Derivation documents: they compile, their matrix forms equal their index forms, and the
 worked example's numbers are in them."""
-import shutil
 import subprocess
 import sys
 
@@ -15,9 +14,7 @@ from derive.document import document, write
 from derive.evaluate import evaluate
 from derive.latex import MatrixConverter, NoMatrixForm
 
-from .oracles import random_arrays
-
-ENGINE = shutil.which("pdflatex") or shutil.which("lualatex")
+from .oracles import random_arrays, require_oracle
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -104,19 +101,19 @@ def test_document_walks_the_chain_rule():
     assert r"\bar{W}_{ij} = \sum_{n} \bar{z}_{ni} x_{nj}" in text
 
 
-@pytest.mark.skipif(ENGINE is None, reason="no LaTeX engine (CI installs texlive)")
 @pytest.mark.parametrize("name", BUILTINS)
 def test_tex_compiles(tmp_path, name):
+    engine = require_oracle("latex")
     tex = tmp_path / f"{name}.tex"
     write(derive(builtin(name)), tex)
-    r = subprocess.run([ENGINE, "-interaction=nonstopmode", "-halt-on-error", tex.name],
+    r = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", tex.name],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, [line for line in r.stdout.splitlines() if line.startswith("!")]
     assert (tmp_path / f"{name}.pdf").stat().st_size > 10_000
 
 
-@pytest.mark.skipif(ENGINE is None or not shutil.which("pdftoppm"), reason="no LaTeX/pdftoppm")
 def test_cli_writes_pdf_and_png(tmp_path):
+    require_oracle("latex"), require_oracle("pdftoppm")
     for out in ("mlp2.pdf", "mlp2.png"):
         r = subprocess.run([sys.executable, "-m", "codegen.cli", "latex", "mlp2", "-o",
                             str(tmp_path / out)], capture_output=True, text=True)

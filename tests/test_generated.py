@@ -1,8 +1,9 @@
 """generated/ is exactly what `backprop emit --all -o generated` produces."""
+import ast
 import difflib
 from pathlib import Path
 
-from codegen.emitter import BACKENDS, emit_all
+from codegen.emitter import BACKENDS, emit_all, sources
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +43,46 @@ def test_generated_modules_import_and_run():
     assert z.shape == (2, 5) and np.all(z == 3)
     g = mod.backward(x, W, b, np.ones((2, 5)))
     assert set(g) == {"dx", "dW", "db"} and np.all(g["db"] == 2)
+
+
+# Argument checks loop over the arguments (a handful), never over data: the only functions
+# of a generated module allowed a Python loop.
+ARGUMENT_CHECKS = {"_prepare", "_indices", "_shape"}
+LOOPS = (ast.For, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+ELEMENTWISE_IN_PYTHON = {"vectorize", "frompyfunc", "apply_along_axis", "fromiter", "map",
+                         "filter"}
+
+
+def python_loops(source):
+    """(function, line, what) of every Python loop in the module's computing functions."""
+    found = []
+    functions = [f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)]
+    assert {"forward", "backward"} <= {f.name for f in functions}
+    for f in functions:
+        if f.name in ARGUMENT_CHECKS:
+            continue
+        for node in ast.walk(f):
+            if isinstance(node, LOOPS):
+                found.append((f.name, node.lineno, type(node).__name__))
+            elif isinstance(node, ast.Call):
+                called = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if called in ELEMENTWISE_IN_PYTHON:
+                    found.append((f.name, node.lineno, called))
+    return found
+
+
+def test_numpy_modules_use_no_python_loops():
+    """README: contractions go through einsum/matmul, never Python loops.  Every built-in's
+    module, a user layer's and a scatter-add's (embedding) are read as syntax trees."""
+    from derive import parse_spec
+    from derive.builtins import BUILTINS, builtin
+
+    from .oracles import GATED
+    from .test_labels import EMBED_SEQ
+
+    layers = [builtin(n) for n in BUILTINS] + [parse_spec(GATED), parse_spec(EMBED_SEQ)]
+    for layer in layers:
+        source = sources(layer)[f"{layer.name}.py"]
+        assert python_loops(source) == [], layer.name
+    assert python_loops("def forward(x):\n    return [v for v in x]\n"
+                        "def backward(x):\n    return x\n") == [("forward", 2, "ListComp")]

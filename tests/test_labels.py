@@ -8,7 +8,7 @@ import codegen
 from derive import parse_spec
 from derive.evaluate import evaluate
 
-from .oracles import finite_differences, rel_err, tolerance
+from .oracles import finite_differences, rel_err, require_oracle, tolerance
 
 EMBED = """layer embed  Embedding lookup, scaled
 dims N, V, D
@@ -43,7 +43,7 @@ def test_embedding_gather_and_scatter(embed, backend, sizes):
     for n in ("dE", "ds"):
         assert rel_err(g[n], exact[n]) < tolerance(np.float64, dict(zip("NVD", sizes))), n
         assert rel_err(g[n], finite_differences(k, dict(a), n[1:])) < 1e-6, n
-    torch = pytest.importorskip("torch")
+    torch = require_oracle("torch")
     E = torch.tensor(a["E"], requires_grad=True)
     s = torch.tensor(a["s"], requires_grad=True)
     out = torch.nn.functional.embedding(torch.tensor(a["ids"]), E) * s
@@ -86,10 +86,13 @@ def test_embedding_gradient_is_a_scatter_add(embed, backend, tmp_path):
             for name, text in files.items():
                 (tmp_path / name).write_text(text)
             for flags in (["-fopenmp"], ["-Wno-unknown-pragmas"]):
-                r = subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic",
-                                    "-Werror", *flags, "-c", str(tmp_path / f"{lay.name}.c"),
-                                    "-o", str(tmp_path / "x.o")], capture_output=True, text=True)
-                assert r.returncode == 0, r.stderr
+                obj = tmp_path / f"{lay.name}.o"
+                r = subprocess.run(require_oracle("cc") + [
+                    "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", *flags,
+                    "-c", str(tmp_path / f"{lay.name}.c"), "-o", str(obj)],
+                    capture_output=True, text=True)
+                assert r.returncode == 0 and r.stderr == "", r.stderr
+                assert obj.stat().st_size > 0
     B, T, V, D = 2, 3, 4, 5
     rng = np.random.default_rng(7)
     a = dict(ids=np.array([[0, 3, 3], [0, 3, 1]]), E=rng.normal(size=(D, V)),
@@ -99,7 +102,7 @@ def test_embedding_gradient_is_a_scatter_add(embed, backend, tmp_path):
     sizes = dict(B=B, T=T, V=V, D=D)
     assert rel_err(g["dE"], exact["dE"]) < tolerance(np.float64, sizes)
     assert np.all(g["dE"][:, 2] == 0)
-    torch = pytest.importorskip("torch")
+    torch = require_oracle("torch")
     E = torch.tensor(a["E"], requires_grad=True)
     out = torch.nn.functional.embedding(torch.tensor(a["ids"]), E.T)
     (out * torch.tensor(a["dy"])).sum().backward()
@@ -109,7 +112,7 @@ def test_embedding_gradient_is_a_scatter_add(embed, backend, tmp_path):
 @pytest.mark.parametrize("backend, dtype", [("numpy", None), ("c", "float32"),
                                             ("c", "float64")])
 def test_cross_entropy_with_labels_matches_pytorch(backend, dtype):
-    torch = pytest.importorskip("torch")
+    torch = require_oracle("torch")
     k = codegen.load("softmax_cross_entropy_labels", backend=backend, dtype=dtype)
     rng = np.random.default_rng(4)
     z = rng.normal(size=(13, 17)) * 4
@@ -133,10 +136,10 @@ def test_cross_entropy_with_labels_matches_pytorch(backend, dtype):
 def test_bad_labels_are_named(backend, labels, words):
     k = codegen.load("softmax_cross_entropy_labels", backend=backend)
     z = np.zeros((3, 3))
-    for call in (k.forward, k.backward):
+    for call in (k.forward, k.backward, k.forward_backward):   # every entry checks them
         with pytest.raises(ValueError) as info:
             call(z=z, t=labels)
-        assert words in str(info.value)
+        assert words in str(info.value), call.__name__
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])

@@ -5,13 +5,17 @@ import numpy as np
 import pytest
 
 import codegen
-from derive.builtins import BUILTINS
+from derive.builtins import BUILTINS, builtin
 from derive.evaluate import evaluate
 
-from .oracles import (GATED, draw_sizes, finite_differences, random_arrays, rel_err,
-                      tolerance, torch_forward, torch_leaves)
+from .oracles import (GATED, assert_close, draw_sizes, finite_differences, random_arrays,
+                      rel_err, require_oracle, tolerance, torch_forward, torch_leaves)
 
-CASES = [(name, seed) for name in BUILTINS for seed in range(3)]
+# Gradient tests run over the layers that have gradients; forward-only layers (an
+# optimizer step) are tested on their own terms below, against torch.optim.
+GRADIENT_LAYERS = tuple(n for n in BUILTINS if builtin(n).differentiable)
+FORWARD_ONLY = tuple(n for n in BUILTINS if n not in GRADIENT_LAYERS)
+CASES = [(name, seed) for name in GRADIENT_LAYERS for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -35,33 +39,30 @@ def test_against_symbolic(kernels, name, seed):
     tol = tolerance(np.float64, sizes)
     for n in k.returns:
         assert rel_err(fwd[n], sym[n]) < tol, (n, sizes)
+    assert k.gradients
     for n in k.gradients:
         assert grads[n].shape == np.shape(arrays[n[1:]])
-        assert rel_err(grads[n], sym[n]) < tol, (n, sizes)
+        assert_close(grads[n], sym[n], tol, (n, sizes))
 
 
 @pytest.mark.parametrize("name, seed", CASES)
 def test_against_finite_differences(kernels, name, seed):
     k, sizes, arrays = setup(kernels, name, seed)
     grads = k.backward(**arrays)
+    assert k.gradients
     for n in k.gradients:
         fd = finite_differences(k, arrays, n[1:])
         # h = 1e-6 in float64: truncation ~h^2 and rounding ~eps/h, both well below 1e-6.
-        assert rel_err(grads[n], fd) < 1e-6, (n, sizes, rel_err(grads[n], fd))
+        assert_close(grads[n], fd, 1e-6, (n, sizes))
 
 
 @pytest.mark.parametrize("name, seed", CASES)
 def test_against_pytorch(kernels, name, seed):
-    torch = pytest.importorskip("torch")
+    torch = require_oracle("torch")
     k, sizes, arrays = setup(kernels, name, seed, one_hot=(seed == 2))
     fn = torch_forward(name)
     leaves = torch_leaves(k.layer, arrays, k.args)
     out = fn(**leaves)
-    if not k.layer.differentiable:          # forward only (an optimizer step)
-        fwd = k.forward(**{n: arrays[n] for n in k.args})
-        for n, value in out.items():
-            assert rel_err(fwd[n], value.detach().numpy()) < 1e-13, n
-        return
     total = sum((out[t.name] * torch.tensor(arrays["d" + t.name])).sum()
                 for t in k.layer.upstream)
     if k.layer.loss:
@@ -73,32 +74,60 @@ def test_against_pytorch(kernels, name, seed):
     tol = tolerance(np.float64, sizes)
     for n, value in out.items():
         assert rel_err(fwd[n], value.detach().numpy()) < tol, n
+    assert tgrads
     for n, g in zip(wanted, tgrads):
-        assert rel_err(grads["d" + n], g.numpy()) < tol, ("d" + n, sizes)
+        assert_close(grads["d" + n], g.numpy(), tol, ("d" + n, sizes))
+
+
+@pytest.mark.parametrize("name, seed", [(n, s) for n in FORWARD_ONLY for s in range(3)])
+def test_forward_only_layer_against_torch_optim(kernels, name, seed):
+    """A forward-only layer (every input nograd) has no gradients by construction; adam's
+    step is checked against torch.optim.Adam run from the same state."""
+    torch = require_oracle("torch")
+    k, sizes, arrays = setup(kernels, name, seed)
+    assert not k.layer.differentiable and k.gradients == ()
+    want = torch_forward(name)(**torch_leaves(k.layer, arrays, k.args))
+    fwd = k.forward(**{n: arrays[n] for n in k.args})
+    assert set(want) == set(fwd) - {t.name for t in k.layer.tensors.values()
+                                    if t.role == "intermediate"}
+    for n, value in want.items():
+        assert_close(fwd[n], value.detach().numpy(), 1e-13, n)
+
+
+def float32_arrays(arrays):
+    return {n: v if np.issubdtype(np.asarray(v).dtype, np.integer) else np.float32(v)
+            if np.ndim(v) == 0 else v.astype(np.float32) for n, v in arrays.items()}
 
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_float32_follows_float64(kernels, name):
+    """float32 in, float32 out, at float32 accuracy: forward values and gradients against
+    float64 (the inputs' own rounding, eps32/2 each, is within the same bound)."""
     k, sizes, arrays = setup(kernels, name, 1)
-    grads64 = k.backward(**arrays)
-    a32 = {n: v if np.issubdtype(np.asarray(v).dtype, np.integer) else np.float32(v)
-           if np.ndim(v) == 0 else v.astype(np.float32) for n, v in arrays.items()}
+    fwd64 = k.forward(**{n: arrays[n] for n in k.args})
+    a32 = float32_arrays(arrays)
     fwd32 = k.forward(**{n: a32[n] for n in k.args})
-    grads32 = k.backward(**a32)
     tol = tolerance(np.float32, sizes)
+    for n, v in fwd32.items():
+        assert v.dtype == np.float32, n
+        assert_close(v, fwd64[n], tol, n)
+    if name in FORWARD_ONLY:
+        return
+    grads64 = k.backward(**arrays)
+    grads32 = k.backward(**a32)
+    assert grads32
     for n, v in grads32.items():
         assert v.dtype == np.float32, n
-        assert rel_err(v, grads64[n]) < tol, (n, rel_err(v, grads64[n]), tol)
-    for v in fwd32.values():
-        assert v.dtype == np.float32
+        assert_close(v, grads64[n], tol, n)
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", GRADIENT_LAYERS)
 def test_backward_reuses_forward_results(kernels, name):
     k, sizes, arrays = setup(kernels, name, 2)
     fwd = k.forward(**{n: arrays[n] for n in k.args})
     plain = k.backward(**arrays)
     reused = k.backward(**arrays, **fwd)
+    assert plain
     for n in plain:
         np.testing.assert_array_equal(plain[n], reused[n])
 
@@ -111,7 +140,7 @@ def test_one_hot_condition_is_not_needed_by_kernels(kernels):
     z, t = rng.normal(size=(5, 3)), rng.uniform(size=(5, 3))
     g = k.backward(z=z, t=t)["dz"]
     fd = finite_differences(k, {"z": z, "t": t}, "z")
-    assert rel_err(g, fd) < 1e-6
+    assert_close(g, fd, 1e-6, "dz")
     y = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     assert rel_err(g, (y - t) / 5) > 1e-2   # the one-hot form really differs here
 
@@ -177,11 +206,11 @@ def test_user_layer_from_spec_file(tmp_path, seed):
     grads = k.backward(**arrays)
     sym = evaluate(k.derivation, arrays)
     for n in k.gradients:
-        assert rel_err(grads[n], sym[n]) < tolerance(np.float64, sizes), n
-        assert rel_err(grads[n], finite_differences(k, arrays, n[1:])) < 1e-6, n
-    torch = pytest.importorskip("torch")
+        assert_close(grads[n], sym[n], tolerance(np.float64, sizes), n)
+        assert_close(grads[n], finite_differences(k, arrays, n[1:]), 1e-6, n)
+    torch = require_oracle("torch")
     x, W, b = (torch.tensor(arrays[n], requires_grad=True) for n in ("x", "W", "b"))
     a = x * torch.sigmoid(x @ W.T + b)
     tg = torch.autograd.grad((a * torch.tensor(arrays["da"])).sum(), [x, W, b])
     for n, g in zip(("dx", "dW", "db"), tg):
-        assert rel_err(grads[n], g.numpy()) < tolerance(np.float64, sizes), n
+        assert_close(grads[n], g.numpy(), tolerance(np.float64, sizes), n)

@@ -132,8 +132,11 @@ def test_missing_layer_line_and_non_ascii():
 
 
 def test_index_only_in_denominator_is_ambiguous():
-    err = error_of(HEAD + "z[n, i] = x[n, i] / W[i, j] + b[i]\n".replace("x[n, i]", "b[i]"))
-    assert "write sum(..., j)" in err.message or "left-hand index" in err.message
+    err = error_of(HEAD + "z[n, i] = b[i] / W[i, j] + b[i]\n")
+    assert (err.line, err.col) == (6, 23), str(err)
+    assert err.message == ("index 'j' is not bound here and appears only inside parentheses, "
+                           "a denominator or a power, so where its sum goes is ambiguous; "
+                           "write sum(..., j)")
 
 
 def test_condition_errors():

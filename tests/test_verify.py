@@ -14,6 +14,10 @@ from derive.claims import ClaimError, parse_claim
 from derive.verify import verify
 
 
+METHOD_OF = {"HOLDS": "symbolic", "CONDITIONAL": "numeric", "FALSE": "numeric",
+             "ILL-FORMED": "shapes"}
+
+
 @pytest.fixture(scope="module")
 def derivations():
     return {}
@@ -27,8 +31,12 @@ def d_of(cache, name):
 
 @pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
 def test_catalogue_entry(derivations, entry):
+    """The expected verdict, reached the expected way: every HOLDS of the catalogue is
+    proven symbolically (a slow machine falling back to numbers must show), the others
+    are found numerically (ILL-FORMED by shapes alone)."""
     v = verify(d_of(derivations, entry.model), entry.claim, timeout=3)
     assert (v.verdict, tuple(v.conditions)) == (entry.verdict, entry.conditions), v.text()
+    assert v.method == METHOD_OF[entry.verdict], v.text()
     if v.verdict == "FALSE":
         ce = v.counterexample
         assert ce["sizes"] and ce["inputs"]
@@ -63,7 +71,8 @@ def test_explicit_mapping(derivations):
     d = d_of(derivations, "softmax_cross_entropy")
     v = verify(d, r"\frac{\partial L}{\partial z} = \frac{\hat{y} - y}{N}",
                {r"\hat{y}": "y", "y": "t"})
-    assert v.verdict == "CONDITIONAL"
+    assert (v.verdict, v.method, tuple(v.conditions)) == (
+        "CONDITIONAL", "numeric", ("sum(t[n, i], i) = 1",)), v.text()
     with pytest.raises(ClaimError, match="no tensor 'q'"):
         verify(d, r"\frac{\partial L}{\partial z} = y", {"y": "q"})
 
@@ -100,7 +109,7 @@ def cli(*args):
 
 def test_cli_first_word_and_json():
     r = cli("--model", "neuron", r"\frac{\partial L}{\partial z} = \hat{y} - y")
-    assert r.returncode == 0 and r.stdout.split()[0] == "CONDITIONAL"
+    assert r.returncode == 0 and r.stdout.startswith("CONDITIONAL (numeric): holds only if y = 1")
     r = cli("--model", "tanh", "--json",
             r"\frac{\partial L}{\partial z} = \frac{\partial L}{\partial a} \odot (1 - a)")
     record = json.loads(r.stdout)
@@ -151,7 +160,6 @@ def test_time_limit_fires_again_when_a_timeout_is_swallowed():
     import time
 
     from derive.verify import time_limit
-    start = time.perf_counter()
     with pytest.raises(TimeoutError):
         with time_limit(0.05):
             try:
@@ -159,6 +167,5 @@ def test_time_limit_fires_again_when_a_timeout_is_swallowed():
                     time.sleep(0.001)
             except TimeoutError:
                 pass                                  # swallowed, as in a gc callback
-            while time.perf_counter() - start < 5:
+            for _ in range(5000):                     # 5 s or more: ends unless interrupted
                 time.sleep(0.001)
-    assert time.perf_counter() - start < 2
