@@ -129,16 +129,20 @@ def cmd_verify(args) -> int:
     import json
 
     from derive import derive
-    from derive.builtins import builtin, resolve
+    from derive.builtins import resolve
 
-    from derive.catalogue import CATALOGUE
+    from derive.catalogue import CATALOGUE, catalogue_layer
     from derive.claims import ClaimError
-    from derive.verify import verify
+    from derive.verify import unreadable, verify
 
     if args.catalogue:
         records, failures = [], 0
         for e in CATALOGUE:
-            v = verify(derive(builtin(e.model)), e.claim, timeout=args.timeout)
+            try:
+                v = verify(derive(catalogue_layer(e.model)), e.claim, e.mapping,
+                           timeout=args.timeout)
+            except ClaimError as exc:
+                v = unreadable(exc, e.claim, e.model)
             ok = v.verdict == e.verdict and tuple(v.conditions) == e.conditions
             failures += not ok
             records.append({**v.record(), "name": e.name, "source": e.source,
@@ -162,9 +166,12 @@ def cmd_verify(args) -> int:
             raise ValueError(f"--map {item}: expected SYMBOL=TENSOR")
         key, value = item.rsplit("=", 1)
         mapping[key.strip()] = value.strip()
+    d = derive(resolve(args.model))
     try:
-        v = verify(derive(resolve(args.model)), args.claim, mapping, timeout=args.timeout)
+        v = verify(d, args.claim, mapping, timeout=args.timeout)
     except ClaimError as exc:
+        if args.json:
+            print(json.dumps(unreadable(exc, args.claim, d.layer.name).record(), indent=1))
         print(f"backprop: cannot read the claim: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(v.record(), indent=1) if args.json else v.text())

@@ -52,7 +52,7 @@ KINKS = (relu, sp.Heaviside, sp.Max, sp.Min, sp.sign, sp.Abs)
 
 @dataclass
 class Verdict:
-    verdict: str                       # HOLDS CONDITIONAL FALSE ILL-FORMED
+    verdict: str                       # HOLDS CONDITIONAL FALSE ILL-FORMED (UNREADABLE)
     method: str                        # symbolic, numeric, shapes
     claim: str
     model: str
@@ -61,10 +61,13 @@ class Verdict:
     convention: str = ""
     message: str = ""
     notes: list = field(default_factory=list)     # how ambiguous notation was read
+    column: int | None = None                     # where reading stopped (UNREADABLE)
 
     def record(self) -> dict:
         out = dict(verdict=self.verdict, method=self.method, claim=self.claim,
                    model=self.model, conditions=self.conditions, message=self.message)
+        if self.verdict == "UNREADABLE":
+            out["column"] = self.column
         if self.convention:
             out["convention"] = self.convention
         if self.notes:
@@ -92,6 +95,13 @@ class Verdict:
         return "\n".join(lines)
 
 
+def unreadable(exc: ClaimError, claim: str, model: str) -> Verdict:
+    """The record of a claim that could not be read: verdict UNREADABLE, with the column
+    where reading stopped."""
+    return Verdict("UNREADABLE", "grammar", claim=claim, model=model, message=exc.message,
+                   column=exc.col)
+
+
 def _show(prefix, value, precision):
     return prefix + np.array2string(np.asarray(value), precision=precision, separator=", ",
                                     prefix=prefix)
@@ -115,6 +125,17 @@ class Reader:
         self.fresh = itertools.count()
         self.implied_batch = False
         self.notes: list[str] = []
+        self.elementwise_products: list[int] = []     # columns of products read as (.)
+
+    def all_notes(self) -> tuple:
+        cols = self.elementwise_products
+        if not cols:
+            return tuple(self.notes)
+        where = ", ".join(map(str, cols[:5])) + (f" and {len(cols) - 5} more"
+                                                   if len(cols) > 5 else "")
+        return tuple(self.notes) + (
+            f"the product{'s' if len(cols) > 1 else ''} at column{'s' if len(cols) > 1 else ''}"
+            f" {where} read as elementwise (⊙): as matrix products their shapes do not match",)
 
     # symbols -> tensors
     def tensor_name(self, s: Sym) -> str:
@@ -376,9 +397,7 @@ class Reader:
             if not (ax and bx and len(ax) == len(bx) and all(map(_same, ax, bx))):
                 raise
         b, out = self.elementwise(a, ax, b, bx, "⊙")
-        self.notes.append(f"the product at column {n.b.col} read as elementwise (⊙): as a "
-                          f"matrix product ({_shape(ax)} by {_shape(bx)}) its shapes do not "
-                          f"match")
+        self.elementwise_products.append(n.b.col)
         return a * b, out
 
     def matmul(self, a, ax, b, bx):
@@ -465,7 +484,8 @@ def _dim(i):
 
 
 def _shape(axes):
-    return " x ".join(str(_dim(i)) for i in axes) if axes else "scalar"
+    return " x ".join("len(1)" if _is_ones(i) else str(_dim(i)) for i in axes) if axes \
+        else "scalar"
 
 
 def _key(s: Sym) -> str:
@@ -510,7 +530,7 @@ def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
                 raise IllFormed(f"free indices differ: {sorted(map(str, lf))} on the left, "
                                 f"{sorted(map(str, rf))} on the right")
             readings.append(Reading(convention, lhs, rhs, tuple(axes) + tuple(
-                sorted(lf | rf, key=str)), r.implied_batch, tuple(r.notes)))
+                sorted(lf | rf, key=str)), r.implied_batch, r.all_notes()))
         except IllFormed as exc:
             problems.append(f"{exc} (examples as {convention})")
     return readings, "; ".join(problems)
@@ -612,7 +632,10 @@ def _draw(layer, rng, rules):
         sizes.update(r.get("size", {}))
     for t in layer.tensors.values():
         shape = tuple(sizes[x] for x in t.dims)
-        if t.role in ("input", "param"):
+        if t.role in ("input", "param") and t.nograd:
+            # hyperparameters (a learning rate, batch norm's epsilon) are positive
+            values[t.name] = rng.uniform(0.05, 1.0, size=shape)
+        elif t.role in ("input", "param"):
             values[t.name] = rng.normal(size=shape)
         elif t.role == "target":
             values[t.name] = rng.uniform(0.05, 1.0, size=shape)
@@ -789,23 +812,22 @@ def _verify_every_layer(claim: Claim, d: Derivation, mapping, timeout) -> Verdic
     notes = [f"checked for l = {names}" if numbers else "l is the only layer"]
     notes += [f"l = {k} does not apply: {exc.message}" for k, exc in skipped.items()]
     first = next(iter(verdicts.values()))
-    same = all((v.verdict, v.conditions) == (first.verdict, first.conditions)
-               for v in verdicts.values())
-    holding = [k for k, v in verdicts.items() if v.verdict == "HOLDS"]
-    if same or not numbers:
+    if all((v.verdict, v.conditions) == (first.verdict, first.conditions)
+           for v in verdicts.values()) or not numbers:
         first.notes[:0] = notes
         return first
-    if holding:
-        only = f"l = {', '.join(map(str, holding))} only"
-        return dataclasses.replace(first, verdict="CONDITIONAL", conditions=[only],
-                                   method="numeric" if any(
-                                       v.method == "numeric" for v in verdicts.values())
-                                   else "symbolic", counterexample=None, message="",
-                                   notes=notes + first.notes)
-    worst = next(v for v in verdicts.values() if v.verdict != "CONDITIONAL") \
-        if any(v.verdict != "CONDITIONAL" for v in verdicts.values()) else first
-    worst.notes[:0] = notes + [f"l = {k}: {v.verdict}" for k, v in verdicts.items()]
-    return worst
+    good = [k for k, v in verdicts.items() if v.verdict == "HOLDS"] or \
+        [k for k, v in verdicts.items() if v.verdict == "CONDITIONAL"]
+    if not good:
+        first.notes[:0] = notes + [f"l = {k}: {v.verdict}" for k, v in verdicts.items()]
+        return first
+    chosen = verdicts[good[0]]
+    good = [k for k in good if verdicts[k].conditions == chosen.conditions]
+    only = f"l = {', '.join(map(str, good))} only"
+    return dataclasses.replace(chosen, verdict="CONDITIONAL", conditions=[only] +
+                               chosen.conditions, notes=notes + [
+                                   f"l = {k}: {v.verdict}" for k, v in verdicts.items()
+                                   if k not in good] + chosen.notes)
 
 
 def _decide(readings, problems, base, d, timeout) -> Verdict:
