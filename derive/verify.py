@@ -935,7 +935,7 @@ def _zero(layer, name, values, rng):
     while todo:
         eq = next((e for e in layer.equations if e.target == todo.pop()), None)
         for src in (eq.reads if eq is not None else ()):
-            if src in seen:
+            if src in seen or src not in layer.tensors:
                 continue
             seen.add(src)
             if layer.tensors[src].role in ("input", "param"):
