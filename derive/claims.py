@@ -281,7 +281,12 @@ def _build(t) -> Node:
     if kind == "symbol":
         return Sym(col, str(kids[0]))
     if kind == "decorated":
-        return Sym(col, str(kids[1]), decor=str(kids[0]).lstrip("\\"))
+        decor = str(kids[0]).lstrip("\\")
+        inner = kids[1]
+        if isinstance(inner, lark.Tree):       # \bar{\hat{x}}: the adjoint of xhat
+            sym = _build(inner)
+            return Sym(col, sym.name, f"{decor} {sym.decor}".strip())
+        return Sym(col, str(inner), decor=decor)
     if kind == "font":
         font, letter = str(kids[0]), str(kids[1])
         if font == r"\mathcal":
@@ -407,7 +412,8 @@ def _script_text(script) -> tuple[str, str]:
 
 _LABEL = r"[lL]\s*(?:[+-]\s*\d+)?"
 _SUPERSCRIPT = re.compile(rf"\(\s*(?:\d+|{_LABEL})\s*\)|\[\s*(?:\d+|{_LABEL})\s*\]|"
-                          rf"{_LABEL}|\\top|T|-?\d+(?:/\d+)?|\S")
+                          rf"{_LABEL}|\\top|T|-?\d+(?:/\d+)?|\\odot|"
+                          r"-?\s*\\[dt]?frac\{\d+\}\{\d+\}|\S")
 
 
 def _scripted(base: Node, scripts, col) -> Node:
@@ -436,6 +442,11 @@ def _scripted(base: Node, scripts, col) -> Node:
                 layer = label                                    # l, l+1, (l-1), L
             elif re.fullmatch(r"-?\d+(/\d+)?", part):
                 power = Fraction(part)
+            elif part == r"\odot":
+                continue                                         # x^{\odot 2}: elementwise
+            elif "frac" in part:                                 # x^{\frac{3}{2}}
+                p, q = re.findall(r"\d+", part)
+                power = Fraction(int(p), int(q)) * (-1 if part.startswith("-") else 1)
             else:
                 raise ClaimError(f"superscript '{part}': expected a layer, as in W^{{(2)}} or "
                                  f"W^{{l}}, a transpose ^T, or a power ^2", col)

@@ -151,6 +151,10 @@ class Reader:
                 raise ClaimError(f"'{key}': \\delta means dL/dz, and this layer has no "
                                  f"tensor z{s.layer}; map it with --map", s.col)
             return adjoint_name(z)
+        if s.decor.startswith("bar "):         # \bar{\hat{x}}: the adjoint of xhat
+            inner = self.tensor_name(dataclasses.replace(s, decor=s.decor[4:]))
+            if inner in self.layer.tensors:
+                return adjoint_name(inner)
         if s.decor == "bar":                   # \bar{X} = dL/dX, as in our documents
             name = self._named(base, s.layer)
             if name in self.layer.tensors:
@@ -416,7 +420,8 @@ class Reader:
         if _is_ones(inner):
             raise IllFormed(r"a product of two \mathbf{1}: their length cannot be told")
         k = self.axis(str(_dim(inner)))
-        return sp.Sum(a.xreplace({k1: k}) * b.xreplace({k2: k}), (k, 0, k.upper)), (r, c)
+        out = () if (r, c) == (ONE, ONE) else (r, c)      # 1^T v is a scalar
+        return sp.Sum(a.xreplace({k1: k}) * b.xreplace({k2: k}), (k, 0, k.upper)), out
 
     def elementwise(self, a, ax, b, bx, op):
         """b with its axes renamed to a's (shapes must match), and the axes of the result."""
@@ -490,8 +495,8 @@ def _shape(axes):
 
 def _key(s: Sym) -> str:
     name = s.name
-    if s.decor:
-        name = rf"\{s.decor}{{{name}}}"
+    for decor in reversed(s.decor.split()):
+        name = rf"\{decor}{{{name}}}"
     if s.layer:
         name += f"^{{({s.layer})}}"
     return name
