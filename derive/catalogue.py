@@ -203,8 +203,9 @@ CATALOGUE = (
     Entry("attention-dS", "attention", r"\frac{\partial L}{\partial S_{ij}} = P_{ij} "
           r"(\bar{P}_{ij} - \sum_k P_{ik} \bar{P}_{ik})", ATTENTION, "HOLDS",
           note="the softmax backward, row by row"),
-    Entry("attention-dQ", "attention", r"\frac{\partial L}{\partial Q} = \frac{1}{\sqrt{D}} "
-          r"\frac{\partial L}{\partial S} K", ATTENTION, "HOLDS"),
+    Entry("attention-dQ", "attention", r"\frac{\partial L}{\partial Q} = \frac{1}{\sqrt{d_k}} "
+          r"\frac{\partial L}{\partial S} K", ATTENTION, "HOLDS", mapping={"d_k": "D"},
+          note="the key size d_k is the spec's dimension D"),
     Entry("attention-dK", "attention", r"\frac{\partial L}{\partial K} = \frac{1}{\sqrt{D}} "
           r"\left(\frac{\partial L}{\partial S}\right)^T Q", ATTENTION, "HOLDS"),
     Entry("attention-dQ-unscaled", "attention", r"\frac{\partial L}{\partial Q} = "

@@ -135,7 +135,8 @@ class Reader:
                                                    if len(cols) > 5 else "")
         return tuple(self.notes) + (
             f"the product{'s' if len(cols) > 1 else ''} at column{'s' if len(cols) > 1 else ''}"
-            f" {where} read as elementwise (⊙): as matrix products their shapes do not match",)
+            f" {where} read as elementwise (⊙): as matrix product{'s' if len(cols) > 1 else ''}"
+            f" {'their' if len(cols) > 1 else 'its'} shapes do not match",)
 
     # symbols -> tensors
     def tensor_name(self, s: Sym) -> str:
@@ -758,8 +759,9 @@ def verify(d: Derivation, claim_text: str, mapping: dict | None = None,
         return _decide([reading], "", base, d, timeout)
     for key, value in mapping.items():
         base = value[1:] if value.startswith("d") and value[1:] in d.layer.tensors else value
-        if base not in d.layer.tensors:
-            raise ClaimError(f"--map {key}={value}: this layer has no tensor '{value}'")
+        if base not in d.layer.tensors and base not in d.layer.dims:
+            raise ClaimError(f"--map {key}={value}: this layer has no tensor or dimension "
+                             f"'{value}'")
     try:
         with _deep_recursion():
             claim = parse_claim(claim_text)

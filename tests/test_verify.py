@@ -81,7 +81,7 @@ def test_explicit_mapping(derivations):
     v = verify(d, r"\frac{\partial L}{\partial z} = \frac{\hat{y} - y}{N}",
                {r"\hat{y}": "y", "y": "t"})
     assert v.verdict == "CONDITIONAL"
-    with pytest.raises(ClaimError, match="no tensor 'q'"):
+    with pytest.raises(ClaimError, match="no tensor or dimension 'q'"):
         verify(d, r"\frac{\partial L}{\partial z} = y", {"y": "q"})
 
 
@@ -320,6 +320,14 @@ def test_symbolic_layers_are_checked_for_every_layer(derivations, model, claim, 
     assert any(note in n for n in v.notes), v.notes
 
 
+def test_a_dimension_mapped_from_a_subscripted_symbol(derivations):
+    d = d_of(derivations, "attention")
+    v = verify(d, r"\bar{K} = \frac{1}{\sqrt{d_k}} \bar{S}^T Q", {"d_k": "D"}, timeout=3)
+    assert v.verdict == "HOLDS", v.text()
+    with pytest.raises(ClaimError, match="unknown symbol 'd'"):
+        verify(d, r"\bar{K} = \frac{1}{\sqrt{d_k}} \bar{S}^T Q")
+
+
 def test_symbolic_layer_that_applies_nowhere(derivations):
     with pytest.raises(ClaimError, match="unknown symbol"):
         verify(d_of(derivations, "mlp2"), r"\delta^l = \nabla_{h^l} C")
@@ -371,3 +379,10 @@ def test_cli_prints_notes():
     r = cli("--model", "softmax", r"\frac{\partial y_i}{\partial z_j} = y_i (\delta_{ij} - y_j)")
     assert r.returncode == 0 and r.stdout.startswith("HOLDS")
     assert "note: \\delta_{ij} read as the Kronecker delta" in r.stdout
+
+
+def test_cli_help_lists_the_notation():
+    r = cli("--help")
+    assert r.returncode == 0
+    for notation in (r"\nabla_{a^{(2)}} C", r"\mathbb{1}[z > 0]", r"\delta^l", r"\Phi"):
+        assert notation in r.stdout
