@@ -17,8 +17,9 @@ from derive import derive
 from derive.catalogue import catalogue_layer
 from derive.derivation import adjoint_name
 from derive.spec import dim_symbol
-from derive.latex import (Divide, Leaf, MatrixConverter, NoMatrixForm, Ones, Product,
-                          Scalar, Sum_, _T, _transpose, index_latex, tex_adjoint)
+from derive.latex import (Apply, Divide, Hadamard, Leaf, MatrixConverter, NoMatrixForm,
+                          Ones, Product, Scalar, Sum_, _T, _transpose, index_latex,
+                          tex_adjoint)
 from derive.verify import verify
 
 # layernorm and gelu name tensors with several letters (rstd, th), which LaTeX prints as
@@ -48,22 +49,23 @@ def to_columns(node, dims, batch_valued):
     X (N x D) becomes X^T, and a batch-valued formula is transposed as a whole, pushed
     through products and elementwise operations as a person would write it."""
     def flip(n):
-        if isinstance(n, Leaf):
-            return dataclasses.replace(n, transposed=not n.transposed) \
-                if is_batch(dims[n.name]) else n
-        if isinstance(n, _T):
-            return _T(flip(n.node))
-        fields = {}
-        for f in dataclasses.fields(n):
-            v = getattr(n, f.name)
-            if isinstance(v, tuple):
-                fields[f.name] = tuple(flip(x) if hasattr(x, "latex") else
-                                       (x[0], flip(x[1])) if isinstance(x, tuple) else x
-                                       for x in v)
-            elif hasattr(v, "latex"):
-                fields[f.name] = flip(v)
-        return dataclasses.replace(n, **fields) if fields else n
+        if isinstance(n, Leaf) and is_batch(dims[n.name]):
+            return dataclasses.replace(n, transposed=not n.transposed)
+        return children_mapped(n, flip)
     return flip(transpose(node) if batch_valued else node)
+
+
+def children_mapped(n, fn):
+    """n with fn applied to each child node (factors, terms, arguments)."""
+    fields = {}
+    for f in dataclasses.fields(n):
+        v = getattr(n, f.name)
+        if isinstance(v, tuple):
+            fields[f.name] = tuple(fn(x) if hasattr(x, "latex") else
+                                   (x[0], fn(x[1])) if isinstance(x, tuple) else x for x in v)
+        elif hasattr(v, "latex"):
+            fields[f.name] = fn(v)
+    return dataclasses.replace(n, **fields) if fields else n
 
 
 def nodes(n):
@@ -84,14 +86,8 @@ def transpose(n):
         return n.node
     if isinstance(n, Scalar):
         return n
-    if isinstance(n, Divide):
-        return Divide(transpose(n.num), transpose(n.den))
-    if isinstance(n, Sum_):
-        return Sum_(tuple((s, transpose(t)) for s, t in n.terms))
-    if hasattr(n, "factors"):                     # Hadamard
-        return dataclasses.replace(n, factors=tuple(transpose(f) for f in n.factors))
-    if hasattr(n, "arg"):                         # Apply
-        return dataclasses.replace(n, arg=transpose(n.arg))
+    if isinstance(n, (Divide, Sum_, Hadamard, Apply)):      # elementwise
+        return children_mapped(n, transpose)
     return _T(n)
 
 
@@ -157,16 +153,7 @@ def perturbations(name, step):
 def drop_transpose(node, leaf):
     if node is leaf:
         return dataclasses.replace(leaf, transposed=False)
-    fields = {}
-    for f in dataclasses.fields(node):
-        v = getattr(node, f.name)
-        if isinstance(v, tuple):
-            fields[f.name] = tuple(
-                drop_transpose(x, leaf) if hasattr(x, "latex") else
-                (x[0], drop_transpose(x[1], leaf)) if isinstance(x, tuple) else x for x in v)
-        elif hasattr(v, "latex"):
-            fields[f.name] = drop_transpose(v, leaf)
-    return dataclasses.replace(node, **fields) if fields else node
+    return children_mapped(node, lambda n: drop_transpose(n, leaf))
 
 
 PERTURBED = [(name, kind, text) for name, step in STEPS
