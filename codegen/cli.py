@@ -52,7 +52,23 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="file ending in .tex, .md, .pdf or .png")
 
-    p = sub.add_parser("verify", help="check a claimed formula against the derivation")
+    p = sub.add_parser(
+        "verify", help="check a claimed formula against the derivation",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check a claimed formula against the derived truth: HOLDS, CONDITIONAL "
+                    "(with the conditions),\nFALSE (with a counterexample) or ILL-FORMED.",
+        epilog=r"""notation (the README's verify section has all of it):
+  gradients   \frac{\partial L}{\partial z}, \partial C / \partial b^{(1)}, \nabla_{a^{(2)}} C,
+              \bar{z}, \delta^{(2)}; Jacobians \frac{\partial y_i}{\partial z_j}
+  layers      W^{(2)}, w^{(2)}_{jk}, symbolic \delta^l, w^{l+1}, a^{l-1}, \delta^L
+  products    A B and A \cdot B (matrix, or elementwise when only that fits) bind
+              tighter than \odot; \mathbf{1} is a vector of ones; \delta_{ij} Kronecker
+  functions   \sigma \tanh \log \exp \sqrt \Phi \phi \max(a, b) \min(a, b),
+              \operatorname{ReLU|softplus|erf|sign}, primes f'(z), powers \tanh^2(z),
+              indicators \mathbb{1}[z > 0] and [z > 0]
+examples:
+  backprop verify --model mlp2 '\delta^{(1)} = \sigma'"'"'(z^{(1)}) \odot (W^{(2)})^T \delta^{(2)}'
+  backprop verify --model relu '\frac{\partial L}{\partial z} = \bar{a} \odot [z > 0]'""")
     p.add_argument("claim", nargs="?", metavar="CLAIM",
                    help=r"LaTeX, e.g. '\frac{\partial L}{\partial z} = \hat{y} - y'")
     p.add_argument("--model", metavar="NAME_OR_FILE", help="the layer the claim is about")
@@ -167,16 +183,20 @@ def cmd_verify(args) -> int:
     import json
 
     from derive import derive
-    from derive.builtins import builtin, resolve
+    from derive.builtins import resolve
 
-    from derive.catalogue import CATALOGUE
+    from derive.catalogue import CATALOGUE, catalogue_layer
     from derive.claims import ClaimError
-    from derive.verify import verify
+    from derive.verify import unreadable, verify
 
     if args.catalogue:
         records, failures = [], 0
         for e in CATALOGUE:
-            v = verify(derive(builtin(e.model)), e.claim, timeout=args.timeout)
+            try:
+                v = verify(derive(catalogue_layer(e.model)), e.claim, e.mapping,
+                           timeout=args.timeout)
+            except ClaimError as exc:
+                v = unreadable(exc, e.claim, e.model)
             ok = v.verdict == e.verdict and tuple(v.conditions) == e.conditions
             failures += not ok
             records.append({**v.record(), "name": e.name, "source": e.source,
@@ -200,9 +220,12 @@ def cmd_verify(args) -> int:
             raise ValueError(f"--map {item}: expected SYMBOL=TENSOR")
         key, value = item.rsplit("=", 1)
         mapping[key.strip()] = value.strip()
+    d = derive(resolve(args.model))
     try:
-        v = verify(derive(resolve(args.model)), args.claim, mapping, timeout=args.timeout)
+        v = verify(d, args.claim, mapping, timeout=args.timeout)
     except ClaimError as exc:
+        if args.json:
+            print(json.dumps(unreadable(exc, args.claim, d.layer.name).record(), indent=1))
         print(f"backprop: cannot read the claim: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(v.record(), indent=1) if args.json else v.text())

@@ -19,9 +19,11 @@ Nielsen's book): a batch tensor x[N, D] is then the D x N matrix x^T.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import re
 import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,23 +31,28 @@ import numpy as np
 import sympy as sp
 
 from .calculus import contract, tidy
-from .claims import (Bin, Claim, ClaimError, Func, Grad, Neg, Num, Post, Sym, SumOver,
-                     parse_claim)
+from .claims import (Bin, Claim, ClaimError, Func, Grad, Indicator, Jacobian, Neg, Num,
+                     Ones, Post, Sym, SumOver, at_layer, parse_claim, symbolic_layers)
 from .derivation import Derivation, adjoint_name
 from .evaluate import _compute, evaluate
 from .functions import relu, sigmoid, softplus
-from .indices import free_indices, freshen_bound, tidy_bound
+from .indices import canonical_indices, free_indices, freshen_bound, tidy_bound
 from .spec import dim_symbol
 
 BATCH = "N"
 ONE = sp.Idx("_one", 1)          # the unit axis of a vector (a column: (i, ONE))
 FUNCS = {"sigmoid": sigmoid, "tanh": sp.tanh, "log": sp.log, "exp": sp.exp, "relu": relu,
-         "softplus": softplus, "sqrt": sp.sqrt}
+         "softplus": softplus, "sqrt": sp.sqrt, "erf": sp.erf, "sign": sp.sign,
+         "normcdf": lambda v: (1 + sp.erf(v / sp.sqrt(2))) / 2,
+         "normpdf": lambda v: sp.exp(-v ** 2 / 2) / sp.sqrt(2 * sp.pi)}
+# functions without a derivative at a point: a claim equal to the truth except there is
+# only CONDITIONAL (random points never hit the kink)
+KINKS = (relu, sp.Heaviside, sp.Max, sp.Min, sp.sign, sp.Abs)
 
 
 @dataclass
 class Verdict:
-    verdict: str                       # HOLDS CONDITIONAL FALSE ILL-FORMED
+    verdict: str                       # HOLDS CONDITIONAL FALSE ILL-FORMED (UNREADABLE)
     method: str                        # symbolic, numeric, shapes
     claim: str
     model: str
@@ -53,12 +60,18 @@ class Verdict:
     counterexample: dict | None = None
     convention: str = ""
     message: str = ""
+    notes: list = field(default_factory=list)     # how ambiguous notation was read
+    column: int | None = None                     # where reading stopped (UNREADABLE)
 
     def record(self) -> dict:
         out = dict(verdict=self.verdict, method=self.method, claim=self.claim,
                    model=self.model, conditions=self.conditions, message=self.message)
+        if self.verdict == "UNREADABLE":
+            out["column"] = self.column
         if self.convention:
             out["convention"] = self.convention
+        if self.notes:
+            out["notes"] = self.notes
         if self.counterexample is not None:
             out["counterexample"] = self.counterexample
         return out
@@ -69,7 +82,9 @@ class Verdict:
             head += ": holds only if " + "; ".join(self.conditions)
         elif self.message:
             head += ": " + self.message
-        lines = [head]
+        if self.verdict == "CONDITIONAL" and self.message:
+            head += f" ({self.message})"
+        lines = [head] + [f"  note: {n}" for n in self.notes]
         if self.counterexample:
             ce = self.counterexample
             lines.append(f"  counterexample at sizes {ce['sizes']}:")
@@ -78,6 +93,13 @@ class Verdict:
             lines.append(_show("    left  = ", ce["left"], 6))
             lines.append(_show("    right = ", ce["right"], 6))
         return "\n".join(lines)
+
+
+def unreadable(exc: ClaimError, claim: str, model: str) -> Verdict:
+    """The record of a claim that could not be read: verdict UNREADABLE, with the column
+    where reading stopped."""
+    return Verdict("UNREADABLE", "grammar", claim=claim, model=model, message=exc.message,
+                   column=exc.col)
 
 
 def _show(prefix, value, precision):
@@ -102,12 +124,26 @@ class Reader:
         self.bound: dict[str, tuple[str, str]] = {}     # claim index -> (dim, where)
         self.fresh = itertools.count()
         self.implied_batch = False
+        self.notes: list[str] = []
+        self.elementwise_products: list[int] = []     # columns of products read as (.)
+
+    def all_notes(self) -> tuple:
+        cols = self.elementwise_products
+        if not cols:
+            return tuple(self.notes)
+        where = ", ".join(map(str, cols[:5])) + (f" and {len(cols) - 5} more"
+                                                   if len(cols) > 5 else "")
+        return tuple(self.notes) + (
+            f"the product{'s' if len(cols) > 1 else ''} at column{'s' if len(cols) > 1 else ''}"
+            f" {where} read as elementwise (⊙): as matrix product{'s' if len(cols) > 1 else ''}"
+            f" {'their' if len(cols) > 1 else 'its'} shapes do not match",)
 
     # symbols -> tensors
     def tensor_name(self, s: Sym) -> str:
         key = _key(s)
-        if key in self.mapping:
-            return self.mapping[key]
+        for k in (key + "_" + "".join(s.indices), key) if s.indices else (key,):
+            if k in self.mapping:
+                return self.mapping[k]
         tensors = self.layer.tensors
         base = s.name.lstrip("\\")
         if s.name == r"\delta":
@@ -116,6 +152,10 @@ class Reader:
                 raise ClaimError(f"'{key}': \\delta means dL/dz, and this layer has no "
                                  f"tensor z{s.layer}; map it with --map", s.col)
             return adjoint_name(z)
+        if s.decor.startswith("bar "):         # \bar{\hat{x}}: the adjoint of xhat
+            inner = self.tensor_name(dataclasses.replace(s, decor=s.decor[4:]))
+            if inner in self.layer.tensors:
+                return adjoint_name(inner)
         if s.decor == "bar":                   # \bar{X} = dL/dX, as in our documents
             name = self._named(base, s.layer)
             if name in self.layer.tensors:
@@ -135,6 +175,10 @@ class Reader:
         name = base + layer
         if name in self.layer.tensors or name in self.layer.dims:
             return name
+        if base in ("w", "W") and base.swapcase() + layer in self.layer.tensors:
+            return base.swapcase() + layer             # Nielsen's w^l_{jk} is our W
+        if layer == "0" and base in ("a", "h") and len(self.layer.inputs) == 1:
+            return self.layer.inputs[0].name           # a^0: the network's input
         if not layer:
             several = sorted(t for t in self.layer.tensors
                              if t[len(base):].isdigit() and t.startswith(base))
@@ -189,7 +233,7 @@ class Reader:
 
     def post(self, expr, axes, s):
         if s.power != 1:
-            expr = expr ** s.power                     # powers are elementwise
+            expr = expr ** _rational(s.power)          # powers are elementwise
         if s.transpose:
             axes = _t(axes)
         return expr, axes
@@ -200,9 +244,11 @@ class Reader:
             v = sp.Rational(str(n.value)) if n.value != int(n.value) else sp.Integer(n.value)
             return v, ()
         if isinstance(n, Sym):
+            if self.is_kronecker(n):
+                return self.kronecker(n)
             name = self.tensor_name(n)
             if name in self.layer.dims:
-                return dim_symbol(name), ()
+                return self.post(dim_symbol(name), (), n)
             dims = self._dims(name)
             return self.leaf(name, n, dims)
         if isinstance(n, Grad):
@@ -215,37 +261,39 @@ class Reader:
             if x == self.layer.loss:
                 return sp.Integer(1), ()
             return self.leaf(name, n.of, self._dims(name))
+        if isinstance(n, Jacobian):
+            return self.jacobian(n)
         if isinstance(n, Neg):
             e, ax = self.read(n.a)
             return -e, ax
         if isinstance(n, Post):
             e, ax = self.read(n.a)
             if n.power != 1:
-                e = e ** n.power
+                e = e ** _rational(n.power)
             return e, (_t(ax) if n.transpose else ax)
         if isinstance(n, Bin):
             a, ax = self.read(n.a)
             b, bx = self.read(n.b)
             if n.op == "*":
-                return self.matmul(a, ax, b, bx)
-            if n.op == "/":
-                if bx:                                 # elementwise division
-                    b = b.xreplace(self.unify(ax, bx, "÷"))
-                return a / b, ax
-            if n.op == "odot" or n.op in "+-":
-                if ax and bx:
-                    b = b.xreplace(self.unify(ax, bx, {"odot": "⊙"}.get(n.op, n.op)))
-                out = ax or bx
-                if n.op == "odot":
-                    return a * b, out
-                return (a + b if n.op == "+" else a - b), out
+                return self.product(a, ax, b, bx, n)
+            symbol = {"/": "÷", "oslash": "⊘", "odot": "⊙"}.get(n.op, n.op)
+            b, out = self.elementwise(a, ax, b, bx, symbol)
+            if n.op in ("/", "oslash"):
+                return a / b, out
+            if n.op == "odot":
+                return a * b, out
+            return (a + b if n.op == "+" else a - b), out
+        if isinstance(n, Ones):
+            k = next(self.fresh)
+            return sp.Integer(1), (sp.Idx(f"_ones{k}", sp.Symbol(f"_any{k}")), ONE)
+        if isinstance(n, Indicator):
+            a, ax = self.read(n.a)
+            b, bx = self.read(n.b)
+            b, out = self.elementwise(a, ax, b, bx, n.op)
+            at_zero = sp.Integer(1 if "=" in n.op else 0)
+            return sp.Heaviside(a - b if ">" in n.op else b - a, at_zero), out
         if isinstance(n, Func):
-            e, ax = self.read(n.arg)
-            f = self.function(n.name, n.arg, n.col)
-            s = sp.Dummy("s")
-            if n.prime:
-                return sp.diff(f(s), s).xreplace({s: e}), ax
-            return f(e), ax
+            return self.apply(n)
         if isinstance(n, SumOver):
             body, ax = self.read(n.body)
             free = {i.label.name: i for i in free_indices(body)}
@@ -256,11 +304,76 @@ class Reader:
                 k = free[i]
                 limits.append((k, 0, k.upper))
             return sp.Sum(body, *limits), ax
-        raise ClaimError(f"cannot read {type(n).__name__} here", getattr(n, "col", None))
+        raise ClaimError("this part of the claim cannot be used here",
+                         getattr(n, "col", None))
 
     def _dims(self, name):
         base = name if name in self.layer.tensors else name[1:]
         return self.layer.tensors[base].dims
+
+    def is_kronecker(self, s: Sym) -> bool:
+        """\\delta_{ij} is the Kronecker delta when i and j run over one dimension (the
+        error signal dz with two indices runs over two, the batch and the features)."""
+        if s.name != r"\delta" or len(s.indices) != 2 or s.layer or s.decor or \
+                s.indices[0] == s.indices[1]:
+            return False
+        seen = [self.bound.get(i) for i in s.indices]
+        if all(seen):
+            return seen[0][0] == seen[1][0]
+        try:
+            z = self._named("z", "")
+        except ClaimError:                 # \delta without a layer in a network
+            z = None
+        dims = self.layer.tensors[z].dims if z in self.layer.tensors else ()
+        if len(dims) != 2:
+            return any(seen)
+        return any(b and b[0] != d for b, d in zip(seen, dims))
+
+    def kronecker(self, s: Sym):
+        dim = next(b[0] for b in (self.bound.get(i) for i in s.indices) if b)
+        i, j = (self.idx(k, dim, r"\delta_{%s}" % "".join(s.indices)) for k in s.indices)
+        note = rf"\delta_{{{''.join(s.indices)}}} read as the Kronecker delta"
+        if note not in self.notes:
+            self.notes.append(note)
+        return sp.KroneckerDelta(i, j), ()
+
+    def jacobian(self, n: Jacobian):
+        """dY_i/dX_j of a forward tensor: its definition, expanded back to X, differentiated
+        (contracted like the derivation's own local derivatives)."""
+        refs = []
+        for s in (n.of, n.wrt):
+            name = self.tensor_name(s)
+            if name not in self.layer.tensors:
+                raise ClaimError(f"'{_key(s)}' is not a tensor of the layer", s.col)
+            dims = self._dims(name)
+            if dims and not s.indices:
+                raise ClaimError(r"write a Jacobian with indices, as in "
+                                 r"\frac{\partial y_i}{\partial z_j}", n.col)
+            refs.append((name, self.leaf(name, s, dims)[0]))
+        (_, y), (x_name, x) = refs
+        forward = {eq.target: (eq.indices, eq.rhs) for eq in self.layer.equations
+                   if eq.target != x_name}
+        expanded = _substitute(y, forward)
+        return contract(sp.diff(expanded, x)), ()
+
+    def apply(self, n: Func):
+        args = [self.read(a) for a in n.args]
+        if len(args) == 2:                         # max(a, b), min(a, b)
+            (a, ax), (b, bx) = args
+            b, out = self.elementwise(a, ax, b, bx, n.name)
+            sign = 1 if n.name == "max" else -1    # min(a, b) = -max(-a, -b)
+            a, b = sign * a, sign * b
+            e = relu(b) if a == 0 else relu(a) if b == 0 else sp.Max(a, b)
+            e = sign * e
+        else:
+            (arg, out), = args
+            f = self.function(n.name, n.args[0], n.col)
+            if n.prime:
+                s = sp.Dummy("s")
+                e = sp.diff(f(s), s).xreplace({s: arg})
+            else:
+                e = f(arg)
+        return (e ** _rational(n.power) if n.power != 1 else e), out
 
     def function(self, name, arg, col):
         if name != "f":
@@ -280,6 +393,18 @@ class Reader:
                              f"found {len(found)}", col)
         return found.pop()
 
+    def product(self, a, ax, b, bx, n):
+        """Juxtaposition, \\cdot, \\times: the matrix product, or the elementwise one when
+        only its shapes match (sigma(z)(1 - sigma(z)) of a batch)."""
+        try:
+            return self.matmul(a, ax, b, bx)
+        except IllFormed:
+            if not (ax and bx and len(ax) == len(bx) and all(map(_same, ax, bx))):
+                raise
+        b, out = self.elementwise(a, ax, b, bx, "⊙")
+        self.elementwise_products.append(n.b.col)
+        return a * b, out
+
     def matmul(self, a, ax, b, bx):
         if not ax or not bx:                       # a scalar factor
             return a * b, ax or bx
@@ -287,18 +412,73 @@ class Reader:
             raise IllFormed("a product of non-matrices")
         r, k1 = ax
         k2, c = bx
-        if _dim(k1) != _dim(k2):
+        if not _same(k1, k2):
             raise IllFormed(f"a product of a {_shape(ax)} and a {_shape(bx)} matrix: the "
                             f"inner sizes {_dim(k1)} and {_dim(k2)} differ")
         if k1 == ONE:
             return a * b, (r, c)                   # an outer product
-        k = self.axis(str(_dim(k1)))
-        return sp.Sum(a.xreplace({k1: k}) * b.xreplace({k2: k}), (k, 0, k.upper)), (r, c)
+        inner = k2 if _is_ones(k1) else k1
+        if _is_ones(inner):
+            raise IllFormed(r"a product of two \mathbf{1}: their length cannot be told")
+        k = self.axis(str(_dim(inner)))
+        out = () if (r, c) == (ONE, ONE) else (r, c)      # 1^T v is a scalar
+        return sp.Sum(a.xreplace({k1: k}) * b.xreplace({k2: k}), (k, 0, k.upper)), out
+
+    def elementwise(self, a, ax, b, bx, op):
+        """b with its axes renamed to a's (shapes must match), and the axes of the result."""
+        if not (ax and bx):
+            return b, ax or bx
+        mapping, out = self.unify(ax, bx, op)
+        return b.xreplace(mapping), out
 
     def unify(self, ax, bx, op):
-        if len(ax) != len(bx) or any(_dim(p) != _dim(q) for p, q in zip(ax, bx)):
+        if len(ax) != len(bx) or not all(map(_same, ax, bx)):
             raise IllFormed(f"'{op}' of a {_shape(ax)} and a {_shape(bx)} matrix")
-        return {q: p for p, q in zip(ax, bx) if q != ONE}
+        mapping, out = {}, []
+        for p, q in zip(ax, bx):
+            if _is_ones(p) and not _is_ones(q):
+                out.append(q)                      # a \mathbf{1} takes its length here
+                continue
+            out.append(p)
+            if q != ONE and not _is_ones(q):
+                mapping[q] = p
+        return mapping, tuple(out)
+
+
+def _substitute(e, table):
+    """Each reference to a tensor of `table` (name -> (indices, body)) replaced by its body,
+    until none is left (bodies may refer to each other)."""
+    for _ in range(len(table) + 2):
+        changed = False
+        for ref in sorted(e.atoms(sp.Indexed), key=str):
+            name = ref.base.label.name
+            if name in table:
+                idx, body = table[name]
+                e = e.xreplace({ref: freshen_bound(body).xreplace(dict(zip(idx,
+                                                                      ref.indices)))})
+                changed = True
+        for sym in sorted(e.atoms(sp.Symbol), key=str):
+            if sym.name in table and not table[sym.name][0]:
+                e = e.xreplace({sym: table[sym.name][1]})
+                changed = True
+        if not changed:
+            break
+    return e
+
+
+def _rational(f):
+    return sp.Rational(f.numerator, f.denominator)
+
+
+def _is_ones(i):
+    return i.label.name.startswith("_ones")
+
+
+def _same(p, q) -> bool:
+    """Axes of one length (a \\mathbf{1} fits any but the unit axis)."""
+    if _is_ones(p) or _is_ones(q):
+        return ONE not in (p, q)
+    return _dim(p) == _dim(q)
 
 
 def _t(axes):
@@ -310,13 +490,14 @@ def _dim(i):
 
 
 def _shape(axes):
-    return " x ".join(str(_dim(i)) for i in axes) if axes else "scalar"
+    return " x ".join("len(1)" if _is_ones(i) else str(_dim(i)) for i in axes) if axes \
+        else "scalar"
 
 
 def _key(s: Sym) -> str:
     name = s.name
-    if s.decor:
-        name = rf"\{s.decor}{{{name}}}"
+    for decor in reversed(s.decor.split()):
+        name = rf"\{decor}{{{name}}}"
     if s.layer:
         name += f"^{{({s.layer})}}"
     return name
@@ -331,6 +512,7 @@ class Reading:
     rhs: sp.Expr
     axes: tuple
     implied_batch: bool
+    notes: tuple = ()
 
 
 def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
@@ -342,19 +524,19 @@ def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
         try:
             lhs, lx = r.read(claim.lhs)
             rhs, rx = r.read(claim.rhs)
-            if lx and rx:
-                rhs = rhs.xreplace(r.unify(lx, rx, "="))
-            elif rx and not lx:
+            if rx and not lx:
                 raise IllFormed(f"the left side is a scalar but the right side is "
                                 f"{_shape(rx)}")
-            axes = lx or rx
+            rhs, axes = r.elementwise(lhs, lx, rhs, rx, "=")
+            if any(_is_ones(a) for a in axes):
+                raise IllFormed(r"the length of \mathbf{1} cannot be told from the claim")
             lf = {i for i in free_indices(lhs) if i not in axes}
             rf = {i for i in free_indices(rhs) if i not in axes}
             if lf != rf and lf and rf:
                 raise IllFormed(f"free indices differ: {sorted(map(str, lf))} on the left, "
                                 f"{sorted(map(str, rf))} on the right")
             readings.append(Reading(convention, lhs, rhs, tuple(axes) + tuple(
-                sorted(lf | rf, key=str)), r.implied_batch))
+                sorted(lf | rf, key=str)), r.implied_batch, r.all_notes()))
         except IllFormed as exc:
             problems.append(f"{exc} (examples as {convention})")
     return readings, "; ".join(problems)
@@ -386,39 +568,17 @@ def symbolic_zero(reading: Reading, d: Derivation, seconds: float) -> str:
     """'zero' when lhs - rhs simplifies to 0 with every derived gradient and every forward
     definition substituted; 'timeout' when SymPy does not finish in time; 'unknown' when
     it finishes without reaching zero (then numbers decide)."""
-    steps = {adjoint_name(s.tensor): s for s in d.steps}
-    upstream = {adjoint_name(t.name) for t in d.layer.upstream}
-    defs = {eq.target: eq for eq in d.layer.equations}
-
-    def substitute(e, table):
-        for _ in range(len(table) + 2):
-            changed = False
-            for ref in sorted(e.atoms(sp.Indexed), key=str):
-                name = ref.base.label.name
-                if name in table:
-                    idx, body = table[name]
-                    e = e.xreplace({ref: freshen_bound(body).xreplace(dict(zip(idx,
-                                                                          ref.indices)))})
-                    changed = True
-            for sym in sorted(e.atoms(sp.Symbol), key=str):
-                if sym.name in table and not table[sym.name][0]:
-                    e = e.xreplace({sym: table[sym.name][1]})
-                    changed = True
-            if not changed:
-                break
-        return e
-
-    gradients = {n: (s.indices, s.expr) for n, s in steps.items() if n not in upstream}
-    forward = {n: (eq.indices, eq.rhs) for n, eq in defs.items()}
     if reading.implied_batch:
         return "unknown"
+    gradients = _adjoint_formulas(d)
+    forward = {eq.target: (eq.indices, eq.rhs) for eq in d.layer.equations}
     try:
         with time_limit(seconds):
-            diff = substitute(reading.lhs, gradients) - substitute(reading.rhs, gradients)
+            diff = _substitute(reading.lhs, gradients) - _substitute(reading.rhs, gradients)
             for table in ({}, forward):
-                diff = substitute(diff, table) if table else diff
+                diff = _substitute(diff, table) if table else diff
                 diff = tidy(contract(diff))
-                diff = tidy_bound(freshen_bound(diff), set())
+                diff = _cancel_sums(tidy_bound(freshen_bound(diff), set()))
                 if diff == 0 or sp.simplify(tidy(diff)) == 0:
                     return "zero"
             return "unknown"
@@ -426,6 +586,35 @@ def symbolic_zero(reading: Reading, d: Derivation, seconds: float) -> str:
         return "timeout"
     except Exception:            # noqa: BLE001  SymPy's simplify has internal failures
         return "unknown"        # (StopIteration in sum_add, seen on 1.14): numbers decide
+
+
+def _adjoint_formulas(d: Derivation) -> dict:
+    """dX -> (indices, formula) for every adjoint the derivation knows: its steps, and the
+    adjoints it inlined (dmu of batch norm, dP of attention) as their contributions' sum."""
+    layer = d.layer
+    upstream = {adjoint_name(t.name) for t in layer.upstream}
+    out = {s.name: (s.indices, s.expr) for s in d.steps if s.name not in upstream}
+    taken = set(layer.tensors) | set(layer.dims)
+    for c in d.contributions:
+        name = adjoint_name(c.tensor)
+        if name in upstream or any(s.name == name for s in d.steps):
+            continue
+        idx = canonical_indices([dim_symbol(x) for x in layer.tensors[c.tensor].dims], taken)
+        before = out.get(name, (idx, sp.Integer(0)))[1]
+        out[name] = (idx, before + c.expr)
+    return out
+
+
+def _cancel_sums(e):
+    """Every sum (and every sum of terms with sums) that is identically zero replaced by
+    0, wherever it sits: sum_i (x_i - mu), mu = sum_j x_j / M, inside batch norm's dmu."""
+    if not e.args or isinstance(e, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
+        return e
+    e = e.func(*[_cancel_sums(a) for a in e.args])
+    if isinstance(e, (sp.Sum, sp.Add)) and e.has(sp.Sum):
+        if tidy_bound(freshen_bound(contract(e)), set()) == 0:
+            return sp.Integer(0)
+    return e
 
 
 def candidate_conditions(layer) -> list[tuple[str, dict]]:
@@ -449,7 +638,10 @@ def _draw(layer, rng, rules):
         sizes.update(r.get("size", {}))
     for t in layer.tensors.values():
         shape = tuple(sizes[x] for x in t.dims)
-        if t.role in ("input", "param"):
+        if t.role in ("input", "param") and t.nograd:
+            # hyperparameters (a learning rate, batch norm's epsilon) are positive
+            values[t.name] = rng.uniform(0.05, 1.0, size=shape)
+        elif t.role in ("input", "param"):
             values[t.name] = rng.normal(size=shape)
         elif t.role == "target":
             values[t.name] = rng.uniform(0.05, 1.0, size=shape)
@@ -565,14 +757,84 @@ def verify(d: Derivation, claim_text: str, mapping: dict | None = None,
         except IllFormed as exc:
             return Verdict("ILL-FORMED", "shapes", message=str(exc), **base)
         return _decide([reading], "", base, d, timeout)
-    claim = parse_claim(claim_text)
     for key, value in mapping.items():
         base = value[1:] if value.startswith("d") and value[1:] in d.layer.tensors else value
-        if base not in d.layer.tensors:
-            raise ClaimError(f"--map {key}={value}: this layer has no tensor '{value}'")
+        if base not in d.layer.tensors and base not in d.layer.dims:
+            raise ClaimError(f"--map {key}={value}: this layer has no tensor or dimension "
+                             f"'{value}'")
+    try:
+        with _deep_recursion():
+            claim = parse_claim(claim_text)
+            if symbolic_layers(claim):
+                return _verify_every_layer(claim, d, mapping, timeout)
+            return _verify_claim(claim, d, mapping, timeout)
+    except RecursionError:
+        raise ClaimError("the claim nests too deeply to read; split it into smaller "
+                         "claims") from None
+
+
+@contextmanager
+def _deep_recursion(limit=20000):
+    """Reading a claim of a thousand factors recurses once per factor."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def _verify_claim(claim: Claim, d: Derivation, mapping, timeout) -> Verdict:
     readings, problems = read_claim(claim, d, mapping)
     return _decide(readings, problems, dict(claim=claim.text, model=d.layer.name), d,
                    timeout)
+
+
+def layer_numbers(layer) -> list[int]:
+    """The layer numbers of a network's tensors (W1, z2 -> 1, 2); empty for one layer."""
+    return sorted({int(m.group(1)) for t in layer.tensors
+                   if (m := re.fullmatch(r".*?[A-Za-z_](\d+)", t))})
+
+
+def _verify_every_layer(claim: Claim, d: Derivation, mapping, timeout) -> Verdict:
+    """A claim about layer l (or the last layer L), as texts state BP1-BP4: checked at every
+    layer of the model where its tensors exist, and said for which l it holds."""
+    numbers = layer_numbers(d.layer)
+    last = numbers[-1] if numbers else None
+    claim = at_layer(claim, "L", last)
+    if "l" not in symbolic_layers(claim):
+        v = _verify_claim(claim, d, mapping, timeout)
+        v.notes.insert(0, f"L = {last}, the last layer" if numbers else
+                       "L is the only layer")
+        return v
+    verdicts, skipped = {}, {}
+    for k in numbers or [None]:
+        try:
+            verdicts[k] = _verify_claim(at_layer(claim, "l", k), d, mapping, timeout)
+        except ClaimError as exc:
+            skipped[k] = exc
+    if not verdicts:
+        raise next(iter(skipped.values()))
+    names = ", ".join(str(k) for k in verdicts)
+    notes = [f"checked for l = {names}" if numbers else "l is the only layer"]
+    notes += [f"l = {k} does not apply: {exc.message}" for k, exc in skipped.items()]
+    first = next(iter(verdicts.values()))
+    if all((v.verdict, v.conditions) == (first.verdict, first.conditions)
+           for v in verdicts.values()) or not numbers:
+        first.notes[:0] = notes
+        return first
+    good = [k for k, v in verdicts.items() if v.verdict == "HOLDS"] or \
+        [k for k, v in verdicts.items() if v.verdict == "CONDITIONAL"]
+    if not good:
+        first.notes[:0] = notes + [f"l = {k}: {v.verdict}" for k, v in verdicts.items()]
+        return first
+    chosen = verdicts[good[0]]
+    good = [k for k in good if verdicts[k].conditions == chosen.conditions]
+    only = f"l = {', '.join(map(str, good))} only"
+    return dataclasses.replace(chosen, verdict="CONDITIONAL", conditions=[only] +
+                               chosen.conditions, notes=notes + [
+                                   f"l = {k}: {v.verdict}" for k, v in verdicts.items()
+                                   if k not in good] + chosen.notes)
 
 
 def _decide(readings, problems, base, d, timeout) -> Verdict:
@@ -582,8 +844,10 @@ def _decide(readings, problems, base, d, timeout) -> Verdict:
     for reading in readings:
         outcome = symbolic_zero(reading, d, timeout)
         if outcome == "zero":
-            return Verdict("HOLDS", "symbolic", convention=_conv(reading, readings),
-                           message="equal for all sizes and values", **base)
+            return _away_from_kinks(Verdict(
+                "HOLDS", "symbolic", convention=_conv(reading, readings),
+                message="equal for all sizes and values", notes=list(reading.notes),
+                **base), reading, d)
         outcomes.append(outcome)
     why = ("SymPy did not decide within the time limit" if "timeout" in outcomes else
            "SymPy's simplification did not reach zero")
@@ -591,8 +855,10 @@ def _decide(readings, problems, base, d, timeout) -> Verdict:
     for reading in readings:
         counter = numeric_check(reading, d, [])
         if counter is None:
-            return Verdict("HOLDS", "numeric", convention=_conv(reading, readings),
-                           message=f"equal at random points and sizes ({why})", **base)
+            return _away_from_kinks(Verdict(
+                "HOLDS", "numeric", convention=_conv(reading, readings),
+                message=f"equal at random points and sizes ({why})",
+                notes=list(reading.notes), **base), reading, d)
         first_counter = first_counter or counter
     conditions = candidate_conditions(d.layer)
     for size in (1, 2):
@@ -601,9 +867,88 @@ def _decide(readings, problems, base, d, timeout) -> Verdict:
             for reading in readings:
                 if numeric_check(reading, d, rules) is None:
                     return Verdict("CONDITIONAL", "numeric", conditions=[c[0] for c in combo],
-                                   convention=_conv(reading, readings), **base)
+                                   convention=_conv(reading, readings),
+                                   notes=list(reading.notes), **base)
     return Verdict("FALSE", "numeric", counterexample=first_counter,
-                   message="the two sides differ", **base)
+                   message="the two sides differ", notes=list(readings[0].notes), **base)
+
+
+def _away_from_kinks(v: Verdict, reading: Reading, d: Derivation) -> Verdict:
+    """A claim that holds at random points may still differ where a kink's argument (or a
+    denominator of the claim) is zero, a point random numbers never hit."""
+    where = kink_condition(reading, d)
+    if where is None:
+        return v
+    return dataclasses.replace(v, verdict="CONDITIONAL", method="numeric",
+                               conditions=[f"{where} != 0"],
+                               message=f"away from the kink: at {where} = 0 the sides differ")
+
+
+def kink_condition(reading: Reading, d: Derivation) -> str | None:
+    """The tensor whose zeros make the sides differ, or None."""
+    layer = d.layer
+    for name in _kink_tensors(reading, d):
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            sizes, values = _draw(layer, rng, [])
+            _zero(layer, name, values, rng)
+            try:
+                with np.errstate(all="ignore"):
+                    left, right = _sides(reading, d, sizes, values)
+            except (ValueError, TypeError, ZeroDivisionError):
+                continue
+            defined = np.isfinite(left)       # where the truth itself is defined
+            if left.shape != right.shape:
+                continue
+            if not np.all(np.isfinite(right[defined])) or \
+                    not _agree(left[defined], right[defined]):
+                return name
+    return None
+
+
+def _kink_tensors(reading: Reading, d: Derivation) -> list[str]:
+    """Tensors that are the argument of a kink (relu, a step, max, sign, abs) in the claim
+    or the layer, or a denominator of the claim."""
+    layer = d.layer
+    args = []
+    for e in [reading.lhs, reading.rhs] + [eq.rhs for eq in layer.equations] + \
+            [s.expr for s in d.steps]:
+        for f in sorted(e.atoms(*KINKS), key=str):
+            args.extend(f.args if isinstance(f, (sp.Max, sp.Min)) else f.args[:1])
+    for e in (reading.lhs, reading.rhs):
+        args.extend(p.base for p in sorted(e.atoms(sp.Pow), key=str) if p.exp.is_negative)
+    names = []
+    for a in args:
+        name = a.base.label.name if isinstance(a, sp.Indexed) else \
+            a.name if isinstance(a, sp.Symbol) else None
+        if name in layer.tensors and layer.tensors[name].role != "target" and \
+                name not in names:
+            names.append(name)
+    return names
+
+
+def _zero(layer, name, values, rng):
+    """values with tensor `name` zero: half its entries if it is an input, all of it (by
+    zeroing what it is computed from) if it is computed."""
+    t = layer.tensors[name]
+    if t.role in ("input", "param"):
+        v = np.array(values[name], dtype=float)
+        mask = rng.random(v.shape) < 0.5
+        mask.flat[0] = True
+        v[mask] = 0.0
+        values[name] = v
+        return
+    todo, seen = [name], set()
+    while todo:
+        eq = next((e for e in layer.equations if e.target == todo.pop()), None)
+        for src in (eq.reads if eq is not None else ()):
+            if src in seen or src not in layer.tensors:
+                continue
+            seen.add(src)
+            if layer.tensors[src].role in ("input", "param"):
+                values[src] = np.zeros_like(values[src])
+            else:
+                todo.append(src)
 
 
 def _conv(reading, readings):
