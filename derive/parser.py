@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import re
 from pathlib import Path
 
@@ -37,22 +38,79 @@ MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10
 DECL_KEYWORDS = ROLES + ("loss",)
 OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
+EMPTY_BRACKETS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[\s*\]")
 
 
 class _Statement:
-    def __init__(self, file: str, line: int, text: str):
+    """One statement; `pieces` maps it back to the lines it was written on: (offset in
+    text, line, offset in that line) for each line a continued statement spans."""
+
+    def __init__(self, file: str, line: int, text: str, pieces=None):
         self.file, self.line, self.text = file, line, text
+        self.pieces = pieces or [(0, line, 0)]
 
     def error(self, message: str, col: int | None = None) -> SpecError:
-        return SpecError(message, self.file, self.line, col)
+        if col is None:
+            return SpecError(message, self.file, self.line)
+        start, line, at = [p for p in self.pieces if p[0] <= max(col - 1, 0)][-1]
+        return SpecError(message, self.file, line, col - start + at)
+
+
+def _statements(text: str, file: str):
+    """The statements of a spec: one per line, where a line continues onto the next while
+    a bracket is open or when it ends in a backslash (`layer` lines are free text)."""
+    pending = None                      # (text so far, pieces)
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        body = raw.split("#", 1)[0].rstrip()
+        bad = next((c for c, ch in enumerate(body) if not (ch.isascii() and
+                    (ch.isprintable() or ch == "\t"))), None)
+        if bad is not None:
+            raise SpecError(f"unexpected character {body[bad]!r}; spec statements use "
+                            f"printable ASCII only", file, lineno, bad + 1)
+        if not body.strip():
+            continue
+        if pending is None:
+            joined, pieces = body, [(0, lineno, 0)]
+        else:
+            joined, pieces = pending[0] + " ", pending[1]
+            pieces.append((len(joined), lineno, 0))
+            joined += body
+        stmt = _Statement(file, pieces[0][1], joined, pieces)
+        if len(joined) > MAX_LINE:
+            raise stmt.error(f"statement is longer than {MAX_LINE} characters")
+        if joined.endswith("\\"):
+            pending = (joined[:-1], pieces)
+        elif joined.split(None, 1)[0] != "layer" and _unclosed(joined):
+            pending = (joined, pieces)
+        else:
+            pending = None
+            yield stmt, joined
+    if pending is not None:
+        stmt = _Statement(file, pending[1][0][1], pending[0], pending[1])
+        opened = _unclosed(pending[0])
+        if opened:
+            raise stmt.error(f"'{pending[0][opened[-1]]}' is never closed: the statement "
+                             f"goes on to the end of the file", opened[-1] + 1)
+        raise stmt.error("the last line ends in a backslash, but no line follows")
+
+
+def _unclosed(text: str) -> list[int]:
+    """Positions of the brackets still open at the end of text."""
+    stack = []
+    for pos, ch in enumerate(text):
+        if ch in "([{":
+            stack.append(pos)
+        elif ch in ")]}" and stack:
+            stack.pop()
+    return stack
 
 
 def parse_spec(text: str, file: str = "<spec>") -> Layer:
     """Parse spec text into a validated Layer; every problem is a SpecError."""
     if not isinstance(text, str):
         raise SpecError("spec text must be a string", file)
-    try:
-        return _Parser(text, file).parse()
+    try:   # a byte-order mark some editors write is not part of the text
+        return _Parser(text.removeprefix("\ufeff"), file).parse()
     except RecursionError:
         raise SpecError("expression is too deeply nested", file) from None
 
@@ -80,18 +138,7 @@ class _Parser:
 
     # ---- statements -------------------------------------------------------------------
     def parse(self) -> Layer:
-        for lineno, raw in enumerate(self.text.splitlines(), start=1):
-            stmt = _Statement(self.file, lineno, raw)
-            body = raw.split("#", 1)[0].rstrip()
-            if not body.strip():
-                continue
-            bad = next((c for c, ch in enumerate(body) if not (ch.isascii() and
-                        (ch.isprintable() or ch == "\t"))), None)
-            if bad is not None:
-                raise stmt.error(f"unexpected character {body[bad]!r}; spec statements "
-                                 f"use printable ASCII only", bad + 1)
-            if len(body) > MAX_LINE:
-                raise stmt.error(f"statement is longer than {MAX_LINE} characters")
+        for stmt, body in _statements(self.text, self.file):
             self._statement(stmt, body)
         return self._finish()
 
@@ -235,6 +282,10 @@ class _Parser:
         if "^" in stripped:
             raise stmt.error("'^' is not a power here; write ** for powers",
                              col + source.index("^") + 1)
+        empty = EMPTY_BRACKETS.search(source)
+        if empty:
+            raise stmt.error(f"'{empty.group(1)}[]' has no indices: a scalar is written "
+                             f"without brackets ('{empty.group(1)}')", col + empty.start() + 1)
         try:
             tree = ast.parse(stripped, mode="eval")
         except SyntaxError as exc:
@@ -242,6 +293,12 @@ class _Parser:
             raise stmt.error(f"cannot parse: {exc.msg}", c) from None
         except (ValueError, MemoryError) as exc:
             raise stmt.error(f"cannot parse: {exc}", col + lead + 1) from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value == 0 and \
+                    re.search(r"[1-9]", ast.get_source_segment(stripped, node).lower().split("e")[0]):
+                raise stmt.error(f"{ast.get_source_segment(stripped, node)} is too small "
+                                 f"for a float (it would become 0); write 0 if you mean it",
+                                 col + lead + node.col_offset + 1)
         # Keep the column shift so errors point into the original line.
         return _Shifted(tree.body, col + lead)
 
@@ -609,8 +666,11 @@ class _Expr:
         n = node.value.id
         t = self.p.tensors.get(n)
         if t is None:
-            what = "a dimension" if n in self.p.dims else "not declared"
-            raise self.err(f"undeclared tensor '{n}' ({what})", node)
+            if n in self.p.dims:
+                raise self.err(f"'{n}' is a dimension, not a tensor: it takes no indices",
+                               node)
+            raise self.err(f"undeclared tensor '{n}'{_did_you_mean(n, self.p.tensors)}; "
+                           f"declare it first (input, param, target, ...)", node)
         slots = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         if len(slots) != len(t.dims):
             raise self.err(f"'{n}' has {len(t.dims)} indices [{', '.join(t.dims)}], not "
@@ -671,7 +731,8 @@ class _Expr:
             return sp.Sum(body, *limits)
         f = FUNCTIONS.get(fname)
         if f is None:
-            raise self.err(f"unknown function '{fname}'; known: "
+            raise self.err(f"unknown function '{fname}'"
+                           f"{_did_you_mean(fname, [*FUNCTIONS, 'sum'])}; known: "
                            f"{', '.join(sorted(FUNCTIONS))}, sum", node.func)
         if len(node.args) != 1:
             raise self.err(f"{fname}() takes exactly one argument", node)
@@ -679,6 +740,11 @@ class _Expr:
         if fname == "log" and arg.is_Number and arg <= 0:
             raise self.err("log of a non-positive constant", node.args[0])
         return f(arg)
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 _OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
