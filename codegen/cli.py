@@ -11,34 +11,58 @@ from derive.errors import SpecError
 BACKENDS = ("numpy", "c")
 
 
+NAME_OR_FILE = "a built-in layer (see `backprop list`) or the path of a spec file"
+ENVIRONMENT = """\
+environment:
+  BACKPROP_CACHE   folder of compiled and generated kernels
+                   (default ~/.cache/backprop-toolkit)
+  BACKPROP_CFLAGS  C optimization flags, replacing -O3 -march=native -fno-math-errno
+  BACKPROP_BLAS    'none': matrix products in the generated C loops, not NumPy's OpenBLAS
+  CC               the C compiler (default cc)"""
+CLAIM_FORMS = r"""claims, in either form:
+  LaTeX:          '\frac{\partial L}{\partial z} = \hat{y} - y'
+                  '\frac{\partial L}{\partial W} = \delta^T x'   (matrices: either convention)
+  spec language:  'dz[n, i] = (y[n, i] - t[n, i]) / N'   (gradients named d + tensor)
+example:
+  backprop verify --model neuron '\frac{\partial L}{\partial z} = \hat{y} - y'"""
+
+
 def main(argv=None) -> int:
+    from .version import VERSION
+
     parser = argparse.ArgumentParser(
-        prog="backprop",
+        prog="backprop", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Derive backpropagation formulas from a layer's forward equations "
-                    "and emit verified kernels.")
+                    "and emit verified kernels.", epilog=ENVIRONMENT)
+    parser.add_argument("--version", action="version", version=f"backprop {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", help="list the built-in layers")
 
     p = sub.add_parser("derive", help="print a layer's derived gradient formulas")
-    p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("layer", metavar="NAME_OR_FILE", help=NAME_OR_FILE)
 
     p = sub.add_parser("emit", help="write a layer's generated kernels")
-    p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?")
+    p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?", help=NAME_OR_FILE)
     p.add_argument("--all", action="store_true",
                    help="every built-in layer, into DIR/<backend>/ (how generated/ is made)")
     p.add_argument("--backend", choices=list(BACKENDS),
                    help="numpy (default) or c; with --all, every backend unless given")
-    p.add_argument("-o", "--out", required=True, metavar="DIR")
+    p.add_argument("-o", "--out", required=True, metavar="DIR",
+                   help="folder to write into (made if missing): DIR/<layer>.py for numpy, "
+                        "DIR/<layer>.h and DIR/<layer>.c for c")
 
     p = sub.add_parser("latex", help="write a layer's derivation as a document")
-    p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("layer", metavar="NAME_OR_FILE", help=NAME_OR_FILE)
     p.add_argument("-o", "--out", required=True, metavar="OUT",
-                   help="file ending in .tex, .md, .pdf or .png")
+                   help="file ending in .tex, .md, .pdf or .png (PNG: one file per page, "
+                        "OUT.png, OUT-2.png, ...)")
 
-    p = sub.add_parser("verify", help="check a claimed formula against the derivation")
+    p = sub.add_parser("verify", help="check a claimed formula against the derivation",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=CLAIM_FORMS)
     p.add_argument("claim", nargs="?", metavar="CLAIM",
-                   help=r"LaTeX, e.g. '\frac{\partial L}{\partial z} = \hat{y} - y'")
+                   help="one equation, in LaTeX or in the spec language (forms below)")
     p.add_argument("--model", metavar="NAME_OR_FILE", help="the layer the claim is about")
     p.add_argument("--map", action="append", default=[], metavar="SYMBOL=TENSOR",
                    help=r"map a claim symbol to a tensor (repeatable), e.g. '\hat{y}=y'")
@@ -64,7 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
 
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random arrays of the finite-difference check "
+                        "(default 0)")
 
     args = parser.parse_args(argv)
     try:

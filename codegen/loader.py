@@ -14,17 +14,25 @@ from types import SimpleNamespace
 from derive.builtins import is_layer, resolve, spec_source
 
 from .arguments import check_fusable, check_names
+from .folders import make_folder
 
 CACHE_ENV = "BACKPROP_CACHE"
 
 
 def cache_dir(override=None) -> Path:
+    """The kernel cache folder, made if needed: `cache=`, else $BACKPROP_CACHE, else
+    $XDG_CACHE_HOME/backprop-toolkit or ~/.cache/backprop-toolkit (~ is expanded)."""
     if override is not None:
-        return Path(override)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "backprop-toolkit"
+        path, setting = Path(override).expanduser(), f"cache={str(override)!r}"
+    elif os.environ.get(CACHE_ENV):
+        path = Path(os.environ[CACHE_ENV]).expanduser()
+        setting = f"{CACHE_ENV}={os.environ[CACHE_ENV]}"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path, setting = Path(base).expanduser() / "backprop-toolkit", "the default"
+    return make_folder(path, f"the kernel cache ({setting})",
+                       f"point {CACHE_ENV} (or the cache= argument) at a folder you can "
+                       f"write, e.g. {CACHE_ENV}=~/.cache/backprop-toolkit")
 
 
 class Kernels:
