@@ -253,6 +253,36 @@ def test_warm_load_parses_nothing_until_asked(tmp_path):
                                 "softmax_cross_entropy_labels", "z"], r.stderr
 
 
+def test_a_build_sweeps_what_killed_builds_left(tmp_path):
+    """After `kill -9` during a compile, its `.build-*` folder and lock stay; the next build
+    removes folders whose lock no process holds and lock files of finished entries, and
+    leaves a build that is running (its lock held) alone."""
+    import fcntl
+
+    root = tmp_path / "cache" / "c"
+    root.mkdir(parents=True)
+    dead_alone, dead_locked, live, done = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    for key in (dead_alone, dead_locked, live):
+        (root / f".build-{key}-x1y2z3").mkdir()
+        (root / f".build-{key}-x1y2z3" / "part.o").write_text("half")
+    for key in (dead_locked, live, done):
+        (root / f"{key}.lock").touch()
+    (root / done).mkdir()
+    (root / done / "manifest.json").write_text("{}")
+    with open(root / f"{live}.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        spec = tmp_path / "sweep_probe.bp"
+        spec.write_text("layer sweep_probe\ndims N\ninput x[N]\noutput y[N]\n"
+                        "y[n] = 3 * x[n]\n")
+        k = codegen.load(str(spec), backend="c", cache=tmp_path / "cache")
+        assert k.forward(x=np.ones(2))["y"].tolist() == [3, 3]
+    left = sorted(p.name for p in root.iterdir() if p.name.startswith(".build-"))
+    assert left == [f".build-{live}-x1y2z3"]
+    locks = {p.name for p in root.glob("*.lock")}
+    assert f"{live}.lock" in locks and f"{dead_locked}.lock" in locks   # no entry yet
+    assert f"{done}.lock" not in locks
+
+
 def test_parallel_processes_build_once(tmp_path):
     env = {**os.environ, "BACKPROP_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(SNIPPET)], env=env,
