@@ -23,3 +23,11 @@ def check_names(layer: str, arrays: dict, required, optional=()) -> None:
     if unknown:
         raise ValueError(f"{layer}: unexpected array{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(unknown)} (expects {', '.join(required)})")
+
+
+def check_backward(layer: str, gradients) -> None:
+    """A forward-only layer (every input nograd, like an optimizer step) has no backward
+    pass: say so rather than return no gradients."""
+    if not gradients:
+        raise ValueError(f"{layer}: a forward-only layer (every input and parameter is "
+                         f"nograd) has no backward pass; call forward")
