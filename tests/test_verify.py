@@ -162,3 +162,12 @@ def test_time_limit_fires_again_when_a_timeout_is_swallowed():
             while time.perf_counter() - start < 5:
                 time.sleep(0.001)
     assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("claim", [
+    r"\frac{\partial L}{\partial z} = " + " ".join(["y"] * 1400),
+    "dz = " + " * ".join(["y"] * 1400),
+])
+def test_a_claim_of_1400_factors_is_a_clear_error(claim):
+    with pytest.raises(ClaimError, match="nested too deeply to verify"):
+        verify(derive(builtin("neuron")), claim)
