@@ -71,10 +71,11 @@ def _statements(text: str, file: str):
             continue
         if pending is None:
             joined, pieces = body, [(0, lineno, 0)]
-        else:
-            joined, pieces = pending[0] + " ", pending[1]
-            pieces.append((len(joined), lineno, 0))
-            joined += body
+        else:                           # joined by one space; columns still map back
+            joined, pieces = pending[0].rstrip() + " ", pending[1]
+            indent = len(body) - len(body.lstrip())
+            pieces.append((len(joined), lineno, indent))
+            joined += body.lstrip()
         stmt = _Statement(file, pieces[0][1], joined, pieces)
         if len(joined) > MAX_LINE:
             raise stmt.error(f"statement is longer than {MAX_LINE} characters")

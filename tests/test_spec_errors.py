@@ -257,6 +257,9 @@ def test_a_statement_continues_inside_brackets_and_after_a_backslash():
         layer = parse_spec(HEAD + text)
         assert layer.equations[0].line == 6
         assert layer.equations[0].rhs == one_line.equations[0].rhs
+        # documents and generated comments show the statement on one line
+        assert layer.equations[0].text in ("z[n, i] = (W[i, j] * x[n, j] + b[i])",
+                                           "z[n, i] = W[i, j] * x[n, j] + b[i]")
 
 
 def test_errors_in_continued_statements_point_at_the_line_they_are_on():
