@@ -10,7 +10,8 @@ How a fenced block is treated, by its language:
   CLI); the lines after it are its output (stdout then stderr; a line `...` matches any
   lines, `...` inside a line any text); with no output shown it must exit 0;
 - `title="NAME"` on any block writes its text to NAME in the page's folder first;
-- a block whose first statement is `layer NAME` is a spec: it must parse;
+- an untitled block whose first statement is `layer NAME` is a spec: it must parse (a
+  titled one is a file, and the commands that read it show what they print);
 - `sh` (installing packages, `backprop bench`), `c` (excerpts of generated headers),
   `text` (tables and printouts) and `yaml` are shown, not run.
 """
@@ -73,7 +74,7 @@ def test_every_block_runs_and_prints_what_is_shown(page, tmp_path):
                 (work / title).write_text(text, encoding="utf-8")
             first = next((line for line in text.splitlines()
                           if line.strip() and not line.lstrip().startswith("#")), "")
-            if lang in ("", "text") and first.startswith("layer "):
+            if lang in ("", "text") and first.startswith("layer ") and not title:
                 parse_spec(text, label)
             elif lang == "python":
                 exec(compile(text, label, "exec"), namespace)   # our own documentation
@@ -146,3 +147,13 @@ def test_the_ci_test_command_installs_the_docs_extra():
     after = readme.split("<!-- ci: test command -->", 1)[1]
     command = re.search(r"```\n(.*?)\n", after).group(1)
     assert "docs" in command and "pytest" in command
+
+
+def test_shown_output_must_match():
+    """The comparison can fail: a changed line, a missing line or extra output."""
+    printed = "layer x\n\nforward:\n  y = 2*x\n"
+    assert matches(["layer x", "", "forward:", "  y = 2*x"], printed)
+    assert matches(["layer x", "...", "  y = 2*..."], printed)
+    assert not matches(["layer x", "", "forward:", "  y = 3*x"], printed)
+    assert not matches(["layer x", "forward:", "  y = 2*x"], printed)
+    assert not matches(["layer x"], printed)
