@@ -1,7 +1,8 @@
 """Spec text -> Layer.  The text is data: Python's `ast` parses each expression and a
 whitelist of node types turns it into SymPy; nothing is eval'd, exec'd or sympified.
 
-Statements, one per line (`#` starts a comment):
+Statements, one per line (`#` starts a comment; a statement continues onto the next line
+while a bracket is open or after a trailing backslash):
 
     layer NAME [free text describing it]
     dims N, I, J
@@ -78,7 +79,9 @@ def _statements(text: str, file: str):
             joined += body.lstrip()
         stmt = _Statement(file, pieces[0][1], joined, pieces)
         if len(joined) > MAX_LINE:
-            raise stmt.error(f"statement is longer than {MAX_LINE} characters")
+            raise stmt.error(f"statement is longer than {MAX_LINE} characters; name parts "
+                             f"of it as intermediates (and continue a long one over lines "
+                             f"inside brackets)")
         if joined.endswith("\\"):
             pending = (joined[:-1], pieces)
         elif joined.split(None, 1)[0] != "layer" and _unclosed(joined):

@@ -304,3 +304,9 @@ def test_an_unknown_layer_name_suggests_the_close_builtin_and_names_no_file():
             call()
         assert "did you mean 'layernorm'?" in str(info.value)
         assert not str(info.value).startswith("<")       # no '<command line>:' from Python
+
+
+def test_an_overlong_statement_says_what_to_do():
+    long_sum = " + ".join(["x[n, j] * W[i, j]"] * 120)
+    err = error_of(HEAD + f"z[n, i] = ({long_sum}\n + b[i])\n")
+    assert err.line == 6 and "longer than 2000 characters; name parts of it" in err.message
