@@ -1,12 +1,12 @@
 """Built-in layers: spec files in derive/layers/, written in the spec language itself."""
 from __future__ import annotations
 
-import difflib
 import sys
 from importlib import resources
 from pathlib import Path
 
 from .errors import SpecError
+from .names import did_you_mean
 
 # The parser and Layer (and with them SymPy) load on first use: a warm cache load of C
 # kernels needs only a spec's text (spec_source), and SymPy's import is 0.2 s.
@@ -27,7 +27,7 @@ def builtin(name: str):
     from .parser import parse_spec
 
     if name not in BUILTINS:
-        raise SpecError(f"no built-in layer '{name}'{_did_you_mean(name)}; built-ins: "
+        raise SpecError(f"no built-in layer '{name}'{did_you_mean(name, BUILTINS)}; built-ins: "
                         f"{', '.join(BUILTINS)}", None)
     return parse_spec(builtin_text(name), f"<builtin {name}>")
 
@@ -69,12 +69,7 @@ def resolve(layer_or_name):
         if Path(layer_or_name).is_file():
             return load_spec(layer_or_name)
         raise SpecError(f"'{layer_or_name}' is neither a built-in layer"
-                        f"{_did_you_mean(layer_or_name)} nor a spec file; built-ins: "
+                        f"{did_you_mean(layer_or_name, BUILTINS)} nor a spec file; built-ins: "
                         f"{', '.join(BUILTINS)} (`backprop list` describes them)", None)
     raise TypeError(f"expected a Layer, a built-in name or a spec path, got "
                     f"{type(layer_or_name).__name__}")
-
-
-def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, BUILTINS, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import re
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import sympy as sp
 from .errors import SpecError
 from .functions import FUNCTIONS
 from .indices import free_indices as _free_indices
-from .names import layer_name_problem, name_problem
+from .names import did_you_mean, layer_name_problem, name_problem
 from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
 
 MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
@@ -297,12 +296,12 @@ class _Parser:
             raise stmt.error(f"cannot parse: {exc.msg}", c) from None
         except (ValueError, MemoryError) as exc:
             raise stmt.error(f"cannot parse: {exc}", col + lead + 1) from None
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and node.value == 0 and \
-                    re.search(r"[1-9]", ast.get_source_segment(stripped, node).lower().split("e")[0]):
-                raise stmt.error(f"{ast.get_source_segment(stripped, node)} is too small "
-                                 f"for a float (it would become 0); write 0 if you mean it",
-                                 col + lead + node.col_offset + 1)
+        for node in ast.walk(tree):            # 1e-400 underflows to 0 as it is parsed
+            written = ast.get_source_segment(stripped, node) \
+                if isinstance(node, ast.Constant) and node.value == 0 else None
+            if written and re.search(r"[1-9]", written.lower().split("e")[0]):
+                raise stmt.error(f"{written} is too small for a float (it would become 0); "
+                                 f"write 0 if you mean it", col + lead + node.col_offset + 1)
         # Keep the column shift so errors point into the original line.
         return _Shifted(tree.body, col + lead)
 
@@ -673,7 +672,7 @@ class _Expr:
             if n in self.p.dims:
                 raise self.err(f"'{n}' is a dimension, not a tensor: it takes no indices",
                                node)
-            raise self.err(f"undeclared tensor '{n}'{_did_you_mean(n, self.p.tensors)}; "
+            raise self.err(f"undeclared tensor '{n}'{did_you_mean(n, self.p.tensors)}; "
                            f"declare it first (input, param, target, ...)", node)
         slots = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         if len(slots) != len(t.dims):
@@ -736,7 +735,7 @@ class _Expr:
         f = FUNCTIONS.get(fname)
         if f is None:
             raise self.err(f"unknown function '{fname}'"
-                           f"{_did_you_mean(fname, [*FUNCTIONS, 'sum'])}; known: "
+                           f"{did_you_mean(fname, [*FUNCTIONS, 'sum'])}; known: "
                            f"{', '.join(sorted(FUNCTIONS))}, sum", node.func)
         if len(node.args) != 1:
             raise self.err(f"{fname}() takes exactly one argument", node)
@@ -744,11 +743,6 @@ class _Expr:
         if fname == "log" and arg.is_Number and arg <= 0:
             raise self.err("log of a non-positive constant", node.args[0])
         return f(arg)
-
-
-def _did_you_mean(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 _OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
