@@ -78,3 +78,11 @@ def derive_sizes(layer: str, defs: dict, sizes: dict) -> None:
             raise ValueError(f"{layer}: dimension {name} = {text} = {size} with {given}: it "
                              f"must be at least 1 (an input smaller than its window?)")
         sizes.setdefault(name, (size, f"{name} = {text}"))
+
+
+def check_backward(layer: str, gradients) -> None:
+    """A forward-only layer (every input nograd, like an optimizer step) has no backward
+    pass: say so rather than return no gradients."""
+    if not gradients:
+        raise ValueError(f"{layer}: a forward-only layer (every input and parameter is "
+                         f"nograd) has no backward pass; call forward")

@@ -11,7 +11,9 @@ compiler.  OpenMP support is probed only when building; the compiler's identity 
        dies, so no stale locks), look again, and only then compile;
     3. compile into a private temporary folder, write the manifest last, rename the folder
        into place: a killed build leaves no half entry, and a corrupt or truncated entry
-       fails the hash check and is rebuilt.
+       fails the hash check and is rebuilt;
+    4. before compiling, sweep what killed builds left: `.build-*` folders whose lock no
+       one holds, and the lock files of entries that exist.
 """
 from __future__ import annotations
 
@@ -162,6 +164,7 @@ def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
         with _locked(root / f"{key}.lock"):
             module = _try_load(entry, module_name)      # another process may have built it
             if module is None:
+                _sweep_stale(root, key)
                 _compile_entry(entry, module_name, sources, cdef, cc,
                                accepted(cc, flags) + openmp_flags(cc), compiler_version(cc))
                 module = _try_load(entry, module_name)
@@ -278,7 +281,7 @@ def _try_load(entry: Path, module_name: str):
 
 def _compile_entry(entry, module_name, sources, cdef, cc, flags, version):
     root = entry.parent
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".build-{entry.name[:16]}-"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".build-{entry.name}-"))
     try:
         for fname, text in sources.items():
             (tmp / fname).write_text(text, encoding="utf-8")
@@ -362,6 +365,33 @@ def _failed(module_name, cmd, r) -> CompilerError:
     return CompilerError(f"the C compiler failed building kernel '{module_name}' "
                          f"({' '.join(cmd)}):\n{(r.stderr or r.stdout).strip()}\n"
                          f"{NUMPY_HINT}")
+
+
+def _sweep_stale(root: Path, own_key: str) -> None:
+    """Remove what killed builds left (`kill -9` skips every cleanup): `.build-KEY-*`
+    folders whose key's lock no process holds (a build holds it for as long as its folder
+    exists), and lock files of finished entries.  A lock file is removed only once its
+    entry exists, so a process still waiting on it finds the entry when it gets the lock
+    and never builds under a lock no one else can see.  Called holding own_key's lock."""
+    try:
+        import fcntl
+    except ImportError:                      # no flock: nothing can prove a build dead
+        return
+    for folder in root.glob(f".build-{own_key}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+    keys = {f.name[len(".build-"):].rsplit("-", 1)[0] for f in root.glob(".build-*")}
+    keys |= {lock.name[:-len(".lock")] for lock in root.glob("*.lock")}
+    for key in keys - {own_key}:
+        lock = root / f"{key}.lock"
+        try:
+            with open(lock, "a+") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for folder in root.glob(f".build-{key}-*"):
+                    shutil.rmtree(folder, ignore_errors=True)
+                if (root / key / "manifest.json").exists():
+                    lock.unlink()
+        except OSError:                      # held: that build is running
+            continue
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arguments import check_fusable, check_names, derive_sizes, dim_program
+from .arguments import check_backward, check_fusable, check_names, derive_sizes, dim_program
 from .blas import numpy_blas
 from .dtypes import CTYPES, SUFFIX
 
@@ -99,6 +99,7 @@ class CKernels:
         return out
 
     def backward(self, out=None, **arrays):
+        check_backward(self.name, self.gradients)
         check_names(self.name, arrays, self.args + self.upstream, self.returns)
         if any(n not in arrays for n in self.reuses):
             fwd = self.forward(**{n: arrays[n] for n in self.args})

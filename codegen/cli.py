@@ -19,11 +19,30 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+NAME_OR_FILE = "a built-in layer (see `backprop list`) or the path of a spec file"
+ENVIRONMENT = """\
+environment:
+  BACKPROP_CACHE   folder of compiled and generated kernels
+                   (default ~/.cache/backprop-toolkit)
+  BACKPROP_CFLAGS  C optimization flags, replacing -O3 -march=native -fno-math-errno
+  BACKPROP_BLAS    'none': matrix products in the generated C loops, not NumPy's OpenBLAS
+  CC               the C compiler (default cc)"""
+CLAIM_FORMS = r"""claims, in either form:
+  LaTeX:          '\frac{\partial L}{\partial z} = \hat{y} - y'
+                  '\frac{\partial L}{\partial W} = \delta^T x'   (matrices: either convention)
+  spec language:  'dz[n, i] = (y[n, i] - t[n, i]) / N'   (gradients named d + tensor)
+example:
+  backprop verify --model neuron '\frac{\partial L}{\partial z} = \hat{y} - y'"""
+
+
 def main(argv=None) -> int:
+    from .version import VERSION
+
     parser = _OneLineParser(
-        prog="backprop",
+        prog="backprop", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Derive backpropagation formulas from a layer's forward equations "
-                    "and emit verified kernels.")
+                    "and emit verified kernels.", epilog=ENVIRONMENT)
+    parser.add_argument("--version", action="version", version=f"backprop {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", help="list the built-in layers")
@@ -31,33 +50,36 @@ def main(argv=None) -> int:
     const_help = ("set the spec's constants, e.g. --const S=2,P=1 for a convolution's "
                   "stride and padding (repeatable)")
     p = sub.add_parser("derive", help="print a layer's derived gradient formulas")
-    p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("layer", metavar="NAME_OR_FILE", help=NAME_OR_FILE)
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                    help=const_help)
 
     p = sub.add_parser("emit", help="write a layer's generated kernels")
-    p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?")
+    p.add_argument("layer", metavar="NAME_OR_FILE", nargs="?", help=NAME_OR_FILE)
     p.add_argument("--all", action="store_true",
                    help="every built-in layer, into DIR/<backend>/ (how generated/ is made)")
     p.add_argument("--backend", choices=list(BACKENDS),
                    help="numpy (default) or c; with --all, every backend unless given")
-    p.add_argument("-o", "--out", required=True, metavar="DIR")
+    p.add_argument("-o", "--out", required=True, metavar="DIR",
+                   help="folder to write into (made if missing): DIR/<layer>.py for numpy, "
+                        "DIR/<layer>.h and DIR/<layer>.c for c")
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                    help=const_help)
 
     p = sub.add_parser("latex", help="write a layer's derivation as a document")
-    p.add_argument("layer", metavar="NAME_OR_FILE")
+    p.add_argument("layer", metavar="NAME_OR_FILE", help=NAME_OR_FILE)
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                    help=const_help)
     p.add_argument("-o", "--out", required=True, metavar="OUT",
-                   help="file ending in .tex, .md, .pdf or .png")
+                   help="file ending in .tex, .md, .pdf or .png (PNG: one file per page, "
+                        "OUT.png, OUT-2.png, ...)")
 
     p = sub.add_parser(
         "verify", help="check a claimed formula against the derivation",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Check a claimed formula against the derived truth: HOLDS, CONDITIONAL "
                     "(with the conditions),\nFALSE (with a counterexample) or ILL-FORMED.",
-        epilog=r"""notation (the README's verify section has all of it):
+        epilog=CLAIM_FORMS + "\n" + r"""notation (the README's verify section has all of it):
   gradients   \frac{\partial L}{\partial z}, \partial C / \partial b^{(1)}, \nabla_{a^{(2)}} C,
               \bar{z}, \delta^{(2)}; Jacobians \frac{\partial y_i}{\partial z_j}
   layers      W^{(2)}, w^{(2)}_{jk}, symbolic \delta^l, w^{l+1}, a^{l-1}, \delta^L
@@ -70,7 +92,7 @@ examples:
   backprop verify --model mlp2 '\delta^{(1)} = \sigma'"'"'(z^{(1)}) \odot (W^{(2)})^T \delta^{(2)}'
   backprop verify --model relu '\frac{\partial L}{\partial z} = \bar{a} \odot [z > 0]'""")
     p.add_argument("claim", nargs="?", metavar="CLAIM",
-                   help=r"LaTeX, e.g. '\frac{\partial L}{\partial z} = \hat{y} - y'")
+                   help="one equation, in LaTeX or in the spec language (forms below)")
     p.add_argument("--model", metavar="NAME_OR_FILE", help="the layer the claim is about")
     p.add_argument("--map", action="append", default=[], metavar="SYMBOL=TENSOR",
                    help=r"map a claim symbol to a tensor (repeatable), e.g. '\hat{y}=y'")
@@ -96,7 +118,9 @@ examples:
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
 
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random arrays of the finite-difference check "
+                        "(default 0)")
 
     args = parser.parse_args(argv)
     try:

@@ -3,12 +3,13 @@ never sees half a file."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from derive import derive
 from derive.builtins import resolve
 
+from .folders import make_folder
 from .numpy_backend import numpy_source
 from .plan import plan
 
@@ -31,8 +32,8 @@ def sources(layer_or_name, backend: str = "numpy") -> dict[str, str]:
 
 
 def emit(layer_or_name, out_dir, backend: str = "numpy") -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(Path(out_dir).expanduser(), "the output folder",
+                          "-o names a folder to write the sources into")
     written = []
     for fname, text in sources(layer_or_name, backend).items():
         path = out_dir / fname
@@ -61,7 +62,10 @@ def emit_all(out_dir, backends=BACKENDS) -> list[Path]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Created with mode 0666 less the umask, as open() would (mkstemp's 0600 would make
+    # emitted sources private to their writer).
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from derive.affine import between, bounds_from, is_full, tighten
+from derive.affine import between, bounds_from, tighten
 from derive.indices import dim_of, free_indices
 
 from .loops import Nest

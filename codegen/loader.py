@@ -13,18 +13,26 @@ from types import SimpleNamespace
 
 from derive.builtins import is_layer, resolve, spec_source
 
-from .arguments import check_fusable, check_names
+from .arguments import check_backward, check_fusable, check_names
+from .folders import make_folder
 
 CACHE_ENV = "BACKPROP_CACHE"
 
 
 def cache_dir(override=None) -> Path:
+    """The kernel cache folder, made if needed: `cache=`, else $BACKPROP_CACHE, else
+    $XDG_CACHE_HOME/backprop-toolkit or ~/.cache/backprop-toolkit (~ is expanded)."""
     if override is not None:
-        return Path(override)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "backprop-toolkit"
+        path, setting = Path(override).expanduser(), f"cache={str(override)!r}"
+    elif os.environ.get(CACHE_ENV):
+        path = Path(os.environ[CACHE_ENV]).expanduser()
+        setting = f"{CACHE_ENV}={os.environ[CACHE_ENV]}"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path, setting = Path(base).expanduser() / "backprop-toolkit", "the default"
+    return make_folder(path, f"the kernel cache ({setting})",
+                       f"point {CACHE_ENV} (or the cache= argument) at a folder you can "
+                       f"write, e.g. {CACHE_ENV}=~/.cache/backprop-toolkit")
 
 
 class Kernels:
@@ -44,20 +52,24 @@ class Kernels:
         self.upstream = tuple(module.UPSTREAM)
         self.gradients = tuple(module.GRADIENTS)
 
-    def forward(self, **arrays):
+    def forward(self, out=None, **arrays):
+        self._refuse_out(out)
         self._check(arrays, self.args, ())
         return self.module.forward(**{n: arrays[n] for n in self.args})
 
-    def backward(self, **arrays):
+    def backward(self, out=None, **arrays):
+        self._refuse_out(out)
+        check_backward(self.name, self.gradients)
         reusable = tuple(n for n in self.returns if n in _kwonly(self.module.backward))
         self._check(arrays, self.args + self.upstream, self.returns)
         extra = {n: arrays[n] for n in reusable if n in arrays}
         return self.module.backward(**{n: arrays[n] for n in self.args + self.upstream},
                                     **extra)
 
-    def forward_backward(self, **arrays):
+    def forward_backward(self, out=None, **arrays):
         """The outputs (the loss) and every gradient; for a layer that ends in its loss.
         NumPy runs forward, then backward reusing its intermediates."""
+        self._refuse_out(out)
         check_fusable(self.name, self.layer.loss, self.upstream)
         self._check(arrays, self.args, ())
         fwd = self.forward(**arrays)
@@ -68,6 +80,12 @@ class Kernels:
 
     def _check(self, arrays, required, optional):
         check_names(self.name, arrays, required, optional)
+
+    def _refuse_out(self, out):
+        if out is not None:
+            raise ValueError(f"{self.name}: out= (results into your arrays) is supported by "
+                             f"the C backend, codegen.load(..., backend=\"c\"); the NumPy "
+                             f"backend returns new arrays")
 
     def __repr__(self):
         return f"<{self.backend} kernels of layer {self.name} from {self.path}>"

@@ -2,8 +2,6 @@
 kernels emitted and checked against central finite differences."""
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 
 from derive import derive
@@ -11,7 +9,6 @@ from derive.builtins import builtin
 from derive.evaluate import evaluate
 from derive.pretty import derivation_text
 
-from .emitter import emit
 from .loader import load
 
 
@@ -25,6 +22,10 @@ def tour(seed: int = 0) -> int:
     print()
     for label, key in (("yhat", "yhat"), ("L", "L"), ("dL/dz", "dz"), ("dL/dw", "dw")):
         print(f"    {label:<6} = {float(v[key]):.6g}")
+    print("\n    dz = y*yhat - y is the general form; it is the textbook yhat - y only when "
+          "y = 1,\n    as here (a target of 0 gives dz = 0, not yhat).  The verifier "
+          "finds that condition:\n    backprop verify --model neuron "
+          "'\\frac{\\partial L}{\\partial z} = \\hat{y} - y'")
 
     print("\n2. A two-layer network (dense, sigmoid, dense, softmax + cross-entropy):\n")
     mlp2 = derive(builtin("mlp2"))
@@ -35,13 +36,16 @@ def tour(seed: int = 0) -> int:
 
     print("\n3. mlp2's NumPy kernels, emitted and checked against central finite "
           "differences:\n")
-    with tempfile.TemporaryDirectory(prefix="backprop-tour-") as tmp:
-        paths = emit("mlp2", tmp, "numpy")
-        for path in paths:
-            print(f"    emitted {path.name} ({len(path.read_text().splitlines())} lines)")
-        kernels = load(mlp2.layer, cache=tmp)
-        ok &= _check_fd(kernels, seed)
+    kernels = load(mlp2.layer)
+    lines = len(kernels.path.read_text(encoding="utf-8").splitlines())
+    print(f"    emitted mlp2.py ({lines} lines), kept in the kernel cache:\n"
+          f"    {kernels.path}\n")
+    ok &= _check_fd(kernels, seed)
     print("\ntour " + ("passed" if ok else "FAILED"))
+    if ok:
+        print("\nNext: write a layer of your own (docs/getting-started.md, or the notebook "
+              "docs/tutorial.ipynb),\nor try  backprop derive layernorm,  "
+              "backprop emit mlp2 -o mine/,  backprop verify --catalogue.")
     return 0 if ok else 1
 
 

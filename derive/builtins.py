@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import SpecError
+from .names import did_you_mean
 
 # The parser and Layer (and with them SymPy) load on first use: a warm cache load of C
 # kernels needs only a spec's text (spec_source), and SymPy's import is 0.2 s.
@@ -27,8 +28,8 @@ def builtin(name: str, constants: dict | None = None):
     from .parser import parse_spec
 
     if name not in BUILTINS:
-        raise SpecError(f"no built-in layer '{name}'; built-ins: {', '.join(BUILTINS)}",
-                        "<builtin>")
+        raise SpecError(f"no built-in layer '{name}'{did_you_mean(name, BUILTINS)}; built-ins: "
+                        f"{', '.join(BUILTINS)}", None)
     return parse_spec(builtin_text(name), f"<builtin {name}>", constants)
 
 
@@ -71,7 +72,8 @@ def resolve(layer_or_name, constants: dict | None = None):
             return builtin(layer_or_name, constants)
         if Path(layer_or_name).is_file():
             return load_spec(layer_or_name, constants)
-        raise SpecError(f"'{layer_or_name}' is neither a built-in layer "
-                        f"({', '.join(BUILTINS)}) nor a spec file", "<command line>")
+        raise SpecError(f"'{layer_or_name}' is neither a built-in layer"
+                        f"{did_you_mean(layer_or_name, BUILTINS)} nor a spec file; built-ins: "
+                        f"{', '.join(BUILTINS)} (`backprop list` describes them)", None)
     raise TypeError(f"expected a Layer, a built-in name or a spec path, got "
                     f"{type(layer_or_name).__name__}")

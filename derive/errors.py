@@ -2,9 +2,10 @@
 
 
 class SpecError(ValueError):
-    """A problem in a layer spec, located by file, line and column (1-based)."""
+    """A problem in a layer spec, located by file, line and column (1-based); file is None
+    when the problem is in no file (an unknown layer name)."""
 
-    def __init__(self, message: str, file: str = "<spec>", line: int | None = None,
+    def __init__(self, message: str, file: str | None = "<spec>", line: int | None = None,
                  col: int | None = None):
         self.message = message
         self.file = file
@@ -13,6 +14,8 @@ class SpecError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        if self.file is None:             # not about any text (a layer name, say)
+            return self.message
         where = self.file
         if self.line is not None:
             where += f":{self.line}"

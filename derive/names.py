@@ -1,4 +1,6 @@
-"""Which names may reach generated Python and C: strict identifiers, no keywords."""
+"""Which names may reach generated Python and C: strict identifiers, no keywords; and the
+closest known name to a misspelt one."""
+import difflib
 import keyword
 import re
 
@@ -37,3 +39,9 @@ def layer_name_problem(name: str) -> str | None:
     if problem and "reserved" in problem:
         return None  # a layer may be called sigmoid or relu
     return problem
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean 'X'?)' for the closest of `known` to a misspelt name, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,7 +1,8 @@
 """Spec text -> Layer.  The text is data: Python's `ast` parses each expression and a
 whitelist of node types turns it into SymPy; nothing is eval'd, exec'd or sympified.
 
-Statements, one per line (`#` starts a comment):
+Statements, one per line (`#` starts a comment; a statement continues onto the next line
+while a bracket is open or after a trailing backslash):
 
     layer NAME [free text describing it]
     dims N, I, J
@@ -30,7 +31,7 @@ from .affine import extremes, proven_nonnegative
 from .errors import SpecError
 from .functions import FUNCTIONS
 from .indices import free_indices as _free_indices
-from .names import layer_name_problem, name_problem
+from .names import did_you_mean, layer_name_problem, name_problem
 from .pretty import formula
 from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
 
@@ -39,14 +40,74 @@ MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10
 DECL_KEYWORDS = ROLES + ("loss",)
 OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd", "const", "outside")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
+EMPTY_BRACKETS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[\s*\]")
 
 
 class _Statement:
-    def __init__(self, file: str, line: int, text: str):
+    """One statement; `pieces` maps it back to the lines it was written on: (offset in
+    text, line, offset in that line) for each line a continued statement spans."""
+
+    def __init__(self, file: str, line: int, text: str, pieces=None):
         self.file, self.line, self.text = file, line, text
+        self.pieces = pieces or [(0, line, 0)]
 
     def error(self, message: str, col: int | None = None) -> SpecError:
-        return SpecError(message, self.file, self.line, col)
+        if col is None:
+            return SpecError(message, self.file, self.line)
+        start, line, at = [p for p in self.pieces if p[0] <= max(col - 1, 0)][-1]
+        return SpecError(message, self.file, line, col - start + at)
+
+
+def _statements(text: str, file: str):
+    """The statements of a spec: one per line, where a line continues onto the next while
+    a bracket is open or when it ends in a backslash (`layer` lines are free text)."""
+    pending = None                      # (text so far, pieces)
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        body = raw.split("#", 1)[0].rstrip()
+        bad = next((c for c, ch in enumerate(body) if not (ch.isascii() and
+                    (ch.isprintable() or ch == "\t"))), None)
+        if bad is not None:
+            raise SpecError(f"unexpected character {body[bad]!r}; spec statements use "
+                            f"printable ASCII only", file, lineno, bad + 1)
+        if not body.strip():
+            continue
+        if pending is None:
+            joined, pieces = body, [(0, lineno, 0)]
+        else:                           # joined by one space; columns still map back
+            joined, pieces = pending[0].rstrip() + " ", pending[1]
+            indent = len(body) - len(body.lstrip())
+            pieces.append((len(joined), lineno, indent))
+            joined += body.lstrip()
+        stmt = _Statement(file, pieces[0][1], joined, pieces)
+        if len(joined) > MAX_LINE:
+            raise stmt.error(f"statement is longer than {MAX_LINE} characters; name parts "
+                             f"of it as intermediates (and continue a long one over lines "
+                             f"inside brackets)")
+        if joined.endswith("\\"):
+            pending = (joined[:-1], pieces)
+        elif joined.split(None, 1)[0] != "layer" and _unclosed(joined):
+            pending = (joined, pieces)
+        else:
+            pending = None
+            yield stmt, joined
+    if pending is not None:
+        stmt = _Statement(file, pending[1][0][1], pending[0], pending[1])
+        opened = _unclosed(pending[0])
+        if opened:
+            raise stmt.error(f"'{pending[0][opened[-1]]}' is never closed: the statement "
+                             f"goes on to the end of the file", opened[-1] + 1)
+        raise stmt.error("the last line ends in a backslash, but no line follows")
+
+
+def _unclosed(text: str) -> list[int]:
+    """Positions of the brackets still open at the end of text."""
+    stack = []
+    for pos, ch in enumerate(text):
+        if ch in "([{":
+            stack.append(pos)
+        elif ch in ")]}" and stack:
+            stack.pop()
+    return stack
 
 
 def parse_spec(text: str, file: str = "<spec>", constants: dict | None = None) -> Layer:
@@ -57,8 +118,8 @@ def parse_spec(text: str, file: str = "<spec>", constants: dict | None = None) -
     """
     if not isinstance(text, str):
         raise SpecError("spec text must be a string", file)
-    try:
-        return _Parser(text, file, constants).parse()
+    try:   # a byte-order mark some editors write is not part of the text
+        return _Parser(text.removeprefix("\ufeff"), file, constants).parse()
     except RecursionError:
         raise SpecError("expression is too deeply nested", file) from None
 
@@ -91,18 +152,7 @@ class _Parser:
 
     # ---- statements -------------------------------------------------------------------
     def parse(self) -> Layer:
-        for lineno, raw in enumerate(self.text.splitlines(), start=1):
-            stmt = _Statement(self.file, lineno, raw)
-            body = raw.split("#", 1)[0].rstrip()
-            if not body.strip():
-                continue
-            bad = next((c for c, ch in enumerate(body) if not (ch.isascii() and
-                        (ch.isprintable() or ch == "\t"))), None)
-            if bad is not None:
-                raise stmt.error(f"unexpected character {body[bad]!r}; spec statements "
-                                 f"use printable ASCII only", bad + 1)
-            if len(body) > MAX_LINE:
-                raise stmt.error(f"statement is longer than {MAX_LINE} characters")
+        for stmt, body in _statements(self.text, self.file):
             self._statement(stmt, body)
         return self._finish()
 
@@ -347,6 +397,10 @@ class _Parser:
         if "^" in stripped:
             raise stmt.error("'^' is not a power here; write ** for powers",
                              col + source.index("^") + 1)
+        empty = EMPTY_BRACKETS.search(source)
+        if empty:
+            raise stmt.error(f"'{empty.group(1)}[]' has no indices: a scalar is written "
+                             f"without brackets ('{empty.group(1)}')", col + empty.start() + 1)
         try:
             tree = ast.parse(stripped, mode="eval")
         except SyntaxError as exc:
@@ -354,6 +408,12 @@ class _Parser:
             raise stmt.error(f"cannot parse: {exc.msg}", c) from None
         except (ValueError, MemoryError) as exc:
             raise stmt.error(f"cannot parse: {exc}", col + lead + 1) from None
+        for node in ast.walk(tree):            # 1e-400 underflows to 0 as it is parsed
+            written = ast.get_source_segment(stripped, node) \
+                if isinstance(node, ast.Constant) and node.value == 0 else None
+            if written and re.search(r"[1-9]", written.lower().split("e")[0]):
+                raise stmt.error(f"{written} is too small for a float (it would become 0); "
+                                 f"write 0 if you mean it", col + lead + node.col_offset + 1)
         # Keep the column shift so errors point into the original line.
         return _Shifted(tree.body, col + lead)
 
@@ -761,8 +821,11 @@ class _Expr:
         n = node.value.id
         t = self.p.tensors.get(n)
         if t is None:
-            what = "a dimension" if n in self.p.dims else "not declared"
-            raise self.err(f"undeclared tensor '{n}' ({what})", node)
+            if n in self.p.dims:
+                raise self.err(f"'{n}' is a dimension, not a tensor: it takes no indices",
+                               node)
+            raise self.err(f"undeclared tensor '{n}'{did_you_mean(n, self.p.tensors)}; "
+                           f"declare it first (input, param, target, ...)", node)
         slots = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         if len(slots) != len(t.dims):
             raise self.err(f"'{n}' has {len(t.dims)} indices [{', '.join(t.dims)}], not "
@@ -917,7 +980,8 @@ class _Expr:
             return sp.Sum(body, *limits)
         f = FUNCTIONS.get(fname)
         if f is None:
-            raise self.err(f"unknown function '{fname}'; known: "
+            raise self.err(f"unknown function '{fname}'"
+                           f"{did_you_mean(fname, [*FUNCTIONS, 'sum'])}; known: "
                            f"{', '.join(sorted(FUNCTIONS))}, sum", node.func)
         if len(node.args) != 1:
             raise self.err(f"{fname}() takes exactly one argument", node)

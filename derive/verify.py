@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import itertools
 import re
 import signal
@@ -747,6 +748,21 @@ def read_spec_claim(text: str, d: Derivation) -> Reading:
     return Reading("index form", lhs_expr, expr, tuple(indices), False)
 
 
+def _too_deep_is_a_claim_error(fn):
+    """A claim of ~1,400 factors nests deeper than Python's recursion limit somewhere in
+    reading or SymPy: say so instead of 'maximum recursion depth exceeded'."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecursionError:
+            raise ClaimError("the claim is nested too deeply to verify (a product or sum "
+                             "of about a thousand terms or more); write it shorter, e.g. "
+                             "with powers or sums") from None
+    return wrapper
+
+
+@_too_deep_is_a_claim_error
 def verify(d: Derivation, claim_text: str, mapping: dict | None = None,
            timeout: float = 5.0) -> Verdict:
     mapping = dict(mapping or {})

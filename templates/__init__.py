@@ -21,9 +21,22 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=_guard_openmp,
     )
     env.filters["pyrepr"] = repr
     return env
+
+
+OMP_PRAGMA = "#pragma omp "
+
+
+def _guard_openmp(value):
+    """Every printed `#pragma omp X` becomes `BP_OMP(X)`, a macro (c_source.c.j2) that is
+    the pragma under OpenMP and nothing without it, so strict builds without -fopenmp
+    (-Wall -Werror) meet no unknown pragma.  Kernel plans keep writing plain pragmas."""
+    if isinstance(value, str) and value.startswith(OMP_PRAGMA):
+        return f"BP_OMP({value[len(OMP_PRAGMA):]})"
+    return value
 
 
 def render(template: str, **context) -> str:

@@ -255,3 +255,8 @@ def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
     state = opt.state[param]
     return {"p_next": param.detach(), "m_next": state["exp_avg"],
             "v_next": state["exp_avg_sq"]}
+
+
+def gradients(kernels, **arrays) -> dict:
+    """kernels.backward(**arrays); none for a forward-only layer (whose backward refuses)."""
+    return kernels.backward(**arrays) if kernels.gradients else {}

@@ -3,6 +3,7 @@ failures, and a wrapper that keeps bad arrays away from C."""
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_generated_sources_compile_standalone(tmp_path, name, flags):
     cc = require_oracle("cc")
     src = ROOT / "generated" / "c" / f"{name}.c"
     b = codegen.build
-    extra = (["-O2", "-Wno-unknown-pragmas"] if flags == "plain" else
+    extra = (["-O2"] if flags == "plain" else
              b.BASE_FLAGS + b.opt_flags() + b.openmp_flags(cc))
     obj = tmp_path / f"{name}.o"
     r = subprocess.run(cc + STRICT + extra + ["-c", str(src), "-o", str(obj)],
@@ -157,6 +158,44 @@ def test_plain_c_program_uses_a_kernel(tmp_path, own_gemm):
     assert out[19] == (3 if own_gemm else 0)       # z, dx and dW are matrix products
 
 
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_a_cpp_program_includes_the_header(tmp_path):
+    """The header is C++-clean (restrict is spelled __restrict there, and only there): a
+    C++ program includes it under -Wall -Wextra -pedantic -Werror and calls the C kernel;
+    a program that defines restrict itself keeps its own definition."""
+    main = tmp_path / "main.cpp"
+    main.write_text(textwrap.dedent("""
+        #include <cstdio>
+        #include "dense.h"
+        #ifdef restrict
+        #error "the header leaked its restrict macro"
+        #endif
+        int main() {
+            double x[4] = {1, 2, 3, 4}, W[6] = {1, 0, 0, 1, 1, 1}, b[3] = {0.5, 0, -1}, z[6];
+            bp_dense_forward_f64(2, 3, 2, x, W, b, z, nullptr);
+            for (double v : z) std::printf("%g ", v);
+            return 0;
+        }
+    """))
+    c_obj = tmp_path / "dense.o"
+    subprocess.run(["cc", "-std=c99", "-O2", "-c", str(ROOT / "generated" / "c" / "dense.c"),
+                    "-o", str(c_obj)], check=True)
+    exe = tmp_path / "main"
+    strict = ["c++", "-std=c++11", "-Wall", "-Wextra", "-pedantic", "-Werror",
+              f"-I{ROOT / 'generated' / 'c'}"]
+    r = subprocess.run(strict + [str(main), str(c_obj), "-lm", "-o", str(exe)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True).stdout.split()
+    assert [float(v) for v in out] == [1.5, 2, 2, 3.5, 4, 6]
+    own = tmp_path / "own.cpp"
+    own.write_text('#define restrict __restrict__\n#include "dense.h"\n'
+                   '#ifndef restrict\n#error "the header removed the user\'s restrict"\n#endif\n')
+    r = subprocess.run(strict + ["-c", str(own), "-o", str(tmp_path / "own.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def run_python(code, env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
@@ -223,6 +262,36 @@ def test_warm_load_parses_nothing_until_asked(tmp_path):
     r = run_python(probe, env)
     assert r.stdout.split() == ["[]", "False", str(round(float(np.log(3)), 4)),
                                 "softmax_cross_entropy_labels", "z"], r.stderr
+
+
+def test_a_build_sweeps_what_killed_builds_left(tmp_path):
+    """After `kill -9` during a compile, its `.build-*` folder and lock stay; the next build
+    removes folders whose lock no process holds and lock files of finished entries, and
+    leaves a build that is running (its lock held) alone."""
+    import fcntl
+
+    root = tmp_path / "cache" / "c"
+    root.mkdir(parents=True)
+    dead_alone, dead_locked, live, done = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    for key in (dead_alone, dead_locked, live):
+        (root / f".build-{key}-x1y2z3").mkdir()
+        (root / f".build-{key}-x1y2z3" / "part.o").write_text("half")
+    for key in (dead_locked, live, done):
+        (root / f"{key}.lock").touch()
+    (root / done).mkdir()
+    (root / done / "manifest.json").write_text("{}")
+    with open(root / f"{live}.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        spec = tmp_path / "sweep_probe.bp"
+        spec.write_text("layer sweep_probe\ndims N\ninput x[N]\noutput y[N]\n"
+                        "y[n] = 3 * x[n]\n")
+        k = codegen.load(str(spec), backend="c", cache=tmp_path / "cache")
+        assert k.forward(x=np.ones(2))["y"].tolist() == [3, 3]
+    left = sorted(p.name for p in root.iterdir() if p.name.startswith(".build-"))
+    assert left == [f".build-{live}-x1y2z3"]
+    locks = {p.name for p in root.glob("*.lock")}
+    assert f"{live}.lock" in locks and f"{dead_locked}.lock" in locks   # no entry yet
+    assert f"{done}.lock" not in locks
 
 
 def test_parallel_processes_build_once(tmp_path):

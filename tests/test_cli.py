@@ -1,6 +1,8 @@
 """The `backprop` command, run as a user runs it."""
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +82,14 @@ def test_tour():
                  "dL/dw  = -0.200656", "emitted mlp2.py", "tour passed"):
         assert text in out
     assert out.count(" ok (< 1e-6)") == 5
+    # the seed's point: dz = yhat - y only when y = 1, said next to the general form
+    assert "dz = y*yhat - y is the general form; it is the textbook yhat - y only when y = 1" \
+        in out
+    # where the emitted module is, and a next step
+    kept = next(line.strip() for line in out.splitlines() if line.strip().endswith("mlp2.py")
+                and "emitted" not in line)
+    assert Path(kept).is_file() and "def backward(" in Path(kept).read_text()
+    assert out.rstrip().splitlines()[-2].startswith("Next: ")
 
 
 def test_emit_c_writes_header_and_source(tmp_path):
@@ -111,3 +121,73 @@ def test_a_closed_pipe_is_not_an_error():
     p.stdout.close()        # the reader is gone before the command writes (it imports SymPy)
     err = p.stderr.read().decode()
     assert p.wait() == 0 and "Broken pipe" not in err, err
+
+
+def test_version():
+    from codegen.version import VERSION
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"backprop {VERSION}"
+
+
+def test_help_texts_name_arguments_and_environment():
+    top = run("--help").stdout
+    for var in ("BACKPROP_CACHE", "BACKPROP_CFLAGS", "BACKPROP_BLAS", "CC "):
+        assert var in top
+    derive = " ".join(run("derive", "--help").stdout.split())       # unwrapped
+    assert "a built-in layer (see `backprop list`) or the path of a spec file" in derive
+    assert "folder to write into" in run("emit", "--help").stdout
+    assert "seed of the random arrays" in run("tour", "--help").stdout
+    verify = run("verify", "--help").stdout
+    assert "\\frac{\\partial L}{\\partial z} = \\hat{y} - y" in verify      # LaTeX
+    assert "dz[n, i] = (y[n, i] - t[n, i]) / N" in verify                  # spec language
+
+
+def test_emit_into_a_file_says_it_is_one(tmp_path):
+    a_file = tmp_path / "passwd"
+    a_file.write_text("")
+    r = run("emit", "dense", "-o", str(a_file))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"cannot use {a_file} as the output folder: it, or a folder above it, is a file" \
+        in r.stderr and "Errno" not in r.stderr
+
+
+def test_emitted_files_are_readable_by_others_under_umask_022(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import os, sys, codegen.cli; os.umask(0o022); "
+                        f"sys.exit(codegen.cli.main(['emit', 'relu', '--backend', 'c', "
+                        f"'-o', {str(tmp_path)!r}]))"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for name in ("relu.c", "relu.h"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("setting, reason", [
+    ("/proc/backprop-x", "no such file or directory"),
+    ("FILE", "it, or a folder above it, is a file"),
+    ("FILE/below", "it, or a folder above it, is a file"),
+])
+def test_an_unusable_cache_names_the_setting_and_what_to_do(tmp_path, setting, reason):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    value = setting.replace("FILE", str(a_file))
+    code = "import codegen; codegen.load('dense')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "BACKPROP_CACHE": value})
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0
+    assert f"cannot use {value} as the kernel cache (BACKPROP_CACHE={value}): {reason}; " \
+           f"point BACKPROP_CACHE (or the cache= argument) at a folder you can write" in last
+
+
+def test_the_cache_setting_expands_the_home_folder(tmp_path):
+    from codegen.loader import cache_dir
+
+    env = {**os.environ, "HOME": str(tmp_path),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    code = "import codegen.loader as l; print(l.cache_dir('~/bp-cache'))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=tmp_path)
+    assert r.stdout.strip() == str(tmp_path / "bp-cache"), r.stderr
+    assert (tmp_path / "bp-cache").is_dir() and not (tmp_path / "~").exists()
+    with pytest.raises(OSError, match=r"cache='/proc/x'\)"):
+        cache_dir("/proc/x")

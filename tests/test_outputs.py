@@ -135,3 +135,23 @@ def test_activations_in_place(name, dtype):
                                                                            b[np.isinf(b)])
         fine = np.isfinite(b)
         assert rel_err(a[fine], b[fine]) < 20 * np.finfo(dtype).eps, n
+
+
+def test_numpy_backend_says_out_is_for_c():
+    d = codegen.load("dense")
+    arrays = dict(x=np.ones((2, 3)), W=np.ones((4, 3)), b=np.ones(4))
+    for call in (lambda: d.forward(out={"z": np.ones((2, 4))}, **arrays),
+                 lambda: d.backward(out={}, dz=np.ones((2, 4)), **arrays)):
+        with pytest.raises(ValueError, match=r'out= .* supported by the C backend, '
+                                             r'codegen.load\(..., backend="c"\)'):
+            call()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_backward_of_a_forward_only_layer_says_so(backend):
+    a = codegen.load("adam", backend=backend)
+    arrays = dict(p=np.ones(3), g=np.ones(3), m=np.ones(3), v=np.ones(3), step=1.0, lr=0.1,
+                  beta1=0.9, beta2=0.999, eps=1e-8)
+    with pytest.raises(ValueError, match="adam: a forward-only layer .* has no backward pass"):
+        a.backward(**arrays)
+    assert set(a.forward(**arrays)) == {"p_next", "m_next", "v_next"}

@@ -249,3 +249,67 @@ def test_exponents_may_be_scalar_tensors_only():
     assert parse_spec(text + "y[n] = v[n] ** s\n").tensors["s"].dims == ()
     err = error_of(text + "y[n] = s ** v[n]\n")
     assert err.line == 5 and "exponents must be numbers" in err.message
+
+
+# ---- continuation lines and newcomers' messages (issue 17) ----------------------------
+
+def test_a_statement_continues_inside_brackets_and_after_a_backslash():
+    one_line = parse_spec(HEAD + "z[n, i] = W[i, j] * x[n, j] + b[i]\n")
+    for text in ("z[n, i] = (W[i, j] *\n  # a comment inside\n\n  x[n, j] + b[i])\n",
+                 "z[n, i] = W[i, j] * x[n, j] \\\n    + b[i]\n"):
+        layer = parse_spec(HEAD + text)
+        assert layer.equations[0].line == 6
+        assert layer.equations[0].rhs == one_line.equations[0].rhs
+        # documents and generated comments show the statement on one line
+        assert layer.equations[0].text in ("z[n, i] = (W[i, j] * x[n, j] + b[i])",
+                                           "z[n, i] = W[i, j] * x[n, j] + b[i]")
+
+
+def test_errors_in_continued_statements_point_at_the_line_they_are_on():
+    err = error_of(HEAD + "z[n, i] = (W[i, j] * x[n, j]\n    + foo(b[i]))\n")
+    assert (err.line, err.col) == (7, 7) and "unknown function 'foo'" in err.message
+    err = error_of(HEAD + "z[n, i] = sigmoid(W[i, j] * x[n, j]\n\n")
+    assert (err.line, err.col) == (6, 18) and "'(' is never closed" in err.message
+    err = error_of(HEAD + "z[n, i] = b[i] \\\n")
+    assert err.line == 6 and "ends in a backslash" in err.message
+
+
+def test_a_layer_description_may_hold_an_open_parenthesis():
+    layer = parse_spec("layer demo  an affine map (rows are examples\n" + HEAD.split("\n", 1)[1]
+                       + "z[n, i] = W[i, j] * x[n, j] + b[i]\n")
+    assert layer.doc == "an affine map (rows are examples"
+
+
+def test_a_byte_order_mark_is_accepted():
+    layer = parse_spec("\ufeff" + HEAD + "z[n, i] = W[i, j] * x[n, j] + b[i]\n")
+    assert layer.name == "demo"
+
+
+@pytest.mark.parametrize("equation, col, words", [
+    ("z[n, i] = c[n, i]", 11, "undeclared tensor 'c'; declare it first"),
+    ("z[n, i] = N[n] * b[i]", 11, "'N' is a dimension, not a tensor"),
+    ("z[n, i] = sigmod(W[i, j] * x[n, j]) + b[i]", 11, "did you mean 'sigmoid'?"),
+    ("z[n, i] = b[] * W[i, j] * x[n, j]", 11, "'b[]' has no indices"),
+    ("z[n, i] = 1e-400 * W[i, j] * x[n, j] + b[i]", 11, "1e-400 is too small for a float"),
+    ("z[n, i] = 1e400 * W[i, j] * x[n, j] + b[i]", 11, "numbers must be finite"),
+])
+def test_newcomers_messages(equation, col, words):
+    err = error_of(HEAD + equation + "\n")
+    assert (err.line, err.col) == (6, col), str(err)
+    assert words in err.message and "(not declared)" not in err.message, str(err)
+
+
+def test_an_unknown_layer_name_suggests_the_close_builtin_and_names_no_file():
+    from derive.builtins import builtin, resolve
+
+    for call in (lambda: resolve("layernrom"), lambda: builtin("layernrom")):
+        with pytest.raises(SpecError) as info:
+            call()
+        assert "did you mean 'layernorm'?" in str(info.value)
+        assert not str(info.value).startswith("<")       # no '<command line>:' from Python
+
+
+def test_an_overlong_statement_says_what_to_do():
+    long_sum = " + ".join(["x[n, j] * W[i, j]"] * 120)
+    err = error_of(HEAD + f"z[n, i] = ({long_sum}\n + b[i])\n")
+    assert err.line == 6 and "longer than 2000 characters; name parts of it" in err.message

@@ -18,6 +18,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -75,7 +80,7 @@ void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *rest
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - powf(beta1[0], step[0]));
     const float bp_k1 = 1.0F/(1 - powf(beta2[0], step[0]));
-    #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
         m_next[i] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
@@ -111,7 +116,7 @@ void bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, co
     const float bp_s_eps = eps[0];
     const float bp_s_lr = lr[0];
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_g = g[bp_i];
         const float bp_in_m = m[bp_i];
@@ -135,7 +140,7 @@ void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *re
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - pow(beta1[0], step[0]));
     const double bp_k1 = 1.0/(1 - pow(beta2[0], step[0]));
-    #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
         m_next[i] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
@@ -171,7 +176,7 @@ void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, 
     const double bp_s_eps = eps[0];
     const double bp_s_lr = lr[0];
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (P >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_g = g[bp_i];
         const double bp_in_m = m[bp_i];

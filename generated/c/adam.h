@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_ADAM_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_adam_forward_work(ptrdiff_t P);
 size_t bp_adam_backward_work(ptrdiff_t P);
@@ -84,6 +91,11 @@ void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, 
  * out: (none)
  */
 void bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict bp_work);
+
+#ifdef BP_ADAM_H_RESTRICT
+#undef restrict
+#undef BP_ADAM_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

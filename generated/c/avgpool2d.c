@@ -17,6 +17,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -109,14 +114,14 @@ void bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const float bp_k0 = 1.0F/KH;
     const float bp_k1 = 1.0F/KW;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    #pragma omp parallel for if (N*C*Hout*Wout*KH*KW >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*Hout*Wout*KH*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc = 0;
                     for (ptrdiff_t p = 0; p < KH; ++p) {
-                        #pragma omp simd reduction(+:bp_acc)
+                        BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t q = 0; q < KW; ++q) {
                             bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                         }
@@ -135,18 +140,18 @@ void bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t 
     const float bp_k0 = 1.0F/KH;
     const float bp_k1 = 1.0F/KW;
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     dx[((n*C + c)*H + h)*W + w] = 0;
                 }
             }
         }
     }
-    #pragma omp parallel for if (N*C*H*Hout*W*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*Hout*W*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -174,14 +179,14 @@ void bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const double bp_k0 = 1.0/KH;
     const double bp_k1 = 1.0/KW;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    #pragma omp parallel for if (N*C*Hout*Wout*KH*KW >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*Hout*Wout*KH*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc = 0;
                     for (ptrdiff_t p = 0; p < KH; ++p) {
-                        #pragma omp simd reduction(+:bp_acc)
+                        BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t q = 0; q < KW; ++q) {
                             bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                         }
@@ -200,18 +205,18 @@ void bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t 
     const double bp_k0 = 1.0/KH;
     const double bp_k1 = 1.0/KW;
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     dx[((n*C + c)*H + h)*W + w] = 0;
                 }
             }
         }
     }
-    #pragma omp parallel for if (N*C*H*Hout*W*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*Hout*W*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {

@@ -19,6 +19,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -105,10 +110,10 @@ void bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     float *const _y_pb = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < Lout; ++i) {
                     y[(n*O + o)*Lout + i] = b[o];
                 }
@@ -116,7 +121,6 @@ void bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, i + k] as a c k x i matrix */
-            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
@@ -132,16 +136,16 @@ void bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
         }
     } else {
-        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < Lout; ++i) {
                     y[(n*O + o)*Lout + i] = b[o];
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -164,17 +168,16 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
     float *const _dw_pb = bp_work + C*O*K + O*K*L;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t l = 0; l < L; ++l) {
                     dx[(n*C + c)*L + l] = 0;
                 }
             }
         }
         /* pack w[o, c, k] as a c x o k matrix */
-        #pragma omp parallel for if (C*O*K >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 {
@@ -189,7 +192,6 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack dy[n, o, -k + l] as a o k x l matrix */
-            #pragma omp parallel for if (O*K*L >= BP_PARALLEL_MIN)
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
@@ -205,16 +207,16 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
             bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
         }
     } else {
-        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t l = 0; l < L; ++l) {
                     dx[(n*C + c)*L + l] = 0;
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -229,10 +231,10 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
     }
     /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
     if (bp_conv1d_gemm_f32 != NULL) {
-        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     dw[(o*C + c)*K + k] = 0;
                 }
@@ -240,7 +242,6 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, k + lout] as a c k x lout matrix */
-            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
@@ -256,16 +257,16 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
             bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
         }
     } else {
-        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     dw[(o*C + c)*K + k] = 0;
                 }
             }
         }
-        #pragma omp parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -279,11 +280,11 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
         }
     }
     /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
-    #pragma omp parallel for if (O*N*Lout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
+            BP_OMP(simd reduction(+:bp_acc))
             for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
                 bp_acc += dy[(n*O + o)*Lout + lout];
             }
@@ -302,10 +303,10 @@ void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     double *const _y_pb = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < Lout; ++i) {
                     y[(n*O + o)*Lout + i] = b[o];
                 }
@@ -313,7 +314,6 @@ void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, i + k] as a c k x i matrix */
-            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
@@ -329,16 +329,16 @@ void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
         }
     } else {
-        #pragma omp parallel for if (N*O*Lout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < Lout; ++i) {
                     y[(n*O + o)*Lout + i] = b[o];
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -361,17 +361,16 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
     double *const _dw_pb = bp_work + C*O*K + O*K*L;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t l = 0; l < L; ++l) {
                     dx[(n*C + c)*L + l] = 0;
                 }
             }
         }
         /* pack w[o, c, k] as a c x o k matrix */
-        #pragma omp parallel for if (C*O*K >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 {
@@ -386,7 +385,6 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack dy[n, o, -k + l] as a o k x l matrix */
-            #pragma omp parallel for if (O*K*L >= BP_PARALLEL_MIN)
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
@@ -402,16 +400,16 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
             bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
         }
     } else {
-        #pragma omp parallel for if (N*C*L >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t l = 0; l < L; ++l) {
                     dx[(n*C + c)*L + l] = 0;
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -426,10 +424,10 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
     }
     /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
     if (bp_conv1d_gemm_f64 != NULL) {
-        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     dw[(o*C + c)*K + k] = 0;
                 }
@@ -437,7 +435,6 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, k + lout] as a c k x lout matrix */
-            #pragma omp parallel for if (C*K*Lout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
@@ -453,16 +450,16 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
             bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
         }
     } else {
-        #pragma omp parallel for if (O*C*K >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     dw[(o*C + c)*K + k] = 0;
                 }
             }
         }
-        #pragma omp parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -476,11 +473,11 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
         }
     }
     /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
-    #pragma omp parallel for if (O*N*Lout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
+            BP_OMP(simd reduction(+:bp_acc))
             for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
                 bp_acc += dy[(n*O + o)*Lout + lout];
             }

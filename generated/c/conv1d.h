@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_CONV1D_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_conv1d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout);
 size_t bp_conv1d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout);
@@ -78,6 +85,11 @@ void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
  * out: dx[N, C, L], dw[O, C, K], db[O]
  */
 void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work);
+
+#ifdef BP_CONV1D_H_RESTRICT
+#undef restrict
+#undef BP_CONV1D_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

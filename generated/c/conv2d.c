@@ -19,6 +19,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -112,11 +117,11 @@ void bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     float *const _y_pb = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < Wout; ++j) {
                         y[((n*O + o)*Hout + i)*Wout + j] = b[o];
                     }
@@ -125,7 +130,6 @@ void bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
                     for (ptrdiff_t q = 0; q < KW; ++q) {
@@ -145,18 +149,18 @@ void bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
         }
     } else {
-        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < Wout; ++j) {
                         y[((n*O + o)*Hout + i)*Wout + j] = b[o];
                     }
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -183,11 +187,11 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
     float *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
     /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
     if (bp_conv2d_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
                         dx[((n*C + c)*H + h)*W + k] = 0;
                     }
@@ -195,7 +199,6 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             }
         }
         /* pack w[o, c, kh, kw] as a c x o kh kw matrix */
-        #pragma omp parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
@@ -212,7 +215,6 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack dy[n, o, h - kh, k - kw] as a o kh kw x h k matrix */
-            #pragma omp parallel for if (O*KH*KW*H*W >= BP_PARALLEL_MIN)
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
@@ -232,18 +234,18 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
         }
     } else {
-        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
                         dx[((n*C + c)*H + h)*W + k] = 0;
                     }
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -262,11 +264,11 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
     }
     /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
     if (bp_conv2d_gemm_f32 != NULL) {
-        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
                         dw[((o*C + c)*KH + kh)*KW + kw] = 0;
                     }
@@ -275,7 +277,6 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, hout + kh, kw + wout] as a c kh kw x hout wout matrix */
-            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
@@ -295,18 +296,18 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
         }
     } else {
-        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
                         dw[((o*C + c)*KH + kh)*KW + kw] = 0;
                     }
                 }
             }
         }
-        #pragma omp parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -324,12 +325,12 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
         }
     }
     /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
-    #pragma omp parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
                     bp_acc += dy[((n*O + o)*Hout + hout)*Wout + wout];
                 }
@@ -350,11 +351,11 @@ void bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     double *const _y_pb = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < Wout; ++j) {
                         y[((n*O + o)*Hout + i)*Wout + j] = b[o];
                     }
@@ -363,7 +364,6 @@ void bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
                     for (ptrdiff_t q = 0; q < KW; ++q) {
@@ -383,18 +383,18 @@ void bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
         }
     } else {
-        #pragma omp parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < Wout; ++j) {
                         y[((n*O + o)*Hout + i)*Wout + j] = b[o];
                     }
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -421,11 +421,11 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
     double *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
     /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
     if (bp_conv2d_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
                         dx[((n*C + c)*H + h)*W + k] = 0;
                     }
@@ -433,7 +433,6 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             }
         }
         /* pack w[o, c, kh, kw] as a c x o kh kw matrix */
-        #pragma omp parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN)
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
@@ -450,7 +449,6 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack dy[n, o, h - kh, k - kw] as a o kh kw x h k matrix */
-            #pragma omp parallel for if (O*KH*KW*H*W >= BP_PARALLEL_MIN)
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
@@ -470,18 +468,18 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
         }
     } else {
-        #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
                         dx[((n*C + c)*H + h)*W + k] = 0;
                     }
                 }
             }
         }
-        #pragma omp parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -500,11 +498,11 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
     }
     /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
     if (bp_conv2d_gemm_f64 != NULL) {
-        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
                         dw[((o*C + c)*KH + kh)*KW + kw] = 0;
                     }
@@ -513,7 +511,6 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             /* pack x[n, c, hout + kh, kw + wout] as a c kh kw x hout wout matrix */
-            #pragma omp parallel for if (C*KH*KW*Hout*Wout >= BP_PARALLEL_MIN)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
@@ -533,18 +530,18 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
             bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
         }
     } else {
-        #pragma omp parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
                         dw[((o*C + c)*KH + kh)*KW + kw] = 0;
                     }
                 }
             }
         }
-        #pragma omp parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -562,12 +559,12 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
         }
     }
     /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
-    #pragma omp parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
                     bp_acc += dy[((n*O + o)*Hout + hout)*Wout + wout];
                 }

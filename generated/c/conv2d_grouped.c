@@ -19,6 +19,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -113,12 +118,12 @@ void bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     (void)W;
     (void)bp_work;
     /* y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o] */
-    #pragma omp parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < Wout; ++j) {
                         y[(((n*G + g)*OG + o)*Hout + i)*Wout + j] = b[g*OG + o];
                     }
@@ -126,7 +131,7 @@ void bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
             }
         }
     }
-    #pragma omp parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -151,12 +156,12 @@ void bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
     (void)b;
     (void)bp_work;
     /* dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw]) */
-    #pragma omp parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t cg = 0; cg < CG; ++cg) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
                         dx[(((n*G + g)*CG + cg)*H + h)*W + k] = 0;
                     }
@@ -164,7 +169,7 @@ void bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
             }
         }
     }
-    #pragma omp parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t og = 0; og < OG; ++og) {
@@ -182,13 +187,13 @@ void bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
             }
         }
     }
-    #pragma omp parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         /* dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout]) */
         for (ptrdiff_t og = 0; og < OG; ++og) {
             for (ptrdiff_t cg = 0; cg < CG; ++cg) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
                         dw[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw] = 0;
                     }
@@ -211,7 +216,7 @@ void bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
             }
         }
         /* db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]) */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t og = 0; og < OG; ++og) {
             db[g*OG + og] = 0;
         }
@@ -237,12 +242,12 @@ void bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     (void)W;
     (void)bp_work;
     /* y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o] */
-    #pragma omp parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < Wout; ++j) {
                         y[(((n*G + g)*OG + o)*Hout + i)*Wout + j] = b[g*OG + o];
                     }
@@ -250,7 +255,7 @@ void bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
             }
         }
     }
-    #pragma omp parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -275,12 +280,12 @@ void bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
     (void)b;
     (void)bp_work;
     /* dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw]) */
-    #pragma omp parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t cg = 0; cg < CG; ++cg) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
                         dx[(((n*G + g)*CG + cg)*H + h)*W + k] = 0;
                     }
@@ -288,7 +293,7 @@ void bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
             }
         }
     }
-    #pragma omp parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t og = 0; og < OG; ++og) {
@@ -306,13 +311,13 @@ void bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
             }
         }
     }
-    #pragma omp parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         /* dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout]) */
         for (ptrdiff_t og = 0; og < OG; ++og) {
             for (ptrdiff_t cg = 0; cg < CG; ++cg) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t kw = 0; kw < KW; ++kw) {
                         dw[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw] = 0;
                     }
@@ -335,7 +340,7 @@ void bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrd
             }
         }
         /* db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]) */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t og = 0; og < OG; ++og) {
             db[g*OG + og] = 0;
         }

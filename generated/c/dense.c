@@ -19,6 +19,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -80,20 +85,20 @@ void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
     (void)bp_work;
     /* z[n, i] = W[i, j] * x[n, j] + b[i] */
     if (bp_dense_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 z[n*I + i] = b[i];
             }
         }
         bp_dense_gemm_f32(101, 111, 112, N, I, J, 1, x, J, W, J, 1, z, I);
     } else {
-        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 float bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t j = 0; j < J; ++j) {
                     bp_acc += W[i*J + j]*x[n*J + j];
                 }
@@ -111,18 +116,18 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     if (bp_dense_gemm_f32 != NULL) {
         bp_dense_gemm_f32(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
     } else {
-        #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dx[n*J + j] = 0;
             }
         }
-        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 const float bp_acc_r0 = dz[n*I + i];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < J; ++j) {
                     dx[n*J + j] += bp_acc_r0*W[i*J + j];
                 }
@@ -133,18 +138,18 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
     if (bp_dense_gemm_f32 != NULL) {
         bp_dense_gemm_f32(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
     } else {
-        #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (I*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dW[i*J + j] = 0;
             }
         }
-        #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (I*N*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz[n*I + i];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < J; ++j) {
                     dW[i*J + j] += bp_acc_r0*x[n*J + j];
                 }
@@ -152,13 +157,13 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
         }
     }
     /* db[i] = sum_n(dz[n, i]) */
-    #pragma omp parallel for simd if (I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (I >= BP_PARALLEL_MIN))
     for (ptrdiff_t i = 0; i < I; ++i) {
         db[i] = 0;
     }
-    #pragma omp parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             db[i] += dz[n*I + i];
         }
@@ -174,20 +179,20 @@ void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
     (void)bp_work;
     /* z[n, i] = W[i, j] * x[n, j] + b[i] */
     if (bp_dense_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 z[n*I + i] = b[i];
             }
         }
         bp_dense_gemm_f64(101, 111, 112, N, I, J, 1, x, J, W, J, 1, z, I);
     } else {
-        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 double bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t j = 0; j < J; ++j) {
                     bp_acc += W[i*J + j]*x[n*J + j];
                 }
@@ -205,18 +210,18 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     if (bp_dense_gemm_f64 != NULL) {
         bp_dense_gemm_f64(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
     } else {
-        #pragma omp parallel for if (N*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dx[n*J + j] = 0;
             }
         }
-        #pragma omp parallel for if (N*I*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 const double bp_acc_r0 = dz[n*I + i];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < J; ++j) {
                     dx[n*J + j] += bp_acc_r0*W[i*J + j];
                 }
@@ -227,18 +232,18 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
     if (bp_dense_gemm_f64 != NULL) {
         bp_dense_gemm_f64(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
     } else {
-        #pragma omp parallel for if (I*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (I*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dW[i*J + j] = 0;
             }
         }
-        #pragma omp parallel for if (I*N*J >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (I*N*J >= BP_PARALLEL_MIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz[n*I + i];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < J; ++j) {
                     dW[i*J + j] += bp_acc_r0*x[n*J + j];
                 }
@@ -246,13 +251,13 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
         }
     }
     /* db[i] = sum_n(dz[n, i]) */
-    #pragma omp parallel for simd if (I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (I >= BP_PARALLEL_MIN))
     for (ptrdiff_t i = 0; i < I; ++i) {
         db[i] = 0;
     }
-    #pragma omp parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             db[i] += dz[n*I + i];
         }

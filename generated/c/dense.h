@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_DENSE_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_dense_forward_work(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J);
 size_t bp_dense_backward_work(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J);
@@ -78,6 +85,11 @@ void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
  * out: dx[N, J], dW[I, J], db[I]
  */
 void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work);
+
+#ifdef BP_DENSE_H_RESTRICT
+#undef restrict
+#undef BP_DENSE_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

@@ -19,6 +19,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -83,10 +88,10 @@ void bp_gelu_set_threads(int threads)
 void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work)
 {
     (void)bp_work;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3) */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             u[n*I + i] = z[n*I + i]*(0.797884561F + 0.0356774081F*(z[n*I + i]*z[n*I + i]));
         }
@@ -96,13 +101,13 @@ void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
             for (ptrdiff_t bp_q = bp_i_lo; bp_q < bp_i_hi; bp_q += 16) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
                 th[n*I + i] = tanhf(u[n*I + i]);
             }
         }
         /* a[n, i] = 0.5 * z[n, i] * (1 + th[n, i]) */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = (1.0F/2.0F)*(th[n*I + i] + 1)*z[n*I + i];
         }
@@ -113,9 +118,9 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
 {
     (void)bp_work;
     /* dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2 */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
             dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
@@ -127,7 +132,7 @@ void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_u = 0.797884561F*bp_in_z + 0.0356774081F*(bp_in_z*bp_in_z*bp_in_z);
@@ -146,10 +151,10 @@ void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
 void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work)
 {
     (void)bp_work;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3) */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             u[n*I + i] = z[n*I + i]*(0.7978845608028654 + 0.035677408136300126*(z[n*I + i]*z[n*I + i]));
         }
@@ -159,13 +164,13 @@ void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
             for (ptrdiff_t bp_q = bp_i_lo; bp_q < bp_i_hi; bp_q += 8) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
                 th[n*I + i] = tanh(u[n*I + i]);
             }
         }
         /* a[n, i] = 0.5 * z[n, i] * (1 + th[n, i]) */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = (1.0/2.0)*(th[n*I + i] + 1)*z[n*I + i];
         }
@@ -176,9 +181,9 @@ void bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
 {
     (void)bp_work;
     /* dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2 */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
             dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
@@ -190,7 +195,7 @@ void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_u = 0.7978845608028654*bp_in_z + 0.035677408136300126*(bp_in_z*bp_in_z*bp_in_z);

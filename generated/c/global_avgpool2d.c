@@ -17,6 +17,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -81,12 +86,12 @@ void bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/W;
     /* y[n, c] = sum(x[n, c, h, w], h, w) / (H * W) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             float bp_acc = 0;
             for (ptrdiff_t h = 0; h < H; ++h) {
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + h)*W + w];
                 }
@@ -103,12 +108,12 @@ void bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/W;
     /* dx[n, c, h, w] = dy[n, c]/(H*W) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dy[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     dx[((n*C + c)*H + h)*W + w] = bp_acc_r0*bp_k0*bp_k1;
                 }
@@ -127,12 +132,12 @@ void bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/W;
     /* y[n, c] = sum(x[n, c, h, w], h, w) / (H * W) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             double bp_acc = 0;
             for (ptrdiff_t h = 0; h < H; ++h) {
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + h)*W + w];
                 }
@@ -149,12 +154,12 @@ void bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/W;
     /* dx[n, c, h, w] = dy[n, c]/(H*W) */
-    #pragma omp parallel for if (N*C*H*W >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dy[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     dx[((n*C + c)*H + h)*W + w] = bp_acc_r0*bp_k0*bp_k1;
                 }

@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_GLOBAL_AVGPOOL2D_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_global_avgpool2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W);
 size_t bp_global_avgpool2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W);
@@ -74,6 +81,11 @@ void bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
  * out: dx[N, C, H, W]
  */
 void bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict dy, double *restrict dx, double *restrict bp_work);
+
+#ifdef BP_GLOBAL_AVGPOOL2D_H_RESTRICT
+#undef restrict
+#undef BP_GLOBAL_AVGPOOL2D_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

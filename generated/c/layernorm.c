@@ -23,6 +23,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -88,11 +93,11 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
 {
     float *const _s1 = bp_work + 0;
     const float bp_k0 = 1.0F/C;
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* mu[n] = sum(x[n, c], c) / C */
         float bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t c = 0; c < C; ++c) {
             bp_acc0 += bp_k0*x[n*C + c];
         }
@@ -106,7 +111,7 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
                 BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
                 bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
             }
@@ -118,12 +123,12 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         const float bp_acc3_r0 = mu[n];
         const float bp_acc3_r1 = rstd[n];
         const float bp_acc3_r2 = -bp_acc3_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             xhat[n*C + c] = bp_acc3_r1*(bp_acc3_r2 + x[n*C + c]);
         }
         /* y[n, c] = xhat[n, c] * w[c] + b[c] */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
         }
@@ -136,20 +141,20 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
     float *const _s2 = bp_work + 0;
     float *const _s3 = bp_work + N;
     const float bp_k0 = 1.0F/C;
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db[c] = 0;
     }
-    #pragma omp parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k; sum over k */
         float bp_acc0 = 0;
         float bp_acc1 = 0;
-        #pragma omp simd reduction(+:bp_acc0, bp_acc1)
+        BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += dy[n*C + k]*w[k];
             bp_acc1 += dy[n*C + k]*w[k]*x[n*C + k];
@@ -172,7 +177,7 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
                 BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_q);
                 BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
                 const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
                 const float bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
@@ -193,11 +198,11 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
 {
     double *const _s1 = bp_work + 0;
     const double bp_k0 = 1.0/C;
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* mu[n] = sum(x[n, c], c) / C */
         double bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t c = 0; c < C; ++c) {
             bp_acc0 += bp_k0*x[n*C + c];
         }
@@ -211,7 +216,7 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
                 BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
                 bp_acc1 += (bp_acc1_r1 + x[n*C + c])*(bp_acc1_r1 + x[n*C + c]);
             }
@@ -223,12 +228,12 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         const double bp_acc3_r0 = mu[n];
         const double bp_acc3_r1 = rstd[n];
         const double bp_acc3_r2 = -bp_acc3_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             xhat[n*C + c] = bp_acc3_r1*(bp_acc3_r2 + x[n*C + c]);
         }
         /* y[n, c] = xhat[n, c] * w[c] + b[c] */
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
         }
@@ -241,20 +246,20 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
     double *const _s2 = bp_work + 0;
     double *const _s3 = bp_work + N;
     const double bp_k0 = 1.0/C;
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db[c] = 0;
     }
-    #pragma omp parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k; sum over k */
         double bp_acc0 = 0;
         double bp_acc1 = 0;
-        #pragma omp simd reduction(+:bp_acc0, bp_acc1)
+        BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += dy[n*C + k]*w[k];
             bp_acc1 += dy[n*C + k]*w[k]*x[n*C + k];
@@ -277,7 +282,7 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
                 BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_q);
                 BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
                 const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
                 const double bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);

@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_LAYERNORM_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_layernorm_forward_work(ptrdiff_t N, ptrdiff_t C);
 size_t bp_layernorm_backward_work(ptrdiff_t N, ptrdiff_t C);
@@ -86,6 +93,11 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
  * out: dx[N, C], dw[C], db[C]
  */
 void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work);
+
+#ifdef BP_LAYERNORM_H_RESTRICT
+#undef restrict
+#undef BP_LAYERNORM_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

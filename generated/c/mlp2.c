@@ -27,6 +27,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -153,20 +158,20 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 z1[n*H + h] = b1[h];
             }
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 float bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     bp_acc += W1[h*D + d]*x[n*D + d];
                 }
@@ -175,29 +180,29 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             a1[n*H + h] = bp_sigmoid_f32(z1[n*H + h]);
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 z2[n*C + c] = b2[c];
             }
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 float bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     bp_acc += W2[c*H + h]*a1[n*H + h];
                 }
@@ -206,12 +211,12 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     float bp_total3 = 0;
-    #pragma omp parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < C; ++k) {
             const float bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -227,7 +232,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
                 y[n*C + k] = bp_v;
@@ -241,7 +246,7 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
-        #pragma omp simd reduction(+:bp_total3)
+        BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = bp_acc2_r1*y[n*C + c];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
@@ -259,11 +264,11 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     float *const dz1 = bp_work + N*C + N;
     float *const _s3 = bp_work + N*C + N + N*H;
     const float bp_k0 = 1.0F/N;
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         float bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += t[n*C + k];
         }
@@ -275,7 +280,7 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
                 BP_PREFETCH(t + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
                 dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
             }
@@ -285,18 +290,18 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const float bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     _s3[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
@@ -304,9 +309,9 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
         }
@@ -315,18 +320,18 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
@@ -337,18 +342,18 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
@@ -356,13 +361,13 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             db1[h] += dz1[n*H + h];
         }
@@ -371,18 +376,18 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
@@ -390,13 +395,13 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             db2[c] += dz2[n*C + c];
         }
@@ -417,20 +422,20 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 z1[n*H + h] = b1[h];
             }
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 float bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     bp_acc += W1[h*D + d]*x[n*D + d];
                 }
@@ -439,29 +444,29 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             a1[n*H + h] = bp_sigmoid_f32(z1[n*H + h]);
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 z2[n*C + c] = b2[c];
             }
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 float bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     bp_acc += W2[c*H + h]*a1[n*H + h];
                 }
@@ -470,12 +475,12 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     float bp_total2 = 0;
-    #pragma omp parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < C; ++k) {
             const float bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -491,7 +496,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z2[n*C + k]);
                 dz2[n*C + k] = bp_v;
@@ -503,13 +508,13 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const float bp_acc2_r0 = _s4[n];
         const float bp_acc2_r1 = _y_max[n];
         const float bp_acc2_r2 = -bp_acc2_r1 - logf(bp_acc2_r0);
-        #pragma omp simd reduction(+:bp_total2)
+        BP_OMP(simd reduction(+:bp_total2))
         for (ptrdiff_t c = 0; c < C; ++c) {
             bp_total2 += -bp_k0*(bp_acc2_r2 + z2[n*C + c])*t[n*C + c];
         }
         /* sum over k */
         float bp_acc3 = 0;
-        #pragma omp simd reduction(+:bp_acc3)
+        BP_OMP(simd reduction(+:bp_acc3))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc3 += t[n*C + k];
         }
@@ -518,7 +523,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const float bp_acc4_r0 = _s4[n];
         const float bp_acc4_r1 = _s5[n];
         const float bp_acc4_r2 = bp_acc4_r1*1.0F/bp_acc4_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             dz2[n*C + c] = bp_k0*(bp_acc4_r2*dz2[n*C + c] - t[n*C + c]);
         }
@@ -528,18 +533,18 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s6[n*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const float bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     _s6[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
@@ -547,9 +552,9 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s6[n*H + h]*a1[n*H + h];
         }
@@ -558,18 +563,18 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
@@ -580,18 +585,18 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
@@ -599,13 +604,13 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             db1[h] += dz1[n*H + h];
         }
@@ -614,18 +619,18 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
@@ -633,13 +638,13 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             db2[c] += dz2[n*C + c];
         }
@@ -664,20 +669,20 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 z1[n*H + h] = b1[h];
             }
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 double bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     bp_acc += W1[h*D + d]*x[n*D + d];
                 }
@@ -686,29 +691,29 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             a1[n*H + h] = bp_sigmoid_f64(z1[n*H + h]);
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 z2[n*C + c] = b2[c];
             }
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 double bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     bp_acc += W2[c*H + h]*a1[n*H + h];
                 }
@@ -717,12 +722,12 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     double bp_total3 = 0;
-    #pragma omp parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < C; ++k) {
             const double bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -738,7 +743,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
                 y[n*C + k] = bp_v;
@@ -752,7 +757,7 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
-        #pragma omp simd reduction(+:bp_total3)
+        BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = bp_acc2_r1*y[n*C + c];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
@@ -770,11 +775,11 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     double *const dz1 = bp_work + N*C + N;
     double *const _s3 = bp_work + N*C + N + N*H;
     const double bp_k0 = 1.0/N;
-    #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         double bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += t[n*C + k];
         }
@@ -786,7 +791,7 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
                 BP_PREFETCH(t + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
                 dz2[n*C + c] = bp_k0*(bp_acc1_r0*y[n*C + c] - t[n*C + c]);
             }
@@ -796,18 +801,18 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const double bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     _s3[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
@@ -815,9 +820,9 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
         }
@@ -826,18 +831,18 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
@@ -848,18 +853,18 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
@@ -867,13 +872,13 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             db1[h] += dz1[n*H + h];
         }
@@ -882,18 +887,18 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
@@ -901,13 +906,13 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             db2[c] += dz2[n*C + c];
         }
@@ -928,20 +933,20 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 z1[n*H + h] = b1[h];
             }
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 double bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     bp_acc += W1[h*D + d]*x[n*D + d];
                 }
@@ -950,29 +955,29 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             a1[n*H + h] = bp_sigmoid_f64(z1[n*H + h]);
         }
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        #pragma omp parallel for if (N*C >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
                 z2[n*C + c] = b2[c];
             }
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 double bp_acc = 0;
-                #pragma omp simd reduction(+:bp_acc)
+                BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     bp_acc += W2[c*H + h]*a1[n*H + h];
                 }
@@ -981,12 +986,12 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     double bp_total2 = 0;
-    #pragma omp parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < C; ++k) {
             const double bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -1002,7 +1007,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z2 + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z2[n*C + k]);
                 dz2[n*C + k] = bp_v;
@@ -1014,13 +1019,13 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const double bp_acc2_r0 = _s4[n];
         const double bp_acc2_r1 = _y_max[n];
         const double bp_acc2_r2 = -bp_acc2_r1 - log(bp_acc2_r0);
-        #pragma omp simd reduction(+:bp_total2)
+        BP_OMP(simd reduction(+:bp_total2))
         for (ptrdiff_t c = 0; c < C; ++c) {
             bp_total2 += -bp_k0*(bp_acc2_r2 + z2[n*C + c])*t[n*C + c];
         }
         /* sum over k */
         double bp_acc3 = 0;
-        #pragma omp simd reduction(+:bp_acc3)
+        BP_OMP(simd reduction(+:bp_acc3))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc3 += t[n*C + k];
         }
@@ -1029,7 +1034,7 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         const double bp_acc4_r0 = _s4[n];
         const double bp_acc4_r1 = _s5[n];
         const double bp_acc4_r2 = bp_acc4_r1*1.0/bp_acc4_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             dz2[n*C + c] = bp_k0*(bp_acc4_r2*dz2[n*C + c] - t[n*C + c]);
         }
@@ -1039,18 +1044,18 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
-        #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s6[n*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (N*C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const double bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     _s6[n*H + h] += bp_acc_r0*W2[c*H + h];
                 }
@@ -1058,9 +1063,9 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    #pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s6[n*H + h]*a1[n*H + h];
         }
@@ -1069,18 +1074,18 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        #pragma omp parallel for if (N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (N*H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dx[n*D + d] += bp_acc_r0*W1[h*D + d];
                 }
@@ -1091,18 +1096,18 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        #pragma omp parallel for if (H*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        #pragma omp parallel for if (H*N*D >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz1[n*H + h];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t d = 0; d < D; ++d) {
                     dW1[h*D + d] += bp_acc_r0*x[n*D + d];
                 }
@@ -1110,13 +1115,13 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    #pragma omp parallel for simd if (H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    #pragma omp parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
             db1[h] += dz1[n*H + h];
         }
@@ -1125,18 +1130,18 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        #pragma omp parallel for if (C*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        #pragma omp parallel for if (C*N*H >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz2[n*C + c];
-                #pragma omp simd
+                BP_OMP(simd)
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     dW2[c*H + h] += bp_acc_r0*a1[n*H + h];
                 }
@@ -1144,13 +1149,13 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    #pragma omp parallel for simd if (C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    #pragma omp parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             db2[c] += dz2[n*C + c];
         }

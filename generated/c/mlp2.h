@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_MLP2_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_mlp2_forward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C);
 size_t bp_mlp2_backward_work(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C);
@@ -109,6 +116,11 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
  * out: L, dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
  */
 void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
+
+#ifdef BP_MLP2_H_RESTRICT
+#undef restrict
+#undef BP_MLP2_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

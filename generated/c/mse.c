@@ -17,6 +17,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -85,9 +90,9 @@ void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
     /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
     {
         float bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
+            BP_OMP(simd reduction(+:bp_acc))
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             }
@@ -101,9 +106,9 @@ void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     /* dy[n, i] = (y[n, i] - t[n, i])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
@@ -115,10 +120,10 @@ void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     float bp_total0 = 0;
-    #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N); dy[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd reduction(+:bp_total0)
+        BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
@@ -138,9 +143,9 @@ void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
     /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
     {
         double bp_acc = 0;
-        #pragma omp parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN)
+        BP_OMP(parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            #pragma omp simd reduction(+:bp_acc)
+            BP_OMP(simd reduction(+:bp_acc))
             for (ptrdiff_t i = 0; i < I; ++i) {
                 bp_acc += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             }
@@ -154,9 +159,9 @@ void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     /* dy[n, i] = (y[n, i] - t[n, i])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
@@ -168,10 +173,10 @@ void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     double bp_total0 = 0;
-    #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N); dy[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd reduction(+:bp_total0)
+        BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);

@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_MSE_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_mse_forward_work(ptrdiff_t N, ptrdiff_t I);
 size_t bp_mse_backward_work(ptrdiff_t N, ptrdiff_t I);
@@ -89,6 +96,11 @@ void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
  * out: L, dy[N, I]
  */
 void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work);
+
+#ifdef BP_MSE_H_RESTRICT
+#undef restrict
+#undef BP_MSE_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

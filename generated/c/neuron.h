@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_NEURON_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_neuron_forward_work(void);
 size_t bp_neuron_backward_work(void);
@@ -97,6 +104,11 @@ void bp_neuron_backward_f64(const double *restrict x, const double *restrict w, 
  * out: L, dx, dw
  */
 void bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work);
+
+#ifdef BP_NEURON_H_RESTRICT
+#undef restrict
+#undef BP_NEURON_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -120,9 +125,9 @@ void bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
 {
     (void)bp_work;
     /* a[n, i] = sigmoid(z[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
         }
@@ -134,9 +139,9 @@ void bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     (void)z;
     (void)bp_work;
     /* dz[n, i] = (1 - a[n, i])*a[n, i]*da[n, i] */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
         }
@@ -147,7 +152,7 @@ void bp_sigmoid_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_a = bp_sigmoid_f32(bp_in_z);
@@ -170,9 +175,9 @@ void bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
 {
     (void)bp_work;
     /* a[n, i] = sigmoid(z[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
         }
@@ -184,9 +189,9 @@ void bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     (void)z;
     (void)bp_work;
     /* dz[n, i] = (1 - a[n, i])*a[n, i]*da[n, i] */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
         }
@@ -197,7 +202,7 @@ void bp_sigmoid_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, d
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_a = bp_sigmoid_f64(bp_in_z);

@@ -18,6 +18,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -152,10 +157,10 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     float bp_total1 = 0;
-    #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* y[n, i] = sigmoid(z[n, i]); L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
-        #pragma omp simd reduction(+:bp_total1)
+        BP_OMP(simd reduction(+:bp_total1))
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
             bp_total1 += bp_k0*(bp_softplus_f32(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
@@ -170,9 +175,9 @@ void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     /* dz[n, i] = (y[n, i] - t[n, i])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
@@ -184,10 +189,10 @@ void bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     float bp_total0 = 0;
-    #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N; dz[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd reduction(+:bp_total0)
+        BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += bp_k0*(bp_softplus_f32(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
             dz[n*I + i] = bp_k0*(bp_sigmoid_f32(z[n*I + i]) - t[n*I + i]);
@@ -218,10 +223,10 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     double bp_total1 = 0;
-    #pragma omp parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total1) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* y[n, i] = sigmoid(z[n, i]); L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N */
-        #pragma omp simd reduction(+:bp_total1)
+        BP_OMP(simd reduction(+:bp_total1))
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
             bp_total1 += bp_k0*(bp_softplus_f64(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
@@ -236,9 +241,9 @@ void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     /* dz[n, i] = (y[n, i] - t[n, i])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
@@ -250,10 +255,10 @@ void bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double 
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     double bp_total0 = 0;
-    #pragma omp parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = -sum(t[n, i] * log(y[n, i]) + (1 - t[n, i]) * log(1 - y[n, i]), n, i) / N; dz[n, i] = (y[n, i] - t[n, i])/N */
-        #pragma omp simd reduction(+:bp_total0)
+        BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += bp_k0*(bp_softplus_f64(z[n*I + i]) - t[n*I + i]*z[n*I + i]);
             dz[n*I + i] = bp_k0*(bp_sigmoid_f64(z[n*I + i]) - t[n*I + i]);

@@ -17,6 +17,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -120,12 +125,12 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const float bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -141,7 +146,7 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
                 y[n*I + k] = bp_v;
@@ -152,7 +157,7 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const float bp_acc2_r0 = _s1[n];
         const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
@@ -163,11 +168,11 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
 {
     (void)z;
     float *const _s2 = bp_work + 0;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         float bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc0 += dy[n*I + k]*y[n*I + k];
         }
@@ -181,7 +186,7 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
                 BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*I + bp_q);
                 BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
                 dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
             }
@@ -197,12 +202,12 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const double bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -218,7 +223,7 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
                 y[n*I + k] = bp_v;
@@ -229,7 +234,7 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const double bp_acc2_r0 = _s1[n];
         const double bp_acc2_r1 = 1.0/bp_acc2_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
@@ -240,11 +245,11 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
 {
     (void)z;
     double *const _s2 = bp_work + 0;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         double bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc0 += dy[n*I + k]*y[n*I + k];
         }
@@ -258,7 +263,7 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
                 BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*I + bp_q);
                 BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
                 dz[n*I + i] = (bp_acc1_r1 + dy[n*I + i])*y[n*I + i];
             }

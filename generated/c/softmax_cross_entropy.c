@@ -18,6 +18,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -130,12 +135,12 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
     float *const _s1 = bp_work + N;
     const float bp_k0 = 1.0F/N;
     float bp_total3 = 0;
-    #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const float bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -151,7 +156,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
                 y[n*I + k] = bp_v;
@@ -165,7 +170,7 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - logf(bp_acc3_r0);
-        #pragma omp simd reduction(+:bp_total3)
+        BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
@@ -179,11 +184,11 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
     (void)z;
     float *const _s2 = bp_work + 0;
     const float bp_k0 = 1.0F/N;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         float bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc0 += t[n*I + k];
         }
@@ -195,7 +200,7 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
             for (ptrdiff_t bp_q = bp_i_lo; bp_q < bp_i_hi; bp_q += 16) {
                 BP_PREFETCH(t + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
                 dz[n*I + i] = bp_k0*(bp_acc1_r0*y[n*I + i] - t[n*I + i]);
             }
@@ -210,12 +215,12 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
     float *const _s4 = bp_work + N + N;
     const float bp_k0 = 1.0F/N;
     float bp_total2 = 0;
-    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const float bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -231,7 +236,7 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
                 dz[n*I + k] = bp_v;
@@ -243,13 +248,13 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         const float bp_acc2_r0 = _s3[n];
         const float bp_acc2_r1 = _y_max[n];
         const float bp_acc2_r2 = -bp_acc2_r1 - logf(bp_acc2_r0);
-        #pragma omp simd reduction(+:bp_total2)
+        BP_OMP(simd reduction(+:bp_total2))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total2 += -bp_k0*(bp_acc2_r2 + z[n*I + i])*t[n*I + i];
         }
         /* sum over k */
         float bp_acc3 = 0;
-        #pragma omp simd reduction(+:bp_acc3)
+        BP_OMP(simd reduction(+:bp_acc3))
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc3 += t[n*I + k];
         }
@@ -258,7 +263,7 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         const float bp_acc4_r0 = _s3[n];
         const float bp_acc4_r1 = _s4[n];
         const float bp_acc4_r2 = bp_acc4_r1*1.0F/bp_acc4_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
         }
@@ -276,12 +281,12 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
     double *const _s1 = bp_work + N;
     const double bp_k0 = 1.0/N;
     double bp_total3 = 0;
-    #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const double bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -297,7 +302,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
                 y[n*I + k] = bp_v;
@@ -311,7 +316,7 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
-        #pragma omp simd reduction(+:bp_total3)
+        BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
@@ -325,11 +330,11 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
     (void)z;
     double *const _s2 = bp_work + 0;
     const double bp_k0 = 1.0/N;
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         double bp_acc0 = 0;
-        #pragma omp simd reduction(+:bp_acc0)
+        BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc0 += t[n*I + k];
         }
@@ -341,7 +346,7 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
             for (ptrdiff_t bp_q = bp_i_lo; bp_q < bp_i_hi; bp_q += 8) {
                 BP_PREFETCH(t + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd
+            BP_OMP(simd)
             for (ptrdiff_t i = bp_i_lo; i < bp_i_hi; ++i) {
                 dz[n*I + i] = bp_k0*(bp_acc1_r0*y[n*I + i] - t[n*I + i]);
             }
@@ -356,12 +361,12 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
     double *const _s4 = bp_work + N + N;
     const double bp_k0 = 1.0/N;
     double bp_total2 = 0;
-    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const double bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -377,7 +382,7 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
                 dz[n*I + k] = bp_v;
@@ -389,13 +394,13 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         const double bp_acc2_r0 = _s3[n];
         const double bp_acc2_r1 = _y_max[n];
         const double bp_acc2_r2 = -bp_acc2_r1 - log(bp_acc2_r0);
-        #pragma omp simd reduction(+:bp_total2)
+        BP_OMP(simd reduction(+:bp_total2))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total2 += -bp_k0*(bp_acc2_r2 + z[n*I + i])*t[n*I + i];
         }
         /* sum over k */
         double bp_acc3 = 0;
-        #pragma omp simd reduction(+:bp_acc3)
+        BP_OMP(simd reduction(+:bp_acc3))
         for (ptrdiff_t k = 0; k < I; ++k) {
             bp_acc3 += t[n*I + k];
         }
@@ -404,7 +409,7 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         const double bp_acc4_r0 = _s3[n];
         const double bp_acc4_r1 = _s4[n];
         const double bp_acc4_r2 = bp_acc4_r1*1.0/bp_acc4_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
         }

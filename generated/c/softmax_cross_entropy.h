@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_SOFTMAX_CROSS_ENTROPY_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_softmax_cross_entropy_forward_work(ptrdiff_t N, ptrdiff_t I);
 size_t bp_softmax_cross_entropy_backward_work(ptrdiff_t N, ptrdiff_t I);
@@ -91,6 +98,11 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
  * out: L, dz[N, I]
  */
 void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work);
+
+#ifdef BP_SOFTMAX_CROSS_ENTROPY_H_RESTRICT
+#undef restrict
+#undef BP_SOFTMAX_CROSS_ENTROPY_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }

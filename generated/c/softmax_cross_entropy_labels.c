@@ -18,6 +18,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -130,12 +135,12 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
     float *const _s1 = bp_work + N;
     const float bp_k0 = 1.0F/N;
     float bp_total3 = 0;
-    #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const float bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -151,7 +156,7 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
                 y[n*I + k] = bp_v;
@@ -162,7 +167,7 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const float bp_acc2_r0 = _s1[n];
         const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
@@ -178,12 +183,12 @@ void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
         const float bp_acc_fix = bp_acc_fix_in ? bp_k0*(((0 <= bp_acc_r0 && bp_acc_r0 < I) ? y[n*I + bp_acc_r0] : 0) - 1) : 0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*y[n*I + i];
         }
@@ -197,12 +202,12 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
     float *const _s2 = bp_work + N;
     const float bp_k0 = 1.0F/N;
     float bp_total2 = 0;
-    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         float bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const float bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -218,7 +223,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const float bp_v = bp_exp_f32(bp_acc1_r1 + z[n*I + k]);
                 dz[n*I + k] = bp_v;
@@ -234,7 +239,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         const float bp_acc3_r2 = bp_k0*1.0F/bp_acc3_r0;
         const int bp_acc3_fix_in = 0 <= bp_acc3_r1 && bp_acc3_r1 < I;
         const float bp_acc3_fix = bp_acc3_fix_in ? bp_k0*(((0 <= bp_acc3_r1 && bp_acc3_r1 < I) ? dz[n*I + bp_acc3_r1] : 0)*1.0F/bp_acc3_r0 - 1) : 0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_acc3_r2*dz[n*I + i];
         }
@@ -253,12 +258,12 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
     double *const _s1 = bp_work + N;
     const double bp_k0 = 1.0/N;
     double bp_total3 = 0;
-    #pragma omp parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total3) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const double bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -274,7 +279,7 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
                 y[n*I + k] = bp_v;
@@ -285,7 +290,7 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
         const double bp_acc2_r0 = _s1[n];
         const double bp_acc2_r1 = 1.0/bp_acc2_r0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
@@ -301,12 +306,12 @@ void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
         const double bp_acc_fix = bp_acc_fix_in ? bp_k0*(((0 <= bp_acc_r0 && bp_acc_r0 < I) ? y[n*I + bp_acc_r0] : 0) - 1) : 0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*y[n*I + i];
         }
@@ -320,12 +325,12 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
     double *const _s2 = bp_work + N;
     const double bp_k0 = 1.0/N;
     double bp_total2 = 0;
-    #pragma omp parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for reduction(+:bp_total2) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
         double bp_acc0 = -INFINITY;
         int bp_acc0_nan = 0;
-        #pragma omp simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan)
+        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
         for (ptrdiff_t k = 0; k < I; ++k) {
             const double bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
@@ -341,7 +346,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
             for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
                 BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
             }
-            #pragma omp simd reduction(+:bp_acc1)
+            BP_OMP(simd reduction(+:bp_acc1))
             for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
                 const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
                 dz[n*I + k] = bp_v;
@@ -357,7 +362,7 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         const double bp_acc3_r2 = bp_k0*1.0/bp_acc3_r0;
         const int bp_acc3_fix_in = 0 <= bp_acc3_r1 && bp_acc3_r1 < I;
         const double bp_acc3_fix = bp_acc3_fix_in ? bp_k0*(((0 <= bp_acc3_r1 && bp_acc3_r1 < I) ? dz[n*I + bp_acc3_r1] : 0)*1.0/bp_acc3_r0 - 1) : 0;
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_acc3_r2*dz[n*I + i];
         }

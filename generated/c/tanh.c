@@ -17,6 +17,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+/* BP_OMP(X) is `#pragma omp X` under OpenMP and nothing without it: no unknown pragmas. */
+#define BP_OMP(...) BP_PRAGMA(omp __VA_ARGS__)
+#define BP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#else
+#define BP_OMP(...)
 #endif
 
 /* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
@@ -75,9 +80,9 @@ void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
 {
     (void)bp_work;
     /* a[n, i] = tanh(z[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = tanhf(z[n*I + i]);
         }
@@ -89,9 +94,9 @@ void bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
     (void)z;
     (void)bp_work;
     /* dz[n, i] = (1 - a[n, i]**2)*da[n, i] */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
@@ -102,7 +107,7 @@ void bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_a = tanhf(bp_in_z);
@@ -118,9 +123,9 @@ void bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
 {
     (void)bp_work;
     /* a[n, i] = tanh(z[n, i]) */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             a[n*I + i] = tanh(z[n*I + i]);
         }
@@ -132,9 +137,9 @@ void bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
     (void)z;
     (void)bp_work;
     /* dz[n, i] = (1 - a[n, i]**2)*da[n, i] */
-    #pragma omp parallel for if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        #pragma omp simd
+        BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
@@ -145,7 +150,7 @@ void bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    #pragma omp parallel for simd if (N*I >= BP_PARALLEL_MIN)
+    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_a = tanh(bp_in_z);

@@ -19,6 +19,13 @@
 extern "C" {
 #endif
 
+/* restrict is C99, not C++: C++ compilers spell it __restrict.  Defined for these
+ * prototypes only (undefined again at the end), and only if no one defined it before. */
+#if defined(__cplusplus) && !defined(restrict)
+#define restrict __restrict
+#define BP_TANH_H_RESTRICT
+#endif
+
 /* Elements of scratch space the forward and backward functions need. */
 size_t bp_tanh_forward_work(ptrdiff_t N, ptrdiff_t I);
 size_t bp_tanh_backward_work(ptrdiff_t N, ptrdiff_t I);
@@ -82,6 +89,11 @@ void bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
  * out: dz[N, I]
  */
 void bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict a, double *restrict dz, double *restrict bp_work);
+
+#ifdef BP_TANH_H_RESTRICT
+#undef restrict
+#undef BP_TANH_H_RESTRICT
+#endif
 
 #ifdef __cplusplus
 }
