@@ -127,7 +127,7 @@ void bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
                         for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
                         for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
                     }
@@ -184,7 +184,7 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
                     const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, K), 0) : K;
                     const ptrdiff_t bp_hi = bp_imax(bp_imin(K - 1 + 1, K), bp_lo);
                     for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pa[(c*O + o)*K + k] = 0;
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pa[(c*O + o)*K + k] = w[(o*C + c)*K + k];
                     for (ptrdiff_t k = bp_hi; k < K; ++k) _dx_pa[(c*O + o)*K + k] = 0;
                 }
@@ -198,7 +198,7 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
                         for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
                         for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
                     }
@@ -248,7 +248,7 @@ void bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
                         for (ptrdiff_t lout = 0; lout < bp_lo; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t lout = bp_lo; lout < bp_hi; ++lout) _dw_pb[(c*K + k)*Lout + lout] = x[(n*C + c)*L + k + lout];
                         for (ptrdiff_t lout = bp_hi; lout < Lout; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
                     }
@@ -320,7 +320,7 @@ void bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
                         for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
                         for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
                     }
@@ -377,7 +377,7 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
                     const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, K), 0) : K;
                     const ptrdiff_t bp_hi = bp_imax(bp_imin(K - 1 + 1, K), bp_lo);
                     for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pa[(c*O + o)*K + k] = 0;
-                    #pragma omp simd
+                    BP_OMP(simd)
                     for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pa[(c*O + o)*K + k] = w[(o*C + c)*K + k];
                     for (ptrdiff_t k = bp_hi; k < K; ++k) _dx_pa[(c*O + o)*K + k] = 0;
                 }
@@ -391,7 +391,7 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
                         for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
                         for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
                     }
@@ -441,7 +441,7 @@ void bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, 
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
                         for (ptrdiff_t lout = 0; lout < bp_lo; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t lout = bp_lo; lout < bp_hi; ++lout) _dw_pb[(c*K + k)*Lout + lout] = x[(n*C + c)*L + k + lout];
                         for (ptrdiff_t lout = bp_hi; lout < Lout; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
                     }

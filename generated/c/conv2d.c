@@ -138,7 +138,7 @@ void bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                                 const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
                                 const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
                                 for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                #pragma omp simd
+                                BP_OMP(simd)
                                 for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
                                 for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
                             }
@@ -206,7 +206,7 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
                         for (ptrdiff_t kw = 0; kw < bp_lo; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t kw = bp_lo; kw < bp_hi; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = w[((o*C + c)*KH + kh)*KW + kw];
                         for (ptrdiff_t kw = bp_hi; kw < KW; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
                     }
@@ -223,7 +223,7 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
                                 const ptrdiff_t bp_lo = (0 <= h - kh && h - kh <= Hout - 1) ? bp_imax(bp_imin(kw, W), 0) : W;
                                 const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + kw - 1) + 1, W), bp_lo);
                                 for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
-                                #pragma omp simd
+                                BP_OMP(simd)
                                 for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = dy[((n*O + o)*Hout + h - kh)*Wout + k - kw];
                                 for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
                             }
@@ -285,7 +285,7 @@ void bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
                                 const ptrdiff_t bp_lo = (0 <= hout + kh && hout + kh <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -kw), Wout), 0) : Wout;
                                 const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - kw - 1) + 1, Wout), bp_lo);
                                 for (ptrdiff_t wout = 0; wout < bp_lo; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
-                                #pragma omp simd
+                                BP_OMP(simd)
                                 for (ptrdiff_t wout = bp_lo; wout < bp_hi; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = x[((n*C + c)*H + hout + kh)*W + kw + wout];
                                 for (ptrdiff_t wout = bp_hi; wout < Wout; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
                             }
@@ -372,7 +372,7 @@ void bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                                 const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
                                 const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
                                 for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                #pragma omp simd
+                                BP_OMP(simd)
                                 for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
                                 for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
                             }
@@ -440,7 +440,7 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
                         for (ptrdiff_t kw = 0; kw < bp_lo; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
-                        #pragma omp simd
+                        BP_OMP(simd)
                         for (ptrdiff_t kw = bp_lo; kw < bp_hi; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = w[((o*C + c)*KH + kh)*KW + kw];
                         for (ptrdiff_t kw = bp_hi; kw < KW; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
                     }
@@ -457,7 +457,7 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
                                 const ptrdiff_t bp_lo = (0 <= h - kh && h - kh <= Hout - 1) ? bp_imax(bp_imin(kw, W), 0) : W;
                                 const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + kw - 1) + 1, W), bp_lo);
                                 for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
-                                #pragma omp simd
+                                BP_OMP(simd)
                                 for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = dy[((n*O + o)*Hout + h - kh)*Wout + k - kw];
                                 for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
                             }
@@ -519,7 +519,7 @@ void bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, 
                                 const ptrdiff_t bp_lo = (0 <= hout + kh && hout + kh <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -kw), Wout), 0) : Wout;
                                 const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - kw - 1) + 1, Wout), bp_lo);
                                 for (ptrdiff_t wout = 0; wout < bp_lo; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
-                                #pragma omp simd
+                                BP_OMP(simd)
                                 for (ptrdiff_t wout = bp_lo; wout < bp_hi; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = x[((n*C + c)*H + hout + kh)*W + kw + wout];
                                 for (ptrdiff_t wout = bp_hi; wout < Wout; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
                             }
