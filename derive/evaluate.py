@@ -79,7 +79,10 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
     return values
 
 
-def _compute(expr, indices, dims, sizes, values, outside):
+def _compute(expr, indices, dims, sizes, values, outside=None):
+    """expr at every element of a tensor over `dims`; `outside`: tensor -> (value read
+    outside its shape or None, shape), for shifted reads."""
+    outside = outside or {}
     subs = {dim_symbol(d): sp.Integer(n) for d, n in sizes.items()}
     expr = sp.sympify(expr).xreplace(subs)
     indices = [i.xreplace(subs) for i in indices]

@@ -45,9 +45,10 @@ def test_generated_modules_import_and_run():
     assert set(g) == {"dx", "dW", "db"} and np.all(g["db"] == 2)
 
 
-# Argument checks loop over the arguments (a handful), never over data: the only functions
-# of a generated module allowed a Python loop.
-ARGUMENT_CHECKS = {"_prepare", "_indices", "_shape"}
+# Argument checks loop over the arguments (a handful), derived sizes over the dimensions,
+# and shifted reads (_window, _take) over an array's axes, never over data: the only
+# functions of a generated module allowed a Python loop.
+ARGUMENT_CHECKS = {"_prepare", "_indices", "_shape", "_derived", "_window", "_take"}
 LOOPS = (ast.For, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 ELEMENTWISE_IN_PYTHON = {"vectorize", "frompyfunc", "apply_along_axis", "fromiter", "map",
                          "filter"}
