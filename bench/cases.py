@@ -25,6 +25,7 @@ class Case:
     flops: Callable | None = None     # sizes -> floating-point operations (GEMM cases)
     note: str = ""
     in_place: dict = field(default_factory=dict)   # result -> the input it may overwrite
+    constants: dict = field(default_factory=dict)  # values of the spec's `const`s
 
     def size_text(self) -> str:
         return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
@@ -178,12 +179,80 @@ def _bce_torch(torch, a):
     return step
 
 
+# ---- 7. convolution 3x3, padding 1, forward and backward --------------------------------------
+def _conv_make(rng, s):
+    N, C, O, H, W = s["N"], s["C"], s["O"], s["H"], s["W"]
+    return dict(x=_normal(rng, N, C, H, W), w=_normal(rng, O, C, 3, 3, scale=0.05),
+                b=_normal(rng, O), dy=_normal(rng, N, O, H, W))
+
+
+def _im2col(x, pad=1):
+    """x[N, C, H, W] -> cols[N, C, 3, 3, H, W] (3x3 windows, zero padding, stride 1)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    return win.transpose(0, 1, 4, 5, 2, 3)
+
+
+def _conv_hand_forward(a):
+    cols = _im2col(a["x"])
+    return {"y": np.einsum("ocpq,ncpqhw->nohw", a["w"], cols, optimize=True)
+            + a["b"][None, :, None, None]}
+
+
+def _conv_hand_backward(a):
+    cols = _im2col(a["x"])
+    dw = np.einsum("nohw,ncpqhw->ocpq", a["dy"], cols, optimize=True)
+    dcols = _im2col(a["dy"])                     # dx: dy correlated with the flipped kernel
+    dx = np.einsum("ocpq,nopqhw->nchw", a["w"][:, :, ::-1, ::-1], dcols, optimize=True)
+    return {"dx": dx, "dw": dw, "db": a["dy"].sum((0, 2, 3))}
+
+
+def _conv_torch_forward(torch, a):
+    x, w, b = (torch.from_numpy(a[n]) for n in ("x", "w", "b"))
+    return lambda: torch.nn.functional.conv2d(x, w, b, padding=1)
+
+
+def _conv_torch_backward(torch, a):
+    x, w, dy = (torch.from_numpy(a[n]) for n in ("x", "w", "dy"))
+    return lambda: torch.ops.aten.convolution_backward(
+        dy, x, w, [w.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, True])
+
+
+# ---- 8. average pooling 2x2, stride 2 ----------------------------------------------------------
+def _pool_make(rng, s):
+    N, C, H, W = s["N"], s["C"], s["H"], s["W"]
+    return dict(x=_normal(rng, N, C, H, W), dy=_normal(rng, N, C, H // 2, W // 2))
+
+
+def _pool_hand_forward(a):
+    x = a["x"]
+    n, c, h, w = x.shape
+    return {"y": x.reshape(n, c, h // 2, 2, w // 2, 2).mean((3, 5))}
+
+
+def _pool_hand_backward(a):
+    dy = a["dy"] * np.float32(0.25)
+    return {"dx": np.repeat(np.repeat(dy, 2, axis=2), 2, axis=3)}
+
+
+def _pool_torch_forward(torch, a):
+    x = torch.from_numpy(a["x"])
+    return lambda: torch.nn.functional.avg_pool2d(x, 2, 2)
+
+
+def _pool_torch_backward(torch, a):
+    x, dy = torch.from_numpy(a["x"]), torch.from_numpy(a["dy"])
+    return lambda: torch.ops.aten.avg_pool2d_backward(dy, x, [2, 2], [2, 2], [0, 0], False,
+                                                      True, None)
+
+
 def cases(scale: int = 1) -> list[Case]:
     """The issue's benchmark set; `scale` divides the large sizes (a quick run)."""
     def big(n):
         return max(n // scale, 1)
 
     dense_flops = lambda s: 2 * 2 * s["N"] * s["I"] * s["J"] + s["N"] * s["I"]
+    conv_flops = lambda s: 2 * s["N"] * s["O"] * s["C"] * 9 * s["H"] * s["W"]
     return [
         Case("dense_backward", "dense", "backward", dict(N=big(4096), I=768, J=768),
              _dense_make, _dense_hand, _dense_torch, flops=dense_flops,
@@ -208,4 +277,19 @@ def cases(scale: int = 1) -> list[Case]:
         Case("sigmoid_bce_fwd_bwd", "sigmoid_bce", "forward_backward",
              dict(N=big(10_000), I=1000), _bce_make, _bce_hand, _bce_torch,
              reads=("z", "t"), writes=("dz",), note="loss and dz in one pass"),
+        Case("conv2d_forward", "conv2d", "forward",
+             dict(N=big(32), C=64, O=64, H=56, W=56), _conv_make, _conv_hand_forward,
+             _conv_torch_forward, constants=dict(P=1), flops=conv_flops,
+             note="3x3, stride 1, padding 1: im2col per image, one GEMM each (BLAS)"),
+        Case("conv2d_backward", "conv2d", "backward",
+             dict(N=big(32), C=64, O=64, H=56, W=56), _conv_make, _conv_hand_backward,
+             _conv_torch_backward, constants=dict(P=1), flops=lambda s: 2 * conv_flops(s),
+             note="dx, dw, db: dx and dw are GEMMs over packed windows of dy and x"),
+        Case("avgpool2d_forward", "avgpool2d", "forward", dict(N=big(32), C=64, H=112, W=112),
+             _pool_make, _pool_hand_forward, _pool_torch_forward, reads=("x",),
+             writes=("y",), note="2x2 window, stride 2"),
+        Case("avgpool2d_backward", "avgpool2d", "backward", dict(N=big(32), C=64, H=112,
+                                                                 W=112),
+             _pool_make, _pool_hand_backward, _pool_torch_backward, reads=("dy",),
+             writes=("dx",), note="each dx element gathers the one dy its window reaches"),
     ]

@@ -108,8 +108,9 @@ def case_arrays(case: Case, c, rng) -> tuple[dict, dict]:
 
 def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
              min_seconds: float = 0.0) -> list[dict]:
-    c = codegen.load(case.layer, backend="c", dtype="float32")
-    npk = codegen.load(case.layer)
+    constants = case.constants or None
+    c = codegen.load(case.layer, backend="c", dtype="float32", constants=constants)
+    npk = codegen.load(case.layer, constants=constants)
     arrays, args = case_arrays(case, c, rng)
     entry = getattr(c, case.entry)
     results = entry(**args)

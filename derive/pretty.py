@@ -114,6 +114,12 @@ def derivation_text(derivation) -> str:
     lines = [f"layer {layer.name}" + (f": {layer.doc}" if layer.doc else ""), "",
              "forward:"]
     lines += [f"  {eq.text}" for eq in layer.equations]
+    if layer.constants:
+        lines.append("  with " + ", ".join(f"{k} = {v}" for k, v in layer.constants.items())
+                     + "".join(f"; {d} = {formula(e)}" for d, e in layer.dim_defs.items()))
+    elif layer.dim_defs:
+        lines.append("  with " + "; ".join(f"{d} = {formula(e)}"
+                                           for d, e in layer.dim_defs.items()))
     if layer.conditions:
         lines += ["", "conditions:"] + [f"  {c.text}" for c in layer.conditions]
     if not layer.differentiable:
