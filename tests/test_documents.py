@@ -26,9 +26,10 @@ def test_matrix_forms_equal_index_forms(name):
     conv = MatrixConverter(shapes, {"d" + t for t in layer.tensors})
     rng = np.random.default_rng(3)
     free = [dim for dim in layer.dims if dim not in layer.dim_defs]
-    sizes = {}
-    while not sizes or min(sizes.values()) < 1:     # output sizes follow from the others
+    while True:                                     # output sizes follow from the others
         sizes = layer.dim_sizes({dim: int(rng.choice([2, 3, 5])) for dim in free})
+        if all(v >= 1 for v in sizes.values()):
+            break
     values = evaluate(d, random_arrays(codegen.load(name), sizes, rng))
     for target, indices, expr in ([(s.name, s.indices, s.expr) for s in d.steps] +
                                   [(e.target, e.indices, e.rhs) for e in layer.equations]):
