@@ -10,7 +10,7 @@ import pytest
 
 import codegen
 
-from .oracles import require_oracle
+from .oracles import rel_err, require_oracle
 from bench.cases import cases
 from bench.floor import Floor
 from bench.run import case_arrays
@@ -20,7 +20,8 @@ CASES = cases(scale=64)
 
 @pytest.mark.parametrize("case", CASES, ids=[c.kernel for c in CASES])
 def test_every_peer_computes_the_same_results(case):
-    c = codegen.load(case.layer, backend="c", dtype="float32")
+    c = codegen.load(case.layer, backend="c", dtype="float32",
+                     constants=case.constants or None)
     arrays, args = case_arrays(case, c, np.random.default_rng(0))
     ours = getattr(c, case.entry)(**args)
     hand = case.hand(dict(arrays))
@@ -38,9 +39,17 @@ def test_every_peer_computes_the_same_results(case):
         np.testing.assert_allclose(float(loss.detach()), float(ours["L"]), rtol=1e-4)
         np.testing.assert_allclose(dz.numpy(), ours["dz"], rtol=2e-4, atol=1e-7)
     else:
-        want = dict(zip(c.gradients, got if isinstance(got, tuple) else (got,)))
+        names = c.gradients if case.entry == "backward" else c.returns
+        want = dict(zip(names, got if isinstance(got, tuple) else (got,)))
         for n, v in want.items():
-            np.testing.assert_allclose(v.numpy(), ours[n], rtol=2e-4, atol=2e-5, err_msg=n)
+            if case.flops:
+                # a convolution's dw sums N*H*W products in float32, in another order
+                # than torch: elementwise, small entries differ by ~sqrt(K) eps of the
+                # large ones, so normwise (float32 sums of up to 1e4 terms: ~1e-5)
+                assert rel_err(ours[n], v.numpy()) < 1e-4, n
+            else:
+                np.testing.assert_allclose(v.numpy(), ours[n], rtol=2e-4, atol=2e-5,
+                                           err_msg=n)
 
 
 def test_floor_streams_what_it_is_given():
