@@ -11,6 +11,8 @@ from codegen.version import VERSION
 from templates import render
 
 SHAPES = [(r, w) for r in range(1, 5) for w in range(1, 4)]
+SHAPE_ERROR = ("the floor streams 1-4 inputs and 1-3 outputs, float32, contiguous, all of one "
+               "size, or one input and one output whose sizes divide one another")
 
 
 class Floor:
@@ -44,13 +46,21 @@ class Floor:
         fn(arrays[0].size, *[ptr(a) for a in arrays])
 
     def stream(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
-        """Read every input and write every output once (float32, all the same size)."""
+        """Read every input and write every output once (float32, all the same size; or
+        one of each, one size a multiple of the other: a pooling's traffic)."""
+        ptr = lambda a: self._ffi.cast("float *", self._ffi.from_buffer(a))
+        if len(inputs) == len(outputs) == 1 and inputs[0].size != outputs[0].size:
+            (a,), (b,) = inputs, outputs
+            big, small = max(a.size, b.size), min(a.size, b.size)
+            if big % small or a.dtype != np.float32 or b.dtype != np.float32:
+                raise ValueError(SHAPE_ERROR)
+            fn = self._lib.bp_floor_reduce if a.size > b.size else self._lib.bp_floor_expand
+            fn(small, big // small, ptr(a), ptr(b))
+            return
         n = inputs[0].size
         if not (1 <= len(inputs) <= 4 and 1 <= len(outputs) <= 3) or any(
                 a.size != n or a.dtype != np.float32 or not a.flags.c_contiguous
                 for a in inputs + outputs):
-            raise ValueError("the floor streams 1-4 inputs and 1-3 outputs, float32, "
-                             "contiguous, all of one size")
-        ptr = lambda a: self._ffi.cast("float *", self._ffi.from_buffer(a))
+            raise ValueError(SHAPE_ERROR)
         fn = getattr(self._lib, f"bp_floor_{len(inputs)}_{len(outputs)}")
         fn(n, *[ptr(a) for a in inputs], *[ptr(a) for a in outputs])

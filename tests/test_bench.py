@@ -52,6 +52,20 @@ def test_every_peer_computes_the_same_results(case):
                                            err_msg=n)
 
 
+def test_floor_streams_a_pooling_s_traffic():
+    """One array into another of a quarter (or four times) its size: every element read
+    once (the sums of four), every output written once."""
+    floor = Floor()
+    a = np.arange(12, dtype=np.float32)
+    small, big = np.empty(3, np.float32), np.empty(12, np.float32)
+    floor.stream([a], [small])
+    np.testing.assert_array_equal(small, a.reshape(3, 4).sum(1))
+    floor.stream([small], [big])
+    np.testing.assert_array_equal(big, np.repeat(small, 4))
+    with pytest.raises(ValueError, match="whose sizes divide one another"):
+        floor.stream([a], [np.empty(5, np.float32)])
+
+
 def test_floor_streams_what_it_is_given():
     floor = Floor()
     a, b = np.arange(10, dtype=np.float32), np.ones(10, np.float32)
