@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import operator
 import re
 from pathlib import Path
 
@@ -222,12 +223,8 @@ class _Parser:
             if isinstance(node, ast.BinOp):
                 a, b = conv(node.left), conv(node.right)
                 op = type(node.op)
-                if op is ast.Add:
-                    return a + b
-                if op is ast.Sub:
-                    return a - b
-                if op is ast.Mult:
-                    return a * b
+                if op in _ARITH:
+                    return _ARITH[op](a, b)
                 if op is ast.FloorDiv:
                     if not (b.is_Integer and b > 0):
                         raise stmt.error("floor division in a dimension is by a positive "
@@ -744,12 +741,8 @@ class _Expr:
             a = self.convert(node.left, allowed)
             b = self.convert(node.right, allowed)
             op = type(node.op)
-            if op is ast.Add:
-                return a + b
-            if op is ast.Sub:
-                return a - b
-            if op is ast.Mult:
-                return a * b
+            if op in _ARITH:
+                return _ARITH[op](a, b)
             if op is ast.Div:
                 return a / b
             if op is ast.Pow:
@@ -878,10 +871,8 @@ class _Expr:
         if isinstance(node, ast.BinOp):
             a, b = self._affine(node.left), self._affine(node.right)
             op = type(node.op)
-            if op is ast.Add:
-                return a + b
-            if op is ast.Sub:
-                return a - b
+            if op in (ast.Add, ast.Sub):
+                return _ARITH[op](a, b)
             if op is ast.Mult:
                 if a.atoms(sp.Idx) and b.atoms(sp.Idx):
                     raise self.err(f"{not_affine} (a product of two indices is not)", node)
@@ -1005,6 +996,7 @@ def _items(text: str, col: int):
     return [(t, c) for t, c in out if t.strip()] or [(text, col)]
 
 
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
         ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>"}
 
