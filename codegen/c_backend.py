@@ -1,10 +1,13 @@
 """C backend: a kernel plan -> a C99 header and source per layer (float and double)."""
 from __future__ import annotations
 
+import dataclasses
+
 import sympy as sp
 
 from derive.affine import between, bounds_from, divides
 from derive.indices import dim_of, free_indices
+from derive.spec import dim_symbol
 from derive.pretty import formula
 
 from .c_printer import KernelCPrinter
@@ -121,7 +124,7 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
     """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay),
     loop-invariant subexpressions computed once per call, and scratch for the packed
     operands of convolutions lowered onto the GEMM hook."""
-    loops = lower(plan)
+    loops = lower(_fixed_dims(plan))
     for side in ("forward", "backward", "fused"):
         known = dict(shapes)
         known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})
@@ -381,6 +384,20 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
                 c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN)")
+
+
+def _fixed_dims(plan: KernelPlan) -> KernelPlan:
+    """Dimensions a spec fixes to a number (a pooling window, `dims KH = K`) written as
+    that number in the C loops and formulas, so the compiler sees a 2-long loop as one.
+    The functions still take them (the wrapper passes the same value)."""
+    fixed = {dim_symbol(d): v for d, v in plan.layer.dim_defs.items() if v.is_Integer}
+    if not fixed:
+        return plan
+    def sub(st):
+        return dataclasses.replace(st, indices=tuple(i.xreplace(fixed) for i in st.indices),
+                                   expr=st.expr.xreplace(fixed))
+    return dataclasses.replace(plan, forward=tuple(map(sub, plan.forward)),
+                               backward=tuple(map(sub, plan.backward)))
 
 
 def _windows(layer) -> frozenset:

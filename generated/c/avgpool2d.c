@@ -110,20 +110,20 @@ void bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 {
     (void)H;
     (void)W;
+    (void)KH;
+    (void)KW;
     (void)bp_work;
-    const float bp_k0 = 1.0F/KH;
-    const float bp_k1 = 1.0F/KW;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*KH*KW >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc = 0;
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t p = 0; p < 2; ++p) {
                         BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+                        for (ptrdiff_t q = 0; q < 2; ++q) {
+                            bp_acc += (1.0F/4.0F)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                         }
                     }
                     y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
@@ -135,10 +135,10 @@ void bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 
 void bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict dy, float *restrict dx, float *restrict bp_work)
 {
+    (void)KH;
+    (void)KW;
     (void)x;
     (void)bp_work;
-    const float bp_k0 = 1.0F/KH;
-    const float bp_k1 = 1.0F/KW;
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -155,10 +155,10 @@ void bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t 
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(KH - h - 1, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
                     for (ptrdiff_t w = 0; w < W; ++w) {
-                        for (ptrdiff_t wout = bp_imax(0, (-bp_floordiv(KW - w - 1, 2))); wout < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++wout) {
-                            dx[((n*C + c)*H + h)*W + w] += bp_k0*bp_k1*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        for (ptrdiff_t wout = bp_imax(0, (-bp_floordiv(1 - w, 2))); wout < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++wout) {
+                            dx[((n*C + c)*H + h)*W + w] += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
                 }
@@ -175,20 +175,20 @@ void bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 {
     (void)H;
     (void)W;
+    (void)KH;
+    (void)KW;
     (void)bp_work;
-    const double bp_k0 = 1.0/KH;
-    const double bp_k1 = 1.0/KW;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*KH*KW >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc = 0;
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t p = 0; p < 2; ++p) {
                         BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+                        for (ptrdiff_t q = 0; q < 2; ++q) {
+                            bp_acc += (1.0/4.0)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                         }
                     }
                     y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
@@ -200,10 +200,10 @@ void bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 
 void bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict dy, double *restrict dx, double *restrict bp_work)
 {
+    (void)KH;
+    (void)KW;
     (void)x;
     (void)bp_work;
-    const double bp_k0 = 1.0/KH;
-    const double bp_k1 = 1.0/KW;
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -220,10 +220,10 @@ void bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t 
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(KH - h - 1, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
                     for (ptrdiff_t w = 0; w < W; ++w) {
-                        for (ptrdiff_t wout = bp_imax(0, (-bp_floordiv(KW - w - 1, 2))); wout < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++wout) {
-                            dx[((n*C + c)*H + h)*W + w] += bp_k0*bp_k1*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        for (ptrdiff_t wout = bp_imax(0, (-bp_floordiv(1 - w, 2))); wout < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++wout) {
+                            dx[((n*C + c)*H + h)*W + w] += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
                 }
