@@ -26,7 +26,7 @@ class between(sp.Function):
     @classmethod
     def eval(cls, e, lo, hi):
         if all(a.is_Integer for a in (e, lo, hi)):
-            return sp.Integer(int(lo <= e <= hi))
+            return sp.Integer(int(bool(lo <= e) and bool(e <= hi)))
         if e == lo == hi:
             return sp.Integer(1)
         return None

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import codegen
 from derive import derive, parse_spec
+from derive.affine import between
 from derive.builtins import builtin
 from derive.errors import SpecError
 from derive.evaluate import evaluate
@@ -449,3 +450,31 @@ def test_gemm_lowering_and_loops_agree(name, constants, sizes):
                 _check(k, inputs, fn, dtype, np.random.default_rng(4), TOL[dtype])
         finally:
             k.use_blas(True)
+
+
+DIFF = """layer diff1  forward difference along a sequence (0 past its end), then a scale
+dims N, L
+input x[N, L]
+outside x = 0
+param s[L]
+output y[N, L]
+y[n, i] = s[i] * (x[n, i + 1] - x[n, i])
+"""
+
+
+def test_a_bracket_no_sum_absorbs_guards_its_term_everywhere():
+    """dx[n, l] = [0 <= l - 1 <= L - 1] s[l - 1] dy[n, l - 1] - s[l] dy[n, l]: the bracket
+    stays a factor; the symbolic oracle, NumPy and C all agree with torch, at l = 0 too."""
+    layer = parse_spec(DIFF)
+    d = derive(layer)
+    assert d.gradients["x"].expr.has(between)
+    rng = np.random.default_rng(2)
+    x, s, dy = rng.normal(size=(2, 5)), rng.normal(size=5), rng.normal(size=(2, 5))
+    xt, st = torch.tensor(x, requires_grad=True), torch.tensor(s, requires_grad=True)
+    xp = F.pad(xt, (0, 1))
+    (st * (xp[:, 1:] - xp[:, :-1])).backward(torch.tensor(dy))
+    results = [evaluate(d, dict(x=x, s=s, dy=dy))] + [
+        codegen.load(layer, backend=b).backward(x=x, s=s, dy=dy) for b in ("numpy", "c")]
+    for r in results:
+        assert rel_err(r["dx"], xt.grad.numpy()) < 1e-12
+        assert rel_err(r["ds"], st.grad.numpy()) < 1e-12
