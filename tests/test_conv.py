@@ -478,3 +478,15 @@ def test_a_bracket_no_sum_absorbs_guards_its_term_everywhere():
     for r in results:
         assert rel_err(r["dx"], xt.grad.numpy()) < 1e-12
         assert rel_err(r["ds"], st.grad.numpy()) < 1e-12
+
+
+def test_a_convolution_is_lowered_onto_the_gemm_hook():
+    """README: y, dx and dw of conv2d each run as packed operands and one GEMM per image
+    (the GEMM call inside a loop over n), with the loops as the fallback without BLAS."""
+    source = codegen.sources(builtin("conv2d", dict(P=1)), "c")["conv2d.c"]
+    for side in ("forward", "backward"):
+        body = source.split(f"void bp_conv2d_{side}_f32(", 1)[1].split("\n}\n", 1)[0]
+        calls = body.count("bp_conv2d_gemm_f32(101")
+        assert calls == (1 if side == "forward" else 2), (side, calls)
+        assert "for (ptrdiff_t n = 0; n < N; ++n) {" in body.split("gemm_f32(101")[0]
+    assert "/* pack x[n, c, i + p - 1, j + q - 1] as a c p q x i j matrix */" in source
