@@ -287,7 +287,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     extents = "*".join(str(dim_of(i)) for i in n.loops)
     target_ref = sp.IndexedBase(n.target)[n.out] if n.out else sp.Symbol(n.target)
     target = printer._print(target_ref)
-    if n.body.has(between, divides) or _guarded_reads(n.body, printer):
+    if printer.guarded(n.body):
         replacements, body = [], n.body        # no read may move out of its guard
     else:
         replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols(f"{acc}_c"),
@@ -352,13 +352,6 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                     f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
                     pragma=f"#pragma omp parallel for{when}")
     return view
-
-
-def _guarded_reads(expr, printer) -> bool:
-    """Reads the printer guards (a padded array at a shifted index, a label's row)."""
-    return any(not isinstance(i, sp.Idx) and (a.base.label.name in printer.padded
-                                              or i.atoms(sp.Indexed))
-               for a in expr.atoms(sp.Indexed) for i in a.indices)
 
 
 def _fill_first(n: Nest) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sympy as sp
 
-from derive.affine import between, divides
 from derive.indices import dim_of, free_indices
 
 from .c_printer import KernelCPrinter
@@ -102,15 +101,6 @@ def merge_inner_loops(members: list[dict]) -> list[dict]:
     return out
 
 
-def _guarded(body, printer) -> bool:
-    """A body with brackets, or with reads at shifted subscripts of a padded array: the
-    printer guards those reads, so none may be loaded ahead of its guard."""
-    return body.has(between, divides) or any(
-        a.base.label.name in printer.padded and not all(isinstance(i, sp.Idx)
-                                                        for i in a.indices)
-        for a in body.atoms(sp.Indexed))
-
-
 def hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
     """Load what the innermost loop reads but does not index (a row's maximum and sum, its
     label t[n], a scalar input) into locals before that loop.  GCC does not hoist loads
@@ -124,7 +114,7 @@ def hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
             (len(loops) == 1 and v["pragma"] and mode != "scalar_acc"):
         return v                     # a pragma must stay right above its loop
     inner = inner_loops[-1][0]
-    if _guarded(n.body, printer):
+    if printer.guarded(n.body, labels=False):    # a label's guard sits in its read
         return v                     # no read may leave the bracket that guards it
     refs = sorted((a for a in n.body.atoms(sp.Indexed)
                    if inner not in {i.label.name for i in free_indices(a)}), key=str)
