@@ -323,8 +323,14 @@ class NumpyPrinter:
         matrix was O(V N) (an embedding's gradient: V = 50,000 rows)."""
         v, g, rest = scatter
         others = [i for i in outer if i != v]
-        index = self.array(g, tuple(ks))
-        values = self.array(rest, tuple(ks + others))
+        # Summed indices that g does not read are contracted first (einsum), so the
+        # values added are as small as the table: conv-by-table's sum over o.
+        ks_g = [k for k in ks if k in free_indices(g)]
+        free = [k for k in ks if k not in ks_g]
+        if free:
+            rest = sp.Sum(rest, *[(k, k.lower, k.upper) for k in free])
+        index = self.array(g, tuple(ks_g))
+        values = self.array(rest, tuple(ks_g + others))
         size = str(v.upper + 1)
         self.dims_used.add(size)
         self.helpers_used.add("_scatter_add")

@@ -84,6 +84,16 @@ def _eliminate(factors, limits):
         if not _implied(bracket):
             factors.append(bracket)
     factors, limits = _absorb(factors, limits)
+    summed = {k for k, _, _ in limits}
+    if any(_is_table_delta(f, summed) for f in factors):
+        # [v == idx[p, k]] against a table of summed indices: one flat sum of the whole
+        # product, so the backends add each summand at row idx[p, k] (a scatter-add,
+        # codegen/scatter.py) instead of building the one-hot matrix a nesting needs.
+        dep = [f for f in factors if free_indices(f) & summed]
+        body = sp.Mul(*dep)
+        for lim in reversed(limits):
+            body = sp.Sum(body, lim)
+        return sp.Mul(*[f for f in factors if f not in dep]) * body
     for k, lo, hi in reversed(limits):
         dep = [f for f in factors if k in free_indices(f)]
         indep = [f for f in factors if k not in free_indices(f)]
@@ -93,6 +103,14 @@ def _eliminate(factors, limits):
         else:
             factors = indep + [sp.Sum(sp.Mul(*dep), (k, lo, hi))]
     return sp.Mul(*factors)
+
+
+def _is_table_delta(f, summed) -> bool:
+    """delta(v, g) with g an integer tensor read whose indices are all summed."""
+    if not isinstance(f, sp.KroneckerDelta):
+        return False
+    return any(g.atoms(sp.Indexed) and free_indices(g) and free_indices(g) <= summed
+               for g in f.args)
 
 
 def _pick_delta(factors, limits):

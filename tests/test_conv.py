@@ -490,3 +490,43 @@ def test_a_convolution_is_lowered_onto_the_gemm_hook():
         assert calls == (1 if side == "forward" else 2), (side, calls)
         assert "for (ptrdiff_t n = 0; n < N; ++n) {" in body.split("gemm_f32(101")[0]
     assert "/* pack x[n, c, i + p - 1, j + q - 1] as a c p q x i j matrix */" in source
+
+
+TABLE_CONV = """layer conv_table
+dims N, C, O, L, P, K
+input x[N, C, L]
+input idx[P, K] in L
+param W[O, C, K]
+output y[N, O, P]
+y[n, o, p] = W[o, c, k] * x[n, c, idx[p, k]]
+"""
+
+
+@pytest.mark.parametrize("backend, dtype", BACKENDS)
+def test_a_convolution_through_an_index_table_has_a_scatter_add_adjoint(backend, dtype):
+    """The integer-table form of conv1d: dx is one sum of the whole product with
+    [l == idx[p, k]], which both backends add at row idx[p, k] (O(N C O P K), no one-hot
+    and no C x L x O x P scratch), and equals torch's conv1d gradient."""
+    layer = parse_spec(TABLE_CONV)
+    dx = derive(layer).gradients["x"].expr
+    assert isinstance(dx, sp.Sum) and len(dx.limits) == 3 and not dx.function.has(sp.Sum)
+    text = codegen.sources(layer, backend)["conv_table." + ("c" if backend == "c" else "py")]
+    if backend == "c":
+        assert "bp_at = idx[p*K + k]" in text and "_s1" not in text
+    else:
+        assert "_scatter_add(L, idx," in text
+    N, C, O, L, K = 2, 3, 5, 11, 3
+    idx = np.arange(L - K + 1)[:, None] + np.arange(K)[None, :]
+    rng = np.random.default_rng(5)
+    x, W = rng.normal(size=(N, C, L)), rng.normal(size=(O, C, K))
+    kernels = codegen.load(layer, backend=backend, dtype=dtype if backend == "c" else None)
+    fn = lambda x, W: F.conv1d(x, W)              # noqa: E731
+    table = dict(kernels=kernels, idx=idx)
+
+    class WithTable:                               # the table is an input torch does not take
+        def forward(self, **a):
+            return table["kernels"].forward(idx=table["idx"], **a)
+
+        def backward(self, **a):
+            return table["kernels"].backward(idx=table["idx"], **a)
+    _check(WithTable(), dict(x=x, W=W), fn, dtype, rng, TOL[dtype])
