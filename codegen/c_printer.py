@@ -85,26 +85,29 @@ class KernelCPrinter(C99CodePrinter):
         name = expr.base.label.name
         return f"{name}[{self.offset(name, expr.indices)}]"
 
-    def _guarded_slot(self, name, i, labels=True) -> bool:
-        """A subscript the printer guards: a padded array's shifted read, or a label
-        (checked by the wrapper, not by a plain C caller); never outside the array."""
+    def _guarded_slot(self, name, i, dim, labels=True) -> bool:
+        """A subscript the printer guards: a padded array's shifted read (an index of
+        another dimension too), or a label (checked by the wrapper, not by a plain C
+        caller); never outside the array."""
         label = i.atoms(sp.Indexed) or (isinstance(i, sp.Symbol) and not
                                         isinstance(i, sp.Idx))         # a label loaded once
-        return not isinstance(i, sp.Idx) and (name in self.padded or (labels and label))
+        own = isinstance(i, sp.Idx) and str(i.upper + 1) == dim
+        return not own and (name in self.padded or (labels and bool(label)))
 
     def guarded(self, body, labels=True) -> bool:
         """body holds a bracket or a guarded read (labels' too, unless labels=False): no
         read of it may be moved ahead of its guard (CSE, loads hoisted out of a loop)."""
         return body.has(between, divides) or any(
-            self._guarded_slot(a.base.label.name, i, labels)
-            for a in body.atoms(sp.Indexed) for i in a.indices)
+            self._guarded_slot(a.base.label.name, i, dim, labels)
+            for a in body.atoms(sp.Indexed) for i, dim in zip(a.indices,
+                                                             self.shapes[a.base.label.name]))
 
     def _print_Indexed(self, expr):
         name = expr.base.label.name
         code = f"{name}[{self.offset(name, expr.indices)}]"
         guards = []
         for i, dim in zip(expr.indices, self.shapes[name]):
-            if self._guarded_slot(name, i):
+            if self._guarded_slot(name, i, dim):
                 v = self.index_code(i)
                 guards.append(f"0 <= {v} && {v} < {dim}")
         return f"(({' && '.join(guards)}) ? {code} : 0)" if guards else code

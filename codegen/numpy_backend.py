@@ -30,7 +30,10 @@ def _printed(printer, st) -> Printed:
 
 def numpy_source(plan: KernelPlan) -> str:
     layer = plan.layer
-    printer = NumpyPrinter(layer.dims)
+    shapes = [(t.name, t.dims) for t in layer.tensors.values()]
+    shapes += [("d" + t.name, t.dims) for t in layer.upstream]
+    printer = NumpyPrinter(layer.dims, dict(shapes) | {"d" + t.name: t.dims
+                                                        for t in layer.tensors.values()})
     forward = [_printed(printer, st) for st in plan.forward]
     forward_dims = _ordered(layer.dims, printer.dims_used)
     printer.dims_used = set()
@@ -46,8 +49,6 @@ def numpy_source(plan: KernelPlan) -> str:
     dim_defs = [(name, [d for d in layer.dims if sp.Symbol(d, integer=True, positive=True)
                         in expr.free_symbols], printer.integer_code(expr), formula(expr))
                 for name, expr in layer.dim_defs.items()]
-    shapes = [(t.name, t.dims) for t in layer.tensors.values()]
-    shapes += [("d" + t.name, t.dims) for t in layer.upstream]
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
         ", ".join(plan.upstream)

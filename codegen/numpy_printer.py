@@ -24,8 +24,9 @@ HELPERS = {"_sigmoid"}
 
 
 class NumpyPrinter:
-    def __init__(self, dims: tuple[str, ...]):
+    def __init__(self, dims: tuple[str, ...], shapes: dict[str, tuple[str, ...]] = None):
         self.dims = set(dims)
+        self.shapes = shapes or {}       # array name -> its dimension names, slot by slot
         self.helpers_used: set[str] = set()
         self.dims_used: set[str] = set()
         self.seen: Counter = Counter()   # printed calls and reductions, for CSE
@@ -208,7 +209,7 @@ class NumpyPrinter:
         idx = list(e.indices)
         if any(i.atoms(sp.Indexed) for i in idx):
             return self._gather(e, ctx)
-        if not all(isinstance(i, sp.Idx) for i in idx):
+        if not self._plain(e):
             view, axes = self._window(e)
             have = [i for i in ctx if i in axes]
             letters = _letters(list(dict.fromkeys(have + axes)))
@@ -220,6 +221,13 @@ class NumpyPrinter:
             perm = tuple(idx.index(i) for i in order)
             code = f"{name}.T" if len(idx) == 2 else f"np.transpose({name}, {perm})"
         return _expand(code, order, ctx)
+
+    def _plain(self, e) -> bool:
+        """Every slot of e an index over that slot's own axis; an index of another
+        dimension (i over M = L - 1 reading an L axis) is a window like x[n, i + 1]."""
+        dims = self.shapes.get(e.base.label.name)
+        return all(isinstance(i, sp.Idx) and (dims is None or str(i.upper + 1) == d)
+                   for i, d in zip(e.indices, dims or e.indices))
 
     def _gather(self, e, ctx):
         """z[n, t[n]]: advanced indexing with one index array per slot, each laid out
@@ -293,7 +301,7 @@ class NumpyPrinter:
             own = free_indices(f)
             if not own:
                 coeff.append(f)
-            elif isinstance(f, sp.Indexed) and all(isinstance(i, sp.Idx) for i in f.indices):
+            elif isinstance(f, sp.Indexed) and self._plain(f):
                 operands.append((f.base.label.name, "".join(letters[i] for i in f.indices)))
             elif isinstance(f, sp.Indexed) and not any(i.atoms(sp.Indexed) for i in f.indices):
                 view, axes = self._window(f)         # einsum reads the view directly

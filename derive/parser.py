@@ -573,7 +573,7 @@ class _Parser:
                      tuple(self._ordered()), conditions, self.loss, self._source(), self.file,
                      dict(self.example), dict(self.constants), dict(self.dim_defs))
 
-    def _check_read(self, stmt, col, name, dim, expr, text):
+    def _check_read(self, stmt, col, name, dim, expr, text, bound=None):
         """A shifted read stays inside its axis for every size, or the tensor declares
         what it reads as outside (zero padding)."""
         span = extremes(expr)
@@ -583,6 +583,12 @@ class _Parser:
             return True
         if self.tensors[name].outside is not None:
             return False
+        if bound is not None:
+            index, (other, at) = bound
+            raise stmt.error(f"index '{index}' runs over {dim} here but over {other} at "
+                             f"column {at}; an index has one dimension, or reads inside a "
+                             f"larger axis when its range provably fits (e.g. dims {other} "
+                             f"= {dim} - 1), or with 'outside {name} = 0'", col)
         where = f"runs from {formula(span[0])} to {formula(span[1])}" if span else "varies"
         raise stmt.error(f"{name}[..., {text}, ...] can read outside {name}: the subscript "
                          f"{where}, the axis {dim} from 0 to {formula(top)}; declare "
@@ -838,6 +844,13 @@ class _Expr:
                            if isinstance(s, ast.Subscript) else sp.Symbol(inner.name))
                 continue
             if isinstance(s, ast.Name) and s.id not in self.p.constants:
+                seen = self.bound.get(s.id)
+                if seen is not None and seen[0] != dim and not as_index \
+                        and s.id not in self.p.dims:
+                    # i over M = L - 1 reading x's L axis (cropping): a shifted read,
+                    # range-checked like x[n, i + 1]
+                    idx.append(self.affine(s, t, dim, bound=(s.id, seen)))
+                    continue
                 idx.append(self.bind(s.id, dim, s))
                 continue
             if as_index:
@@ -853,16 +866,17 @@ class _Expr:
                            node)
         return t.base[tuple(idx)]
 
-    def affine(self, node, tensor: Tensor, dim: str) -> sp.Expr:
+    def affine(self, node, tensor: Tensor, dim: str, bound=None) -> sp.Expr:
         """A subscript like 2*i + k - P: integer constants times indices, plus a constant
         (numbers, constants, dimensions).  Its range is checked when the spec is complete
-        (an `outside` statement may come later)."""
+        (an `outside` statement may come later).  `bound`: (name, (dimension, column)) of
+        a plain index already bound to another dimension, for the error if it can leave."""
         expr = self._affine(node)
         if not expr.atoms(sp.Idx) and not expr.is_Integer and not expr.free_symbols:
             raise self.err("a subscript is an index, an integer or an affine expression "
                            "of indices like 2*i + k - 1", node)
         self.p.reads_to_check.append((self.stmt, self.col(node), tensor.name, dim, expr,
-                                      ast.unparse(node)))
+                                      ast.unparse(node), bound))
         return expr
 
     def _affine(self, node) -> sp.Expr:
