@@ -83,6 +83,7 @@ def main(argv=None) -> int:
   gradients   \frac{\partial L}{\partial z}, \partial C / \partial b^{(1)}, \nabla_{a^{(2)}} C,
               \bar{z}, \delta^{(2)}; Jacobians \frac{\partial y_i}{\partial z_j}
   layers      W^{(2)}, w^{(2)}_{jk}, symbolic \delta^l, w^{l+1}, a^{l-1}, \delta^L
+  indices     W_{jk}, x_n; shifted X_{i+r, j+s}, \delta_{i-r, j-s} (0 outside the range)
   products    A B and A \cdot B (matrix, or elementwise when only that fits) bind
               tighter than \odot; \mathbf{1} is a vector of ones; \delta_{ij} Kronecker
   functions   \sigma \tanh \log \exp \sqrt \Phi \phi \max(a, b) \min(a, b),

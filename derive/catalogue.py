@@ -16,6 +16,7 @@ CS231N = "CS231n notes, Backpropagation, Intuitions"
 GOODFELLOW = "Goodfellow, Bengio and Courville, Deep Learning, sec. 6.5"
 IOFFE = "Ioffe and Szegedy 2015, Batch Normalization, sec. 3 (backward pass)"
 ATTENTION = "scaled dot-product attention (Vaswani et al. 2017), its backward pass"
+CONV = "a 2-D convolution's backward pass (Goodfellow et al., sec. 9.5; CS231n, Convolutional Networks)"
 
 
 @dataclass(frozen=True)
@@ -214,4 +215,16 @@ CATALOGUE = (
     Entry("attention-dS-diagonal", "attention", r"\frac{\partial L}{\partial S} = P \odot "
           r"\bar{P}", "attention's dS with the softmax Jacobian's off-diagonal part dropped",
           "FALSE"),
+    # a single-channel 2-D convolution (cross-correlation, stride 1, valid)
+    Entry("conv-dK", "conv2d_single", r"\frac{\partial L}{\partial K_{r,s}} = \sum_{i,j} "
+          r"\delta_{i,j} X_{i+r, j+s}", CONV, "HOLDS",
+          note="the kernel gradient is the input correlated with delta"),
+    Entry("conv-dX-flipped", "conv2d_single", r"\frac{\partial L}{\partial X_{i,j}} = "
+          r"\sum_{r,s} \delta_{i-r, j-s} K_{r,s}", CONV, "HOLDS",
+          note="the full convolution: delta zero-padded, the kernel flipped"),
+    Entry("conv-dX-unflipped", "conv2d_single", r"\frac{\partial L}{\partial X_{i,j}} = "
+          r"\sum_{r,s} \delta_{i+r, j+s} K_{r,s}",
+          "the input gradient with the kernel not flipped (a common slip)", "FALSE"),
+    Entry("conv-db", "conv2d_single", r"\frac{\partial L}{\partial b} = \sum_{i,j} "
+          r"\delta_{i,j}", CONV, "HOLDS"),
 )

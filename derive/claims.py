@@ -416,6 +416,11 @@ _SUPERSCRIPT = re.compile(rf"\(\s*(?:\d+|{_LABEL})\s*\)|\[\s*(?:\d+|{_LABEL})\s*
                           r"-?\s*\\[dt]?frac\{\d+\}\{\d+\}|\S")
 
 
+# one slot of a shifted subscript: integer multiples of index letters plus an integer
+_TERM = r"(?:\d*\s*[a-z]|\d+)"
+_SHIFTED = re.compile(rf"\s*-?\s*{_TERM}(?:\s*[+-]\s*{_TERM})*\s*")
+
+
 def _scripted(base: Node, scripts, col) -> Node:
     indices, layer, transpose, power = (), "", False, Fraction(1)
     for s in scripts:
@@ -428,9 +433,12 @@ def _scripted(base: Node, scripts, col) -> Node:
                 layer = text
             elif re.fullmatch(r"[a-z](\s*,?\s*[a-z])*", text):
                 indices = tuple(c for c in re.sub(r"[\s,]", "", text))
+            elif all(_SHIFTED.fullmatch(part) for part in text.split(",")):
+                # X_{i+r, j+s}: a shifted read (a convolution's), each slot kept as text
+                indices = tuple(re.sub(r"\s", "", part) for part in text.split(","))
             else:
-                raise ClaimError(f"subscript '{text}': expected index letters (jk or j,k) or "
-                                 f"a layer number", col)
+                raise ClaimError(f"subscript '{text}': expected index letters (jk or j,k), "
+                                 f"shifted indices (i+r, j-s) or a layer number", col)
             continue
         for part in _SUPERSCRIPT.findall(text):
             label = re.sub(r"[\s()\[\]]", "", part)

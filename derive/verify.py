@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from .affine import between, extremes, proven_nonnegative
 from .calculus import contract, tidy
 from .claims import (Bin, Claim, ClaimError, Func, Grad, Indicator, Jacobian, Neg, Num,
-                     Ones, Post, Sym, SumOver, at_layer, parse_claim, symbolic_layers)
+                     Ones, Post, Sym, SumOver, at_layer, parse_claim, symbolic_layers, walk)
 from .derivation import Derivation, adjoint_name
 from .evaluate import _compute, evaluate
 from .functions import relu, sigmoid, softplus
@@ -89,6 +90,8 @@ class Verdict:
         if self.counterexample:
             ce = self.counterexample
             lines.append(f"  counterexample at sizes {ce['sizes']}:")
+            if ce.get("error"):
+                lines.append(f"    the claim cannot be evaluated there: {ce['error']}")
             for k, v in ce["inputs"].items():
                 lines.append(_show(f"    {k} = ", v, 4))
             lines.append(_show("    left  = ", ce["left"], 6))
@@ -127,6 +130,7 @@ class Reader:
         self.implied_batch = False
         self.notes: list[str] = []
         self.elementwise_products: list[int] = []     # columns of products read as (.)
+        self.claim: Claim | None = None               # for the dims of shifted indices
 
     def all_notes(self) -> tuple:
         cols = self.elementwise_products
@@ -217,7 +221,10 @@ class Reader:
                 raise IllFormed(f"{_key(s)} has {len(idx)} indices but {name} has "
                                 f"{len(dims)} ({', '.join(dims) or 'a scalar'})")
             else:
-                args = [self.idx(i, d, name) for i, d in zip(idx, dims)]
+                args = [self.idx(i, d, name) for i, d in zip(idx, dims)
+                        if _is_letter(i)] if all(map(_is_letter, idx)) else None
+            if args is None:                           # X_{i+r, j+s}: a shifted read
+                return self.post(self.shifted(name, s, idx, dims), (), s)
             expr = sp.IndexedBase(name)[tuple(args)] if args else sp.Symbol(name)
             return self.post(expr, (), s)
         if not dims:
@@ -231,6 +238,75 @@ class Reader:
         elif self.convention == "columns" and dims[0] == BATCH:
             axes = (axes[1], axes[0])                  # examples as columns
         return self.post(expr, axes, s)
+
+    def shifted(self, name, s: Sym, slots, dims):
+        """X_{i+r, j+s} (slots with the batch implied left out): each slot an affine
+        expression of index letters; a slot that can leave its axis reads 0 there, as
+        textbooks zero-pad delta in dX = sum_{r,s} delta_{i-r,j-s} W_{r,s}."""
+        if len(slots) == len(dims) - 1 and dims and dims[0] == BATCH:
+            self.implied_batch = True
+            head, dims = [sp.Integer(0)], dims[1:]
+        else:
+            head = []
+        if len(slots) != len(dims):
+            raise IllFormed(f"{_key(s)} has {len(slots)} indices but {name} has "
+                            f"{len(dims)} ({', '.join(dims) or 'a scalar'})")
+        args, guards = list(head), []
+        for text, dim in zip(slots, dims):
+            e = self.affine(text, dim, name)
+            span = extremes(e)
+            top = dim_symbol(dim) - 1
+            if span is None or not (proven_nonnegative(span[0], self.layer.dim_defs) and
+                                    proven_nonnegative(top - span[1], self.layer.dim_defs)):
+                guards.append(between(e, 0, top))
+            args.append(e)
+        if guards:
+            note = f"{_key(s)}_{{{','.join(slots)}}} read as 0 outside {name}'s range"
+            if note not in self.notes:
+                self.notes.append(note)
+        return sp.Mul(*guards, sp.IndexedBase(name)[tuple(args)])
+
+    def affine(self, text, dim, where):
+        """'i+r', '2i-1', 'j': letters as indices (their dimension from a plain use in
+        the claim, or `dim` for a lone letter), integers as themselves."""
+        if _is_letter(text):
+            return self.idx(text, dim, where)
+        expr, sign = sp.Integer(0), 1
+        for sign_text, coeff, letter in re.findall(r"([+-]?)(\d*)([a-z]?)", text):
+            if not (coeff or letter):
+                continue
+            sign = -1 if sign_text == "-" else 1
+            c = sp.Integer(int(coeff)) if coeff else sp.Integer(1)
+            term = c * (self.idx(letter, self.plain_dim(letter, where), where)
+                        if letter else 1)
+            expr += sign * term
+        return expr
+
+    def plain_dim(self, letter, where):
+        """The dimension of an index letter used in a shifted subscript: where it is
+        already bound, or its first plain use in the claim (W_{r,s} binds r and s)."""
+        if letter in self.bound:
+            return self.bound[letter][0]
+        nodes = itertools.chain(walk(self.claim.lhs), walk(self.claim.rhs)) \
+            if self.claim else ()
+        for node in nodes:
+            sym = node.of if isinstance(node, Grad) else node
+            if not isinstance(sym, Sym) or letter not in sym.indices:
+                continue
+            try:
+                name = self.tensor_name(sym)
+                if isinstance(node, Grad):
+                    name = adjoint_name(name)
+                dims = self._dims(name)
+            except (ClaimError, KeyError):
+                continue
+            if len(sym.indices) == len(dims) - 1 and dims and dims[0] == BATCH:
+                dims = dims[1:]
+            if len(dims) == len(sym.indices):
+                return dims[sym.indices.index(letter)]
+        raise IllFormed(f"index {letter} appears only in shifted subscripts ({where}), so "
+                        f"its range is unknown: use it plainly somewhere, as in W_{{{letter}"
+                        f"}}, or sum over it")
 
     def post(self, expr, axes, s):
         if s.power != 1:
@@ -316,7 +392,7 @@ class Reader:
         """\\delta_{ij} is the Kronecker delta when i and j run over one dimension (the
         error signal dz with two indices runs over two, the batch and the features)."""
         if s.name != r"\delta" or len(s.indices) != 2 or s.layer or s.decor or \
-                s.indices[0] == s.indices[1]:
+                s.indices[0] == s.indices[1] or not all(map(_is_letter, s.indices)):
             return False
         seen = [self.bound.get(i) for i in s.indices]
         if all(seen):
@@ -495,6 +571,10 @@ def _shape(axes):
         else "scalar"
 
 
+def _is_letter(text: str) -> bool:
+    return len(text) == 1 and text.isalpha()
+
+
 def _key(s: Sym) -> str:
     name = s.name
     for decor in reversed(s.decor.split()):
@@ -522,6 +602,7 @@ def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
     readings, problems = [], []
     for convention in ("rows", "columns"):
         r = Reader(d, mapping, convention)
+        r.claim = claim
         try:
             lhs, lx = r.read(claim.lhs)
             rhs, rx = r.read(claim.rhs)
@@ -633,10 +714,8 @@ def candidate_conditions(layer) -> list[tuple[str, dict]]:
 
 
 def _draw(layer, rng, rules):
-    sizes = {dim: int(rng.choice([1, 2, 3, 5])) for dim in layer.dims}
+    sizes = _draw_sizes(layer, rng, {k: v for r in rules for k, v in r.get("size", {}).items()})
     values = {}
-    for r in rules:
-        sizes.update(r.get("size", {}))
     for t in layer.tensors.values():
         shape = tuple(sizes[x] for x in t.dims)
         if t.role in ("input", "param") and t.nograd:
@@ -661,6 +740,19 @@ def _draw(layer, rng, rules):
     for t in layer.upstream:
         values[adjoint_name(t.name)] = rng.normal(size=tuple(sizes[x] for x in t.dims))
     return sizes, values
+
+
+def _draw_sizes(layer, rng, fixed):
+    """Sizes from {1, 2, 3, 5} for the free dimensions (`fixed` as given), the derived
+    ones from their definitions (Hout = H - KH + 1), redrawn until every one is >= 1."""
+    free = [d for d in layer.dims if d not in layer.dim_defs]
+    for _ in range(200):
+        sizes = {d: int(rng.choice([1, 2, 3, 5])) for d in free} | fixed
+        sizes = layer.dim_sizes(sizes)
+        if all(sizes.get(d, 0) >= 1 for d in layer.dims):
+            return sizes
+    raise ValueError(f"no sizes from 1, 2, 3, 5 give every dimension of {layer.name} a size "
+                     f">= 1")
 
 
 def _sides(reading: Reading, d: Derivation, sizes, values):
@@ -688,7 +780,9 @@ def numeric_check(reading, d, rules, trials=6, seed=0):
         try:
             with np.errstate(all="ignore"):
                 left, right = _sides(reading, d, sizes, values)
-        except (ValueError, TypeError, ZeroDivisionError) as exc:
+        except ZeroDivisionError as exc:
+            # a side undefined at this point (1/0 in the claim) differs from the truth;
+            # any other exception is a bug in the toolkit and must not become a verdict
             return dict(sizes=sizes, inputs={}, left=[], right=[], error=str(exc))
         if not _agree(left, right):
             return dict(sizes=sizes, inputs={k: np.asarray(v).tolist() for k, v in

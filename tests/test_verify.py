@@ -396,3 +396,37 @@ def test_cli_help_lists_the_notation():
     assert r.returncode == 0
     for notation in (r"\nabla_{a^{(2)}} C", r"\mathbb{1}[z > 0]", r"\delta^l", r"\Phi"):
         assert notation in r.stdout
+
+
+def test_shifted_subscripts_read_a_convolution_claim(derivations):
+    """X_{i+r, j+s} and \\delta_{i-r, j-s}: affine slots, letters bound by their plain uses;
+    a slot that can leave its range reads 0 (and says so), one that cannot reads plainly;
+    the derived sizes (Hout = H - KH + 1) are drawn consistently for the numbers."""
+    d = d_of(derivations, "conv2d_single")
+    v = verify(d, r"\frac{\partial L}{\partial X_{i,j}} = \sum_{r,s} \delta_{i-r, j-s} K_{r,s}",
+               timeout=20)
+    assert v.verdict == "HOLDS" and any("read as 0 outside dz" in n for n in v.notes), v.text()
+    v = verify(d, r"\frac{\partial L}{\partial K_{r,s}} = \sum_{i,j} \delta_{i,j} X_{i+r,j+s}",
+               timeout=20)
+    assert v.verdict == "HOLDS" and not v.notes, v.text()
+    v = verify(d, r"\frac{\partial L}{\partial X_{i,j}} = \sum_{r,s} \delta_{i+r,j+s} K_{r,s}")
+    assert v.verdict == "FALSE", v.text()
+    sizes = v.counterexample["sizes"]
+    assert sizes["Hout"] == sizes["H"] - sizes["KH"] + 1 >= 1
+    assert not np.allclose(v.counterexample["left"], v.counterexample["right"])
+
+
+@pytest.mark.parametrize("claim, words", [
+    (r"\frac{\partial L}{\partial K_{r,s}} = \sum_{i,j} \delta_{i,j} X_{i*r, j}",
+     "subscript 'i*r, j'"),
+    (r"\frac{\partial L}{\partial b} = \sum_{i,j} \delta_{i,j} X_{i+q, j}",
+     "index q appears only in shifted subscripts"),
+])
+def test_shifted_subscript_errors(derivations, claim, words):
+    d = d_of(derivations, "conv2d_single")
+    try:
+        v = verify(d, claim)
+    except ClaimError as exc:
+        assert words in str(exc)
+        return
+    assert v.verdict == "ILL-FORMED" and words in v.message, v.text()
