@@ -71,11 +71,13 @@ def derive_sizes(layer: str, defs: dict, sizes: dict) -> None:
                              f"needed for {name} = {text}")
         size = run_program(program, {d: sizes[d][0] for d in needs})
         given = ", ".join(f"{d} = {sizes[d][0]}" for d in needs)
+        rule = f"{name} = {text}" + (f" = {size}" if text != str(size) else "") + \
+            (f" with {given}" if given else "")   # K = 5 fixed by the spec: no 'with'
         if name in sizes and sizes[name][0] != size:
             raise ValueError(f"{sizes[name][1]}: dimension {name} is {sizes[name][0]}, but "
-                             f"{name} = {text} = {size} with {given}")
+                             f"{rule}")
         if size < 1:
-            raise ValueError(f"{layer}: dimension {name} = {text} = {size} with {given}: it "
+            raise ValueError(f"{layer}: dimension {rule}: it "
                              f"must be at least 1 (an input smaller than its window?)")
         sizes.setdefault(name, (size, f"{name} = {text}"))
 

@@ -144,6 +144,8 @@ def _constants(items) -> dict:
         if not item.strip():
             continue
         name, sep, value = item.partition("=")
+        if name.strip() in out:
+            raise ValueError(f"--const sets {name.strip()} twice; give each constant once")
         try:
             out[name.strip()] = int(value)
         except ValueError:

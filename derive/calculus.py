@@ -13,7 +13,7 @@ import sympy as sp
 
 from .affine import (between, bounds_from, divides, extremes, is_full, proven_nonnegative,
                      solve_for)
-from .indices import dim_of, free_indices
+from .indices import dim_of, free_indices, freshen_bound
 
 _EXPAND = dict(deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
                log=False, basic=False)
@@ -72,7 +72,7 @@ def _eliminate(factors, limits):
         k, lo, hi = limits.pop(pos)
         factors.remove(d)
         sub = {k: solution}
-        factors = [f.xreplace(sub) for f in factors]
+        factors = [_substitute(f, sub) for f in factors]
         limits = [(j, a.xreplace(sub), b.xreplace(sub)) for j, a, b in limits]
         if solution.atoms(sp.Indexed):
             continue                  # a label's value: in range by the wrappers' checks
@@ -103,6 +103,16 @@ def _eliminate(factors, limits):
         else:
             factors = indep + [sp.Sum(sp.Mul(*dep), (k, lo, hi))]
     return sp.Mul(*factors)
+
+
+def _substitute(f, sub):
+    """f with sub applied, renaming f's own summation indices first where a value reads
+    one of them: tanh(sum_k w[k] x[n, i + k]) with i = l - k must not become
+    tanh(sum_k w[k] x[n, l]) (the k of the solution is the outer sum's, not this one's)."""
+    reads = set().union(*(free_indices(v) for v in sub.values()))
+    if any(lim[0] in reads for s in f.atoms(sp.Sum) for lim in s.limits):
+        f = freshen_bound(f)
+    return f.xreplace(sub)
 
 
 def _is_table_delta(f, summed) -> bool:

@@ -221,7 +221,7 @@ def _example(d: Derivation, tex) -> dict:
     declared one-hot)."""
     layer = d.layer
     rng = np.random.default_rng(7)
-    sizes = layer.dim_sizes({dim: int(layer.example.get(dim, 2)) for dim in layer.dims
+    sizes = layer.fit_sizes({dim: int(layer.example.get(dim, 2)) for dim in layer.dims
                              if dim not in layer.dim_defs})      # output sizes follow
     one_hot = {c.tensor for c in layer.conditions}
     values = {}

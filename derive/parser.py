@@ -227,8 +227,12 @@ class _Parser:
                     return _ARITH[op](a, b)
                 if op is ast.FloorDiv:
                     if not (b.is_Integer and b > 0):
-                        raise stmt.error("floor division in a dimension is by a positive "
-                                         "integer constant", sh.col(node.right))
+                        named = node.right.id if isinstance(node.right, ast.Name) else None
+                        what = f"{named} = {b}" if named in self.constants else str(b)
+                        raise stmt.error(f"floor division in a dimension is by a positive "
+                                         f"integer constant, not {what}"
+                                         + (" (a stride is at least 1)" if named else ""),
+                                         sh.col(node.right))
                     return sp.floor(a / b)
                 if op is ast.Div:
                     raise stmt.error("a dimension's size is an integer: write // (floor "
@@ -268,9 +272,13 @@ class _Parser:
             value = int(m.group(3).replace(" ", ""))
             if name in self.overrides:
                 value = self.overrides[name]
-                if isinstance(value, bool) or not isinstance(value, int):
+                try:                       # any integer type: np.int64(2) too, not 2.0
+                    value = operator.index(value) if not isinstance(value, bool) else None
+                except TypeError:
+                    value = None
+                if value is None:
                     raise SpecError(f"constant {name} must be set to an integer, not "
-                                    f"{value!r}", self.file, stmt.line)
+                                    f"{self.overrides[name]!r}", self.file, stmt.line)
                 start = c + m.start(3)
                 self.rewrites.append((stmt.line, start, c + m.end(3), str(value)))
             if abs(value) > 10**6:

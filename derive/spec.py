@@ -134,6 +134,21 @@ class Layer:
                     sizes[name] = int(value)
         return sizes
 
+    def fit_sizes(self, free: dict, limit: int = 256) -> dict:
+        """Sizes of the free dimensions `free`, grown one step at a time (the one that
+        brings the derived sizes closest to 1, first) until every derived dimension is at
+        least 1, with the derived ones added: a dilated kernel needs a larger input."""
+        def shortfall(sizes):           # how far the derived sizes are below 1, in all
+            full = self.dim_sizes(sizes)
+            return sum(max(0, 1 - full.get(d, 0)) for d in self.dim_defs)
+        sizes = dict(free)
+        for _ in range(limit):
+            if shortfall(sizes) == 0:
+                break
+            best = min(sizes, key=lambda d: shortfall({**sizes, d: sizes[d] + 1}))
+            sizes[best] += 1
+        return self.dim_sizes(sizes)
+
     def describe(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """name -> (role, dimension names): enough for a caller to build arrays."""
         return {t.name: (t.role, t.dims) for t in self.tensors.values()}

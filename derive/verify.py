@@ -760,8 +760,11 @@ def _sides(reading: Reading, d: Derivation, sizes, values):
     axes = [a for a in reading.axes if a != ONE]
     dims = [str(a.upper + 1) for a in axes]
     one = {ONE: sp.Integer(0)}
-    left = _compute(reading.lhs.xreplace(one), axes, dims, sizes, full)
-    right = _compute(reading.rhs.xreplace(one), axes, dims, sizes, full)
+    # a claim's shifted read outside its tensor reads 0 (dy[n, o, l - k] of a full
+    # correlation), as the notes say
+    outside = {n: (sp.Integer(0), list(np.shape(v))) for n, v in full.items()}
+    left = _compute(reading.lhs.xreplace(one), axes, dims, sizes, full, outside)
+    right = _compute(reading.rhs.xreplace(one), axes, dims, sizes, full, outside)
     return left, right
 
 
@@ -809,6 +812,7 @@ def read_spec_claim(text: str, d: Derivation) -> Reading:
     p.name = layer.name
     p.dims = {dim: 0 for dim in layer.dims}
     p.tensors = dict(layer.tensors)
+    p.constants, p.dim_defs = dict(layer.constants), dict(layer.dim_defs)
     for t in layer.tensors.values():
         if t.role != "target":
             p.tensors[adjoint_name(t.name)] = Tensor(adjoint_name(t.name), "output", t.dims, 0)
@@ -839,7 +843,18 @@ def read_spec_claim(text: str, d: Derivation) -> Reading:
             raise IllFormed(exc.message) from None
         raise ClaimError(exc.message, exc.col) from None
     lhs_expr = tensor.ref(*indices)
-    return Reading("index form", lhs_expr, expr, tuple(indices), False)
+    notes = tuple(f"{name}[..., {text}, ...] read as 0 outside {name}'s range"
+                  for _, _, name, dim, e, text, _ in p.reads_to_check
+                  if not _inside(e, dim, layer.dim_defs))
+    return Reading("index form", lhs_expr, expr, tuple(indices), False,
+                   tuple(dict.fromkeys(notes)))
+
+
+def _inside(e, dim, dim_defs) -> bool:
+    """A subscript that provably stays in 0 .. dim - 1."""
+    span = extremes(e)
+    return span is not None and proven_nonnegative(span[0], dim_defs) and \
+        proven_nonnegative(dim_symbol(dim) - 1 - span[1], dim_defs)
 
 
 def _too_deep_is_a_claim_error(fn):

@@ -430,3 +430,16 @@ def test_shifted_subscript_errors(derivations, claim, words):
         assert words in str(exc)
         return
     assert v.verdict == "ILL-FORMED" and words in v.message, v.text()
+
+
+def test_spec_language_convolution_claims(derivations):
+    """dx of conv1d as the full correlation, in the spec language: dy read past its ends
+    is 0 (noted); the kernel not flipped is FALSE with a counterexample, not a crash."""
+    d = d_of(derivations, "conv1d")
+    v = verify(d, "dx[n, c, l] = sum(dy[n, o, l - k] * w[o, c, k], o, k)")
+    assert v.verdict == "HOLDS" and v.notes == ["dy[..., l - k, ...] read as 0 outside "
+                                                "dy's range"], v.text()
+    v = verify(d, "dx[n, c, l] = sum(dy[n, o, l + k] * w[o, c, k], o, k)")
+    assert v.verdict == "FALSE" and v.counterexample["inputs"], v.text()
+    v = verify(d, "dw[o, c, k] = sum(dy[n, o, i] * x[n, c, i + k], n, i)")
+    assert (v.verdict, v.notes) == ("HOLDS", []), v.text()
