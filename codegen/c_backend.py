@@ -15,8 +15,8 @@ from .dtypes import CTYPES, SUFFIX
 from .gemm import as_gemm
 from .im2col import as_im2col
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
-                    inline_cheap, lower)
-from .plan import KernelPlan
+                    inline_cheap, lower, split_by_residue)
+from .plan import KernelPlan, const_flag
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
 from .version import VERSION
@@ -107,10 +107,12 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
-        index_math=any(n.bounds or n.body.has(sp.floor, sp.ceiling, between, divides)
-                       or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
-                              for i in a.indices for r in i.atoms(sp.Rational))
-                       for n in loops.forward + loops.backward + loops.fused),
+        size_checks=_size_checks(layer, printer), const_flag=const_flag(layer),
+        index_math=bool(layer.dim_defs) or any(
+            n.bounds or n.body.has(sp.floor, sp.ceiling, between, divides)
+            or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
+                   for i in a.indices for r in i.atoms(sp.Rational))
+            for n in loops.forward + loops.backward + loops.fused),
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
                                                                       "fused")
                      for x in v[side] if x.get("group") for m in x["members"]),
@@ -132,6 +134,8 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
                                     keep=lambda n: as_gemm(n) or as_im2col(n, known, windows))
         nests, loops.invariants[side] = hoist_invariants(nests)
+        nests = [n if as_gemm(n) or as_im2col(n, known, windows) else split_by_residue(n)
+                 for n in nests]
         for n in nests:
             g = as_im2col(n, known, windows)
             for operand in (g.a, g.b) if g else ():
@@ -285,7 +289,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
               printer.index_code(bounded[i][1] + 1)) if i in bounded else
              (i.label.name, str(dim_of(i))) for i in n.loops]
     extents = "*".join(str(dim_of(i)) for i in n.loops)
-    target_ref = sp.IndexedBase(n.target)[n.out] if n.out else sp.Symbol(n.target)
+    at = dict(n.subs)
+    target_ref = sp.IndexedBase(n.target)[tuple(at.get(i, i) for i in n.out)] if n.out \
+        else sp.Symbol(n.target)
     target = printer._print(target_ref)
     if printer.guarded(n.body):
         replacements, body = [], n.body        # no read may move out of its guard
@@ -305,6 +311,13 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
     # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""
+    if n.copies:
+        # a gather split by residue: the copies run in turn inside the shared loops
+        parts = [_view(c, printer, shapes, acc) for c in n.copies]
+        for p in parts:
+            p.update(pragma="", simd="")
+        view.update(mode="copies", parts=parts, pragma=f"#pragma omp parallel for{when}")
+        return view
     if n.kind == "scatter":
         # Serial over the summed indices: two of them may hit the same row.  The target is
         # filled with its start first; a g outside 0..V-1 adds nothing (plain C callers).
@@ -346,7 +359,8 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                     simd="" if n.op == "max" or inner_reduced or len(loops) < 2 else simd,
                     start=start if n.op == "max" else printer.code(n.init))
     else:
-        view.update(mode="scalar_acc", split=len(n.out), start=start, finish=finish,
+        view.update(mode="scalar_acc", split=len(n.loops) - len(n.reduced), start=start,
+                    finish=finish,
                     # a maximum vectorizes too: NaNs are flagged beside it, not compared
                     simd=f"#pragma omp simd reduction(+:{acc})" if n.op == "sum" else
                     f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
@@ -377,6 +391,14 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
                 c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN)")
+
+
+def _size_checks(layer, printer) -> list[tuple[str, str, str]]:
+    """(dimension, C expression, formula) of each size the spec defines from others: a
+    kernel given another value returns -1 before it reads or writes anything (a plain C
+    caller that sized its arrays by that value would otherwise be read past)."""
+    return [(name, printer.index_code(expr), formula(expr))
+            for name, expr in layer.dim_defs.items()]
 
 
 def _fixed_dims(plan: KernelPlan) -> KernelPlan:

@@ -94,8 +94,8 @@ class CKernels:
         work = self._work(self._forward_work, sizes)
         shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
         kernel = self._inplace if shared else self._forward
-        kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-               *[self._ptr(out[n]) for n in self.returns], self._ptr(work))
+        self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                         *[self._ptr(out[n]) for n in self.returns], self._ptr(work)), sizes)
         return out
 
     def backward(self, out=None, **arrays):
@@ -108,8 +108,9 @@ class CKernels:
         a, sizes = self._check(arrays, inputs)
         out = self._outputs(out, self.gradients, sizes, a)
         work = self._work(self._backward_work, sizes)
-        self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
-                       *[self._ptr(out[n]) for n in self.gradients], self._ptr(work))
+        self._ran(self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
+                                 *[self._ptr(out[n]) for n in self.gradients],
+                                 self._ptr(work)), sizes)
         return out
 
     def forward_backward(self, out=None, **arrays):
@@ -123,11 +124,17 @@ class CKernels:
         names = self._output_names + self.gradients
         out = self._outputs(out, names, sizes, a)
         work = self._work(self._fused_work, sizes)
-        self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                    *[self._ptr(out[n]) for n in names], self._ptr(work))
+        self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                              *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
         return out
 
     # ---- checks ---------------------------------------------------------------------------
+    def _ran(self, status, sizes):
+        """A kernel's status: -1 means a derived size disagreed with its definition, which
+        the checks before the call rule out; reaching it is a bug, not bad input."""
+        if status != 0:
+            raise RuntimeError(f"{self.name}: the C kernel refused the sizes {sizes} "
+                               f"(status {status}); please report this")
     def _outputs(self, given, names, sizes, inputs, in_place=False):
         """Result arrays: fresh ones, or the caller's (`out={name: array}`, some or all),
         each checked like an input and refused if it may overlap any other array (the C

@@ -42,6 +42,12 @@ class Nest:
     # reduced indices that run over part of their range: (k, lo, hi), inclusive bounds
     # that may read indices of enclosing loops (a shifted read's adjoint)
     bounds: tuple = ()
+    # (index, expression): the target's index the loops stand for, w = 2*bp_w_q + 1 in a
+    # copy made by split_by_residue (the body is already written in the loops' indices)
+    subs: tuple = ()
+    # a gather split by residue: these nests run inside this one's loops, one after the
+    # other (see split_by_residue)
+    copies: tuple = ()
 
     @property
     def parallel(self) -> str:
@@ -58,9 +64,11 @@ class Nest:
     def accumulate_in_place(self) -> bool:
         """True when a reduced loop is outside an output loop: the target is initialized
         first and updated in place; otherwise a scalar accumulator suffices."""
-        if self.kind != "reduce":
+        if self.kind != "reduce" or self.copies:
             return False
         pos = {i: k for k, i in enumerate(self.loops)}
+        if self.subs:                            # a copy: its loops are the inner ones
+            return False
         return any(pos[r] < pos[o] for r in self.reduced for o in self.out)
 
 
@@ -128,7 +136,7 @@ def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[N
     if isinstance(core, (sp.Sum, Maximum)):
         body, reduced, op, bounds = _reduction_parts(core)
         ctx = tuple(st.indices) + tuple(reduced)
-        body = _hoist(body, temps, nests, counter, ctx, known)
+        body = _hoist(body, temps, nests, counter, ctx, known, bounds)
         init = _hoist(init, temps, nests, counter, tuple(st.indices), known)
         nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
                                   init, bounds))
@@ -180,19 +188,25 @@ def _reduction_parts(core):
     return body, tuple(k for k, _, _ in limits), "sum", bounds
 
 
-def _hoist(expr, temps, nests, counter, ctx, known):
+def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
     """Replace every sum or maximum inside expr by a temporary computed before it.  A
     temporary's axes follow `ctx` (the enclosing loops), so it is read contiguously; an
-    identical reduction already computed in this pass is reused."""
+    identical reduction already computed in this pass is reused.  `outer`: the bounds of
+    enclosing sums; a temporary over one of their indices is computed only inside them
+    (tanh(sum_m w[m] x[n, l + m - k]) in a sum over k from max(0, l - M + 1): elsewhere
+    x would be read outside its array)."""
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol)):
         return expr
     if isinstance(expr, (sp.Sum, Maximum)):
         body, reduced, op, bounds = _reduction_parts(expr)
         free = tuple(sorted(free_indices(expr), key=lambda i: (
             list(ctx).index(i) if i in ctx else len(ctx), str(i))))
-        body = _hoist(body, temps, nests, counter, free + tuple(reduced), known)
+        inherited = tuple((k, lo, hi) for k, lo, hi in outer if k in free and (
+            free_indices(lo) | free_indices(hi)) <= set(free))
+        body = _hoist(body, temps, nests, counter, free + tuple(reduced), known,
+                      inherited + tuple(bounds))
         key = (op, _canonical(body, reduced), free,
-               _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced))
+               _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds + inherited]), reduced))
         if key in known:
             return _ref(known[key], free)
         counter[0] += 1
@@ -200,11 +214,13 @@ def _hoist(expr, temps, nests, counter, ctx, known):
         temps.append(Temp(name, free))
         what = "maximum" if op == "max" else "sum"
         nest = _reduce_nest(name, free, reduced, body, op,
-                            f"{what} over {', '.join(map(str, reduced))}", bounds=bounds)
+                            f"{what} over {', '.join(map(str, reduced))}",
+                            bounds=tuple(bounds) + inherited)
         known[key] = name
         nests.append(nest)
         return _ref(name, free)
-    return expr.func(*[_hoist(a, temps, nests, counter, ctx, known) for a in expr.args])
+    return expr.func(*[_hoist(a, temps, nests, counter, ctx, known, outer)
+                       for a in expr.args])
 
 
 def _ref(name, free):
@@ -236,6 +252,76 @@ def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0),
     loops = _after_bounds(_order(out, tuple(reduced), refs), bounds)
     return Nest("reduce", target, out, loops, tuple(reduced), body, op, comment, init,
                 bounds=tuple(bounds))
+
+
+def split_by_residue(nest: Nest) -> Nest:
+    """A gather whose bounds divide the last output index w by a stride q (pooling's and
+    strided convolutions' dx: wout runs from ceiling((w - KW + 1)/2) to floor(w/2)).
+
+    The output loops run outside, the sums inside with one accumulator (each element
+    written once: no zero fill, no update in place).  w runs as q copies of a loop over
+    w_q, w = q*w_q + r for each residue r: there the bounds are w_q plus a constant.  Each
+    copy runs in three parts, the interior where the clamps max(0, .)/min(Wout - 1, .)
+    cannot bind (a fixed number of terms, which the compiler unrolls and vectorizes
+    across w_q) and the borders on either side, which keep them (as Halide splits loops
+    at the bounds it infers).  Returns the nest unchanged where this does not apply."""
+    refs = [(nest.target, nest.out)] + [(a.base.label.name, tuple(a.indices))
+                                        for a in nest.body.atoms(sp.Indexed)]
+    outs = _order(nest.out, (), refs)
+    if nest.kind != "reduce" or nest.op != "sum" or not nest.bounds or not outs \
+            or any(k in outs for k, _, _ in nest.bounds):
+        return nest
+    w = outs[-1]
+    divisors = {sp.fraction(sp.together(a.args[0]))[1]
+                for _, lo, hi in nest.bounds
+                for a in lo.atoms(sp.floor, sp.ceiling) | hi.atoms(sp.floor, sp.ceiling)
+                if w in free_indices(a.args[0])}
+    if len(divisors) != 1 or not next(iter(divisors)).is_Integer \
+            or next(iter(divisors)) < 2:
+        return nest
+    q = int(next(iter(divisors)))
+    t = sp.Idx(f"bp_{w.label.name}_q", dim_of(w))
+    reduced = _after_bounds(_order((), nest.reduced, refs), nest.bounds)
+    copies = []
+    for r in range(q):
+        sub = {w: q * t + r}
+        bounds = [(k, lo.xreplace(sub), hi.xreplace(sub)) for k, lo, hi in nest.bounds]
+        first, last = sp.Integer(0), sp.floor((dim_of(w) - 1 - r) / sp.Integer(q))
+        inner_lo, inner_hi, interior = _interior(bounds, t)
+        inner_lo = first if inner_lo is None else sp.Max(first, inner_lo)
+        inner_hi = last if inner_hi is None else sp.Min(last, inner_hi)
+        parts = [(first, sp.Min(last, inner_lo - 1), bounds),
+                 (inner_lo, inner_hi, interior),
+                 (sp.Max(inner_lo, inner_hi + 1), last, bounds)]
+        for lo_t, hi_t, b in parts if interior != bounds else [(first, last, bounds)]:
+            copies.append(Nest("reduce", nest.target, nest.out, (t,) + reduced,
+                               nest.reduced, nest.body.xreplace(sub), nest.op, "",
+                               nest.init.xreplace(sub), bounds=((t, lo_t, hi_t),) + tuple(b),
+                               subs=((w, q * t + r),)))
+    shared = tuple(i for i in outs if i != w)
+    return replace(nest, loops=shared, copies=tuple(copies))
+
+
+def _interior(bounds, t):
+    """(lowest t, highest t, bounds) of the part of t's range where no max(a, t + b) or
+    min(a, t + b) of the bounds depends on its constant side a: there each is t + b."""
+    lows, highs, out = [], [], []
+    for k, lo, hi in bounds:
+        new = []
+        for e, kind in ((lo, sp.Max), (hi, sp.Min)):
+            if isinstance(e, kind):
+                moving = [a for a in e.args if t in free_indices(a)]
+                fixed = [a for a in e.args if t not in free_indices(a)]
+                if len(moving) == 1 and t not in free_indices(sp.expand(moving[0] - t)):
+                    b = moving[0] - t
+                    for a in fixed:      # t + b >= a (a max) or t + b <= a (a min)
+                        (lows if kind is sp.Max else highs).append(a - b)
+                    e = moving[0]
+            new.append(e)
+        out.append((k, *new))
+    low = sp.Max(*lows) if lows else None
+    high = sp.Min(*highs) if highs else None
+    return low, high, out
 
 
 def _after_bounds(order, bounds):

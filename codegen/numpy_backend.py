@@ -8,7 +8,7 @@ import sympy as sp
 from derive.pretty import formula
 
 from .numpy_printer import NumpyPrinter
-from .plan import KernelPlan
+from .plan import KernelPlan, const_flag
 from templates import render
 from .version import VERSION
 
@@ -76,6 +76,7 @@ def numpy_source(plan: KernelPlan) -> str:
         backward=backward,
         backward_dims=backward_dims,
         dim_defs=dim_defs,
+        const_flag=const_flag(layer),
     )
 
 

@@ -284,3 +284,9 @@ def _stable_logs(expr, defs):
         return e
 
     return rewrite(expr)
+
+
+def const_flag(layer) -> str:
+    """' --const S=2,P=1' for a layer with constants: the command that regenerates it."""
+    pairs = ",".join(f"{k}={v}" for k, v in layer.constants.items())
+    return f" --const {pairs}" if pairs else ""

@@ -96,7 +96,7 @@ def test_emit_c_writes_header_and_source(tmp_path):
     r = run("emit", "relu", "--backend", "c", "-o", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["relu.c", "relu.h"]
-    assert "void bp_relu_backward_f32(" in (tmp_path / "relu.h").read_text()
+    assert "int bp_relu_backward_f32(" in (tmp_path / "relu.h").read_text()
 
 
 def test_help_is_quick_to_import():

@@ -195,6 +195,18 @@ def test_bounds_show_in_text_and_latex():
         tex.replace("- Lout + l + 1", "1 + l - Lout"), tex
 
 
+def test_the_worked_example_grows_sizes_a_dilated_kernel_needs():
+    """conv2d with D = 3 at the example's H = W = 4 would have Hout = -2: the document's
+    worked example grows H and W until every derived size is at least 1."""
+    from derive.document import document
+
+    text = document(derive(builtin("conv2d", dict(D=3))), "md")
+    line = next(li for li in text.splitlines() if li.startswith("At N = "))
+    sizes = dict(part.split(" = ") for part in line[3:].split(" (")[0].split(", "))
+    assert int(sizes["Hout"]) >= 1 and int(sizes["Wout"]) >= 1, line
+    assert int(sizes["H"]) == 3 * (int(sizes["KH"]) - 1) + int(sizes["Hout"]), line
+
+
 def test_constants_are_written_into_the_source():
     layer = builtin("conv2d", dict(S=2, P=1))
     assert "const S = 2, P = 1, D = 1" in layer.source
@@ -375,6 +387,11 @@ int main(void) {
     double *work2 = guarded(bp_conv2d_backward_work(N, C, O, H, W, KH, KW, Hout, Wout) + 1, 0);
     bp_conv2d_backward_f64(N, C, O, H, W, KH, KW, Hout, Wout, x, w, b, dy, dx, dw, db, work2);
     show("y", y, ny); show("dx", dx, nx); show("dw", dw, nw); show("db", db, O);
+    /* an output size that disagrees with Hout's definition (a caller's arithmetic slip):
+       -1, and y is neither read past nor written */
+    double *small = guarded(N * O * 1 * Wout, 7);
+    int status = bp_conv2d_forward_f64(N, C, O, H, W, KH, KW, 1, Wout, x, w, b, small, work);
+    printf("status %d %d\n", status, intact(small, N * O * Wout) && small[0] == 7);
     /* a label gather with labels out of range: -1 and V read nothing */
     const ptrdiff_t G = 3, V = 4, E = 2;
     int64_t ids[3] = {-1, 4, 2};
@@ -414,7 +431,9 @@ def test_plain_c_reads_and_writes_only_inside_arrays(tmp_path):
     r = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True, check=True)
     rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()}
     assert rows["guards"] == ["intact"]
-    got = {k: np.array(v, dtype=float) for k, v in rows.items() if k != "guards"}
+    assert rows["status"] == ["-1", "1"]          # refused, nothing touched
+    got = {k: np.array(v, dtype=float) for k, v in rows.items() if k not in ("guards",
+                                                                              "status")}
     x = (np.arange(24) % 7 - 3.0).reshape(1, 2, 3, 4)
     w = (np.arange(36) % 5 - 2.0).reshape(2, 2, 3, 3)
     b = np.full(2, 0.5)
@@ -485,7 +504,7 @@ def test_a_convolution_is_lowered_onto_the_gemm_hook():
     (the GEMM call inside a loop over n), with the loops as the fallback without BLAS."""
     source = codegen.sources(builtin("conv2d", dict(P=1)), "c")["conv2d.c"]
     for side in ("forward", "backward"):
-        body = source.split(f"void bp_conv2d_{side}_f32(", 1)[1].split("\n}\n", 1)[0]
+        body = source.split(f"int bp_conv2d_{side}_f32(", 1)[1].split("\n}\n", 1)[0]
         calls = body.count("bp_conv2d_gemm_f32(101")
         assert calls == (1 if side == "forward" else 2), (side, calls)
         assert "for (ptrdiff_t n = 0; n < N; ++n) {" in body.split("gemm_f32(101")[0]
@@ -582,3 +601,31 @@ def test_an_index_of_an_unrelated_dimension_is_still_an_error():
         parse_spec(CROP.replace("dims M = L - 1", "dims M").replace("x[n, i + 1] - ", ""))
     assert "index 'i' runs over L here but over M at column 6" in str(info.value)
     assert ":6:16:" in str(info.value)
+
+
+TANH_CONV = """layer tanhconv
+const P = 1
+dims N, C, O, L, K, M = L + 2*P - K + 1
+input x[N, C, L]
+outside x = 0
+param w[O, C, K], b[O]
+output y[N, O, M]
+y[n, o, i] = tanh(w[o, c, k] * x[n, c, i + k - P] + b[o])
+"""
+
+
+@pytest.mark.parametrize("backend, dtype", BACKENDS)
+@pytest.mark.parametrize("P", [0, 1])
+def test_a_function_of_a_convolution_in_one_equation(backend, dtype, P):
+    """tanh(conv) written in one equation: dx's sum over k holds tanh of a sum over the
+    same kernel dimension, which the solved delta must not capture (x[n, l] * sum_k w[k]
+    was derived once); its C computes that inner sum only where the outer bounds allow."""
+    layer = parse_spec(TANH_CONV, constants=dict(P=P))
+    rng = np.random.default_rng(7)
+    for N, C, O, L, K in [(2, 3, 5, 7, 3), (1, 1, 1, 3, 3), (1, 2, 3, 5, 5)]:
+        inputs = dict(x=rng.normal(size=(N, C, L)), w=rng.normal(size=(O, C, K)),
+                      b=rng.normal(size=O))
+        kernels = codegen.load(layer, backend=backend,
+                               dtype=dtype if backend == "c" else None)
+        _check(kernels, inputs, lambda x, w, b: torch.tanh(F.conv1d(x, w, b, padding=P)),
+               dtype, rng, TOL[dtype])

@@ -75,7 +75,7 @@ void bp_adam_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work)
+int bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - powf(beta1[0], step[0]));
@@ -89,9 +89,10 @@ void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *rest
         /* p_next[i] = p[i] - lr * (beta1 * m[i] + (1 - beta1) * g[i]) / (1 - beta1**step) / (sqrt((beta2 * v[i] + (1 - beta2) * g[i]**2) / (1 - beta2**step)) + eps) */
         p_next[i] = -bp_k0*lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0F/(eps[0] + sqrtf(bp_k1*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
     }
+    return 0;
 }
 
-void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict bp_work)
+int bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict bp_work)
 {
     (void)P;
     (void)p;
@@ -104,9 +105,10 @@ void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *res
     (void)beta2;
     (void)eps;
     (void)bp_work;
+    return 0;
 }
 
-void bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, float *p_next, float *m_next, float *v_next, float *bp_work)
+int bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, float *p_next, float *m_next, float *v_next, float *bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - powf(beta1[0], step[0]));
@@ -129,13 +131,14 @@ void bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, co
         v_next[bp_i] = bp_out_v_next;
         p_next[bp_i] = bp_out_p_next;
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work)
+int bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - pow(beta1[0], step[0]));
@@ -149,9 +152,10 @@ void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *re
         /* p_next[i] = p[i] - lr * (beta1 * m[i] + (1 - beta1) * g[i]) / (1 - beta1**step) / (sqrt((beta2 * v[i] + (1 - beta2) * g[i]**2) / (1 - beta2**step)) + eps) */
         p_next[i] = -bp_k0*lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0/(eps[0] + sqrt(bp_k1*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
     }
+    return 0;
 }
 
-void bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict bp_work)
+int bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict bp_work)
 {
     (void)P;
     (void)p;
@@ -164,9 +168,10 @@ void bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *r
     (void)beta2;
     (void)eps;
     (void)bp_work;
+    return 0;
 }
 
-void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, double *p_next, double *m_next, double *v_next, double *bp_work)
+int bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, double *p_next, double *m_next, double *v_next, double *bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - pow(beta1[0], step[0]));
@@ -189,5 +194,6 @@ void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, 
         v_next[bp_i] = bp_out_v_next;
         p_next[bp_i] = bp_out_p_next;
     }
+    return 0;
 }
 #endif

@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_ADAM_H
 #define BP_ADAM_H
@@ -61,17 +63,17 @@ void bp_adam_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  p[P], g[P], m[P], v[P], step, lr, beta1, beta2, eps
  * out: p_next[P], m_next[P], v_next[P]
  */
-void bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work);
+int bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, float *p_next, float *m_next, float *v_next, float *bp_work);
+int bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, float *p_next, float *m_next, float *v_next, float *bp_work);
 
 /* backward, float:
  * in:  p[P], g[P], m[P], v[P], step, lr, beta1, beta2, eps
  * out: (none)
  */
-void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict bp_work);
+int bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, float *restrict bp_work);
 
 /* forward, double:
  *   m_next[i] = beta1 * m[i] + (1 - beta1) * g[i]
@@ -80,17 +82,17 @@ void bp_adam_backward_f32(ptrdiff_t P, const float *restrict p, const float *res
  * in:  p[P], g[P], m[P], v[P], step, lr, beta1, beta2, eps
  * out: p_next[P], m_next[P], v_next[P]
  */
-void bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work);
+int bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, double *p_next, double *m_next, double *v_next, double *bp_work);
+int bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, double *p_next, double *m_next, double *v_next, double *bp_work);
 
 /* backward, double:
  * in:  p[P], g[P], m[P], v[P], step, lr, beta1, beta2, eps
  * out: (none)
  */
-void bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict bp_work);
+int bp_adam_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, double *restrict bp_work);
 
 #ifdef BP_ADAM_H_RESTRICT
 #undef restrict

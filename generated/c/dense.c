@@ -80,7 +80,7 @@ void bp_dense_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work)
+int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work)
 {
     (void)bp_work;
     /* z[n, i] = W[i, j] * x[n, j] + b[i] */
@@ -106,9 +106,10 @@ void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
             }
         }
     }
+    return 0;
 }
 
-void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work)
+int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work)
 {
     (void)b;
     (void)bp_work;
@@ -168,13 +169,14 @@ void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *r
             db[i] += dz[n*I + i];
         }
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work)
+int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work)
 {
     (void)bp_work;
     /* z[n, i] = W[i, j] * x[n, j] + b[i] */
@@ -200,9 +202,10 @@ void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
             }
         }
     }
+    return 0;
 }
 
-void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work)
+int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work)
 {
     (void)b;
     (void)bp_work;
@@ -262,5 +265,6 @@ void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *
             db[i] += dz[n*I + i];
         }
     }
+    return 0;
 }
 #endif

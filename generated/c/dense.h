@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_DENSE_H
 #define BP_DENSE_H
@@ -59,7 +61,7 @@ void bp_dense_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  x[N, J], W[I, J], b[I]
  * out: z[N, I]
  */
-void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work);
+int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work);
 
 /* backward, float:
  *   dx[n, j] = sum_i(W[i, j]*dz[n, i])
@@ -68,14 +70,14 @@ void bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
  * in:  x[N, J], W[I, J], b[I], dz[N, I]
  * out: dx[N, J], dW[I, J], db[I]
  */
-void bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work);
+int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work);
 
 /* forward, double:
  *   z[n, i] = W[i, j] * x[n, j] + b[i]
  * in:  x[N, J], W[I, J], b[I]
  * out: z[N, I]
  */
-void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work);
+int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work);
 
 /* backward, double:
  *   dx[n, j] = sum_i(W[i, j]*dz[n, i])
@@ -84,7 +86,7 @@ void bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
  * in:  x[N, J], W[I, J], b[I], dz[N, I]
  * out: dx[N, J], dW[I, J], db[I]
  */
-void bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work);
+int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work);
 
 #ifdef BP_DENSE_H_RESTRICT
 #undef restrict

@@ -85,7 +85,7 @@ void bp_gelu_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work)
+int bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work)
 {
     (void)bp_work;
     BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
@@ -112,9 +112,10 @@ void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
             a[n*I + i] = (1.0F/2.0F)*(th[n*I + i] + 1)*z[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict th, float *restrict dz, float *restrict bp_work)
+int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict th, float *restrict dz, float *restrict bp_work)
 {
     (void)bp_work;
     /* dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2 */
@@ -126,9 +127,10 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
             dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
         }
     }
+    return 0;
 }
 
-void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *u, float *th, float *bp_work)
+int bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *u, float *th, float *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -142,13 +144,14 @@ void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
         th[bp_i] = bp_out_th;
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work)
+int bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work)
 {
     (void)bp_work;
     BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
@@ -175,9 +178,10 @@ void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
             a[n*I + i] = (1.0/2.0)*(th[n*I + i] + 1)*z[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict th, double *restrict dz, double *restrict bp_work)
+int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict th, double *restrict dz, double *restrict bp_work)
 {
     (void)bp_work;
     /* dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2 */
@@ -189,9 +193,10 @@ void bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
             dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
         }
     }
+    return 0;
 }
 
-void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *u, double *th, double *bp_work)
+int bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *u, double *th, double *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -205,5 +210,6 @@ void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
         th[bp_i] = bp_out_th;
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif

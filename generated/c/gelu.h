@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_GELU_H
 #define BP_GELU_H
@@ -61,18 +63,18 @@ void bp_gelu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  z[N, I]
  * out: a[N, I], u[N, I], th[N, I]
  */
-void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work);
+int bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *u, float *th, float *bp_work);
+int bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *u, float *th, float *bp_work);
 
 /* backward, float:
  *   dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2
  * in:  z[N, I], da[N, I], th[N, I]
  * out: dz[N, I]
  */
-void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict th, float *restrict dz, float *restrict bp_work);
+int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict th, float *restrict dz, float *restrict bp_work);
 
 /* forward, double:
  *   u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3)
@@ -81,18 +83,18 @@ void bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
  * in:  z[N, I]
  * out: a[N, I], u[N, I], th[N, I]
  */
-void bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work);
+int bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict u, double *restrict th, double *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *u, double *th, double *bp_work);
+int bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *u, double *th, double *bp_work);
 
 /* backward, double:
  *   dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2
  * in:  z[N, I], da[N, I], th[N, I]
  * out: dz[N, I]
  */
-void bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict th, double *restrict dz, double *restrict bp_work);
+int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict th, double *restrict dz, double *restrict bp_work);
 
 #ifdef BP_GELU_H_RESTRICT
 #undef restrict

@@ -80,7 +80,7 @@ void bp_global_avgpool2d_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, float *restrict y, float *restrict bp_work)
+int bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, float *restrict y, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/H;
@@ -99,9 +99,10 @@ void bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
             y[n*C + c] = bp_acc;
         }
     }
+    return 0;
 }
 
-void bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict dy, float *restrict dx, float *restrict bp_work)
+int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict dy, float *restrict dx, float *restrict bp_work)
 {
     (void)x;
     (void)bp_work;
@@ -120,13 +121,14 @@ void bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
             }
         }
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, double *restrict y, double *restrict bp_work)
+int bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, double *restrict y, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/H;
@@ -145,9 +147,10 @@ void bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
             y[n*C + c] = bp_acc;
         }
     }
+    return 0;
 }
 
-void bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict dy, double *restrict dx, double *restrict bp_work)
+int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict dy, double *restrict dx, double *restrict bp_work)
 {
     (void)x;
     (void)bp_work;
@@ -166,5 +169,6 @@ void bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
             }
         }
     }
+    return 0;
 }
 #endif

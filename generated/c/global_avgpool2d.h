@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_GLOBAL_AVGPOOL2D_H
 #define BP_GLOBAL_AVGPOOL2D_H
@@ -59,28 +61,28 @@ void bp_global_avgpool2d_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  x[N, C, H, W]
  * out: y[N, C]
  */
-void bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, float *restrict y, float *restrict bp_work);
+int bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
  *   dx[n, c, h, w] = dy[n, c]/(H*W)
  * in:  x[N, C, H, W], dy[N, C]
  * out: dx[N, C, H, W]
  */
-void bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict dy, float *restrict dx, float *restrict bp_work);
+int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict dy, float *restrict dx, float *restrict bp_work);
 
 /* forward, double:
  *   y[n, c] = sum(x[n, c, h, w], h, w) / (H * W)
  * in:  x[N, C, H, W]
  * out: y[N, C]
  */
-void bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, double *restrict y, double *restrict bp_work);
+int bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
  *   dx[n, c, h, w] = dy[n, c]/(H*W)
  * in:  x[N, C, H, W], dy[N, C]
  * out: dx[N, C, H, W]
  */
-void bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict dy, double *restrict dx, double *restrict bp_work);
+int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict dy, double *restrict dx, double *restrict bp_work);
 
 #ifdef BP_GLOBAL_AVGPOOL2D_H_RESTRICT
 #undef restrict

@@ -89,7 +89,7 @@ void bp_layernorm_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict rstd, float *restrict xhat, float *restrict bp_work)
+int bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict rstd, float *restrict xhat, float *restrict bp_work)
 {
     float *const _s1 = bp_work + 0;
     const float bp_k0 = 1.0F/C;
@@ -133,9 +133,10 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
         }
     }
+    return 0;
 }
 
-void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
+int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
     float *const _s2 = bp_work + 0;
@@ -188,13 +189,14 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
             }
         }
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict rstd, double *restrict xhat, double *restrict bp_work)
+int bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict rstd, double *restrict xhat, double *restrict bp_work)
 {
     double *const _s1 = bp_work + 0;
     const double bp_k0 = 1.0/C;
@@ -238,9 +240,10 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
         }
     }
+    return 0;
 }
 
-void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
+int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
     double *const _s2 = bp_work + 0;
@@ -293,5 +296,6 @@ void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict 
             }
         }
     }
+    return 0;
 }
 #endif

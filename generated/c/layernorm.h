@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_LAYERNORM_H
 #define BP_LAYERNORM_H
@@ -62,7 +64,7 @@ void bp_layernorm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  x[N, C], w[C], b[C]
  * out: y[N, C], mu[N], rstd[N], xhat[N, C]
  */
-void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict rstd, float *restrict xhat, float *restrict bp_work);
+int bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict rstd, float *restrict xhat, float *restrict bp_work);
 
 /* backward, float:
  *   dxhat[n, c] = w[c]*dy[n, c]
@@ -72,7 +74,7 @@ void bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
  * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N]
  * out: dx[N, C], dw[C], db[C]
  */
-void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work);
+int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work);
 
 /* forward, double:
  *   mu[n] = sum(x[n, c], c) / C
@@ -82,7 +84,7 @@ void bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x
  * in:  x[N, C], w[C], b[C]
  * out: y[N, C], mu[N], rstd[N], xhat[N, C]
  */
-void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict rstd, double *restrict xhat, double *restrict bp_work);
+int bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict rstd, double *restrict xhat, double *restrict bp_work);
 
 /* backward, double:
  *   dxhat[n, c] = w[c]*dy[n, c]
@@ -92,7 +94,7 @@ void bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
  * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N]
  * out: dx[N, C], dw[C], db[C]
  */
-void bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work);
+int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work);
 
 #ifdef BP_LAYERNORM_H_RESTRICT
 #undef restrict

@@ -151,7 +151,7 @@ static inline float bp_sigmoid_f32(float x)
     return (x >= 0 ? 1 : e) / (1 + e);
 }
 
-void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
+int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
@@ -253,9 +253,10 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     L[0] = bp_total3;
+    return 0;
 }
 
-void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
+int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
     (void)b1;
     (void)b2;
@@ -406,9 +407,10 @@ void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
             db2[c] += dz2[n*C + c];
         }
     }
+    return 0;
 }
 
-void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
+int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
     float *const z1 = bp_work + 0;
     float *const a1 = bp_work + N*H;
@@ -649,6 +651,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
             db2[c] += dz2[n*C + c];
         }
     }
+    return 0;
 }
 #endif
 
@@ -662,7 +665,7 @@ static inline double bp_sigmoid_f64(double x)
     return (x >= 0 ? 1 : e) / (1 + e);
 }
 
-void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)
+int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
@@ -764,9 +767,10 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     L[0] = bp_total3;
+    return 0;
 }
 
-void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
+int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
     (void)b1;
     (void)b2;
@@ -917,9 +921,10 @@ void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, co
             db2[c] += dz2[n*C + c];
         }
     }
+    return 0;
 }
 
-void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
+int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
     double *const z1 = bp_work + 0;
     double *const a1 = bp_work + N*H;
@@ -1160,5 +1165,6 @@ void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
             db2[c] += dz2[n*C + c];
         }
     }
+    return 0;
 }
 #endif

@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_MLP2_H
 #define BP_MLP2_H
@@ -64,7 +66,7 @@ void bp_mlp2_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C]
  * out: L, z1[N, H], a1[N, H], z2[N, C], y[N, C]
  */
-void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work);
+int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
  *   dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N
@@ -77,14 +79,14 @@ void bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
  * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C], a1[N, H], y[N, C]
  * out: dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
  */
-void bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work);
+int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work);
 
 /* forward and backward in one pass, float: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C]
  * out: L, dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
  */
-void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work);
+int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work);
 
 /* forward, double:
  *   z1[n, h] = W1[h, d] * x[n, d] + b1[h]
@@ -95,7 +97,7 @@ void bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff
  * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C]
  * out: L, z1[N, H], a1[N, H], z2[N, C], y[N, C]
  */
-void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work);
+int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
  *   dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N
@@ -108,14 +110,14 @@ void bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
  * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C], a1[N, H], y[N, C]
  * out: dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
  */
-void bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
+int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
 
 /* forward and backward in one pass, double: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  x[N, D], W1[H, D], b1[H], W2[C, H], b2[C], t[N, C]
  * out: L, dx[N, D], dW1[H, D], db1[H], dW2[C, H], db2[C]
  */
-void bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
+int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work);
 
 #ifdef BP_MLP2_H_RESTRICT
 #undef restrict

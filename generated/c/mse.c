@@ -83,7 +83,7 @@ void bp_mse_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict bp_work)
+int bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
@@ -99,9 +99,10 @@ void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
         }
         L[0] = bp_acc;
     }
+    return 0;
 }
 
-void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
+int bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
@@ -113,9 +114,10 @@ void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work)
+int bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
@@ -130,13 +132,14 @@ void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
         }
     }
     L[0] = bp_total0;
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work)
+int bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/N;
@@ -152,9 +155,10 @@ void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
         }
         L[0] = bp_acc;
     }
+    return 0;
 }
 
-void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
+int bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/N;
@@ -166,9 +170,10 @@ void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work)
+int bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/N;
@@ -183,5 +188,6 @@ void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
         }
     }
     L[0] = bp_total0;
+    return 0;
 }
 #endif

@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_MSE_H
 #define BP_MSE_H
@@ -60,42 +62,42 @@ void bp_mse_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  y[N, I], t[N, I]
  * out: L
  */
-void bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict bp_work);
+int bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict bp_work);
 
 /* backward, float:
  *   dy[n, i] = (y[n, i] - t[n, i])/N
  * in:  y[N, I], t[N, I]
  * out: dy[N, I]
  */
-void bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work);
+int bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work);
 
 /* forward and backward in one pass, float: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  y[N, I], t[N, I]
  * out: L, dy[N, I]
  */
-void bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work);
+int bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work);
 
 /* forward, double:
  *   L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N)
  * in:  y[N, I], t[N, I]
  * out: L
  */
-void bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work);
+int bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work);
 
 /* backward, double:
  *   dy[n, i] = (y[n, i] - t[n, i])/N
  * in:  y[N, I], t[N, I]
  * out: dy[N, I]
  */
-void bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work);
+int bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work);
 
 /* forward and backward in one pass, double: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  y[N, I], t[N, I]
  * out: L, dy[N, I]
  */
-void bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work);
+int bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work);
 
 #ifdef BP_MSE_H_RESTRICT
 #undef restrict

@@ -149,7 +149,7 @@ static inline float bp_softplus_f32(float x)
     return (x > 0 ? x : 0) + bp_log1p_unit_f32(bp_exp_f32(-fabsf(x)));
 }
 
-void bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work)
+int bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work)
 {
     (void)bp_work;
     /* z = w * x */
@@ -158,9 +158,10 @@ void bp_neuron_forward_f32(const float *restrict x, const float *restrict w, con
     yhat[0] = bp_sigmoid_f32(z[0]);
     /* L = -y * log(yhat) */
     L[0] = y[0]*bp_softplus_f32(-z[0]);
+    return 0;
 }
 
-void bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work)
+int bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
     float *const dz = bp_work + 0;
     /* dz = y*yhat - y */
@@ -169,9 +170,10 @@ void bp_neuron_backward_f32(const float *restrict x, const float *restrict w, co
     dx[0] = dz[0]*w[0];
     /* dw = dz*x */
     dw[0] = dz[0]*x[0];
+    return 0;
 }
 
-void bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work)
+int bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
     float *const z = bp_work + 0;
     float *const yhat = bp_work + 1;
@@ -188,6 +190,7 @@ void bp_neuron_forward_backward_f32(const float *restrict x, const float *restri
     dx[0] = dz[0]*w[0];
     /* dw = dz*x */
     dw[0] = dz[0]*x[0];
+    return 0;
 }
 #endif
 
@@ -207,7 +210,7 @@ static inline double bp_softplus_f64(double x)
     return (x > 0 ? x : 0) + log1p(exp(-fabs(x)));
 }
 
-void bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work)
+int bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work)
 {
     (void)bp_work;
     /* z = w * x */
@@ -216,9 +219,10 @@ void bp_neuron_forward_f64(const double *restrict x, const double *restrict w, c
     yhat[0] = bp_sigmoid_f64(z[0]);
     /* L = -y * log(yhat) */
     L[0] = y[0]*bp_softplus_f64(-z[0]);
+    return 0;
 }
 
-void bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work)
+int bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
     double *const dz = bp_work + 0;
     /* dz = y*yhat - y */
@@ -227,9 +231,10 @@ void bp_neuron_backward_f64(const double *restrict x, const double *restrict w, 
     dx[0] = dz[0]*w[0];
     /* dw = dz*x */
     dw[0] = dz[0]*x[0];
+    return 0;
 }
 
-void bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work)
+int bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
     double *const z = bp_work + 0;
     double *const yhat = bp_work + 1;
@@ -246,5 +251,6 @@ void bp_neuron_forward_backward_f64(const double *restrict x, const double *rest
     dx[0] = dz[0]*w[0];
     /* dw = dz*x */
     dw[0] = dz[0]*x[0];
+    return 0;
 }
 #endif

@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_NEURON_H
 #define BP_NEURON_H
@@ -62,7 +64,7 @@ void bp_neuron_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  x, w, y
  * out: L, z, yhat
  */
-void bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work);
+int bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work);
 
 /* backward, float:
  *   dz = y*yhat - y
@@ -71,14 +73,14 @@ void bp_neuron_forward_f32(const float *restrict x, const float *restrict w, con
  * in:  x, w, y, yhat
  * out: dx, dw
  */
-void bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work);
+int bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work);
 
 /* forward and backward in one pass, float: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  x, w, y
  * out: L, dx, dw
  */
-void bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work);
+int bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work);
 
 /* forward, double:
  *   z = w * x
@@ -87,7 +89,7 @@ void bp_neuron_forward_backward_f32(const float *restrict x, const float *restri
  * in:  x, w, y
  * out: L, z, yhat
  */
-void bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work);
+int bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work);
 
 /* backward, double:
  *   dz = y*yhat - y
@@ -96,14 +98,14 @@ void bp_neuron_forward_f64(const double *restrict x, const double *restrict w, c
  * in:  x, w, y, yhat
  * out: dx, dw
  */
-void bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work);
+int bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work);
 
 /* forward and backward in one pass, double: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  x, w, y
  * out: L, dx, dw
  */
-void bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work);
+int bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work);
 
 #ifdef BP_NEURON_H_RESTRICT
 #undef restrict

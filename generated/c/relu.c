@@ -88,7 +88,7 @@ static inline float bp_step_f32(float x)
     return x != x ? x : (x > 0 ? 1 : 0);
 }
 
-void bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
+int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = relu(z[n, i]) */
@@ -99,9 +99,10 @@ void bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
             a[n*I + i] = bp_relu_f32(z[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
+int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
 {
     (void)bp_work;
     /* dz[n, i] = [z[n, i] > 0]*da[n, i] */
@@ -112,9 +113,10 @@ void bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
             dz[n*I + i] = bp_step_f32(z[n*I + i])*da[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
+int bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -124,6 +126,7 @@ void bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
         const float bp_out_a = bp_relu_f32(bp_in_z);
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif
 
@@ -142,7 +145,7 @@ static inline double bp_step_f64(double x)
     return x != x ? x : (x > 0 ? 1 : 0);
 }
 
-void bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
+int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = relu(z[n, i]) */
@@ -153,9 +156,10 @@ void bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
             a[n*I + i] = bp_relu_f64(z[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
+int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
 {
     (void)bp_work;
     /* dz[n, i] = [z[n, i] > 0]*da[n, i] */
@@ -166,9 +170,10 @@ void bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
             dz[n*I + i] = bp_step_f64(z[n*I + i])*da[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
+int bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -178,5 +183,6 @@ void bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
         const double bp_out_a = bp_relu_f64(bp_in_z);
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif

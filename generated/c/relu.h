@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_RELU_H
 #define BP_RELU_H
@@ -59,36 +61,36 @@ void bp_relu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  z[N, I]
  * out: a[N, I]
  */
-void bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work);
+int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work);
+int bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work);
 
 /* backward, float:
  *   dz[n, i] = [z[n, i] > 0]*da[n, i]
  * in:  z[N, I], da[N, I]
  * out: dz[N, I]
  */
-void bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work);
+int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work);
 
 /* forward, double:
  *   a[n, i] = relu(z[n, i])
  * in:  z[N, I]
  * out: a[N, I]
  */
-void bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work);
+int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work);
+int bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work);
 
 /* backward, double:
  *   dz[n, i] = [z[n, i] > 0]*da[n, i]
  * in:  z[N, I], da[N, I]
  * out: dz[N, I]
  */
-void bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work);
+int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work);
 
 #ifdef BP_RELU_H_RESTRICT
 #undef restrict

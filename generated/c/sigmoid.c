@@ -121,7 +121,7 @@ static inline float bp_sigmoid_f32(float x)
     return (x >= 0 ? 1 : e) / (1 + e);
 }
 
-void bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
+int bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = sigmoid(z[n, i]) */
@@ -132,9 +132,10 @@ void bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
             a[n*I + i] = bp_sigmoid_f32(z[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict a, float *restrict dz, float *restrict bp_work)
+int bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict a, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -146,9 +147,10 @@ void bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
             dz[n*I + i] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_sigmoid_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
+int bp_sigmoid_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -158,6 +160,7 @@ void bp_sigmoid_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
         const float bp_out_a = bp_sigmoid_f32(bp_in_z);
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif
 
@@ -171,7 +174,7 @@ static inline double bp_sigmoid_f64(double x)
     return (x >= 0 ? 1 : e) / (1 + e);
 }
 
-void bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
+int bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = sigmoid(z[n, i]) */
@@ -182,9 +185,10 @@ void bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
             a[n*I + i] = bp_sigmoid_f64(z[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict a, double *restrict dz, double *restrict bp_work)
+int bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict a, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -196,9 +200,10 @@ void bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
             dz[n*I + i] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_sigmoid_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
+int bp_sigmoid_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -208,5 +213,6 @@ void bp_sigmoid_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, d
         const double bp_out_a = bp_sigmoid_f64(bp_in_z);
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif

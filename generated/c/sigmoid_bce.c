@@ -152,7 +152,7 @@ static inline float bp_softplus_f32(float x)
     return (x > 0 ? x : 0) + bp_log1p_unit_f32(bp_exp_f32(-fabsf(x)));
 }
 
-void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
+int bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
@@ -167,9 +167,10 @@ void bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
         }
     }
     L[0] = bp_total1;
+    return 0;
 }
 
-void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
+int bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -182,9 +183,10 @@ void bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict
             dz[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
+int bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
@@ -199,6 +201,7 @@ void bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *
         }
     }
     L[0] = bp_total0;
+    return 0;
 }
 #endif
 
@@ -218,7 +221,7 @@ static inline double bp_softplus_f64(double x)
     return (x > 0 ? x : 0) + log1p(exp(-fabs(x)));
 }
 
-void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
+int bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/N;
@@ -233,9 +236,10 @@ void bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
         }
     }
     L[0] = bp_total1;
+    return 0;
 }
 
-void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
+int bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -248,9 +252,10 @@ void bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restric
             dz[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
+int bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/N;
@@ -265,5 +270,6 @@ void bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double 
         }
     }
     L[0] = bp_total0;
+    return 0;
 }
 #endif

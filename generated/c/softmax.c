@@ -121,7 +121,7 @@ static inline float bp_exp_f32(float x)
     return p * s1 * s2;
 }
 
-void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict bp_work)
+int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
@@ -162,9 +162,10 @@ void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict dy, const float *restrict y, float *restrict dz, float *restrict bp_work)
+int bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict dy, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     float *const _s2 = bp_work + 0;
@@ -192,13 +193,14 @@ void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
             }
         }
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict bp_work)
+int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
@@ -239,9 +241,10 @@ void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
     }
+    return 0;
 }
 
-void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict dy, const double *restrict y, double *restrict dz, double *restrict bp_work)
+int bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict dy, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     double *const _s2 = bp_work + 0;
@@ -269,5 +272,6 @@ void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
             }
         }
     }
+    return 0;
 }
 #endif

@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_SOFTMAX_H
 #define BP_SOFTMAX_H
@@ -59,28 +61,28 @@ void bp_softmax_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  z[N, I]
  * out: y[N, I]
  */
-void bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict bp_work);
+int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
  *   dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i]
  * in:  z[N, I], dy[N, I], y[N, I]
  * out: dz[N, I]
  */
-void bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict dy, const float *restrict y, float *restrict dz, float *restrict bp_work);
+int bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict dy, const float *restrict y, float *restrict dz, float *restrict bp_work);
 
 /* forward, double:
  *   y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k)
  * in:  z[N, I]
  * out: y[N, I]
  */
-void bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict bp_work);
+int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
  *   dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i]
  * in:  z[N, I], dy[N, I], y[N, I]
  * out: dz[N, I]
  */
-void bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict dy, const double *restrict y, double *restrict dz, double *restrict bp_work);
+int bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict dy, const double *restrict y, double *restrict dz, double *restrict bp_work);
 
 #ifdef BP_SOFTMAX_H_RESTRICT
 #undef restrict

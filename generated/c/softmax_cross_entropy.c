@@ -129,7 +129,7 @@ static inline float bp_exp_f32(float x)
     return p * s1 * s2;
 }
 
-void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
+int bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
@@ -177,9 +177,10 @@ void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float 
         }
     }
     L[0] = bp_total3;
+    return 0;
 }
 
-void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
+int bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     float *const _s2 = bp_work + 0;
@@ -206,9 +207,10 @@ void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float
             }
         }
     }
+    return 0;
 }
 
-void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
+int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s3 = bp_work + N;
@@ -269,13 +271,14 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
         }
     }
     L[0] = bp_total2;
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
+int bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
@@ -323,9 +326,10 @@ void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double
         }
     }
     L[0] = bp_total3;
+    return 0;
 }
 
-void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
+int bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     double *const _s2 = bp_work + 0;
@@ -352,9 +356,10 @@ void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const doubl
             }
         }
     }
+    return 0;
 }
 
-void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
+int bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s3 = bp_work + N;
@@ -415,5 +420,6 @@ void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, con
         }
     }
     L[0] = bp_total2;
+    return 0;
 }
 #endif

@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_SOFTMAX_CROSS_ENTROPY_H
 #define BP_SOFTMAX_CROSS_ENTROPY_H
@@ -61,21 +63,21 @@ void bp_softmax_cross_entropy_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
  * in:  z[N, I], t[N, I]
  * out: L, y[N, I]
  */
-void bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work);
+int bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
  *   dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N
  * in:  z[N, I], t[N, I], y[N, I]
  * out: dz[N, I]
  */
-void bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work);
+int bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work);
 
 /* forward and backward in one pass, float: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  z[N, I], t[N, I]
  * out: L, dz[N, I]
  */
-void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work);
+int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work);
 
 /* forward, double:
  *   y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k)
@@ -83,21 +85,21 @@ void bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, con
  * in:  z[N, I], t[N, I]
  * out: L, y[N, I]
  */
-void bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work);
+int bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
  *   dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N
  * in:  z[N, I], t[N, I], y[N, I]
  * out: dz[N, I]
  */
-void bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work);
+int bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work);
 
 /* forward and backward in one pass, double: the loss and the gradients above,
  * with intermediates kept in scratch (or recomputed) instead of returned.
  * in:  z[N, I], t[N, I]
  * out: L, dz[N, I]
  */
-void bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work);
+int bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work);
 
 #ifdef BP_SOFTMAX_CROSS_ENTROPY_H_RESTRICT
 #undef restrict

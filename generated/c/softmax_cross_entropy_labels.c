@@ -129,7 +129,7 @@ static inline float bp_exp_f32(float x)
     return p * s1 * s2;
 }
 
-void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
+int bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
@@ -175,9 +175,10 @@ void bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const
         bp_total3 += bp_k0*(logf(_s1[n]) + _y_max[n] - ((0 <= t[n] && t[n] < I) ? z[n*I + t[n]] : 0));
     }
     L[0] = bp_total3;
+    return 0;
 }
 
-void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
+int bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -194,9 +195,10 @@ void bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
         }
         if (bp_acc_fix_in) dz[n*I + bp_acc_r0] = bp_acc_fix;
     }
+    return 0;
 }
 
-void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
+int bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const int64_t *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s2 = bp_work + N;
@@ -246,13 +248,14 @@ void bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t
         if (bp_acc3_fix_in) dz[n*I + bp_acc3_r1] = bp_acc3_fix;
     }
     L[0] = bp_total2;
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
+int bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
@@ -298,9 +301,10 @@ void bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const
         bp_total3 += bp_k0*(log(_s1[n]) + _y_max[n] - ((0 <= t[n] && t[n] < I) ? z[n*I + t[n]] : 0));
     }
     L[0] = bp_total3;
+    return 0;
 }
 
-void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
+int bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -317,9 +321,10 @@ void bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
         }
         if (bp_acc_fix_in) dz[n*I + bp_acc_r0] = bp_acc_fix;
     }
+    return 0;
 }
 
-void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
+int bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const int64_t *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s2 = bp_work + N;
@@ -369,5 +374,6 @@ void bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t
         if (bp_acc3_fix_in) dz[n*I + bp_acc3_r1] = bp_acc3_fix;
     }
     L[0] = bp_total2;
+    return 0;
 }
 #endif

@@ -76,7 +76,7 @@ void bp_tanh_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
+int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = tanh(z[n, i]) */
@@ -87,9 +87,10 @@ void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
             a[n*I + i] = tanhf(z[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict a, float *restrict dz, float *restrict bp_work)
+int bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict a, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -101,9 +102,10 @@ void bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, con
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
+int bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -113,13 +115,14 @@ void bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
         const float bp_out_a = tanhf(bp_in_z);
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
+int bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = tanh(z[n, i]) */
@@ -130,9 +133,10 @@ void bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, dou
             a[n*I + i] = tanh(z[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict a, double *restrict dz, double *restrict bp_work)
+int bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict a, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     (void)bp_work;
@@ -144,9 +148,10 @@ void bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, co
             dz[n*I + i] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
         }
     }
+    return 0;
 }
 
-void bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
+int bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -156,5 +161,6 @@ void bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doub
         const double bp_out_a = tanh(bp_in_z);
         a[bp_i] = bp_out_a;
     }
+    return 0;
 }
 #endif
