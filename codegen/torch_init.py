@@ -25,6 +25,7 @@ import sympy as sp
 class Rule:
     kind: str                  # "uniform", "ones" or "zeros"
     fan_in: tuple = ()         # dimension names whose sizes multiply to fan_in (uniform)
+    weight: bool = False       # the bound computed as kaiming_uniform_ does (its rounding)
 
     def describe(self) -> str:
         if self.kind != "uniform":
@@ -40,7 +41,7 @@ def init_rules(layer) -> dict[str, Rule]:
             summed = _summed_dims(eq, t)
             if summed:
                 weights[t.name] = eq
-                rules[t.name] = Rule("uniform", summed)
+                rules[t.name] = Rule("uniform", summed, weight=True)
                 break
     for t in layer.params:
         if t.name in rules:
@@ -67,7 +68,10 @@ def initialise(parameters: dict, rules: dict[str, Rule], sizes: dict) -> None:
             elif rule.kind == "zeros":
                 p.zero_()
             else:
-                bound = 1 / math.sqrt(math.prod(sizes[d] for d in rule.fan_in))
+                fan_in = math.prod(sizes[d] for d in rule.fan_in)
+                # kaiming_uniform_(a=sqrt(5)): gain sqrt(2 / (1 + 5)), bound sqrt(3) * std
+                bound = math.sqrt(3.0) * (math.sqrt(2.0 / 6) / math.sqrt(fan_in)) \
+                    if rule.weight else 1 / math.sqrt(fan_in)
                 torch.nn.init.uniform_(p, -bound, bound)
 
 
