@@ -77,6 +77,9 @@ class DerivedModule(torch.nn.Module):
         self.inputs = tuple(t.name for t in layer.inputs + layer.targets)
         self.outputs = tuple(t.name for t in layer.outputs)
         self.gradients = tuple(kernels.gradients)
+        # positions of the arguments without a gradient (targets, labels, nograd)
+        self.no_gradient = tuple(i for i, n in enumerate(kernels.args)
+                                 if "d" + n not in self.gradients)
         self.reuses = tuple(n for n in kernels.returns if n in _reused(kernels))
         self.scalar_inputs = {t.name for t in layer.inputs + layer.targets if not t.dims}
         self.integer_inputs = {t.name for t in layer.tensors.values()
@@ -105,11 +108,10 @@ class DerivedModule(torch.nn.Module):
             with torch.no_grad():
                 out = _run_forward(self, args)
             return _result(self, out)
-        for n, a in zip(self.kernels.args, args):
-            if isinstance(a, torch.Tensor) and a.requires_grad and \
-                    "d" + n not in self.gradients:
-                raise ValueError(f"{self.layer_name}: {n} requires grad, but the "
-                                 f"derivation gives no gradient for it (a target or "
+        for i in self.no_gradient:
+            if args[i].requires_grad:
+                raise ValueError(f"{self.layer_name}: {self.kernels.args[i]} requires grad, "
+                                 f"but the derivation gives no gradient for it (a target or "
                                  f"nograd tensor): pass it detached")
         return _result(self, _KernelFunction.apply(self, *args))
 
