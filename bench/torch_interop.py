@@ -68,23 +68,30 @@ def overhead(repeat: int) -> dict:
                 train_overhead=times["module_forward_backward"] - times["c_forward_backward"])
 
 
-def in_a_model(repeat: int) -> dict:
-    """Seconds per training step (forward, backward) of Linear -> LayerNorm -> GELU ->
-    Linear, with the middle two torch's or derived; and of each layer alone."""
+def peers(width: int) -> dict:
+    """Linear -> LayerNorm -> GELU -> Linear with the middle two torch's or derived (the
+    same Linear layers), and each of those layers alone."""
     import torch
 
-    n, width = MODEL["N"], MODEL["C"]
     torch.manual_seed(0)
     native_ln, native_gelu = torch.nn.LayerNorm(width), torch.nn.GELU(approximate="tanh")
     ours_ln = codegen.torch_module("layernorm", C=width)
     ours_gelu = codegen.torch_module("gelu")
     linear1, linear2 = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
-    models = {
+    return {
         "native_model": torch.nn.Sequential(linear1, native_ln, native_gelu, linear2),
         "derived_model": torch.nn.Sequential(linear1, ours_ln, ours_gelu, linear2),
         "native_layernorm": native_ln, "derived_layernorm": ours_ln,
         "native_gelu": native_gelu, "derived_gelu": ours_gelu,
     }
+
+
+def in_a_model(repeat: int) -> dict:
+    """Seconds per training step (forward, backward) of each of peers()."""
+    import torch
+
+    n, width = MODEL["N"], MODEL["C"]
+    models = peers(width)
     x = torch.randn(n, width, requires_grad=True)
     dy = torch.randn(n, width)
 
