@@ -49,8 +49,8 @@ def _parameter_sizes(layer, sizes: dict) -> dict:
     needed = list(dict.fromkeys(needed))
     for d, value in sizes.items():
         if d not in needed:
-            why = (f"it is not a dimension of any parameter (its size comes from the "
-                   f"inputs)" if d in layer.dims else "the layer has no such dimension")
+            why = ("it is not a dimension of any parameter (its size comes from the "
+                   "inputs)" if d in layer.dims else "the layer has no such dimension")
             raise ValueError(f"{layer.name}: size {d}={value!r}: {why}; give "
                              f"{', '.join(needed) or 'no sizes'}")
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -143,6 +143,7 @@ class DerivedModule(torch.nn.Module):
         sizes = ", ".join(f"{n}={tuple(p.shape)}" for n, p in self.named_parameters())
         return f"{self.layer_name}, {self.kernels.backend}, {self.dtype}" + \
             (f", {sizes}" if sizes else "")
+
 
 class _KernelFunction(torch.autograd.Function):
     """forward: the layer's forward kernel; backward: its derived backward kernel,
