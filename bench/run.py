@@ -71,12 +71,15 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _median_interleaved(impls: dict, repeat: int, min_seconds: float = 0.0) -> tuple[dict, int]:
+def _median_interleaved(impls: dict, repeat: int, min_seconds: float = 0.0,
+                        clock=time.perf_counter) -> tuple[dict, int]:
     """impls: key -> (setup, call).  setup runs before each call, untimed (thread counts,
     cache flushes).  Rounds of one call each go on until there are `repeat` of them and
     they have taken `min_seconds` (at most 10 x repeat rounds): a millisecond kernel's
     median then spans seconds of this shared machine's swings, not a few milliseconds of
-    one of them.  Returns the medians and the number of rounds."""
+    one of them.  `clock` times each call (time.thread_time: this thread's CPU time, for
+    single-threaded overheads that other processes' load should not inflate).  Returns
+    the medians and the number of rounds."""
     for setup, call in impls.values():
         setup()
         call()                                   # warm-up: page faults, lazy init, caches
@@ -86,9 +89,9 @@ def _median_interleaved(impls: dict, repeat: int, min_seconds: float = 0.0) -> t
                               and rounds < 10 * repeat):
         for k, (setup, call) in impls.items():
             setup()
-            t0 = time.perf_counter()
+            t0 = clock()
             call()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
         rounds += 1
     return {k: statistics.median(v) for k, v in times.items()}, rounds
 

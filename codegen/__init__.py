@@ -4,7 +4,8 @@ Names are imported on first use (PEP 562), so the command line starts without Sy
 from importlib import import_module
 
 # (the modules are named apart from the functions, so importing one never hides the other)
-_WHERE = {"emit": "emitter", "sources": "emitter", "Kernels": "loader", "load": "loader"}
+_WHERE = {"emit": "emitter", "sources": "emitter", "Kernels": "loader", "load": "loader",
+          "torch_module": "torch_layer"}
 
 __all__ = sorted(_WHERE)
 

@@ -8,7 +8,7 @@ from derive.errors import SpecError
 
 # The subcommands import what they need (SymPy comes with derive), so --help is quick;
 # hence the backends are named here too (tests/test_cli.py checks they match codegen.emit).
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "jax")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -59,10 +59,11 @@ def main(argv=None) -> int:
     p.add_argument("--all", action="store_true",
                    help="every built-in layer, into DIR/<backend>/ (how generated/ is made)")
     p.add_argument("--backend", choices=list(BACKENDS),
-                   help="numpy (default) or c; with --all, every backend unless given")
+                   help="numpy (default), c, or jax (jax.numpy, backward by jax.custom_vjp); "
+                        "with --all, every backend unless given")
     p.add_argument("-o", "--out", required=True, metavar="DIR",
-                   help="folder to write into (made if missing): DIR/<layer>.py for numpy, "
-                        "DIR/<layer>.h and DIR/<layer>.c for c")
+                   help="folder to write into (made if missing): DIR/<layer>.py for numpy "
+                        "and jax, DIR/<layer>.h and DIR/<layer>.c for c")
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                    help=const_help)
 

@@ -13,7 +13,7 @@ from .folders import make_folder
 from .numpy_backend import numpy_source
 from .plan import plan
 
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "jax")
 
 
 def sources(layer_or_name, backend: str = "numpy") -> dict[str, str]:
@@ -28,6 +28,10 @@ def sources(layer_or_name, backend: str = "numpy") -> dict[str, str]:
         files = c_sources(kplan)
         files.pop("cdef")
         return files
+    if backend == "jax":
+        from .jax_backend import jax_source
+
+        return {f"{layer.name}.py": jax_source(kplan)}
     return {f"{layer.name}.py": numpy_source(kplan)}
 
 

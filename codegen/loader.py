@@ -103,11 +103,13 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     backend="numpy": a generated NumPy module (any float dtype; float32 in, float32 out).
     backend="c": compiled C kernels for one dtype, "float32" or "float64" (default),
     cached under `cache`, $BACKPROP_CACHE or ~/.cache/backprop-toolkit.
+    backend="jax": a generated jax.numpy module (float32, or float64 with JAX's x64 mode);
+    its apply() carries the derived backward as a jax.custom_vjp.
     constants: values for the spec's `const` statements, e.g. {"S": 2, "P": 1} for a
     convolution's stride and padding.
     """
-    if backend not in ("numpy", "c"):
-        raise ValueError(f"unknown backend '{backend}'; available: numpy, c")
+    if backend not in ("numpy", "c", "jax"):
+        raise ValueError(f"unknown backend '{backend}'; available: numpy, c, jax")
     if constants:
         layer_or_name = resolve(layer_or_name, constants)
     if backend == "c":
@@ -115,17 +117,16 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     from derive import derive
 
     from .emitter import write_atomic
-    from .numpy_backend import numpy_source
     from .plan import plan
 
     layer = resolve(layer_or_name)
     if dtype is not None:
-        raise ValueError("dtype is chosen per call by the NumPy backend (it follows the "
-                         "arrays); pass dtype only with backend='c'")
+        raise ValueError(f"dtype is chosen per call by the {backend} backend (it follows "
+                         f"the arrays); pass dtype only with backend='c'")
     derivation = derive(layer)
-    source = numpy_source(plan(derivation))
+    source = _python_source(backend, plan(derivation))
     key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    directory = cache_dir(cache) / "numpy" / key
+    directory = cache_dir(cache) / backend / key
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{layer.name}.py"
     if not path.exists() or path.read_text(encoding="utf-8") != source:
@@ -135,6 +136,21 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return Kernels(layer, derivation, module, path, backend)
+
+
+def _python_source(backend, kplan):
+    """The text of a generated Python module: NumPy, or jax.numpy (JAX imported only
+    then, with a one-line error when it is missing)."""
+    if backend == "numpy":
+        from .numpy_backend import numpy_source
+
+        return numpy_source(kplan)
+    if importlib.util.find_spec("jax") is None:
+        raise ImportError("the jax backend needs JAX: pip install 'backprop-toolkit[jax]' "
+                          "(or pip install jax)")
+    from .jax_backend import jax_source
+
+    return jax_source(kplan)
 
 
 def _load_c(layer_or_name, dtype, cache):

@@ -29,11 +29,15 @@ def _printed(printer, st) -> Printed:
 
 
 def numpy_source(plan: KernelPlan) -> str:
+    return render(TEMPLATE, **module_context(plan, NumpyPrinter), xp="np")
+
+
+def module_context(plan: KernelPlan, printer_class) -> dict:
+    """What a Python module's template lays out: the printed statements, formulas, shapes
+    (shared by the NumPy and JAX backends, which differ in printer and template)."""
     layer = plan.layer
-    shapes = [(t.name, t.dims) for t in layer.tensors.values()]
-    shapes += [("d" + t.name, t.dims) for t in layer.upstream]
-    printer = NumpyPrinter(layer.dims, dict(shapes) | {"d" + t.name: t.dims
-                                                        for t in layer.tensors.values()})
+    slots = {t.name: t.dims for t in layer.tensors.values()}      # each array's axes
+    printer = printer_class(layer.dims, slots | {"d" + n: d for n, d in slots.items()})
     forward = [_printed(printer, st) for st in plan.forward]
     forward_dims = _ordered(layer.dims, printer.dims_used)
     printer.dims_used = set()
@@ -52,8 +56,7 @@ def numpy_source(plan: KernelPlan) -> str:
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
         ", ".join(plan.upstream)
-    return render(
-        TEMPLATE,
+    return dict(
         name=layer.name,
         doc=layer.doc or f"layer {layer.name}",
         version=VERSION,

@@ -4,6 +4,7 @@ from the textbook definitions, not from our specs, so they share no code with us
 require_oracle, through which every test asks for an optional oracle program or module."""
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 
@@ -23,6 +24,7 @@ SMALLEST = {"softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
 
 REQUIRE_ENV = "BACKPROP_REQUIRE_ORACLES"
 # The oracles a test may ask for: a Python module, or programs (the first one found).
+MODULES = {"torch": "PyTorch", "jax": "JAX"}
 PROGRAMS = {"latex": ("pdflatex", "lualatex"), "pdftoppm": ("pdftoppm",)}
 
 # A layer that is not built in, written as a user would, for the backends' user-layer tests.
@@ -39,15 +41,14 @@ a[n, i] = x[n, i] * g[n, i]
 
 
 def require_oracle(name):
-    """An optional oracle: "torch" (the module), "latex" or "pdftoppm" (a program's path),
-    "cc" (the C compiler, $CC or cc, as a command list).  Missing, the test is skipped,
+    """An optional oracle: "torch" or "jax" (the module), "latex" or "pdftoppm" (a
+    program's path), "cc" (the C compiler, $CC or cc, as a command list).  Missing, the test is skipped,
     or fails when BACKPROP_REQUIRE_ORACLES=1 (CI sets it), so CI cannot pass without it."""
-    if name == "torch":
+    if name in MODULES:
         try:
-            import torch
-            return torch
+            return importlib.import_module(name)
         except ImportError as exc:
-            _missing(f"PyTorch ({exc})")
+            _missing(f"{MODULES[name]} ({exc})")
     if name == "cc":
         import shlex
         cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]

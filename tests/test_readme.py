@@ -28,11 +28,15 @@ import pytest
 from derive import parse_spec
 from derive.builtins import builtin_text
 
+from .oracles import require_oracle
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
 FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ ]*$",
                    re.M | re.S)
 RUN = {"python", "pycon", "console"}
+# A page's examples from PyTorch or JAX need them: skipped without, as their tests are.
+FRAMEWORK_IMPORT = re.compile(r"^(?:import|from) (torch|jax)\b", re.M)
 SHOWN = {"sh", "c", "text", "yaml", ""}
 
 
@@ -77,6 +81,8 @@ def test_every_block_runs_and_prints_what_is_shown(page, tmp_path):
             if lang in ("", "text") and first.startswith("layer ") and not title:
                 parse_spec(text, label)
             elif lang == "python":
+                for module in FRAMEWORK_IMPORT.findall(text):   # an optional oracle
+                    require_oracle(module)
                 exec(compile(text, label, "exec"), namespace)   # our own documentation
             elif lang == "pycon":
                 run_doctest(text, namespace, label)
@@ -157,3 +163,14 @@ def test_shown_output_must_match():
     assert not matches(["layer x", "", "forward:", "  y = 3*x"], printed)
     assert not matches(["layer x", "forward:", "  y = 2*x"], printed)
     assert not matches(["layer x"], printed)
+
+
+def test_framework_examples_ask_for_their_oracle():
+    """A block importing torch or jax asks require_oracle first (skipped without it, a
+    failure in CI); other blocks do not."""
+    assert FRAMEWORK_IMPORT.findall("import torch\nx = 1\nfrom jax import numpy\n") == \
+        ["torch", "jax"]
+    assert FRAMEWORK_IMPORT.findall("import codegen  # torch\nimport torchvision2\n") == []
+    page = ROOT / "docs" / "frameworks.md"
+    assert {m for lang, _, text in blocks(page) if lang == "python"
+            for m in FRAMEWORK_IMPORT.findall(text)} == {"torch", "jax"}

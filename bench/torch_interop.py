@@ -1,0 +1,139 @@
+"""What codegen.torch_module costs inside PyTorch: the per-call overhead of a derived layer
+(autograd.Function, tensor checks, NumPy views) over calling its C kernel directly, on a
+shape so small the kernel itself takes next to nothing; and layernorm + gelu, derived,
+inside a torch model against torch's native nn.LayerNorm and nn.GELU.
+
+    python -m bench.torch_interop [--repeat 200] [--json]
+
+Medians of interleaved rounds (bench.run._median_interleaved), float32, in one process;
+the overhead in this thread's CPU time, the model in wall time.  Two OpenMP runtimes share
+the cores here (torch's and the kernels' libgomp): run it also with OMP_WAIT_POLICY=passive,
+which stops each one's idle threads spinning against the other's (on 2 cores that made
+every step 2-8x faster, torch's own layers too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+import codegen
+
+from .run import _median_interleaved, machine
+
+SMALL = dict(N=4, I=8, J=8)           # dense: the kernel's own work is a few hundred flops
+MODEL = dict(N=512, C=768)            # a transformer-width block
+
+
+def overhead(repeat: int) -> dict:
+    """CPU seconds per call (this thread's, so the machine's other load does not count):
+    the C kernel direct (forward; forward + backward) and the same through the module
+    (no_grad forward; forward + backward by autograd)."""
+    import torch
+
+    module = codegen.torch_module("dense", I=SMALL["I"], J=SMALL["J"])
+    c = module.kernels
+    x = torch.randn(SMALL["N"], SMALL["J"], requires_grad=True)
+    dz = torch.ones(SMALL["N"], SMALL["I"])
+    arrays = dict(x=x.detach().numpy(), W=module.W.detach().numpy(),
+                  b=module.b.detach().numpy())
+
+    def torch_train():
+        module(x).backward(dz)
+
+    def torch_forward():
+        with torch.no_grad():
+            module(x)
+
+    def c_train():
+        c.forward(**arrays)
+        c.backward(**arrays, dz=dz.numpy())
+
+    nothing = lambda: None                                       # noqa: E731
+    c.set_threads(1)             # one thread: its CPU time is the whole cost of a call
+    try:
+        times, rounds = _median_interleaved({
+            "c_forward": (nothing, lambda: c.forward(**arrays)),
+            "module_forward": (nothing, torch_forward),
+            "c_forward_backward": (nothing, c_train),
+            "module_forward_backward": (nothing, torch_train),
+        }, repeat, clock=time.thread_time)
+    finally:
+        c.set_threads(os.cpu_count() or 1)
+    return dict(times, rounds=rounds,
+                forward_overhead=times["module_forward"] - times["c_forward"],
+                train_overhead=times["module_forward_backward"] - times["c_forward_backward"])
+
+
+def peers(width: int) -> dict:
+    """Linear -> LayerNorm -> GELU -> Linear with the middle two torch's or derived (the
+    same Linear layers), and each of those layers alone."""
+    import torch
+
+    torch.manual_seed(0)
+    native_ln, native_gelu = torch.nn.LayerNorm(width), torch.nn.GELU(approximate="tanh")
+    ours_ln = codegen.torch_module("layernorm", C=width)
+    ours_gelu = codegen.torch_module("gelu")
+    linear1, linear2 = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+    return {
+        "native_model": torch.nn.Sequential(linear1, native_ln, native_gelu, linear2),
+        "derived_model": torch.nn.Sequential(linear1, ours_ln, ours_gelu, linear2),
+        "native_layernorm": native_ln, "derived_layernorm": ours_ln,
+        "native_gelu": native_gelu, "derived_gelu": ours_gelu,
+    }
+
+
+def in_a_model(repeat: int) -> dict:
+    """Seconds per training step (forward, backward) of each of peers()."""
+    import torch
+
+    n, width = MODEL["N"], MODEL["C"]
+    models = peers(width)
+    x = torch.randn(n, width, requires_grad=True)
+    dy = torch.randn(n, width)
+
+    def step(model):
+        return lambda: model(x).backward(dy)
+
+    nothing = lambda: None                                       # noqa: E731
+    times, rounds = _median_interleaved({k: (nothing, step(m)) for k, m in models.items()},
+                                        repeat)
+    return dict(times, rounds=rounds)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    record = dict(machine=machine(), torch_threads=torch.get_num_threads(),
+                  omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                  overhead=dict(sizes=SMALL, **overhead(args.repeat)),
+                  model=dict(sizes=MODEL, **in_a_model(max(args.repeat // 10, 5))))
+    if args.json:
+        print(json.dumps(record, indent=1, default=str))
+        return
+    o, m = record["overhead"], record["model"]
+    us = lambda s: f"{s * 1e6:8.1f} us"                        # noqa: E731
+    ms = lambda s: f"{s * 1e3:8.2f} ms"                        # noqa: E731
+    print(f"per call, dense {SMALL} float32, torch threads {record['torch_threads']}:")
+    for k in ("c_forward", "module_forward", "c_forward_backward", "module_forward_backward"):
+        print(f"  {k:26s}{us(o[k])}")
+    print(f"  overhead: forward {us(o['forward_overhead'])}, forward + backward "
+          f"{us(o['train_overhead'])}")
+    print(f"training step (forward + backward), {MODEL} float32, OMP_WAIT_POLICY="
+          f"{record['omp_wait_policy']}:")
+    for what in ("model", "layernorm", "gelu"):
+        native, derived = m[f"native_{what}"], m[f"derived_{what}"]
+        print(f"  {what:10s} torch {ms(native)}   derived {ms(derived)}   "
+              f"derived/torch {derived / native:5.2f}")
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

@@ -1,0 +1,31 @@
+"""bench/torch_interop.py measures what it claims: the derived and native peers compute
+the same, and both measurements produce their records (no timing is asserted)."""
+import pytest
+
+from .oracles import require_oracle
+
+torch = require_oracle("torch")
+
+
+def test_derived_and_native_peers_compute_the_same():
+    from bench.torch_interop import peers
+
+    models = peers(width=12)
+    x = torch.randn(5, 12)
+    for what in ("model", "layernorm", "gelu"):
+        torch.testing.assert_close(models[f"derived_{what}"](x), models[f"native_{what}"](x),
+                                   rtol=2e-5, atol=2e-6)
+
+
+def test_overhead_record(monkeypatch):
+    import bench.torch_interop as bench
+
+    monkeypatch.setattr(bench, "MODEL", dict(N=3, C=4))
+    record = bench.overhead(repeat=3)
+    assert record["rounds"] == 3
+    assert record["forward_overhead"] == pytest.approx(record["module_forward"]
+                                                       - record["c_forward"])
+    model = bench.in_a_model(repeat=2)
+    assert set(model) == {"rounds", "native_model", "derived_model", "native_layernorm",
+                          "derived_layernorm", "native_gelu", "derived_gelu"}
+    assert all(v > 0 for v in model.values())
