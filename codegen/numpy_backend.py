@@ -53,6 +53,8 @@ def module_context(plan: KernelPlan, printer_class) -> dict:
     dim_defs = [(name, [d for d in layer.dims if sp.Symbol(d, integer=True, positive=True)
                         in expr.free_symbols], printer.integer_code(expr), formula(expr))
                 for name, expr in layer.dim_defs.items()]
+    shapes = [(t.name, t.dims) for t in layer.tensors.values()]
+    shapes += [("d" + t.name, t.dims) for t in layer.upstream]
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
         ", ".join(plan.upstream)
