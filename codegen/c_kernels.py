@@ -154,6 +154,9 @@ class CKernels:
             if not isinstance(a, np.ndarray) or a.dtype != self.dtype or a.shape != shape \
                     or not a.flags.c_contiguous or not a.flags.writeable:
                 got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                if isinstance(a, np.ndarray) and a.dtype == self.dtype and a.shape == shape:
+                    got += " that is read-only" if not a.flags.writeable else \
+                        f" with strides {a.strides} (not C-contiguous)"
                 raise ValueError(f"out[{n!r}]: expected a writeable C-contiguous {self.dtype} "
                                  f"array of shape {shape}, got {got}")
             for other, b in list(inputs.items()) + list(out.items()):

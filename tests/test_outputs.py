@@ -87,7 +87,9 @@ def test_fused_results_into_given_arrays(dtype):
     ({"y": np.empty((5, 7), np.float32)}, "out['y']: expected a writeable C-contiguous "
                                           "float64 array of shape (5, 7)"),
     ({"y": np.empty((7, 5))}, "of shape (5, 7), got float64 (7, 5)"),
-    ({"y": np.empty((5, 14))[:, ::2]}, "C-contiguous"),
+    ({"y": np.empty((5, 14))[:, ::2]}, "with strides (112, 16) (not C-contiguous)"),
+    ({"y": np.lib.stride_tricks.as_strided(np.empty((5, 7)), writeable=False)},
+     "got float64 (5, 7) that is read-only"),
     ({"yy": np.empty((5, 7))}, "out has no result named yy"),
     ({"y": [[0.0] * 7] * 5}, "got list"),
 ])
