@@ -255,51 +255,103 @@ def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0),
 
 
 def split_by_residue(nest: Nest) -> Nest:
-    """A gather whose bounds divide the last output index w by a stride q (pooling's and
-    strided convolutions' dx: wout runs from ceiling((w - KW + 1)/2) to floor(w/2)).
+    """A gather whose bounds divide output indices by a stride q (pooling's and strided
+    convolutions' dx: wout runs from ceiling((w - KW + 1)/2) to floor(w/2)).
 
     The output loops run outside, the sums inside with one accumulator (each element
-    written once: no zero fill, no update in place).  w runs as q copies of a loop over
-    w_q, w = q*w_q + r for each residue r: there the bounds are w_q plus a constant.  Each
-    copy runs in three parts, the interior where the clamps max(0, .)/min(Wout - 1, .)
-    cannot bind (a fixed number of terms, which the compiler unrolls and vectorizes
-    across w_q) and the borders on either side, which keep them (as Halide splits loops
-    at the bounds it infers).  Returns the nest unchanged where this does not apply."""
+    written once: no zero fill, no update in place).  The last output index w runs as q
+    copies of a loop over w_q, w = q*w_q + r for each residue r: there the bounds are w_q
+    plus a constant.  Each copy runs in three parts, the interior where the clamps
+    max(0, .)/min(Wout - 1, .) cannot bind (a fixed number of terms, which the compiler
+    unrolls) and the borders on either side, which keep them (as Halide splits loops at
+    the bounds it infers).  The index outside w (h) is split the same way around those
+    copies, so in the interior of both every sum has a length known when compiling.
+    Returns the nest unchanged where this does not apply."""
     refs = [(nest.target, nest.out)] + [(a.base.label.name, tuple(a.indices))
                                         for a in nest.body.atoms(sp.Indexed)]
     outs = _order(nest.out, (), refs)
     if nest.kind != "reduce" or nest.op != "sum" or not nest.bounds or not outs \
             or any(k in outs for k, _, _ in nest.bounds):
         return nest
-    w = outs[-1]
+    reduced = _after_bounds(_order((), nest.reduced, refs), nest.bounds)
+    parts = [Nest("reduce", nest.target, nest.out, reduced, nest.reduced, nest.body,
+                  nest.op, "", nest.init, bounds=nest.bounds)]
+    shared = list(outs)
+    while shared:
+        split = _split_index(parts, shared[-1])
+        if split is None:
+            break
+        parts = split
+        shared.pop()
+    if len(shared) == len(outs):
+        return nest
+    return replace(nest, loops=tuple(shared), copies=tuple(parts))
+
+
+def _leaves(nests):
+    for n in nests:
+        if n.copies:
+            yield from _leaves(n.copies)
+        else:
+            yield n
+
+
+def _split_index(parts, v):
+    """`parts` (run in turn inside a loop over v) as q residues of v, each in its border
+    and interior parts; None when no bound divides v by one integer q > 1."""
     divisors = {sp.fraction(sp.together(a.args[0]))[1]
-                for _, lo, hi in nest.bounds
+                for n in _leaves(parts) for _, lo, hi in n.bounds
                 for a in lo.atoms(sp.floor, sp.ceiling) | hi.atoms(sp.floor, sp.ceiling)
-                if w in free_indices(a.args[0])}
+                if v in free_indices(a.args[0])}
     if len(divisors) != 1 or not next(iter(divisors)).is_Integer \
             or next(iter(divisors)) < 2:
-        return nest
+        return None
     q = int(next(iter(divisors)))
-    t = sp.Idx(f"bp_{w.label.name}_q", dim_of(w))
-    reduced = _after_bounds(_order((), nest.reduced, refs), nest.bounds)
-    copies = []
+    t = sp.Idx(f"bp_{v.label.name}_q", dim_of(v))
+    out = []
     for r in range(q):
-        sub = {w: q * t + r}
-        bounds = [(k, lo.xreplace(sub), hi.xreplace(sub)) for k, lo, hi in nest.bounds]
-        first, last = sp.Integer(0), sp.floor((dim_of(w) - 1 - r) / sp.Integer(q))
-        inner_lo, inner_hi, interior = _interior(bounds, t)
-        inner_lo = first if inner_lo is None else sp.Max(first, inner_lo)
-        inner_hi = last if inner_hi is None else sp.Min(last, inner_hi)
-        parts = [(first, sp.Min(last, inner_lo - 1), bounds),
-                 (inner_lo, inner_hi, interior),
-                 (sp.Max(inner_lo, inner_hi + 1), last, bounds)]
-        for lo_t, hi_t, b in parts if interior != bounds else [(first, last, bounds)]:
-            copies.append(Nest("reduce", nest.target, nest.out, (t,) + reduced,
-                               nest.reduced, nest.body.xreplace(sub), nest.op, "",
-                               nest.init.xreplace(sub), bounds=((t, lo_t, hi_t),) + tuple(b),
-                               subs=((w, q * t + r),)))
-    shared = tuple(i for i in outs if i != w)
-    return replace(nest, loops=shared, copies=tuple(copies))
+        sub = {v: q * t + r}
+        residue = [_substituted(n, sub, (v, q * t + r)) for n in parts]
+        first, last = sp.Integer(0), sp.floor((dim_of(v) - 1 - r) / sp.Integer(q))
+        lows, highs, inner = [], [], {}
+        for n in _leaves(residue):
+            lo, hi, bounds = _interior(n.bounds, t)
+            lows += [lo] if lo is not None else []
+            highs += [hi] if hi is not None else []
+            inner[n] = bounds
+        if not lows and not highs:
+            out.append(_wrapping(residue, t, first, last))
+            continue
+        inner_lo = sp.Max(first, *lows)
+        inner_hi = sp.Min(last, *highs)
+        out.append(_wrapping(residue, t, first, sp.Min(last, inner_lo - 1)))
+        out.append(_wrapping([_with_bounds(n, inner) for n in residue], t, inner_lo,
+                             inner_hi))
+        out.append(_wrapping(residue, t, sp.Max(inner_lo, inner_hi + 1), last))
+    return out
+
+
+def _substituted(n: Nest, sub, at) -> Nest:
+    """n with v = q*t + r written in (its copies too), the target's index remembered."""
+    return replace(n, body=n.body.xreplace(sub), init=n.init.xreplace(sub),
+                   bounds=tuple((k, lo.xreplace(sub), hi.xreplace(sub))
+                                for k, lo, hi in n.bounds),
+                   subs=n.subs + (at,) if not n.copies else n.subs,
+                   copies=tuple(_substituted(c, sub, at) for c in n.copies))
+
+
+def _with_bounds(n: Nest, inner: dict) -> Nest:
+    """n with each leaf's bounds as in the interior (the clamps dropped)."""
+    if n.copies:
+        return replace(n, copies=tuple(_with_bounds(c, inner) for c in n.copies))
+    return replace(n, bounds=tuple(inner[n]))
+
+
+def _wrapping(parts, t, lo, hi) -> Nest:
+    """A loop over t from lo to hi (inclusive) running `parts` in turn."""
+    first = parts[0]
+    return Nest("reduce", first.target, first.out, (t,), first.reduced, first.body,
+                first.op, "", first.init, bounds=((t, lo, hi),), copies=tuple(parts))
 
 
 def _interior(bounds, t):

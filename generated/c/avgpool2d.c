@@ -149,63 +149,343 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)x;
     (void)bp_work;
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
-    BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }
@@ -260,63 +540,343 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)x;
     (void)bp_work;
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
-    BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
                         }
                     }
-                    dx[((n*C + c)*H + h)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
+                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }
