@@ -46,13 +46,19 @@ def spec_source(layer_or_name) -> tuple[str, str] | None:
     if is_layer(layer_or_name):
         return layer_or_name.source, layer_or_name.file
     if isinstance(layer_or_name, str) and layer_or_name in BUILTINS:
-        return builtin_text(layer_or_name), f"<builtin {layer_or_name}>"
-    if isinstance(layer_or_name, (str, Path)):
+        found = builtin_text(layer_or_name), f"<builtin {layer_or_name}>"
+    elif isinstance(layer_or_name, (str, Path)):
         try:
-            return Path(layer_or_name).read_text(encoding="utf-8"), str(layer_or_name)
+            found = Path(layer_or_name).read_text(encoding="utf-8"), str(layer_or_name)
         except (OSError, UnicodeDecodeError, ValueError):
             return None
-    return None
+    else:
+        return None
+    # A network's text names its layers but does not hold them: an edit to one of them
+    # must not find the old kernels, so a network is always composed (derive/network.py).
+    from .network import is_network
+
+    return None if is_network(found[0]) else found
 
 
 def resolve(layer_or_name, constants: dict | None = None):

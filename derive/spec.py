@@ -50,6 +50,7 @@ class Equation:
     rhs: sp.Expr                  # sums explicit (sp.Sum over sp.Idx)
     line: int
     text: str                     # the source line, for documents and errors
+    section: str = ""             # the layer of a network it comes from ('' in a layer)
 
     @property
     def reads(self) -> set[str]:
@@ -85,6 +86,8 @@ class Layer:
     # derived dimensions: name -> expression in the other dimensions' symbols, e.g.
     # Lout -> floor((L - K)/2) + 1; sizes of these follow from the others
     dim_defs: dict = field(default_factory=dict)
+    # a network's layers (`section` statements): name -> description, in order
+    sections: dict = field(default_factory=dict)
 
     def by_role(self, *roles: str) -> list[Tensor]:
         return [t for t in self.tensors.values() if t.role in roles]
@@ -133,6 +136,24 @@ class Layer:
                 if value.is_Integer:
                     sizes[name] = int(value)
         return sizes
+
+    def section_of(self, tensor: str) -> str:
+        """The network layer a tensor's gradient belongs to: the one computing the tensor,
+        else the first one reading it ('' in a plain layer)."""
+        for eq in self.equations:
+            if eq.target == tensor:
+                return eq.section
+        return next((eq.section for eq in self.equations if tensor in eq.reads), "")
+
+    def by_section(self, items, name=lambda item: item) -> list[tuple[str, list]]:
+        """items (named by `name`) grouped by network layer, the last layer first, as
+        backpropagation visits them; one group ('', items) for a plain layer."""
+        if not self.sections:
+            return [("", list(items))]
+        groups: dict[str, list] = {s: [] for s in reversed(self.sections)}
+        for item in items:
+            groups.setdefault(self.section_of(name(item)), []).append(item)
+        return [(s, g) for s, g in groups.items() if g]
 
     def describe(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """name -> (role, dimension names): enough for a caller to build arrays."""
