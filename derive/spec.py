@@ -6,6 +6,7 @@ both of which validate it; nothing downstream mutates it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import sympy as sp
 
@@ -52,12 +53,12 @@ class Equation:
     text: str                     # the source line, for documents and errors
     section: str = ""             # the layer of a network it comes from ('' in a layer)
 
-    @property
-    def reads(self) -> set[str]:
+    @cached_property     # asked for every pair of equations in a deep network
+    def reads(self) -> frozenset[str]:
         """Names of the tensors the right-hand side reads."""
         names = {b.label.name for b in self.rhs.atoms(sp.IndexedBase)}
         names |= {s.name for s in self.rhs.atoms(sp.Symbol)}
-        return names
+        return frozenset(names)
 
 
 @dataclass(frozen=True)
