@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                    help=const_help)
 
+    p = sub.add_parser("compose", help="print the layer spec a network composes to")
+    p.add_argument("layer", metavar="NAME_OR_FILE", help="a network: a built-in (mlp2) or "
+                   "a spec file starting with 'network NAME'")
+
     p = sub.add_parser("latex", help="write a layer's derivation as a document")
     p.add_argument("layer", metavar="NAME_OR_FILE", help=NAME_OR_FILE)
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
@@ -193,6 +197,13 @@ def cmd_emit(args) -> int:
     return 0
 
 
+def cmd_compose(args) -> int:
+    from derive.builtins import resolve
+
+    print(resolve(args.layer).source, end="")
+    return 0
+
+
 def cmd_latex(args) -> int:
     from derive import derive
     from derive.builtins import resolve
@@ -287,6 +298,7 @@ def cmd_tour(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "latex": cmd_latex,
+            "compose": cmd_compose,
             "verify": cmd_verify, "tour": cmd_tour, "bench": cmd_bench}
 
 if __name__ == "__main__":

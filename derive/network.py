@@ -15,7 +15,7 @@ map the layer's tensor, dimension, constant or index names to the network's.  Wi
 name: a tensor one layer computes and another reads is the same name in both.  A name not
 renamed keeps its own (two layers reading `x` share it; two computing `z` is an error), and
 a dimension not renamed takes the dimension of the tensor it is wired to (fc2's x[N, J]
-read from a1[N, H] makes J = H).  `for l in A..B:` repeats a statement with {l}, {l-1},
+read from a1[N, H] makes J = H), else keeps its own name (one name, one dimension).  `for l in A..B:` repeats a statement with {l}, {l-1},
 {l+1} written in.
 
 Composition writes one flat layer spec (`section` statements mark each layer's equations)
@@ -204,12 +204,13 @@ class _Composition:
 
     def run(self, name, doc, uses) -> str:
         seen = set()
-        self.dim_maps = {id(u): m for u, m in zip(uses, self._unify_dims(uses))}
         for use in uses:
             if use.alias in seen:
                 raise use.error(f"two layers are named '{use.alias}'; name them apart "
                                 f"with 'as'", self.file)
             seen.add(use.alias)
+        self.dim_maps = {id(u): m for u, m in zip(uses, self._unify_dims(uses))}
+        for use in uses:
             self._add(use)
         return self._text(name, doc)
 
@@ -289,21 +290,9 @@ class _Composition:
                 for a, b in zip(first, slots):
                     union(a, b, use)
             nodes.append(node)
-        named: dict[str, object] = {}
-        out = []
-        for k, (use, node) in enumerate(zip(uses, nodes)):
-            names = {}
-            for d, n in node.items():
-                root = find(n)
-                name = root if isinstance(root, str) else root[1]
-                first = named.setdefault(name, (root, use.alias, d))
-                if first[0] != root:
-                    raise use.error(f"its dimension {d} and {first[1]}'s dimension "
-                                    f"{first[2]} are both called {name}, but no wiring "
-                                    f"makes them one; rename one ({d} = ...)", self.file)
-                names[d] = name
-            out.append(names)
-        return out
+        # a class is named by its rename, else by its first dimension's own name; classes
+        # with one name are one dimension (as tensors of one name are one tensor)
+        return [{d: _root_name(find(n)) for d, n in node.items()} for node in nodes]
 
     def _declare(self, use: Use, t, rename: dict):
         name = rename[t.name]
@@ -387,6 +376,10 @@ class _Composition:
         for alias, layer_name, equations in self.sections:
             lines += ["", f"section {alias} {layer_name}"] + equations
         return "\n".join(lines) + "\n"
+
+
+def _root_name(root) -> str:
+    return root if isinstance(root, str) else root[1]
 
 
 def _shape(dims) -> str:

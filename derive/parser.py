@@ -591,10 +591,14 @@ class _Parser:
                 raise SpecError(f"output '{t.name}' is read by the equation on line "
                                 f"{readers[t.name].line}; declare it 'intermediate' "
                                 f"(forward still returns it)", self.file, t.line)
+        ordered = self._ordered()
+        # sections in the order data flows through them (as their equations run)
+        flow = list(dict.fromkeys(eq.section for eq in ordered if eq.section))
+        sections = {s: self.sections[s] for s in flow + [s for s in self.sections
+                                                        if s not in flow]}
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
-                     tuple(self._ordered()), conditions, self.loss, self._source(), self.file,
-                     dict(self.example), dict(self.constants), dict(self.dim_defs),
-                     dict(self.sections))
+                     tuple(ordered), conditions, self.loss, self._source(), self.file,
+                     dict(self.example), dict(self.constants), dict(self.dim_defs), sections)
 
     def _check_read(self, stmt, col, name, dim, expr, text):
         """A shifted read stays inside its axis for every size, or the tensor declares
