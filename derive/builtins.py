@@ -11,12 +11,12 @@ from .names import did_you_mean
 # The parser and Layer (and with them SymPy) load on first use: a warm cache load of C
 # kernels needs only a spec's text (spec_source), and SymPy's import is 0.2 s.
 
-# The order `backprop list` shows them in: layers, losses, networks, the optimizer step,
+# The order `backprop list` shows them in: layers, losses, networks, the optimizer steps,
 # the worked example.
 BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm",
             "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "global_avgpool2d", "mse",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
-            "adam", "neuron")
+            "sgd", "adam", "neuron")
 
 
 def builtin_text(name: str) -> str:
