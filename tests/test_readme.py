@@ -153,11 +153,11 @@ def test_spec_example_derives_as_the_builtin_network():
 
 def test_the_ci_test_command_installs_the_docs_extra():
     """.ci/run runs the first line of the block after the marker; the docs tests need the
-    docs extra installed by it."""
+    docs extra installed by it, the training tests the train extra."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     after = readme.split("<!-- ci: test command -->", 1)[1]
     command = re.search(r"```\n(.*?)\n", after).group(1)
-    assert "docs" in command and "pytest" in command
+    assert "docs" in command and "train" in command and "pytest" in command
 
 
 def test_shown_output_must_match():
