@@ -51,7 +51,7 @@ def load_data(source: str, test_fraction: float = TEST_FRACTION) -> Split:
     if not path.is_file():
         raise DataError(f"{source}: no such file")
     x, y = _read_npz(path) if path.suffix.lower() == ".npz" else _read_csv(path)
-    return split(path.name, x, y, test_fraction)
+    return split(str(path), x, y, test_fraction)
 
 
 def _read_npz(path: Path):
