@@ -201,6 +201,7 @@ class _Composition:
         self.kept: list[str] = []              # given / outside statements
         self.sections: list[tuple[str, str, list[str]]] = []
         self.loss: str | None = None
+        self.reads: dict[str, set] = {}        # layer -> the network tensors it reads
 
     def run(self, name, doc, uses) -> str:
         seen = set()
@@ -299,6 +300,8 @@ class _Composition:
         dims = tuple(rename[d] for d in t.dims)
         values = rename[t.values] if t.values else None
         role = "loss" if t.name == use.layer.loss else t.role
+        if t.role == "input":
+            self.reads.setdefault(use.alias, set()).add(name)
         net = self.tensors.get(name)
         if net is None:
             self.tensors[name] = dict(role=role, dims=dims, values=values, nograd=False,
@@ -373,9 +376,30 @@ class _Composition:
         if nograd:
             lines.append(f"nograd {', '.join(nograd)}")
         lines += self.kept
-        for alias, layer_name, equations in self.sections:
+        for alias, layer_name, equations in self._flow_order():
             lines += ["", f"section {alias} {layer_name}"] + equations
         return "\n".join(lines) + "\n"
+
+
+    def _flow_order(self) -> list:
+        """The sections, each after the layers whose values it reads (as written where
+        that allows): the flat spec reads in the order data flows."""
+        by = {n: t["by"] for n, t in self.tensors.items() if t["by"] is not None}
+        sections = {sec[0]: sec for sec in self.sections}
+        order, state = [], {}
+
+        def visit(alias):
+            if state.get(alias):
+                return              # done, or on the path: the parser reports a cycle
+            state[alias] = True
+            for name in sorted(self.reads.get(alias, ())):
+                if name in by and by[name] != alias:
+                    visit(by[name])
+            order.append(sections[alias])
+
+        for alias in sections:
+            visit(alias)
+        return order
 
 
 def _root_name(root) -> str:
