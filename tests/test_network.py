@@ -168,3 +168,21 @@ def test_bad_networks_get_one_line_errors(text, message):
     with pytest.raises(SpecError) as info:
         parse_spec(text, "net.bp")
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_40_layer_mlp_composes_derives_and_emits_both_backends():
+    """The deep case of bench/derive_speed.py (which times it): one delta per layer, each
+    from the next, and both backends' sources."""
+    from bench.derive_speed import MLP40
+    from codegen.c_backend import c_sources
+    from codegen.numpy_backend import numpy_source
+    from codegen.plan import plan
+
+    d = derive(parse_spec(MLP40))
+    assert len(d.layer.sections) == 80
+    deltas = [s for s in d.steps if not s.is_gradient]
+    assert [s.tensor for s in deltas] == [f"z{l}" for l in range(40, 0, -1)]
+    assert "dz12[" in str(d.step("z11").expr) and "W12[" in str(d.step("z11").expr)
+    kplan = plan(d)
+    assert "dW1" in numpy_source(kplan)
+    assert "bp_mlp40_forward_backward" in c_sources(kplan)["mlp40.h"]
