@@ -225,11 +225,11 @@ def train(layer, data: Split, optimizer="adam", epochs=10, batch=32, lr=1e-3, se
     if epochs < 0 or batch < 1:
         raise ValueError(f"--epochs must be at least 0 and --batch at least 1 (got "
                          f"{epochs} and {batch})")
-    trainer = Trainer(layer, optimizer, lr, backend, dtype)
-    r = trainer.roles
+    r = roles(layer)                  # every check before the kernels are built
     init = _checked_init(layer, r, init)
     dims = sizes_for(layer, r, data, dict(sizes or {}), init)
     check_labels(data, dims[r.classes])
+    trainer = Trainer(layer, optimizer, lr, backend, dtype)
     trainer.start(init if init is not None else init_params(layer, r, dims, seed))
     x = np.ascontiguousarray(data.x_train, trainer.dtype)
     t = trainer.targets(data.y_train, dims[r.classes])

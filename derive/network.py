@@ -85,7 +85,11 @@ class Network:
         from .builtins import resolve
 
         resolved = resolve(layer)
-        self.uses.append(Use(resolved, alias or resolved.name, dict(renames)))
+        alias = alias or resolved.name
+        problem = layer_name_problem(alias) or _renames_problem(renames)
+        if problem:
+            raise SpecError(f"{alias}: {problem}", f"<Network {self.name}>")
+        self.uses.append(Use(resolved, alias, dict(renames)))
         return self
 
     def build(self, constants: dict | None = None):
@@ -156,12 +160,22 @@ def _use(stmt, line: str):
     body = (m["renames"] or "").strip()
     for item in body.split(",") if body else []:
         old, eq, new = (p.strip() for p in item.partition("="))
-        if not (eq and NAME.fullmatch(old) and NAME.fullmatch(new)):
+        if not eq:
             raise stmt.error(f"'{item.strip()}': renames are written 'name = new_name'")
         if old in renames:
             raise stmt.error(f"'{old}' is renamed twice")
         renames[old] = new
+    problem = _renames_problem(renames)
+    if problem:
+        raise stmt.error(problem)
     return m["layer"], alias, renames
+
+
+def _renames_problem(renames: dict) -> str | None:
+    for old, new in renames.items():
+        if not (isinstance(new, str) and NAME.fullmatch(old) and NAME.fullmatch(new)):
+            return f"'{old} = {new}': renames are written 'name = new_name'"
+    return None
 
 
 def _locate(layer: str, file: str) -> str:
@@ -183,13 +197,8 @@ def compose(name: str, doc: str, uses: list[Use], file: str, constants: dict | N
     try:
         return parse_spec(text, file, constants)
     except SpecError as exc:
-        raise SpecError(f"the composed network is not a valid layer: {exc.message}"
-                        f" (`backprop compose` prints it)", file) from None
-
-
-def flat_text(name: str, doc: str, uses: list[Use], file: str = "<network>") -> str:
-    """The layer spec a network composes to (what `backprop compose` prints)."""
-    return _Composition(file).run(name, doc, uses)
+        raise SpecError(f"the composed network is not a valid layer: {exc.message}",
+                        file) from None
 
 
 class _Composition:

@@ -119,6 +119,11 @@ def test_dimensions_of_one_name_are_one():
     assert square.describe()["W1"] == ("param", ("I", "J"))
 
 
+def test_python_renames_are_checked():
+    with pytest.raises(SpecError, match=r"<Network n>: fc1: 'W = W 1': renames are written"):
+        Network("n").use("dense", "fc1", W="W 1")
+
+
 def test_wiring_names_the_dimensions():
     layer = parse_spec("network two\nuse dense as fc1 (z = h, I = H)\n"
                        "use dense as fc2 (x = h, W = W2, b = b2, z = y)\n")
@@ -161,6 +166,7 @@ def test_a_spec_file_beside_the_network(tmp_path):
     ("network n\nfor l in 1..: use dense", ":2: expected 'for l in 1..L: use ...'"),
     ("network n\nfor l in 1..3: use dense as fc{2*l}", ":2: only {l}, {l-K} and {l+K}"),
     ("network n\nuse dense as fc1 (W: W1)", ":2: 'W: W1': renames are written 'name = new_name'"),
+    ("network n\nuse dense as fc1 (W = 1W)", ":2: 'W = 1W': renames are written 'name = new_name'"),
     ("network n\nlayer x", ":2: a network has 'use LAYER [as NAME] (a = b, ...)'"),
     ("network n", "the network uses no layer"),
 ])
