@@ -54,11 +54,14 @@ def spec_source(layer_or_name) -> tuple[str, str] | None:
             return None
     else:
         return None
-    # A network's text names its layers but does not hold them: an edit to one of them
-    # must not find the old kernels, so a network is always composed (derive/network.py).
-    from .network import is_network
+    # A network's text names its layers but does not hold them: a comment with a digest
+    # of their texts keys the cache too, so an edit to one of them finds no old kernels.
+    from .network import is_network, layers_digest
 
-    return None if is_network(found[0]) else found
+    if not is_network(found[0]):
+        return found
+    digest = layers_digest(*found)
+    return None if digest is None else (f"{found[0]}\n# layers {digest}\n", found[1])
 
 
 def resolve(layer_or_name, constants: dict | None = None):

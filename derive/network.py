@@ -52,6 +52,35 @@ def is_network(text: str) -> bool:
     return False
 
 
+def layers_digest(text: str, file: str, depth: int = 0) -> str | None:
+    """A digest of the texts of every layer a network uses (through nested networks),
+    read without SymPy: with the network's own text it keys the warm kernel cache, so an
+    edit to a used layer is a miss.  None when a layer cannot be read (the cold path then
+    says why)."""
+    import hashlib
+
+    from .builtins import BUILTINS, builtin_text
+
+    h = hashlib.sha256()
+    for name in sorted(set(re.findall(r"^\s*(?:for\b[^:]*:\s*)?use\s+([^\s()#]+)", text,
+                                      re.M))):
+        try:
+            if name in BUILTINS:
+                part, where = builtin_text(name), f"<builtin {name}>"
+            else:
+                where = _locate(name, file)
+                part = Path(where).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        h.update(f"{name}\0{part}\0".encode())
+        if is_network(part):
+            inner = layers_digest(part, where, depth + 1) if depth < 20 else None
+            if inner is None:
+                return None
+            h.update(inner.encode())
+    return h.hexdigest()
+
+
 @dataclass
 class Use:
     """One layer of a network: the Layer, its name in the network, its renames."""

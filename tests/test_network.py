@@ -192,3 +192,20 @@ def test_a_40_layer_mlp_composes_derives_and_emits_both_backends():
     kplan = plan(d)
     assert "dW1" in numpy_source(kplan)
     assert "bp_mlp40_forward_backward" in c_sources(kplan)["mlp40.h"]
+
+
+def test_an_edit_to_a_used_layer_changes_the_cache_key(tmp_path):
+    """The warm kernel cache is found from spec text alone: a network's includes a digest
+    of the layers it uses, so editing one of them is a miss, not the old kernels."""
+    from derive.builtins import spec_source
+
+    swish, net = tmp_path / "swish.bp", tmp_path / "net.bp"
+    swish.write_text("layer swish\ndims N, I\ninput x[N, I]\noutput y[N, I]\n"
+                     "y[n, i] = x[n, i] * sigmoid(x[n, i])\n")
+    net.write_text("network net\nuse dense (z = z)\nuse swish.bp as act (x = z, y = a)\n")
+    before = spec_source(str(net))
+    assert parse_spec(*before).source == parse_spec(net.read_text(), str(net)).source
+    swish.write_text(swish.read_text().replace("x[n, i] * sigmoid", "2 * x[n, i] * sigmoid"))
+    assert spec_source(str(net)) != before
+    swish.unlink()
+    assert spec_source(str(net)) is None
