@@ -37,13 +37,8 @@ def load_data(source: str, test_fraction: float = TEST_FRACTION) -> Split:
     """`digits` (1,797 8x8 images shipped with scikit-learn, pixels scaled to 0..1), or a
     .npz file with arrays x and y, or a .csv file whose last column is the label."""
     if source == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise DataError("--data digits needs scikit-learn: pip install "
-                            "'backprop-toolkit[train]'") from None
-        d = load_digits()
-        return split("digits", d.data / 16.0, d.target, test_fraction)
+        x, y = _digits()
+        return split("digits", x / 16.0, y, test_fraction)
     path = Path(source)
     if path.suffix.lower() not in (".npz", ".csv"):
         raise DataError(f"{source}: --data takes 'digits', a .npz file (arrays x and y) or "
@@ -52,6 +47,23 @@ def load_data(source: str, test_fraction: float = TEST_FRACTION) -> Split:
         raise DataError(f"{source}: no such file")
     x, y = _read_npz(path) if path.suffix.lower() == ".npz" else _read_csv(path)
     return split(str(path), x, y, test_fraction)
+
+
+def _digits():
+    """The digits file scikit-learn ships (what sklearn.datasets.load_digits reads), read
+    without importing scikit-learn: its import loads its own OpenMP runtime beside the one
+    the C kernels use, and thread settings would then reach only one of the two."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise DataError("--data digits needs scikit-learn: pip install "
+                        "'backprop-toolkit[train]'")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DataError(f"--data digits: scikit-learn's digits file is not at {path}")
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
 
 
 def _read_npz(path: Path):

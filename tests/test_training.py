@@ -1,4 +1,5 @@
 """backprop train: a network trained with its own kernels and step layers."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,7 +14,10 @@ from derive.builtins import builtin
 
 from .oracles import require_oracle
 
-pytest.importorskip("sklearn", reason="the train extra: pip install -e '.[train]'")
+# found, not imported: importing scikit-learn loads its own OpenMP runtime into the test
+# process (tests/test_threads.py counts the runtimes); codegen.datasets reads its file
+if importlib.util.find_spec("sklearn") is None:
+    pytest.skip("the train extra: pip install -e '.[train]'", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,18 @@ def cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     return subprocess.run([sys.executable, "-m", "codegen.cli", *args], capture_output=True,
                           text=True, cwd=cwd, env=env)
+
+
+def test_digits_are_sklearns_without_importing_it():
+    """The data of sklearn.datasets.load_digits, read from the file scikit-learn ships,
+    without importing scikit-learn (which loads a second OpenMP runtime)."""
+    code = ("import sys, numpy as np; from codegen.datasets import _digits; x, y = _digits(); "
+            "assert 'sklearn' not in sys.modules; from sklearn.datasets import load_digits; "
+            "d = load_digits(); assert np.array_equal(x, d.data) and "
+            "np.array_equal(y, d.target); print(x.shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.stdout.strip() == "(1797, 64)", r.stderr
 
 
 def test_digits_split_is_fixed(digits):
