@@ -82,10 +82,12 @@ def main():
                      statistics.median(e["seconds"] for e in h.epochs), h.step_loss[-1]))
     import torch
 
-    torch_mlp2(init, data, 1, args.batch, args.lr)            # warm up
-    losses, seconds = torch_mlp2(init, data, args.epochs, args.batch, args.lr)
-    rows.append((f"torch eager ({torch.get_num_threads()} threads)",
-                 statistics.median(seconds), losses[-1]))
+    for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
+        torch.set_num_threads(threads)
+        torch_mlp2(init, data, 1, args.batch, args.lr)            # warm up
+        losses, seconds = torch_mlp2(init, data, args.epochs, args.batch, args.lr)
+        rows.append((f"torch eager ({threads} thread{'s' if threads > 1 else ''})",
+                     statistics.median(seconds), losses[-1]))
     for name, sec, loss in rows:
         print(f"{name:<28}{sec:>10.4f}{loss:>12.6f}")
 
