@@ -5,7 +5,9 @@ start empty).  Import time of sympy and the toolkit is reported apart.
     python bench/derive_speed.py [--repeat 5]
 
 Prints the median over the repeats, and the min and max; the aim is under 1 s a layer and
-under 5 s for the set.
+under 5 s for the set.  A 40-layer MLP, composed from one line per kind of layer (a network
+spec), is measured through to both backends' sources: compose + derive + plan + NumPy and C
+source, aim under 5 s.
 """
 from __future__ import annotations
 
@@ -38,14 +40,45 @@ print(json.dumps({"import": t1 - t0, "derive": t2 - t1}))
 """
 
 
-def measure(name: str, repeat: int):
+# The deep network: 40 dense layers of their own widths D0..D40, sigmoids between.
+MLP40 = """network mlp40  Forty dense layers, sigmoids between, softmax + cross-entropy
+for l in 1..40: use dense as fc{l} (x = a{l-1}, W = W{l}, b = b{l}, z = z{l}, J = D{l-1}, I = D{l})
+for l in 1..39: use sigmoid as act{l} (z = z{l}, a = a{l})
+use softmax_cross_entropy as ce (z = z40)
+"""
+
+NETWORK_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import sympy
+from derive import derive, parse_spec
+from codegen.plan import plan
+from codegen.numpy_backend import numpy_source
+from codegen.c_backend import c_sources
+t1, c1 = time.perf_counter(), time.process_time()
+layer = parse_spec(sys.argv[1], "<mlp40>")
+t2 = time.perf_counter()
+kplan = plan(derive(layer))
+t3 = time.perf_counter()
+numpy_source(kplan)
+c_sources(kplan)
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "derive": t4 - t1, "compose": t2 - t1,
+                  "derive+plan": t3 - t2, "sources": t4 - t3,
+                  "cpu": time.process_time() - c1}))
+"""
+
+
+def measure(name: str, repeat: int, child: str = CHILD, parts: list | None = None):
     imports, derives = [], []
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", child, name], capture_output=True,
                              text=True, check=True)
         r = json.loads(out.stdout)
         imports.append(r["import"])
         derives.append(r["derive"])
+        if parts is not None:
+            parts.append(r)
     return imports, derives
 
 
@@ -72,6 +105,16 @@ def main():
     med = statistics.median(times)
     print(f"{'all ' + str(len(BUILTINS)) + ' together':<24}{med:>10.3f}{min(times):>9.3f}.."
           f"{max(times):<7.3f}   {'ok' if med < 5.0 else 'SLOW'} (< 5 s)")
+    parts = []
+    _, times = measure(MLP40, args.repeat, NETWORK_CHILD, parts)
+    med = statistics.median(times)
+    print(f"{'mlp40 (network)':<24}{med:>10.3f}{min(times):>9.3f}..{max(times):<7.3f}   "
+          f"{'ok' if med < 5.0 else 'SLOW'} (< 5 s; compose + derive + plan + NumPy and C "
+          f"source)")
+    print("  of which, medians: " + ", ".join(
+        f"{k} {statistics.median(p[k] for p in parts):.3f} s"
+        for k in ("compose", "derive+plan", "sources", "cpu")) +
+        " (cpu: this process's CPU time, apart from waiting for a shared core)")
     print(f"\nimport of sympy + toolkit (not included above): median "
           f"{statistics.median(all_imports):.3f} s")
 

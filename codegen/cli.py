@@ -67,6 +67,10 @@ def main(argv=None) -> int:
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
                    help=const_help)
 
+    p = sub.add_parser("compose", help="print the layer spec a network composes to")
+    p.add_argument("layer", metavar="NAME_OR_FILE", help="a network: a built-in (mlp2) or "
+                   "a spec file starting with 'network NAME'")
+
     p = sub.add_parser("latex", help="write a layer's derivation as a document")
     p.add_argument("layer", metavar="NAME_OR_FILE", help=NAME_OR_FILE)
     p.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
@@ -118,6 +122,37 @@ examples:
     p.add_argument("--json", action="store_true", help="print one record per kernel and "
                    "implementation as JSON instead of the table")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+
+    p = sub.add_parser(
+        "train", help="train a network with its generated kernels and a step layer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a network (a layer that ends in a loss, one input x[N, D] and one "
+                    "target) with its generated\nkernels and the optimizer's step layer, on "
+                    "scikit-learn's digits or your own arrays.",
+        epilog="example:\n  backprop train mlp2 --data digits --size H=64 --optimizer adam "
+               "--epochs 30 --batch 32 --lr 0.003 --plot curve.png --save params.npz")
+    p.add_argument("layer", metavar="NETWORK", help=NAME_OR_FILE)
+    p.add_argument("--data", default="digits", metavar="DATA",
+                   help="'digits' (scikit-learn's 1,797 8x8 images; default), a .npz file "
+                        "with arrays x and y, or a .csv file with the label last")
+    p.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                   help="share of the examples held out for testing (fixed split; "
+                        "default 0.2)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    p.add_argument("--size", action="append", default=[], metavar="DIM=N",
+                   help="size of a dimension the data does not set, e.g. --size H=64")
+    p.add_argument("--backend", choices=list(BACKENDS), default="c",
+                   help="c (default; compiled kernels) or numpy")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    p.add_argument("--load", metavar="FILE.npz", help="start from saved parameters "
+                   "(with --epochs 0: evaluate them)")
+    p.add_argument("--save", metavar="FILE.npz", help="save the trained parameters")
+    p.add_argument("--plot", metavar="FILE.png", help="write the loss and accuracy plot")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("tour", help="the worked example, mlp2's formulas and a kernel check")
     p.add_argument("--seed", type=int, default=0,
@@ -194,6 +229,13 @@ def cmd_emit(args) -> int:
         layer = resolve(layer, _constants(args.const))
     for path in emit(layer, args.out, args.backend or "numpy"):
         print(path)
+    return 0
+
+
+def cmd_compose(args) -> int:
+    from derive.builtins import resolve
+
+    print(resolve(args.layer).source, end="")
     return 0
 
 
@@ -284,6 +326,42 @@ def cmd_bench(args) -> int:
                  use_torch=not args.no_torch)
 
 
+def cmd_train(args) -> int:
+    from derive.builtins import resolve
+
+    from .datasets import load_data
+    from .train_report import load_params, plot, save_params, table
+    from .training import train
+
+    sizes = {name: int(n) for name, n in _constants(args.size).items()}
+    data = load_data(args.data, args.test_fraction)
+    init = load_params(args.load) if args.load else None
+    trainer, history = train(resolve(args.layer), data, args.optimizer, args.epochs,
+                             args.batch, args.lr, args.seed, args.backend, args.dtype,
+                             sizes, init, progress=not args.quiet)
+    n_train, n_test = len(data.y_train), len(data.y_test)
+    print(f"{trainer.layer.name} on {data.name} ({n_train} training, {n_test} test "
+          f"examples, {data.classes} classes): {args.optimizer}, lr {args.lr}, batch "
+          f"{args.batch}, {args.backend} kernels in {args.dtype}")
+    if history.epochs:
+        print(table(history))
+        last = history.epochs[-1]
+        per_epoch = sum(e["seconds"] for e in history.epochs) / len(history.epochs)
+        print(f"test accuracy {100 * last['test_accuracy']:.2f}% after {last['epoch']} "
+              f"epochs ({trainer.steps} steps); {per_epoch:.3f} s per epoch")
+    else:
+        loss, acc = trainer.evaluate(data.x_test, data.y_test, data.classes)
+        print(f"test loss {loss:.4f}, test accuracy {100 * acc:.2f}% (no training: "
+              f"--epochs 0)")
+    if args.save:
+        print(f"saved parameters to {save_params(args.save, trainer.params)}")
+    if args.plot:
+        if not history.epochs:
+            raise ValueError("--plot needs at least one epoch")
+        print(f"wrote {plot(history, args.plot, trainer.layer.name + ' on ' + data.name)}")
+    return 0
+
+
 def cmd_tour(args) -> int:
     from .tour import tour
 
@@ -291,6 +369,7 @@ def cmd_tour(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "derive": cmd_derive, "emit": cmd_emit, "latex": cmd_latex,
+            "compose": cmd_compose, "train": cmd_train,
             "verify": cmd_verify, "tour": cmd_tour, "bench": cmd_bench}
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from importlib import import_module
 
 _WHERE = {"LayerBuilder": "builder", "Derivation": "derivation", "Step": "derivation",
           "derive": "derivation", "DerivationError": "errors", "SpecError": "errors",
-          "load_spec": "parser", "parse_spec": "parser", "Layer": "spec", "Tensor": "spec"}
+          "load_spec": "parser", "parse_spec": "parser", "Layer": "spec", "Tensor": "spec",
+          "Network": "network"}
 
 __all__ = sorted(_WHERE)
 

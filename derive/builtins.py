@@ -11,12 +11,12 @@ from .names import did_you_mean
 # The parser and Layer (and with them SymPy) load on first use: a warm cache load of C
 # kernels needs only a spec's text (spec_source), and SymPy's import is 0.2 s.
 
-# The order `backprop list` shows them in: layers, losses, networks, the optimizer step,
+# The order `backprop list` shows them in: layers, losses, networks, the optimizer steps,
 # the worked example.
 BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm",
             "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "global_avgpool2d", "mse",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
-            "adam", "neuron")
+            "sgd", "adam", "neuron")
 
 
 def builtin_text(name: str) -> str:
@@ -46,13 +46,22 @@ def spec_source(layer_or_name) -> tuple[str, str] | None:
     if is_layer(layer_or_name):
         return layer_or_name.source, layer_or_name.file
     if isinstance(layer_or_name, str) and layer_or_name in BUILTINS:
-        return builtin_text(layer_or_name), f"<builtin {layer_or_name}>"
-    if isinstance(layer_or_name, (str, Path)):
+        found = builtin_text(layer_or_name), f"<builtin {layer_or_name}>"
+    elif isinstance(layer_or_name, (str, Path)):
         try:
-            return Path(layer_or_name).read_text(encoding="utf-8"), str(layer_or_name)
+            found = Path(layer_or_name).read_text(encoding="utf-8"), str(layer_or_name)
         except (OSError, UnicodeDecodeError, ValueError):
             return None
-    return None
+    else:
+        return None
+    # A network's text names its layers but does not hold them: a comment with a digest
+    # of their texts keys the cache too, so an edit to one of them finds no old kernels.
+    from .network import is_network, layers_digest
+
+    if not is_network(found[0]):
+        return found
+    digest = layers_digest(*found)
+    return None if digest is None else (f"{found[0]}\n# layers {digest}\n", found[1])
 
 
 def resolve(layer_or_name, constants: dict | None = None):

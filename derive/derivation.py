@@ -134,11 +134,18 @@ def derive(layer: Layer) -> Derivation:
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
+            present = _names_in(term)
+            tensors = set(layer.tensors)
             for other in layer.equations:
-                if other is not eq and other.target != layer.loss:
+                # an equation that reads none of the term's tensors cannot appear in it:
+                # skipping its pattern search keeps a deep network's derivation linear
+                if other is not eq and other.target != layer.loss and \
+                        other.reads & present & tensors:
                     t = layer.tensors[other.target]
-                    term = contract(fold(term, other.rhs, lambda m, t=t, o=other:
-                                         t.ref(*[m[l] for l in o.indices])))
+                    folded = contract(fold(term, other.rhs, lambda m, t=t, o=other:
+                                           t.ref(*[m[l] for l in o.indices])))
+                    if folded != term:
+                        term, present = folded, _names_in(folded)
             free = {i.label.name for i in canon[xname]}
             contributions.append(Contribution(
                 eq, xname, tidy_bound(freshen_bound(term), taken | free)))
@@ -177,6 +184,12 @@ def derive(layer: Layer) -> Derivation:
         steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
                           name in gradients))
     return Derivation(layer, tuple(steps), tuple(contributions))
+
+
+def _names_in(expr) -> set[str]:
+    """Names of the tensors (and scalars) an expression reads."""
+    return {b.label.name for b in expr.atoms(sp.IndexedBase)} | \
+        {s.name for s in expr.atoms(sp.Symbol)}
 
 
 def _adjoint_refs(expr, layer):

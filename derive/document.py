@@ -148,6 +148,7 @@ def context(d: Derivation) -> dict:
                     index=f"{lhs} = {tex(step.given)}",
                     matrix=f"{tex_adjoint(name)} = {gm}" if gm else None)
         gradients.append(entry)
+    gradients = _by_layer(layer, gradients, dict(zip(order, gradients)))
 
     deltas = [s for s in d.steps if not s.is_gradient]
     recursion = []
@@ -163,6 +164,17 @@ def context(d: Derivation) -> dict:
         upstream=[tex_adjoint(t.name) for t in layer.upstream],
         gradients=gradients, recursion=recursion, conditions=conditions,
         example=_example(d, tex), tex_escape=tex_escape)
+
+
+def _by_layer(layer, gradients, by_name) -> list:
+    """A network's gradients grouped by layer, the last first; the first entry of each
+    group carries the layer's heading (a section of the document)."""
+    names = {id(g): n for n, g in by_name.items()}
+    out = []
+    for section, group in layer.by_section(gradients, lambda g: names[id(g)]):
+        heading = dict(name=section, kind=layer.sections[section]) if section else None
+        out += [dict(g, layer=heading if k == 0 else None) for k, g in enumerate(group)]
+    return out
 
 
 def _partial(name_tex, P, p):

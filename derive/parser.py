@@ -32,6 +32,7 @@ from .affine import extremes, proven_nonnegative
 from .errors import SpecError
 from .functions import FUNCTIONS
 from .indices import free_indices as _free_indices
+from .network import is_network
 from .names import did_you_mean, layer_name_problem, name_problem
 from .pretty import formula
 from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
@@ -39,7 +40,7 @@ from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
 MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
 MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10 would hang)
 DECL_KEYWORDS = ROLES + ("loss",)
-OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd", "const", "outside")
+OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd", "const", "outside", "section")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
 EMPTY_BRACKETS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[\s*\]")
 
@@ -119,8 +120,13 @@ def parse_spec(text: str, file: str = "<spec>", constants: dict | None = None) -
     """
     if not isinstance(text, str):
         raise SpecError("spec text must be a string", file)
-    try:   # a byte-order mark some editors write is not part of the text
-        return _Parser(text.removeprefix("\ufeff"), file, constants).parse()
+    text = text.removeprefix("\ufeff")   # a byte-order mark some editors write
+    if is_network(text):                  # layers composed by name: derive/network.py
+        from .network import parse_network
+
+        return parse_network(text, file, constants)
+    try:
+        return _Parser(text, file, constants).parse()
     except RecursionError:
         raise SpecError("expression is too deeply nested", file) from None
 
@@ -150,6 +156,8 @@ class _Parser:
         self.constants: dict[str, int] = {}      # const S = 2: substituted as numbers
         self.dim_defs: dict[str, sp.Expr] = {}   # dims Lout = (L - K) // S + 1
         self.reads_to_check: list = []            # shifted reads, checked at the end
+        self.section = ""                         # the layer of a network, for documents
+        self.sections: dict[str, str] = {}        # section name -> its description
 
     # ---- statements -------------------------------------------------------------------
     def parse(self) -> Layer:
@@ -181,6 +189,8 @@ class _Parser:
             self._const(stmt, rest, rest_col)
         elif word == "outside":
             self._outside(stmt, rest, rest_col)
+        elif word == "section":
+            self._section(stmt, rest, rest_col)
         else:
             self._equation(stmt, body)
 
@@ -195,6 +205,18 @@ class _Parser:
             raise stmt.error(problem, col + rest.index(parts[0]) + 1)
         self.name = parts[0]
         self.doc = parts[1].strip() if len(parts) > 1 else ""
+
+    def _section(self, stmt, rest, col):
+        """section NAME [description]: the equations after it come from one layer of a
+        network (derive/network.py writes these); documents group the gradients by it."""
+        parts = rest.split(None, 1)
+        problem = layer_name_problem(parts[0]) if parts else "'section' needs a name"
+        if problem:
+            raise stmt.error(problem, col + 1)
+        if parts[0] in self.sections:
+            raise stmt.error(f"section '{parts[0]}' appears twice", col + 1)
+        self.section = parts[0]
+        self.sections[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
 
     def _dims(self, stmt, rest, col):
         """dims N, C, L, K, Lout = (L + 2*P - K) // S + 1: names, and derived dimensions
@@ -502,7 +524,7 @@ class _Parser:
         scope.shift = rhs.shift
         expr = scope.rhs(rhs.node, lhs_indices)
         self.equations.append(Equation(name, tuple(lhs_indices), expr, stmt.line,
-                                       body.strip()))
+                                       body.strip(), self.section))
 
     # ---- conditions -------------------------------------------------------------------
     def _condition(self, stmt, rest, col) -> Condition:
@@ -577,9 +599,14 @@ class _Parser:
                 raise SpecError(f"output '{t.name}' is read by the equation on line "
                                 f"{readers[t.name].line}; declare it 'intermediate' "
                                 f"(forward still returns it)", self.file, t.line)
+        ordered = self._ordered()
+        # sections in the order data flows through them (as their equations run)
+        flow = list(dict.fromkeys(eq.section for eq in ordered if eq.section))
+        sections = {s: self.sections[s] for s in flow + [s for s in self.sections
+                                                        if s not in flow]}
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
-                     tuple(self._ordered()), conditions, self.loss, self._source(), self.file,
-                     dict(self.example), dict(self.constants), dict(self.dim_defs))
+                     tuple(ordered), conditions, self.loss, self._source(), self.file,
+                     dict(self.example), dict(self.constants), dict(self.dim_defs), sections)
 
     def _check_read(self, stmt, col, name, dim, expr, text, bound=None):
         """A shifted read stays inside its axis for every size, or the tensor declares

@@ -129,9 +129,14 @@ def derivation_text(derivation) -> str:
     ups = ", ".join(derivation.upstream)
     lines += ["", "backward" + (f", from {seed}" if seed else "") +
               (f"{' and' if seed else ', from'} the upstream gradient{'s' if len(derivation.upstream) > 1 else ''} {ups}" if ups else "") + ":"]
-    for s in derivation.steps:
-        lines.append(f"  {equation(s.lhs, s.expr)}")
-        if s.given is not None:
-            conds = "; ".join(c.text for c in s.conditions)
-            lines.append(f"    = {formula(s.given)}    (given {conds})")
+    # a network's gradients layer by layer, from the last: the delta recursion (BP2)
+    for section, steps in layer.by_section(derivation.steps, lambda s: s.tensor):
+        pad = "  " if not section else "    "
+        if section:
+            lines.append(f"  layer {section} ({layer.sections[section]}):")
+        for s in steps:
+            lines.append(f"{pad}{equation(s.lhs, s.expr)}")
+            if s.given is not None:
+                conds = "; ".join(c.text for c in s.conditions)
+                lines.append(f"{pad}  = {formula(s.given)}    (given {conds})")
     return "\n".join(lines)

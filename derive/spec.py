@@ -6,6 +6,7 @@ both of which validate it; nothing downstream mutates it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import sympy as sp
 
@@ -50,13 +51,14 @@ class Equation:
     rhs: sp.Expr                  # sums explicit (sp.Sum over sp.Idx)
     line: int
     text: str                     # the source line, for documents and errors
+    section: str = ""             # the layer of a network it comes from ('' in a layer)
 
-    @property
-    def reads(self) -> set[str]:
+    @cached_property     # asked for every pair of equations in a deep network
+    def reads(self) -> frozenset[str]:
         """Names of the tensors the right-hand side reads."""
         names = {b.label.name for b in self.rhs.atoms(sp.IndexedBase)}
         names |= {s.name for s in self.rhs.atoms(sp.Symbol)}
-        return names
+        return frozenset(names)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class Layer:
     # derived dimensions: name -> expression in the other dimensions' symbols, e.g.
     # Lout -> floor((L - K)/2) + 1; sizes of these follow from the others
     dim_defs: dict = field(default_factory=dict)
+    # a network's layers (`section` statements): name -> description, in order
+    sections: dict = field(default_factory=dict)
 
     def by_role(self, *roles: str) -> list[Tensor]:
         return [t for t in self.tensors.values() if t.role in roles]
@@ -148,6 +152,24 @@ class Layer:
             best = min(sizes, key=lambda d: shortfall({**sizes, d: sizes[d] + 1}))
             sizes[best] += 1
         return self.dim_sizes(sizes)
+
+    def section_of(self, tensor: str) -> str:
+        """The network layer a tensor's gradient belongs to: the one computing the tensor,
+        else the first one reading it ('' in a plain layer)."""
+        for eq in self.equations:
+            if eq.target == tensor:
+                return eq.section
+        return next((eq.section for eq in self.equations if tensor in eq.reads), "")
+
+    def by_section(self, items, name=lambda item: item) -> list[tuple[str, list]]:
+        """items (named by `name`) grouped by network layer, the last layer first, as
+        backpropagation visits them; one group ('', items) for a plain layer."""
+        if not self.sections:
+            return [("", list(items))]
+        groups: dict[str, list] = {s: [] for s in reversed(self.sections)}
+        for item in items:
+            groups.setdefault(self.section_of(name(item)), []).append(item)
+        return [(s, g) for s, g in groups.items() if g]
 
     def describe(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         """name -> (role, dimension names): enough for a caller to build arrays."""

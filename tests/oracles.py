@@ -116,6 +116,8 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             else:
                 a = rng.uniform(0.05, 1.0, size=shape)   # soft targets (probabilities)
             out[t.name] = a
+    if layer.name == "sgd":
+        out.update(lr=rng.uniform(1e-3, 1e-1))
     if layer.name == "adam":        # an optimizer's state and hyperparameters have domains
         out.update(v=rng.uniform(0, 2, size=out["v"].shape), step=float(rng.integers(1, 9)),
                    lr=rng.uniform(1e-3, 1e-1), beta1=rng.uniform(0.5, 0.95),
@@ -220,6 +222,7 @@ def torch_forward(name):
             "L": F.cross_entropy(F.linear(torch.sigmoid(F.linear(x, W1, b1)), W2, b2), t)},
         "neuron": lambda x, w, y: {"L": -y * torch.log(torch.sigmoid(w * x))},
         "adam": torch_adam_step,
+        "sgd": torch_sgd_step,
         "conv1d": lambda x, w, b: {"y": F.conv1d(x, w, b)},
         "conv2d": lambda x, w, b: {"y": F.conv2d(x, w, b)},
         "conv2d_grouped": torch_grouped_conv2d,
@@ -256,6 +259,16 @@ def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
     state = opt.state[param]
     return {"p_next": param.detach(), "m_next": state["exp_avg"],
             "v_next": state["exp_avg_sq"]}
+
+
+def torch_sgd_step(p, g, lr):
+    """One step of torch.optim.SGD (no momentum) from the given parameters and gradient."""
+    import torch
+
+    param = torch.nn.Parameter(p.detach().clone())
+    param.grad = g.detach().clone()
+    torch.optim.SGD([param], lr=float(lr.detach()), foreach=False).step()
+    return {"p_next": param.detach()}
 
 
 def gradients(kernels, **arrays) -> dict:

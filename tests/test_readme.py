@@ -140,19 +140,30 @@ def test_every_page_has_blocks_that_run():
             assert RUN & set(langs) or page.parent.name == "internals", page_id(page)
 
 
-def test_spec_example_is_the_builtin():
+def test_spec_example_derives_as_the_builtin_network():
+    """The spec language page shows mlp2 written out as one layer; the built-in composes
+    it from dense, sigmoid and softmax_cross_entropy: the same equations and gradients."""
+    from derive import derive
+    from derive.builtins import builtin
+
     spec = next(text for page in PAGES for lang, _, text in blocks(page)
                 if text.startswith("layer mlp2"))
-    assert spec == builtin_text("mlp2")
+    flat, composed = derive(parse_spec(spec)), derive(builtin("mlp2"))
+    assert builtin_text("mlp2").startswith("network mlp2")
+    assert [(e.target, e.indices, e.rhs) for e in flat.layer.equations] == \
+        [(e.target, e.indices, e.rhs) for e in composed.layer.equations]
+    assert flat.layer.describe() == composed.layer.describe()
+    assert [(s.tensor, s.indices, s.expr, s.given) for s in flat.steps] == \
+        [(s.tensor, s.indices, s.expr, s.given) for s in composed.steps]
 
 
 def test_the_ci_test_command_installs_the_docs_extra():
     """.ci/run runs the first line of the block after the marker; the docs tests need the
-    docs extra installed by it."""
+    docs extra installed by it, the training tests the train extra."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     after = readme.split("<!-- ci: test command -->", 1)[1]
     command = re.search(r"```\n(.*?)\n", after).group(1)
-    assert "docs" in command and "pytest" in command
+    assert "docs" in command and "train" in command and "pytest" in command
 
 
 def test_shown_output_must_match():
