@@ -73,7 +73,7 @@ void bp_sgd_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
-void bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict p_next, float *restrict bp_work)
+int bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict p_next, float *restrict bp_work)
 {
     (void)bp_work;
     /* p_next[i] = p[i] - lr * g[i] */
@@ -81,18 +81,20 @@ void bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restr
     for (ptrdiff_t i = 0; i < P; ++i) {
         p_next[i] = -lr[0]*g[i] + p[i];
     }
+    return 0;
 }
 
-void bp_sgd_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict bp_work)
+int bp_sgd_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict bp_work)
 {
     (void)P;
     (void)p;
     (void)g;
     (void)lr;
     (void)bp_work;
+    return 0;
 }
 
-void bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *lr, float *p_next, float *bp_work)
+int bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *lr, float *p_next, float *bp_work)
 {
     (void)bp_work;
     const float bp_s_lr = lr[0];
@@ -104,13 +106,14 @@ void bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, con
         const float bp_out_p_next = -bp_in_g*bp_s_lr + bp_in_p;
         p_next[bp_i] = bp_out_p_next;
     }
+    return 0;
 }
 #endif
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
-void bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict p_next, double *restrict bp_work)
+int bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict p_next, double *restrict bp_work)
 {
     (void)bp_work;
     /* p_next[i] = p[i] - lr * g[i] */
@@ -118,18 +121,20 @@ void bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *res
     for (ptrdiff_t i = 0; i < P; ++i) {
         p_next[i] = -lr[0]*g[i] + p[i];
     }
+    return 0;
 }
 
-void bp_sgd_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict bp_work)
+int bp_sgd_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict bp_work)
 {
     (void)P;
     (void)p;
     (void)g;
     (void)lr;
     (void)bp_work;
+    return 0;
 }
 
-void bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *lr, double *p_next, double *bp_work)
+int bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *lr, double *p_next, double *bp_work)
 {
     (void)bp_work;
     const double bp_s_lr = lr[0];
@@ -141,5 +146,6 @@ void bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, c
         const double bp_out_p_next = -bp_in_g*bp_s_lr + bp_in_p;
         p_next[bp_i] = bp_out_p_next;
     }
+    return 0;
 }
 #endif

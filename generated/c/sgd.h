@@ -8,6 +8,8 @@
  * every array's shape.  Sizes are ptrdiff_t, at least 1.  Pointers are restrict: no
  * output may overlap any other array.  `bp_work` is scratch space of the number of
  * elements the matching *_work function returns (it may be NULL when that is 0).
+ * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
+ * derives from others is not what its definition gives (this layer derives none).
  */
 #ifndef BP_SGD_H
 #define BP_SGD_H
@@ -59,34 +61,34 @@ void bp_sgd_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
  * in:  p[P], g[P], lr
  * out: p_next[P]
  */
-void bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict p_next, float *restrict bp_work);
+int bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict p_next, float *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *lr, float *p_next, float *bp_work);
+int bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *lr, float *p_next, float *bp_work);
 
 /* backward, float:
  * in:  p[P], g[P], lr
  * out: (none)
  */
-void bp_sgd_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict bp_work);
+int bp_sgd_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, float *restrict bp_work);
 
 /* forward, double:
  *   p_next[i] = p[i] - lr * g[i]
  * in:  p[P], g[P], lr
  * out: p_next[P]
  */
-void bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict p_next, double *restrict bp_work);
+int bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict p_next, double *restrict bp_work);
 
 /* The same forward pass, element by element with no restrict: a result may share its
  * buffer with an input of the same shape (p_next with p: an update in place). */
-void bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *lr, double *p_next, double *bp_work);
+int bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *lr, double *p_next, double *bp_work);
 
 /* backward, double:
  * in:  p[P], g[P], lr
  * out: (none)
  */
-void bp_sgd_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict bp_work);
+int bp_sgd_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, double *restrict bp_work);
 
 #ifdef BP_SGD_H_RESTRICT
 #undef restrict
