@@ -132,7 +132,11 @@ class IndexLatexPrinter(LatexPrinter):
         return rf"\delta_{{{a}{sep}{b}}}"
 
     def _print_Heaviside(self, expr, exp=None):
-        return r"\mathbb{1}\left[%s > 0\right]" % self._print(expr.args[0])
+        e = self._print(expr.args[0])
+        if len(expr.args) > 1 and expr.args[1] == sp.Rational(1, 2):   # a tie split evenly
+            return r"\left(\mathbb{1}\left[%s > 0\right] + \tfrac{1}{2} " \
+                r"\mathbb{1}\left[%s = 0\right]\right)" % (e, e)
+        return r"\mathbb{1}\left[%s > 0\right]" % e
 
     def _print_Maximum(self, expr):
         return r"\max_{%s} %s" % (self._print(expr.args[1]), self._print(expr.args[0]))

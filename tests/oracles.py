@@ -223,6 +223,7 @@ def torch_forward(name):
         "conv2d": lambda x, w, b: {"y": F.conv2d(x, w, b)},
         "conv2d_grouped": torch_grouped_conv2d,
         "avgpool2d": lambda x: {"y": F.avg_pool2d(x, 2, 2)},
+        "maxpool2d": lambda x: {"y": F.max_pool2d(x, 2, 2)},
         "global_avgpool2d": lambda x: {"y": F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]},
     }[name]
 

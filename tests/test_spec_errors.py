@@ -40,7 +40,8 @@ def error_of(text, file="demo.bp"):
     ("z[n, i] = W[i, j] * x[n, j] + b[i]^2", 6, 35, "write ** for powers"),
     # a stray character
     ("z[n, i] = W[i, j] * x[n, j] + b[i] @ b[i]", 6, 31, "operator '@'"),
-    ("z[n, i] = W[i, j] * x[n, j] + b[i] == 1", 6, 11, "a comparison is not part"),
+    ("z[n, i] = W[i, j] * x[n, j] + b[i] == 1", 6, 11,
+     "a comparison is allowed only as the condition of where"),
     ("z[n, i] = W[i, j] * x[n, j] = b[i]", 6, 29, "exactly one '='"),
     ("z[n, i] = sum(W[i, j] * x[n, j], k) + b[i]", 6, 34, "'k' is summed but not used"),
     ("z[n, i] = sum(W[i, j] * x[n, j], i) + b[i]", 6, 34, "already bound"),
