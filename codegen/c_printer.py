@@ -151,6 +151,12 @@ class KernelCPrinter(C99CodePrinter):
             return self._helper("exp", expr)
         return super()._print_exp(expr)
 
+    def _print_NumberSymbol(self, expr):
+        # pi (erf's derivative) as a literal: M_PI is not in strict C99's <math.h>
+        return self._print_Float(sp.Float(expr, 17))
+
+    _print_Pi = _print_NumberSymbol
+
     def _print_sigmoid(self, expr):
         return self._helper("sigmoid", expr)
 

@@ -7,6 +7,7 @@ import string
 from collections import Counter
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 from derive.affine import between, divides, is_full
 from derive.affine import terms as affine_terms
@@ -20,8 +21,10 @@ from .scatter import scatter_parts
 
 ADD, MUL, POW, ATOM = 1, 2, 3, 4
 
-CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sigmoid: "_sigmoid"}
-HELPERS = {"_sigmoid"}
+CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sigmoid: "_sigmoid",
+         sp.sin: "np.sin", sp.cos: "np.cos", log1p: "np.log1p", expm1: "np.expm1",
+         sp.erf: "_erf"}
+HELPERS = {"_sigmoid", "_erf"}
 
 
 class NumpyPrinter:
@@ -116,6 +119,8 @@ class NumpyPrinter:
         if isinstance(e, sp.Rational):
             return f"{e.p}/{e.q}", MUL
         if isinstance(e, sp.Float):
+            return repr(float(e)), ATOM
+        if isinstance(e, sp.NumberSymbol):           # pi, from erf's derivative
             return repr(float(e)), ATOM
         if e is sp.S.Half:
             return "0.5", ATOM

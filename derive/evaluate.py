@@ -6,6 +6,7 @@ formula per element)."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import sympy as sp
@@ -21,6 +22,7 @@ NUMERIC = {
     "softplus": lambda v: np.logaddexp(0.0, v),
     "Heaviside": lambda v, h0=0.0: np.heaviside(v, h0),
     "KroneckerDelta": lambda a, b: np.float64(a == b),
+    "erf": np.vectorize(math.erf, otypes=[np.float64]),
     "maximum": np.maximum,
     "minimum": np.minimum,
     "absolute": np.abs,
