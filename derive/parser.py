@@ -565,11 +565,10 @@ class _Parser:
         for eq in self.equations:
             for name in eq.reads:
                 readers.setdefault(name, eq)
-        for t in self.tensors.values():
-            if t.role == "output" and t.name in readers:
-                raise SpecError(f"output '{t.name}' is read by the equation on line "
-                                f"{readers[t.name].line}; declare it 'intermediate' "
-                                f"(forward still returns it)", self.file, t.line)
+        if self.loss in readers:      # its adjoint is the seed 1, nothing else
+            raise SpecError(f"the loss '{self.loss}' is read by the equation on line "
+                            f"{readers[self.loss].line}; a loss is the last value computed",
+                            self.file, self.tensors[self.loss].line)
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
                      tuple(self._ordered()), conditions, self.loss, self._source(), self.file,
                      dict(self.example), dict(self.constants), dict(self.dim_defs))
