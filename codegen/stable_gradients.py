@@ -16,6 +16,7 @@ from __future__ import annotations
 import sympy as sp
 
 from derive.functions import sigmoid
+from derive.piecewise import Iverson, Where
 
 
 def stabilize(expr, layer):
@@ -83,5 +84,27 @@ def _complements(expr, defs, sig):
                     rest = [a for a in e.args if a not in (sign * sp.Integer(1), -sign * ref)]
                     return sp.Add(*rest, sign * sigmoid(-value(ref)))
         return e
+
+    return rewrite(expr)
+
+
+def guard_brackets(expr):
+    """[c] * f as where(c, f, 0): f is not evaluated (C) or its value is dropped (NumPy)
+    where c fails, so an exp that overflows only there (ELU's exp(z) at z = 1e4, in the
+    branch not taken) leaves no 0 * inf = NaN behind."""
+    if not expr.has(Iverson):
+        return expr
+
+    def rewrite(e):
+        if not e.args or isinstance(e, (sp.Indexed, sp.Idx, sp.Symbol)):
+            return e
+        e = e.func(*[rewrite(a) for a in e.args])
+        if not isinstance(e, sp.Mul):
+            return e
+        brackets = [f for f in e.args if isinstance(f, Iverson)]
+        if not brackets:
+            return e
+        rest = sp.Mul(*[f for f in e.args if not isinstance(f, Iverson)])
+        return Where(sp.And(*[b.args[0] for b in brackets]), rest, sp.Integer(0))
 
     return rewrite(expr)

@@ -17,9 +17,13 @@ SIZES = (1, 2, 3, 5, 7, 11)
 # trivially zero: over one class a softmax is the constant 1, and over one element a layer
 # norm's xhat is 0; over two elements xhat is +-1 up to eps, so its gradient is O(eps)
 # rounding noise.  Sizes of these dimensions are drawn from SIZES at or above the bound.
-SMALLEST = {"softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
+SMALLEST = {"softmax": {"I": 2}, "log_softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
             "softmax_cross_entropy_labels": {"I": 2}, "mlp2": {"C": 2},
             "layernorm": {"C": 3}}
+
+# Where a built-in's derivative jumps: random inputs are kept 0.05 away, so finite
+# differences never straddle a jump.
+KINKS = {"hardtanh": (-1.0, 1.0), "leaky_relu": (0.0,), "elu": (0.0,)}
 
 REQUIRE_ENV = "BACKPROP_REQUIRE_ORACLES"
 # The oracles a test may ask for: a Python module, or programs (the first one found).
@@ -107,6 +111,11 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             if layer.name == "relu":       # keep finite differences away from the kink
                 a = a + np.sign(a) * 0.05
                 a.flat[0] = abs(a.flat[0])     # at least one active unit: dz is not all 0
+            if layer.name in KINKS:         # the same for kinks elsewhere (hardtanh's +-1)
+                for kink in KINKS[layer.name]:
+                    near = np.abs(a - kink) < 0.05
+                    a[near] = kink + np.where(a[near] >= kink, 0.05, -0.05)
+                a.flat[0] = 0.5                # inside every linear piece: dz is not all 0
             out[t.name] = a
         elif t.role == "target":
             if t.dims and one_hot:
@@ -206,6 +215,14 @@ def torch_forward(name):
         "sigmoid": lambda z: {"a": torch.sigmoid(z)},
         "tanh": lambda z: {"a": torch.tanh(z)},
         "relu": lambda z: {"a": torch.relu(z)},
+        "leaky_relu": lambda z: {"a": F.leaky_relu(z, 0.01)},
+        "elu": lambda z: {"a": F.elu(z)},
+        "silu": lambda z: {"a": F.silu(z)},
+        "gelu_erf": lambda z: {"a": F.gelu(z)},
+        "hardtanh": lambda z: {"a": F.hardtanh(z)},
+        "log_softmax": lambda z: {"y": F.log_softmax(z, dim=1)},
+        "nll": lambda logp, t: {"L": F.nll_loss(logp, t)},
+        "huber": lambda y, t: {"L": F.huber_loss(y, t, delta=1.0)},
         "gelu": lambda z: {"a": F.gelu(z, approximate="tanh")},
         "softmax": lambda z: {"y": torch.softmax(z, dim=1)},
         "layernorm": lambda x, w, b: {"y": F.layer_norm(x, x.shape[-1:], w, b, eps=1e-5)},

@@ -252,7 +252,7 @@ void bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t 
                 for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
                     for (ptrdiff_t w = 0; w < W; ++w) {
                         for (ptrdiff_t wout = bp_imax(0, (-bp_floordiv(1 - w, 2))); wout < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++wout) {
-                            dx[((n*C + c)*H + h)*W + w] += dy[((n*C + c)*Hout + hout)*Wout + wout]*((2*h - 4*hout + w - 2*wout == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? 1 : 0);
+                            dx[((n*C + c)*H + h)*W + w] += ((2*h - 4*hout + w - 2*wout == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                 }
@@ -411,7 +411,7 @@ void bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t 
                 for (ptrdiff_t hout = bp_imax(0, (-bp_floordiv(1 - h, 2))); hout < (1 + bp_imin(Hout - 1, bp_floordiv(h, 2))); ++hout) {
                     for (ptrdiff_t w = 0; w < W; ++w) {
                         for (ptrdiff_t wout = bp_imax(0, (-bp_floordiv(1 - w, 2))); wout < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++wout) {
-                            dx[((n*C + c)*H + h)*W + w] += dy[((n*C + c)*Hout + hout)*Wout + wout]*((2*h - 4*hout + w - 2*wout == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? 1 : 0);
+                            dx[((n*C + c)*H + h)*W + w] += ((2*h - 4*hout + w - 2*wout == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                 }
