@@ -14,7 +14,8 @@ from .names import did_you_mean
 # The order `backprop list` shows them in: layers, losses, networks, the optimizer step,
 # the worked example.
 BUILTINS = ("dense", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "silu", "gelu",
-            "gelu_erf", "hardtanh", "softmax", "log_softmax", "layernorm",
+            "gelu_erf", "hardtanh", "softmax", "log_softmax", "layernorm", "rmsnorm",
+            "batchnorm", "embedding", "dropout",
             "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "maxpool2d",
             "global_avgpool2d", "mse", "huber", "nll",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",

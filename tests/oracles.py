@@ -19,7 +19,7 @@ SIZES = (1, 2, 3, 5, 7, 11)
 # rounding noise.  Sizes of these dimensions are drawn from SIZES at or above the bound.
 SMALLEST = {"softmax": {"I": 2}, "log_softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
             "softmax_cross_entropy_labels": {"I": 2}, "mlp2": {"C": 2},
-            "layernorm": {"C": 3}}
+            "layernorm": {"C": 3}, "rmsnorm": {"C": 2}, "batchnorm": {"N": 3}}
 
 # Where a built-in's derivative jumps: random inputs are kept 0.05 away, so finite
 # differences never straddle a jump.
@@ -124,6 +124,10 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             else:
                 a = rng.uniform(0.05, 1.0, size=shape)   # soft targets (probabilities)
             out[t.name] = a
+    if layer.name == "dropout":     # a mask of 0s and 1s, not all 0, and p in [0, 0.9)
+        out.update(mask=rng.integers(0, 2, size=out["mask"].shape).astype(float),
+                   p=rng.uniform(0, 0.9))
+        out["mask"].flat[0] = 1.0
     if layer.name == "adam":        # an optimizer's state and hyperparameters have domains
         out.update(v=rng.uniform(0, 2, size=out["v"].shape), step=float(rng.integers(1, 9)),
                    lr=rng.uniform(1e-3, 1e-1), beta1=rng.uniform(0.5, 0.95),
@@ -226,6 +230,12 @@ def torch_forward(name):
         "gelu": lambda z: {"a": F.gelu(z, approximate="tanh")},
         "softmax": lambda z: {"y": torch.softmax(z, dim=1)},
         "layernorm": lambda x, w, b: {"y": F.layer_norm(x, x.shape[-1:], w, b, eps=1e-5)},
+        "rmsnorm": lambda x, w: {"y": F.rms_norm(x, x.shape[-1:], w, eps=1e-5)},
+        "batchnorm": lambda x, w, b: {"y": F.batch_norm(x, None, None, w, b, training=True,
+                                                        eps=1e-5)},
+        "embedding": lambda ids, E: {"y": F.embedding(ids, E)},
+        # the textbook form; test_builtins checks F.dropout's own output has it
+        "dropout": lambda x, mask, p: {"y": x * mask / (1 - p)},
         "mse": lambda y, t: {"L": 0.5 * ((y - t) ** 2).sum() / y.shape[0]},
         # probabilities as targets: -sum t log softmax(z), averaged over the batch
         "softmax_cross_entropy": lambda z, t: {"L": F.cross_entropy(z, t)},
