@@ -19,7 +19,7 @@ BUILTINS = ("dense", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "silu", "ge
             "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "maxpool2d",
             "global_avgpool2d", "mse", "huber", "nll",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
-            "adam", "neuron")
+            "adam", "adamw", "sgd", "sgd_momentum", "rmsprop", "adagrad", "neuron")
 
 
 def builtin_text(name: str) -> str:

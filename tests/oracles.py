@@ -128,6 +128,8 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
         out.update(mask=rng.integers(0, 2, size=out["mask"].shape).astype(float),
                    p=rng.uniform(0, 0.9))
         out["mask"].flat[0] = 1.0
+    if layer.name in OPTIMIZERS:
+        out = optimizer_domain(layer.name, rng, out)
     if layer.name == "adam":        # an optimizer's state and hyperparameters have domains
         out.update(v=rng.uniform(0, 2, size=out["v"].shape), step=float(rng.integers(1, 9)),
                    lr=rng.uniform(1e-3, 1e-1), beta1=rng.uniform(0.5, 0.95),
@@ -246,6 +248,11 @@ def torch_forward(name):
             "L": F.cross_entropy(F.linear(torch.sigmoid(F.linear(x, W1, b1)), W2, b2), t)},
         "neuron": lambda x, w, y: {"L": -y * torch.log(torch.sigmoid(w * x))},
         "adam": torch_adam_step,
+        "adamw": lambda **a: torch_optim_step("adamw", a),
+        "sgd": lambda **a: torch_optim_step("sgd", a),
+        "sgd_momentum": lambda **a: torch_optim_step("sgd_momentum", a),
+        "rmsprop": lambda **a: torch_optim_step("rmsprop", a),
+        "adagrad": lambda **a: torch_optim_step("adagrad", a),
         "conv1d": lambda x, w, b: {"y": F.conv1d(x, w, b)},
         "conv2d": lambda x, w, b: {"y": F.conv2d(x, w, b)},
         "conv2d_grouped": torch_grouped_conv2d,
@@ -283,6 +290,68 @@ def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
     state = opt.state[param]
     return {"p_next": param.detach(), "m_next": state["exp_avg"],
             "v_next": state["exp_avg_sq"]}
+
+
+# Each optimizer built-in as torch.optim runs it: the class, its hyperparameters from our
+# scalar inputs, and our state arrays -> (torch's state key, our output).
+OPTIMIZERS = {
+    "sgd": ("SGD", lambda a: dict(lr=a["lr"], weight_decay=a["weight_decay"]), {}),
+    "sgd_momentum": ("SGD", lambda a: dict(
+        lr=a["lr"], momentum=a["momentum"], dampening=a["dampening"],
+        nesterov=bool(a["nesterov"] > 0), weight_decay=a["weight_decay"]),
+        {"buf": ("momentum_buffer", "buf_next")}),
+    "adamw": ("AdamW", lambda a: dict(lr=a["lr"], betas=(a["beta1"], a["beta2"]),
+                                      eps=a["eps"], weight_decay=a["weight_decay"]),
+              {"m": ("exp_avg", "m_next"), "v": ("exp_avg_sq", "v_next")}),
+    "rmsprop": ("RMSprop", lambda a: dict(lr=a["lr"], alpha=a["alpha"], eps=a["eps"],
+                                          weight_decay=a["weight_decay"]),
+                {"sq": ("square_avg", "sq_next")}),
+    "adagrad": ("Adagrad", lambda a: dict(lr=a["lr"], lr_decay=a["lr_decay"], eps=a["eps"],
+                                          weight_decay=a["weight_decay"]),
+                {"acc": ("sum", "acc_next")}),
+}
+
+
+def optimizer_domain(name, rng, arrays):
+    """Hyperparameters and state in the ranges torch.optim accepts."""
+    a = dict(arrays)
+    a.update(lr=rng.uniform(1e-3, 1e-1), weight_decay=rng.uniform(0, 0.1))
+    if "step" in a:
+        a["step"] = float(rng.integers(1, 9))
+    extra = {"sgd_momentum": dict(momentum=rng.uniform(0.5, 0.95),
+                                  dampening=rng.uniform(0, 0.5),
+                                  nesterov=float(rng.integers(0, 2))),
+             "adamw": dict(beta1=rng.uniform(0.5, 0.95), beta2=rng.uniform(0.9, 0.999),
+                           eps=10.0 ** rng.uniform(-8, -2)),
+             "rmsprop": dict(alpha=rng.uniform(0.9, 0.999), eps=10.0 ** rng.uniform(-8, -2)),
+             "adagrad": dict(lr_decay=rng.uniform(0, 0.1), eps=10.0 ** rng.uniform(-10, -2))}
+    a.update(extra.get(name, {}))
+    if name == "sgd_momentum" and a["nesterov"] > 0:
+        a["dampening"] = 0.0                       # torch refuses Nesterov with dampening
+    for state in ("v", "sq", "acc"):               # second moments are not negative
+        if state in a:
+            a[state] = np.abs(a[state])
+    return a
+
+
+def torch_optim_step(name, a):
+    """One step of torch.optim's optimizer `name` from the state in `a` (tensors)."""
+    import torch
+
+    cls, hyper, state = OPTIMIZERS[name]
+    scalars = {k: float(v.detach()) for k, v in a.items() if v.dim() == 0}
+    param = torch.nn.Parameter(a["p"].detach().clone())
+    param.grad = a["g"].detach().clone()
+    opt = getattr(torch.optim, cls)([param], foreach=False, **hyper(scalars))
+    step = scalars.get("step", 2.0)
+    st = {"step": torch.tensor(step - 1)} if cls != "SGD" else {}
+    if cls != "SGD" or step > 1:
+        st.update({key: a[ours].detach().clone() for ours, (key, _) in state.items()})
+    opt.state[param] = st
+    opt.step()
+    out = {"p_next": param.detach()}
+    out.update({result: opt.state[param][key] for _, (key, result) in state.items()})
+    return out
 
 
 def gradients(kernels, **arrays) -> dict:

@@ -22,3 +22,38 @@ def test_dropout_equals_torch_dropout(backend):
     k = codegen.load("dropout", backend=backend)
     np.testing.assert_allclose(k.forward(x=x.numpy(), mask=mask, p=p)["y"], y.numpy(),
                                rtol=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "adamw", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("seed", range(2))
+def test_optimizer_equals_torch_optim_over_five_steps(backend, name, seed):
+    """Our step called 5 times, its state outputs fed back, against torch.optim stepping
+    5 times from its own initial state: no state layout is assumed."""
+    torch = require_oracle("torch")
+    from .oracles import OPTIMIZERS, optimizer_domain
+
+    k = codegen.load(name, backend=backend)
+    rng = np.random.default_rng(seed)
+    P = 11
+    cls, hyper, state = OPTIMIZERS[name]
+    zeros = {ours: np.zeros(P) for ours in state}
+    a = optimizer_domain(name, rng, dict(p=rng.normal(size=P), g=np.zeros(P), **zeros))
+    if name == "sgd_momentum":          # seed 0: dampening; seed 1: Nesterov (no dampening)
+        a.update(nesterov=float(seed), dampening=0.0 if seed else 0.3)
+    scalars = {n: v for n, v in a.items() if np.ndim(v) == 0}
+    param = torch.nn.Parameter(torch.tensor(a["p"]))
+    opt = getattr(torch.optim, cls)([param], foreach=False, **hyper(scalars))
+    ours = dict(a)
+    for step in range(1, 6):
+        g = rng.normal(size=P)
+        param.grad = torch.tensor(g)
+        opt.step()
+        ours.update(g=g, **({"step": float(step)} if "step" in k.args else {}))
+        out = k.forward(**{n: ours[n] for n in k.args})
+        ours["p"] = out["p_next"]
+        for mine, (_, result) in state.items():
+            ours[mine] = out[result]
+        assert rel_err(ours["p"], param.detach().numpy()) < 1e-13, (step, name)
+        for mine, (key, _) in state.items():
+            assert rel_err(ours[mine], opt.state[param][key].numpy()) < 1e-13, (step, mine)
