@@ -11,8 +11,6 @@ Backward pass (from the upstream gradient da):
 
 Shapes: z[N, I], a[N, I], da[N, I]
 """
-import math
-
 import numpy as np
 
 NAME = 'gelu_erf'
@@ -36,10 +34,15 @@ GRADIENTS = ['dz']
 
 
 def _erf(v):
-    # math.erf element by element: NumPy has no erf, and no short approximation is
-    # accurate to float64's last bits
+    # erf(x) = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (1*3*...*(2n+1)) (NumPy has no
+    # erf): every term is positive, so nothing cancels, and 121 terms reach float64
+    # accuracy (2e-15 relative) for |x| < 6, beyond which erf is +-1 to the last bit
     v = np.asarray(v)
-    return np.vectorize(math.erf, otypes=[np.float64])(v).astype(v.dtype)
+    x = np.clip(v.astype(np.float64), -6, 6)
+    c = np.cumprod(np.concatenate(([1.0], 2.0 / np.arange(3, 243, 2))))
+    s = x * np.polyval(c[::-1], x * x)
+    out = np.where(np.abs(v) < 6, 2 / np.sqrt(np.pi) * np.exp(-x * x) * s, np.sign(v))
+    return out.astype(v.dtype)
 
 
 def _prepare(arrays):
