@@ -994,7 +994,8 @@ class _Expr:
         if not isinstance(node, ast.Compare):
             raise self.err(f"where's condition must be a comparison like x[n, i] > 0 "
                            f"(< <= > >=, joined by and/or), not {_describe(node)}", node)
-        sides = [self.scope(x, allowed) for x in [node.left, *node.comparators]]
+        sides = [self._affine(x) if self._index_arithmetic(x, allowed) else
+                 self.scope(x, allowed) for x in [node.left, *node.comparators]]
         out = []
         for op, a, b in zip(node.ops, sides, sides[1:]):
             rel = _RELATIONS.get(type(op))
@@ -1003,6 +1004,14 @@ class _Expr:
                                f"a condition where() takes; compare with < <= > >=", node)
             out.append(rel(a, b))
         return sp.And(*out)
+
+    def _index_arithmetic(self, node, allowed) -> bool:
+        """A comparison side made of indices in scope, constants and numbers only (a
+        causal mask's u <= t, a switch CAUSAL > 0): compared as integers."""
+        names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
+        return bool(names) and all(
+            n in allowed or n in self.p.constants or n in self.p.dims for n in names) \
+            and not any(isinstance(n, (ast.Subscript, ast.Call)) for n in ast.walk(node))
 
     def call(self, node, allowed):
         if not isinstance(node.func, ast.Name):

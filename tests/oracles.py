@@ -19,7 +19,8 @@ SIZES = (1, 2, 3, 5, 7, 11)
 # rounding noise.  Sizes of these dimensions are drawn from SIZES at or above the bound.
 SMALLEST = {"softmax": {"I": 2}, "log_softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
             "softmax_cross_entropy_labels": {"I": 2}, "mlp2": {"C": 2},
-            "layernorm": {"C": 3}, "rmsnorm": {"C": 2}, "batchnorm": {"N": 3}}
+            "layernorm": {"C": 3}, "rmsnorm": {"C": 2}, "batchnorm": {"N": 3},
+            "attention": {"T": 2}}
 
 # Where a built-in's derivative jumps: random inputs are kept 0.05 away, so finite
 # differences never straddle a jump.
@@ -248,6 +249,7 @@ def torch_forward(name):
             "L": F.cross_entropy(F.linear(torch.sigmoid(F.linear(x, W1, b1)), W2, b2), t)},
         "neuron": lambda x, w, y: {"L": -y * torch.log(torch.sigmoid(w * x))},
         "adam": torch_adam_step,
+        "attention": torch_attention,
         "adamw": lambda **a: torch_optim_step("adamw", a),
         "sgd": lambda **a: torch_optim_step("sgd", a),
         "sgd_momentum": lambda **a: torch_optim_step("sgd_momentum", a),
@@ -273,6 +275,15 @@ def torch_grouped_conv2d(x, w, b, stride=1, padding=0, dilation=1):
                  b.reshape(g * og), stride=stride, padding=padding, dilation=dilation,
                  groups=g)
     return {"y": y.reshape(n, g, og, *y.shape[2:])}
+
+
+def torch_attention(x, Wq, Wk, Wv, Wo, causal=False):
+    """Projections around torch's scaled_dot_product_attention, heads split as ours."""
+    import torch
+
+    q, k, v = (torch.einsum("hed,btd->bhte", W, x) for W in (Wq, Wk, Wv))
+    ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return {"y": torch.einsum("dhe,bhte->btd", Wo, ctx)}
 
 
 def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):

@@ -57,3 +57,30 @@ def test_optimizer_equals_torch_optim_over_five_steps(backend, name, seed):
         assert rel_err(ours["p"], param.detach().numpy()) < 1e-13, (step, name)
         for mine, (key, _) in state.items():
             assert rel_err(ours[mine], opt.state[param][key].numpy()) < 1e-13, (step, mine)
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
+                                            ("numpy", "float32"), ("c", "float32")])
+@pytest.mark.parametrize("causal", [0, 1])
+def test_attention_with_and_without_causal_mask(backend, dtype, causal):
+    torch = require_oracle("torch")
+    from .oracles import torch_attention
+
+    rng = np.random.default_rng(causal)
+    B, T, D, H, E = 2, 7, 5, 3, 4
+    arrays = dict(x=rng.normal(size=(B, T, D)), Wq=rng.normal(size=(H, E, D)),
+                  Wk=rng.normal(size=(H, E, D)), Wv=rng.normal(size=(H, E, D)),
+                  Wo=rng.normal(size=(D, H, E)))
+    k = codegen.load("attention", backend=backend, constants=dict(CAUSAL=causal),
+                     **({"dtype": dtype} if backend == "c" else {}))
+    leaves = {n: torch.tensor(v, requires_grad=True) for n, v in arrays.items()}
+    y = torch_attention(**leaves, causal=bool(causal))["y"]
+    dy = rng.normal(size=(B, T, D))
+    y.backward(torch.tensor(dy))
+    cast = {n: v.astype(dtype) for n, v in arrays.items()}
+    got = k.forward(**cast)["y"]
+    grads = k.backward(**cast, dy=dy.astype(dtype))
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    assert rel_err(got, y.detach().numpy()) < tol
+    for n, leaf in leaves.items():
+        assert rel_err(grads["d" + n], leaf.grad.numpy()) < tol, n
