@@ -26,6 +26,7 @@ class Case:
     note: str = ""
     in_place: dict = field(default_factory=dict)   # result -> the input it may overwrite
     constants: dict = field(default_factory=dict)  # values of the spec's `const`s
+    numpy: bool = True                # time the generated NumPy module too
 
     def size_text(self) -> str:
         return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
@@ -420,8 +421,10 @@ def cases(scale: int = 1) -> list[Case]:
         Case("maxpool2d_backward", "maxpool2d", "backward", dict(N=big(32), C=64, H=112,
                                                                  W=112),
              _pool_make, _maxpool_hand_backward, _maxpool_torch_backward, reads=("x", "dy"),
-             writes=("dx",), note="the gradient to each window's first maximum; torch "
-                                  "reads the argmax its forward saved, ours recomputes it"),
+             writes=("dx",), numpy=False,
+             note="the gradient to each window's first maximum; torch reads the argmax "
+                  "its forward saved, ours recomputes it; generated NumPy not timed (its "
+                  "bounded gather builds an N*C*H*W*Hout*Wout mask)"),
         Case("batchnorm_backward", "batchnorm", "backward", dict(N=big(32), C=64, H=56, W=56),
              _bn_make, _bn_hand, _bn_torch, reads=("x", "dy"), writes=("dx",),
              note="training mode; ours reads the saved mean, variance and rstd"),
