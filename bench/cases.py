@@ -420,11 +420,12 @@ def cases(scale: int = 1) -> list[Case]:
              writes=("y",), note="2x2 window, stride 2"),
         Case("maxpool2d_backward", "maxpool2d", "backward", dict(N=big(32), C=64, H=112,
                                                                  W=112),
-             _pool_make, _maxpool_hand_backward, _maxpool_torch_backward, reads=("x", "dy"),
+             _pool_make, _maxpool_hand_backward, _maxpool_torch_backward, reads=("x",),
              writes=("dx",), numpy=False,
              note="the gradient to each window's first maximum; torch reads the argmax "
-                  "its forward saved, ours recomputes it; generated NumPy not timed (its "
-                  "bounded gather builds an N*C*H*W*Hout*Wout mask)"),
+                  "its forward saved, ours recomputes it; the floor streams x and dx (the "
+                  "quarter-size dy left out); generated NumPy not timed (its bounded "
+                  "gather builds an N*C*H*W*Hout*Wout mask)"),
         Case("batchnorm_backward", "batchnorm", "backward", dict(N=big(32), C=64, H=56, W=56),
              _bn_make, _bn_hand, _bn_torch, reads=("x", "dy"), writes=("dx",),
              note="training mode; ours reads the saved mean, variance and rstd"),
