@@ -152,10 +152,14 @@ def test_condition_errors():
     assert "not an index of 't'" in error_of(bad).message
 
 
-def test_output_read_by_another_equation():
+def test_output_read_by_another_equation_is_allowed():
+    """Issue 12: such an output keeps its upstream gradient (tests/test_read_outputs.py);
+    only a loss read by another equation is refused."""
     text = "layer demo\ndims N\ninput x[N]\noutput y[N], z[N]\ny[n] = 2*x[n]\nz[n] = y[n]\n"
-    err = error_of(text)
-    assert err.line == 4 and "declare it 'intermediate'" in err.message
+    assert [t.name for t in parse_spec(text).upstream] == ["y", "z"]
+    err = error_of("layer demo\ndims N\ninput x[N]\noutput z[N]\nloss L\n"
+                   "L = sum(x[n], n)\nz[n] = L * x[n]\n")
+    assert err.line == 5 and "the loss 'L' is read by the equation on line 7" in err.message
 
 
 def test_builder_reports_the_same_errors():
