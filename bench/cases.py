@@ -26,6 +26,7 @@ class Case:
     note: str = ""
     in_place: dict = field(default_factory=dict)   # result -> the input it may overwrite
     constants: dict = field(default_factory=dict)  # values of the spec's `const`s
+    numpy: bool = True                # time the generated NumPy module too
 
     def size_text(self) -> str:
         return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
@@ -246,6 +247,128 @@ def _pool_torch_backward(torch, a):
                                                       True, None)
 
 
+# ---- 9. max pooling 2x2, stride 2 (issue 12) -----------------------------------------------
+def _windows(x):
+    """(n, c, h/2, w/2, 4): each 2x2 window's elements in row-major order."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
+        n, c, h // 2, w // 2, 4)
+
+
+def _maxpool_hand_forward(a):
+    return {"y": _windows(a["x"]).max(-1)}
+
+
+def _maxpool_hand_backward(a):
+    """The whole dy to each window's first maximum (argmax picks the first)."""
+    x, dy = a["x"], a["dy"]
+    n, c, h, w = x.shape
+    first = _windows(x).argmax(-1)
+    spread = (np.arange(4) == first[..., None]) * dy[..., None]
+    return {"dx": spread.reshape(n, c, h // 2, w // 2, 2, 2).transpose(
+        0, 1, 2, 4, 3, 5).reshape(n, c, h, w).astype(F32)}
+
+
+def _maxpool_torch_forward(torch, a):
+    x = torch.from_numpy(a["x"])
+    return lambda: torch.nn.functional.max_pool2d(x, 2, 2)
+
+
+def _maxpool_torch_backward(torch, a):
+    """torch's backward from the argmax indices its forward saved (not timed)."""
+    x, dy = torch.from_numpy(a["x"]), torch.from_numpy(a["dy"])
+    _, idx = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    return lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+        dy, x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+
+
+# ---- 10. batch norm backward, training mode (issue 12) -----------------------------------------
+def _bn_make(rng, s):
+    N, C, H, W = s["N"], s["C"], s["H"], s["W"]
+    return dict(x=_normal(rng, N, C, H, W), w=1 + _normal(rng, C, scale=0.1),
+                b=_normal(rng, C, scale=0.1), dy=_normal(rng, N, C, H, W))
+
+
+def _bn_hand(a):
+    x, w, dy = a["x"], a["w"], a["dy"]
+    axes = (0, 2, 3)
+    m = x.size // x.shape[1]
+    mu = x.mean(axes, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mu) ** 2).mean(axes, keepdims=True) + F32(1e-5))
+    xhat = (x - mu) * rstd
+    g = dy * w[None, :, None, None]
+    dx = rstd / m * (m * g - g.sum(axes, keepdims=True)
+                     - xhat * (g * xhat).sum(axes, keepdims=True))
+    return {"dx": dx, "dw": (dy * xhat).sum(axes), "db": dy.sum(axes)}
+
+
+def _bn_torch(torch, a):
+    x, w, b, dy = (torch.from_numpy(a[n]) for n in ("x", "w", "b", "dy"))
+    _, mean, invstd = torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.1, 1e-5)
+    return lambda: torch.ops.aten.native_batch_norm_backward(
+        dy, x, w, None, None, mean, invstd, True, 1e-5, [True, True, True])
+
+
+# ---- 11. causal multi-head attention, forward and backward (issue 12) --------------------------
+def _att_make(rng, s):
+    B, T, H, E = s["B"], s["T"], s["H"], s["E"]
+    D = s["D"]
+    scale = 1 / np.sqrt(D)
+    return dict(x=_normal(rng, B, T, D), Wq=_normal(rng, H, E, D, scale=scale),
+                Wk=_normal(rng, H, E, D, scale=scale), Wv=_normal(rng, H, E, D, scale=scale),
+                Wo=_normal(rng, D, H, E, scale=scale), dy=_normal(rng, B, T, D))
+
+
+def _att_parts(a):
+    x = a["x"]
+    q, k, v = (np.einsum("hed,btd->bhte", a[W], x, optimize=True)
+               for W in ("Wq", "Wk", "Wv"))
+    T, E = x.shape[1], q.shape[-1]
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(F32(E))
+    s = np.where(np.tri(T, dtype=bool), s, F32(-np.inf))
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return q, k, v, p, p @ v
+
+
+def _att_hand_forward(a):
+    *_, ctx = _att_parts(a)
+    return {"y": np.einsum("dhe,bhte->btd", a["Wo"], ctx, optimize=True)}
+
+
+def _att_hand_backward(a):
+    x, dy = a["x"], a["dy"]
+    q, k, v, p, ctx = _att_parts(a)
+    E = q.shape[-1]
+    dctx = np.einsum("dhe,btd->bhte", a["Wo"], dy, optimize=True)
+    dp = dctx @ v.transpose(0, 1, 3, 2)
+    ds = p * (dp - (p * dp).sum(-1, keepdims=True)) / np.sqrt(F32(E))
+    grads = {"dq": ds @ k, "dk": ds.transpose(0, 1, 3, 2) @ q,
+             "dv": p.transpose(0, 1, 3, 2) @ dctx}
+    out = {"dWo": np.einsum("btd,bhte->dhe", dy, ctx, optimize=True)}
+    out["dx"] = sum(np.einsum("hed,bhte->btd", a[f"W{n}"], grads[f"d{n}"], optimize=True)
+                    for n in "qkv")
+    for n in "qkv":
+        out[f"dW{n}"] = np.einsum("bhte,btd->hed", grads[f"d{n}"], x, optimize=True)
+    return out
+
+
+def _att_torch(torch, a, backward):
+    x, Wq, Wk, Wv, Wo, dy = (torch.from_numpy(a[n]) for n in ("x", "Wq", "Wk", "Wv", "Wo",
+                                                               "dy"))
+    leaves = [t.requires_grad_(backward) for t in (x, Wq, Wk, Wv, Wo)]
+
+    def run():
+        q, k, v = (torch.einsum("hed,btd->bhte", W, x) for W in (Wq, Wk, Wv))
+        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = torch.einsum("dhe,bhte->btd", Wo, ctx)
+        if not backward:
+            return y
+        return torch.autograd.grad(y, leaves, dy)
+
+    return run
+
+
 def cases(scale: int = 1) -> list[Case]:
     """The issue's benchmark set; `scale` divides the large sizes (a quick run)."""
     def big(n):
@@ -292,4 +415,29 @@ def cases(scale: int = 1) -> list[Case]:
                                                                  W=112),
              _pool_make, _pool_hand_backward, _pool_torch_backward, reads=("dy",),
              writes=("dx",), note="each dx element gathers the one dy its window reaches"),
+        Case("maxpool2d_forward", "maxpool2d", "forward", dict(N=big(32), C=64, H=112, W=112),
+             _pool_make, _maxpool_hand_forward, _maxpool_torch_forward, reads=("x",),
+             writes=("y",), note="2x2 window, stride 2"),
+        Case("maxpool2d_backward", "maxpool2d", "backward", dict(N=big(32), C=64, H=112,
+                                                                 W=112),
+             _pool_make, _maxpool_hand_backward, _maxpool_torch_backward, reads=("x",),
+             writes=("dx",), numpy=False,
+             note="the gradient to each window's first maximum; torch reads the argmax "
+                  "its forward saved, ours recomputes it; the floor streams x and dx (the "
+                  "quarter-size dy left out); generated NumPy not timed (its bounded "
+                  "gather builds an N*C*H*W*Hout*Wout mask)"),
+        Case("batchnorm_backward", "batchnorm", "backward", dict(N=big(32), C=64, H=56, W=56),
+             _bn_make, _bn_hand, _bn_torch, reads=("x", "dy"), writes=("dx",),
+             note="training mode; ours reads the saved mean, variance and rstd"),
+        Case("attention_causal_forward", "attention", "forward",
+             dict(B=big(8), T=max(512 // scale, 8), D=768, H=12, E=64), _att_make,
+             _att_hand_forward, lambda torch, a: _att_torch(torch, a, False),
+             constants=dict(CAUSAL=1),
+             note="with the q, k, v and output projections; torch: einsum projections "
+                  "around scaled_dot_product_attention"),
+        Case("attention_causal_backward", "attention", "backward",
+             dict(B=big(8), T=max(512 // scale, 8), D=768, H=12, E=64), _att_make,
+             _att_hand_backward, lambda torch, a: _att_torch(torch, a, True),
+             constants=dict(CAUSAL=1), note="torch: autograd through the same forward "
+                                            "(forward included in its time)"),
     ]

@@ -135,7 +135,8 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     if case.entry == "backward":
         np_args.update({n: arrays[n] for n in c.reuses})
     nothing = lambda: None
-    impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
+    if case.numpy:
+        impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
     impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))
     torch_call = None
     if use_torch and case.torch is not None:

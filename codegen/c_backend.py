@@ -185,7 +185,9 @@ def _helpers(loops: LoopPlan) -> set[str]:
     names = set()
     for e in exprs:
         for f in e.atoms(sp.Function):
-            names.add({"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
+            halfstep = isinstance(f, sp.Heaviside) and f.args[1:] == (sp.Rational(1, 2),)
+            names.add("halfstep" if halfstep else
+                      {"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
     if names & {"sigmoid", "softplus"}:
         names.add("exp")                         # both are written in exp
     return names

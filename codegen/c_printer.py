@@ -154,6 +154,12 @@ class KernelCPrinter(C99CodePrinter):
             return self._helper("exp", expr)
         return super()._print_exp(expr)
 
+    def _print_NumberSymbol(self, expr):
+        # pi (erf's derivative) as a literal: M_PI is not in strict C99's <math.h>
+        return self._print_Float(sp.Float(expr, 17))
+
+    _print_Pi = _print_NumberSymbol
+
     def _print_sigmoid(self, expr):
         return self._helper("sigmoid", expr)
 
@@ -168,8 +174,34 @@ class KernelCPrinter(C99CodePrinter):
         return f"({a} == {b})"
 
     def _print_Heaviside(self, expr):
-        # The ReLU'(0) = 0 convention, as in PyTorch and the NumPy backend.
+        # The ReLU'(0) = 0 convention, as in PyTorch and the NumPy backend; with H0 = 1/2
+        # the even split of a tie (torch.maximum's backward).
+        if len(expr.args) > 1 and expr.args[1] == sp.Rational(1, 2):
+            return self._helper("halfstep", expr)
         return self._helper("step", expr)
+
+    # piecewise functions (derive.piecewise)
+    def _print_Where(self, expr):
+        c, a, b = (self._print(x) for x in expr.args)
+        return f"(({c}) ? {self.parenthesize(expr.args[1], 0)} : " \
+            f"{self.parenthesize(expr.args[2], 0)})"
+
+    def _print_Iverson(self, expr):
+        return f"(({self._print(expr.args[0])}) ? 1 : 0)"
+
+    def _print_Not(self, expr):
+        return f"!({self._print(expr.args[0])})"
+
+    def _print_maximum(self, expr):
+        return f"bp_maximum_{self.suffix}({self._print(expr.args[0])}, " \
+            f"{self._print(expr.args[1])})"
+
+    def _print_minimum(self, expr):
+        return f"bp_minimum_{self.suffix}({self._print(expr.args[0])}, " \
+            f"{self._print(expr.args[1])})"
+
+    def _print_absolute(self, expr):
+        return self._print(sp.Abs(expr.args[0]))
 
 
 _OPTIMIZED: dict = {}

@@ -7,10 +7,12 @@ import string
 from collections import Counter
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 from derive.affine import between, divides, is_full
 from derive.affine import terms as affine_terms
 from derive.functions import relu, sigmoid, softplus
+from derive.piecewise import Iverson, Where, absolute, maximum, minimum
 from derive.indices import free_indices
 from derive.pretty import decimal, is_long_number
 
@@ -19,8 +21,10 @@ from .scatter import scatter_parts
 
 ADD, MUL, POW, ATOM = 1, 2, 3, 4
 
-CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sigmoid: "_sigmoid"}
-HELPERS = {"_sigmoid"}
+CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sigmoid: "_sigmoid",
+         sp.sin: "np.sin", sp.cos: "np.cos", log1p: "np.log1p", expm1: "np.expm1",
+         sp.erf: "_erf"}
+HELPERS = {"_sigmoid", "_erf"}
 
 
 class NumpyPrinter:
@@ -117,6 +121,8 @@ class NumpyPrinter:
             return f"{e.p}/{e.q}", MUL
         if isinstance(e, sp.Float):
             return repr(float(e)), ATOM
+        if isinstance(e, sp.NumberSymbol):           # pi, from erf's derivative
+            return repr(float(e)), ATOM
         if e is sp.S.Half:
             return "0.5", ATOM
         if isinstance(e, sp.Add):
@@ -131,6 +137,31 @@ class NumpyPrinter:
             return self._note(self._max(e, ctx)), ATOM
         if isinstance(e, sp.KroneckerDelta):
             return self._delta(e, ctx), ATOM
+        if isinstance(e, Where):
+            c, a, b = (self.array(x, ctx) for x in e.args)
+            return self._note(f"np.where({c}, {a}, {b}).astype(dtype, copy=False)"), ATOM
+        if isinstance(e, Iverson):
+            return f"({self.array(e.args[0], ctx)}).astype(dtype)", ATOM
+        if isinstance(e, sp.core.relational.Relational):
+            a, b = (self._wrap(x, ctx, ADD) for x in e.args)
+            return f"({a} {e.rel_op} {b})", ATOM
+        if isinstance(e, (sp.And, sp.Or)):
+            join = " & " if isinstance(e, sp.And) else " | "
+            return "(" + join.join(self.array(a, ctx) for a in e.args) + ")", ATOM
+        if isinstance(e, sp.Not):
+            return f"~{self.array(e.args[0], ctx)}", ATOM
+        if isinstance(e, (maximum, minimum)):
+            call = "np.maximum" if isinstance(e, maximum) else "np.minimum"
+            a, b = (self.array(x, ctx) for x in e.args)
+            return self._note(f"{call}({a}, {b})"), ATOM
+        if isinstance(e, absolute):
+            return self._note(f"np.abs({self.array(e.args[0], ctx)})"), ATOM
+        if isinstance(e, sp.sign):
+            return self._note(f"np.sign({self.array(e.args[0], ctx)})"), ATOM
+        if isinstance(e, sp.Heaviside) and len(e.args) > 1 and e.args[1] != 0:
+            # [z > 0] + h0 [z == 0]: torch.maximum's even split of a tie, h0 = 1/2
+            z = self.array(e.args[0], ctx)
+            return self._note(f"np.heaviside({z}, {self.array(e.args[1], ())})"), ATOM
         if isinstance(e, sp.Heaviside):
             # heaviside(z, 0) as sign(max(z, 0)): the same values, NaN included, but two
             # vectorized ufuncs instead of np.heaviside's slow loop (9x faster here)

@@ -83,13 +83,16 @@ def plan(derivation: Derivation) -> KernelPlan:
     defs = {eq.target: eq for eq in layer.equations}
     forward = []
     maxima = {}   # one row maximum per distinct exp-sum, shared by all statements
+    from .reductions import lower_reductions
+    from .stable_gradients import guard_brackets, stabilize
+
     for eq in layer.equations:
-        expr = _one_softplus(_stable_logs(_stable_ratios(eq.rhs), defs))
+        expr = _one_softplus(_stable_logs(_stable_ratios(lower_reductions(eq.rhs)), defs))
         temps, expr = _shift_softmax(expr, eq.target, maxima)
         forward += temps
         forward.append(Statement(eq.target, eq.indices, expr, eq.text))
-    backward = tuple(Statement(s.name, s.indices,
-                               _recompute_cheap(_stable_ratios(s.expr), layer),
+    backward = tuple(Statement(s.name, s.indices, _recompute_cheap(guard_brackets(stabilize(
+                               _stable_ratios(lower_reductions(s.expr)), layer)), layer),
                                show(s.lhs, s.expr)) for s in derivation.steps)
     forward_names = {eq.target for eq in layer.equations}
     read = set()

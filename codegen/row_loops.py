@@ -57,7 +57,7 @@ def merge_inner_loops(members: list[dict]) -> list[dict]:
 
     def key(v):
         if v["mode"] == "scalar_acc" and v["op"] == "sum" and v["split"] == 0 \
-                and len(v["loops"]) == 1:           # the merged loop is one loop
+                and len(v["loops"]) == 1:       # the merged pass writes one loop only
             return tuple(v["loops"])
         if v["mode"] in ("assign", "update") and len(v["loops"]) == 1 and not v.get("point"):
             return tuple(v["loops"])

@@ -17,7 +17,7 @@ import numpy as np
 
 from .datasets import DataError, Split, check_labels
 
-OPTIMIZERS = {"sgd": dict(), "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8)}
+OPTIMIZERS = {"sgd": dict(weight_decay=0.0), "adam": dict(beta1=0.9, beta2=0.999, eps=1e-8)}
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,13 @@ from .names import did_you_mean
 
 # The order `backprop list` shows them in: layers, losses, networks, the optimizer steps,
 # the worked example.
-BUILTINS = ("dense", "sigmoid", "tanh", "relu", "gelu", "softmax", "layernorm",
-            "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "global_avgpool2d", "mse",
+BUILTINS = ("dense", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "silu", "gelu",
+            "gelu_erf", "hardtanh", "softmax", "log_softmax", "layernorm", "rmsnorm",
+            "batchnorm", "embedding", "dropout",
+            "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "maxpool2d",
+            "global_avgpool2d", "attention", "mse", "huber", "nll",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
-            "sgd", "adam", "neuron")
+            "adam", "adamw", "sgd", "sgd_momentum", "rmsprop", "adagrad", "neuron")
 
 
 def builtin_text(name: str) -> str:

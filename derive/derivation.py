@@ -120,6 +120,13 @@ def derive(layer: Layer) -> Derivation:
         lhs = [mapping[i] for i in eq.indices]
         y = layer.tensors[eq.target]
         seed = sp.Integer(1) if eq.target == layer.loss else adjoint_ref(eq.target, lhs)
+        if y.role == "output" and eq.target in defs:
+            # An output a later equation reads (an LSTM's c_next, read by h_next): its
+            # adjoint is its upstream gradient plus what the readers send back, all
+            # complete here (readers come later); inlined into this equation's seed, as
+            # the upstream array already holds the name d<output>.
+            back = freshen_bound(defs.pop(eq.target))
+            seed = seed + back.xreplace(dict(zip(canon[eq.target], lhs)))
         for xname in sorted(eq.reads & set(layer.tensors)):
             x = layer.tensors[xname]
             if xname not in needed:

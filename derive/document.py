@@ -199,7 +199,8 @@ def _term(c, P, layer, taken, tex):
     rhs = tidy_bound(freshen_bound(eq.rhs.xreplace(rename)),
                      used | {i.label.name for i in lhs_idx})
     yref, xref = y.ref(*lhs_idx), x.ref(*P)
-    local = sp.diff(rhs, xref)
+    # a max over an index differentiates into a sum over fresh indices: name them
+    local = tidy_bound(sp.diff(rhs, xref), used | {i.label.name for i in lhs_idx})
     seed = "" if eq.target == layer.loss else tex(
         sp.IndexedBase(adjoint_name(eq.target))[tuple(lhs_idx)] if lhs_idx
         else sp.Symbol(adjoint_name(eq.target)))

@@ -6,9 +6,12 @@ formula per element)."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import sympy as sp
+
+from .piecewise import FirstMax, MaxOver
 
 from .derivation import Derivation, adjoint_name
 from .spec import dim_symbol
@@ -19,7 +22,24 @@ NUMERIC = {
     "softplus": lambda v: np.logaddexp(0.0, v),
     "Heaviside": lambda v, h0=0.0: np.heaviside(v, h0),
     "KroneckerDelta": lambda a, b: np.float64(a == b),
+    "erf": np.vectorize(math.erf, otypes=[np.float64]),
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "absolute": np.abs,
+    "Where": lambda c, a, b: np.where(c, a, b),
+    "Iverson": lambda c: np.float64(c),
+    # a max over an index, written out: the values of its body at every position
+    "max_of": lambda *values: np.max(values),
+    "first_max_at": lambda rank, *values: np.float64(rank == np.argmax(values)),
 }
+
+
+class max_of(sp.Function):
+    """The largest of the arguments (a MaxOver written out; numbers only here)."""
+
+
+class first_max_at(sp.Function):
+    """first_max_at(rank, v0, v1, ...): 1 when v[rank] is the first maximal value."""
 
 
 def sizes_of(layer, arrays) -> dict[str, int]:
@@ -109,6 +129,16 @@ def _expand(e, outside):
         lo, hi = _expand(lo, outside), _expand(hi, outside)
         return sp.Add(*[_expand(body.xreplace({k: sp.Integer(v)}), outside)
                         for v in range(int(lo), int(hi) + 1)])
+    if isinstance(e, (MaxOver, FirstMax)):
+        ks = e.bound_indices
+        values = [_expand(e.body.xreplace(dict(zip(ks, map(sp.Integer, at)))), outside)
+                  for at in itertools.product(*[range(int(k.upper) + 1) for k in ks])]
+        if isinstance(e, MaxOver):
+            return max_of(*values)
+        rank = sp.Integer(0)
+        for a, k in zip(e.position, ks):
+            rank = rank * (k.upper + 1) + _expand(a, outside)
+        return first_max_at(rank, *values)
     if isinstance(e, sp.Indexed):
         idx = [_expand(i, outside) for i in e.indices]
         name = e.base.label.name

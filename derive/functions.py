@@ -5,6 +5,7 @@ that formulas stay in the vocabulary of the textbook: sigma(z) (1 - sigma(z)), n
 exp(-z)/(1 + exp(-z))**2.  relu'(z) is Heaviside(z, 0): relu'(0) = 0, as in PyTorch.
 """
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 
 class sigmoid(sp.Function):
@@ -68,4 +69,9 @@ FUNCTIONS = {
     "sigmoid": sigmoid,
     "relu": relu,
     "softplus": softplus,
+    "sin": sp.sin,
+    "cos": sp.cos,
+    "erf": sp.erf,
+    "log1p": log1p,      # log(1 + x), accurate near 0
+    "expm1": expm1,      # exp(x) - 1, accurate near 0
 }

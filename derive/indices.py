@@ -25,7 +25,12 @@ def free_indices(expr) -> set[sp.Idx]:
             out = (out - {k}) | free_indices(lo) | free_indices(hi)
         return out
     if hasattr(expr, "bound_indices"):      # e.g. a maximum over an index
-        return free_indices(expr.args[0]) - set(expr.bound_indices)
+        bound = set(expr.bound_indices)
+        out = free_indices(expr.args[0]) - bound
+        for a in expr.args[1:]:             # a position beside the bound ones (FirstMax)
+            if a not in bound:
+                out |= free_indices(a)
+        return out
     if not expr.args or isinstance(expr, (sp.Symbol, sp.Number)):
         return set()
     out: set[sp.Idx] = set()
@@ -73,9 +78,20 @@ def freshen_bound(expr):
         mapping = {lim[0]: fresh(lim[0]) for lim in expr.limits}
         body = freshen_bound(expr.function).xreplace(mapping)
         return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
+    if hasattr(expr, "bound_indices") and expr.bound_indices:   # a max over an index
+        mapping = {k: fresh(k) for k in expr.bound_indices}
+        return _rebind(expr, mapping, freshen_bound(expr.args[0]))
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
         return expr
     return expr.func(*[freshen_bound(a) for a in expr.args])
+
+
+def _rebind(expr, mapping, body):
+    """expr (a reduction with bound_indices) with those renamed by `mapping` in its body
+    and in its own argument list; its other arguments (a position) left as they are."""
+    bound = set(expr.bound_indices)
+    rest = [mapping.get(a, a) if a in bound else a for a in expr.args[1:]]
+    return expr.func(body.xreplace(mapping), *rest)
 
 
 def tidy_bound(expr, taken: set[str]):
@@ -90,6 +106,13 @@ def tidy_bound(expr, taken: set[str]):
         body = expr.function.xreplace(mapping)
         body = tidy_bound(body, scope)
         return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
+    if hasattr(expr, "bound_indices") and expr.bound_indices:   # a max over an index
+        scope = set(taken) | {i.label.name for i in free_indices(expr)}
+        mapping = {}
+        for k in expr.bound_indices:
+            mapping[k] = readable(dim_of(k), scope)
+            scope.add(mapping[k].label.name)
+        return _rebind(expr, mapping, tidy_bound(expr.args[0], scope))
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
         return expr
     return expr.func(*[tidy_bound(a, taken) for a in expr.args])

@@ -7,6 +7,7 @@ tensors of at most two indices have matrix forms; anything else says so (NoMatri
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -14,7 +15,8 @@ import numpy as np
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from .functions import relu, sigmoid, softplus
+from .functions import expm1, log1p, relu, sigmoid, softplus
+from .piecewise import absolute
 from .affine import is_full
 from .indices import dim_of, free_indices
 
@@ -132,7 +134,11 @@ class IndexLatexPrinter(LatexPrinter):
         return rf"\delta_{{{a}{sep}{b}}}"
 
     def _print_Heaviside(self, expr, exp=None):
-        return r"\mathbb{1}\left[%s > 0\right]" % self._print(expr.args[0])
+        e = self._print(expr.args[0])
+        if len(expr.args) > 1 and expr.args[1] == sp.Rational(1, 2):   # a tie split evenly
+            return r"\left(\mathbb{1}\left[%s > 0\right] + \tfrac{1}{2} " \
+                r"\mathbb{1}\left[%s = 0\right]\right)" % (e, e)
+        return r"\mathbb{1}\left[%s > 0\right]" % e
 
     def _print_Maximum(self, expr):
         return r"\max_{%s} %s" % (self._print(expr.args[1]), self._print(expr.args[0]))
@@ -308,7 +314,10 @@ class Apply(MNode):        # an elementwise function
             return r"\sqrt{%s}" % self.arg.latex()
         name = {"sigmoid": r"\sigma", "exp": r"\exp", "log": r"\log", "tanh": r"\tanh",
                 "sqrt": r"\sqrt", "relu": r"\operatorname{ReLU}",
-                "softplus": r"\operatorname{softplus}"}[self.func]
+                "softplus": r"\operatorname{softplus}", "sin": r"\sin", "cos": r"\cos",
+                "erf": r"\operatorname{erf}", "log1p": r"\operatorname{log1p}",
+                "expm1": r"\operatorname{expm1}", "sign": r"\operatorname{sign}",
+                "abs": r"\operatorname{abs}"}[self.func]
         return rf"{name}\left({self.arg.latex()}\right)"
 
     def evaluate(self, values, sizes):
@@ -316,6 +325,8 @@ class Apply(MNode):        # an elementwise function
         return {"sigmoid": lambda a: 1 / (1 + np.exp(-a)), "exp": np.exp, "log": np.log,
                 "tanh": np.tanh, "sqrt": np.sqrt, "relu": lambda a: np.maximum(a, 0),
                 "softplus": lambda a: np.logaddexp(0, a),
+                "sin": np.sin, "cos": np.cos, "log1p": np.log1p, "expm1": np.expm1,
+                "erf": np.vectorize(math.erf), "sign": np.sign, "abs": np.abs,
                 "step": lambda a: (a > 0).astype(float),
                 "pow": lambda a: a ** float(self.power)}[self.func](v)
 
@@ -326,7 +337,8 @@ def _wrap(node, prec):
 
 
 FUNCS = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sigmoid: "sigmoid", relu: "relu",
-         softplus: "softplus"}
+         softplus: "softplus", sp.sin: "sin", sp.cos: "cos", sp.erf: "erf", log1p: "log1p",
+         expm1: "expm1", sp.sign: "sign", absolute: "abs"}
 
 
 class MatrixConverter:

@@ -31,6 +31,7 @@ import sympy as sp
 from .affine import extremes, proven_nonnegative
 from .errors import SpecError
 from .functions import FUNCTIONS
+from .piecewise import SPECIAL, MaxOver, absolute, maximum, min_over, minimum, where
 from .indices import free_indices as _free_indices
 from .network import is_network
 from .names import did_you_mean, layer_name_problem, name_problem
@@ -594,11 +595,10 @@ class _Parser:
         for eq in self.equations:
             for name in eq.reads:
                 readers.setdefault(name, eq)
-        for t in self.tensors.values():
-            if t.role == "output" and t.name in readers:
-                raise SpecError(f"output '{t.name}' is read by the equation on line "
-                                f"{readers[t.name].line}; declare it 'intermediate' "
-                                f"(forward still returns it)", self.file, t.line)
+        if self.loss in readers:      # its adjoint is the seed 1, nothing else
+            raise SpecError(f"the loss '{self.loss}' is read by the equation on line "
+                            f"{readers[self.loss].line}; a loss is the last value computed",
+                            self.file, self.tensors[self.loss].line)
         ordered = self._ordered()
         # sections in the order data flows through them (as their equations run)
         flow = list(dict.fromkeys(eq.section for eq in ordered if eq.section))
@@ -787,13 +787,11 @@ class _Expr:
             if op is ast.Div:
                 return a / b
             if op is ast.Pow:
-                scalar_tensors = {sp.Symbol(t.name) for t in self.p.tensors.values()
-                                  if not t.dims}
-                by_scalar = not b.is_Number and b.free_symbols <= scalar_tensors \
-                    and not b.atoms(sp.Indexed)      # beta1**step: a scalar input
-                if not (by_scalar or (b.is_Number and abs(b) <= MAX_EXPONENT)):
-                    raise self.err(f"exponents must be numbers of size at most "
-                                   f"{MAX_EXPONENT} or scalar tensors", node.right)
+                # a tensor-valued exponent (x[n, i]**y[n, i], beta1**step) is any
+                # expression; a number is bounded, as 10**10**10 would hang
+                if b.is_Number and abs(b) > MAX_EXPONENT:
+                    raise self.err(f"numeric exponents must be of size at most "
+                                   f"{MAX_EXPONENT}", node.right)
                 if a.is_Number and a == 0 and b.is_negative:
                     raise self.err("0 to a negative power", node)
                 return sp.Pow(a, b)
@@ -827,6 +825,9 @@ class _Expr:
             return self.subscript(node, allowed)
         if isinstance(node, ast.Call):
             return self.call(node, allowed)
+        if isinstance(node, (ast.Compare, ast.BoolOp)):
+            raise self.err(f"{_describe(node)} is allowed only as the condition of "
+                           f"where(cond, a, b)", node)
         raise self.err(f"{_describe(node)} is not part of the spec language", node)
 
     def name(self, node, allowed):
@@ -844,7 +845,7 @@ class _Expr:
             return sp.Symbol(n)
         if n in self.bound or n in allowed:
             raise self.err(f"index '{n}' can only be used to index a tensor", node)
-        if n in FUNCTIONS or n == "sum":
+        if n in FUNCTIONS or n in SPECIAL or n == "sum":
             raise self.err(f"'{n}' is a function; call it like {n}(...)", node)
         raise self.err(f"undeclared name '{n}': not a tensor or dimension of this layer",
                        node)
@@ -978,51 +979,113 @@ class _Expr:
                        f"unknown: write sum(..., {name} in K) with the dimension K it runs "
                        f"over", node)
 
+    def _is_new_index(self, node, allowed) -> bool:
+        """max(x[n, k], k): an argument naming no tensor, dimension, constant or index
+        already bound makes max a reduction over it (also `k in K`)."""
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 \
+                and isinstance(node.ops[0], ast.In):
+            node = node.left
+        return isinstance(node, ast.Name) and node.id not in self.p.tensors \
+            and node.id not in self.p.dims and node.id not in self.p.constants \
+            and node.id not in allowed and node.id not in self.lhs
+
+    def reduction(self, node, allowed, fname):
+        """sum/max/min(body, k, ...): the body and the indices it reduces over."""
+        verb = {"sum": "summed", "max": "maximized over", "min": "minimized over"}[fname]
+        ks = []
+        for a in node.args[1:]:
+            if isinstance(a, ast.Compare) and isinstance(a.left, ast.Name) \
+                    and len(a.ops) == 1 and isinstance(a.ops[0], ast.In) \
+                    and isinstance(a.comparators[0], ast.Name):
+                dim = a.comparators[0].id          # sum(..., k in K): k runs over K
+                if dim not in self.p.dims:
+                    raise self.err(f"'{dim}' is not a dimension of this layer",
+                                   a.comparators[0])
+                self.bind(a.left.id, dim, a.left)
+                a = a.left
+            if not isinstance(a, ast.Name):
+                raise self.err(f"{fname}'s second and later arguments are index names "
+                               "(or 'k in K' to give an index its dimension)", a)
+            if a.id in allowed or a.id in self.lhs:
+                raise self.err(f"index '{a.id}' is already bound here and cannot be "
+                               f"{verb} again", a)
+            if a.id in [k.id for k in ks]:
+                raise self.err(f"index '{a.id}' is {verb} twice", a)
+            ks.append(a)
+        body = self.scope(node.args[0], allowed | {a.id for a in ks})
+        free = {i.label.name for i in _free_indices(body)}
+        for a in ks:
+            if a.id not in free:
+                raise self.err(f"index '{a.id}' is {verb} but not used inside the "
+                               f"{fname}", a)
+        return body, [index(a.id, self.bound[a.id][0]) for a in ks]
+
+    def piecewise(self, node, allowed, fname):
+        """where(cond, a, b), max(a, b), min(a, b), abs(a)."""
+        arity = {"where": 3, "max": 2, "min": 2, "abs": 1}[fname]
+        if len(node.args) != arity:
+            usage = {"where": "where(cond, a, b)", "max": "max(a, b) or max(x[..., k], k)",
+                     "min": "min(a, b) or min(x[..., k], k)", "abs": "abs(a)"}[fname]
+            raise self.err(f"{fname}() takes {arity} argument{'s' * (arity > 1)}: "
+                           f"{usage}", node)
+        if fname == "where":
+            cond = self.condition(node.args[0], allowed)
+            a, b = (self.scope(x, allowed) for x in node.args[1:])
+            return where(cond, a, b)
+        args = [self.scope(x, allowed) for x in node.args]
+        return {"max": maximum, "min": minimum, "abs": absolute}[fname](*args)
+
+    def condition(self, node, allowed):
+        """where's condition: comparisons < <= > >= (chained or joined by and/or)."""
+        if isinstance(node, ast.BoolOp):
+            parts = [self.condition(v, allowed) for v in node.values]
+            return sp.And(*parts) if isinstance(node.op, ast.And) else sp.Or(*parts)
+        if not isinstance(node, ast.Compare):
+            raise self.err(f"where's condition must be a comparison like x[n, i] > 0 "
+                           f"(< <= > >=, joined by and/or), not {_describe(node)}", node)
+        sides = [self._affine(x) if self._index_arithmetic(x, allowed) else
+                 self.scope(x, allowed) for x in [node.left, *node.comparators]]
+        out = []
+        for op, a, b in zip(node.ops, sides, sides[1:]):
+            rel = _RELATIONS.get(type(op))
+            if rel is None:
+                raise self.err(f"'{_COMPARE_TEXT.get(type(op), type(op).__name__)}' is not "
+                               f"a condition where() takes; compare with < <= > >=", node)
+            out.append(rel(a, b))
+        return sp.And(*out)
+
+    def _index_arithmetic(self, node, allowed) -> bool:
+        """A comparison side made of indices in scope, constants and numbers only (a
+        causal mask's u <= t, a switch CAUSAL > 0): compared as integers."""
+        names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
+        return bool(names) and all(
+            n in allowed or n in self.p.constants or n in self.p.dims for n in names) \
+            and not any(isinstance(n, (ast.Subscript, ast.Call)) for n in ast.walk(node))
+
     def call(self, node, allowed):
         if not isinstance(node.func, ast.Name):
             raise self.err("only named functions can be called", node)
         fname = node.func.id
         if node.keywords:
             raise self.err(f"{fname}() takes no keyword arguments", node.keywords[0].value)
+        if fname in ("max", "min") and len(node.args) >= 2 and all(
+                self._is_new_index(a, allowed) for a in node.args[1:]):
+            body, ks = self.reduction(node, allowed, fname)
+            return MaxOver(body, *ks) if fname == "max" else min_over(body, *ks)
+        if fname in SPECIAL:
+            return self.piecewise(node, allowed, fname)
         if fname == "sum":
             if len(node.args) < 2:
                 raise self.err("sum needs an expression and the indices it sums: "
                                "sum(expr, k)", node)
-            ks = []
-            for a in node.args[1:]:
-                if isinstance(a, ast.Compare) and isinstance(a.left, ast.Name) \
-                        and len(a.ops) == 1 and isinstance(a.ops[0], ast.In) \
-                        and isinstance(a.comparators[0], ast.Name):
-                    dim = a.comparators[0].id          # sum(..., k in K): k runs over K
-                    if dim not in self.p.dims:
-                        raise self.err(f"'{dim}' is not a dimension of this layer",
-                                       a.comparators[0])
-                    self.bind(a.left.id, dim, a.left)
-                    a = a.left
-                if not isinstance(a, ast.Name):
-                    raise self.err("sum's second and later arguments are index names "
-                                   "(or 'k in K' to give an index its dimension)", a)
-                if a.id in allowed or a.id in self.lhs:
-                    raise self.err(f"index '{a.id}' is already bound here and cannot be "
-                                   f"summed again", a)
-                if a.id in [k.id for k in ks]:
-                    raise self.err(f"index '{a.id}' is summed twice", a)
-                ks.append(a)
-            body = self.scope(node.args[0], allowed | {a.id for a in ks})
-            free = {i.label.name for i in _free_indices(body)}
-            limits = []
-            for a in ks:
-                if a.id not in free:
-                    raise self.err(f"index '{a.id}' is summed but not used inside the sum",
-                                   a)
-                k = index(a.id, self.bound[a.id][0])
-                limits.append((k, 0, k.upper))
-            return sp.Sum(body, *limits)
+            body, ks = self.reduction(node, allowed, fname)
+            return sp.Sum(body, *[(k, 0, k.upper) for k in ks])
         f = FUNCTIONS.get(fname)
         if f is None:
+            known = sorted([*FUNCTIONS, *SPECIAL])
             raise self.err(f"unknown function '{fname}'"
-                           f"{did_you_mean(fname, [*FUNCTIONS, 'sum'])}; known: "
-                           f"{', '.join(sorted(FUNCTIONS))}, sum", node.func)
+                           f"{did_you_mean(fname, [*known, 'sum'])}; known: "
+                           f"{', '.join(known)}, sum", node.func)
         if len(node.args) != 1:
             raise self.err(f"{fname}() takes exactly one argument", node)
         arg = self.scope(node.args[0], allowed)
@@ -1046,6 +1109,10 @@ def _items(text: str, col: int):
 
 
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+_RELATIONS = {ast.Lt: sp.StrictLessThan, ast.LtE: sp.LessThan, ast.Gt: sp.StrictGreaterThan,
+              ast.GtE: sp.GreaterThan}
+_COMPARE_TEXT = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
+                 ast.Is: "is", ast.IsNot: "is not"}
 _OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
         ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>"}
 

@@ -76,7 +76,45 @@ class FormulaPrinter(StrPrinter):
         return f"[{a} == {b}]"
 
     def _print_Heaviside(self, expr):
-        return f"[{self._print(expr.args[0])} > 0]"
+        e = self._print(expr.args[0])
+        if len(expr.args) > 1 and expr.args[1] == sp.Rational(1, 2):   # a tie split evenly
+            return f"([{e} > 0] + [{e} == 0]/2)"
+        return f"[{e} > 0]"
+
+    # piecewise functions (derive.piecewise), written as the spec writes them
+    def _print_maximum(self, expr):
+        return f"max({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_minimum(self, expr):
+        return f"min({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_absolute(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Where(self, expr):
+        return f"where({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Iverson(self, expr):
+        return f"[{self._print(expr.args[0])}]"
+
+    def _print_And(self, expr):
+        return " and ".join(self.parenthesize(a, 30) for a in expr.args)
+
+    def _print_Or(self, expr):
+        return " or ".join(self.parenthesize(a, 20) for a in expr.args)
+
+    def _print_Not(self, expr):
+        return f"not ({self._print(expr.args[0])})"
+
+    def _print_MaxOver(self, expr):
+        ks = ",".join(self._print(k) for k in expr.bound_indices)
+        return f"max_{ks if len(expr.bound_indices) == 1 else '{' + ks + '}'}" \
+            f"({self._print(expr.body)})"
+
+    def _print_FirstMax(self, expr):
+        ks = ",".join(self._print(k) for k in expr.bound_indices)
+        at = ", ".join(self._print(a) for a in expr.position)
+        return f"[({at}) == argmax_{{{ks}}}({self._print(expr.body)})]"
 
     def _print_Rational(self, expr):
         return decimal(expr) if is_long_number(expr) else super()._print_Rational(expr)

@@ -18,9 +18,14 @@ SIZES = (1, 2, 3, 5, 7, 11)
 # trivially zero: over one class a softmax is the constant 1, and over one element a layer
 # norm's xhat is 0; over two elements xhat is +-1 up to eps, so its gradient is O(eps)
 # rounding noise.  Sizes of these dimensions are drawn from SIZES at or above the bound.
-SMALLEST = {"softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
+SMALLEST = {"softmax": {"I": 2}, "log_softmax": {"I": 2}, "softmax_cross_entropy": {"I": 2},
             "softmax_cross_entropy_labels": {"I": 2}, "mlp2": {"C": 2},
-            "layernorm": {"C": 3}}
+            "layernorm": {"C": 3}, "rmsnorm": {"C": 2}, "batchnorm": {"N": 3},
+            "attention": {"T": 2}}
+
+# Where a built-in's derivative jumps: random inputs are kept 0.05 away, so finite
+# differences never straddle a jump.
+KINKS = {"hardtanh": (-1.0, 1.0), "leaky_relu": (0.0,), "elu": (0.0,)}
 
 REQUIRE_ENV = "BACKPROP_REQUIRE_ORACLES"
 # The oracles a test may ask for: a Python module, or programs (the first one found).
@@ -108,6 +113,11 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             if layer.name == "relu":       # keep finite differences away from the kink
                 a = a + np.sign(a) * 0.05
                 a.flat[0] = abs(a.flat[0])     # at least one active unit: dz is not all 0
+            if layer.name in KINKS:         # the same for kinks elsewhere (hardtanh's +-1)
+                for kink in KINKS[layer.name]:
+                    near = np.abs(a - kink) < 0.05
+                    a[near] = kink + np.where(a[near] >= kink, 0.05, -0.05)
+                a.flat[0] = 0.5                # inside every linear piece: dz is not all 0
             out[t.name] = a
         elif t.role == "target":
             if t.dims and one_hot:
@@ -116,8 +126,12 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
             else:
                 a = rng.uniform(0.05, 1.0, size=shape)   # soft targets (probabilities)
             out[t.name] = a
-    if layer.name == "sgd":
-        out.update(lr=rng.uniform(1e-3, 1e-1))
+    if layer.name == "dropout":     # a mask of 0s and 1s, not all 0, and p in [0, 0.9)
+        out.update(mask=rng.integers(0, 2, size=out["mask"].shape).astype(float),
+                   p=rng.uniform(0, 0.9))
+        out["mask"].flat[0] = 1.0
+    if layer.name in OPTIMIZERS:
+        out = optimizer_domain(layer.name, rng, out)
     if layer.name == "adam":        # an optimizer's state and hyperparameters have domains
         out.update(v=rng.uniform(0, 2, size=out["v"].shape), step=float(rng.integers(1, 9)),
                    lr=rng.uniform(1e-3, 1e-1), beta1=rng.uniform(0.5, 0.95),
@@ -209,9 +223,23 @@ def torch_forward(name):
         "sigmoid": lambda z: {"a": torch.sigmoid(z)},
         "tanh": lambda z: {"a": torch.tanh(z)},
         "relu": lambda z: {"a": torch.relu(z)},
+        "leaky_relu": lambda z: {"a": F.leaky_relu(z, 0.01)},
+        "elu": lambda z: {"a": F.elu(z)},
+        "silu": lambda z: {"a": F.silu(z)},
+        "gelu_erf": lambda z: {"a": F.gelu(z)},
+        "hardtanh": lambda z: {"a": F.hardtanh(z)},
+        "log_softmax": lambda z: {"y": F.log_softmax(z, dim=1)},
+        "nll": lambda logp, t: {"L": F.nll_loss(logp, t)},
+        "huber": lambda y, t: {"L": F.huber_loss(y, t, delta=1.0)},
         "gelu": lambda z: {"a": F.gelu(z, approximate="tanh")},
         "softmax": lambda z: {"y": torch.softmax(z, dim=1)},
         "layernorm": lambda x, w, b: {"y": F.layer_norm(x, x.shape[-1:], w, b, eps=1e-5)},
+        "rmsnorm": lambda x, w: {"y": F.rms_norm(x, x.shape[-1:], w, eps=1e-5)},
+        "batchnorm": lambda x, w, b: {"y": F.batch_norm(x, None, None, w, b, training=True,
+                                                        eps=1e-5)},
+        "embedding": lambda ids, E: {"y": F.embedding(ids, E)},
+        # the textbook form; test_builtins checks F.dropout's own output has it
+        "dropout": lambda x, mask, p: {"y": x * mask / (1 - p)},
         "mse": lambda y, t: {"L": 0.5 * ((y - t) ** 2).sum() / y.shape[0]},
         # probabilities as targets: -sum t log softmax(z), averaged over the batch
         "softmax_cross_entropy": lambda z, t: {"L": F.cross_entropy(z, t)},
@@ -222,11 +250,17 @@ def torch_forward(name):
             "L": F.cross_entropy(F.linear(torch.sigmoid(F.linear(x, W1, b1)), W2, b2), t)},
         "neuron": lambda x, w, y: {"L": -y * torch.log(torch.sigmoid(w * x))},
         "adam": torch_adam_step,
-        "sgd": torch_sgd_step,
+        "attention": torch_attention,
+        "adamw": lambda **a: torch_optim_step("adamw", a),
+        "sgd": lambda **a: torch_optim_step("sgd", a),
+        "sgd_momentum": lambda **a: torch_optim_step("sgd_momentum", a),
+        "rmsprop": lambda **a: torch_optim_step("rmsprop", a),
+        "adagrad": lambda **a: torch_optim_step("adagrad", a),
         "conv1d": lambda x, w, b: {"y": F.conv1d(x, w, b)},
         "conv2d": lambda x, w, b: {"y": F.conv2d(x, w, b)},
         "conv2d_grouped": torch_grouped_conv2d,
         "avgpool2d": lambda x: {"y": F.avg_pool2d(x, 2, 2)},
+        "maxpool2d": lambda x: {"y": F.max_pool2d(x, 2, 2)},
         "global_avgpool2d": lambda x: {"y": F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]},
     }[name]
 
@@ -242,6 +276,15 @@ def torch_grouped_conv2d(x, w, b, stride=1, padding=0, dilation=1):
                  b.reshape(g * og), stride=stride, padding=padding, dilation=dilation,
                  groups=g)
     return {"y": y.reshape(n, g, og, *y.shape[2:])}
+
+
+def torch_attention(x, Wq, Wk, Wv, Wo, causal=False):
+    """Projections around torch's scaled_dot_product_attention, heads split as ours."""
+    import torch
+
+    q, k, v = (torch.einsum("hed,btd->bhte", W, x) for W in (Wq, Wk, Wv))
+    ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return {"y": torch.einsum("dhe,bhte->btd", Wo, ctx)}
 
 
 def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
@@ -261,14 +304,66 @@ def torch_adam_step(p, g, m, v, step, lr, beta1, beta2, eps):
             "v_next": state["exp_avg_sq"]}
 
 
-def torch_sgd_step(p, g, lr):
-    """One step of torch.optim.SGD (no momentum) from the given parameters and gradient."""
+# Each optimizer built-in as torch.optim runs it: the class, its hyperparameters from our
+# scalar inputs, and our state arrays -> (torch's state key, our output).
+OPTIMIZERS = {
+    "sgd": ("SGD", lambda a: dict(lr=a["lr"], weight_decay=a["weight_decay"]), {}),
+    "sgd_momentum": ("SGD", lambda a: dict(
+        lr=a["lr"], momentum=a["momentum"], dampening=a["dampening"],
+        nesterov=bool(a["nesterov"] > 0), weight_decay=a["weight_decay"]),
+        {"buf": ("momentum_buffer", "buf_next")}),
+    "adamw": ("AdamW", lambda a: dict(lr=a["lr"], betas=(a["beta1"], a["beta2"]),
+                                      eps=a["eps"], weight_decay=a["weight_decay"]),
+              {"m": ("exp_avg", "m_next"), "v": ("exp_avg_sq", "v_next")}),
+    "rmsprop": ("RMSprop", lambda a: dict(lr=a["lr"], alpha=a["alpha"], eps=a["eps"],
+                                          weight_decay=a["weight_decay"]),
+                {"sq": ("square_avg", "sq_next")}),
+    "adagrad": ("Adagrad", lambda a: dict(lr=a["lr"], lr_decay=a["lr_decay"], eps=a["eps"],
+                                          weight_decay=a["weight_decay"]),
+                {"acc": ("sum", "acc_next")}),
+}
+
+
+def optimizer_domain(name, rng, arrays):
+    """Hyperparameters and state in the ranges torch.optim accepts."""
+    a = dict(arrays)
+    a.update(lr=rng.uniform(1e-3, 1e-1), weight_decay=rng.uniform(0, 0.1))
+    if "step" in a:
+        a["step"] = float(rng.integers(1, 9))
+    extra = {"sgd_momentum": dict(momentum=rng.uniform(0.5, 0.95),
+                                  dampening=rng.uniform(0, 0.5),
+                                  nesterov=float(rng.integers(0, 2))),
+             "adamw": dict(beta1=rng.uniform(0.5, 0.95), beta2=rng.uniform(0.9, 0.999),
+                           eps=10.0 ** rng.uniform(-8, -2)),
+             "rmsprop": dict(alpha=rng.uniform(0.9, 0.999), eps=10.0 ** rng.uniform(-8, -2)),
+             "adagrad": dict(lr_decay=rng.uniform(0, 0.1), eps=10.0 ** rng.uniform(-10, -2))}
+    a.update(extra.get(name, {}))
+    if name == "sgd_momentum" and a["nesterov"] > 0:
+        a["dampening"] = 0.0                       # torch refuses Nesterov with dampening
+    for state in ("v", "sq", "acc"):               # second moments are not negative
+        if state in a:
+            a[state] = np.abs(a[state])
+    return a
+
+
+def torch_optim_step(name, a):
+    """One step of torch.optim's optimizer `name` from the state in `a` (tensors)."""
     import torch
 
-    param = torch.nn.Parameter(p.detach().clone())
-    param.grad = g.detach().clone()
-    torch.optim.SGD([param], lr=float(lr.detach()), foreach=False).step()
-    return {"p_next": param.detach()}
+    cls, hyper, state = OPTIMIZERS[name]
+    scalars = {k: float(v.detach()) for k, v in a.items() if v.dim() == 0}
+    param = torch.nn.Parameter(a["p"].detach().clone())
+    param.grad = a["g"].detach().clone()
+    opt = getattr(torch.optim, cls)([param], foreach=False, **hyper(scalars))
+    step = scalars.get("step", 2.0)
+    st = {"step": torch.tensor(step - 1)} if cls != "SGD" else {}
+    if cls != "SGD" or step > 1:
+        st.update({key: a[ours].detach().clone() for ours, (key, _) in state.items()})
+    opt.state[param] = st
+    opt.step()
+    out = {"p_next": param.detach()}
+    out.update({result: opt.state[param][key] for _, (key, result) in state.items()})
+    return out
 
 
 def gradients(kernels, **arrays) -> dict:

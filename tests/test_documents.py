@@ -10,11 +10,15 @@ import sympy as sp
 import codegen
 from derive import derive
 from derive.builtins import BUILTINS, builtin
+from derive.piecewise import FirstMax, Iverson, MaxOver, Where, maximum, minimum
 from derive.document import document, write
 from derive.evaluate import evaluate
 from derive.latex import MatrixConverter, NoMatrixForm
 
 from .oracles import random_arrays, require_oracle
+
+
+PIECEWISE = (Iverson, Where, maximum, minimum, MaxOver, FirstMax)
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -34,9 +38,10 @@ def test_matrix_forms_equal_index_forms(name):
     for target, indices, expr in ([(s.name, s.indices, s.expr) for s in d.steps] +
                                   [(e.target, e.indices, e.rhs) for e in layer.equations]):
         if any(not isinstance(x, sp.Idx) for a in expr.atoms(sp.Indexed) for x in a.indices) \
-                or any(len(a.indices) > 2 for a in expr.atoms(sp.Indexed)) or len(indices) > 2:
-            # a gather y[n, t[n]], a shifted read x[n, i + k], or a tensor of more than two
-            # axes (an image): index form only
+                or any(len(a.indices) > 2 for a in expr.atoms(sp.Indexed)) or len(indices) > 2 \
+                or expr.has(*PIECEWISE):
+            # a gather y[n, t[n]], a shifted read x[n, i + k], a tensor of more than two
+            # axes (an image), or a piecewise function (a condition): index form only
             with pytest.raises(NoMatrixForm):
                 conv.convert(expr, indices)
             continue

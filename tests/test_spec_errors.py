@@ -1,5 +1,6 @@
 """Every kind of bad spec gets a SpecError naming file, line and column."""
 import pytest
+import sympy as sp
 
 from derive import LayerBuilder, SpecError, parse_spec
 from derive.builtins import builtin_text
@@ -40,12 +41,13 @@ def error_of(text, file="demo.bp"):
     ("z[n, i] = W[i, j] * x[n, j] + b[i]^2", 6, 35, "write ** for powers"),
     # a stray character
     ("z[n, i] = W[i, j] * x[n, j] + b[i] @ b[i]", 6, 31, "operator '@'"),
-    ("z[n, i] = W[i, j] * x[n, j] + b[i] == 1", 6, 11, "a comparison is not part"),
+    ("z[n, i] = W[i, j] * x[n, j] + b[i] == 1", 6, 11,
+     "a comparison is allowed only as the condition of where"),
     ("z[n, i] = W[i, j] * x[n, j] = b[i]", 6, 29, "exactly one '='"),
     ("z[n, i] = sum(W[i, j] * x[n, j], k) + b[i]", 6, 34, "'k' is summed but not used"),
     ("z[n, i] = sum(W[i, j] * x[n, j], i) + b[i]", 6, 34, "already bound"),
     ("z[n, i] = x[n, j] ** y + b[i]", 6, 22, "undeclared name 'y'"),
-    ("z[n, i] = W[i, j] * x[n, j] ** 1000 + b[i]", 6, 32, "exponents must be numbers"),
+    ("z[n, i] = W[i, j] * x[n, j] ** 1000 + b[i]", 6, 32, "numeric exponents must be of size"),
     ("z[n, i] = W[i, j] * x[n, j] / 0 + b[i]", 6, 11, "not a finite real number"),
     ("z[n, i] = W[i, j] * x[n, j] * sqrt(-2) + b[i]", 6, 31, "not a finite real number"),
     ("z[n, i] = W[i, j] * x[n, j] - W[i, j] * x[n, j] + b[i]", 6, 11, "'n' cancels out"),
@@ -150,10 +152,14 @@ def test_condition_errors():
     assert "not an index of 't'" in error_of(bad).message
 
 
-def test_output_read_by_another_equation():
+def test_output_read_by_another_equation_is_allowed():
+    """Issue 12: such an output keeps its upstream gradient (tests/test_read_outputs.py);
+    only a loss read by another equation is refused."""
     text = "layer demo\ndims N\ninput x[N]\noutput y[N], z[N]\ny[n] = 2*x[n]\nz[n] = y[n]\n"
-    err = error_of(text)
-    assert err.line == 4 and "declare it 'intermediate'" in err.message
+    assert [t.name for t in parse_spec(text).upstream] == ["y", "z"]
+    err = error_of("layer demo\ndims N\ninput x[N]\noutput z[N]\nloss L\n"
+                   "L = sum(x[n], n)\nz[n] = L * x[n]\n")
+    assert err.line == 5 and "the loss 'L' is read by the equation on line 7" in err.message
 
 
 def test_builder_reports_the_same_errors():
@@ -244,11 +250,12 @@ def test_nograd_inputs_get_no_gradient():
     assert [t.name for t in layer.differentiable] == ["v"]
 
 
-def test_exponents_may_be_scalar_tensors_only():
+def test_exponents_may_be_tensors():
     text = "layer d\ndims N\ninput s, v[N]\noutput y[N]\n"
     assert parse_spec(text + "y[n] = v[n] ** s\n").tensors["s"].dims == ()
-    err = error_of(text + "y[n] = s ** v[n]\n")
-    assert err.line == 5 and "exponents must be numbers" in err.message
+    assert parse_spec(text + "y[n] = s ** v[n]\n").equations[0].rhs == \
+        sp.Symbol("s") ** sp.IndexedBase("v")[sp.Idx("n", sp.Symbol("N", integer=True,
+                                                                        positive=True))]
 
 
 # ---- continuation lines and newcomers' messages (issue 17) ----------------------------
