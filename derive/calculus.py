@@ -43,7 +43,7 @@ def contract(expr):
 
 def _contract_sum(body, limits):
     out = []
-    for term in sp.Add.make_args(sp.expand(body, **_EXPAND)):
+    for term in _distribute(body):
         factors = sp.Mul.make_args(term)
         # A sum inside the term whose body holds a delta joins this one, so the delta is
         # solved for the best of all summed indices (the outer ones first: the forward
@@ -57,6 +57,20 @@ def _contract_sum(body, limits):
         factors = [contract(f) for f in factors]
         out.append(_eliminate(factors, limits))
     return sp.Add(*out)
+
+
+def _distribute(body):
+    """The terms of body, expanded only as far as the deltas and sums need: a factor that
+    holds neither stays whole, so a chain rule product of n local derivatives is not
+    multiplied out into 2**n terms (the sums that remain split over their own terms:
+    _sum_over)."""
+    out = []
+    for term in sp.Add.make_args(body):
+        factors = sp.Mul.make_args(term)
+        plain = sp.Mul(*[f for f in factors if not f.has(sp.KroneckerDelta, sp.Sum)])
+        rest = sp.Mul(*[f for f in factors if f.has(sp.KroneckerDelta, sp.Sum)])
+        out += [plain * t for t in sp.Add.make_args(sp.expand(rest, **_EXPAND))]
+    return out
 
 
 def _eliminate(factors, limits):
@@ -84,15 +98,33 @@ def _eliminate(factors, limits):
         if not _implied(bracket):
             factors.append(bracket)
     factors, limits = _absorb(factors, limits)
-    for k, lo, hi in reversed(limits):
-        dep = [f for f in factors if k in free_indices(f)]
-        indep = [f for f in factors if k not in free_indices(f)]
-        if not dep:
-            count = hi - lo + 1
-            factors = indep + [count if is_full((k, lo, hi)) else sp.Max(0, count)]
-        else:
-            factors = indep + [sp.Sum(sp.Mul(*dep), (k, lo, hi))]
+    for lim in reversed(limits):
+        factors = [_sum_over(factors, lim)]
     return sp.Mul(*factors)
+
+
+def _sum_over(factors, lim):
+    """sum over lim of the product of factors: those free of its index pulled out, and
+    the rest, where a sum of terms depends on the index, split term by term (the sum of
+    (x_c - mu) dxhat_c is sum x_c dxhat_c - mu sum dxhat_c, which folds and cancels)."""
+    k, lo, hi = lim
+    dep = [f for f in factors if k in free_indices(f)]
+    indep = sp.Mul(*[f for f in factors if k not in free_indices(f)])
+    body = sp.Mul(*dep)
+    terms = [body]
+    if any(isinstance(f, sp.Add) or isinstance(f, sp.Pow) and isinstance(f.base, sp.Add)
+           for f in dep) and _expanded_terms(body) <= EXPANSION_LIMIT:
+        terms = sp.Add.make_args(sp.expand(body, **_EXPAND))
+    out = []
+    for t in terms:
+        inner = [f for f in sp.Mul.make_args(t) if k in free_indices(f)]
+        outer = sp.Mul(*[f for f in sp.Mul.make_args(t) if k not in free_indices(f)])
+        if not inner:
+            count = hi - lo + 1
+            out.append(outer * (count if is_full(lim) else sp.Max(0, count)))
+        else:
+            out.append(outer * sp.Sum(sp.Mul(*inner), lim))
+    return indep * sp.Add(*out)
 
 
 def _pick_delta(factors, limits):
@@ -163,6 +195,8 @@ def fold(expr, value, name_of):
     value(mapped) is replaced by name_of(mapped).  This turns sigma(z)(1 - sigma(z)) into
     a (1 - a) and softmax's exp(z_p) / sum_k exp(z_k) into y_p.
     """
+    if not tensor_names(value) <= tensor_names(expr):
+        return expr                      # a tensor value reads is absent: nothing to find
     lhs = sorted(free_indices(value), key=str)
     if not lhs:
         return _subs_everywhere(expr, value, name_of({}))
@@ -174,7 +208,17 @@ def fold(expr, value, name_of):
             pattern = variant.xreplace(mapping)
             if expr.has(*[a for a in pattern.atoms(sp.Indexed)]):
                 expr = _subs_everywhere(expr, pattern, name_of(mapping))
+                # a mean: sum_k x[n, k] alone is C mu[n] (so sum_k x - C mu cancels)
+                coeff, core = pattern.as_independent(*pattern.atoms(sp.Indexed),
+                                                     as_Add=False)
+                if coeff != 1 and isinstance(core, sp.Sum) and expr.has(core):
+                    expr = _subs_everywhere(expr, core, name_of(mapping) / coeff)
     return expr
+
+
+def tensor_names(expr) -> set[str]:
+    """Names of the tensors expr reads by index."""
+    return {a.base.label.name for a in expr.atoms(sp.Indexed)}
 
 
 def _bound_variants(value, expr):
@@ -195,6 +239,8 @@ def _bound_variants(value, expr):
 def _subs_everywhere(expr, old, new):
     """Algebraic substitution node by node, so it also reaches inside sums whose bound
     index occurs in `old` (Sum.subs refuses those)."""
+    if expr == old:
+        return new
     if isinstance(expr, sp.Sum):
         return sp.Sum(_subs_everywhere(expr.function, old, new), *expr.limits)
     if _is_leaf(expr):
@@ -247,6 +293,8 @@ def tidy(expr):
     """
     expr = _gather_deltas(contract(expr))
     candidates = [expr]
+    if _expanded_terms(expr) > EXPANSION_LIMIT:
+        return expr          # multiplying out a long chain rule product only makes it longer
     try:
         expanded = contract(sp.expand(expr, **_EXPAND))
         candidates.append(expanded)
@@ -258,6 +306,22 @@ def tidy(expr):
     except (sp.PolynomialError, TypeError):  # cancel refuses some non-rational forms
         pass
     return min(candidates, key=_complexity)
+
+
+EXPANSION_LIMIT = 64
+
+
+def _expanded_terms(expr) -> int:
+    """How many terms expanding expr's top level would make (without making them)."""
+    total = 0
+    for term in sp.Add.make_args(expr):
+        count = 1
+        for f in sp.Mul.make_args(term):
+            base, e = (f.base, f.exp) if isinstance(f, sp.Pow) else (f, sp.S.One)
+            if isinstance(base, sp.Add) and e.is_Integer and e > 0:
+                count *= len(base.args) ** int(e)
+        total += count
+    return total
 
 
 def _gather_deltas(expr):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .calculus import apply_conditions, contract, fold, tidy
+from .calculus import apply_conditions, contract, fold, tensor_names, tidy
 from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
 from .spec import Condition, Equation, Layer, dim_symbol
 
@@ -114,6 +114,7 @@ def derive(layer: Layer) -> Derivation:
     # 1. Local contributions, walking the equations backwards.
     defs: dict[str, sp.Expr] = {}
     contributions = []
+    value_reads = {e.target: tensor_names(e.rhs) for e in layer.equations}
     for eq in reversed(layer.equations):
         mapping = {i: fresh(i) for i in eq.indices}
         rhs = freshen_bound(eq.rhs).xreplace(mapping)
@@ -134,11 +135,17 @@ def derive(layer: Layer) -> Derivation:
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
+            present = tensor_names(term)
             for other in layer.equations:
-                if other is not eq and other.target != layer.loss:
-                    t = layer.tensors[other.target]
-                    term = contract(fold(term, other.rhs, lambda m, t=t, o=other:
-                                         t.ref(*[m[l] for l in o.indices])))
+                if other is eq or other.target == layer.loss \
+                        or not value_reads[other.target] <= present:
+                    continue     # (a value is only found where all it reads is present)
+                t = layer.tensors[other.target]
+                folded = fold(term, other.rhs, lambda m, t=t, o=other:
+                              t.ref(*[m[l] for l in o.indices]))
+                if folded is not term:
+                    term = contract(folded)
+                    present = tensor_names(term)
             free = {i.label.name for i in canon[xname]}
             contributions.append(Contribution(
                 eq, xname, tidy_bound(freshen_bound(term), taken | free)))
