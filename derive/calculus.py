@@ -222,17 +222,22 @@ def tensor_names(expr) -> set[str]:
 
 
 def _bound_variants(value, expr):
-    """value, and value with its summation indices renamed to those summed in expr: a sum
-    is the same sum whatever its bound index is called."""
+    """value, and value with its summation indices renamed to those summed in expr, all
+    at once (a sum is the same sum whatever its bound indices are called), each also in
+    the nested one-index-a-sum form contract() writes."""
     ours = [lim[0] for s in value.atoms(sp.Sum) for lim in s.limits]
     if not ours:
         return [value]
     theirs = sorted({lim[0] for s in expr.atoms(sp.Sum) for lim in s.limits}, key=str)
-    out = [value]
-    for k in ours:
-        for other in theirs:
-            if dim_of(other) == dim_of(k) and other != k:
-                out.append(value.xreplace({k: other}))
+    choices = [[k] + [o for o in theirs if dim_of(o) == dim_of(k) and o != k] for k in ours]
+    out = []
+    for combo in itertools.islice(itertools.product(*choices), 64):
+        if len(set(combo)) < len(combo):
+            continue
+        renamed = value.xreplace(dict(zip(ours, combo)))
+        for form in (renamed, contract(renamed)):
+            if form not in out:
+                out.append(form)
     return out
 
 
@@ -267,6 +272,50 @@ def _subs_everywhere(expr, old, new):
             if body != pushed.function:
                 return contract(sp.Sum(body, *f.limits))
     return rebuilt
+
+
+def merge_sums(expr):
+    """sum_k f_k - c sum_k g_k as one sum, sum_k (f_k - c g_k), its body factored: the
+    inverse of splitting sums over terms, so that (x_k - mu) reappears and can be folded
+    into xhat_k.  Sums merge when they run over whole ranges of the same dimensions."""
+    if _is_leaf(expr):
+        return expr
+    if isinstance(expr, sp.Sum):
+        return sp.Sum(merge_sums(expr.function), *expr.limits)
+    expr = expr.func(*[merge_sums(a) for a in expr.args])
+    if not isinstance(expr, sp.Add):
+        return expr
+    groups: dict = {}
+    rest = []
+    for term in expr.args:
+        sums = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.Sum)]
+        limits, body = _nested_limits(sums[0]) if len(sums) == 1 else (None, None)
+        if limits is None:
+            rest.append(term)
+            continue
+        coeff = sp.Mul(*[f for f in sp.Mul.make_args(term) if f is not sums[0]])
+        key = tuple(dim_of(k) for k, _, _ in limits)
+        groups.setdefault(key, []).append((coeff, limits, body, term))
+    for members in groups.values():
+        ks = [k for k, _, _ in members[0][1]]
+        if len(members) == 1 or any(set(ks) & free_indices(c) for c, _, _, _ in members):
+            rest += [t for _, _, _, t in members]
+            continue
+        body = sp.Add(*[c * b.xreplace({k: new for (k, _, _), new in zip(lims, ks)})
+                        for c, lims, b, _ in members])
+        rest.append(sp.Sum(sp.factor_terms(body), *members[0][1]))
+    return sp.Add(*rest)
+
+
+def _nested_limits(s):
+    """(limits, body) of sum_k sum_l ... body over whole ranges, else (None, None)."""
+    limits = []
+    while isinstance(s, sp.Sum):
+        limits += list(s.limits)
+        s = s.function
+    if not all(is_full(lim) for lim in limits):
+        return None, None
+    return limits, s
 
 
 def apply_conditions(expr, conditions, layer):
@@ -305,7 +354,7 @@ def tidy(expr):
             candidates.append(_cancel_terms(expanded))
     except (sp.PolynomialError, TypeError):  # cancel refuses some non-rational forms
         pass
-    return min(candidates, key=_complexity)
+    return min(candidates, key=complexity)
 
 
 EXPANSION_LIMIT = 64
@@ -342,7 +391,7 @@ def _gather_deltas(expr):
     return expr
 
 
-def _complexity(e):
+def complexity(e):
     """Operation count, with long constants (a decimal literal as a rational, or the
     common denominator cancel() makes of several) counted as costly as three operations."""
     longs = sum(1 for r in e.atoms(sp.Rational) if abs(r.q) > 10**4 or abs(r.p) > 10**9)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .calculus import apply_conditions, contract, fold, tensor_names, tidy
+from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
+                       tensor_names, tidy)
 from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
 from .spec import Condition, Equation, Layer, dim_symbol
 
@@ -135,17 +136,7 @@ def derive(layer: Layer) -> Derivation:
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
-            present = tensor_names(term)
-            for other in layer.equations:
-                if other is eq or other.target == layer.loss \
-                        or not value_reads[other.target] <= present:
-                    continue     # (a value is only found where all it reads is present)
-                t = layer.tensors[other.target]
-                folded = fold(term, other.rhs, lambda m, t=t, o=other:
-                              t.ref(*[m[l] for l in o.indices]))
-                if folded is not term:
-                    term = contract(folded)
-                    present = tensor_names(term)
+            term = _fold_values(term, layer, value_reads, skip=eq)
             free = {i.label.name for i in canon[xname]}
             contributions.append(Contribution(
                 eq, xname, tidy_bound(freshen_bound(term), taken | free)))
@@ -173,6 +164,10 @@ def derive(layer: Layer) -> Derivation:
                     body = body.xreplace(dict(zip(canon[target], ref.indices)))
                 expr = expr.xreplace({ref: body})
         expr = tidy(expr)
+        # sums merged back and every forward value folded in once more: the textbook's
+        # sum_k dxhat_k xhat_k, where the terms had split it into x_k and mu
+        refolded = tidy(_fold_values(merge_sums(expr), layer, value_reads))
+        expr = min((expr, refolded), key=complexity)
         resolved[name] = expr
         if name not in kept:
             continue
@@ -184,6 +179,23 @@ def derive(layer: Layer) -> Derivation:
         steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
                           name in gradients))
     return Derivation(layer, tuple(steps), tuple(contributions))
+
+
+def _fold_values(term, layer, value_reads, skip=None):
+    """term with every forward value but `skip`'s written as its tensor (sum_c x[n, c] / C
+    as mu[n]), so that terms which cancel once named do cancel."""
+    present = tensor_names(term)
+    for other in layer.equations:
+        if other is skip or other.target == layer.loss \
+                or not value_reads[other.target] <= present:
+            continue     # (a value is only found where all it reads is present)
+        t = layer.tensors[other.target]
+        folded = fold(term, other.rhs, lambda m, t=t, o=other:
+                      t.ref(*[m[l] for l in o.indices]))
+        if folded != term:
+            term = contract(folded)
+            present = tensor_names(term)
+    return term
 
 
 def _adjoint_refs(expr, layer):
