@@ -294,6 +294,9 @@ def merge_sums(expr):
             rest.append(term)
             continue
         coeff = sp.Mul(*[f for f in sp.Mul.make_args(term) if f is not sums[0]])
+        if not free_indices(coeff) <= free_indices(sums[0]):
+            rest.append(term)     # xhat_c sum_k g_k: merged, the sum would run per c
+            continue
         key = tuple(dim_of(k) for k, _, _ in limits)
         groups.setdefault(key, []).append((coeff, limits, body, term))
     for members in groups.values():

@@ -138,8 +138,9 @@ def derive(layer: Layer) -> Derivation:
             # so that terms which cancel once named do cancel.
             term = _fold_values(term, layer, value_reads, skip=eq)
             free = {i.label.name for i in canon[xname]}
+            shown = min((term, merge_sums(term)), key=complexity)   # one sum, not two
             contributions.append(Contribution(
-                eq, xname, tidy_bound(freshen_bound(term), taken | free)))
+                eq, xname, tidy_bound(freshen_bound(shown), taken | free)))
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.
@@ -166,8 +167,10 @@ def derive(layer: Layer) -> Derivation:
         expr = tidy(expr)
         # sums merged back and every forward value folded in once more: the textbook's
         # sum_k dxhat_k xhat_k, where the terms had split it into x_k and mu
+        # (kept merged where that is smaller: sum_k W_ki dg_k g_k (1 - g_k) is one matrix
+        # product, where its split form has two)
         refolded = tidy(_fold_values(merge_sums(expr), layer, value_reads))
-        expr = min((expr, refolded), key=complexity)
+        expr = min((expr, refolded, merge_sums(refolded)), key=complexity)
         resolved[name] = expr
         if name not in kept:
             continue

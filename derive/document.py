@@ -10,7 +10,7 @@ import sympy as sp
 
 from templates import render
 
-from .calculus import tidy
+from .calculus import complexity, tidy
 from .derivation import Derivation, adjoint_name
 from .evaluate import evaluate
 from .indices import canonical_indices, freshen_bound, readable, tidy_bound
@@ -88,7 +88,7 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({adjoint_name(n): dims for n, dims in list(shapes.items())})
     adjoints = {adjoint_name(t) for t in layer.tensors}
-    p = IndexLatexPrinter(adjoints)
+    p = IndexLatexPrinter(adjoints, brackets=True)
     conv = MatrixConverter(shapes, adjoints)
     taken = set(layer.tensors) | set(layer.dims)
 
@@ -172,8 +172,10 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
 
 
 def _partial(name_tex, P, p):
+    """A heading's formula, at text size: \\partial L / \\partial W_{ij}."""
     sub = "".join(p.doprint(i) for i in P)
-    return rf"\frac{{\partial L}}{{\partial {name_tex}{'_{' + sub + '}' if P else ''}}}"
+    base = f"{{{name_tex}}}" if "_" in name_tex else name_tex
+    return rf"\partial L / \partial {base}{'_{' + sub + '}' if P else ''}"
 
 
 def _term(c, P, layer, taken, tex, display):
@@ -205,7 +207,8 @@ def _term(c, P, layer, taken, tex, display):
         else tex_adjoint(c.tensor)
     return dict(equation=display(tex(yref), tex(rhs)), chain=display(adjoint, chain, r"\mathrel{+}="),
                 local=display(dy, tex(local)),
-                contracted=display(adjoint, tex(tidy(c.expr)), r"\mathrel{+}="),
+                contracted=display(adjoint, tex(min((tidy(c.expr), c.expr), key=complexity)),
+                                   r"\mathrel{+}="),
                 delta=local.has(sp.KroneckerDelta), source=tex_name(eq.target),
                 shifted=any(not all(isinstance(a, sp.Idx) for a in d.args)
                             for d in local.atoms(sp.KroneckerDelta)),
@@ -227,11 +230,11 @@ def _condition_tex(cond, layer, tex):
 
 def _example(d: Derivation, tex) -> dict:
     """A worked example at small concrete values: the spec's `example` line where given,
-    else sizes 2 and short decimals from a fixed seed (one-hot rows for a target that is
+    else sizes 3 (over 2 values a normalization gives xhat = +-1) and short decimals from a fixed seed (one-hot rows for a target that is
     declared one-hot)."""
     layer = d.layer
     rng = np.random.default_rng(7)
-    sizes = layer.dim_sizes({dim: int(layer.example.get(dim, 2)) for dim in layer.dims
+    sizes = layer.dim_sizes({dim: int(layer.example.get(dim, 3)) for dim in layer.dims
                              if dim not in layer.dim_defs})      # output sizes follow
     one_hot = {c.tensor for c in layer.conditions}
     values = {}
@@ -286,7 +289,11 @@ def _tex_value(v) -> str:
         a = a.reshape(-1, 1)
     if a.ndim > 2:
         return r"\text{(a tensor of shape %s)}" % (a.shape,)
-    rows = [" & ".join(_fmt(float(x)) for x in row) for row in a]
+    # one format for a whole matrix: four decimals (1.1e-06 beside 0.3666 reads as noise,
+    # and is: 0.0000), unless an entry is too large or too small for that to show it
+    fixed = np.all(np.abs(a) < 1e4) and np.any(np.abs(a) >= 1e-3) or not a.any()
+    fmt = (lambda x: f"{x:.4f}".replace("-0.0000", "0.0000")) if fixed else _fmt
+    rows = [" & ".join(fmt(float(x)) for x in row) for row in a]
     return r"\begin{pmatrix} " + r" \\ ".join(rows) + r" \end{pmatrix}"
 
 

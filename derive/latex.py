@@ -28,9 +28,13 @@ def tex_adjoint(name: str) -> str:
 class IndexLatexPrinter(LatexPrinter):
     """Index form: T_{ij} for T[i, j], \\bar{X} for the adjoint dX, sums as \\sum_{k}."""
 
-    def __init__(self, adjoints: set[str] = frozenset(), **settings):
+    def __init__(self, adjoints: set[str] = frozenset(), brackets: bool = False,
+                 **settings):
+        """`brackets`: the Kronecker delta as the Iverson bracket [i = j] (documents,
+        where delta names the error signal), else as delta_{ij} (claims read it)."""
         super().__init__(dict(settings))
         self.adjoints = set(adjoints)
+        self.brackets = brackets
 
     def name(self, name: str) -> str:
         if name in self.adjoints:
@@ -129,8 +133,19 @@ class IndexLatexPrinter(LatexPrinter):
         return self._print(sp.Float(float(expr), 16)) if is_long_number(expr) \
             else str(int(expr))
 
+    def _print_Float(self, expr):
+        """1e-05 as 10^{-5}, 2.5e-07 as 2.5 \\cdot 10^{-7}; others in their shortest form."""
+        text = repr(float(expr))
+        if "e" not in text:
+            return text
+        mantissa, exponent = text.split("e")
+        power = "10^{%d}" % int(exponent)
+        return power if float(mantissa) == 1 else rf"{mantissa} \cdot {power}"
+
     def _print_KroneckerDelta(self, expr, exp=None):
         a, b = (self._print(x) for x in expr.args)
+        if self.brackets:
+            return rf"[{a} = {b}]"
         sep = "" if len(a) == 1 and len(b) == 1 else ","
         return rf"\delta_{{{a}{sep}{b}}}"
 

@@ -9,12 +9,16 @@ from derive.calculus import contract
 from derive.indices import canonical_indices, freshen_bound, tidy_bound
 
 
-def canonical(expr):
-    return tidy_bound(freshen_bound(contract(expr)), set())
+def canonical(expr, free):
+    """expr multiplied out (every sum a term of its own), its summation
+    indices renamed in one fixed way: equal forms compare equal, whatever the factoring."""
+    expanded = sp.expand(expr, power_exp=False, power_base=False, log=False)
+    return tidy_bound(freshen_bound(contract(expanded)), free)
 
 
 def assert_form(step, expected):
-    assert canonical(step.expr) == canonical(expected), (step.expr, expected)
+    free = {i.label.name for i in step.indices}
+    assert canonical(step.expr, free) == canonical(expected, free), (step.expr, expected)
 
 
 def refs(layer, step):

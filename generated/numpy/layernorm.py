@@ -11,7 +11,7 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dxhat[n, c] = w[c]*dy[n, c]
-    dx[n, c] = (dxhat[n, c] - ((xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k]) + sum_k(dxhat[n, k]))/C))*rstd[n]
+    dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
     dw[c] = sum_n(dy[n, c]*xhat[n, c])
     db[c] = sum_n(dy[n, c])
 
@@ -133,8 +133,8 @@ def backward(x, w, b, dy, *, mu=None, rstd=None):
     C = sizes['C']
     # dxhat[n, c] = w[c]*dy[n, c]
     dxhat = w[None, :]*dy
-    # dx[n, c] = (dxhat[n, c] - ((xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k]) + sum_k(dxhat[n, k]))/C))*rstd[n]
-    dx = (dxhat - ((x - mu[:, None])*rstd[:, None]*np.einsum('nk,n,nk->n', x - mu[:, None], rstd, dxhat, optimize=True)[:, None] + dxhat.sum(axis=1)[:, None])/C)*rstd[:, None]
+    # dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+    dx = (dxhat - dxhat.sum(axis=1)[:, None]/C - (x - mu[:, None])*rstd[:, None]*np.einsum('nk,n,nk->n', x - mu[:, None], rstd, dxhat, optimize=True)[:, None]/C)*rstd[:, None]
     # dw[c] = sum_n(dy[n, c]*xhat[n, c])
     dw = np.einsum('cn,n,nc->c', x.T - mu[None, :], rstd, dy, optimize=True)
     # db[c] = sum_n(dy[n, c])
