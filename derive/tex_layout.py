@@ -143,8 +143,13 @@ def _widest_paren(tex):
             k += 6
             continue
         k += 1
-    found = [f for f in found if len(_chunks(tex[f[1]:f[2]])) > 1]
+    found = [f for f in found if _breakable(tex[f[1]:f[2]])]
     return max(found, key=lambda f: f[2] - f[1], default=None)
+
+
+def _breakable(tex) -> bool:
+    """Can tex be cut: an outermost operator, two factors, a fraction to open?"""
+    return len(_chunks(tex)) > 1 or len(_factors(tex)) > 1 or _open_fraction(tex, 0) != tex
 
 
 def _unbrace_functions(tex):

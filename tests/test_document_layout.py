@@ -118,6 +118,11 @@ def test_builtin_documents_fit(tmp_path, name):
     "a[n, i] = tanh(x[n, i] * w[i])\n",
     "layer t\ndims N, I\ninput x_in[N, I]\nparam w_1[I, I]\noutput a_out[N, I]\n\n"
     "a_out[n, i] = tanh(w_1[i, j] * x_in[n, j])\n",
+    # found by the random test: a fraction inside a parenthesis, wider than the page
+    "layer t\ndims N, I\ninput zukv_n[N, I]\nparam y_7r4q[I], se9[I]\n"
+    "intermediate L_86[N], f_w69[N, I]\noutput s7[N, I]\n\nL_86[n] = sum(zukv_n[n, i], i) / I\n"
+    "f_w69[n, i] = sigmoid(softplus(relu((zukv_n[n, i] - L_86[n]) * y_7r4q[i] + se9[i])))\n"
+    "s7[n, i] = f_w69[n, i]**2\n",
 ])
 def test_issue_examples_compile(tmp_path, spec):
     errors, over = compile_tex(tmp_path, derive(parse_spec(spec)))
