@@ -169,8 +169,10 @@ def derive(layer: Layer) -> Derivation:
         # sum_k dxhat_k xhat_k, where the terms had split it into x_k and mu
         # (kept merged where that is smaller: sum_k W_ki dg_k g_k (1 - g_k) is one matrix
         # product, where its split form has two)
-        refolded = tidy(_fold_values(merge_sums(expr), layer, value_reads))
-        expr = min((expr, refolded, merge_sums(refolded)), key=complexity)
+        merged = merge_sums(expr)
+        if merged != expr or expr.has(sp.Sum):       # (only sums hide such values)
+            refolded = tidy(_fold_values(merged, layer, value_reads))
+            expr = min((expr, refolded, merge_sums(refolded)), key=complexity)
         resolved[name] = expr
         if name not in kept:
             continue
