@@ -5,9 +5,11 @@ start empty).  Import time of sympy and the toolkit is reported apart.
     python bench/derive_speed.py [--repeat 5]
 
 Prints the median over the repeats, and the min and max; the aim is under 1 s a layer and
-under 5 s for the set.  A 40-layer MLP, composed from one line per kind of layer (a network
-spec), is measured through to both backends' sources: compose + derive + plan + NumPy and C
-source, aim under 5 s.
+under 5 s for the set.  Then the deep compositions of bench/deep_specs.py (50 nested
+functions, a chain of 50 intermediates, a 40-layer MLP derived and emitted as C), each
+aimed under 5 s; `--deep-only` runs just those.  A 40-layer MLP composed from one line per
+kind of layer (a network spec) is measured through to both backends' sources: compose +
+derive + plan + NumPy and C source, aim under 5 s.
 """
 from __future__ import annotations
 
@@ -69,6 +71,49 @@ print(json.dumps({"import": t1 - t0, "derive": t4 - t1, "compose": t2 - t1,
 """
 
 
+DEEP_CHILD = r"""
+import json, sys, time
+from bench.deep_specs import CASES
+from derive import derive, parse_spec
+label, _, depth, what, _ = CASES[int(sys.argv[1])]
+maker = CASES[int(sys.argv[1])][1]
+t0 = time.perf_counter()
+d = derive(parse_spec(maker(depth)))
+t1 = time.perf_counter()
+if what == "C":
+    from codegen.c_backend import c_sources
+    from codegen.plan import plan
+    c_sources(plan(d))
+t2 = time.perf_counter()
+print(json.dumps({"derive": t1 - t0, "C": t2 - t1}))
+"""
+
+
+def measure_deep(repeat: int):
+    """Each deep case (bench/deep_specs.py) in fresh processes: (label, what, median,
+    min, max, target)."""
+    from bench.deep_specs import CASES
+
+    rows = []
+    for k, (label, _, depth, what, target) in enumerate(CASES):
+        times = []
+        for _ in range(repeat):
+            out = subprocess.run([sys.executable, "-c", DEEP_CHILD, str(k)],
+                                 capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parent.parent)
+            times.append(json.loads(out.stdout)[what])
+        rows.append((label, what, statistics.median(times), min(times), max(times), target))
+    return rows
+
+
+def print_deep(repeat: int):
+    print(f"\ndeep compositions (bench/deep_specs.py), median of {repeat} fresh processes")
+    print(f"{'case':<24}{'timed':>8}{'median s':>10}{'min..max s':>18}   aim")
+    for label, what, med, lo, hi, target in measure_deep(repeat):
+        print(f"{label:<24}{what:>8}{med:>10.3f}{lo:>9.3f}..{hi:<7.3f}   "
+              f"{'ok' if med < target else 'SLOW'} (< {target:g} s)")
+
+
 def measure(name: str, repeat: int, child: str = CHILD, parts: list | None = None):
     imports, derives = [], []
     for _ in range(repeat):
@@ -87,9 +132,14 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--deep-only", action="store_true",
+                    help="only the deep compositions (nested functions, chains, a deep MLP)")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}"
           f"; Python {platform.python_version()}; sympy {__import__('sympy').__version__}")
+    if args.deep_only:
+        print_deep(args.repeat)
+        return
     print(f"cold parse + derive + plan, median of {args.repeat} fresh processes (min..max)\n")
     print(f"{'layer':<24}{'median s':>10}{'min..max s':>18}   aim")
     worst = 0.0
@@ -117,6 +167,7 @@ def main():
         " (cpu: this process's CPU time, apart from waiting for a shared core)")
     print(f"\nimport of sympy + toolkit (not included above): median "
           f"{statistics.median(all_imports):.3f} s")
+    print_deep(args.repeat)
 
 
 if __name__ == "__main__":

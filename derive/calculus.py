@@ -43,7 +43,7 @@ def contract(expr):
 
 def _contract_sum(body, limits):
     out = []
-    for term in sp.Add.make_args(sp.expand(body, **_EXPAND)):
+    for term in _distribute(body):
         factors = sp.Mul.make_args(term)
         # A sum inside the term whose body holds a delta joins this one, so the delta is
         # solved for the best of all summed indices (the outer ones first: the forward
@@ -57,6 +57,20 @@ def _contract_sum(body, limits):
         factors = [contract(f) for f in factors]
         out.append(_eliminate(factors, limits))
     return sp.Add(*out)
+
+
+def _distribute(body):
+    """The terms of body, expanded only as far as the deltas and sums need: a factor that
+    holds neither stays whole, so a chain rule product of n local derivatives is not
+    multiplied out into 2**n terms (the sums that remain split over their own terms:
+    _sum_over)."""
+    out = []
+    for term in sp.Add.make_args(body):
+        factors = sp.Mul.make_args(term)
+        plain = sp.Mul(*[f for f in factors if not f.has(sp.KroneckerDelta, sp.Sum)])
+        rest = sp.Mul(*[f for f in factors if f.has(sp.KroneckerDelta, sp.Sum)])
+        out += [plain * t for t in sp.Add.make_args(sp.expand(rest, **_EXPAND))]
+    return out
 
 
 def _eliminate(factors, limits):
@@ -94,15 +108,33 @@ def _eliminate(factors, limits):
         for lim in reversed(limits):
             body = sp.Sum(body, lim)
         return sp.Mul(*[f for f in factors if f not in dep]) * body
-    for k, lo, hi in reversed(limits):
-        dep = [f for f in factors if k in free_indices(f)]
-        indep = [f for f in factors if k not in free_indices(f)]
-        if not dep:
-            count = hi - lo + 1
-            factors = indep + [count if is_full((k, lo, hi)) else sp.Max(0, count)]
-        else:
-            factors = indep + [sp.Sum(sp.Mul(*dep), (k, lo, hi))]
+    for lim in reversed(limits):
+        factors = [_sum_over(factors, lim)]
     return sp.Mul(*factors)
+
+
+def _sum_over(factors, lim):
+    """sum over lim of the product of factors: those free of its index pulled out, and
+    the rest, where a sum of terms depends on the index, split term by term (the sum of
+    (x_c - mu) dxhat_c is sum x_c dxhat_c - mu sum dxhat_c, which folds and cancels)."""
+    k, lo, hi = lim
+    dep = [f for f in factors if k in free_indices(f)]
+    indep = sp.Mul(*[f for f in factors if k not in free_indices(f)])
+    body = sp.Mul(*dep)
+    terms = [body]
+    if any(isinstance(f, sp.Add) or isinstance(f, sp.Pow) and isinstance(f.base, sp.Add)
+           for f in dep) and _expanded_terms(body) <= EXPANSION_LIMIT:
+        terms = sp.Add.make_args(sp.expand(body, **_EXPAND))
+    out = []
+    for t in terms:
+        inner = [f for f in sp.Mul.make_args(t) if k in free_indices(f)]
+        outer = sp.Mul(*[f for f in sp.Mul.make_args(t) if k not in free_indices(f)])
+        if not inner:
+            count = hi - lo + 1
+            out.append(outer * (count if is_full(lim) else sp.Max(0, count)))
+        else:
+            out.append(outer * sp.Sum(sp.Mul(*inner), lim))
+    return indep * sp.Add(*out)
 
 
 def _substitute(f, sub):
@@ -191,6 +223,8 @@ def fold(expr, value, name_of):
     value(mapped) is replaced by name_of(mapped).  This turns sigma(z)(1 - sigma(z)) into
     a (1 - a) and softmax's exp(z_p) / sum_k exp(z_k) into y_p.
     """
+    if not tensor_names(value) <= tensor_names(expr):
+        return expr                      # a tensor value reads is absent: nothing to find
     lhs = sorted(free_indices(value), key=str)
     if not lhs:
         return _subs_everywhere(expr, value, name_of({}))
@@ -202,27 +236,44 @@ def fold(expr, value, name_of):
             pattern = variant.xreplace(mapping)
             if expr.has(*[a for a in pattern.atoms(sp.Indexed)]):
                 expr = _subs_everywhere(expr, pattern, name_of(mapping))
+                # a mean: sum_k x[n, k] alone is C mu[n] (so sum_k x - C mu cancels)
+                coeff, core = pattern.as_independent(*pattern.atoms(sp.Indexed),
+                                                     as_Add=False)
+                if coeff != 1 and isinstance(core, sp.Sum) and expr.has(core):
+                    expr = _subs_everywhere(expr, core, name_of(mapping) / coeff)
     return expr
 
 
+def tensor_names(expr) -> set[str]:
+    """Names of the tensors expr reads by index."""
+    return {a.base.label.name for a in expr.atoms(sp.Indexed)}
+
+
 def _bound_variants(value, expr):
-    """value, and value with its summation indices renamed to those summed in expr: a sum
-    is the same sum whatever its bound index is called."""
+    """value, and value with its summation indices renamed to those summed in expr, all
+    at once (a sum is the same sum whatever its bound indices are called), each also in
+    the nested one-index-a-sum form contract() writes."""
     ours = [lim[0] for s in value.atoms(sp.Sum) for lim in s.limits]
     if not ours:
         return [value]
     theirs = sorted({lim[0] for s in expr.atoms(sp.Sum) for lim in s.limits}, key=str)
-    out = [value]
-    for k in ours:
-        for other in theirs:
-            if dim_of(other) == dim_of(k) and other != k:
-                out.append(value.xreplace({k: other}))
+    choices = [[k] + [o for o in theirs if dim_of(o) == dim_of(k) and o != k] for k in ours]
+    out = []
+    for combo in itertools.islice(itertools.product(*choices), 64):
+        if len(set(combo)) < len(combo):
+            continue
+        renamed = value.xreplace(dict(zip(ours, combo)))
+        for form in (renamed, contract(renamed)):
+            if form not in out:
+                out.append(form)
     return out
 
 
 def _subs_everywhere(expr, old, new):
     """Algebraic substitution node by node, so it also reaches inside sums whose bound
     index occurs in `old` (Sum.subs refuses those)."""
+    if expr == old:
+        return new
     if isinstance(expr, sp.Sum):
         return sp.Sum(_subs_everywhere(expr.function, old, new), *expr.limits)
     if _is_leaf(expr):
@@ -251,6 +302,53 @@ def _subs_everywhere(expr, old, new):
     return rebuilt
 
 
+def merge_sums(expr):
+    """sum_k f_k - c sum_k g_k as one sum, sum_k (f_k - c g_k), its body factored: the
+    inverse of splitting sums over terms, so that (x_k - mu) reappears and can be folded
+    into xhat_k.  Sums merge when they run over whole ranges of the same dimensions."""
+    if _is_leaf(expr):
+        return expr
+    if isinstance(expr, sp.Sum):
+        return sp.Sum(merge_sums(expr.function), *expr.limits)
+    expr = expr.func(*[merge_sums(a) for a in expr.args])
+    if not isinstance(expr, sp.Add):
+        return expr
+    groups: dict = {}
+    rest = []
+    for term in expr.args:
+        sums = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.Sum)]
+        limits, body = _nested_limits(sums[0]) if len(sums) == 1 else (None, None)
+        if limits is None:
+            rest.append(term)
+            continue
+        coeff = sp.Mul(*[f for f in sp.Mul.make_args(term) if f is not sums[0]])
+        if not free_indices(coeff) <= free_indices(sums[0]):
+            rest.append(term)     # xhat_c sum_k g_k: merged, the sum would run per c
+            continue
+        key = tuple(dim_of(k) for k, _, _ in limits)
+        groups.setdefault(key, []).append((coeff, limits, body, term))
+    for members in groups.values():
+        ks = [k for k, _, _ in members[0][1]]
+        if len(members) == 1 or any(set(ks) & free_indices(c) for c, _, _, _ in members):
+            rest += [t for _, _, _, t in members]
+            continue
+        body = sp.Add(*[c * b.xreplace({k: new for (k, _, _), new in zip(lims, ks)})
+                        for c, lims, b, _ in members])
+        rest.append(sp.Sum(sp.factor_terms(body), *members[0][1]))
+    return sp.Add(*rest)
+
+
+def _nested_limits(s):
+    """(limits, body) of sum_k sum_l ... body over whole ranges, else (None, None)."""
+    limits = []
+    while isinstance(s, sp.Sum):
+        limits += list(s.limits)
+        s = s.function
+    if not all(is_full(lim) for lim in limits):
+        return None, None
+    return limits, s
+
+
 def apply_conditions(expr, conditions, layer):
     """Replace sum_k T[.., k, ..] by the declared value; returns (expr, conditions used)."""
     used = []
@@ -275,6 +373,8 @@ def tidy(expr):
     """
     expr = _gather_deltas(contract(expr))
     candidates = [expr]
+    if _expanded_terms(expr) > EXPANSION_LIMIT:
+        return expr          # multiplying out a long chain rule product only makes it longer
     try:
         expanded = contract(sp.expand(expr, **_EXPAND))
         candidates.append(expanded)
@@ -285,7 +385,23 @@ def tidy(expr):
             candidates.append(_cancel_terms(expanded))
     except (sp.PolynomialError, TypeError):  # cancel refuses some non-rational forms
         pass
-    return min(candidates, key=_complexity)
+    return min(candidates, key=complexity)
+
+
+EXPANSION_LIMIT = 64
+
+
+def _expanded_terms(expr) -> int:
+    """How many terms expanding expr's top level would make (without making them)."""
+    total = 0
+    for term in sp.Add.make_args(expr):
+        count = 1
+        for f in sp.Mul.make_args(term):
+            base, e = (f.base, f.exp) if isinstance(f, sp.Pow) else (f, sp.S.One)
+            if isinstance(base, sp.Add) and e.is_Integer and e > 0:
+                count *= len(base.args) ** int(e)
+        total += count
+    return total
 
 
 def _gather_deltas(expr):
@@ -306,7 +422,7 @@ def _gather_deltas(expr):
     return expr
 
 
-def _complexity(e):
+def complexity(e):
     """Operation count, with long constants (a decimal literal as a rational, or the
     common denominator cancel() makes of several) counted as costly as three operations."""
     longs = sum(1 for r in e.atoms(sp.Rational) if abs(r.q) > 10**4 or abs(r.p) > 10**9)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .calculus import apply_conditions, contract, fold, tidy
+from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
+                       tensor_names, tidy)
 from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
 from .spec import Condition, Equation, Layer, dim_symbol
 
@@ -114,6 +115,7 @@ def derive(layer: Layer) -> Derivation:
     # 1. Local contributions, walking the equations backwards.
     defs: dict[str, sp.Expr] = {}
     contributions = []
+    value_reads = {e.target: tensor_names(e.rhs) for e in layer.equations}
     for eq in reversed(layer.equations):
         mapping = {i: fresh(i) for i in eq.indices}
         rhs = freshen_bound(eq.rhs).xreplace(mapping)
@@ -141,21 +143,11 @@ def derive(layer: Layer) -> Derivation:
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
-            present = _names_in(term)
-            tensors = set(layer.tensors)
-            for other in layer.equations:
-                # an equation that reads none of the term's tensors cannot appear in it:
-                # skipping its pattern search keeps a deep network's derivation linear
-                if other is not eq and other.target != layer.loss and \
-                        other.reads & present & tensors:
-                    t = layer.tensors[other.target]
-                    folded = contract(fold(term, other.rhs, lambda m, t=t, o=other:
-                                           t.ref(*[m[l] for l in o.indices])))
-                    if folded != term:
-                        term, present = folded, _names_in(folded)
+            term = _fold_values(term, layer, value_reads, skip=eq)
             free = {i.label.name for i in canon[xname]}
+            shown = min((term, merge_sums(term)), key=complexity)   # one sum, not two
             contributions.append(Contribution(
-                eq, xname, tidy_bound(freshen_bound(term), taken | free)))
+                eq, xname, tidy_bound(freshen_bound(shown), taken | free)))
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.
@@ -180,6 +172,14 @@ def derive(layer: Layer) -> Derivation:
                     body = body.xreplace(dict(zip(canon[target], ref.indices)))
                 expr = expr.xreplace({ref: body})
         expr = tidy(expr)
+        # sums merged back and every forward value folded in once more: the textbook's
+        # sum_k dxhat_k xhat_k, where the terms had split it into x_k and mu
+        # (kept merged where that is smaller: sum_k W_ki dg_k g_k (1 - g_k) is one matrix
+        # product, where its split form has two)
+        merged = merge_sums(expr)
+        if merged != expr or expr.has(sp.Sum):       # (only sums hide such values)
+            refolded = tidy(_fold_values(merged, layer, value_reads))
+            expr = min((expr, refolded, merge_sums(refolded)), key=complexity)
         resolved[name] = expr
         if name not in kept:
             continue
@@ -193,10 +193,21 @@ def derive(layer: Layer) -> Derivation:
     return Derivation(layer, tuple(steps), tuple(contributions))
 
 
-def _names_in(expr) -> set[str]:
-    """Names of the tensors (and scalars) an expression reads."""
-    return {b.label.name for b in expr.atoms(sp.IndexedBase)} | \
-        {s.name for s in expr.atoms(sp.Symbol)}
+def _fold_values(term, layer, value_reads, skip=None):
+    """term with every forward value but `skip`'s written as its tensor (sum_c x[n, c] / C
+    as mu[n]), so that terms which cancel once named do cancel."""
+    present = tensor_names(term)
+    for other in layer.equations:
+        if other is skip or other.target == layer.loss \
+                or not value_reads[other.target] <= present:
+            continue     # (a value is only found where all it reads is present)
+        t = layer.tensors[other.target]
+        folded = fold(term, other.rhs, lambda m, t=t, o=other:
+                      t.ref(*[m[l] for l in o.indices]))
+        if folded != term:
+            term = contract(folded)
+            present = tensor_names(term)
+    return term
 
 
 def _adjoint_refs(expr, layer):

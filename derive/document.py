@@ -10,13 +10,14 @@ import sympy as sp
 
 from templates import render
 
-from .calculus import tidy
+from .calculus import complexity, tidy
 from .derivation import Derivation, adjoint_name
 from .evaluate import evaluate
 from .indices import canonical_indices, freshen_bound, readable, tidy_bound
 from .latex import (IndexLatexPrinter, MatrixConverter, NoMatrixForm, tex_adjoint,
                     tex_name)
 from .spec import dim_symbol
+from .tex_layout import aligned
 
 
 ENGINES = ("pdflatex", "lualatex")
@@ -77,20 +78,25 @@ def document(derivation: Derivation, fmt: str = "tex") -> str:
     """The derivation as a LaTeX (fmt="tex") or Markdown (fmt="md") document."""
     if fmt not in ("tex", "md"):
         raise ValueError(f"unknown document format '{fmt}' (tex or md)")
-    return render(f"derivation.{fmt}.j2", **context(derivation))
+    return render(f"derivation.{fmt}.j2", **context(derivation, fmt))
 
 
-def context(d: Derivation) -> dict:
+def context(d: Derivation, fmt: str = "tex") -> dict:
+    """Every formula of the document; each displayed equation arrives as align* rows
+    (lhs &= rhs, long ones broken across lines) for LaTeX, on one line for Markdown."""
     layer = d.layer
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({adjoint_name(n): dims for n, dims in list(shapes.items())})
     adjoints = {adjoint_name(t) for t in layer.tensors}
-    p = IndexLatexPrinter(adjoints)
+    p = IndexLatexPrinter(adjoints, brackets=True)
     conv = MatrixConverter(shapes, adjoints)
     taken = set(layer.tensors) | set(layer.dims)
 
     def tex(e):
         return p.doprint(e)
+
+    def eq(lhs, rhs, rel="="):
+        return aligned(lhs, rhs, rel) if fmt == "tex" else f"{lhs} {rel} {rhs}"
 
     def matrix(expr, indices):
         try:
@@ -106,11 +112,11 @@ def context(d: Derivation) -> dict:
                     shape=r" \times ".join(t.dims) if t.dims else "scalar")
                for t in layer.tensors.values()]
     forward = []
-    for eq in layer.equations:
-        lhs = ref(eq.target, eq.indices)
-        m = matrix(eq.rhs, eq.indices) if eq.indices else None
-        forward.append(dict(index=f"{tex(lhs)} = {tex(eq.rhs)}",
-                            matrix=f"{tex_name(eq.target)} = {m}" if m else None))
+    for e in layer.equations:
+        lhs = ref(e.target, e.indices)
+        m = matrix(e.rhs, e.indices) if e.indices else None
+        forward.append(dict(index=eq(tex(lhs), tex(e.rhs)),
+                            matrix=eq(tex_name(e.target), m) if m else None))
 
     steps = {s.tensor: s for s in d.steps}
     by_tensor: dict[str, list] = {}
@@ -128,7 +134,7 @@ def context(d: Derivation) -> dict:
         P = canonical_indices([dim_symbol(x) for x in t.dims], taken)
         terms = []
         for c in by_tensor.get(name, []):
-            terms.append(_term(c, P, layer, taken, tex))
+            terms.append(_term(c, P, layer, taken, tex, eq))
         step = steps.get(name)
         entry = dict(name=tex_name(name), title=_partial(tex_name(name), P, p),
                      adjoint=tex(sp.IndexedBase(adjoint_name(name))[P]) if P
@@ -138,15 +144,15 @@ def context(d: Derivation) -> dict:
                      result=None, matrix=None, given=None)
         if step is not None:
             lhs = tex(step.lhs)
-            entry["result"] = f"{lhs} = {tex(step.expr)}"
+            entry["result"] = eq(lhs, tex(step.expr))
             m = matrix(step.expr, step.indices)
-            entry["matrix"] = f"{tex_adjoint(name)} = {m}" if m and step.indices else None
+            entry["matrix"] = eq(tex_adjoint(name), m) if m and step.indices else None
             if step.given is not None:
                 gm = matrix(step.given, step.indices) if step.indices else None
                 entry["given"] = dict(
                     conditions=[_condition_tex(cond, layer, tex) for cond in step.conditions],
-                    index=f"{lhs} = {tex(step.given)}",
-                    matrix=f"{tex_adjoint(name)} = {gm}" if gm else None)
+                    index=eq(lhs, tex(step.given)),
+                    matrix=eq(tex_adjoint(name), gm) if gm else None)
         gradients.append(entry)
     gradients = _by_layer(layer, gradients, dict(zip(order, gradients)))
 
@@ -155,8 +161,8 @@ def context(d: Derivation) -> dict:
     if len(deltas) >= 2:
         for s in deltas:
             m = matrix(s.simplest, s.indices)
-            recursion.append(dict(index=f"{tex(s.lhs)} = {tex(s.simplest)}",
-                                  matrix=f"{tex_adjoint(s.tensor)} = {m}" if m else None))
+            recursion.append(dict(index=eq(tex(s.lhs), tex(s.simplest)),
+                                  matrix=eq(tex_adjoint(s.tensor), m) if m else None))
     conditions = [_condition_tex(c, layer, tex) for c in layer.conditions]
     return dict(
         name=layer.name, doc=layer.doc, tensors=tensors, forward=forward,
@@ -178,12 +184,15 @@ def _by_layer(layer, gradients, by_name) -> list:
 
 
 def _partial(name_tex, P, p):
+    """A heading's formula, at text size: \\partial L / \\partial W_{ij}."""
     sub = "".join(p.doprint(i) for i in P)
-    return rf"\frac{{\partial L}}{{\partial {name_tex}{'_{' + sub + '}' if P else ''}}}"
+    base = f"{{{name_tex}}}" if "_" in name_tex else name_tex
+    return rf"\partial L / \partial {base}{'_{' + sub + '}' if P else ''}"
 
 
-def _term(c, P, layer, taken, tex):
-    """The chain rule for one equation Y = F feeding tensor X, term by term."""
+def _term(c, P, layer, taken, tex, display):
+    """The chain rule for one equation Y = F feeding tensor X, term by term; `display` lays out
+    a displayed equation."""
     eq = c.equation
     y = layer.tensors[eq.target]
     x = layer.tensors[c.tensor]
@@ -207,8 +216,12 @@ def _term(c, P, layer, taken, tex):
     sums = ",".join(tex(i) for i in lhs_idx)
     dy = rf"\frac{{\partial {tex(yref)}}}{{\partial {tex(xref)}}}"
     chain = (rf"\sum_{{{sums}}} " if sums else "") + (f"{seed} " if seed else "") + dy
-    return dict(equation=f"{tex(yref)} = {tex(rhs)}", chain=chain,
-                local=f"{dy} = {tex(local)}", contracted=tex(tidy(c.expr)),
+    adjoint = tex(sp.IndexedBase(adjoint_name(c.tensor))[P]) if P \
+        else tex_adjoint(c.tensor)
+    return dict(equation=display(tex(yref), tex(rhs)), chain=display(adjoint, chain, r"\mathrel{+}="),
+                local=display(dy, tex(local)),
+                contracted=display(adjoint, tex(min((tidy(c.expr), c.expr), key=complexity)),
+                                   r"\mathrel{+}="),
                 delta=local.has(sp.KroneckerDelta), source=tex_name(eq.target),
                 shifted=any(not all(isinstance(a, sp.Idx) for a in d.args)
                             for d in local.atoms(sp.KroneckerDelta)),
@@ -230,11 +243,11 @@ def _condition_tex(cond, layer, tex):
 
 def _example(d: Derivation, tex) -> dict:
     """A worked example at small concrete values: the spec's `example` line where given,
-    else sizes 2 and short decimals from a fixed seed (one-hot rows for a target that is
+    else sizes 3 (over 2 values a normalization gives xhat = +-1) and short decimals from a fixed seed (one-hot rows for a target that is
     declared one-hot)."""
     layer = d.layer
     rng = np.random.default_rng(7)
-    sizes = layer.fit_sizes({dim: int(layer.example.get(dim, 2)) for dim in layer.dims
+    sizes = layer.fit_sizes({dim: int(layer.example.get(dim, 3)) for dim in layer.dims
                              if dim not in layer.dim_defs})      # output sizes follow
     one_hot = {c.tensor for c in layer.conditions}
     values = {}
@@ -289,7 +302,11 @@ def _tex_value(v) -> str:
         a = a.reshape(-1, 1)
     if a.ndim > 2:
         return r"\text{(a tensor of shape %s)}" % (a.shape,)
-    rows = [" & ".join(_fmt(float(x)) for x in row) for row in a]
+    # one format for a whole matrix: four decimals (1.1e-06 beside 0.3666 reads as noise,
+    # and is: 0.0000), unless an entry is too large or too small for that to show it
+    fixed = np.all(np.abs(a) < 1e4) and np.any(np.abs(a) >= 1e-3) or not a.any()
+    fmt = (lambda x: f"{x:.4f}".replace("-0.0000", "0.0000")) if fixed else _fmt
+    rows = [" & ".join(fmt(float(x)) for x in row) for row in a]
     return r"\begin{pmatrix} " + r" \\ ".join(rows) + r" \end{pmatrix}"
 
 

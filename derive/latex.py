@@ -8,42 +8,35 @@ tensors of at most two indices have matrix forms; anything else says so (NoMatri
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from .functions import expm1, log1p, relu, sigmoid, softplus
 from .piecewise import absolute
 from .affine import is_full
 from .indices import dim_of, free_indices
-
-
-def tex_name(name: str) -> str:
-    """W1 -> W^{(1)} (a layer number), yhat -> \\hat{y}, sigma -> \\sigma, dz2 stays dz_{2}
-    only when called for a plain name; adjoints go through tex_adjoint."""
-    m = re.fullmatch(r"(.*?[A-Za-z_])(\d+)", name)
-    base, layer = (m.group(1), m.group(2)) if m else (name, "")
-    body = sp.latex(sp.Symbol(base))
-    return f"{body}^{{({layer})}}" if layer else body
+from .tex_names import has_top_script, tex_index, tex_name
 
 
 def tex_adjoint(name: str) -> str:
-    """The adjoint dL/dX of tensor X, written \\bar{X}."""
-    m = re.fullmatch(r"(.*?[A-Za-z_])(\d+)", name)
-    base, layer = (m.group(1), m.group(2)) if m else (name, "")
-    body = r"\bar{%s}" % sp.latex(sp.Symbol(base))
-    return f"{body}^{{({layer})}}" if layer else body
+    """The adjoint dL/dX of tensor X, written \\bar{X} (the bar over the whole name)."""
+    return tex_name(name, bar=True)
 
 
 class IndexLatexPrinter(LatexPrinter):
     """Index form: T_{ij} for T[i, j], \\bar{X} for the adjoint dX, sums as \\sum_{k}."""
 
-    def __init__(self, adjoints: set[str] = frozenset(), **settings):
+    def __init__(self, adjoints: set[str] = frozenset(), brackets: bool = False,
+                 **settings):
+        """`brackets`: the Kronecker delta as the Iverson bracket [i = j] (documents,
+        where delta names the error signal), else as delta_{ij} (claims read it)."""
         super().__init__(dict(settings))
         self.adjoints = set(adjoints)
+        self.brackets = brackets
 
     def name(self, name: str) -> str:
         if name in self.adjoints:
@@ -66,20 +59,34 @@ class IndexLatexPrinter(LatexPrinter):
         return out
 
     def _print_Symbol(self, expr, style="plain"):
-        if expr.name in self.adjoints or re.fullmatch(r".*\d", expr.name):
-            return self.name(expr.name)
-        return super()._print_Symbol(expr)
+        return self.name(expr.name)
 
     def _print_Idx(self, expr):
-        return self._print(expr.label)
+        return tex_index(expr.label.name)
 
     def _print_Indexed(self, expr):
         sub = [self._index(i) for i in expr.indices]
         joined = "".join(sub) if all(len(s) == 1 for s in sub) else ",".join(sub)
         base = self.name(expr.base.label.name)
-        if "_" in base:                  # p_next: {p_{next}}_{i}, not a double subscript
+        if has_top_script(base, "_"):
             base = f"{{{base}}}"
         return f"{base}_{{{joined}}}"
+
+    def _print_Pow(self, expr):
+        # sympy hands a function's power to the function's own _latex as exp=..., which
+        # ours do not take: sigma(z)^2 is printed here, as any other base
+        if isinstance(expr.base, sp.Function) and hasattr(expr.base, "_latex") \
+                and expr.exp.is_Integer and expr.exp > 0:
+            return self._helper_print_standard_power(expr, "%s^{%s}")
+        return super()._print_Pow(expr)
+
+    def _helper_print_standard_power(self, expr, template: str) -> str:
+        # a base that already carries a superscript (W^{(1)}_{ij}, a^{T}) is wrapped
+        # before the power goes on: never a double superscript
+        base = self.parenthesize(expr.base, PRECEDENCE["Pow"])
+        if has_top_script(base) or expr.base.is_Float:
+            base = f"{{{base}}}"
+        return template % (base, self._print(expr.exp))
 
     def _print_Sum(self, expr):
         limits = list(expr.limits)
@@ -128,8 +135,19 @@ class IndexLatexPrinter(LatexPrinter):
         return self._print(sp.Float(float(expr), 16)) if is_long_number(expr) \
             else str(int(expr))
 
+    def _print_Float(self, expr):
+        """1e-05 as 10^{-5}, 2.5e-07 as 2.5 \\cdot 10^{-7}; others in their shortest form."""
+        text = repr(float(expr))
+        if "e" not in text:
+            return text
+        mantissa, exponent = text.split("e")
+        power = "10^{%d}" % int(exponent)
+        return power if float(mantissa) == 1 else rf"{mantissa} \cdot {power}"
+
     def _print_KroneckerDelta(self, expr, exp=None):
         a, b = (self._print(x) for x in expr.args)
+        if self.brackets:
+            return rf"[{a} = {b}]"
         sep = "" if len(a) == 1 and len(b) == 1 else ","
         return rf"\delta_{{{a}{sep}{b}}}"
 
@@ -177,7 +195,8 @@ class Leaf(MNode):
     def latex(self):
         if not self.transposed:
             return self.tex
-        return (r"\left(%s\right)" % self.tex if "^" in self.tex else self.tex) + "^{T}"
+        return (r"\left(%s\right)" % self.tex if has_top_script(self.tex) else self.tex) \
+            + "^{T}"
 
     def evaluate(self, values, sizes):
         a = np.asarray(values[self.name], dtype=float)
@@ -307,7 +326,7 @@ class Apply(MNode):        # an elementwise function
 
     def latex(self):
         if self.func == "pow":
-            return rf"{_wrap(self.arg, 3)}^{{\odot {sp.latex(self.power)}}}"
+            return rf"{_wrap(self.arg, 4)}^{{\odot {sp.latex(self.power)}}}"
         if self.func == "step":
             return r"\mathbb{1}\left[%s > 0\right]" % self.arg.latex()
         if self.func == "sqrt":
@@ -332,8 +351,11 @@ class Apply(MNode):        # an elementwise function
 
 
 def _wrap(node, prec):
+    """node's LaTeX, in parentheses when it binds looser than `prec`; prec 4 is a base
+    about to take a superscript, which an atom already carrying one (a^{T}) is not."""
     code = node.latex()
-    return rf"\left({code}\right)" if node.prec < prec else code
+    loose = node.prec < prec if prec <= 3 else (node.prec < 3 or has_top_script(code))
+    return rf"\left({code}\right)" if loose else code
 
 
 FUNCS = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sigmoid: "sigmoid", relu: "relu",
@@ -545,7 +567,7 @@ class _T(MNode):
     node: MNode
 
     def latex(self):
-        return rf"{_wrap(self.node, 3)}^{{T}}"
+        return rf"{_wrap(self.node, 4)}^{{T}}"
 
     def evaluate(self, values, sizes):
         return self.node.evaluate(values, sizes).T

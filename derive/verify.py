@@ -37,13 +37,13 @@ from .claims import (Bin, Claim, ClaimError, Func, Grad, Indicator, Jacobian, Ne
                      Ones, Post, Sym, SumOver, at_layer, parse_claim, symbolic_layers, walk)
 from .derivation import Derivation, adjoint_name
 from .evaluate import _compute, evaluate
-from .functions import relu, sigmoid, softplus
+from .functions import relu, sigmoid, softplus, tanh
 from .indices import canonical_indices, free_indices, freshen_bound, tidy_bound
 from .spec import dim_symbol
 
 BATCH = "N"
 ONE = sp.Idx("_one", 1)          # the unit axis of a vector (a column: (i, ONE))
-FUNCS = {"sigmoid": sigmoid, "tanh": sp.tanh, "log": sp.log, "exp": sp.exp, "relu": relu,
+FUNCS = {"sigmoid": sigmoid, "tanh": tanh, "log": sp.log, "exp": sp.exp, "relu": relu,
          "softplus": softplus, "sqrt": sp.sqrt, "erf": sp.erf, "sign": sp.sign,
          "normcdf": lambda v: (1 + sp.erf(v / sp.sqrt(2))) / 2,
          "normpdf": lambda v: sp.exp(-v ** 2 / 2) / sp.sqrt(2 * sp.pi)}

@@ -17,7 +17,7 @@
  *   dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
  *   dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
  *   dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
- *   dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e]) + sum_{h,e}(Wq[h, e, d]*dq[b, h, t, e]) + sum_{h,e}(Wv[h, e, d]*dv[b, h, t, e])
+ *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
  *   dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e])
@@ -81,7 +81,7 @@ size_t bp_attention_backward_work(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff
     (void)D;
     (void)H;
     (void)E;
-    return (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)T*(size_t)D + (size_t)B*(size_t)T*(size_t)D + (size_t)B*(size_t)T*(size_t)D;
+    return (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E;
 }
 
 void bp_attention_set_threads(int threads)
@@ -284,9 +284,6 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     float *const dv = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T;
     float *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E;
     float *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E;
-    float *const _s5 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E + B*H*T*E;
-    float *const _s6 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E + B*H*T*E + B*T*D;
-    float *const _s7 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E + B*H*T*E + B*T*D + B*T*D;
     const float bp_k0 = powf(E, -1.0F/2.0F);
     BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -420,65 +417,24 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        /* sum over h, e */
+        /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
         for (ptrdiff_t t = 0; t < T; ++t) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
-                _s5[(b*T + t)*D + d] = 0;
+                dx[(b*T + t)*D + d] = 0;
             }
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t e = 0; e < E; ++e) {
                     const float bp_acc8_r0 = dk[((b*H + h)*T + t)*E + e];
+                    const float bp_acc8_r1 = dq[((b*H + h)*T + t)*E + e];
+                    const float bp_acc8_r2 = dv[((b*H + h)*T + t)*E + e];
                     BP_OMP(simd)
                     for (ptrdiff_t d = 0; d < D; ++d) {
-                        _s5[(b*T + t)*D + d] += bp_acc8_r0*Wk[(h*E + e)*D + d];
+                        dx[(b*T + t)*D + d] += bp_acc8_r0*Wk[(h*E + e)*D + d] + bp_acc8_r1*Wq[(h*E + e)*D + d] + bp_acc8_r2*Wv[(h*E + e)*D + d];
                     }
                 }
-            }
-        }
-        /* sum over h, e */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                _s6[(b*T + t)*D + d] = 0;
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc9_r0 = dq[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        _s6[(b*T + t)*D + d] += bp_acc9_r0*Wq[(h*E + e)*D + d];
-                    }
-                }
-            }
-        }
-        /* sum over h, e */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                _s7[(b*T + t)*D + d] = 0;
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc10_r0 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        _s7[(b*T + t)*D + d] += bp_acc10_r0*Wv[(h*E + e)*D + d];
-                    }
-                }
-            }
-        }
-        /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e]) + sum_{h,e}(Wq[h, e, d]*dq[b, h, t, e]) + sum_{h,e}(Wv[h, e, d]*dv[b, h, t, e]) */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[(b*T + t)*D + d] = _s5[(b*T + t)*D + d] + _s6[(b*T + t)*D + d] + _s7[(b*T + t)*D + d];
             }
         }
     }
@@ -719,9 +675,6 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     double *const dv = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T;
     double *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E;
     double *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E;
-    double *const _s5 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E + B*H*T*E;
-    double *const _s6 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E + B*H*T*E + B*T*D;
-    double *const _s7 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E + B*H*T*E + B*T*D + B*T*D;
     const double bp_k0 = pow(E, -1.0/2.0);
     BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -855,65 +808,24 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        /* sum over h, e */
+        /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
         for (ptrdiff_t t = 0; t < T; ++t) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
-                _s5[(b*T + t)*D + d] = 0;
+                dx[(b*T + t)*D + d] = 0;
             }
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t e = 0; e < E; ++e) {
                     const double bp_acc8_r0 = dk[((b*H + h)*T + t)*E + e];
+                    const double bp_acc8_r1 = dq[((b*H + h)*T + t)*E + e];
+                    const double bp_acc8_r2 = dv[((b*H + h)*T + t)*E + e];
                     BP_OMP(simd)
                     for (ptrdiff_t d = 0; d < D; ++d) {
-                        _s5[(b*T + t)*D + d] += bp_acc8_r0*Wk[(h*E + e)*D + d];
+                        dx[(b*T + t)*D + d] += bp_acc8_r0*Wk[(h*E + e)*D + d] + bp_acc8_r1*Wq[(h*E + e)*D + d] + bp_acc8_r2*Wv[(h*E + e)*D + d];
                     }
                 }
-            }
-        }
-        /* sum over h, e */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                _s6[(b*T + t)*D + d] = 0;
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc9_r0 = dq[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        _s6[(b*T + t)*D + d] += bp_acc9_r0*Wq[(h*E + e)*D + d];
-                    }
-                }
-            }
-        }
-        /* sum over h, e */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                _s7[(b*T + t)*D + d] = 0;
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc10_r0 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        _s7[(b*T + t)*D + d] += bp_acc10_r0*Wv[(h*E + e)*D + d];
-                    }
-                }
-            }
-        }
-        /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e]) + sum_{h,e}(Wq[h, e, d]*dq[b, h, t, e]) + sum_{h,e}(Wv[h, e, d]*dv[b, h, t, e]) */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[(b*T + t)*D + d] = _s5[(b*T + t)*D + d] + _s6[(b*T + t)*D + d] + _s7[(b*T + t)*D + d];
             }
         }
     }

@@ -11,8 +11,8 @@
  *   y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
  *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
- *   dvar[c] = rstd[c]**3*(mu[c]*sum_{n,h,k}(dxhat[n, c, h, k]) - sum_{n,h,k}(dxhat[n, c, h, k]*x[n, c, h, k]))/2
- *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W))
+ *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
+ *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
  *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
  *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
  */
@@ -72,7 +72,7 @@ size_t bp_batchnorm_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff
     (void)C;
     (void)H;
     (void)W;
-    return (size_t)N*(size_t)C*(size_t)H*(size_t)W + (size_t)C + (size_t)C + (size_t)C + (size_t)C;
+    return (size_t)N*(size_t)C*(size_t)H*(size_t)W + (size_t)C + (size_t)C + (size_t)C;
 }
 
 void bp_batchnorm_set_threads(int threads)
@@ -157,7 +157,6 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     float *const _s1 = bp_work + N*C*H*W;
     float *const _s2 = bp_work + N*C*H*W + C;
     float *const _s3 = bp_work + N*C*H*W + C + C;
-    float *const _s4 = bp_work + N*C*H*W + C + C + C;
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/N;
     const float bp_k2 = 1.0F/W;
@@ -182,46 +181,35 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += dxhat[((n*C + c)*H + h)*W + k]*x[((n*C + c)*H + h)*W + k];
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dxhat[((n*C + c)*H + h)*W + k];
                 }
             }
         }
         _s1[c] = bp_acc0;
-        /* sum over n, h, k */
+        /* sum over l, m, p */
         float bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+        for (ptrdiff_t p = 0; p < N; ++p) {
+            for (ptrdiff_t m = 0; m < H; ++m) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dxhat[((n*C + c)*H + h)*W + k];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc1 += dxhat[((p*C + c)*H + m)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
         /* sum over l, m, p */
         float bp_acc2 = 0;
-        for (ptrdiff_t p = 0; p < N; ++p) {
-            for (ptrdiff_t m = 0; m < H; ++m) {
+        for (ptrdiff_t m = 0; m < N; ++m) {
+            for (ptrdiff_t l = 0; l < H; ++l) {
                 BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc2 += dxhat[((p*C + c)*H + m)*W + l];
+                for (ptrdiff_t p = 0; p < W; ++p) {
+                    bp_acc2 += x[((m*C + c)*H + l)*W + p];
                 }
             }
         }
         _s3[c] = bp_acc2;
-        /* sum over l, m, p */
-        float bp_acc3 = 0;
-        for (ptrdiff_t p = 0; p < N; ++p) {
-            for (ptrdiff_t m = 0; m < H; ++m) {
-                BP_OMP(simd reduction(+:bp_acc3))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc3 += x[((p*C + c)*H + m)*W + l];
-                }
-            }
-        }
-        _s4[c] = bp_acc3;
     }
-    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W)) */
+    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -229,15 +217,15 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 const float bp_acc_r0 = _s1[c];
                 const float bp_acc_r1 = _s2[c];
                 const float bp_acc_r2 = _s3[c];
-                const float bp_acc_r3 = _s4[c];
-                const float bp_acc_r4 = mu[c];
-                const float bp_acc_r5 = var[c];
-                const float bp_acc_r6 = powf(bp_acc_r5 + 1.0F/100000.0F, -1.0F/2.0F);
-                const float bp_acc_r7 = bp_k0*bp_k1*bp_k2*(-bp_acc_r0 + bp_acc_r1*bp_acc_r4)/powf(bp_acc_r5 + 1.0F/100000.0F, 3.0F/2.0F);
-                const float bp_acc_r8 = 100*sqrtf(10)*bp_k0*bp_k1*bp_k2*(100000*bp_acc_r0*bp_acc_r3*bp_k0*bp_k1*bp_k2 - 100000*bp_acc_r1*bp_acc_r3*bp_acc_r4*bp_k0*bp_k1*bp_k2 - 100000*bp_acc_r2*bp_acc_r5 - bp_acc_r2)/powf(100000*bp_acc_r5 + 1, 3.0F/2.0F);
+                const float bp_acc_r3 = mu[c];
+                const float bp_acc_r4 = var[c];
+                const float bp_acc_r5 = powf(bp_acc_r4 + 1.0F/100000.0F, -1.0F/2.0F);
+                const float bp_acc_r6 = -bp_acc_r3;
+                const float bp_acc_r7 = bp_acc_r0*bp_k0*bp_k1*bp_k2/powf(bp_acc_r4 + 1.0F/100000.0F, 3.0F/2.0F);
+                const float bp_acc_r8 = -bp_k0*bp_k1*bp_k2*(bp_acc_r0*bp_k0*bp_k1*bp_k2*(-H*N*W*bp_acc_r3 + bp_acc_r2)/powf(bp_acc_r4 + 1.0F/100000.0F, 3.0F/2.0F) + bp_acc_r1/sqrtf(bp_acc_r4 + 1.0F/100000.0F));
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r6*dxhat[((n*C + c)*H + h)*W + k] + bp_acc_r7*x[((n*C + c)*H + h)*W + k] + bp_acc_r8;
+                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dxhat[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
                 }
             }
         }
@@ -343,7 +331,6 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     double *const _s1 = bp_work + N*C*H*W;
     double *const _s2 = bp_work + N*C*H*W + C;
     double *const _s3 = bp_work + N*C*H*W + C + C;
-    double *const _s4 = bp_work + N*C*H*W + C + C + C;
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/N;
     const double bp_k2 = 1.0/W;
@@ -368,46 +355,35 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += dxhat[((n*C + c)*H + h)*W + k]*x[((n*C + c)*H + h)*W + k];
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dxhat[((n*C + c)*H + h)*W + k];
                 }
             }
         }
         _s1[c] = bp_acc0;
-        /* sum over n, h, k */
+        /* sum over l, m, p */
         double bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+        for (ptrdiff_t p = 0; p < N; ++p) {
+            for (ptrdiff_t m = 0; m < H; ++m) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dxhat[((n*C + c)*H + h)*W + k];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc1 += dxhat[((p*C + c)*H + m)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
         /* sum over l, m, p */
         double bp_acc2 = 0;
-        for (ptrdiff_t p = 0; p < N; ++p) {
-            for (ptrdiff_t m = 0; m < H; ++m) {
+        for (ptrdiff_t m = 0; m < N; ++m) {
+            for (ptrdiff_t l = 0; l < H; ++l) {
                 BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc2 += dxhat[((p*C + c)*H + m)*W + l];
+                for (ptrdiff_t p = 0; p < W; ++p) {
+                    bp_acc2 += x[((m*C + c)*H + l)*W + p];
                 }
             }
         }
         _s3[c] = bp_acc2;
-        /* sum over l, m, p */
-        double bp_acc3 = 0;
-        for (ptrdiff_t p = 0; p < N; ++p) {
-            for (ptrdiff_t m = 0; m < H; ++m) {
-                BP_OMP(simd reduction(+:bp_acc3))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc3 += x[((p*C + c)*H + m)*W + l];
-                }
-            }
-        }
-        _s4[c] = bp_acc3;
     }
-    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W)) */
+    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -415,15 +391,15 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 const double bp_acc_r0 = _s1[c];
                 const double bp_acc_r1 = _s2[c];
                 const double bp_acc_r2 = _s3[c];
-                const double bp_acc_r3 = _s4[c];
-                const double bp_acc_r4 = mu[c];
-                const double bp_acc_r5 = var[c];
-                const double bp_acc_r6 = pow(bp_acc_r5 + 1.0/100000.0, -1.0/2.0);
-                const double bp_acc_r7 = bp_k0*bp_k1*bp_k2*(-bp_acc_r0 + bp_acc_r1*bp_acc_r4)/pow(bp_acc_r5 + 1.0/100000.0, 3.0/2.0);
-                const double bp_acc_r8 = 100*sqrt(10)*bp_k0*bp_k1*bp_k2*(100000*bp_acc_r0*bp_acc_r3*bp_k0*bp_k1*bp_k2 - 100000*bp_acc_r1*bp_acc_r3*bp_acc_r4*bp_k0*bp_k1*bp_k2 - 100000*bp_acc_r2*bp_acc_r5 - bp_acc_r2)/pow(100000*bp_acc_r5 + 1, 3.0/2.0);
+                const double bp_acc_r3 = mu[c];
+                const double bp_acc_r4 = var[c];
+                const double bp_acc_r5 = pow(bp_acc_r4 + 1.0/100000.0, -1.0/2.0);
+                const double bp_acc_r6 = -bp_acc_r3;
+                const double bp_acc_r7 = bp_acc_r0*bp_k0*bp_k1*bp_k2/pow(bp_acc_r4 + 1.0/100000.0, 3.0/2.0);
+                const double bp_acc_r8 = -bp_k0*bp_k1*bp_k2*(bp_acc_r0*bp_k0*bp_k1*bp_k2*(-H*N*W*bp_acc_r3 + bp_acc_r2)/pow(bp_acc_r4 + 1.0/100000.0, 3.0/2.0) + bp_acc_r1/sqrt(bp_acc_r4 + 1.0/100000.0));
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r6*dxhat[((n*C + c)*H + h)*W + k] + bp_acc_r7*x[((n*C + c)*H + h)*W + k] + bp_acc_r8;
+                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dxhat[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
                 }
             }
         }

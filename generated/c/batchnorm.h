@@ -69,8 +69,8 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 
 /* backward, float:
  *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
- *   dvar[c] = rstd[c]**3*(mu[c]*sum_{n,h,k}(dxhat[n, c, h, k]) - sum_{n,h,k}(dxhat[n, c, h, k]*x[n, c, h, k]))/2
- *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W))
+ *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
+ *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
  *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
  *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]
@@ -91,8 +91,8 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 
 /* backward, double:
  *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
- *   dvar[c] = rstd[c]**3*(mu[c]*sum_{n,h,k}(dxhat[n, c, h, k]) - sum_{n,h,k}(dxhat[n, c, h, k]*x[n, c, h, k]))/2
- *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W))
+ *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
+ *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
  *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
  *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]

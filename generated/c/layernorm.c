@@ -10,7 +10,7 @@
  *   y[n, c] = xhat[n, c] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
  *   dxhat[n, c] = w[c]*dy[n, c]
- *   dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]
+ *   dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
  *   dw[c] = sum_n(dy[n, c]*xhat[n, c])
  *   db[c] = sum_n(dy[n, c])
  */
@@ -153,22 +153,26 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
     BP_OMP(parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k; sum over k */
+        const float bp_acc1_r0 = mu[n];
+        const float bp_acc1_r1 = rstd[n];
+        const float bp_acc1_r2 = -bp_acc1_r0;
         float bp_acc0 = 0;
         float bp_acc1 = 0;
         BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += dy[n*C + k]*w[k];
-            bp_acc1 += dy[n*C + k]*w[k]*x[n*C + k];
+            bp_acc1 += bp_acc1_r1*(bp_acc1_r2 + x[n*C + k])*dy[n*C + k]*w[k];
         }
         _s2[n] = bp_acc0;
         _s3[n] = bp_acc1;
-        /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
+        /* dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
         const float bp_acc2_r0 = _s2[n];
         const float bp_acc2_r1 = _s3[n];
         const float bp_acc2_r2 = mu[n];
         const float bp_acc2_r3 = rstd[n];
-        const float bp_acc2_r4 = bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
-        const float bp_acc2_r5 = -bp_acc2_r0*bp_k0 + bp_acc2_r2*bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
+        const float bp_acc2_r4 = -bp_acc2_r2;
+        const float bp_acc2_r5 = bp_acc2_r1*bp_acc2_r3*bp_k0;
+        const float bp_acc2_r6 = -bp_acc2_r0*bp_k0;
         const float bp_acc3_r0 = mu[n];
         const float bp_acc3_r1 = rstd[n];
         const float bp_acc3_r2 = -bp_acc3_r0;
@@ -180,7 +184,7 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
             }
             BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
-                const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
+                const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
                 const float bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
                 const float bp_acc4_m = db[c] + (dy[n*C + c]);
                 dx[n*C + c] = bp_acc2_m;
@@ -260,22 +264,26 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
     BP_OMP(parallel for reduction(+:dw[0:C]) reduction(+:db[0:C]) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k; sum over k */
+        const double bp_acc1_r0 = mu[n];
+        const double bp_acc1_r1 = rstd[n];
+        const double bp_acc1_r2 = -bp_acc1_r0;
         double bp_acc0 = 0;
         double bp_acc1 = 0;
         BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += dy[n*C + k]*w[k];
-            bp_acc1 += dy[n*C + k]*w[k]*x[n*C + k];
+            bp_acc1 += bp_acc1_r1*(bp_acc1_r2 + x[n*C + k])*dy[n*C + k]*w[k];
         }
         _s2[n] = bp_acc0;
         _s3[n] = bp_acc1;
-        /* dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
+        /* dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
         const double bp_acc2_r0 = _s2[n];
         const double bp_acc2_r1 = _s3[n];
         const double bp_acc2_r2 = mu[n];
         const double bp_acc2_r3 = rstd[n];
-        const double bp_acc2_r4 = bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
-        const double bp_acc2_r5 = -bp_acc2_r0*bp_k0 + bp_acc2_r2*bp_k0*(-bp_acc2_r0*bp_acc2_r2 + bp_acc2_r1)*(bp_acc2_r3*bp_acc2_r3);
+        const double bp_acc2_r4 = -bp_acc2_r2;
+        const double bp_acc2_r5 = bp_acc2_r1*bp_acc2_r3*bp_k0;
+        const double bp_acc2_r6 = -bp_acc2_r0*bp_k0;
         const double bp_acc3_r0 = mu[n];
         const double bp_acc3_r1 = rstd[n];
         const double bp_acc3_r2 = -bp_acc3_r0;
@@ -287,7 +295,7 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
             }
             BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
-                const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r4*x[n*C + c] + bp_acc2_r5 + dy[n*C + c]*w[c]);
+                const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
                 const double bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
                 const double bp_acc4_m = db[c] + (dy[n*C + c]);
                 dx[n*C + c] = bp_acc2_m;

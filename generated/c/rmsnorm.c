@@ -7,7 +7,7 @@
  *   rstd[n] = 1 / sqrt(sum(x[n, c]**2, c) / C + 0.00001)
  *   y[n, c] = x[n, c] * rstd[n] * w[c]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C)
+ *   dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
  *   dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
  */
 #include <math.h>
@@ -116,7 +116,7 @@ int bp_rmsnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, co
     return 0;
 }
 
-int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict dy, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict bp_work)
+int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict dy, const float *restrict y, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
     float *const _s2 = bp_work + 0;
     const float bp_k0 = 1.0F/C;
@@ -130,23 +130,23 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
         float bp_acc0 = 0;
         BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc0 += dy[n*C + k]*w[k]*x[n*C + k];
+            bp_acc0 += dy[n*C + k]*y[n*C + k];
         }
         _s2[n] = bp_acc0;
-        /* dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C); dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
+        /* dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]; dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
         const float bp_acc1_r0 = _s2[n];
         const float bp_acc1_r1 = rstd[n];
-        const float bp_acc1_r2 = bp_acc1_r0*bp_k0*(bp_acc1_r1*bp_acc1_r1*bp_acc1_r1);
+        const float bp_acc1_r2 = bp_acc1_r0*bp_acc1_r1*bp_k0;
         const float bp_acc2_r0 = rstd[n];
         for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 256) {
             const ptrdiff_t bp_c_hi = bp_c_lo + 256 < C ? bp_c_lo + 256 : C;
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
                 BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_q);
-                BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
+                BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
             BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
-                const float bp_acc1_m = bp_acc1_r1*dy[n*C + c]*w[c] - bp_acc1_r2*x[n*C + c];
+                const float bp_acc1_m = -bp_acc1_r1*(bp_acc1_r2*x[n*C + c] - dy[n*C + c]*w[c]);
                 const float bp_acc2_m = dw[c] + (bp_acc2_r0*dy[n*C + c]*x[n*C + c]);
                 dx[n*C + c] = bp_acc1_m;
                 dw[c] = bp_acc2_m;
@@ -191,7 +191,7 @@ int bp_rmsnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, c
     return 0;
 }
 
-int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict dy, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict bp_work)
+int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict dy, const double *restrict y, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
     double *const _s2 = bp_work + 0;
     const double bp_k0 = 1.0/C;
@@ -205,23 +205,23 @@ int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, 
         double bp_acc0 = 0;
         BP_OMP(simd reduction(+:bp_acc0))
         for (ptrdiff_t k = 0; k < C; ++k) {
-            bp_acc0 += dy[n*C + k]*w[k]*x[n*C + k];
+            bp_acc0 += dy[n*C + k]*y[n*C + k];
         }
         _s2[n] = bp_acc0;
-        /* dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C); dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
+        /* dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]; dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
         const double bp_acc1_r0 = _s2[n];
         const double bp_acc1_r1 = rstd[n];
-        const double bp_acc1_r2 = bp_acc1_r0*bp_k0*(bp_acc1_r1*bp_acc1_r1*bp_acc1_r1);
+        const double bp_acc1_r2 = bp_acc1_r0*bp_acc1_r1*bp_k0;
         const double bp_acc2_r0 = rstd[n];
         for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 128) {
             const ptrdiff_t bp_c_hi = bp_c_lo + 128 < C ? bp_c_lo + 128 : C;
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
                 BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_q);
-                BP_PREFETCH(x + (n + 1 < N ? n + 1 : n)*C + bp_q);
+                BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*C + bp_q);
             }
             BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
-                const double bp_acc1_m = bp_acc1_r1*dy[n*C + c]*w[c] - bp_acc1_r2*x[n*C + c];
+                const double bp_acc1_m = -bp_acc1_r1*(bp_acc1_r2*x[n*C + c] - dy[n*C + c]*w[c]);
                 const double bp_acc2_m = dw[c] + (bp_acc2_r0*dy[n*C + c]*x[n*C + c]);
                 dx[n*C + c] = bp_acc1_m;
                 dw[c] = bp_acc2_m;

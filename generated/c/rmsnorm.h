@@ -65,12 +65,12 @@ void bp_rmsnorm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_rmsnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, float *restrict y, float *restrict rstd, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C)
+ *   dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
  *   dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
- * in:  x[N, C], w[C], dy[N, C], rstd[N]
+ * in:  x[N, C], w[C], dy[N, C], y[N, C], rstd[N]
  * out: dx[N, C], dw[C]
  */
-int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict dy, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict bp_work);
+int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict dy, const float *restrict y, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict bp_work);
 
 /* forward, double:
  *   rstd[n] = 1 / sqrt(sum(x[n, c]**2, c) / C + 0.00001)
@@ -81,12 +81,12 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
 int bp_rmsnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, double *restrict y, double *restrict rstd, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C)
+ *   dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
  *   dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
- * in:  x[N, C], w[C], dy[N, C], rstd[N]
+ * in:  x[N, C], w[C], dy[N, C], y[N, C], rstd[N]
  * out: dx[N, C], dw[C]
  */
-int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict dy, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict bp_work);
+int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict dy, const double *restrict y, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict bp_work);
 
 #ifdef BP_RMSNORM_H_RESTRICT
 #undef restrict

@@ -11,7 +11,7 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dxhat[n, c] = w[c]*dy[n, c]
-    dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]
+    dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
     dw[c] = sum_n(dy[n, c]*xhat[n, c])
     db[c] = sum_n(dy[n, c])
 
@@ -139,10 +139,8 @@ def backward(x, w, b, dy, *, mu=None, rstd=None):
     C = sizes['C']
     # dxhat[n, c] = w[c]*dy[n, c]
     dxhat = w[None, :]*dy
-    # dx[n, c] = (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*mu[n]/C + dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (rstd[n]**2*(sum_k(dxhat[n, k]*x[n, k]) - (mu[n]*sum_k(dxhat[n, k])))*x[n, c]/C))*rstd[n]
-    _t1 = dxhat.sum(axis=1)[:, None]
-    _t2 = jnp.einsum('nk,nk->n', dxhat, x, optimize=True)[:, None]
-    dx = (rstd[:, None]**2*(_t2 - mu[:, None]*_t1)*mu[:, None]/C + dxhat - _t1/C - rstd[:, None]**2*(_t2 - mu[:, None]*_t1)*x/C)*rstd[:, None]
+    # dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+    dx = (dxhat - dxhat.sum(axis=1)[:, None]/C - (x - mu[:, None])*rstd[:, None]*jnp.einsum('nk,n,nk->n', x - mu[:, None], rstd, dxhat, optimize=True)[:, None]/C)*rstd[:, None]
     # dw[c] = sum_n(dy[n, c]*xhat[n, c])
     dw = jnp.einsum('cn,n,nc->c', x.T - mu[None, :], rstd, dy, optimize=True)
     # db[c] = sum_n(dy[n, c])

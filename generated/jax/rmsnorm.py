@@ -8,7 +8,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c] = x[n, c] * rstd[n] * w[c]
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C)
+    dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
     dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
 
 Shapes: x[N, C], w[C], rstd[N], y[N, C], dy[N, C]
@@ -109,19 +109,20 @@ def forward(x, w):
     }
 
 
-def backward(x, w, dy, *, rstd=None):
+def backward(x, w, dy, *, y=None, rstd=None):
     """Returns dx, dw as a dict.
 
-    rstd may be passed from forward()'s result to skip recomputing it.
+    y, rstd may be passed from forward()'s result to skip recomputing them.
     """
-    if rstd is None:
+    if y is None or rstd is None:
         cache = forward(x, w)
+        y = cache['y'] if y is None else y
         rstd = cache['rstd'] if rstd is None else rstd
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'dy': dy, 'rstd': rstd})
-    x, w, dy, rstd = a['x'], a['w'], a['dy'], a['rstd']
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'dy': dy, 'y': y, 'rstd': rstd})
+    x, w, dy, y, rstd = a['x'], a['w'], a['dy'], a['y'], a['rstd']
     C = sizes['C']
-    # dx[n, c] = rstd[n]*w[c]*dy[n, c] - (rstd[n]**3*x[n, c]*sum_k(w[k]*dy[n, k]*x[n, k])/C)
-    dx = rstd[:, None]*w[None, :]*dy - rstd[:, None]**3*x*jnp.einsum('k,nk,nk->n', w, dy, x, optimize=True)[:, None]/C
+    # dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
+    dx = (w[None, :]*dy - rstd[:, None]*x*jnp.einsum('nk,nk->n', dy, y, optimize=True)[:, None]/C)*rstd[:, None]
     # dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
     dw = jnp.einsum('n,nc,nc->c', rstd, dy, x, optimize=True)
     return {
@@ -143,14 +144,14 @@ def apply(x, w):
 
 def _apply_forward(x, w):
     result = forward(x, w)
-    saved = (x, w, result['rstd'])
+    saved = (x, w, result['y'], result['rstd'])
     return _outputs(result), saved
 
 
 def _apply_backward(saved, upstream):
-    x, w, rstd = saved
+    x, w, y, rstd = saved
     dy = upstream
-    g = backward(x, w, dy, rstd=rstd)
+    g = backward(x, w, dy, y=y, rstd=rstd)
     return (g['dx'], g['dw'])
 
 

@@ -12,8 +12,8 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
-    dvar[c] = rstd[c]**3*(mu[c]*sum_{n,h,k}(dxhat[n, c, h, k]) - sum_{n,h,k}(dxhat[n, c, h, k]*x[n, c, h, k]))/2
-    dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W))
+    dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
+    dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
     dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
     db[c] = sum_{n,h,k}(dy[n, c, h, k])
 
@@ -145,10 +145,10 @@ def backward(x, w, b, dy, *, mu=None, var=None, rstd=None):
     W = sizes['W']
     # dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
     dxhat = w[None, :, None, None]*dy
-    # dvar[c] = rstd[c]**3*(mu[c]*sum_{n,h,k}(dxhat[n, c, h, k]) - sum_{n,h,k}(dxhat[n, c, h, k]*x[n, c, h, k]))/2
-    dvar = (mu*dxhat.sum(axis=(0, 2, 3)) - np.einsum('nchk,nchk->c', dxhat, x, optimize=True))/(2*(1e-05 + var)**(3/2))
-    # dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + (2*dvar[c]*mu[c] - (rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l])) - (2*dvar[c]*sum_{l,m,p}(x[p, c, m, l])/(H*N*W)))/(H*N*W) + 2*dvar[c]*x[n, c, h, k]/(H*N*W) - (2*dvar[c]*mu[c]/(H*N*W))
-    dx = dxhat/np.sqrt(1e-05 + var[None, :, None, None]) + (2*dvar[None, :, None, None]*mu[None, :, None, None] - dxhat.sum(axis=(3, 2, 0))[None, :, None, None]/np.sqrt(1e-05 + var[None, :, None, None]) - 2*dvar[None, :, None, None]*x.sum(axis=(3, 2, 0))[None, :, None, None]/(H*N*W))/(H*N*W) + 2*dvar[None, :, None, None]*x/(H*N*W) - 2*dvar[None, :, None, None]*mu[None, :, None, None]/(H*N*W)
+    # dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
+    dvar = np.einsum('cnhk,nchk->c', mu[:, None, None, None] - np.transpose(x, (1, 0, 2, 3)), dxhat, optimize=True)/(2*(1e-05 + var)**(3/2))
+    # dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+    dx = dxhat/np.sqrt(1e-05 + var[None, :, None, None]) + 2*(x - mu[None, :, None, None])*dvar[None, :, None, None]/(H*N*W) - (dxhat.sum(axis=(3, 2, 0))[None, :, None, None]/np.sqrt(1e-05 + var[None, :, None, None]) + 2*(x.sum(axis=(2, 0, 3))[None, :, None, None] - H*N*W*mu[None, :, None, None])*dvar[None, :, None, None]/(H*N*W))/(H*N*W)
     # dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
     dw = np.einsum('cnhk,c,nchk->c', np.transpose(x, (1, 0, 2, 3)) - mu[:, None, None, None], rstd, dy, optimize=True)
     # db[c] = sum_{n,h,k}(dy[n, c, h, k])

@@ -1,0 +1,106 @@
+"""Gradients in the forms a textbook prints, pinned by structure: the derived formula
+equals the expected SymPy expression after canonical renaming of summation indices (the
+kernels built from them are checked numerically by the kernel tests, as always)."""
+import sympy as sp
+
+from derive import derive, parse_spec
+from derive.builtins import builtin
+from derive.calculus import contract
+from derive.indices import canonical_indices, freshen_bound, tidy_bound
+
+
+def canonical(expr, free):
+    """expr multiplied out (every sum a term of its own), its summation
+    indices renamed in one fixed way: equal forms compare equal, whatever the factoring."""
+    expanded = sp.expand(expr, power_exp=False, power_base=False, log=False)
+    return tidy_bound(freshen_bound(contract(expanded)), free)
+
+
+def assert_form(step, expected):
+    free = {i.label.name for i in step.indices}
+    assert canonical(step.expr, free) == canonical(expected, free), (step.expr, expected)
+
+
+def refs(layer, step):
+    """A function giving tensor[indices] for this layer, and a summation index over each
+    of the step's dimensions."""
+    def ref(name, *idx):
+        return layer.tensors[name].ref(*idx)
+    summed = canonical_indices([i.upper + 1 for i in step.indices],
+                               {i.label.name for i in step.indices} | set(layer.tensors))
+    return ref, summed
+
+
+def test_layernorm_dx_is_the_textbook_form():
+    """rstd (dxhat - (sum dxhat + xhat sum dxhat xhat) / C): no mu, no identically-zero
+    terms, each sum once."""
+    d = derive(builtin("layernorm"))
+    s = d.step("x")
+    ref, (_, k) = refs(d.layer, s)
+    n, c = s.indices
+    C = c.upper + 1
+    dxhat = sp.IndexedBase("dxhat")
+    expected = ref("rstd", n) * (dxhat[n, c] - (
+        sp.Sum(dxhat[n, k], (k, 0, C - 1))
+        + ref("xhat", n, c) * sp.Sum(dxhat[n, k] * ref("xhat", n, k), (k, 0, C - 1))) / C)
+    assert_form(s, expected)
+    assert [t.name for t in d.steps] == ["dxhat", "dx", "dw", "db"]
+
+
+BATCHNORM = """layer batchnorm
+dims N, C
+input x[N, C]
+param gamma[C], beta[C]
+intermediate mu[C], rstd[C], xhat[N, C]
+output y[N, C]
+
+mu[c] = sum(x[n, c], n) / N
+rstd[c] = 1 / sqrt(sum((x[n, c] - mu[c])**2, n) / N + 0.00001)
+xhat[n, c] = (x[n, c] - mu[c]) * rstd[c]
+y[n, c] = gamma[c] * (x[n, c] - mu[c]) * rstd[c] + beta[c]
+"""
+
+
+def test_batchnorm_dgamma_is_sum_of_dy_xhat():
+    """y written with (x - mu) rstd rather than xhat: dgamma still folds to sum dy xhat."""
+    d = derive(parse_spec(BATCHNORM))
+    s = d.step("gamma")
+    (c,) = s.indices
+    x_n = [i for i in s.expr.atoms(sp.Idx) if i != c][0]     # the summed batch index
+    expected = sp.Sum(sp.IndexedBase("dy")[x_n, c] * d.layer.tensors["xhat"].ref(x_n, c),
+                      (x_n, 0, x_n.upper))
+    assert_form(s, expected)
+
+
+GROUPNORM = """layer groupnorm
+dims N, C, H
+input x[N, C, H]
+intermediate mu[N], rstd[N], xhat[N, C, H]
+output y[N, C, H]
+
+mu[n] = sum(x[n, c, h], c, h) / (C * H)
+rstd[n] = 1 / sqrt(sum((x[n, c, h] - mu[n])**2, c, h) / (C * H) + 0.00001)
+xhat[n, c, h] = (x[n, c, h] - mu[n]) * rstd[n]
+y[n, c, h] = xhat[n, c, h]
+"""
+
+
+def test_mean_over_two_indices_leaves_no_zero_term():
+    """sum over c, h of (x - mu) is 0: dx holds no term with sum x - C H mu, and rstd is
+    written as rstd, not as the power of the variance it is."""
+    dx = derive(parse_spec(GROUPNORM)).step("x").expr
+    assert "mu" not in {a.base.label.name for a in dx.atoms(sp.Indexed)}
+    assert not any(isinstance(p.base, sp.Add) for p in dx.atoms(sp.Pow))
+
+
+def test_nested_activation_is_a_product_of_local_derivatives():
+    """sigmoid(tanh(x)): da a (1 - a) (1 - tanh(x)^2), the chain rule's product, each
+    local derivative in terms of its own output where it has one."""
+    d = derive(parse_spec("layer sg\ndims N, I\ninput x[N, I]\noutput a[N, I]\n\n"
+                          "a[n, i] = sigmoid(tanh(x[n, i]))\n"))
+    s = d.step("x")
+    n, i = s.indices
+    a, x = d.layer.tensors["a"].ref(n, i), d.layer.tensors["x"].ref(n, i)
+    expected = sp.IndexedBase("da")[n, i] * a * (1 - a) * (1 - sp.tanh(x) ** 2)
+    assert sp.simplify(s.expr - expected) == 0
+    assert isinstance(s.expr, sp.Mul) and len(s.expr.args) == 4
