@@ -70,10 +70,16 @@ def _group(tex, k):
 
 
 def _top_level(tex):
-    """Yield (position, depth-zero) for each character, depth counting braces and
-    \\left ... \\right pairs."""
+    """Yield (position, depth-zero) for each character, depth counting braces,
+    \\left ... \\right pairs and environments (a line never breaks inside \\begin{cases}
+    ... \\end{cases}: its own & and \\\\ belong to it)."""
     depth, k = 0, 0
     while k < len(tex):
+        if tex.startswith(r"\begin{", k) or tex.startswith(r"\end{", k):
+            yield k, depth == 0
+            depth += 1 if tex.startswith(r"\begin{", k) else -1
+            k = tex.index("}", k) + 1
+            continue
         if tex.startswith(r"\left", k) and not tex[k + 5:k + 6].isalpha():
             yield k, depth == 0
             depth += 1
@@ -114,6 +120,10 @@ def _widest_paren(tex):
     depth = braces = 0
     k = 0
     while k < len(tex):
+        if tex.startswith(r"\begin{", k) or tex.startswith(r"\end{", k):
+            braces += 1 if tex.startswith(r"\begin{", k) else -1   # not inside cases
+            k = tex.index("}", k) + 1
+            continue
         if tex[k] == "\\" and tex[k + 1:k + 2] in "{}":
             k += 2
             continue
