@@ -76,6 +76,61 @@ void bp_tanh_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
+/* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
+ * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
+ * loop vectorizes it inline.  x is clamped below at -104 (the result is 0 there anyway)
+ * and k above at 129 (p 2^129 is Inf for any p the reduction leaves, and so is p = Inf for
+ * x = Inf); that upper clamp is an integer min on k's bits, one instruction, where a
+ * second float clamp made GCC if-convert the whole function.  NaN passes through p.
+ * 2^k is applied as two powers of two, 2^(e1 - 127) 2^(e2 - 127), so a subnormal result
+ * rounds once: the rounding constant 1.5 * 2^23 + 255 leaves D = k + 255 in the low bits,
+ * e1 = floor(D / 2) and e2 = ceil(D / 2) - 1 (both in [52, 192]) come out of two shifts,
+ * and the constant's own bits fall off the top.  Within 1.02 ulp of exp over every float
+ * (checked exhaustively against double). */
+static inline float bp_exp_f32(float x)
+{
+    const float xc = -104.0F > x ? -104.0F : x;
+    const float shifted = fmaf(xc, 1.44269504088896341F, 12583167.0F);
+    int32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = bits < 0x4B400000 + 255 + 129 ? bits : 0x4B400000 + 255 + 129;
+    float clamped;
+    memcpy(&clamped, &bits, sizeof clamped);
+    const float k = clamped - 12583167.0F;
+    float r = fmaf(k, -0.693145751953125F, xc);
+    r = fmaf(k, -1.428606765330187045e-06F, r);
+    float p = 1.9875691500e-4F;
+    p = fmaf(p, r, 1.3981999507e-3F);
+    p = fmaf(p, r, 8.3334519073e-3F);
+    p = fmaf(p, r, 4.1665795894e-2F);
+    p = fmaf(p, r, 1.6666665459e-1F);
+    p = fmaf(p, r, 5.0000001201e-1F);
+    p = fmaf(p, r * r, r) + 1;
+    const int32_t half = bits >> 1;
+    const int32_t e1 = (int32_t)((uint32_t)half << 23), e2 = (int32_t)((uint32_t)(bits - 1 - half) << 23);
+    float s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    return p * s1 * s2;
+}
+
+/* tanh(x): x + x^3 P(x^2) (Cephes' fit) for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1)
+ * with x's sign (exp's Inf above |x| = 44 gives exactly 1).  Both are computed and one is
+ * selected: no branch.  NaN passes through exp.  Within 2 ulp of tanh over every float. */
+static inline float bp_tanh_f32(float x)
+{
+    const float a = fabsf(x);
+    const float z = x * x;
+    float p = -5.70498872745e-3F;
+    p = fmaf(p, z, 2.06390887954e-2F);
+    p = fmaf(p, z, -5.37397155531e-2F);
+    p = fmaf(p, z, 1.33314422036e-1F);
+    p = fmaf(p, z, -3.33332819422e-1F);
+    const float small = fmaf(p * z, x, x);
+    const float big = 1 - 2 / (bp_exp_f32(2 * a) + 1);
+    return copysignf(a < 0.625F ? small : big, x);           /* odd: -0 stays -0 */
+}
+
 void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
     (void)bp_work;
@@ -84,7 +139,7 @@ void bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, floa
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            a[n*I + i] = tanhf(z[n*I + i]);
+            a[n*I + i] = bp_tanh_f32(z[n*I + i]);
         }
     }
 }
@@ -110,7 +165,7 @@ void bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float
     BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
-        const float bp_out_a = tanhf(bp_in_z);
+        const float bp_out_a = bp_tanh_f32(bp_in_z);
         a[bp_i] = bp_out_a;
     }
 }
