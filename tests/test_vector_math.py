@@ -35,8 +35,7 @@ def test_the_checker_catches_a_wrong_function(monkeypatch):
     """A function off by a few ulp, or with a wrong special value, is reported."""
     require_oracle("cc")
     source = exhaustive_math.render("c_vector_math.c.j2", helpers=set(exhaustive_math.FUNCTIONS))
-    broken = source.replace("return copysignf(a < 0.625F ? small : big, x);",
-                            "return copysignf(a < 0.625F ? small * 1.000001F : big, x);")
+    broken = source.replace("return copysignf(t, x);", "return copysignf(t * 1.000001F, x);")
     broken = broken.replace("const float special = x == 0 ? -HUGE_VALF",
                             "const float special = x == 0 ? HUGE_VALF")
     assert broken.count("1.000001F") == 1 and "? HUGE_VALF" in broken

@@ -123,21 +123,39 @@ static inline float bp_exp_f32(float x)
     return p * s1 * s2;
 }
 
-/* tanh(x): x + x^3 P(x^2) (Cephes' fit) for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1)
- * with x's sign (exp's Inf above |x| = 44 gives exactly 1).  Both are computed and one is
- * selected: no branch.  NaN passes through exp.  Within 2 ulp of tanh over every float. */
+/* tanh(|x|) = -m / (2 + m), m = expm1(-2|x|) in (-1, 0] (no 1 - e cancels near 0), and
+ * past |x| = 0.55, where m nears -1 and its error would count absolutely, the same as
+ * 1 - 2 e / (1 + e), e = exp(-2|x|) = 1 + m: one exp-like evaluation, one division (its
+ * divisor 2 + m rounded once, by an fma).
+ * expm1(y) = 2^k q + (2^k - 1), k = round(y / ln 2) in [-26, 0], q = expm1(r) the
+ * polynomial of bp_exp_f32 without its final 1 (2^k - 1 is exact).  y is clamped at -18,
+ * where tanh rounds to 1 (NaN passes the clamp); the sign is x's (-0 stays -0).  Within
+ * 2 ulp of tanh over every float. */
 static inline float bp_tanh_f32(float x)
 {
-    const float a = fabsf(x);
-    const float z = x * x;
-    float p = -5.70498872745e-3F;
-    p = fmaf(p, z, 2.06390887954e-2F);
-    p = fmaf(p, z, -5.37397155531e-2F);
-    p = fmaf(p, z, 1.33314422036e-1F);
-    p = fmaf(p, z, -3.33332819422e-1F);
-    const float small = fmaf(p * z, x, x);
-    const float big = 1 - 2 / (bp_exp_f32(2 * a) + 1);
-    return copysignf(a < 0.625F ? small : big, x);           /* odd: -0 stays -0 */
+    const float y0 = -2 * fabsf(x);
+    const float y = y0 < -18.0F ? -18.0F : y0;
+    const float shifted = fmaf(y, 1.44269504088896341F, 12582912.0F);
+    const float k = shifted - 12582912.0F;
+    int32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    const int32_t sbits = (int32_t)((uint32_t)(bits - 0x4B400000 + 127) << 23);
+    float s;
+    memcpy(&s, &sbits, sizeof s);
+    float r = fmaf(k, -0.693145751953125F, y);
+    r = fmaf(k, -1.428606765330187045e-06F, r);
+    float p = 1.9875691500e-4F;
+    p = fmaf(p, r, 1.3981999507e-3F);
+    p = fmaf(p, r, 8.3334519073e-3F);
+    p = fmaf(p, r, 4.1665795894e-2F);
+    p = fmaf(p, r, 1.6666665459e-1F);
+    p = fmaf(p, r, 5.0000001201e-1F);
+    const float q = fmaf(p, r * r, r);
+    const float m = fmaf(s, q, s - 1);
+    const float e = fmaf(s, q, s);
+    const int far = y < -1.1F;                   /* e < 1/3: the 1 - 2 e / (1 + e) form */
+    const float t = (far ? 1.0F : 0.0F) + (far ? -2 * e : -m) / fmaf(s, q, s + 1);
+    return copysignf(t, x);
 }
 
 void bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict u, float *restrict th, float *restrict bp_work)
