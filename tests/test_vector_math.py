@@ -89,3 +89,14 @@ def test_own_functions_by_name_and_dtype():
         assert own_function(f, "float64") is None
     assert own_function(sp.sin(z), "float32") is None
     assert OWN_FUNCTIONS["float64"]["Heaviside"] == "step"
+
+
+def test_erf_coefficients_are_the_documented_fit():
+    """bp_erf_f32's coefficients are what bench/fit_erf.py computes (so they can be
+    rederived), and each fit alone is well inside the bound."""
+    from bench import fit_erf
+    template = exhaustive_math.render("c_vector_math.c.j2", helpers={"erf"})
+    for coefficients, err in fit_erf.fits():
+        assert err < 0.5
+        for c in coefficients:
+            assert f"{c:.9e}F" in template, c
