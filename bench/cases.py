@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import peer_c
+
 F32 = np.float32
 LAYERS = Path(__file__).resolve().parent / "layers"      # specs only the bench uses
 
@@ -28,6 +30,8 @@ class Case:
     note: str = ""
     in_place: dict = field(default_factory=dict)   # result -> the input it may overwrite
     constants: dict = field(default_factory=dict)  # values of the spec's `const`s
+    peer: Callable | None = None      # (library, arrays, outputs) -> a no-argument callable:
+                                      # the hand-C peer (bench/peer_c.py), serial
 
     def size_text(self) -> str:
         return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
@@ -275,18 +279,20 @@ def cases(scale: int = 1) -> list[Case]:
              note="the small shape: call overhead matters"),
         Case("layernorm_backward", "layernorm", "backward", dict(N=big(4096), C=768),
              _ln_make, _ln_hand, _ln_torch, reads=("x", "dy"), writes=("dx",),
+             peer=peer_c.layernorm_backward,
              note="with the saved mean and reciprocal std; xhat is recomputed, not read"),
         Case("gelu_backward", str(LAYERS / "gelu_recompute.bp"), "backward",
              dict(N=big(4096), I=3072), _gelu_make, _gelu_hand, _gelu_torch,
-             reads=("z", "da"), writes=("dz",),
+             reads=("z", "da"), writes=("dz",), peer=peer_c.gelu_backward,
              note="tanh form, from (z, da) as torch's gelu_backward: tanh recomputed"),
         Case("gelu_backward_saved", "gelu", "backward", dict(N=big(4096), I=3072),
              _gelu_make, _gelu_saved_hand, _gelu_torch, reads=("z", "da", "th"),
-             writes=("dz",), note="reads the tanh the forward saved: 4 bytes per element "
+             writes=("dz",), peer=peer_c.gelu_backward,
+             note="reads the tanh the forward saved: 4 bytes per element "
                                   "more stored and read (50 MB here); torch still recomputes"),
         Case("softmax_ce_labels_fwd_bwd", "softmax_cross_entropy_labels", "forward_backward",
              dict(N=big(4096), I=8192), _ce_make, _ce_hand, _ce_torch, reads=("z",),
-             writes=("dz",), note="integer labels, batch mean; loss and dlogits in one pass"),
+             writes=("dz",), peer=peer_c.softmax_ce, note="integer labels, batch mean; loss and dlogits in one pass"),
         Case("adam_step", "adam", "forward", dict(P=big(10_000_000)),
              _adam_make, _adam_hand, _adam_torch, reads=("p", "g", "m", "v"),
              writes=("p_next", "m_next", "v_next"),

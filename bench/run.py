@@ -5,6 +5,8 @@ run interleaved (A B C ... A B C ...; one warm-up call each first), so machine n
 falls on all of them alike:
 
     c       the generated C kernel, 1 and 2 threads, into preallocated and fresh outputs
+    hand-c  plain serial C loops as a person writes a model's CPU path (bench/peer_c.c,
+            -O3 -Ofast -march=native), where the case has one, preallocated outputs
     numpy   the emitted NumPy module (fresh outputs)
     hand    hand-written NumPy (fresh outputs)
     torch   PyTorch eager's best CPU path, 2 threads (when installed)
@@ -31,6 +33,7 @@ import codegen
 from codegen.blas import numpy_blas
 
 from .cases import Case, cases
+from . import peer_c
 from .floor import Floor
 
 THREADS = (1, 2)
@@ -134,6 +137,10 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     nothing = lambda: None
     impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
     impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))
+    if case.peer is not None:        # hand-written serial C: one thread, its own outputs
+        peer_out = {n: np.empty_like(v) for n, v in prealloc.items()}
+        peer_call = case.peer(peer_c.library(), arrays, peer_out)
+        impls[("hand-c", 1, "preallocated")] = (nothing, peer_call)
     torch_call = None
     if use_torch and case.torch is not None:
         try:
