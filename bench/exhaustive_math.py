@@ -99,15 +99,18 @@ def compile_checker(names, folder: Path) -> ctypes.CDLL:
     return ctypes.CDLL(str(lib))
 
 
-def check(names=FUNCTIONS, stride: int = 1) -> dict[str, Result]:
+def results(names=FUNCTIONS, stride: int = 1):
+    """(name, Result) of each function, as each is done."""
     with tempfile.TemporaryDirectory() as tmp:
         lib = compile_checker(names, Path(tmp))
-        out = {}
         for n in names:
             r = Result()
             getattr(lib, f"run_{n}")(ctypes.c_uint64(stride), ctypes.byref(r))
-            out[n] = r
-        return out
+            yield n, r
+
+
+def check(names=FUNCTIONS, stride: int = 1) -> dict[str, Result]:
+    return dict(results(names, stride))
 
 
 def main(argv=None) -> int:
@@ -119,9 +122,9 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"no function {', '.join(unknown)}; choose from {', '.join(FUNCTIONS)}")
     a.names = a.names or list(FUNCTIONS)
-    for n, r in check(a.names, a.stride).items():
+    for n, r in results(a.names, a.stride):
         print(f"{n:6} max {r.max_ulp:.3f} ulp (at {r.worst!r}), "
-              f"special-value mismatches: {r.specials}")
+              f"special-value mismatches: {r.specials}", flush=True)
     return 0
 
 
