@@ -51,7 +51,7 @@ static void check(float (*fn)(float), double (*ref)(double), float *x, float *go
         } else if (isinf(rounded) || isinf(g)) {
             r->specials += g != rounded;
         } else if (rounded == 0 && g == 0) {
-            r->specials += signbit(g) != signbit(want);
+            r->specials += !signbit(g) != !signbit(want);   /* signbit: any nonzero */
         } else {
             const double e = fabs((double)g - want) / ulp_of(rounded);
             if (e > r->max_ulp) { r->max_ulp = e; r->worst = x[i]; }
