@@ -15,23 +15,31 @@ from codegen.build import compiler, compiler_identity, cpu_identity
 from codegen.loader import cache_dir
 
 SOURCE = Path(__file__).with_name("peer_c.c")
-FLAGS = ["-O3", "-Ofast", "-march=native", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-Ofast", "-march=native", "-fPIC"]
+# Compiled with FLAGS, linked without -Ofast: linking with it adds crtfastmath.o, whose
+# constructor switches on flush-to-zero in the whole process that loads the library (every
+# later subnormal result, NumPy's and the kernels', would read 0).  GCC 13's -mno-daz-ftz
+# says the same; GCC 12 lacks it.
+LINK = ["-shared"]
 
 
 def library(cache=None) -> ctypes.CDLL:
     cc = compiler()
     text = SOURCE.read_text()
-    key = hashlib.sha256("\0".join([text, " ".join(cc + FLAGS), compiler_identity(cc),
-                                    cpu_identity()]).encode()).hexdigest()[:24]
+    parts = [text, " ".join(cc + FLAGS), " ".join(LINK), compiler_identity(cc), cpu_identity()]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     folder = cache_dir(cache) / "peer_c"
     folder.mkdir(parents=True, exist_ok=True)
     lib = folder / f"peer_c_{key}.so"
     if not lib.exists():
         tmp = folder / f"peer_c_{key}.{os.getpid()}.tmp.so"
-        r = subprocess.run(cc + FLAGS + [str(SOURCE), "-o", str(tmp), "-lm"],
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f"bench/peer_c.c does not compile:\n{r.stderr}")
+        obj = tmp.with_suffix(".o")
+        for cmd in (cc + FLAGS + ["-c", str(SOURCE), "-o", str(obj)],
+                    cc + LINK + [str(obj), "-o", str(tmp), "-lm"]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(f"bench/peer_c.c does not build:\n{r.stderr}")
+        obj.unlink()
         os.replace(tmp, lib)                       # write then rename: never half a library
     return ctypes.CDLL(str(lib))
 

@@ -152,3 +152,12 @@ def test_bench_refuses_a_negative_minimum_time():
     r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--min-time", "-1"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "--min-time must be at least 0" in r.stderr
+
+
+def test_loading_the_hand_c_peer_keeps_subnormals():
+    """-Ofast must not bring crtfastmath.o's flush-to-zero into this process: it would make
+    every later subnormal result 0 (the kernels' tests of subnormals among them)."""
+    require_oracle("cc")
+    peer_c.library()
+    tiny = np.array([1e-39], np.float32)
+    assert (tiny * np.float32(0.5))[0] != 0
