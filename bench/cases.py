@@ -4,11 +4,15 @@ eager's best CPU path, and the big buffers its traffic floor streams."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from . import peer_c
+
 F32 = np.float32
+LAYERS = Path(__file__).resolve().parent / "layers"      # specs only the bench uses
 
 
 @dataclass
@@ -27,6 +31,8 @@ class Case:
     in_place: dict = field(default_factory=dict)   # result -> the input it may overwrite
     constants: dict = field(default_factory=dict)  # values of the spec's `const`s
     numpy: bool = True                # time the generated NumPy module too
+    peer: Callable | None = None      # (library, arrays, outputs) -> a no-argument callable:
+                                      # the hand-C peer (bench/peer_c.py), serial
 
     def size_text(self) -> str:
         return " x ".join(f"{d}={v}" for d, v in self.sizes.items())
@@ -88,7 +94,18 @@ def _gelu_make(rng, s):
 
 
 def _gelu_hand(a):
-    z, th = a["z"], a["th"]
+    """From (z, da), as PyTorch is given: tanh recomputed."""
+    z = a["z"]
+    th = np.tanh(K * (z + F32(0.044715) * z ** 3))
+    return _gelu_grad(a, z, th)
+
+
+def _gelu_saved_hand(a):
+    """With the tanh the forward saved."""
+    return _gelu_grad(a, a["z"], a["th"])
+
+
+def _gelu_grad(a, z, th):
     grad = 0.5 * (1 + th) + 0.5 * z * (1 - th ** 2) * K * (1 + 3 * F32(0.044715) * z ** 2)
     return {"dz": a["da"] * grad}
 
@@ -385,13 +402,20 @@ def cases(scale: int = 1) -> list[Case]:
              note="the small shape: call overhead matters"),
         Case("layernorm_backward", "layernorm", "backward", dict(N=big(4096), C=768),
              _ln_make, _ln_hand, _ln_torch, reads=("x", "dy"), writes=("dx",),
+             peer=peer_c.layernorm_backward,
              note="with the saved mean and reciprocal std; xhat is recomputed, not read"),
-        Case("gelu_backward", "gelu", "backward", dict(N=big(4096), I=3072),
-             _gelu_make, _gelu_hand, _gelu_torch, reads=("z", "da", "th"), writes=("dz",),
-             note="tanh form; reads the tanh the forward saved"),
+        Case("gelu_backward", str(LAYERS / "gelu_recompute.bp"), "backward",
+             dict(N=big(4096), I=3072), _gelu_make, _gelu_hand, _gelu_torch,
+             reads=("z", "da"), writes=("dz",), peer=peer_c.gelu_backward,
+             note="tanh form, from (z, da) as torch's gelu_backward: tanh recomputed"),
+        Case("gelu_backward_saved", "gelu", "backward", dict(N=big(4096), I=3072),
+             _gelu_make, _gelu_saved_hand, _gelu_torch, reads=("z", "da", "th"),
+             writes=("dz",), peer=peer_c.gelu_backward,
+             note="reads the tanh the forward saved: 4 bytes per element "
+                                  "more stored and read (50 MB here); torch still recomputes"),
         Case("softmax_ce_labels_fwd_bwd", "softmax_cross_entropy_labels", "forward_backward",
              dict(N=big(4096), I=8192), _ce_make, _ce_hand, _ce_torch, reads=("z",),
-             writes=("dz",), note="integer labels, batch mean; loss and dlogits in one pass"),
+             writes=("dz",), peer=peer_c.softmax_ce, note="integer labels, batch mean; loss and dlogits in one pass"),
         Case("adam_step", "adam", "forward", dict(P=big(10_000_000)),
              _adam_make, _adam_hand, _adam_torch, reads=("p", "g", "m", "v"),
              writes=("p_next", "m_next", "v_next"),

@@ -4,7 +4,10 @@ For every case in bench/cases.py, in this one process and session, the implement
 run interleaved (A B C ... A B C ...; one warm-up call each first), so machine noise
 falls on all of them alike:
 
-    c       the generated C kernel, 1 and 2 threads, into preallocated and fresh outputs
+    c       the generated C kernel, 1 and 2 threads, into preallocated and fresh outputs,
+            and into the buffers the wrapper keeps with reuse=True
+    hand-c  plain serial C loops as a person writes a model's CPU path (bench/peer_c.c,
+            -O3 -Ofast -march=native), where the case has one, preallocated outputs
     numpy   the emitted NumPy module (fresh outputs)
     hand    hand-written NumPy (fresh outputs)
     torch   PyTorch eager's best CPU path, 2 threads (when installed)
@@ -31,6 +34,7 @@ import codegen
 from codegen.blas import numpy_blas
 
 from .cases import Case, cases
+from . import peer_c
 from .floor import Floor
 
 THREADS = (1, 2)
@@ -126,6 +130,7 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
         setup = (lambda t=t: c.set_threads(t))
         impls[("c", t, "preallocated")] = (setup, lambda: entry(out=prealloc, **args))
         impls[("c", t, "fresh")] = (setup, lambda: entry(**args))
+        impls[("c", t, "reused")] = (setup, lambda: entry(reuse=True, **args))
         if case.in_place:
             impls[("c", t, "in-place")] = (setup, lambda: entry(out=inplace_out,
                                                                 **inplace_args))
@@ -138,6 +143,10 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     if case.numpy:
         impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
     impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))
+    if case.peer is not None:        # hand-written serial C: one thread, its own outputs
+        peer_out = {n: np.empty_like(v) for n, v in prealloc.items()}
+        peer_call = case.peer(peer_c.library(), arrays, peer_out)
+        impls[("hand-c", 1, "preallocated")] = (nothing, peer_call)
     torch_call = None
     if use_torch and case.torch is not None:
         try:
@@ -184,7 +193,8 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
         if torch_time is not None and impl != "torch":
             rec["vs_torch"] = torch_time / median
         if case.reads:
-            fl = medians.get(("floor", threads, outputs)) or medians[("floor", 2, outputs)]
+            mode = "preallocated" if outputs == "reused" else outputs
+            fl = medians.get(("floor", threads, mode)) or medians[("floor", 2, mode)]
             rec["pct_floor"] = 100 * fl / median
             rec["gbps"] = nbytes / median / 1e9
         if case.flops:

@@ -10,7 +10,7 @@ from derive.indices import dim_of, free_indices
 from derive.spec import dim_symbol
 from derive.pretty import formula
 
-from .c_printer import KernelCPrinter
+from .c_printer import KernelCPrinter, own_functions_in
 from .dtypes import CTYPES, SUFFIX
 from .gemm import as_gemm
 from .im2col import as_im2col
@@ -182,14 +182,13 @@ def _offsets(temps):
 def _helpers(loops: LoopPlan) -> set[str]:
     exprs = [e for n in loops.forward + loops.backward + loops.fused for e in (n.body, n.init)]
     exprs += [e for side in loops.invariants.values() for _, e in side]
-    names = set()
-    for e in exprs:
+    names = own_functions_in(exprs)
+    for e in exprs:               # helpers of the piecewise functions (derive.piecewise)
         for f in e.atoms(sp.Function):
-            halfstep = isinstance(f, sp.Heaviside) and f.args[1:] == (sp.Rational(1, 2),)
-            names.add("halfstep" if halfstep else
-                      {"Heaviside": "step"}.get(type(f).__name__, type(f).__name__))
-    if names & {"sigmoid", "softplus"}:
-        names.add("exp")                         # both are written in exp
+            if isinstance(f, sp.Heaviside) and f.args[1:] == (sp.Rational(1, 2),):
+                names.add("halfstep")
+            elif type(f).__name__ in ("maximum", "minimum"):
+                names.add(type(f).__name__)
     return names
 
 

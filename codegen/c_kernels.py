@@ -50,6 +50,7 @@ class CKernels:
         self._shapes.update({"d" + n: dims for n, (_, dims, _) in tensors.items()})
         self.blas = None
         self.use_blas(True)
+        self._kept: dict[tuple, np.ndarray] = {}     # (entry, result) -> buffer, for reuse=
 
     @property
     def layer(self):
@@ -84,21 +85,31 @@ class CKernels:
             self.blas.set_threads(max(int(threads), 1))
 
     # ---- the contract -------------------------------------------------------------------
-    def forward(self, out=None, **arrays):
+    def forward(self, out=None, reuse=False, **arrays):
         """Results in fresh arrays, or in the caller's: out={name: array}.  For a layer
         computed element by element (an optimizer step, an activation) a result may be the
-        very input it replaces, out={"p_next": p}: an update in place."""
+        very input it replaces, out={"p_next": p}: an update in place.
+
+        reuse=True: results (and the scratch space) go into buffers this object keeps and
+        hands out again on the next reuse=True call of the same entry with the same sizes,
+        so a training loop does not pay a fresh allocation's page faults every step.  The
+        aliasing rule: such a result is overwritten by that next call; copy what must
+        outlive it.  A kept buffer passed back as an input is not written: that call gets
+        a fresh one, which is kept from then on."""
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
-        out = self._outputs(out, self.returns, sizes, a, in_place=self._inplace is not None)
-        work = self._work(self._forward_work, sizes)
+        out = self._outputs(out, self.returns, sizes, a, in_place=self._inplace is not None,
+                            reuse="forward" if reuse else None)
+        work = self._work(self._forward_work, sizes, "forward" if reuse else None)
         shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
         kernel = self._inplace if shared else self._forward
         self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
                          *[self._ptr(out[n]) for n in self.returns], self._ptr(work)), sizes)
         return out
 
-    def backward(self, out=None, **arrays):
+    def backward(self, out=None, reuse=False, **arrays):
+        """Every gradient, from the arguments, the upstream gradients and (recomputed when
+        not given) the forward results it reuses; out= and reuse= as in forward."""
         check_backward(self.name, self.gradients)
         check_names(self.name, arrays, self.args + self.upstream, self.returns)
         if any(n not in arrays for n in self.reuses):
@@ -106,24 +117,25 @@ class CKernels:
             arrays = {**{n: fwd[n] for n in self.reuses}, **arrays}
         inputs = self.args + self.upstream + self.reuses
         a, sizes = self._check(arrays, inputs)
-        out = self._outputs(out, self.gradients, sizes, a)
-        work = self._work(self._backward_work, sizes)
+        out = self._outputs(out, self.gradients, sizes, a, reuse="backward" if reuse else None)
+        work = self._work(self._backward_work, sizes, "backward" if reuse else None)
         self._ran(self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
                                  *[self._ptr(out[n]) for n in self.gradients],
                                  self._ptr(work)), sizes)
         return out
 
-    def forward_backward(self, out=None, **arrays):
+    def forward_backward(self, out=None, reuse=False, **arrays):
         """The loss (and any outputs) and every gradient in one pass: for a layer that ends
         in its loss, intermediates never leave the kernel (see forward_backward in the
-        generated header).  Other layers: ValueError (they need upstream gradients)."""
+        generated header).  Other layers: ValueError (they need upstream gradients).
+        out= and reuse= as in forward."""
         if self._fused is None:
             check_fusable(self.name, None, self.upstream)
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
         names = self._output_names + self.gradients
-        out = self._outputs(out, names, sizes, a)
-        work = self._work(self._fused_work, sizes)
+        out = self._outputs(out, names, sizes, a, reuse="fused" if reuse else None)
+        work = self._work(self._fused_work, sizes, "fused" if reuse else None)
         self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
                               *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
         return out
@@ -135,10 +147,13 @@ class CKernels:
         if status != 0:
             raise RuntimeError(f"{self.name}: the C kernel refused the sizes {sizes} "
                                f"(status {status}); please report this")
-    def _outputs(self, given, names, sizes, inputs, in_place=False):
+
+    def _outputs(self, given, names, sizes, inputs, in_place=False, reuse=None):
         """Result arrays: fresh ones, or the caller's (`out={name: array}`, some or all),
         each checked like an input and refused if it may overlap any other array (the C
-        pointers are restrict), except, with `in_place`, exactly the input it replaces."""
+        pointers are restrict), except, with `in_place`, exactly the input it replaces.
+        With `reuse` (the entry's name), the ones not given come from the buffers kept
+        for that entry (see forward)."""
         given = dict(given or {})
         unknown = [n for n in given if n not in names]
         if unknown:
@@ -149,7 +164,8 @@ class CKernels:
             shape = self._shape(n, sizes)
             a = given.get(n)
             if a is None:
-                out[n] = np.empty(shape, self.dtype)
+                out[n] = self._buffer((reuse, n), shape, inputs) if reuse else \
+                    np.empty(shape, self.dtype)
                 continue
             if not isinstance(a, np.ndarray) or a.dtype != self.dtype or a.shape != shape \
                     or not a.flags.c_contiguous or not a.flags.writeable:
@@ -231,8 +247,18 @@ class CKernels:
     def _dims(self, sizes):
         return [sizes[d] for d in self._dim_names]
 
-    def _work(self, fn, sizes):
-        return np.empty(max(int(fn(*self._dims(sizes))), 1), self.dtype)
+    def _work(self, fn, sizes, reuse=None):
+        size = (max(int(fn(*self._dims(sizes))), 1),)
+        return self._buffer((reuse, None), size, {}) if reuse else np.empty(size, self.dtype)
+
+    def _buffer(self, key, shape, inputs):
+        """The buffer kept under key, if it has this shape and is none of the inputs; else
+        a fresh one, kept from now on."""
+        kept = self._kept.get(key)
+        if kept is None or kept.shape != shape or any(
+                np.may_share_memory(kept, x) for x in inputs.values()):
+            kept = self._kept[key] = np.empty(shape, self.dtype)
+        return kept
 
     def _ptr(self, array):
         ctype = "int64_t" if array.dtype == np.int64 else self._ctype

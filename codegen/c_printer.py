@@ -1,5 +1,5 @@
-"""SymPy's C99 printer, extended for kernels: flat row-major array access, our functions
-(sigmoid, softplus, relu, the ReLU' step), and float or double arithmetic."""
+"""SymPy's C99 printer, extended for kernels: flat row-major array access, the toolkit's own
+functions (a table: OWN_FUNCTIONS), and float or double arithmetic."""
 from __future__ import annotations
 
 import sympy as sp
@@ -14,6 +14,41 @@ OPTIMIZATIONS = list(optims_c99) + [EXPAND_POW]
 from derive.affine import between, divides
 
 from .dtypes import SUFFIX
+
+
+# The functions the kernels take from the toolkit's own C (templates/c_source.c.j2 and
+# c_vector_math.c.j2), by SymPy function name and dtype; any other function prints as the
+# C99 library call.  The float ones are branch-free and inline into `omp simd` loops, where
+# libmvec's expf, tanhf, logf... are a call per vector (and tanhf, erff, log1pf several
+# times slower than the inline code in GELU backward).  Heaviside is ReLU', with the
+# ReLU'(0) = 0 convention of PyTorch and the NumPy backend.
+_EVERY_DTYPE = {"sigmoid": "sigmoid", "softplus": "softplus", "relu": "relu",
+               "Heaviside": "step"}
+OWN_FUNCTIONS = {
+    "float32": {**_EVERY_DTYPE, "exp": "exp", "log": "log", "log1p": "log1p", "tanh": "tanh",
+                "erf": "erf"},
+    "float64": _EVERY_DTYPE,
+}
+# What each own function is written in: their definitions come too.
+OWN_NEEDS = {"log1p": "log", "tanh": "exp", "erf": "exp", "sigmoid": "exp", "softplus": "exp"}
+
+
+def own_function(expr, dtype: str) -> str | None:
+    """The toolkit's C function (bp_NAME_f32 / _f64) that computes expr's function in
+    dtype, or None."""
+    if not isinstance(expr, sp.Function):
+        return None
+    stem = OWN_FUNCTIONS[dtype].get(type(expr).__name__)
+    return stem and f"bp_{stem}_{SUFFIX[dtype]}"
+
+
+def own_functions_in(exprs) -> set[str]:
+    """The names (bp_NAME_f32's NAME) of the own C functions the exprs call, in float or
+    double, with what they are written in: the definitions the source must carry.  Looked
+    for after the rewrites the printer applies (log(1 + x) prints as log1p(x))."""
+    names = {OWN_FUNCTIONS[d].get(type(f).__name__) for e in exprs
+             for f in _optimized(e).atoms(sp.Function) for d in OWN_FUNCTIONS} - {None}
+    return names | {OWN_NEEDS[n] for n in names if n in OWN_NEEDS}
 
 
 class KernelCPrinter(C99CodePrinter):
@@ -145,15 +180,15 @@ class KernelCPrinter(C99CodePrinter):
             return f"{expr.name}[0]"
         return super()._print_Symbol(expr)
 
-    def _helper(self, name, expr):
-        return f"bp_{name}_{self.suffix}({self._print(expr.args[0])})"
-
-    def _print_exp(self, expr):
-        # float exp is the toolkit's own (templates/c_source.c.j2): it vectorizes inline,
-        # where libmvec's expf is a call per vector and a fifth slower in softmax rows.
-        if self.dtype == "float32":
-            return self._helper("exp", expr)
-        return super()._print_exp(expr)
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sp.Heaviside) and len(expr.args) > 1 \
+                and expr.args[1] == sp.Rational(1, 2):
+            # H0 = 1/2: the even split of a tie (torch.maximum's backward)
+            return f"bp_halfstep_{self.suffix}({self._print(expr.args[0])})"
+        function = own_function(expr, self.dtype)
+        if function:              # all unary (Heaviside's second argument is its value at 0)
+            return f"{function}({self._print(expr.args[0])})"
+        return super()._print(expr, **kwargs)
 
     def _print_NumberSymbol(self, expr):
         # pi (erf's derivative) as a literal: M_PI is not in strict C99's <math.h>
@@ -161,25 +196,9 @@ class KernelCPrinter(C99CodePrinter):
 
     _print_Pi = _print_NumberSymbol
 
-    def _print_sigmoid(self, expr):
-        return self._helper("sigmoid", expr)
-
-    def _print_softplus(self, expr):
-        return self._helper("softplus", expr)
-
-    def _print_relu(self, expr):
-        return self._helper("relu", expr)
-
     def _print_KroneckerDelta(self, expr):
         a, b = (self._print(x) for x in expr.args)
         return f"({a} == {b})"
-
-    def _print_Heaviside(self, expr):
-        # The ReLU'(0) = 0 convention, as in PyTorch and the NumPy backend; with H0 = 1/2
-        # the even split of a tie (torch.maximum's backward).
-        if len(expr.args) > 1 and expr.args[1] == sp.Rational(1, 2):
-            return self._helper("halfstep", expr)
-        return self._helper("step", expr)
 
     # piecewise functions (derive.piecewise)
     def _print_Where(self, expr):

@@ -36,7 +36,9 @@ def cache_dir(override=None) -> Path:
 
 
 class Kernels:
-    """forward(**arrays) and backward(**arrays) of one layer, checked by name."""
+    """forward(**arrays) and backward(**arrays) of one layer, checked by name.  reuse=
+    (kept output buffers, see CKernels.forward) is accepted for the C backend's sake:
+    NumPy's results are always new arrays, which keeps the aliasing rule trivially."""
 
     def __init__(self, layer, derivation, module, path: Path, backend: str):
         self.layer = layer
@@ -52,12 +54,12 @@ class Kernels:
         self.upstream = tuple(module.UPSTREAM)
         self.gradients = tuple(module.GRADIENTS)
 
-    def forward(self, out=None, **arrays):
+    def forward(self, out=None, reuse=False, **arrays):
         self._refuse_out(out)
         self._check(arrays, self.args, ())
         return self.module.forward(**{n: arrays[n] for n in self.args})
 
-    def backward(self, out=None, **arrays):
+    def backward(self, out=None, reuse=False, **arrays):
         self._refuse_out(out)
         check_backward(self.name, self.gradients)
         reusable = tuple(n for n in self.returns if n in _kwonly(self.module.backward))
@@ -66,7 +68,7 @@ class Kernels:
         return self.module.backward(**{n: arrays[n] for n in self.args + self.upstream},
                                     **extra)
 
-    def forward_backward(self, out=None, **arrays):
+    def forward_backward(self, out=None, reuse=False, **arrays):
         """The outputs (the loss) and every gradient; for a layer that ends in its loss.
         NumPy runs forward, then backward reusing its intermediates."""
         self._refuse_out(out)

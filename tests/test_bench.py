@@ -11,6 +11,7 @@ import pytest
 import codegen
 
 from .oracles import rel_err, require_oracle
+from bench import peer_c
 from bench.cases import cases
 from bench.floor import Floor
 from bench.run import case_arrays
@@ -28,6 +29,13 @@ def test_every_peer_computes_the_same_results(case):
     for n, v in hand.items():
         np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
                                    err_msg=f"hand {n}")
+    if case.peer is not None:       # the hand-C peer, from the same arrays
+        out = {n: np.empty_like(v) for n, v in ours.items() if np.ndim(v)}
+        loss = case.peer(peer_c.library(), arrays, out)()
+        for n, v in out.items():
+            np.testing.assert_allclose(v, ours[n], rtol=2e-4, atol=2e-5, err_msg=f"hand-c {n}")
+        if "L" in ours:
+            np.testing.assert_allclose(loss, float(ours["L"]), rtol=1e-5)
     torch = require_oracle("torch")
     call = case.torch(torch, {k: (np.array(v) if isinstance(v, np.ndarray) else v)
                               for k, v in arrays.items()})
@@ -144,3 +152,12 @@ def test_bench_refuses_a_negative_minimum_time():
     r = subprocess.run([sys.executable, "-m", "codegen.cli", "bench", "--min-time", "-1"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "--min-time must be at least 0" in r.stderr
+
+
+def test_loading_the_hand_c_peer_keeps_subnormals():
+    """-Ofast must not bring crtfastmath.o's flush-to-zero into this process: it would make
+    every later subnormal result 0 (the kernels' tests of subnormals among them)."""
+    require_oracle("cc")
+    peer_c.library()
+    tiny = np.array([1e-39], np.float32)
+    assert (tiny * np.float32(0.5))[0] != 0

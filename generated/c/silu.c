@@ -76,6 +76,18 @@ void bp_silu_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
+/* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
+static inline float bp_expm1_reduced_f32(float r)
+{
+    float p = 1.9875691500e-4F;
+    p = fmaf(p, r, 1.3981999507e-3F);
+    p = fmaf(p, r, 8.3334519073e-3F);
+    p = fmaf(p, r, 4.1665795894e-2F);
+    p = fmaf(p, r, 1.6666665459e-1F);
+    p = fmaf(p, r, 5.0000001201e-1F);
+    return fmaf(p, r * r, r);
+}
+
 /* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
  * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
  * loop vectorizes it inline.  x is clamped below at -104 (the result is 0 there anyway)
@@ -99,13 +111,7 @@ static inline float bp_exp_f32(float x)
     const float k = clamped - 12583167.0F;
     float r = fmaf(k, -0.693145751953125F, xc);
     r = fmaf(k, -1.428606765330187045e-06F, r);
-    float p = 1.9875691500e-4F;
-    p = fmaf(p, r, 1.3981999507e-3F);
-    p = fmaf(p, r, 8.3334519073e-3F);
-    p = fmaf(p, r, 4.1665795894e-2F);
-    p = fmaf(p, r, 1.6666665459e-1F);
-    p = fmaf(p, r, 5.0000001201e-1F);
-    p = fmaf(p, r * r, r) + 1;
+    const float p = bp_expm1_reduced_f32(r) + 1;
     const int32_t half = bits >> 1;
     const int32_t e1 = (int32_t)((uint32_t)half << 23), e2 = (int32_t)((uint32_t)(bits - 1 - half) << 23);
     float s1, s2;

@@ -76,6 +76,79 @@ void bp_tanh_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
 
+/* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
+static inline float bp_expm1_reduced_f32(float r)
+{
+    float p = 1.9875691500e-4F;
+    p = fmaf(p, r, 1.3981999507e-3F);
+    p = fmaf(p, r, 8.3334519073e-3F);
+    p = fmaf(p, r, 4.1665795894e-2F);
+    p = fmaf(p, r, 1.6666665459e-1F);
+    p = fmaf(p, r, 5.0000001201e-1F);
+    return fmaf(p, r * r, r);
+}
+
+/* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
+ * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
+ * loop vectorizes it inline.  x is clamped below at -104 (the result is 0 there anyway)
+ * and k above at 129 (p 2^129 is Inf for any p the reduction leaves, and so is p = Inf for
+ * x = Inf); that upper clamp is an integer min on k's bits, one instruction, where a
+ * second float clamp made GCC if-convert the whole function.  NaN passes through p.
+ * 2^k is applied as two powers of two, 2^(e1 - 127) 2^(e2 - 127), so a subnormal result
+ * rounds once: the rounding constant 1.5 * 2^23 + 255 leaves D = k + 255 in the low bits,
+ * e1 = floor(D / 2) and e2 = ceil(D / 2) - 1 (both in [52, 192]) come out of two shifts,
+ * and the constant's own bits fall off the top.  Within 1.02 ulp of exp over every float
+ * (checked exhaustively against double). */
+static inline float bp_exp_f32(float x)
+{
+    const float xc = -104.0F > x ? -104.0F : x;
+    const float shifted = fmaf(xc, 1.44269504088896341F, 12583167.0F);
+    int32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = bits < 0x4B400000 + 255 + 129 ? bits : 0x4B400000 + 255 + 129;
+    float clamped;
+    memcpy(&clamped, &bits, sizeof clamped);
+    const float k = clamped - 12583167.0F;
+    float r = fmaf(k, -0.693145751953125F, xc);
+    r = fmaf(k, -1.428606765330187045e-06F, r);
+    const float p = bp_expm1_reduced_f32(r) + 1;
+    const int32_t half = bits >> 1;
+    const int32_t e1 = (int32_t)((uint32_t)half << 23), e2 = (int32_t)((uint32_t)(bits - 1 - half) << 23);
+    float s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    return p * s1 * s2;
+}
+
+/* tanh(|x|) = -m / (2 + m), m = expm1(-2|x|) in (-1, 0] (no 1 - e cancels near 0), and
+ * past |x| = 0.55, where m nears -1 and its error would count absolutely, the same as
+ * 1 - 2 e / (1 + e), e = exp(-2|x|) = 1 + m: one exp-like evaluation, one division (its
+ * divisor 2 + m rounded once, by an fma).
+ * expm1(y) = 2^k q + (2^k - 1), k = round(y / ln 2) in [-26, 0], q = expm1(r) the
+ * polynomial of bp_exp_f32 without its final 1 (2^k - 1 is exact).  y is clamped at -18,
+ * where tanh rounds to 1 (NaN passes the clamp); the sign is x's (-0 stays -0).  Within
+ * 2 ulp of tanh over every float. */
+static inline float bp_tanh_f32(float x)
+{
+    const float y0 = -2 * fabsf(x);
+    const float y = y0 < -18.0F ? -18.0F : y0;
+    const float shifted = fmaf(y, 1.44269504088896341F, 12582912.0F);
+    const float k = shifted - 12582912.0F;
+    int32_t bits;
+    memcpy(&bits, &shifted, sizeof bits);
+    const int32_t sbits = (int32_t)((uint32_t)(bits - 0x4B400000 + 127) << 23);
+    float s;
+    memcpy(&s, &sbits, sizeof s);
+    float r = fmaf(k, -0.693145751953125F, y);
+    r = fmaf(k, -1.428606765330187045e-06F, r);
+    const float q = bp_expm1_reduced_f32(r);
+    const float m = fmaf(s, q, s - 1);
+    const float e = fmaf(s, q, s);
+    const int far = y < -1.1F;                   /* e < 1/3: the 1 - 2 e / (1 + e) form */
+    const float t = (far ? 1.0F : 0.0F) + (far ? -2 * e : -m) / fmaf(s, q, s + 1);
+    return copysignf(t, x);
+}
+
 int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
     (void)bp_work;
@@ -84,7 +157,7 @@ int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            a[n*I + i] = tanhf(z[n*I + i]);
+            a[n*I + i] = bp_tanh_f32(z[n*I + i]);
         }
     }
     return 0;
@@ -112,7 +185,7 @@ int bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float 
     BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
-        const float bp_out_a = tanhf(bp_in_z);
+        const float bp_out_a = bp_tanh_f32(bp_in_z);
         a[bp_i] = bp_out_a;
     }
     return 0;

@@ -1,0 +1,102 @@
+"""The toolkit's own float functions (templates/c_vector_math.c.j2): their error bounds on a
+sample of every float, their special values as NumPy's, and the name table through which
+the C kernels call them (codegen/c_printer.py, OWN_FUNCTIONS)."""
+import numpy as np
+import pytest
+import sympy as sp
+
+import codegen
+from bench import exhaustive_math
+from codegen.c_backend import c_sources
+from codegen.c_printer import OWN_FUNCTIONS, own_function
+from codegen.plan import plan
+from derive import derive, parse_spec
+
+from .oracles import require_oracle
+
+# The largest error over all 2^32 floats (python -m bench.exhaustive_math), in ulp of the
+# float result, rounded up: what the README promises and the sample must not exceed.
+BOUNDS = {"exp": 1.02, "log": 1.0, "log1p": 2.0, "tanh": 2.0, "erf": 2.0}
+
+
+def test_sampled_floats_within_the_exhaustive_bounds(tmp_path):
+    """Every 4099th bit pattern (a prime stride: 1,047,810 floats, every exponent and both
+    signs, subnormals, Inf and NaN patterns), through the functions compiled with the
+    toolkit's flags and called from an omp simd loop, against glibc's double functions."""
+    require_oracle("cc")
+    results = exhaustive_math.check(stride=4099)
+    assert set(results) == set(BOUNDS)
+    for name, r in results.items():
+        assert r.specials == 0, name
+        assert r.max_ulp <= BOUNDS[name], (name, r.max_ulp, r.worst)
+
+
+def test_the_checker_catches_a_wrong_function(monkeypatch):
+    """A function off by a few ulp, or with a wrong special value, is reported."""
+    require_oracle("cc")
+    source = exhaustive_math.render("c_vector_math.c.j2", helpers=set(exhaustive_math.FUNCTIONS))
+    broken = source.replace("return copysignf(t, x);", "return copysignf(t * 1.000001F, x);")
+    broken = broken.replace("const float special = x == 0 ? -HUGE_VALF",
+                            "const float special = x == 0 ? HUGE_VALF")
+    assert broken.count("1.000001F") == 1 and "? HUGE_VALF" in broken
+    monkeypatch.setattr(exhaustive_math, "render", lambda *a, **k: broken)
+    results = exhaustive_math.check(("tanh", "log"), stride=65537)
+    assert results["tanh"].max_ulp > 4 and results["log"].specials > 0
+
+
+SPECIAL = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1.1754942e-38, 1e-10, -1e-10,
+                    0.5, -0.5, 1.0, -1.0, 3.9, -3.9, 4.0, 88.0, -88.0, 89.0, -104.0, 1e30,
+                    -1e30, 3.4028235e38, np.inf, -np.inf, np.nan], dtype=np.float32)
+
+LAYERS = {
+    "tanh": ("y[n, i] = tanh(z[n, i])", np.tanh),
+    "log": ("y[n, i] = log(z[n, i])", np.log),
+    "log1p": ("y[n, i] = log(1 + z[n, i])", np.log1p),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_special_values_through_a_kernel_as_numpy(name):
+    """Through a generated kernel (which calls bp_NAME_f32): NaN where NumPy has NaN, the
+    same Infs, zeros of the same sign, subnormal inputs and results within the bound."""
+    line, reference = LAYERS[name]
+    spec = f"layer {name}_of  {name}, alone\ndims N, I\ninput z[N, I]\noutput y[N, I]\n\n{line}\n"
+    layer = parse_spec(spec)
+    source = c_sources(plan(derive(layer)))[f"{name}_of.c"]
+    assert f"= bp_{name}_f32(" in source
+    k = codegen.load(layer, backend="c", dtype="float32")
+    z = SPECIAL.reshape(1, -1)
+    got = k.forward(z=z)["y"][0]
+    with np.errstate(all="ignore"):
+        want = reference(SPECIAL.astype(np.float64))
+    rounded = want.astype(np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (SPECIAL, got)
+    exact = np.isinf(rounded) | (rounded == 0)
+    assert np.array_equal(got[exact], rounded[exact])
+    assert np.array_equal(np.signbit(got[exact]), np.signbit(rounded[exact]))
+    fin = ~exact & ~np.isnan(want)
+    err = np.abs(got[fin] - want[fin]) / np.spacing(np.abs(rounded[fin]))
+    assert err.max() <= BOUNDS[name], (err.max(), SPECIAL[fin][err.argmax()])
+
+
+def test_own_functions_by_name_and_dtype():
+    """The table decides: float tanh, log, log1p, erf, exp are the toolkit's; double ones
+    stay the C library's (libmvec), and a function outside the table prints as libm's."""
+    z = sp.Symbol("z")
+    for name in ("exp", "log", "tanh", "erf"):
+        f = getattr(sp, name)(z)
+        assert own_function(f, "float32") == f"bp_{name}_f32"
+        assert own_function(f, "float64") is None
+    assert own_function(sp.sin(z), "float32") is None
+    assert OWN_FUNCTIONS["float64"]["Heaviside"] == "step"
+
+
+def test_erf_coefficients_are_the_documented_fit():
+    """bp_erf_f32's coefficients are what bench/fit_erf.py computes (so they can be
+    rederived), and each fit alone is well inside the bound."""
+    from bench import fit_erf
+    template = exhaustive_math.render("c_vector_math.c.j2", helpers={"erf"})
+    for coefficients, err in fit_erf.fits():
+        assert err < 0.5
+        for c in coefficients:
+            assert f"{c:.9e}F" in template, c
