@@ -140,8 +140,9 @@ def _sum_over(factors, lim):
 def _substitute(f, sub):
     """f with sub applied, renaming f's own summation indices first where a value reads
     one of them: tanh(sum_k w[k] x[n, i + k]) with i = l - k must not become
-    tanh(sum_k w[k] x[n, l]) (the k of the solution is the outer sum's, not this one's)."""
-    reads = set().union(*(free_indices(v) for v in sub.values()))
+    tanh(sum_k w[k] x[n, l]) (the k of the solution is the outer sum's, not this one's),
+    and the k being solved for must not rename relu(sum_k ...)'s own k."""
+    reads = set().union(*(free_indices(v) for v in sub.values())) | set(sub)
     if any(lim[0] in reads for s in f.atoms(sp.Sum) for lim in s.limits):
         f = freshen_bound(f)
     return f.xreplace(sub)

@@ -630,3 +630,25 @@ def test_a_function_of_a_convolution_in_one_equation(backend, dtype, P):
                                dtype=dtype if backend == "c" else None)
         _check(kernels, inputs, lambda x, w, b: torch.tanh(F.conv1d(x, w, b, padding=P)),
                dtype, rng, TOL[dtype])
+
+
+RELU_STRIDED = """layer reluconv
+const S = 2
+dims N, C, L, K, M = (L - K) // S + 1
+input x[N, C, L]
+param w[C, K]
+output y[N, C, M]
+y[n, c, i] = relu(sum(w[c, k] * x[n, c, S*i + k], k))
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_a_function_of_a_strided_sum_over_the_solved_index(backend):
+    """relu(sum_k w x[S*i + k]): the delta is solved for k, which relu's own sum also
+    binds; that sum is renamed first (it was rebuilt with k = l - 2m as its index)."""
+    rng = np.random.default_rng(9)
+    x, w = rng.normal(size=(2, 3, 11)), rng.normal(size=(3, 3))
+    kernels = codegen.load(parse_spec(RELU_STRIDED), backend=backend)
+    fn = lambda x, w: torch.relu(F.conv1d(x, w[:, None, :], stride=2, groups=3))  # noqa
+    _check(kernels, dict(x=x, w=w), fn, "float64", rng, TOL["float64"])
+
