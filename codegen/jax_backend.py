@@ -38,6 +38,7 @@ def _jnp(code: str) -> str:
 
 def jax_source(plan: KernelPlan) -> str:
     context = module_context(plan, JaxPrinter)
+    context["step_store"] = "{name} = {name}.at[{t}].set({code})"   # arrays are immutable
     layer = plan.layer
     outputs = [t.name for t in layer.outputs]
     # custom_vjp's residuals: the arguments and the intermediates backward() reuses

@@ -7,8 +7,11 @@ import sympy as sp
 
 from derive.pretty import formula
 
+from derive.indices import dim_of
+
 from .numpy_printer import NumpyPrinter
-from .plan import KernelPlan, const_flag
+from .plan import KernelPlan, Statement, const_flag
+from .scan import Scan, schedule, time_dims
 from templates import render
 from .version import VERSION
 
@@ -21,11 +24,49 @@ class Printed:
     code: str
     formula: str
     temps: tuple = ()       # (name, code) pairs computed first
+    scan: bool = False      # (a PrintedScan is one)
 
 
 def _printed(printer, st) -> Printed:
     temps, code = printer.statement(st)
     return Printed(st.name, code, st.formula, tuple(temps))
+
+
+@dataclass(frozen=True)
+class PrintedScan:
+    """A recurrence: `items` computed step by step in a loop over `index` (codegen/scan.py)
+    into arrays allocated first."""
+    index: str
+    dim: str
+    reverse: bool
+    items: tuple
+    allocs: tuple           # (name, shape code)
+    scan: bool = True
+
+
+def _printed_all(printer, statements, layer) -> list:
+    """Statements printed in the order the scan schedule gives, recurrences as loops."""
+    shapes = {t.name: t.dims for t in layer.tensors.values()}
+    shapes |= {"d" + n: d for n, d in shapes.items()}
+    shapes |= {st.name: st.dims for st in statements}
+    out = []
+    for item in schedule(statements, lambda st: st.name, lambda st: st.expr.atoms(sp.Indexed),
+                         shapes, time_dims(layer)):
+        if not isinstance(item, Scan):
+            out.append(_printed(printer, item))
+            continue
+        t = item.index
+        step = sp.Symbol(t.label.name, integer=True)
+        members = []
+        for st in item.items:
+            rest = tuple(i for i in st.indices if i != t)
+            members.append(_printed(printer, Statement(st.name, rest, printer.at_step(
+                st.expr.xreplace({t: step}), step), st.formula)))
+        dim = str(dim_of(t))
+        printer.dims_used.add(dim)
+        allocs = tuple((st.name, printer.shape(st)) for st in item.items)
+        out.append(PrintedScan(t.label.name, dim, item.reverse, tuple(members), allocs))
+    return out
 
 
 def numpy_source(plan: KernelPlan) -> str:
@@ -38,10 +79,10 @@ def module_context(plan: KernelPlan, printer_class) -> dict:
     layer = plan.layer
     slots = {t.name: t.dims for t in layer.tensors.values()}      # each array's axes
     printer = printer_class(layer.dims, slots | {"d" + n: d for n, d in slots.items()})
-    forward = [_printed(printer, st) for st in plan.forward]
+    forward = _printed_all(printer, plan.forward, layer)
     forward_dims = _ordered(layer.dims, printer.dims_used)
     printer.dims_used = set()
-    backward = [_printed(printer, st) for st in plan.backward]
+    backward = _printed_all(printer, plan.backward, layer)
     backward_dims = _ordered(layer.dims, printer.dims_used)
     deriv = plan.derivation
     backward_formulas = []
@@ -82,6 +123,7 @@ def module_context(plan: KernelPlan, printer_class) -> dict:
         backward_dims=backward_dims,
         dim_defs=dim_defs,
         const_flag=const_flag(layer),
+        step_store="{name}[{t}] = {code}",       # one step of a recurrence, in place
     )
 
 

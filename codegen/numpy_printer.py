@@ -105,7 +105,7 @@ class NumpyPrinter:
             return f"-({self.integer(-e.args[0], ctx)})", ADD
         if isinstance(e, between):
             x, lo, hi = (self.array(a, ctx) for a in e.args)
-            return f"(({lo} <= {x}) & ({x} <= {hi})).astype(dtype)", ATOM
+            return _mask(f"({lo} <= {x}) & ({x} <= {hi})", e), ATOM
         if isinstance(e, divides):
             q, x = e.args
             return f"({_atom(self.integer(x, ctx))} % {q} == 0).astype(dtype)", ATOM
@@ -235,6 +235,23 @@ class NumpyPrinter:
         code = self.array(num, ctx)
         return code if den == 1 else f"{_atom(code)}//{den}"
 
+    def at_step(self, expr, step):
+        """expr with each read of one step of a sequence, h[t - 1, n, k] (t the loop's
+        step, a number), as a read of that step's array: zeros before the first step,
+        where the initial state's term stands in the formula instead."""
+        sub = {}
+        for e in expr.atoms(sp.Indexed):
+            slot = e.indices[0]
+            if slot.atoms(sp.Idx) or step not in slot.free_symbols:
+                continue
+            name = e.base.label.name
+            self.helpers_used.add("_step")
+            code = f"_step({name}, {self.integer(slot, ())})"
+            self.shapes[code] = tuple(self.shapes.get(name, ("",) * len(e.indices)))[1:]
+            sub[e] = sp.IndexedBase(code)[tuple(e.indices[1:])] if len(e.indices) > 1 \
+                else sp.Symbol(code)
+        return expr.xreplace(sub)
+
     def _indexed(self, e, ctx):
         name = e.base.label.name
         idx = list(e.indices)
@@ -313,7 +330,7 @@ class NumpyPrinter:
         for x in e.args:
             if isinstance(x, sp.Idx):
                 self.dims_used.add(str(x.upper + 1))
-        return f"({a} == {b}).astype(dtype)"
+        return _mask(f"{a} == {b}", e)
 
     def _sum(self, e, ctx):
         ks = [lim[0] for lim in e.limits]
@@ -383,6 +400,14 @@ class NumpyPrinter:
         outer = [i for i in ctx if i in free_indices(body) - {k}]
         code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
         return _expand(code, outer, ctx)
+
+
+def _mask(condition: str, e) -> str:
+    """A 0/1 array of the condition; a number where it reads no index (a scan's step,
+    [t == 0], is a Python int, whose comparisons are bools without astype)."""
+    if not free_indices(e):
+        return f"np.asarray({condition}, dtype)"
+    return f"({condition}).astype(dtype)"
 
 
 def _atom(code: str) -> str:

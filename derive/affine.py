@@ -29,6 +29,12 @@ class between(sp.Function):
             return sp.Integer(int(bool(lo <= e) and bool(e <= hi)))
         if e == lo == hi:
             return sp.Integer(1)
+        below, above = e - lo, hi - e
+        if below.is_Integer and below < 0 or above.is_Integer and above < 0:
+            return sp.Integer(0)          # [0 <= -1 <= T - 1]: a step before the first
+        if isinstance(e, sp.Idx) and (lo, hi) == (e.lower, e.upper) or \
+                below.is_Integer and above.is_Integer:
+            return sp.Integer(1)          # an index over its own range
         return None
 
     def _latex(self, printer):

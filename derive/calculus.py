@@ -95,7 +95,9 @@ def _eliminate(factors, limits):
         else:                         # k = numerator / divisor, where that divides
             factors.append(divides(divisor, numerator))
             bracket = between(numerator, divisor * lo, divisor * hi)
-        if not _implied(bracket):
+        if bracket == 0:
+            factors = [sp.Integer(0)]
+        elif not _implied(bracket):
             factors.append(bracket)
     factors, limits = _absorb(factors, limits)
     summed = {k for k, _, _ in limits}
@@ -178,6 +180,8 @@ def _pick_delta(factors, limits):
 
 
 def _implied(bracket) -> bool:
+    if bracket.is_Integer:                      # decided when it was built
+        return bracket == 1
     e, lo, hi = bracket.args
     span = extremes(e)
     return span is not None and proven_nonnegative(span[0] - lo) \

@@ -14,6 +14,7 @@ recursion delta1 = (W2^T delta2) (.) f'(z1) appears: da1 is inlined into dz1.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -38,10 +39,11 @@ class Step:
     given: sp.Expr | None = None             # simplified under declared conditions
     conditions: tuple[Condition, ...] = ()   # the conditions `given` relies on
     is_gradient: bool = False                # an input's or parameter's gradient
+    label: str = ""                          # its array's name, when not d + tensor
 
     @property
     def name(self) -> str:
-        return adjoint_name(self.tensor)
+        return self.label or adjoint_name(self.tensor)
 
     @property
     def lhs(self):
@@ -112,8 +114,13 @@ def derive(layer: Layer) -> Derivation:
         if eq.reads & needed:
             needed.add(eq.target)
 
-    # 1. Local contributions, walking the equations backwards.
-    defs: dict[str, sp.Expr] = {}
+    # 1. Local contributions, walking the equations backwards.  A recurrence's adjoint
+    # (its total: the upstream gradient plus what the next steps send back) is seeded
+    # like an intermediate's, as its readers at later steps come earlier in this walk.
+    recurrent = {t.name for t in layer.tensors.values() if t.initial}
+    defs: dict[str, sp.Expr] = {
+        t.name: sp.IndexedBase(upstream_name(t.name))[tuple(canon[t.name])]
+        for t in layer.outputs if t.name in recurrent and t.name in needed}
     contributions = []
     value_reads = {e.target: tensor_names(e.rhs) for e in layer.equations}
     for eq in reversed(layer.equations):
@@ -122,7 +129,7 @@ def derive(layer: Layer) -> Derivation:
         lhs = [mapping[i] for i in eq.indices]
         y = layer.tensors[eq.target]
         seed = sp.Integer(1) if eq.target == layer.loss else adjoint_ref(eq.target, lhs)
-        if y.role == "output" and eq.target in defs:
+        if y.role == "output" and eq.target in defs and eq.target not in recurrent:
             # An output a later equation reads (an LSTM's c_next, read by h_next): its
             # adjoint is its upstream gradient plus what the readers send back, all
             # complete here (readers come later); inlined into this equation's seed, as
@@ -190,7 +197,38 @@ def derive(layer: Layer) -> Derivation:
             given = tidy_bound(freshen_bound(tidy(given)), taken | free)
         steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
                           name in gradients))
-    return Derivation(layer, tuple(steps), tuple(contributions))
+    return _name_totals(Derivation(layer, tuple(steps), tuple(contributions)), recurrent)
+
+
+def upstream_name(tensor: str) -> str:
+    """While deriving, the upstream gradient of a recurrent output, apart from its total
+    adjoint d<tensor>; renamed by _name_totals."""
+    return adjoint_name(tensor) + "__up"
+
+
+def total_name(tensor: str) -> str:
+    """The array holding a recurrent output's total adjoint, where it is a step: the
+    upstream gradient keeps the name d<tensor> every output's has."""
+    return adjoint_name(tensor) + "_total"
+
+
+def _name_totals(deriv: Derivation, recurrent) -> Derivation:
+    """Recurrent outputs' adjoints renamed for the kernels: the upstream gradient is
+    d<h>, as for any output, and the total adjoint d<h>_total."""
+    outputs = [t.name for t in deriv.layer.outputs if t.name in recurrent]
+    if not outputs:
+        return deriv
+    rename = {}
+    for h in outputs:
+        for old, new in ((adjoint_name(h), total_name(h)), (upstream_name(h), adjoint_name(h))):
+            rename[sp.IndexedBase(old)] = sp.IndexedBase(new)
+    fix = lambda e: e.xreplace(rename) if e is not None else None
+    steps = tuple(dataclasses.replace(
+        s, expr=fix(s.expr), given=fix(s.given),
+        label=total_name(s.tensor) if s.tensor in outputs else s.label) for s in deriv.steps)
+    contributions = tuple(dataclasses.replace(c, expr=fix(c.expr))
+                          for c in deriv.contributions)
+    return Derivation(deriv.layer, steps, contributions)
 
 
 def _fold_values(term, layer, value_reads, skip=None):

@@ -15,7 +15,7 @@ union unsigned void volatile while _Bool _Complex _Imaginary bool true false NUL
 # Names the generated code or the spec language itself uses.
 RESERVED = frozenset("""
 sum exp log sqrt tanh sigmoid relu softplus np numpy math forward backward layer dims
-input param target output intermediate loss given example nograd outside shape dtype out self
+input param target output intermediate loss given example nograd outside initial shape dtype out self
 """.split())
 
 

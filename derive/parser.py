@@ -37,11 +37,13 @@ from .network import is_network
 from .names import did_you_mean, layer_name_problem, name_problem
 from .pretty import formula
 from .spec import ROLES, Condition, Equation, Layer, Tensor, dim_symbol, index
+from . import recurrence
 
 MAX_LINE = 2000          # characters; a longer statement is refused, not parsed
 MAX_EXPONENT = 64        # literal exponents beyond this are refused (10**10**10 would hang)
 DECL_KEYWORDS = ROLES + ("loss",)
-OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd", "const", "outside", "section")
+OTHER_KEYWORDS = ("layer", "dims", "given", "example", "nograd", "const", "outside", "initial",
+                  "section")
 SINGLE_EQUALS = re.compile(r"(?<![=<>!])=(?!=)")
 EMPTY_BRACKETS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[\s*\]")
 
@@ -157,6 +159,7 @@ class _Parser:
         self.constants: dict[str, int] = {}      # const S = 2: substituted as numbers
         self.dim_defs: dict[str, sp.Expr] = {}   # dims Lout = (L - K) // S + 1
         self.reads_to_check: list = []            # shifted reads, checked at the end
+        self.initial: dict[str, tuple] = {}       # recurrent tensor -> (state, stmt, col)
         self.section = ""                         # the layer of a network, for documents
         self.sections: dict[str, str] = {}        # section name -> its description
 
@@ -190,6 +193,8 @@ class _Parser:
             self._const(stmt, rest, rest_col)
         elif word == "outside":
             self._outside(stmt, rest, rest_col)
+        elif word == "initial":
+            self._initial(stmt, rest, rest_col)
         elif word == "section":
             self._section(stmt, rest, rest_col)
         else:
@@ -328,6 +333,39 @@ class _Parser:
             raise stmt.error("only zero padding is supported: write 'outside "
                              f"{name} = 0'", col + rest.index(m.group(3)) + 1)
         self.tensors[name] = dataclasses.replace(t, outside=sp.Integer(0))
+
+    def _initial(self, stmt, rest, col):
+        """initial h = h0: h reads its own earlier steps (h[t - 1, ...]), and h0 holds the
+        step before 0 (derive/recurrence.py)."""
+        m = re.fullmatch(r"(\s*)([A-Za-z][A-Za-z0-9_]*)\s*=\s*([A-Za-z][A-Za-z0-9_]*)\s*",
+                         rest)
+        if not m:
+            raise stmt.error("initial takes 'TENSOR = STATE': the tensor that reads its "
+                             "earlier steps (h[t - 1, ...]) and the input holding the step "
+                             "before 0, e.g. initial h = h0", col + 1)
+        name, state = m.group(2), m.group(3)
+        where, at = col + len(m.group(1)) + 1, col + m.start(3) + 1
+        h, h0 = self.tensors.get(name), self.tensors.get(state)
+        for n, t, c in ((name, h, where), (state, h0, at)):
+            if t is None:
+                raise stmt.error(f"'{n}' is not declared (declare it before 'initial')", c)
+        if h.role not in ("output", "intermediate") or not h.dims:
+            raise stmt.error(f"'{name}' is {_a(h.role)}{'' if h.dims else ' scalar'}: a "
+                             f"recurrence is an output or intermediate whose first axis is "
+                             f"time, like h[T, N, H]", where)
+        if name in self.initial:
+            raise stmt.error(f"'{name}' already has an initial state "
+                             f"('{self.initial[name][0]}')", where)
+        if h0.role not in ("input", "param") or h0.values is not None:
+            raise stmt.error(f"the initial state '{state}' is {_a(h0.role)}: it must be an "
+                             f"input or parameter the caller gives", at)
+        if recurrence.depth(h, h0, self.dim_defs) is None:
+            rest_dims = ", ".join(h.dims[1:])
+            raise stmt.error(f"'{state}' has shape [{', '.join(h0.dims)}], but an initial "
+                             f"state of {name}[{', '.join(h.dims)}] is {state}[{rest_dims}] "
+                             f"(the step before 0) or {state}[D, {rest_dims}] with D "
+                             f"defined as the number of steps it holds (dims D = 2)", at)
+        self.initial[name] = (state, stmt, where)
 
     def _declare(self, stmt, role, rest, col):
         sh = self._parse_expr(stmt, rest, col)
@@ -569,6 +607,7 @@ class _Parser:
             raise SpecError(f"'{unknown[0]}' is not a constant of layer {self.name}; its "
                             f"constants: {', '.join(self.constants) or 'none'}", self.file)
         conditions = tuple(self._condition(*c) for c in self.conditions_src)
+        self._recurrences()
         unsafe = {check[2] for check in self.reads_to_check if not self._check_read(*check)}
         for t in list(self.tensors.values()):
             if t.outside is not None and t.name not in unsafe:
@@ -608,6 +647,65 @@ class _Parser:
                      tuple(ordered), conditions, self.loss, self._source(), self.file,
                      dict(self.example), dict(self.constants), dict(self.dim_defs), sections)
 
+    def _recurrences(self):
+        """Reads of earlier steps, h[t - d, ...], written as guarded reads of h and of its
+        initial state (derive/recurrence.py); any other read of a later or unknown step is
+        an error at its column."""
+        for name, (state, _, _) in self.initial.items():
+            h, h0 = self.tensors[name], self.tensors[state]
+            self.tensors[name] = dataclasses.replace(h, initial=state)
+        checks = {}
+        for check in self.reads_to_check:
+            checks.setdefault((check[0].line, check[2], check[4]), check)
+        for pos, eq in enumerate(self.equations):
+            sub, earlier, same = {}, set(), set()
+            for read in sorted(eq.rhs.atoms(sp.Indexed), key=sp.default_sort_key):
+                name = read.base.label.name
+                if name not in self.initial:
+                    continue
+                state, _, _ = self.initial[name]
+                h, h0 = self.tensors[name], self.tensors[state]
+                time = read.indices[0]
+                check = checks.get((eq.line, name, time))
+                stmt, col = (check[0], check[1]) if check else (None, None)
+
+                def fail(message):
+                    if stmt is not None:
+                        raise stmt.error(message, col)
+                    raise SpecError(message, self.file, eq.line)
+                back = recurrence.step_back(time, eq.indices)
+                if back is None:
+                    if _free_indices(time):
+                        fail(f"{name}[{formula(time)}, ...]: a recurrence reads an earlier "
+                             f"step as {name}[t - 1, ...], with t the left-hand side's "
+                             f"index over {h.dims[0]}")
+                    same.add(name)            # a fixed step (T - 1): read when complete
+                    continue
+                t, d = back
+                if str(t.upper + 1) != h.dims[0]:
+                    fail(f"index '{t}' runs over {t.upper + 1}, but {name}'s first axis "
+                         f"(time) is {h.dims[0]}")
+                if d < 0:
+                    fail(f"{name}[{formula(time)}, ...] reads a later step; a recurrence "
+                         f"reads only earlier ones ({name}[{t} - 1, ...])")
+                if d == 0:
+                    same.add(name)
+                    continue
+                steps = recurrence.depth(h, h0, self.dim_defs)
+                if d > steps:
+                    fail(f"{name}[{formula(time)}, ...] reads {d} steps back, but the "
+                         f"initial state '{state}' holds {steps} step"
+                         f"{'s' if steps > 1 else ''} before 0; give it a leading axis "
+                         f"of {d} steps ({state}[D, {', '.join(h0.dims[-len(h.dims) + 1:])}]"
+                         f" with dims D = {d})")
+                if check is not None:
+                    self.reads_to_check.remove(check)
+                sub[read] = recurrence.guarded_read(read, t, d, h0, steps)
+                earlier.add(name)
+            if sub:
+                self.equations[pos] = dataclasses.replace(
+                    eq, rhs=eq.rhs.xreplace(sub), earlier=frozenset(earlier - same))
+
     def _check_read(self, stmt, col, name, dim, expr, text, bound=None):
         """A shifted read stays inside its axis for every size, or the tensor declares
         what it reads as outside (zero padding)."""
@@ -625,6 +723,11 @@ class _Parser:
                              f"larger axis when its range provably fits (e.g. dims {other} "
                              f"= {dim} - 1), or with 'outside {name} = 0'", col)
         where = f"runs from {formula(span[0])} to {formula(span[1])}" if span else "varies"
+        if self.tensors[name].role in ("output", "intermediate") \
+                and name not in self.initial and dim == self.tensors[name].dims[0]:
+            raise stmt.error(f"{name}[{text}, ...] reads a step of {name} that may not "
+                             f"exist; for a recurrence, declare the step before 0: "
+                             f"'initial {name} = {name}0' with an input {name}0", col)
         raise stmt.error(f"{name}[..., {text}, ...] can read outside {name}: the subscript "
                          f"{where}, the axis {dim} from 0 to {formula(top)}; declare "
                          f"'outside {name} = 0' for zero padding, or define the output size "
@@ -656,7 +759,7 @@ class _Parser:
                 raise SpecError(f"the equations form a cycle: {' -> '.join(cycle)} "
                                 f"(lines {lines})", self.file, eq.line)
             state[eq.target] = "open"
-            for dep in sorted(eq.reads):
+            for dep in sorted(eq.reads - eq.earlier):   # earlier steps are done by then
                 if dep in by_target:
                     visit(by_target[dep], path + [eq.target])
             state[eq.target] = "done"
@@ -1115,6 +1218,11 @@ _COMPARE_TEXT = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in
                  ast.Is: "is", ast.IsNot: "is not"}
 _OPS = {ast.BitXor: "^", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@",
         ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>"}
+
+
+def _a(role: str) -> str:
+    """'an input', 'a param'."""
+    return ("an " if role[0] in "aeiou" else "a ") + role
 
 
 def _describe(node) -> str:

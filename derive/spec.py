@@ -32,6 +32,7 @@ class Tensor:
     values: str | None = None  # integer tensors (`t[N] in I`): the dimension they index
     nograd: bool = False      # an input or parameter the backward pass does not differentiate
     outside: sp.Expr | None = None  # what a read outside the array gives (zero padding)
+    initial: str | None = None  # a recurrence: the input holding the step before 0
 
     @property
     def base(self) -> sp.IndexedBase:
@@ -52,6 +53,9 @@ class Equation:
     line: int
     text: str                     # the source line, for documents and errors
     section: str = ""             # the layer of a network it comes from ('' in a layer)
+    # tensors read only at earlier steps of a recurrence (h[t - 1]): done by then, so
+    # they do not order the equations (derive/recurrence.py)
+    earlier: frozenset = frozenset()
 
     @cached_property     # asked for every pair of equations in a deep network
     def reads(self) -> frozenset[str]:
