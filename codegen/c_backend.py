@@ -15,7 +15,8 @@ from .dtypes import CTYPES, SUFFIX
 from .gemm import as_gemm
 from .im2col import as_im2col
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
-                    inline_cheap, lower, split_by_residue)
+                    inline_cheap, leaves, lower, scan_nest, split_by_residue)
+from .scan import Scan, schedule, time_dims
 from .plan import KernelPlan, const_flag
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
@@ -112,7 +113,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             n.bounds or n.body.has(sp.floor, sp.ceiling, between, divides)
             or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
                    for i in a.indices for r in i.atoms(sp.Rational))
-            for n in loops.forward + loops.backward + loops.fused),
+            for n in leaves(loops.forward + loops.backward + loops.fused)),
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
                                                                       "fused")
                      for x in v[side] if x.get("group") for m in x["members"]),
@@ -141,6 +142,12 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
             for operand in (g.a, g.b) if g else ():
                 if operand.pack is not None:
                     temps.append(Temp(operand.name, operand.pack.out))
+        shapes_now = dict(known)
+        shapes_now.update({t.name: t.dims for t in temps})
+        nests = [scan_nest(x) if isinstance(x, Scan) else x for x in schedule(
+            nests, lambda n: n.target,
+            lambda n: n.body.atoms(sp.Indexed) | n.init.atoms(sp.Indexed),
+            shapes_now, time_dims(plan.layer))]
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
@@ -149,6 +156,8 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
 def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]:
     """Parameters a function never reads, to be cast to void (no compiler warnings)."""
     used = {s.name for _, e in consts for s in e.free_symbols}
+    nests = list(nests)
+    nests += [n for n in leaves(nests) if n not in nests]
     for n in nests:
         for e in (n.body, n.init) + ((n.at[1],) if n.at else ()):   # a scatter's g too
             used |= {a.base.label.name for a in e.atoms(sp.Indexed)}
@@ -180,7 +189,8 @@ def _offsets(temps):
 
 
 def _helpers(loops: LoopPlan) -> set[str]:
-    exprs = [e for n in loops.forward + loops.backward + loops.fused for e in (n.body, n.init)]
+    exprs = [e for n in leaves(loops.forward + loops.backward + loops.fused)
+             for e in (n.body, n.init)]
     exprs += [e for side in loops.invariants.values() for _, e in side]
     names = own_functions_in(exprs)
     for e in exprs:               # helpers of the piecewise functions (derive.piecewise)
@@ -312,6 +322,13 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
     # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""
+    if n.kind == "scan":
+        # a recurrence: one step after the other, each step's nests parallel inside
+        (t,) = n.loops
+        loops = [(t.label.name, "0", str(dim_of(t)), "down" if n.reverse else "up")]
+        view.update(mode="copies", parts=[_view(c, printer, shapes, acc) for c in n.copies],
+                    loops=loops, pragma="")
+        return view
     if n.copies:
         # a gather split by residue: the copies run in turn inside the shared loops
         parts = [_view(c, printer, shapes, acc) for c in n.copies]

@@ -75,7 +75,9 @@ class KernelCPrinter(C99CodePrinter):
         for k, i in enumerate(indices):
             idx = self.index_code(i)
             if k == 0:
-                out = idx
+                # a first subscript that is a sum or difference (a recurrence's t - 1)
+                # is multiplied as a whole
+                out = f"({idx})" if isinstance(i, sp.Add) and len(indices) > 1 else idx
             else:
                 out = (f"({out})" if k > 1 else out) + f"*{dims[k]} + {idx}"
         return out or "0"

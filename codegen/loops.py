@@ -46,8 +46,9 @@ class Nest:
     # copy made by split_by_residue (the body is already written in the loops' indices)
     subs: tuple = ()
     # a gather split by residue: these nests run inside this one's loops, one after the
-    # other (see split_by_residue)
+    # other (see split_by_residue); or a recurrence's step (kind "scan", see scan_nest)
     copies: tuple = ()
+    reverse: bool = False             # a scan from its last step to its first
 
     @property
     def parallel(self) -> str:
@@ -288,19 +289,38 @@ def split_by_residue(nest: Nest) -> Nest:
     return replace(nest, loops=tuple(shared), copies=tuple(parts))
 
 
-def _leaves(nests):
+def leaves(nests):
+    """The nests that compute: those inside splits and scans, in order."""
     for n in nests:
         if n.copies:
-            yield from _leaves(n.copies)
+            yield from leaves(n.copies)
         else:
             yield n
+
+
+def scan_nest(scan) -> Nest:
+    """A recurrence (codegen/scan.py) as one sequential loop over its time index t, its
+    members' nests inside: each loops over its other indices (in parallel), its reduced
+    indices innermost, at the t of the enclosing loop."""
+    t = scan.index
+    members = []
+    for n in scan.items:
+        loops = tuple(i for i in n.loops if i != t)
+        if n.kind == "reduce":             # one accumulator per element: sums innermost
+            loops = tuple(i for i in loops if i not in n.reduced) + tuple(
+                i for i in loops if i in n.reduced)
+        members.append(replace(n, loops=loops, subs=n.subs + ((t, t),)))
+    return Nest("scan", scan.items[0].target, (), (t,), (), sp.Integer(0),
+                comment="a recurrence: step by step" + (", from the last" if scan.reverse
+                                                         else ""),
+                copies=tuple(members), reverse=scan.reverse)
 
 
 def _split_index(parts, v):
     """`parts` (run in turn inside a loop over v) as q residues of v, each in its border
     and interior parts; None when no bound divides v by one integer q > 1."""
     divisors = {sp.fraction(sp.together(a.args[0]))[1]
-                for n in _leaves(parts) for _, lo, hi in n.bounds
+                for n in leaves(parts) for _, lo, hi in n.bounds
                 for a in lo.atoms(sp.floor, sp.ceiling) | hi.atoms(sp.floor, sp.ceiling)
                 if v in free_indices(a.args[0])}
     if len(divisors) != 1 or not next(iter(divisors)).is_Integer \
@@ -314,7 +334,7 @@ def _split_index(parts, v):
         residue = [_substituted(n, sub, (v, q * t + r)) for n in parts]
         first, last = sp.Integer(0), sp.floor((dim_of(v) - 1 - r) / sp.Integer(q))
         lows, highs, inner = [], [], {}
-        for n in _leaves(residue):
+        for n in leaves(residue):
             lo, hi, bounds = _interior(n.bounds, t)
             lows += [lo] if lo is not None else []
             highs += [hi] if hi is not None else []
@@ -450,6 +470,8 @@ def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
 
 
 def _groupable(nest: Nest) -> bool:
+    if nest.kind == "scan":
+        return False
     if not nest.loops or nest.kind == "scatter" or nest.bounds:   # a scatter writes any row
         return False
     if nest.parallel in ("array", "scalar"):
