@@ -72,14 +72,34 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
                              f"{expr.xreplace(subs)}")
     outside = {t.name: (t.outside, [sizes[d] for d in t.dims])
                for t in layer.tensors.values()}
-    compute = lambda expr, idx, dims: _compute(expr, idx, dims, sizes, values, outside)
-    for eq in layer.equations:
-        dims = layer.tensors[eq.target].dims
-        values[eq.target] = compute(eq.rhs, eq.indices, dims)
-    for step in derivation.steps:
-        dims = layer.tensors[step.tensor].dims
-        expr = step.simplest if given else step.expr
-        values[adjoint_name(step.tensor)] = compute(expr, step.indices, dims)
+    compiled = {}
+
+    def compute(expr, idx, dims):
+        key = (expr, tuple(idx), tuple(dims))
+        if key not in compiled:
+            compiled[key] = _compile(expr, idx, dims, sizes, outside)
+        return _run(compiled[key], values, sizes, dims)
+
+    # A recurrence reads its own earlier steps (and its adjoint its later ones): every
+    # pass over the equations gets one more step right, from zeros.
+    passes = 1 + max((sizes[d] for d in {t.dims[0] for t in layer.tensors.values()
+                                          if t.initial}), default=0)
+    if passes > 1:
+        for t in layer.tensors.values():
+            if t.role in ("output", "intermediate"):
+                values.setdefault(t.name, np.zeros([sizes[d] for d in t.dims]))
+        for s in derivation.steps:
+            values.setdefault(s.name, np.zeros(
+                [sizes[d] for d in layer.tensors[s.tensor].dims]))
+    for _ in range(passes):
+        for eq in layer.equations:
+            dims = layer.tensors[eq.target].dims
+            values[eq.target] = compute(eq.rhs, eq.indices, dims)
+    for _ in range(passes):
+        for step in derivation.steps:
+            dims = layer.tensors[step.tensor].dims
+            expr = step.simplest if given else step.expr
+            values[step.name] = compute(expr, step.indices, dims)
     if every_adjoint:
         # Also the adjoints the derivation inlined (dy, da1, ...): each is the sum of its
         # contributions, which read only steps and adjoints computed before it here.
@@ -102,6 +122,11 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
 def _compute(expr, indices, dims, sizes, values, outside=None):
     """expr at every element of a tensor over `dims`; `outside`: tensor -> (value read
     outside its shape or None, shape), for shifted reads."""
+    return _run(_compile(expr, indices, dims, sizes, outside), values, sizes, dims)
+
+
+def _compile(expr, indices, dims, sizes, outside=None):
+    """(names read, the lambdified element formulas) of expr over `dims`."""
     outside = outside or {}
     subs = {dim_symbol(d): sp.Integer(n) for d, n in sizes.items()}
     expr = sp.sympify(expr).xreplace(subs)
@@ -113,8 +138,13 @@ def _compute(expr, indices, dims, sizes, values, outside=None):
     names = sorted({b.label.name for e in elements for b in e.atoms(sp.IndexedBase)} |
                    {s.name for e in elements for s in e.free_symbols
                     if isinstance(s, sp.Symbol) and not isinstance(s, sp.Indexed)})
-    args = [sp.IndexedBase(n) if np.ndim(values[n]) else sp.Symbol(n) for n in names]
-    fn = sp.lambdify(args, elements, modules=[NUMERIC, "numpy"])
+    indexed = {b.label.name for e in elements for b in e.atoms(sp.IndexedBase)}
+    args = [sp.IndexedBase(n) if n in indexed else sp.Symbol(n) for n in names]
+    return names, sp.lambdify(args, elements, modules=[NUMERIC, "numpy"])
+
+
+def _run(compiled, values, sizes, dims):
+    names, fn = compiled
     out = np.asarray(fn(*[values[n] for n in names]), dtype=np.float64)
     return out.reshape(tuple(sizes[d] for d in dims))
 

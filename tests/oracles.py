@@ -136,6 +136,11 @@ def random_arrays(kernels, sizes, rng, one_hot=False):
         out.update(v=rng.uniform(0, 2, size=out["v"].shape), step=float(rng.integers(1, 9)),
                    lr=rng.uniform(1e-3, 1e-1), beta1=rng.uniform(0.5, 0.95),
                    beta2=rng.uniform(0.9, 0.999), eps=10.0 ** rng.uniform(-8, -2))
+    if layer.name == "rnn_relu":
+        # every unit active, far from relu's kink, at every step (finite differences
+        # straddle no kink) and the state does not grow step after step
+        out.update(b_ih=np.abs(out["b_ih"]) + 3, W_ih=0.3 * out["W_ih"],
+                   W_hh=0.1 * out["W_hh"])
     for t in layer.upstream if layer.differentiable else ():
         out["d" + t.name] = rng.normal(size=tuple(sizes[d] for d in t.dims))
     return out
@@ -262,7 +267,31 @@ def torch_forward(name):
         "avgpool2d": lambda x: {"y": F.avg_pool2d(x, 2, 2)},
         "maxpool2d": lambda x: {"y": F.max_pool2d(x, 2, 2)},
         "global_avgpool2d": lambda x: {"y": F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]},
+        "rnn_tanh": lambda **a: torch_recurrent("rnn_tanh", **a),
+        "rnn_relu": lambda **a: torch_recurrent("rnn_relu", **a),
+        "gru": lambda **a: torch_recurrent("gru", **a),
+        "lstm": lambda **a: torch_recurrent("lstm", **a),
     }[name]
+
+
+def torch_recurrent(kind, x, h0, W_ih, W_hh, b_ih, b_hh, c0=None):
+    """torch.nn.RNN / GRU / LSTM (one layer, batch second) called with the given tensors as
+    its parameters (torch.func.functional_call, so gradients reach them): the built-ins'
+    gate-blocked W_ih[G, H, I] is torch's weight_ih_l0 (G H x I), the same memory."""
+    import torch
+
+    T, N, I = x.shape
+    H = h0.shape[-1]
+    module = {"rnn_tanh": lambda: torch.nn.RNN(I, H, nonlinearity="tanh"),
+              "rnn_relu": lambda: torch.nn.RNN(I, H, nonlinearity="relu"),
+              "gru": lambda: torch.nn.GRU(I, H), "lstm": lambda: torch.nn.LSTM(I, H)}[kind]()
+    params = {"weight_ih_l0": W_ih.reshape(-1, I), "weight_hh_l0": W_hh.reshape(-1, H),
+              "bias_ih_l0": b_ih.reshape(-1), "bias_hh_l0": b_hh.reshape(-1)}
+    state = (h0[None], c0[None]) if kind == "lstm" else h0[None]
+    out, last = torch.func.functional_call(module.to(x.dtype), params, (x, state))
+    if kind == "lstm":
+        return {"h": out, "hn": last[0][0], "cn": last[1][0]}
+    return {"h": out, "hn": last[0]}
 
 
 def torch_grouped_conv2d(x, w, b, stride=1, padding=0, dilation=1):
