@@ -78,7 +78,9 @@ def module_context(plan: KernelPlan, printer_class) -> dict:
     (shared by the NumPy and JAX backends, which differ in printer and template)."""
     layer = plan.layer
     slots = {t.name: t.dims for t in layer.tensors.values()}      # each array's axes
-    printer = printer_class(layer.dims, slots | {"d" + n: d for n, d in slots.items()})
+    steps = {s.name: slots[s.tensor] for s in plan.derivation.steps}   # dh_total too
+    printer = printer_class(layer.dims, slots | {"d" + n: d for n, d in slots.items()}
+                            | steps)
     forward = _printed_all(printer, plan.forward, layer)
     forward_dims = _ordered(layer.dims, printer.dims_used)
     printer.dims_used = set()

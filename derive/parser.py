@@ -673,10 +673,11 @@ class _Parser:
                     if stmt is not None:
                         raise stmt.error(message, col)
                     raise SpecError(message, self.file, eq.line)
+                written = check[5] if check else formula(time)
                 back = recurrence.step_back(time, eq.indices)
                 if back is None:
                     if _free_indices(time):
-                        fail(f"{name}[{formula(time)}, ...]: a recurrence reads an earlier "
+                        fail(f"{name}[{written}, ...]: a recurrence reads an earlier "
                              f"step as {name}[t - 1, ...], with t the left-hand side's "
                              f"index over {h.dims[0]}")
                     same.add(name)            # a fixed step (T - 1): read when complete
@@ -686,14 +687,17 @@ class _Parser:
                     fail(f"index '{t}' runs over {t.upper + 1}, but {name}'s first axis "
                          f"(time) is {h.dims[0]}")
                 if d < 0:
-                    fail(f"{name}[{formula(time)}, ...] reads a later step; a recurrence "
+                    fail(f"{name}[{written}, ...] reads a later step; a recurrence "
                          f"reads only earlier ones ({name}[{t} - 1, ...])")
                 if d == 0:
+                    if name == eq.target:
+                        fail(f"{name}[{t}, ...] reads the step it computes; the step "
+                             f"before is {name}[{t} - 1, ...]")
                     same.add(name)
                     continue
                 steps = recurrence.depth(h, h0, self.dim_defs)
                 if d > steps:
-                    fail(f"{name}[{formula(time)}, ...] reads {d} steps back, but the "
+                    fail(f"{name}[{written}, ...] reads {d} steps back, but the "
                          f"initial state '{state}' holds {steps} step"
                          f"{'s' if steps > 1 else ''} before 0; give it a leading axis "
                          f"of {d} steps ({state}[D, {', '.join(h0.dims[-len(h.dims) + 1:])}]"

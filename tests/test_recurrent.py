@@ -1,0 +1,204 @@
+"""Recurrences (derive/recurrence.py, codegen/scan.py): the built-in RNN, GRU and LSTM
+against torch.nn at several sequence lengths, both backends and dtypes; random recurrent
+specs against finite differences of their own emitted forward; spec errors and bad arrays."""
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import codegen
+from derive import derive
+from derive.builtins import builtin
+from derive.errors import SpecError
+from derive.parser import parse_spec
+from derive.pretty import formula
+
+from .oracles import finite_differences, require_oracle, torch_recurrent
+
+RECURRENT = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+# (T, N, I, H): lengths 1, 2 and 5, sizes 1 and odd primes
+SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (5, 2, 3, 5)]
+
+
+def _arrays(layer, T, N, I, H, rng):
+    G = {"gru": 3, "lstm": 4}.get(layer, None)
+    blocks = (lambda *s: (G,) + s) if G else (lambda *s: s)
+    a = dict(x=rng.normal(size=(T, N, I)), h0=rng.normal(size=(N, H)),
+             W_ih=0.5 * rng.normal(size=blocks(H, I)), W_hh=0.5 * rng.normal(size=blocks(H, H)),
+             b_ih=rng.normal(size=blocks(H)), b_hh=rng.normal(size=blocks(H)))
+    if layer == "lstm":
+        a["c0"] = rng.normal(size=(N, H))
+    if layer == "rnn_relu":        # every unit active and away from the kink at 0
+        a.update(b_ih=np.abs(a["b_ih"]) + 3, W_ih=0.3 * a["W_ih"], W_hh=0.1 * a["W_hh"])
+    return a
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return {}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T%d-N%d-I%d-H%d" % s)
+@pytest.mark.parametrize("layer", RECURRENT)
+def test_equals_torch_nn(kernels, layer, shape, dtype, backend):
+    """Every output (the sequence, the last state) and every gradient (inputs, initial
+    states, weights, biases) equals torch.nn.RNN/GRU/LSTM.  float64: normwise relative
+    error below 1e-10.  float32: the same computation rounded at 2^-24 per operation, over
+    T steps of sums of at most 4H + I terms: 50 eps (1 + 4H + I) T, about 2e-4 here."""
+    torch = require_oracle("torch")
+    T, N, I, H = shape
+    key = (layer, backend, dtype)
+    if key not in kernels:
+        kernels[key] = codegen.load(layer, backend=backend,
+                                    **({"dtype": dtype} if backend == "c" else {}))
+    k = kernels[key]
+    rng = np.random.default_rng(sum(shape) + len(layer))
+    a = _arrays(layer, T, N, I, H, rng)
+    ups = {"d" + t.name: rng.normal(size=np.shape(a["x"])[:2] + (H,) if t.dims[0] == "T"
+                                    else (N, H)) for t in k.layer.upstream}
+    cast = {n: np.asarray(v, dtype) for n, v in {**a, **ups}.items()}
+    got = k.forward(**{n: cast[n] for n in k.args})
+    grads = k.backward(**cast)
+    leaves = {n: torch.tensor(cast[n], dtype=torch.float64, requires_grad=True) for n in a}
+    want = torch_recurrent(layer, **leaves)
+    total = sum((want[n[1:]] * torch.tensor(cast[n], dtype=torch.float64)).sum() for n in ups)
+    torch_grads = torch.autograd.grad(total, list(leaves.values()))
+    tol = 1e-10 if dtype == "float64" else \
+        50 * np.finfo(np.float32).eps * (1 + 4 * H + I) * T
+    pairs = [(n, got[n], want[n].detach().numpy()) for n in want]
+    pairs += [("d" + n, grads["d" + n], g.numpy()) for n, g in zip(leaves, torch_grads)]
+    for name, ours, theirs in pairs:
+        assert np.shape(ours) == np.shape(theirs), name
+        err = np.linalg.norm(np.asarray(ours, np.float64) - theirs) / \
+            max(np.linalg.norm(theirs), 1e-300)
+        assert err < tol, (name, err)
+
+
+def test_the_derivation_is_backpropagation_through_time():
+    """The delta recursion as textbooks print it: dz[t] = f'(z[t]) (dh[t] + W^T dz[t+1])
+    for t < T - 1, dh0 from step 0 only, dW_hh split at the first step, no Piecewise."""
+    d = derive(builtin("rnn_tanh"))
+    shown = {s.name: formula(s.expr) for s in d.steps}
+    assert shown["dz"] == ("(1 - h[t, n, k]**2)*(dhn[n, k]*[T - 1 == t] + "
+                           "sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + "
+                           "dh[t, n, k])")
+    assert shown["dh0"] == "sum_l(W_hh[l, k]*dz[0, n, l])"
+    assert shown["dW_hh"] == ("sum_n(h0[n, l]*dz[0, n, k]) + "
+                              "sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])")
+    assert not any("Piecewise" in str(s.expr) for s in d.steps)
+
+
+def test_one_derivation_serves_every_length():
+    """T is symbolic: the same kernels run at T = 1 and T = 7."""
+    m = codegen.load("rnn_tanh")
+    rng = np.random.default_rng(3)
+    for T in (1, 7):
+        a = _arrays("rnn_tanh", T, 2, 3, 4, rng)
+        assert m.forward(**a)["h"].shape == (T, 2, 4)
+
+
+SPEC = """layer r
+dims T, N, H, D2 = 2
+input x[T, N, H]
+input h0[N, H]
+input s0[D2, N, H]
+input q[N]
+output h[T, N, H]
+{decl}
+h[t, n, j] = {rhs}
+"""
+
+
+@pytest.mark.parametrize("decl, rhs, message", [
+    ("initial h = h0", "tanh(h[t + 1, n, j] + x[t, n, j])",
+     "9:21: h[t + 1, ...] reads a later step"),
+    ("initial h = h0", "tanh(h[t - 2, n, j] + x[t, n, j])",
+     "9:21: h[t - 2, ...] reads 2 steps back, but the initial state 'h0' holds 1 step"),
+    ("", "tanh(h[t - 1, n, j] + x[t, n, j])",
+     "9:21: h[t - 1, ...] reads a step of h that may not exist; for a recurrence, "
+     "declare the step before 0: 'initial h = h0'"),
+    ("initial h = h0", "tanh(h[t, n, j] + x[t, n, j])",
+     "9: h[t, ...] reads the step it computes"),
+    ("initial h = q", "tanh(h[t - 1, n, j])", "8:13: 'q' has shape [N], but an initial "
+     "state of h[T, N, H] is q[N, H]"),
+    ("initial x = h0", "tanh(h[t - 1, n, j])", "8:9: 'x' is an input: a recurrence is"),
+    ("initial h = h0", "tanh(sum(h[s, n, j], s) + x[t, n, j])",
+     "9: h[s, ...]: a recurrence reads an earlier step as h[t - 1, ...]"),
+])
+def test_spec_errors_name_line_and_column(decl, rhs, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(SPEC.format(decl=decl, rhs=rhs))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_bad_arrays_get_a_value_error_naming_them(backend):
+    m = codegen.load("rnn_tanh", backend=backend)
+    rng = np.random.default_rng(0)
+    a = _arrays("rnn_tanh", 3, 2, 4, 5, rng)
+    for change, words in [(dict(x=np.zeros((0, 2, 4))), "x: dimension T (axis 0) is 0"),
+                          (dict(h0=np.zeros((1, 2, 5))), "h0: expected shape (N=2, H)")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            m.forward(**{**a, **change})
+    with pytest.raises(ValueError, match=re.escape("dh: expected shape (T=3, N=2, H=5)")):
+        m.backward(**a, dh=np.zeros((4, 2, 5)), dhn=np.zeros((2, 5)))
+
+
+# Random small recurrent layers: one or two recurrent tensors, reads one and two steps
+# back, a contraction or not, against central differences of their own emitted forward.
+FUNCTIONS = ("tanh", "sigmoid", "sin")
+
+
+@st.composite
+def recurrent_specs(draw):
+    f, g = draw(st.sampled_from(FUNCTIONS)), draw(st.sampled_from(FUNCTIONS))
+    two_back = draw(st.booleans())
+    coupled = draw(st.booleans())
+    contraction = draw(st.booleans())
+    own = "W[j, k] * h[t - 1, n, k]" if contraction else "w[j] * h[t - 1, n, j]"
+    extra = " + 0.5 * h[t - 2, n, j]" if two_back else ""
+    lines = ["layer rand", "dims T, N, H" + (", D2 = 2" if two_back else ""),
+             "input x[T, N, H]",
+             "input h0[D2, N, H]" if two_back else "input h0[N, H]",
+             "param W[H, H], w[H]", "output h[T, N, H]", "initial h = h0"]
+    if coupled:
+        lines += ["input c0[N, H]", "output c[T, N, H]", "initial c = c0",
+                  f"c[t, n, j] = {g}(c[t - 1, n, j] * w[j] + x[t, n, j])"]
+        drive = "c[t, n, j]"
+    else:
+        drive = "x[t, n, j]"
+    lines.append(f"h[t, n, j] = {f}({own}{extra} + {drive})")
+    return "\n".join(lines) + "\n"
+
+
+def _against_finite_differences(spec, T, seed, backend):
+    k = codegen.load(parse_spec(spec), backend=backend,
+                     **({"dtype": "float64"} if backend == "c" else {}))
+    rng = np.random.default_rng(seed)
+    sizes = {"T": T, "N": 2, "H": 3, "D2": 2}
+    arrays = {t.name: rng.normal(size=tuple(sizes[d] for d in t.dims))
+              for t in k.layer.tensors.values() if t.role in ("input", "param")}
+    arrays |= {"d" + t.name: rng.normal(size=tuple(sizes[d] for d in t.dims))
+               for t in k.layer.upstream}
+    grads = k.backward(**arrays)
+    for name in k.gradients:
+        fd = finite_differences(k, arrays, name[1:])
+        assert np.allclose(grads[name], fd, rtol=1e-6, atol=1e-7), (spec, name)
+
+
+# each example derives, emits and (C) compiles a new layer: a few seconds each
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=recurrent_specs(), T=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_random_recurrences_against_finite_differences(spec, T, seed):
+    _against_finite_differences(spec, T, seed, "numpy")
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=recurrent_specs(), T=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_random_recurrences_in_c_against_finite_differences(spec, T, seed):
+    require_oracle("cc")
+    _against_finite_differences(spec, T, seed, "c")
