@@ -22,7 +22,7 @@ class Case:
     entry: str                        # "forward", "backward" or "forward_backward"
     sizes: dict[str, int]
     make: Callable                    # (rng, sizes) -> arrays the entry takes
-    hand: Callable                    # arrays -> results, hand-written NumPy
+    hand: Callable | None             # arrays -> results, hand-written NumPy (or none)
     torch: Callable | None = None     # (torch, arrays) -> a no-argument callable
     reads: tuple[str, ...] = ()       # the big arrays the kernel reads ...
     writes: tuple[str, ...] = ()      # ... and writes: what its traffic floor streams
@@ -386,6 +386,51 @@ def _att_torch(torch, a, backward):
     return run
 
 
+# ---- recurrences: torch.nn.LSTM / GRU, one layer, batch second ---------------------------
+def _rnn_make(rng, s, gates):
+    T, N, I, H = s["T"], s["N"], s["I"], s["H"]
+    k = 1 / np.sqrt(H)         # torch's initialisation range
+    u = lambda *shape: rng.uniform(-k, k, shape).astype(F32)
+    a = dict(x=_normal(rng, T, N, I), h0=_normal(rng, N, H), W_ih=u(gates, H, I),
+             W_hh=u(gates, H, H), b_ih=u(gates, H), b_hh=u(gates, H),
+             dh=_normal(rng, T, N, H), dhn=_normal(rng, N, H))
+    if gates == 4:
+        a.update(c0=_normal(rng, N, H), dcn=_normal(rng, N, H))
+    return a
+
+
+def _rnn_torch(torch, a, kind, backward):
+    T, N, I = a["x"].shape
+    H = a["h0"].shape[-1]
+    module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(I, H)
+    with torch.no_grad():
+        for name, mine in (("weight_ih_l0", "W_ih"), ("weight_hh_l0", "W_hh"),
+                           ("bias_ih_l0", "b_ih"), ("bias_hh_l0", "b_hh")):
+            getattr(module, name).copy_(torch.from_numpy(a[mine]).reshape(
+                getattr(module, name).shape))
+    x = torch.from_numpy(a["x"]).requires_grad_(backward)
+    h0 = torch.from_numpy(a["h0"])[None].requires_grad_(backward)
+    state = (h0, torch.from_numpy(a["c0"])[None].requires_grad_(backward)) \
+        if kind == "lstm" else h0
+    params = list(module.parameters())
+    leaves = [x, h0] + ([state[1]] if kind == "lstm" else []) + params
+    shapes = [a[n].shape for n in ("W_ih", "W_hh", "b_ih", "b_hh")]
+    ups = [torch.from_numpy(a[n]) for n in ("dh", "dhn", "dcn") if n in a]
+
+    def run():
+        if not backward:
+            with torch.no_grad():
+                out, last = module(x, state)
+            return (out,) + tuple(s[0] for s in (last if kind == "lstm" else (last,)))
+        out, last = module(x, state)
+        outs = [out] + [s[0] for s in (last if kind == "lstm" else (last,))]
+        grads = torch.autograd.grad(outs, leaves, ups)
+        k = len(leaves) - len(params)      # the parameters in the gate-blocked layout
+        return grads[:k] + tuple(g.reshape(s) for g, s in zip(grads[k:], shapes))
+
+    return run
+
+
 def cases(scale: int = 1) -> list[Case]:
     """The issue's benchmark set; `scale` divides the large sizes (a quick run)."""
     def big(n):
@@ -464,4 +509,15 @@ def cases(scale: int = 1) -> list[Case]:
              _att_hand_backward, lambda torch, a: _att_torch(torch, a, True),
              constants=dict(CAUSAL=1), note="torch: autograd through the same forward "
                                             "(forward included in its time)"),
+        *[Case(f"{kind}_{entry}", kind, entry,
+               dict(T=max(64 // scale, 2), N=32, I=256, H=512),
+               lambda rng, s, g=gates: _rnn_make(rng, s, g), None,
+               lambda torch, a, k=kind, b=entry == "backward": _rnn_torch(torch, a, k, b),
+               flops=lambda s, g=gates: 2 * g * s["T"] * s["N"] * s["H"] * (s["I"] + s["H"])
+               * (1 if entry == "forward" else 2),
+               note="T=64 steps; torch.nn." + kind.upper() + (
+                   " forward, no grad" if entry == "forward" else
+                   ": autograd through its forward (forward included in its time); ours "
+                   "reads the forward's saved gates"))
+          for kind, gates in (("lstm", 4), ("gru", 3)) for entry in ("forward", "backward")],
     ]

@@ -142,7 +142,8 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     nothing = lambda: None
     if case.numpy:
         impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
-    impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))
+    if case.hand is not None:
+        impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))
     if case.peer is not None:        # hand-written serial C: one thread, its own outputs
         peer_out = {n: np.empty_like(v) for n, v in prealloc.items()}
         peer_call = case.peer(peer_c.library(), arrays, peer_out)

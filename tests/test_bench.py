@@ -25,7 +25,7 @@ def test_every_peer_computes_the_same_results(case):
                      constants=case.constants or None)
     arrays, args = case_arrays(case, c, np.random.default_rng(0))
     ours = getattr(c, case.entry)(**args)
-    hand = case.hand(dict(arrays))
+    hand = case.hand(dict(arrays)) if case.hand is not None else {}
     for n, v in hand.items():
         np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
                                    err_msg=f"hand {n}")
