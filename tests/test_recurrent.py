@@ -202,3 +202,15 @@ def test_random_recurrences_against_finite_differences(spec, T, seed):
 def test_random_recurrences_in_c_against_finite_differences(spec, T, seed):
     require_oracle("cc")
     _against_finite_differences(spec, T, seed, "c")
+
+
+def test_the_spec_language_page_shows_what_derive_prints():
+    """docs/spec-language.md's recurrence example derives exactly as the page prints it."""
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "spec-language.md").read_text()
+    blocks = page.split("## Recurrences", 1)[1].split("```")
+    spec, printed = blocks[1], blocks[3]
+    steps = derive(parse_spec(spec.strip() + "\n")).steps
+    assert [f"{formula(s.lhs)} = {formula(s.expr)}" for s in steps] == \
+        printed.strip().splitlines()
