@@ -114,9 +114,18 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
     forward = []
     for e in layer.equations:
         lhs = ref(e.target, e.indices)
-        m = matrix(e.rhs, e.indices) if e.indices else None
-        forward.append(dict(index=eq(tex(lhs), tex(e.rhs)),
+        shown = e.written if e.written is not None else e.rhs   # h[t - 1] as written
+        m = matrix(shown, e.indices) if e.indices else None
+        forward.append(dict(index=eq(tex(lhs), tex(shown)),
                             matrix=eq(tex_name(e.target), m) if m else None))
+    for t in layer.tensors.values():
+        if t.initial:                    # what stands before step 0: h[-1, n, k] = h0[n, k]
+            state = layer.tensors[t.initial]
+            idx = canonical_indices([dim_symbol(x) for x in state.dims], taken)
+            before = (idx[0] - dim_symbol(state.dims[0]),) + tuple(idx[1:]) \
+                if len(state.dims) == len(t.dims) else (sp.Integer(-1),) + tuple(idx)
+            forward.append(dict(index=eq(tex(t.base[before]), tex(state.ref(*idx))),
+                                matrix=None))
 
     steps = {s.tensor: s for s in d.steps}
     by_tensor: dict[str, list] = {}

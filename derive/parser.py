@@ -708,7 +708,8 @@ class _Parser:
                 earlier.add(name)
             if sub:
                 self.equations[pos] = dataclasses.replace(
-                    eq, rhs=eq.rhs.xreplace(sub), earlier=frozenset(earlier - same))
+                    eq, rhs=eq.rhs.xreplace(sub), earlier=frozenset(earlier - same),
+                    written=eq.rhs)
 
     def _check_read(self, stmt, col, name, dim, expr, text, bound=None):
         """A shifted read stays inside its axis for every size, or the tensor declares

@@ -56,6 +56,8 @@ class Equation:
     # tensors read only at earlier steps of a recurrence (h[t - 1]): done by then, so
     # they do not order the equations (derive/recurrence.py)
     earlier: frozenset = frozenset()
+    written: sp.Expr | None = None   # rhs as written, where reads of earlier steps were
+                                     # rewritten into guarded reads (for documents)
 
     @cached_property     # asked for every pair of equations in a deep network
     def reads(self) -> frozenset[str]:
