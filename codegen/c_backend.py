@@ -246,6 +246,15 @@ def _inplace_view(nests: list[Nest], printer: KernelCPrinter) -> dict:
                 results=results)
 
 
+def parallel_min(nests) -> str:
+    """The C name of the size from which loops over these nests run on several threads:
+    BP_PARALLEL_MIN_PLAIN where every body only loads, adds and multiplies (a fill, a
+    bias gradient's column sum: memory-bound, a few microseconds below it, less than
+    starting a thread team costs), BP_PARALLEL_MIN where one calls a function (exp, log...)."""
+    heavy = any(e.atoms(sp.Function) for n in nests for e in (n.body, n.init))
+    return "BP_PARALLEL_MIN" if heavy else "BP_PARALLEL_MIN_PLAIN"
+
+
 def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
     """One parallel loop over g.index around every member's inner loops."""
     var, extent = g.index.label.name, str(dim_of(g.index))
@@ -283,7 +292,7 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
     # members with no loops of their own: the shared loop is the one to vectorize
     flat = all(len(n.loops) == 1 for n in g.nests)
     pragma = " ".join([f"#pragma omp parallel for{' simd' if flat else ''}"] + clauses +
-                      [f"if ({extents} >= BP_PARALLEL_MIN)"])
+                      [f"if ({extents} >= {parallel_min(g.nests)})"])
     members = merge_inner_loops(members)
     prefetch_next_row(members, var, extent, shapes, 8 if printer.dtype == "float64" else 4)
     return dict(group=True, var=var, extent=extent, members=members,
@@ -311,7 +320,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                                        optimizations="basic")
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)
-    when = f" if ({extents} >= BP_PARALLEL_MIN)" if loops else ""
+    when = f" if ({extents} >= {parallel_min([n])})" if loops else ""
     view = dict(ctype=CTYPES[printer.dtype], comment=n.comment.replace("*/", "* /"), acc=acc,
                 nest=n, hoisted=[], store="", point=None,
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
@@ -394,7 +403,7 @@ def _fill_first(n: Nest) -> dict:
     return dict(out_loops=out_loops,
                 init_simd="#pragma omp simd" if len(out_loops) > 1 else "",
                 init_pragma=f"#pragma omp parallel for{' simd' if len(out_loops) == 1 else ''}"
-                            f" if ({out_extent} >= BP_PARALLEL_MIN)")
+                            f" if ({out_extent} >= BP_PARALLEL_MIN_PLAIN)")
 
 
 def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
@@ -408,7 +417,7 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
                 m=g.m, n=g.n, k=g.k, lda=g.lda, ldb=g.ldb, ldc=g.ldc, a=g.a, b=g.b,
                 c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
                 fill=fill, fill_loops=fill_loops,
-                fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN)")
+                fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN_PLAIN)")
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:

@@ -26,7 +26,7 @@ _EVERY_DTYPE = {"sigmoid": "sigmoid", "softplus": "softplus", "relu": "relu",
                "Heaviside": "step"}
 OWN_FUNCTIONS = {
     "float32": {**_EVERY_DTYPE, "exp": "exp", "log": "log", "log1p": "log1p", "tanh": "tanh",
-                "erf": "erf"},
+                "erf": "erf", "sin": "sin", "cos": "cos"},
     "float64": _EVERY_DTYPE,
 }
 # What each own function is written in: their definitions come too.

@@ -19,6 +19,7 @@ from .oracles import assert_close, random_arrays, require_oracle, tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
 PARALLEL_MIN = 32768           # BP_PARALLEL_MIN of the generated C
+PARALLEL_MIN_PLAIN = 262144    # BP_PARALLEL_MIN_PLAIN: loops that call no function
 
 # A child process counts its threads (/proc/self/task) around each call: below the
 # threshold on 2 threads, above it on 1, and above it on 2, where exactly one OpenMP
@@ -62,8 +63,9 @@ def case_arrays(k, sizes, dtype, seed):
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 @pytest.mark.parametrize("name, dtype, blas, sizes", [
-    # only the reduction(+:dw[0:C]) loop (N*C) is above the threshold (C-sized loops are not)
-    ("layernorm", "float32", True, dict(N=131, C=257)),
+    # only the reduction(+:dw[0:C]) loop (N*C) is above the threshold (C-sized loops are
+    # not); its body calls no function, so the threshold is BP_PARALLEL_MIN_PLAIN
+    ("layernorm", "float32", True, dict(N=521, C=523)),
     # with BLAS the products go to OpenBLAS; the elementwise loops and the row and column
     # reductions (N*H, N*C) fork; without it the generated product loops fork too
     ("mlp2", "float64", True, dict(N=521, D=13, H=67, C=71)),
@@ -144,3 +146,35 @@ def test_build_used_openmp_where_the_compiler_has_it(tmp_path):
     (manifest,) = (tmp_path / "cache" / "c").glob("*/manifest.json")
     command = json.loads(manifest.read_text())["command"]
     assert ("-fopenmp" in command) == has_openmp, command
+
+
+FORK_PROBE = """
+    import json, os, sys
+    import numpy as np, codegen
+    from derive import parse_spec
+    threads = lambda: len(os.listdir("/proc/self/task"))
+    counts = {}
+    for f in ("x[n, i]", "exp(x[n, i])"):
+        c = codegen.load(parse_spec(
+            "layer colsum  a column sum\\ndims N, I\\ninput x[N, I]\\noutput s[I]\\n\\n"
+            f"s[i] = sum({f}, n)\\n"), backend="c", dtype="float32")
+        c.set_threads(2)
+        x = np.ones((64, 512), np.float32)
+        before = threads()
+        s = c.forward(x=x)["s"]
+        assert np.allclose(s, 64 if f == "x[n, i]" else 64 * np.e), s[:4]
+        counts[f] = threads() - before
+    print(json.dumps(counts))
+"""
+
+
+def test_a_plain_sum_of_a_few_rows_stays_on_one_thread():
+    """A column sum over 64 x 512 floats (a dense layer's bias gradient: 32768 additions,
+    a few microseconds) does not start a thread team: its body only loads and adds, so
+    its threshold is BP_PARALLEL_MIN_PLAIN; the same sum of exp(x) (above
+    BP_PARALLEL_MIN, and a function per element) does."""
+    assert PARALLEL_MIN <= 64 * 512 < PARALLEL_MIN_PLAIN
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(FORK_PROBE)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"x[n, i]": 0, "exp(x[n, i])": 1}

@@ -34,8 +34,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -111,7 +116,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
     float *const _y_pb = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -137,7 +142,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
             bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -146,7 +151,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -171,7 +176,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     float *const _dw_pb = bp_work + C*O*K + O*K*L;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -210,7 +215,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
         }
     } else {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -219,7 +224,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -234,7 +239,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     }
     /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
     if (bp_conv1d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -260,7 +265,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
         }
     } else {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -269,7 +274,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -283,7 +288,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
-    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -308,7 +313,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
     double *const _y_pb = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -334,7 +339,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
             bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -343,7 +348,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -368,7 +373,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     double *const _dw_pb = bp_work + C*O*K + O*K*L;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -407,7 +412,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
         }
     } else {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -416,7 +421,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -431,7 +436,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     }
     /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
     if (bp_conv1d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -457,7 +462,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
         }
     } else {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -466,7 +471,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -480,7 +485,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
-    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {

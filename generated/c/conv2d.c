@@ -34,8 +34,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -119,7 +124,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     float *const _y_pb = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -151,7 +156,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
             bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -162,7 +167,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -192,7 +197,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     float *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
     /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
     if (bp_conv2d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -239,7 +244,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
         }
     } else {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -250,7 +255,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -269,7 +274,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     }
     /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
     if (bp_conv2d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
@@ -301,7 +306,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
         }
     } else {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
@@ -312,7 +317,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -330,7 +335,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
-    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -359,7 +364,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     double *const _y_pb = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -391,7 +396,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
             bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -402,7 +407,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -432,7 +437,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     double *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
     /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
     if (bp_conv2d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -479,7 +484,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
         }
     } else {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -490,7 +495,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -509,7 +514,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     }
     /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
     if (bp_conv2d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
@@ -541,7 +546,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
         }
     } else {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t kh = 0; kh < KH; ++kh) {
@@ -552,7 +557,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -570,7 +575,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
-    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {

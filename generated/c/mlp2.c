@@ -42,8 +42,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* A hint that a cache line will soon be read (never faults; nothing where unknown). */
 #if defined(__GNUC__) || defined(__clang__)
@@ -198,7 +203,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -207,7 +212,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 float bp_acc = 0;
@@ -229,7 +234,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -238,7 +243,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 float bp_acc = 0;
@@ -305,7 +310,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     float *const dz1 = bp_work + N*C + N;
     float *const _s3 = bp_work + N*C + N + N*H;
     const float bp_k0 = 1.0F/N;
-    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         float bp_acc0 = 0;
@@ -331,14 +336,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -350,7 +355,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -361,14 +366,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -383,14 +388,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -402,11 +407,11 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -417,14 +422,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -436,11 +441,11 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -464,7 +469,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     const float bp_k0 = 1.0F/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -473,7 +478,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 float bp_acc = 0;
@@ -495,7 +500,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -504,7 +509,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 float bp_acc = 0;
@@ -575,14 +580,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s6[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -594,7 +599,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -605,14 +610,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -627,14 +632,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -646,11 +651,11 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -661,14 +666,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -680,11 +685,11 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -712,7 +717,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -721,7 +726,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 double bp_acc = 0;
@@ -743,7 +748,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -752,7 +757,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 double bp_acc = 0;
@@ -819,7 +824,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     double *const dz1 = bp_work + N*C + N;
     double *const _s3 = bp_work + N*C + N + N*H;
     const double bp_k0 = 1.0/N;
-    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k */
         double bp_acc0 = 0;
@@ -845,14 +850,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -864,7 +869,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -875,14 +880,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -897,14 +902,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -916,11 +921,11 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -931,14 +936,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -950,11 +955,11 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -978,7 +983,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     const double bp_k0 = 1.0/N;
     /* z1[n, h] = W1[h, d] * x[n, d] + b1[h] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -987,7 +992,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 double bp_acc = 0;
@@ -1009,7 +1014,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     }
     /* z2[n, c] = W2[c, h] * a1[n, h] + b2[c] */
     if (bp_mlp2_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -1018,7 +1023,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 double bp_acc = 0;
@@ -1089,14 +1094,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s6[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -1108,7 +1113,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1119,14 +1124,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
     } else {
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -1141,14 +1146,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
     } else {
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -1160,11 +1165,11 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1175,14 +1180,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -1194,11 +1199,11 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
