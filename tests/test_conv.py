@@ -255,6 +255,11 @@ def spec_error(text):
     ("y[n, i] = w[k] * x[n, i*k]", 6, 23, "a product of two indices is not"),
     ("y[n, i] = w[k] * x[n, i/2]", 6, 23, "'/' is not allowed in a subscript"),
     ("y[n, i] = w[k] * x[n, i//2]", 6, 23, "'//' is not allowed in a subscript"),
+    # a dimension as a coefficient: sizes are known only when the kernel runs
+    ("y[n, i] = w[k] * x[n, K*i + k]", 6, 23, "dimension K multiplies an index: an index's "
+                                              "coefficient in a subscript is an integer "
+                                              "constant ('const K = 2'), not a dimension"),
+    ("y[n, i] = w[k] * x[n, i*(M + 1) + k]", 6, 26, "dimension M multiplies an index"),
     # a stride that is not a positive integer
     ("y[n, i] = w[k] * x[n, 0*i + k]", 6, 23, "stride or dilation is a positive integer"),
     # an index whose range nothing gives
