@@ -353,13 +353,7 @@ def test_random_convolutions_against_torch(config):
 
 # ---- plain C: nothing outside an array is read or written --------------------------
 
-PLAIN_C = r"""
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include "conv2d.h"
-#include "gather.h"
-
+GUARDS = r"""
 #define GUARD 64
 /* an array with GUARD elements on both sides: reads there give NaN, writes are seen */
 static double *guarded(size_t n, double fill) {
@@ -378,6 +372,16 @@ static void show(const char *name, const double *p, size_t n) {
     for (size_t i = 0; i < n; ++i) printf(" %.17g", p[i]);
     printf("\n");
 }
+"""
+
+PLAIN_C = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "conv2d.h"
+#include "gather.h"
+
+""" + GUARDS + r"""
 int main(void) {
     const ptrdiff_t N = 1, C = 2, O = 2, H = 3, W = 4, KH = 3, KW = 3;
     const ptrdiff_t Hout = (H + 2 - 2 - 1) / 2 + 1, Wout = (W + 2 - 2 - 1) / 2 + 1;

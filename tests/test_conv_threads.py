@@ -15,6 +15,7 @@ from codegen.blas import numpy_blas, one_thread
 from derive.builtins import builtin
 
 from .oracles import require_oracle
+from .test_conv import GUARDS
 
 PLAIN_C = r"""
 #include <math.h>
@@ -23,23 +24,7 @@ PLAIN_C = r"""
 #include <omp.h>
 #include "conv2d.h"
 
-#define GUARD 64
-static double *guarded(size_t n, double fill) {
-    double *p = malloc((n + 2 * GUARD) * sizeof(double));
-    for (size_t i = 0; i < n + 2 * GUARD; ++i) p[i] = NAN;
-    for (size_t i = 0; i < n; ++i) p[GUARD + i] = fill;
-    return p + GUARD;
-}
-static int intact(const double *p, size_t n) {
-    for (size_t i = 1; i <= GUARD; ++i)
-        if (!isnan(p[-(ptrdiff_t)i]) || !isnan(p[n + i - 1])) return 0;
-    return 1;
-}
-static void show(const char *name, const double *p, size_t n) {
-    printf("%s", name);
-    for (size_t i = 0; i < n; ++i) printf(" %.17g", p[i]);
-    printf("\n");
-}
+""" + GUARDS + r"""
 /* row-major C = alpha op(A) op(B) + beta C; beta = 0 never reads C (as BLAS) */
 static void ref_dgemm(int layout, int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                       double alpha, const double *a, ptrdiff_t lda, const double *b,
