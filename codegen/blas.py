@@ -9,10 +9,12 @@ BACKPROP_BLAS=none turns this off (the C kernels then run their own loops).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
 import os
+import threading
 from dataclasses import dataclass
 
 ENV = "BACKPROP_BLAS"
@@ -66,3 +68,30 @@ def numpy_blas() -> Blas | None:
             addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value
             return Blas(path, addr(s), addr(d), setter, getter, corename)
     return None
+
+
+_one_thread = threading.Lock()
+_one_thread_users = [0, None]          # calls inside one_thread(), the count to restore
+
+
+@contextlib.contextmanager
+def one_thread(blas: Blas | None):
+    """OpenBLAS on one thread for the duration: for kernels that call the GEMM from each
+    of their own OpenMP threads at once (convolutions), where a threaded OpenBLAS would
+    start its own workers beside them (13x slower, measured).  Nested and concurrent uses
+    restore the count once, when the last one leaves."""
+    if blas is None or blas.set_threads is None or blas.get_threads is None:
+        yield
+        return
+    with _one_thread:
+        if _one_thread_users[0] == 0:
+            _one_thread_users[1] = blas.get_threads()
+            blas.set_threads(1)
+        _one_thread_users[0] += 1
+    try:
+        yield
+    finally:
+        with _one_thread:
+            _one_thread_users[0] -= 1
+            if _one_thread_users[0] == 0:
+                blas.set_threads(_one_thread_users[1])

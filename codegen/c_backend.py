@@ -109,6 +109,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
         size_checks=_size_checks(layer, printer), const_flag=const_flag(layer),
+        im2col=any(as_im2col(n, shapes, windows)
+                   for n in loops.forward + loops.backward + loops.fused),
         index_math=bool(layer.dim_defs) or any(
             n.bounds or n.body.has(sp.floor, sp.ceiling, between, divides)
             or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
@@ -139,9 +141,7 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
                  for n in nests]
         for n in nests:
             g = as_im2col(n, known, windows)
-            for operand in (g.a, g.b) if g else ():
-                if operand.pack is not None:
-                    temps.append(Temp(operand.name, operand.pack.out))
+            temps += _im2col_scratch(n, g, shapes) if g else []
         shapes_now = dict(known)
         shapes_now.update({t.name: t.dims for t in temps})
         nests = [scan_nest(x) if isinstance(x, Scan) else x for x in schedule(
@@ -151,6 +151,31 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
+
+
+def _slots(loop: sp.Idx) -> sp.Idx:
+    """An index over the scratch slots of a GEMM loop run in parallel: one per thread that
+    can run (bp_slots in the generated C), at most one per loop value."""
+    return sp.Idx("bp_slot", sp.Symbol(f"bp_slots({dim_of(loop)})", integer=True,
+                                       positive=True))
+
+
+def _im2col_scratch(n: Nest, g, shapes: dict) -> list[Temp]:
+    """Scratch of a convolution's GEMMs: operands packed once; those packed per loop value
+    once per slot (each thread packs its own), and, where the loop is summed, a partial
+    result per slot.  `shapes` learns the one-slot shape a thread's pack is printed with."""
+    temps = []
+    for operand in (g.a, g.b):
+        if operand.pack is None:
+            continue
+        if operand.per_loop:
+            temps.append(Temp(operand.name + "_slots", (_slots(g.loop),) + operand.pack.out))
+            shapes[operand.name] = Temp(operand.name, operand.pack.out).dims
+        else:
+            temps.append(Temp(operand.name, operand.pack.out))
+    if g.loop is not None and g.loop not in n.out:
+        temps.append(Temp(f"_{n.target}_part", (_slots(g.loop),) + tuple(n.out)))
+    return temps
 
 
 def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]:
@@ -448,24 +473,52 @@ def _windows(layer) -> frozenset:
 
 
 def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | None:
-    """A contraction with a shifted operand as GEMMs over packed operands (codegen/im2col):
-    T filled with its start, then for each loop value: pack, multiply, accumulate."""
+    """A contraction with a shifted operand as GEMMs over packed operands (codegen/im2col).
+
+    With a loop (the batch): its values split among the threads, each packing into its
+    own scratch slot and calling a one-thread GEMM on its own block of T (or, when the
+    loop is summed, on its own partial T, added up at the end).  Without one: a single
+    product, each thread on its own columns (or rows) of it.  T is filled with its start
+    first, except when that is 0 and every block is written once (the GEMMs overwrite,
+    beta = 0).  A serial pack beside a threaded BLAS (before) left the two thread pools
+    waiting on each other, and a team meeting at two barriers per image suffered on a
+    loaded machine: one barrier in all is what keeps 2 threads at 2 threads."""
     g = as_im2col(n, shapes, windows)
     if g is None:
         return None
-    fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
+    summed = g.loop is not None and g.loop not in n.out
+    overwrite = n.init == 0 and not summed
+    fill = None if overwrite else _view(
+        Nest("elementwise", n.target, n.out, n.out, (), n.init, comment=""), printer, shapes)
     packs = [(p, _pack_view(p.pack, printer, shapes)) for p in (g.a, g.b)
              if p.pack is not None]
+    each = []
+    for p, v in packs:
+        size = "*".join(str(dim_of(i)) for i in p.pack.loops)
+        if p.per_loop:                   # serial: in this thread's own slot
+            v.update(pragma="", slots=p.name + "_slots", size=size, name=p.name)
+            each.append(v)
+        else:
+            v["pragma"] = f"#pragma omp parallel for if ({size} >= BP_PARALLEL_MIN)"
     ext = lambda idx: printer.index_code(sp.Mul(*[dim_of(i) for i in idx]))
     loop = (g.loop.label.name, str(dim_of(g.loop))) if g.loop is not None else None
     ptr = lambda name, offset: name if offset == 0 else f"{name} + {printer.index_code(offset)}"
-    return dict(fill=_view(fill, printer, shapes), loop=loop,
-                once=[v for p, v in packs if not p.per_loop],
-                each=[v for p, v in packs if p.per_loop],
+    m, cols, k = ext(g.m), ext(g.n), ext(g.k)
+    a, b = ptr(g.a.name, g.a.offset), ptr(g.b.name, g.b.offset)
+    c = "bp_part" if summed else ptr(n.target, g.c_offset)
+    # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
+    # op(B) and of T; of its rows, at row bp_a of op(A) and of T
+    return dict(fill=fill, loop=loop, beta=0 if overwrite else 1, ctype=CTYPES[printer.dtype],
+                once=[v for p, v in packs if not p.per_loop], each=each,
+                part=f"_{n.target}_part" if summed else None, part_size=ext(n.out),
+                target=n.target,
                 trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
-                m=ext(g.m), n=ext(g.n), k=ext(g.k), lda=g.a.ld, ldb=g.b.ld, ldc=ext(g.n),
-                a=ptr(g.a.name, g.a.offset), b=ptr(g.b.name, g.b.offset),
-                c=ptr(n.target, g.c_offset), alpha=printer.code(g.alpha))
+                m=m, n=cols, k=k, lda=g.a.ld, ldb=g.b.ld, ldc=cols, a=a, b=b, c=c,
+                b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
+                a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
+                c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})",
+                work=printer.index_code(sp.Mul(*[dim_of(i) for i in g.m + g.n + g.k])),
+                alpha=printer.code(g.alpha))
 
 
 def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
@@ -490,8 +543,5 @@ def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     v.update(mode="pack", outer=v["loops"][:-1], var=var, extent=extent,
              row=" && ".join(row) or "1", value=printer.element(ref),
              lo=f"bp_imin({printer.index_code(lo)}, {extent})",
-             hi=f"bp_imin({printer.index_code(hi)} + 1, {extent})",
-             # serial: the GEMM's own threads run right after; OpenMP workers still
-             # spinning from a parallel pack held OpenBLAS's to a tenth of its speed
-             pragma="")
+             hi=f"bp_imin({printer.index_code(hi)} + 1, {extent})")
     return v

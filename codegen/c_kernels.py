@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arguments import check_backward, check_fusable, check_names, derive_sizes, dim_program
-from .blas import numpy_blas
+from .blas import numpy_blas, one_thread
 from .dtypes import CTYPES, SUFFIX
 
 
@@ -50,6 +50,10 @@ class CKernels:
         self._shapes.update({"d" + n: dims for n, (_, dims, _) in tensors.items()})
         self.blas = None
         self.use_blas(True)
+        if _gemm_per_thread(self._lib, layer_name):     # convolutions: see blas.one_thread
+            self._forward, self._backward, self._fused, self._inplace = (
+                self._one_blas_thread(f) if f is not None else None
+                for f in (self._forward, self._backward, self._fused, self._inplace))
         self._kept: dict[tuple, np.ndarray] = {}     # (entry, result) -> buffer, for reuse=
 
     @property
@@ -75,6 +79,12 @@ class CKernels:
         f64 = self._ffi.cast("bp_gemm_f64_t", blas.dgemm if blas else 0)
         getattr(self._lib, f"bp_{self.name}_set_gemm")(f32, f64)
         self.blas = blas
+
+    def _one_blas_thread(self, kernel):
+        def call(*args):
+            with one_thread(self.blas):
+                return kernel(*args)
+        return call
 
     def set_threads(self, threads: int) -> None:
         """Threads the kernels may use: OpenMP's (no effect when built without it) and,
@@ -289,3 +299,11 @@ def _same_buffer(a, b) -> bool:
 
 def _shape(dims, sizes):
     return "(" + ", ".join(f"{d}={sizes[d][0]}" if d in sizes else d for d in dims) + ")"
+
+
+def _gemm_per_thread(lib, name) -> bool:
+    """Whether the kernels call the GEMM from each of their threads at once."""
+    try:
+        return bool(getattr(lib, f"bp_{name}_gemm_per_thread")())
+    except AttributeError:
+        return False

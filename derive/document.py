@@ -109,8 +109,17 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
         return t.ref(*idx)
 
     tensors = [dict(name=tex_name(t.name), role=t.role,
-                    shape=r" \times ".join(t.dims) if t.dims else "scalar")
+                    shape=r" \times ".join(tex(dim_symbol(x)) for x in t.dims) if t.dims
+                    else "scalar")
                for t in layer.tensors.values()]
+    constants = [f"{tex(sp.Symbol(k))} = {v}" for k, v in layer.constants.items()]
+    sizes = []            # Hout = its definition as written, then its value at the constants
+    for dim, value in layer.dim_defs.items():
+        general = layer.dim_formulas.get(dim)
+        rows = [tex(general)] if general is not None and general != value else []
+        rows.append(tex(value))
+        sizes.append(eq(tex(dim_symbol(dim)), rows[0]) + "".join(
+            (" \\\\\n&= " if fmt == "tex" else " = ") + r for r in rows[1:]))
     forward = []
     for e in layer.equations:
         lhs = ref(e.target, e.indices)
@@ -175,6 +184,7 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
     conditions = [_condition_tex(c, layer, tex) for c in layer.conditions]
     return dict(
         name=layer.name, doc=layer.doc, tensors=tensors, forward=forward,
+        constants=constants, sizes=sizes,
         loss=tex_name(layer.loss) if layer.loss else None,
         upstream=[tex_adjoint(t.name) for t in layer.upstream],
         gradients=gradients, recursion=recursion, conditions=conditions,

@@ -105,12 +105,30 @@ class IndexLatexPrinter(LatexPrinter):
                    for k, lo, hi in limits if not is_full((k, lo, hi))]
         return " ".join(sigmas) + f" {inner}"
 
+    _script = 0      # depth inside subscripts and sums' bounds
+
     def _index(self, e):
-        """An index expression, fractions over one denominator: \\frac{l + 1}{2}."""
-        if not isinstance(e, sp.Idx) and any(not r.is_Integer for r in e.atoms(sp.Rational)) \
-                and not e.has(sp.floor, sp.ceiling, sp.Max, sp.Min):
-            e = sp.together(e)
-        return self._print(e)
+        """An index expression, fractions over one denominator written inline, (l + 1)/2:
+        a \\frac in a subscript or a sum's bound prints at a third of the text's size."""
+        self._script += 1
+        try:
+            if not isinstance(e, sp.Idx) and any(not r.is_Integer
+                                                 for r in e.atoms(sp.Rational)) \
+                    and not e.has(sp.floor, sp.ceiling, sp.Max, sp.Min):
+                e = sp.together(e)
+            return self._inline_fraction(e) or self._print(e)
+        finally:
+            self._script -= 1
+
+    def _inline_fraction(self, e) -> str | None:
+        """p/q with an integer q > 1 as (p)/q; None for anything else."""
+        if isinstance(e, sp.Idx) or not isinstance(e, (sp.Mul, sp.Add)):
+            return None
+        num, den = sp.fraction(e)
+        if not (den.is_Integer and den > 1):
+            return None
+        text = self._print(num)
+        return (rf"\left({text}\right)" if isinstance(num, sp.Add) else text) + f"/{den}"
 
     def _print_Max(self, expr, exp=None):
         return r"\max\left(%s\right)" % ", ".join(self._index(a) for a in expr.args)
@@ -119,10 +137,14 @@ class IndexLatexPrinter(LatexPrinter):
         return r"\min\left(%s\right)" % ", ".join(self._index(a) for a in expr.args)
 
     def _print_floor(self, expr, exp=None):
-        return r"\left\lfloor %s \right\rfloor" % self._print(sp.together(expr.args[0]))
+        return r"\left\lfloor %s \right\rfloor" % self._rounded(expr.args[0])
 
     def _print_ceiling(self, expr, exp=None):
-        return r"\left\lceil %s \right\rceil" % self._print(sp.together(expr.args[0]))
+        return r"\left\lceil %s \right\rceil" % self._rounded(expr.args[0])
+
+    def _rounded(self, arg) -> str:
+        arg = sp.together(arg)
+        return (self._script and self._inline_fraction(arg)) or self._print(arg)
 
     def _print_Rational(self, expr):
         from .pretty import is_long_number

@@ -158,6 +158,7 @@ class _Parser:
         self.example: dict[str, float] = {}
         self.constants: dict[str, int] = {}      # const S = 2: substituted as numbers
         self.dim_defs: dict[str, sp.Expr] = {}   # dims Lout = (L - K) // S + 1
+        self.dim_formulas: dict[str, sp.Expr] = {}   # the same with S a symbol
         self.reads_to_check: list = []            # shifted reads, checked at the end
         self.initial: dict[str, tuple] = {}       # recurrent tensor -> (state, stmt, col)
         self.section = ""                         # the layer of a network, for documents
@@ -243,10 +244,13 @@ class _Parser:
                     raise stmt.error(f"dimension {sh.node.id} = {value}: a dimension is at "
                                      f"least 1", at + 1)
                 self.dim_defs[sh.node.id] = value
+                self.dim_formulas[sh.node.id] = self._dim_definition(
+                    stmt, self._parse_expr(stmt, definition, at), general=True)
             self.dims[sh.node.id] = stmt.line
 
-    def _dim_definition(self, stmt, sh) -> sp.Expr:
-        """Integer arithmetic of dimensions and constants: + - * and // (floor)."""
+    def _dim_definition(self, stmt, sh, general=False) -> sp.Expr:
+        """Integer arithmetic of dimensions and constants: + - * and // (floor).
+        `general`: the constants kept as symbols (for documents), the checks made once."""
         def conv(node):
             if isinstance(node, ast.BinOp):
                 a, b = conv(node.left), conv(node.right)
@@ -254,7 +258,7 @@ class _Parser:
                 if op in _ARITH:
                     return _ARITH[op](a, b)
                 if op is ast.FloorDiv:
-                    if not (b.is_Integer and b > 0):
+                    if not general and not (b.is_Integer and b > 0):
                         named = node.right.id if isinstance(node.right, ast.Name) else None
                         what = f"{named} = {b}" if named in self.constants else str(b)
                         raise stmt.error(f"floor division in a dimension is by a positive "
@@ -274,7 +278,8 @@ class _Parser:
                 return sp.Integer(node.value)
             if isinstance(node, ast.Name):
                 if node.id in self.constants:
-                    return sp.Integer(self.constants[node.id])
+                    return sp.Symbol(node.id, integer=True) if general else \
+                        sp.Integer(self.constants[node.id])
                 if node.id in self.dims:
                     return dim_symbol(node.id)
                 raise stmt.error(f"'{node.id}' is not a dimension or constant declared "
@@ -645,7 +650,8 @@ class _Parser:
                                                         if s not in flow]}
         return Layer(self.name, self.doc, tuple(self.dims), dict(self.tensors),
                      tuple(ordered), conditions, self.loss, self._source(), self.file,
-                     dict(self.example), dict(self.constants), dict(self.dim_defs), sections)
+                     dict(self.example), dict(self.constants), dict(self.dim_defs), sections,
+                     dim_formulas=dict(self.dim_formulas))
 
     def _recurrences(self):
         """Reads of earlier steps, h[t - d, ...], written as guarded reads of h and of its
@@ -1043,6 +1049,14 @@ class _Expr:
                     raise self.err("an index times 0 vanishes from the subscript: a stride "
                                    "or dilation is a positive integer", node)
                 if (a.atoms(sp.Idx) or b.atoms(sp.Idx)) and not coeff.is_Integer:
+                    sizes = sorted(str(d) for d in coeff.free_symbols)
+                    if sizes:            # K*i: a size is known only when the kernel runs
+                        raise self.err(
+                            f"dimension {' and '.join(sizes)} multiplies an index: an "
+                            f"index's coefficient in a subscript is an integer constant "
+                            f"('const {sizes[0]} = 2'), not a dimension; or split the axis "
+                            f"in two, one per index (an axis [Lout, {sizes[0]}] read at "
+                            f"[i, k])", other)
                     raise self.err(f"{not_affine} (an index's coefficient is an integer "
                                    f"constant)", node)
                 return a * b

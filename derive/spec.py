@@ -95,6 +95,9 @@ class Layer:
     dim_defs: dict = field(default_factory=dict)
     # a network's layers (`section` statements): name -> description, in order
     sections: dict = field(default_factory=dict)
+    # the derived dimensions as the spec writes them, constants as symbols (documents
+    # show Hout = floor((H + 2P - D(KH - 1) - 1)/S) + 1 beside its value at S = 2)
+    dim_formulas: dict = field(default_factory=dict)
 
     def by_role(self, *roles: str) -> list[Tensor]:
         return [t for t in self.tensors.values() if t.role in roles]

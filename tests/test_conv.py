@@ -255,6 +255,11 @@ def spec_error(text):
     ("y[n, i] = w[k] * x[n, i*k]", 6, 23, "a product of two indices is not"),
     ("y[n, i] = w[k] * x[n, i/2]", 6, 23, "'/' is not allowed in a subscript"),
     ("y[n, i] = w[k] * x[n, i//2]", 6, 23, "'//' is not allowed in a subscript"),
+    # a dimension as a coefficient: sizes are known only when the kernel runs
+    ("y[n, i] = w[k] * x[n, K*i + k]", 6, 23, "dimension K multiplies an index: an index's "
+                                              "coefficient in a subscript is an integer "
+                                              "constant ('const K = 2'), not a dimension"),
+    ("y[n, i] = w[k] * x[n, i*(M + 1) + k]", 6, 26, "dimension M multiplies an index"),
     # a stride that is not a positive integer
     ("y[n, i] = w[k] * x[n, 0*i + k]", 6, 23, "stride or dilation is a positive integer"),
     # an index whose range nothing gives
@@ -348,13 +353,7 @@ def test_random_convolutions_against_torch(config):
 
 # ---- plain C: nothing outside an array is read or written --------------------------
 
-PLAIN_C = r"""
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include "conv2d.h"
-#include "gather.h"
-
+GUARDS = r"""
 #define GUARD 64
 /* an array with GUARD elements on both sides: reads there give NaN, writes are seen */
 static double *guarded(size_t n, double fill) {
@@ -373,6 +372,16 @@ static void show(const char *name, const double *p, size_t n) {
     for (size_t i = 0; i < n; ++i) printf(" %.17g", p[i]);
     printf("\n");
 }
+"""
+
+PLAIN_C = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "conv2d.h"
+#include "gather.h"
+
+""" + GUARDS + r"""
 int main(void) {
     const ptrdiff_t N = 1, C = 2, O = 2, H = 3, W = 4, KH = 3, KW = 3;
     const ptrdiff_t Hout = (H + 2 - 2 - 1) / 2 + 1, Wout = (W + 2 - 2 - 1) / 2 + 1;

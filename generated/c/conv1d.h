@@ -57,6 +57,12 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_conv1d_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 
+/* 1: the convolutions call the GEMM from each of their OpenMP threads at once, every
+ * thread on its own part of the product (beta = 0 overwrites C, as in BLAS).  Pass a GEMM
+ * that is safe to call concurrently and runs on one thread (OpenBLAS: set its threads to
+ * 1 around these calls); a threaded one would compete with the kernels' own threads. */
+int bp_conv1d_gemm_per_thread(void);
+
 /* forward, float:
  *   y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o]
  * in:  x[N, C, L], w[O, C, K], b[O]

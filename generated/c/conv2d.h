@@ -58,6 +58,12 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_conv2d_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 
+/* 1: the convolutions call the GEMM from each of their OpenMP threads at once, every
+ * thread on its own part of the product (beta = 0 overwrites C, as in BLAS).  Pass a GEMM
+ * that is safe to call concurrently and runs on one thread (OpenBLAS: set its threads to
+ * 1 around these calls); a threaded one would compete with the kernels' own threads. */
+int bp_conv2d_gemm_per_thread(void);
+
 /* forward, float:
  *   y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o]
  * in:  x[N, C, H, W], w[O, C, KH, KW], b[O]
