@@ -22,6 +22,7 @@ import sympy as sp
 from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
                        tensor_names, tidy)
 from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
+from .preactivations import name_preactivations, written_out
 from .spec import Condition, Equation, Layer, dim_symbol
 
 
@@ -67,6 +68,13 @@ class Derivation:
     layer: Layer
     steps: tuple[Step, ...]                      # in the order the backward pass runs them
     contributions: tuple[Contribution, ...] = field(default=())
+    # the layer as the reverse walk read it: with the pre-activations it named (z_g of
+    # g = sigmoid(W x + b), derive.preactivations); their steps' and contributions' tensors
+    walked: Layer | None = None
+
+    def tensor(self, name: str):
+        """A tensor of the layer, or a pre-activation the derivation named."""
+        return (self.walked or self.layer).tensors[name]
 
     @property
     def gradients(self) -> dict[str, Step]:
@@ -97,30 +105,26 @@ class Derivation:
 
 
 def derive(layer: Layer) -> Derivation:
-    taken = set(layer.tensors) | set(layer.dims)
+    needed = _needed(layer)
+    walked = name_preactivations(layer, needed)
+    needed = _needed(walked)
+    taken = set(walked.tensors) | set(layer.dims)
     canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken)
-             for t in layer.tensors.values()}
+             for t in walked.tensors.values()}
 
     def adjoint_ref(name, idx):
         return sp.IndexedBase(adjoint_name(name))[tuple(idx)] if idx \
             else sp.Symbol(adjoint_name(name))
 
-    # Tensors whose adjoint matters: the differentiable ones and every value computed from
-    # them (not labels, not `nograd` hyperparameters, not what depends only on those).
-    needed = {t.name for t in layer.differentiable}
-    for eq in layer.equations:
-        if eq.reads & needed:
-            needed.add(eq.target)
-
     # 1. Local contributions, walking the equations backwards.
     defs: dict[str, sp.Expr] = {}
     contributions = []
     value_reads = {e.target: tensor_names(e.rhs) for e in layer.equations}
-    for eq in reversed(layer.equations):
+    for eq in reversed(walked.equations):
         mapping = {i: fresh(i) for i in eq.indices}
         rhs = freshen_bound(eq.rhs).xreplace(mapping)
         lhs = [mapping[i] for i in eq.indices]
-        y = layer.tensors[eq.target]
+        y = walked.tensors[eq.target]
         seed = sp.Integer(1) if eq.target == layer.loss else adjoint_ref(eq.target, lhs)
         if y.role == "output" and eq.target in defs:
             # An output a later equation reads (an LSTM's c_next, read by h_next): its
@@ -129,8 +133,8 @@ def derive(layer: Layer) -> Derivation:
             # the upstream array already holds the name d<output>.
             back = freshen_bound(defs.pop(eq.target))
             seed = seed + back.xreplace(dict(zip(canon[eq.target], lhs)))
-        for xname in sorted(eq.reads & set(layer.tensors)):
-            x = layer.tensors[xname]
+        for xname in sorted(eq.reads & set(walked.tensors)):
+            x = walked.tensors[xname]
             if xname not in needed:
                 continue
             local = sp.diff(rhs, x.ref(*canon[xname]))
@@ -141,6 +145,7 @@ def derive(layer: Layer) -> Derivation:
                 term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
             term = contract(term)
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
+            term = written_out(term, walked, layer)
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
             term = _fold_values(term, layer, value_reads, skip=eq)
@@ -151,11 +156,11 @@ def derive(layer: Layer) -> Derivation:
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.
-    computed = [eq.target for eq in reversed(layer.equations)
+    computed = [eq.target for eq in reversed(walked.equations)
                 if eq.target in defs] + [t.name for t in layer.differentiable]
     uses = Counter()
     for expr in defs.values():
-        for name in _adjoints_read(expr, layer):
+        for name in _adjoints_read(expr, walked):
             uses[name] += 1
     gradients = {t.name for t in layer.differentiable}
     kept = [n for n in computed if n in gradients or uses[n] >= 2]
@@ -164,7 +169,7 @@ def derive(layer: Layer) -> Derivation:
     steps = []
     for name in computed:
         expr = defs.get(name, sp.Integer(0))
-        for ref in sorted(_adjoint_refs(expr, layer), key=str):
+        for ref in sorted(_adjoint_refs(expr, walked), key=str):
             target = ref.base.label.name[1:] if isinstance(ref, sp.Indexed) else ref.name[1:]
             if target in resolved and target not in kept:
                 body = freshen_bound(resolved[target])
@@ -190,7 +195,17 @@ def derive(layer: Layer) -> Derivation:
             given = tidy_bound(freshen_bound(tidy(given)), taken | free)
         steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
                           name in gradients))
-    return Derivation(layer, tuple(steps), tuple(contributions))
+    return Derivation(layer, tuple(steps), tuple(contributions), walked)
+
+
+def _needed(layer):
+    """Tensors whose adjoint matters: the differentiable ones and every value computed from
+    them (not labels, not `nograd` hyperparameters, not what depends only on those)."""
+    needed = {t.name for t in layer.differentiable}
+    for eq in layer.equations:
+        if eq.reads & needed:
+            needed.add(eq.target)
+    return needed
 
 
 def _fold_values(term, layer, value_reads, skip=None):

@@ -77,7 +77,7 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
         dims = layer.tensors[eq.target].dims
         values[eq.target] = compute(eq.rhs, eq.indices, dims)
     for step in derivation.steps:
-        dims = layer.tensors[step.tensor].dims
+        dims = derivation.tensor(step.tensor).dims
         expr = step.simplest if given else step.expr
         values[adjoint_name(step.tensor)] = compute(expr, step.indices, dims)
     if every_adjoint:

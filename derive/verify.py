@@ -681,7 +681,7 @@ def _adjoint_formulas(d: Derivation) -> dict:
         name = adjoint_name(c.tensor)
         if name in upstream or any(s.name == name for s in d.steps):
             continue
-        idx = canonical_indices([dim_symbol(x) for x in layer.tensors[c.tensor].dims], taken)
+        idx = canonical_indices([dim_symbol(x) for x in d.tensor(c.tensor).dims], taken)
         before = out.get(name, (idx, sp.Integer(0)))[1]
         out[name] = (idx, before + c.expr)
     return out
