@@ -123,7 +123,11 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
     by_tensor: dict[str, list] = {}
     for c in d.contributions:
         by_tensor.setdefault(c.tensor, []).append(c)
-    order = list(by_tensor) + [s.tensor for s in d.steps if s.tensor not in by_tensor]
+    # each gradient once complete, as the backward pass has it: dx of a gated unit after
+    # the delta dz it reads (x's last contribution comes from z = W x + b)
+    complete = {c.tensor: k for k, c in enumerate(d.contributions)}
+    order = sorted(by_tensor, key=complete.get) + \
+        [s.tensor for s in d.steps if s.tensor not in by_tensor]
     users = {}
     for c in d.contributions:
         if c.equation.target not in steps and c.equation.target != layer.loss:
