@@ -21,7 +21,8 @@ import sympy as sp
 
 from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
                        tensor_names, tidy)
-from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
+from .indices import (canonical_indices, freshen_bound, fresh, slot_letters, tidy_bound,
+                      user_letters)
 from .preactivations import name_preactivations, written_out
 from .spec import Condition, Equation, Layer, dim_symbol
 
@@ -71,6 +72,15 @@ class Derivation:
     # the layer as the reverse walk read it: with the pre-activations it named (z_g of
     # g = sigmoid(W x + b), derive.preactivations); their steps' and contributions' tensors
     walked: Layer | None = None
+    canon: dict = field(default_factory=dict)    # tensor -> the indices its adjoint has
+
+    def indices(self, name: str) -> tuple:
+        """The free indices of name's adjoint, as the steps and contributions write them
+        (the spec's own letters where free: dW[i, j] for W[i, j])."""
+        if name in self.canon:
+            return self.canon[name]
+        taken = set((self.walked or self.layer).tensors) | set(self.layer.dims)
+        return canonical_indices([dim_symbol(d) for d in self.tensor(name).dims], taken)
 
     def tensor(self, name: str):
         """A tensor of the layer, or a pre-activation the derivation named."""
@@ -109,7 +119,9 @@ def derive(layer: Layer) -> Derivation:
     walked = name_preactivations(layer, needed)
     needed = _needed(walked)
     taken = set(walked.tensors) | set(layer.dims)
-    canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken)
+    letters, own = user_letters(layer.equations), slot_letters(walked.equations)
+    canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken, letters,
+                                       own.get(t.name, ()))
              for t in walked.tensors.values()}
 
     def adjoint_ref(name, idx):
@@ -152,7 +164,7 @@ def derive(layer: Layer) -> Derivation:
             free = {i.label.name for i in canon[xname]}
             shown = min((term, merge_sums(term)), key=complexity)   # one sum, not two
             contributions.append(Contribution(
-                eq, xname, tidy_bound(freshen_bound(shown), taken | free)))
+                eq, xname, tidy_bound(freshen_bound(shown), taken | free, letters)))
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.
@@ -189,13 +201,13 @@ def derive(layer: Layer) -> Derivation:
         if name not in kept:
             continue
         free = {i.label.name for i in canon[name]}
-        expr = tidy_bound(freshen_bound(expr), taken | free)
+        expr = tidy_bound(freshen_bound(expr), taken | free, letters)
         given, used = apply_conditions(expr, layer.conditions, layer)
         if used:
-            given = tidy_bound(freshen_bound(tidy(given)), taken | free)
+            given = tidy_bound(freshen_bound(tidy(given)), taken | free, letters)
         steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
                           name in gradients))
-    return Derivation(layer, tuple(steps), tuple(contributions), walked)
+    return Derivation(layer, tuple(steps), tuple(contributions), walked, canon)
 
 
 def _needed(layer):

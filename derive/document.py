@@ -135,8 +135,7 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
 
     gradients = []
     for name in order:
-        t = walked.tensors[name]
-        P = canonical_indices([dim_symbol(x) for x in t.dims], taken)
+        P = d.indices(name)
         terms = []
         for c in by_tensor.get(name, []):
             terms.append(_term(c, P, walked, taken, tex, eq))

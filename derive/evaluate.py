@@ -83,16 +83,13 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
     if every_adjoint:
         # Also the adjoints the derivation inlined (dy, da1, ...): each is the sum of its
         # contributions, which read only steps and adjoints computed before it here.
-        from .indices import canonical_indices
-
-        taken = set(layer.tensors) | set(layer.dims)
         order = [eq.target for eq in reversed(layer.equations)] + \
             [t.name for t in layer.differentiable]
         for name in order:
             if name == layer.loss or adjoint_name(name) in values:
                 continue
             t = layer.tensors[name]
-            idx = canonical_indices([dim_symbol(d) for d in t.dims], taken)
+            idx = derivation.indices(name)
             total = sum((c.expr for c in derivation.contributions if c.tensor == name),
                         sp.Integer(0))
             values[adjoint_name(name)] = compute(total, idx, t.dims)

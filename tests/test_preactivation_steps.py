@@ -49,13 +49,13 @@ def same(got, want):
 
 def test_gated_unit_delta_is_a_step_and_every_product_appears_once():
     d = derive(parse_spec(GATED, "gated.bp"))
-    n, i, k = idx("n", "N"), idx("i", "I"), idx("k", "I")
+    n, i, j = idx("n", "N"), idx("i", "I"), idx("j", "I")     # the spec's own letters
     g, x, W, da, dz = (sp.IndexedBase(s) for s in ("g", "x", "W", "da", "dz_g"))
     assert [s.name for s in d.steps] == ["dz_g", "dx", "dW", "db"]
     assert same(d.step("z_g").expr, da[n, i] * x[n, i] * g[n, i] * (1 - g[n, i]))
     assert same(d.step("x").expr,
-                da[n, i] * g[n, i] + sp.Sum(W[k, i] * dz[n, k], (k, 0, k.upper)))
-    assert same(d.step("W").expr, sp.Sum(dz[n, i] * x[n, k], (n, 0, n.upper)))
+                da[n, i] * g[n, i] + sp.Sum(W[j, i] * dz[n, j], (j, 0, j.upper)))
+    assert same(d.step("W").expr, sp.Sum(dz[n, i] * x[n, j], (n, 0, n.upper)))
     # g (1 - g) only in the delta: the parameters' gradients read the delta alone
     assert all(s.expr.atoms(sp.IndexedBase) == {dz} | ({x} if s.tensor == "W" else set())
                for s in d.steps if s.tensor in ("W", "b"))
@@ -63,11 +63,11 @@ def test_gated_unit_delta_is_a_step_and_every_product_appears_once():
 
 def test_unrolled_rnn_derives_the_textbook_recursion():
     d = derive(parse_spec(RNN3, "rnn3.bp"))
-    n, h, k = idx("n", "N"), idx("h", "H"), idx("k", "H")
+    n, i, j = idx("n", "N"), idx("i", "H"), idx("j", "H")
     W, dz3, h2 = (sp.IndexedBase(s) for s in ("W", "dz3", "h2"))
     assert [s.name for s in d.steps][:3] == ["dz3", "dz2", "dz1"]
     assert same(d.step("z2").expr,
-                (1 - h2[n, h] ** 2) * sp.Sum(W[k, h] * dz3[n, k], (k, 0, k.upper)))
+                (1 - h2[n, i] ** 2) * sp.Sum(W[j, i] * dz3[n, j], (j, 0, j.upper)))
     # dW = sum_n sum_t dz_t h_{t-1}^T: three products, not six (no h^2 terms)
     dW = d.step("W").expr
     assert len(sp.Add.make_args(dW.function)) == 3 and "**2" not in str(dW)

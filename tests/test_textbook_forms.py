@@ -132,3 +132,17 @@ def test_document_shows_each_gradient_once_complete():
 
     names = [g["name"] for g in context(derive(parse_spec(GATED)))["gradients"]]
     assert names == ["g", r"z^{\mathrm{g}}", "W", "b", "x"]
+
+
+def test_gradients_keep_the_spec_index_letters():
+    """z2[n, g] = W2[g, h] a[n, h]: dW2[g, h] = sum_n dz2[n, g] a[n, h], and dx sums over
+    g, the letters the spec wrote (not h, k from the dimension's name and the pool)."""
+    layer = parse_spec("layer t\ndims N, H\ninput a[N, H]\nparam W2[H, H]\n"
+                       "output z2[N, H]\n\nz2[n, g] = W2[g, h] * a[n, h]\n")
+    d = derive(layer)
+    assert [i.label.name for i in d.step("W2").indices] == ["g", "h"]
+    assert [i.label.name for i in d.step("a").indices] == ["n", "h"]
+    from derive.pretty import formula
+
+    assert formula(d.step("a").expr) == "sum_g(W2[g, h]*dz2[n, g])"
+    assert formula(d.step("W2").expr) == "sum_n(a[n, h]*dz2[n, g])"

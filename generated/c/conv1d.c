@@ -7,8 +7,8 @@
  *   y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o]
  * Backward pass (from the upstream gradient dy):
  *   dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
- *   dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout])
- *   db[o] = sum_{n,lout}(dy[n, o, lout])
+ *   dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
+ *   db[o] = sum_{n,i}(dy[n, o, i])
  */
 #include <math.h>
 #include <stddef.h>
@@ -232,7 +232,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             }
         }
     }
-    /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
+    /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f32 != NULL) {
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
@@ -244,16 +244,16 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, k + lout] as a c k x lout matrix */
+            /* pack x[n, c, i + k] as a c k x i matrix */
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                        for (ptrdiff_t lout = 0; lout < bp_lo; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
                         BP_OMP(simd)
-                        for (ptrdiff_t lout = bp_lo; lout < bp_hi; ++lout) _dw_pb[(c*K + k)*Lout + lout] = x[(n*C + c)*L + k + lout];
-                        for (ptrdiff_t lout = bp_hi; lout < Lout; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
                     }
                 }
             }
@@ -274,22 +274,22 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
                     for (ptrdiff_t k = 0; k < K; ++k) {
-                        for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                            dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + lout]*x[(n*C + c)*L + k + lout];
+                        for (ptrdiff_t i = 0; i < Lout; ++i) {
+                            dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + i]*x[(n*C + c)*L + i + k];
                         }
                     }
                 }
             }
         }
     }
-    /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
+    /* db[o] = sum_{n,i}(dy[n, o, i]) */
     BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd reduction(+:bp_acc))
-            for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                bp_acc += dy[(n*O + o)*Lout + lout];
+            for (ptrdiff_t i = 0; i < Lout; ++i) {
+                bp_acc += dy[(n*O + o)*Lout + i];
             }
         }
         db[o] = bp_acc;
@@ -429,7 +429,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             }
         }
     }
-    /* dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout]) */
+    /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f64 != NULL) {
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
@@ -441,16 +441,16 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, k + lout] as a c k x lout matrix */
+            /* pack x[n, c, i + k] as a c k x i matrix */
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t k = 0; k < K; ++k) {
                     {
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                        for (ptrdiff_t lout = 0; lout < bp_lo; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
                         BP_OMP(simd)
-                        for (ptrdiff_t lout = bp_lo; lout < bp_hi; ++lout) _dw_pb[(c*K + k)*Lout + lout] = x[(n*C + c)*L + k + lout];
-                        for (ptrdiff_t lout = bp_hi; lout < Lout; ++lout) _dw_pb[(c*K + k)*Lout + lout] = 0;
+                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
                     }
                 }
             }
@@ -471,22 +471,22 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
                     for (ptrdiff_t k = 0; k < K; ++k) {
-                        for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                            dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + lout]*x[(n*C + c)*L + k + lout];
+                        for (ptrdiff_t i = 0; i < Lout; ++i) {
+                            dw[(o*C + c)*K + k] += dy[(n*O + o)*Lout + i]*x[(n*C + c)*L + i + k];
                         }
                     }
                 }
             }
         }
     }
-    /* db[o] = sum_{n,lout}(dy[n, o, lout]) */
+    /* db[o] = sum_{n,i}(dy[n, o, i]) */
     BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd reduction(+:bp_acc))
-            for (ptrdiff_t lout = 0; lout < Lout; ++lout) {
-                bp_acc += dy[(n*O + o)*Lout + lout];
+            for (ptrdiff_t i = 0; i < Lout; ++i) {
+                bp_acc += dy[(n*O + o)*Lout + i];
             }
         }
         db[o] = bp_acc;

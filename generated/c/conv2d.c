@@ -6,9 +6,9 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw])
- *   dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout])
- *   db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout])
+ *   dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+ *   dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
+ *   db[o] = sum_{n,i,j}(dy[n, o, i, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -190,7 +190,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb = bp_work + C*O*KH*KW;
     float *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
-    /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
+    /* dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL) {
         BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -203,34 +203,34 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        /* pack w[o, c, kh, kw] as a c x o kh kw matrix */
+        /* pack w[o, c, p, q] as a c x o p q matrix */
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     {
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
-                        for (ptrdiff_t kw = 0; kw < bp_lo; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                        for (ptrdiff_t q = 0; q < bp_lo; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
                         BP_OMP(simd)
-                        for (ptrdiff_t kw = bp_lo; kw < bp_hi; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = w[((o*C + c)*KH + kh)*KW + kw];
-                        for (ptrdiff_t kw = bp_hi; kw < KW; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                        for (ptrdiff_t q = bp_lo; q < bp_hi; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = w[((o*C + c)*KH + p)*KW + q];
+                        for (ptrdiff_t q = bp_hi; q < KW; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
                     }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack dy[n, o, h - kh, k - kw] as a o kh kw x h k matrix */
+            /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
             for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
                         for (ptrdiff_t h = 0; h < H; ++h) {
                             {
-                                const ptrdiff_t bp_lo = (0 <= h - kh && h - kh <= Hout - 1) ? bp_imax(bp_imin(kw, W), 0) : W;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + kw - 1) + 1, W), bp_lo);
-                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                                const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
                                 BP_OMP(simd)
-                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = dy[((n*O + o)*Hout + h - kh)*Wout + k - kw];
-                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
                             }
                         }
                     }
@@ -255,10 +255,10 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
                     for (ptrdiff_t h = 0; h < H; ++h) {
-                        for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
+                        for (ptrdiff_t p = bp_imax(0, -Hout + h + 1); p < (1 + bp_imin(KH - 1, h)); ++p) {
                             for (ptrdiff_t k = 0; k < W; ++k) {
-                                for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
-                                    dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - kh)*Wout + k - kw]*w[((o*C + c)*KH + kh)*KW + kw];
+                                for (ptrdiff_t q = bp_imax(0, -Wout + k + 1); q < (1 + bp_imin(KW - 1, k)); ++q) {
+                                    dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - p)*Wout + k - q]*w[((o*C + c)*KH + p)*KW + q];
                                 }
                             }
                         }
@@ -267,32 +267,32 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             }
         }
     }
-    /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
+    /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f32 != NULL) {
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     BP_OMP(simd)
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        dw[((o*C + c)*KH + p)*KW + q] = 0;
                     }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, hout + kh, kw + wout] as a c kh kw x hout wout matrix */
+            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
                             {
-                                const ptrdiff_t bp_lo = (0 <= hout + kh && hout + kh <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -kw), Wout), 0) : Wout;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - kw - 1) + 1, Wout), bp_lo);
-                                for (ptrdiff_t wout = 0; wout < bp_lo; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
                                 BP_OMP(simd)
-                                for (ptrdiff_t wout = bp_lo; wout < bp_hi; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = x[((n*C + c)*H + hout + kh)*W + kw + wout];
-                                for (ptrdiff_t wout = bp_hi; wout < Wout; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
                             }
                         }
                     }
@@ -304,10 +304,10 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     BP_OMP(simd)
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        dw[((o*C + c)*KH + p)*KW + q] = 0;
                     }
                 }
             }
@@ -316,11 +316,11 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                            for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                                    dw[((o*C + c)*KH + kh)*KW + kw] += dy[((n*O + o)*Hout + hout)*Wout + wout]*x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                                    dw[((o*C + c)*KH + p)*KW + q] += dy[((n*O + o)*Hout + i)*Wout + j]*x[((n*C + c)*H + i + p)*W + j + q];
                                 }
                             }
                         }
@@ -329,15 +329,15 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             }
         }
     }
-    /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
+    /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
     BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
                 BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    bp_acc += dy[((n*O + o)*Hout + hout)*Wout + wout];
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    bp_acc += dy[((n*O + o)*Hout + i)*Wout + j];
                 }
             }
         }
@@ -430,7 +430,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb = bp_work + C*O*KH*KW;
     double *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
-    /* dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw]) */
+    /* dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL) {
         BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -443,34 +443,34 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        /* pack w[o, c, kh, kw] as a c x o kh kw matrix */
+        /* pack w[o, c, p, q] as a c x o p q matrix */
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     {
                         const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
                         const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
-                        for (ptrdiff_t kw = 0; kw < bp_lo; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                        for (ptrdiff_t q = 0; q < bp_lo; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
                         BP_OMP(simd)
-                        for (ptrdiff_t kw = bp_lo; kw < bp_hi; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = w[((o*C + c)*KH + kh)*KW + kw];
-                        for (ptrdiff_t kw = bp_hi; kw < KW; ++kw) _dx_pa[((c*O + o)*KH + kh)*KW + kw] = 0;
+                        for (ptrdiff_t q = bp_lo; q < bp_hi; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = w[((o*C + c)*KH + p)*KW + q];
+                        for (ptrdiff_t q = bp_hi; q < KW; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
                     }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack dy[n, o, h - kh, k - kw] as a o kh kw x h k matrix */
+            /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
             for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
                         for (ptrdiff_t h = 0; h < H; ++h) {
                             {
-                                const ptrdiff_t bp_lo = (0 <= h - kh && h - kh <= Hout - 1) ? bp_imax(bp_imin(kw, W), 0) : W;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + kw - 1) + 1, W), bp_lo);
-                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                                const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
                                 BP_OMP(simd)
-                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = dy[((n*O + o)*Hout + h - kh)*Wout + k - kw];
-                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + kh)*KW + kw)*H + h)*W + k] = 0;
+                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
                             }
                         }
                     }
@@ -495,10 +495,10 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
                     for (ptrdiff_t h = 0; h < H; ++h) {
-                        for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
+                        for (ptrdiff_t p = bp_imax(0, -Hout + h + 1); p < (1 + bp_imin(KH - 1, h)); ++p) {
                             for (ptrdiff_t k = 0; k < W; ++k) {
-                                for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
-                                    dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - kh)*Wout + k - kw]*w[((o*C + c)*KH + kh)*KW + kw];
+                                for (ptrdiff_t q = bp_imax(0, -Wout + k + 1); q < (1 + bp_imin(KW - 1, k)); ++q) {
+                                    dx[((n*C + c)*H + h)*W + k] += dy[((n*O + o)*Hout + h - p)*Wout + k - q]*w[((o*C + c)*KH + p)*KW + q];
                                 }
                             }
                         }
@@ -507,32 +507,32 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             }
         }
     }
-    /* dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout]) */
+    /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f64 != NULL) {
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     BP_OMP(simd)
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        dw[((o*C + c)*KH + p)*KW + q] = 0;
                     }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, hout + kh, kw + wout] as a c kh kw x hout wout matrix */
+            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
                             {
-                                const ptrdiff_t bp_lo = (0 <= hout + kh && hout + kh <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -kw), Wout), 0) : Wout;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - kw - 1) + 1, Wout), bp_lo);
-                                for (ptrdiff_t wout = 0; wout < bp_lo; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
                                 BP_OMP(simd)
-                                for (ptrdiff_t wout = bp_lo; wout < bp_hi; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = x[((n*C + c)*H + hout + kh)*W + kw + wout];
-                                for (ptrdiff_t wout = bp_hi; wout < Wout; ++wout) _dw_pb[(((c*KH + kh)*KW + kw)*Hout + hout)*Wout + wout] = 0;
+                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
                             }
                         }
                     }
@@ -544,10 +544,10 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     BP_OMP(simd)
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        dw[((o*C + c)*KH + kh)*KW + kw] = 0;
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        dw[((o*C + c)*KH + p)*KW + q] = 0;
                     }
                 }
             }
@@ -556,11 +556,11 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                            for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                                    dw[((o*C + c)*KH + kh)*KW + kw] += dy[((n*O + o)*Hout + hout)*Wout + wout]*x[((n*C + c)*H + hout + kh)*W + kw + wout];
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                                    dw[((o*C + c)*KH + p)*KW + q] += dy[((n*O + o)*Hout + i)*Wout + j]*x[((n*C + c)*H + i + p)*W + j + q];
                                 }
                             }
                         }
@@ -569,15 +569,15 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             }
         }
     }
-    /* db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout]) */
+    /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
     BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
                 BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    bp_acc += dy[((n*O + o)*Hout + hout)*Wout + wout];
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    bp_acc += dy[((n*O + o)*Hout + i)*Wout + j];
                 }
             }
         }
