@@ -85,7 +85,10 @@ class IndexLatexPrinter(LatexPrinter):
                 else 2 if isinstance(base, sp.KroneckerDelta) else 3 if backpropagated
                 else 4 if isinstance(base, sp.Indexed) else 5 if isinstance(base, sp.Sum)
                 else 7 if isinstance(base, sp.Add) else 6)
-        return rank, sp.default_sort_key(factor)
+        # among tensors a matrix (upper case) first, then the adjoint: W delta, abar a
+        name = base.base.label.name if isinstance(base, sp.Indexed) else ""
+        kind = 0 if name[:1].isupper() else 1 if name in self.adjoints else 2
+        return rank, kind, sp.default_sort_key(factor)
 
     def _needs_mul_brackets(self, expr, first=False, last=False):
         # a bracket [s > 0] is its own parenthesis, even around a sum

@@ -119,6 +119,9 @@ def test_document_factors_in_textbook_order():
     assert (r"\left(\bar{z}^{(2)} W^{(2)}\right) \odot a^{(1)} \odot "
             r"\left(1 - a^{(1)}\right)") in tex
     assert r"z^{(1)}_{nh} &= \sum_{d} W^{(1)}_{hd} x_{nd} + b^{(1)}_{h}" in tex
+    # the adjoint before the values it meets (delta a^T), a matrix before the adjoint
+    assert r"\bar{z}^{(1)}_{nh} &\mathrel{+}= \bar{a}^{(1)}_{nh} a^{(1)}_{nh} \left(1" in tex
+    assert r"\bar{W}^{(2)}_{ch} &= \sum_{n} \bar{z}^{(2)}_{nc} a^{(1)}_{nh}" in tex
     assert (r"[h = l] [k = n] \sigma\left(z^{(1)}_{kl}\right) "
             r"\left(1 - \sigma\left(z^{(1)}_{kl}\right)\right)") in tex
 
