@@ -83,8 +83,8 @@ class IndexLatexPrinter(LatexPrinter):
             a.base.label.name in self.adjoints for a in base.atoms(sp.Indexed))
         rank = (0 if factor.is_Number else 1 if isinstance(base, sp.Symbol)
                 else 2 if isinstance(base, sp.KroneckerDelta) else 3 if backpropagated
-                else 4 if isinstance(base, sp.Indexed) else 5 if isinstance(base, sp.Sum)
-                else 7 if isinstance(base, sp.Add) else 6)
+                else 4 if isinstance(base, sp.Indexed) else 8 if isinstance(base, sp.Sum)
+                else 7 if isinstance(base, sp.Add) else 6)     # a last sum needs no ( )
         # among tensors a matrix (upper case) first, then the adjoint: W delta, abar a
         name = base.base.label.name if isinstance(base, sp.Indexed) else ""
         kind = 0 if name[:1].isupper() else 1 if name in self.adjoints else 2

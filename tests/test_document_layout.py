@@ -159,7 +159,7 @@ TIE = "layer t\ndims N\ninput x[N], v[N]\noutput y[N]\n\ny[n] = max(x[n], v[n])\
 
 
 @pytest.mark.parametrize("spec, shown", [
-    (RELU_OF_A_SUM, r"\left[\sum_{k} x_{nk} > 0\right] \bar{y}_{n}"),
+    (RELU_OF_A_SUM, r"\bar{x}_{ni} &= \bar{y}_{n} \left[\sum_{k} x_{nk} > 0\right]"),
     (TIE, r"\left(\left[x_{n} - v_{n} > 0\right] + \tfrac{1}{2} \left[x_{n} - v_{n} = 0\right]\right)")])
 def test_indicator_is_an_iverson_bracket(tmp_path, spec, shown):
     """relu' and max's tie as [s > 0], [s = 0]: \\mathbb{1} set a 'not-models' sign (the msbm
