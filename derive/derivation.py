@@ -119,7 +119,10 @@ def derive(layer: Layer) -> Derivation:
     walked = name_preactivations(layer, needed)
     needed = _needed(walked)
     taken = set(walked.tensors) | set(layer.dims)
-    letters, own = user_letters(layer.equations), slot_letters(walked.equations)
+    # the spec's own index letters; a network's come from its layers' specs, where one
+    # letter stands for several widths: there the dimensions name the indices (d2, d3)
+    letters, own = ({}, {}) if layer.sections else \
+        (user_letters(layer.equations), slot_letters(walked.equations))
     canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken, letters,
                                        own.get(t.name, ()))
              for t in walked.tensors.values()}
