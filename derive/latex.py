@@ -366,6 +366,9 @@ class Apply(MNode):        # an elementwise function
             return rf"{_wrap(self.arg, 4)}^{{\odot {sp.latex(self.power)}}}"
         if self.func == "step":
             return r"\left[%s > 0\right]" % self.arg.latex()
+        if self.func == "step_tie":         # a tie split evenly (max of two values)
+            a = self.arg.latex()
+            return r"\left(\left[%s > 0\right] + \tfrac{1}{2} \left[%s = 0\right]\right)" % (a, a)
         if self.func == "sqrt":
             return r"\sqrt{%s}" % self.arg.latex()
         name = {"sigmoid": r"\sigma", "exp": r"\exp", "log": r"\log", "tanh": r"\tanh",
@@ -384,6 +387,7 @@ class Apply(MNode):        # an elementwise function
                 "sin": np.sin, "cos": np.cos, "log1p": np.log1p, "expm1": np.expm1,
                 "erf": np.vectorize(math.erf), "sign": np.sign, "abs": np.abs,
                 "step": lambda a: (a > 0).astype(float),
+                "step_tie": lambda a: np.heaviside(a, 0.5),
                 "pow": lambda a: a ** float(self.power)}[self.func](v)
 
 
@@ -438,7 +442,8 @@ class MatrixConverter:
             return Apply("pow", base, e.exp), have
         if isinstance(e, sp.Heaviside):
             arg, have = self._node(e.args[0], axes)
-            return Apply("step", arg), have
+            tie = len(e.args) > 1 and e.args[1] == sp.Rational(1, 2)
+            return Apply("step_tie" if tie else "step", arg), have
         if isinstance(e, sp.KroneckerDelta):
             return self._one_hot(e, axes)
         for f, name in FUNCS.items():

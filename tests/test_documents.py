@@ -143,3 +143,20 @@ def test_missing_engine_is_named(tmp_path):
 def test_jupyter_repr():
     latex = derive(builtin("dense"))._repr_latex_()
     assert latex.startswith("$$") and r"\bar{W}_{ij} &= \sum_{n} \bar{z}_{ni} x_{nj}" in latex
+
+
+def test_matrix_form_of_a_tie_keeps_its_half():
+    """max(x, v)'s gradient splits a tie evenly: the matrix form says so and evaluates to
+    it where x = v (it printed [x - v > 0] (.) ybar, 0 at a tie)."""
+    from derive import parse_spec
+
+    d = derive(parse_spec("layer t\ndims N\ninput x[N], v[N]\noutput y[N]\n\n"
+                          "y[n] = max(x[n], v[n])\n"))
+    step = d.step("x")
+    conv = MatrixConverter({"x": ("N",), "v": ("N",), "y": ("N",), "dy": ("N",),
+                            "dx": ("N",)}, {"dx", "dv", "dy"})
+    m = conv.convert(step.expr, step.indices)
+    assert r"\tfrac{1}{2} \left[x - v = 0\right]" in m.latex()
+    values = dict(x=np.array([1.0, 2.0, 3.0]), v=np.array([1.0, 1.0, 4.0]),
+                  dy=np.array([2.0, 2.0, 2.0]))
+    np.testing.assert_allclose(np.ravel(m.evaluate(values, dict(N=3))), [1.0, 2.0, 0.0])
