@@ -75,8 +75,8 @@ def test_textbook_matrix_forms():
     shapes.update({"d" + n: dims for n, dims in list(shapes.items())})
     conv = MatrixConverter(shapes, {"d" + t for t in layer.tensors})
     form = {s.tensor: conv.convert(s.expr, s.indices).latex() for s in d.steps}
-    assert form["z1"] == (r"\left(\bar{z}^{(2)} W^{(2)}\right) \odot \left(1 - a^{(1)}\right)"
-                          r" \odot a^{(1)}")
+    assert form["z1"] == (r"\left(\bar{z}^{(2)} W^{(2)}\right) \odot a^{(1)} \odot "
+                          r"\left(1 - a^{(1)}\right)")
     assert form["W1"] == r"\left(\bar{z}^{(1)}\right)^{T} x"
     assert form["b2"] == r"\left(\bar{z}^{(2)}\right)^{T} \mathbf{1}"
     assert form["x"] == r"\bar{z}^{(1)} W^{(1)}"
