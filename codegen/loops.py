@@ -505,32 +505,55 @@ def inline_cheap(nests: list[Nest], temps: list[Temp], keep=lambda nest: False):
     """Drop scratch arrays that cost more to store than to recompute: an elementwise
     temporary with arithmetic only (dxhat = w * dy in layer norm) or read by a single nest
     is substituted into its readers, so it never travels to memory and back.  `keep`:
-    nests whose formula must stay as it is (a GEMM's operands).  Returns (nests, temps)."""
+    nests whose formula must stay as it is (a GEMM's operands).  Returns (nests, temps).
+
+    Who reads what is indexed once and kept up to date as readers change, so the cost is
+    linear in the number of nests (a 40-layer network has thousands)."""
     scratch = {t.name for t in temps}
     nests = list(nests)
+    reads = [_names_read(n) for n in nests]
+    readers_of: dict[str, set[int]] = {}
+    written: dict[str, list[int]] = {}
+    for k, n in enumerate(nests):
+        written.setdefault(n.target, []).append(k)
+        for name in reads[k]:
+            readers_of.setdefault(name, set()).add(k)
+    gone: set[int] = set()
     for name in [n.target for n in nests if n.kind == "elementwise" and n.target in scratch]:
-        x = next(n for n in nests if n.target == name)
-        readers = [n for n in nests if n is not x and _reads(n, x.target)]
+        kx = next(k for k in written[name] if k not in gone)
+        x = nests[kx]
+        readers = sorted(k for k in readers_of.get(name, ()) if k != kx)
         cheap = not x.body.atoms(sp.Function) and sp.count_ops(x.body) <= 4
-        if not readers or not (cheap or len(readers) == 1) or any(keep(n) for n in readers):
+        if not readers or not (cheap or len(readers) == 1) \
+                or any(keep(nests[k]) for k in readers):
             continue
 
         def value(ref, x=x):
             return x.body.xreplace(dict(zip(x.out, ref.indices)))
 
-        for k, n in enumerate(nests):
-            if n in readers:
-                sub = {r: value(r) for e in (n.body, n.init) for r in e.atoms(sp.Indexed)
-                       if r.base.label.name == x.target}
-                nests[k] = replace(n, body=n.body.xreplace(sub), init=n.init.xreplace(sub))
-        nests = [n for n in nests if n is not x]
-        temps = [t for t in temps if t.name != x.target]
-    return nests, temps
+        for k in readers:
+            n = nests[k]
+            sub = {r: value(r) for e in (n.body, n.init) for r in e.atoms(sp.Indexed)
+                   if r.base.label.name == name}
+            nests[k] = replace(n, body=n.body.xreplace(sub), init=n.init.xreplace(sub))
+            _reindex(k, reads, readers_of, _names_read(nests[k]))
+        gone.add(kx)
+        _reindex(kx, reads, readers_of, set())
+        temps = [t for t in temps if t.name != name]
+    return [n for k, n in enumerate(nests) if k not in gone], temps
 
 
-def _reads(nest: Nest, name: str) -> bool:
-    return any(r.base.label.name == name for e in (nest.body, nest.init)
-               for r in e.atoms(sp.Indexed))
+def _names_read(nest: Nest) -> set[str]:
+    return {r.base.label.name for e in (nest.body, nest.init) for r in e.atoms(sp.Indexed)}
+
+
+def _reindex(k, reads, readers_of, now):
+    """Nest k now reads the arrays `now`: the reverse index follows."""
+    for name in reads[k] - now:
+        readers_of[name].discard(k)
+    for name in now - reads[k]:
+        readers_of.setdefault(name, set()).add(k)
+    reads[k] = now
 
 
 def hoist_invariants(nests: list[Nest], prefix: str = "bp_k"):

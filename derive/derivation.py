@@ -22,7 +22,9 @@ import sympy as sp
 
 from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
                        tensor_names, tidy)
-from .indices import canonical_indices, freshen_bound, fresh, tidy_bound
+from .indices import (canonical_indices, freshen_bound, fresh, slot_letters, tidy_bound,
+                      user_letters)
+from .preactivations import name_preactivations, written_out
 from .spec import Condition, Equation, Layer, dim_symbol
 
 
@@ -69,6 +71,22 @@ class Derivation:
     layer: Layer
     steps: tuple[Step, ...]                      # in the order the backward pass runs them
     contributions: tuple[Contribution, ...] = field(default=())
+    # the layer as the reverse walk read it: with the pre-activations it named (z_g of
+    # g = sigmoid(W x + b), derive.preactivations); their steps' and contributions' tensors
+    walked: Layer | None = None
+    canon: dict = field(default_factory=dict)    # tensor -> the indices its adjoint has
+
+    def indices(self, name: str) -> tuple:
+        """The free indices of name's adjoint, as the steps and contributions write them
+        (the spec's own letters where free: dW[i, j] for W[i, j])."""
+        if name in self.canon:
+            return self.canon[name]
+        taken = set((self.walked or self.layer).tensors) | set(self.layer.dims)
+        return canonical_indices([dim_symbol(d) for d in self.tensor(name).dims], taken)
+
+    def tensor(self, name: str):
+        """A tensor of the layer, or a pre-activation the derivation named."""
+        return (self.walked or self.layer).tensors[name]
 
     @property
     def gradients(self) -> dict[str, Step]:
@@ -99,20 +117,21 @@ class Derivation:
 
 
 def derive(layer: Layer) -> Derivation:
-    taken = set(layer.tensors) | set(layer.dims)
-    canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken)
-             for t in layer.tensors.values()}
+    needed = _needed(layer)
+    walked = name_preactivations(layer, needed)
+    needed = _needed(walked)
+    taken = set(walked.tensors) | set(layer.dims)
+    # the spec's own index letters; a network's come from its layers' specs, where one
+    # letter stands for several widths: there the dimensions name the indices (d2, d3)
+    letters, own = ({}, {}) if layer.sections else \
+        (user_letters(layer.equations), slot_letters(walked.equations))
+    canon = {t.name: canonical_indices([dim_symbol(d) for d in t.dims], taken, letters,
+                                       own.get(t.name, ()))
+             for t in walked.tensors.values()}
 
     def adjoint_ref(name, idx):
         return sp.IndexedBase(adjoint_name(name))[tuple(idx)] if idx \
             else sp.Symbol(adjoint_name(name))
-
-    # Tensors whose adjoint matters: the differentiable ones and every value computed from
-    # them (not labels, not `nograd` hyperparameters, not what depends only on those).
-    needed = {t.name for t in layer.differentiable}
-    for eq in layer.equations:
-        if eq.reads & needed:
-            needed.add(eq.target)
 
     # 1. Local contributions, walking the equations backwards.  A recurrence's adjoint
     # (its total: the upstream gradient plus what the next steps send back) is seeded
@@ -123,11 +142,11 @@ def derive(layer: Layer) -> Derivation:
         for t in layer.outputs if t.name in recurrent and t.name in needed}
     contributions = []
     value_reads = {e.target: tensor_names(e.rhs) for e in layer.equations}
-    for eq in reversed(layer.equations):
+    for eq in reversed(walked.equations):
         mapping = {i: fresh(i) for i in eq.indices}
         rhs = freshen_bound(eq.rhs).xreplace(mapping)
         lhs = [mapping[i] for i in eq.indices]
-        y = layer.tensors[eq.target]
+        y = walked.tensors[eq.target]
         seed = sp.Integer(1) if eq.target == layer.loss else adjoint_ref(eq.target, lhs)
         if y.role == "output" and eq.target in defs and eq.target not in recurrent:
             # An output a later equation reads (an LSTM's c_next, read by h_next): its
@@ -136,8 +155,8 @@ def derive(layer: Layer) -> Derivation:
             # the upstream array already holds the name d<output>.
             back = freshen_bound(defs.pop(eq.target))
             seed = seed + back.xreplace(dict(zip(canon[eq.target], lhs)))
-        for xname in sorted(eq.reads & set(layer.tensors)):
-            x = layer.tensors[xname]
+        for xname in sorted(eq.reads & set(walked.tensors)):
+            x = walked.tensors[xname]
             if xname not in needed:
                 continue
             local = sp.diff(rhs, x.ref(*canon[xname]))
@@ -148,21 +167,22 @@ def derive(layer: Layer) -> Derivation:
                 term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
             term = contract(term)
             term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
+            term = written_out(term, walked, layer)
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
             term = _fold_values(term, layer, value_reads, skip=eq)
             free = {i.label.name for i in canon[xname]}
             shown = min((term, merge_sums(term)), key=complexity)   # one sum, not two
             contributions.append(Contribution(
-                eq, xname, tidy_bound(freshen_bound(shown), taken | free)))
+                eq, xname, tidy_bound(freshen_bound(shown), taken | free, letters)))
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.
-    computed = [eq.target for eq in reversed(layer.equations)
+    computed = [eq.target for eq in reversed(walked.equations)
                 if eq.target in defs] + [t.name for t in layer.differentiable]
     uses = Counter()
     for expr in defs.values():
-        for name in _adjoints_read(expr, layer):
+        for name in _adjoints_read(expr, walked):
             uses[name] += 1
     gradients = {t.name for t in layer.differentiable}
     kept = [n for n in computed if n in gradients or uses[n] >= 2]
@@ -171,7 +191,7 @@ def derive(layer: Layer) -> Derivation:
     steps = []
     for name in computed:
         expr = defs.get(name, sp.Integer(0))
-        for ref in sorted(_adjoint_refs(expr, layer), key=str):
+        for ref in sorted(_adjoint_refs(expr, walked), key=str):
             target = ref.base.label.name[1:] if isinstance(ref, sp.Indexed) else ref.name[1:]
             if target in resolved and target not in kept:
                 body = freshen_bound(resolved[target])
@@ -191,13 +211,14 @@ def derive(layer: Layer) -> Derivation:
         if name not in kept:
             continue
         free = {i.label.name for i in canon[name]}
-        expr = tidy_bound(freshen_bound(expr), taken | free)
+        expr = tidy_bound(freshen_bound(expr), taken | free, letters)
         given, used = apply_conditions(expr, layer.conditions, layer)
         if used:
-            given = tidy_bound(freshen_bound(tidy(given)), taken | free)
+            given = tidy_bound(freshen_bound(tidy(given)), taken | free, letters)
         steps.append(Step(name, canon[name], expr, given if used else None, tuple(used),
                           name in gradients))
-    return _name_totals(Derivation(layer, tuple(steps), tuple(contributions)), recurrent)
+    return _name_totals(Derivation(layer, tuple(steps), tuple(contributions), walked,
+                                   canon), recurrent)
 
 
 def upstream_name(tensor: str) -> str:
@@ -228,7 +249,17 @@ def _name_totals(deriv: Derivation, recurrent) -> Derivation:
         label=total_name(s.tensor) if s.tensor in outputs else s.label) for s in deriv.steps)
     contributions = tuple(dataclasses.replace(c, expr=fix(c.expr))
                           for c in deriv.contributions)
-    return Derivation(deriv.layer, steps, contributions)
+    return dataclasses.replace(deriv, steps=steps, contributions=contributions)
+
+
+def _needed(layer):
+    """Tensors whose adjoint matters: the differentiable ones and every value computed from
+    them (not labels, not `nograd` hyperparameters, not what depends only on those)."""
+    needed = {t.name for t in layer.differentiable}
+    for eq in layer.equations:
+        if eq.reads & needed:
+            needed.add(eq.target)
+    return needed
 
 
 def _fold_values(term, layer, value_reads, skip=None):

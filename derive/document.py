@@ -85,12 +85,13 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
     """Every formula of the document; each displayed equation arrives as align* rows
     (lhs &= rhs, long ones broken across lines) for LaTeX, on one line for Markdown."""
     layer = d.layer
-    shapes = {t.name: t.dims for t in layer.tensors.values()}
+    walked = d.walked or layer       # with the pre-activations the derivation named
+    shapes = {t.name: t.dims for t in walked.tensors.values()}
     shapes.update({adjoint_name(n): dims for n, dims in list(shapes.items())})
-    adjoints = {adjoint_name(t) for t in layer.tensors}
+    adjoints = {adjoint_name(t) for t in walked.tensors}
     p = IndexLatexPrinter(adjoints, brackets=True)
     conv = MatrixConverter(shapes, adjoints)
-    taken = set(layer.tensors) | set(layer.dims)
+    taken = set(walked.tensors) | set(layer.dims)
 
     def tex(e):
         return p.doprint(e)
@@ -140,7 +141,11 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
     by_tensor: dict[str, list] = {}
     for c in d.contributions:
         by_tensor.setdefault(c.tensor, []).append(c)
-    order = list(by_tensor) + [s.tensor for s in d.steps if s.tensor not in by_tensor]
+    # each gradient once complete, as the backward pass has it: dx of a gated unit after
+    # the delta dz it reads (x's last contribution comes from z = W x + b)
+    complete = {c.tensor: k for k, c in enumerate(d.contributions)}
+    order = sorted(by_tensor, key=complete.get) + \
+        [s.tensor for s in d.steps if s.tensor not in by_tensor]
     users = {}
     for c in d.contributions:
         if c.equation.target not in steps and c.equation.target != layer.loss:
@@ -148,11 +153,10 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
 
     gradients = []
     for name in order:
-        t = layer.tensors[name]
-        P = canonical_indices([dim_symbol(x) for x in t.dims], taken)
+        P = d.indices(name)
         terms = []
         for c in by_tensor.get(name, []):
-            terms.append(_term(c, P, layer, taken, tex, eq))
+            terms.append(_term(c, P, walked, taken, tex, eq))
         step = steps.get(name)
         entry = dict(name=tex_name(name), title=_partial(tex_name(name), P, p),
                      adjoint=tex(sp.IndexedBase(adjoint_name(name))[P]) if P
@@ -172,7 +176,7 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
                     index=eq(lhs, tex(step.given)),
                     matrix=eq(tex_adjoint(name), gm) if gm else None)
         gradients.append(entry)
-    gradients = _by_layer(layer, gradients, dict(zip(order, gradients)))
+    gradients = _by_layer(walked, gradients, dict(zip(order, gradients)))
 
     deltas = [s for s in d.steps if not s.is_gradient]
     recursion = []

@@ -90,29 +90,26 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
                 values.setdefault(t.name, np.zeros([sizes[d] for d in t.dims]))
         for s in derivation.steps:
             values.setdefault(s.name, np.zeros(
-                [sizes[d] for d in layer.tensors[s.tensor].dims]))
+                [sizes[d] for d in derivation.tensor(s.tensor).dims]))
     for _ in range(passes):
         for eq in layer.equations:
             dims = layer.tensors[eq.target].dims
             values[eq.target] = compute(eq.rhs, eq.indices, dims)
     for _ in range(passes):
         for step in derivation.steps:
-            dims = layer.tensors[step.tensor].dims
+            dims = derivation.tensor(step.tensor).dims
             expr = step.simplest if given else step.expr
             values[step.name] = compute(expr, step.indices, dims)
     if every_adjoint:
         # Also the adjoints the derivation inlined (dy, da1, ...): each is the sum of its
         # contributions, which read only steps and adjoints computed before it here.
-        from .indices import canonical_indices
-
-        taken = set(layer.tensors) | set(layer.dims)
         order = [eq.target for eq in reversed(layer.equations)] + \
             [t.name for t in layer.differentiable]
         for name in order:
             if name == layer.loss or adjoint_name(name) in values:
                 continue
             t = layer.tensors[name]
-            idx = canonical_indices([dim_symbol(d) for d in t.dims], taken)
+            idx = derivation.indices(name)
             total = sum((c.expr for c in derivation.contributions if c.tensor == name),
                         sp.Integer(0))
             values[adjoint_name(name)] = compute(total, idx, t.dims)

@@ -48,10 +48,12 @@ def fresh(i: sp.Idx) -> sp.Idx:
     return sp.Idx(f"{i.label.name}~{next(_fresh)}", dim_of(i))
 
 
-def readable(dim: sp.Symbol, taken: set[str]) -> sp.Idx:
-    """A readable index over `dim` whose name is not in `taken`."""
+def readable(dim: sp.Symbol, taken: set[str], prefer=()) -> sp.Idx:
+    """A readable index over `dim` whose name is not in `taken`: one of `prefer` (the
+    letters the spec itself uses for dim) if free, else dim's own lower-case name, else
+    one of POOL."""
     first = str(dim).lower()
-    for name in itertools.chain([first], POOL):
+    for name in itertools.chain(prefer, [first], POOL):
         if name not in taken and name.isidentifier():
             return sp.Idx(name, dim)
     for n in itertools.count(2):
@@ -61,12 +63,15 @@ def readable(dim: sp.Symbol, taken: set[str]) -> sp.Idx:
     raise AssertionError("unreachable")
 
 
-def canonical_indices(dims, taken: set[str]) -> tuple[sp.Idx, ...]:
-    """Readable free indices for a tensor with the given dimension symbols."""
+def canonical_indices(dims, taken: set[str], letters=None, own=()) -> tuple[sp.Idx, ...]:
+    """Readable free indices for a tensor with the given dimension symbols.  Tried first:
+    `own`, a name per slot (the spec's own for this tensor, slot_letters), then `letters`,
+    dimension -> names (user_letters)."""
     out = []
     used = set(taken)
-    for d in dims:
-        i = readable(d, used)
+    for k, d in enumerate(dims):
+        mine = (own[k],) if k < len(own) and own[k] else ()
+        i = readable(d, used, mine + (letters or {}).get(d, ()))
         used.add(i.label.name)
         out.append(i)
     return tuple(out)
@@ -94,25 +99,58 @@ def _rebind(expr, mapping, body):
     return expr.func(body.xreplace(mapping), *rest)
 
 
-def tidy_bound(expr, taken: set[str]):
-    """Give every summation index a readable name unused in its scope."""
+def tidy_bound(expr, taken: set[str], letters=None):
+    """Give every summation index a readable name unused in its scope (one of `letters`,
+    dimension -> names, first)."""
+    letters = letters or {}
     if isinstance(expr, sp.Sum):
         scope = set(taken) | {i.label.name for i in free_indices(expr)}
         mapping = {}
         for k, lo, hi in expr.limits:
-            new = readable(dim_of(k), scope)
+            new = readable(dim_of(k), scope, letters.get(dim_of(k), ()))
             scope.add(new.label.name)
             mapping[k] = new
         body = expr.function.xreplace(mapping)
-        body = tidy_bound(body, scope)
+        body = tidy_bound(body, scope, letters)
         return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
     if hasattr(expr, "bound_indices") and expr.bound_indices:   # a max over an index
         scope = set(taken) | {i.label.name for i in free_indices(expr)}
         mapping = {}
         for k in expr.bound_indices:
-            mapping[k] = readable(dim_of(k), scope)
+            mapping[k] = readable(dim_of(k), scope, letters.get(dim_of(k), ()))
             scope.add(mapping[k].label.name)
-        return _rebind(expr, mapping, tidy_bound(expr.args[0], scope))
+        return _rebind(expr, mapping, tidy_bound(expr.args[0], scope, letters))
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
         return expr
-    return expr.func(*[tidy_bound(a, taken) for a in expr.args])
+    return expr.func(*[tidy_bound(a, taken, letters) for a in expr.args])
+
+
+def user_letters(equations) -> dict[sp.Symbol, tuple[str, ...]]:
+    """dimension -> the index names the equations use for it, in order of first use
+    (W[i, j] * x[n, j]: I -> (i, j)), so printed gradients keep the spec's letters."""
+    out: dict = {}
+    for eq in equations:
+        for i in itertools.chain(eq.indices, sp.preorder_traversal(eq.rhs)):
+            if isinstance(i, sp.Idx) and i.label.name.isidentifier():
+                names = out.setdefault(dim_of(i), [])
+                if i.label.name not in names:
+                    names.append(i.label.name)
+    return {d: tuple(names) for d, names in out.items()}
+
+
+def slot_letters(equations) -> dict[str, tuple]:
+    """tensor -> the index names the spec first writes in its slots (None where a slot
+    holds an expression): W[i, j] * x[n, j] gives W (i, j) and x (n, j)."""
+    out: dict = {}
+    # a read at the left-hand side's indices first: softmax's z[n, i], not the z[n, k]
+    # of its sum
+    for free_only in (True, False):
+        for eq in equations:
+            out.setdefault(eq.target, tuple(i.label.name for i in eq.indices))
+            for r in sp.preorder_traversal(eq.rhs):
+                if isinstance(r, sp.Indexed) and (
+                        not free_only or set(r.atoms(sp.Idx)) <= set(eq.indices)):
+                    out.setdefault(r.base.label.name, tuple(
+                        i.label.name if isinstance(i, sp.Idx) and i.label.name.isidentifier()
+                        else None for i in r.indices))
+    return out

@@ -44,9 +44,9 @@ class IndexLatexPrinter(LatexPrinter):
         return tex_name(name)
 
     def _print_Add(self, expr, order=None):
-        # positive terms first: y - t rather than -t + y
+        # positive terms first: y - t rather than -t + y; a product first: W x + b
         terms = sorted(expr.args, key=lambda t: (t.could_extract_minus_sign(),
-                                                 sp.default_sort_key(t)))
+                                                 not t.has(sp.Sum), sp.default_sort_key(t)))
         out = ""
         for k, t in enumerate(terms):
             if t.could_extract_minus_sign():
@@ -60,6 +60,41 @@ class IndexLatexPrinter(LatexPrinter):
 
     def _print_Symbol(self, expr, style="plain"):
         return self.name(expr.name)
+
+    def _print_Mul(self, expr):
+        """Factors in the order a textbook writes them: constants, a contraction, the
+        tensors, then the functions and sums of them: (W^T delta) a (1 - a), not
+        (1 - a) a W^T delta."""
+        if expr.could_extract_minus_sign():
+            rest = -expr
+            body = self._print(rest)
+            return "- " + (rf"\left({body}\right)" if isinstance(rest, sp.Add) else body)
+        ordered = sp.Mul(*sorted(expr.args, key=self._textbook_rank), evaluate=False)
+        before = self._settings["order"]
+        self._settings["order"] = "none"
+        try:
+            return super()._print_Mul(ordered)
+        finally:
+            self._settings["order"] = before
+
+    def _textbook_rank(self, factor):
+        base = factor.base if isinstance(factor, sp.Pow) else factor
+        backpropagated = isinstance(base, sp.Sum) and any(
+            a.base.label.name in self.adjoints for a in base.atoms(sp.Indexed))
+        rank = (0 if factor.is_Number else 1 if isinstance(base, sp.Symbol)
+                else 2 if isinstance(base, sp.KroneckerDelta) else 3 if backpropagated
+                else 4 if isinstance(base, sp.Indexed) else 8 if isinstance(base, sp.Sum)
+                else 7 if isinstance(base, sp.Add) else 6)     # a last sum needs no ( )
+        # among tensors a matrix (upper case) first, then the adjoint: W delta, abar a
+        name = base.base.label.name if isinstance(base, sp.Indexed) else ""
+        kind = 0 if name[:1].isupper() else 1 if name in self.adjoints else 2
+        return rank, kind, sp.default_sort_key(factor)
+
+    def _needs_mul_brackets(self, expr, first=False, last=False):
+        # a bracket [s > 0] is its own parenthesis, even around a sum
+        if isinstance(expr, (sp.Heaviside, sp.KroneckerDelta)):
+            return False
+        return super()._needs_mul_brackets(expr, first, last)
 
     def _print_Idx(self, expr):
         return tex_index(expr.label.name)
@@ -176,9 +211,9 @@ class IndexLatexPrinter(LatexPrinter):
     def _print_Heaviside(self, expr, exp=None):
         e = self._print(expr.args[0])
         if len(expr.args) > 1 and expr.args[1] == sp.Rational(1, 2):   # a tie split evenly
-            return r"\left(\mathbb{1}\left[%s > 0\right] + \tfrac{1}{2} " \
-                r"\mathbb{1}\left[%s = 0\right]\right)" % (e, e)
-        return r"\mathbb{1}\left[%s > 0\right]" % e
+            return r"\left(\left[%s > 0\right] + \tfrac{1}{2} " \
+                r"\left[%s = 0\right]\right)" % (e, e)
+        return r"\left[%s > 0\right]" % e
 
     def _print_Maximum(self, expr):
         return r"\max_{%s} %s" % (self._print(expr.args[1]), self._print(expr.args[0]))
@@ -295,8 +330,10 @@ class Hadamard(MNode):
     prec = 1
 
     def latex(self):
-        # matrix products first, as textbooks write (W^T delta) (.) sigma'(z)
-        ordered = sorted(self.factors, key=lambda f: not isinstance(f, Product))
+        # matrix products first, as textbooks write (W^T delta) (.) sigma'(z), and sums
+        # of terms last: a (.) (1 - a)
+        ordered = sorted(self.factors, key=lambda f: (not isinstance(f, Product),
+                                                      isinstance(f, Sum_)))
         return r" \odot ".join(_wrap(f, 3 if isinstance(f, (Product, _T)) else 2)
                                for f in ordered)
 
@@ -350,7 +387,10 @@ class Apply(MNode):        # an elementwise function
         if self.func == "pow":
             return rf"{_wrap(self.arg, 4)}^{{\odot {sp.latex(self.power)}}}"
         if self.func == "step":
-            return r"\mathbb{1}\left[%s > 0\right]" % self.arg.latex()
+            return r"\left[%s > 0\right]" % self.arg.latex()
+        if self.func == "step_tie":         # a tie split evenly (max of two values)
+            a = self.arg.latex()
+            return r"\left(\left[%s > 0\right] + \tfrac{1}{2} \left[%s = 0\right]\right)" % (a, a)
         if self.func == "sqrt":
             return r"\sqrt{%s}" % self.arg.latex()
         name = {"sigmoid": r"\sigma", "exp": r"\exp", "log": r"\log", "tanh": r"\tanh",
@@ -369,6 +409,7 @@ class Apply(MNode):        # an elementwise function
                 "sin": np.sin, "cos": np.cos, "log1p": np.log1p, "expm1": np.expm1,
                 "erf": np.vectorize(math.erf), "sign": np.sign, "abs": np.abs,
                 "step": lambda a: (a > 0).astype(float),
+                "step_tie": lambda a: np.heaviside(a, 0.5),
                 "pow": lambda a: a ** float(self.power)}[self.func](v)
 
 
@@ -423,7 +464,8 @@ class MatrixConverter:
             return Apply("pow", base, e.exp), have
         if isinstance(e, sp.Heaviside):
             arg, have = self._node(e.args[0], axes)
-            return Apply("step", arg), have
+            tie = len(e.args) > 1 and e.args[1] == sp.Rational(1, 2)
+            return Apply("step_tie" if tie else "step", arg), have
         if isinstance(e, sp.KroneckerDelta):
             return self._one_hot(e, axes)
         for f, name in FUNCS.items():

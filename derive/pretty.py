@@ -168,7 +168,8 @@ def derivation_text(derivation) -> str:
     lines += ["", "backward" + (f", from {seed}" if seed else "") +
               (f"{' and' if seed else ', from'} the upstream gradient{'s' if len(derivation.upstream) > 1 else ''} {ups}" if ups else "") + ":"]
     # a network's gradients layer by layer, from the last: the delta recursion (BP2)
-    for section, steps in layer.by_section(derivation.steps, lambda s: s.tensor):
+    walked = derivation.walked or layer      # a named pre-activation's layer is its reader's
+    for section, steps in walked.by_section(derivation.steps, lambda s: s.tensor):
         pad = "  " if not section else "    "
         if section:
             lines.append(f"  layer {section} ({layer.sections[section]}):")

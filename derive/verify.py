@@ -38,7 +38,7 @@ from .claims import (Bin, Claim, ClaimError, Func, Grad, Indicator, Jacobian, Ne
 from .derivation import Derivation, adjoint_name
 from .evaluate import _compute, evaluate
 from .functions import relu, sigmoid, softplus, tanh
-from .indices import canonical_indices, free_indices, freshen_bound, tidy_bound
+from .indices import free_indices, freshen_bound, tidy_bound
 from .spec import dim_symbol
 
 BATCH = "N"
@@ -676,12 +676,11 @@ def _adjoint_formulas(d: Derivation) -> dict:
     layer = d.layer
     upstream = {adjoint_name(t.name) for t in layer.upstream}
     out = {s.name: (s.indices, s.expr) for s in d.steps if s.name not in upstream}
-    taken = set(layer.tensors) | set(layer.dims)
     for c in d.contributions:
         name = adjoint_name(c.tensor)
         if name in upstream or any(s.name == name for s in d.steps):
             continue
-        idx = canonical_indices([dim_symbol(x) for x in layer.tensors[c.tensor].dims], taken)
+        idx = d.indices(c.tensor)
         before = out.get(name, (idx, sp.Integer(0)))[1]
         out[name] = (idx, before + c.expr)
     return out

@@ -147,9 +147,10 @@ def test_gated_unit_from_a_spec_file(tmp_path):
     from derive import load_spec
 
     d = derive(load_spec(spec))
-    assert [s.name for s in d.steps] == ["dg", "dx", "dW", "db"]
+    # the sigmoid's argument W x + b is named for the walk: its adjoint dz_g is the step
+    assert [s.name for s in d.steps] == ["dz_g", "dx", "dW", "db"]
     text = str(d.step("x").expr)
-    assert "g[n, i]" in text and "Sum" in text
+    assert "g[n, i]" in text and "Sum" in text and "dz_g" in text
 
 
 def test_decimal_literals():

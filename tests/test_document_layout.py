@@ -152,3 +152,33 @@ def test_long_sum_breaks_inside_its_widest_parenthesis():
     assert len(rows) > 2 and all(width(r) <= 40 for r in rows)
     assert rows[0].startswith(r"c \Bigl(") and rows[-1].endswith(r"\Bigr) - d")
     assert aligned("y", "x").startswith("y &= x")
+
+
+RELU_OF_A_SUM = "layer t\ndims N, I\ninput x[N, I]\noutput y[N]\n\ny[n] = relu(sum(x[n, i], i))\n"
+TIE = "layer t\ndims N\ninput x[N], v[N]\noutput y[N]\n\ny[n] = max(x[n], v[n])\n"
+
+
+@pytest.mark.parametrize("spec, shown", [
+    (RELU_OF_A_SUM, r"\bar{x}_{ni} &= \bar{y}_{n} \left[\sum_{k} x_{nk} > 0\right]"),
+    (TIE, r"\left(\left[x_{n} - v_{n} > 0\right] + \tfrac{1}{2} \left[x_{n} - v_{n} = 0\right]\right)")])
+def test_indicator_is_an_iverson_bracket(tmp_path, spec, shown):
+    """relu' and max's tie as [s > 0], [s = 0]: \\mathbb{1} set a 'not-models' sign (the msbm
+    font has no digit 1), and the sum inside needs no parenthesis around the bracket."""
+    from derive.document import document
+
+    tex = document(derive(parse_spec(spec)))
+    assert r"\mathbb" not in tex
+    assert shown in tex
+    errors, over = compile_tex(tmp_path, derive(parse_spec(spec)))
+    assert not errors, errors
+
+
+def test_named_preactivation_document_compiles(tmp_path):
+    """A gated unit's document shows the delta of the named argument z_g."""
+    from .oracles import GATED
+
+    d = derive(parse_spec(GATED))
+    errors, over = compile_tex(tmp_path, d)
+    assert not errors, errors
+    assert all(w <= TOLERANCE_PT for w in over), over
+    assert r"\bar{z}^{\mathrm{g}}_{ni} &= " in (tmp_path / "doc.tex").read_text()

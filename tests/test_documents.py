@@ -75,8 +75,8 @@ def test_textbook_matrix_forms():
     shapes.update({"d" + n: dims for n, dims in list(shapes.items())})
     conv = MatrixConverter(shapes, {"d" + t for t in layer.tensors})
     form = {s.tensor: conv.convert(s.expr, s.indices).latex() for s in d.steps}
-    assert form["z1"] == (r"\left(\bar{z}^{(2)} W^{(2)}\right) \odot \left(1 - a^{(1)}\right)"
-                          r" \odot a^{(1)}")
+    assert form["z1"] == (r"\left(\bar{z}^{(2)} W^{(2)}\right) \odot a^{(1)} \odot "
+                          r"\left(1 - a^{(1)}\right)")
     assert form["W1"] == r"\left(\bar{z}^{(1)}\right)^{T} x"
     assert form["b2"] == r"\left(\bar{z}^{(2)}\right)^{T} \mathbf{1}"
     assert form["x"] == r"\bar{z}^{(1)} W^{(1)}"
@@ -143,3 +143,20 @@ def test_missing_engine_is_named(tmp_path):
 def test_jupyter_repr():
     latex = derive(builtin("dense"))._repr_latex_()
     assert latex.startswith("$$") and r"\bar{W}_{ij} &= \sum_{n} \bar{z}_{ni} x_{nj}" in latex
+
+
+def test_matrix_form_of_a_tie_keeps_its_half():
+    """max(x, v)'s gradient splits a tie evenly: the matrix form says so and evaluates to
+    it where x = v (it printed [x - v > 0] (.) ybar, 0 at a tie)."""
+    from derive import parse_spec
+
+    d = derive(parse_spec("layer t\ndims N\ninput x[N], v[N]\noutput y[N]\n\n"
+                          "y[n] = max(x[n], v[n])\n"))
+    step = d.step("x")
+    conv = MatrixConverter({"x": ("N",), "v": ("N",), "y": ("N",), "dy": ("N",),
+                            "dx": ("N",)}, {"dx", "dv", "dy"})
+    m = conv.convert(step.expr, step.indices)
+    assert r"\tfrac{1}{2} \left[x - v = 0\right]" in m.latex()
+    values = dict(x=np.array([1.0, 2.0, 3.0]), v=np.array([1.0, 1.0, 4.0]),
+                  dy=np.array([2.0, 2.0, 2.0]))
+    np.testing.assert_allclose(np.ravel(m.evaluate(values, dict(N=3))), [1.0, 2.0, 0.0])

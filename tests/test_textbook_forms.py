@@ -104,3 +104,48 @@ def test_nested_activation_is_a_product_of_local_derivatives():
     expected = sp.IndexedBase("da")[n, i] * a * (1 - a) * (1 - sp.tanh(x) ** 2)
     assert sp.simplify(s.expr - expected) == 0
     assert isinstance(s.expr, sp.Mul) and len(s.expr.args) == 4
+
+
+# ---- the documents: factors and gradients in the order a textbook writes them ------------
+
+def test_document_factors_in_textbook_order():
+    """delta1 = (W2^T delta2) (.) a1 (1 - a1): the backpropagated product first, the local
+    derivative as a (1 - a), not (1 - a) a W^T delta; W x + b with the product first."""
+    from derive.document import document
+
+    tex = document(derive(builtin("mlp2")))
+    assert (r"\left(\sum_{c} W^{(2)}_{ch} \bar{z}^{(2)}_{nc}\right) a^{(1)}_{nh} "
+            r"\left(1 - a^{(1)}_{nh}\right)") in tex
+    assert (r"\left(\bar{z}^{(2)} W^{(2)}\right) \odot a^{(1)} \odot "
+            r"\left(1 - a^{(1)}\right)") in tex
+    assert r"z^{(1)}_{nh} &= \sum_{d} W^{(1)}_{hd} x_{nd} + b^{(1)}_{h}" in tex
+    # the adjoint before the values it meets (delta a^T), a matrix before the adjoint
+    assert r"\bar{z}^{(1)}_{nh} &\mathrel{+}= \bar{a}^{(1)}_{nh} a^{(1)}_{nh} \left(1" in tex
+    assert r"\bar{W}^{(2)}_{ch} &= \sum_{n} \bar{z}^{(2)}_{nc} a^{(1)}_{nh}" in tex
+    assert (r"[h = l] [k = n] \sigma\left(z^{(1)}_{kl}\right) "
+            r"\left(1 - \sigma\left(z^{(1)}_{kl}\right)\right)") in tex
+
+
+def test_document_shows_each_gradient_once_complete():
+    """A gated unit: the delta dz_g before the dx that reads it (dx's last contribution
+    comes through z_g = W x + b), the layer's gradients after it."""
+    from derive.document import context
+
+    from .oracles import GATED
+
+    names = [g["name"] for g in context(derive(parse_spec(GATED)))["gradients"]]
+    assert names == ["g", r"z^{\mathrm{g}}", "W", "b", "x"]
+
+
+def test_gradients_keep_the_spec_index_letters():
+    """z2[n, g] = W2[g, h] a[n, h]: dW2[g, h] = sum_n dz2[n, g] a[n, h], and dx sums over
+    g, the letters the spec wrote (not h, k from the dimension's name and the pool)."""
+    layer = parse_spec("layer t\ndims N, H\ninput a[N, H]\nparam W2[H, H]\n"
+                       "output z2[N, H]\n\nz2[n, g] = W2[g, h] * a[n, h]\n")
+    d = derive(layer)
+    assert [i.label.name for i in d.step("W2").indices] == ["g", "h"]
+    assert [i.label.name for i in d.step("a").indices] == ["n", "h"]
+    from derive.pretty import formula
+
+    assert formula(d.step("a").expr) == "sum_g(W2[g, h]*dz2[n, g])"
+    assert formula(d.step("W2").expr) == "sum_n(a[n, h]*dz2[n, g])"

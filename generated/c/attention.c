@@ -13,10 +13,10 @@
  *   y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e]
  * Backward pass (from the upstream gradient dy):
  *   dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
- *   ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
- *   dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
- *   dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
- *   dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
+ *   ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
+ *   dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
+ *   dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
+ *   dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
  *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
@@ -321,23 +321,23 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         /* sum over e */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t m = 0; m < T; ++m) {
+                for (ptrdiff_t w = 0; w < T; ++w) {
                     float bp_acc1 = 0;
                     BP_OMP(simd reduction(+:bp_acc1))
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc1 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + m)*E + e];
+                        bp_acc1 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + w)*E + e];
                     }
-                    _s2[((b*H + h)*T + t)*T + m] = bp_acc1;
+                    _s2[((b*H + h)*T + t)*T + w] = bp_acc1;
                 }
             }
         }
-        /* sum over m */
+        /* sum over w */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 float bp_acc2 = 0;
                 BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t m = 0; m < T; ++m) {
-                    bp_acc2 += _s2[((b*H + h)*T + t)*T + m]*a[((b*H + h)*T + t)*T + m];
+                for (ptrdiff_t w = 0; w < T; ++w) {
+                    bp_acc2 += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
                 }
                 _s3[(b*H + h)*T + t] = bp_acc2;
             }
@@ -345,28 +345,28 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         /* sum over e */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
+                for (ptrdiff_t u = 0; u < T; ++u) {
                     float bp_acc3 = 0;
                     BP_OMP(simd reduction(+:bp_acc3))
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc3 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + l)*E + e];
+                        bp_acc3 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
                     }
-                    _s4[((b*H + h)*T + t)*T + l] = bp_acc3;
+                    _s4[((b*H + h)*T + t)*T + u] = bp_acc3;
                 }
             }
         }
-        /* ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l] */
+        /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 const float bp_acc4_r0 = _s3[(b*H + h)*T + t];
                 const float bp_acc4_r1 = -bp_acc4_r0;
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < T; ++l) {
-                    ds[((b*H + h)*T + t)*T + l] = (bp_acc4_r1 + _s4[((b*H + h)*T + t)*T + l])*a[((b*H + h)*T + t)*T + l];
+                for (ptrdiff_t u = 0; u < T; ++u) {
+                    ds[((b*H + h)*T + t)*T + u] = (bp_acc4_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
                 }
             }
         }
-        /* dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e]) */
+        /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -376,17 +376,17 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t l = 0; l < T; ++l) {
+            for (ptrdiff_t u = 0; u < T; ++u) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const float bp_acc5_r0 = a[((b*H + h)*T + l)*T + t];
+                    const float bp_acc5_r0 = a[((b*H + h)*T + u)*T + t];
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] += bp_acc5_r0*dctx[((b*H + h)*T + l)*E + e];
+                        dv[((b*H + h)*T + t)*E + e] += bp_acc5_r0*dctx[((b*H + h)*T + u)*E + e];
                     }
                 }
             }
         }
-        /* dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E) */
+        /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -396,18 +396,18 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t l = 0; l < T; ++l) {
+            for (ptrdiff_t u = 0; u < T; ++u) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const float bp_acc6_r0 = ds[((b*H + h)*T + l)*T + t];
+                    const float bp_acc6_r0 = ds[((b*H + h)*T + u)*T + t];
                     const float bp_acc6_r1 = bp_acc6_r0*bp_k0;
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] += bp_acc6_r1*q[((b*H + h)*T + l)*E + e];
+                        dk[((b*H + h)*T + t)*E + e] += bp_acc6_r1*q[((b*H + h)*T + u)*E + e];
                     }
                 }
             }
         }
-        /* dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E) */
+        /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -418,12 +418,12 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
-                    const float bp_acc7_r0 = ds[((b*H + h)*T + t)*T + l];
+                for (ptrdiff_t u = 0; u < T; ++u) {
+                    const float bp_acc7_r0 = ds[((b*H + h)*T + t)*T + u];
                     const float bp_acc7_r1 = bp_acc7_r0*bp_k0;
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] += bp_acc7_r1*k[((b*H + h)*T + l)*E + e];
+                        dq[((b*H + h)*T + t)*E + e] += bp_acc7_r1*k[((b*H + h)*T + u)*E + e];
                     }
                 }
             }
@@ -712,23 +712,23 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         /* sum over e */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t m = 0; m < T; ++m) {
+                for (ptrdiff_t w = 0; w < T; ++w) {
                     double bp_acc1 = 0;
                     BP_OMP(simd reduction(+:bp_acc1))
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc1 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + m)*E + e];
+                        bp_acc1 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + w)*E + e];
                     }
-                    _s2[((b*H + h)*T + t)*T + m] = bp_acc1;
+                    _s2[((b*H + h)*T + t)*T + w] = bp_acc1;
                 }
             }
         }
-        /* sum over m */
+        /* sum over w */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 double bp_acc2 = 0;
                 BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t m = 0; m < T; ++m) {
-                    bp_acc2 += _s2[((b*H + h)*T + t)*T + m]*a[((b*H + h)*T + t)*T + m];
+                for (ptrdiff_t w = 0; w < T; ++w) {
+                    bp_acc2 += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
                 }
                 _s3[(b*H + h)*T + t] = bp_acc2;
             }
@@ -736,28 +736,28 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         /* sum over e */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
+                for (ptrdiff_t u = 0; u < T; ++u) {
                     double bp_acc3 = 0;
                     BP_OMP(simd reduction(+:bp_acc3))
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc3 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + l)*E + e];
+                        bp_acc3 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
                     }
-                    _s4[((b*H + h)*T + t)*T + l] = bp_acc3;
+                    _s4[((b*H + h)*T + t)*T + u] = bp_acc3;
                 }
             }
         }
-        /* ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l] */
+        /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 const double bp_acc4_r0 = _s3[(b*H + h)*T + t];
                 const double bp_acc4_r1 = -bp_acc4_r0;
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < T; ++l) {
-                    ds[((b*H + h)*T + t)*T + l] = (bp_acc4_r1 + _s4[((b*H + h)*T + t)*T + l])*a[((b*H + h)*T + t)*T + l];
+                for (ptrdiff_t u = 0; u < T; ++u) {
+                    ds[((b*H + h)*T + t)*T + u] = (bp_acc4_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
                 }
             }
         }
-        /* dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e]) */
+        /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -767,17 +767,17 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t l = 0; l < T; ++l) {
+            for (ptrdiff_t u = 0; u < T; ++u) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const double bp_acc5_r0 = a[((b*H + h)*T + l)*T + t];
+                    const double bp_acc5_r0 = a[((b*H + h)*T + u)*T + t];
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] += bp_acc5_r0*dctx[((b*H + h)*T + l)*E + e];
+                        dv[((b*H + h)*T + t)*E + e] += bp_acc5_r0*dctx[((b*H + h)*T + u)*E + e];
                     }
                 }
             }
         }
-        /* dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E) */
+        /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -787,18 +787,18 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t l = 0; l < T; ++l) {
+            for (ptrdiff_t u = 0; u < T; ++u) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const double bp_acc6_r0 = ds[((b*H + h)*T + l)*T + t];
+                    const double bp_acc6_r0 = ds[((b*H + h)*T + u)*T + t];
                     const double bp_acc6_r1 = bp_acc6_r0*bp_k0;
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] += bp_acc6_r1*q[((b*H + h)*T + l)*E + e];
+                        dk[((b*H + h)*T + t)*E + e] += bp_acc6_r1*q[((b*H + h)*T + u)*E + e];
                     }
                 }
             }
         }
-        /* dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E) */
+        /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -809,12 +809,12 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
-                    const double bp_acc7_r0 = ds[((b*H + h)*T + t)*T + l];
+                for (ptrdiff_t u = 0; u < T; ++u) {
+                    const double bp_acc7_r0 = ds[((b*H + h)*T + t)*T + u];
                     const double bp_acc7_r1 = bp_acc7_r0*bp_k0;
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] += bp_acc7_r1*k[((b*H + h)*T + l)*E + e];
+                        dq[((b*H + h)*T + t)*E + e] += bp_acc7_r1*k[((b*H + h)*T + u)*E + e];
                     }
                 }
             }

@@ -71,10 +71,10 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
 
 /* backward, float:
  *   dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
- *   ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
- *   dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
- *   dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
- *   dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
+ *   ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
+ *   dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
+ *   dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
+ *   dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
  *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
@@ -100,10 +100,10 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
 
 /* backward, double:
  *   dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
- *   ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
- *   dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
- *   dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
- *   dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
+ *   ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
+ *   dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
+ *   dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
+ *   dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
  *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])

@@ -68,11 +68,11 @@ void bp_batchnorm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict mu, float *restrict var, float *restrict rstd, float *restrict xhat, float *restrict bp_work);
 
 /* backward, float:
- *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
- *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
- *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
- *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
- *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
+ *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
+ *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
+ *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
+ *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]
  * out: dx[N, C, H, W], dw[C], db[C]
  */
@@ -90,11 +90,11 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict mu, double *restrict var, double *restrict rstd, double *restrict xhat, double *restrict bp_work);
 
 /* backward, double:
- *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
- *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
- *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
- *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
- *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
+ *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
+ *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
+ *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
+ *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]
  * out: dx[N, C, H, W], dw[C], db[C]
  */

@@ -72,8 +72,8 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 
 /* backward, float:
  *   dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
- *   dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout])
- *   db[o] = sum_{n,lout}(dy[n, o, lout])
+ *   dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
+ *   db[o] = sum_{n,i}(dy[n, o, i])
  * in:  x[N, C, L], w[O, C, K], b[O], dy[N, O, Lout]
  * out: dx[N, C, L], dw[O, C, K], db[O]
  */
@@ -88,8 +88,8 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 
 /* backward, double:
  *   dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
- *   dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout])
- *   db[o] = sum_{n,lout}(dy[n, o, lout])
+ *   dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
+ *   db[o] = sum_{n,i}(dy[n, o, i])
  * in:  x[N, C, L], w[O, C, K], b[O], dy[N, O, Lout]
  * out: dx[N, C, L], dw[O, C, K], db[O]
  */

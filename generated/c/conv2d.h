@@ -72,9 +72,9 @@ int bp_conv2d_gemm_per_thread(void);
 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw])
- *   dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout])
- *   db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout])
+ *   dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+ *   dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
+ *   db[o] = sum_{n,i,j}(dy[n, o, i, j])
  * in:  x[N, C, H, W], w[O, C, KH, KW], b[O], dy[N, O, Hout, Wout]
  * out: dx[N, C, H, W], dw[O, C, KH, KW], db[O]
  */
@@ -88,9 +88,9 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw])
- *   dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout])
- *   db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout])
+ *   dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+ *   dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
+ *   db[o] = sum_{n,i,j}(dy[n, o, i, j])
  * in:  x[N, C, H, W], w[O, C, KH, KW], b[O], dy[N, O, Hout, Wout]
  * out: dx[N, C, H, W], dw[O, C, KH, KW], db[O]
  */

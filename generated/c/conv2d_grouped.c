@@ -6,9 +6,9 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw])
- *   dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout])
- *   db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout])
+ *   dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+ *   dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
+ *   db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -34,13 +34,8 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
- * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
- * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
- * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
- * backward started a team for 3 us of work). */
+/* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
-#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -125,7 +120,7 @@ int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
     (void)W;
     (void)bp_work;
     /* y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o] */
-    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -138,7 +133,7 @@ int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -165,30 +160,30 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
     (void)b;
     (void)bp_work;
-    /* dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw]) */
-    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
+    /* dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
+    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
-            for (ptrdiff_t cg = 0; cg < CG; ++cg) {
+            for (ptrdiff_t c = 0; c < CG; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
-                        dx[(((n*G + g)*CG + cg)*H + h)*W + k] = 0;
+                        dx[(((n*G + g)*CG + c)*H + h)*W + k] = 0;
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t og = 0; og < OG; ++og) {
-                for (ptrdiff_t cg = 0; cg < CG; ++cg) {
+            for (ptrdiff_t o = 0; o < OG; ++o) {
+                for (ptrdiff_t c = 0; c < CG; ++c) {
                     for (ptrdiff_t h = 0; h < H; ++h) {
-                        for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
+                        for (ptrdiff_t p = bp_imax(0, -Hout + h + 1); p < (1 + bp_imin(KH - 1, h)); ++p) {
                             for (ptrdiff_t k = 0; k < W; ++k) {
-                                for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
-                                    dx[(((n*G + g)*CG + cg)*H + h)*W + k] += dy[(((n*G + g)*OG + og)*Hout + h - kh)*Wout + k - kw]*w[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw];
+                                for (ptrdiff_t q = bp_imax(0, -Wout + k + 1); q < (1 + bp_imin(KW - 1, k)); ++q) {
+                                    dx[(((n*G + g)*CG + c)*H + h)*W + k] += dy[(((n*G + g)*OG + o)*Hout + h - p)*Wout + k - q]*w[(((g*OG + o)*CG + c)*KH + p)*KW + q];
                                 }
                             }
                         }
@@ -197,27 +192,27 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
-        /* dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout]) */
-        for (ptrdiff_t og = 0; og < OG; ++og) {
-            for (ptrdiff_t cg = 0; cg < CG; ++cg) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+        /* dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q]) */
+        for (ptrdiff_t o = 0; o < OG; ++o) {
+            for (ptrdiff_t c = 0; c < CG; ++c) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     BP_OMP(simd)
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        dw[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw] = 0;
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        dw[(((g*OG + o)*CG + c)*KH + p)*KW + q] = 0;
                     }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t og = 0; og < OG; ++og) {
-                for (ptrdiff_t cg = 0; cg < CG; ++cg) {
-                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                            for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                                    dw[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw] += dy[(((n*G + g)*OG + og)*Hout + hout)*Wout + wout]*x[(((n*G + g)*CG + cg)*H + hout + kh)*W + kw + wout];
+            for (ptrdiff_t o = 0; o < OG; ++o) {
+                for (ptrdiff_t c = 0; c < CG; ++c) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                                    dw[(((g*OG + o)*CG + c)*KH + p)*KW + q] += dy[(((n*G + g)*OG + o)*Hout + i)*Wout + j]*x[(((n*G + g)*CG + c)*H + i + p)*W + j + q];
                                 }
                             }
                         }
@@ -225,16 +220,16 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
                 }
             }
         }
-        /* db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]) */
+        /* db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t og = 0; og < OG; ++og) {
-            db[g*OG + og] = 0;
+        for (ptrdiff_t o = 0; o < OG; ++o) {
+            db[g*OG + o] = 0;
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t og = 0; og < OG; ++og) {
-                for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                    for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                        db[g*OG + og] += dy[(((n*G + g)*OG + og)*Hout + hout)*Wout + wout];
+            for (ptrdiff_t o = 0; o < OG; ++o) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        db[g*OG + o] += dy[(((n*G + g)*OG + o)*Hout + i)*Wout + j];
                     }
                 }
             }
@@ -255,7 +250,7 @@ int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
     (void)W;
     (void)bp_work;
     /* y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o] */
-    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -268,7 +263,7 @@ int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -295,30 +290,30 @@ int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
     (void)b;
     (void)bp_work;
-    /* dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw]) */
-    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
+    /* dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
+    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
-            for (ptrdiff_t cg = 0; cg < CG; ++cg) {
+            for (ptrdiff_t c = 0; c < CG; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < W; ++k) {
-                        dx[(((n*G + g)*CG + cg)*H + h)*W + k] = 0;
+                        dx[(((n*G + g)*CG + c)*H + h)*W + k] = 0;
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t og = 0; og < OG; ++og) {
-                for (ptrdiff_t cg = 0; cg < CG; ++cg) {
+            for (ptrdiff_t o = 0; o < OG; ++o) {
+                for (ptrdiff_t c = 0; c < CG; ++c) {
                     for (ptrdiff_t h = 0; h < H; ++h) {
-                        for (ptrdiff_t kh = bp_imax(0, -Hout + h + 1); kh < (1 + bp_imin(KH - 1, h)); ++kh) {
+                        for (ptrdiff_t p = bp_imax(0, -Hout + h + 1); p < (1 + bp_imin(KH - 1, h)); ++p) {
                             for (ptrdiff_t k = 0; k < W; ++k) {
-                                for (ptrdiff_t kw = bp_imax(0, -Wout + k + 1); kw < (1 + bp_imin(KW - 1, k)); ++kw) {
-                                    dx[(((n*G + g)*CG + cg)*H + h)*W + k] += dy[(((n*G + g)*OG + og)*Hout + h - kh)*Wout + k - kw]*w[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw];
+                                for (ptrdiff_t q = bp_imax(0, -Wout + k + 1); q < (1 + bp_imin(KW - 1, k)); ++q) {
+                                    dx[(((n*G + g)*CG + c)*H + h)*W + k] += dy[(((n*G + g)*OG + o)*Hout + h - p)*Wout + k - q]*w[(((g*OG + o)*CG + c)*KH + p)*KW + q];
                                 }
                             }
                         }
@@ -327,27 +322,27 @@ int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (G*N*OG*CG*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
-        /* dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout]) */
-        for (ptrdiff_t og = 0; og < OG; ++og) {
-            for (ptrdiff_t cg = 0; cg < CG; ++cg) {
-                for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+        /* dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q]) */
+        for (ptrdiff_t o = 0; o < OG; ++o) {
+            for (ptrdiff_t c = 0; c < CG; ++c) {
+                for (ptrdiff_t p = 0; p < KH; ++p) {
                     BP_OMP(simd)
-                    for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                        dw[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw] = 0;
+                    for (ptrdiff_t q = 0; q < KW; ++q) {
+                        dw[(((g*OG + o)*CG + c)*KH + p)*KW + q] = 0;
                     }
                 }
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t og = 0; og < OG; ++og) {
-                for (ptrdiff_t cg = 0; cg < CG; ++cg) {
-                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                        for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                            for (ptrdiff_t kw = 0; kw < KW; ++kw) {
-                                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                                    dw[(((g*OG + og)*CG + cg)*KH + kh)*KW + kw] += dy[(((n*G + g)*OG + og)*Hout + hout)*Wout + wout]*x[(((n*G + g)*CG + cg)*H + hout + kh)*W + kw + wout];
+            for (ptrdiff_t o = 0; o < OG; ++o) {
+                for (ptrdiff_t c = 0; c < CG; ++c) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t i = 0; i < Hout; ++i) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                                    dw[(((g*OG + o)*CG + c)*KH + p)*KW + q] += dy[(((n*G + g)*OG + o)*Hout + i)*Wout + j]*x[(((n*G + g)*CG + c)*H + i + p)*W + j + q];
                                 }
                             }
                         }
@@ -355,16 +350,16 @@ int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
                 }
             }
         }
-        /* db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]) */
+        /* db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t og = 0; og < OG; ++og) {
-            db[g*OG + og] = 0;
+        for (ptrdiff_t o = 0; o < OG; ++o) {
+            db[g*OG + o] = 0;
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t og = 0; og < OG; ++og) {
-                for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                    for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                        db[g*OG + og] += dy[(((n*G + g)*OG + og)*Hout + hout)*Wout + wout];
+            for (ptrdiff_t o = 0; o < OG; ++o) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        db[g*OG + o] += dy[(((n*G + g)*OG + o)*Hout + i)*Wout + j];
                     }
                 }
             }

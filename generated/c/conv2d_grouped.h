@@ -66,9 +66,9 @@ void bp_conv2d_grouped_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw])
- *   dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout])
- *   db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout])
+ *   dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+ *   dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
+ *   db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
  * in:  x[N, G, CG, H, W], w[G, OG, CG, KH, KW], b[G, OG], dy[N, G, OG, Hout, Wout]
  * out: dx[N, G, CG, H, W], dw[G, OG, CG, KH, KW], db[G, OG]
  */
@@ -82,9 +82,9 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
 int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw])
- *   dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout])
- *   db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout])
+ *   dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+ *   dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
+ *   db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
  * in:  x[N, G, CG, H, W], w[G, OG, CG, KH, KW], b[G, OG], dy[N, G, OG, Hout, Wout]
  * out: dx[N, G, CG, H, W], dw[G, OG, CG, KH, KW], db[G, OG]
  */

@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -176,132 +176,132 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     float *const _s5 = bp_work + N*C*Hout*Wout*2 + N*C*Hout*Wout + N*C*Hout*Wout*2;
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* maximum over _kw */
+        /* maximum over _q */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    for (ptrdiff_t _p = 0; _p < 2; ++_p) {
                         float bp_acc0 = -INFINITY;
                         int bp_acc0_nan = 0;
                         BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-                        for (ptrdiff_t _kw = 0; _kw < 2; ++_kw) {
-                            const float bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout];
+                        for (ptrdiff_t _q = 0; _q < 2; ++_q) {
+                            const float bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j];
                             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
                             bp_acc0_nan |= bp_v != bp_v;
                         }
-                        _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh] = bp_acc0_nan ? NAN : bp_acc0;
+                        _s2[(((n*C + c)*Hout + i)*Wout + j)*2 + _p] = bp_acc0_nan ? NAN : bp_acc0;
                     }
                 }
             }
         }
-        /* maximum over _kh */
+        /* maximum over _p */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc1 = -INFINITY;
                     int bp_acc1_nan = 0;
                     BP_OMP(simd reduction(max:bp_acc1) reduction(|:bp_acc1_nan))
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        const float bp_v = _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh];
+                    for (ptrdiff_t _p = 0; _p < 2; ++_p) {
+                        const float bp_v = _s2[(((n*C + c)*Hout + i)*Wout + j)*2 + _p];
                         bp_acc1 = bp_v > bp_acc1 ? bp_v : bp_acc1;
                         bp_acc1_nan |= bp_v != bp_v;
                     }
-                    _s3[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc1_nan ? NAN : bp_acc1;
+                    _s3[((n*C + c)*Hout + i)*Wout + j] = bp_acc1_nan ? NAN : bp_acc1;
                 }
             }
         }
-        /* maximum over __kw */
+        /* maximum over __q */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    for (ptrdiff_t __p = 0; __p < 2; ++__p) {
                         float bp_acc2 = -INFINITY;
                         int bp_acc2_nan = 0;
-                        const float bp_acc2_r0 = _s3[((n*C + c)*Hout + hout)*Wout + wout];
-                        const float bp_acc2_r1 = -2*__kh;
+                        const float bp_acc2_r0 = _s3[((n*C + c)*Hout + i)*Wout + j];
+                        const float bp_acc2_r1 = -2*__p;
                         BP_OMP(simd reduction(max:bp_acc2) reduction(|:bp_acc2_nan))
-                        for (ptrdiff_t __kw = 0; __kw < 2; ++__kw) {
-                            const float bp_v = ((x[((n*C + c)*H + __kh + 2*hout)*W + __kw + 2*wout] == bp_acc2_r0) ? bp_acc2_r1 - __kw : -4);
+                        for (ptrdiff_t __q = 0; __q < 2; ++__q) {
+                            const float bp_v = ((x[((n*C + c)*H + __p + 2*i)*W + __q + 2*j] == bp_acc2_r0) ? bp_acc2_r1 - __q : -4);
                             bp_acc2 = bp_v > bp_acc2 ? bp_v : bp_acc2;
                             bp_acc2_nan |= bp_v != bp_v;
                         }
-                        _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh] = bp_acc2_nan ? NAN : bp_acc2;
+                        _s4[(((n*C + c)*Hout + i)*Wout + j)*2 + __p] = bp_acc2_nan ? NAN : bp_acc2;
                     }
                 }
             }
         }
-        /* maximum over __kh */
+        /* maximum over __p */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc3 = -INFINITY;
                     int bp_acc3_nan = 0;
                     BP_OMP(simd reduction(max:bp_acc3) reduction(|:bp_acc3_nan))
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
-                        const float bp_v = _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh];
+                    for (ptrdiff_t __p = 0; __p < 2; ++__p) {
+                        const float bp_v = _s4[(((n*C + c)*Hout + i)*Wout + j)*2 + __p];
                         bp_acc3 = bp_v > bp_acc3 ? bp_v : bp_acc3;
                         bp_acc3_nan |= bp_v != bp_v;
                     }
-                    _s5[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc3_nan ? NAN : bp_acc3;
+                    _s5[((n*C + c)*Hout + i)*Wout + j] = bp_acc3_nan ? NAN : bp_acc3;
                 }
             }
         }
     }
-    /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
     BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -310,54 +310,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -366,54 +366,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -422,54 +422,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -478,54 +478,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -534,54 +534,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -661,132 +661,132 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     double *const _s5 = bp_work + N*C*Hout*Wout*2 + N*C*Hout*Wout + N*C*Hout*Wout*2;
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* maximum over _kw */
+        /* maximum over _q */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    for (ptrdiff_t _p = 0; _p < 2; ++_p) {
                         double bp_acc0 = -INFINITY;
                         int bp_acc0_nan = 0;
                         BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-                        for (ptrdiff_t _kw = 0; _kw < 2; ++_kw) {
-                            const double bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout];
+                        for (ptrdiff_t _q = 0; _q < 2; ++_q) {
+                            const double bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j];
                             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
                             bp_acc0_nan |= bp_v != bp_v;
                         }
-                        _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh] = bp_acc0_nan ? NAN : bp_acc0;
+                        _s2[(((n*C + c)*Hout + i)*Wout + j)*2 + _p] = bp_acc0_nan ? NAN : bp_acc0;
                     }
                 }
             }
         }
-        /* maximum over _kh */
+        /* maximum over _p */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc1 = -INFINITY;
                     int bp_acc1_nan = 0;
                     BP_OMP(simd reduction(max:bp_acc1) reduction(|:bp_acc1_nan))
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        const double bp_v = _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh];
+                    for (ptrdiff_t _p = 0; _p < 2; ++_p) {
+                        const double bp_v = _s2[(((n*C + c)*Hout + i)*Wout + j)*2 + _p];
                         bp_acc1 = bp_v > bp_acc1 ? bp_v : bp_acc1;
                         bp_acc1_nan |= bp_v != bp_v;
                     }
-                    _s3[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc1_nan ? NAN : bp_acc1;
+                    _s3[((n*C + c)*Hout + i)*Wout + j] = bp_acc1_nan ? NAN : bp_acc1;
                 }
             }
         }
-        /* maximum over __kw */
+        /* maximum over __q */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    for (ptrdiff_t __p = 0; __p < 2; ++__p) {
                         double bp_acc2 = -INFINITY;
                         int bp_acc2_nan = 0;
-                        const double bp_acc2_r0 = _s3[((n*C + c)*Hout + hout)*Wout + wout];
-                        const double bp_acc2_r1 = -2*__kh;
+                        const double bp_acc2_r0 = _s3[((n*C + c)*Hout + i)*Wout + j];
+                        const double bp_acc2_r1 = -2*__p;
                         BP_OMP(simd reduction(max:bp_acc2) reduction(|:bp_acc2_nan))
-                        for (ptrdiff_t __kw = 0; __kw < 2; ++__kw) {
-                            const double bp_v = ((x[((n*C + c)*H + __kh + 2*hout)*W + __kw + 2*wout] == bp_acc2_r0) ? bp_acc2_r1 - __kw : -4);
+                        for (ptrdiff_t __q = 0; __q < 2; ++__q) {
+                            const double bp_v = ((x[((n*C + c)*H + __p + 2*i)*W + __q + 2*j] == bp_acc2_r0) ? bp_acc2_r1 - __q : -4);
                             bp_acc2 = bp_v > bp_acc2 ? bp_v : bp_acc2;
                             bp_acc2_nan |= bp_v != bp_v;
                         }
-                        _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh] = bp_acc2_nan ? NAN : bp_acc2;
+                        _s4[(((n*C + c)*Hout + i)*Wout + j)*2 + __p] = bp_acc2_nan ? NAN : bp_acc2;
                     }
                 }
             }
         }
-        /* maximum over __kh */
+        /* maximum over __p */
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc3 = -INFINITY;
                     int bp_acc3_nan = 0;
                     BP_OMP(simd reduction(max:bp_acc3) reduction(|:bp_acc3_nan))
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
-                        const double bp_v = _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh];
+                    for (ptrdiff_t __p = 0; __p < 2; ++__p) {
+                        const double bp_v = _s4[(((n*C + c)*Hout + i)*Wout + j)*2 + __p];
                         bp_acc3 = bp_v > bp_acc3 ? bp_v : bp_acc3;
                         bp_acc3_nan |= bp_v != bp_v;
                     }
-                    _s5[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc3_nan ? NAN : bp_acc3;
+                    _s5[((n*C + c)*Hout + i)*Wout + j] = bp_acc3_nan ? NAN : bp_acc3;
                 }
             }
         }
     }
-    /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
     BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -795,54 +795,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -851,54 +851,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -907,54 +907,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -963,54 +963,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1019,54 +1019,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == -_s5[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

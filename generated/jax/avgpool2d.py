@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW)
+    dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
 
 Shapes: x[N, C, H, W], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -170,8 +170,8 @@ def backward(x, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW)
-    dx = jnp.einsum('ncab,ha,wb->nchw', dy, ((jnp.maximum(0, -((KH - 1 - jnp.arange(H)[:, None])//2)) <= jnp.arange(Hout)[None, :]) & (jnp.arange(Hout)[None, :] <= jnp.minimum(Hout - 1, jnp.arange(H)[:, None]//2))).astype(dtype), ((jnp.maximum(0, -((KW - 1 - jnp.arange(W)[:, None])//2)) <= jnp.arange(Wout)[None, :]) & (jnp.arange(Wout)[None, :] <= jnp.minimum(Wout - 1, jnp.arange(W)[:, None]//2))).astype(dtype), optimize=True)/(KH*KW)
+    # dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
+    dx = jnp.einsum('ncij,hi,wj->nchw', dy, ((jnp.maximum(0, -((KH - 1 - jnp.arange(H)[:, None])//2)) <= jnp.arange(Hout)[None, :]) & (jnp.arange(Hout)[None, :] <= jnp.minimum(Hout - 1, jnp.arange(H)[:, None]//2))).astype(dtype), ((jnp.maximum(0, -((KW - 1 - jnp.arange(W)[:, None])//2)) <= jnp.arange(Wout)[None, :]) & (jnp.arange(Wout)[None, :] <= jnp.minimum(Wout - 1, jnp.arange(W)[:, None]//2))).astype(dtype), optimize=True)/(KH*KW)
     return {
         'dx': jnp.asarray(dx, dtype),
     }

@@ -8,8 +8,8 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
-    dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout])
-    db[o] = sum_{n,lout}(dy[n, o, lout])
+    dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
+    db[o] = sum_{n,i}(dy[n, o, i])
 
 Shapes: x[N, C, L], w[O, C, K], b[O], y[N, O, Lout], dy[N, O, Lout]
 """
@@ -173,9 +173,9 @@ def backward(x, w, b, dy):
     Lout = sizes['Lout']
     # dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
     dx = jnp.einsum('nokl,ock,lk->ncl', _window(dy, ((0, ((1, N),)), (0, ((1, O),)), (0, ((-1, K), (1, L))),)), w, ((jnp.maximum(0, 1 + jnp.arange(L)[:, None] - Lout) <= jnp.arange(K)[None, :]) & (jnp.arange(K)[None, :] <= jnp.minimum(K - 1, jnp.arange(L)[:, None]))).astype(dtype), optimize=True)
-    # dw[o, c, k] = sum_{n,lout}(dy[n, o, lout]*x[n, c, k + lout])
-    dw = jnp.einsum('noa,ncka->ock', dy, _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, K), (1, Lout))),)), optimize=True)
-    # db[o] = sum_{n,lout}(dy[n, o, lout])
+    # dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
+    dw = jnp.einsum('noi,ncik->ock', dy, _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, Lout), (1, K))),)), optimize=True)
+    # db[o] = sum_{n,i}(dy[n, o, i])
     db = dy.sum(axis=(0, 2))
     return {
         'dx': jnp.asarray(dx, dtype),

@@ -7,9 +7,9 @@ Forward equations (index form; an index not on the left is summed):
     y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o]
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw])
-    dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout])
-    db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout])
+    dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+    dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
+    db[o] = sum_{n,i,j}(dy[n, o, i, j])
 
 Shapes: x[N, C, H, W], w[O, C, KH, KW], b[O], y[N, O, Hout, Wout], dy[N, O, Hout, Wout]
 """
@@ -177,11 +177,11 @@ def backward(x, w, b, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, k] = sum_{o,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - kh, k - kw]*w[o, c, kh, kw])
-    dx = jnp.einsum('nohakb,ocab,ha,kb->nchk', _window(dy, ((0, ((1, N),)), (0, ((1, O),)), (0, ((1, H), (-1, KH))), (0, ((1, W), (-1, KW))),)), w, ((jnp.maximum(0, 1 + jnp.arange(H)[:, None] - Hout) <= jnp.arange(KH)[None, :]) & (jnp.arange(KH)[None, :] <= jnp.minimum(KH - 1, jnp.arange(H)[:, None]))).astype(dtype), ((jnp.maximum(0, 1 + jnp.arange(W)[:, None] - Wout) <= jnp.arange(KW)[None, :]) & (jnp.arange(KW)[None, :] <= jnp.minimum(KW - 1, jnp.arange(W)[:, None]))).astype(dtype), optimize=True)
-    # dw[o, c, kh, kw] = sum_{n,hout,wout}(dy[n, o, hout, wout]*x[n, c, hout + kh, kw + wout])
-    dw = jnp.einsum('node,ncdabe->ocab', dy, _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, Hout), (1, KH))), (0, ((1, KW), (1, Wout))),)), optimize=True)
-    # db[o] = sum_{n,hout,wout}(dy[n, o, hout, wout])
+    # dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+    dx = jnp.einsum('nohpkq,ocpq,hp,kq->nchk', _window(dy, ((0, ((1, N),)), (0, ((1, O),)), (0, ((1, H), (-1, KH))), (0, ((1, W), (-1, KW))),)), w, ((jnp.maximum(0, 1 + jnp.arange(H)[:, None] - Hout) <= jnp.arange(KH)[None, :]) & (jnp.arange(KH)[None, :] <= jnp.minimum(KH - 1, jnp.arange(H)[:, None]))).astype(dtype), ((jnp.maximum(0, 1 + jnp.arange(W)[:, None] - Wout) <= jnp.arange(KW)[None, :]) & (jnp.arange(KW)[None, :] <= jnp.minimum(KW - 1, jnp.arange(W)[:, None]))).astype(dtype), optimize=True)
+    # dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
+    dw = jnp.einsum('noij,ncipjq->ocpq', dy, _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, Hout), (1, KH))), (0, ((1, Wout), (1, KW))),)), optimize=True)
+    # db[o] = sum_{n,i,j}(dy[n, o, i, j])
     db = dy.sum(axis=(0, 2, 3))
     return {
         'dx': jnp.asarray(dx, dtype),

@@ -14,10 +14,10 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
-    ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
-    dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
-    dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
-    dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
+    ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
+    dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
+    dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
+    dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
     dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
     dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
     dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
@@ -167,14 +167,14 @@ def backward(x, Wq, Wk, Wv, Wo, dy, *, q=None, k=None, v=None, a=None, ctx=None)
     E = sizes['E']
     # dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
     dctx = np.einsum('dhe,btd->bhte', Wo, dy, optimize=True)
-    # ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
-    ds = (np.einsum('bhte,bhle->bhtl', dctx, v, optimize=True) - np.einsum('bhtm,bhtm->bht', a, np.einsum('bhte,bhme->bhtm', dctx, v, optimize=True), optimize=True)[:, :, :, None])*a
-    # dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
-    dv = np.einsum('bhlt,bhle->bhte', a, dctx, optimize=True)
-    # dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
-    dk = np.einsum('bhlt,bhle->bhte', ds, q, optimize=True)/np.sqrt(E)
-    # dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
-    dq = np.einsum('bhtl,bhle->bhte', ds, k, optimize=True)/np.sqrt(E)
+    # ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
+    ds = (np.einsum('bhte,bhue->bhtu', dctx, v, optimize=True) - np.einsum('bhtw,bhtw->bht', a, np.einsum('bhte,bhwe->bhtw', dctx, v, optimize=True), optimize=True)[:, :, :, None])*a
+    # dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
+    dv = np.einsum('bhut,bhue->bhte', a, dctx, optimize=True)
+    # dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
+    dk = np.einsum('bhut,bhue->bhte', ds, q, optimize=True)/np.sqrt(E)
+    # dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
+    dq = np.einsum('bhtu,bhue->bhte', ds, k, optimize=True)/np.sqrt(E)
     # dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
     dx = (np.transpose(Wk, (2, 1, 0))[None, None, :, :, :]*np.transpose(dk, (0, 2, 3, 1))[:, :, None, :, :] + np.transpose(Wq, (2, 1, 0))[None, None, :, :, :]*np.transpose(dq, (0, 2, 3, 1))[:, :, None, :, :] + np.transpose(Wv, (2, 1, 0))[None, None, :, :, :]*np.transpose(dv, (0, 2, 3, 1))[:, :, None, :, :]).sum(axis=(3, 4))
     # dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])

@@ -7,9 +7,9 @@ Forward equations (index form; an index not on the left is summed):
     y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o]
 
 Backward pass (from the upstream gradient dy):
-    dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw])
-    dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout])
-    db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout])
+    dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+    dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
+    db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
 
 Shapes: x[N, G, CG, H, W], w[G, OG, CG, KH, KW], b[G, OG], y[N, G, OG, Hout, Wout], dy[N, G, OG, Hout, Wout]
 """
@@ -170,11 +170,11 @@ def backward(x, w, b, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, g, cg, h, k] = sum_{og,kh=max(0, 1 + h - Hout)..min(KH - 1, h),kw=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, og, h - kh, k - kw]*w[g, og, cg, kh, kw])
-    dx = np.einsum('ngbhckd,gbacd,hc,kd->ngahk', _window(dy, ((0, ((1, N),)), (0, ((1, G),)), (0, ((1, OG),)), (0, ((1, H), (-1, KH))), (0, ((1, W), (-1, KW))),)), w, ((np.maximum(0, 1 + np.arange(H)[:, None] - Hout) <= np.arange(KH)[None, :]) & (np.arange(KH)[None, :] <= np.minimum(KH - 1, np.arange(H)[:, None]))).astype(dtype), ((np.maximum(0, 1 + np.arange(W)[:, None] - Wout) <= np.arange(KW)[None, :]) & (np.arange(KW)[None, :] <= np.minimum(KW - 1, np.arange(W)[:, None]))).astype(dtype), optimize=True)
-    # dw[g, og, cg, kh, kw] = sum_{n,hout,wout}(dy[n, g, og, hout, wout]*x[n, g, cg, hout + kh, kw + wout])
-    dw = np.einsum('ngaef,ngbecdf->gabcd', dy, _window(x, ((0, ((1, N),)), (0, ((1, G),)), (0, ((1, CG),)), (0, ((1, Hout), (1, KH))), (0, ((1, KW), (1, Wout))),)), optimize=True)
-    # db[g, og] = sum_{n,hout,wout}(dy[n, g, og, hout, wout])
+    # dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+    dx = np.einsum('ngohpkq,gocpq,hp,kq->ngchk', _window(dy, ((0, ((1, N),)), (0, ((1, G),)), (0, ((1, OG),)), (0, ((1, H), (-1, KH))), (0, ((1, W), (-1, KW))),)), w, ((np.maximum(0, 1 + np.arange(H)[:, None] - Hout) <= np.arange(KH)[None, :]) & (np.arange(KH)[None, :] <= np.minimum(KH - 1, np.arange(H)[:, None]))).astype(dtype), ((np.maximum(0, 1 + np.arange(W)[:, None] - Wout) <= np.arange(KW)[None, :]) & (np.arange(KW)[None, :] <= np.minimum(KW - 1, np.arange(W)[:, None]))).astype(dtype), optimize=True)
+    # dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
+    dw = np.einsum('ngoij,ngcipjq->gocpq', dy, _window(x, ((0, ((1, N),)), (0, ((1, G),)), (0, ((1, CG),)), (0, ((1, Hout), (1, KH))), (0, ((1, Wout), (1, KW))),)), optimize=True)
+    # db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
     db = dy.sum(axis=(0, 3, 4))
     return {
         'dx': np.asarray(dx, dtype),

@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
+    dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
 
 Shapes: x[N, C, H, W], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -163,8 +163,8 @@ def backward(x, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
-    dx = np.einsum('nchwab,ha,wb->nchw', np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(Hout)[None, None, None, None, :, None]) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(Wout)[None, None, None, None, None, :] == -np.where((np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))) == np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))).max(axis=-1).max(axis=-1)[:, :, :, :, None, None]), -np.arange(KW)[None, None, None, None, None, :] - KW*np.arange(KH)[None, None, None, None, :, None], -KH*KW).astype(dtype, copy=False).max(axis=-1).max(axis=-1)[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(Hout)[None, :]) & (np.arange(Hout)[None, :] <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(Wout)[None, :]) & (np.arange(Wout)[None, :] <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), optimize=True)
+    # dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    dx = np.einsum('nchwij,hi,wj->nchw', np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(Hout)[None, None, None, None, :, None]) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(Wout)[None, None, None, None, None, :] == -np.where((np.einsum('ncaibj->ncijab', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))) == np.einsum('ncaibj->ncijab', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))).max(axis=-1).max(axis=-1)[:, :, :, :, None, None]), -np.arange(KW)[None, None, None, None, None, :] - KW*np.arange(KH)[None, None, None, None, :, None], -KH*KW).astype(dtype, copy=False).max(axis=-1).max(axis=-1)[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(Hout)[None, :]) & (np.arange(Hout)[None, :] <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(Wout)[None, :]) & (np.arange(Wout)[None, :] <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), optimize=True)
     return {
         'dx': np.asarray(dx, dtype),
     }
