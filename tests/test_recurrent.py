@@ -83,12 +83,12 @@ def test_the_derivation_is_backpropagation_through_time():
     for t < T - 1, dh0 from step 0 only, dW_hh split at the first step, no Piecewise."""
     d = derive(builtin("rnn_tanh"))
     shown = {s.name: formula(s.expr) for s in d.steps}
-    assert shown["dz"] == ("(1 - h[t, n, k]**2)*(dhn[n, k]*[T - 1 == t] + "
-                           "sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + "
-                           "dh[t, n, k])")
-    assert shown["dh0"] == "sum_l(W_hh[l, k]*dz[0, n, l])"
-    assert shown["dW_hh"] == ("sum_n(h0[n, l]*dz[0, n, k]) + "
-                              "sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])")
+    assert shown["dz"] == ("(1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + "
+                           "sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + "
+                           "dh[t, n, j])")
+    assert shown["dh0"] == "sum_j(W_hh[j, k]*dz[0, n, j])"
+    assert shown["dW_hh"] == ("sum_n(h0[n, k]*dz[0, n, j]) + "
+                              "sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])")
     assert not any("Piecewise" in str(s.expr) for s in d.steps)
 
 

@@ -34,8 +34,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -55,6 +60,42 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
+/* Convolutions run as GEMMs, each thread of the team on its own part. */
+#ifdef _OPENMP
+static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
+static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
+static inline ptrdiff_t bp_procs(void) { return omp_get_num_procs(); }
+static inline int bp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline ptrdiff_t bp_thread(void) { return 0; }
+static inline ptrdiff_t bp_threads(void) { return 1; }
+static inline ptrdiff_t bp_procs(void) { return 1; }
+static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
+ * size counts them; a team never has more threads than slots (bp_team), whatever the
+ * thread count is set to between asking for the work size and calling the kernel. */
+static inline ptrdiff_t bp_slots(ptrdiff_t n)
+{
+    const ptrdiff_t p = bp_procs();
+    return p < n ? p : n;
+}
+
+static inline int bp_team(ptrdiff_t slots)
+{
+    const int t = bp_max_threads();
+    return t < slots ? t : (int)slots;
+}
+
+/* Where part t of nt of 0..n-1 starts: near t n / nt, on a multiple of 16 (whole vectors
+ * and cache lines per part); part nt starts at n. */
+static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
+{
+    const ptrdiff_t at = (n * t / nt + 8) / 16 * 16;
+    return t >= nt || at > n ? n : at;
+}
+
 /* The GEMM the caller supplied with bp_conv1d_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_conv1d_gemm_f32;
@@ -69,6 +110,11 @@ void bp_conv1d_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_conv1d_gemm_f64 = dgemm;
 }
 
+int bp_conv1d_gemm_per_thread(void)
+{
+    return 1;
+}
+
 size_t bp_conv1d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout)
 {
     (void)N;
@@ -77,7 +123,7 @@ size_t bp_conv1d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L
     (void)L;
     (void)K;
     (void)Lout;
-    return (size_t)C*(size_t)K*(size_t)Lout;
+    return (size_t)bp_slots(N)*(size_t)C*(size_t)K*(size_t)Lout;
 }
 
 size_t bp_conv1d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout)
@@ -88,7 +134,7 @@ size_t bp_conv1d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)L;
     (void)K;
     (void)Lout;
-    return (size_t)C*(size_t)O*(size_t)K + (size_t)O*(size_t)K*(size_t)L + (size_t)C*(size_t)K*(size_t)Lout;
+    return (size_t)C*(size_t)O*(size_t)K + (size_t)bp_slots(N)*(size_t)O*(size_t)K*(size_t)L + (size_t)bp_slots(N)*(size_t)C*(size_t)K*(size_t)Lout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)K;
 }
 
 void bp_conv1d_set_threads(int threads)
@@ -108,10 +154,10 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 {
     if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
     (void)L;
-    float *const _y_pb = bp_work + 0;
+    float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -120,24 +166,33 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + k] as a c k x i matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const _y_pb = _y_pb_slots + bp_t*(C*K*Lout);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + k] as a c k x i matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                        }
                     }
                 }
+                bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
             }
-            bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -146,7 +201,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -167,20 +222,13 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
     (void)b;
     float *const _dx_pa = bp_work + 0;
-    float *const _dx_pb = bp_work + C*O*K;
-    float *const _dw_pb = bp_work + C*O*K + O*K*L;
+    float *const _dx_pb_slots = bp_work + C*O*K;
+    float *const _dw_pb_slots = bp_work + C*O*K + bp_slots(N)*O*K*L;
+    float *const _dw_part = bp_work + C*O*K + bp_slots(N)*O*K*L + bp_slots(N)*C*K*Lout;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < L; ++l) {
-                    dx[(n*C + c)*L + l] = 0;
-                }
-            }
-        }
         /* pack w[o, c, k] as a c x o k matrix */
+        BP_OMP(parallel for if (C*O*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 {
@@ -193,24 +241,33 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack dy[n, o, -k + l] as a o k x l matrix */
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
-                        for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
-                        for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*L*O*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const _dx_pb = _dx_pb_slots + bp_t*(O*K*L);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack dy[n, o, -k + l] as a o k x l matrix */
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
+                            for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
+                            for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                        }
                     }
                 }
+                bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 0, dx + C*L*n, L);
             }
-            bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
         }
     } else {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -219,7 +276,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -234,7 +291,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -243,24 +300,41 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + k] as a c k x i matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const _dw_pb = _dw_pb_slots + bp_t*(C*K*Lout);
+            float *const bp_part = _dw_part + bp_t*(C*K*O);
+            memset(bp_part, 0, sizeof(*bp_part)*(C*K*O));
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + k] as a c k x i matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                        }
                     }
                 }
+                bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, bp_part, C*K);
             }
-            bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
+        }
+        BP_OMP(parallel for simd if (C*K*O >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < C*K*O; ++bp_e) {
+            float bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
+            dw[bp_e] += bp_sum;
         }
     } else {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -269,7 +343,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -283,7 +357,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* db[o] = sum_{n,i}(dy[n, o, i]) */
-    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -305,10 +379,10 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 {
     if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
     (void)L;
-    double *const _y_pb = bp_work + 0;
+    double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -317,24 +391,33 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + k] as a c k x i matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const _y_pb = _y_pb_slots + bp_t*(C*K*Lout);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + k] as a c k x i matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                        }
                     }
                 }
+                bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
             }
-            bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -343,7 +426,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -364,20 +447,13 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
     (void)b;
     double *const _dx_pa = bp_work + 0;
-    double *const _dx_pb = bp_work + C*O*K;
-    double *const _dw_pb = bp_work + C*O*K + O*K*L;
+    double *const _dx_pb_slots = bp_work + C*O*K;
+    double *const _dw_pb_slots = bp_work + C*O*K + bp_slots(N)*O*K*L;
+    double *const _dw_part = bp_work + C*O*K + bp_slots(N)*O*K*L + bp_slots(N)*C*K*Lout;
     /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < L; ++l) {
-                    dx[(n*C + c)*L + l] = 0;
-                }
-            }
-        }
         /* pack w[o, c, k] as a c x o k matrix */
+        BP_OMP(parallel for if (C*O*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 {
@@ -390,24 +466,33 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack dy[n, o, -k + l] as a o k x l matrix */
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
-                        for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
-                        for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*L*O*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const _dx_pb = _dx_pb_slots + bp_t*(O*K*L);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack dy[n, o, -k + l] as a o k x l matrix */
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
+                            for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
+                            for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                        }
                     }
                 }
+                bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 0, dx + C*L*n, L);
             }
-            bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 1, dx + C*L*n, L);
         }
     } else {
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -416,7 +501,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -431,7 +516,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -440,24 +525,41 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + k] as a c k x i matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                        for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                        for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const _dw_pb = _dw_pb_slots + bp_t*(C*K*Lout);
+            double *const bp_part = _dw_part + bp_t*(C*K*O);
+            memset(bp_part, 0, sizeof(*bp_part)*(C*K*O));
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + k] as a c k x i matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t k = 0; k < K; ++k) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                        }
                     }
                 }
+                bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, bp_part, C*K);
             }
-            bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, dw, C*K);
+        }
+        BP_OMP(parallel for simd if (C*K*O >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < C*K*O; ++bp_e) {
+            double bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
+            dw[bp_e] += bp_sum;
         }
     } else {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -466,7 +568,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -480,7 +582,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* db[o] = sum_{n,i}(dy[n, o, i]) */
-    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {

@@ -34,8 +34,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -55,6 +60,42 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
+/* Convolutions run as GEMMs, each thread of the team on its own part. */
+#ifdef _OPENMP
+static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
+static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
+static inline ptrdiff_t bp_procs(void) { return omp_get_num_procs(); }
+static inline int bp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline ptrdiff_t bp_thread(void) { return 0; }
+static inline ptrdiff_t bp_threads(void) { return 1; }
+static inline ptrdiff_t bp_procs(void) { return 1; }
+static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
+ * size counts them; a team never has more threads than slots (bp_team), whatever the
+ * thread count is set to between asking for the work size and calling the kernel. */
+static inline ptrdiff_t bp_slots(ptrdiff_t n)
+{
+    const ptrdiff_t p = bp_procs();
+    return p < n ? p : n;
+}
+
+static inline int bp_team(ptrdiff_t slots)
+{
+    const int t = bp_max_threads();
+    return t < slots ? t : (int)slots;
+}
+
+/* Where part t of nt of 0..n-1 starts: near t n / nt, on a multiple of 16 (whole vectors
+ * and cache lines per part); part nt starts at n. */
+static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
+{
+    const ptrdiff_t at = (n * t / nt + 8) / 16 * 16;
+    return t >= nt || at > n ? n : at;
+}
+
 /* The GEMM the caller supplied with bp_conv2d_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_conv2d_gemm_f32;
@@ -69,6 +110,11 @@ void bp_conv2d_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_conv2d_gemm_f64 = dgemm;
 }
 
+int bp_conv2d_gemm_per_thread(void)
+{
+    return 1;
+}
+
 size_t bp_conv2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
 {
     (void)N;
@@ -80,7 +126,7 @@ size_t bp_conv2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout;
+    return (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout;
 }
 
 size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
@@ -94,7 +140,7 @@ size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout;
+    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW;
 }
 
 void bp_conv2d_set_threads(int threads)
@@ -116,10 +162,10 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
     (void)H;
     (void)W;
-    float *const _y_pb = bp_work + 0;
+    float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -130,28 +176,37 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        for (ptrdiff_t i = 0; i < Hout; ++i) {
-                            {
-                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                BP_OMP(simd)
-                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t q = 0; q < KW; ++q) {
+                            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                {
+                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    BP_OMP(simd)
+                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                }
                             }
                         }
                     }
                 }
+                bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
-            bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -162,7 +217,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -188,22 +243,13 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
     (void)b;
     float *const _dx_pa = bp_work + 0;
-    float *const _dx_pb = bp_work + C*O*KH*KW;
-    float *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
+    float *const _dx_pb_slots = bp_work + C*O*KH*KW;
+    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
+    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t h = 0; h < H; ++h) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t k = 0; k < W; ++k) {
-                        dx[((n*C + c)*H + h)*W + k] = 0;
-                    }
-                }
-            }
-        }
         /* pack w[o, c, p, q] as a c x o p q matrix */
+        BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -218,28 +264,37 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        for (ptrdiff_t h = 0; h < H; ++h) {
-                            {
-                                const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
-                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
-                                BP_OMP(simd)
-                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
-                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*H*KH*KW*O*W*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t q = 0; q < KW; ++q) {
+                            for (ptrdiff_t h = 0; h < H; ++h) {
+                                {
+                                    const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                    for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                    BP_OMP(simd)
+                                    for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                    for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                }
                             }
                         }
                     }
                 }
+                bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 0, dx + C*H*W*n, H*W);
             }
-            bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
         }
     } else {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -250,7 +305,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -269,7 +324,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -280,28 +335,45 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        for (ptrdiff_t i = 0; i < Hout; ++i) {
-                            {
-                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                BP_OMP(simd)
-                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const _dw_pb = _dw_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
+            float *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
+            memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t q = 0; q < KW; ++q) {
+                            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                {
+                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    BP_OMP(simd)
+                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                }
                             }
                         }
                     }
                 }
+                bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, bp_part, C*KH*KW);
             }
-            bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
+        }
+        BP_OMP(parallel for simd if (C*KH*KW*O >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < C*KH*KW*O; ++bp_e) {
+            float bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
+            dw[bp_e] += bp_sum;
         }
     } else {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -312,7 +384,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -330,7 +402,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
-    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -356,10 +428,10 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
     (void)H;
     (void)W;
-    double *const _y_pb = bp_work + 0;
+    double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -370,28 +442,37 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        for (ptrdiff_t i = 0; i < Hout; ++i) {
-                            {
-                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                BP_OMP(simd)
-                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t q = 0; q < KW; ++q) {
+                            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                {
+                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    BP_OMP(simd)
+                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                }
                             }
                         }
                     }
                 }
+                bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
-            bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
         }
     } else {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -402,7 +483,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -428,22 +509,13 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
     (void)b;
     double *const _dx_pa = bp_work + 0;
-    double *const _dx_pb = bp_work + C*O*KH*KW;
-    double *const _dw_pb = bp_work + C*O*KH*KW + O*KH*KW*H*W;
+    double *const _dx_pb_slots = bp_work + C*O*KH*KW;
+    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
+    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t h = 0; h < H; ++h) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t k = 0; k < W; ++k) {
-                        dx[((n*C + c)*H + h)*W + k] = 0;
-                    }
-                }
-            }
-        }
         /* pack w[o, c, p, q] as a c x o p q matrix */
+        BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -458,28 +530,37 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        for (ptrdiff_t h = 0; h < H; ++h) {
-                            {
-                                const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
-                                for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
-                                BP_OMP(simd)
-                                for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
-                                for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*H*KH*KW*O*W*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t q = 0; q < KW; ++q) {
+                            for (ptrdiff_t h = 0; h < H; ++h) {
+                                {
+                                    const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                    for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                    BP_OMP(simd)
+                                    for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                    for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                }
                             }
                         }
                     }
                 }
+                bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 0, dx + C*H*W*n, H*W);
             }
-            bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 1, dx + C*H*W*n, H*W);
         }
     } else {
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -490,7 +571,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -509,7 +590,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -520,28 +601,45 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        for (ptrdiff_t i = 0; i < Hout; ++i) {
-                            {
-                                const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                BP_OMP(simd)
-                                for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const _dw_pb = _dw_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
+            double *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
+            memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
+            BP_OMP(for schedule(static))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    for (ptrdiff_t p = 0; p < KH; ++p) {
+                        for (ptrdiff_t q = 0; q < KW; ++q) {
+                            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                {
+                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    BP_OMP(simd)
+                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                }
                             }
                         }
                     }
                 }
+                bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, bp_part, C*KH*KW);
             }
-            bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, dw, C*KH*KW);
+        }
+        BP_OMP(parallel for simd if (C*KH*KW*O >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < C*KH*KW*O; ++bp_e) {
+            double bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
+            dw[bp_e] += bp_sum;
         }
     } else {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -552,7 +650,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -570,7 +668,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
-    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {

@@ -12,18 +12,18 @@
  *   h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j]
  *   hn[n, j] = h[T - 1, n, j]
  * Backward pass (from the upstream gradients dh, dhn):
- *   dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*dah[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, k]*z[1 + t, n, k]*[0 <= 1 + t <= T - 1] + dh[t, n, k]
- *   dcand[t, n, k] = (1 - z[t, n, k])*dh_total[t, n, k]
- *   dz[t, n, k] = (h0[n, k]*[0 == t] + h[t - 1, n, k]*[0 <= t - 1 <= T - 1] - cand[t, n, k])*dh_total[t, n, k]
- *   dr[t, n, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*ah[t, n, 2, k]
- *   dah[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*r[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
- *   dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
- *   dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k])
- *   dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l])
- *   dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k])
- *   dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k])
- *   db_ih[g, k] = sum_{t,n}(dai[t, n, g, k])
- *   db_hh[g, k] = sum_{t,n}(dah[t, n, g, k])
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
+ *   dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+ *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
+ *   dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+ *   dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+ *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
+ *   dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
+ *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+ *   db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
+ *   db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -49,8 +49,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -204,7 +209,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     if (G != 3) return -1;   /* G = 3 */
     (void)bp_work;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
-    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -264,7 +269,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         }
     }
     /* hn[n, j] = h[T - 1, n, j] */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -290,69 +295,69 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
                 float bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 3; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        bp_acc += W_hh[(g*H + l)*H + k]*dah[(((t + 1)*N + n)*3 + g)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k];
                     }
                 }
-                _s1[(t*N + n)*H + k] = bp_acc;
+                _s1[(t*N + n)*H + j] = bp_acc;
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dh_total[(t*N + n)*H + k] = (T - 1 == t)*dhn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + k] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + k]*z[((t + 1)*N + n)*H + k] : 0) + dh[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + j] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+            }
+        }
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dcand[(t*N + n)*H + j] = -(z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dcand[(t*N + n)*H + k] = -(z[(t*N + n)*H + k] - 1)*dh_total[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dz[(t*N + n)*H + j] = ((0 == t)*h0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dz[(t*N + n)*H + k] = ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0) - cand[(t*N + n)*H + k])*dh_total[(t*N + n)*H + k];
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dr[(t*N + n)*H + k] = -ah[((t*N + n)*G + 2)*H + k]*dcand[(t*N + n)*H + k]*(-1 + cand[(t*N + n)*H + k]*cand[(t*N + n)*H + k]);
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dr[(t*N + n)*H + j] = -ah[((t*N + n)*G + 2)*H + j]*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
             }
         }
         BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dah[((t*N + n)*3 + g)*H + k] = -(r[(t*N + n)*H + k] - 1)*(0 == g)*dr[(t*N + n)*H + k]*r[(t*N + n)*H + k] - (z[(t*N + n)*H + k] - 1)*(1 == g)*dz[(t*N + n)*H + k]*z[(t*N + n)*H + k] - (2 == g)*dcand[(t*N + n)*H + k]*r[(t*N + n)*H + k]*(-1 + cand[(t*N + n)*H + k]*cand[(t*N + n)*H + k]);
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dah[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
                 }
             }
         }
     }
     BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g] */
+        /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dai[((t*N + n)*3 + g)*H + k] = -(r[(t*N + n)*H + k] - 1)*(0 == g)*dr[(t*N + n)*H + k]*r[(t*N + n)*H + k] - (z[(t*N + n)*H + k] - 1)*(1 == g)*dz[(t*N + n)*H + k]*z[(t*N + n)*H + k] - (2 == g)*dcand[(t*N + n)*H + k]*(-1 + cand[(t*N + n)*H + k]*cand[(t*N + n)*H + k]);
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dai[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
                 }
             }
         }
-        /* dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k]) */
+        /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
@@ -361,129 +366,129 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc1_r0 = dai[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc1_r0 = dai[((t*N + n)*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc1_r0*W_ih[(g*H + k)*I + i];
+                        dx[(t*N + n)*I + i] += bp_acc1_r0*W_ih[(g*H + j)*I + i];
                     }
                 }
             }
         }
     }
-    /* dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dh0[n*H + k] = dh_total[(0*N + n)*H + k]*z[(0*N + n)*H + k];
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
         }
     }
-    BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + l)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
                 }
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + k)*I + i] = 0;
+                dW_ih[(g*H + j)*I + i] = 0;
             }
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc0_r0 = dai[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc0_r0 = dai[((t*N + n)*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + k)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
                     }
                 }
             }
         }
         /* sum over n */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s2[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s2[(g*H + j)*H + k] = 0;
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const float bp_acc1_r0 = dah[((0*N + n)*3 + g)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const float bp_acc1_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    _s2[(g*H + k)*H + l] += bp_acc1_r0*h0[n*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s2[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
                 }
             }
         }
     }
     /* sum over t, n */
-    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s3[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s3[(g*H + j)*H + k] = 0;
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
         for (ptrdiff_t t = 1; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc_r0 = dah[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
                     BP_OMP(simd)
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        _s3[(g*H + k)*H + l] += bp_acc_r0*h[((t - 1)*N + n)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s3[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                dW_hh[(g*H + k)*H + l] = _s2[(g*H + k)*H + l] + _s3[(g*H + k)*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dW_hh[(g*H + j)*H + k] = _s2[(g*H + j)*H + k] + _s3[(g*H + j)*H + k];
             }
         }
-        /* db_ih[g, k] = sum_{t,n}(dai[t, n, g, k]) */
+        /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_ih[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_ih[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_ih[g*H + k] += dai[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_ih[g*H + j] += dai[((t*N + n)*3 + g)*H + j];
                 }
             }
         }
-        /* db_hh[g, k] = sum_{t,n}(dah[t, n, g, k]) */
+        /* db_hh[g, j] = sum_{t,n}(dah[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_hh[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_hh[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_hh[g*H + k] += dah[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_hh[g*H + j] += dah[((t*N + n)*3 + g)*H + j];
                 }
             }
         }
@@ -507,7 +512,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     if (G != 3) return -1;   /* G = 3 */
     (void)bp_work;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
-    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -567,7 +572,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         }
     }
     /* hn[n, j] = h[T - 1, n, j] */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -593,69 +598,69 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
                 double bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 3; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        bp_acc += W_hh[(g*H + l)*H + k]*dah[(((t + 1)*N + n)*3 + g)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k];
                     }
                 }
-                _s1[(t*N + n)*H + k] = bp_acc;
+                _s1[(t*N + n)*H + j] = bp_acc;
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dh_total[(t*N + n)*H + k] = (T - 1 == t)*dhn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + k] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + k]*z[((t + 1)*N + n)*H + k] : 0) + dh[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + j] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+            }
+        }
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dcand[(t*N + n)*H + j] = -(z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dcand[(t*N + n)*H + k] = -(z[(t*N + n)*H + k] - 1)*dh_total[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dz[(t*N + n)*H + j] = ((0 == t)*h0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dz[(t*N + n)*H + k] = ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0) - cand[(t*N + n)*H + k])*dh_total[(t*N + n)*H + k];
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dr[(t*N + n)*H + k] = -ah[((t*N + n)*G + 2)*H + k]*dcand[(t*N + n)*H + k]*(-1 + cand[(t*N + n)*H + k]*cand[(t*N + n)*H + k]);
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dr[(t*N + n)*H + j] = -ah[((t*N + n)*G + 2)*H + j]*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
             }
         }
         BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dah[((t*N + n)*3 + g)*H + k] = -(r[(t*N + n)*H + k] - 1)*(0 == g)*dr[(t*N + n)*H + k]*r[(t*N + n)*H + k] - (z[(t*N + n)*H + k] - 1)*(1 == g)*dz[(t*N + n)*H + k]*z[(t*N + n)*H + k] - (2 == g)*dcand[(t*N + n)*H + k]*r[(t*N + n)*H + k]*(-1 + cand[(t*N + n)*H + k]*cand[(t*N + n)*H + k]);
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dah[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
                 }
             }
         }
     }
     BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g] */
+        /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dai[((t*N + n)*3 + g)*H + k] = -(r[(t*N + n)*H + k] - 1)*(0 == g)*dr[(t*N + n)*H + k]*r[(t*N + n)*H + k] - (z[(t*N + n)*H + k] - 1)*(1 == g)*dz[(t*N + n)*H + k]*z[(t*N + n)*H + k] - (2 == g)*dcand[(t*N + n)*H + k]*(-1 + cand[(t*N + n)*H + k]*cand[(t*N + n)*H + k]);
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dai[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
                 }
             }
         }
-        /* dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k]) */
+        /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
@@ -664,129 +669,129 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc1_r0 = dai[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc1_r0 = dai[((t*N + n)*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc1_r0*W_ih[(g*H + k)*I + i];
+                        dx[(t*N + n)*I + i] += bp_acc1_r0*W_ih[(g*H + j)*I + i];
                     }
                 }
             }
         }
     }
-    /* dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dh0[n*H + k] = dh_total[(0*N + n)*H + k]*z[(0*N + n)*H + k];
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
         }
     }
-    BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + l)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
                 }
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + k)*I + i] = 0;
+                dW_ih[(g*H + j)*I + i] = 0;
             }
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc0_r0 = dai[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc0_r0 = dai[((t*N + n)*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + k)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
                     }
                 }
             }
         }
         /* sum over n */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s2[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s2[(g*H + j)*H + k] = 0;
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const double bp_acc1_r0 = dah[((0*N + n)*3 + g)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const double bp_acc1_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    _s2[(g*H + k)*H + l] += bp_acc1_r0*h0[n*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s2[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
                 }
             }
         }
     }
     /* sum over t, n */
-    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s3[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s3[(g*H + j)*H + k] = 0;
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
         for (ptrdiff_t t = 1; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc_r0 = dah[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
                     BP_OMP(simd)
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        _s3[(g*H + k)*H + l] += bp_acc_r0*h[((t - 1)*N + n)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s3[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                dW_hh[(g*H + k)*H + l] = _s2[(g*H + k)*H + l] + _s3[(g*H + k)*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dW_hh[(g*H + j)*H + k] = _s2[(g*H + j)*H + k] + _s3[(g*H + j)*H + k];
             }
         }
-        /* db_ih[g, k] = sum_{t,n}(dai[t, n, g, k]) */
+        /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_ih[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_ih[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_ih[g*H + k] += dai[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_ih[g*H + j] += dai[((t*N + n)*3 + g)*H + j];
                 }
             }
         }
-        /* db_hh[g, k] = sum_{t,n}(dah[t, n, g, k]) */
+        /* db_hh[g, j] = sum_{t,n}(dah[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_hh[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_hh[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_hh[g*H + k] += dah[((t*N + n)*3 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_hh[g*H + j] += dah[((t*N + n)*3 + g)*H + j];
                 }
             }
         }

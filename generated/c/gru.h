@@ -71,18 +71,18 @@ void bp_gru_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict ai, float *restrict ah, float *restrict r, float *restrict z, float *restrict cand, float *restrict bp_work);
 
 /* backward, float:
- *   dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*dah[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, k]*z[1 + t, n, k]*[0 <= 1 + t <= T - 1] + dh[t, n, k]
- *   dcand[t, n, k] = (1 - z[t, n, k])*dh_total[t, n, k]
- *   dz[t, n, k] = (h0[n, k]*[0 == t] + h[t - 1, n, k]*[0 <= t - 1 <= T - 1] - cand[t, n, k])*dh_total[t, n, k]
- *   dr[t, n, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*ah[t, n, 2, k]
- *   dah[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*r[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
- *   dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
- *   dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k])
- *   dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l])
- *   dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k])
- *   dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k])
- *   db_ih[g, k] = sum_{t,n}(dai[t, n, g, k])
- *   db_hh[g, k] = sum_{t,n}(dah[t, n, g, k])
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
+ *   dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+ *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
+ *   dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+ *   dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+ *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
+ *   dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
+ *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+ *   db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
+ *   db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], h[T, N, H], ah[T, N, G, H], r[T, N, H], z[T, N, H], cand[T, N, H]
  * out: dx[T, N, I], dh0[N, H], dW_ih[G, H, I], dW_hh[G, H, H], db_ih[G, H], db_hh[G, H]
  */
@@ -102,18 +102,18 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
 int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict ai, double *restrict ah, double *restrict r, double *restrict z, double *restrict cand, double *restrict bp_work);
 
 /* backward, double:
- *   dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*dah[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, k]*z[1 + t, n, k]*[0 <= 1 + t <= T - 1] + dh[t, n, k]
- *   dcand[t, n, k] = (1 - z[t, n, k])*dh_total[t, n, k]
- *   dz[t, n, k] = (h0[n, k]*[0 == t] + h[t - 1, n, k]*[0 <= t - 1 <= T - 1] - cand[t, n, k])*dh_total[t, n, k]
- *   dr[t, n, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*ah[t, n, 2, k]
- *   dah[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*r[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
- *   dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
- *   dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k])
- *   dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l])
- *   dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k])
- *   dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k])
- *   db_ih[g, k] = sum_{t,n}(dai[t, n, g, k])
- *   db_hh[g, k] = sum_{t,n}(dah[t, n, g, k])
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
+ *   dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+ *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
+ *   dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+ *   dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+ *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
+ *   dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
+ *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+ *   db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
+ *   db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], h[T, N, H], ah[T, N, G, H], r[T, N, H], z[T, N, H], cand[T, N, H]
  * out: dx[T, N, I], dh0[N, H], dW_ih[G, H, I], dW_hh[G, H, H], db_ih[G, H], db_hh[G, H]
  */

@@ -14,16 +14,16 @@
  *   hn[n, j] = h[T - 1, n, j]
  *   cn[n, j] = c[T - 1, n, j]
  * Backward pass (from the upstream gradients dh, dhn, dcn):
- *   dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*da[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k]
- *   dc[t, n, k] = dcn[n, k]*[T - 1 == t] + (1 - tanh(c[t, n, k])**2)*dh_total[t, n, k]*og[t, n, k] + dc[1 + t, n, k]*fg[1 + t, n, k]*[0 <= 1 + t <= T - 1]
- *   da[t, n, g, k] = (1 - fg[t, n, k])*(c0[n, k]*dc[0, n, k]*[0 == t] + c[t - 1, n, k]*dc[t, n, k]*[0 <= t - 1 <= T - 1])*fg[t, n, k]*[1 == g] + (1 - gg[t, n, k]**2)*dc[t, n, k]*ig[t, n, k]*[2 == g] + (1 - ig[t, n, k])*dc[t, n, k]*gg[t, n, k]*ig[t, n, k]*[0 == g] + (1 - og[t, n, k])*dh_total[t, n, k]*og[t, n, k]*[3 == g]*tanh(c[t, n, k])
- *   dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k])
- *   dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l])
- *   dc0[n, k] = dc[0, n, k]*fg[0, n, k]
- *   dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k])
- *   dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k])
- *   db_ih[g, k] = sum_{t,n}(da[t, n, g, k])
- *   db_hh[g, k] = sum_{t,n}(da[t, n, g, k])
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+ *   da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+ *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
+ *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
+ *   dc0[n, j] = dc[0, n, j]*fg[0, n, j]
+ *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+ *   db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
+ *   db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -49,8 +49,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -205,7 +210,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*4*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -235,7 +240,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
@@ -287,7 +292,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     }
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* hn[n, j] = h[T - 1, n, j]; cn[n, j] = c[T - 1, n, j] */
         BP_OMP(simd)
@@ -314,45 +319,45 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     float *const _s5 = bp_work + T*N*H + T*N*H + T*N*H + T*N*4*H + 4*H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
                 float bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 4; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        bp_acc += W_hh[(g*H + l)*H + k]*da[(((t + 1)*N + n)*4 + g)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k];
                     }
                 }
-                _s3[(t*N + n)*H + k] = bp_acc;
+                _s3[(t*N + n)*H + j] = bp_acc;
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dh_total[(t*N + n)*H + k] = (T - 1 == t)*dhn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + k] : 0) + dh[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dc[(t*N + n)*H + k] = (T - 1 == t)*dcn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + k]*fg[((t + 1)*N + n)*H + k] : 0) + dh_total[(t*N + n)*H + k]*og[(t*N + n)*H + k]*(1 - (bp_tanh_f32(c[(t*N + n)*H + k])*bp_tanh_f32(c[(t*N + n)*H + k])));
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (bp_tanh_f32(c[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])));
             }
         }
         BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    da[((t*N + n)*4 + g)*H + k] = (1 - fg[(t*N + n)*H + k])*((0 == t)*c0[n*H + k]*dc[(0*N + n)*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + k]*dc[(t*N + n)*H + k] : 0))*(1 == g)*fg[(t*N + n)*H + k] + (1 - ig[(t*N + n)*H + k])*(0 == g)*dc[(t*N + n)*H + k]*gg[(t*N + n)*H + k]*ig[(t*N + n)*H + k] + (1 - og[(t*N + n)*H + k])*bp_tanh_f32(c[(t*N + n)*H + k])*(3 == g)*dh_total[(t*N + n)*H + k]*og[(t*N + n)*H + k] + (2 == g)*dc[(t*N + n)*H + k]*ig[(t*N + n)*H + k]*(1 - (gg[(t*N + n)*H + k]*gg[(t*N + n)*H + k]));
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*((0 == t)*c0[n*H + j]*dc[(0*N + n)*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j]*dc[(t*N + n)*H + j] : 0))*(1 == g)*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
                 }
             }
         }
     }
-    /* dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN))
+    /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j]) */
+    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -361,135 +366,135 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             }
         }
     }
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + k)*I + i];
+                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l]) */
+        /* dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dh0[n*H + k] = 0;
         }
         for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                const float bp_acc0_r0 = da[((0*N + n)*4 + g)*H + l];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const float bp_acc0_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    dh0[n*H + k] += bp_acc0_r0*W_hh[(g*H + l)*H + k];
+                    dh0[n*H + k] += bp_acc0_r0*W_hh[(g*H + j)*H + k];
                 }
             }
         }
-        /* dc0[n, k] = dc[0, n, k]*fg[0, n, k] */
+        /* dc0[n, j] = dc[0, n, j]*fg[0, n, j] */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dc0[n*H + k] = dc[(0*N + n)*H + k]*fg[(0*N + n)*H + k];
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
         }
     }
-    BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + k)*I + i] = 0;
+                dW_ih[(g*H + j)*I + i] = 0;
             }
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc0_r0 = da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc0_r0 = da[((t*N + n)*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + k)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
                     }
                 }
             }
         }
         /* sum over n */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s4[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s4[(g*H + j)*H + k] = 0;
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const float bp_acc1_r0 = da[((0*N + n)*4 + g)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const float bp_acc1_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    _s4[(g*H + k)*H + l] += bp_acc1_r0*h0[n*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s4[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
                 }
             }
         }
     }
     /* sum over t, n */
-    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s5[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s5[(g*H + j)*H + k] = 0;
             }
         }
     }
-    BP_OMP(parallel for if (4*T*N*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
         for (ptrdiff_t t = 1; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
                     BP_OMP(simd)
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        _s5[(g*H + k)*H + l] += bp_acc_r0*h[((t - 1)*N + n)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s5[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                dW_hh[(g*H + k)*H + l] = _s4[(g*H + k)*H + l] + _s5[(g*H + k)*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dW_hh[(g*H + j)*H + k] = _s4[(g*H + j)*H + k] + _s5[(g*H + j)*H + k];
             }
         }
-        /* db_ih[g, k] = sum_{t,n}(da[t, n, g, k]) */
+        /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_ih[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_ih[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_ih[g*H + k] += da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_ih[g*H + j] += da[((t*N + n)*4 + g)*H + j];
                 }
             }
         }
-        /* db_hh[g, k] = sum_{t,n}(da[t, n, g, k]) */
+        /* db_hh[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_hh[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_hh[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_hh[g*H + k] += da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_hh[g*H + j] += da[((t*N + n)*4 + g)*H + j];
                 }
             }
         }
@@ -514,7 +519,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*4*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -544,7 +549,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
@@ -596,7 +601,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     }
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* hn[n, j] = h[T - 1, n, j]; cn[n, j] = c[T - 1, n, j] */
         BP_OMP(simd)
@@ -623,45 +628,45 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     double *const _s5 = bp_work + T*N*H + T*N*H + T*N*H + T*N*4*H + 4*H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
                 double bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 4; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        bp_acc += W_hh[(g*H + l)*H + k]*da[(((t + 1)*N + n)*4 + g)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k];
                     }
                 }
-                _s3[(t*N + n)*H + k] = bp_acc;
+                _s3[(t*N + n)*H + j] = bp_acc;
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dh_total[(t*N + n)*H + k] = (T - 1 == t)*dhn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + k] : 0) + dh[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dc[(t*N + n)*H + k] = (T - 1 == t)*dcn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + k]*fg[((t + 1)*N + n)*H + k] : 0) + dh_total[(t*N + n)*H + k]*og[(t*N + n)*H + k]*(1 - (tanh(c[(t*N + n)*H + k])*tanh(c[(t*N + n)*H + k])));
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (tanh(c[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])));
             }
         }
         BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    da[((t*N + n)*4 + g)*H + k] = (1 - fg[(t*N + n)*H + k])*((0 == t)*c0[n*H + k]*dc[(0*N + n)*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + k]*dc[(t*N + n)*H + k] : 0))*(1 == g)*fg[(t*N + n)*H + k] + (1 - ig[(t*N + n)*H + k])*(0 == g)*dc[(t*N + n)*H + k]*gg[(t*N + n)*H + k]*ig[(t*N + n)*H + k] + (1 - og[(t*N + n)*H + k])*tanh(c[(t*N + n)*H + k])*(3 == g)*dh_total[(t*N + n)*H + k]*og[(t*N + n)*H + k] + (2 == g)*dc[(t*N + n)*H + k]*ig[(t*N + n)*H + k]*(1 - (gg[(t*N + n)*H + k]*gg[(t*N + n)*H + k]));
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*((0 == t)*c0[n*H + j]*dc[(0*N + n)*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j]*dc[(t*N + n)*H + j] : 0))*(1 == g)*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
                 }
             }
         }
     }
-    /* dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN))
+    /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j]) */
+    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -670,135 +675,135 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             }
         }
     }
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + k)*I + i];
+                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l]) */
+        /* dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dh0[n*H + k] = 0;
         }
         for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                const double bp_acc0_r0 = da[((0*N + n)*4 + g)*H + l];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const double bp_acc0_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    dh0[n*H + k] += bp_acc0_r0*W_hh[(g*H + l)*H + k];
+                    dh0[n*H + k] += bp_acc0_r0*W_hh[(g*H + j)*H + k];
                 }
             }
         }
-        /* dc0[n, k] = dc[0, n, k]*fg[0, n, k] */
+        /* dc0[n, j] = dc[0, n, j]*fg[0, n, j] */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dc0[n*H + k] = dc[(0*N + n)*H + k]*fg[(0*N + n)*H + k];
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
         }
     }
-    BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + k)*I + i] = 0;
+                dW_ih[(g*H + j)*I + i] = 0;
             }
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc0_r0 = da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc0_r0 = da[((t*N + n)*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + k)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
                     }
                 }
             }
         }
         /* sum over n */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s4[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s4[(g*H + j)*H + k] = 0;
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const double bp_acc1_r0 = da[((0*N + n)*4 + g)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const double bp_acc1_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    _s4[(g*H + k)*H + l] += bp_acc1_r0*h0[n*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s4[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
                 }
             }
         }
     }
     /* sum over t, n */
-    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s5[(g*H + k)*H + l] = 0;
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s5[(g*H + j)*H + k] = 0;
             }
         }
     }
-    BP_OMP(parallel for if (4*T*N*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
         for (ptrdiff_t t = 1; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
                     BP_OMP(simd)
-                    for (ptrdiff_t l = 0; l < H; ++l) {
-                        _s5[(g*H + k)*H + l] += bp_acc_r0*h[((t - 1)*N + n)*H + l];
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s5[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k]) */
-        for (ptrdiff_t k = 0; k < H; ++k) {
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j]) */
+        for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                dW_hh[(g*H + k)*H + l] = _s4[(g*H + k)*H + l] + _s5[(g*H + k)*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dW_hh[(g*H + j)*H + k] = _s4[(g*H + j)*H + k] + _s5[(g*H + j)*H + k];
             }
         }
-        /* db_ih[g, k] = sum_{t,n}(da[t, n, g, k]) */
+        /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_ih[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_ih[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_ih[g*H + k] += da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_ih[g*H + j] += da[((t*N + n)*4 + g)*H + j];
                 }
             }
         }
-        /* db_hh[g, k] = sum_{t,n}(da[t, n, g, k]) */
+        /* db_hh[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            db_hh[g*H + k] = 0;
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            db_hh[g*H + j] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    db_hh[g*H + k] += da[((t*N + n)*4 + g)*H + k];
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    db_hh[g*H + j] += da[((t*N + n)*4 + g)*H + j];
                 }
             }
         }

@@ -73,16 +73,16 @@ void bp_lstm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict c0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict cn, float *restrict a, float *restrict ig, float *restrict fg, float *restrict gg, float *restrict og, float *restrict c, float *restrict bp_work);
 
 /* backward, float:
- *   dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*da[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k]
- *   dc[t, n, k] = dcn[n, k]*[T - 1 == t] + (1 - tanh(c[t, n, k])**2)*dh_total[t, n, k]*og[t, n, k] + dc[1 + t, n, k]*fg[1 + t, n, k]*[0 <= 1 + t <= T - 1]
- *   da[t, n, g, k] = (1 - fg[t, n, k])*(c0[n, k]*dc[0, n, k]*[0 == t] + c[t - 1, n, k]*dc[t, n, k]*[0 <= t - 1 <= T - 1])*fg[t, n, k]*[1 == g] + (1 - gg[t, n, k]**2)*dc[t, n, k]*ig[t, n, k]*[2 == g] + (1 - ig[t, n, k])*dc[t, n, k]*gg[t, n, k]*ig[t, n, k]*[0 == g] + (1 - og[t, n, k])*dh_total[t, n, k]*og[t, n, k]*[3 == g]*tanh(c[t, n, k])
- *   dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k])
- *   dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l])
- *   dc0[n, k] = dc[0, n, k]*fg[0, n, k]
- *   dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k])
- *   dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k])
- *   db_ih[g, k] = sum_{t,n}(da[t, n, g, k])
- *   db_hh[g, k] = sum_{t,n}(da[t, n, g, k])
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+ *   da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+ *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
+ *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
+ *   dc0[n, j] = dc[0, n, j]*fg[0, n, j]
+ *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+ *   db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
+ *   db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], c0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], dcn[N, H], h[T, N, H], ig[T, N, H], fg[T, N, H], gg[T, N, H], og[T, N, H], c[T, N, H]
  * out: dx[T, N, I], dh0[N, H], dc0[N, H], dW_ih[G, H, I], dW_hh[G, H, H], db_ih[G, H], db_hh[G, H]
  */
@@ -104,16 +104,16 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
 int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict c0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict cn, double *restrict a, double *restrict ig, double *restrict fg, double *restrict gg, double *restrict og, double *restrict c, double *restrict bp_work);
 
 /* backward, double:
- *   dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*da[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k]
- *   dc[t, n, k] = dcn[n, k]*[T - 1 == t] + (1 - tanh(c[t, n, k])**2)*dh_total[t, n, k]*og[t, n, k] + dc[1 + t, n, k]*fg[1 + t, n, k]*[0 <= 1 + t <= T - 1]
- *   da[t, n, g, k] = (1 - fg[t, n, k])*(c0[n, k]*dc[0, n, k]*[0 == t] + c[t - 1, n, k]*dc[t, n, k]*[0 <= t - 1 <= T - 1])*fg[t, n, k]*[1 == g] + (1 - gg[t, n, k]**2)*dc[t, n, k]*ig[t, n, k]*[2 == g] + (1 - ig[t, n, k])*dc[t, n, k]*gg[t, n, k]*ig[t, n, k]*[0 == g] + (1 - og[t, n, k])*dh_total[t, n, k]*og[t, n, k]*[3 == g]*tanh(c[t, n, k])
- *   dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k])
- *   dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l])
- *   dc0[n, k] = dc[0, n, k]*fg[0, n, k]
- *   dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k])
- *   dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k])
- *   db_ih[g, k] = sum_{t,n}(da[t, n, g, k])
- *   db_hh[g, k] = sum_{t,n}(da[t, n, g, k])
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+ *   da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+ *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
+ *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
+ *   dc0[n, j] = dc[0, n, j]*fg[0, n, j]
+ *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+ *   db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
+ *   db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], c0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], dcn[N, H], h[T, N, H], ig[T, N, H], fg[T, N, H], gg[T, N, H], og[T, N, H], c[T, N, H]
  * out: dx[T, N, I], dh0[N, H], dc0[N, H], dW_ih[G, H, I], dW_hh[G, H, H], db_ih[G, H], db_hh[G, H]
  */

@@ -8,13 +8,13 @@
  *   h[t, n, j] = relu(z[t, n, j])
  *   hn[n, j] = h[T - 1, n, j]
  * Backward pass (from the upstream gradients dh, dhn):
- *   dz[t, n, k] = (dhn[n, k]*[T - 1 == t] + sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k])*[z[t, n, k] > 0]
- *   dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k])
- *   dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l])
- *   dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i])
- *   dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])
- *   db_ih[k] = sum_{t,n}(dz[t, n, k])
- *   db_hh[k] = sum_{t,n}(dz[t, n, k])
+ *   dz[t, n, j] = (dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])*[z[t, n, j] > 0]
+ *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
+ *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
+ *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
+ *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+ *   db_ih[j] = sum_{t,n}(dz[t, n, j])
+ *   db_hh[j] = sum_{t,n}(dz[t, n, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -40,8 +40,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -123,7 +128,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -149,7 +154,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 _s1[(t*N + n)*H + j] = bp_acc;
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -165,7 +170,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         }
     }
     /* hn[n, j] = h[T - 1, n, j] */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -185,27 +190,27 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
                 float bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    bp_acc += W_hh[l*H + k]*dz[((t + 1)*N + n)*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    bp_acc += W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k];
                 }
-                _s3[(t*N + n)*H + k] = bp_acc;
+                _s3[(t*N + n)*H + j] = bp_acc;
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dz[(t*N + n)*H + k] = ((T - 1 == t)*dhn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + k] : 0) + dh[(t*N + n)*H + k])*bp_step_f32(z[(t*N + n)*H + k]);
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j])*bp_step_f32(z[(t*N + n)*H + j]);
             }
         }
     }
-    /* dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN))
+    /* dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j]) */
+    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -214,115 +219,115 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     }
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const float bp_acc_r0 = dz[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const float bp_acc_r0 = dz[(t*N + n)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < I; ++i) {
-                    dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[k*I + i];
+                    dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[j*I + i];
                 }
             }
         }
     }
-    /* dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dh0[n*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            const float bp_acc_r0 = dz[(0*N + n)*H + l];
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            const float bp_acc_r0 = dz[(0*N + n)*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                dh0[n*H + k] += bp_acc_r0*W_hh[l*H + k];
+                dh0[n*H + k] += bp_acc_r0*W_hh[j*H + k];
             }
         }
     }
-    BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        /* dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i]) */
+    BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dW_ih[k*I + i] = 0;
+            dW_ih[j*I + i] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                const float bp_acc0_r0 = dz[(t*N + n)*H + k];
+                const float bp_acc0_r0 = dz[(t*N + n)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < I; ++i) {
-                    dW_ih[k*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+                    dW_ih[j*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
                 }
             }
         }
         /* sum over n */
         BP_OMP(simd)
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            _s4[k*H + l] = 0;
+        for (ptrdiff_t k = 0; k < H; ++k) {
+            _s4[j*H + k] = 0;
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const float bp_acc1_r0 = dz[(0*N + n)*H + k];
+            const float bp_acc1_r0 = dz[(0*N + n)*H + j];
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s4[k*H + l] += bp_acc1_r0*h0[n*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s4[j*H + k] += bp_acc1_r0*h0[n*H + k];
             }
         }
     }
     /* sum over t, n */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
+    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            _s5[k*H + l] = 0;
+        for (ptrdiff_t k = 0; k < H; ++k) {
+            _s5[j*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (H*T*N*H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
+    BP_OMP(parallel for if (H*T*N*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t t = 1; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                const float bp_acc_r0 = dz[(t*N + n)*H + k];
+                const float bp_acc_r0 = dz[(t*N + n)*H + j];
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    _s5[k*H + l] += bp_acc_r0*h[((t - 1)*N + n)*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                 }
             }
         }
     }
-    /* dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l]) */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k]) */
+    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            dW_hh[k*H + l] = _s4[k*H + l] + _s5[k*H + l];
+        for (ptrdiff_t k = 0; k < H; ++k) {
+            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
         }
     }
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        db_ih[k] = 0;
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        db_ih[j] = 0;
     }
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        db_hh[k] = 0;
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        db_hh[j] = 0;
     }
-    BP_OMP(parallel for reduction(+:db_ih[0:H]) reduction(+:db_hh[0:H]) if (T*N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db_ih[0:H]) reduction(+:db_hh[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* db_ih[k] = sum_{t,n}(dz[t, n, k]) */
+        /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                db_ih[k] += dz[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                db_ih[j] += dz[(t*N + n)*H + j];
             }
         }
-        /* db_hh[k] = sum_{t,n}(dz[t, n, k]) */
+        /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                db_hh[k] += dz[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                db_hh[j] += dz[(t*N + n)*H + j];
             }
         }
     }
@@ -350,7 +355,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -376,7 +381,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 _s1[(t*N + n)*H + j] = bp_acc;
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -392,7 +397,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         }
     }
     /* hn[n, j] = h[T - 1, n, j] */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -412,27 +417,27 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
                 double bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    bp_acc += W_hh[l*H + k]*dz[((t + 1)*N + n)*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    bp_acc += W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k];
                 }
-                _s3[(t*N + n)*H + k] = bp_acc;
+                _s3[(t*N + n)*H + j] = bp_acc;
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dz[(t*N + n)*H + k] = ((T - 1 == t)*dhn[n*H + k] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + k] : 0) + dh[(t*N + n)*H + k])*bp_step_f64(z[(t*N + n)*H + k]);
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j])*bp_step_f64(z[(t*N + n)*H + j]);
             }
         }
     }
-    /* dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN))
+    /* dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j]) */
+    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -441,115 +446,115 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     }
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const double bp_acc_r0 = dz[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const double bp_acc_r0 = dz[(t*N + n)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < I; ++i) {
-                    dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[k*I + i];
+                    dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[j*I + i];
                 }
             }
         }
     }
-    /* dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dh0[n*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            const double bp_acc_r0 = dz[(0*N + n)*H + l];
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            const double bp_acc_r0 = dz[(0*N + n)*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                dh0[n*H + k] += bp_acc_r0*W_hh[l*H + k];
+                dh0[n*H + k] += bp_acc_r0*W_hh[j*H + k];
             }
         }
     }
-    BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        /* dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i]) */
+    BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dW_ih[k*I + i] = 0;
+            dW_ih[j*I + i] = 0;
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                const double bp_acc0_r0 = dz[(t*N + n)*H + k];
+                const double bp_acc0_r0 = dz[(t*N + n)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < I; ++i) {
-                    dW_ih[k*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+                    dW_ih[j*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
                 }
             }
         }
         /* sum over n */
         BP_OMP(simd)
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            _s4[k*H + l] = 0;
+        for (ptrdiff_t k = 0; k < H; ++k) {
+            _s4[j*H + k] = 0;
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const double bp_acc1_r0 = dz[(0*N + n)*H + k];
+            const double bp_acc1_r0 = dz[(0*N + n)*H + j];
             BP_OMP(simd)
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                _s4[k*H + l] += bp_acc1_r0*h0[n*H + l];
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s4[j*H + k] += bp_acc1_r0*h0[n*H + k];
             }
         }
     }
     /* sum over t, n */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
+    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            _s5[k*H + l] = 0;
+        for (ptrdiff_t k = 0; k < H; ++k) {
+            _s5[j*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (H*T*N*H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
+    BP_OMP(parallel for if (H*T*N*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t t = 1; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
-                const double bp_acc_r0 = dz[(t*N + n)*H + k];
+                const double bp_acc_r0 = dz[(t*N + n)*H + j];
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < H; ++l) {
-                    _s5[k*H + l] += bp_acc_r0*h[((t - 1)*N + n)*H + l];
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                 }
             }
         }
     }
-    /* dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l]) */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k]) */
+    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
-        for (ptrdiff_t l = 0; l < H; ++l) {
-            dW_hh[k*H + l] = _s4[k*H + l] + _s5[k*H + l];
+        for (ptrdiff_t k = 0; k < H; ++k) {
+            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
         }
     }
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        db_ih[k] = 0;
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        db_ih[j] = 0;
     }
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN))
-    for (ptrdiff_t k = 0; k < H; ++k) {
-        db_hh[k] = 0;
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        db_hh[j] = 0;
     }
-    BP_OMP(parallel for reduction(+:db_ih[0:H]) reduction(+:db_hh[0:H]) if (T*N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for reduction(+:db_ih[0:H]) reduction(+:db_hh[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* db_ih[k] = sum_{t,n}(dz[t, n, k]) */
+        /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                db_ih[k] += dz[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                db_ih[j] += dz[(t*N + n)*H + j];
             }
         }
-        /* db_hh[k] = sum_{t,n}(dz[t, n, k]) */
+        /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                db_hh[k] += dz[(t*N + n)*H + k];
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                db_hh[j] += dz[(t*N + n)*H + j];
             }
         }
     }

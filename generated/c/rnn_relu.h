@@ -66,13 +66,13 @@ void bp_rnn_relu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict z, float *restrict bp_work);
 
 /* backward, float:
- *   dz[t, n, k] = (dhn[n, k]*[T - 1 == t] + sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k])*[z[t, n, k] > 0]
- *   dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k])
- *   dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l])
- *   dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i])
- *   dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])
- *   db_ih[k] = sum_{t,n}(dz[t, n, k])
- *   db_hh[k] = sum_{t,n}(dz[t, n, k])
+ *   dz[t, n, j] = (dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])*[z[t, n, j] > 0]
+ *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
+ *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
+ *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
+ *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+ *   db_ih[j] = sum_{t,n}(dz[t, n, j])
+ *   db_hh[j] = sum_{t,n}(dz[t, n, j])
  * in:  x[T, N, I], h0[N, H], W_ih[H, I], W_hh[H, H], b_ih[H], b_hh[H], dh[T, N, H], dhn[N, H], h[T, N, H], z[T, N, H]
  * out: dx[T, N, I], dh0[N, H], dW_ih[H, I], dW_hh[H, H], db_ih[H], db_hh[H]
  */
@@ -88,13 +88,13 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict z, double *restrict bp_work);
 
 /* backward, double:
- *   dz[t, n, k] = (dhn[n, k]*[T - 1 == t] + sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k])*[z[t, n, k] > 0]
- *   dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k])
- *   dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l])
- *   dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i])
- *   dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])
- *   db_ih[k] = sum_{t,n}(dz[t, n, k])
- *   db_hh[k] = sum_{t,n}(dz[t, n, k])
+ *   dz[t, n, j] = (dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])*[z[t, n, j] > 0]
+ *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
+ *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
+ *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
+ *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+ *   db_ih[j] = sum_{t,n}(dz[t, n, j])
+ *   db_hh[j] = sum_{t,n}(dz[t, n, j])
  * in:  x[T, N, I], h0[N, H], W_ih[H, I], W_hh[H, H], b_ih[H], b_hh[H], dh[T, N, H], dhn[N, H], h[T, N, H], z[T, N, H]
  * out: dx[T, N, I], dh0[N, H], dW_ih[H, I], dW_hh[H, H], db_ih[H], db_hh[H]
  */

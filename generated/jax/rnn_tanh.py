@@ -9,13 +9,13 @@ Forward equations (index form; an index not on the left is summed):
     hn[n, j] = h[T - 1, n, j]
 
 Backward pass (from the upstream gradients dh, dhn):
-    dz[t, n, k] = (1 - h[t, n, k]**2)*(dhn[n, k]*[T - 1 == t] + sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k])
-    dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k])
-    dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l])
-    dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i])
-    dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])
-    db_ih[k] = sum_{t,n}(dz[t, n, k])
-    db_hh[k] = sum_{t,n}(dz[t, n, k])
+    dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+    dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
+    dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
+    dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
+    dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+    db_ih[j] = sum_{t,n}(dz[t, n, j])
+    db_hh[j] = sum_{t,n}(dz[t, n, j])
 
 Shapes: x[T, N, I], h0[N, H], W_ih[H, I], W_hh[H, H], b_ih[H], b_hh[H], z[T, N, H], h[T, N, H], hn[N, H], dh[T, N, H], dhn[N, H]
 """
@@ -185,19 +185,19 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None):
     # a recurrence: step by step, from the last
     dz = jnp.zeros((T, N, H), dtype)
     for t in reversed(range(T)):
-        # dz[t, n, k] = (1 - h[t, n, k]**2)*(dhn[n, k]*[T - 1 == t] + sum_l(W_hh[l, k]*dz[1 + t, n, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k])
-        dz = dz.at[t].set((1 - _step(h, t)**2)*(dhn*jnp.asarray(t == T - 1, dtype) + jnp.einsum('lk,nl->nk', W_hh, _step(dz, 1 + t), optimize=True)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)))
-    # dx[t, n, i] = sum_k(W_ih[k, i]*dz[t, n, k])
-    dx = jnp.einsum('ki,tnk->tni', W_ih, dz, optimize=True)
-    # dh0[n, k] = sum_l(W_hh[l, k]*dz[0, n, l])
-    dh0 = jnp.einsum('lk,nl->nk', W_hh, _window(dz, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)), optimize=True)
-    # dW_ih[k, i] = sum_{t,n}(dz[t, n, k]*x[t, n, i])
-    dW_ih = jnp.einsum('tnk,tni->ki', dz, x, optimize=True)
-    # dW_hh[k, l] = sum_n(h0[n, l]*dz[0, n, k]) + sum_{t=1..T - 1,n}(dz[t, n, k]*h[t - 1, n, l])
-    dW_hh = jnp.einsum('nl,nk->kl', h0, _window(dz, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)), optimize=True) + jnp.einsum('tnk,tnl,t->kl', dz, _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), ((1 <= jnp.arange(T)) & (jnp.arange(T) <= T - 1)).astype(dtype), optimize=True)
-    # db_ih[k] = sum_{t,n}(dz[t, n, k])
+        # dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+        dz = dz.at[t].set((1 - _step(h, t)**2)*(dhn*jnp.asarray(t == T - 1, dtype) + jnp.einsum('kj,nk->nj', W_hh, _step(dz, 1 + t), optimize=True)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)))
+    # dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
+    dx = jnp.einsum('ji,tnj->tni', W_ih, dz, optimize=True)
+    # dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
+    dh0 = jnp.einsum('jk,nj->nk', W_hh, _window(dz, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)), optimize=True)
+    # dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
+    dW_ih = jnp.einsum('tnj,tni->ji', dz, x, optimize=True)
+    # dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+    dW_hh = jnp.einsum('nk,nj->jk', h0, _window(dz, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)), optimize=True) + jnp.einsum('tnj,tnk,t->jk', dz, _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), ((1 <= jnp.arange(T)) & (jnp.arange(T) <= T - 1)).astype(dtype), optimize=True)
+    # db_ih[j] = sum_{t,n}(dz[t, n, j])
     db_ih = dz.sum(axis=(0, 1))
-    # db_hh[k] = sum_{t,n}(dz[t, n, k])
+    # db_hh[j] = sum_{t,n}(dz[t, n, j])
     db_hh = dz.sum(axis=(0, 1))
     return {
         'dx': jnp.asarray(dx, dtype),

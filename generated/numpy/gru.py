@@ -13,18 +13,18 @@ Forward equations (index form; an index not on the left is summed):
     hn[n, j] = h[T - 1, n, j]
 
 Backward pass (from the upstream gradients dh, dhn):
-    dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*dah[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, k]*z[1 + t, n, k]*[0 <= 1 + t <= T - 1] + dh[t, n, k]
-    dcand[t, n, k] = (1 - z[t, n, k])*dh_total[t, n, k]
-    dz[t, n, k] = (h0[n, k]*[0 == t] + h[t - 1, n, k]*[0 <= t - 1 <= T - 1] - cand[t, n, k])*dh_total[t, n, k]
-    dr[t, n, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*ah[t, n, 2, k]
-    dah[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*r[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
-    dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
-    dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k])
-    dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l])
-    dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k])
-    dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k])
-    db_ih[g, k] = sum_{t,n}(dai[t, n, g, k])
-    db_hh[g, k] = sum_{t,n}(dah[t, n, g, k])
+    dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+    dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
+    dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+    dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
+    dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+    dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
+    dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
+    dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
+    dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
+    dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+    db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
+    db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
 
 Shapes: x[T, N, I], h0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], ai[T, N, G, H], ah[T, N, G, H], r[T, N, H], z[T, N, H], cand[T, N, H], h[T, N, H], hn[N, H], dh[T, N, H], dhn[N, H]
 """
@@ -247,29 +247,29 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, ah=None, r=None,
     dr = np.zeros((T, N, H), dtype)
     dah = np.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
-        # dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*dah[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, k]*z[1 + t, n, k]*[0 <= 1 + t <= T - 1] + dh[t, n, k]
-        dh_total[t] = dhn*np.asarray(t == T - 1, dtype) + np.einsum('glk,ngl->nk', W_hh, _step(dah, 1 + t), optimize=True)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + np.einsum('nk->nk', _window(_step(dh_total, 1 + t), ((0, ((1, N),)), (0, ((1, H),)),)))*_step(z, 1 + t)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)
-        # dcand[t, n, k] = (1 - z[t, n, k])*dh_total[t, n, k]
-        dcand[t] = (1 - _step(z, t))*np.einsum('nk->nk', _window(_step(dh_total, t), ((0, ((1, N),)), (0, ((1, H),)),)))
-        # dz[t, n, k] = (h0[n, k]*[0 == t] + h[t - 1, n, k]*[0 <= t - 1 <= T - 1] - cand[t, n, k])*dh_total[t, n, k]
-        dz[t] = (_step(h, t - 1)*np.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*np.asarray(0 == t, dtype) - _step(cand, t))*np.einsum('nk->nk', _window(_step(dh_total, t), ((0, ((1, N),)), (0, ((1, H),)),)))
-        # dr[t, n, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*ah[t, n, 2, k]
-        dr[t] = (1 - _step(cand, t)**2)*_step(dcand, t)*np.einsum('nk->nk', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),)))
-        # dah[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*r[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
+        # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+        dh_total[t] = dhn*np.asarray(t == T - 1, dtype) + np.einsum('gkj,ngk->nj', W_hh, _step(dah, 1 + t), optimize=True)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh_total, 1 + t)*_step(z, 1 + t)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)
+        # dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
+        dcand[t] = (1 - _step(z, t))*_step(dh_total, t)
+        # dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+        dz[t] = (_step(h, t - 1)*np.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*np.asarray(0 == t, dtype) - _step(cand, t))*_step(dh_total, t)
+        # dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
+        dr[t] = (1 - _step(cand, t)**2)*_step(dcand, t)*np.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),)))
+        # dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
         dah[t] = (1 - _step(cand, t)[:, None, :]**2)*_step(dcand, t)[:, None, :]*_step(r, t)[:, None, :]*(2 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(r, t)[:, None, :])*_step(dr, t)[:, None, :]*_step(r, t)[:, None, :]*(0 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(z, t)[:, None, :])*_step(dz, t)[:, None, :]*_step(z, t)[:, None, :]*(1 == np.arange(G)[None, :, None]).astype(dtype)
-    # dai[t, n, g, k] = (1 - cand[t, n, k]**2)*dcand[t, n, k]*[2 == g] + (1 - r[t, n, k])*dr[t, n, k]*r[t, n, k]*[0 == g] + (1 - z[t, n, k])*dz[t, n, k]*z[t, n, k]*[1 == g]
+    # dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
     dai = (1 - cand[:, :, None, :]**2)*dcand[:, :, None, :]*(2 == np.arange(G)[None, None, :, None]).astype(dtype) + (1 - r[:, :, None, :])*dr[:, :, None, :]*r[:, :, None, :]*(0 == np.arange(G)[None, None, :, None]).astype(dtype) + (1 - z[:, :, None, :])*dz[:, :, None, :]*z[:, :, None, :]*(1 == np.arange(G)[None, None, :, None]).astype(dtype)
-    # dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*dai[t, n, g, k])
-    dx = np.einsum('gki,tngk->tni', W_ih, dai, optimize=True)
-    # dh0[n, k] = dh_total[0, n, k]*z[0, n, k] + sum_{g,l}(W_hh[g, l, k]*dah[0, n, g, l])
-    dh0 = np.einsum('nk->nk', _window(dh_total, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))*np.einsum('nk->nk', _window(z, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),))) + np.einsum('glk,ngl->nk', W_hh, _window(dah, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True)
-    # dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, k])
-    dW_ih = np.einsum('tni,tngk->gki', x, dai, optimize=True)
-    # dW_hh[g, k, l] = sum_n(h0[n, l]*dah[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*dah[t, n, g, k])
-    dW_hh = np.einsum('nl,ngk->gkl', h0, _window(dah, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True) + np.einsum('tnl,tngk,t->gkl', _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), dah, ((1 <= np.arange(T)) & (np.arange(T) <= T - 1)).astype(dtype), optimize=True)
-    # db_ih[g, k] = sum_{t,n}(dai[t, n, g, k])
+    # dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
+    dx = np.einsum('gji,tngj->tni', W_ih, dai, optimize=True)
+    # dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
+    dh0 = np.einsum('nj->nj', _window(dh_total, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))*np.einsum('nj->nj', _window(z, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),))) + np.einsum('gkj,ngk->nj', W_hh, _window(dah, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True)
+    # dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
+    dW_ih = np.einsum('tni,tngj->gji', x, dai, optimize=True)
+    # dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+    dW_hh = np.einsum('nk,ngj->gjk', h0, _window(dah, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True) + np.einsum('tnk,tngj,t->gjk', _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), dah, ((1 <= np.arange(T)) & (np.arange(T) <= T - 1)).astype(dtype), optimize=True)
+    # db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
     db_ih = dai.sum(axis=(0, 1))
-    # db_hh[g, k] = sum_{t,n}(dah[t, n, g, k])
+    # db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
     db_hh = dah.sum(axis=(0, 1))
     return {
         'dx': np.asarray(dx, dtype),

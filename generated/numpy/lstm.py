@@ -15,16 +15,16 @@ Forward equations (index form; an index not on the left is summed):
     cn[n, j] = c[T - 1, n, j]
 
 Backward pass (from the upstream gradients dh, dhn, dcn):
-    dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*da[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k]
-    dc[t, n, k] = dcn[n, k]*[T - 1 == t] + (1 - tanh(c[t, n, k])**2)*dh_total[t, n, k]*og[t, n, k] + dc[1 + t, n, k]*fg[1 + t, n, k]*[0 <= 1 + t <= T - 1]
-    da[t, n, g, k] = (1 - fg[t, n, k])*(c0[n, k]*dc[0, n, k]*[0 == t] + c[t - 1, n, k]*dc[t, n, k]*[0 <= t - 1 <= T - 1])*fg[t, n, k]*[1 == g] + (1 - gg[t, n, k]**2)*dc[t, n, k]*ig[t, n, k]*[2 == g] + (1 - ig[t, n, k])*dc[t, n, k]*gg[t, n, k]*ig[t, n, k]*[0 == g] + (1 - og[t, n, k])*dh_total[t, n, k]*og[t, n, k]*[3 == g]*tanh(c[t, n, k])
-    dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k])
-    dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l])
-    dc0[n, k] = dc[0, n, k]*fg[0, n, k]
-    dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k])
-    dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k])
-    db_ih[g, k] = sum_{t,n}(da[t, n, g, k])
-    db_hh[g, k] = sum_{t,n}(da[t, n, g, k])
+    dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+    dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+    da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+    dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
+    dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
+    dc0[n, j] = dc[0, n, j]*fg[0, n, j]
+    dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
+    dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+    db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
+    db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
 
 Shapes: x[T, N, I], h0[N, H], c0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], a[T, N, G, H], ig[T, N, H], fg[T, N, H], gg[T, N, H], og[T, N, H], c[T, N, H], h[T, N, H], hn[N, H], cn[N, H], dh[T, N, H], dhn[N, H], dcn[N, H]
 """
@@ -261,25 +261,25 @@ def backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, *, h=None, ig=None
     dc = np.zeros((T, N, H), dtype)
     da = np.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
-        # dh_total[t, n, k] = dhn[n, k]*[T - 1 == t] + sum_{g,l}(W_hh[g, l, k]*da[1 + t, n, g, l])*[0 <= 1 + t <= T - 1] + dh[t, n, k]
-        dh_total[t] = dhn*np.asarray(t == T - 1, dtype) + np.einsum('glk,ngl->nk', W_hh, _step(da, 1 + t), optimize=True)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)
-        # dc[t, n, k] = dcn[n, k]*[T - 1 == t] + (1 - tanh(c[t, n, k])**2)*dh_total[t, n, k]*og[t, n, k] + dc[1 + t, n, k]*fg[1 + t, n, k]*[0 <= 1 + t <= T - 1]
-        dc[t] = dcn*np.asarray(t == T - 1, dtype) + (1 - np.tanh(_step(c, t))**2)*np.einsum('nk->nk', _window(_step(dh_total, t), ((0, ((1, N),)), (0, ((1, H),)),)))*_step(og, t) + _step(dc, 1 + t)*_step(fg, 1 + t)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)
-        # da[t, n, g, k] = (1 - fg[t, n, k])*(c0[n, k]*dc[0, n, k]*[0 == t] + c[t - 1, n, k]*dc[t, n, k]*[0 <= t - 1 <= T - 1])*fg[t, n, k]*[1 == g] + (1 - gg[t, n, k]**2)*dc[t, n, k]*ig[t, n, k]*[2 == g] + (1 - ig[t, n, k])*dc[t, n, k]*gg[t, n, k]*ig[t, n, k]*[0 == g] + (1 - og[t, n, k])*dh_total[t, n, k]*og[t, n, k]*[3 == g]*tanh(c[t, n, k])
-        da[t] = (1 - _step(gg, t)[:, None, :]**2)*_step(dc, t)[:, None, :]*_step(ig, t)[:, None, :]*(2 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(fg, t)[:, None, :])*(_step(c, t - 1)[:, None, :]*_step(dc, t)[:, None, :]*np.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0[:, None, :]*np.einsum('nk->nk', _window(dc, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))[:, None, :]*np.asarray(0 == t, dtype))*_step(fg, t)[:, None, :]*(1 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(ig, t)[:, None, :])*_step(dc, t)[:, None, :]*_step(gg, t)[:, None, :]*_step(ig, t)[:, None, :]*(0 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(og, t)[:, None, :])*np.einsum('nk->nk', _window(_step(dh_total, t), ((0, ((1, N),)), (0, ((1, H),)),)))[:, None, :]*_step(og, t)[:, None, :]*(3 == np.arange(G)[None, :, None]).astype(dtype)*np.tanh(_step(c, t)[:, None, :])
-    # dx[t, n, i] = sum_{g,k}(W_ih[g, k, i]*da[t, n, g, k])
-    dx = np.einsum('gki,tngk->tni', W_ih, da, optimize=True)
-    # dh0[n, k] = sum_{g,l}(W_hh[g, l, k]*da[0, n, g, l])
-    dh0 = np.einsum('glk,ngl->nk', W_hh, _window(da, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True)
-    # dc0[n, k] = dc[0, n, k]*fg[0, n, k]
-    dc0 = np.einsum('nk->nk', _window(dc, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))*np.einsum('nk->nk', _window(fg, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))
-    # dW_ih[g, k, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, k])
-    dW_ih = np.einsum('tni,tngk->gki', x, da, optimize=True)
-    # dW_hh[g, k, l] = sum_n(h0[n, l]*da[0, n, g, k]) + sum_{t=1..T - 1,n}(h[t - 1, n, l]*da[t, n, g, k])
-    dW_hh = np.einsum('nl,ngk->gkl', h0, _window(da, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True) + np.einsum('tnl,tngk,t->gkl', _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), da, ((1 <= np.arange(T)) & (np.arange(T) <= T - 1)).astype(dtype), optimize=True)
-    # db_ih[g, k] = sum_{t,n}(da[t, n, g, k])
+        # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+        dh_total[t] = dhn*np.asarray(t == T - 1, dtype) + np.einsum('gkj,ngk->nj', W_hh, _step(da, 1 + t), optimize=True)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)
+        # dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+        dc[t] = dcn*np.asarray(t == T - 1, dtype) + (1 - np.tanh(_step(c, t))**2)*_step(dh_total, t)*_step(og, t) + _step(dc, 1 + t)*_step(fg, 1 + t)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)
+        # da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+        da[t] = (1 - _step(gg, t)[:, None, :]**2)*_step(dc, t)[:, None, :]*_step(ig, t)[:, None, :]*(2 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(fg, t)[:, None, :])*(_step(c, t - 1)[:, None, :]*_step(dc, t)[:, None, :]*np.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0[:, None, :]*np.einsum('nj->nj', _window(dc, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))[:, None, :]*np.asarray(0 == t, dtype))*_step(fg, t)[:, None, :]*(1 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(ig, t)[:, None, :])*_step(dc, t)[:, None, :]*_step(gg, t)[:, None, :]*_step(ig, t)[:, None, :]*(0 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(og, t)[:, None, :])*_step(dh_total, t)[:, None, :]*_step(og, t)[:, None, :]*(3 == np.arange(G)[None, :, None]).astype(dtype)*np.tanh(_step(c, t)[:, None, :])
+    # dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
+    dx = np.einsum('gji,tngj->tni', W_ih, da, optimize=True)
+    # dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
+    dh0 = np.einsum('gjk,ngj->nk', W_hh, _window(da, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True)
+    # dc0[n, j] = dc[0, n, j]*fg[0, n, j]
+    dc0 = np.einsum('nj->nj', _window(dc, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))*np.einsum('nj->nj', _window(fg, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))
+    # dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
+    dW_ih = np.einsum('tni,tngj->gji', x, da, optimize=True)
+    # dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+    dW_hh = np.einsum('nk,ngj->gjk', h0, _window(da, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True) + np.einsum('tnk,tngj,t->gjk', _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), da, ((1 <= np.arange(T)) & (np.arange(T) <= T - 1)).astype(dtype), optimize=True)
+    # db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
     db_ih = da.sum(axis=(0, 1))
-    # db_hh[g, k] = sum_{t,n}(da[t, n, g, k])
+    # db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
     db_hh = da.sum(axis=(0, 1))
     return {
         'dx': np.asarray(dx, dtype),
