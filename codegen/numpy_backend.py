@@ -78,7 +78,8 @@ def module_context(plan: KernelPlan, printer_class) -> dict:
     (shared by the NumPy and JAX backends, which differ in printer and template)."""
     layer = plan.layer
     slots = {t.name: t.dims for t in layer.tensors.values()}      # each array's axes
-    steps = {s.name: slots[s.tensor] for s in plan.derivation.steps}   # dh_total too
+    steps = {s.name: plan.derivation.tensor(s.tensor).dims         # dh_total, dz_g too
+             for s in plan.derivation.steps}
     printer = printer_class(layer.dims, slots | {"d" + n: d for n, d in slots.items()}
                             | steps)
     forward = _printed_all(printer, plan.forward, layer)
