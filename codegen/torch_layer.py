@@ -2,8 +2,9 @@
 torch.nn.Module whose forward and backward run the generated kernels (C by default)
 through a torch.autograd.Function.
 
-Tensors reach the kernels as NumPy views of their own memory (Tensor.numpy(): no copy),
-and results come back as tensors over the kernels' arrays (torch.from_numpy: no copy).
+Tensors reach the C kernels as pointers to their own memory (Tensor.data_ptr(): no copy;
+codegen.torch_calls, checked once per set of shapes), the NumPy kernels as NumPy views
+(Tensor.numpy()); results come back as tensors over fresh arrays (torch.from_numpy).
 Before that every tensor is checked here, so the error names torch's terms: on the CPU,
 in the module's dtype, contiguous."""
 from __future__ import annotations
