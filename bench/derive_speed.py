@@ -127,6 +127,19 @@ def measure(name: str, repeat: int, child: str = CHILD, parts: list | None = Non
     return imports, derives
 
 
+def print_network(repeat: int):
+    parts = []
+    _, times = measure(MLP40, repeat, NETWORK_CHILD, parts)
+    med = statistics.median(times)
+    print(f"{'mlp40 (network)':<24}{med:>10.3f}{min(times):>9.3f}..{max(times):<7.3f}   "
+          f"{'ok' if med < 5.0 else 'SLOW'} (< 5 s; compose + derive + plan + NumPy and C "
+          f"source)")
+    print("  of which, medians: " + ", ".join(
+        f"{k} {statistics.median(p[k] for p in parts):.3f} s"
+        for k in ("compose", "derive+plan", "sources", "cpu")) +
+        " (cpu: this process's CPU time, apart from waiting for a shared core)")
+
+
 def main():
     from derive.builtins import BUILTINS
 
@@ -134,11 +147,16 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--deep-only", action="store_true",
                     help="only the deep compositions (nested functions, chains, a deep MLP)")
+    ap.add_argument("--network-only", action="store_true",
+                    help="only the 40-layer MLP composed as a network")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}"
           f"; Python {platform.python_version()}; sympy {__import__('sympy').__version__}")
     if args.deep_only:
         print_deep(args.repeat)
+        return
+    if args.network_only:
+        print_network(args.repeat)
         return
     print(f"cold parse + derive + plan, median of {args.repeat} fresh processes (min..max)\n")
     print(f"{'layer':<24}{'median s':>10}{'min..max s':>18}   aim")
@@ -155,16 +173,7 @@ def main():
     med = statistics.median(times)
     print(f"{'all ' + str(len(BUILTINS)) + ' together':<24}{med:>10.3f}{min(times):>9.3f}.."
           f"{max(times):<7.3f}   {'ok' if med < 5.0 else 'SLOW'} (< 5 s)")
-    parts = []
-    _, times = measure(MLP40, args.repeat, NETWORK_CHILD, parts)
-    med = statistics.median(times)
-    print(f"{'mlp40 (network)':<24}{med:>10.3f}{min(times):>9.3f}..{max(times):<7.3f}   "
-          f"{'ok' if med < 5.0 else 'SLOW'} (< 5 s; compose + derive + plan + NumPy and C "
-          f"source)")
-    print("  of which, medians: " + ", ".join(
-        f"{k} {statistics.median(p[k] for p in parts):.3f} s"
-        for k in ("compose", "derive+plan", "sources", "cpu")) +
-        " (cpu: this process's CPU time, apart from waiting for a shared core)")
+    print_network(args.repeat)
     print(f"\nimport of sympy + toolkit (not included above): median "
           f"{statistics.median(all_imports):.3f} s")
     print_deep(args.repeat)

@@ -1,6 +1,7 @@
-"""What codegen.torch_module costs inside PyTorch: the per-call overhead of a derived layer
-(autograd.Function, tensor checks, NumPy views) over calling its C kernel directly, on a
-shape so small the kernel itself takes next to nothing; and layernorm + gelu, derived,
+"""What codegen.torch_module costs inside PyTorch: the per-call cost of a derived layer
+(autograd.Function, tensor checks, pointers) against calling its C kernel through the NumPy
+wrapper and against torch's own nn.Linear of the same size, on a shape so small the kernel
+itself takes next to nothing; and layernorm + gelu, derived,
 inside a torch model against torch's native nn.LayerNorm and nn.GELU.
 
     python -m bench.torch_interop [--repeat 200] [--json]
@@ -30,23 +31,30 @@ MODEL = dict(N=512, C=768)            # a transformer-width block
 
 def overhead(repeat: int) -> dict:
     """CPU seconds per call (this thread's, so the machine's other load does not count):
-    the C kernel direct (forward; forward + backward) and the same through the module
-    (no_grad forward; forward + backward by autograd)."""
+    the C kernel direct through its NumPy wrapper (forward; forward + backward), the same
+    through the module (no_grad forward; forward + backward by autograd), and torch's own
+    nn.Linear of the same size beside them (its weights the module's)."""
     import torch
 
     module = codegen.torch_module("dense", I=SMALL["I"], J=SMALL["J"])
+    linear = torch.nn.Linear(SMALL["J"], SMALL["I"])
+    with torch.no_grad():
+        linear.weight.copy_(module.W)
+        linear.bias.copy_(module.b)
     c = module.kernels
     x = torch.randn(SMALL["N"], SMALL["J"], requires_grad=True)
     dz = torch.ones(SMALL["N"], SMALL["I"])
     arrays = dict(x=x.detach().numpy(), W=module.W.detach().numpy(),
                   b=module.b.detach().numpy())
 
-    def torch_train():
-        module(x).backward(dz)
+    def train(layer):
+        return lambda: layer(x).backward(dz)
 
-    def torch_forward():
-        with torch.no_grad():
-            module(x)
+    def forward(layer):
+        def run():
+            with torch.no_grad():
+                layer(x)
+        return run
 
     def c_train():
         c.forward(**arrays)
@@ -54,18 +62,26 @@ def overhead(repeat: int) -> dict:
 
     nothing = lambda: None                                       # noqa: E731
     c.set_threads(1)             # one thread: its CPU time is the whole cost of a call
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # so for torch: a tiny Linear runs on one thread anyway
     try:
         times, rounds = _median_interleaved({
             "c_forward": (nothing, lambda: c.forward(**arrays)),
-            "module_forward": (nothing, torch_forward),
+            "module_forward": (nothing, forward(module)),
+            "linear_forward": (nothing, forward(linear)),
             "c_forward_backward": (nothing, c_train),
-            "module_forward_backward": (nothing, torch_train),
+            "module_forward_backward": (nothing, train(module)),
+            "linear_forward_backward": (nothing, train(linear)),
         }, repeat, clock=time.thread_time)
     finally:
         c.set_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     return dict(times, rounds=rounds,
                 forward_overhead=times["module_forward"] - times["c_forward"],
-                train_overhead=times["module_forward_backward"] - times["c_forward_backward"])
+                train_overhead=times["module_forward_backward"] - times["c_forward_backward"],
+                forward_vs_linear=times["module_forward"] / times["linear_forward"],
+                train_vs_linear=times["module_forward_backward"]
+                / times["linear_forward_backward"])
 
 
 def peers(width: int) -> dict:
@@ -122,10 +138,13 @@ def main(argv=None) -> None:
     us = lambda s: f"{s * 1e6:8.1f} us"                        # noqa: E731
     ms = lambda s: f"{s * 1e3:8.2f} ms"                        # noqa: E731
     print(f"per call, dense {SMALL} float32, torch threads {record['torch_threads']}:")
-    for k in ("c_forward", "module_forward", "c_forward_backward", "module_forward_backward"):
-        print(f"  {k:26s}{us(o[k])}")
-    print(f"  overhead: forward {us(o['forward_overhead'])}, forward + backward "
-          f"{us(o['train_overhead'])}")
+    print(f"  {'':22s}{'C kernel':>11s}{'module':>11s}{'nn.Linear':>11s}"
+          f"{'module/Linear':>15s}")
+    for k, ratio in (("forward", "forward_vs_linear"), ("forward_backward", "train_vs_linear")):
+        print(f"  {k:22s}{us(o['c_' + k])} {us(o['module_' + k])} {us(o['linear_' + k])}"
+              f"{o[ratio]:13.2f}")
+    print(f"  module over the C kernel: forward {us(o['forward_overhead'])}, forward + "
+          f"backward {us(o['train_overhead'])}")
     print(f"training step (forward + backward), {MODEL} float32, OMP_WAIT_POLICY="
           f"{record['omp_wait_policy']}:")
     for what in ("model", "layernorm", "gelu"):

@@ -150,6 +150,38 @@ class CKernels:
                               *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
         return out
 
+    # ---- for callers that pass pointers themselves (codegen.torch_calls) -----------------
+    def entry_point(self, entry: str):
+        """(C function, its work-size function) of entry "forward" or "backward".  The
+        function takes the sizes (`dim_values`), then a pointer per array: `args` (and for
+        backward `upstream`, then `reuses`), then one per result (`returns`;
+        `gradients`), then the work buffer; it returns 0.  Nothing is checked on that
+        route: check the arrays with `checked_sizes` first."""
+        if entry == "forward":
+            return self._forward, self._forward_work
+        if entry == "backward":
+            return self._backward, self._backward_work
+        raise ValueError(f"{self.name}: no C entry point {entry!r} (forward, backward)")
+
+    def checked_sizes(self, arrays: dict, names) -> dict:
+        """Every dimension's size, from the arrays `names`, checked as forward checks them
+        (a ValueError naming the first problem)."""
+        return self._check(arrays, names)[1]
+
+    def c_types(self):
+        """The compiled module's cffi FFI and the C type of its floats ("float" or
+        "double"), to build entry_point's arguments with (integer labels: int64_t)."""
+        return self._ffi, self._ctype
+
+    def check_status(self, status, sizes) -> None:
+        self._ran(status, sizes)
+
+    def dim_values(self, sizes: dict) -> list[int]:
+        return self._dims(sizes)
+
+    def shape_of(self, name: str, sizes: dict) -> tuple:
+        return self._shape(name, sizes)
+
     # ---- checks ---------------------------------------------------------------------------
     def _ran(self, status, sizes):
         """A kernel's status: -1 means a derived size disagreed with its definition, which

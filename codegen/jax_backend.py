@@ -28,7 +28,7 @@ class JaxPrinter(NumpyPrinter):
         return [(name, _jnp(text)) for name, text in temps], _jnp(code)
 
     def _window(self, e):
-        self.helpers_used.add("_take")          # JAX's _window gathers through _take
+        self.helpers_used.add("_take")          # a read mostly outside its array gathers
         return super()._window(e)
 
 

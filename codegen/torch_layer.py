@@ -2,8 +2,9 @@
 torch.nn.Module whose forward and backward run the generated kernels (C by default)
 through a torch.autograd.Function.
 
-Tensors reach the kernels as NumPy views of their own memory (Tensor.numpy(): no copy),
-and results come back as tensors over the kernels' arrays (torch.from_numpy: no copy).
+Tensors reach the C kernels as pointers to their own memory (Tensor.data_ptr(): no copy;
+codegen.torch_calls, checked once per set of shapes), the NumPy kernels as NumPy views
+(Tensor.numpy()); results come back as tensors over fresh arrays (torch.from_numpy).
 Before that every tensor is checked here, so the error names torch's terms: on the CPU,
 in the module's dtype, contiguous."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from derive.builtins import resolve
 
+from .torch_calls import DirectCalls
 from .torch_init import init_rules, initialise
 
 DTYPES = ("float32", "float64")
@@ -80,10 +82,9 @@ class DerivedModule(torch.nn.Module):
         # positions of the arguments without a gradient (targets, labels, nograd)
         self.no_gradient = tuple(i for i, n in enumerate(kernels.args)
                                  if "d" + n not in self.gradients)
-        self.reuses = tuple(n for n in kernels.returns if n in _reused(kernels))
         self.scalar_inputs = {t.name for t in layer.inputs + layer.targets if not t.dims}
-        self.integer_inputs = {t.name for t in layer.tensors.values()
-                               if t.values is not None}
+        labels = {t.name: t.values for t in layer.tensors.values() if t.values is not None}
+        self.integer_inputs = set(labels)
         self.loss = layer.loss
         self.param_names = tuple(t.name for t in layer.params)
         for t in layer.params:
@@ -95,28 +96,60 @@ class DerivedModule(torch.nn.Module):
                 torch.empty(shape, dtype=dtype)))
         self.init_rules = init_rules(layer)
         initialise(dict(self.named_parameters()), self.init_rules, sizes)
+        self._index_calls(kernels, labels)
+
+    def _index_calls(self, kernels, labels):
+        """Positions worked out once, so a call builds no dictionaries: where each kernel
+        argument comes from (the call's tensors, then the parameters), which forward
+        results are the outputs and the reused intermediates, where each upstream
+        gradient and each argument's gradient sit."""
+        given = self.inputs + self.param_names
+        self._arg_at = tuple(given.index(n) for n in kernels.args)
+        self._arg_dtypes = tuple(torch.int64 if n in labels else self.dtype
+                                 for n in kernels.args)
+        reuses = _reused(kernels)
+        self._output_at = tuple(kernels.returns.index(n) for n in self.outputs)
+        self._reuse_at = tuple(kernels.returns.index(n) for n in reuses)
+        self._upstream_at = tuple(self.outputs.index(u[1:]) for u in kernels.upstream)
+        self._gradient_at = tuple(self.gradients.index("d" + n) if "d" + n in self.gradients
+                                  else None for n in kernels.args)
+        self._pick = self.outputs.index(self.loss) if self.loss else \
+            (0 if len(self.outputs) == 1 else None)
+        self.calls = DirectCalls(kernels, self.dtype, labels) if kernels.backend == "c" \
+            else _NumpyCalls(kernels, reuses)
 
     def forward(self, *tensors):
         if len(tensors) != len(self.inputs):
             raise TypeError(f"{self.layer_name}: forward takes {len(self.inputs)} "
                             f"tensor{'s' if len(self.inputs) != 1 else ''} "
                             f"({', '.join(self.inputs)}), got {len(tensors)}")
-        given = dict(zip(self.inputs, tensors))
-        given.update({n: getattr(self, n) for n in self.param_names})
-        args = [self._checked(n, given[n]) for n in self.kernels.args]
-        if not self.gradients:
-            with torch.no_grad():
-                out = _run_forward(self, args)
-            return _result(self, out)
-        for i in self.no_gradient:
-            if args[i].requires_grad:
-                raise ValueError(f"{self.layer_name}: {self.kernels.args[i]} requires grad, "
-                                 f"but the derivation gives no gradient for it (a target or "
-                                 f"nograd tensor): pass it detached")
-        return _result(self, _KernelFunction.apply(self, *args))
+        given = (*tensors, *map(self._parameters.__getitem__, self.param_names))
+        args = [given[i] for i in self._arg_at]
+        i = 0
+        for t, want in zip(args, self._arg_dtypes):
+            # the common case in four cheap tests; anything else is looked at closely
+            if not (type(t) in _PLAIN and t.is_cpu and t.dtype is want and t.is_contiguous()):
+                args[i] = self._checked(self.kernels.args[i], t)
+            i += 1
+        if self.gradients:
+            for i in self.no_gradient:
+                if args[i].requires_grad:
+                    raise ValueError(f"{self.layer_name}: {self.kernels.args[i]} requires "
+                                     f"grad, but the derivation gives no gradient for it (a "
+                                     f"target or nograd tensor): pass it detached")
+        plan = self.calls.plan(args)
+        if self.gradients and torch.is_grad_enabled() and any(a.requires_grad for a in args):
+            return self._result(_KernelFunction.apply(self, plan, *args))
+        out = self.calls.forward(plan, args)           # no graph to record
+        return self._result(tuple(out[i] for i in self._output_at))
+
+    def _result(self, outputs):
+        """The loss, or the output, or a tuple of the outputs."""
+        return outputs if self._pick is None else outputs[self._pick]
 
     def _checked(self, name, t):
-        """The tensor, or a ValueError naming what the kernels cannot take."""
+        """The tensor (labels as int64), or a ValueError naming what the kernels cannot
+        take."""
         where = f"{self.layer_name}: {name}"
         if not isinstance(t, torch.Tensor):
             if name in self.scalar_inputs and isinstance(t, numbers.Real):
@@ -130,6 +163,7 @@ class DerivedModule(torch.nn.Module):
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
                 raise ValueError(f"{where}: expected integer class indices, got "
                                  f"{t.dtype}")
+            t = t.to(torch.int64)                # the kernels' index type (labels: small)
         elif t.dtype != self.dtype:
             raise ValueError(f"{where}: expected {self.dtype} (the module's dtype), got "
                              f"{t.dtype}: convert with .to({self.dtype})")
@@ -145,16 +179,20 @@ class DerivedModule(torch.nn.Module):
             (f", {sizes}" if sizes else "")
 
 
+# Tensors the fast check may trust (a subclass may report its own device, dtype, ...)
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
+
+
 class _KernelFunction(torch.autograd.Function):
     """forward: the layer's forward kernel; backward: its derived backward kernel,
-    fed the saved inputs and the intermediates it reuses."""
+    fed the saved arguments and the intermediates it reuses."""
 
     @staticmethod
-    def forward(ctx, module, *args):
-        out = _run_forward(module, args)
-        ctx.module = module
-        ctx.save_for_backward(*args, *[out[n] for n in module.reuses])
-        return tuple(out[n] for n in module.outputs)
+    def forward(ctx, module, plan, *args):
+        out = module.calls.forward(plan, args)
+        ctx.module, ctx.plan = module, plan
+        ctx.save_for_backward(*args, *[out[i] for i in module._reuse_at])
+        return tuple(out[i] for i in module._output_at)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -164,36 +202,43 @@ class _KernelFunction(torch.autograd.Function):
                                f"True, a gradient of a gradient) is not supported: the "
                                f"derived kernels give first derivatives only")
         saved = ctx.saved_tensors
-        args = module.kernels.args
-        arrays = {n: _view(t) for n, t in zip(args, saved)}
-        arrays.update({n: _view(t) for n, t in zip(module.reuses, saved[len(args):])})
-        upstream = {"d" + n: _view(g.to(module.dtype).contiguous())
-                    for n, g in zip(module.outputs, grads) if n != module.loss}
-        got = module.kernels.backward(**arrays, **upstream)
-        scale = grads[module.outputs.index(module.loss)] if module.loss else None
-        result = []
-        for n in args:
-            g = got.get("d" + n)
-            if g is None or not ctx.needs_input_grad[1 + len(result)]:
+        n = len(module._arg_at)
+        upstream = [grads[i].to(module.dtype).contiguous() for i in module._upstream_at]
+        got = module.calls.backward(ctx.plan, saved[:n], upstream, saved[n:])
+        scale = grads[module._pick] if module.loss else None
+        needs = ctx.needs_input_grad
+        result = [None, None]
+        for k, at in enumerate(module._gradient_at):
+            if at is None or not needs[2 + k]:
                 result.append(None)
-                continue
-            g = _tensor(g)
-            result.append(g if scale is None else g.mul_(scale))
-        return (None, *result)
+            else:
+                result.append(got[at] if scale is None else got[at].mul_(scale))
+        return tuple(result)
 
 
-def _run_forward(module, args):
-    out = module.kernels.forward(**{n: _view(t) for n, t in zip(module.kernels.args, args)})
-    return {n: _tensor(a) for n, a in out.items()}
+class _NumpyCalls:
+    """DirectCalls' contract on the NumPy backend: NumPy views of the tensors in, tensors
+    over the result arrays out (no copies either way)."""
 
+    def __init__(self, kernels, reuses):
+        self.kernels = kernels
+        self.reuses = reuses
 
-def _result(module, outputs):
-    """The loss, or the output, or a tuple of the outputs."""
-    if isinstance(outputs, dict):
-        outputs = tuple(outputs[n] for n in module.outputs)
-    if module.loss:
-        return outputs[module.outputs.index(module.loss)]
-    return outputs[0] if len(outputs) == 1 else outputs
+    def plan(self, args):
+        return None                     # the NumPy wrapper checks every call itself
+
+    def forward(self, plan, args) -> tuple:
+        k = self.kernels
+        out = k.forward(**{n: _view(a) for n, a in zip(k.args, args)})
+        return tuple(_tensor(out[n]) for n in k.returns)
+
+    def backward(self, plan, args, upstream, reused) -> tuple:
+        k = self.kernels
+        arrays = {n: _view(a) for n, a in zip(k.args, args)}
+        arrays.update({n: _view(u) for n, u in zip(k.upstream, upstream)})
+        arrays.update({n: _view(r) for n, r in zip(self.reuses, reused)})
+        got = k.backward(**arrays)
+        return tuple(_tensor(got[n]) for n in k.gradients)
 
 
 def _view(t):
@@ -208,10 +253,11 @@ def _tensor(a):
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _reused(kernels):
-    """Intermediates the backward kernel takes from forward's result."""
+def _reused(kernels) -> tuple:
+    """Intermediates the backward kernel takes from forward's result, in the order it
+    takes them."""
     if hasattr(kernels, "reuses"):                       # C
-        return kernels.reuses
+        return tuple(kernels.reuses)
     from .loader import _kwonly                          # NumPy: backward's keywords
 
-    return _kwonly(kernels.module.backward)
+    return tuple(n for n in kernels.returns if n in _kwonly(kernels.module.backward))

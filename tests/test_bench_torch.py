@@ -25,6 +25,8 @@ def test_overhead_record(monkeypatch):
     assert record["rounds"] == 3
     assert record["forward_overhead"] == pytest.approx(record["module_forward"]
                                                        - record["c_forward"])
+    assert record["train_vs_linear"] == pytest.approx(record["module_forward_backward"]
+                                                      / record["linear_forward_backward"])
     model = bench.in_a_model(repeat=2)
     assert set(model) == {"rounds", "native_model", "derived_model", "native_layernorm",
                           "derived_layernorm", "native_gelu", "derived_gelu"}

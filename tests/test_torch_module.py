@@ -235,3 +235,30 @@ def test_loss_gradient_scales_with_the_upstream_gradient():
     t = torch.randn(4, 3, dtype=torch.float64)
     (3 * m(y, t)).backward()
     torch.testing.assert_close(y.grad, 3 * (y - t).detach() / 4)
+
+
+def test_shapes_are_checked_once_per_set_of_shapes(monkeypatch):
+    """The C wrapper's shape checks run on the first call with a set of input shapes only;
+    a new set is checked (and a wrong one refused) again, and labels' values every call."""
+    m = codegen.torch_module("dense", I=3, J=4)
+    checks = []
+    check = m.kernels.checked_sizes
+    monkeypatch.setattr(m.kernels, "checked_sizes", lambda *a: checks.append(a) or check(*a))
+    x = torch.randn(2, 4, requires_grad=True)
+    for _ in range(3):
+        m(x).sum().backward()
+    with torch.no_grad():
+        assert m(x).grad_fn is None
+    assert len(checks) == 1
+    torch.testing.assert_close(x.grad, 3 * m.W.detach().sum(0).expand(2, 4))
+    m(torch.randn(5, 4))
+    assert len(checks) == 2
+    with pytest.raises(ValueError, match=r"W: expected shape \(I=3, J=5\), got \(3, 4\)"):
+        m(torch.randn(2, 5))
+    labels = codegen.torch_module("softmax_cross_entropy_labels")
+    z = torch.randn(4, 3)
+    labels(z, torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"t: values must lie in 0..I-1 = 0..2; found 3 at"):
+        labels(z, torch.tensor([0, 1, 3, 0]))
+    torch.testing.assert_close(labels(z, torch.tensor([0, 1, 2, 0], dtype=torch.int32)),
+                               torch.nn.functional.cross_entropy(z, torch.tensor([0, 1, 2, 0])))

@@ -1,0 +1,117 @@
+"""The hot path of codegen.torch_module: torch tensors straight into a layer's C kernels.
+
+What a call needs besides the tensors' addresses (the sizes of every dimension, the shapes
+of the results, the size of the work buffer) depends only on the tensors' shapes, so it is
+worked out once per set of shapes, through the C wrapper's own checks (a bad shape gets
+their error), and kept.  A call with known shapes then costs a dictionary look-up, one
+fresh array per result (NumPy's, handed out under torch.from_numpy: cheaper than
+torch.empty) and one cffi pointer cast per tensor (from Tensor.data_ptr(): no NumPy
+views).  What can change between calls with the same shapes (device, dtype,
+contiguity, the values of integer labels) is checked by the module (codegen.torch_layer)
+and here, every call."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAX_SHAPES = 64          # shape plans kept per module; past that the oldest are dropped
+
+
+@dataclass(frozen=True)
+class ShapePlan:
+    """Everything a call with these input shapes needs besides the tensors."""
+    sizes: dict            # dimension -> size
+    dims: tuple            # the sizes, as the C entry points take them first
+    returns: tuple         # shapes of forward's results, in kernels.returns order
+    gradients: tuple       # shapes of backward's results, in kernels.gradients order
+    forward_work: int      # elements of the work buffer of each entry
+    backward_work: int
+
+
+class DirectCalls:
+    """forward and backward of a layer's C kernels on checked CPU tensors: `args` are the
+    kernels' arguments in kernels.args order, each contiguous, of the module's dtype (int64
+    for integer labels); the module checks that first (codegen.torch_layer)."""
+
+    def __init__(self, kernels, dtype: torch.dtype, labels: dict):
+        """labels: argument name -> the dimension its integer values index."""
+        self.kernels = kernels
+        self.dtype = dtype
+        self._np_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        ffi, ctype = kernels.c_types()
+        self._cast, self._float_ptr = ffi.cast, ffi.typeof(f"{ctype} *")
+        int_ptr = ffi.typeof("int64_t *")
+        # results: NumPy arrays seen as C arrays; the work buffer: cffi's own memory, not
+        # cleared (cheaper than a tensor)
+        self._array, self._from_buffer = ffi.typeof(f"{ctype}[]"), ffi.from_buffer
+        self._alloc = ffi.new_allocator(should_clear_after_alloc=False)
+        self._arg_ptrs = tuple(int_ptr if n in labels else self._float_ptr
+                               for n in kernels.args)
+        self._labels = tuple((i, labels[n]) for i, n in enumerate(kernels.args)
+                             if n in labels)
+        self._forward, self._forward_work = kernels.entry_point("forward")
+        self._backward, self._backward_work = kernels.entry_point("backward") \
+            if kernels.gradients else (None, None)
+        self._plans: dict[tuple, ShapePlan] = {}
+
+    def plan(self, args) -> ShapePlan:
+        """The plan of these arguments' shapes (made, and checked, on first sight); the
+        labels' values are checked every call (C reads x[n, t[n]] unchecked)."""
+        key = tuple(a.shape for a in args)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._new_plan(args)
+            if len(self._plans) >= MAX_SHAPES:
+                del self._plans[next(iter(self._plans))]
+            self._plans[key] = plan
+        for i, dim in self._labels:
+            t = args[i]
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= plan.sizes[dim]):
+                self._check(args)                  # raises, naming the value and where
+        return plan
+
+    def forward(self, plan: ShapePlan, args) -> tuple:
+        """Forward's results, fresh tensors in kernels.returns order."""
+        out = [np.empty(s, self._np_dtype) for s in plan.returns]
+        cast, ptrs, buffer, array = self._cast, self._arg_ptrs, self._from_buffer, self._array
+        status = self._forward(*plan.dims,
+                               *[cast(p, a.data_ptr()) for p, a in zip(ptrs, args)],
+                               *[buffer(array, o) for o in out],
+                               self._alloc(array, plan.forward_work))
+        self.kernels.check_status(status, plan.sizes)
+        return tuple(map(torch.from_numpy, out))
+
+    def backward(self, plan: ShapePlan, args, upstream, reused) -> tuple:
+        """Every gradient, fresh tensors in kernels.gradients order, from the arguments,
+        the upstream gradients (kernels.upstream order, contiguous, of the dtype) and the
+        forward results backward reuses (kernels.reuses order)."""
+        grads = [np.empty(s, self._np_dtype) for s in plan.gradients]
+        cast, ptrs, buffer, array = self._cast, self._arg_ptrs, self._from_buffer, self._array
+        fp = self._float_ptr
+        status = self._backward(*plan.dims,
+                                *[cast(p, a.data_ptr()) for p, a in zip(ptrs, args)],
+                                *[cast(fp, t.data_ptr()) for t in upstream],
+                                *[cast(fp, t.data_ptr()) for t in reused],
+                                *[buffer(array, g) for g in grads],
+                                self._alloc(array, plan.backward_work))
+        self.kernels.check_status(status, plan.sizes)
+        return tuple(map(torch.from_numpy, grads))
+
+    def _new_plan(self, args) -> ShapePlan:
+        k = self.kernels
+        sizes = self._check(args)
+        dims = tuple(k.dim_values(sizes))
+        backward_work = max(int(self._backward_work(*dims)), 1) if self._backward else 0
+        return ShapePlan(sizes=sizes, dims=dims,
+                         returns=tuple(k.shape_of(n, sizes) for n in k.returns),
+                         gradients=tuple(k.shape_of(n, sizes) for n in k.gradients),
+                         forward_work=max(int(self._forward_work(*dims)), 1),
+                         backward_work=backward_work)
+
+    def _check(self, args) -> dict:
+        """The C wrapper's checks of the arguments (as NumPy views: no copy)."""
+        return self.kernels.checked_sizes(
+            {n: a.detach().numpy() for n, a in zip(self.kernels.args, args)},
+            self.kernels.args)
