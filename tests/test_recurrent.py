@@ -214,3 +214,18 @@ def test_the_spec_language_page_shows_what_derive_prints():
     steps = derive(parse_spec(spec.strip() + "\n")).steps
     assert [f"{formula(s.lhs)} = {formula(s.expr)}" for s in steps] == \
         printed.strip().splitlines()
+
+
+@pytest.mark.parametrize("claim, verdict", [
+    ("dW_hh[j, k] = sum(dz[0, n, j] * h0[n, k], n) + sum(dz[t, n, j] * h[t - 1, n, k], t, n)",
+     "HOLDS"),
+    ("dW_hh[j, k] = sum(dz[t, n, j] * h[t, n, k], t, n)", "FALSE"),   # the unshifted state
+    ("dh0[n, k] = sum(W_hh[j, k] * dz[0, n, j], j)", "HOLDS"),
+])
+def test_verify_decides_claims_about_backpropagation_through_time(claim, verdict):
+    """`backprop verify` reads shifted steps in a claim (a step before the first reads 0,
+    and says so) and decides it; a wrong one gets a counterexample."""
+    from derive.verify import verify
+
+    result = verify(derive(builtin("rnn_tanh")), claim)
+    assert result.verdict == verdict, result
