@@ -7,6 +7,7 @@ import sympy as sp
 
 from derive.affine import between, bounds_from, divides
 from derive.indices import dim_of, free_indices
+from derive.piecewise import linear_position
 from derive.spec import dim_symbol
 from derive.pretty import formula
 
@@ -317,7 +318,10 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         parts = [_view(c, printer, shapes, acc) for c in n.copies]
         for p in parts:
             p.update(pragma="", simd="")
-        view.update(mode="copies", parts=parts, pragma=f"#pragma omp parallel for{when}")
+        # the work is the whole target (the shared loops are only its outer axes)
+        work = "*".join(str(dim_of(i)) for i in n.out)
+        view.update(mode="copies", parts=parts,
+                    pragma=f"#pragma omp parallel for if ({work} >= BP_PARALLEL_MIN)")
         return view
     if n.kind == "scatter":
         # Serial over the summed indices: two of them may hit the same row.  The target is
@@ -337,6 +341,13 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         view.update(mode="assign", simd=simd if len(loops) > 1 else "",
                     pragma=f"#pragma omp parallel for{when}" if len(loops) > 1 else
                     (f"#pragma omp parallel for simd{when}" if loops else ""))
+        return view
+    if n.op == "argmax":
+        # one scan of the window in rank order, no simd (the order decides ties): the
+        # best value and its rank, as torch.max_pool2d's `val > max || isnan(val)`
+        view.update(mode="scalar_acc", split=len(n.loops) - len(n.reduced), start="-INFINITY",
+                    finish=f"{acc}_at", rank=printer.index_code(linear_position(
+                        n.reduced, n.reduced)), pragma=f"#pragma omp parallel for{when}")
         return view
     red = "max" if n.op == "max" else "+"
     start = "-INFINITY" if n.op == "max" else "0"

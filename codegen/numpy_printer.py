@@ -17,6 +17,7 @@ from derive.indices import free_indices
 from derive.pretty import decimal, is_long_number
 
 from .plan import Maximum, Statement
+from .reductions import ArgMax
 from .scatter import scatter_parts
 
 ADD, MUL, POW, ATOM = 1, 2, 3, 4
@@ -135,6 +136,8 @@ class NumpyPrinter:
             return self._note(self._sum(e, ctx)), ATOM
         if isinstance(e, Maximum):
             return self._note(self._max(e, ctx)), ATOM
+        if isinstance(e, ArgMax):
+            return self._note(self._argmax(e, ctx)), ATOM
         if isinstance(e, sp.KroneckerDelta):
             return self._delta(e, ctx), ATOM
         if isinstance(e, Where):
@@ -382,6 +385,16 @@ class NumpyPrinter:
         body, k = e.args
         outer = [i for i in ctx if i in free_indices(body) - {k}]
         code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
+        return _expand(code, outer, ctx)
+
+
+    def _argmax(self, e, ctx):
+        body, ks = e.args[0], list(e.bound_indices)
+        outer = [i for i in ctx if i in free_indices(body) - set(ks)]
+        sizes = [str(k.upper + 1) for k in ks]
+        self.dims_used |= set(sizes)
+        self.helpers_used.add("_first_argmax")
+        code = f"_first_argmax({self.array(body, tuple(outer + ks))}, ({', '.join(sizes)},))"
         return _expand(code, outer, ctx)
 
 

@@ -1,0 +1,52 @@
+"""How reductions become kernels (issue 12's speed items): the shape of the emitted code
+that the benchmarks depend on, and the values it computes against torch."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import codegen
+from codegen.c_backend import c_sources
+from codegen.plan import plan
+from derive import derive
+
+from .oracles import require_oracle
+
+
+def _backward_c(name, **constants):
+    layer = codegen.load(name, constants=constants).layer
+    source = c_sources(plan(derive(layer)))[f"{name}.c"]
+    body = source[source.index(f"int bp_{name}_backward_f32("):]
+    return body[:body.index("\n}\n")]
+
+
+def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
+    """One scan of each window keeps the best value and its rank, and dx is a gather that
+    reads that rank: no maxima of negated ranks, no nested window maxima (four passes)."""
+    code = _backward_c("maxpool2d")
+    assert code.count("first maximal position over") == 1
+    assert "maximum over" not in code
+    assert code.count("bp_acc_at = 2*_kh + _kw;") == 1
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
+                                            ("c", "float32")])
+def test_maxpool_nan_and_inf_windows_as_torch(backend, dtype):
+    """A window holding NaNs sends its gradient to the last NaN, one of only -inf to its
+    first element: torch.max_pool2d's CPU kernel (`val > max || isnan(val)`)."""
+    torch = require_oracle("torch")
+    x = np.zeros((1, 1, 4, 6))
+    x[0, 0, :2, :2] = [[np.nan, 1.0], [np.nan, 2.0]]
+    x[0, 0, :2, 2:4] = -np.inf
+    x[0, 0, 2:, :2] = [[3.0, np.nan], [3.0, 1.0]]
+    x[0, 0, 2:, 4:] = [[1.0, 5.0], [5.0, 5.0]]
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 2, 2)
+    dy = np.arange(1.0, 1.0 + yt.numel()).reshape(tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("maxpool2d", backend=backend,
+                     **({"dtype": dtype} if backend == "c" else {}))
+    dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype))["dx"]
+    np.testing.assert_array_equal(dx, xt.grad.numpy().astype(dtype))
