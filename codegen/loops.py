@@ -139,6 +139,14 @@ def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[N
         ctx = tuple(st.indices) + tuple(reduced)
         body = _hoist(body, temps, nests, counter, ctx, known, bounds)
         init = _hoist(init, temps, nests, counter, tuple(st.indices), known)
+        key = _key(op, body, reduced, tuple(st.indices), bounds)
+        if key in known:          # computed already (db = sum dy, which dx needed too)
+            value = init + coeff * _ref(known[key], tuple(st.indices))
+            nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices),
+                              (), value, comment=st.formula))
+            return nests
+        if coeff == 1 and init == 0:
+            known[key] = st.name
         nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
                                   init, bounds))
         return nests
@@ -208,8 +216,7 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
             free_indices(lo) | free_indices(hi)) <= set(free))
         body = _hoist(body, temps, nests, counter, free + tuple(reduced), known,
                       inherited + tuple(bounds))
-        key = (op, _canonical(body, reduced), free,
-               _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds + inherited]), reduced))
+        key = _key(op, body, reduced, free, tuple(bounds) + inherited)
         if key in known:
             return _ref(known[key], free)
         counter[0] += 1
@@ -226,11 +233,22 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
                        for a in expr.args])
 
 
+def _key(op, body, reduced, free, bounds):
+    """What identifies a reduction within one pass: equal keys, equal values."""
+    return (op, _canonical(body, reduced), free,
+            _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced))
+
+
 def _ref(name, free):
     return sp.IndexedBase(name)[free] if free else sp.Symbol(name)
 
 
 def _canonical(body, reduced):
+    """body with its reduced indices renamed: by dimension when no two share one (so the
+    order of a sum's limits does not matter), else by position."""
+    dims = [dim_of(k) for k in reduced]
+    if len(set(dims)) == len(dims):
+        return body.xreplace({k: sp.Idx(f"_r_{d}", d) for k, d in zip(reduced, dims)})
     return body.xreplace({k: sp.Idx(f"_r{j}", dim_of(k)) for j, k in enumerate(reduced)})
 
 

@@ -50,3 +50,30 @@ def test_maxpool_nan_and_inf_windows_as_torch(backend, dtype):
                      **({"dtype": dtype} if backend == "c" else {}))
     dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype))["dx"]
     np.testing.assert_array_equal(dx, xt.grad.numpy().astype(dtype))
+
+
+def test_batchnorm_backward_sums_each_channel_once():
+    """dvar's and dw's sum of (x - mu) dy are one sum, dx's and db's sum of dy another,
+    dx's sum of x is N H W mu (the forward's): two sums in one reduction pass, then one
+    elementwise pass for dx; no dxhat array."""
+    code = _backward_c("batchnorm")
+    assert len(re.findall(r"bp_acc\d* \+= ", code)) == 2
+    assert "dxhat" not in code.split("*/")[-1] and "bp_work + N*C*H*W" not in code
+    assert re.search(r"dw\[c\] = -_s\d+\[c\]\*rstd\[c\];", code)
+    assert re.search(r"db\[c\] = _s\d+\[c\];", code)
+
+
+def test_shared_sums_keep_batchnorm_equal_to_torch():
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(3)
+    x, dy = rng.normal(size=(2, 3, 5, 7)) * 3 + 1, rng.normal(size=(2, 3, 5, 7))
+    w, b = rng.normal(size=3), rng.normal(size=3)
+    xt, wt, bt = (torch.tensor(v, requires_grad=True) for v in (x, w, b))
+    torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True).backward(
+        torch.tensor(dy))
+    for backend in ("numpy", "c"):
+        k = codegen.load("batchnorm", backend=backend)
+        saved = k.forward(x=x, w=w, b=b)
+        got = k.backward(x=x, w=w, b=b, dy=dy, **{n: saved[n] for n in ("mu", "var", "rstd")})
+        for name, t in (("dx", xt), ("dw", wt), ("db", bt)):
+            np.testing.assert_allclose(got[name], t.grad.numpy(), rtol=1e-10, atol=1e-12)

@@ -72,7 +72,7 @@ size_t bp_batchnorm_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff
     (void)C;
     (void)H;
     (void)W;
-    return (size_t)N*(size_t)C*(size_t)H*(size_t)W + (size_t)C + (size_t)C + (size_t)C;
+    return (size_t)C + (size_t)C;
 }
 
 void bp_batchnorm_set_threads(int threads)
@@ -153,26 +153,11 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict var, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
-    float *const dxhat = bp_work + 0;
-    float *const _s1 = bp_work + N*C*H*W;
-    float *const _s2 = bp_work + N*C*H*W + C;
-    float *const _s3 = bp_work + N*C*H*W + C + C;
+    float *const _s1 = bp_work + 0;
+    float *const _s2 = bp_work + C;
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/N;
     const float bp_k2 = 1.0F/W;
-    /* dxhat[n, c, h, k] = w[c]*dy[n, c, h, k] */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                const float bp_acc_r0 = w[c];
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    dxhat[((n*C + c)*H + h)*W + k] = bp_acc_r0*dy[((n*C + c)*H + h)*W + k];
-                }
-            }
-        }
-    }
     BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* sum over n, h, k */
@@ -181,7 +166,7 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dxhat[((n*C + c)*H + h)*W + k];
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k];
                 }
             }
         }
@@ -192,22 +177,11 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t m = 0; m < H; ++m) {
                 BP_OMP(simd reduction(+:bp_acc1))
                 for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc1 += dxhat[((p*C + c)*H + m)*W + l];
+                    bp_acc1 += dy[((p*C + c)*H + m)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
-        /* sum over l, m, p */
-        float bp_acc2 = 0;
-        for (ptrdiff_t m = 0; m < N; ++m) {
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t p = 0; p < W; ++p) {
-                    bp_acc2 += x[((m*C + c)*H + l)*W + p];
-                }
-            }
-        }
-        _s3[c] = bp_acc2;
     }
     /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
@@ -216,44 +190,26 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = _s1[c];
                 const float bp_acc_r1 = _s2[c];
-                const float bp_acc_r2 = _s3[c];
-                const float bp_acc_r3 = mu[c];
-                const float bp_acc_r4 = var[c];
-                const float bp_acc_r5 = powf(bp_acc_r4 + 1.0F/100000.0F, -1.0F/2.0F);
-                const float bp_acc_r6 = -bp_acc_r3;
-                const float bp_acc_r7 = bp_acc_r0*bp_k0*bp_k1*bp_k2/powf(bp_acc_r4 + 1.0F/100000.0F, 3.0F/2.0F);
-                const float bp_acc_r8 = -bp_k0*bp_k1*bp_k2*(bp_acc_r0*bp_k0*bp_k1*bp_k2*(-H*N*W*bp_acc_r3 + bp_acc_r2)/powf(bp_acc_r4 + 1.0F/100000.0F, 3.0F/2.0F) + bp_acc_r1/sqrtf(bp_acc_r4 + 1.0F/100000.0F));
+                const float bp_acc_r2 = mu[c];
+                const float bp_acc_r3 = var[c];
+                const float bp_acc_r4 = w[c];
+                const float bp_acc_r5 = bp_acc_r4/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
+                const float bp_acc_r6 = -bp_acc_r2;
+                const float bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/powf(bp_acc_r3 + 1.0F/100000.0F, 3.0F/2.0F);
+                const float bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dxhat[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
+                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dy[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
                 }
             }
         }
     }
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k]) */
-        float bp_acc0 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += -(mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k]*rstd[c];
-                }
-            }
-        }
-        dw[c] = bp_acc0;
+        dw[c] = -_s1[c]*rstd[c];
         /* db[c] = sum_{n,h,k}(dy[n, c, h, k]) */
-        float bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dy[((n*C + c)*H + h)*W + k];
-                }
-            }
-        }
-        db[c] = bp_acc1;
+        db[c] = _s2[c];
     }
     return 0;
 }
@@ -327,26 +283,11 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict var, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
-    double *const dxhat = bp_work + 0;
-    double *const _s1 = bp_work + N*C*H*W;
-    double *const _s2 = bp_work + N*C*H*W + C;
-    double *const _s3 = bp_work + N*C*H*W + C + C;
+    double *const _s1 = bp_work + 0;
+    double *const _s2 = bp_work + C;
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/N;
     const double bp_k2 = 1.0/W;
-    /* dxhat[n, c, h, k] = w[c]*dy[n, c, h, k] */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                const double bp_acc_r0 = w[c];
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    dxhat[((n*C + c)*H + h)*W + k] = bp_acc_r0*dy[((n*C + c)*H + h)*W + k];
-                }
-            }
-        }
-    }
     BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* sum over n, h, k */
@@ -355,7 +296,7 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dxhat[((n*C + c)*H + h)*W + k];
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k];
                 }
             }
         }
@@ -366,22 +307,11 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t m = 0; m < H; ++m) {
                 BP_OMP(simd reduction(+:bp_acc1))
                 for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc1 += dxhat[((p*C + c)*H + m)*W + l];
+                    bp_acc1 += dy[((p*C + c)*H + m)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
-        /* sum over l, m, p */
-        double bp_acc2 = 0;
-        for (ptrdiff_t m = 0; m < N; ++m) {
-            for (ptrdiff_t l = 0; l < H; ++l) {
-                BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t p = 0; p < W; ++p) {
-                    bp_acc2 += x[((m*C + c)*H + l)*W + p];
-                }
-            }
-        }
-        _s3[c] = bp_acc2;
     }
     /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
@@ -390,44 +320,26 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = _s1[c];
                 const double bp_acc_r1 = _s2[c];
-                const double bp_acc_r2 = _s3[c];
-                const double bp_acc_r3 = mu[c];
-                const double bp_acc_r4 = var[c];
-                const double bp_acc_r5 = pow(bp_acc_r4 + 1.0/100000.0, -1.0/2.0);
-                const double bp_acc_r6 = -bp_acc_r3;
-                const double bp_acc_r7 = bp_acc_r0*bp_k0*bp_k1*bp_k2/pow(bp_acc_r4 + 1.0/100000.0, 3.0/2.0);
-                const double bp_acc_r8 = -bp_k0*bp_k1*bp_k2*(bp_acc_r0*bp_k0*bp_k1*bp_k2*(-H*N*W*bp_acc_r3 + bp_acc_r2)/pow(bp_acc_r4 + 1.0/100000.0, 3.0/2.0) + bp_acc_r1/sqrt(bp_acc_r4 + 1.0/100000.0));
+                const double bp_acc_r2 = mu[c];
+                const double bp_acc_r3 = var[c];
+                const double bp_acc_r4 = w[c];
+                const double bp_acc_r5 = bp_acc_r4/sqrt(bp_acc_r3 + 1.0/100000.0);
+                const double bp_acc_r6 = -bp_acc_r2;
+                const double bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/pow(bp_acc_r3 + 1.0/100000.0, 3.0/2.0);
+                const double bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrt(bp_acc_r3 + 1.0/100000.0);
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dxhat[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
+                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dy[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
                 }
             }
         }
     }
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k]) */
-        double bp_acc0 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += -(mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k]*rstd[c];
-                }
-            }
-        }
-        dw[c] = bp_acc0;
+        dw[c] = -_s1[c]*rstd[c];
         /* db[c] = sum_{n,h,k}(dy[n, c, h, k]) */
-        double bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dy[((n*C + c)*H + h)*W + k];
-                }
-            }
-        }
-        db[c] = bp_acc1;
+        db[c] = _s2[c];
     }
     return 0;
 }

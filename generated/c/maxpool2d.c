@@ -90,7 +90,7 @@ size_t bp_maxpool2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout*(size_t)2 + (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout + (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout*(size_t)2 + (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout;
+    return (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout;
 }
 
 void bp_maxpool2d_set_threads(int threads)
@@ -166,84 +166,26 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KH;
     (void)KW;
     float *const _s2 = bp_work + 0;
-    float *const _s3 = bp_work + N*C*Hout*Wout*2;
-    float *const _s4 = bp_work + N*C*Hout*Wout*2 + N*C*Hout*Wout;
-    float *const _s5 = bp_work + N*C*Hout*Wout*2 + N*C*Hout*Wout + N*C*Hout*Wout*2;
+    /* first maximal position over _kh, _kw */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* maximum over _kw */
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
                 for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+                    float bp_acc = -INFINITY;
+                    ptrdiff_t bp_acc_at = 0;
                     for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        float bp_acc0 = -INFINITY;
-                        int bp_acc0_nan = 0;
-                        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
                         for (ptrdiff_t _kw = 0; _kw < 2; ++_kw) {
-                            const float bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout];
-                            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
-                            bp_acc0_nan |= bp_v != bp_v;
+                            { const float bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_kh + _kw; } }
                         }
-                        _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh] = bp_acc0_nan ? NAN : bp_acc0;
                     }
-                }
-            }
-        }
-        /* maximum over _kh */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    float bp_acc1 = -INFINITY;
-                    int bp_acc1_nan = 0;
-                    BP_OMP(simd reduction(max:bp_acc1) reduction(|:bp_acc1_nan))
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        const float bp_v = _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh];
-                        bp_acc1 = bp_v > bp_acc1 ? bp_v : bp_acc1;
-                        bp_acc1_nan |= bp_v != bp_v;
-                    }
-                    _s3[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc1_nan ? NAN : bp_acc1;
-                }
-            }
-        }
-        /* maximum over __kw */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
-                        float bp_acc2 = -INFINITY;
-                        int bp_acc2_nan = 0;
-                        const float bp_acc2_r0 = _s3[((n*C + c)*Hout + hout)*Wout + wout];
-                        const float bp_acc2_r1 = -2*__kh;
-                        BP_OMP(simd reduction(max:bp_acc2) reduction(|:bp_acc2_nan))
-                        for (ptrdiff_t __kw = 0; __kw < 2; ++__kw) {
-                            const float bp_v = ((x[((n*C + c)*H + __kh + 2*hout)*W + __kw + 2*wout] == bp_acc2_r0) ? bp_acc2_r1 - __kw : -4);
-                            bp_acc2 = bp_v > bp_acc2 ? bp_v : bp_acc2;
-                            bp_acc2_nan |= bp_v != bp_v;
-                        }
-                        _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh] = bp_acc2_nan ? NAN : bp_acc2;
-                    }
-                }
-            }
-        }
-        /* maximum over __kh */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    float bp_acc3 = -INFINITY;
-                    int bp_acc3_nan = 0;
-                    BP_OMP(simd reduction(max:bp_acc3) reduction(|:bp_acc3_nan))
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
-                        const float bp_v = _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh];
-                        bp_acc3 = bp_v > bp_acc3 ? bp_v : bp_acc3;
-                        bp_acc3_nan |= bp_v != bp_v;
-                    }
-                    _s5[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc3_nan ? NAN : bp_acc3;
+                    _s2[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc_at;
                 }
             }
         }
     }
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout]) */
-    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
@@ -251,7 +193,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -260,7 +202,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -269,7 +211,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -278,7 +220,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -287,7 +229,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -296,7 +238,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -307,7 +249,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -316,7 +258,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -325,7 +267,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -334,7 +276,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -343,7 +285,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -352,7 +294,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -363,7 +305,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -372,7 +314,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -381,7 +323,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -390,7 +332,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -399,7 +341,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -408,7 +350,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -419,7 +361,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -428,7 +370,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -437,7 +379,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -446,7 +388,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -455,7 +397,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -464,7 +406,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -475,7 +417,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -484,7 +426,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -493,7 +435,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -502,7 +444,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -511,7 +453,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -520,7 +462,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -531,7 +473,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -540,7 +482,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -549,7 +491,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -558,7 +500,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -567,7 +509,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -576,7 +518,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -651,84 +593,26 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KH;
     (void)KW;
     double *const _s2 = bp_work + 0;
-    double *const _s3 = bp_work + N*C*Hout*Wout*2;
-    double *const _s4 = bp_work + N*C*Hout*Wout*2 + N*C*Hout*Wout;
-    double *const _s5 = bp_work + N*C*Hout*Wout*2 + N*C*Hout*Wout + N*C*Hout*Wout*2;
+    /* first maximal position over _kh, _kw */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* maximum over _kw */
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
                 for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+                    double bp_acc = -INFINITY;
+                    ptrdiff_t bp_acc_at = 0;
                     for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        double bp_acc0 = -INFINITY;
-                        int bp_acc0_nan = 0;
-                        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
                         for (ptrdiff_t _kw = 0; _kw < 2; ++_kw) {
-                            const double bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout];
-                            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
-                            bp_acc0_nan |= bp_v != bp_v;
+                            { const double bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_kh + _kw; } }
                         }
-                        _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh] = bp_acc0_nan ? NAN : bp_acc0;
                     }
-                }
-            }
-        }
-        /* maximum over _kh */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    double bp_acc1 = -INFINITY;
-                    int bp_acc1_nan = 0;
-                    BP_OMP(simd reduction(max:bp_acc1) reduction(|:bp_acc1_nan))
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        const double bp_v = _s2[(((n*C + c)*Hout + hout)*Wout + wout)*2 + _kh];
-                        bp_acc1 = bp_v > bp_acc1 ? bp_v : bp_acc1;
-                        bp_acc1_nan |= bp_v != bp_v;
-                    }
-                    _s3[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc1_nan ? NAN : bp_acc1;
-                }
-            }
-        }
-        /* maximum over __kw */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
-                        double bp_acc2 = -INFINITY;
-                        int bp_acc2_nan = 0;
-                        const double bp_acc2_r0 = _s3[((n*C + c)*Hout + hout)*Wout + wout];
-                        const double bp_acc2_r1 = -2*__kh;
-                        BP_OMP(simd reduction(max:bp_acc2) reduction(|:bp_acc2_nan))
-                        for (ptrdiff_t __kw = 0; __kw < 2; ++__kw) {
-                            const double bp_v = ((x[((n*C + c)*H + __kh + 2*hout)*W + __kw + 2*wout] == bp_acc2_r0) ? bp_acc2_r1 - __kw : -4);
-                            bp_acc2 = bp_v > bp_acc2 ? bp_v : bp_acc2;
-                            bp_acc2_nan |= bp_v != bp_v;
-                        }
-                        _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh] = bp_acc2_nan ? NAN : bp_acc2;
-                    }
-                }
-            }
-        }
-        /* maximum over __kh */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
-                    double bp_acc3 = -INFINITY;
-                    int bp_acc3_nan = 0;
-                    BP_OMP(simd reduction(max:bp_acc3) reduction(|:bp_acc3_nan))
-                    for (ptrdiff_t __kh = 0; __kh < 2; ++__kh) {
-                        const double bp_v = _s4[(((n*C + c)*Hout + hout)*Wout + wout)*2 + __kh];
-                        bp_acc3 = bp_v > bp_acc3 ? bp_v : bp_acc3;
-                        bp_acc3_nan |= bp_v != bp_v;
-                    }
-                    _s5[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc3_nan ? NAN : bp_acc3;
+                    _s2[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc_at;
                 }
             }
         }
     }
     /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout]) */
-    BP_OMP(parallel for if (N*C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
@@ -736,7 +620,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -745,7 +629,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -754,7 +638,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -763,7 +647,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -772,7 +656,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -781,7 +665,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -792,7 +676,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -801,7 +685,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -810,7 +694,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -819,7 +703,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -828,7 +712,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -837,7 +721,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -848,7 +732,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -857,7 +741,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -866,7 +750,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -875,7 +759,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -884,7 +768,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -893,7 +777,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -904,7 +788,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -913,7 +797,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -922,7 +806,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -931,7 +815,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -940,7 +824,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -949,7 +833,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -960,7 +844,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -969,7 +853,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -978,7 +862,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -987,7 +871,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -996,7 +880,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1005,7 +889,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1016,7 +900,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1025,7 +909,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1034,7 +918,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1043,7 +927,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1052,7 +936,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1061,7 +945,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
                         for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == -_s5[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

@@ -63,6 +63,16 @@ def _take(a, index):
     return jnp.where(inside, a[clipped], 0).astype(a.dtype)
 
 
+def _first_argmax(a, sizes):
+    # The row-major rank of the first maximum over the last len(sizes) axes (a window);
+    # a NaN counts as maximal and the last one wins, as in torch.max_pool2d's CPU kernel.
+    lead = a.shape[:a.ndim - len(sizes)]
+    flat = jnp.broadcast_to(a, lead + tuple(sizes)).reshape(lead + (-1,))
+    nan = jnp.isnan(flat)
+    last_nan = flat.shape[-1] - 1 - jnp.argmax(nan[..., ::-1], axis=-1)
+    return jnp.where(nan.any(axis=-1), last_nan, jnp.argmax(flat, axis=-1))
+
+
 def _prepare(arrays):
     """Check every array against SHAPES; return them in one float dtype, and the sizes."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
@@ -173,7 +183,7 @@ def backward(x, dy):
     Hout = sizes['Hout']
     Wout = sizes['Wout']
     # dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
-    dx = jnp.einsum('nchwab,ha,wb->nchw', jnp.where((KW*(jnp.arange(H)[None, None, :, None, None, None] - 2*jnp.arange(Hout)[None, None, None, None, :, None]) + jnp.arange(W)[None, None, None, :, None, None] - 2*jnp.arange(Wout)[None, None, None, None, None, :] == -jnp.where((jnp.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))) == jnp.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))).max(axis=-1).max(axis=-1)[:, :, :, :, None, None]), -jnp.arange(KW)[None, None, None, None, None, :] - KW*jnp.arange(KH)[None, None, None, None, :, None], -KH*KW).astype(dtype, copy=False).max(axis=-1).max(axis=-1)[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((jnp.maximum(0, -((KH - 1 - jnp.arange(H)[:, None])//2)) <= jnp.arange(Hout)[None, :]) & (jnp.arange(Hout)[None, :] <= jnp.minimum(Hout - 1, jnp.arange(H)[:, None]//2))).astype(dtype), ((jnp.maximum(0, -((KW - 1 - jnp.arange(W)[:, None])//2)) <= jnp.arange(Wout)[None, :]) & (jnp.arange(Wout)[None, :] <= jnp.minimum(Wout - 1, jnp.arange(W)[:, None]//2))).astype(dtype), optimize=True)
+    dx = jnp.einsum('nchwab,ha,wb->nchw', jnp.where((KW*(jnp.arange(H)[None, None, :, None, None, None] - 2*jnp.arange(Hout)[None, None, None, None, :, None]) + jnp.arange(W)[None, None, None, :, None, None] - 2*jnp.arange(Wout)[None, None, None, None, None, :] == _first_argmax(jnp.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))), (KH, KW,))[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((jnp.maximum(0, -((KH - 1 - jnp.arange(H)[:, None])//2)) <= jnp.arange(Hout)[None, :]) & (jnp.arange(Hout)[None, :] <= jnp.minimum(Hout - 1, jnp.arange(H)[:, None]//2))).astype(dtype), ((jnp.maximum(0, -((KW - 1 - jnp.arange(W)[:, None])//2)) <= jnp.arange(Wout)[None, :]) & (jnp.arange(Wout)[None, :] <= jnp.minimum(Wout - 1, jnp.arange(W)[:, None]//2))).astype(dtype), optimize=True)
     return {
         'dx': jnp.asarray(dx, dtype),
     }

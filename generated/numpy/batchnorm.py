@@ -143,14 +143,12 @@ def backward(x, w, b, dy, *, mu=None, var=None, rstd=None):
     N = sizes['N']
     H = sizes['H']
     W = sizes['W']
-    # dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
-    dxhat = w[None, :, None, None]*dy
     # dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
-    dvar = np.einsum('cnhk,nchk->c', mu[:, None, None, None] - np.transpose(x, (1, 0, 2, 3)), dxhat, optimize=True)/(2*(1e-05 + var)**(3/2))
+    dvar = w*np.einsum('cnhk,nchk->c', mu[:, None, None, None] - np.transpose(x, (1, 0, 2, 3)), dy, optimize=True)/(2*(1e-05 + var)**(3/2))
     # dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
-    dx = dxhat/np.sqrt(1e-05 + var[None, :, None, None]) + 2*(x - mu[None, :, None, None])*dvar[None, :, None, None]/(H*N*W) - (dxhat.sum(axis=(3, 2, 0))[None, :, None, None]/np.sqrt(1e-05 + var[None, :, None, None]) + 2*(x.sum(axis=(2, 0, 3))[None, :, None, None] - H*N*W*mu[None, :, None, None])*dvar[None, :, None, None]/(H*N*W))/(H*N*W)
+    dx = w[None, :, None, None]*dy/np.sqrt(1e-05 + var[None, :, None, None]) + 2*(x - mu[None, :, None, None])*dvar[None, :, None, None]/(H*N*W) - w[None, :, None, None]*dy.sum(axis=(3, 2, 0))[None, :, None, None]/(H*N*W*np.sqrt(1e-05 + var[None, :, None, None]))
     # dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
-    dw = np.einsum('cnhk,c,nchk->c', np.transpose(x, (1, 0, 2, 3)) - mu[:, None, None, None], rstd, dy, optimize=True)
+    dw = -rstd*np.einsum('cnhk,nchk->c', mu[:, None, None, None] - np.transpose(x, (1, 0, 2, 3)), dy, optimize=True)
     # db[c] = sum_{n,h,k}(dy[n, c, h, k])
     db = dy.sum(axis=(0, 2, 3))
     return {

@@ -58,6 +58,16 @@ def _window(a, slots):
     return view
 
 
+def _first_argmax(a, sizes):
+    # The row-major rank of the first maximum over the last len(sizes) axes (a window);
+    # a NaN counts as maximal and the last one wins, as in torch.max_pool2d's CPU kernel.
+    lead = a.shape[:a.ndim - len(sizes)]
+    flat = np.broadcast_to(a, lead + tuple(sizes)).reshape(lead + (-1,))
+    nan = np.isnan(flat)
+    last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    return np.where(nan.any(axis=-1), last_nan, np.argmax(flat, axis=-1))
+
+
 def _prepare(arrays):
     """Check every array against SHAPES; return them in one float dtype, and the sizes."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
@@ -164,7 +174,7 @@ def backward(x, dy):
     Hout = sizes['Hout']
     Wout = sizes['Wout']
     # dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
-    dx = np.einsum('nchwab,ha,wb->nchw', np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(Hout)[None, None, None, None, :, None]) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(Wout)[None, None, None, None, None, :] == -np.where((np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))) == np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))).max(axis=-1).max(axis=-1)[:, :, :, :, None, None]), -np.arange(KW)[None, None, None, None, None, :] - KW*np.arange(KH)[None, None, None, None, :, None], -KH*KW).astype(dtype, copy=False).max(axis=-1).max(axis=-1)[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(Hout)[None, :]) & (np.arange(Hout)[None, :] <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(Wout)[None, :]) & (np.arange(Wout)[None, :] <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), optimize=True)
+    dx = np.einsum('nchwab,ha,wb->nchw', np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(Hout)[None, None, None, None, :, None]) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(Wout)[None, None, None, None, None, :] == _first_argmax(np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))), (KH, KW,))[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(Hout)[None, :]) & (np.arange(Hout)[None, :] <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(Wout)[None, :]) & (np.arange(Wout)[None, :] <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), optimize=True)
     return {
         'dx': np.asarray(dx, dtype),
     }
