@@ -13,6 +13,7 @@ from derive.pretty import formula
 
 from .c_printer import KernelCPrinter, own_functions_in
 from .dtypes import CTYPES, SUFFIX
+from .batched_gemm import as_batched_gemm
 from .gemm import as_gemm
 from .im2col import as_im2col
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
@@ -34,7 +35,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     for t in loops.forward_temps + loops.backward_temps + loops.fused_temps:
         shapes[t.name] = t.dims
     windows = _windows(layer)
-    lowered = lambda n: as_gemm(n) or as_im2col(n, shapes, windows)
+    lowered = lambda n: as_gemm(n) or as_im2col(n, shapes, windows) or \
+        as_batched_gemm(n, shapes)
     scalars = {n for n, d in shapes.items() if not d}
     integer = {t.name for t in layer.tensors.values() if t.values is not None}
     dims_params = ", ".join(f"ptrdiff_t {d}" for d in layer.dims) or "void"
@@ -132,11 +134,12 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         known = dict(shapes)
         known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})
         windows = _windows(plan.layer)
+        library = lambda n: as_gemm(n) or as_im2col(n, known, windows) or \
+            as_batched_gemm(n, known)
         nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
-                                    keep=lambda n: as_gemm(n) or as_im2col(n, known, windows))
+                                    keep=library)
         nests, loops.invariants[side] = hoist_invariants(nests)
-        nests = [n if as_gemm(n) or as_im2col(n, known, windows) else split_by_residue(n)
-                 for n in nests]
+        nests = [n if library(n) else split_by_residue(n) for n in nests]
         for n in nests:
             g = as_im2col(n, known, windows)
             for operand in (g.a, g.b) if g else ():
@@ -307,6 +310,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                 nest=n, hoisted=[], store="", point=None,
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 im2col=_im2col_view(n, printer, shapes, printer.windows),
+                batched=_batched_view(n, printer, shapes),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="")
@@ -403,6 +407,23 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
                 c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN)")
+
+
+def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
+    """A contraction as a loop of GEMMs over strided blocks (codegen/batched_gemm): T
+    filled with its start, then one accumulating GEMM per loop value."""
+    g = as_batched_gemm(n, shapes)
+    if g is None:
+        return None
+    fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
+    code = printer.index_code
+    ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
+    return dict(fill=_view(fill, printer, shapes),
+                loops=[(i.label.name, code(extent)) for i, extent in g.loops],
+                trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
+                m=code(g.m), n=code(g.n), k=code(g.k), a=ptr(g.a), lda=g.a.ld,
+                b=ptr(g.b), ldb=g.b.ld, c=ptr(g.c), ldc=g.c.ld,
+                alpha=printer.code(g.alpha))
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:

@@ -77,3 +77,57 @@ def test_shared_sums_keep_batchnorm_equal_to_torch():
         got = k.backward(x=x, w=w, b=b, dy=dy, **{n: saved[n] for n in ("mu", "var", "rstd")})
         for name, t in (("dx", xt), ("dw", wt), ("db", bt)):
             np.testing.assert_allclose(got[name], t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_attention_contractions_are_batched_gemms():
+    """Every contraction of attention's 4-D arrays (scores, context, projections, and in
+    backward their gradients) is a loop of GEMM calls over (b, h) blocks; dx's sum of
+    three products and the row sums stay loops."""
+    layer = codegen.load("attention", constants=dict(CAUSAL=1)).layer
+    source = c_sources(plan(derive(layer)))["attention.c"]
+    forward = source[source.index("int bp_attention_forward_f32("):]
+    forward = forward[:forward.index("\n}\n")]
+    backward = _backward_c("attention", CAUSAL=1)
+    call = "bp_attention_gemm_f32(101, "
+    assert forward.count(call) == 6              # q, k, v, s, ctx, and y (sums over h)
+    assert "s + b*H*T*T + h*T*T, T);" in forward
+    # dctx, dv, dk, dq, dWq, dWk, dWv, dWo and the two products dctx v^T
+    assert backward.count(call) == 10
+    assert re.search(r"dWo \+ h\*E, H\*E\);", backward)     # dWo[d, h, e]: a d x e block
+
+
+BLOCKS = """layer blocks  contractions of 3- and 4-D arrays: loops of GEMMs
+dims B, H, T, U, E, D
+input  c[B, H, T, E], k[B, U, H, E]
+param  W[D, H, E]
+output y[B, T, D], s[H, B, U, T]
+
+y[b, t, d] = W[d, h, e] * c[b, h, t, e]
+s[h, b, u, t] = k[b, u, h, e] * c[b, h, t, e] / 2
+"""
+
+
+def test_batched_gemms_equal_the_loops():
+    """Blocks with a summed loop index (y sums over h), transposed and strided ones (k's
+    rows are H*E apart, s stores u before t): the C kernel through the GEMM hook equals
+    NumPy's einsum, forward and backward."""
+    from derive import parse_spec
+
+    layer = parse_spec(BLOCKS)
+    source = c_sources(plan(derive(layer)))["blocks.c"]
+    assert source.count("bp_blocks_gemm_f64(101, ") >= 2 + 4
+    rng = np.random.default_rng(7)
+    c = rng.normal(size=(2, 3, 5, 7))
+    k = rng.normal(size=(2, 4, 3, 7))
+    W = rng.normal(size=(6, 3, 7))
+    dy, ds = rng.normal(size=(2, 5, 6)), rng.normal(size=(3, 2, 4, 5))
+    kernel = codegen.load(layer, backend="c")
+    got = kernel.forward(c=c, k=k, W=W)
+    np.testing.assert_allclose(got["y"], np.einsum("dhe,bhte->btd", W, c), rtol=1e-12)
+    np.testing.assert_allclose(got["s"], np.einsum("buhe,bhte->hbut", k, c) / 2, rtol=1e-12)
+    grads = kernel.backward(c=c, k=k, W=W, dy=dy, ds=ds)
+    np.testing.assert_allclose(grads["dW"], np.einsum("btd,bhte->dhe", dy, c), rtol=1e-12)
+    np.testing.assert_allclose(grads["dk"], np.einsum("hbut,bhte->buhe", ds, c) / 2,
+                               rtol=1e-12)
+    np.testing.assert_allclose(grads["dc"], np.einsum("btd,dhe->bhte", dy, W) +
+                               np.einsum("hbut,buhe->bhte", ds, k) / 2, rtol=1e-12)
