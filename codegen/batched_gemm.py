@@ -36,7 +36,8 @@ class Block:
 
 @dataclass(frozen=True)
 class BatchedGemm:
-    loops: tuple            # (index, extent) outermost first
+    loops: tuple            # (index, extent) outermost first: output indices, then summed
+    parallel: int           # how many of the loops are output indices (blocks of T apart)
     m: sp.Expr
     n: sp.Expr
     k: sp.Expr
@@ -110,6 +111,7 @@ def as_batched_gemm(nest: Nest, shapes: dict) -> BatchedGemm | None:
             if None in blocks or blocks[2].transposed:
                 continue
             a, b, c = blocks
-            return BatchedGemm(tuple((i, dim_of(i)) for i in loops), dim_of(m), dim_of(n),
+            return BatchedGemm(tuple((i, dim_of(i)) for i in loops),
+                               sum(1 for i in loops if i in out), dim_of(m), dim_of(n),
                                dim_of(k), a, b, c, sp.Mul(*rest))
     return None

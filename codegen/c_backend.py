@@ -106,7 +106,9 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         forward_in_doc=arrays(plan.args), forward_out_doc=arrays(plan.returns),
         backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
         backward_out_doc=arrays(plan.gradients),
-        gemm_doc=gemm_doc, forward_work=_size(loops.forward_temps),
+        gemm_doc=gemm_doc, gemm_blocks=any(
+            as_batched_gemm(n, shapes) for n in loops.forward + loops.backward + loops.fused),
+        forward_work=_size(loops.forward_temps),
         backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
@@ -420,6 +422,11 @@ def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
     return dict(fill=_view(fill, printer, shapes),
                 loops=[(i.label.name, code(extent)) for i, extent in g.loops],
+                # blocks of T apart run on threads of their own, one GEMM each (a GEMM of
+                # a block is too small to split: OpenBLAS's thread handoffs cost more)
+                pragma=f"#pragma omp parallel for collapse({g.parallel}) if ("
+                       f"{'*'.join(code(e) for _, e in g.loops[:g.parallel])} > 1)"
+                if g.parallel else "",
                 trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
                 m=code(g.m), n=code(g.n), k=code(g.k), a=ptr(g.a), lda=g.a.ld,
                 b=ptr(g.b), ldb=g.b.ld, c=ptr(g.c), ldc=g.c.ld,

@@ -49,6 +49,8 @@ class CKernels:
                          if values is not None}
         self._shapes.update({"d" + n: dims for n, (_, dims, _) in tensors.items()})
         self.blas = None
+        # products as loops of small GEMMs on OpenMP threads: BLAS on one thread meanwhile
+        self._gemm_blocks = hasattr(self._lib, f"bp_{layer_name}_gemm_blocks")
         self.use_blas(True)
         self._kept: dict[tuple, np.ndarray] = {}     # (entry, result) -> buffer, for reuse=
 
@@ -103,8 +105,9 @@ class CKernels:
         work = self._work(self._forward_work, sizes, "forward" if reuse else None)
         shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
         kernel = self._inplace if shared else self._forward
-        self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                         *[self._ptr(out[n]) for n in self.returns], self._ptr(work)), sizes)
+        self._ran(self._call(kernel, *self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                             *[self._ptr(out[n]) for n in self.returns], self._ptr(work)),
+                  sizes)
         return out
 
     def backward(self, out=None, reuse=False, **arrays):
@@ -119,9 +122,10 @@ class CKernels:
         a, sizes = self._check(arrays, inputs)
         out = self._outputs(out, self.gradients, sizes, a, reuse="backward" if reuse else None)
         work = self._work(self._backward_work, sizes, "backward" if reuse else None)
-        self._ran(self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
-                                 *[self._ptr(out[n]) for n in self.gradients],
-                                 self._ptr(work)), sizes)
+        self._ran(self._call(self._backward, *self._dims(sizes),
+                             *[self._ptr(a[n]) for n in inputs],
+                             *[self._ptr(out[n]) for n in self.gradients], self._ptr(work)),
+                  sizes)
         return out
 
     def forward_backward(self, out=None, reuse=False, **arrays):
@@ -136,9 +140,23 @@ class CKernels:
         names = self._output_names + self.gradients
         out = self._outputs(out, names, sizes, a, reuse="fused" if reuse else None)
         work = self._work(self._fused_work, sizes, "fused" if reuse else None)
-        self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                              *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
+        self._ran(self._call(self._fused, *self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                             *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
         return out
+
+    def _call(self, kernel, *args):
+        """kernel(*args); with OpenBLAS on one thread when the kernel runs GEMMs of blocks
+        on its own threads (two-thread GEMMs of 512 x 64 blocks spent their time handing
+        work between OpenBLAS's threads, and inside OpenMP's they oversubscribe)."""
+        blas = self.blas
+        if not (self._gemm_blocks and blas and blas.set_threads and blas.get_threads):
+            return kernel(*args)
+        before = blas.get_threads()
+        blas.set_threads(1)
+        try:
+            return kernel(*args)
+        finally:
+            blas.set_threads(before)
 
     # ---- checks ---------------------------------------------------------------------------
     def _ran(self, status, sizes):

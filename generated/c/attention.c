@@ -64,6 +64,11 @@ void bp_attention_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_attention_gemm_f64 = dgemm;
 }
 
+int bp_attention_gemm_blocks(void)
+{
+    return 1;
+}
+
 size_t bp_attention_forward_work(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E)
 {
     (void)B;
@@ -159,6 +164,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wq + h*E*D, D, 1, q + b*H*T*E + h*T*E, E);
@@ -194,6 +200,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wk + h*E*D, D, 1, k + b*H*T*E + h*T*E, E);
@@ -229,6 +236,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wv + h*E*D, D, 1, v + b*H*T*E + h*T*E, E);
@@ -264,6 +272,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, T, E, bp_k0, q + b*H*T*E + h*T*E, E, k + b*H*T*E + h*T*E, E, 1, s + b*H*T*T + h*T*T, T);
@@ -342,6 +351,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, v + b*H*T*E + h*T*E, E, 1, ctx + b*H*T*E + h*T*E, E);
@@ -385,6 +395,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (B > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, D, E, 1, ctx + b*H*T*E + h*T*E, E, Wo + h*E, H*E, 1, y + b*T*D, D);
@@ -440,6 +451,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 111, T, E, D, 1, dy + b*T*D, D, Wo + h*E, H*E, 1, dctx + b*H*T*E + h*T*E, E);
@@ -485,6 +497,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s2 + b*H*T*T + h*T*T, T);
@@ -534,6 +547,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s4 + b*H*T*T + h*T*T, T);
@@ -583,6 +597,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 112, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, dctx + b*H*T*E + h*T*E, E, 1, dv + b*H*T*E + h*T*E, E);
@@ -628,6 +643,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 112, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, q + b*H*T*E + h*T*E, E, 1, dk + b*H*T*E + h*T*E, E);
@@ -674,6 +690,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f32(101, 111, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, k + b*H*T*E + h*T*E, E, 1, dq + b*H*T*E + h*T*E, E);
@@ -744,6 +761,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f32(101, 112, 111, E, D, T, 1, dq + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWq + h*E*D, D);
@@ -785,6 +803,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f32(101, 112, 111, E, D, T, 1, dk + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWk + h*E*D, D);
@@ -826,6 +845,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f32(101, 112, 111, E, D, T, 1, dv + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWv + h*E*D, D);
@@ -867,6 +887,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f32(101, 112, 111, D, E, T, 1, dy + b*T*D, D, ctx + b*H*T*E + h*T*E, E, 1, dWo + h*E, H*E);
@@ -922,6 +943,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wq + h*E*D, D, 1, q + b*H*T*E + h*T*E, E);
@@ -957,6 +979,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wk + h*E*D, D, 1, k + b*H*T*E + h*T*E, E);
@@ -992,6 +1015,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wv + h*E*D, D, 1, v + b*H*T*E + h*T*E, E);
@@ -1027,6 +1051,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, T, E, bp_k0, q + b*H*T*E + h*T*E, E, k + b*H*T*E + h*T*E, E, 1, s + b*H*T*T + h*T*T, T);
@@ -1105,6 +1130,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, v + b*H*T*E + h*T*E, E, 1, ctx + b*H*T*E + h*T*E, E);
@@ -1148,6 +1174,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (B > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, D, E, 1, ctx + b*H*T*E + h*T*E, E, Wo + h*E, H*E, 1, y + b*T*D, D);
@@ -1203,6 +1230,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 111, T, E, D, 1, dy + b*T*D, D, Wo + h*E, H*E, 1, dctx + b*H*T*E + h*T*E, E);
@@ -1248,6 +1276,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s2 + b*H*T*T + h*T*T, T);
@@ -1297,6 +1326,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s4 + b*H*T*T + h*T*T, T);
@@ -1346,6 +1376,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 112, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, dctx + b*H*T*E + h*T*E, E, 1, dv + b*H*T*E + h*T*E, E);
@@ -1391,6 +1422,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 112, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, q + b*H*T*E + h*T*E, E, 1, dk + b*H*T*E + h*T*E, E);
@@ -1437,6 +1469,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 bp_attention_gemm_f64(101, 111, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, k + b*H*T*E + h*T*E, E, 1, dq + b*H*T*E + h*T*E, E);
@@ -1507,6 +1540,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f64(101, 112, 111, E, D, T, 1, dq + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWq + h*E*D, D);
@@ -1548,6 +1582,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f64(101, 112, 111, E, D, T, 1, dk + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWk + h*E*D, D);
@@ -1589,6 +1624,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f64(101, 112, 111, E, D, T, 1, dv + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWv + h*E*D, D);
@@ -1630,6 +1666,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+        BP_OMP(parallel for collapse(1) if (H > 1))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 bp_attention_gemm_f64(101, 112, 111, D, E, T, 1, dy + b*T*D, D, ctx + b*H*T*E + h*T*E, E, 1, dWo + h*E, H*E);
