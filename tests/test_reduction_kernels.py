@@ -131,3 +131,24 @@ def test_batched_gemms_equal_the_loops():
                                rtol=1e-12)
     np.testing.assert_allclose(grads["dc"], np.einsum("btd,dhe->bhte", dy, W) +
                                np.einsum("hbut,buhe->bhte", ds, k) / 2, rtol=1e-12)
+
+
+def test_numpy_maxpool_backward_memory_is_proportionate():
+    """The NumPy module's maxpool dx sums over each window's offset (hout = lo(h) + t),
+    not over all of Hout x Wout: its peak memory is a small multiple of dx's, where the
+    mask over (n, c, h, w, hout, wout) was Hout * Wout / 4 times dx (1000x here)."""
+    import tracemalloc
+
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 4, size=(2, 3, 64, 62)).astype(np.float64)
+    dy = rng.normal(size=(2, 3, 32, 31))
+    k = codegen.load("maxpool2d")
+    tracemalloc.start()
+    dx = k.backward(x=x, dy=dy)["dx"]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 * dx.nbytes, peak / dx.nbytes
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2, 2).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
