@@ -447,9 +447,9 @@ def cases(scale: int = 1) -> list[Case]:
              _pool_make, _maxpool_hand_backward, _maxpool_torch_backward, reads=("x",),
              writes=("dx",), numpy=False,
              note="the gradient to each window's first maximum; torch reads the argmax "
-                  "its forward saved, ours recomputes it; the floor streams x and dx (the "
-                  "quarter-size dy left out); generated NumPy not timed (its bounded "
-                  "gather builds an N*C*H*W*Hout*Wout mask)"),
+                  "its forward saved, ours finds it in one pass over x; the floor streams "
+                  "x and dx (the quarter-size dy left out); generated NumPy not timed "
+                  "(index arrays over every dx element: seconds a call)"),
         Case("batchnorm_backward", "batchnorm", "backward", dict(N=big(32), C=64, H=56, W=56),
              _bn_make, _bn_hand, _bn_torch, reads=("x", "dy"), writes=("dx",),
              note="training mode; ours reads the saved mean, variance and rstd"),
