@@ -138,8 +138,8 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         windows = _windows(plan.layer)
         library = lambda n: as_gemm(n) or as_im2col(n, known, windows) or \
             as_batched_gemm(n, known)
-        nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
-                                    keep=library)
+        nests = [p for n in getattr(loops, side) for p in _products_apart(n, known)]
+        nests, temps = inline_cheap(nests, getattr(loops, side + "_temps"), keep=library)
         nests, loops.invariants[side] = hoist_invariants(nests)
         nests = [n if library(n) else split_by_residue(n) for n in nests]
         for n in nests:
@@ -150,6 +150,20 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
+
+
+def _products_apart(n: Nest, shapes) -> list[Nest]:
+    """A contraction of a sum of products each of which is a batched GEMM (attention's
+    dx = sum_{h,e} Wq dq + Wk dk + Wv dv) as one nest per product, the later ones adding
+    to the target (their start is the target itself): three loops of GEMMs, not one loop
+    nest.  [n] otherwise."""
+    if n.kind != "reduce" or n.op != "sum" or n.bounds or not isinstance(n.body, sp.Add) \
+            or not n.out:
+        return [n]
+    target = sp.IndexedBase(n.target)[n.out]
+    parts = [dataclasses.replace(n, body=term, init=n.init if k == 0 else target)
+             for k, term in enumerate(n.body.args)]
+    return parts if all(as_batched_gemm(p, shapes) for p in parts) else [n]
 
 
 def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]:
@@ -417,10 +431,11 @@ def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     g = as_batched_gemm(n, shapes)
     if g is None:
         return None
+    adds = n.init == sp.IndexedBase(n.target)[n.out]     # a later product: T holds its start
     fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
     code = printer.index_code
     ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
-    return dict(fill=_view(fill, printer, shapes),
+    return dict(fill=None if adds else _view(fill, printer, shapes),
                 loops=[(i.label.name, code(extent)) for i, extent in g.loops],
                 # blocks of T apart run on threads of their own, one GEMM each (a GEMM of
                 # a block is too small to split: OpenBLAS's thread handoffs cost more)

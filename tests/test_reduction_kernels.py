@@ -91,8 +91,9 @@ def test_attention_contractions_are_batched_gemms():
     call = "bp_attention_gemm_f32(101, "
     assert forward.count(call) == 6              # q, k, v, s, ctx, and y (sums over h)
     assert "s + b*H*T*T + h*T*T, T);" in forward
-    # dctx, dv, dk, dq, dWq, dWk, dWv, dWo and the two products dctx v^T
-    assert backward.count(call) == 10
+    # dctx, dv, dk, dq, dWq, dWk, dWv, dWo, the two products dctx v^T, and dx's three
+    # products (one loop of GEMMs each, the later two adding to dx)
+    assert backward.count(call) == 13
     assert re.search(r"dWo \+ h\*E, H\*E\);", backward)     # dWo[d, h, e]: a d x e block
 
 

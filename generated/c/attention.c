@@ -725,26 +725,108 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
-    BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[(b*T + t)*D + d] = 0;
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, D, E, 1, dk + b*H*T*E + h*T*E, E, Wk + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wk[(h*E + e)*D + d];
+                        }
+                    }
+                }
             }
         }
     }
-    BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, D, E, 1, dq + b*H*T*E + h*T*E, E, Wq + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
-                    const float bp_acc_r1 = dq[((b*H + h)*T + t)*E + e];
-                    const float bp_acc_r2 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dx[(b*T + t)*D + d] += bp_acc_r0*Wk[(h*E + e)*D + d] + bp_acc_r1*Wq[(h*E + e)*D + d] + bp_acc_r2*Wv[(h*E + e)*D + d];
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dq[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wq[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, D, E, 1, dv + b*H*T*E + h*T*E, E, Wv + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dv[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wv[(h*E + e)*D + d];
+                        }
                     }
                 }
             }
@@ -1504,26 +1586,108 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
-    BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[(b*T + t)*D + d] = 0;
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, D, E, 1, dk + b*H*T*E + h*T*E, E, Wk + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wk[(h*E + e)*D + d];
+                        }
+                    }
+                }
             }
         }
     }
-    BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, D, E, 1, dq + b*H*T*E + h*T*E, E, Wq + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
-                    const double bp_acc_r1 = dq[((b*H + h)*T + t)*E + e];
-                    const double bp_acc_r2 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dx[(b*T + t)*D + d] += bp_acc_r0*Wk[(h*E + e)*D + d] + bp_acc_r1*Wq[(h*E + e)*D + d] + bp_acc_r2*Wv[(h*E + e)*D + d];
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dq[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wq[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, D, E, 1, dv + b*H*T*E + h*T*E, E, Wv + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dv[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wv[(h*E + e)*D + d];
+                        }
                     }
                 }
             }
