@@ -7,11 +7,13 @@ import sympy as sp
 
 from derive.affine import between, bounds_from, divides
 from derive.indices import dim_of, free_indices
+from derive.piecewise import linear_position
 from derive.spec import dim_symbol
 from derive.pretty import formula
 
 from .c_printer import KernelCPrinter, own_functions_in
 from .dtypes import CTYPES, SUFFIX
+from .batched_gemm import as_batched_gemm
 from .gemm import as_gemm
 from .im2col import as_im2col
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
@@ -34,7 +36,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
     for t in loops.forward_temps + loops.backward_temps + loops.fused_temps:
         shapes[t.name] = t.dims
     windows = _windows(layer)
-    lowered = lambda n: as_gemm(n) or as_im2col(n, shapes, windows)
+    lowered = lambda n: as_gemm(n) or as_im2col(n, shapes, windows) or \
+        as_batched_gemm(n, shapes)
     scalars = {n for n, d in shapes.items() if not d}
     integer = {t.name for t in layer.tensors.values() if t.values is not None}
     dims_params = ", ".join(f"ptrdiff_t {d}" for d in layer.dims) or "void"
@@ -104,7 +107,9 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         forward_in_doc=arrays(plan.args), forward_out_doc=arrays(plan.returns),
         backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
         backward_out_doc=arrays(plan.gradients),
-        gemm_doc=gemm_doc, forward_work=_size(loops.forward_temps),
+        gemm_doc=gemm_doc, gemm_blocks=any(
+            as_batched_gemm(n, shapes) for n in loops.forward + loops.backward + loops.fused),
+        forward_work=_size(loops.forward_temps),
         backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
         variants=variants,
@@ -134,11 +139,12 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         known = dict(shapes)
         known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})
         windows = _windows(plan.layer)
-        nests, temps = inline_cheap(getattr(loops, side), getattr(loops, side + "_temps"),
-                                    keep=lambda n: as_gemm(n) or as_im2col(n, known, windows))
+        library = lambda n: as_gemm(n) or as_im2col(n, known, windows) or \
+            as_batched_gemm(n, known)
+        nests = [p for n in getattr(loops, side) for p in _products_apart(n, known)]
+        nests, temps = inline_cheap(nests, getattr(loops, side + "_temps"), keep=library)
         nests, loops.invariants[side] = hoist_invariants(nests)
-        nests = [n if as_gemm(n) or as_im2col(n, known, windows) else split_by_residue(n)
-                 for n in nests]
+        nests = [n if library(n) else split_by_residue(n) for n in nests]
         for n in nests:
             g = as_im2col(n, known, windows)
             temps += _im2col_scratch(n, g, shapes) if g else []
@@ -176,6 +182,20 @@ def _im2col_scratch(n: Nest, g, shapes: dict) -> list[Temp]:
     if g.loop is not None and g.loop not in n.out:
         temps.append(Temp(f"_{n.target}_part", (_slots(g.loop),) + tuple(n.out)))
     return temps
+
+
+def _products_apart(n: Nest, shapes) -> list[Nest]:
+    """A contraction of a sum of products each of which is a batched GEMM (attention's
+    dx = sum_{h,e} Wq dq + Wk dk + Wv dv) as one nest per product, the later ones adding
+    to the target (their start is the target itself): three loops of GEMMs, not one loop
+    nest.  [n] otherwise."""
+    if n.kind != "reduce" or n.op != "sum" or n.bounds or not isinstance(n.body, sp.Add) \
+            or not n.out:
+        return [n]
+    target = sp.IndexedBase(n.target)[n.out]
+    parts = [dataclasses.replace(n, body=term, init=n.init if k == 0 else target)
+             for k, term in enumerate(n.body.args)]
+    return parts if all(as_batched_gemm(p, shapes) for p in parts) else [n]
 
 
 def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]:
@@ -350,6 +370,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                 nest=n, hoisted=[], store="", point=None,
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 im2col=_im2col_view(n, printer, shapes, printer.windows),
+                batched=_batched_view(n, printer, shapes),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="")
@@ -368,7 +389,10 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         parts = [_view(c, printer, shapes, acc) for c in n.copies]
         for p in parts:
             p.update(pragma="", simd="")
-        view.update(mode="copies", parts=parts, pragma=f"#pragma omp parallel for{when}")
+        # the work is the whole target (the shared loops are only its outer axes)
+        work = "*".join(str(dim_of(i)) for i in n.out)
+        view.update(mode="copies", parts=parts,
+                    pragma=f"#pragma omp parallel for if ({work} >= BP_PARALLEL_MIN)")
         return view
     if n.kind == "scatter":
         # Serial over the summed indices: two of them may hit the same row.  The target is
@@ -388,6 +412,13 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         view.update(mode="assign", simd=simd if len(loops) > 1 else "",
                     pragma=f"#pragma omp parallel for{when}" if len(loops) > 1 else
                     (f"#pragma omp parallel for simd{when}" if loops else ""))
+        return view
+    if n.op == "argmax":
+        # one scan of the window in rank order, no simd (the order decides ties): the
+        # best value and its rank, as torch.max_pool2d's `val > max || isnan(val)`
+        view.update(mode="scalar_acc", split=len(n.loops) - len(n.reduced), start="-INFINITY",
+                    finish=f"{acc}_at", rank=printer.index_code(linear_position(
+                        n.reduced, n.reduced)), pragma=f"#pragma omp parallel for{when}")
         return view
     red = "max" if n.op == "max" else "+"
     start = "-INFINITY" if n.op == "max" else "0"
@@ -443,6 +474,29 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
                 c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN_PLAIN)")
+
+
+def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
+    """A contraction as a loop of GEMMs over strided blocks (codegen/batched_gemm): T
+    filled with its start, then one accumulating GEMM per loop value."""
+    g = as_batched_gemm(n, shapes)
+    if g is None:
+        return None
+    adds = n.init == sp.IndexedBase(n.target)[n.out]     # a later product: T holds its start
+    fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
+    code = printer.index_code
+    ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
+    return dict(fill=None if adds else _view(fill, printer, shapes),
+                loops=[(i.label.name, code(extent)) for i, extent in g.loops],
+                # blocks of T apart run on threads of their own, one GEMM each (a GEMM of
+                # a block is too small to split: OpenBLAS's thread handoffs cost more)
+                pragma=f"#pragma omp parallel for collapse({g.parallel}) if ("
+                       f"{'*'.join(code(e) for _, e in g.loops[:g.parallel])} > 1)"
+                if g.parallel else "",
+                trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
+                m=code(g.m), n=code(g.n), k=code(g.k), a=ptr(g.a), lda=g.a.ld,
+                b=ptr(g.b), ldb=g.b.ld, c=ptr(g.c), ldc=g.c.ld,
+                alpha=printer.code(g.alpha))
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:

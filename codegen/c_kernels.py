@@ -49,8 +49,12 @@ class CKernels:
                          if values is not None}
         self._shapes.update({"d" + n: dims for n, (_, dims, _) in tensors.items()})
         self.blas = None
+        # products as loops of small GEMMs on OpenMP threads: BLAS on one thread meanwhile
+        self._gemm_blocks = hasattr(self._lib, f"bp_{layer_name}_gemm_blocks")
         self.use_blas(True)
-        if _gemm_per_thread(self._lib, layer_name):     # convolutions: see blas.one_thread
+        # convolutions' per-image GEMMs and attention's GEMMs of blocks run on the
+        # kernel's own threads: OpenBLAS on one thread meanwhile (see blas.one_thread)
+        if _gemm_per_thread(self._lib, layer_name) or self._gemm_blocks:
             self._forward, self._backward, self._fused, self._inplace = (
                 self._one_blas_thread(f) if f is not None else None
                 for f in (self._forward, self._backward, self._fused, self._inplace))
@@ -114,7 +118,8 @@ class CKernels:
         shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
         kernel = self._inplace if shared else self._forward
         self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                         *[self._ptr(out[n]) for n in self.returns], self._ptr(work)), sizes)
+                             *[self._ptr(out[n]) for n in self.returns], self._ptr(work)),
+                  sizes)
         return out
 
     def backward(self, out=None, reuse=False, **arrays):
@@ -129,9 +134,10 @@ class CKernels:
         a, sizes = self._check(arrays, inputs)
         out = self._outputs(out, self.gradients, sizes, a, reuse="backward" if reuse else None)
         work = self._work(self._backward_work, sizes, "backward" if reuse else None)
-        self._ran(self._backward(*self._dims(sizes), *[self._ptr(a[n]) for n in inputs],
-                                 *[self._ptr(out[n]) for n in self.gradients],
-                                 self._ptr(work)), sizes)
+        self._ran(self._backward(*self._dims(sizes),
+                             *[self._ptr(a[n]) for n in inputs],
+                             *[self._ptr(out[n]) for n in self.gradients], self._ptr(work)),
+                  sizes)
         return out
 
     def forward_backward(self, out=None, reuse=False, **arrays):
@@ -147,7 +153,7 @@ class CKernels:
         out = self._outputs(out, names, sizes, a, reuse="fused" if reuse else None)
         work = self._work(self._fused_work, sizes, "fused" if reuse else None)
         self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                              *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
+                             *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
         return out
 
     # ---- for callers that pass pointers themselves (codegen.torch_calls) -----------------

@@ -23,6 +23,7 @@ from derive.affine import is_full
 from derive.indices import dim_of, free_indices
 
 from .plan import KernelPlan, Maximum, Statement
+from .reductions import ArgMax
 from .scatter import scatter_parts
 
 
@@ -34,7 +35,7 @@ class Nest:
     loops: tuple[sp.Idx, ...]         # outermost first
     reduced: tuple[sp.Idx, ...]       # indices summed (or maximized) over
     body: sp.Expr                     # the value, or the summand
-    op: str = "sum"                   # "sum" or "max" for reductions
+    op: str = "sum"                   # "sum", "max" or "argmax" for reductions
     comment: str = ""
     init: sp.Expr = sp.Integer(0)     # a reduction's starting value (b[i] in W x + b)
     # a scatter's (v, g): T[.., v, ..] = sum_K [v == g] body is body added at v = g
@@ -134,11 +135,19 @@ def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[N
     expr = st.expr
     init, reduction = _split_init(expr, st.indices)
     coeff, core = _split_coefficient(reduction)
-    if isinstance(core, (sp.Sum, Maximum)):
+    if isinstance(core, (sp.Sum, Maximum, ArgMax)):
         body, reduced, op, bounds = _reduction_parts(core)
         ctx = tuple(st.indices) + tuple(reduced)
         body = _hoist(body, temps, nests, counter, ctx, known, bounds)
         init = _hoist(init, temps, nests, counter, tuple(st.indices), known)
+        key = _key(op, body, reduced, tuple(st.indices), bounds)
+        if key in known:          # computed already (db = sum dy, which dx needed too)
+            value = init + coeff * _ref(known[key], tuple(st.indices))
+            nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices),
+                              (), value, comment=st.formula))
+            return nests
+        if coeff == 1 and init == 0:
+            known[key] = st.name
         nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
                                   init, bounds))
         return nests
@@ -181,6 +190,8 @@ def _reduction_parts(core):
     """(body, reduced indices, op, bounds of those that run over part of their range)."""
     if isinstance(core, Maximum):
         return core.args[0], (core.args[1],), "max", ()
+    if isinstance(core, ArgMax):
+        return core.args[0], core.bound_indices, "argmax", ()
     body, limits = core.function, list(core.limits)
     while isinstance(body, sp.Sum):               # sum_n sum_i -> one nest over n, i
         limits += list(body.limits)
@@ -198,7 +209,7 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
     x would be read outside its array)."""
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol)):
         return expr
-    if isinstance(expr, (sp.Sum, Maximum)):
+    if isinstance(expr, (sp.Sum, Maximum, ArgMax)):
         body, reduced, op, bounds = _reduction_parts(expr)
         free = tuple(sorted(free_indices(expr), key=lambda i: (
             list(ctx).index(i) if i in ctx else len(ctx), str(i))))
@@ -206,14 +217,13 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
             free_indices(lo) | free_indices(hi)) <= set(free))
         body = _hoist(body, temps, nests, counter, free + tuple(reduced), known,
                       inherited + tuple(bounds))
-        key = (op, _canonical(body, reduced), free,
-               _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds + inherited]), reduced))
+        key = _key(op, body, reduced, free, tuple(bounds) + inherited)
         if key in known:
             return _ref(known[key], free)
         counter[0] += 1
         name = f"_s{counter[0]}"
         temps.append(Temp(name, free))
-        what = "maximum" if op == "max" else "sum"
+        what = {"max": "maximum", "argmax": "first maximal position"}.get(op, "sum")
         nest = _reduce_nest(name, free, reduced, body, op,
                             f"{what} over {', '.join(map(str, reduced))}",
                             bounds=tuple(bounds) + inherited)
@@ -224,11 +234,22 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
                        for a in expr.args])
 
 
+def _key(op, body, reduced, free, bounds):
+    """What identifies a reduction within one pass: equal keys, equal values."""
+    return (op, _canonical(body, reduced), free,
+            _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced))
+
+
 def _ref(name, free):
     return sp.IndexedBase(name)[free] if free else sp.Symbol(name)
 
 
 def _canonical(body, reduced):
+    """body with its reduced indices renamed: by dimension when no two share one (so the
+    order of a sum's limits does not matter), else by position."""
+    dims = [dim_of(k) for k in reduced]
+    if len(set(dims)) == len(dims):
+        return body.xreplace({k: sp.Idx(f"_r_{d}", d) for k, d in zip(reduced, dims)})
     return body.xreplace({k: sp.Idx(f"_r{j}", dim_of(k)) for j, k in enumerate(reduced)})
 
 
@@ -250,7 +271,11 @@ def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0),
                     op, comment, init, at=(v, g))
     refs = [(target, out)] + [(a.base.label.name, tuple(a.indices))
                               for a in body.atoms(sp.Indexed)]
-    loops = _after_bounds(_order(out, tuple(reduced), refs), bounds)
+    if op == "argmax":
+        # the window scanned in rank order, innermost: the first maximum is the one kept
+        loops = _order(out, (), refs) + tuple(reduced)
+    else:
+        loops = _after_bounds(_order(out, tuple(reduced), refs), bounds)
     return Nest("reduce", target, out, loops, tuple(reduced), body, op, comment, init,
                 bounds=tuple(bounds))
 
@@ -472,8 +497,8 @@ def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
 def _groupable(nest: Nest) -> bool:
     if nest.kind == "scan":
         return False
-    if not nest.loops or nest.kind == "scatter" or nest.bounds:   # a scatter writes any row
-        return False
+    if not nest.loops or nest.kind == "scatter" or nest.bounds or nest.op == "argmax":
+        return False                 # a scatter writes any row; an argmax scans in order
     if nest.parallel in ("array", "scalar"):
         return nest.op == "sum"
     return not (nest.accumulate_in_place and nest.out[0] != nest.loops[0])
@@ -565,6 +590,7 @@ def hoist_invariants(nests: list[Nest], prefix: str = "bp_k"):
 
     def invariant(e) -> bool:
         return not e.atoms(sp.Indexed) and not e.atoms(sp.Idx) and not e.atoms(Maximum) \
+            and not e.atoms(ArgMax) \
             and not e.has(sp.Sum) and not any(s.name in written for s in e.free_symbols)
 
     def walk(e):

@@ -17,6 +17,7 @@ from derive.indices import free_indices
 from derive.pretty import decimal, is_long_number
 
 from .plan import Maximum, Statement
+from .reductions import ArgMax
 from .scatter import scatter_parts
 
 ADD, MUL, POW, ATOM = 1, 2, 3, 4
@@ -35,6 +36,7 @@ class NumpyPrinter:
         self.dims_used: set[str] = set()
         self.seen: Counter = Counter()   # printed calls and reductions, for CSE
         self.temps = 0
+        self.pre: list[tuple[str, str]] = []   # (name, code) a statement computes first
 
     # statements -------------------------------------------------------------------------
     def statement(self, st: Statement) -> tuple[list[tuple[str, str]], str]:
@@ -44,12 +46,15 @@ class NumpyPrinter:
         if st.expr == 0:
             return [], f"np.zeros({self.shape(st)}, dtype)"
         self.seen = Counter()
+        self.pre = []
         code = self.array(st.expr, ctx)
         if {i for i in free_indices(st.expr)} != set(ctx) or not _has_array(st.expr):
             # The formula does not depend on every axis (or on any array): materialize.
             code = f"np.full({self.shape(st)}, {code}, dtype)" if not free_indices(st.expr) \
                 else f"np.broadcast_to({code}, {self.shape(st)}).copy()"
-        return self._hoist(code)
+        temps, code = self._hoist(code)
+        self.dims_used -= {name for name, _ in self.pre}    # window lengths are local
+        return self.pre + temps, code
 
     def _hoist(self, code):
         """Common subexpression elimination on printed code: an array expression printed
@@ -135,6 +140,8 @@ class NumpyPrinter:
             return self._note(self._sum(e, ctx)), ATOM
         if isinstance(e, Maximum):
             return self._note(self._max(e, ctx)), ATOM
+        if isinstance(e, ArgMax):
+            return self._note(self._argmax(e, ctx)), ATOM
         if isinstance(e, sp.KroneckerDelta):
             return self._delta(e, ctx), ATOM
         if isinstance(e, Where):
@@ -335,6 +342,9 @@ class NumpyPrinter:
     def _sum(self, e, ctx):
         ks = [lim[0] for lim in e.limits]
         outer = [i for i in ctx if i in free_indices(e)]
+        offsets = self._window_offsets(e, outer)
+        if offsets is not None:
+            return self._sum(offsets, ctx)
         scatter = scatter_parts(outer, ks, e.function)
         if scatter is not None:
             return _expand(self._scatter_add(scatter, ks, outer), outer, ctx)
@@ -373,6 +383,51 @@ class NumpyPrinter:
             code = f"({code})"
         return _expand(code, outer, ctx)
 
+    def _window_offsets(self, e, outer):
+        """A gather whose summand would be materialized over the output indices and the
+        summed ones together (max-pooling's dx: [(h - 2 hout, w - 2 wout) is the first
+        argmax of window (hout, wout)] over n, c, h, w, hout, wout) summed instead over
+        each bounded index's offset in its window, hout = lo(h) + t with t < L, L the
+        longest window (ceil(K / S)), the bounds kept as a bracket: arrays L times the
+        output's size instead of Hout times.  Reductions in the summand are computed
+        first over their own indices.  None where this does not apply."""
+        bounded = [lim for lim in e.limits if not is_full(lim)
+                   and (free_indices(lim[1]) | free_indices(lim[2])) & set(outer)]
+        ks = {k for k, _, _ in bounded}
+        wide = [f for f in sp.Mul.make_args(e.function) if not isinstance(f, sp.Indexed)
+                and free_indices(f) & ks and free_indices(f) & set(outer)]
+        if not wide:
+            return None
+        spans = {k: _window_span(lo, hi) for k, lo, hi in bounded}
+        if None in spans.values():
+            return None
+
+        def computed_first(r):
+            free = tuple(i for i in list(outer) + [k for k, *_ in e.limits]
+                         if i in free_indices(r))
+            self.temps += 1
+            name = f"_r{self.temps}"
+            self.pre.append((name, self.array(r, free)))
+            return sp.IndexedBase(name)[free]
+
+        body = e.function.replace(
+            lambda x: isinstance(x, (ArgMax, Maximum, sp.Sum)) and free_indices(x) & ks,
+            computed_first)
+        subs, limits, masks = {}, [], []
+        for k, lo, hi in e.limits:
+            if k not in ks:
+                limits.append((k, lo, hi))
+                continue
+            first, count = spans[k]
+            self.temps += 1
+            length = sp.Symbol(f"_L{self.temps}", integer=True, positive=True)
+            self.pre.append((length.name, self.integer_code(count)))
+            t = sp.Idx(f"_t{self.temps}", length)
+            subs[k] = first + t
+            masks.append(between(first + t, lo, hi))
+            limits.append((t, 0, length - 1))
+        return sp.Sum(body.xreplace(subs) * sp.Mul(*masks), *limits)
+
     def _scatter_add(self, scatter, ks, outer):
         """sum_n [v == g(n)] f(n, ...) for every v: f's rows added at rows g(n) of zeros
         (np.add.at), O(N) work and memory where the einsum with a one-hot [v == g(n)]
@@ -400,6 +455,36 @@ class NumpyPrinter:
         outer = [i for i in ctx if i in free_indices(body) - {k}]
         code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
         return _expand(code, outer, ctx)
+
+
+    def _argmax(self, e, ctx):
+        body, ks = e.args[0], list(e.bound_indices)
+        outer = [i for i in ctx if i in free_indices(body) - set(ks)]
+        sizes = [str(k.upper + 1) for k in ks]
+        self.dims_used |= set(sizes)
+        self.helpers_used.add("_first_argmax")
+        code = f"_first_argmax({self.array(body, tuple(outer + ks))}, ({', '.join(sizes)},))"
+        return _expand(code, outer, ctx)
+
+
+def _window_span(lo, hi):
+    """(first, count) of a bounded index's window: lo and hi without their clamps to the
+    index's range (max(0, .), min(Hout - 1, .)), and the most values between them, free
+    of the output indices: floor(U - V) + 1 for ceiling(V)..floor(U).  None otherwise."""
+    def moving(e, clamp):
+        if isinstance(e, clamp):
+            parts = [a for a in e.args if free_indices(a)]
+            return parts[0] if len(parts) == 1 else None
+        return e
+
+    first, last = moving(lo, sp.Max), moving(hi, sp.Min)
+    if first is None or last is None:
+        return None
+    if isinstance(first, sp.ceiling) and isinstance(last, sp.floor):
+        count = sp.floor(sp.simplify(last.args[0] - first.args[0])) + 1
+    else:
+        count = sp.simplify(last - first) + 1
+    return None if free_indices(count) else (first, count)
 
 
 def _mask(condition: str, e) -> str:

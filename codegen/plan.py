@@ -94,6 +94,9 @@ def plan(derivation: Derivation) -> KernelPlan:
     backward = tuple(Statement(s.name, s.indices, _recompute_cheap(guard_brackets(stabilize(
                                _stable_ratios(lower_reductions(s.expr)), layer)), layer),
                                show(s.lhs, s.expr)) for s in derivation.steps)
+    from .shared_sums import share_sums
+    backward = share_sums(backward, [adjoint_name(t.name) for t in layer.differentiable],
+                          layer, _arithmetic)
     forward_names = {eq.target for eq in layer.equations}
     read = set()
     for st in backward:

@@ -1,20 +1,34 @@
 """Max over indices, as the kernels compute it: derive.piecewise's MaxOver and FirstMax
-lowered onto the plan's one-index Maximum reduction, which both backends already run.
+lowered onto the plan's reductions, which both backends run.
 
     max over (p, q) of body       ->  Maximum(Maximum(body, q), p)
-    [(a, b) is the first argmax]  ->  [a*Q + b == -max over (p, q) of
-                                       where(body == m, -(p*Q + q), -P*Q)]
+    [(a, b) is the first argmax]  ->  [a*Q + b == ArgMax(body, p, q)]
 
-with m the window's maximum: the first maximal position is the smallest row-major rank
-among the maximal ones, a maximum of negated ranks, so no argmax reduction is needed.
+ArgMax is one reduction: a single pass over the window keeps the best value and its
+row-major rank, replacing the earlier four passes (a max, then a max of negated ranks
+where the body equals it, each nested over the indices one by one).
 """
 from __future__ import annotations
 
 import sympy as sp
 
-from derive.piecewise import FirstMax, Iverson, MaxOver, Where, linear_position
+from derive.piecewise import FirstMax, Iverson, MaxOver, linear_position
 
 from .plan import Maximum
+
+
+class ArgMax(sp.Function):
+    """ArgMax(body, k1, ..., km): the row-major rank (k1*K2 + k2, ...) of the first
+    position where body is maximal, scanning in that order; a NaN counts as maximal, the
+    last one scanned wins, as torch.max_pool2d's CPU kernel (`val > max || isnan(val)`)."""
+
+    @property
+    def bound_indices(self):
+        return self.args[1:]
+
+    @property
+    def rank(self):
+        return linear_position(self.bound_indices, self.bound_indices)
 
 
 def lower_reductions(expr):
@@ -49,11 +63,5 @@ def _nested_max(body, ks):
 def _first_max(e):
     ks = list(e.bound_indices)
     own = _dummies(ks)
-    body = e.body.xreplace(dict(zip(ks, own)))
-    window_max = _nested_max(body, own)
-    inner = _dummies(own)
-    body_at = body.xreplace(dict(zip(own, inner)))
-    total = sp.Mul(*[k.upper + 1 for k in ks])
-    rank = Where(sp.Eq(body_at, window_max), -linear_position(inner, inner), -total)
-    first = -_nested_max(rank, inner)
+    first = ArgMax(e.body.xreplace(dict(zip(ks, own))), *own)
     return Iverson(sp.Eq(linear_position(e.position, ks), first))

@@ -13,10 +13,10 @@
  *   y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e]
  * Backward pass (from the upstream gradient dy):
  *   dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
- *   ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
- *   dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
- *   dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
- *   dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
+ *   ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
+ *   dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
+ *   dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
+ *   dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
  *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
@@ -47,13 +47,8 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
- * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
- * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
- * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
- * backward started a team for 3 us of work). */
+/* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
-#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* The GEMM the caller supplied with bp_attention_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
@@ -67,6 +62,11 @@ void bp_attention_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
 {
     bp_attention_gemm_f32 = sgemm;
     bp_attention_gemm_f64 = dgemm;
+}
+
+int bp_attention_gemm_blocks(void)
+{
+    return 1;
 }
 
 size_t bp_attention_forward_work(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E)
@@ -151,132 +151,274 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     float *const _a_max = bp_work + 0;
     float *const _s1 = bp_work + B*H*T;
     const float bp_k0 = powf(E, -1.0F/2.0F);
-    BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    float bp_acc0 = 0;
-                    BP_OMP(simd reduction(+:bp_acc0))
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        bp_acc0 += Wq[(h*E + e)*D + d]*x[(b*T + t)*D + d];
-                    }
-                    q[((b*H + h)*T + t)*E + e] = bp_acc0;
-                }
-            }
-        }
-        /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    float bp_acc1 = 0;
-                    BP_OMP(simd reduction(+:bp_acc1))
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        bp_acc1 += Wk[(h*E + e)*D + d]*x[(b*T + t)*D + d];
-                    }
-                    k[((b*H + h)*T + t)*E + e] = bp_acc1;
-                }
-            }
-        }
-        /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    float bp_acc2 = 0;
-                    BP_OMP(simd reduction(+:bp_acc2))
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        bp_acc2 += Wv[(h*E + e)*D + d]*x[(b*T + t)*D + d];
-                    }
-                    v[((b*H + h)*T + t)*E + e] = bp_acc2;
-                }
-            }
-        }
-        /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    float bp_acc3 = 0;
-                    BP_OMP(simd reduction(+:bp_acc3))
+    /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc3 += bp_k0*k[((b*H + h)*T + u)*E + e]*q[((b*H + h)*T + t)*E + e];
+                        q[((b*H + h)*T + t)*E + e] = 0;
                     }
-                    s[((b*H + h)*T + t)*T + u] = bp_acc3;
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wq + h*E*D, D, 1, q + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            bp_acc += Wq[(h*E + e)*D + d]*x[(b*T + t)*D + d];
+                        }
+                        q[((b*H + h)*T + t)*E + e] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        k[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wk + h*E*D, D, 1, k + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            bp_acc += Wk[(h*E + e)*D + d]*x[(b*T + t)*D + d];
+                        }
+                        k[((b*H + h)*T + t)*E + e] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        v[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wv + h*E*D, D, 1, v + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            bp_acc += Wv[(h*E + e)*D + d]*x[(b*T + t)*D + d];
+                        }
+                        v[((b*H + h)*T + t)*E + e] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        s[((b*H + h)*T + t)*T + u] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, T, E, bp_k0, q + b*H*T*E + h*T*E, E, k + b*H*T*E + h*T*E, E, 1, s + b*H*T*T + h*T*T, T);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            bp_acc += bp_k0*k[((b*H + h)*T + u)*E + e]*q[((b*H + h)*T + t)*E + e];
+                        }
+                        s[((b*H + h)*T + t)*T + u] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    for (ptrdiff_t b = 0; b < B; ++b) {
         /* maximum over w of s[b, h, t, w], for a stable exp-sum */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                float bp_acc4 = -INFINITY;
-                int bp_acc4_nan = 0;
-                BP_OMP(simd reduction(max:bp_acc4) reduction(|:bp_acc4_nan))
+                float bp_acc0 = -INFINITY;
+                int bp_acc0_nan = 0;
+                BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
                 for (ptrdiff_t w = 0; w < T; ++w) {
                     const float bp_v = s[((b*H + h)*T + t)*T + w];
-                    bp_acc4 = bp_v > bp_acc4 ? bp_v : bp_acc4;
-                    bp_acc4_nan |= bp_v != bp_v;
+                    bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                    bp_acc0_nan |= bp_v != bp_v;
                 }
-                _a_max[(b*H + h)*T + t] = bp_acc4_nan ? NAN : bp_acc4;
+                _a_max[(b*H + h)*T + t] = bp_acc0_nan ? NAN : bp_acc0;
             }
         }
         /* sum over w */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                float bp_acc5 = 0;
-                const float bp_acc5_r0 = _a_max[(b*H + h)*T + t];
-                const float bp_acc5_r1 = -bp_acc5_r0;
-                BP_OMP(simd reduction(+:bp_acc5))
+                float bp_acc1 = 0;
+                const float bp_acc1_r0 = _a_max[(b*H + h)*T + t];
+                const float bp_acc1_r1 = -bp_acc1_r0;
+                BP_OMP(simd reduction(+:bp_acc1))
                 for (ptrdiff_t w = 0; w < T; ++w) {
-                    bp_acc5 += bp_exp_f32(bp_acc5_r1 + s[((b*H + h)*T + t)*T + w]);
+                    bp_acc1 += bp_exp_f32(bp_acc1_r1 + s[((b*H + h)*T + t)*T + w]);
                 }
-                _s1[(b*H + h)*T + t] = bp_acc5;
+                _s1[(b*H + h)*T + t] = bp_acc1;
             }
         }
         /* a[b, h, t, u] = exp(s[b, h, t, u]) / sum(exp(s[b, h, t, w]), w) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                const float bp_acc6_r0 = _a_max[(b*H + h)*T + t];
-                const float bp_acc6_r1 = _s1[(b*H + h)*T + t];
-                const float bp_acc6_r2 = -bp_acc6_r0;
-                const float bp_acc6_r3 = 1.0F/bp_acc6_r1;
+                const float bp_acc2_r0 = _a_max[(b*H + h)*T + t];
+                const float bp_acc2_r1 = _s1[(b*H + h)*T + t];
+                const float bp_acc2_r2 = -bp_acc2_r0;
+                const float bp_acc2_r3 = 1.0F/bp_acc2_r1;
                 BP_OMP(simd)
                 for (ptrdiff_t u = 0; u < T; ++u) {
-                    a[((b*H + h)*T + t)*T + u] = bp_acc6_r3*bp_exp_f32(bp_acc6_r2 + s[((b*H + h)*T + t)*T + u]);
+                    a[((b*H + h)*T + t)*T + u] = bp_acc2_r3*bp_exp_f32(bp_acc2_r2 + s[((b*H + h)*T + t)*T + u]);
                 }
             }
         }
-        /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    ctx[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    const float bp_acc7_r0 = a[((b*H + h)*T + t)*T + u];
+    }
+    /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        ctx[((b*H + h)*T + t)*E + e] += bp_acc7_r0*v[((b*H + h)*T + u)*E + e];
+                        ctx[((b*H + h)*T + t)*E + e] = 0;
                     }
                 }
             }
         }
-        /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                y[(b*T + t)*D + d] = 0;
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, v + b*H*T*E + h*T*E, E, 1, ctx + b*H*T*E + h*T*E, E);
             }
         }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t d = 0; d < D; ++d) {
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        y[(b*T + t)*D + d] += Wo[(d*H + h)*E + e]*ctx[((b*H + h)*T + t)*E + e];
+                        ctx[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        const float bp_acc_r0 = a[((b*H + h)*T + t)*T + u];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            ctx[((b*H + h)*T + t)*E + e] += bp_acc_r0*v[((b*H + h)*T + u)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    y[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, D, E, 1, ctx + b*H*T*E + h*T*E, E, Wo + h*E, H*E, 1, y + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    y[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t d = 0; d < D; ++d) {
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            y[(b*T + t)*D + d] += Wo[(d*H + h)*E + e]*ctx[((b*H + h)*T + t)*E + e];
+                        }
                     }
                 }
             }
@@ -296,235 +438,563 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     float *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E;
     float *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E;
     const float bp_k0 = powf(E, -1.0F/2.0F);
-    BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dctx[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    const float bp_acc0_r0 = dy[(b*T + t)*D + d];
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dctx[((b*H + h)*T + t)*E + e] += bp_acc0_r0*Wo[(d*H + h)*E + e];
-                    }
-                }
-            }
-        }
-        /* sum over e */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t w = 0; w < T; ++w) {
-                    float bp_acc1 = 0;
-                    BP_OMP(simd reduction(+:bp_acc1))
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc1 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + w)*E + e];
-                    }
-                    _s2[((b*H + h)*T + t)*T + w] = bp_acc1;
-                }
-            }
-        }
-        /* sum over w */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                float bp_acc2 = 0;
-                BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t w = 0; w < T; ++w) {
-                    bp_acc2 += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
-                }
-                _s3[(b*H + h)*T + t] = bp_acc2;
-            }
-        }
-        /* sum over e */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    float bp_acc3 = 0;
-                    BP_OMP(simd reduction(+:bp_acc3))
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc3 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
-                    }
-                    _s4[((b*H + h)*T + t)*T + u] = bp_acc3;
-                }
-            }
-        }
-        /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                const float bp_acc4_r0 = _s3[(b*H + h)*T + t];
-                const float bp_acc4_r1 = -bp_acc4_r0;
-                BP_OMP(simd)
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    ds[((b*H + h)*T + t)*T + u] = (bp_acc4_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
-                }
-            }
-        }
-        /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dv[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t u = 0; u < T; ++u) {
+    /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const float bp_acc5_r0 = a[((b*H + h)*T + u)*T + t];
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] += bp_acc5_r0*dctx[((b*H + h)*T + u)*E + e];
+                        dctx[((b*H + h)*T + t)*E + e] = 0;
                     }
                 }
             }
         }
-        /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dk[((b*H + h)*T + t)*E + e] = 0;
-                }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, E, D, 1, dy + b*T*D, D, Wo + h*E, H*E, 1, dctx + b*H*T*E + h*T*E, E);
             }
         }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t u = 0; u < T; ++u) {
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const float bp_acc6_r0 = ds[((b*H + h)*T + u)*T + t];
-                    const float bp_acc6_r1 = bp_acc6_r0*bp_k0;
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] += bp_acc6_r1*q[((b*H + h)*T + u)*E + e];
+                        dctx[((b*H + h)*T + t)*E + e] = 0;
                     }
                 }
             }
         }
-        /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dq[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    const float bp_acc7_r0 = ds[((b*H + h)*T + t)*T + u];
-                    const float bp_acc7_r1 = bp_acc7_r0*bp_k0;
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] += bp_acc7_r1*k[((b*H + h)*T + u)*E + e];
-                    }
-                }
-            }
-        }
-        /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[(b*T + t)*D + d] = 0;
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc8_r0 = dk[((b*H + h)*T + t)*E + e];
-                    const float bp_acc8_r1 = dq[((b*H + h)*T + t)*E + e];
-                    const float bp_acc8_r2 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
                     for (ptrdiff_t d = 0; d < D; ++d) {
-                        dx[(b*T + t)*D + d] += bp_acc8_r0*Wk[(h*E + e)*D + d] + bp_acc8_r1*Wq[(h*E + e)*D + d] + bp_acc8_r2*Wv[(h*E + e)*D + d];
+                        const float bp_acc_r0 = dy[(b*T + t)*D + d];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dctx[((b*H + h)*T + t)*E + e] += bp_acc_r0*Wo[(d*H + h)*E + e];
+                        }
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
-        for (ptrdiff_t e = 0; e < E; ++e) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dWq[(h*E + e)*D + d] = 0;
-            }
-        }
+    /* sum over e */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc0_r0 = dq[((b*H + h)*T + t)*E + e];
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dWq[(h*E + e)*D + d] += bp_acc0_r0*x[(b*T + t)*D + d];
+                    for (ptrdiff_t m = 0; m < T; ++m) {
+                        _s2[((b*H + h)*T + t)*T + m] = 0;
                     }
                 }
             }
         }
-        /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
-        for (ptrdiff_t e = 0; e < E; ++e) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dWk[(h*E + e)*D + d] = 0;
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s2 + b*H*T*T + h*T*T, T);
             }
         }
+    } else {
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc1_r0 = dk[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dWk[(h*E + e)*D + d] += bp_acc1_r0*x[(b*T + t)*D + d];
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t m = 0; m < T; ++m) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + m)*E + e];
+                        }
+                        _s2[((b*H + h)*T + t)*T + m] = bp_acc;
                     }
                 }
             }
         }
-        /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
-        for (ptrdiff_t e = 0; e < E; ++e) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dWv[(h*E + e)*D + d] = 0;
+    }
+    /* sum over m */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                float bp_acc = 0;
+                BP_OMP(simd reduction(+:bp_acc))
+                for (ptrdiff_t m = 0; m < T; ++m) {
+                    bp_acc += _s2[((b*H + h)*T + t)*T + m]*a[((b*H + h)*T + t)*T + m];
+                }
+                _s3[(b*H + h)*T + t] = bp_acc;
             }
         }
+    }
+    /* sum over e */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t l = 0; l < T; ++l) {
+                        _s4[((b*H + h)*T + t)*T + l] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s4 + b*H*T*T + h*T*T, T);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t l = 0; l < T; ++l) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + l)*E + e];
+                        }
+                        _s4[((b*H + h)*T + t)*T + l] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l] */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                const float bp_acc_r0 = _s3[(b*H + h)*T + t];
+                const float bp_acc_r1 = -bp_acc_r0;
+                BP_OMP(simd)
+                for (ptrdiff_t l = 0; l < T; ++l) {
+                    ds[((b*H + h)*T + t)*T + l] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + l])*a[((b*H + h)*T + t)*T + l];
+                }
+            }
+        }
+    }
+    /* dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dv[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 112, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, dctx + b*H*T*E + h*T*E, E, 1, dv + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dv[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t l = 0; l < T; ++l) {
+                    for (ptrdiff_t t = 0; t < T; ++t) {
+                        const float bp_acc_r0 = a[((b*H + h)*T + l)*T + t];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dv[((b*H + h)*T + t)*E + e] += bp_acc_r0*dctx[((b*H + h)*T + l)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dk[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 112, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, q + b*H*T*E + h*T*E, E, 1, dk + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dk[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t l = 0; l < T; ++l) {
+                    for (ptrdiff_t t = 0; t < T; ++t) {
+                        const float bp_acc_r0 = ds[((b*H + h)*T + l)*T + t];
+                        const float bp_acc_r1 = bp_acc_r0*bp_k0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dk[((b*H + h)*T + t)*E + e] += bp_acc_r1*q[((b*H + h)*T + l)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dq[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, k + b*H*T*E + h*T*E, E, 1, dq + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dq[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t l = 0; l < T; ++l) {
+                        const float bp_acc_r0 = ds[((b*H + h)*T + t)*T + l];
+                        const float bp_acc_r1 = bp_acc_r0*bp_k0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dq[((b*H + h)*T + t)*E + e] += bp_acc_r1*k[((b*H + h)*T + l)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const float bp_acc2_r0 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dWv[(h*E + e)*D + d] += bp_acc2_r0*x[(b*T + t)*D + d];
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, D, E, 1, dk + b*H*T*E + h*T*E, E, Wk + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wk[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, D, E, 1, dq + b*H*T*E + h*T*E, E, Wq + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dq[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wq[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f32(101, 111, 111, T, D, E, 1, dv + b*H*T*E + h*T*E, E, Wv + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dv[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wv[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWq[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f32(101, 112, 111, E, D, T, 1, dq + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWq + h*E*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWq[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dq[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dWq[(h*E + e)*D + d] += bp_acc_r0*x[(b*T + t)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWk[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f32(101, 112, 111, E, D, T, 1, dk + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWk + h*E*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWk[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dWk[(h*E + e)*D + d] += bp_acc_r0*x[(b*T + t)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWv[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f32(101, 112, 111, E, D, T, 1, dv + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWv + h*E*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWv[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const float bp_acc_r0 = dv[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dWv[(h*E + e)*D + d] += bp_acc_r0*x[(b*T + t)*D + d];
+                        }
                     }
                 }
             }
         }
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
-    BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t d = 0; d < D; ++d) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            BP_OMP(simd)
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                dWo[(d*H + h)*E + e] = 0;
+    if (bp_attention_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t d = 0; d < D; ++d) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < E; ++e) {
+                    dWo[(d*H + h)*E + e] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    const float bp_acc_r0 = dy[(b*T + t)*D + d];
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dWo[(d*H + h)*E + e] += bp_acc_r0*ctx[((b*H + h)*T + t)*E + e];
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f32(101, 112, 111, D, E, T, 1, dy + b*T*D, D, ctx + b*H*T*E + h*T*E, E, 1, dWo + h*E, H*E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t d = 0; d < D; ++d) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < E; ++e) {
+                    dWo[(d*H + h)*E + e] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    for (ptrdiff_t t = 0; t < T; ++t) {
+                        const float bp_acc_r0 = dy[(b*T + t)*D + d];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dWo[(d*H + h)*E + e] += bp_acc_r0*ctx[((b*H + h)*T + t)*E + e];
+                        }
                     }
                 }
             }
@@ -542,132 +1012,274 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     double *const _a_max = bp_work + 0;
     double *const _s1 = bp_work + B*H*T;
     const double bp_k0 = pow(E, -1.0/2.0);
-    BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    double bp_acc0 = 0;
-                    BP_OMP(simd reduction(+:bp_acc0))
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        bp_acc0 += Wq[(h*E + e)*D + d]*x[(b*T + t)*D + d];
-                    }
-                    q[((b*H + h)*T + t)*E + e] = bp_acc0;
-                }
-            }
-        }
-        /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    double bp_acc1 = 0;
-                    BP_OMP(simd reduction(+:bp_acc1))
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        bp_acc1 += Wk[(h*E + e)*D + d]*x[(b*T + t)*D + d];
-                    }
-                    k[((b*H + h)*T + t)*E + e] = bp_acc1;
-                }
-            }
-        }
-        /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    double bp_acc2 = 0;
-                    BP_OMP(simd reduction(+:bp_acc2))
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        bp_acc2 += Wv[(h*E + e)*D + d]*x[(b*T + t)*D + d];
-                    }
-                    v[((b*H + h)*T + t)*E + e] = bp_acc2;
-                }
-            }
-        }
-        /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    double bp_acc3 = 0;
-                    BP_OMP(simd reduction(+:bp_acc3))
+    /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc3 += bp_k0*k[((b*H + h)*T + u)*E + e]*q[((b*H + h)*T + t)*E + e];
+                        q[((b*H + h)*T + t)*E + e] = 0;
                     }
-                    s[((b*H + h)*T + t)*T + u] = bp_acc3;
                 }
             }
         }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wq + h*E*D, D, 1, q + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            bp_acc += Wq[(h*E + e)*D + d]*x[(b*T + t)*D + d];
+                        }
+                        q[((b*H + h)*T + t)*E + e] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        k[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wk + h*E*D, D, 1, k + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            bp_acc += Wk[(h*E + e)*D + d]*x[(b*T + t)*D + d];
+                        }
+                        k[((b*H + h)*T + t)*E + e] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        v[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, E, D, 1, x + b*T*D, D, Wv + h*E*D, D, 1, v + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            bp_acc += Wv[(h*E + e)*D + d]*x[(b*T + t)*D + d];
+                        }
+                        v[((b*H + h)*T + t)*E + e] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        s[((b*H + h)*T + t)*T + u] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, T, E, bp_k0, q + b*H*T*E + h*T*E, E, k + b*H*T*E + h*T*E, E, 1, s + b*H*T*T + h*T*T, T);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            bp_acc += bp_k0*k[((b*H + h)*T + u)*E + e]*q[((b*H + h)*T + t)*E + e];
+                        }
+                        s[((b*H + h)*T + t)*T + u] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    for (ptrdiff_t b = 0; b < B; ++b) {
         /* maximum over w of s[b, h, t, w], for a stable exp-sum */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                double bp_acc4 = -INFINITY;
-                int bp_acc4_nan = 0;
-                BP_OMP(simd reduction(max:bp_acc4) reduction(|:bp_acc4_nan))
+                double bp_acc0 = -INFINITY;
+                int bp_acc0_nan = 0;
+                BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
                 for (ptrdiff_t w = 0; w < T; ++w) {
                     const double bp_v = s[((b*H + h)*T + t)*T + w];
-                    bp_acc4 = bp_v > bp_acc4 ? bp_v : bp_acc4;
-                    bp_acc4_nan |= bp_v != bp_v;
+                    bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                    bp_acc0_nan |= bp_v != bp_v;
                 }
-                _a_max[(b*H + h)*T + t] = bp_acc4_nan ? NAN : bp_acc4;
+                _a_max[(b*H + h)*T + t] = bp_acc0_nan ? NAN : bp_acc0;
             }
         }
         /* sum over w */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                double bp_acc5 = 0;
-                const double bp_acc5_r0 = _a_max[(b*H + h)*T + t];
-                const double bp_acc5_r1 = -bp_acc5_r0;
-                BP_OMP(simd reduction(+:bp_acc5))
+                double bp_acc1 = 0;
+                const double bp_acc1_r0 = _a_max[(b*H + h)*T + t];
+                const double bp_acc1_r1 = -bp_acc1_r0;
+                BP_OMP(simd reduction(+:bp_acc1))
                 for (ptrdiff_t w = 0; w < T; ++w) {
-                    bp_acc5 += exp(bp_acc5_r1 + s[((b*H + h)*T + t)*T + w]);
+                    bp_acc1 += exp(bp_acc1_r1 + s[((b*H + h)*T + t)*T + w]);
                 }
-                _s1[(b*H + h)*T + t] = bp_acc5;
+                _s1[(b*H + h)*T + t] = bp_acc1;
             }
         }
         /* a[b, h, t, u] = exp(s[b, h, t, u]) / sum(exp(s[b, h, t, w]), w) */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                const double bp_acc6_r0 = _a_max[(b*H + h)*T + t];
-                const double bp_acc6_r1 = _s1[(b*H + h)*T + t];
-                const double bp_acc6_r2 = -bp_acc6_r0;
-                const double bp_acc6_r3 = 1.0/bp_acc6_r1;
+                const double bp_acc2_r0 = _a_max[(b*H + h)*T + t];
+                const double bp_acc2_r1 = _s1[(b*H + h)*T + t];
+                const double bp_acc2_r2 = -bp_acc2_r0;
+                const double bp_acc2_r3 = 1.0/bp_acc2_r1;
                 BP_OMP(simd)
                 for (ptrdiff_t u = 0; u < T; ++u) {
-                    a[((b*H + h)*T + t)*T + u] = bp_acc6_r3*exp(bp_acc6_r2 + s[((b*H + h)*T + t)*T + u]);
+                    a[((b*H + h)*T + t)*T + u] = bp_acc2_r3*exp(bp_acc2_r2 + s[((b*H + h)*T + t)*T + u]);
                 }
             }
         }
-        /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    ctx[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    const double bp_acc7_r0 = a[((b*H + h)*T + t)*T + u];
+    }
+    /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        ctx[((b*H + h)*T + t)*E + e] += bp_acc7_r0*v[((b*H + h)*T + u)*E + e];
+                        ctx[((b*H + h)*T + t)*E + e] = 0;
                     }
                 }
             }
         }
-        /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                y[(b*T + t)*D + d] = 0;
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, v + b*H*T*E + h*T*E, E, 1, ctx + b*H*T*E + h*T*E, E);
             }
         }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t d = 0; d < D; ++d) {
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        y[(b*T + t)*D + d] += Wo[(d*H + h)*E + e]*ctx[((b*H + h)*T + t)*E + e];
+                        ctx[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        const double bp_acc_r0 = a[((b*H + h)*T + t)*T + u];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            ctx[((b*H + h)*T + t)*E + e] += bp_acc_r0*v[((b*H + h)*T + u)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    y[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, D, E, 1, ctx + b*H*T*E + h*T*E, E, Wo + h*E, H*E, 1, y + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    y[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t d = 0; d < D; ++d) {
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            y[(b*T + t)*D + d] += Wo[(d*H + h)*E + e]*ctx[((b*H + h)*T + t)*E + e];
+                        }
                     }
                 }
             }
@@ -687,235 +1299,563 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     double *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E;
     double *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E;
     const double bp_k0 = pow(E, -1.0/2.0);
-    BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
-        /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dctx[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    const double bp_acc0_r0 = dy[(b*T + t)*D + d];
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dctx[((b*H + h)*T + t)*E + e] += bp_acc0_r0*Wo[(d*H + h)*E + e];
-                    }
-                }
-            }
-        }
-        /* sum over e */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t w = 0; w < T; ++w) {
-                    double bp_acc1 = 0;
-                    BP_OMP(simd reduction(+:bp_acc1))
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc1 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + w)*E + e];
-                    }
-                    _s2[((b*H + h)*T + t)*T + w] = bp_acc1;
-                }
-            }
-        }
-        /* sum over w */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                double bp_acc2 = 0;
-                BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t w = 0; w < T; ++w) {
-                    bp_acc2 += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
-                }
-                _s3[(b*H + h)*T + t] = bp_acc2;
-            }
-        }
-        /* sum over e */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    double bp_acc3 = 0;
-                    BP_OMP(simd reduction(+:bp_acc3))
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        bp_acc3 += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
-                    }
-                    _s4[((b*H + h)*T + t)*T + u] = bp_acc3;
-                }
-            }
-        }
-        /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                const double bp_acc4_r0 = _s3[(b*H + h)*T + t];
-                const double bp_acc4_r1 = -bp_acc4_r0;
-                BP_OMP(simd)
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    ds[((b*H + h)*T + t)*T + u] = (bp_acc4_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
-                }
-            }
-        }
-        /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dv[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t u = 0; u < T; ++u) {
+    /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const double bp_acc5_r0 = a[((b*H + h)*T + u)*T + t];
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] += bp_acc5_r0*dctx[((b*H + h)*T + u)*E + e];
+                        dctx[((b*H + h)*T + t)*E + e] = 0;
                     }
                 }
             }
         }
-        /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dk[((b*H + h)*T + t)*E + e] = 0;
-                }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, E, D, 1, dy + b*T*D, D, Wo + h*E, H*E, 1, dctx + b*H*T*E + h*T*E, E);
             }
         }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t u = 0; u < T; ++u) {
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    const double bp_acc6_r0 = ds[((b*H + h)*T + u)*T + t];
-                    const double bp_acc6_r1 = bp_acc6_r0*bp_k0;
                     BP_OMP(simd)
                     for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] += bp_acc6_r1*q[((b*H + h)*T + u)*E + e];
+                        dctx[((b*H + h)*T + t)*E + e] = 0;
                     }
                 }
             }
         }
-        /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dq[((b*H + h)*T + t)*E + e] = 0;
-                }
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t u = 0; u < T; ++u) {
-                    const double bp_acc7_r0 = ds[((b*H + h)*T + t)*T + u];
-                    const double bp_acc7_r1 = bp_acc7_r0*bp_k0;
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] += bp_acc7_r1*k[((b*H + h)*T + u)*E + e];
-                    }
-                }
-            }
-        }
-        /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dx[(b*T + t)*D + d] = 0;
-            }
-        }
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc8_r0 = dk[((b*H + h)*T + t)*E + e];
-                    const double bp_acc8_r1 = dq[((b*H + h)*T + t)*E + e];
-                    const double bp_acc8_r2 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
                     for (ptrdiff_t d = 0; d < D; ++d) {
-                        dx[(b*T + t)*D + d] += bp_acc8_r0*Wk[(h*E + e)*D + d] + bp_acc8_r1*Wq[(h*E + e)*D + d] + bp_acc8_r2*Wv[(h*E + e)*D + d];
+                        const double bp_acc_r0 = dy[(b*T + t)*D + d];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dctx[((b*H + h)*T + t)*E + e] += bp_acc_r0*Wo[(d*H + h)*E + e];
+                        }
                     }
                 }
             }
         }
     }
-    BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
-        for (ptrdiff_t e = 0; e < E; ++e) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dWq[(h*E + e)*D + d] = 0;
-            }
-        }
+    /* sum over e */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc0_r0 = dq[((b*H + h)*T + t)*E + e];
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dWq[(h*E + e)*D + d] += bp_acc0_r0*x[(b*T + t)*D + d];
+                    for (ptrdiff_t m = 0; m < T; ++m) {
+                        _s2[((b*H + h)*T + t)*T + m] = 0;
                     }
                 }
             }
         }
-        /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
-        for (ptrdiff_t e = 0; e < E; ++e) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dWk[(h*E + e)*D + d] = 0;
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s2 + b*H*T*T + h*T*T, T);
             }
         }
+    } else {
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc1_r0 = dk[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dWk[(h*E + e)*D + d] += bp_acc1_r0*x[(b*T + t)*D + d];
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t m = 0; m < T; ++m) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + m)*E + e];
+                        }
+                        _s2[((b*H + h)*T + t)*T + m] = bp_acc;
                     }
                 }
             }
         }
-        /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
-        for (ptrdiff_t e = 0; e < E; ++e) {
-            BP_OMP(simd)
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                dWv[(h*E + e)*D + d] = 0;
+    }
+    /* sum over m */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                double bp_acc = 0;
+                BP_OMP(simd reduction(+:bp_acc))
+                for (ptrdiff_t m = 0; m < T; ++m) {
+                    bp_acc += _s2[((b*H + h)*T + t)*T + m]*a[((b*H + h)*T + t)*T + m];
+                }
+                _s3[(b*H + h)*T + t] = bp_acc;
             }
         }
+    }
+    /* sum over e */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t l = 0; l < T; ++l) {
+                        _s4[((b*H + h)*T + t)*T + l] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s4 + b*H*T*T + h*T*T, T);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t l = 0; l < T; ++l) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + l)*E + e];
+                        }
+                        _s4[((b*H + h)*T + t)*T + l] = bp_acc;
+                    }
+                }
+            }
+        }
+    }
+    /* ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l] */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    for (ptrdiff_t b = 0; b < B; ++b) {
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                const double bp_acc_r0 = _s3[(b*H + h)*T + t];
+                const double bp_acc_r1 = -bp_acc_r0;
+                BP_OMP(simd)
+                for (ptrdiff_t l = 0; l < T; ++l) {
+                    ds[((b*H + h)*T + t)*T + l] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + l])*a[((b*H + h)*T + t)*T + l];
+                }
+            }
+        }
+    }
+    /* dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dv[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 112, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, dctx + b*H*T*E + h*T*E, E, 1, dv + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dv[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t l = 0; l < T; ++l) {
+                    for (ptrdiff_t t = 0; t < T; ++t) {
+                        const double bp_acc_r0 = a[((b*H + h)*T + l)*T + t];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dv[((b*H + h)*T + t)*E + e] += bp_acc_r0*dctx[((b*H + h)*T + l)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dk[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 112, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, q + b*H*T*E + h*T*E, E, 1, dk + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dk[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t l = 0; l < T; ++l) {
+                    for (ptrdiff_t t = 0; t < T; ++t) {
+                        const double bp_acc_r0 = ds[((b*H + h)*T + l)*T + t];
+                        const double bp_acc_r1 = bp_acc_r0*bp_k0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dk[((b*H + h)*T + t)*E + e] += bp_acc_r1*q[((b*H + h)*T + l)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dq[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (B*H > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, k + b*H*T*E + h*T*E, E, 1, dq + b*H*T*E + h*T*E, E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        dq[((b*H + h)*T + t)*E + e] = 0;
+                    }
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t l = 0; l < T; ++l) {
+                        const double bp_acc_r0 = ds[((b*H + h)*T + t)*T + l];
+                        const double bp_acc_r1 = bp_acc_r0*bp_k0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dq[((b*H + h)*T + t)*E + e] += bp_acc_r1*k[((b*H + h)*T + l)*E + e];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    const double bp_acc2_r0 = dv[((b*H + h)*T + t)*E + e];
-                    BP_OMP(simd)
-                    for (ptrdiff_t d = 0; d < D; ++d) {
-                        dWv[(h*E + e)*D + d] += bp_acc2_r0*x[(b*T + t)*D + d];
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, D, E, 1, dk + b*H*T*E + h*T*E, E, Wk + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wk[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, D, E, 1, dq + b*H*T*E + h*T*E, E, Wq + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dq[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wq[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for collapse(1) if (B > 1))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                bp_attention_gemm_f64(101, 111, 111, T, D, E, 1, dv + b*H*T*E + h*T*E, E, Wv + h*E*D, D, 1, dx + b*T*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
+                }
+            }
+        }
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t b = 0; b < B; ++b) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dv[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dx[(b*T + t)*D + d] += bp_acc_r0*Wv[(h*E + e)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWq[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f64(101, 112, 111, E, D, T, 1, dq + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWq + h*E*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWq[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dq[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dWq[(h*E + e)*D + d] += bp_acc_r0*x[(b*T + t)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWk[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f64(101, 112, 111, E, D, T, 1, dk + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWk + h*E*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWk[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dk[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dWk[(h*E + e)*D + d] += bp_acc_r0*x[(b*T + t)*D + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWv[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f64(101, 112, 111, E, D, T, 1, dv + b*H*T*E + h*T*E, E, x + b*T*D, D, 1, dWv + h*E*D, D);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t e = 0; e < E; ++e) {
+                BP_OMP(simd)
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    dWv[(h*E + e)*D + d] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    for (ptrdiff_t e = 0; e < E; ++e) {
+                        const double bp_acc_r0 = dv[((b*H + h)*T + t)*E + e];
+                        BP_OMP(simd)
+                        for (ptrdiff_t d = 0; d < D; ++d) {
+                            dWv[(h*E + e)*D + d] += bp_acc_r0*x[(b*T + t)*D + d];
+                        }
                     }
                 }
             }
         }
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
-    BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t d = 0; d < D; ++d) {
-        for (ptrdiff_t h = 0; h < H; ++h) {
-            BP_OMP(simd)
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                dWo[(d*H + h)*E + e] = 0;
+    if (bp_attention_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t d = 0; d < D; ++d) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < E; ++e) {
+                    dWo[(d*H + h)*E + e] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t h = 0; h < H; ++h) {
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t d = 0; d < D; ++d) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    const double bp_acc_r0 = dy[(b*T + t)*D + d];
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dWo[(d*H + h)*E + e] += bp_acc_r0*ctx[((b*H + h)*T + t)*E + e];
+        BP_OMP(parallel for collapse(1) if (H > 1))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                bp_attention_gemm_f64(101, 112, 111, D, E, T, 1, dy + b*T*D, D, ctx + b*H*T*E + h*T*E, E, 1, dWo + h*E, H*E);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t d = 0; d < D; ++d) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < E; ++e) {
+                    dWo[(d*H + h)*E + e] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN))
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t b = 0; b < B; ++b) {
+                for (ptrdiff_t d = 0; d < D; ++d) {
+                    for (ptrdiff_t t = 0; t < T; ++t) {
+                        const double bp_acc_r0 = dy[(b*T + t)*D + d];
+                        BP_OMP(simd)
+                        for (ptrdiff_t e = 0; e < E; ++e) {
+                            dWo[(d*H + h)*E + e] += bp_acc_r0*ctx[((b*H + h)*T + t)*E + e];
+                        }
                     }
                 }
             }

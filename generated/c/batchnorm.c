@@ -10,11 +10,11 @@
  *   xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c]
  *   y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
- *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
- *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
- *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
- *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
+ *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
+ *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
+ *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
+ *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
  */
 #include <math.h>
 #include <stddef.h>
@@ -40,13 +40,8 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
- * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
- * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
- * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
- * backward started a team for 3 us of work). */
+/* Loops with fewer iterations than this run on one thread: forking costs more. */
 #define BP_PARALLEL_MIN 32768
-#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* The GEMM the caller supplied with bp_batchnorm_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
@@ -77,7 +72,7 @@ size_t bp_batchnorm_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff
     (void)C;
     (void)H;
     (void)W;
-    return (size_t)N*(size_t)C*(size_t)H*(size_t)W + (size_t)C + (size_t)C + (size_t)C;
+    return (size_t)C + (size_t)C;
 }
 
 void bp_batchnorm_set_threads(int threads)
@@ -99,7 +94,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/N;
     const float bp_k2 = 1.0F/W;
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* mu[c] = sum(x[n, c, i, j], n, i, j) / (N * H * W) */
         float bp_acc0 = 0;
@@ -126,7 +121,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         /* rstd[c] = 1 / sqrt(var[c] + 0.00001) */
         rstd[c] = powf(var[c] + 1.0F/100000.0F, -1.0F/2.0F);
     }
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c] */
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -158,107 +153,63 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, const float *restrict mu, const float *restrict var, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     (void)b;
-    float *const dxhat = bp_work + 0;
-    float *const _s1 = bp_work + N*C*H*W;
-    float *const _s2 = bp_work + N*C*H*W + C;
-    float *const _s3 = bp_work + N*C*H*W + C + C;
+    float *const _s1 = bp_work + 0;
+    float *const _s2 = bp_work + C;
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/N;
     const float bp_k2 = 1.0F/W;
-    /* dxhat[n, c, i, j] = w[c]*dy[n, c, i, j] */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                const float bp_acc_r0 = w[c];
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    dxhat[((n*C + c)*H + i)*W + j] = bp_acc_r0*dy[((n*C + c)*H + i)*W + j];
-                }
-            }
-        }
-    }
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over n, i, j */
+        /* sum over n, h, k */
         float bp_acc0 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + i)*W + j])*dxhat[((n*C + c)*H + i)*W + j];
+                for (ptrdiff_t k = 0; k < W; ++k) {
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k];
                 }
             }
         }
         _s1[c] = bp_acc0;
-        /* sum over k, h, l */
+        /* sum over l, m, p */
         float bp_acc1 = 0;
-        for (ptrdiff_t l = 0; l < N; ++l) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+        for (ptrdiff_t p = 0; p < N; ++p) {
+            for (ptrdiff_t m = 0; m < H; ++m) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dxhat[((l*C + c)*H + h)*W + k];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc1 += dy[((p*C + c)*H + m)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
-        /* sum over h, k, l */
-        float bp_acc2 = 0;
-        for (ptrdiff_t k = 0; k < N; ++k) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc2 += x[((k*C + c)*H + h)*W + l];
-                }
-            }
-        }
-        _s3[c] = bp_acc2;
     }
-    /* dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = _s1[c];
                 const float bp_acc_r1 = _s2[c];
-                const float bp_acc_r2 = _s3[c];
-                const float bp_acc_r3 = mu[c];
-                const float bp_acc_r4 = var[c];
-                const float bp_acc_r5 = powf(bp_acc_r4 + 1.0F/100000.0F, -1.0F/2.0F);
-                const float bp_acc_r6 = -bp_acc_r3;
-                const float bp_acc_r7 = bp_acc_r0*bp_k0*bp_k1*bp_k2/powf(bp_acc_r4 + 1.0F/100000.0F, 3.0F/2.0F);
-                const float bp_acc_r8 = -bp_k0*bp_k1*bp_k2*(bp_acc_r0*bp_k0*bp_k1*bp_k2*(-H*N*W*bp_acc_r3 + bp_acc_r2)/powf(bp_acc_r4 + 1.0F/100000.0F, 3.0F/2.0F) + bp_acc_r1/sqrtf(bp_acc_r4 + 1.0F/100000.0F));
+                const float bp_acc_r2 = mu[c];
+                const float bp_acc_r3 = var[c];
+                const float bp_acc_r4 = w[c];
+                const float bp_acc_r5 = bp_acc_r4/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
+                const float bp_acc_r6 = -bp_acc_r2;
+                const float bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/powf(bp_acc_r3 + 1.0F/100000.0F, 3.0F/2.0F);
+                const float bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
                 BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r5*dxhat[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8;
+                for (ptrdiff_t k = 0; k < W; ++k) {
+                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dy[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
                 }
             }
         }
     }
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
-        float bp_acc0 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += -(mu[c] - x[((n*C + c)*H + i)*W + j])*dy[((n*C + c)*H + i)*W + j]*rstd[c];
-                }
-            }
-        }
-        dw[c] = bp_acc0;
-        /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
-        float bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc1 += dy[((n*C + c)*H + i)*W + j];
-                }
-            }
-        }
-        db[c] = bp_acc1;
+        /* dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k]) */
+        dw[c] = -_s1[c]*rstd[c];
+        /* db[c] = sum_{n,h,k}(dy[n, c, h, k]) */
+        db[c] = _s2[c];
     }
     return 0;
 }
@@ -273,7 +224,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/N;
     const double bp_k2 = 1.0/W;
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* mu[c] = sum(x[n, c, i, j], n, i, j) / (N * H * W) */
         double bp_acc0 = 0;
@@ -300,7 +251,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         /* rstd[c] = 1 / sqrt(var[c] + 0.00001) */
         rstd[c] = pow(var[c] + 1.0/100000.0, -1.0/2.0);
     }
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c] */
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -332,107 +283,63 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, const double *restrict mu, const double *restrict var, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     (void)b;
-    double *const dxhat = bp_work + 0;
-    double *const _s1 = bp_work + N*C*H*W;
-    double *const _s2 = bp_work + N*C*H*W + C;
-    double *const _s3 = bp_work + N*C*H*W + C + C;
+    double *const _s1 = bp_work + 0;
+    double *const _s2 = bp_work + C;
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/N;
     const double bp_k2 = 1.0/W;
-    /* dxhat[n, c, i, j] = w[c]*dy[n, c, i, j] */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                const double bp_acc_r0 = w[c];
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    dxhat[((n*C + c)*H + i)*W + j] = bp_acc_r0*dy[((n*C + c)*H + i)*W + j];
-                }
-            }
-        }
-    }
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over n, i, j */
+        /* sum over n, h, k */
         double bp_acc0 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + i)*W + j])*dxhat[((n*C + c)*H + i)*W + j];
+                for (ptrdiff_t k = 0; k < W; ++k) {
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k];
                 }
             }
         }
         _s1[c] = bp_acc0;
-        /* sum over k, h, l */
+        /* sum over l, m, p */
         double bp_acc1 = 0;
-        for (ptrdiff_t l = 0; l < N; ++l) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+        for (ptrdiff_t p = 0; p < N; ++p) {
+            for (ptrdiff_t m = 0; m < H; ++m) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dxhat[((l*C + c)*H + h)*W + k];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc1 += dy[((p*C + c)*H + m)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
-        /* sum over h, k, l */
-        double bp_acc2 = 0;
-        for (ptrdiff_t k = 0; k < N; ++k) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc2))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc2 += x[((k*C + c)*H + h)*W + l];
-                }
-            }
-        }
-        _s3[c] = bp_acc2;
     }
-    /* dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = _s1[c];
                 const double bp_acc_r1 = _s2[c];
-                const double bp_acc_r2 = _s3[c];
-                const double bp_acc_r3 = mu[c];
-                const double bp_acc_r4 = var[c];
-                const double bp_acc_r5 = pow(bp_acc_r4 + 1.0/100000.0, -1.0/2.0);
-                const double bp_acc_r6 = -bp_acc_r3;
-                const double bp_acc_r7 = bp_acc_r0*bp_k0*bp_k1*bp_k2/pow(bp_acc_r4 + 1.0/100000.0, 3.0/2.0);
-                const double bp_acc_r8 = -bp_k0*bp_k1*bp_k2*(bp_acc_r0*bp_k0*bp_k1*bp_k2*(-H*N*W*bp_acc_r3 + bp_acc_r2)/pow(bp_acc_r4 + 1.0/100000.0, 3.0/2.0) + bp_acc_r1/sqrt(bp_acc_r4 + 1.0/100000.0));
+                const double bp_acc_r2 = mu[c];
+                const double bp_acc_r3 = var[c];
+                const double bp_acc_r4 = w[c];
+                const double bp_acc_r5 = bp_acc_r4/sqrt(bp_acc_r3 + 1.0/100000.0);
+                const double bp_acc_r6 = -bp_acc_r2;
+                const double bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/pow(bp_acc_r3 + 1.0/100000.0, 3.0/2.0);
+                const double bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrt(bp_acc_r3 + 1.0/100000.0);
                 BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r5*dxhat[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8;
+                for (ptrdiff_t k = 0; k < W; ++k) {
+                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dy[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
                 }
             }
         }
     }
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
-        double bp_acc0 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += -(mu[c] - x[((n*C + c)*H + i)*W + j])*dy[((n*C + c)*H + i)*W + j]*rstd[c];
-                }
-            }
-        }
-        dw[c] = bp_acc0;
-        /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
-        double bp_acc1 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc1 += dy[((n*C + c)*H + i)*W + j];
-                }
-            }
-        }
-        db[c] = bp_acc1;
+        /* dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k]) */
+        dw[c] = -_s1[c]*rstd[c];
+        /* db[c] = sum_{n,h,k}(dy[n, c, h, k]) */
+        db[c] = _s2[c];
     }
     return 0;
 }

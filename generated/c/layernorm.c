@@ -159,14 +159,12 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k; sum over k */
         const float bp_acc1_r0 = mu[n];
-        const float bp_acc1_r1 = rstd[n];
-        const float bp_acc1_r2 = -bp_acc1_r0;
         float bp_acc0 = 0;
         float bp_acc1 = 0;
         BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += dy[n*C + k]*w[k];
-            bp_acc1 += bp_acc1_r1*(bp_acc1_r2 + x[n*C + k])*dy[n*C + k]*w[k];
+            bp_acc1 += (bp_acc1_r0 - x[n*C + k])*dy[n*C + k]*w[k];
         }
         _s2[n] = bp_acc0;
         _s3[n] = bp_acc1;
@@ -176,11 +174,10 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         const float bp_acc2_r2 = mu[n];
         const float bp_acc2_r3 = rstd[n];
         const float bp_acc2_r4 = -bp_acc2_r2;
-        const float bp_acc2_r5 = bp_acc2_r1*bp_acc2_r3*bp_k0;
+        const float bp_acc2_r5 = bp_acc2_r1*bp_k0*(bp_acc2_r3*bp_acc2_r3);
         const float bp_acc2_r6 = -bp_acc2_r0*bp_k0;
         const float bp_acc3_r0 = mu[n];
         const float bp_acc3_r1 = rstd[n];
-        const float bp_acc3_r2 = -bp_acc3_r0;
         for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 256) {
             const ptrdiff_t bp_c_hi = bp_c_lo + 256 < C ? bp_c_lo + 256 : C;
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
@@ -189,8 +186,8 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
             }
             BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
-                const float bp_acc2_m = bp_acc2_r3*(-bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
-                const float bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
+                const float bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                const float bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
                 const float bp_acc4_m = db[c] + (dy[n*C + c]);
                 dx[n*C + c] = bp_acc2_m;
                 dw[c] = bp_acc3_m;
@@ -270,14 +267,12 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* sum over k; sum over k */
         const double bp_acc1_r0 = mu[n];
-        const double bp_acc1_r1 = rstd[n];
-        const double bp_acc1_r2 = -bp_acc1_r0;
         double bp_acc0 = 0;
         double bp_acc1 = 0;
         BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
         for (ptrdiff_t k = 0; k < C; ++k) {
             bp_acc0 += dy[n*C + k]*w[k];
-            bp_acc1 += bp_acc1_r1*(bp_acc1_r2 + x[n*C + k])*dy[n*C + k]*w[k];
+            bp_acc1 += (bp_acc1_r0 - x[n*C + k])*dy[n*C + k]*w[k];
         }
         _s2[n] = bp_acc0;
         _s3[n] = bp_acc1;
@@ -287,11 +282,10 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         const double bp_acc2_r2 = mu[n];
         const double bp_acc2_r3 = rstd[n];
         const double bp_acc2_r4 = -bp_acc2_r2;
-        const double bp_acc2_r5 = bp_acc2_r1*bp_acc2_r3*bp_k0;
+        const double bp_acc2_r5 = bp_acc2_r1*bp_k0*(bp_acc2_r3*bp_acc2_r3);
         const double bp_acc2_r6 = -bp_acc2_r0*bp_k0;
         const double bp_acc3_r0 = mu[n];
         const double bp_acc3_r1 = rstd[n];
-        const double bp_acc3_r2 = -bp_acc3_r0;
         for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 128) {
             const ptrdiff_t bp_c_hi = bp_c_lo + 128 < C ? bp_c_lo + 128 : C;
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
@@ -300,8 +294,8 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
             }
             BP_OMP(simd)
             for (ptrdiff_t c = bp_c_lo; c < bp_c_hi; ++c) {
-                const double bp_acc2_m = bp_acc2_r3*(-bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
-                const double bp_acc3_m = dw[c] + (bp_acc3_r1*(bp_acc3_r2 + x[n*C + c])*dy[n*C + c]);
+                const double bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                const double bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
                 const double bp_acc4_m = db[c] + (dy[n*C + c]);
                 dx[n*C + c] = bp_acc2_m;
                 dw[c] = bp_acc3_m;

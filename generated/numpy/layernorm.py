@@ -131,12 +131,10 @@ def backward(x, w, b, dy, *, mu=None, rstd=None):
     a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'rstd': rstd})
     x, w, b, dy, mu, rstd = a['x'], a['w'], a['b'], a['dy'], a['mu'], a['rstd']
     C = sizes['C']
-    # dxhat[n, c] = w[c]*dy[n, c]
-    dxhat = w[None, :]*dy
     # dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
-    dx = (dxhat - dxhat.sum(axis=1)[:, None]/C - (x - mu[:, None])*rstd[:, None]*np.einsum('nk,n,nk->n', x - mu[:, None], rstd, dxhat, optimize=True)[:, None]/C)*rstd[:, None]
+    dx = (w[None, :]*dy + rstd[:, None]**2*(x - mu[:, None])*np.einsum('nk,k,nk->n', mu[:, None] - x, w, dy, optimize=True)[:, None]/C - np.einsum('k,nk->n', w, dy, optimize=True)[:, None]/C)*rstd[:, None]
     # dw[c] = sum_n(dy[n, c]*xhat[n, c])
-    dw = np.einsum('cn,n,nc->c', x.T - mu[None, :], rstd, dy, optimize=True)
+    dw = -np.einsum('cn,n,nc->c', mu[None, :] - x.T, rstd, dy, optimize=True)
     # db[c] = sum_n(dy[n, c])
     db = dy.sum(axis=0)
     return {

@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
 
 Shapes: x[N, C, H, W], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -56,6 +56,27 @@ def _window(a, slots):
     view = np.ndarray(shape, a.dtype, buffer=a, offset=start, strides=strides)
     view.flags.writeable = False
     return view
+
+
+def _take(a, index):
+    # a[i0, i1, ..] for integer index arrays (broadcast together), 0 where an index leaves
+    # its axis: a strided read's adjoint, where a bracket beside it zeroes those anyway.
+    index = np.broadcast_arrays(*[np.asarray(i) for i in index])
+    inside = np.ones(index[0].shape, bool)
+    for i, n in zip(index, a.shape):
+        inside &= (i >= 0) & (i < n)
+    clipped = tuple(np.clip(i, 0, n - 1) for i, n in zip(index, a.shape))
+    return np.where(inside, a[clipped], 0).astype(a.dtype)
+
+
+def _first_argmax(a, sizes):
+    # The row-major rank of the first maximum over the last len(sizes) axes (a window);
+    # a NaN counts as maximal and the last one wins, as in torch.max_pool2d's CPU kernel.
+    lead = a.shape[:a.ndim - len(sizes)]
+    flat = np.broadcast_to(a, lead + tuple(sizes)).reshape(lead + (-1,))
+    nan = np.isnan(flat)
+    last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    return np.where(nan.any(axis=-1), last_nan, np.argmax(flat, axis=-1))
 
 
 def _prepare(arrays):
@@ -163,8 +184,11 @@ def backward(x, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
-    dx = np.einsum('nchwij,hi,wj->nchw', np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(Hout)[None, None, None, None, :, None]) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(Wout)[None, None, None, None, None, :] == -np.where((np.einsum('ncaibj->ncijab', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))) == np.einsum('ncaibj->ncijab', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))).max(axis=-1).max(axis=-1)[:, :, :, :, None, None]), -np.arange(KW)[None, None, None, None, None, :] - KW*np.arange(KH)[None, None, None, None, :, None], -KH*KW).astype(dtype, copy=False).max(axis=-1).max(axis=-1)[:, :, None, None, :, :]), dy[:, :, None, None, :, :], 0).astype(dtype, copy=False), ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(Hout)[None, :]) & (np.arange(Hout)[None, :] <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(Wout)[None, :]) & (np.arange(Wout)[None, :] <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), optimize=True)
+    # dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
+    _r1 = _first_argmax(np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))), (KH, KW,))
+    _L2 = 1 + (KH - 1)//2
+    _L3 = 1 + (KW - 1)//2
+    dx = np.einsum('ha,wb,nchwab->nchw', ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(_L2)[None, :] + -((KH - 1 - np.arange(H)[:, None])//2)) & (np.arange(_L2)[None, :] + -((KH - 1 - np.arange(H)[:, None])//2) <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(_L3)[None, :] + -((KW - 1 - np.arange(W)[:, None])//2)) & (np.arange(_L3)[None, :] + -((KW - 1 - np.arange(W)[:, None])//2) <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(_L2)[None, None, None, None, :, None] - 2*(-((KH - 1 - np.arange(H)[None, None, :, None, None, None])//2))) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(_L3)[None, None, None, None, None, :] - 2*(-((KW - 1 - np.arange(W)[None, None, None, :, None, None])//2)) == np.einsum('abchnw->nchwab', _take(_r1, (np.arange(N)[None, None, None, None, :, None], np.arange(C)[None, None, :, None, None, None], np.arange(_L2)[:, None, None, None, None, None] + -((KH - 1 - np.arange(H)[None, None, None, :, None, None])//2), np.arange(_L3)[None, :, None, None, None, None] + -((KW - 1 - np.arange(W)[None, None, None, None, None, :])//2),)))), np.einsum('abchnw->nchwab', _take(dy, (np.arange(N)[None, None, None, None, :, None], np.arange(C)[None, None, :, None, None, None], np.arange(_L2)[:, None, None, None, None, None] + -((KH - 1 - np.arange(H)[None, None, None, :, None, None])//2), np.arange(_L3)[None, :, None, None, None, None] + -((KW - 1 - np.arange(W)[None, None, None, None, None, :])//2),))), 0).astype(dtype, copy=False), optimize=True)
     return {
         'dx': np.asarray(dx, dtype),
     }

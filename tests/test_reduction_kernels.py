@@ -1,0 +1,155 @@
+"""How reductions become kernels (issue 12's speed items): the shape of the emitted code
+that the benchmarks depend on, and the values it computes against torch."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import codegen
+from codegen.c_backend import c_sources
+from codegen.plan import plan
+from derive import derive
+
+from .oracles import require_oracle
+
+
+def _backward_c(name, **constants):
+    layer = codegen.load(name, constants=constants).layer
+    source = c_sources(plan(derive(layer)))[f"{name}.c"]
+    body = source[source.index(f"int bp_{name}_backward_f32("):]
+    return body[:body.index("\n}\n")]
+
+
+def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
+    """One scan of each window keeps the best value and its rank, and dx is a gather that
+    reads that rank: no maxima of negated ranks, no nested window maxima (four passes)."""
+    code = _backward_c("maxpool2d")
+    assert code.count("first maximal position over") == 1
+    assert "maximum over" not in code
+    assert code.count("bp_acc_at = 2*_kh + _kw;") == 1
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
+                                            ("c", "float32")])
+def test_maxpool_nan_and_inf_windows_as_torch(backend, dtype):
+    """A window holding NaNs sends its gradient to the last NaN, one of only -inf to its
+    first element: torch.max_pool2d's CPU kernel (`val > max || isnan(val)`)."""
+    torch = require_oracle("torch")
+    x = np.zeros((1, 1, 4, 6))
+    x[0, 0, :2, :2] = [[np.nan, 1.0], [np.nan, 2.0]]
+    x[0, 0, :2, 2:4] = -np.inf
+    x[0, 0, 2:, :2] = [[3.0, np.nan], [3.0, 1.0]]
+    x[0, 0, 2:, 4:] = [[1.0, 5.0], [5.0, 5.0]]
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 2, 2)
+    dy = np.arange(1.0, 1.0 + yt.numel()).reshape(tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("maxpool2d", backend=backend,
+                     **({"dtype": dtype} if backend == "c" else {}))
+    dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype))["dx"]
+    np.testing.assert_array_equal(dx, xt.grad.numpy().astype(dtype))
+
+
+def test_batchnorm_backward_sums_each_channel_once():
+    """dvar's and dw's sum of (x - mu) dy are one sum, dx's and db's sum of dy another,
+    dx's sum of x is N H W mu (the forward's): two sums in one reduction pass, then one
+    elementwise pass for dx; no dxhat array."""
+    code = _backward_c("batchnorm")
+    assert len(re.findall(r"bp_acc\d* \+= ", code)) == 2
+    assert "dxhat" not in code.split("*/")[-1] and "bp_work + N*C*H*W" not in code
+    assert re.search(r"dw\[c\] = -_s\d+\[c\]\*rstd\[c\];", code)
+    assert re.search(r"db\[c\] = _s\d+\[c\];", code)
+
+
+def test_shared_sums_keep_batchnorm_equal_to_torch():
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(3)
+    x, dy = rng.normal(size=(2, 3, 5, 7)) * 3 + 1, rng.normal(size=(2, 3, 5, 7))
+    w, b = rng.normal(size=3), rng.normal(size=3)
+    xt, wt, bt = (torch.tensor(v, requires_grad=True) for v in (x, w, b))
+    torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True).backward(
+        torch.tensor(dy))
+    for backend in ("numpy", "c"):
+        k = codegen.load("batchnorm", backend=backend)
+        saved = k.forward(x=x, w=w, b=b)
+        got = k.backward(x=x, w=w, b=b, dy=dy, **{n: saved[n] for n in ("mu", "var", "rstd")})
+        for name, t in (("dx", xt), ("dw", wt), ("db", bt)):
+            np.testing.assert_allclose(got[name], t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_attention_contractions_are_batched_gemms():
+    """Every contraction of attention's 4-D arrays (scores, context, projections, and in
+    backward their gradients) is a loop of GEMM calls over (b, h) blocks; dx's sum of
+    three products and the row sums stay loops."""
+    layer = codegen.load("attention", constants=dict(CAUSAL=1)).layer
+    source = c_sources(plan(derive(layer)))["attention.c"]
+    forward = source[source.index("int bp_attention_forward_f32("):]
+    forward = forward[:forward.index("\n}\n")]
+    backward = _backward_c("attention", CAUSAL=1)
+    call = "bp_attention_gemm_f32(101, "
+    assert forward.count(call) == 6              # q, k, v, s, ctx, and y (sums over h)
+    assert "s + b*H*T*T + h*T*T, T);" in forward
+    # dctx, dv, dk, dq, dWq, dWk, dWv, dWo, the two products dctx v^T, and dx's three
+    # products (one loop of GEMMs each, the later two adding to dx)
+    assert backward.count(call) == 13
+    assert re.search(r"dWo \+ h\*E, H\*E\);", backward)     # dWo[d, h, e]: a d x e block
+
+
+BLOCKS = """layer blocks  contractions of 3- and 4-D arrays: loops of GEMMs
+dims B, H, T, U, E, D
+input  c[B, H, T, E], k[B, U, H, E]
+param  W[D, H, E]
+output y[B, T, D], s[H, B, U, T]
+
+y[b, t, d] = W[d, h, e] * c[b, h, t, e]
+s[h, b, u, t] = k[b, u, h, e] * c[b, h, t, e] / 2
+"""
+
+
+def test_batched_gemms_equal_the_loops():
+    """Blocks with a summed loop index (y sums over h), transposed and strided ones (k's
+    rows are H*E apart, s stores u before t): the C kernel through the GEMM hook equals
+    NumPy's einsum, forward and backward."""
+    from derive import parse_spec
+
+    layer = parse_spec(BLOCKS)
+    source = c_sources(plan(derive(layer)))["blocks.c"]
+    assert source.count("bp_blocks_gemm_f64(101, ") >= 2 + 4
+    rng = np.random.default_rng(7)
+    c = rng.normal(size=(2, 3, 5, 7))
+    k = rng.normal(size=(2, 4, 3, 7))
+    W = rng.normal(size=(6, 3, 7))
+    dy, ds = rng.normal(size=(2, 5, 6)), rng.normal(size=(3, 2, 4, 5))
+    kernel = codegen.load(layer, backend="c")
+    got = kernel.forward(c=c, k=k, W=W)
+    np.testing.assert_allclose(got["y"], np.einsum("dhe,bhte->btd", W, c), rtol=1e-12)
+    np.testing.assert_allclose(got["s"], np.einsum("buhe,bhte->hbut", k, c) / 2, rtol=1e-12)
+    grads = kernel.backward(c=c, k=k, W=W, dy=dy, ds=ds)
+    np.testing.assert_allclose(grads["dW"], np.einsum("btd,bhte->dhe", dy, c), rtol=1e-12)
+    np.testing.assert_allclose(grads["dk"], np.einsum("hbut,bhte->buhe", ds, c) / 2,
+                               rtol=1e-12)
+    np.testing.assert_allclose(grads["dc"], np.einsum("btd,dhe->bhte", dy, W) +
+                               np.einsum("hbut,buhe->bhte", ds, k) / 2, rtol=1e-12)
+
+
+def test_numpy_maxpool_backward_memory_is_proportionate():
+    """The NumPy module's maxpool dx sums over each window's offset (hout = lo(h) + t),
+    not over all of Hout x Wout: its peak memory is a small multiple of dx's, where the
+    mask over (n, c, h, w, hout, wout) was Hout * Wout / 4 times dx (1000x here)."""
+    import tracemalloc
+
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 4, size=(2, 3, 64, 62)).astype(np.float64)
+    dy = rng.normal(size=(2, 3, 32, 31))
+    k = codegen.load("maxpool2d")
+    tracemalloc.start()
+    dx = k.backward(x=x, dy=dy)["dx"]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 * dx.nbytes, peak / dx.nbytes
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2, 2).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
