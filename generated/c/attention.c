@@ -13,10 +13,10 @@
  *   y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e]
  * Backward pass (from the upstream gradient dy):
  *   dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])
- *   ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l]
- *   dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e])
- *   dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E)
- *   dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E)
+ *   ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u]
+ *   dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
+ *   dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
+ *   dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
  *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
@@ -47,8 +47,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* The GEMM the caller supplied with bp_attention_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
@@ -153,7 +158,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     const float bp_k0 = powf(E, -1.0F/2.0F);
     /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -171,7 +176,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -189,7 +194,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -207,7 +212,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -225,7 +230,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -243,7 +248,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -261,7 +266,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -279,7 +284,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -340,7 +345,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -358,7 +363,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -369,7 +374,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -386,7 +391,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -402,7 +407,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -411,7 +416,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -440,7 +445,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     const float bp_k0 = powf(E, -1.0F/2.0F);
     /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -458,7 +463,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -469,7 +474,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -486,13 +491,13 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* sum over e */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
-                    for (ptrdiff_t m = 0; m < T; ++m) {
-                        _s2[((b*H + h)*T + t)*T + m] = 0;
+                    for (ptrdiff_t w = 0; w < T; ++w) {
+                        _s2[((b*H + h)*T + t)*T + w] = 0;
                     }
                 }
             }
@@ -504,31 +509,31 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t m = 0; m < T; ++m) {
+                    for (ptrdiff_t w = 0; w < T; ++w) {
                         float bp_acc = 0;
                         BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + m)*E + e];
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + w)*E + e];
                         }
-                        _s2[((b*H + h)*T + t)*T + m] = bp_acc;
+                        _s2[((b*H + h)*T + t)*T + w] = bp_acc;
                     }
                 }
             }
         }
     }
-    /* sum over m */
-    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    /* sum over w */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 float bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t m = 0; m < T; ++m) {
-                    bp_acc += _s2[((b*H + h)*T + t)*T + m]*a[((b*H + h)*T + t)*T + m];
+                for (ptrdiff_t w = 0; w < T; ++w) {
+                    bp_acc += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
                 }
                 _s3[(b*H + h)*T + t] = bp_acc;
             }
@@ -536,13 +541,13 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* sum over e */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
-                    for (ptrdiff_t l = 0; l < T; ++l) {
-                        _s4[((b*H + h)*T + t)*T + l] = 0;
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        _s4[((b*H + h)*T + t)*T + u] = 0;
                     }
                 }
             }
@@ -554,39 +559,39 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t l = 0; l < T; ++l) {
+                    for (ptrdiff_t u = 0; u < T; ++u) {
                         float bp_acc = 0;
                         BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + l)*E + e];
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
                         }
-                        _s4[((b*H + h)*T + t)*T + l] = bp_acc;
+                        _s4[((b*H + h)*T + t)*T + u] = bp_acc;
                     }
                 }
             }
         }
     }
-    /* ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l] */
-    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 const float bp_acc_r0 = _s3[(b*H + h)*T + t];
                 const float bp_acc_r1 = -bp_acc_r0;
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < T; ++l) {
-                    ds[((b*H + h)*T + t)*T + l] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + l])*a[((b*H + h)*T + t)*T + l];
+                for (ptrdiff_t u = 0; u < T; ++u) {
+                    ds[((b*H + h)*T + t)*T + u] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
                 }
             }
         }
     }
-    /* dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e]) */
+    /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -604,7 +609,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -615,24 +620,24 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
+                for (ptrdiff_t u = 0; u < T; ++u) {
                     for (ptrdiff_t t = 0; t < T; ++t) {
-                        const float bp_acc_r0 = a[((b*H + h)*T + l)*T + t];
+                        const float bp_acc_r0 = a[((b*H + h)*T + u)*T + t];
                         BP_OMP(simd)
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            dv[((b*H + h)*T + t)*E + e] += bp_acc_r0*dctx[((b*H + h)*T + l)*E + e];
+                            dv[((b*H + h)*T + t)*E + e] += bp_acc_r0*dctx[((b*H + h)*T + u)*E + e];
                         }
                     }
                 }
             }
         }
     }
-    /* dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E) */
+    /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -650,7 +655,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -661,25 +666,25 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
+                for (ptrdiff_t u = 0; u < T; ++u) {
                     for (ptrdiff_t t = 0; t < T; ++t) {
-                        const float bp_acc_r0 = ds[((b*H + h)*T + l)*T + t];
+                        const float bp_acc_r0 = ds[((b*H + h)*T + u)*T + t];
                         const float bp_acc_r1 = bp_acc_r0*bp_k0;
                         BP_OMP(simd)
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            dk[((b*H + h)*T + t)*E + e] += bp_acc_r1*q[((b*H + h)*T + l)*E + e];
+                            dk[((b*H + h)*T + t)*E + e] += bp_acc_r1*q[((b*H + h)*T + u)*E + e];
                         }
                     }
                 }
             }
         }
     }
-    /* dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E) */
+    /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -697,7 +702,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -708,16 +713,16 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t l = 0; l < T; ++l) {
-                        const float bp_acc_r0 = ds[((b*H + h)*T + t)*T + l];
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        const float bp_acc_r0 = ds[((b*H + h)*T + t)*T + u];
                         const float bp_acc_r1 = bp_acc_r0*bp_k0;
                         BP_OMP(simd)
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            dq[((b*H + h)*T + t)*E + e] += bp_acc_r1*k[((b*H + h)*T + l)*E + e];
+                            dq[((b*H + h)*T + t)*E + e] += bp_acc_r1*k[((b*H + h)*T + u)*E + e];
                         }
                     }
                 }
@@ -726,7 +731,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -742,7 +747,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -751,7 +756,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -775,7 +780,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -784,7 +789,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -808,7 +813,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -817,7 +822,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -834,7 +839,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -850,7 +855,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -859,7 +864,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -876,7 +881,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -892,7 +897,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -901,7 +906,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -918,7 +923,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -934,7 +939,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -943,7 +948,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -960,7 +965,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -976,7 +981,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -985,7 +990,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t d = 0; d < D; ++d) {
@@ -1014,7 +1019,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     const double bp_k0 = pow(E, -1.0/2.0);
     /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1032,7 +1037,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1050,7 +1055,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1068,7 +1073,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1086,7 +1091,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1104,7 +1109,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1122,7 +1127,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1140,7 +1145,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1201,7 +1206,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1219,7 +1224,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1230,7 +1235,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1247,7 +1252,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1263,7 +1268,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1272,7 +1277,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1301,7 +1306,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     const double bp_k0 = pow(E, -1.0/2.0);
     /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1319,7 +1324,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1330,7 +1335,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1347,13 +1352,13 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* sum over e */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
-                    for (ptrdiff_t m = 0; m < T; ++m) {
-                        _s2[((b*H + h)*T + t)*T + m] = 0;
+                    for (ptrdiff_t w = 0; w < T; ++w) {
+                        _s2[((b*H + h)*T + t)*T + w] = 0;
                     }
                 }
             }
@@ -1365,31 +1370,31 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t m = 0; m < T; ++m) {
+                    for (ptrdiff_t w = 0; w < T; ++w) {
                         double bp_acc = 0;
                         BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + m)*E + e];
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + w)*E + e];
                         }
-                        _s2[((b*H + h)*T + t)*T + m] = bp_acc;
+                        _s2[((b*H + h)*T + t)*T + w] = bp_acc;
                     }
                 }
             }
         }
     }
-    /* sum over m */
-    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    /* sum over w */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 double bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t m = 0; m < T; ++m) {
-                    bp_acc += _s2[((b*H + h)*T + t)*T + m]*a[((b*H + h)*T + t)*T + m];
+                for (ptrdiff_t w = 0; w < T; ++w) {
+                    bp_acc += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
                 }
                 _s3[(b*H + h)*T + t] = bp_acc;
             }
@@ -1397,13 +1402,13 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* sum over e */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
                     BP_OMP(simd)
-                    for (ptrdiff_t l = 0; l < T; ++l) {
-                        _s4[((b*H + h)*T + t)*T + l] = 0;
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        _s4[((b*H + h)*T + t)*T + u] = 0;
                     }
                 }
             }
@@ -1415,39 +1420,39 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t l = 0; l < T; ++l) {
+                    for (ptrdiff_t u = 0; u < T; ++u) {
                         double bp_acc = 0;
                         BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + l)*E + e];
+                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
                         }
-                        _s4[((b*H + h)*T + t)*T + l] = bp_acc;
+                        _s4[((b*H + h)*T + t)*T + u] = bp_acc;
                     }
                 }
             }
         }
     }
-    /* ds[b, h, t, l] = (sum_e(dctx[b, h, t, e]*v[b, h, l, e]) - sum_m(a[b, h, t, m]*sum_e(dctx[b, h, t, e]*v[b, h, m, e])))*a[b, h, t, l] */
-    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
+    /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
+    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 const double bp_acc_r0 = _s3[(b*H + h)*T + t];
                 const double bp_acc_r1 = -bp_acc_r0;
                 BP_OMP(simd)
-                for (ptrdiff_t l = 0; l < T; ++l) {
-                    ds[((b*H + h)*T + t)*T + l] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + l])*a[((b*H + h)*T + t)*T + l];
+                for (ptrdiff_t u = 0; u < T; ++u) {
+                    ds[((b*H + h)*T + t)*T + u] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
                 }
             }
         }
     }
-    /* dv[b, h, t, e] = sum_l(a[b, h, l, t]*dctx[b, h, l, e]) */
+    /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1465,7 +1470,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1476,24 +1481,24 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
+                for (ptrdiff_t u = 0; u < T; ++u) {
                     for (ptrdiff_t t = 0; t < T; ++t) {
-                        const double bp_acc_r0 = a[((b*H + h)*T + l)*T + t];
+                        const double bp_acc_r0 = a[((b*H + h)*T + u)*T + t];
                         BP_OMP(simd)
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            dv[((b*H + h)*T + t)*E + e] += bp_acc_r0*dctx[((b*H + h)*T + l)*E + e];
+                            dv[((b*H + h)*T + t)*E + e] += bp_acc_r0*dctx[((b*H + h)*T + u)*E + e];
                         }
                     }
                 }
             }
         }
     }
-    /* dk[b, h, t, e] = sum_l(ds[b, h, l, t]*q[b, h, l, e])/sqrt(E) */
+    /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1511,7 +1516,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1522,25 +1527,25 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t l = 0; l < T; ++l) {
+                for (ptrdiff_t u = 0; u < T; ++u) {
                     for (ptrdiff_t t = 0; t < T; ++t) {
-                        const double bp_acc_r0 = ds[((b*H + h)*T + l)*T + t];
+                        const double bp_acc_r0 = ds[((b*H + h)*T + u)*T + t];
                         const double bp_acc_r1 = bp_acc_r0*bp_k0;
                         BP_OMP(simd)
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            dk[((b*H + h)*T + t)*E + e] += bp_acc_r1*q[((b*H + h)*T + l)*E + e];
+                            dk[((b*H + h)*T + t)*E + e] += bp_acc_r1*q[((b*H + h)*T + u)*E + e];
                         }
                     }
                 }
             }
         }
     }
-    /* dq[b, h, t, e] = sum_l(ds[b, h, t, l]*k[b, h, l, e])/sqrt(E) */
+    /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1558,7 +1563,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1569,16 +1574,16 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t l = 0; l < T; ++l) {
-                        const double bp_acc_r0 = ds[((b*H + h)*T + t)*T + l];
+                    for (ptrdiff_t u = 0; u < T; ++u) {
+                        const double bp_acc_r0 = ds[((b*H + h)*T + t)*T + u];
                         const double bp_acc_r1 = bp_acc_r0*bp_k0;
                         BP_OMP(simd)
                         for (ptrdiff_t e = 0; e < E; ++e) {
-                            dq[((b*H + h)*T + t)*E + e] += bp_acc_r1*k[((b*H + h)*T + l)*E + e];
+                            dq[((b*H + h)*T + t)*E + e] += bp_acc_r1*k[((b*H + h)*T + u)*E + e];
                         }
                     }
                 }
@@ -1587,7 +1592,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1603,7 +1608,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1612,7 +1617,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1636,7 +1641,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1645,7 +1650,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1669,7 +1674,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1678,7 +1683,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1695,7 +1700,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1711,7 +1716,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1720,7 +1725,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1737,7 +1742,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1753,7 +1758,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1762,7 +1767,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1779,7 +1784,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1795,7 +1800,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1804,7 +1809,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1821,7 +1826,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1837,7 +1842,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1846,7 +1851,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t d = 0; d < D; ++d) {

@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW)
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW)
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
  */
 #include <math.h>
 #include <stddef.h>
@@ -32,8 +32,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -118,7 +123,7 @@ int bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KW;
     (void)bp_work;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -148,61 +153,61 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -211,54 +216,54 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -267,54 +272,54 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -323,54 +328,54 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -379,54 +384,54 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -435,54 +440,54 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -509,7 +514,7 @@ int bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KW;
     (void)bp_work;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -539,61 +544,61 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, hout, wout])/(KH*KW) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -602,54 +607,54 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -658,54 +663,54 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -714,54 +719,54 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -770,54 +775,54 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -826,54 +831,54 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + hout)*Wout + wout];
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

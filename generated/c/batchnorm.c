@@ -10,11 +10,11 @@
  *   xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c]
  *   y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
- *   dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
- *   dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
- *   dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
- *   dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
- *   db[c] = sum_{n,h,k}(dy[n, c, h, k])
+ *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
+ *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
+ *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
+ *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -40,8 +40,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* The GEMM the caller supplied with bp_batchnorm_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
@@ -94,7 +99,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/N;
     const float bp_k2 = 1.0F/W;
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* mu[c] = sum(x[n, c, i, j], n, i, j) / (N * H * W) */
         float bp_acc0 = 0;
@@ -121,7 +126,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         /* rstd[c] = 1 / sqrt(var[c] + 0.00001) */
         rstd[c] = powf(var[c] + 1.0F/100000.0F, -1.0F/2.0F);
     }
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c] */
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -158,36 +163,36 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/N;
     const float bp_k2 = 1.0F/W;
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over n, h, k */
+        /* sum over n, i, j */
         float bp_acc0 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t i = 0; i < H; ++i) {
                 BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k];
+                for (ptrdiff_t j = 0; j < W; ++j) {
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + i)*W + j])*dy[((n*C + c)*H + i)*W + j];
                 }
             }
         }
         _s1[c] = bp_acc0;
-        /* sum over l, m, p */
+        /* sum over k, h, l */
         float bp_acc1 = 0;
-        for (ptrdiff_t p = 0; p < N; ++p) {
-            for (ptrdiff_t m = 0; m < H; ++m) {
+        for (ptrdiff_t l = 0; l < N; ++l) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc1 += dy[((p*C + c)*H + m)*W + l];
+                for (ptrdiff_t k = 0; k < W; ++k) {
+                    bp_acc1 += dy[((l*C + c)*H + h)*W + k];
                 }
             }
         }
         _s2[c] = bp_acc1;
     }
-    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    /* dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t i = 0; i < H; ++i) {
                 const float bp_acc_r0 = _s1[c];
                 const float bp_acc_r1 = _s2[c];
                 const float bp_acc_r2 = mu[c];
@@ -198,17 +203,17 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 const float bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/powf(bp_acc_r3 + 1.0F/100000.0F, 3.0F/2.0F);
                 const float bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dy[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
+                for (ptrdiff_t j = 0; j < W; ++j) {
+                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8;
                 }
             }
         }
     }
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k]) */
+        /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
         dw[c] = -_s1[c]*rstd[c];
-        /* db[c] = sum_{n,h,k}(dy[n, c, h, k]) */
+        /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
         db[c] = _s2[c];
     }
     return 0;
@@ -224,7 +229,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/N;
     const double bp_k2 = 1.0/W;
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* mu[c] = sum(x[n, c, i, j], n, i, j) / (N * H * W) */
         double bp_acc0 = 0;
@@ -251,7 +256,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         /* rstd[c] = 1 / sqrt(var[c] + 0.00001) */
         rstd[c] = pow(var[c] + 1.0/100000.0, -1.0/2.0);
     }
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c] */
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -288,36 +293,36 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/N;
     const double bp_k2 = 1.0/W;
-    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over n, h, k */
+        /* sum over n, i, j */
         double bp_acc0 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t i = 0; i < H; ++i) {
                 BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + h)*W + k])*dy[((n*C + c)*H + h)*W + k];
+                for (ptrdiff_t j = 0; j < W; ++j) {
+                    bp_acc0 += (mu[c] - x[((n*C + c)*H + i)*W + j])*dy[((n*C + c)*H + i)*W + j];
                 }
             }
         }
         _s1[c] = bp_acc0;
-        /* sum over l, m, p */
+        /* sum over k, h, l */
         double bp_acc1 = 0;
-        for (ptrdiff_t p = 0; p < N; ++p) {
-            for (ptrdiff_t m = 0; m < H; ++m) {
+        for (ptrdiff_t l = 0; l < N; ++l) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc1 += dy[((p*C + c)*H + m)*W + l];
+                for (ptrdiff_t k = 0; k < W; ++k) {
+                    bp_acc1 += dy[((l*C + c)*H + h)*W + k];
                 }
             }
         }
         _s2[c] = bp_acc1;
     }
-    /* dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    /* dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
+            for (ptrdiff_t i = 0; i < H; ++i) {
                 const double bp_acc_r0 = _s1[c];
                 const double bp_acc_r1 = _s2[c];
                 const double bp_acc_r2 = mu[c];
@@ -328,17 +333,17 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 const double bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/pow(bp_acc_r3 + 1.0/100000.0, 3.0/2.0);
                 const double bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrt(bp_acc_r3 + 1.0/100000.0);
                 BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    dx[((n*C + c)*H + h)*W + k] = bp_acc_r5*dy[((n*C + c)*H + h)*W + k] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + h)*W + k]) + bp_acc_r8;
+                for (ptrdiff_t j = 0; j < W; ++j) {
+                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8;
                 }
             }
         }
     }
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k]) */
+        /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
         dw[c] = -_s1[c]*rstd[c];
-        /* db[c] = sum_{n,h,k}(dy[n, c, h, k]) */
+        /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
         db[c] = _s2[c];
     }
     return 0;

@@ -89,6 +89,11 @@ void bp_gru_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_gru_gemm_f64 = dgemm;
 }
 
+int bp_gru_gemm_blocks(void)
+{
+    return 1;
+}
+
 size_t bp_gru_forward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G)
 {
     (void)T;
@@ -106,7 +111,7 @@ size_t bp_gru_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H;
 }
 
 void bp_gru_set_threads(int threads)
@@ -209,17 +214,37 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     if (G != 3) return -1;   /* G = 3 */
     (void)bp_work;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
-    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+    if (bp_gru_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        ai[((t*N + n)*G + g)*H + j] = b_ih[g*H + j];
                     }
-                    ai[((t*N + n)*G + g)*H + j] = bp_acc + b_ih[g*H + j];
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (T*3 > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t g = 0; g < 3; ++g) {
+                bp_gru_gemm_f32(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, ai + t*N*G*H + g*H, G*H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+                        }
+                        ai[((t*N + n)*G + g)*H + j] = bp_acc + b_ih[g*H + j];
+                    }
                 }
             }
         }
@@ -286,13 +311,12 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     (void)b_hh;
     float *const dh_total = bp_work + 0;
     float *const _s1 = bp_work + T*N*H;
-    float *const dcand = bp_work + T*N*H + T*N*H;
-    float *const dz = bp_work + T*N*H + T*N*H + T*N*H;
-    float *const dr = bp_work + T*N*H + T*N*H + T*N*H + T*N*H;
-    float *const dah = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H;
-    float *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H;
-    float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
-    float *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
+    float *const dz = bp_work + T*N*H + T*N*H;
+    float *const dr = bp_work + T*N*H + T*N*H + T*N*H;
+    float *const dah = bp_work + T*N*H + T*N*H + T*N*H + T*N*H;
+    float *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H;
+    float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
+    float *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN_PLAIN))
@@ -315,13 +339,6 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + j] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dcand[(t*N + n)*H + j] = -(z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j];
-            }
-        }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -333,7 +350,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dr[(t*N + n)*H + j] = -ah[((t*N + n)*G + 2)*H + j]*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                dr[(t*N + n)*H + j] = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
             }
         }
         BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
@@ -341,36 +358,62 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    dah[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    const float bp_acc_c0 = z[(t*N + n)*H + j] - 1;
+                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                 }
             }
         }
     }
-    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN))
+    /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
+    BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    dai[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    const float bp_acc_c0 = z[(t*N + n)*H + j] - 1;
+                    dai[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                 }
             }
         }
-        /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j]) */
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dx[(t*N + n)*I + i] = 0;
+    }
+    /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j]) */
+    if (bp_gru_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc1_r0 = dai[((t*N + n)*3 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc1_r0*W_ih[(g*H + j)*I + i];
+                bp_gru_gemm_f32(101, 111, 111, N, I, H, 1, dai + t*N*3*H + g*H, 3*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc_r0 = dai[((t*N + n)*3 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
+                        }
                     }
                 }
             }
@@ -396,39 +439,66 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + j)*I + i] = 0;
+    /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
+    if (bp_gru_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
             }
         }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc0_r0 = dai[((t*N + n)*3 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+        BP_OMP(parallel for collapse(1) if (3 > 1))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                bp_gru_gemm_f32(101, 112, 111, H, I, N, 1, dai + t*N*3*H + g*H, 3*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc_r0 = dai[((t*N + n)*3 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dW_ih[(g*H + j)*I + i] += bp_acc_r0*x[(t*N + n)*I + i];
+                        }
                     }
                 }
             }
         }
-        /* sum over n */
+    }
+    /* sum over n */
+    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 3; ++g) {
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s2[(g*H + j)*H + k] = 0;
             }
         }
+    }
+    BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 3; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc1_r0 = dah[((0*N + n)*3 + g)*H + j];
+                const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s2[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
+                    _s2[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
@@ -512,17 +582,37 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     if (G != 3) return -1;   /* G = 3 */
     (void)bp_work;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
-    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+    if (bp_gru_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        ai[((t*N + n)*G + g)*H + j] = b_ih[g*H + j];
                     }
-                    ai[((t*N + n)*G + g)*H + j] = bp_acc + b_ih[g*H + j];
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (T*3 > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t g = 0; g < 3; ++g) {
+                bp_gru_gemm_f64(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, ai + t*N*G*H + g*H, G*H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+                        }
+                        ai[((t*N + n)*G + g)*H + j] = bp_acc + b_ih[g*H + j];
+                    }
                 }
             }
         }
@@ -589,13 +679,12 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     (void)b_hh;
     double *const dh_total = bp_work + 0;
     double *const _s1 = bp_work + T*N*H;
-    double *const dcand = bp_work + T*N*H + T*N*H;
-    double *const dz = bp_work + T*N*H + T*N*H + T*N*H;
-    double *const dr = bp_work + T*N*H + T*N*H + T*N*H + T*N*H;
-    double *const dah = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H;
-    double *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H;
-    double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
-    double *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
+    double *const dz = bp_work + T*N*H + T*N*H;
+    double *const dr = bp_work + T*N*H + T*N*H + T*N*H;
+    double *const dah = bp_work + T*N*H + T*N*H + T*N*H + T*N*H;
+    double *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H;
+    double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
+    double *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN_PLAIN))
@@ -618,13 +707,6 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + j] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dcand[(t*N + n)*H + j] = -(z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j];
-            }
-        }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -636,7 +718,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dr[(t*N + n)*H + j] = -ah[((t*N + n)*G + 2)*H + j]*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                dr[(t*N + n)*H + j] = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
             }
         }
         BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
@@ -644,36 +726,62 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    dah[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    const double bp_acc_c0 = z[(t*N + n)*H + j] - 1;
+                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                 }
             }
         }
     }
-    BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN))
+    /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
+    BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    dai[((t*N + n)*3 + g)*H + j] = -(r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j] - (z[(t*N + n)*H + j] - 1)*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] - (2 == g)*dcand[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    const double bp_acc_c0 = z[(t*N + n)*H + j] - 1;
+                    dai[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                 }
             }
         }
-        /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j]) */
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dx[(t*N + n)*I + i] = 0;
+    }
+    /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j]) */
+    if (bp_gru_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
             }
         }
-        for (ptrdiff_t n = 0; n < N; ++n) {
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc1_r0 = dai[((t*N + n)*3 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc1_r0*W_ih[(g*H + j)*I + i];
+                bp_gru_gemm_f64(101, 111, 111, N, I, H, 1, dai + t*N*3*H + g*H, 3*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc_r0 = dai[((t*N + n)*3 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
+                        }
                     }
                 }
             }
@@ -699,39 +807,66 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     }
-    BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + j)*I + i] = 0;
+    /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
+    if (bp_gru_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
             }
         }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc0_r0 = dai[((t*N + n)*3 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+        BP_OMP(parallel for collapse(1) if (3 > 1))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                bp_gru_gemm_f64(101, 112, 111, H, I, N, 1, dai + t*N*3*H + g*H, 3*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc_r0 = dai[((t*N + n)*3 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dW_ih[(g*H + j)*I + i] += bp_acc_r0*x[(t*N + n)*I + i];
+                        }
                     }
                 }
             }
         }
-        /* sum over n */
+    }
+    /* sum over n */
+    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 3; ++g) {
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s2[(g*H + j)*H + k] = 0;
             }
         }
+    }
+    BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 3; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc1_r0 = dah[((0*N + n)*3 + g)*H + j];
+                const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s2[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
+                    _s2[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }

@@ -89,6 +89,11 @@ void bp_lstm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_lstm_gemm_f64 = dgemm;
 }
 
+int bp_lstm_gemm_blocks(void)
+{
+    return 1;
+}
+
 size_t bp_lstm_forward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G)
 {
     (void)T;
@@ -210,17 +215,37 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*4*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+    if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s2[((t*N + n)*4 + g)*H + j] = 0;
                     }
-                    _s2[((t*N + n)*4 + g)*H + j] = bp_acc;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (T*4 > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t g = 0; g < 4; ++g) {
+                bp_lstm_gemm_f32(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, _s2 + t*N*4*H + g*H, 4*H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+                        }
+                        _s2[((t*N + n)*4 + g)*H + j] = bp_acc;
+                    }
                 }
             }
         }
@@ -357,24 +382,42 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     }
     /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dx[(t*N + n)*I + i] = 0;
+    if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
+                bp_lstm_gemm_f32(101, 111, 111, N, I, H, 1, da + t*N*4*H + g*H, 4*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
+                        }
                     }
                 }
             }
@@ -402,39 +445,66 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
         }
     }
-    BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + j)*I + i] = 0;
+    /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
+    if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
             }
         }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc0_r0 = da[((t*N + n)*4 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+        BP_OMP(parallel for collapse(1) if (4 > 1))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                bp_lstm_gemm_f32(101, 112, 111, H, I, N, 1, da + t*N*4*H + g*H, 4*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dW_ih[(g*H + j)*I + i] += bp_acc_r0*x[(t*N + n)*I + i];
+                        }
                     }
                 }
             }
         }
-        /* sum over n */
+    }
+    /* sum over n */
+    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 4; ++g) {
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s4[(g*H + j)*H + k] = 0;
             }
         }
+    }
+    BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 4; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc1_r0 = da[((0*N + n)*4 + g)*H + j];
+                const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s4[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
+                    _s4[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
@@ -488,15 +558,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         /* db_hh[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
-            db_hh[g*H + j] = 0;
-        }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    db_hh[g*H + j] += da[((t*N + n)*4 + g)*H + j];
-                }
-            }
+            db_hh[g*H + j] = db_ih[g*H + j];
         }
     }
     return 0;
@@ -519,17 +581,37 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*4*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+    if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s2[((t*N + n)*4 + g)*H + j] = 0;
                     }
-                    _s2[((t*N + n)*4 + g)*H + j] = bp_acc;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(2) if (T*4 > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t g = 0; g < 4; ++g) {
+                bp_lstm_gemm_f64(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, _s2 + t*N*4*H + g*H, 4*H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
+                        }
+                        _s2[((t*N + n)*4 + g)*H + j] = bp_acc;
+                    }
                 }
             }
         }
@@ -666,24 +748,42 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     }
     /* dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dx[(t*N + n)*I + i] = 0;
+    if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
+                bp_lstm_gemm_f64(101, 111, 111, N, I, H, 1, da + t*N*4*H + g*H, 4*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[(g*H + j)*I + i];
+                        }
                     }
                 }
             }
@@ -711,39 +811,66 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
         }
     }
-    BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[(g*H + j)*I + i] = 0;
+    /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
+    if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
             }
         }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc0_r0 = da[((t*N + n)*4 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t i = 0; i < I; ++i) {
-                        dW_ih[(g*H + j)*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+        BP_OMP(parallel for collapse(1) if (4 > 1))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                bp_lstm_gemm_f64(101, 112, 111, H, I, N, 1, da + t*N*4*H + g*H, 4*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dW_ih[(g*H + j)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t i = 0; i < I; ++i) {
+                            dW_ih[(g*H + j)*I + i] += bp_acc_r0*x[(t*N + n)*I + i];
+                        }
                     }
                 }
             }
         }
-        /* sum over n */
+    }
+    /* sum over n */
+    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 4; ++g) {
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s4[(g*H + j)*H + k] = 0;
             }
         }
+    }
+    BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t g = 0; g < 4; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc1_r0 = da[((0*N + n)*4 + g)*H + j];
+                const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s4[(g*H + j)*H + k] += bp_acc1_r0*h0[n*H + k];
+                    _s4[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
@@ -797,15 +924,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         /* db_hh[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
-            db_hh[g*H + j] = 0;
-        }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    db_hh[g*H + j] += da[((t*N + n)*4 + g)*H + j];
-                }
-            }
+            db_hh[g*H + j] = db_ih[g*H + j];
         }
     }
     return 0;

@@ -53,9 +53,13 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
                               double *c, ptrdiff_t ldc);
 #endif
 
-/* Matrix products call these when set; NULL (the
+/* Matrix products (_s2 in forward; dx, dW_ih in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_lstm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
+/* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's
+ * OpenMP threads; supply a single-threaded GEMM (the Python wrapper sets NumPy's OpenBLAS
+ * to one thread during such calls). */
+int bp_lstm_gemm_blocks(void);
 
 /* forward, float:
  *   a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j]

@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -32,8 +32,13 @@
 #define BP_PART 0
 #endif
 
-/* Loops with fewer iterations than this run on one thread: forking costs more. */
+/* Loops with fewer iterations than this run on one thread: forking costs more.  _PLAIN:
+ * loops that only load, add and multiply.  With idle threads asleep (OMP_WAIT_POLICY=
+ * PASSIVE), a 2-thread sum of 32768 floats took 6-8 us against 3.3 us on one, and one
+ * of 262144 still 24 us against 20 (Xeon, 2 cores; the bias gradient of a 64 x 512 dense
+ * backward started a team for 3 us of work). */
 #define BP_PARALLEL_MIN 32768
+#define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum. */
@@ -117,7 +122,7 @@ int bp_maxpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KH;
     (void)KW;
     float *const _s1 = bp_work + 0;
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over q */
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -166,79 +171,79 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KH;
     (void)KW;
     float *const _s2 = bp_work + 0;
-    /* first maximal position over _kh, _kw */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
+    /* first maximal position over _p, _q */
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc = -INFINITY;
                     ptrdiff_t bp_acc_at = 0;
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        for (ptrdiff_t _kw = 0; _kw < 2; ++_kw) {
-                            { const float bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_kh + _kw; } }
+                    for (ptrdiff_t _p = 0; _p < 2; ++_p) {
+                        for (ptrdiff_t _q = 0; _q < 2; ++_q) {
+                            { const float bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_p + _q; } }
                         }
                     }
-                    _s2[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc_at;
+                    _s2[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                 }
             }
         }
     }
-    /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -247,54 +252,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -303,54 +308,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -359,54 +364,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -415,54 +420,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -471,54 +476,54 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -544,7 +549,7 @@ int bp_maxpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KH;
     (void)KW;
     double *const _s1 = bp_work + 0;
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over q */
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -593,79 +598,79 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KH;
     (void)KW;
     double *const _s2 = bp_work + 0;
-    /* first maximal position over _kh, _kw */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN))
+    /* first maximal position over _p, _q */
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t hout = 0; hout < Hout; ++hout) {
-                for (ptrdiff_t wout = 0; wout < Wout; ++wout) {
+            for (ptrdiff_t i = 0; i < Hout; ++i) {
+                for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc = -INFINITY;
                     ptrdiff_t bp_acc_at = 0;
-                    for (ptrdiff_t _kh = 0; _kh < 2; ++_kh) {
-                        for (ptrdiff_t _kw = 0; _kw < 2; ++_kw) {
-                            { const double bp_v = x[((n*C + c)*H + _kh + 2*hout)*W + _kw + 2*wout]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_kh + _kw; } }
+                    for (ptrdiff_t _p = 0; _p < 2; ++_p) {
+                        for (ptrdiff_t _q = 0; _q < 2; ++_q) {
+                            { const double bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_p + _q; } }
                         }
                     }
-                    _s2[((n*C + c)*Hout + hout)*Wout + wout] = bp_acc_at;
+                    _s2[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                 }
             }
         }
     }
-    /* dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -674,54 +679,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -730,54 +735,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 1 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -786,54 +791,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -842,54 +847,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < bp_h_q + 1; ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -898,54 +903,54 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*hout - wout + 1) == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < bp_w_q + 1; ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
                 for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t hout = bp_h_q; hout < (1 + bp_imin(Hout - 1, bp_h_q)); ++hout) {
-                        for (ptrdiff_t wout = bp_w_q; wout < (1 + bp_imin(Wout - 1, bp_w_q)); ++wout) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*hout - 2*wout + 3 == _s2[((n*C + c)*Hout + hout)*Wout + wout]) ? dy[((n*C + c)*Hout + hout)*Wout + wout] : 0);
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

@@ -80,6 +80,11 @@ void bp_rnn_relu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_rnn_relu_gemm_f64 = dgemm;
 }
 
+int bp_rnn_relu_gemm_blocks(void)
+{
+    return 1;
+}
+
 size_t bp_rnn_relu_forward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H)
 {
     (void)T;
@@ -128,16 +133,32 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                float bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t i = 0; i < I; ++i) {
-                    bp_acc += W_ih[j*I + i]*x[(t*N + n)*I + i];
+    if (bp_rnn_relu_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    _s2[(t*N + n)*H + j] = 0;
                 }
-                _s2[(t*N + n)*H + j] = bp_acc;
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            bp_rnn_relu_gemm_f32(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih, I, 1, _s2 + t*N*H, H);
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    float bp_acc = 0;
+                    BP_OMP(simd reduction(+:bp_acc))
+                    for (ptrdiff_t i = 0; i < I; ++i) {
+                        bp_acc += W_ih[j*I + i]*x[(t*N + n)*I + i];
+                    }
+                    _s2[(t*N + n)*H + j] = bp_acc;
+                }
             }
         }
     }
@@ -210,23 +231,39 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     }
     /* dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dx[(t*N + n)*I + i] = 0;
-            }
-        }
-    }
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc_r0 = dz[(t*N + n)*H + j];
+    if (bp_rnn_relu_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < I; ++i) {
-                    dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[j*I + i];
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            bp_rnn_relu_gemm_f32(101, 111, 111, N, I, H, 1, dz + t*N*H, H, W_ih, I, 1, dx + t*N*I, I);
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = dz[(t*N + n)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t i = 0; i < I; ++i) {
+                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[j*I + i];
+                    }
                 }
             }
         }
@@ -249,32 +286,54 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     }
-    BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
-        BP_OMP(simd)
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            dW_ih[j*I + i] = 0;
+    /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
+    if (bp_rnn_relu_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                dW_ih[j*I + i] = 0;
+            }
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                const float bp_acc0_r0 = dz[(t*N + n)*H + j];
-                BP_OMP(simd)
-                for (ptrdiff_t i = 0; i < I; ++i) {
-                    dW_ih[j*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+            bp_rnn_relu_gemm_f32(101, 112, 111, H, I, N, 1, dz + t*N*H, H, x + t*N*I, I, 1, dW_ih, I);
+        }
+    } else {
+        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                dW_ih[j*I + i] = 0;
+            }
+        }
+        BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    const float bp_acc_r0 = dz[(t*N + n)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t i = 0; i < I; ++i) {
+                        dW_ih[j*I + i] += bp_acc_r0*x[(t*N + n)*I + i];
+                    }
                 }
             }
         }
-        /* sum over n */
+    }
+    /* sum over n */
+    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             _s4[j*H + k] = 0;
         }
+    }
+    BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const float bp_acc1_r0 = dz[(0*N + n)*H + j];
+            const float bp_acc_r0 = dz[(0*N + n)*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s4[j*H + k] += bp_acc1_r0*h0[n*H + k];
+                _s4[j*H + k] += bp_acc_r0*h0[n*H + k];
             }
         }
     }
@@ -306,30 +365,24 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
         }
     }
+    /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         db_ih[j] = 0;
     }
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        db_hh[j] = 0;
-    }
-    BP_OMP(parallel for reduction(+:db_ih[0:H]) reduction(+:db_hh[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db_ih[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 db_ih[j] += dz[(t*N + n)*H + j];
             }
         }
-        /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                db_hh[j] += dz[(t*N + n)*H + j];
-            }
-        }
+    }
+    /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        db_hh[j] = db_ih[j];
     }
     return 0;
 }
@@ -355,16 +408,32 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*H;
     /* sum over i */
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                double bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t i = 0; i < I; ++i) {
-                    bp_acc += W_ih[j*I + i]*x[(t*N + n)*I + i];
+    if (bp_rnn_relu_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    _s2[(t*N + n)*H + j] = 0;
                 }
-                _s2[(t*N + n)*H + j] = bp_acc;
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            bp_rnn_relu_gemm_f64(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih, I, 1, _s2 + t*N*H, H);
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    double bp_acc = 0;
+                    BP_OMP(simd reduction(+:bp_acc))
+                    for (ptrdiff_t i = 0; i < I; ++i) {
+                        bp_acc += W_ih[j*I + i]*x[(t*N + n)*I + i];
+                    }
+                    _s2[(t*N + n)*H + j] = bp_acc;
+                }
             }
         }
     }
@@ -437,23 +506,39 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     }
     /* dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j]) */
-    BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dx[(t*N + n)*I + i] = 0;
-            }
-        }
-    }
-    BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc_r0 = dz[(t*N + n)*H + j];
+    if (bp_rnn_relu_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
                 for (ptrdiff_t i = 0; i < I; ++i) {
-                    dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[j*I + i];
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for collapse(1) if (T > 1))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            bp_rnn_relu_gemm_f64(101, 111, 111, N, I, H, 1, dz + t*N*H, H, W_ih, I, 1, dx + t*N*I, I);
+        }
+    } else {
+        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t i = 0; i < I; ++i) {
+                    dx[(t*N + n)*I + i] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = dz[(t*N + n)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t i = 0; i < I; ++i) {
+                        dx[(t*N + n)*I + i] += bp_acc_r0*W_ih[j*I + i];
+                    }
                 }
             }
         }
@@ -476,32 +561,54 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     }
-    BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
-        BP_OMP(simd)
-        for (ptrdiff_t i = 0; i < I; ++i) {
-            dW_ih[j*I + i] = 0;
+    /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
+    if (bp_rnn_relu_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                dW_ih[j*I + i] = 0;
+            }
         }
         for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                const double bp_acc0_r0 = dz[(t*N + n)*H + j];
-                BP_OMP(simd)
-                for (ptrdiff_t i = 0; i < I; ++i) {
-                    dW_ih[j*I + i] += bp_acc0_r0*x[(t*N + n)*I + i];
+            bp_rnn_relu_gemm_f64(101, 112, 111, H, I, N, 1, dz + t*N*H, H, x + t*N*I, I, 1, dW_ih, I);
+        }
+    } else {
+        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t i = 0; i < I; ++i) {
+                dW_ih[j*I + i] = 0;
+            }
+        }
+        BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t t = 0; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    const double bp_acc_r0 = dz[(t*N + n)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t i = 0; i < I; ++i) {
+                        dW_ih[j*I + i] += bp_acc_r0*x[(t*N + n)*I + i];
+                    }
                 }
             }
         }
-        /* sum over n */
+    }
+    /* sum over n */
+    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             _s4[j*H + k] = 0;
         }
+    }
+    BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const double bp_acc1_r0 = dz[(0*N + n)*H + j];
+            const double bp_acc_r0 = dz[(0*N + n)*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s4[j*H + k] += bp_acc1_r0*h0[n*H + k];
+                _s4[j*H + k] += bp_acc_r0*h0[n*H + k];
             }
         }
     }
@@ -533,30 +640,24 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
         }
     }
+    /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         db_ih[j] = 0;
     }
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        db_hh[j] = 0;
-    }
-    BP_OMP(parallel for reduction(+:db_ih[0:H]) reduction(+:db_hh[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db_ih[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
-        /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 db_ih[j] += dz[(t*N + n)*H + j];
             }
         }
-        /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                db_hh[j] += dz[(t*N + n)*H + j];
-            }
-        }
+    }
+    /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
+    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t j = 0; j < H; ++j) {
+        db_hh[j] = db_ih[j];
     }
     return 0;
 }

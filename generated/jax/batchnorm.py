@@ -11,11 +11,11 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c]
 
 Backward pass (from the upstream gradient dy):
-    dxhat[n, c, h, k] = w[c]*dy[n, c, h, k]
-    dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
-    dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
-    dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
-    db[c] = sum_{n,h,k}(dy[n, c, h, k])
+    dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
+    dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
+    dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+    dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
+    db[c] = sum_{n,i,j}(dy[n, c, i, j])
 
 Shapes: x[N, C, H, W], w[C], b[C], mu[C], var[C], rstd[C], xhat[N, C, H, W], y[N, C, H, W], dy[N, C, H, W]
 """
@@ -149,13 +149,13 @@ def backward(x, w, b, dy, *, mu=None, var=None, rstd=None):
     N = sizes['N']
     H = sizes['H']
     W = sizes['W']
-    # dvar[c] = rstd[c]**3*sum_{n,h,k}((mu[c] - x[n, c, h, k])*dxhat[n, c, h, k])/2
-    dvar = w*jnp.einsum('cnhk,nchk->c', mu[:, None, None, None] - jnp.transpose(x, (1, 0, 2, 3)), dy, optimize=True)/(2*(1e-05 + var)**(3/2))
-    # dx[n, c, h, k] = rstd[c]*dxhat[n, c, h, k] + 2*(x[n, c, h, k] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{l,m,p}(dxhat[p, c, m, l]) + 2*(sum_{l,m,p}(x[m, c, l, p]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+    # dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
+    dvar = w*jnp.einsum('cnij,ncij->c', mu[:, None, None, None] - jnp.transpose(x, (1, 0, 2, 3)), dy, optimize=True)/(2*(1e-05 + var)**(3/2))
+    # dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
     dx = w[None, :, None, None]*dy/jnp.sqrt(1e-05 + var[None, :, None, None]) + 2*(x - mu[None, :, None, None])*dvar[None, :, None, None]/(H*N*W) - w[None, :, None, None]*dy.sum(axis=(3, 2, 0))[None, :, None, None]/(H*N*W*jnp.sqrt(1e-05 + var[None, :, None, None]))
-    # dw[c] = sum_{n,h,k}(dy[n, c, h, k]*xhat[n, c, h, k])
-    dw = -rstd*jnp.einsum('cnhk,nchk->c', mu[:, None, None, None] - jnp.transpose(x, (1, 0, 2, 3)), dy, optimize=True)
-    # db[c] = sum_{n,h,k}(dy[n, c, h, k])
+    # dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
+    dw = -rstd*jnp.einsum('cnij,ncij->c', mu[:, None, None, None] - jnp.transpose(x, (1, 0, 2, 3)), dy, optimize=True)
+    # db[c] = sum_{n,i,j}(dy[n, c, i, j])
     db = dy.sum(axis=(0, 2, 3))
     return {
         'dx': jnp.asarray(dx, dtype),

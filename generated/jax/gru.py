@@ -28,6 +28,8 @@ Backward pass (from the upstream gradients dh, dhn):
 
 Shapes: x[T, N, I], h0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], ai[T, N, G, H], ah[T, N, G, H], r[T, N, H], z[T, N, H], cand[T, N, H], h[T, N, H], hn[N, H], dh[T, N, H], dhn[N, H]
 """
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,10 +84,35 @@ def _sigmoid(v):
 
 
 def _window(a, slots):
-    # A read at affine subscripts, x[n, c, 2*i + k - 1], gathered: slots holds, for each
-    # axis of a, (offset, ((step, count), ...)); the result has one axis per (step, count)
-    # pair, in order, with v[.., j1, j2, ..] = a[.., offset + step1*j1 + step2*j2, ..], and
-    # zeros where that leaves the axis (_take).  XLA has no strided views of NumPy's kind.
+    # A read at affine subscripts, x[n, c, 2*i + k - 1], from strided slices: slots holds,
+    # for each axis of a, (offset, ((step, count), ...)); the result has one axis per
+    # (step, count) pair, in order, with v[.., j1, j2, ..] = a[.., offset + step1*j1 +
+    # step2*j2, ..], and zeros where that leaves the axis (a is padded then).  XLA has no
+    # strided views of NumPy's kind, and a gather of the same elements is many times
+    # slower: each axis is cut into one strided slice per position of its shorter terms
+    # (KH slices of x's H axis for 2*i + k), stacked.  Offsets, steps and counts are sizes
+    # and constants: plain ints, under jax.jit too.  A read mostly outside its array (a
+    # strided convolution's adjoint reads w[o, c, 1 + h - 2*hout]: a window H x Hout of a
+    # KH axis) is gathered instead: XLA fuses a gather into the sum that consumes it,
+    # where the slices would be materialized, 2-3x slower.
+    pads = []
+    for size, (offset, terms) in zip(a.shape, slots):
+        low = offset + sum(min(0, step * (count - 1)) for step, count in terms)
+        high = offset + sum(max(0, step * (count - 1)) for step, count in terms)
+        pads.append((max(0, -low), max(0, high - size + 1)))
+    if any(low + high > size for size, (low, high) in zip(a.shape, pads)):
+        return _gathered_window(a, slots)
+    if any(p != (0, 0) for p in pads):
+        a = jnp.pad(a, pads)
+    axis = 0
+    for (offset, terms), (before, _) in zip(slots, pads):
+        a = _strided_axis(a, axis, offset + before, terms)
+        axis += len(terms)
+    return a
+
+
+def _gathered_window(a, slots):
+    # _window through index arrays (_take gives the zeros outside a)
     axes = sum(len(terms) for _, terms in slots)
     index, axis = [], 0
     for offset, terms in slots:
@@ -96,6 +123,36 @@ def _window(a, slots):
             axis += 1
         index.append(i)
     return _take(a, tuple(index))
+
+
+def _strided_axis(a, axis, offset, terms):
+    # a's axis `axis` replaced by one axis per (step, count) of terms, as in _window
+    # (every index in range): the longest term is a strided slice, the others' positions
+    # are enumerated
+    longest = max(range(len(terms)), key=lambda t: terms[t][1])
+    step, count = terms[longest]
+    others = terms[:longest] + terms[longest + 1:]
+    lines = []
+    for js in itertools.product(*[range(c) for _, c in others]):
+        start = offset + sum(s * j for (s, _), j in zip(others, js))
+        lines.append(_line(a, axis, start, step, count))
+    # stacked beside the line's axis on the side that leaves the axes in order: no
+    # transpose unless the longest term is a middle one
+    first = longest == 0
+    v = jnp.stack(lines, axis=axis + 1 if first else axis)
+    counts = tuple(c for _, c in others)
+    v = v.reshape(a.shape[:axis] + ((count,) + counts if first else counts + (count,))
+                  + a.shape[axis + 1:])
+    return v if first else jnp.moveaxis(v, axis + len(others), axis + longest)
+
+
+def _line(a, axis, start, step, count):
+    # a[.., start + step*j, ..] for j in 0..count-1 along axis (step: a term's nonzero
+    # coefficient)
+    if step > 0:
+        return jax.lax.slice_in_dim(a, start, start + step * (count - 1) + 1, step, axis)
+    first = start + step * (count - 1)
+    return jnp.flip(jax.lax.slice_in_dim(a, first, start + 1, -step, axis), axis)
 
 
 def _step(a, i):
@@ -251,23 +308,20 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, ah=None, r=None,
     G = sizes['G']
     # a recurrence: step by step, from the last
     dh_total = jnp.zeros((T, N, H), dtype)
-    dcand = jnp.zeros((T, N, H), dtype)
     dz = jnp.zeros((T, N, H), dtype)
     dr = jnp.zeros((T, N, H), dtype)
     dah = jnp.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
         # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
         dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + jnp.einsum('gkj,ngk->nj', W_hh, _step(dah, 1 + t), optimize=True)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh_total, 1 + t)*_step(z, 1 + t)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t))
-        # dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
-        dcand = dcand.at[t].set((1 - _step(z, t))*_step(dh_total, t))
         # dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
         dz = dz.at[t].set((_step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray(0 == t, dtype) - _step(cand, t))*_step(dh_total, t))
         # dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
-        dr = dr.at[t].set((1 - _step(cand, t)**2)*_step(dcand, t)*jnp.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),))))
+        dr = dr.at[t].set((1 - _step(cand, t)**2)*(1 - _step(z, t))*_step(dh_total, t)*jnp.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),))))
         # dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
-        dah = dah.at[t].set((1 - _step(cand, t)[:, None, :]**2)*_step(dcand, t)[:, None, :]*_step(r, t)[:, None, :]*(2 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(r, t)[:, None, :])*_step(dr, t)[:, None, :]*_step(r, t)[:, None, :]*(0 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(z, t)[:, None, :])*_step(dz, t)[:, None, :]*_step(z, t)[:, None, :]*(1 == jnp.arange(G)[None, :, None]).astype(dtype))
+        dah = dah.at[t].set((1 - _step(r, t)[:, None, :])*_step(dr, t)[:, None, :]*_step(r, t)[:, None, :]*(0 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(z, t)[:, None, :])*_step(dz, t)[:, None, :]*_step(z, t)[:, None, :]*(1 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(cand, t)[:, None, :]**2)*(1 - _step(z, t)[:, None, :])*_step(dh_total, t)[:, None, :]*_step(r, t)[:, None, :]*(2 == jnp.arange(G)[None, :, None]).astype(dtype))
     # dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
-    dai = (1 - cand[:, :, None, :]**2)*dcand[:, :, None, :]*(2 == jnp.arange(G)[None, None, :, None]).astype(dtype) + (1 - r[:, :, None, :])*dr[:, :, None, :]*r[:, :, None, :]*(0 == jnp.arange(G)[None, None, :, None]).astype(dtype) + (1 - z[:, :, None, :])*dz[:, :, None, :]*z[:, :, None, :]*(1 == jnp.arange(G)[None, None, :, None]).astype(dtype)
+    dai = (1 - cand[:, :, None, :]**2)*(1 - z[:, :, None, :])*dh_total[:, :, None, :]*(2 == jnp.arange(G)[None, None, :, None]).astype(dtype) + (1 - r[:, :, None, :])*dr[:, :, None, :]*r[:, :, None, :]*(0 == jnp.arange(G)[None, None, :, None]).astype(dtype) + (1 - z[:, :, None, :])*dz[:, :, None, :]*z[:, :, None, :]*(1 == jnp.arange(G)[None, None, :, None]).astype(dtype)
     # dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
     dx = jnp.einsum('gji,tngj->tni', W_ih, dai, optimize=True)
     # dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])

@@ -19,6 +19,8 @@ Backward pass (from the upstream gradients dh, dhn):
 
 Shapes: x[T, N, I], h0[N, H], W_ih[H, I], W_hh[H, H], b_ih[H], b_hh[H], z[T, N, H], h[T, N, H], hn[N, H], dh[T, N, H], dhn[N, H]
 """
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,10 +61,35 @@ GRADIENTS = ['dx', 'dh0', 'dW_ih', 'dW_hh', 'db_ih', 'db_hh']
 
 
 def _window(a, slots):
-    # A read at affine subscripts, x[n, c, 2*i + k - 1], gathered: slots holds, for each
-    # axis of a, (offset, ((step, count), ...)); the result has one axis per (step, count)
-    # pair, in order, with v[.., j1, j2, ..] = a[.., offset + step1*j1 + step2*j2, ..], and
-    # zeros where that leaves the axis (_take).  XLA has no strided views of NumPy's kind.
+    # A read at affine subscripts, x[n, c, 2*i + k - 1], from strided slices: slots holds,
+    # for each axis of a, (offset, ((step, count), ...)); the result has one axis per
+    # (step, count) pair, in order, with v[.., j1, j2, ..] = a[.., offset + step1*j1 +
+    # step2*j2, ..], and zeros where that leaves the axis (a is padded then).  XLA has no
+    # strided views of NumPy's kind, and a gather of the same elements is many times
+    # slower: each axis is cut into one strided slice per position of its shorter terms
+    # (KH slices of x's H axis for 2*i + k), stacked.  Offsets, steps and counts are sizes
+    # and constants: plain ints, under jax.jit too.  A read mostly outside its array (a
+    # strided convolution's adjoint reads w[o, c, 1 + h - 2*hout]: a window H x Hout of a
+    # KH axis) is gathered instead: XLA fuses a gather into the sum that consumes it,
+    # where the slices would be materialized, 2-3x slower.
+    pads = []
+    for size, (offset, terms) in zip(a.shape, slots):
+        low = offset + sum(min(0, step * (count - 1)) for step, count in terms)
+        high = offset + sum(max(0, step * (count - 1)) for step, count in terms)
+        pads.append((max(0, -low), max(0, high - size + 1)))
+    if any(low + high > size for size, (low, high) in zip(a.shape, pads)):
+        return _gathered_window(a, slots)
+    if any(p != (0, 0) for p in pads):
+        a = jnp.pad(a, pads)
+    axis = 0
+    for (offset, terms), (before, _) in zip(slots, pads):
+        a = _strided_axis(a, axis, offset + before, terms)
+        axis += len(terms)
+    return a
+
+
+def _gathered_window(a, slots):
+    # _window through index arrays (_take gives the zeros outside a)
     axes = sum(len(terms) for _, terms in slots)
     index, axis = [], 0
     for offset, terms in slots:
@@ -73,6 +100,36 @@ def _window(a, slots):
             axis += 1
         index.append(i)
     return _take(a, tuple(index))
+
+
+def _strided_axis(a, axis, offset, terms):
+    # a's axis `axis` replaced by one axis per (step, count) of terms, as in _window
+    # (every index in range): the longest term is a strided slice, the others' positions
+    # are enumerated
+    longest = max(range(len(terms)), key=lambda t: terms[t][1])
+    step, count = terms[longest]
+    others = terms[:longest] + terms[longest + 1:]
+    lines = []
+    for js in itertools.product(*[range(c) for _, c in others]):
+        start = offset + sum(s * j for (s, _), j in zip(others, js))
+        lines.append(_line(a, axis, start, step, count))
+    # stacked beside the line's axis on the side that leaves the axes in order: no
+    # transpose unless the longest term is a middle one
+    first = longest == 0
+    v = jnp.stack(lines, axis=axis + 1 if first else axis)
+    counts = tuple(c for _, c in others)
+    v = v.reshape(a.shape[:axis] + ((count,) + counts if first else counts + (count,))
+                  + a.shape[axis + 1:])
+    return v if first else jnp.moveaxis(v, axis + len(others), axis + longest)
+
+
+def _line(a, axis, start, step, count):
+    # a[.., start + step*j, ..] for j in 0..count-1 along axis (step: a term's nonzero
+    # coefficient)
+    if step > 0:
+        return jax.lax.slice_in_dim(a, start, start + step * (count - 1) + 1, step, axis)
+    first = start + step * (count - 1)
+    return jnp.flip(jax.lax.slice_in_dim(a, first, start + 1, -step, axis), axis)
 
 
 def _step(a, i):

@@ -242,23 +242,20 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, ah=None, r=None,
     G = sizes['G']
     # a recurrence: step by step, from the last
     dh_total = np.zeros((T, N, H), dtype)
-    dcand = np.zeros((T, N, H), dtype)
     dz = np.zeros((T, N, H), dtype)
     dr = np.zeros((T, N, H), dtype)
     dah = np.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
         # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
         dh_total[t] = dhn*np.asarray(t == T - 1, dtype) + np.einsum('gkj,ngk->nj', W_hh, _step(dah, 1 + t), optimize=True)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh_total, 1 + t)*_step(z, 1 + t)*np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t)
-        # dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
-        dcand[t] = (1 - _step(z, t))*_step(dh_total, t)
         # dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
         dz[t] = (_step(h, t - 1)*np.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*np.asarray(0 == t, dtype) - _step(cand, t))*_step(dh_total, t)
         # dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
-        dr[t] = (1 - _step(cand, t)**2)*_step(dcand, t)*np.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),)))
+        dr[t] = (1 - _step(cand, t)**2)*(1 - _step(z, t))*_step(dh_total, t)*np.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),)))
         # dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
-        dah[t] = (1 - _step(cand, t)[:, None, :]**2)*_step(dcand, t)[:, None, :]*_step(r, t)[:, None, :]*(2 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(r, t)[:, None, :])*_step(dr, t)[:, None, :]*_step(r, t)[:, None, :]*(0 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(z, t)[:, None, :])*_step(dz, t)[:, None, :]*_step(z, t)[:, None, :]*(1 == np.arange(G)[None, :, None]).astype(dtype)
+        dah[t] = (1 - _step(r, t)[:, None, :])*_step(dr, t)[:, None, :]*_step(r, t)[:, None, :]*(0 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(z, t)[:, None, :])*_step(dz, t)[:, None, :]*_step(z, t)[:, None, :]*(1 == np.arange(G)[None, :, None]).astype(dtype) + (1 - _step(cand, t)[:, None, :]**2)*(1 - _step(z, t)[:, None, :])*_step(dh_total, t)[:, None, :]*_step(r, t)[:, None, :]*(2 == np.arange(G)[None, :, None]).astype(dtype)
     # dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
-    dai = (1 - cand[:, :, None, :]**2)*dcand[:, :, None, :]*(2 == np.arange(G)[None, None, :, None]).astype(dtype) + (1 - r[:, :, None, :])*dr[:, :, None, :]*r[:, :, None, :]*(0 == np.arange(G)[None, None, :, None]).astype(dtype) + (1 - z[:, :, None, :])*dz[:, :, None, :]*z[:, :, None, :]*(1 == np.arange(G)[None, None, :, None]).astype(dtype)
+    dai = (1 - cand[:, :, None, :]**2)*(1 - z[:, :, None, :])*dh_total[:, :, None, :]*(2 == np.arange(G)[None, None, :, None]).astype(dtype) + (1 - r[:, :, None, :])*dr[:, :, None, :]*r[:, :, None, :]*(0 == np.arange(G)[None, None, :, None]).astype(dtype) + (1 - z[:, :, None, :])*dz[:, :, None, :]*z[:, :, None, :]*(1 == np.arange(G)[None, None, :, None]).astype(dtype)
     # dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
     dx = np.einsum('gji,tngj->tni', W_ih, dai, optimize=True)
     # dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])

@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
+    dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
 
 Shapes: x[N, C, H, W], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -184,8 +184,8 @@ def backward(x, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{hout=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),wout=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*hout), w - (2*wout)) == argmax_{kh,kw}(x[n, c, 2*hout + kh, kw + 2*wout])]*dy[n, c, hout, wout])
-    _r1 = _first_argmax(np.einsum('ncdaeb->ncabde', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))), (KH, KW,))
+    # dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    _r1 = _first_argmax(np.einsum('ncaibj->ncijab', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))), (KH, KW,))
     _L2 = 1 + (KH - 1)//2
     _L3 = 1 + (KW - 1)//2
     dx = np.einsum('ha,wb,nchwab->nchw', ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(_L2)[None, :] + -((KH - 1 - np.arange(H)[:, None])//2)) & (np.arange(_L2)[None, :] + -((KH - 1 - np.arange(H)[:, None])//2) <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(_L3)[None, :] + -((KW - 1 - np.arange(W)[:, None])//2)) & (np.arange(_L3)[None, :] + -((KW - 1 - np.arange(W)[:, None])//2) <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(_L2)[None, None, None, None, :, None] - 2*(-((KH - 1 - np.arange(H)[None, None, :, None, None, None])//2))) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(_L3)[None, None, None, None, None, :] - 2*(-((KW - 1 - np.arange(W)[None, None, None, :, None, None])//2)) == np.einsum('abchnw->nchwab', _take(_r1, (np.arange(N)[None, None, None, None, :, None], np.arange(C)[None, None, :, None, None, None], np.arange(_L2)[:, None, None, None, None, None] + -((KH - 1 - np.arange(H)[None, None, None, :, None, None])//2), np.arange(_L3)[None, :, None, None, None, None] + -((KW - 1 - np.arange(W)[None, None, None, None, None, :])//2),)))), np.einsum('abchnw->nchwab', _take(dy, (np.arange(N)[None, None, None, None, :, None], np.arange(C)[None, None, :, None, None, None], np.arange(_L2)[:, None, None, None, None, None] + -((KH - 1 - np.arange(H)[None, None, None, :, None, None])//2), np.arange(_L3)[None, :, None, None, None, None] + -((KW - 1 - np.arange(W)[None, None, None, None, None, :])//2),))), 0).astype(dtype, copy=False), optimize=True)
