@@ -2,6 +2,8 @@
 functions (a table: OWN_FUNCTIONS), and float or double arithmetic."""
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 from sympy.codegen.ast import float32, real
 from sympy.codegen.rewriting import create_expand_pow_optimization, optimize, optims_c99
@@ -51,6 +53,9 @@ def own_functions_in(exprs) -> set[str]:
     return names | {OWN_NEEDS[n] for n in names if n in OWN_NEEDS}
 
 
+_INTEGER_POWER = re.compile(r"\b(powf?)\(([A-Za-z_]\w*), (\d+)\)")
+
+
 class KernelCPrinter(C99CodePrinter):
     """Prints one scalar element formula.  `shapes` maps every array name to its
     dimension names (row-major); `scalars` are names passed as pointers to one value."""
@@ -91,7 +96,12 @@ class KernelCPrinter(C99CodePrinter):
     def index_code(self, e) -> str:
         """An integer index expression in ptrdiff_t arithmetic: fractions as exact
         divisions (a divisibility bracket guards them), max/min and floor/ceiling
-        through the bp_ integer helpers."""
+        through the bp_ integer helpers; a power of a size, H**2, as a product (powf is a
+        float)."""
+        return _INTEGER_POWER.sub(lambda m: "(" + "*".join([m.group(2)] * int(m.group(3)))
+                                  + ")", self._index_code(e))
+
+    def _index_code(self, e) -> str:
         if isinstance(e, (sp.Idx, sp.Integer, sp.Symbol)) or e.atoms(sp.Indexed) or not (
                 e.atoms(sp.Max, sp.Min, sp.floor, sp.ceiling)
                 or any(not r.is_Integer for r in e.atoms(sp.Rational))):

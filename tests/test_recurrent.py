@@ -229,3 +229,38 @@ def test_verify_decides_claims_about_backpropagation_through_time(claim, verdict
 
     result = verify(derive(builtin("rnn_tanh")), claim)
     assert result.verdict == verdict, result
+
+
+ONE_EQUATION = """layer rnn1  an RNN in one equation: its total adjoint dh_total is a step
+dims T, N, H
+input  x[T, N, H]
+input  h0[N, H]
+param  W[H, H]
+output h[T, N, H]
+initial h = h0
+h[t, n, j] = tanh(W[j, k] * h[t - 1, n, k] + x[t, n, j])
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_a_recurrence_in_one_equation_equals_torch(backend):
+    """Without a named pre-activation the total adjoint of h is a step of its own, and
+    the weight gradient sums over every step a product of H x H blocks (its C once printed
+    a size H*H as powf(H, 2))."""
+    torch = require_oracle("torch")
+    k = codegen.load(parse_spec(ONE_EQUATION), backend=backend,
+                     **({"dtype": "float64"} if backend == "c" else {}))
+    assert "dh_total" in [s.name for s in k.derivation.steps]
+    rng = np.random.default_rng(5)
+    a = dict(x=rng.normal(size=(4, 2, 3)), h0=rng.normal(size=(2, 3)),
+             W=0.5 * rng.normal(size=(3, 3)))
+    dh = rng.normal(size=(4, 2, 3))
+    grads = k.backward(**a, dh=dh)
+    leaves = {n: torch.tensor(v, requires_grad=True) for n, v in a.items()}
+    h, hs = leaves["h0"], []
+    for t in range(4):
+        h = torch.tanh(h @ leaves["W"].T + leaves["x"][t])
+        hs.append(h)
+    (torch.stack(hs) * torch.tensor(dh)).sum().backward()
+    for n, leaf in leaves.items():
+        np.testing.assert_allclose(grads["d" + n], leaf.grad.numpy(), rtol=1e-10, atol=1e-12)
