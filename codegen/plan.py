@@ -9,7 +9,7 @@ that make generated code numerically stable.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
@@ -97,6 +97,10 @@ def plan(derivation: Derivation) -> KernelPlan:
     from .shared_sums import share_sums
     backward = share_sums(backward, [adjoint_name(t.name) for t in layer.differentiable],
                           layer, _arithmetic)
+    from .scan import guard_steps, time_dims
+    times = time_dims(layer)
+    forward = [replace(st, expr=guard_steps(st.expr, times)) for st in forward]
+    backward = tuple(replace(st, expr=guard_steps(st.expr, times)) for st in backward)
     forward_names = {eq.target for eq in layer.equations}
     read = set()
     for st in backward:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from derive.affine import between
 from derive.indices import dim_of
 
 
@@ -167,3 +168,31 @@ def _topological(groups, edges, comp):
         done.add(ready)
         order.append(ready)
     return order
+
+
+def guard_steps(expr, times: set[str]):
+    """A step bracket multiplying a sum, [t + 1 <= T - 1] sum_k W[k, j] dz[t + 1, n, k],
+    moved inside the sum: kernels compute a sum apart (a temporary over t, n, j) and
+    evaluate a bracket before the reads it multiplies, so inside, the step after the last
+    is never read."""
+    if not times or not expr.has(between):
+        return expr
+
+    def on_time(b):
+        return any(str(dim_of(i)) in times for i in b.atoms(sp.Idx))
+
+    def rewrite(e):
+        if not e.args or isinstance(e, (sp.Indexed, sp.Idx, sp.Symbol)):
+            return e
+        e = e.func(*[rewrite(a) for a in e.args])
+        if not isinstance(e, sp.Mul):
+            return e
+        brackets = [f for f in e.args if isinstance(f, between) and on_time(f)]
+        sums = [f for f in e.args if isinstance(f, sp.Sum)]
+        if not brackets or len(sums) != 1:
+            return e
+        rest = [f for f in e.args if f not in brackets and f is not sums[0]]
+        inner = sp.Sum(sums[0].function * sp.Mul(*brackets), *sums[0].limits)
+        return sp.Mul(*rest) * inner
+
+    return rewrite(expr)

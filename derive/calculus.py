@@ -100,6 +100,12 @@ def _eliminate(factors, limits):
         elif not _implied(bracket):
             factors.append(bracket)
     factors, limits = _absorb(factors, limits)
+    for lim in [lim for lim in limits if lim[1] == lim[2]]:
+        # a sum over one value (sum_{t=0..0}, an initial state's step) is its term
+        limits.remove(lim)
+        factors = [_substitute(f, {lim[0]: lim[1]}) for f in factors]
+        limits = [(j, a.xreplace({lim[0]: lim[1]}), b.xreplace({lim[0]: lim[1]}))
+                  for j, a, b in limits]
     summed = {k for k, _, _ in limits}
     if any(_is_table_delta(f, summed) for f in factors):
         # [v == idx[p, k]] against a table of summed indices: one flat sum of the whole

@@ -66,6 +66,8 @@ def guarded_read(read: sp.Indexed, t: sp.Idx, d: int, h0: Tensor, steps: int):
     rest = read.indices[1:]
     time = dim_symbol(str(t.upper + 1))
     inside = read * between(t - d, 0, time - 1)
+    # brackets, not Kronecker deltas: a kernel evaluates a bracket before the reads it
+    # multiplies (the backward pass at step t must not read dc[0], not computed yet)
     if steps == 1 and len(h0.dims) == len(rest):
-        return inside + h0.ref(*rest) * sp.KroneckerDelta(t, d - 1)
+        return inside + h0.ref(*rest) * between(t - d, -1, -1)
     return inside + h0.ref(t - d + steps, *rest) * between(t - d, -steps, -1)

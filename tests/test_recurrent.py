@@ -88,7 +88,7 @@ def test_the_derivation_is_backpropagation_through_time():
                            "dh[t, n, j])")
     assert shown["dh0"] == "sum_j(W_hh[j, k]*dz[0, n, j])"
     assert shown["dW_hh"] == ("sum_n(h0[n, k]*dz[0, n, j]) + "
-                              "sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])")
+                              "sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k])")
     assert not any("Piecewise" in str(s.expr) for s in d.steps)
 
 

@@ -14,14 +14,14 @@
  * Backward pass (from the upstream gradients dh, dhn):
  *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
  *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
- *   dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+ *   dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
  *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
  *   dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
  *   dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
  *   dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
  *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
- *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j])
  *   db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
  *   db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
  */
@@ -75,6 +75,42 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
+/* Convolutions run as GEMMs, each thread of the team on its own part. */
+#ifdef _OPENMP
+static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
+static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
+static inline ptrdiff_t bp_procs(void) { return omp_get_num_procs(); }
+static inline int bp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline ptrdiff_t bp_thread(void) { return 0; }
+static inline ptrdiff_t bp_threads(void) { return 1; }
+static inline ptrdiff_t bp_procs(void) { return 1; }
+static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
+ * size counts them; a team never has more threads than slots (bp_team), whatever the
+ * thread count is set to between asking for the work size and calling the kernel. */
+static inline ptrdiff_t bp_slots(ptrdiff_t n)
+{
+    const ptrdiff_t p = bp_procs();
+    return p < n ? p : n;
+}
+
+static inline int bp_team(ptrdiff_t slots)
+{
+    const int t = bp_max_threads();
+    return t < slots ? t : (int)slots;
+}
+
+/* Where part t of nt of 0..n-1 starts: near t n / nt, on a multiple of 16 (whole vectors
+ * and cache lines per part); part nt starts at n. */
+static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
+{
+    const ptrdiff_t at = (n * t / nt + 8) / 16 * 16;
+    return t >= nt || at > n ? n : at;
+}
+
 /* The GEMM the caller supplied with bp_gru_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_gru_gemm_f32;
@@ -87,6 +123,11 @@ void bp_gru_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
 {
     bp_gru_gemm_f32 = sgemm;
     bp_gru_gemm_f64 = dgemm;
+}
+
+int bp_gru_gemm_per_thread(void)
+{
+    return 1;
 }
 
 int bp_gru_gemm_blocks(void)
@@ -111,7 +152,7 @@ size_t bp_gru_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)bp_slots(N)*(size_t)3*(size_t)H*(size_t)T + (size_t)bp_slots(N)*(size_t)T*(size_t)H + (size_t)bp_slots(N)*(size_t)3*(size_t)H*(size_t)H;
 }
 
 void bp_gru_set_threads(int threads)
@@ -258,7 +299,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                     float bp_acc = 0;
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
                     }
                     ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
                 }
@@ -289,7 +330,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + ((0 == t)*h0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
+                h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
             }
         }
     }
@@ -310,40 +351,35 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     (void)b_ih;
     (void)b_hh;
     float *const dh_total = bp_work + 0;
-    float *const _s1 = bp_work + T*N*H;
-    float *const dz = bp_work + T*N*H + T*N*H;
-    float *const dr = bp_work + T*N*H + T*N*H + T*N*H;
-    float *const dah = bp_work + T*N*H + T*N*H + T*N*H + T*N*H;
-    float *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H;
-    float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
-    float *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
+    float *const dz = bp_work + T*N*H;
+    float *const dr = bp_work + T*N*H + T*N*H;
+    float *const dah = bp_work + T*N*H + T*N*H + T*N*H;
+    float *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H;
+    float *const _s1 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
+    float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
+    float *const __s2_pa_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
+    float *const __s2_pb_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T;
+    float *const __s2_part = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 float bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 3; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k];
+                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
                     }
                 }
-                _s1[(t*N + n)*H + j] = bp_acc;
+                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + j] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = ((0 == t)*h0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
+                dz[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -487,7 +523,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s2[(g*H + j)*H + k] = 0;
+                _s1[(g*H + j)*H + k] = 0;
             }
         }
     }
@@ -498,30 +534,87 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s2[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
     }
-    /* sum over t, n */
-    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s3[(g*H + j)*H + k] = 0;
+    /* sum over n, t */
+    if (bp_gru_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s2[(g*H + j)*H + k] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (3*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t t = 1; t < T; ++t) {
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (3*(H*H)*T*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const __s2_pa = __s2_pa_slots + bp_t*(3*H*T);
+            float *const __s2_pb = __s2_pb_slots + bp_t*(T*H);
+            float *const bp_part = __s2_part + bp_t*(3*(H*H));
+            memset(bp_part, 0, sizeof(*bp_part)*(3*(H*H)));
+            BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s3[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                /* pack dah[t, n, g, j] as a g j x t matrix */
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
+                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s2_pa[(g*H + j)*T + t] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s2_pa[(g*H + j)*T + t] = dah[((t*N + n)*3 + g)*H + j];
+                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s2_pa[(g*H + j)*T + t] = 0;
+                        }
+                    }
+                }
+                /* pack h[t - 1, n, k] as a t x k matrix */
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    {
+                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
+                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s2_pb[t*H + k] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s2_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
+                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s2_pb[t*H + k] = 0;
+                    }
+                }
+                bp_gru_gemm_f32(101, 111, 111, 3*H, H, T, 1, __s2_pa, T, __s2_pb, H, 1, bp_part, H);
+            }
+        }
+        BP_OMP(parallel for simd if (3*(H*H) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < 3*(H*H); ++bp_e) {
+            float bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s2_part[bp_s*(3*(H*H)) + bp_e];
+            _s2[bp_e] += bp_sum;
+        }
+    } else {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s2[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t t = 1; t < T; ++t) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            _s2[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                        }
                     }
                 }
             }
@@ -529,11 +622,11 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j]) */
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s2[(g*H + j)*H + k] + _s3[(g*H + j)*H + k];
+                dW_hh[(g*H + j)*H + k] = _s1[(g*H + j)*H + k] + _s2[(g*H + j)*H + k];
             }
         }
         /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
@@ -626,7 +719,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                     double bp_acc = 0;
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
                     }
                     ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
                 }
@@ -657,7 +750,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + ((0 == t)*h0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
+                h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
             }
         }
     }
@@ -678,40 +771,35 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     (void)b_ih;
     (void)b_hh;
     double *const dh_total = bp_work + 0;
-    double *const _s1 = bp_work + T*N*H;
-    double *const dz = bp_work + T*N*H + T*N*H;
-    double *const dr = bp_work + T*N*H + T*N*H + T*N*H;
-    double *const dah = bp_work + T*N*H + T*N*H + T*N*H + T*N*H;
-    double *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H;
-    double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
-    double *const _s3 = bp_work + T*N*H + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
+    double *const dz = bp_work + T*N*H;
+    double *const dr = bp_work + T*N*H + T*N*H;
+    double *const dah = bp_work + T*N*H + T*N*H + T*N*H;
+    double *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H;
+    double *const _s1 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
+    double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
+    double *const __s2_pa_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
+    double *const __s2_pb_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T;
+    double *const __s2_part = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 double bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 3; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k];
+                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
                     }
                 }
-                _s1[(t*N + n)*H + j] = bp_acc;
+                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s1[(t*N + n)*H + j] : 0) + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = ((0 == t)*h0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
+                dz[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -855,7 +943,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s2[(g*H + j)*H + k] = 0;
+                _s1[(g*H + j)*H + k] = 0;
             }
         }
     }
@@ -866,30 +954,87 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s2[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
     }
-    /* sum over t, n */
-    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s3[(g*H + j)*H + k] = 0;
+    /* sum over n, t */
+    if (bp_gru_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s2[(g*H + j)*H + k] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (3*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t t = 1; t < T; ++t) {
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (3*(H*H)*T*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const __s2_pa = __s2_pa_slots + bp_t*(3*H*T);
+            double *const __s2_pb = __s2_pb_slots + bp_t*(T*H);
+            double *const bp_part = __s2_part + bp_t*(3*(H*H));
+            memset(bp_part, 0, sizeof(*bp_part)*(3*(H*H)));
+            BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s3[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                /* pack dah[t, n, g, j] as a g j x t matrix */
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
+                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s2_pa[(g*H + j)*T + t] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s2_pa[(g*H + j)*T + t] = dah[((t*N + n)*3 + g)*H + j];
+                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s2_pa[(g*H + j)*T + t] = 0;
+                        }
+                    }
+                }
+                /* pack h[t - 1, n, k] as a t x k matrix */
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    {
+                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
+                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s2_pb[t*H + k] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s2_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
+                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s2_pb[t*H + k] = 0;
+                    }
+                }
+                bp_gru_gemm_f64(101, 111, 111, 3*H, H, T, 1, __s2_pa, T, __s2_pb, H, 1, bp_part, H);
+            }
+        }
+        BP_OMP(parallel for simd if (3*(H*H) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < 3*(H*H); ++bp_e) {
+            double bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s2_part[bp_s*(3*(H*H)) + bp_e];
+            _s2[bp_e] += bp_sum;
+        }
+    } else {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s2[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t t = 1; t < T; ++t) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            _s2[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                        }
                     }
                 }
             }
@@ -897,11 +1042,11 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j]) */
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s2[(g*H + j)*H + k] + _s3[(g*H + j)*H + k];
+                dW_hh[(g*H + j)*H + k] = _s1[(g*H + j)*H + k] + _s2[(g*H + j)*H + k];
             }
         }
         /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */

@@ -53,9 +53,15 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
                               double *c, ptrdiff_t ldc);
 #endif
 
-/* Matrix products (ai in forward; dx, dW_ih in backward) call these when set; NULL (the
+/* Matrix products (ai in forward; dx, dW_ih, _s2 in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_gru_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
+
+/* 1: the convolutions call the GEMM from each of their OpenMP threads at once, every
+ * thread on its own part of the product (beta = 0 overwrites C, as in BLAS).  Pass a GEMM
+ * that is safe to call concurrently and runs on one thread (OpenBLAS: set its threads to
+ * 1 around these calls); a threaded one would compete with the kernels' own threads. */
+int bp_gru_gemm_per_thread(void);
 /* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's
  * OpenMP threads; supply a single-threaded GEMM (the Python wrapper sets NumPy's OpenBLAS
  * to one thread during such calls). */
@@ -77,14 +83,14 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
 /* backward, float:
  *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
  *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
- *   dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+ *   dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
  *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
  *   dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
  *   dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
  *   dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
  *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
- *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j])
  *   db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
  *   db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], h[T, N, H], ah[T, N, G, H], r[T, N, H], z[T, N, H], cand[T, N, H]
@@ -108,14 +114,14 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
 /* backward, double:
  *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
  *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
- *   dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+ *   dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
  *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
  *   dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
  *   dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
  *   dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
  *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
- *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j])
  *   db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
  *   db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], h[T, N, H], ah[T, N, G, H], r[T, N, H], z[T, N, H], cand[T, N, H]

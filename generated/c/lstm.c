@@ -16,12 +16,12 @@
  * Backward pass (from the upstream gradients dh, dhn, dcn):
  *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
  *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
- *   da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+ *   da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
  *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
  *   dc0[n, j] = dc[0, n, j]*fg[0, n, j]
  *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
- *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j])
  *   db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
  *   db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
  */
@@ -75,6 +75,42 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
+/* Convolutions run as GEMMs, each thread of the team on its own part. */
+#ifdef _OPENMP
+static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
+static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
+static inline ptrdiff_t bp_procs(void) { return omp_get_num_procs(); }
+static inline int bp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline ptrdiff_t bp_thread(void) { return 0; }
+static inline ptrdiff_t bp_threads(void) { return 1; }
+static inline ptrdiff_t bp_procs(void) { return 1; }
+static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
+ * size counts them; a team never has more threads than slots (bp_team), whatever the
+ * thread count is set to between asking for the work size and calling the kernel. */
+static inline ptrdiff_t bp_slots(ptrdiff_t n)
+{
+    const ptrdiff_t p = bp_procs();
+    return p < n ? p : n;
+}
+
+static inline int bp_team(ptrdiff_t slots)
+{
+    const int t = bp_max_threads();
+    return t < slots ? t : (int)slots;
+}
+
+/* Where part t of nt of 0..n-1 starts: near t n / nt, on a multiple of 16 (whole vectors
+ * and cache lines per part); part nt starts at n. */
+static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
+{
+    const ptrdiff_t at = (n * t / nt + 8) / 16 * 16;
+    return t >= nt || at > n ? n : at;
+}
+
 /* The GEMM the caller supplied with bp_lstm_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_lstm_gemm_f32;
@@ -87,6 +123,11 @@ void bp_lstm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
 {
     bp_lstm_gemm_f32 = sgemm;
     bp_lstm_gemm_f64 = dgemm;
+}
+
+int bp_lstm_gemm_per_thread(void)
+{
+    return 1;
 }
 
 int bp_lstm_gemm_blocks(void)
@@ -111,7 +152,7 @@ size_t bp_lstm_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)4*(size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)bp_slots(N)*(size_t)4*(size_t)H*(size_t)T + (size_t)bp_slots(N)*(size_t)T*(size_t)H + (size_t)bp_slots(N)*(size_t)4*(size_t)H*(size_t)H;
 }
 
 void bp_lstm_set_threads(int threads)
@@ -259,7 +300,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     float bp_acc = 0;
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
                     }
                     _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
                 }
@@ -306,7 +347,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                c[(t*N + n)*H + j] = ((0 == t)*c0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
+                c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -337,31 +378,26 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     (void)b_ih;
     (void)b_hh;
     float *const dh_total = bp_work + 0;
-    float *const _s3 = bp_work + T*N*H;
-    float *const dc = bp_work + T*N*H + T*N*H;
-    float *const da = bp_work + T*N*H + T*N*H + T*N*H;
-    float *const _s4 = bp_work + T*N*H + T*N*H + T*N*H + T*N*4*H;
-    float *const _s5 = bp_work + T*N*H + T*N*H + T*N*H + T*N*4*H + 4*H*H;
+    float *const dc = bp_work + T*N*H;
+    float *const da = bp_work + T*N*H + T*N*H;
+    float *const _s3 = bp_work + T*N*H + T*N*H + T*N*4*H;
+    float *const _s4 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H;
+    float *const __s4_pa_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
+    float *const __s4_pb_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T;
+    float *const __s4_part = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 float bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 4; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k];
+                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
                     }
                 }
-                _s3[(t*N + n)*H + j] = bp_acc;
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -376,7 +412,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*((0 == t)*c0[n*H + j]*dc[(0*N + n)*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j]*dc[(t*N + n)*H + j] : 0))*(1 == g)*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
+                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
                 }
             }
         }
@@ -493,7 +529,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s4[(g*H + j)*H + k] = 0;
+                _s3[(g*H + j)*H + k] = 0;
             }
         }
     }
@@ -504,30 +540,87 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s4[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
     }
-    /* sum over t, n */
-    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s5[(g*H + j)*H + k] = 0;
+    /* sum over n, t */
+    if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s4[(g*H + j)*H + k] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (4*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t t = 1; t < T; ++t) {
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (4*(H*H)*T*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const __s4_pa = __s4_pa_slots + bp_t*(4*H*T);
+            float *const __s4_pb = __s4_pb_slots + bp_t*(T*H);
+            float *const bp_part = __s4_part + bp_t*(4*(H*H));
+            memset(bp_part, 0, sizeof(*bp_part)*(4*(H*H)));
+            BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s5[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                /* pack da[t, n, g, j] as a g j x t matrix */
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
+                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s4_pa[(g*H + j)*T + t] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s4_pa[(g*H + j)*T + t] = da[((t*N + n)*4 + g)*H + j];
+                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s4_pa[(g*H + j)*T + t] = 0;
+                        }
+                    }
+                }
+                /* pack h[t - 1, n, k] as a t x k matrix */
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    {
+                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
+                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s4_pb[t*H + k] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s4_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
+                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s4_pb[t*H + k] = 0;
+                    }
+                }
+                bp_lstm_gemm_f32(101, 111, 111, 4*H, H, T, 1, __s4_pa, T, __s4_pb, H, 1, bp_part, H);
+            }
+        }
+        BP_OMP(parallel for simd if (4*(H*H) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < 4*(H*H); ++bp_e) {
+            float bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s4_part[bp_s*(4*(H*H)) + bp_e];
+            _s4[bp_e] += bp_sum;
+        }
+    } else {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s4[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t t = 1; t < T; ++t) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            _s4[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                        }
                     }
                 }
             }
@@ -535,11 +628,11 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     }
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j]) */
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s4[(g*H + j)*H + k] + _s5[(g*H + j)*H + k];
+                dW_hh[(g*H + j)*H + k] = _s3[(g*H + j)*H + k] + _s4[(g*H + j)*H + k];
             }
         }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
@@ -625,7 +718,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     double bp_acc = 0;
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
                     }
                     _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
                 }
@@ -672,7 +765,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                c[(t*N + n)*H + j] = ((0 == t)*c0[n*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
+                c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -703,31 +796,26 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     (void)b_ih;
     (void)b_hh;
     double *const dh_total = bp_work + 0;
-    double *const _s3 = bp_work + T*N*H;
-    double *const dc = bp_work + T*N*H + T*N*H;
-    double *const da = bp_work + T*N*H + T*N*H + T*N*H;
-    double *const _s4 = bp_work + T*N*H + T*N*H + T*N*H + T*N*4*H;
-    double *const _s5 = bp_work + T*N*H + T*N*H + T*N*H + T*N*4*H + 4*H*H;
+    double *const dc = bp_work + T*N*H;
+    double *const da = bp_work + T*N*H + T*N*H;
+    double *const _s3 = bp_work + T*N*H + T*N*H + T*N*4*H;
+    double *const _s4 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H;
+    double *const __s4_pa_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
+    double *const __s4_pb_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T;
+    double *const __s4_part = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 double bp_acc = 0;
                 for (ptrdiff_t g = 0; g < 4; ++g) {
                     BP_OMP(simd reduction(+:bp_acc))
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k];
+                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
                     }
                 }
-                _s3[(t*N + n)*H + j] = bp_acc;
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -742,7 +830,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*((0 == t)*c0[n*H + j]*dc[(0*N + n)*H + j] + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j]*dc[(t*N + n)*H + j] : 0))*(1 == g)*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
+                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
                 }
             }
         }
@@ -859,7 +947,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s4[(g*H + j)*H + k] = 0;
+                _s3[(g*H + j)*H + k] = 0;
             }
         }
     }
@@ -870,30 +958,87 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s4[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                 }
             }
         }
     }
-    /* sum over t, n */
-    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s5[(g*H + j)*H + k] = 0;
+    /* sum over n, t */
+    if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s4[(g*H + j)*H + k] = 0;
+                }
             }
         }
-    }
-    BP_OMP(parallel for if (4*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t t = 1; t < T; ++t) {
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (4*(H*H)*T*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const __s4_pa = __s4_pa_slots + bp_t*(4*H*T);
+            double *const __s4_pb = __s4_pb_slots + bp_t*(T*H);
+            double *const bp_part = __s4_part + bp_t*(4*(H*H));
+            memset(bp_part, 0, sizeof(*bp_part)*(4*(H*H)));
+            BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
-                    BP_OMP(simd)
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s5[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                /* pack da[t, n, g, j] as a g j x t matrix */
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        {
+                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
+                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
+                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s4_pa[(g*H + j)*T + t] = 0;
+                            BP_OMP(simd)
+                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s4_pa[(g*H + j)*T + t] = da[((t*N + n)*4 + g)*H + j];
+                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s4_pa[(g*H + j)*T + t] = 0;
+                        }
+                    }
+                }
+                /* pack h[t - 1, n, k] as a t x k matrix */
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    {
+                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
+                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s4_pb[t*H + k] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s4_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
+                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s4_pb[t*H + k] = 0;
+                    }
+                }
+                bp_lstm_gemm_f64(101, 111, 111, 4*H, H, T, 1, __s4_pa, T, __s4_pb, H, 1, bp_part, H);
+            }
+        }
+        BP_OMP(parallel for simd if (4*(H*H) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < 4*(H*H); ++bp_e) {
+            double bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s4_part[bp_s*(4*(H*H)) + bp_e];
+            _s4[bp_e] += bp_sum;
+        }
+    } else {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s4[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t t = 1; t < T; ++t) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            _s4[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                        }
                     }
                 }
             }
@@ -901,11 +1046,11 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     }
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j]) */
+        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s4[(g*H + j)*H + k] + _s5[(g*H + j)*H + k];
+                dW_hh[(g*H + j)*H + k] = _s3[(g*H + j)*H + k] + _s4[(g*H + j)*H + k];
             }
         }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */

@@ -53,9 +53,15 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
                               double *c, ptrdiff_t ldc);
 #endif
 
-/* Matrix products (_s2 in forward; dx, dW_ih in backward) call these when set; NULL (the
+/* Matrix products (_s2 in forward; dx, dW_ih, _s4 in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_lstm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
+
+/* 1: the convolutions call the GEMM from each of their OpenMP threads at once, every
+ * thread on its own part of the product (beta = 0 overwrites C, as in BLAS).  Pass a GEMM
+ * that is safe to call concurrently and runs on one thread (OpenBLAS: set its threads to
+ * 1 around these calls); a threaded one would compete with the kernels' own threads. */
+int bp_lstm_gemm_per_thread(void);
 /* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's
  * OpenMP threads; supply a single-threaded GEMM (the Python wrapper sets NumPy's OpenBLAS
  * to one thread during such calls). */
@@ -79,12 +85,12 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
 /* backward, float:
  *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
  *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
- *   da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+ *   da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
  *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
  *   dc0[n, j] = dc[0, n, j]*fg[0, n, j]
  *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
- *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j])
  *   db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
  *   db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], c0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], dcn[N, H], h[T, N, H], ig[T, N, H], fg[T, N, H], gg[T, N, H], og[T, N, H], c[T, N, H]
@@ -110,12 +116,12 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
 /* backward, double:
  *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
  *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
- *   da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+ *   da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
  *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
  *   dc0[n, j] = dc[0, n, j]*fg[0, n, j]
  *   dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
- *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+ *   dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j])
  *   db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
  *   db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
  * in:  x[T, N, I], h0[N, H], c0[N, H], W_ih[G, H, I], W_hh[G, H, H], b_ih[G, H], b_hh[G, H], dh[T, N, H], dhn[N, H], dcn[N, H], h[T, N, H], ig[T, N, H], fg[T, N, H], gg[T, N, H], og[T, N, H], c[T, N, H]

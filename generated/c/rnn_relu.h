@@ -52,9 +52,15 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
                               double *c, ptrdiff_t ldc);
 #endif
 
-/* Matrix products (_s2 in forward; dx, dW_ih in backward) call these when set; NULL (the
+/* Matrix products (_s2 in forward; dx, dW_ih, _s5 in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_rnn_relu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
+
+/* 1: the convolutions call the GEMM from each of their OpenMP threads at once, every
+ * thread on its own part of the product (beta = 0 overwrites C, as in BLAS).  Pass a GEMM
+ * that is safe to call concurrently and runs on one thread (OpenBLAS: set its threads to
+ * 1 around these calls); a threaded one would compete with the kernels' own threads. */
+int bp_rnn_relu_gemm_per_thread(void);
 /* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's
  * OpenMP threads; supply a single-threaded GEMM (the Python wrapper sets NumPy's OpenBLAS
  * to one thread during such calls). */
@@ -74,7 +80,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
  *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
  *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
  *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
- *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+ *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k])
  *   db_ih[j] = sum_{t,n}(dz[t, n, j])
  *   db_hh[j] = sum_{t,n}(dz[t, n, j])
  * in:  x[T, N, I], h0[N, H], W_ih[H, I], W_hh[H, H], b_ih[H], b_hh[H], dh[T, N, H], dhn[N, H], h[T, N, H], z[T, N, H]
@@ -96,7 +102,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
  *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
  *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
  *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
- *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+ *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k])
  *   db_ih[j] = sum_{t,n}(dz[t, n, j])
  *   db_hh[j] = sum_{t,n}(dz[t, n, j])
  * in:  x[T, N, I], h0[N, H], W_ih[H, I], W_hh[H, H], b_ih[H], b_hh[H], dh[T, N, H], dhn[N, H], h[T, N, H], z[T, N, H]

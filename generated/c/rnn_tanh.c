@@ -12,7 +12,7 @@
  *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
  *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
  *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
- *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+ *   dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k])
  *   db_ih[j] = sum_{t,n}(dz[t, n, j])
  *   db_hh[j] = sum_{t,n}(dz[t, n, j])
  */
@@ -66,6 +66,42 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
+/* Convolutions run as GEMMs, each thread of the team on its own part. */
+#ifdef _OPENMP
+static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
+static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
+static inline ptrdiff_t bp_procs(void) { return omp_get_num_procs(); }
+static inline int bp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline ptrdiff_t bp_thread(void) { return 0; }
+static inline ptrdiff_t bp_threads(void) { return 1; }
+static inline ptrdiff_t bp_procs(void) { return 1; }
+static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
+ * size counts them; a team never has more threads than slots (bp_team), whatever the
+ * thread count is set to between asking for the work size and calling the kernel. */
+static inline ptrdiff_t bp_slots(ptrdiff_t n)
+{
+    const ptrdiff_t p = bp_procs();
+    return p < n ? p : n;
+}
+
+static inline int bp_team(ptrdiff_t slots)
+{
+    const int t = bp_max_threads();
+    return t < slots ? t : (int)slots;
+}
+
+/* Where part t of nt of 0..n-1 starts: near t n / nt, on a multiple of 16 (whole vectors
+ * and cache lines per part); part nt starts at n. */
+static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
+{
+    const ptrdiff_t at = (n * t / nt + 8) / 16 * 16;
+    return t >= nt || at > n ? n : at;
+}
+
 /* The GEMM the caller supplied with bp_rnn_tanh_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_rnn_tanh_gemm_f32;
@@ -78,6 +114,11 @@ void bp_rnn_tanh_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
 {
     bp_rnn_tanh_gemm_f32 = sgemm;
     bp_rnn_tanh_gemm_f64 = dgemm;
+}
+
+int bp_rnn_tanh_gemm_per_thread(void)
+{
+    return 1;
 }
 
 int bp_rnn_tanh_gemm_blocks(void)
@@ -100,7 +141,7 @@ size_t bp_rnn_tanh_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_
     (void)N;
     (void)I;
     (void)H;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H + (size_t)bp_slots(N)*(size_t)H*(size_t)T + (size_t)bp_slots(N)*(size_t)T*(size_t)H + (size_t)bp_slots(N)*(size_t)H*(size_t)H;
 }
 
 void bp_rnn_tanh_set_threads(int threads)
@@ -233,7 +274,7 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 float bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+                    bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
                 }
                 _s1[(t*N + n)*H + j] = bp_acc;
             }
@@ -272,15 +313,18 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _s3 = bp_work + T*N*H;
     float *const _s4 = bp_work + T*N*H + T*N*H;
     float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
+    float *const __s5_pa_slots = bp_work + T*N*H + T*N*H + H*H + H*H;
+    float *const __s5_pb_slots = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T;
+    float *const __s5_part = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 float bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k];
+                    bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
                 }
                 _s3[(t*N + n)*H + j] = bp_acc;
             }
@@ -289,7 +333,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j])*(1 - (h[(t*N + n)*H + j]*h[(t*N + n)*H + j]));
+                dz[(t*N + n)*H + j] = -((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*(-1 + h[(t*N + n)*H + j]*h[(t*N + n)*H + j]);
             }
         }
     }
@@ -400,27 +444,80 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     }
-    /* sum over t, n */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            _s5[j*H + k] = 0;
+    /* sum over n, t */
+    if (bp_rnn_tanh_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s5[j*H + k] = 0;
+            }
         }
-    }
-    BP_OMP(parallel for if (H*T*N*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        for (ptrdiff_t t = 1; t < T; ++t) {
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if ((H*H)*T*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            float *const __s5_pa = __s5_pa_slots + bp_t*(H*T);
+            float *const __s5_pb = __s5_pb_slots + bp_t*(T*H);
+            float *const bp_part = __s5_part + bp_t*((H*H));
+            memset(bp_part, 0, sizeof(*bp_part)*((H*H)));
+            BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
-                const float bp_acc_r0 = dz[(t*N + n)*H + j];
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                /* pack dz[t, n, j] as a j x t matrix */
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
+                        for (ptrdiff_t t = 0; t < bp_lo; ++t) __s5_pa[j*T + t] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s5_pa[j*T + t] = dz[(t*N + n)*H + j];
+                        for (ptrdiff_t t = bp_hi; t < T; ++t) __s5_pa[j*T + t] = 0;
+                    }
+                }
+                /* pack h[t - 1, n, k] as a t x k matrix */
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    {
+                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
+                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s5_pb[t*H + k] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s5_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
+                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s5_pb[t*H + k] = 0;
+                    }
+                }
+                bp_rnn_tanh_gemm_f32(101, 111, 111, H, H, T, 1, __s5_pa, T, __s5_pb, H, 1, bp_part, H);
+            }
+        }
+        BP_OMP(parallel for simd if ((H*H) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < (H*H); ++bp_e) {
+            float bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s5_part[bp_s*((H*H)) + bp_e];
+            _s5[bp_e] += bp_sum;
+        }
+    } else {
+        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s5[j*H + k] = 0;
+            }
+        }
+        BP_OMP(parallel for if (H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t t = 1; t < T; ++t) {
+                    const float bp_acc_r0 = dz[(t*N + n)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                    }
                 }
             }
         }
     }
-    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k]) */
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
@@ -496,7 +593,7 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 double bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += ((0 == t)*h0[n*H + k] + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+                    bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
                 }
                 _s1[(t*N + n)*H + j] = bp_acc;
             }
@@ -535,15 +632,18 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _s3 = bp_work + T*N*H;
     double *const _s4 = bp_work + T*N*H + T*N*H;
     double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
+    double *const __s5_pa_slots = bp_work + T*N*H + T*N*H + H*H + H*H;
+    double *const __s5_pb_slots = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T;
+    double *const __s5_part = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 double bp_acc = 0;
                 BP_OMP(simd reduction(+:bp_acc))
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k];
+                    bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
                 }
                 _s3[(t*N + n)*H + j] = bp_acc;
             }
@@ -552,7 +652,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? _s3[(t*N + n)*H + j] : 0) + dh[(t*N + n)*H + j])*(1 - (h[(t*N + n)*H + j]*h[(t*N + n)*H + j]));
+                dz[(t*N + n)*H + j] = -((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*(-1 + h[(t*N + n)*H + j]*h[(t*N + n)*H + j]);
             }
         }
     }
@@ -663,27 +763,80 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     }
-    /* sum over t, n */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            _s5[j*H + k] = 0;
+    /* sum over n, t */
+    if (bp_rnn_tanh_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s5[j*H + k] = 0;
+            }
         }
-    }
-    BP_OMP(parallel for if (H*T*N*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        for (ptrdiff_t t = 1; t < T; ++t) {
+        const ptrdiff_t bp_ns = bp_slots(N);
+        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        BP_OMP(parallel num_threads(bp_team(bp_ns)) if ((H*H)*T*N >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread();
+            if (bp_t == 0) bp_used = bp_threads();
+            double *const __s5_pa = __s5_pa_slots + bp_t*(H*T);
+            double *const __s5_pb = __s5_pb_slots + bp_t*(T*H);
+            double *const bp_part = __s5_part + bp_t*((H*H));
+            memset(bp_part, 0, sizeof(*bp_part)*((H*H)));
+            BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
-                const double bp_acc_r0 = dz[(t*N + n)*H + j];
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                /* pack dz[t, n, j] as a j x t matrix */
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
+                        for (ptrdiff_t t = 0; t < bp_lo; ++t) __s5_pa[j*T + t] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s5_pa[j*T + t] = dz[(t*N + n)*H + j];
+                        for (ptrdiff_t t = bp_hi; t < T; ++t) __s5_pa[j*T + t] = 0;
+                    }
+                }
+                /* pack h[t - 1, n, k] as a t x k matrix */
+                for (ptrdiff_t t = 0; t < T; ++t) {
+                    {
+                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
+                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s5_pb[t*H + k] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s5_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
+                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s5_pb[t*H + k] = 0;
+                    }
+                }
+                bp_rnn_tanh_gemm_f64(101, 111, 111, H, H, T, 1, __s5_pa, T, __s5_pb, H, 1, bp_part, H);
+            }
+        }
+        BP_OMP(parallel for simd if ((H*H) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < (H*H); ++bp_e) {
+            double bp_sum = 0;
+            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s5_part[bp_s*((H*H)) + bp_e];
+            _s5[bp_e] += bp_sum;
+        }
+    } else {
+        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                _s5[j*H + k] = 0;
+            }
+        }
+        BP_OMP(parallel for if (H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t j = 0; j < H; ++j) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t t = 1; t < T; ++t) {
+                    const double bp_acc_r0 = dz[(t*N + n)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                    }
                 }
             }
         }
     }
-    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k]) */
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)

@@ -15,14 +15,14 @@ Forward equations (index form; an index not on the left is summed):
 Backward pass (from the upstream gradients dh, dhn):
     dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
     dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
-    dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+    dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
     dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
     dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
     dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
     dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*dai[t, n, g, j])
     dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k])
     dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
-    dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+    dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j])
     db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
     db_hh[g, j] = sum_{t,n}(dah[t, n, g, j])
 
@@ -266,7 +266,7 @@ def forward(x, h0, W_ih, W_hh, b_ih, b_hh):
     h = jnp.zeros((T, N, H), dtype)
     for t in range(T):
         # ah[t, n, g, j] = W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j]
-        ah = ah.at[t].set(b_hh[None, :, :] + jnp.einsum('nk,gjk->ngj', _step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray(0 == t, dtype), W_hh, optimize=True))
+        ah = ah.at[t].set(b_hh[None, :, :] + jnp.einsum('nk,gjk->ngj', _step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype), W_hh, optimize=True))
         # r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j])
         r = r.at[t].set(_sigmoid(jnp.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (0, ()), (0, ((1, H),)),))) + jnp.einsum('nj->nj', _window(_step(ai, t), ((0, ((1, N),)), (0, ()), (0, ((1, H),)),)))))
         # z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j])
@@ -274,7 +274,7 @@ def forward(x, h0, W_ih, W_hh, b_ih, b_hh):
         # cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j])
         cand = cand.at[t].set(jnp.tanh(_step(r, t)*jnp.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),))) + jnp.einsum('nj->nj', _window(_step(ai, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),)))))
         # h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j]
-        h = h.at[t].set((1 - _step(z, t))*_step(cand, t) + (_step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray(0 == t, dtype))*_step(z, t))
+        h = h.at[t].set((1 - _step(z, t))*_step(cand, t) + (_step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype))*_step(z, t))
     # hn[n, j] = h[T - 1, n, j]
     hn = jnp.einsum('nj->nj', _window(h, ((T - 1, ()), (0, ((1, N),)), (0, ((1, H),)),)))
     return {
@@ -313,9 +313,9 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, ah=None, r=None,
     dah = jnp.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
         # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
-        dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + jnp.einsum('gkj,ngk->nj', W_hh, _step(dah, 1 + t), optimize=True)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh_total, 1 + t)*_step(z, 1 + t)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t))
-        # dz[t, n, j] = (h0[n, j]*[0 == t] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
-        dz = dz.at[t].set((_step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray(0 == t, dtype) - _step(cand, t))*_step(dh_total, t))
+        dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + _step(dh_total, 1 + t)*_step(z, 1 + t)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t) + (jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)*jnp.einsum('gkj,ngk->nj', W_hh, _step(dah, 1 + t), optimize=True)))
+        # dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
+        dz = dz.at[t].set((_step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype) - _step(cand, t))*_step(dh_total, t))
         # dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
         dr = dr.at[t].set((1 - _step(cand, t)**2)*(1 - _step(z, t))*_step(dh_total, t)*jnp.einsum('nj->nj', _window(_step(ah, t), ((0, ((1, N),)), (2, ()), (0, ((1, H),)),))))
         # dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g]
@@ -328,7 +328,7 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, ah=None, r=None,
     dh0 = jnp.einsum('nj->nj', _window(dh_total, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))*jnp.einsum('nj->nj', _window(z, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),))) + jnp.einsum('gkj,ngk->nj', W_hh, _window(dah, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True)
     # dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j])
     dW_ih = jnp.einsum('tni,tngj->gji', x, dai, optimize=True)
-    # dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*dah[t, n, g, j])
+    # dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j])
     dW_hh = jnp.einsum('nk,ngj->gjk', h0, _window(dah, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True) + jnp.einsum('tnk,tngj,t->gjk', _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), dah, ((1 <= jnp.arange(T)) & (jnp.arange(T) <= T - 1)).astype(dtype), optimize=True)
     # db_ih[g, j] = sum_{t,n}(dai[t, n, g, j])
     db_ih = dai.sum(axis=(0, 1))

@@ -17,12 +17,12 @@ Forward equations (index form; an index not on the left is summed):
 Backward pass (from the upstream gradients dh, dhn, dcn):
     dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
     dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
-    da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+    da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
     dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
     dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
     dc0[n, j] = dc[0, n, j]*fg[0, n, j]
     dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
-    dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+    dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j])
     db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
     db_hh[g, j] = sum_{t,n}(da[t, n, g, j])
 
@@ -273,7 +273,7 @@ def forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh):
     h = jnp.zeros((T, N, H), dtype)
     for t in range(T):
         # a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j]
-        a = a.at[t].set(b_hh[None, :, :] + b_ih[None, :, :] + jnp.einsum('nk,gjk->ngj', _step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray(0 == t, dtype), W_hh, optimize=True) + jnp.einsum('ni,gji->ngj', _step(x, t), W_ih, optimize=True))
+        a = a.at[t].set(b_hh[None, :, :] + b_ih[None, :, :] + jnp.einsum('nk,gjk->ngj', _step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype), W_hh, optimize=True) + jnp.einsum('ni,gji->ngj', _step(x, t), W_ih, optimize=True))
         # ig[t, n, j] = sigmoid(a[t, n, 0, j])
         ig = ig.at[t].set(_sigmoid(jnp.einsum('nj->nj', _window(_step(a, t), ((0, ((1, N),)), (0, ()), (0, ((1, H),)),)))))
         # fg[t, n, j] = sigmoid(a[t, n, 1, j])
@@ -283,7 +283,7 @@ def forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh):
         # og[t, n, j] = sigmoid(a[t, n, 3, j])
         og = og.at[t].set(_sigmoid(jnp.einsum('nj->nj', _window(_step(a, t), ((0, ((1, N),)), (3, ()), (0, ((1, H),)),)))))
         # c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j]
-        c = c.at[t].set((_step(c, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0*jnp.asarray(0 == t, dtype))*_step(fg, t) + _step(gg, t)*_step(ig, t))
+        c = c.at[t].set((_step(c, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype))*_step(fg, t) + _step(gg, t)*_step(ig, t))
         # h[t, n, j] = og[t, n, j] * tanh(c[t, n, j])
         h = h.at[t].set(_step(og, t)*jnp.tanh(_step(c, t)))
     # hn[n, j] = h[T - 1, n, j]
@@ -328,11 +328,11 @@ def backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, *, h=None, ig=None
     da = jnp.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
         # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
-        dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + jnp.einsum('gkj,ngk->nj', W_hh, _step(da, 1 + t), optimize=True)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t))
+        dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + _step(dh, t) + (jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)*jnp.einsum('gkj,ngk->nj', W_hh, _step(da, 1 + t), optimize=True)))
         # dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
         dc = dc.at[t].set(dcn*jnp.asarray(t == T - 1, dtype) + (1 - jnp.tanh(_step(c, t))**2)*_step(dh_total, t)*_step(og, t) + _step(dc, 1 + t)*_step(fg, 1 + t)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype))
-        # da[t, n, g, j] = (1 - fg[t, n, j])*(c0[n, j]*dc[0, n, j]*[0 == t] + c[t - 1, n, j]*dc[t, n, j]*[0 <= t - 1 <= T - 1])*fg[t, n, j]*[1 == g] + (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
-        da = da.at[t].set((1 - _step(gg, t)[:, None, :]**2)*_step(dc, t)[:, None, :]*_step(ig, t)[:, None, :]*(2 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(fg, t)[:, None, :])*(_step(c, t - 1)[:, None, :]*_step(dc, t)[:, None, :]*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0[:, None, :]*jnp.einsum('nj->nj', _window(dc, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))[:, None, :]*jnp.asarray(0 == t, dtype))*_step(fg, t)[:, None, :]*(1 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(ig, t)[:, None, :])*_step(dc, t)[:, None, :]*_step(gg, t)[:, None, :]*_step(ig, t)[:, None, :]*(0 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(og, t)[:, None, :])*_step(dh_total, t)[:, None, :]*_step(og, t)[:, None, :]*(3 == jnp.arange(G)[None, :, None]).astype(dtype)*jnp.tanh(_step(c, t)[:, None, :]))
+        # da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
+        da = da.at[t].set((1 - _step(gg, t)[:, None, :]**2)*_step(dc, t)[:, None, :]*_step(ig, t)[:, None, :]*(2 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(fg, t)[:, None, :])*(_step(c, t - 1)[:, None, :]*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0[:, None, :]*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype))*_step(dc, t)[:, None, :]*_step(fg, t)[:, None, :]*(1 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(ig, t)[:, None, :])*_step(dc, t)[:, None, :]*_step(gg, t)[:, None, :]*_step(ig, t)[:, None, :]*(0 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(og, t)[:, None, :])*_step(dh_total, t)[:, None, :]*_step(og, t)[:, None, :]*(3 == jnp.arange(G)[None, :, None]).astype(dtype)*jnp.tanh(_step(c, t)[:, None, :]))
     # dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
     dx = jnp.einsum('gji,tngj->tni', W_ih, da, optimize=True)
     # dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
@@ -341,7 +341,7 @@ def backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, *, h=None, ig=None
     dc0 = jnp.einsum('nj->nj', _window(dc, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))*jnp.einsum('nj->nj', _window(fg, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)))
     # dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j])
     dW_ih = jnp.einsum('tni,tngj->gji', x, da, optimize=True)
-    # dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{t=1..T - 1,n}(h[t - 1, n, k]*da[t, n, g, j])
+    # dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j])
     dW_hh = jnp.einsum('nk,ngj->gjk', h0, _window(da, ((0, ()), (0, ((1, N),)), (0, ((1, G),)), (0, ((1, H),)),)), optimize=True) + jnp.einsum('tnk,tngj,t->gjk', _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), da, ((1 <= jnp.arange(T)) & (jnp.arange(T) <= T - 1)).astype(dtype), optimize=True)
     # db_ih[g, j] = sum_{t,n}(da[t, n, g, j])
     db_ih = da.sum(axis=(0, 1))

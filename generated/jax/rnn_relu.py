@@ -13,7 +13,7 @@ Backward pass (from the upstream gradients dh, dhn):
     dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
     dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
     dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
-    dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+    dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k])
     db_ih[j] = sum_{t,n}(dz[t, n, j])
     db_hh[j] = sum_{t,n}(dz[t, n, j])
 
@@ -214,7 +214,7 @@ def forward(x, h0, W_ih, W_hh, b_ih, b_hh):
     h = jnp.zeros((T, N, H), dtype)
     for t in range(T):
         # z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j]
-        z = z.at[t].set(b_hh[None, :] + b_ih[None, :] + jnp.einsum('nk,jk->nj', _step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray(0 == t, dtype), W_hh, optimize=True) + jnp.einsum('ji,ni->nj', W_ih, _step(x, t), optimize=True))
+        z = z.at[t].set(b_hh[None, :] + b_ih[None, :] + jnp.einsum('nk,jk->nj', _step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype), W_hh, optimize=True) + jnp.einsum('ji,ni->nj', W_ih, _step(x, t), optimize=True))
         # h[t, n, j] = relu(z[t, n, j])
         h = h.at[t].set(jnp.maximum(_step(z, t), 0))
     # hn[n, j] = h[T - 1, n, j]
@@ -244,14 +244,14 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, z=None):
     dz = jnp.zeros((T, N, H), dtype)
     for t in reversed(range(T)):
         # dz[t, n, j] = (dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])*[z[t, n, j] > 0]
-        dz = dz.at[t].set((dhn*jnp.asarray(t == T - 1, dtype) + jnp.einsum('kj,nk->nj', W_hh, _step(dz, 1 + t), optimize=True)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t))*jnp.sign(jnp.maximum(_step(z, t), 0)))
+        dz = dz.at[t].set((dhn*jnp.asarray(t == T - 1, dtype) + _step(dh, t) + (jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)*jnp.einsum('kj,nk->nj', W_hh, _step(dz, 1 + t), optimize=True)))*jnp.sign(jnp.maximum(_step(z, t), 0)))
     # dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
     dx = jnp.einsum('ji,tnj->tni', W_ih, dz, optimize=True)
     # dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
     dh0 = jnp.einsum('jk,nj->nk', W_hh, _window(dz, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)), optimize=True)
     # dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
     dW_ih = jnp.einsum('tnj,tni->ji', dz, x, optimize=True)
-    # dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{t=1..T - 1,n}(dz[t, n, j]*h[t - 1, n, k])
+    # dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k])
     dW_hh = jnp.einsum('nk,nj->jk', h0, _window(dz, ((0, ()), (0, ((1, N),)), (0, ((1, H),)),)), optimize=True) + jnp.einsum('tnj,tnk,t->jk', dz, _window(h, ((-1, ((1, T),)), (0, ((1, N),)), (0, ((1, H),)),)), ((1 <= jnp.arange(T)) & (jnp.arange(T) <= T - 1)).astype(dtype), optimize=True)
     # db_ih[j] = sum_{t,n}(dz[t, n, j])
     db_ih = dz.sum(axis=(0, 1))
