@@ -89,6 +89,8 @@ def _strided_axis(a, axis, offset, terms):
     # a's axis `axis` replaced by one axis per (step, count) of terms, as in _window
     # (every index in range): the longest term is a strided slice, the others' positions
     # are enumerated
+    if not terms:                 # a fixed position (h[T - 1, n, j]): the axis goes
+        return jax.lax.index_in_dim(a, offset, axis, keepdims=False)
     longest = max(range(len(terms)), key=lambda t: terms[t][1])
     step, count = terms[longest]
     others = terms[:longest] + terms[longest + 1:]
