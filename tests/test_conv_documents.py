@@ -33,11 +33,11 @@ def test_a_layer_without_constants_states_none():
 
 
 def test_fractions_in_subscripts_and_bounds_are_inline():
-    """dx of a strided conv reads dy at (1 + h - 2 kh)/2: written inline, not as a \\frac
+    """dx of a strided conv reads dy at (1 + h - 2 p)/2: written inline, not as a \\frac
     a third of the text's size; the bounds' floor and ceiling too."""
     tex = document(derive(builtin("conv2d", dict(S=2, P=1, D=2))), "tex")
     dx = tex.split(r"\bar{x}_{nchk} &= ")[1].split(r"\end{align*}")[0]
-    assert r"\left(1 + h - 2 \mathrm{kh}\right)/2" in dx
+    assert r"\left(1 + h - 2 p\right)/2" in dx
     assert r"\left\lfloor \left(1 + h\right)/2 \right\rfloor" in dx
     assert r"\frac" not in dx
 

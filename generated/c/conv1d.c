@@ -168,6 +168,8 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -243,6 +245,8 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*L*O*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -302,6 +306,8 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -393,6 +399,8 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -468,6 +476,8 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*L*O*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -527,6 +537,8 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*K*Lout*O*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();

@@ -178,6 +178,8 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -266,6 +268,8 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*H*KH*KW*O*W*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -337,6 +341,8 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -444,6 +450,8 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -532,6 +540,8 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*H*KH*KW*O*W*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -603,6 +613,8 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (C*Hout*KH*KW*O*Wout*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();

@@ -558,6 +558,8 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (4*(H*H)*T*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -976,6 +978,8 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if (4*(H*H)*T*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();

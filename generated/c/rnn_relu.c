@@ -392,6 +392,8 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if ((H*H)*T*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
@@ -723,6 +725,8 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
+        (void)bp_ns;               /* (without OpenMP the team is one thread) */
+        (void)bp_used;
         BP_OMP(parallel num_threads(bp_team(bp_ns)) if ((H*H)*T*N >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread();
