@@ -141,7 +141,7 @@ def test_derivation_text_shows_the_conventions():
     assert "sign(x[n, i])" in text
     assert "[x[n, i] > 0 and y[n, i] < 1]" in text
     pool = derivation_text(derive(codegen.load("maxpool2d").layer))
-    assert "== argmax_{" in pool and "dy[n, c, hout, wout]" in pool
+    assert "== argmax_{" in pool and "dy[n, c, i, j]" in pool
 
 
 def test_latex_of_the_new_constructs():

@@ -28,7 +28,7 @@ def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
     code = _backward_c("maxpool2d")
     assert code.count("first maximal position over") == 1
     assert "maximum over" not in code
-    assert code.count("bp_acc_at = 2*_kh + _kw;") == 1
+    assert code.count("bp_acc_at = 2*_p + _q;") == 1
 
 
 @pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
