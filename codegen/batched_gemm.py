@@ -53,13 +53,19 @@ def _strides(ref, shapes):
     return {i: "*".join(dims[pos + 1:]) or "1" for pos, i in enumerate(ref.indices)}
 
 
+def _fixed(i) -> bool:
+    """A subscript that is one position for the whole product (h[T - 1, n, j], da[0, ..])."""
+    return not isinstance(i, sp.Idx) and not i.atoms(sp.Idx)
+
+
 def _block(ref, rows, cols, loops, shapes):
     """ref as a rows x cols matrix for fixed loop values, or None.  transposed: stored
     cols x rows (rows is its last axis)."""
-    held = list(ref.indices)
+    held = [i for i in ref.indices if not _fixed(i)]
     if set(held) - set(loops) != {rows, cols}:
         return None
     stride = _strides(ref, shapes)
+    fixed = [f"({sp.ccode(i)})*{stride[i]}" for i in ref.indices if _fixed(i) and i != 0]
     last = held[-1]
     if last == cols:
         transposed, ld = False, stride[rows]
@@ -67,13 +73,14 @@ def _block(ref, rows, cols, loops, shapes):
         transposed, ld = True, stride[cols]
     else:
         return None
-    offset = " + ".join(f"{i}*{stride[i]}" for i in held if i in loops)
+    offset = " + ".join(fixed + [f"{i}*{stride[i]}" for i in held if i in loops])
     return Block(ref.base.label.name, transposed, ld, offset)
 
 
-def as_batched_gemm(nest: Nest, shapes: dict) -> BatchedGemm | None:
+def as_batched_gemm(nest: Nest, shapes: dict, plain: bool = False) -> BatchedGemm | None:
     """The batched-GEMM form of a reduce nest, or None.  `shapes`: every array's
-    dimension names (targets and temporaries included)."""
+    dimension names (targets and temporaries included).  plain: one GEMM without loops is
+    a form too (codegen/gemm.py's otherwise)."""
     if nest.kind != "reduce" or nest.op != "sum" or nest.bounds or len(nest.out) < 2 \
             or nest.subs or nest.copies:
         return None
@@ -82,8 +89,9 @@ def as_batched_gemm(nest: Nest, shapes: dict) -> BatchedGemm | None:
     rest = [f for f in factors if not isinstance(f, sp.Indexed)]
     if len(arrays) != 2 or any(f.atoms(sp.Indexed) or f.atoms(sp.Idx) for f in rest):
         return None
-    if any(not all(isinstance(i, sp.Idx) for i in a.indices) or len(set(a.indices)) !=
-           len(a.indices) or a.base.label.name not in shapes for a in arrays) \
+    if any(not all(isinstance(i, sp.Idx) or _fixed(i) for i in a.indices)
+           or len(set(a.indices)) != len(a.indices) or a.base.label.name not in shapes
+           for a in arrays) \
             or nest.target not in shapes:
         return None
     out, reduced = list(nest.out), list(nest.reduced)
@@ -101,7 +109,7 @@ def as_batched_gemm(nest: Nest, shapes: dict) -> BatchedGemm | None:
     for m in ms:
         for k in ks:
             loops = [i for i in out + reduced if i not in (m, n, k)]
-            if not loops:                 # one plain GEMM: codegen/gemm.py's
+            if not loops and not plain:   # one plain GEMM: codegen/gemm.py's
                 return None
             if any(i not in A.indices and i not in B.indices for i in loops) or any(
                     not (i in A.indices and i in B.indices) for i in loops if i in reduced):

@@ -14,11 +14,13 @@ from derive.pretty import formula
 from .c_printer import KernelCPrinter, own_functions_in
 from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
+from .fused_axes import as_fused_gemm
 from .gemm import as_gemm
 from .im2col import as_im2col
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
                     inline_cheap, leaves, lower, scan_nest, split_by_residue)
 from .scan import Scan, schedule, time_dims
+from .step_views import step_gemm
 from .plan import KernelPlan, const_flag
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
@@ -37,7 +39,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         shapes[t.name] = t.dims
     windows = _windows(layer)
     lowered = lambda n: as_gemm(n) or as_im2col(n, shapes, windows) or \
-        as_batched_gemm(n, shapes)
+        _blocks(n, shapes) or any(c.step for c in n.copies)
     scalars = {n for n, d in shapes.items() if not d}
     integer = {t.name for t in layer.tensors.values() if t.values is not None}
     dims_params = ", ".join(f"ptrdiff_t {d}" for d in layer.dims) or "void"
@@ -108,7 +110,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         backward_in_doc=arrays(plan.args + plan.upstream + plan.reuses),
         backward_out_doc=arrays(plan.gradients),
         gemm_doc=gemm_doc, gemm_blocks=any(
-            as_batched_gemm(n, shapes) for n in loops.forward + loops.backward + loops.fused),
+            _blocks(n, shapes) or any(c.step for c in n.copies)
+            for n in loops.forward + loops.backward + loops.fused),
         forward_work=_size(loops.forward_temps),
         backward_work=_size(loops.backward_temps), fused=fusable(plan), inplace=inplace,
         fused_work=_size(loops.fused_temps), fused_out_doc=arrays(fused_out),
@@ -140,7 +143,7 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})
         windows = _windows(plan.layer)
         library = lambda n: as_gemm(n) or as_im2col(n, known, windows) or \
-            as_batched_gemm(n, known)
+            _blocks(n, known)
         nests = [p for n in getattr(loops, side) for p in _products_apart(n, known)]
         nests, temps = inline_cheap(nests, getattr(loops, side + "_temps"), keep=library)
         nests, loops.invariants[side] = hoist_invariants(nests)
@@ -150,13 +153,31 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
             temps += _im2col_scratch(n, g, shapes) if g else []
         shapes_now = dict(known)
         shapes_now.update({t.name: t.dims for t in temps})
-        nests = [scan_nest(x) if isinstance(x, Scan) else x for x in schedule(
+        nests = [scan_nest(_with_steps(x, shapes_now)) if isinstance(x, Scan) else x
+                 for x in schedule(
             nests, lambda n: n.target,
             lambda n: n.body.atoms(sp.Indexed) | n.init.atoms(sp.Indexed),
             shapes_now, time_dims(plan.layer))]
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
+
+
+def _blocks(n: Nest, shapes: dict):
+    """n as a loop of GEMMs on blocks, its adjacent axes merged where that makes fewer."""
+    return _fewest_loops(as_batched_gemm(n, shapes), as_fused_gemm(n, shapes))
+
+
+def _fewest_loops(*forms):
+    """The form with the fewest GEMM calls (the first of equals), None when none."""
+    forms = [f for f in forms if f is not None]
+    return min(forms, key=lambda f: len(f.loops)) if forms else None
+
+
+def _with_steps(scan: Scan, shapes: dict) -> Scan:
+    """The scan with each member's GEMM form at its step, where it has one."""
+    return dataclasses.replace(scan, items=tuple(
+        dataclasses.replace(n, step=step_gemm(n, scan.index, shapes)) for n in scan.items))
 
 
 def _slots(loop: sp.Idx) -> sp.Idx:
@@ -371,6 +392,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                 suffix=printer.suffix, gemm=_gemm_view(n, printer, target),
                 im2col=_im2col_view(n, printer, shapes, printer.windows),
                 batched=_batched_view(n, printer, shapes),
+                step=_step_view(n, printer, shapes),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="")
@@ -479,24 +501,66 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
 def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     """A contraction as a loop of GEMMs over strided blocks (codegen/batched_gemm): T
     filled with its start, then one accumulating GEMM per loop value."""
-    g = as_batched_gemm(n, shapes)
+    g = _blocks(n, shapes)
     if g is None:
         return None
     adds = n.init == sp.IndexedBase(n.target)[n.out]     # a later product: T holds its start
     fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
+    return dict(_gemm_calls(g, printer), fill=None if adds else _view(fill, printer, shapes))
+
+
+def _gemm_calls(g, printer: KernelCPrinter) -> dict:
+    """The template's view of a BatchedGemm's calls.  Blocks of T apart run on threads of
+    their own, one GEMM each (a GEMM of a block is too small to split: OpenBLAS's thread
+    handoffs cost more).  Without such blocks (one GEMM, or products summed into one
+    block) each thread of the team computes its own columns of every product (its rows,
+    when T has more rows than columns), OpenBLAS held at one thread meanwhile."""
     code = printer.index_code
     ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
-    return dict(fill=None if adds else _view(fill, printer, shapes),
-                loops=[(i.label.name, code(extent)) for i, extent in g.loops],
-                # blocks of T apart run on threads of their own, one GEMM each (a GEMM of
-                # a block is too small to split: OpenBLAS's thread handoffs cost more)
+    a, b, c = ptr(g.a), ptr(g.b), ptr(g.c)
+    m, n, k = code(g.m), code(g.n), code(g.k)
+    work = "*".join(f"({e})" for e in [m, n, k] + [code(e) for _, e in g.loops])
+    return dict(loops=[(i.label.name, code(extent)) for i, extent in g.loops],
                 pragma=f"#pragma omp parallel for collapse({g.parallel}) if ("
                        f"{'*'.join(code(e) for _, e in g.loops[:g.parallel])} > 1)"
                 if g.parallel else "",
+                team=not g.parallel, work=work,
                 trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
-                m=code(g.m), n=code(g.n), k=code(g.k), a=ptr(g.a), lda=g.a.ld,
-                b=ptr(g.b), ldb=g.b.ld, c=ptr(g.c), ldc=g.c.ld,
+                m=m, n=n, k=k, a=a, lda=g.a.ld, b=b, ldb=g.b.ld, c=c, ldc=g.c.ld,
+                b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
+                a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
+                c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({g.c.ld})",
                 alpha=printer.code(g.alpha))
+
+
+def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
+    """A scan member's GEMM at its step (codegen/step_views): the views' pointers, T's
+    slice filled with its start, the products when every guard holds."""
+    s = n.step
+    if s is None:
+        return None
+    code = printer.index_code
+    cond = lambda c: f"({code(c[1])} <= {code(c[0])} && {code(c[0])} <= {code(c[2])})"
+    ctype = CTYPES[printer.dtype]
+    views, checks = [], []
+    for v in s.views:
+        choices = [(cond(c) if c else None, f"{a} + {code(off)}" if off != 0 else a)
+                   for c, a, off in v.cases]
+        pointer = "NULL"
+        for test, at in reversed(choices):
+            pointer = at if test is None else f"{test} ? {at} : {pointer}"
+        writes = v.name == s.nest.target
+        views.append(dict(name=v.name, ctype=ctype if writes else f"const {ctype}",
+                          pointer=pointer))
+        if any(test is not None for test, _ in choices) and \
+                all(test is not None for test, _ in choices):
+            checks.append(f"{v.name} != NULL")
+    fill = dataclasses.replace(n, kind="elementwise", body=n.init, reduced=(),
+                               loops=tuple(i for i in n.loops if i not in n.reduced),
+                               init=sp.Integer(0), step=None)
+    known = {**shapes, **{v.name: v.dims for v in s.views}}
+    return dict(_gemm_calls(s.gemm, printer), views=views, fill=_view(fill, printer, known),
+                cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1")
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:

@@ -50,6 +50,7 @@ class Nest:
     # other (see split_by_residue); or a recurrence's step (kind "scan", see scan_nest)
     copies: tuple = ()
     reverse: bool = False             # a scan from its last step to its first
+    step: object = None               # a scan member's GEMM at its step (codegen/step_views)
 
     @property
     def parallel(self) -> str:

@@ -55,6 +55,43 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
+/* Convolutions and contractions of blocks run as GEMMs, each thread of the team on its
+ * own part. */
+#ifdef _OPENMP
+static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
+static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
+static inline ptrdiff_t bp_procs(void) { return omp_get_num_procs(); }
+static inline int bp_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline ptrdiff_t bp_thread(void) { return 0; }
+static inline ptrdiff_t bp_threads(void) { return 1; }
+static inline ptrdiff_t bp_procs(void) { return 1; }
+static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
+ * size counts them; a team never has more threads than slots (bp_team), whatever the
+ * thread count is set to between asking for the work size and calling the kernel. */
+static inline ptrdiff_t bp_slots(ptrdiff_t n)
+{
+    const ptrdiff_t p = bp_procs();
+    return p < n ? p : n;
+}
+
+static inline int bp_team(ptrdiff_t slots)
+{
+    const int t = bp_max_threads();
+    return t < slots ? t : (int)slots;
+}
+
+/* Where part t of nt of 0..n-1 starts: near t n / nt, on a multiple of 16 (whole vectors
+ * and cache lines per part); part nt starts at n. */
+static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
+{
+    const ptrdiff_t at = (n * t / nt + 8) / 16 * 16;
+    return t >= nt || at > n ? n : at;
+}
+
 /* The GEMM the caller supplied with bp_attention_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_attention_gemm_f32;
@@ -277,11 +314,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 111, 112, T, T, E, bp_k0, q + b*H*T*E + h*T*E, E, k + b*H*T*E + h*T*E, E, 1, s + b*H*T*T + h*T*T, T);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 111, 112, T, T, E, bp_k0, q + b_h*T*E, E, k + b_h*T*E, E, 1, s + b_h*T*T, T);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -356,11 +391,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 111, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, v + b*H*T*E + h*T*E, E, 1, ctx + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 111, 111, T, E, T, 1, a + b_h*T*T, T, v + b_h*T*E, E, 1, ctx + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -502,11 +535,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s2 + b*H*T*T + h*T*T, T);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s2 + b_h*T*T, T);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -552,11 +583,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s4 + b*H*T*T + h*T*T, T);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s4 + b_h*T*T, T);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -602,11 +631,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 112, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, dctx + b*H*T*E + h*T*E, E, 1, dv + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 112, 111, T, E, T, 1, a + b_h*T*T, T, dctx + b_h*T*E, E, 1, dv + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -648,11 +675,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 112, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, q + b*H*T*E + h*T*E, E, 1, dk + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 112, 111, T, E, T, bp_k0, ds + b_h*T*T, T, q + b_h*T*E, E, 1, dk + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -695,11 +720,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f32(101, 111, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, k + b*H*T*E + h*T*E, E, 1, dq + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f32(101, 111, 111, T, E, T, bp_k0, ds + b_h*T*T, T, k + b_h*T*E, E, 1, dq + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1138,11 +1161,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 111, 112, T, T, E, bp_k0, q + b*H*T*E + h*T*E, E, k + b*H*T*E + h*T*E, E, 1, s + b*H*T*T + h*T*T, T);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 111, 112, T, T, E, bp_k0, q + b_h*T*E, E, k + b_h*T*E, E, 1, s + b_h*T*T, T);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1217,11 +1238,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 111, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, v + b*H*T*E + h*T*E, E, 1, ctx + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 111, 111, T, E, T, 1, a + b_h*T*T, T, v + b_h*T*E, E, 1, ctx + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1363,11 +1382,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s2 + b*H*T*T + h*T*T, T);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s2 + b_h*T*T, T);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1413,11 +1430,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E, E, 1, _s4 + b*H*T*T + h*T*T, T);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s4 + b_h*T*T, T);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1463,11 +1478,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 112, 111, T, E, T, 1, a + b*H*T*T + h*T*T, T, dctx + b*H*T*E + h*T*E, E, 1, dv + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 112, 111, T, E, T, 1, a + b_h*T*T, T, dctx + b_h*T*E, E, 1, dv + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1509,11 +1522,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 112, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, q + b*H*T*E + h*T*E, E, 1, dk + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 112, 111, T, E, T, bp_k0, ds + b_h*T*T, T, q + b_h*T*E, E, 1, dk + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
@@ -1556,11 +1567,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (B*H > 1))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                bp_attention_gemm_f64(101, 111, 111, T, E, T, bp_k0, ds + b*H*T*T + h*T*T, T, k + b*H*T*E + h*T*E, E, 1, dq + b*H*T*E + h*T*E, E);
-            }
+        BP_OMP(parallel for collapse(1) if (B*H > 1))
+        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
+            bp_attention_gemm_f64(101, 111, 111, T, E, T, bp_k0, ds + b_h*T*T, T, k + b_h*T*E, E, 1, dq + b_h*T*E, E);
         }
     } else {
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))

@@ -60,7 +60,8 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
-/* Convolutions run as GEMMs, each thread of the team on its own part. */
+/* Convolutions and contractions of blocks run as GEMMs, each thread of the team on its
+ * own part. */
 #ifdef _OPENMP
 static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
 static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }

@@ -75,7 +75,8 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
-/* Convolutions run as GEMMs, each thread of the team on its own part. */
+/* Convolutions and contractions of blocks run as GEMMs, each thread of the team on its
+ * own part. */
 #ifdef _OPENMP
 static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
 static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
@@ -267,10 +268,15 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (T*3 > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                bp_gru_gemm_f32(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, ai + t*N*G*H + g*H, G*H);
+        BP_OMP(parallel if ((N*T)*(3*H)*(I) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = 3*H >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? 3*H : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, ai + bp_a, G*H);
+                else bp_gru_gemm_f32(101, 111, 112, bp_b - bp_a, 3*H, I, 1, x + bp_a*(I), I, W_ih, I, 1, ai + bp_a*(G*H), G*H);
             }
         }
     } else {
@@ -292,16 +298,43 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     }
     /* a recurrence: step by step */
     for (ptrdiff_t t = 0; t < T; ++t) {
-        BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+        if (bp_gru_gemm_f32 != NULL) {
+            const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+            float *const bp_ah_step1 = ah + G*H*N*t;
+            BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        ah[((t*N + n)*G + g)*H + j] = b_hh[g*H + j];
                     }
-                    ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                }
+            }
+            if (bp_h0_step0 != NULL) {
+                BP_OMP(parallel if ((N)*(3*H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = 3*H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? 3*H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_gru_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp_ah_step1 + bp_a, G*H);
+                        else bp_gru_gemm_f32(101, 111, 112, bp_b - bp_a, 3*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp_ah_step1 + bp_a*(G*H), G*H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        }
+                        ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                    }
                 }
             }
         }
@@ -362,17 +395,42 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const __s2_part = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                float bp_acc = 0;
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
+        if (bp_gru_gemm_f32 != NULL) {
+            const float *const bp_dah_step0 = dah + 3*H*N*(t + 1);
+            float *const bp_dh_total_step1 = dh_total + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                }
+            }
+            if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_gru_gemm_f32(101, 111, 111, N, bp_b - bp_a, 3*H, 1, bp_dah_step0, 3*H, W_hh + bp_a, H, 1, bp_dh_total_step1 + bp_a, H);
+                        else bp_gru_gemm_f32(101, 111, 111, bp_b - bp_a, H, 3*H, 1, bp_dah_step0 + bp_a*(3*H), 3*H, W_hh, H, 1, bp_dh_total_step1 + bp_a*(H), H);
                     }
                 }
-                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t g = 0; g < 3; ++g) {
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
+                        }
+                    }
+                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -424,10 +482,15 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                bp_gru_gemm_f32(101, 111, 111, N, I, H, 1, dai + t*N*3*H + g*H, 3*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+        BP_OMP(parallel if ((N*T)*(I)*(3*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f32(101, 111, 111, N*T, bp_b - bp_a, 3*H, 1, dai, 3*H, W_ih + bp_a, I, 1, dx + bp_a, I);
+                else bp_gru_gemm_f32(101, 111, 111, bp_b - bp_a, I, 3*H, 1, dai + bp_a*(3*H), 3*H, W_ih, I, 1, dx + bp_a*(I), I);
             }
         }
     } else {
@@ -456,21 +519,42 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     }
     /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        BP_OMP(simd)
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+    if (bp_gru_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+            }
         }
-    }
-    BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
+        BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= N;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f32(101, 111, 111, N, bp_b - bp_a, 3*H, 1, dah, 3*H, W_hh + bp_a, H, 1, dh0 + bp_a, H);
+                else bp_gru_gemm_f32(101, 111, 111, bp_b - bp_a, H, 3*H, 1, dah + bp_a*(3*H), 3*H, W_hh, H, 1, dh0 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+            }
+        }
+        BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t g = 0; g < 3; ++g) {
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
+                    }
                 }
             }
         }
@@ -486,10 +570,15 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (3 > 1))
-        for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                bp_gru_gemm_f32(101, 112, 111, H, I, N, 1, dai + t*N*3*H + g*H, 3*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+        BP_OMP(parallel if ((3*H)*(I)*(N*T) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= 3*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : 3*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N*T, 1, dai, 3*H, x + bp_a, I, 1, dW_ih + bp_a, I);
+                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, I, N*T, 1, dai + bp_a, 3*H, x, I, 1, dW_ih + bp_a*(I), I);
             }
         }
     } else {
@@ -518,23 +607,46 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     }
     /* sum over n */
-    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s1[(g*H + j)*H + k] = 0;
-            }
-        }
-    }
-    BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gru_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s1[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel if ((3*H)*(H)*(N) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 3*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N, 1, dah, 3*H, h0 + bp_a, H, 1, _s1 + bp_a, H);
+                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, H, N, 1, dah + bp_a, 3*H, h0, H, 1, _s1 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s1[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    }
                 }
             }
         }
@@ -689,10 +801,15 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (T*3 > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                bp_gru_gemm_f64(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, ai + t*N*G*H + g*H, G*H);
+        BP_OMP(parallel if ((N*T)*(3*H)*(I) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = 3*H >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? 3*H : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, ai + bp_a, G*H);
+                else bp_gru_gemm_f64(101, 111, 112, bp_b - bp_a, 3*H, I, 1, x + bp_a*(I), I, W_ih, I, 1, ai + bp_a*(G*H), G*H);
             }
         }
     } else {
@@ -714,16 +831,43 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     }
     /* a recurrence: step by step */
     for (ptrdiff_t t = 0; t < T; ++t) {
-        BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+        if (bp_gru_gemm_f64 != NULL) {
+            const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+            double *const bp_ah_step1 = ah + G*H*N*t;
+            BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        ah[((t*N + n)*G + g)*H + j] = b_hh[g*H + j];
                     }
-                    ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                }
+            }
+            if (bp_h0_step0 != NULL) {
+                BP_OMP(parallel if ((N)*(3*H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = 3*H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? 3*H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_gru_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp_ah_step1 + bp_a, G*H);
+                        else bp_gru_gemm_f64(101, 111, 112, bp_b - bp_a, 3*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp_ah_step1 + bp_a*(G*H), G*H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        }
+                        ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                    }
                 }
             }
         }
@@ -784,17 +928,42 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const __s2_part = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                double bp_acc = 0;
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
+        if (bp_gru_gemm_f64 != NULL) {
+            const double *const bp_dah_step0 = dah + 3*H*N*(t + 1);
+            double *const bp_dh_total_step1 = dh_total + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                }
+            }
+            if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_gru_gemm_f64(101, 111, 111, N, bp_b - bp_a, 3*H, 1, bp_dah_step0, 3*H, W_hh + bp_a, H, 1, bp_dh_total_step1 + bp_a, H);
+                        else bp_gru_gemm_f64(101, 111, 111, bp_b - bp_a, H, 3*H, 1, bp_dah_step0 + bp_a*(3*H), 3*H, W_hh, H, 1, bp_dh_total_step1 + bp_a*(H), H);
                     }
                 }
-                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t g = 0; g < 3; ++g) {
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
+                        }
+                    }
+                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -846,10 +1015,15 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                bp_gru_gemm_f64(101, 111, 111, N, I, H, 1, dai + t*N*3*H + g*H, 3*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+        BP_OMP(parallel if ((N*T)*(I)*(3*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f64(101, 111, 111, N*T, bp_b - bp_a, 3*H, 1, dai, 3*H, W_ih + bp_a, I, 1, dx + bp_a, I);
+                else bp_gru_gemm_f64(101, 111, 111, bp_b - bp_a, I, 3*H, 1, dai + bp_a*(3*H), 3*H, W_ih, I, 1, dx + bp_a*(I), I);
             }
         }
     } else {
@@ -878,21 +1052,42 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     }
     /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        BP_OMP(simd)
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+    if (bp_gru_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+            }
         }
-    }
-    BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
+        BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= N;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f64(101, 111, 111, N, bp_b - bp_a, 3*H, 1, dah, 3*H, W_hh + bp_a, H, 1, dh0 + bp_a, H);
+                else bp_gru_gemm_f64(101, 111, 111, bp_b - bp_a, H, 3*H, 1, dah + bp_a*(3*H), 3*H, W_hh, H, 1, dh0 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+            }
+        }
+        BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t g = 0; g < 3; ++g) {
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
+                    }
                 }
             }
         }
@@ -908,10 +1103,15 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (3 > 1))
-        for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                bp_gru_gemm_f64(101, 112, 111, H, I, N, 1, dai + t*N*3*H + g*H, 3*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+        BP_OMP(parallel if ((3*H)*(I)*(N*T) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= 3*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : 3*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N*T, 1, dai, 3*H, x + bp_a, I, 1, dW_ih + bp_a, I);
+                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, I, N*T, 1, dai + bp_a, 3*H, x, I, 1, dW_ih + bp_a*(I), I);
             }
         }
     } else {
@@ -940,23 +1140,46 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     }
     /* sum over n */
-    BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s1[(g*H + j)*H + k] = 0;
-            }
-        }
-    }
-    BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 3; ++g) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_gru_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s1[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel if ((3*H)*(H)*(N) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 3*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N, 1, dah, 3*H, h0 + bp_a, H, 1, _s1 + bp_a, H);
+                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, H, N, 1, dah + bp_a, 3*H, h0, H, 1, _s1 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s1[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 3; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    }
                 }
             }
         }

@@ -75,7 +75,8 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
-/* Convolutions run as GEMMs, each thread of the team on its own part. */
+/* Convolutions and contractions of blocks run as GEMMs, each thread of the team on its
+ * own part. */
 #ifdef _OPENMP
 static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
 static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
@@ -268,10 +269,15 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (T*4 > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                bp_lstm_gemm_f32(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, _s2 + t*N*4*H + g*H, 4*H);
+        BP_OMP(parallel if ((N*T)*(4*H)*(I) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = 4*H >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, _s2 + bp_a, 4*H);
+                else bp_lstm_gemm_f32(101, 111, 112, bp_b - bp_a, 4*H, I, 1, x + bp_a*(I), I, W_ih, I, 1, _s2 + bp_a*(4*H), 4*H);
             }
         }
     } else {
@@ -293,16 +299,43 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     /* a recurrence: step by step */
     for (ptrdiff_t t = 0; t < T; ++t) {
-        BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+        if (bp_lstm_gemm_f32 != NULL) {
+            const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+            float *const bp__s1_step1 = _s1 + 4*H*N*t;
+            BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s1[((t*N + n)*4 + g)*H + j] = 0;
                     }
-                    _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                }
+            }
+            if (bp_h0_step0 != NULL) {
+                BP_OMP(parallel if ((N)*(4*H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = 4*H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, 4*H);
+                        else bp_lstm_gemm_f32(101, 111, 112, bp_b - bp_a, 4*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(4*H), 4*H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        }
+                        _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                    }
                 }
             }
         }
@@ -387,17 +420,42 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     float *const __s4_part = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                float bp_acc = 0;
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
+        if (bp_lstm_gemm_f32 != NULL) {
+            const float *const bp_da_step0 = da + 4*H*N*(t + 1);
+            float *const bp_dh_total_step1 = dh_total + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                }
+            }
+            if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                BP_OMP(parallel if ((N)*(H)*(4*H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 111, N, bp_b - bp_a, 4*H, 1, bp_da_step0, 4*H, W_hh + bp_a, H, 1, bp_dh_total_step1 + bp_a, H);
+                        else bp_lstm_gemm_f32(101, 111, 111, bp_b - bp_a, H, 4*H, 1, bp_da_step0 + bp_a*(4*H), 4*H, W_hh, H, 1, bp_dh_total_step1 + bp_a*(H), H);
                     }
                 }
-                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t g = 0; g < 4; ++g) {
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
+                        }
+                    }
+                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -428,10 +486,15 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                bp_lstm_gemm_f32(101, 111, 111, N, I, H, 1, da + t*N*4*H + g*H, 4*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+        BP_OMP(parallel if ((N*T)*(I)*(4*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 111, N*T, bp_b - bp_a, 4*H, 1, da, 4*H, W_ih + bp_a, I, 1, dx + bp_a, I);
+                else bp_lstm_gemm_f32(101, 111, 111, bp_b - bp_a, I, 4*H, 1, da + bp_a*(4*H), 4*H, W_ih, I, 1, dx + bp_a*(I), I);
             }
         }
     } else {
@@ -459,23 +522,50 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             }
         }
     }
-    BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        /* dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j]) */
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dh0[n*H + k] = 0;
+    /* dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j]) */
+    if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dh0[n*H + k] = 0;
+            }
         }
-        for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc0_r0 = da[((0*N + n)*4 + g)*H + j];
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dh0[n*H + k] += bp_acc0_r0*W_hh[(g*H + j)*H + k];
+        BP_OMP(parallel if ((N)*(H)*(4*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= N;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 111, N, bp_b - bp_a, 4*H, 1, da, 4*H, W_hh + bp_a, H, 1, dh0 + bp_a, H);
+                else bp_lstm_gemm_f32(101, 111, 111, bp_b - bp_a, H, 4*H, 1, da + bp_a*(4*H), 4*H, W_hh, H, 1, dh0 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dh0[n*H + k] = 0;
+            }
+        }
+        BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t g = 0; g < 4; ++g) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + j)*H + k];
+                    }
                 }
             }
         }
-        /* dc0[n, j] = dc[0, n, j]*fg[0, n, j] */
+    }
+    /* dc0[n, j] = dc[0, n, j]*fg[0, n, j] */
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
             dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
@@ -492,10 +582,15 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (4 > 1))
-        for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                bp_lstm_gemm_f32(101, 112, 111, H, I, N, 1, da + t*N*4*H + g*H, 4*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+        BP_OMP(parallel if ((4*H)*(I)*(N*T) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= 4*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : 4*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N*T, 1, da, 4*H, x + bp_a, I, 1, dW_ih + bp_a, I);
+                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, I, N*T, 1, da + bp_a, 4*H, x, I, 1, dW_ih + bp_a*(I), I);
             }
         }
     } else {
@@ -524,23 +619,46 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     }
     /* sum over n */
-    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s3[(g*H + j)*H + k] = 0;
-            }
-        }
-    }
-    BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s3[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel if ((4*H)*(H)*(N) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 4*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N, 1, da, 4*H, h0 + bp_a, H, 1, _s3 + bp_a, H);
+                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, H, N, 1, da + bp_a, 4*H, h0, H, 1, _s3 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s3[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    }
                 }
             }
         }
@@ -688,10 +806,15 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for collapse(2) if (T*4 > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                bp_lstm_gemm_f64(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih + g*H*I, I, 1, _s2 + t*N*4*H + g*H, 4*H);
+        BP_OMP(parallel if ((N*T)*(4*H)*(I) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = 4*H >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, _s2 + bp_a, 4*H);
+                else bp_lstm_gemm_f64(101, 111, 112, bp_b - bp_a, 4*H, I, 1, x + bp_a*(I), I, W_ih, I, 1, _s2 + bp_a*(4*H), 4*H);
             }
         }
     } else {
@@ -713,16 +836,43 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     /* a recurrence: step by step */
     for (ptrdiff_t t = 0; t < T; ++t) {
-        BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+        if (bp_lstm_gemm_f64 != NULL) {
+            const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+            double *const bp__s1_step1 = _s1 + 4*H*N*t;
+            BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s1[((t*N + n)*4 + g)*H + j] = 0;
                     }
-                    _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                }
+            }
+            if (bp_h0_step0 != NULL) {
+                BP_OMP(parallel if ((N)*(4*H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = 4*H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, 4*H);
+                        else bp_lstm_gemm_f64(101, 111, 112, bp_b - bp_a, 4*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(4*H), 4*H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                        }
+                        _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                    }
                 }
             }
         }
@@ -807,17 +957,42 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     double *const __s4_part = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                double bp_acc = 0;
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
+        if (bp_lstm_gemm_f64 != NULL) {
+            const double *const bp_da_step0 = da + 4*H*N*(t + 1);
+            double *const bp_dh_total_step1 = dh_total + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                }
+            }
+            if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                BP_OMP(parallel if ((N)*(H)*(4*H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 111, N, bp_b - bp_a, 4*H, 1, bp_da_step0, 4*H, W_hh + bp_a, H, 1, bp_dh_total_step1 + bp_a, H);
+                        else bp_lstm_gemm_f64(101, 111, 111, bp_b - bp_a, H, 4*H, 1, bp_da_step0 + bp_a*(4*H), 4*H, W_hh, H, 1, bp_dh_total_step1 + bp_a*(H), H);
                     }
                 }
-                dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t g = 0; g < 4; ++g) {
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
+                        }
+                    }
+                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -848,10 +1023,15 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t g = 0; g < 4; ++g) {
-                bp_lstm_gemm_f64(101, 111, 111, N, I, H, 1, da + t*N*4*H + g*H, 4*H, W_ih + g*H*I, I, 1, dx + t*N*I, I);
+        BP_OMP(parallel if ((N*T)*(I)*(4*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 111, N*T, bp_b - bp_a, 4*H, 1, da, 4*H, W_ih + bp_a, I, 1, dx + bp_a, I);
+                else bp_lstm_gemm_f64(101, 111, 111, bp_b - bp_a, I, 4*H, 1, da + bp_a*(4*H), 4*H, W_ih, I, 1, dx + bp_a*(I), I);
             }
         }
     } else {
@@ -879,23 +1059,50 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             }
         }
     }
-    BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        /* dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j]) */
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dh0[n*H + k] = 0;
+    /* dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j]) */
+    if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dh0[n*H + k] = 0;
+            }
         }
-        for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc0_r0 = da[((0*N + n)*4 + g)*H + j];
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    dh0[n*H + k] += bp_acc0_r0*W_hh[(g*H + j)*H + k];
+        BP_OMP(parallel if ((N)*(H)*(4*H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= N;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 111, N, bp_b - bp_a, 4*H, 1, da, 4*H, W_hh + bp_a, H, 1, dh0 + bp_a, H);
+                else bp_lstm_gemm_f64(101, 111, 111, bp_b - bp_a, H, 4*H, 1, da + bp_a*(4*H), 4*H, W_hh, H, 1, dh0 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < H; ++k) {
+                dh0[n*H + k] = 0;
+            }
+        }
+        BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t g = 0; g < 4; ++g) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + j)*H + k];
+                    }
                 }
             }
         }
-        /* dc0[n, j] = dc[0, n, j]*fg[0, n, j] */
+    }
+    /* dc0[n, j] = dc[0, n, j]*fg[0, n, j] */
+    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
             dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
@@ -912,10 +1119,15 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (4 > 1))
-        for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                bp_lstm_gemm_f64(101, 112, 111, H, I, N, 1, da + t*N*4*H + g*H, 4*H, x + t*N*I, I, 1, dW_ih + g*H*I, I);
+        BP_OMP(parallel if ((4*H)*(I)*(N*T) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= 4*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : 4*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N*T, 1, da, 4*H, x + bp_a, I, 1, dW_ih + bp_a, I);
+                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, I, N*T, 1, da + bp_a, 4*H, x, I, 1, dW_ih + bp_a*(I), I);
             }
         }
     } else {
@@ -944,23 +1156,46 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     }
     /* sum over n */
-    BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s3[(g*H + j)*H + k] = 0;
-            }
-        }
-    }
-    BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t g = 0; g < 4; ++g) {
-        for (ptrdiff_t n = 0; n < N; ++n) {
+    if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    _s3[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel if ((4*H)*(H)*(N) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 4*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N, 1, da, 4*H, h0 + bp_a, H, 1, _s3 + bp_a, H);
+                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, H, N, 1, da + bp_a, 4*H, h0, H, 1, _s3 + bp_a*(H), H);
+            }
+        }
+    } else {
+        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                BP_OMP(simd)
+                for (ptrdiff_t k = 0; k < H; ++k) {
+                    _s3[(g*H + j)*H + k] = 0;
+                }
+            }
+        }
+        BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t g = 0; g < 4; ++g) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    BP_OMP(simd)
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                    }
                 }
             }
         }

@@ -66,7 +66,8 @@ static inline ptrdiff_t bp_imin(ptrdiff_t a, ptrdiff_t b)
     return a < b ? a : b;
 }
 
-/* Convolutions run as GEMMs, each thread of the team on its own part. */
+/* Convolutions and contractions of blocks run as GEMMs, each thread of the team on its
+ * own part. */
 #ifdef _OPENMP
 static inline ptrdiff_t bp_thread(void) { return omp_get_thread_num(); }
 static inline ptrdiff_t bp_threads(void) { return omp_get_num_threads(); }
@@ -184,9 +185,16 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            bp_rnn_relu_gemm_f32(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih, I, 1, _s2 + t*N*H, H);
+        BP_OMP(parallel if ((N*T)*(H)*(I) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, _s2 + bp_a, H);
+                else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 1, _s2 + bp_a*(H), H);
+            }
         }
     } else {
         BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
@@ -205,15 +213,40 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     }
     /* a recurrence: step by step */
     for (ptrdiff_t t = 0; t < T; ++t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                float bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+        if (bp_rnn_relu_gemm_f32 != NULL) {
+            const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+            float *const bp__s1_step1 = _s1 + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    _s1[(t*N + n)*H + j] = 0;
                 }
-                _s1[(t*N + n)*H + j] = bp_acc;
+            }
+            if (bp_h0_step0 != NULL) {
+                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(H), H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    float bp_acc = 0;
+                    BP_OMP(simd reduction(+:bp_acc))
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+                    }
+                    _s1[(t*N + n)*H + j] = bp_acc;
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -255,15 +288,40 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const __s5_part = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                float bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
+        if (bp_rnn_relu_gemm_f32 != NULL) {
+            const float *const bp_dz_step0 = dz + H*N*(t + 1);
+            float *const bp__s3_step1 = _s3 + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    _s3[(t*N + n)*H + j] = 0;
                 }
-                _s3[(t*N + n)*H + j] = bp_acc;
+            }
+            if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 1, bp__s3_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 1, bp__s3_step1 + bp_a*(H), H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    float bp_acc = 0;
+                    BP_OMP(simd reduction(+:bp_acc))
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
+                    }
+                    _s3[(t*N + n)*H + j] = bp_acc;
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -285,9 +343,16 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            bp_rnn_relu_gemm_f32(101, 111, 111, N, I, H, 1, dz + t*N*H, H, W_ih, I, 1, dx + t*N*I, I);
+        BP_OMP(parallel if ((N*T)*(I)*(H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N*T, bp_b - bp_a, H, 1, dz, H, W_ih + bp_a, I, 1, dx + bp_a, I);
+                else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, I, H, 1, dz + bp_a*(H), H, W_ih, I, 1, dx + bp_a*(I), I);
+            }
         }
     } else {
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
@@ -339,8 +404,16 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 dW_ih[j*I + i] = 0;
             }
         }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            bp_rnn_relu_gemm_f32(101, 112, 111, H, I, N, 1, dz + t*N*H, H, x + t*N*I, I, 1, dW_ih, I);
+        BP_OMP(parallel if ((H)*(I)*(N*T) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= H;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*T, 1, dz, H, x + bp_a, I, 1, dW_ih + bp_a, I);
+                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, I, N*T, 1, dz + bp_a, H, x, I, 1, dW_ih + bp_a*(I), I);
+            }
         }
     } else {
         BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
@@ -517,9 +590,16 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            bp_rnn_relu_gemm_f64(101, 111, 112, N, H, I, 1, x + t*N*I, I, W_ih, I, 1, _s2 + t*N*H, H);
+        BP_OMP(parallel if ((N*T)*(H)*(I) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, _s2 + bp_a, H);
+                else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 1, _s2 + bp_a*(H), H);
+            }
         }
     } else {
         BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
@@ -538,15 +618,40 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     }
     /* a recurrence: step by step */
     for (ptrdiff_t t = 0; t < T; ++t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                double bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+        if (bp_rnn_relu_gemm_f64 != NULL) {
+            const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+            double *const bp__s1_step1 = _s1 + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    _s1[(t*N + n)*H + j] = 0;
                 }
-                _s1[(t*N + n)*H + j] = bp_acc;
+            }
+            if (bp_h0_step0 != NULL) {
+                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(H), H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    double bp_acc = 0;
+                    BP_OMP(simd reduction(+:bp_acc))
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+                    }
+                    _s1[(t*N + n)*H + j] = bp_acc;
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -588,15 +693,40 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const __s5_part = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                double bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
+        if (bp_rnn_relu_gemm_f64 != NULL) {
+            const double *const bp_dz_step0 = dz + H*N*(t + 1);
+            double *const bp__s3_step1 = _s3 + H*N*t;
+            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    _s3[(t*N + n)*H + j] = 0;
                 }
-                _s3[(t*N + n)*H + j] = bp_acc;
+            }
+            if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
+                {
+                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                    const int bp_by_cols = H >= N;
+                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
+                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+                    if (bp_b > bp_a) {
+                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 1, bp__s3_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 1, bp__s3_step1 + bp_a*(H), H);
+                    }
+                }
+            }
+        } else {
+            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    double bp_acc = 0;
+                    BP_OMP(simd reduction(+:bp_acc))
+                    for (ptrdiff_t k = 0; k < H; ++k) {
+                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
+                    }
+                    _s3[(t*N + n)*H + j] = bp_acc;
+                }
             }
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -618,9 +748,16 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for collapse(1) if (T > 1))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            bp_rnn_relu_gemm_f64(101, 111, 111, N, I, H, 1, dz + t*N*H, H, W_ih, I, 1, dx + t*N*I, I);
+        BP_OMP(parallel if ((N*T)*(I)*(H) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= N*T;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N*T, bp_b - bp_a, H, 1, dz, H, W_ih + bp_a, I, 1, dx + bp_a, I);
+                else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, I, H, 1, dz + bp_a*(H), H, W_ih, I, 1, dx + bp_a*(I), I);
+            }
         }
     } else {
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
@@ -672,8 +809,16 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 dW_ih[j*I + i] = 0;
             }
         }
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            bp_rnn_relu_gemm_f64(101, 112, 111, H, I, N, 1, dz + t*N*H, H, x + t*N*I, I, 1, dW_ih, I);
+        BP_OMP(parallel if ((H)*(I)*(N*T) >= BP_PARALLEL_MIN))
+        {
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = I >= H;
+            const ptrdiff_t bp_extent = bp_by_cols ? I : H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*T, 1, dz, H, x + bp_a, I, 1, dW_ih + bp_a, I);
+                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, I, N*T, 1, dz + bp_a, H, x, I, 1, dW_ih + bp_a*(I), I);
+            }
         }
     } else {
         BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
