@@ -4,6 +4,7 @@ specs against finite differences of their own emitted forward; spec errors and b
 import re
 
 import numpy as np
+import sympy as sp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -264,3 +265,65 @@ def test_a_recurrence_in_one_equation_equals_torch(backend):
     (torch.stack(hs) * torch.tensor(dh)).sum().backward()
     for n, leaf in leaves.items():
         np.testing.assert_allclose(grads["d" + n], leaf.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _lowered(layer):
+    from codegen.c_backend import lower_for_c
+    from codegen.plan import plan
+    lay = builtin(layer)
+    shapes = {t.name: t.dims for t in lay.tensors.values()}
+    shapes.update({"d" + t.name: t.dims for t in lay.tensors.values()})
+    loops = lower_for_c(plan(derive(lay)), shapes)
+    for t in loops.forward_temps + loops.backward_temps:
+        shapes[t.name] = t.dims
+    return loops, shapes
+
+
+def test_each_step_runs_its_products_as_one_gemm():
+    """The LSTM's C does per step only what must be done per step, as the issue's kernel
+    plan says: the recurrent product of all four gates is one GEMM on the block the step
+    points at (h0 first, h[t - 1] after), its adjoint likewise; the input projection, dx
+    and dW_ih of all steps are one GEMM each, with (t, n) and (g, j) read as one axis."""
+    from codegen.c_backend import _blocks
+    loops, shapes = _lowered("lstm")
+    for side, reads in (("forward", {"W_hh"}), ("backward", {"W_hh"})):
+        (scan,) = [n for n in getattr(loops, side) if n.kind == "scan"]
+        steps = [m.step for m in scan.copies if m.step is not None]
+        assert len(steps) == 1, side
+        (s,) = steps
+        assert s.gemm.loops == (), side                      # one GEMM, gates merged
+        assert reads <= {a.base.label.name for a in s.nest.body.atoms(sp.Indexed)}
+        if side == "forward":                                # h0 at t = 0, h[t - 1] after
+            (prev,) = [v for v in s.views if len(v.cases) == 2]
+            assert {a for _, a, _ in prev.cases} == {"h0", "h"}
+    whole = {n.target: _blocks(n, shapes) for n in loops.forward + loops.backward
+             if n.kind == "reduce"}
+    for target in ("dx", "dW_ih"):
+        assert whole[target] is not None and whole[target].loops == (), target
+    projection = [g for n, g in whole.items() if g is not None and str(g.k) == "I"]
+    assert projection and all(g.loops == () for g in projection)
+
+
+@pytest.mark.parametrize("layer", RECURRENT)
+def test_the_loops_without_a_gemm_equal_the_gemm_route(kernels, layer):
+    """Plain C callers that supply no GEMM run the loops: the same results (float64,
+    sums reassociated: 1e-12 relative)."""
+    key = (layer, "c", "float64")
+    if key not in kernels:
+        kernels[key] = codegen.load(layer, backend="c", dtype="float64")
+    k = kernels[key]
+    rng = np.random.default_rng(3)
+    a = _arrays(layer, 5, 3, 4, 7, rng)
+    ups = {"d" + t.name: rng.normal(size=(5, 3, 7) if t.dims[0] == "T" else (3, 7))
+           for t in k.layer.upstream}
+    results = {}
+    try:
+        for blas in (True, False):
+            k.use_blas(blas)
+            results[blas] = {**k.forward(**{n: a[n] for n in k.args}),
+                             **k.backward(**a, **ups)}
+    finally:
+        k.use_blas(True)
+    for name, value in results[True].items():
+        np.testing.assert_allclose(results[False][name], value, rtol=1e-12, atol=1e-12,
+                                   err_msg=name)
