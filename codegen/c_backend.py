@@ -16,7 +16,7 @@ from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm
 from .gemm import as_gemm
-from .im2col import as_im2col
+from .im2col import as_im2col as _as_packed
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
                     inline_cheap, leaves, lower, scan_nest, split_by_residue)
 from .scan import Scan, schedule, time_dims
@@ -161,6 +161,16 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
+
+
+def as_im2col(n: Nest, shapes: dict, windows=frozenset()):
+    """The packed-operand GEMMs of a shifted read (codegen/im2col), unless the read is one
+    GEMM as it stands once its axes merge (a recurrent weight's gradient over all steps:
+    packing it per row would copy every operand for nothing)."""
+    merged = as_fused_gemm(n, shapes)
+    if merged is not None and not merged.loops:
+        return None
+    return _as_packed(n, shapes, windows)
 
 
 def _blocks(n: Nest, shapes: dict):

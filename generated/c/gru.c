@@ -126,11 +126,6 @@ void bp_gru_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_gru_gemm_f64 = dgemm;
 }
 
-int bp_gru_gemm_per_thread(void)
-{
-    return 1;
-}
-
 int bp_gru_gemm_blocks(void)
 {
     return 1;
@@ -153,7 +148,7 @@ size_t bp_gru_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)bp_slots(N)*(size_t)3*(size_t)H*(size_t)T + (size_t)bp_slots(N)*(size_t)T*(size_t)H + (size_t)bp_slots(N)*(size_t)3*(size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H;
 }
 
 void bp_gru_set_threads(int threads)
@@ -390,9 +385,6 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H;
     float *const _s1 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
     float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
-    float *const __s2_pa_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
-    float *const __s2_pb_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T;
-    float *const __s2_part = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_gru_gemm_f32 != NULL) {
@@ -662,52 +654,16 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        const ptrdiff_t bp_ns = bp_slots(N);
-        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
-        (void)bp_ns;               /* (without OpenMP the team is one thread) */
-        (void)bp_used;
-        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (3*(H*H)*T*N >= BP_PARALLEL_MIN))
+        BP_OMP(parallel if ((3*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
-            const ptrdiff_t bp_t = bp_thread();
-            if (bp_t == 0) bp_used = bp_threads();
-            float *const __s2_pa = __s2_pa_slots + bp_t*(3*H*T);
-            float *const __s2_pb = __s2_pb_slots + bp_t*(T*H);
-            float *const bp_part = __s2_part + bp_t*(3*(H*H));
-            memset(bp_part, 0, sizeof(*bp_part)*(3*(H*H)));
-            BP_OMP(for schedule(static))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                /* pack dah[t, n, g, j] as a g j x t matrix */
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
-                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s2_pa[(g*H + j)*T + t] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s2_pa[(g*H + j)*T + t] = dah[((t*N + n)*3 + g)*H + j];
-                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s2_pa[(g*H + j)*T + t] = 0;
-                        }
-                    }
-                }
-                /* pack h[t - 1, n, k] as a t x k matrix */
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    {
-                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
-                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s2_pb[t*H + k] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s2_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
-                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s2_pb[t*H + k] = 0;
-                    }
-                }
-                bp_gru_gemm_f32(101, 111, 111, 3*H, H, T, 1, __s2_pa, T, __s2_pb, H, 1, bp_part, H);
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 3*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N*(T - 1), 1, dah + (1)*(N*3*H), 3*H, h + bp_a, H, 1, _s2 + bp_a, H);
+                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dah + (1)*(N*3*H) + bp_a, 3*H, h, H, 1, _s2 + bp_a*(H), H);
             }
-        }
-        BP_OMP(parallel for simd if (3*(H*H) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < 3*(H*H); ++bp_e) {
-            float bp_sum = 0;
-            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s2_part[bp_s*(3*(H*H)) + bp_e];
-            _s2[bp_e] += bp_sum;
         }
     } else {
         BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -923,9 +879,6 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H;
     double *const _s1 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
     double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
-    double *const __s2_pa_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
-    double *const __s2_pb_slots = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T;
-    double *const __s2_part = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H + bp_slots(N)*3*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_gru_gemm_f64 != NULL) {
@@ -1195,52 +1148,16 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        const ptrdiff_t bp_ns = bp_slots(N);
-        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
-        (void)bp_ns;               /* (without OpenMP the team is one thread) */
-        (void)bp_used;
-        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (3*(H*H)*T*N >= BP_PARALLEL_MIN))
+        BP_OMP(parallel if ((3*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
-            const ptrdiff_t bp_t = bp_thread();
-            if (bp_t == 0) bp_used = bp_threads();
-            double *const __s2_pa = __s2_pa_slots + bp_t*(3*H*T);
-            double *const __s2_pb = __s2_pb_slots + bp_t*(T*H);
-            double *const bp_part = __s2_part + bp_t*(3*(H*H));
-            memset(bp_part, 0, sizeof(*bp_part)*(3*(H*H)));
-            BP_OMP(for schedule(static))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                /* pack dah[t, n, g, j] as a g j x t matrix */
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
-                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s2_pa[(g*H + j)*T + t] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s2_pa[(g*H + j)*T + t] = dah[((t*N + n)*3 + g)*H + j];
-                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s2_pa[(g*H + j)*T + t] = 0;
-                        }
-                    }
-                }
-                /* pack h[t - 1, n, k] as a t x k matrix */
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    {
-                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
-                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s2_pb[t*H + k] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s2_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
-                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s2_pb[t*H + k] = 0;
-                    }
-                }
-                bp_gru_gemm_f64(101, 111, 111, 3*H, H, T, 1, __s2_pa, T, __s2_pb, H, 1, bp_part, H);
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 3*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N*(T - 1), 1, dah + (1)*(N*3*H), 3*H, h + bp_a, H, 1, _s2 + bp_a, H);
+                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dah + (1)*(N*3*H) + bp_a, 3*H, h, H, 1, _s2 + bp_a*(H), H);
             }
-        }
-        BP_OMP(parallel for simd if (3*(H*H) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < 3*(H*H); ++bp_e) {
-            double bp_sum = 0;
-            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s2_part[bp_s*(3*(H*H)) + bp_e];
-            _s2[bp_e] += bp_sum;
         }
     } else {
         BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))

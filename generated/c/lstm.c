@@ -126,11 +126,6 @@ void bp_lstm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_lstm_gemm_f64 = dgemm;
 }
 
-int bp_lstm_gemm_per_thread(void)
-{
-    return 1;
-}
-
 int bp_lstm_gemm_blocks(void)
 {
     return 1;
@@ -153,7 +148,7 @@ size_t bp_lstm_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)bp_slots(N)*(size_t)4*(size_t)H*(size_t)T + (size_t)bp_slots(N)*(size_t)T*(size_t)H + (size_t)bp_slots(N)*(size_t)4*(size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)4*(size_t)H*(size_t)H;
 }
 
 void bp_lstm_set_threads(int threads)
@@ -415,9 +410,6 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     float *const da = bp_work + T*N*H + T*N*H;
     float *const _s3 = bp_work + T*N*H + T*N*H + T*N*4*H;
     float *const _s4 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H;
-    float *const __s4_pa_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
-    float *const __s4_pb_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T;
-    float *const __s4_part = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_lstm_gemm_f32 != NULL) {
@@ -674,52 +666,16 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        const ptrdiff_t bp_ns = bp_slots(N);
-        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
-        (void)bp_ns;               /* (without OpenMP the team is one thread) */
-        (void)bp_used;
-        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (4*(H*H)*T*N >= BP_PARALLEL_MIN))
+        BP_OMP(parallel if ((4*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
-            const ptrdiff_t bp_t = bp_thread();
-            if (bp_t == 0) bp_used = bp_threads();
-            float *const __s4_pa = __s4_pa_slots + bp_t*(4*H*T);
-            float *const __s4_pb = __s4_pb_slots + bp_t*(T*H);
-            float *const bp_part = __s4_part + bp_t*(4*(H*H));
-            memset(bp_part, 0, sizeof(*bp_part)*(4*(H*H)));
-            BP_OMP(for schedule(static))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                /* pack da[t, n, g, j] as a g j x t matrix */
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
-                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s4_pa[(g*H + j)*T + t] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s4_pa[(g*H + j)*T + t] = da[((t*N + n)*4 + g)*H + j];
-                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s4_pa[(g*H + j)*T + t] = 0;
-                        }
-                    }
-                }
-                /* pack h[t - 1, n, k] as a t x k matrix */
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    {
-                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
-                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s4_pb[t*H + k] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s4_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
-                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s4_pb[t*H + k] = 0;
-                    }
-                }
-                bp_lstm_gemm_f32(101, 111, 111, 4*H, H, T, 1, __s4_pa, T, __s4_pb, H, 1, bp_part, H);
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 4*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N*(T - 1), 1, da + (1)*(N*4*H), 4*H, h + bp_a, H, 1, _s4 + bp_a, H);
+                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, da + (1)*(N*4*H) + bp_a, 4*H, h, H, 1, _s4 + bp_a*(H), H);
             }
-        }
-        BP_OMP(parallel for simd if (4*(H*H) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < 4*(H*H); ++bp_e) {
-            float bp_sum = 0;
-            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s4_part[bp_s*(4*(H*H)) + bp_e];
-            _s4[bp_e] += bp_sum;
         }
     } else {
         BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -952,9 +908,6 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     double *const da = bp_work + T*N*H + T*N*H;
     double *const _s3 = bp_work + T*N*H + T*N*H + T*N*4*H;
     double *const _s4 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H;
-    double *const __s4_pa_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
-    double *const __s4_pb_slots = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T;
-    double *const __s4_part = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H + bp_slots(N)*4*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_lstm_gemm_f64 != NULL) {
@@ -1211,52 +1164,16 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        const ptrdiff_t bp_ns = bp_slots(N);
-        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
-        (void)bp_ns;               /* (without OpenMP the team is one thread) */
-        (void)bp_used;
-        BP_OMP(parallel num_threads(bp_team(bp_ns)) if (4*(H*H)*T*N >= BP_PARALLEL_MIN))
+        BP_OMP(parallel if ((4*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
-            const ptrdiff_t bp_t = bp_thread();
-            if (bp_t == 0) bp_used = bp_threads();
-            double *const __s4_pa = __s4_pa_slots + bp_t*(4*H*T);
-            double *const __s4_pb = __s4_pb_slots + bp_t*(T*H);
-            double *const bp_part = __s4_part + bp_t*(4*(H*H));
-            memset(bp_part, 0, sizeof(*bp_part)*(4*(H*H)));
-            BP_OMP(for schedule(static))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                /* pack da[t, n, g, j] as a g j x t matrix */
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
-                            for (ptrdiff_t t = 0; t < bp_lo; ++t) __s4_pa[(g*H + j)*T + t] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s4_pa[(g*H + j)*T + t] = da[((t*N + n)*4 + g)*H + j];
-                            for (ptrdiff_t t = bp_hi; t < T; ++t) __s4_pa[(g*H + j)*T + t] = 0;
-                        }
-                    }
-                }
-                /* pack h[t - 1, n, k] as a t x k matrix */
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    {
-                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
-                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s4_pb[t*H + k] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s4_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
-                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s4_pb[t*H + k] = 0;
-                    }
-                }
-                bp_lstm_gemm_f64(101, 111, 111, 4*H, H, T, 1, __s4_pa, T, __s4_pb, H, 1, bp_part, H);
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= 4*H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N*(T - 1), 1, da + (1)*(N*4*H), 4*H, h + bp_a, H, 1, _s4 + bp_a, H);
+                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, da + (1)*(N*4*H) + bp_a, 4*H, h, H, 1, _s4 + bp_a*(H), H);
             }
-        }
-        BP_OMP(parallel for simd if (4*(H*H) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < 4*(H*H); ++bp_e) {
-            double bp_sum = 0;
-            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s4_part[bp_s*(4*(H*H)) + bp_e];
-            _s4[bp_e] += bp_sum;
         }
     } else {
         BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))

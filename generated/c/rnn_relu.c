@@ -117,11 +117,6 @@ void bp_rnn_relu_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm)
     bp_rnn_relu_gemm_f64 = dgemm;
 }
 
-int bp_rnn_relu_gemm_per_thread(void)
-{
-    return 1;
-}
-
 int bp_rnn_relu_gemm_blocks(void)
 {
     return 1;
@@ -142,7 +137,7 @@ size_t bp_rnn_relu_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_
     (void)N;
     (void)I;
     (void)H;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H + (size_t)bp_slots(N)*(size_t)H*(size_t)T + (size_t)bp_slots(N)*(size_t)T*(size_t)H + (size_t)bp_slots(N)*(size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H;
 }
 
 void bp_rnn_relu_set_threads(int threads)
@@ -283,9 +278,6 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _s3 = bp_work + T*N*H;
     float *const _s4 = bp_work + T*N*H + T*N*H;
     float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
-    float *const __s5_pa_slots = bp_work + T*N*H + T*N*H + H*H + H*H;
-    float *const __s5_pb_slots = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T;
-    float *const __s5_part = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_rnn_relu_gemm_f32 != NULL) {
@@ -463,50 +455,16 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 _s5[j*H + k] = 0;
             }
         }
-        const ptrdiff_t bp_ns = bp_slots(N);
-        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
-        (void)bp_ns;               /* (without OpenMP the team is one thread) */
-        (void)bp_used;
-        BP_OMP(parallel num_threads(bp_team(bp_ns)) if ((H*H)*T*N >= BP_PARALLEL_MIN))
+        BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
-            const ptrdiff_t bp_t = bp_thread();
-            if (bp_t == 0) bp_used = bp_threads();
-            float *const __s5_pa = __s5_pa_slots + bp_t*(H*T);
-            float *const __s5_pb = __s5_pb_slots + bp_t*(T*H);
-            float *const bp_part = __s5_part + bp_t*((H*H));
-            memset(bp_part, 0, sizeof(*bp_part)*((H*H)));
-            BP_OMP(for schedule(static))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                /* pack dz[t, n, j] as a j x t matrix */
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
-                        for (ptrdiff_t t = 0; t < bp_lo; ++t) __s5_pa[j*T + t] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s5_pa[j*T + t] = dz[(t*N + n)*H + j];
-                        for (ptrdiff_t t = bp_hi; t < T; ++t) __s5_pa[j*T + t] = 0;
-                    }
-                }
-                /* pack h[t - 1, n, k] as a t x k matrix */
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    {
-                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
-                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s5_pb[t*H + k] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s5_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
-                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s5_pb[t*H + k] = 0;
-                    }
-                }
-                bp_rnn_relu_gemm_f32(101, 111, 111, H, H, T, 1, __s5_pa, T, __s5_pb, H, 1, bp_part, H);
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 1, _s5 + bp_a, H);
+                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 1, _s5 + bp_a*(H), H);
             }
-        }
-        BP_OMP(parallel for simd if ((H*H) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < (H*H); ++bp_e) {
-            float bp_sum = 0;
-            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s5_part[bp_s*((H*H)) + bp_e];
-            _s5[bp_e] += bp_sum;
         }
     } else {
         BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -688,9 +646,6 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _s3 = bp_work + T*N*H;
     double *const _s4 = bp_work + T*N*H + T*N*H;
     double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
-    double *const __s5_pa_slots = bp_work + T*N*H + T*N*H + H*H + H*H;
-    double *const __s5_pb_slots = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T;
-    double *const __s5_part = bp_work + T*N*H + T*N*H + H*H + H*H + bp_slots(N)*H*T + bp_slots(N)*T*H;
     /* a recurrence: step by step, from the last */
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_rnn_relu_gemm_f64 != NULL) {
@@ -868,50 +823,16 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 _s5[j*H + k] = 0;
             }
         }
-        const ptrdiff_t bp_ns = bp_slots(N);
-        ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
-        (void)bp_ns;               /* (without OpenMP the team is one thread) */
-        (void)bp_used;
-        BP_OMP(parallel num_threads(bp_team(bp_ns)) if ((H*H)*T*N >= BP_PARALLEL_MIN))
+        BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
-            const ptrdiff_t bp_t = bp_thread();
-            if (bp_t == 0) bp_used = bp_threads();
-            double *const __s5_pa = __s5_pa_slots + bp_t*(H*T);
-            double *const __s5_pb = __s5_pb_slots + bp_t*(T*H);
-            double *const bp_part = __s5_part + bp_t*((H*H));
-            memset(bp_part, 0, sizeof(*bp_part)*((H*H)));
-            BP_OMP(for schedule(static))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                /* pack dz[t, n, j] as a j x t matrix */
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    {
-                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, T), 0) : T;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(T - 1 + 1, T), bp_lo);
-                        for (ptrdiff_t t = 0; t < bp_lo; ++t) __s5_pa[j*T + t] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t t = bp_lo; t < bp_hi; ++t) __s5_pa[j*T + t] = dz[(t*N + n)*H + j];
-                        for (ptrdiff_t t = bp_hi; t < T; ++t) __s5_pa[j*T + t] = 0;
-                    }
-                }
-                /* pack h[t - 1, n, k] as a t x k matrix */
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    {
-                        const ptrdiff_t bp_lo = (0 <= t - 1 && t - 1 <= T - 1) ? bp_imax(bp_imin(0, H), 0) : H;
-                        const ptrdiff_t bp_hi = bp_imax(bp_imin(H - 1 + 1, H), bp_lo);
-                        for (ptrdiff_t k = 0; k < bp_lo; ++k) __s5_pb[t*H + k] = 0;
-                        BP_OMP(simd)
-                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) __s5_pb[t*H + k] = h[((t - 1)*N + n)*H + k];
-                        for (ptrdiff_t k = bp_hi; k < H; ++k) __s5_pb[t*H + k] = 0;
-                    }
-                }
-                bp_rnn_relu_gemm_f64(101, 111, 111, H, H, T, 1, __s5_pa, T, __s5_pb, H, 1, bp_part, H);
+            const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+            const int bp_by_cols = H >= H;
+            const ptrdiff_t bp_extent = bp_by_cols ? H : H;
+            const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
+            if (bp_b > bp_a) {
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 1, _s5 + bp_a, H);
+                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 1, _s5 + bp_a*(H), H);
             }
-        }
-        BP_OMP(parallel for simd if ((H*H) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < (H*H); ++bp_e) {
-            double bp_sum = 0;
-            for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += __s5_part[bp_s*((H*H)) + bp_e];
-            _s5[bp_e] += bp_sum;
         }
     } else {
         BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))

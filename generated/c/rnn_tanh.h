@@ -55,12 +55,6 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
 /* Matrix products (_s2, _s1 in forward; _s3, dx, dW_ih, _s5 in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_rnn_tanh_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
-
-/* 1: the convolutions call the GEMM from each of their OpenMP threads at once, every
- * thread on its own part of the product (beta = 0 overwrites C, as in BLAS).  Pass a GEMM
- * that is safe to call concurrently and runs on one thread (OpenBLAS: set its threads to
- * 1 around these calls); a threaded one would compete with the kernels' own threads. */
-int bp_rnn_tanh_gemm_per_thread(void);
 /* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's
  * OpenMP threads; supply a single-threaded GEMM (the Python wrapper sets NumPy's OpenBLAS
  * to one thread during such calls). */
