@@ -278,10 +278,10 @@ def _helpers(loops: LoopPlan) -> set[str]:
     return names
 
 
-def _views(nests, printer, shapes, lowered) -> list[dict]:
+def _views(nests, printer, shapes, lowered, fixed=frozenset()) -> list[dict]:
     return [_group_view(x, printer, shapes) if isinstance(x, Group) else
             hoist_row_values(_view(x, printer, shapes), printer)
-            for x in fuse(nests, alone=lowered)]
+            for x in fuse(nests, alone=lowered, fixed=fixed)]
 
 
 def pointwise(nests: list[Nest]) -> bool:
@@ -413,8 +413,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         # a recurrence: one step after the other, each step's nests parallel inside
         (t,) = n.loops
         loops = [(t.label.name, "0", str(dim_of(t)), "down" if n.reverse else "up")]
-        view.update(mode="copies", parts=[_view(c, printer, shapes, acc) for c in n.copies],
-                    loops=loops, pragma="")
+        # the step's passes over the same rows as one parallel pass (its GEMMs apart)
+        view.update(mode="copies", loops=loops, pragma="", parts=_views(
+            list(n.copies), printer, shapes, lambda m: m.step is not None, fixed={t}))
         return view
     if n.copies:
         # a gather split by residue: the copies run in turn inside the shared loops
@@ -535,6 +536,7 @@ def _gemm_calls(g, printer: KernelCPrinter) -> dict:
                        f"{'*'.join(code(e) for _, e in g.loops[:g.parallel])} > 1)"
                 if g.parallel else "",
                 team=not g.parallel, work=work,
+                by_cols="1" if m == n else f"{n} >= {m}",     # (H >= H: a C warning)
                 trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
                 m=m, n=n, k=k, a=a, lda=g.a.ld, b=b, ldb=g.b.ld, c=c, ldc=g.c.ld,
                 b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",

@@ -467,11 +467,12 @@ class Group:
     nests: tuple[Nest, ...]
 
 
-def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
+def fuse(nests: list[Nest], alone=lambda nest: False, fixed=frozenset()) -> list:
     """Nests and Groups, in order.  A nest joins the group before it when its outermost
     loop is the group's and it reads what the group wrote only in the current iteration
     (row n of an array whose first axis is the group's loop).  `alone`: nests that must
-    stay on their own (a library call)."""
+    stay on their own (a library call).  `fixed`: indices an enclosing loop holds (a
+    recurrence's t): the row is the first subscript after them (h[t, n, ..])."""
     out: list = []
     current: list[Nest] = []
 
@@ -483,7 +484,7 @@ def fuse(nests: list[Nest], alone=lambda nest: False) -> list:
         current.clear()
 
     for nest in nests:
-        if current and not alone(nest) and _joins(nest, current):
+        if current and not alone(nest) and _joins(nest, current, fixed):
             current.append(nest)
             continue
         close()
@@ -505,7 +506,13 @@ def _groupable(nest: Nest) -> bool:
     return not (nest.accumulate_in_place and nest.out[0] != nest.loops[0])
 
 
-def _joins(nest: Nest, group: list[Nest]) -> bool:
+def _row(indices, fixed):
+    """The first subscript after those an enclosing loop holds."""
+    rest = [i for k, i in enumerate(indices) if not all(j in fixed for j in indices[:k + 1])]
+    return rest[0] if rest else None
+
+
+def _joins(nest: Nest, group: list[Nest], fixed=frozenset()) -> bool:
     idx = group[0].loops[0]
     if not _groupable(nest) or nest.loops[0] != idx:
         return False
@@ -522,7 +529,8 @@ def _joins(nest: Nest, group: list[Nest]) -> bool:
             writer = written.get(ref.base.label.name)
             if writer is None:
                 continue
-            if writer.parallel != "output" or writer.out[0] != idx or ref.indices[0] != idx:
+            if writer.parallel != "output" or _row(writer.out, fixed) != idx \
+                    or _row(ref.indices, fixed) != idx:
                 return False
     return True
 

@@ -335,27 +335,20 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                r[(t*N + n)*H + j] = bp_sigmoid_f32(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                const float bp_acc0_m = bp_sigmoid_f32(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                const float bp_acc1_m = bp_sigmoid_f32(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
+                r[(t*N + n)*H + j] = bp_acc0_m;
+                z[(t*N + n)*H + j] = bp_acc1_m;
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                z[(t*N + n)*H + j] = bp_sigmoid_f32(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 cand[(t*N + n)*H + j] = bp_tanh_f32(ah[((t*N + n)*G + 2)*H + j]*r[(t*N + n)*H + j] + ai[((t*N + n)*G + 2)*H + j]);
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
@@ -425,27 +418,22 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dr[(t*N + n)*H + j] = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
-            }
-        }
         BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]; dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j] */
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const float bp_acc0_m = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
+                const float bp_acc1_m = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                dz[(t*N + n)*H + j] = bp_acc0_m;
+                dr[(t*N + n)*H + j] = bp_acc1_m;
+            }
+            /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_c0 = z[(t*N + n)*H + j] - 1;
-                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    const float bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
+                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                 }
             }
         }
@@ -829,27 +817,20 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         }
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                r[(t*N + n)*H + j] = bp_sigmoid_f64(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                const double bp_acc0_m = bp_sigmoid_f64(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                const double bp_acc1_m = bp_sigmoid_f64(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
+                r[(t*N + n)*H + j] = bp_acc0_m;
+                z[(t*N + n)*H + j] = bp_acc1_m;
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                z[(t*N + n)*H + j] = bp_sigmoid_f64(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 cand[(t*N + n)*H + j] = tanh(ah[((t*N + n)*G + 2)*H + j]*r[(t*N + n)*H + j] + ai[((t*N + n)*G + 2)*H + j]);
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
@@ -919,27 +900,22 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dr[(t*N + n)*H + j] = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
-            }
-        }
         BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]; dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j] */
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                const double bp_acc0_m = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
+                const double bp_acc1_m = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                dz[(t*N + n)*H + j] = bp_acc0_m;
+                dr[(t*N + n)*H + j] = bp_acc1_m;
+            }
+            /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_c0 = z[(t*N + n)*H + j] - 1;
-                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    const double bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
+                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                 }
             }
         }

@@ -334,52 +334,33 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
                     a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
                 }
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                ig[(t*N + n)*H + j] = bp_sigmoid_f32(a[((t*N + n)*G + 0)*H + j]);
+                const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G + 0)*H + j]);
+                const float bp_acc2_m = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
+                const float bp_acc3_m = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
+                const float bp_acc4_m = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
+                ig[(t*N + n)*H + j] = bp_acc1_m;
+                fg[(t*N + n)*H + j] = bp_acc2_m;
+                gg[(t*N + n)*H + j] = bp_acc3_m;
+                og[(t*N + n)*H + j] = bp_acc4_m;
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                fg[(t*N + n)*H + j] = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                gg[(t*N + n)*H + j] = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                og[(t*N + n)*H + j] = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* h[t, n, j] = og[t, n, j] * tanh(c[t, n, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 h[(t*N + n)*H + j] = bp_tanh_f32(c[(t*N + n)*H + j])*og[(t*N + n)*H + j];
@@ -450,15 +431,14 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (bp_tanh_f32(c[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])));
             }
-        }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -832,52 +812,33 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
                     a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
                 }
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                ig[(t*N + n)*H + j] = bp_sigmoid_f64(a[((t*N + n)*G + 0)*H + j]);
+                const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G + 0)*H + j]);
+                const double bp_acc2_m = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
+                const double bp_acc3_m = tanh(a[((t*N + n)*G + 2)*H + j]);
+                const double bp_acc4_m = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
+                ig[(t*N + n)*H + j] = bp_acc1_m;
+                fg[(t*N + n)*H + j] = bp_acc2_m;
+                gg[(t*N + n)*H + j] = bp_acc3_m;
+                og[(t*N + n)*H + j] = bp_acc4_m;
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                fg[(t*N + n)*H + j] = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                gg[(t*N + n)*H + j] = tanh(a[((t*N + n)*G + 2)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                og[(t*N + n)*H + j] = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* h[t, n, j] = og[t, n, j] * tanh(c[t, n, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 h[(t*N + n)*H + j] = tanh(c[(t*N + n)*H + j])*og[(t*N + n)*H + j];
@@ -948,15 +909,14 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (tanh(c[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])));
             }
-        }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {

@@ -244,15 +244,14 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* h[t, n, j] = relu(z[t, n, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 h[(t*N + n)*H + j] = bp_relu_f32(z[(t*N + n)*H + j]);
@@ -458,7 +457,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-            const int bp_by_cols = H >= H;
+            const int bp_by_cols = 1;
             const ptrdiff_t bp_extent = bp_by_cols ? H : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
@@ -612,15 +611,14 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
+            /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* h[t, n, j] = relu(z[t, n, j]) */
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 h[(t*N + n)*H + j] = bp_relu_f64(z[(t*N + n)*H + j]);
@@ -826,7 +824,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-            const int bp_by_cols = H >= H;
+            const int bp_by_cols = 1;
             const ptrdiff_t bp_extent = bp_by_cols ? H : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
