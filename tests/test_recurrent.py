@@ -302,6 +302,9 @@ def test_each_step_runs_its_products_as_one_gemm():
         assert whole[target] is not None and whole[target].loops == (), target
     projection = [g for n, g in whole.items() if g is not None and str(g.k) == "I"]
     assert projection and all(g.loops == () for g in projection)
+    # dW_hh over the steps after the first: da[t] h[t - 1] for t >= 1, one GEMM of K = (T-1) N
+    (later,) = [n for n in loops.backward if n.kind == "reduce" and n.bounds]
+    assert whole[later.target].loops == () and str(whole[later.target].k) == "N*(T - 1)"
 
 
 @pytest.mark.parametrize("layer", RECURRENT)
