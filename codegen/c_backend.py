@@ -542,7 +542,7 @@ def _gemm_calls(g, printer: KernelCPrinter) -> dict:
                 b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
                 a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
                 c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({g.c.ld})",
-                alpha=printer.code(g.alpha))
+                alpha=printer.code(g.alpha), beta=1)
 
 
 def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
@@ -571,8 +571,12 @@ def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
                                loops=tuple(i for i in n.loops if i not in n.reduced),
                                init=sp.Integer(0), step=None)
     known = {**shapes, **{v.name: v.dims for v in s.views}}
+    # one GEMM from a start of 0 writes every element (beta = 0): the fill runs only
+    # where the product is skipped (one parallel region a step fewer)
+    overwrite = n.init == 0 and not s.gemm.loops
     return dict(_gemm_calls(s.gemm, printer), views=views, fill=_view(fill, printer, known),
-                cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1")
+                cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1",
+                beta=0 if overwrite else 1, overwrite=overwrite)
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:

@@ -297,15 +297,6 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         if (bp_lstm_gemm_f32 != NULL) {
             const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
             float *const bp__s1_step1 = _s1 + 4*H*N*t;
-            BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        _s1[((t*N + n)*4 + g)*H + j] = 0;
-                    }
-                }
-            }
             if (bp_h0_step0 != NULL) {
                 BP_OMP(parallel if ((N)*(4*H)*(H) >= BP_PARALLEL_MIN))
                 {
@@ -314,8 +305,18 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N;
                     const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
                     if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, 4*H);
-                        else bp_lstm_gemm_f32(101, 111, 112, bp_b - bp_a, 4*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(4*H), 4*H);
+                        if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 0, bp__s1_step1 + bp_a, 4*H);
+                        else bp_lstm_gemm_f32(101, 111, 112, bp_b - bp_a, 4*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 0, bp__s1_step1 + bp_a*(4*H), 4*H);
+                    }
+                }
+            } else {
+                BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t g = 0; g < 4; ++g) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            _s1[((t*N + n)*4 + g)*H + j] = 0;
+                        }
                     }
                 }
             }
@@ -775,15 +776,6 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         if (bp_lstm_gemm_f64 != NULL) {
             const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
             double *const bp__s1_step1 = _s1 + 4*H*N*t;
-            BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        _s1[((t*N + n)*4 + g)*H + j] = 0;
-                    }
-                }
-            }
             if (bp_h0_step0 != NULL) {
                 BP_OMP(parallel if ((N)*(4*H)*(H) >= BP_PARALLEL_MIN))
                 {
@@ -792,8 +784,18 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N;
                     const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
                     if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, 4*H);
-                        else bp_lstm_gemm_f64(101, 111, 112, bp_b - bp_a, 4*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(4*H), 4*H);
+                        if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 0, bp__s1_step1 + bp_a, 4*H);
+                        else bp_lstm_gemm_f64(101, 111, 112, bp_b - bp_a, 4*H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 0, bp__s1_step1 + bp_a*(4*H), 4*H);
+                    }
+                }
+            } else {
+                BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t g = 0; g < 4; ++g) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            _s1[((t*N + n)*4 + g)*H + j] = 0;
+                        }
                     }
                 }
             }

@@ -211,13 +211,6 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         if (bp_rnn_relu_gemm_f32 != NULL) {
             const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
             float *const bp__s1_step1 = _s1 + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    _s1[(t*N + n)*H + j] = 0;
-                }
-            }
             if (bp_h0_step0 != NULL) {
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
@@ -226,8 +219,16 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     const ptrdiff_t bp_extent = bp_by_cols ? H : N;
                     const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
                     if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(H), H);
+                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 0, bp__s1_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 0, bp__s1_step1 + bp_a*(H), H);
+                    }
+                }
+            } else {
+                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s1[(t*N + n)*H + j] = 0;
                     }
                 }
             }
@@ -282,13 +283,6 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         if (bp_rnn_relu_gemm_f32 != NULL) {
             const float *const bp_dz_step0 = dz + H*N*(t + 1);
             float *const bp__s3_step1 = _s3 + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    _s3[(t*N + n)*H + j] = 0;
-                }
-            }
             if ((0 <= t + 1 && t + 1 <= T - 1)) {
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
@@ -297,8 +291,16 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     const ptrdiff_t bp_extent = bp_by_cols ? H : N;
                     const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
                     if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 1, bp__s3_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 1, bp__s3_step1 + bp_a*(H), H);
+                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 0, bp__s3_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 0, bp__s3_step1 + bp_a*(H), H);
+                    }
+                }
+            } else {
+                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s3[(t*N + n)*H + j] = 0;
                     }
                 }
             }
@@ -578,13 +580,6 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         if (bp_rnn_relu_gemm_f64 != NULL) {
             const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
             double *const bp__s1_step1 = _s1 + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    _s1[(t*N + n)*H + j] = 0;
-                }
-            }
             if (bp_h0_step0 != NULL) {
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
@@ -593,8 +588,16 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     const ptrdiff_t bp_extent = bp_by_cols ? H : N;
                     const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
                     if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 1, bp__s1_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 1, bp__s1_step1 + bp_a*(H), H);
+                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 0, bp__s1_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 0, bp__s1_step1 + bp_a*(H), H);
+                    }
+                }
+            } else {
+                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s1[(t*N + n)*H + j] = 0;
                     }
                 }
             }
@@ -649,13 +652,6 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         if (bp_rnn_relu_gemm_f64 != NULL) {
             const double *const bp_dz_step0 = dz + H*N*(t + 1);
             double *const bp__s3_step1 = _s3 + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    _s3[(t*N + n)*H + j] = 0;
-                }
-            }
             if ((0 <= t + 1 && t + 1 <= T - 1)) {
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
@@ -664,8 +660,16 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     const ptrdiff_t bp_extent = bp_by_cols ? H : N;
                     const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
                     if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 1, bp__s3_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 1, bp__s3_step1 + bp_a*(H), H);
+                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 0, bp__s3_step1 + bp_a, H);
+                        else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 0, bp__s3_step1 + bp_a*(H), H);
+                    }
+                }
+            } else {
+                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        _s3[(t*N + n)*H + j] = 0;
                     }
                 }
             }
