@@ -14,6 +14,7 @@ import sympy as sp
 from .affine import (between, bounds_from, divides, extremes, is_full, proven_nonnegative,
                      solve_for)
 from .indices import dim_of, free_indices, freshen_bound
+from .same_shape import by_shape
 
 _EXPAND = dict(deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
                log=False, basic=False)
@@ -377,6 +378,7 @@ def apply_conditions(expr, conditions, layer):
     return expr, used
 
 
+@by_shape
 def tidy(expr):
     """A readable equivalent: the smallest of a few cheap rewrites, by operation count.
 

@@ -25,6 +25,7 @@ from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
 from .indices import (canonical_indices, freshen_bound, fresh, slot_letters, tidy_bound,
                       user_letters)
 from .preactivations import name_preactivations, written_out
+from .same_shape import by_shape, same_shapes
 from .spec import Condition, Equation, Layer, dim_symbol
 
 
@@ -116,6 +117,7 @@ class Derivation:
         return [adjoint_name(t.name) for t in self.layer.upstream]
 
 
+@same_shapes()     # a deep network's layers share their shapes: each derived once
 def derive(layer: Layer) -> Derivation:
     needed = _needed(layer)
     walked = name_preactivations(layer, needed)
@@ -159,7 +161,7 @@ def derive(layer: Layer) -> Derivation:
             x = walked.tensors[xname]
             if xname not in needed:
                 continue
-            local = sp.diff(rhs, x.ref(*canon[xname]))
+            local = _diff(rhs, x.ref(*canon[xname]))
             if local == 0:
                 continue
             term = seed * local
@@ -219,6 +221,9 @@ def derive(layer: Layer) -> Derivation:
                           name in gradients))
     return _name_totals(Derivation(layer, tuple(steps), tuple(contributions), walked,
                                    canon), recurrent)
+
+
+_diff = by_shape(sp.diff)
 
 
 def upstream_name(tensor: str) -> str:
