@@ -10,8 +10,9 @@ from derive.indices import dim_of, free_indices
 from derive.piecewise import linear_position
 from derive.spec import dim_symbol
 from derive.pretty import formula
+from derive.same_shape import same_shapes
 
-from .c_printer import KernelCPrinter, own_functions_in
+from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
 from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
 from .gemm import as_gemm
@@ -27,6 +28,7 @@ from .version import VERSION
 DTYPES = ("float32", "float64")
 
 
+@same_shapes()     # a deep network's layers print the same formulas renamed
 def c_sources(plan: KernelPlan) -> dict[str, str]:
     """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}"""
     layer = plan.layer
@@ -65,6 +67,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             t.name for t in layer.tensors.values() if t.outside is not None))
         printer.windows = windows
         printer.integer = integer
+        seen = {}                 # the fused kernel's nests are mostly the others' again
         dims = [f"ptrdiff_t {d}" for d in layer.dims]
 
         def params(inputs, outputs):
@@ -84,8 +87,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                     shapes, loops.invariants["backward"]),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
-            forward=_views(loops.forward, printer, shapes, lowered),
-            backward=_views(loops.backward, printer, shapes, lowered),
+            forward=_views(loops.forward, printer, shapes, lowered, seen),
+            backward=_views(loops.backward, printer, shapes, lowered, seen),
             fused_params=params(plan.args, fused_out),
             inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
             inplace=_inplace_view(loops.forward, printer) if inplace else None,
@@ -95,7 +98,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
-            fused=_views(loops.fused, printer, shapes, lowered),
+            fused=_views(loops.fused, printer, shapes, lowered, seen),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
@@ -247,10 +250,18 @@ def _helpers(loops: LoopPlan) -> set[str]:
     return names
 
 
-def _views(nests, printer, shapes, lowered) -> list[dict]:
-    return [_group_view(x, printer, shapes) if isinstance(x, Group) else
-            hoist_row_values(_view(x, printer, shapes), printer)
-            for x in fuse(nests, alone=lowered)]
+def _views(nests, printer, shapes, lowered, seen: dict) -> list[dict]:
+    """The views of nests, fused where they share a loop; `seen` holds the views of the
+    nests printed before (by this printer), as a copy of each is enough."""
+    out = []
+    for x in fuse(nests, alone=lowered):
+        if isinstance(x, Group):
+            out.append(_group_view(x, printer, shapes))
+            continue
+        if x not in seen:
+            seen[x] = hoist_row_values(_view(x, printer, shapes), printer)
+        out.append(dict(seen[x]))
+    return out
 
 
 def pointwise(nests: list[Nest]) -> bool:
@@ -361,8 +372,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     if printer.guarded(n.body):
         replacements, body = [], n.body        # no read may move out of its guard
     else:
-        replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols(f"{acc}_c"),
-                                       optimizations="basic")
+        replacements, (body,) = common_subexpressions(n.body, acc)
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)
     when = f" if ({extents} >= {parallel_min([n])})" if loops else ""

@@ -14,6 +14,7 @@ EXPAND_POW = create_expand_pow_optimization(4, base_req=lambda b: True)
 OPTIMIZATIONS = list(optims_c99) + [EXPAND_POW]
 
 from derive.affine import between, divides
+from derive.same_shape import by_shape
 
 from .dtypes import SUFFIX
 
@@ -69,9 +70,13 @@ class KernelCPrinter(C99CodePrinter):
         self.shapes = shapes
         self.scalars = scalars
         self.padded = padded          # arrays that read as 0 outside their range
+        self._printed: dict = {}
 
     def code(self, expr) -> str:
-        return self.doprint(_optimized(expr))
+        # memoized: a fused kernel prints its forward and backward formulas again
+        if expr not in self._printed:
+            self._printed[expr] = self.doprint(_optimized(expr))
+        return self._printed[expr]
 
     def offset(self, name: str, indices) -> str:
         """Row-major offset, in Horner form: ((i1*D2 + i2)*D3 + i3)."""
@@ -250,5 +255,14 @@ def _optimized(expr):
         # matching cost 0.25 s a formula (10 s of a 40-layer MLP's C)
         c99 = expr.has(sp.exp) or expr.has(sp.log) or \
             any(p.base == 2 for p in expr.atoms(sp.Pow))
+        # (not renamed from a same-shaped formula: x**2 -> x*x is an unevaluated product,
+        # which renaming would evaluate back into a power)
         _OPTIMIZED[expr] = optimize(expr, OPTIMIZATIONS if c99 else [EXPAND_POW])
     return _OPTIMIZED[expr]
+
+
+@by_shape
+def common_subexpressions(body, prefix: str):
+    """sympy.cse of one formula (its temporaries prefix_c0, prefix_c1, ...): computed
+    once per shape, as a deep network's layers print the same formulas renamed."""
+    return sp.cse([body], symbols=sp.numbered_symbols(f"{prefix}_c"), optimizations="basic")

@@ -161,14 +161,9 @@ def derive(layer: Layer) -> Derivation:
             x = walked.tensors[xname]
             if xname not in needed:
                 continue
-            local = _diff(rhs, x.ref(*canon[xname]))
-            if local == 0:
+            term = _local_term(seed, rhs, x.ref(*canon[xname]), y.ref(*lhs), tuple(lhs))
+            if term == 0:
                 continue
-            term = seed * local
-            if lhs:
-                term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
-            term = contract(term)
-            term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
             term = written_out(term, walked, layer)
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
@@ -223,7 +218,19 @@ def derive(layer: Layer) -> Derivation:
                                    canon), recurrent)
 
 
-_diff = by_shape(sp.diff)
+@by_shape
+def _local_term(seed, rhs, x, y, lhs):
+    """The chain rule's term of one read x of y[lhs] = rhs: sum over lhs of
+    seed * d rhs / dx, contracted, with y written where rhs appears (0 where rhs does
+    not depend on x)."""
+    local = sp.diff(rhs, x)
+    if local == 0:
+        return local
+    term = seed * local
+    if lhs:
+        term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
+    return fold(contract(term), rhs,
+                lambda m: y.base[tuple(m[l] for l in lhs)] if lhs else y)
 
 
 def upstream_name(tensor: str) -> str:
