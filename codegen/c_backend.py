@@ -21,6 +21,7 @@ from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants
                     inline_cheap, leaves, lower, scan_nest, split_by_residue)
 from .scan import Scan, schedule, time_dims
 from .plan import KernelPlan, const_flag
+from .view_shapes import view_by_shape
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
 from .version import VERSION
@@ -259,7 +260,8 @@ def _views(nests, printer, shapes, lowered, seen: dict) -> list[dict]:
             out.append(_group_view(x, printer, shapes))
             continue
         if x not in seen:
-            seen[x] = hoist_row_values(_view(x, printer, shapes), printer)
+            seen[x] = view_by_shape(x, printer, shapes, lambda n: hoist_row_values(
+                _view(n, printer, shapes), printer))
         out.append(dict(seen[x]))
     return out
 

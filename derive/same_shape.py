@@ -37,15 +37,20 @@ def same_shapes():
         _caches.reset(token)
 
 
+def cache_for(owner) -> dict | None:
+    """The cache of `owner` (a function, a module) inside `same_shapes()`; None outside."""
+    caches = _caches.get()
+    return None if caches is None else caches.setdefault(owner, {})
+
+
 def by_shape(f):
     """f(*args), computed once per shape of its arguments inside `same_shapes()` and
     renamed for arguments of the same shape (outside it, f itself)."""
     @functools.wraps(f)
     def wrapper(*args):
-        caches = _caches.get()
-        if caches is None:
+        cache = cache_for(f)
+        if cache is None:
             return f(*args)
-        cache = caches.setdefault(f, {})
         key, symbols = shape(args)
         hit = cache.get(key)
         if hit is None:
