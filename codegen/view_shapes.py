@@ -19,7 +19,8 @@ from derive.same_shape import cache_for, shape
 
 from .loops import Nest
 
-_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+# a whole identifier: not the F of 1.0F, nor the e of 1e-5
+_IDENTIFIER = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 
 
 def view_by_shape(n: Nest, printer, shapes: dict, make) -> dict:

@@ -88,4 +88,7 @@ def test_a_name_inside_a_longer_identifier_is_not_renamed():
     assert view_shapes._renamed({"value": "z3[n*D3 + i]", "nest": None}, names, pattern) \
         == {"value": "z4[n*D4 + i]", "nest": None}
     assert view_shapes._renamed({"value": "_z3_part[0]"}, names, pattern) is None
+    literals = {"F": "G", "e": "f"}                  # dimensions named like a suffix
+    assert view_shapes._renamed({"v": "1.0F*e[0] + 1e-5F"}, literals,
+                                view_shapes._pattern(literals)) == {"v": "1.0F*f[0] + 1e-5F"}
     assert view_shapes._renamed({"g": object()}, names, pattern) is None
