@@ -129,6 +129,7 @@ def measure(name: str, repeat: int, child: str = CHILD, parts: list | None = Non
 
 def print_network(repeat: int):
     parts = []
+    load = os.getloadavg()[0]
     _, times = measure(MLP40, repeat, NETWORK_CHILD, parts)
     med = statistics.median(times)
     print(f"{'mlp40 (network)':<24}{med:>10.3f}{min(times):>9.3f}..{max(times):<7.3f}   "
@@ -138,6 +139,8 @@ def print_network(repeat: int):
         f"{k} {statistics.median(p[k] for p in parts):.3f} s"
         for k in ("compose", "derive+plan", "sources", "cpu")) +
         " (cpu: this process's CPU time, apart from waiting for a shared core)")
+    print(f"  load average (1 min) {load:.2f} before, {os.getloadavg()[0]:.2f} after, on "
+          f"{os.cpu_count()} cores")
 
 
 def main():

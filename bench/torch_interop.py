@@ -60,6 +60,7 @@ def overhead(repeat: int) -> dict:
         c.forward(**arrays)
         c.backward(**arrays, dz=dz.numpy())
 
+    entry_forward, entry_train = _entry_points(module, x.detach(), dz)
     nothing = lambda: None                                       # noqa: E731
     c.set_threads(1)             # one thread: its CPU time is the whole cost of a call
     threads = torch.get_num_threads()
@@ -72,16 +73,81 @@ def overhead(repeat: int) -> dict:
             "c_forward_backward": (nothing, c_train),
             "module_forward_backward": (nothing, train(module)),
             "linear_forward_backward": (nothing, train(linear)),
+            "entry_forward": (nothing, _times(ENTRY_CALLS, entry_forward)),
+            "entry_forward_backward": (nothing, _times(ENTRY_CALLS, entry_train)),
+            "empty_function_forward_backward": (nothing, train(_identity_function().apply)),
         }, repeat, clock=time.thread_time)
     finally:
         c.set_threads(os.cpu_count() or 1)
         torch.set_num_threads(threads)
+    for k in ("entry_forward", "entry_forward_backward"):
+        times[k] /= ENTRY_CALLS
     return dict(times, rounds=rounds,
+                forward_over_entry=times["module_forward"] - times["entry_forward"],
+                train_over_entry=times["module_forward_backward"]
+                - times["entry_forward_backward"],
                 forward_overhead=times["module_forward"] - times["c_forward"],
                 train_overhead=times["module_forward_backward"] - times["c_forward_backward"],
                 forward_vs_linear=times["module_forward"] / times["linear_forward"],
                 train_vs_linear=times["module_forward_backward"]
                 / times["linear_forward_backward"])
+
+
+# the entry points take about a microsecond, near the clock's own cost: timed in runs
+ENTRY_CALLS = 20
+
+
+def _times(n: int, call):
+    def run():
+        for _ in range(n):
+            call()
+    return run
+
+
+def _entry_points(module, x, dz):
+    """Forward, and forward then backward, of the module's C entry points called with
+    pointers made once (no checks, no allocation): the kernel's own cost, the floor of
+    any route into it."""
+    import torch
+
+    k = module.kernels
+    ffi, ctype = k.c_types()
+    args = [x, module.W.detach(), module.b.detach()]
+    plan = module.calls.plan(args)
+    ptr = lambda t: ffi.cast(f"{ctype} *", t.data_ptr())        # noqa: E731
+    out = [torch.empty(s) for s in plan.returns]
+    grads = [torch.empty(s) for s in plan.gradients]
+    work = torch.empty(max(plan.forward_work, plan.backward_work, 1))
+    forward, _ = k.entry_point("forward")
+    backward, _ = k.entry_point("backward")
+    fwd_args = (*plan.dims, *map(ptr, args), *map(ptr, out), ptr(work))
+    bwd_args = (*plan.dims, *map(ptr, args), ptr(dz), *map(ptr, grads), ptr(work))
+
+    def run():
+        forward(*fwd_args)
+        return out, work                # (the pointers keep no tensor alive: these do)
+
+    def train():
+        run()
+        backward(*bwd_args)
+        return grads
+    return run, train
+
+
+def _identity_function():
+    """An autograd.Function that does nothing (a copy forward, the gradient back): the
+    least a Python-defined layer pays torch per training call."""
+    import torch
+
+    class Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+    return Identity
 
 
 def peers(width: int) -> dict:
@@ -145,6 +211,11 @@ def main(argv=None) -> None:
               f"{o[ratio]:13.2f}")
     print(f"  module over the C kernel: forward {us(o['forward_overhead'])}, forward + "
           f"backward {us(o['train_overhead'])}")
+    print(f"  the C entry points alone: forward {us(o['entry_forward'])}, forward + backward "
+          f"{us(o['entry_forward_backward'])}; the module over them: forward "
+          f"{us(o['forward_over_entry'])}, forward + backward {us(o['train_over_entry'])}")
+    print(f"  an empty autograd.Function's forward + backward: "
+          f"{us(o['empty_function_forward_backward'])}")
     print(f"training step (forward + backward), {MODEL} float32, OMP_WAIT_POLICY="
           f"{record['omp_wait_policy']}:")
     for what in ("model", "layernorm", "gelu"):

@@ -10,8 +10,9 @@ from derive.indices import dim_of, free_indices
 from derive.piecewise import linear_position
 from derive.spec import dim_symbol
 from derive.pretty import formula
+from derive.same_shape import same_shapes
 
-from .c_printer import KernelCPrinter, own_functions_in
+from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
 from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm
@@ -22,6 +23,7 @@ from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants
 from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
 from .plan import KernelPlan, const_flag
+from .view_shapes import view_by_shape
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
 from .version import VERSION
@@ -29,6 +31,7 @@ from .version import VERSION
 DTYPES = ("float32", "float64")
 
 
+@same_shapes()     # a deep network's layers print the same formulas renamed
 def c_sources(plan: KernelPlan) -> dict[str, str]:
     """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}"""
     layer = plan.layer
@@ -67,6 +70,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             t.name for t in layer.tensors.values() if t.outside is not None))
         printer.windows = windows
         printer.integer = integer
+        seen = {}                 # the fused kernel's nests are mostly the others' again
         dims = [f"ptrdiff_t {d}" for d in layer.dims]
 
         def params(inputs, outputs):
@@ -86,8 +90,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                     shapes, loops.invariants["backward"]),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
-            forward=_views(loops.forward, printer, shapes, lowered),
-            backward=_views(loops.backward, printer, shapes, lowered),
+            forward=_views(loops.forward, printer, shapes, lowered, seen),
+            backward=_views(loops.backward, printer, shapes, lowered, seen),
             fused_params=params(plan.args, fused_out),
             inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
             inplace=_inplace_view(loops.forward, printer) if inplace else None,
@@ -97,7 +101,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
-            fused=_views(loops.fused, printer, shapes, lowered),
+            fused=_views(loops.fused, printer, shapes, lowered, seen),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
@@ -278,10 +282,22 @@ def _helpers(loops: LoopPlan) -> set[str]:
     return names
 
 
-def _views(nests, printer, shapes, lowered, fixed=frozenset()) -> list[dict]:
-    return [_group_view(x, printer, shapes) if isinstance(x, Group) else
-            hoist_row_values(_view(x, printer, shapes), printer)
-            for x in fuse(nests, alone=lowered, fixed=fixed)]
+def _views(nests, printer, shapes, lowered, seen: dict | None = None,
+           fixed=frozenset()) -> list[dict]:
+    """The views of nests, fused where they share a loop (`fixed`: indices an enclosing
+    loop holds, a recurrence's t); `seen` holds the views of the nests printed before
+    (by this printer), as a copy of each is enough."""
+    seen = {} if seen is None else seen
+    out = []
+    for x in fuse(nests, alone=lowered, fixed=fixed):
+        if isinstance(x, Group):
+            out.append(_group_view(x, printer, shapes))
+            continue
+        if x not in seen:
+            seen[x] = view_by_shape(x, printer, shapes, lambda n: hoist_row_values(
+                _view(n, printer, shapes), printer))
+        out.append(dict(seen[x]))
+    return out
 
 
 def pointwise(nests: list[Nest]) -> bool:
@@ -392,8 +408,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
     if printer.guarded(n.body):
         replacements, body = [], n.body        # no read may move out of its guard
     else:
-        replacements, (body,) = sp.cse([n.body], symbols=sp.numbered_symbols(f"{acc}_c"),
-                                       optimizations="basic")
+        replacements, (body,) = common_subexpressions(n.body, acc)
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)
     when = f" if ({extents} >= {parallel_min([n])})" if loops else ""

@@ -11,9 +11,9 @@ from sympy.printing.c import C99CodePrinter
 
 # log(1 + x) -> log1p(x), exp(x) - 1 -> expm1(x), small integer powers -> products.
 EXPAND_POW = create_expand_pow_optimization(4, base_req=lambda b: True)
-OPTIMIZATIONS = list(optims_c99) + [EXPAND_POW]
 
 from derive.affine import between, divides
+from derive.same_shape import by_shape
 
 from .dtypes import SUFFIX
 
@@ -69,9 +69,13 @@ class KernelCPrinter(C99CodePrinter):
         self.shapes = shapes
         self.scalars = scalars
         self.padded = padded          # arrays that read as 0 outside their range
+        self._printed: dict = {}
 
     def code(self, expr) -> str:
-        return self.doprint(_optimized(expr))
+        # memoized: a fused kernel prints its forward and backward formulas again
+        if expr not in self._printed:
+            self._printed[expr] = self.doprint(_optimized(expr))
+        return self._printed[expr]
 
     def offset(self, name: str, indices) -> str:
         """Row-major offset, in Horner form: ((i1*D2 + i2)*D3 + i3)."""
@@ -242,13 +246,29 @@ _OPTIMIZED: dict = {}
 def _optimized(expr):
     """The rewrites, memoized (both dtypes print the same formulas) and skipped where no
     pattern can match: they are SymPy pattern matching, most of the C generation time."""
-    if not (expr.has(sp.exp) or expr.has(sp.log) or expr.has(sp.Pow)):
-        return expr
-    if expr not in _OPTIMIZED:
+    if expr in _OPTIMIZED:
+        return _OPTIMIZED[expr]
+    matched = expr.atoms(sp.exp, sp.log, sp.Pow)
+    if not matched:
+        _OPTIMIZED[expr] = expr
+    else:
         # C99's rewrites (expm1, log1p, exp2, log2) match only exp, log and powers of 2;
         # without those, x**2 -> x*x is the only one that can apply, and the others' pattern
         # matching cost 0.25 s a formula (10 s of a 40-layer MLP's C)
-        c99 = expr.has(sp.exp) or expr.has(sp.log) or \
-            any(p.base == 2 for p in expr.atoms(sp.Pow))
-        _OPTIMIZED[expr] = optimize(expr, OPTIMIZATIONS if c99 else [EXPAND_POW])
+        c99 = any(not isinstance(f, sp.Pow) or f.base == 2 for f in matched)
+        # x**2 -> x*x last and apart: its product is unevaluated, which renaming a
+        # same-shaped formula's result would evaluate back into a power
+        _OPTIMIZED[expr] = optimize(_c99_rewritten(expr) if c99 else expr, [EXPAND_POW])
     return _OPTIMIZED[expr]
+
+
+@by_shape
+def _c99_rewritten(expr):
+    return optimize(expr, optims_c99)
+
+
+@by_shape
+def common_subexpressions(body, prefix: str):
+    """sympy.cse of one formula (its temporaries prefix_c0, prefix_c1, ...): computed
+    once per shape, as a deep network's layers print the same formulas renamed."""
+    return sp.cse([body], symbols=sp.numbered_symbols(f"{prefix}_c"), optimizations="basic")

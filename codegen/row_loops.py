@@ -9,7 +9,7 @@ import sympy as sp
 
 from derive.indices import dim_of, free_indices
 
-from .c_printer import KernelCPrinter
+from .c_printer import KernelCPrinter, common_subexpressions
 from .loops import Group, Nest
 
 
@@ -158,9 +158,7 @@ def hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
                             value=printer.code(fixed), var=f"{v['acc']}_fix"))
     body = lift(body)
     hoisted = [(r, s) for r, s in sub.items()] + [(e, s) for e, s in derived.items()]
-    replacements, (body,) = sp.cse([body],
-                                   symbols=sp.numbered_symbols(f"{v['acc']}_c"),
-                                   optimizations="basic")
+    replacements, (body,) = common_subexpressions(body, v["acc"])
     def ctype(r):
         if not isinstance(r, (sp.Indexed, sp.Symbol)):
             return v["ctype"]

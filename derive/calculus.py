@@ -8,12 +8,14 @@ it directly: sum over k of delta(k, q) f(k) is f(q).
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import sympy as sp
 
 from .affine import (between, bounds_from, divides, extremes, is_full, proven_nonnegative,
                      solve_for)
 from .indices import dim_of, free_indices, freshen_bound
+from .same_shape import by_shape
 
 _EXPAND = dict(deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
                log=False, basic=False)
@@ -377,6 +379,7 @@ def apply_conditions(expr, conditions, layer):
     return expr, used
 
 
+@by_shape
 def tidy(expr):
     """A readable equivalent: the smallest of a few cheap rewrites, by operation count.
 
@@ -433,11 +436,25 @@ def _gather_deltas(expr):
     return expr
 
 
-def complexity(e):
+def complexity(e) -> "Complexity":
     """Operation count, with long constants (a decimal literal as a rational, or the
-    common denominator cancel() makes of several) counted as costly as three operations."""
+    common denominator cancel() makes of several) counted as costly as three operations;
+    ties go to the shorter printed form."""
     longs = sum(1 for r in e.atoms(sp.Rational) if abs(r.q) > 10**4 or abs(r.p) > 10**9)
-    return sp.count_ops(e) + 3 * longs, len(str(e))
+    return Complexity(sp.count_ops(e) + 3 * longs, e)
+
+
+@dataclass(frozen=True, eq=False)
+class Complexity:
+    """A key for min(): the printed length is only computed to break a tie of operation
+    counts between different expressions (printing costs more than counting)."""
+    ops: int
+    expr: sp.Expr
+
+    def __lt__(self, other: "Complexity") -> bool:
+        if self.ops != other.ops:
+            return self.ops < other.ops
+        return self.expr != other.expr and len(str(self.expr)) < len(str(other.expr))
 
 
 def _cancel_terms(expr):

@@ -25,6 +25,7 @@ from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
 from .indices import (canonical_indices, freshen_bound, fresh, slot_letters, tidy_bound,
                       user_letters)
 from .preactivations import name_preactivations, written_out
+from .same_shape import by_shape, same_shapes
 from .spec import Condition, Equation, Layer, dim_symbol
 
 
@@ -116,6 +117,7 @@ class Derivation:
         return [adjoint_name(t.name) for t in self.layer.upstream]
 
 
+@same_shapes()     # a deep network's layers share their shapes: each derived once
 def derive(layer: Layer) -> Derivation:
     needed = _needed(layer)
     walked = name_preactivations(layer, needed)
@@ -159,14 +161,9 @@ def derive(layer: Layer) -> Derivation:
             x = walked.tensors[xname]
             if xname not in needed:
                 continue
-            local = sp.diff(rhs, x.ref(*canon[xname]))
-            if local == 0:
+            term = _local_term(seed, rhs, x.ref(*canon[xname]), y.ref(*lhs), tuple(lhs))
+            if term == 0:
                 continue
-            term = seed * local
-            if lhs:
-                term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
-            term = contract(term)
-            term = fold(term, rhs, lambda m, y=y, lhs=lhs: y.ref(*[m[l] for l in lhs]))
             term = written_out(term, walked, layer)
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
@@ -219,6 +216,21 @@ def derive(layer: Layer) -> Derivation:
                           name in gradients))
     return _name_totals(Derivation(layer, tuple(steps), tuple(contributions), walked,
                                    canon), recurrent)
+
+
+@by_shape
+def _local_term(seed, rhs, x, y, lhs):
+    """The chain rule's term of one read x of y[lhs] = rhs: sum over lhs of
+    seed * d rhs / dx, contracted, with y written where rhs appears (0 where rhs does
+    not depend on x)."""
+    local = sp.diff(rhs, x)
+    if local == 0:
+        return local
+    term = seed * local
+    if lhs:
+        term = sp.Sum(term, *[(l, 0, l.upper) for l in lhs])
+    return fold(contract(term), rhs,
+                lambda m: y.base[tuple(m[l] for l in lhs)] if lhs else y)
 
 
 def upstream_name(tensor: str) -> str:

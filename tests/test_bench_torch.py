@@ -27,7 +27,27 @@ def test_overhead_record(monkeypatch):
                                                        - record["c_forward"])
     assert record["train_vs_linear"] == pytest.approx(record["module_forward_backward"]
                                                       / record["linear_forward_backward"])
+    assert record["train_over_entry"] == pytest.approx(record["module_forward_backward"]
+                                                       - record["entry_forward_backward"])
+    assert 0 < record["entry_forward"] and 0 < record["empty_function_forward_backward"]
     model = bench.in_a_model(repeat=2)
     assert set(model) == {"rounds", "native_model", "derived_model", "native_layernorm",
                           "derived_layernorm", "native_gelu", "derived_gelu"}
     assert all(v > 0 for v in model.values())
+
+
+def test_entry_points_compute_what_the_module_does():
+    """The bench's floor (the C entry points on pointers made once) runs the real kernels:
+    the module's output and autograd's gradients."""
+    import codegen
+    from bench.torch_interop import _entry_points
+
+    module = codegen.torch_module("dense", I=3, J=5)
+    x, dz = torch.randn(4, 5, requires_grad=True), torch.randn(4, 3)
+    run, train = _entry_points(module, x.detach(), dz)
+    (z,), _ = run()
+    dx, dW, db = train()
+    module(x).backward(dz)
+    torch.testing.assert_close(z, module(x).detach())
+    for got, want in ((dx, x.grad), (dW, module.W.grad), (db, module.b.grad)):
+        torch.testing.assert_close(got, want)
