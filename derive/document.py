@@ -227,8 +227,9 @@ def _term(c, P, layer, taken, tex, display):
             used.add(new.label.name)
             rename[i] = new
     lhs_idx = [rename.get(i, i) for i in eq.indices]
-    # bound (summed) indices must not collide with X's indices either
-    rhs = tidy_bound(freshen_bound(eq.rhs.xreplace(rename)),
+    # bound (summed) indices must not collide with X's indices either; freshened before
+    # the renaming, so j -> k does not land inside a sum over k (W_hh[j, k] as W_hh[k, k])
+    rhs = tidy_bound(freshen_bound(eq.rhs).xreplace(rename),
                      used | {i.label.name for i in lhs_idx})
     yref, xref = y.ref(*lhs_idx), x.ref(*P)
     # a max over an index differentiates into a sum over fresh indices: name them

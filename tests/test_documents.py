@@ -1,5 +1,6 @@
 """Derivation documents: they compile, their matrix forms equal their index forms, and the
 worked example's numbers are in them."""
+import re
 import subprocess
 import sys
 
@@ -160,3 +161,15 @@ def test_matrix_form_of_a_tie_keeps_its_half():
     values = dict(x=np.array([1.0, 2.0, 3.0]), v=np.array([1.0, 1.0, 4.0]),
                   dy=np.array([2.0, 2.0, 2.0]))
     np.testing.assert_allclose(np.ravel(m.evaluate(values, dict(N=3))), [1.0, 2.0, 0.0])
+
+
+def test_a_renamed_equation_never_captures_its_own_sum_index():
+    """Each gradient's section restates the forward equation with its indices renamed away
+    from the gradient's; a renamed index must not land inside a sum over the same letter
+    (an RNN's W_hh[j, k] h[t - 1, n, k], summed over k, printed once as W_hh[l, l])."""
+    from derive.document import context
+    d = derive(builtin("rnn_tanh"))
+    doubled = re.compile(r"W\^\{\\mathrm\{hh\}\}_\{(\w)\1\}")
+    for g in context(d)["gradients"]:
+        for t in g["terms"]:
+            assert not doubled.search(t["equation"]), t["equation"]
