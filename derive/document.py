@@ -241,14 +241,32 @@ def _term(c, P, layer, taken, tex, display):
     chain = (rf"\sum_{{{sums}}} " if sums else "") + (f"{seed} " if seed else "") + dy
     adjoint = tex(sp.IndexedBase(adjoint_name(c.tensor))[P]) if P \
         else tex_adjoint(c.tensor)
+    shown = c.before if c.cancelled_by else min((tidy(c.expr), c.expr), key=complexity)
     return dict(equation=display(tex(yref), tex(rhs)), chain=display(adjoint, chain, r"\mathrel{+}="),
                 local=display(dy, tex(local)),
-                contracted=display(adjoint, tex(min((tidy(c.expr), c.expr), key=complexity)),
-                                   r"\mathrel{+}="),
+                contracted=display(adjoint, tex(shown), r"\mathrel{+}="),
+                cancels=[_why_zero(e, layer, tex) for e in c.cancelled_by],
+                zero=display(adjoint, "0", r"\mathrel{+}="),
                 delta=local.has(sp.KroneckerDelta), source=tex_name(eq.target),
                 shifted=any(not all(isinstance(a, sp.Idx) for a in d.args)
                             for d in local.atoms(sp.KroneckerDelta)),
                 fold=eq.target != layer.loss and _mentions(c.expr, eq.target))
+
+
+def _why_zero(eq, layer, tex) -> str:
+    """Why a contribution is 0 once the forward value `eq` computes is written in: a mean's
+    deviations sum to zero (layer norm's sum_c (x_nc - mu_n) = 0), or its terms cancel."""
+    target = layer.tensors[eq.target].ref(*eq.indices)
+    coeff, core = eq.rhs.as_independent(*eq.rhs.atoms(sp.Indexed), as_Add=False)
+    if isinstance(core, sp.Sum) and isinstance(core.function, sp.Indexed):
+        count = sp.Mul(*[lim[0].upper + 1 for lim in core.limits])
+        if sp.simplify(coeff * count - 1) == 0:
+            over = ", ".join(f"${tex(lim[0])}$" for lim in core.limits)
+            deviations = sp.Sum(core.function - target, *core.limits)
+            return (f"${tex(target)}$ is the mean of ${tex(core.function)}$ over {over}, so "
+                    f"${tex(core)} = {tex(count * target)}$: the deviations from a mean sum "
+                    f"to zero, ${tex(deviations)} = 0$")
+    return f"written with ${tex(target)} = {tex(eq.rhs)}$, its terms cancel"
 
 
 def _mentions(expr, name) -> bool:

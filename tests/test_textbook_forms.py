@@ -7,6 +7,7 @@ from derive import derive, parse_spec
 from derive.builtins import builtin
 from derive.calculus import contract
 from derive.indices import canonical_indices, freshen_bound, tidy_bound
+from derive.spec import dim_symbol
 
 
 def canonical(expr, free):
@@ -149,3 +150,33 @@ def test_gradients_keep_the_spec_index_letters():
 
     assert formula(d.step("a").expr) == "sum_g(W2[g, h]*dz2[n, g])"
     assert formula(d.step("W2").expr) == "sum_n(a[n, h]*dz2[n, g])"
+
+
+def test_a_contribution_that_cancels_says_why():
+    """Layer norm's rstd sends mu the term (sum_c x - C mu) rstd^3 drstd / C, which is 0
+    as mu is the mean: the derivation keeps that term and the equation cancelling it, and
+    the document shows it and says why (not "the brackets collapse the sums" to 0).  A
+    mean over two indices cancels only once its nested sums are multiplied out."""
+    from derive.document import document
+
+    d = derive(builtin("layernorm"))
+    cancelled = [c for c in d.contributions if c.cancelled_by]
+    assert [(c.equation.target, c.tensor) for c in cancelled] == [("rstd", "mu")]
+    c = cancelled[0]
+    assert c.expr == 0 and [e.target for e in c.cancelled_by] == ["mu"]
+    n = d.indices("mu")[0]
+    ref = lambda name, *i: d.layer.tensors[name].ref(*i)
+    k = sp.Idx("k", dim_symbol("C"))
+    C = dim_symbol("C")
+    want = (sp.Sum(ref("x", n, k), (k, 0, C - 1)) - C * ref("mu", n)) \
+        * sp.IndexedBase("drstd")[n] * ref("rstd", n) ** 3 / C
+    assert canonical(c.before - want, {"n"}) == 0, c.before
+    tex = document(d)
+    assert (r"which is 0: $\mu_{n}$ is the mean of $x_{nc}$ over $c$, so "
+            r"$\sum_{c} x_{nc} = C \mu_{n}$: the deviations from a mean sum to zero, "
+            r"$\sum_{c} \left(x_{nc} - \mu_{n}\right) = 0$. This contribution cancels") in tex
+    assert "which is 0:" in document(d, "md")
+    two = derive(parse_spec(GROUPNORM))
+    assert [(c.equation.target, c.tensor) for c in two.contributions if c.cancelled_by] \
+        == [("rstd", "mu")]
+    assert r"\sum_{c,h} \left(x_{nch} - \mu_{n}\right) = 0" in document(two)
