@@ -123,8 +123,8 @@ def test_document_factors_in_textbook_order():
     # the adjoint before the values it meets (delta a^T), a matrix before the adjoint
     assert r"\bar{z}^{(1)}_{nh} &\mathrel{+}= \bar{a}^{(1)}_{nh} a^{(1)}_{nh} \left(1" in tex
     assert r"\bar{W}^{(2)}_{ch} &= \sum_{n} \bar{z}^{(2)}_{nc} a^{(1)}_{nh}" in tex
-    assert (r"[h = l] [k = n] \sigma\left(z^{(1)}_{kl}\right) "
-            r"\left(1 - \sigma\left(z^{(1)}_{kl}\right)\right)") in tex
+    # the local derivative in terms of its own output: sigma' = a (1 - a)
+    assert r"[h = l] [k = n] a^{(1)}_{kl} \left(1 - a^{(1)}_{kl}\right)" in tex
 
 
 def test_document_shows_each_gradient_once_complete():
@@ -180,3 +180,39 @@ def test_a_contribution_that_cancels_says_why():
     assert [(c.equation.target, c.tensor) for c in two.contributions if c.cancelled_by] \
         == [("rstd", "mu")]
     assert r"\sum_{c,h} \left(x_{nch} - \mu_{n}\right) = 0" in document(two)
+
+
+def test_brackets_are_solved_for_their_index():
+    """[t = 0] and [t >= 1], not [-1 <= t - 1 <= -1] and [0 <= t - 1 <= T - 1]: a bound the
+    index's own range implies is left out."""
+    from derive.affine import between
+    from derive.latex import IndexLatexPrinter
+
+    T = dim_symbol("T")
+    t = sp.Idx("t", T)
+    show = IndexLatexPrinter(brackets=True).doprint
+    assert show(between(t - 1, -1, -1)) == r"\left[t = 0\right]"
+    assert show(between(t - 1, 0, T - 1)) == r"\left[t \ge 1\right]"
+    assert show(between(t + 1, 0, T - 1)) == r"\left[t \le T - 2\right]"
+    assert show(between(t - 1, 0, T - 3)) == r"\left[1 \le t \le T - 2\right]"
+    assert show(between(2 * t - 1, 0, T - 1)) == r"\left[0 \le 2 t - 1 \le T - 1\right]"
+
+
+def test_documents_introduce_named_values_and_local_derivatives_in_own_terms():
+    """A user's gated recurrence: the pre-activations the walk names are shown before they
+    are used, and h's total adjoint is hbar^total in the chain rule and in the results
+    alike.  Layer norm's drstd/dx reads rstd^3, not the variance's -3/2 power."""
+    from derive.document import document
+
+    from .test_preactivation_steps import MGU
+
+    tex = document(derive(parse_spec(MGU)))
+    named = tex.index("the walk names it")
+    assert tex.index(r"z^{\mathrm{h}}_{tnj} &= \sum_{i} W_{ji} x_{tni}") > named
+    assert named < tex.index(r"\partial L / \partial z^{\mathrm{h}}_{tnj}")
+    assert r"\sum_{k,l,m} \bar{h}^{\mathrm{total}}_{klm} \frac{\partial h_{klm}}" in tex
+    assert r"\bar{h}_{klm} \frac" not in tex
+    ln = document(derive(builtin("layernorm")))
+    assert (r"\frac{\partial \mathrm{rstd}_{k}}{\partial x_{nc}} &= - \frac{\mathrm{rstd}_{k}^{3}"
+            r" \sum_{l} [c = l] [k = n] \left(x_{kl} - \mu_{k}\right)}{C}") in ln
+    assert r"gradients of $\mu$ and $x$, where it is used" in ln
