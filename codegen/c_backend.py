@@ -220,17 +220,17 @@ def _im2col_scratch(n: Nest, g, shapes: dict) -> list[Temp]:
 
 
 def _products_apart(n: Nest, shapes) -> list[Nest]:
-    """A contraction of a sum of products each of which is a batched GEMM (attention's
-    dx = sum_{h,e} Wq dq + Wk dk + Wv dv) as one nest per product, the later ones adding
-    to the target (their start is the target itself): three loops of GEMMs, not one loop
-    nest.  [n] otherwise."""
+    """A contraction of a sum of products each of which is a GEMM or a batched one
+    (attention's dx = sum_{h,e} Wq dq + Wk dk + Wv dv, unrolled RNN steps' dW = sum_n dz1 h0
+    + dz2 h1 + dz3 h2) as one nest per product, the later ones adding to the target (their
+    start is the target itself): three GEMMs, not one hand loop nest.  [n] otherwise."""
     if n.kind != "reduce" or n.op != "sum" or n.bounds or not isinstance(n.body, sp.Add) \
             or not n.out:
         return [n]
     target = sp.IndexedBase(n.target)[n.out]
     parts = [dataclasses.replace(n, body=term, init=n.init if k == 0 else target)
              for k, term in enumerate(n.body.args)]
-    return parts if all(as_batched_gemm(p, shapes) for p in parts) else [n]
+    return parts if all(as_gemm(p) or as_batched_gemm(p, shapes) for p in parts) else [n]
 
 
 def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]:
@@ -515,11 +515,14 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
     if g is None:
         return None
     fill_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
-    fill = printer.code(n.init) if n.init != 0 else ""
+    # a later product of a sum split apart (_products_apart) starts from the target itself:
+    # beta = 1 adds to it, with no fill
+    adds = n.out and n.init == sp.IndexedBase(n.target)[n.out]
+    fill = printer.code(n.init) if n.init != 0 and not adds else ""
     extents = "*".join(e for _, e in fill_loops)
     return dict(trans_a=112 if g.trans_a else 111, trans_b=112 if g.trans_b else 111,
                 m=g.m, n=g.n, k=g.k, lda=g.lda, ldb=g.ldb, ldc=g.ldc, a=g.a, b=g.b,
-                c=n.target, alpha=printer.code(g.alpha), beta=1 if fill else 0,
+                c=n.target, alpha=printer.code(g.alpha), beta=1 if fill or adds else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN_PLAIN)")
 

@@ -80,6 +80,7 @@ def module_context(plan: KernelPlan, printer_class) -> dict:
     slots = {t.name: t.dims for t in layer.tensors.values()}      # each array's axes
     steps = {s.name: plan.derivation.tensor(s.tensor).dims         # dh_total, dz_g too
              for s in plan.derivation.steps}
+    steps |= {st.name: st.dims for st in plan.backward}           # and z_h (shared_arguments)
     printer = printer_class(layer.dims, slots | {"d" + n: d for n, d in slots.items()}
                             | steps)
     forward = _printed_all(printer, plan.forward, layer)

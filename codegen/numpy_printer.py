@@ -348,6 +348,12 @@ class NumpyPrinter:
         scatter = scatter_parts(outer, ks, e.function)
         if scatter is not None:
             return _expand(self._scatter_add(scatter, ks, outer), outer, ctx)
+        terms = sp.Add.make_args(e.function)
+        if len(terms) > 1 and all(set(ks) <= free_indices(t) and _is_product(t, ks)
+                                  for t in terms):
+            # sum_j (U[j, i] dz_f[j] + W[j, i] dz_h[j]): one einsum (a matrix product) per
+            # term, not the terms broadcast over every index at once and then summed
+            return f"({self._add(sp.Add(*[sp.Sum(t, *e.limits) for t in terms]), ctx)})"
         inner = outer + ks
         letters = _letters(inner)
         coeff, operands = [], []
@@ -536,3 +542,8 @@ def _letters(indices):
 def _has_array(expr) -> bool:
     return bool(expr.atoms(sp.Indexed)) or any(
         isinstance(s, sp.Symbol) for s in expr.free_symbols)
+
+
+def _is_product(term, summed) -> bool:
+    """term multiplies two or more factors that read a summed index (a matrix product)."""
+    return sum(1 for f in sp.Mul.make_args(term) if free_indices(f) & set(summed)) >= 2

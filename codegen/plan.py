@@ -97,6 +97,8 @@ def plan(derivation: Derivation) -> KernelPlan:
     from .shared_sums import share_sums
     backward = share_sums(backward, [adjoint_name(t.name) for t in layer.differentiable],
                           layer, _arithmetic)
+    from .shared_arguments import share_arguments
+    backward = share_arguments(backward, derivation)
     from .scan import guard_steps, time_dims
     times = time_dims(layer)
     forward = [replace(st, expr=guard_steps(st.expr, times)) for st in forward]

@@ -38,8 +38,37 @@ class between(sp.Function):
         return None
 
     def _latex(self, printer):
-        e, lo, hi = (printer._print(a) for a in self.args)
-        return r"\left[%s \le %s \le %s\right]" % (lo, e, hi)
+        """Solved for its index where it has one, with the bounds the index's own range
+        implies left out: [t - 1 = -1] as [t = 0], [0 <= t - 1 <= T - 1] as [t >= 1]."""
+        solved = self.solved()
+        if solved is None:
+            e, lo, hi = (printer._print(a) for a in self.args)
+            return r"\left[%s \le %s \le %s\right]" % (lo, e, hi)
+        i, lo, hi = solved
+        show = printer._print
+        if lo is not None and lo == hi:
+            return r"\left[%s = %s\right]" % (show(i), show(lo))
+        if lo is None:
+            return r"\left[%s \le %s\right]" % (show(i), show(hi))
+        if hi is None:
+            return r"\left[%s \ge %s\right]" % (show(i), show(lo))
+        return r"\left[%s \le %s \le %s\right]" % (show(lo), show(i), show(hi))
+
+    def solved(self):
+        """(i, lo, hi) with lo <= i <= hi the same condition as this bracket's, i an index
+        (coefficient 1), a bound its range already implies None; None when e is not an
+        index plus a constant."""
+        e, lo, hi = self.args
+        parts = terms(e)
+        if parts is None or len(parts[0]) != 1:
+            return None
+        (i, c), = parts[0].items()
+        if c != 1 or not isinstance(i, sp.Idx):
+            return None
+        lo, hi = lo - parts[1], hi - parts[1]
+        implied = lambda d: d.is_Integer and d >= 0 or d.is_nonnegative is True
+        return (i, None if lo != hi and implied(i.lower - lo) else lo,
+                None if lo != hi and implied(hi - i.upper) else hi)
 
 
 class divides(sp.Function):

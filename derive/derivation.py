@@ -65,6 +65,10 @@ class Contribution:
     equation: Equation
     tensor: str
     expr: sp.Expr
+    # a term the forward values cancel (layer norm's rstd -> mu, (sum_c x - C mu) ... = 0
+    # as mu is the mean): the term before they were written in, and their equations
+    before: sp.Expr | None = None
+    cancelled_by: tuple[Equation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,11 +171,18 @@ def derive(layer: Layer) -> Derivation:
             term = written_out(term, walked, layer)
             # Then every other forward value that appears (sum_c x[n, c] / C as mu[n]),
             # so that terms which cancel once named do cancel.
-            term = _fold_values(term, layer, value_reads, skip=eq)
+            before, folded_in = term, []
+            term = _fold_values(term, layer, value_reads, skip=eq, used=folded_in)
+            flat = _cancels_flat(term, layer, value_reads, eq, folded_in)
+            if flat is not None:
+                before, term = flat, sp.Integer(0)
             free = {i.label.name for i in canon[xname]}
             shown = min((term, merge_sums(term)), key=complexity)   # one sum, not two
+            tidied = lambda e: tidy_bound(freshen_bound(e), taken | free, letters)
+            cancels = term == 0 and folded_in
             contributions.append(Contribution(
-                eq, xname, tidy_bound(freshen_bound(shown), taken | free, letters)))
+                eq, xname, tidied(shown), tidied(before) if cancels else None,
+                tuple(folded_in) if cancels else ()))
             defs[xname] = defs.get(xname, sp.Integer(0)) + term
 
     # 2. Decide which adjoints are steps, inline the others.
@@ -274,9 +285,10 @@ def _needed(layer):
     return needed
 
 
-def _fold_values(term, layer, value_reads, skip=None):
+def _fold_values(term, layer, value_reads, skip=None, used=None):
     """term with every forward value but `skip`'s written as its tensor (sum_c x[n, c] / C
-    as mu[n]), so that terms which cancel once named do cancel."""
+    as mu[n]), so that terms which cancel once named do cancel; the equations folded in
+    are appended to `used`."""
     present = tensor_names(term)
     for other in layer.equations:
         if other is skip or other.target == layer.loss \
@@ -288,7 +300,23 @@ def _fold_values(term, layer, value_reads, skip=None):
         if folded != term:
             term = contract(folded)
             present = tensor_names(term)
+            if used is not None:
+                used.append(other)
     return term
+
+
+def _cancels_flat(term, layer, value_reads, skip, used):
+    """term multiplied out, where a sum of sums cancels only so: sum_c (sum_h x - H mu) is
+    sum_{c,h} x - C H mu, 0 for mu the mean over c and h (None where it does not cancel;
+    the equations that cancel it appended to `used`)."""
+    if not any(isinstance(s.function, sp.Add) and s.function.has(sp.Sum)
+               for s in term.atoms(sp.Sum)):
+        return None
+    flat, folded = contract(sp.expand(term)), []
+    if _fold_values(flat, layer, value_reads, skip, folded) != 0:
+        return None
+    used += folded
+    return sp.factor_terms(flat)      # (sum_{c,h} x - C H mu) rstd^3 drstd / (C H)
 
 
 def _adjoint_refs(expr, layer):

@@ -10,7 +10,7 @@ import sympy as sp
 
 from templates import render
 
-from .calculus import complexity, tidy
+from .calculus import complexity, fold, tidy
 from .derivation import Derivation, adjoint_name
 from .evaluate import evaluate
 from .indices import canonical_indices, freshen_bound, readable, tidy_bound
@@ -151,12 +151,14 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
         if c.equation.target not in steps and c.equation.target != layer.loss:
             users.setdefault(c.equation.target, set()).add(c.tensor)
 
+    # a recurrent output's total adjoint, where it is a step: dh_total (dh is its upstream)
+    totals = {s.tensor: s.name for s in d.steps if s.label}
     gradients = []
     for name in order:
         P = d.indices(name)
         terms = []
         for c in by_tensor.get(name, []):
-            terms.append(_term(c, P, walked, taken, tex, eq))
+            terms.append(_term(c, P, walked, taken, tex, eq, totals))
         step = steps.get(name)
         entry = dict(name=tex_name(name), title=_partial(tex_name(name), P, p),
                      adjoint=tex(sp.IndexedBase(adjoint_name(name))[P]) if P
@@ -192,6 +194,8 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
         loss=tex_name(layer.loss) if layer.loss else None,
         upstream=[tex_adjoint(t.name) for t in layer.upstream],
         gradients=gradients, recursion=recursion, conditions=conditions,
+        named=[eq(tex(walked.tensors[e.target].ref(*e.indices)), tex(e.rhs))
+               for e in walked.equations if e.target not in layer.tensors],
         example=_example(d, tex), tex_escape=tex_escape)
 
 
@@ -213,7 +217,7 @@ def _partial(name_tex, P, p):
     return rf"\partial L / \partial {base}{'_{' + sub + '}' if P else ''}"
 
 
-def _term(c, P, layer, taken, tex, display):
+def _term(c, P, layer, taken, tex, display, totals=None):
     """The chain rule for one equation Y = F feeding tensor X, term by term; `display` lays out
     a displayed equation."""
     eq = c.equation
@@ -234,22 +238,55 @@ def _term(c, P, layer, taken, tex, display):
     yref, xref = y.ref(*lhs_idx), x.ref(*P)
     # a max over an index differentiates into a sum over fresh indices: name them
     local = tidy_bound(sp.diff(rhs, xref), used | {i.label.name for i in lhs_idx})
+    # in terms of its own output where it reappears: drstd/dx = -rstd^3 (x - mu) / C, not
+    # the power of the variance it is
+    local = min((local, _numbers_out(fold(local, rhs, lambda m: y.ref(*[m[i] for i in lhs_idx])))),
+                key=complexity)
+    totals = totals or {}
     seed = "" if eq.target == layer.loss else tex(
-        sp.IndexedBase(adjoint_name(eq.target))[tuple(lhs_idx)] if lhs_idx
-        else sp.Symbol(adjoint_name(eq.target)))
+        sp.IndexedBase(totals.get(eq.target, adjoint_name(eq.target)))[tuple(lhs_idx)]
+        if lhs_idx else sp.Symbol(adjoint_name(eq.target)))
     sums = ",".join(tex(i) for i in lhs_idx)
     dy = rf"\frac{{\partial {tex(yref)}}}{{\partial {tex(xref)}}}"
     chain = (rf"\sum_{{{sums}}} " if sums else "") + (f"{seed} " if seed else "") + dy
-    adjoint = tex(sp.IndexedBase(adjoint_name(c.tensor))[P]) if P \
+    adjoint = tex(sp.IndexedBase(totals.get(c.tensor, adjoint_name(c.tensor)))[P]) if P \
         else tex_adjoint(c.tensor)
+    shown = c.before if c.cancelled_by else min((tidy(c.expr), c.expr), key=complexity)
     return dict(equation=display(tex(yref), tex(rhs)), chain=display(adjoint, chain, r"\mathrel{+}="),
                 local=display(dy, tex(local)),
-                contracted=display(adjoint, tex(min((tidy(c.expr), c.expr), key=complexity)),
-                                   r"\mathrel{+}="),
+                contracted=display(adjoint, tex(shown), r"\mathrel{+}="),
+                cancels=[_why_zero(e, layer, tex) for e in c.cancelled_by],
+                zero=display(adjoint, "0", r"\mathrel{+}="),
                 delta=local.has(sp.KroneckerDelta), source=tex_name(eq.target),
                 shifted=any(not all(isinstance(a, sp.Idx) for a in d.args)
                             for d in local.atoms(sp.KroneckerDelta)),
                 fold=eq.target != layer.loss and _mentions(c.expr, eq.target))
+
+
+def _numbers_out(expr):
+    """Numeric factors taken out of sums, where they cancel: sum_c 2 (x - mu) / (2 C) is
+    sum_c (x - mu) / C."""
+    def out(s):
+        number, rest = s.function.as_coeff_Mul()
+        return number * sp.Sum(rest, *s.limits)
+    return expr.replace(lambda e: isinstance(e, sp.Sum) and e.function.as_coeff_Mul()[0] != 1,
+                        out)
+
+
+def _why_zero(eq, layer, tex) -> str:
+    """Why a contribution is 0 once the forward value `eq` computes is written in: a mean's
+    deviations sum to zero (layer norm's sum_c (x_nc - mu_n) = 0), or its terms cancel."""
+    target = layer.tensors[eq.target].ref(*eq.indices)
+    coeff, core = eq.rhs.as_independent(*eq.rhs.atoms(sp.Indexed), as_Add=False)
+    if isinstance(core, sp.Sum) and isinstance(core.function, sp.Indexed):
+        count = sp.Mul(*[lim[0].upper + 1 for lim in core.limits])
+        if sp.simplify(coeff * count - 1) == 0:
+            over = ", ".join(f"${tex(lim[0])}$" for lim in core.limits)
+            deviations = sp.Sum(core.function - target, *core.limits)
+            return (f"${tex(target)}$ is the mean of ${tex(core.function)}$ over {over}, so "
+                    f"${tex(core)} = {tex(count * target)}$: the deviations from a mean sum "
+                    f"to zero, ${tex(deviations)} = 0$")
+    return f"written with ${tex(target)} = {tex(eq.rhs)}$, its terms cancel"
 
 
 def _mentions(expr, name) -> bool:

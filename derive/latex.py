@@ -27,6 +27,18 @@ def tex_adjoint(name: str) -> str:
     return tex_name(name, bar=True)
 
 
+def tex_array(name: str, adjoints) -> str:
+    """An array of a derivation: \\bar{X} for an adjoint dX, \\bar{h}^{total} for a
+    recurrent output's total adjoint dh_total (beside its upstream gradient dh, \\bar{h}),
+    else the name itself."""
+    if name in adjoints:
+        return tex_adjoint(name[1:])
+    if name.endswith("_total") and name[:-len("_total")] in adjoints:
+        bar = tex_adjoint(name[1:-len("_total")])
+        return (f"{{{bar}}}" if has_top_script(bar) else bar) + r"^{\mathrm{total}}"
+    return tex_name(name)
+
+
 class IndexLatexPrinter(LatexPrinter):
     """Index form: T_{ij} for T[i, j], \\bar{X} for the adjoint dX, sums as \\sum_{k}."""
 
@@ -39,9 +51,7 @@ class IndexLatexPrinter(LatexPrinter):
         self.brackets = brackets
 
     def name(self, name: str) -> str:
-        if name in self.adjoints:
-            return tex_adjoint(name[1:])
-        return tex_name(name)
+        return tex_array(name, self.adjoints)
 
     def _print_Add(self, expr, order=None):
         # positive terms first: y - t rather than -t + y; a product first: W x + b
@@ -434,7 +444,7 @@ class MatrixConverter:
         self.adjoints = set(adjoints)
 
     def tex(self, name):
-        return tex_adjoint(name[1:]) if name in self.adjoints else tex_name(name)
+        return tex_array(name, self.adjoints)
 
     def convert(self, expr, axes) -> MNode:
         axes = tuple(axes)

@@ -10,7 +10,10 @@ plus a hand-written loop pass per product).  Walking the layer as if it read
 makes dz_g = dg g (1 - g) an adjoint with three readers, hence a step, and dx = W^T dz_g,
 dW = dz_g x^T each a single product.  Only the walk sees z_g: the forward pass and its
 stored values are the layer's own, and a backward formula that still needs the argument
-(relu'(z) = [z > 0]) reads the argument itself, written out again.
+(relu'(z) = [z > 0]) reads the argument itself, written out again (the kernel plan then
+computes it once, codegen/shared_arguments.py).  A recurrence's own equation is named too:
+h = tanh(W h[t - 1] + U x) walks as z_h = W h[t - 1] + U x, h = tanh(z_h), so its delta
+dz_h = (1 - h^2)(dh + W^T dz_h[t + 1]) is the step BPTT writes.
 """
 from __future__ import annotations
 
@@ -29,13 +32,13 @@ ELEMENTWISE = tuple({f for f in FUNCTIONS.values() if isinstance(f, type)})   # 
 def name_preactivations(layer: Layer, needed: set[str]) -> Layer:
     """`layer` with every function argument that holds a contraction and reads two or more
     tensors in `needed` (so its adjoint has two or more readers) computed by an equation
-    of its own, placed just before its reader.  A recurrence keeps its own form."""
+    of its own, placed just before its reader."""
     taken = set(layer.tensors) | set(layer.dims) | {"d" + t for t in layer.tensors}
     tensors, equations, needed = dict(layer.tensors), [], set(needed)
     for eq in layer.equations:
         rhs = eq.rhs
         # innermost first: sigmoid(W x + tanh(U x)) names U x, then W x + z
-        while eq.indices and eq.target not in eq.reads:
+        while eq.indices:
             arg = next(iter(_contraction_arguments(rhs, eq.indices, needed)), None)
             if arg is None:
                 break
@@ -116,9 +119,11 @@ def _own_sums(arg):
 def _is_contraction(s: sp.Sum) -> bool:
     bound = {lim[0] for lim in s.limits}
     for k in bound:
+        # a factor may be a sum of reads: a recurrence's h[t - 1] is read as
+        # h[t - 1] [t >= 1] + h0 [t = 0] (derive.recurrence)
         reading = [f for f in sp.Mul.make_args(s.function)
-                   if isinstance(f, sp.Indexed) and k in free_indices(f)]
-        if len({f.base for f in reading}) >= 2:
+                   if k in free_indices(f) and f.atoms(sp.Indexed)]
+        if len(reading) >= 2:
             return True
     return False
 

@@ -80,13 +80,17 @@ def backward_gemm_calls(c_source: str) -> int:
 
 def test_c_backward_of_the_rnn_is_gemms(tmp_path):
     """Every matrix product of the backward pass once, through the GEMM: two for the delta
-    recursion, three dx_t and dh0 (the old expanded form had none: six hand loops, each
-    recomputing (1 - h^2) dh, and dW, dU with six products each)."""
+    recursion, three dx_t and dh0, and dW, dU three each, the later ones adding to the
+    first (the old expanded form had none: six hand loops, each recomputing (1 - h^2) dh,
+    and dW, dU with six products each; dW and dU were then hand loops of three products)."""
     from codegen.c_backend import c_sources
     from codegen.plan import plan
 
     src = c_sources(plan(derive(parse_spec(RNN3, "rnn3.bp"))))["rnn3.c"]
-    assert backward_gemm_calls(src) == 6
+    assert backward_gemm_calls(src) == 12
+    body = src[src.index("_backward_f64("):]
+    assert re.search(r"_gemm_f64\(101, 112, 111, H, H, N, 1, dz1, H, h0, H, 0, dW, H\)", body)
+    assert re.search(r"_gemm_f64\(101, 112, 111, H, H, N, 1, dz3, H, h2, H, 1, dW, H\)", body)
 
 
 @pytest.mark.parametrize("spec", [RNN3, NESTED, GATED])
@@ -118,3 +122,81 @@ def test_stored_values_only_no_named_argument_reaches_the_kernels():
     from codegen.plan import plan
 
     assert plan(d).returns == ("y",)
+
+
+# a minimal gated unit, written as a user would: tanh(W x) has no name, and h's own
+# equation reads h[t - 1] (the naming once skipped such equations: dx and dW then
+# recomputed tanh(W x), and dz_f inside the loop over t once per step)
+MGU = """layer mgu  a minimal gated unit
+dims T, N, I, H
+input  x[T, N, I]
+input  h0[N, H]
+param  U[H, I], V[H, H], W[H, I]
+intermediate f[T, N, H]
+output h[T, N, H]
+initial h = h0
+f[t, n, j] = sigmoid(U[j, i] * x[t, n, i] + V[j, k] * h[t - 1, n, k])
+h[t, n, j] = (1 - f[t, n, j]) * h[t - 1, n, j] + f[t, n, j] * tanh(W[j, i] * x[t, n, i])
+"""
+
+
+def test_gated_recurrence_names_its_candidate_and_computes_each_product_once():
+    """dz_h = dh f (1 - tanh^2(W x)) is a step, so dx and dW read it (one product each);
+    the backward needs tanh(W x) itself (in dz_f and dz_h), and the kernel plan computes
+    W x there once, over all steps, as z_h (codegen/shared_arguments.py)."""
+    from codegen.plan import plan
+
+    d = derive(parse_spec(MGU))
+    assert [s.name for s in d.steps][:3] == ["dh_total", "dz_h", "dz_f"]
+    t, n, i, j = idx("t", "T"), idx("n", "N"), idx("i", "I"), idx("j", "H")
+    W, U, x, dz_f, dz_h = (sp.IndexedBase(s) for s in ("W", "U", "x", "dz_f", "dz_h"))
+    assert same(d.step("x").expr, sp.Sum(U[j, i] * dz_f[t, n, j] + W[j, i] * dz_h[t, n, j],
+                                         (j, 0, j.upper)))
+    assert same(d.step("W").expr, sp.Sum(dz_h[t, n, j] * x[t, n, i],
+                                         (t, 0, t.upper), (n, 0, n.upper)))
+    p = plan(d)
+    assert p.backward[0].name == "z_h"
+    wx = [st.name for st in p.backward for s in st.expr.atoms(sp.Sum)
+          if {b.label.name for b in s.atoms(sp.IndexedBase)} == {"W", "x"}]
+    assert wx == ["z_h"], wx
+    assert not any(f.args[0].has(sp.Sum) for st in p.backward for f in st.expr.atoms(sp.tanh))
+
+
+def _torch_mgu(torch, x, h0, U, V, W):
+    h, hs = h0, []
+    for t in range(x.shape[0]):
+        f = torch.sigmoid(x[t] @ U.T + h @ V.T)
+        h = (1 - f) * h + f * torch.tanh(x[t] @ W.T)
+        hs.append(h)
+    return torch.stack(hs)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_gated_recurrence_equals_torch_autograd(tmp_path, backend):
+    from .oracles import require_oracle
+
+    torch = require_oracle("torch")
+    k = codegen.load(parse_spec(MGU), backend=backend, cache=tmp_path,
+                     **({"dtype": "float64"} if backend == "c" else {}))
+    if backend == "numpy":      # W x once in the backward, as one einsum; no tanh of one
+        source = k.path.read_text()
+        body = source[source.index("def backward"):]
+        assert len(re.findall(r"np\.einsum\('ji,tni->tnj', W, x", body)) == 1
+        assert "tanh(np.einsum" not in body
+        # dx = sum_j (U dz_f + W dz_h): two matrix products, not one T x N x I x H broadcast
+        assert "np.einsum('ji,tnj->tni', U, dz_f" in body and ".sum(axis=3)" not in body
+    rng = np.random.default_rng(3)
+    T, N, I, H = 5, 3, 7, 5
+    a = dict(x=rng.normal(size=(T, N, I)), h0=rng.normal(size=(N, H)),
+             U=0.5 * rng.normal(size=(H, I)), V=0.5 * rng.normal(size=(H, H)),
+             W=0.5 * rng.normal(size=(H, I)))
+    dh = rng.normal(size=(T, N, H))
+    got = k.forward(**a)["h"]
+    grads = k.backward(**a, dh=dh)
+    leaves = {name: torch.tensor(v, requires_grad=True) for name, v in a.items()}
+    h = _torch_mgu(torch, **leaves)
+    (h * torch.tensor(dh)).sum().backward()
+    np.testing.assert_allclose(got, h.detach().numpy(), rtol=1e-12, atol=1e-13)
+    for name, leaf in leaves.items():
+        np.testing.assert_allclose(grads["d" + name], leaf.grad.numpy(), rtol=1e-10,
+                                   atol=1e-12, err_msg=name)

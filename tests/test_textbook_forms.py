@@ -7,6 +7,7 @@ from derive import derive, parse_spec
 from derive.builtins import builtin
 from derive.calculus import contract
 from derive.indices import canonical_indices, freshen_bound, tidy_bound
+from derive.spec import dim_symbol
 
 
 def canonical(expr, free):
@@ -122,8 +123,8 @@ def test_document_factors_in_textbook_order():
     # the adjoint before the values it meets (delta a^T), a matrix before the adjoint
     assert r"\bar{z}^{(1)}_{nh} &\mathrel{+}= \bar{a}^{(1)}_{nh} a^{(1)}_{nh} \left(1" in tex
     assert r"\bar{W}^{(2)}_{ch} &= \sum_{n} \bar{z}^{(2)}_{nc} a^{(1)}_{nh}" in tex
-    assert (r"[h = l] [k = n] \sigma\left(z^{(1)}_{kl}\right) "
-            r"\left(1 - \sigma\left(z^{(1)}_{kl}\right)\right)") in tex
+    # the local derivative in terms of its own output: sigma' = a (1 - a)
+    assert r"[h = l] [k = n] a^{(1)}_{kl} \left(1 - a^{(1)}_{kl}\right)" in tex
 
 
 def test_document_shows_each_gradient_once_complete():
@@ -149,3 +150,69 @@ def test_gradients_keep_the_spec_index_letters():
 
     assert formula(d.step("a").expr) == "sum_g(W2[g, h]*dz2[n, g])"
     assert formula(d.step("W2").expr) == "sum_n(a[n, h]*dz2[n, g])"
+
+
+def test_a_contribution_that_cancels_says_why():
+    """Layer norm's rstd sends mu the term (sum_c x - C mu) rstd^3 drstd / C, which is 0
+    as mu is the mean: the derivation keeps that term and the equation cancelling it, and
+    the document shows it and says why (not "the brackets collapse the sums" to 0).  A
+    mean over two indices cancels only once its nested sums are multiplied out."""
+    from derive.document import document
+
+    d = derive(builtin("layernorm"))
+    cancelled = [c for c in d.contributions if c.cancelled_by]
+    assert [(c.equation.target, c.tensor) for c in cancelled] == [("rstd", "mu")]
+    c = cancelled[0]
+    assert c.expr == 0 and [e.target for e in c.cancelled_by] == ["mu"]
+    n = d.indices("mu")[0]
+    ref = lambda name, *i: d.layer.tensors[name].ref(*i)
+    k = sp.Idx("k", dim_symbol("C"))
+    C = dim_symbol("C")
+    want = (sp.Sum(ref("x", n, k), (k, 0, C - 1)) - C * ref("mu", n)) \
+        * sp.IndexedBase("drstd")[n] * ref("rstd", n) ** 3 / C
+    assert canonical(c.before - want, {"n"}) == 0, c.before
+    tex = document(d)
+    assert (r"which is 0: $\mu_{n}$ is the mean of $x_{nc}$ over $c$, so "
+            r"$\sum_{c} x_{nc} = C \mu_{n}$: the deviations from a mean sum to zero, "
+            r"$\sum_{c} \left(x_{nc} - \mu_{n}\right) = 0$. This contribution cancels") in tex
+    assert "which is 0:" in document(d, "md")
+    two = derive(parse_spec(GROUPNORM))
+    assert [(c.equation.target, c.tensor) for c in two.contributions if c.cancelled_by] \
+        == [("rstd", "mu")]
+    assert r"\sum_{c,h} \left(x_{nch} - \mu_{n}\right) = 0" in document(two)
+
+
+def test_brackets_are_solved_for_their_index():
+    """[t = 0] and [t >= 1], not [-1 <= t - 1 <= -1] and [0 <= t - 1 <= T - 1]: a bound the
+    index's own range implies is left out."""
+    from derive.affine import between
+    from derive.latex import IndexLatexPrinter
+
+    T = dim_symbol("T")
+    t = sp.Idx("t", T)
+    show = IndexLatexPrinter(brackets=True).doprint
+    assert show(between(t - 1, -1, -1)) == r"\left[t = 0\right]"
+    assert show(between(t - 1, 0, T - 1)) == r"\left[t \ge 1\right]"
+    assert show(between(t + 1, 0, T - 1)) == r"\left[t \le T - 2\right]"
+    assert show(between(t - 1, 0, T - 3)) == r"\left[1 \le t \le T - 2\right]"
+    assert show(between(2 * t - 1, 0, T - 1)) == r"\left[0 \le 2 t - 1 \le T - 1\right]"
+
+
+def test_documents_introduce_named_values_and_local_derivatives_in_own_terms():
+    """A user's gated recurrence: the pre-activations the walk names are shown before they
+    are used, and h's total adjoint is hbar^total in the chain rule and in the results
+    alike.  Layer norm's drstd/dx reads rstd^3, not the variance's -3/2 power."""
+    from derive.document import document
+
+    from .test_preactivation_steps import MGU
+
+    tex = document(derive(parse_spec(MGU)))
+    named = tex.index("the walk names it")
+    assert tex.index(r"z^{\mathrm{h}}_{tnj} &= \sum_{i} W_{ji} x_{tni}") > named
+    assert named < tex.index(r"\partial L / \partial z^{\mathrm{h}}_{tnj}")
+    assert r"\sum_{k,l,m} \bar{h}^{\mathrm{total}}_{klm} \frac{\partial h_{klm}}" in tex
+    assert r"\bar{h}_{klm} \frac" not in tex
+    ln = document(derive(builtin("layernorm")))
+    assert (r"\frac{\partial \mathrm{rstd}_{k}}{\partial x_{nc}} &= - \frac{\mathrm{rstd}_{k}^{3}"
+            r" \sum_{l} [c = l] [k = n] \left(x_{kl} - \mu_{k}\right)}{C}") in ln
+    assert r"gradients of $\mu$ and $x$, where it is used" in ln

@@ -11,8 +11,7 @@
  *   y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
  *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
- *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
  *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
  *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  */
@@ -165,30 +164,30 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const float bp_k2 = 1.0F/W;
     BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over n, i, j */
+        /* sum over k, h, l */
         float bp_acc0 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
+        for (ptrdiff_t k = 0; k < N; ++k) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + i)*W + j])*dy[((n*C + c)*H + i)*W + j];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
                 }
             }
         }
         _s1[c] = bp_acc0;
         /* sum over k, h, l */
         float bp_acc1 = 0;
-        for (ptrdiff_t l = 0; l < N; ++l) {
+        for (ptrdiff_t k = 0; k < N; ++k) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dy[((l*C + c)*H + h)*W + k];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc1 += (mu[c] - x[((k*C + c)*H + h)*W + l])*dy[((k*C + c)*H + h)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
     }
-    /* dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
+    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c] */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -196,15 +195,16 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 const float bp_acc_r0 = _s1[c];
                 const float bp_acc_r1 = _s2[c];
                 const float bp_acc_r2 = mu[c];
-                const float bp_acc_r3 = var[c];
-                const float bp_acc_r4 = w[c];
-                const float bp_acc_r5 = bp_acc_r4/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
+                const float bp_acc_r3 = rstd[c];
+                const float bp_acc_r4 = var[c];
+                const float bp_acc_r5 = w[c];
                 const float bp_acc_r6 = -bp_acc_r2;
-                const float bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/powf(bp_acc_r3 + 1.0F/100000.0F, 3.0F/2.0F);
-                const float bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc_r3 + 1.0F/100000.0F);
+                const float bp_acc_r7 = bp_acc_r1*bp_acc_r3*bp_acc_r5*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc_r4 + 1.0F/100000.0F);
+                const float bp_acc_r8 = -bp_acc_r0*bp_acc_r5*bp_k0*bp_k1*bp_k2;
+                const float bp_acc_r9 = powf(bp_acc_r4 + 1.0F/100000.0F, -1.0F/2.0F);
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8;
+                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r9*(bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8);
                 }
             }
         }
@@ -212,9 +212,9 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
-        dw[c] = -_s1[c]*rstd[c];
+        dw[c] = -_s2[c]*rstd[c];
         /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
-        db[c] = _s2[c];
+        db[c] = _s1[c];
     }
     return 0;
 }
@@ -295,30 +295,30 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const double bp_k2 = 1.0/W;
     BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over n, i, j */
+        /* sum over k, h, l */
         double bp_acc0 = 0;
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
+        for (ptrdiff_t k = 0; k < N; ++k) {
+            for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += (mu[c] - x[((n*C + c)*H + i)*W + j])*dy[((n*C + c)*H + i)*W + j];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
                 }
             }
         }
         _s1[c] = bp_acc0;
         /* sum over k, h, l */
         double bp_acc1 = 0;
-        for (ptrdiff_t l = 0; l < N; ++l) {
+        for (ptrdiff_t k = 0; k < N; ++k) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t k = 0; k < W; ++k) {
-                    bp_acc1 += dy[((l*C + c)*H + h)*W + k];
+                for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc1 += (mu[c] - x[((k*C + c)*H + h)*W + l])*dy[((k*C + c)*H + h)*W + l];
                 }
             }
         }
         _s2[c] = bp_acc1;
     }
-    /* dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W)) */
+    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c] */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -326,15 +326,16 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 const double bp_acc_r0 = _s1[c];
                 const double bp_acc_r1 = _s2[c];
                 const double bp_acc_r2 = mu[c];
-                const double bp_acc_r3 = var[c];
-                const double bp_acc_r4 = w[c];
-                const double bp_acc_r5 = bp_acc_r4/sqrt(bp_acc_r3 + 1.0/100000.0);
+                const double bp_acc_r3 = rstd[c];
+                const double bp_acc_r4 = var[c];
+                const double bp_acc_r5 = w[c];
                 const double bp_acc_r6 = -bp_acc_r2;
-                const double bp_acc_r7 = bp_acc_r0*bp_acc_r4*bp_k0*bp_k1*bp_k2/pow(bp_acc_r3 + 1.0/100000.0, 3.0/2.0);
-                const double bp_acc_r8 = -bp_acc_r1*bp_acc_r4*bp_k0*bp_k1*bp_k2/sqrt(bp_acc_r3 + 1.0/100000.0);
+                const double bp_acc_r7 = bp_acc_r1*bp_acc_r3*bp_acc_r5*bp_k0*bp_k1*bp_k2/sqrt(bp_acc_r4 + 1.0/100000.0);
+                const double bp_acc_r8 = -bp_acc_r0*bp_acc_r5*bp_k0*bp_k1*bp_k2;
+                const double bp_acc_r9 = pow(bp_acc_r4 + 1.0/100000.0, -1.0/2.0);
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8;
+                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r9*(bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8);
                 }
             }
         }
@@ -342,9 +343,9 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
-        dw[c] = -_s1[c]*rstd[c];
+        dw[c] = -_s2[c]*rstd[c];
         /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
-        db[c] = _s2[c];
+        db[c] = _s1[c];
     }
     return 0;
 }

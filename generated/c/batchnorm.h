@@ -69,8 +69,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 
 /* backward, float:
  *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
- *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
  *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
  *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]
@@ -91,8 +90,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 
 /* backward, double:
  *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dvar[c] = rstd[c]**3*sum_{n,i,j}((mu[c] - x[n, c, i, j])*dxhat[n, c, i, j])/2
- *   dx[n, c, i, j] = rstd[c]*dxhat[n, c, i, j] + 2*(x[n, c, i, j] - mu[c])*dvar[c]/(H*N*W) - ((rstd[c]*sum_{k,h,l}(dxhat[l, c, h, k]) + 2*(sum_{h,k,l}(x[k, c, h, l]) - (H*N*W*mu[c]))*dvar[c]/(H*N*W))/(H*N*W))
+ *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
  *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
  *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]
