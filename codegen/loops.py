@@ -189,7 +189,7 @@ def _split_coefficient(expr):
 def _reduction_parts(core):
     """(body, reduced indices, op, bounds of those that run over part of their range)."""
     if isinstance(core, Maximum):
-        return core.args[0], (core.args[1],), "max", ()
+        return core.args[0], tuple(core.bound_indices), "max", ()
     if isinstance(core, ArgMax):
         return core.args[0], core.bound_indices, "argmax", ()
     body, limits = core.function, list(core.limits)
@@ -235,9 +235,13 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
 
 
 def _key(op, body, reduced, free, bounds):
-    """What identifies a reduction within one pass: equal keys, equal values."""
-    return (op, _canonical(body, reduced), free,
-            _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced))
+    """What identifies a reduction within one pass: equal keys, equal values.  The free
+    indices are renamed by position too, so sum_e dctx[t, e] v[u, e] and the same sum
+    over w (attention's score gradient, once inside sum_w a[t, w] (.)) are one array:
+    the temporary is read at each reader's own indices."""
+    own = {i: sp.Idx(f"_f{j}", dim_of(i)) for j, i in enumerate(free)}
+    return (op, _canonical(body, reduced).xreplace(own), tuple(own.values()),
+            _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced).xreplace(own))
 
 
 def _ref(name, free):

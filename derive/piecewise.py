@@ -131,6 +131,28 @@ class FirstMax(sp.Function):
             at, ks, printer.parenthesize(self.body, 1000))
 
 
+class ArgMaxOver(sp.Function):
+    """argmax over the indices k1..km of body: ArgMaxOver(body, k1, ..., km), the row-major
+    rank (k1*K2 + k2, ...) of the first position where body is maximal, as the index
+    torch.max_pool2d_with_indices saves.  A forward value a backward may read instead of
+    searching again; piecewise constant, so it passes no gradient."""
+
+    @property
+    def body(self):
+        return self.args[0]
+
+    @property
+    def bound_indices(self):
+        return self.args[1:]
+
+    def _eval_derivative(self, s):
+        return sp.Integer(0)
+
+    def _latex(self, printer):
+        ks = ",".join(printer._print(k) for k in self.bound_indices)
+        return r"\operatorname{argmax}_{%s} %s" % (ks, printer.parenthesize(self.body, 1000))
+
+
 def min_over(body, *ks):
     """min over k of body, written -max(-body): its gradient picks the first minimum."""
     return -MaxOver(-body, *ks)
@@ -186,4 +208,4 @@ def where(cond, a, b):
 
 # Names a spec may call that are not plain one-argument functions (parsed by derive.parser
 # with their own argument rules).
-SPECIAL = ("where", "max", "min", "abs")
+SPECIAL = ("where", "max", "min", "abs", "argmax")
