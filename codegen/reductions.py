@@ -11,6 +11,8 @@ where the body equals it, each nested over the indices one by one).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy as sp
 
 from derive.piecewise import ArgMaxOver, FirstMax, Iverson, MaxOver, linear_position
@@ -85,8 +87,8 @@ def read_saved_argmax(backward, forward):
                 return hit
         return e
 
-    return [st.__class__(st.name, st.indices, st.expr.replace(
-        lambda e: isinstance(e, ArgMax), lookup), st.formula) for st in backward]
+    return [replace(st, expr=st.expr.replace(lambda e: isinstance(e, ArgMax), lookup))
+            for st in backward]
 
 
 def _same_search(st, e):
