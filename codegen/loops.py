@@ -50,6 +50,9 @@ class Nest:
     # other (see split_by_residue); or a recurrence's step (kind "scan", see scan_nest)
     copies: tuple = ()
     reverse: bool = False             # a scan from its last step to its first
+    # an argmax's scan also writes the best value it found here (a max over the same
+    # window, computed in the same pass: see max_into_argmax)
+    best: str = ""
 
     @property
     def parallel(self) -> str:
@@ -316,6 +319,29 @@ def split_by_residue(nest: Nest) -> Nest:
     if len(shared) == len(outs):
         return nest
     return replace(nest, loops=tuple(shared), copies=tuple(parts))
+
+
+def max_into_argmax(nests: list[Nest]) -> list[Nest]:
+    """A max over a window beside an argmax over the same window (a pooling that saves its
+    argmax): the argmax's scan keeps the best value anyway (NaN as the max's, the last one
+    scanned), so it writes both and the max's pass over x goes."""
+    def key(n):
+        return (n.out, _canonical(n.body, n.reduced), tuple(k.upper for k in n.reduced))
+
+    searches = {key(n): k for k, n in enumerate(nests) if n.kind == "reduce"
+                and n.op == "argmax" and not n.bounds and not n.subs and not n.best}
+    out, gone = list(nests), set()
+    for k, n in enumerate(nests):
+        hit = searches.get(key(n)) if n.kind == "reduce" and n.op == "max" and not n.bounds \
+            and not n.subs and n.init == 0 else None
+        between = nests[min(k, hit) + 1:max(k, hit)] if hit is not None else []
+        if hit is not None and not out[hit].best and not _names_read(n) & {
+                m.target for m in between} and not any(n.target in _names_read(m)
+                                                        for m in between):
+            out[hit] = replace(out[hit], best=n.target,
+                               comment=f"{out[hit].comment}; {n.comment}")
+            gone.add(k)
+    return [n for k, n in enumerate(out) if k not in gone]
 
 
 def leaves(nests):

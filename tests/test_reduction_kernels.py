@@ -168,6 +168,13 @@ def test_maxpool_forward_is_one_pass_over_each_window():
     assert "_s1" not in code and code.count("bp_acc_nan |=") == 1
 
 
+def test_saved_argmax_and_max_are_one_scan_in_the_forward():
+    """The argmax's scan keeps the best value: it writes y as well, one pass over x."""
+    code = re.sub(r"/\*.*?\*/", "", _forward_c("maxpool2d_indices"))
+    assert code.count("x[") == 1 and "bp_acc_nan" not in code
+    assert "y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;" in code
+
+
 def test_saved_argmax_is_read_by_the_backward_not_searched_again():
     """maxpool2d_indices' forward saves each window's first maximal rank (at); the
     backward reads at and dy and never x (as torch.max_pool2d_with_indices_backward)."""

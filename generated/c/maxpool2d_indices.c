@@ -122,8 +122,9 @@ int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     (void)W;
     (void)KH;
     (void)KW;
+    (void)y;
     (void)bp_work;
-    /* at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
+    /* at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW); y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -137,27 +138,7 @@ int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
                         }
                     }
                     at[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
-                }
-            }
-        }
-    }
-    /* y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    float bp_acc = -INFINITY;
-                    int bp_acc_nan = 0;
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))
-                        for (ptrdiff_t q = 0; q < 2; ++q) {
-                            const float bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
-                            bp_acc = bp_v > bp_acc ? bp_v : bp_acc;
-                            bp_acc_nan |= bp_v != bp_v;
-                        }
-                    }
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc_nan ? NAN : bp_acc;
+                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
                 }
             }
         }
@@ -534,8 +515,9 @@ int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     (void)W;
     (void)KH;
     (void)KW;
+    (void)y;
     (void)bp_work;
-    /* at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
+    /* at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW); y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -549,27 +531,7 @@ int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
                         }
                     }
                     at[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
-                }
-            }
-        }
-    }
-    /* y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    double bp_acc = -INFINITY;
-                    int bp_acc_nan = 0;
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))
-                        for (ptrdiff_t q = 0; q < 2; ++q) {
-                            const double bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
-                            bp_acc = bp_v > bp_acc ? bp_v : bp_acc;
-                            bp_acc_nan |= bp_v != bp_v;
-                        }
-                    }
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc_nan ? NAN : bp_acc;
+                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
                 }
             }
         }
