@@ -171,7 +171,7 @@ def test_maxpool_forward_is_one_pass_over_each_window():
 def test_saved_argmax_and_max_are_one_scan_in_the_forward():
     """The argmax's scan keeps the best value: it writes y as well, one pass over x."""
     code = re.sub(r"/\*.*?\*/", "", _forward_c("maxpool2d_indices"))
-    assert code.count("x[") == 1 and "bp_acc_nan" not in code
+    assert len(re.findall(r"\bx\[", code)) == 1 and "bp_acc_nan" not in code
     assert "y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;" in code
 
 
@@ -180,10 +180,9 @@ def test_saved_argmax_is_read_by_the_backward_not_searched_again():
     backward reads at and dy and never x (as torch.max_pool2d_with_indices_backward)."""
     code = _backward_c("maxpool2d_indices")
     body = re.sub(r"/\*.*?\*/", "", code)
-    assert "first maximal position" not in body and "x[" not in body
+    assert "first maximal position" not in body and not re.search(r"\bx\[", body)
     assert "== at[((n*C + c)*Hout + i)*Wout + j]" in body
-    k = codegen.load("maxpool2d_indices")
-    assert k.reuses == ("at",)
+    assert codegen.load("maxpool2d_indices", backend="c").reuses == ("at",)
 
 
 @pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
@@ -209,7 +208,8 @@ def test_saved_argmax_equals_torch_indices(backend, dtype, K, S, H, W):
     j = np.arange(flat.shape[3])[None, :] * S
     np.testing.assert_array_equal(fwd["at"], (flat // W - i) * K + (flat % W - j))
     dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype), at=fwd["at"])["dx"]
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6 if dtype == "float32" else 0)
+    # overlapping windows (S < K) add several dy: the order of the additions differs
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6 if dtype == "float32" else 1e-12)
 
 
 def test_attention_backward_computes_the_score_gradient_product_once():
