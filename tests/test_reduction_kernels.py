@@ -15,11 +15,19 @@ from derive import derive
 from .oracles import require_oracle
 
 
-def _backward_c(name, **constants):
+def _entry_c(name, entry, **constants):
     layer = codegen.load(name, constants=constants).layer
     source = c_sources(plan(derive(layer)))[f"{name}.c"]
-    body = source[source.index(f"int bp_{name}_backward_f32("):]
+    body = source[source.index(f"int bp_{name}_{entry}_f32("):]
     return body[:body.index("\n}\n")]
+
+
+def _backward_c(name, **constants):
+    return _entry_c(name, "backward", **constants)
+
+
+def _forward_c(name, **constants):
+    return _entry_c(name, "forward", **constants)
 
 
 def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
@@ -153,13 +161,6 @@ def test_numpy_maxpool_backward_memory_is_proportionate():
     xt = torch.tensor(x, requires_grad=True)
     torch.nn.functional.max_pool2d(xt, 2, 2).backward(torch.tensor(dy))
     np.testing.assert_array_equal(dx, xt.grad.numpy())
-
-
-def _forward_c(name, **constants):
-    layer = codegen.load(name, constants=constants).layer
-    source = c_sources(plan(derive(layer)))[f"{name}.c"]
-    body = source[source.index(f"int bp_{name}_forward_f32("):]
-    return body[:body.index("\n}\n")]
 
 
 def test_maxpool_forward_is_one_pass_over_each_window():
