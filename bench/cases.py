@@ -308,8 +308,10 @@ def _maxpool_indices_hand_backward(a):
 
 
 def _maxpool_torch_forward_indices(torch, a):
+    """torch's forward that saves its argmax (flat h*W + w indices, int64; not our ranks,
+    so only y is handed back to compare)."""
     x = torch.from_numpy(a["x"])
-    return lambda: torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    return lambda: torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])[0]
 
 
 # ---- 10. batch norm backward, training mode (issue 12) -----------------------------------------
