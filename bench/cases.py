@@ -299,6 +299,21 @@ def _maxpool_torch_backward(torch, a):
         dy, x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
 
 
+def _maxpool_indices_hand_backward(a):
+    """From the ranks (p*2 + q) of each window's first maximum the forward saved (at)."""
+    n, c, h, w = a["x"].shape
+    spread = (np.arange(4, dtype=F32) == a["at"][..., None]) * a["dy"][..., None]
+    return {"dx": spread.reshape(n, c, h // 2, w // 2, 2, 2).transpose(
+        0, 1, 2, 4, 3, 5).reshape(n, c, h, w).astype(F32)}
+
+
+def _maxpool_torch_forward_indices(torch, a):
+    """torch's forward that saves its argmax (flat h*W + w indices, int64; not our ranks,
+    so only y is handed back to compare)."""
+    x = torch.from_numpy(a["x"])
+    return lambda: torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])[0]
+
+
 # ---- 10. batch norm backward, training mode (issue 12) -----------------------------------------
 def _bn_make(rng, s):
     N, C, H, W = s["N"], s["C"], s["H"], s["W"]
@@ -495,6 +510,17 @@ def cases(scale: int = 1) -> list[Case]:
                   "its forward saved, ours finds it in one pass over x; the floor streams "
                   "x and dx (the quarter-size dy left out); generated NumPy not timed "
                   "(index arrays over every dx element: seconds a call)"),
+        Case("maxpool2d_indices_forward", "maxpool2d_indices", "forward",
+             dict(N=big(32), C=64, H=112, W=112), _pool_make, _maxpool_hand_forward,
+             _maxpool_torch_forward_indices, reads=("x",), writes=("y", "at"),
+             note="also saves each window's first maximal position (4 bytes per output: "
+                  "12.8 MB here; torch's max_pool2d_with_indices saves 8-byte indices)"),
+        Case("maxpool2d_indices_backward", "maxpool2d_indices", "backward",
+             dict(N=big(32), C=64, H=112, W=112), _pool_make,
+             _maxpool_indices_hand_backward, _maxpool_torch_backward, reads=("dy", "at"),
+             writes=("dx",), numpy=False,
+             note="from the saved positions and dy, as torch from its saved indices: x "
+                  "is not read; the floor streams dy, at and dx"),
         Case("batchnorm_backward", "batchnorm", "backward", dict(N=big(32), C=64, H=56, W=56),
              _bn_make, _bn_hand, _bn_torch, reads=("x", "dy"), writes=("dx",),
              note="training mode; ours reads the saved mean, variance and rstd"),

@@ -12,7 +12,8 @@ from templates import render
 
 SHAPES = [(r, w) for r in range(1, 5) for w in range(1, 4)]
 SHAPE_ERROR = ("the floor streams 1-4 inputs and 1-3 outputs, float32, contiguous, all of one "
-               "size, or one input and one output whose sizes divide one another")
+               "size, or arrays of two sizes that divide one another: one big input and one "
+               "or two small outputs, or one or two small inputs and one big output")
 
 
 class Floor:
@@ -47,15 +48,22 @@ class Floor:
 
     def stream(self, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> None:
         """Read every input and write every output once (float32, all the same size; or
-        one of each, one size a multiple of the other: a pooling's traffic)."""
+        a pooling's traffic: one big array and one or two small ones, on either side)."""
         ptr = lambda a: self._ffi.cast("float *", self._ffi.from_buffer(a))
-        if len(inputs) == len(outputs) == 1 and inputs[0].size != outputs[0].size:
-            (a,), (b,) = inputs, outputs
-            big, small = max(a.size, b.size), min(a.size, b.size)
-            if big % small or a.dtype != np.float32 or b.dtype != np.float32:
+        sizes = {a.size for a in inputs + outputs}
+        if len(sizes) == 2:
+            small, big = sorted(sizes)
+            reduce = [a.size for a in inputs] == [big] and len(outputs) <= 2 and all(
+                a.size == small for a in outputs)
+            expand = [a.size for a in outputs] == [big] and len(inputs) <= 2 and all(
+                a.size == small for a in inputs)
+            if big % small or not (reduce or expand) or any(
+                    a.dtype != np.float32 or not a.flags.c_contiguous for a in inputs + outputs):
                 raise ValueError(SHAPE_ERROR)
-            fn = self._lib.bp_floor_reduce if a.size > b.size else self._lib.bp_floor_expand
-            fn(small, big // small, ptr(a), ptr(b))
+            many = len(outputs) if reduce else len(inputs)
+            name = ("bp_floor_reduce" if reduce else "bp_floor_expand") + (
+                str(many) if many > 1 else "")
+            getattr(self._lib, name)(small, big // small, *[ptr(a) for a in inputs + outputs])
             return
         n = inputs[0].size
         if not (1 <= len(inputs) <= 4 and 1 <= len(outputs) <= 3) or any(

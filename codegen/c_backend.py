@@ -19,7 +19,8 @@ from .fused_axes import as_fused_gemm
 from .gemm import as_gemm
 from .im2col import as_im2col as _as_packed
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
-                    inline_cheap, leaves, lower, scan_nest, split_by_residue)
+                    inline_cheap, leaves, lower, max_into_argmax, scan_nest,
+                    split_by_residue)
 from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
 from .plan import KernelPlan, const_flag
@@ -148,7 +149,8 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         windows = _windows(plan.layer)
         library = lambda n: as_gemm(n) or as_im2col(n, known, windows) or \
             _blocks(n, known)
-        nests = [p for n in getattr(loops, side) for p in _products_apart(n, known)]
+        nests = max_into_argmax(
+            [p for n in getattr(loops, side) for p in _products_apart(n, known)])
         nests, temps = inline_cheap(nests, getattr(loops, side + "_temps"), keep=library)
         nests, loops.invariants[side] = hoist_invariants(nests)
         nests = [n if library(n) else split_by_residue(n) for n in nests]
@@ -420,7 +422,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                 step=_step_view(n, printer, shapes),
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
-                out_loops=[], start="0", finish="", simd="", init_simd="")
+                out_loops=[], start="0", finish="", simd="", init_simd="", best="")
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
     # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""
@@ -466,7 +468,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         # best value and its rank, as torch.max_pool2d's `val > max || isnan(val)`
         view.update(mode="scalar_acc", split=len(n.loops) - len(n.reduced), start="-INFINITY",
                     finish=f"{acc}_at", rank=printer.index_code(linear_position(
-                        n.reduced, n.reduced)), pragma=f"#pragma omp parallel for{when}")
+                        n.reduced, n.reduced)), pragma=f"#pragma omp parallel for{when}",
+                    best=printer._print(sp.IndexedBase(n.best)[target_ref.indices])
+                    if n.best else "")
         return view
     red = "max" if n.op == "max" else "+"
     start = "-INFINITY" if n.op == "max" else "0"

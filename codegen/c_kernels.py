@@ -4,6 +4,9 @@ the layer's dimensions (consistent across arrays), C-contiguity, sizes of at lea
 Outputs are allocated here, so they never alias an input."""
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 
 from .arguments import check_backward, check_fusable, check_names, derive_sizes, dim_program
@@ -59,6 +62,7 @@ class CKernels:
                 self._one_blas_thread(f) if f is not None else None
                 for f in (self._forward, self._backward, self._fused, self._inplace))
         self._kept: dict[tuple, np.ndarray] = {}     # (entry, result) -> buffer, for reuse=
+        self._scratch_locks = {e: threading.Lock() for e in ("forward", "backward", "fused")}
 
     @property
     def layer(self):
@@ -104,7 +108,8 @@ class CKernels:
         computed element by element (an optimizer step, an activation) a result may be the
         very input it replaces, out={"p_next": p}: an update in place.
 
-        reuse=True: results (and the scratch space) go into buffers this object keeps and
+        The scratch space is this object's, kept from call to call (see _scratch).
+        reuse=True: results go into buffers this object keeps too, and
         hands out again on the next reuse=True call of the same entry with the same sizes,
         so a training loop does not pay a fresh allocation's page faults every step.  The
         aliasing rule: such a result is overwritten by that next call; copy what must
@@ -114,12 +119,12 @@ class CKernels:
         a, sizes = self._check(arrays, self.args)
         out = self._outputs(out, self.returns, sizes, a, in_place=self._inplace is not None,
                             reuse="forward" if reuse else None)
-        work = self._work(self._forward_work, sizes, "forward" if reuse else None)
         shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
         kernel = self._inplace if shared else self._forward
-        self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+        with self._scratch(self._forward_work, sizes, "forward") as work:
+            self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
                              *[self._ptr(out[n]) for n in self.returns], self._ptr(work)),
-                  sizes)
+                      sizes)
         return out
 
     def backward(self, out=None, reuse=False, **arrays):
@@ -133,11 +138,11 @@ class CKernels:
         inputs = self.args + self.upstream + self.reuses
         a, sizes = self._check(arrays, inputs)
         out = self._outputs(out, self.gradients, sizes, a, reuse="backward" if reuse else None)
-        work = self._work(self._backward_work, sizes, "backward" if reuse else None)
-        self._ran(self._backward(*self._dims(sizes),
-                             *[self._ptr(a[n]) for n in inputs],
-                             *[self._ptr(out[n]) for n in self.gradients], self._ptr(work)),
-                  sizes)
+        with self._scratch(self._backward_work, sizes, "backward") as work:
+            self._ran(self._backward(*self._dims(sizes),
+                                     *[self._ptr(a[n]) for n in inputs],
+                                     *[self._ptr(out[n]) for n in self.gradients],
+                                     self._ptr(work)), sizes)
         return out
 
     def forward_backward(self, out=None, reuse=False, **arrays):
@@ -151,9 +156,9 @@ class CKernels:
         a, sizes = self._check(arrays, self.args)
         names = self._output_names + self.gradients
         out = self._outputs(out, names, sizes, a, reuse="fused" if reuse else None)
-        work = self._work(self._fused_work, sizes, "fused" if reuse else None)
-        self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                             *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
+        with self._scratch(self._fused_work, sizes, "fused") as work:
+            self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
+                                  *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
         return out
 
     # ---- for callers that pass pointers themselves (codegen.torch_calls) -----------------
@@ -295,9 +300,21 @@ class CKernels:
     def _dims(self, sizes):
         return [sizes[d] for d in self._dim_names]
 
-    def _work(self, fn, sizes, reuse=None):
+    @contextmanager
+    def _scratch(self, fn, sizes, entry):
+        """The entry's scratch space for one call, kept from call to call whatever the
+        outputs: it never leaves the call, and a fresh one's page faults cost more than
+        the work at large sizes (attention's backward, 200 MB of scratch: a third of the
+        call).  A call made while another thread holds it gets a fresh one."""
         size = (max(int(fn(*self._dims(sizes))), 1),)
-        return self._buffer((reuse, None), size, {}) if reuse else np.empty(size, self.dtype)
+        lock = self._scratch_locks[entry]
+        if not lock.acquire(blocking=False):
+            yield np.empty(size, self.dtype)
+            return
+        try:
+            yield self._buffer((entry, None), size, {})
+        finally:
+            lock.release()
 
     def _buffer(self, key, shape, inputs):
         """The buffer kept under key, if it has this shape and is none of the inputs; else

@@ -51,6 +51,9 @@ class Nest:
     copies: tuple = ()
     reverse: bool = False             # a scan from its last step to its first
     step: object = None               # a scan member's GEMM at its step (codegen/step_views)
+    # an argmax's scan also writes the best value it found here (a max over the same
+    # window, computed in the same pass: see max_into_argmax)
+    best: str = ""
 
     @property
     def parallel(self) -> str:
@@ -190,7 +193,7 @@ def _split_coefficient(expr):
 def _reduction_parts(core):
     """(body, reduced indices, op, bounds of those that run over part of their range)."""
     if isinstance(core, Maximum):
-        return core.args[0], (core.args[1],), "max", ()
+        return core.args[0], tuple(core.bound_indices), "max", ()
     if isinstance(core, ArgMax):
         return core.args[0], core.bound_indices, "argmax", ()
     body, limits = core.function, list(core.limits)
@@ -236,9 +239,13 @@ def _hoist(expr, temps, nests, counter, ctx, known, outer=()):
 
 
 def _key(op, body, reduced, free, bounds):
-    """What identifies a reduction within one pass: equal keys, equal values."""
-    return (op, _canonical(body, reduced), free,
-            _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced))
+    """What identifies a reduction within one pass: equal keys, equal values.  The free
+    indices are renamed by position too, so sum_e dctx[t, e] v[u, e] and the same sum
+    over w (attention's score gradient, once inside sum_w a[t, w] (.)) are one array:
+    the temporary is read at each reader's own indices."""
+    own = {i: sp.Idx(f"_f{j}", dim_of(i)) for j, i in enumerate(free)}
+    return (op, _canonical(body, reduced).xreplace(own), tuple(own.values()),
+            _canonical(sp.Tuple(*[sp.Tuple(*b) for b in bounds]), reduced).xreplace(own))
 
 
 def _ref(name, free):
@@ -313,6 +320,29 @@ def split_by_residue(nest: Nest) -> Nest:
     if len(shared) == len(outs):
         return nest
     return replace(nest, loops=tuple(shared), copies=tuple(parts))
+
+
+def max_into_argmax(nests: list[Nest]) -> list[Nest]:
+    """A max over a window beside an argmax over the same window (a pooling that saves its
+    argmax): the argmax's scan keeps the best value anyway (NaN as the max's, the last one
+    scanned), so it writes both and the max's pass over x goes."""
+    def key(n):
+        return (n.out, _canonical(n.body, n.reduced), tuple(k.upper for k in n.reduced))
+
+    searches = {key(n): k for k, n in enumerate(nests) if n.kind == "reduce"
+                and n.op == "argmax" and not n.bounds and not n.subs and not n.best}
+    out, gone = list(nests), set()
+    for k, n in enumerate(nests):
+        hit = searches.get(key(n)) if n.kind == "reduce" and n.op == "max" and not n.bounds \
+            and not n.subs and n.init == 0 else None
+        between = nests[min(k, hit) + 1:max(k, hit)] if hit is not None else []
+        if hit is not None and not out[hit].best and not _names_read(n) & {
+                m.target for m in between} and not any(n.target in _names_read(m)
+                                                        for m in between):
+            out[hit] = replace(out[hit], best=n.target,
+                               comment=f"{out[hit].comment}; {n.comment}")
+            gone.add(k)
+    return [n for k, n in enumerate(out) if k not in gone]
 
 
 def leaves(nests):

@@ -457,9 +457,10 @@ class NumpyPrinter:
         return code
 
     def _max(self, e, ctx):
-        body, k = e.args
-        outer = [i for i in ctx if i in free_indices(body) - {k}]
-        code = f"{_atom(self.array(body, tuple(outer) + (k,)))}.max(axis=-1)"
+        body, ks = e.args[0], tuple(e.bound_indices)
+        outer = [i for i in ctx if i in free_indices(body) - set(ks)]
+        axes = "-1" if len(ks) == 1 else str(tuple(range(-len(ks), 0)))
+        code = f"{_atom(self.array(body, tuple(outer) + ks))}.max(axis={axes})"
         return _expand(code, outer, ctx)
 
 

@@ -20,12 +20,12 @@ from derive.spec import Layer
 
 
 class Maximum(sp.Function):
-    """max over index k of body: Maximum(body, k).  Only kernels use it (a softmax shift)."""
-    nargs = 2
+    """max over the indices k1..km of body: Maximum(body, k1, ..., km), one reduction (a
+    softmax shift's row maximum, a pooling window).  Only kernels use it."""
 
     @property
     def bound_indices(self):
-        return (self.args[1],)
+        return self.args[1:]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ def plan(derivation: Derivation) -> KernelPlan:
     backward = tuple(Statement(s.name, s.indices, _recompute_cheap(guard_brackets(stabilize(
                                _stable_ratios(lower_reductions(s.expr)), layer)), layer),
                                show(s.lhs, s.expr)) for s in derivation.steps)
+    from .reductions import read_saved_argmax
+    backward = read_saved_argmax(backward, forward)
     from .shared_sums import share_sums
     backward = share_sums(backward, [adjoint_name(t.name) for t in layer.differentiable],
                           layer, _arithmetic)

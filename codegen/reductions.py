@@ -1,8 +1,9 @@
 """Max over indices, as the kernels compute it: derive.piecewise's MaxOver and FirstMax
 lowered onto the plan's reductions, which both backends run.
 
-    max over (p, q) of body       ->  Maximum(Maximum(body, q), p)
+    max over (p, q) of body       ->  Maximum(body, p, q)
     [(a, b) is the first argmax]  ->  [a*Q + b == ArgMax(body, p, q)]
+    argmax over (p, q) of body    ->  ArgMax(body, p, q)
 
 ArgMax is one reduction: a single pass over the window keeps the best value and its
 row-major rank, replacing the earlier four passes (a max, then a max of negated ranks
@@ -10,9 +11,11 @@ where the body equals it, each nested over the indices one by one).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy as sp
 
-from derive.piecewise import FirstMax, Iverson, MaxOver, linear_position
+from derive.piecewise import ArgMaxOver, FirstMax, Iverson, MaxOver, linear_position
 
 from .plan import Maximum
 
@@ -33,7 +36,7 @@ class ArgMax(sp.Function):
 
 def lower_reductions(expr):
     """expr with every MaxOver and FirstMax written in Maximum reductions."""
-    if not expr.has(MaxOver, FirstMax):
+    if not expr.has(MaxOver, FirstMax, ArgMaxOver):
         return expr
 
     def rewrite(e):
@@ -44,6 +47,8 @@ def lower_reductions(expr):
             return _nested_max(e.body, e.bound_indices)
         if isinstance(e, FirstMax):
             return _first_max(e)
+        if isinstance(e, ArgMaxOver):
+            return ArgMax(e.body, *e.bound_indices)
         return e
 
     return rewrite(expr)
@@ -55,9 +60,9 @@ def _dummies(ks):
 
 
 def _nested_max(body, ks):
-    for k in reversed(ks):
-        body = Maximum(body, k)
-    return body
+    """One reduction over every index of the window: one pass, no partial maxima stored
+    (max over q into a scratch array, then over p, streamed x's window twice)."""
+    return Maximum(body, *ks)
 
 
 def _first_max(e):
@@ -65,3 +70,35 @@ def _first_max(e):
     own = _dummies(ks)
     first = ArgMax(e.body.xreplace(dict(zip(ks, own))), *own)
     return Iverson(sp.Eq(linear_position(e.position, ks), first))
+
+
+def read_saved_argmax(backward, forward):
+    """The backward's argmax searches that a forward statement saved (an intermediate
+    `at[n, c, i, j] = argmax(x[..], p, q)`) read that array instead: the backward then
+    reads a quarter-size array of ranks, not x, as torch's max_pool2d_with_indices."""
+    saved = [st for st in forward if isinstance(st.expr, ArgMax)]
+    if not saved:
+        return backward
+
+    def lookup(e):
+        for st in saved:
+            hit = _same_search(st, e)
+            if hit is not None:
+                return hit
+        return e
+
+    return [replace(st, expr=st.expr.replace(lambda e: isinstance(e, ArgMax), lookup))
+            for st in backward]
+
+
+def _same_search(st, e):
+    """st's array at the indices where its search equals the search e, or None."""
+    theirs, mine = st.expr.bound_indices, e.bound_indices
+    if [k.upper for k in theirs] != [k.upper for k in mine]:
+        return None
+    body = e.args[0].xreplace(dict(zip(mine, theirs)))
+    wild = {i: sp.Wild(f"_w{j}") for j, i in enumerate(st.indices)}
+    found = body.match(st.expr.args[0].xreplace(wild))
+    if found is None or set(found) != set(wild.values()):
+        return None
+    return sp.IndexedBase(st.name)[tuple(found[wild[i]] for i in st.indices)]

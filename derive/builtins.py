@@ -17,6 +17,7 @@ BUILTINS = ("dense", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "silu", "ge
             "gelu_erf", "hardtanh", "softmax", "log_softmax", "layernorm", "rmsnorm",
             "batchnorm", "embedding", "dropout",
             "conv1d", "conv2d", "conv2d_grouped", "avgpool2d", "maxpool2d",
+            "maxpool2d_indices",
             "global_avgpool2d", "rnn_tanh", "rnn_relu", "gru", "lstm", "attention", "mse", "huber", "nll",
             "softmax_cross_entropy", "softmax_cross_entropy_labels", "sigmoid_bce", "mlp2",
             "adam", "adamw", "sgd", "sgd_momentum", "rmsprop", "adagrad", "neuron")

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import sympy as sp
 
-from .piecewise import FirstMax, MaxOver
+from .piecewise import ArgMaxOver, FirstMax, MaxOver
 
 from .derivation import Derivation, adjoint_name
 from .spec import dim_symbol
@@ -31,11 +31,16 @@ NUMERIC = {
     # a max over an index, written out: the values of its body at every position
     "max_of": lambda *values: np.max(values),
     "first_max_at": lambda rank, *values: np.float64(rank == np.argmax(values)),
+    "first_max_rank": lambda *values: np.float64(np.argmax(values)),
 }
 
 
 class max_of(sp.Function):
     """The largest of the arguments (a MaxOver written out; numbers only here)."""
+
+
+class first_max_rank(sp.Function):
+    """first_max_rank(v0, v1, ...): the position of the first maximal value (an argmax)."""
 
 
 class first_max_at(sp.Function):
@@ -156,12 +161,14 @@ def _expand(e, outside):
         lo, hi = _expand(lo, outside), _expand(hi, outside)
         return sp.Add(*[_expand(body.xreplace({k: sp.Integer(v)}), outside)
                         for v in range(int(lo), int(hi) + 1)])
-    if isinstance(e, (MaxOver, FirstMax)):
+    if isinstance(e, (MaxOver, FirstMax, ArgMaxOver)):
         ks = e.bound_indices
         values = [_expand(e.body.xreplace(dict(zip(ks, map(sp.Integer, at)))), outside)
                   for at in itertools.product(*[range(int(k.upper) + 1) for k in ks])]
         if isinstance(e, MaxOver):
             return max_of(*values)
+        if isinstance(e, ArgMaxOver):
+            return first_max_rank(*values)
         rank = sp.Integer(0)
         for a, k in zip(e.position, ks):
             rank = rank * (k.upper + 1) + _expand(a, outside)

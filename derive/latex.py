@@ -226,7 +226,8 @@ class IndexLatexPrinter(LatexPrinter):
         return r"\left[%s > 0\right]" % e
 
     def _print_Maximum(self, expr):
-        return r"\max_{%s} %s" % (self._print(expr.args[1]), self._print(expr.args[0]))
+        return r"\max_{%s} %s" % (",".join(self._print(k) for k in expr.args[1:]),
+                                   self._print(expr.args[0]))
 
 
 def index_latex(expr, adjoints=frozenset()) -> str:

@@ -31,7 +31,7 @@ import sympy as sp
 from .affine import extremes, proven_nonnegative
 from .errors import SpecError
 from .functions import FUNCTIONS
-from .piecewise import SPECIAL, MaxOver, absolute, maximum, min_over, minimum, where
+from .piecewise import SPECIAL, ArgMaxOver, MaxOver, absolute, maximum, min_over, minimum, where
 from .indices import free_indices as _free_indices
 from .network import is_network
 from .names import did_you_mean, layer_name_problem, name_problem
@@ -1113,7 +1113,8 @@ class _Expr:
 
     def reduction(self, node, allowed, fname):
         """sum/max/min(body, k, ...): the body and the indices it reduces over."""
-        verb = {"sum": "summed", "max": "maximized over", "min": "minimized over"}[fname]
+        verb = {"sum": "summed", "max": "maximized over", "min": "minimized over",
+                "argmax": "searched"}[fname]
         ks = []
         for a in node.args[1:]:
             if isinstance(a, ast.Compare) and isinstance(a.left, ast.Name) \
@@ -1194,6 +1195,13 @@ class _Expr:
                 self._is_new_index(a, allowed) for a in node.args[1:]):
             body, ks = self.reduction(node, allowed, fname)
             return MaxOver(body, *ks) if fname == "max" else min_over(body, *ks)
+        if fname == "argmax":
+            if len(node.args) < 2 or not all(self._is_new_index(a, allowed)
+                                             for a in node.args[1:]):
+                raise self.err("argmax takes an expression and the new indices it searches: "
+                               "argmax(x[n, c, S*i + p], p in K)", node)
+            body, ks = self.reduction(node, allowed, fname)
+            return ArgMaxOver(body, *ks)
         if fname in SPECIAL:
             return self.piecewise(node, allowed, fname)
         if fname == "sum":

@@ -74,8 +74,8 @@ def linear_position(positions, ranges) -> sp.Expr:
     return out
 
 
-class MaxOver(sp.Function):
-    """max over the indices k1..km of body: MaxOver(body, k1, ..., km)."""
+class OverIndices(sp.Function):
+    """f(body, k1, ..., km): a reduction of body over the indices k1..km."""
 
     @property
     def body(self):
@@ -84,6 +84,10 @@ class MaxOver(sp.Function):
     @property
     def bound_indices(self):
         return self.args[1:]
+
+
+class MaxOver(OverIndices):
+    """max over the indices k1..km of body: MaxOver(body, k1, ..., km)."""
 
     def _eval_derivative(self, s):
         from .indices import fresh
@@ -129,6 +133,20 @@ class FirstMax(sp.Function):
         at = ",".join(printer._print(a) for a in self.position)
         return r"\left[(%s) = \operatorname{argmax}_{%s} %s\right]" % (
             at, ks, printer.parenthesize(self.body, 1000))
+
+
+class ArgMaxOver(OverIndices):
+    """argmax over the indices k1..km of body: ArgMaxOver(body, k1, ..., km), the row-major
+    rank (k1*K2 + k2, ...) of the first position where body is maximal, as the index
+    torch.max_pool2d_with_indices saves.  A forward value a backward may read instead of
+    searching again; piecewise constant, so it passes no gradient."""
+
+    def _eval_derivative(self, s):
+        return sp.Integer(0)
+
+    def _latex(self, printer):
+        ks = ",".join(printer._print(k) for k in self.bound_indices)
+        return r"\operatorname{argmax}_{%s} %s" % (ks, printer.parenthesize(self.body, 1000))
 
 
 def min_over(body, *ks):
@@ -186,4 +204,4 @@ def where(cond, a, b):
 
 # Names a spec may call that are not plain one-argument functions (parsed by derive.parser
 # with their own argument rules).
-SPECIAL = ("where", "max", "min", "abs")
+SPECIAL = ("where", "max", "min", "abs", "argmax")

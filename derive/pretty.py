@@ -116,6 +116,10 @@ class FormulaPrinter(StrPrinter):
         at = ", ".join(self._print(a) for a in expr.position)
         return f"[({at}) == argmax_{{{ks}}}({self._print(expr.body)})]"
 
+    def _print_ArgMaxOver(self, expr):
+        ks = ",".join(self._print(k) for k in expr.bound_indices)
+        return f"argmax_{{{ks}}}({self._print(expr.body)})"
+
     def _print_Rational(self, expr):
         return decimal(expr) if is_long_number(expr) else super()._print_Rational(expr)
 
@@ -123,7 +127,8 @@ class FormulaPrinter(StrPrinter):
         return decimal(expr) if is_long_number(expr) else super()._print_Integer(expr)
 
     def _print_Maximum(self, expr):
-        return f"max_{self._print(expr.args[1])}({self._print(expr.args[0])})"
+        ks = ",".join(self._print(k) for k in expr.args[1:])
+        return f"max_{ks if len(expr.args) == 2 else '{' + ks + '}'}({self._print(expr.args[0])})"
 
 
 def is_long_number(expr) -> bool:

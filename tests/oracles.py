@@ -266,6 +266,7 @@ def torch_forward(name):
         "conv2d_grouped": torch_grouped_conv2d,
         "avgpool2d": lambda x: {"y": F.avg_pool2d(x, 2, 2)},
         "maxpool2d": lambda x: {"y": F.max_pool2d(x, 2, 2)},
+        "maxpool2d_indices": lambda x: {"y": F.max_pool2d(x, 2, 2)},
         "global_avgpool2d": lambda x: {"y": F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]},
         "rnn_tanh": lambda **a: torch_recurrent("rnn_tanh", **a),
         "rnn_relu": lambda **a: torch_recurrent("rnn_relu", **a),

@@ -70,8 +70,23 @@ def test_floor_streams_a_pooling_s_traffic():
     np.testing.assert_array_equal(small, a.reshape(3, 4).sum(1))
     floor.stream([small], [big])
     np.testing.assert_array_equal(big, np.repeat(small, 4))
-    with pytest.raises(ValueError, match="whose sizes divide one another"):
+    with pytest.raises(ValueError, match="two sizes that divide one another"):
         floor.stream([a], [np.empty(5, np.float32)])
+
+
+def test_floor_streams_a_saved_argmax_s_traffic():
+    """A pooling that saves its argmax: one big array into two small ones (y and at), and
+    two small ones (dy and at) into one big one (dx)."""
+    floor = Floor()
+    a = np.arange(12, dtype=np.float32)
+    y, at, dx = np.empty(3, np.float32), np.empty(3, np.float32), np.empty(12, np.float32)
+    floor.stream([a], [y, at])
+    np.testing.assert_array_equal(y, a.reshape(3, 4).sum(1))
+    np.testing.assert_array_equal(at, y + 1)
+    floor.stream([y, at], [dx])
+    np.testing.assert_array_equal(dx, np.repeat(y + at, 4))
+    with pytest.raises(ValueError, match="one or two small inputs"):
+        floor.stream([a, y], [dx])
 
 
 def test_floor_streams_what_it_is_given():

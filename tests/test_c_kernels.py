@@ -416,3 +416,27 @@ def test_layernorm_backward_recomputes_xhat():
 
     assert plan(derive(builtin("layernorm"))).reuses == ("mu", "rstd")
     assert plan(derive(builtin("gelu"))).reuses == ("th",)      # tanh is not cheap
+
+
+def test_scratch_space_is_kept_between_calls_and_per_thread_when_busy():
+    """The work buffer is the object's from call to call (no page faults on a fresh one
+    each call), with or without out=; a call from a second thread while the first holds it
+    gets its own, so concurrent calls still compute the right thing."""
+    import threading
+
+    k = codegen.load("layernorm", backend="c")
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    w, b = rng.normal(size=5), rng.normal(size=5)
+    want = k.backward(x=x, w=w, b=b, dy=dy)
+    kept = k._kept[("backward", None)]
+    k.backward(x=x, w=w, b=b, dy=dy, out={n: np.empty_like(v) for n, v in want.items()})
+    assert k._kept[("backward", None)] is kept
+    got = {}
+    with k._scratch_locks["backward"]:        # as if another thread were inside backward
+        thread = threading.Thread(target=lambda: got.update(k.backward(x=x, w=w, b=b, dy=dy)))
+        thread.start()
+        thread.join()
+    for n, v in want.items():
+        np.testing.assert_array_equal(got[n], v)
+    assert k._kept[("backward", None)] is kept

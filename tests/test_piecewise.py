@@ -168,6 +168,9 @@ BAD = [
     ("a[n, i] = abbs(x[n, i])", "7:11", "unknown function 'abbs' (did you mean 'abs'?)"),
     ("a[n, i] = max(x[n, i], 0, 1)", "7:11", "max() takes 2 arguments"),
     ("a[n, i] = x[n, i] + max(x[n, i], k)", "7:34", "index 'k' is maximized over but not used"),
+    ("a[n, i] = argmax(x[n, i])", "7:11", "argmax takes an expression and the new indices"),
+    ("a[n, i] = argmax(x[n, i], i)", "7:11", "argmax takes an expression and the new indices"),
+    ("a[n, i] = argmaxx(x[n, i], k)", "7:11", "(did you mean 'argmax'?)"),
 ]
 
 

@@ -15,11 +15,19 @@ from derive import derive
 from .oracles import require_oracle
 
 
-def _backward_c(name, **constants):
+def _entry_c(name, entry, **constants):
     layer = codegen.load(name, constants=constants).layer
     source = c_sources(plan(derive(layer)))[f"{name}.c"]
-    body = source[source.index(f"int bp_{name}_backward_f32("):]
+    body = source[source.index(f"int bp_{name}_{entry}_f32("):]
     return body[:body.index("\n}\n")]
+
+
+def _backward_c(name, **constants):
+    return _entry_c(name, "backward", **constants)
+
+
+def _forward_c(name, **constants):
+    return _entry_c(name, "forward", **constants)
 
 
 def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
@@ -91,9 +99,9 @@ def test_attention_contractions_are_batched_gemms():
     call = "bp_attention_gemm_f32(101, "
     assert forward.count(call) == 6              # q, k, v, s, ctx, and y (sums over h)
     assert "s + b*H*T*T + h*T*T, T);" in forward
-    # dctx, dv, dk, dq, dWq, dWk, dWv, dWo, the two products dctx v^T, and dx's three
-    # products (one loop of GEMMs each, the later two adding to dx)
-    assert backward.count(call) == 13
+    # dctx, dv, dk, dq, dWq, dWk, dWv, dWo, dctx v^T (once: ds reads it twice, see
+    # below), and dx's three products (one loop of GEMMs each, the later two adding to dx)
+    assert backward.count(call) == 12
     assert re.search(r"dWo \+ h\*E, H\*E\);", backward)     # dWo[d, h, e]: a d x e block
 
 
@@ -153,3 +161,60 @@ def test_numpy_maxpool_backward_memory_is_proportionate():
     xt = torch.tensor(x, requires_grad=True)
     torch.nn.functional.max_pool2d(xt, 2, 2).backward(torch.tensor(dy))
     np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
+def test_maxpool_forward_is_one_pass_over_each_window():
+    """max over (p, q) is one reduction: no partial maxima over q stored and read back."""
+    code = _forward_c("maxpool2d")
+    assert "_s1" not in code and code.count("bp_acc_nan |=") == 1
+
+
+def test_saved_argmax_and_max_are_one_scan_in_the_forward():
+    """The argmax's scan keeps the best value: it writes y as well, one pass over x."""
+    code = re.sub(r"/\*.*?\*/", "", _forward_c("maxpool2d_indices"))
+    assert len(re.findall(r"\bx\[", code)) == 1 and "bp_acc_nan" not in code
+    assert "y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;" in code
+
+
+def test_saved_argmax_is_read_by_the_backward_not_searched_again():
+    """maxpool2d_indices' forward saves each window's first maximal rank (at); the
+    backward reads at and dy and never x (as torch.max_pool2d_with_indices_backward)."""
+    code = _backward_c("maxpool2d_indices")
+    body = re.sub(r"/\*.*?\*/", "", code)
+    assert "first maximal position" not in body and not re.search(r"\bx\[", body)
+    assert "== at[((n*C + c)*Hout + i)*Wout + j]" in body
+    assert codegen.load("maxpool2d_indices", backend="c").reuses == ("at",)
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
+                                            ("c", "float32")])
+@pytest.mark.parametrize("K, S, H, W", [(2, 2, 6, 8), (3, 1, 5, 7), (3, 2, 7, 5)])
+def test_saved_argmax_equals_torch_indices(backend, dtype, K, S, H, W):
+    """y, the saved ranks (torch's flat indices h*W + w, as p*K + q) and dx equal torch's,
+    with ties (values rounded to halves) and a NaN window."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K * 10 + S)
+    x = np.round(rng.normal(size=(2, 3, H, W)) * 2) / 2
+    x[0, 0, :2, :2] = np.nan
+    xt = torch.tensor(x, requires_grad=True)
+    yt, idx = torch.nn.functional.max_pool2d(xt, K, S, return_indices=True)
+    dy = rng.normal(size=tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("maxpool2d_indices", backend=backend, constants=dict(K=K, S=S),
+                     **({"dtype": dtype} if backend == "c" else {}))
+    fwd = k.forward(x=x.astype(dtype))
+    np.testing.assert_array_equal(fwd["y"], yt.detach().numpy().astype(dtype))
+    flat = idx.numpy()
+    i = np.arange(flat.shape[2])[:, None] * S
+    j = np.arange(flat.shape[3])[None, :] * S
+    np.testing.assert_array_equal(fwd["at"], (flat // W - i) * K + (flat % W - j))
+    dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype), at=fwd["at"])["dx"]
+    # overlapping windows (S < K) add several dy: the order of the additions differs
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6 if dtype == "float32" else 1e-12)
+
+
+def test_attention_backward_computes_the_score_gradient_product_once():
+    """sum_e dctx[t, e] v[u, e] appears twice in ds (alone, and inside sum_w a[t, w] (.)):
+    one array serves both (it was computed twice)."""
+    code = _backward_c("attention", CAUSAL=1)
+    assert code.count("dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E") == 1

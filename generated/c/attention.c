@@ -128,7 +128,7 @@ size_t bp_attention_backward_work(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff
     (void)D;
     (void)H;
     (void)E;
-    return (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E;
+    return (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)T + (size_t)B*(size_t)H*(size_t)T + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E + (size_t)B*(size_t)H*(size_t)T*(size_t)E;
 }
 
 void bp_attention_set_threads(int threads)
@@ -471,10 +471,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     float *const ds = bp_work + B*H*T*E;
     float *const _s2 = bp_work + B*H*T*E + B*H*T*T;
     float *const _s3 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T;
-    float *const _s4 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T;
-    float *const dv = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T;
-    float *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E;
-    float *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E;
+    float *const dv = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T;
+    float *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*E;
+    float *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*E + B*H*T*E;
     const float bp_k0 = powf(E, -1.0F/2.0F);
     /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -556,64 +555,27 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     }
-    /* sum over w */
     BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
+        /* sum over w */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                float bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
+                float bp_acc0 = 0;
+                BP_OMP(simd reduction(+:bp_acc0))
                 for (ptrdiff_t w = 0; w < T; ++w) {
-                    bp_acc += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
+                    bp_acc0 += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
                 }
-                _s3[(b*H + h)*T + t] = bp_acc;
+                _s3[(b*H + h)*T + t] = bp_acc0;
             }
         }
-    }
-    /* sum over e */
-    if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        _s4[((b*H + h)*T + t)*T + u] = 0;
-                    }
-                }
-            }
-        }
-        BP_OMP(parallel for collapse(1) if (B*H > 1))
-        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
-            bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s4 + b_h*T*T, T);
-        }
-    } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        float bp_acc = 0;
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t e = 0; e < E; ++e) {
-                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
-                        }
-                        _s4[((b*H + h)*T + t)*T + u] = bp_acc;
-                    }
-                }
-            }
-        }
-    }
-    /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
-    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
+        /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                const float bp_acc_r0 = _s3[(b*H + h)*T + t];
-                const float bp_acc_r1 = -bp_acc_r0;
+                const float bp_acc1_r0 = _s3[(b*H + h)*T + t];
+                const float bp_acc1_r1 = -bp_acc1_r0;
                 BP_OMP(simd)
                 for (ptrdiff_t u = 0; u < T; ++u) {
-                    ds[((b*H + h)*T + t)*T + u] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
+                    ds[((b*H + h)*T + t)*T + u] = (bp_acc1_r1 + _s2[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
                 }
             }
         }
@@ -1318,10 +1280,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     double *const ds = bp_work + B*H*T*E;
     double *const _s2 = bp_work + B*H*T*E + B*H*T*T;
     double *const _s3 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T;
-    double *const _s4 = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T;
-    double *const dv = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T;
-    double *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E;
-    double *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*T + B*H*T*E + B*H*T*E;
+    double *const dv = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T;
+    double *const dk = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*E;
+    double *const dq = bp_work + B*H*T*E + B*H*T*T + B*H*T*T + B*H*T + B*H*T*E + B*H*T*E;
     const double bp_k0 = pow(E, -1.0/2.0);
     /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1403,64 +1364,27 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     }
-    /* sum over w */
     BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
+        /* sum over w */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                double bp_acc = 0;
-                BP_OMP(simd reduction(+:bp_acc))
+                double bp_acc0 = 0;
+                BP_OMP(simd reduction(+:bp_acc0))
                 for (ptrdiff_t w = 0; w < T; ++w) {
-                    bp_acc += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
+                    bp_acc0 += _s2[((b*H + h)*T + t)*T + w]*a[((b*H + h)*T + t)*T + w];
                 }
-                _s3[(b*H + h)*T + t] = bp_acc;
+                _s3[(b*H + h)*T + t] = bp_acc0;
             }
         }
-    }
-    /* sum over e */
-    if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        _s4[((b*H + h)*T + t)*T + u] = 0;
-                    }
-                }
-            }
-        }
-        BP_OMP(parallel for collapse(1) if (B*H > 1))
-        for (ptrdiff_t b_h = 0; b_h < B*H; ++b_h) {
-            bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s4 + b_h*T*T, T);
-        }
-    } else {
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        double bp_acc = 0;
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t e = 0; e < E; ++e) {
-                            bp_acc += dctx[((b*H + h)*T + t)*E + e]*v[((b*H + h)*T + u)*E + e];
-                        }
-                        _s4[((b*H + h)*T + t)*T + u] = bp_acc;
-                    }
-                }
-            }
-        }
-    }
-    /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
-    BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t b = 0; b < B; ++b) {
+        /* ds[b, h, t, u] = (sum_e(dctx[b, h, t, e]*v[b, h, u, e]) - sum_w(a[b, h, t, w]*sum_e(dctx[b, h, t, e]*v[b, h, w, e])))*a[b, h, t, u] */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                const double bp_acc_r0 = _s3[(b*H + h)*T + t];
-                const double bp_acc_r1 = -bp_acc_r0;
+                const double bp_acc1_r0 = _s3[(b*H + h)*T + t];
+                const double bp_acc1_r1 = -bp_acc1_r0;
                 BP_OMP(simd)
                 for (ptrdiff_t u = 0; u < T; ++u) {
-                    ds[((b*H + h)*T + t)*T + u] = (bp_acc_r1 + _s4[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
+                    ds[((b*H + h)*T + t)*T + u] = (bp_acc1_r1 + _s2[((b*H + h)*T + t)*T + u])*a[((b*H + h)*T + t)*T + u];
                 }
             }
         }

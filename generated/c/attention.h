@@ -52,7 +52,7 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
                               double *c, ptrdiff_t ldc);
 #endif
 
-/* Matrix products (q, k, v, s, ctx, y in forward; dctx, _s2, _s4, dv, dk, dq, dx, dx, dx, dWq, dWk, dWv, dWo in backward) call these when set; NULL (the
+/* Matrix products (q, k, v, s, ctx, y in forward; dctx, _s2, dv, dk, dq, dx, dx, dx, dWq, dWk, dWv, dWo in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_attention_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 /* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's

@@ -82,7 +82,7 @@ size_t bp_maxpool2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout*(size_t)2;
+    return 0;
 }
 
 size_t bp_maxpool2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
@@ -121,40 +121,24 @@ int bp_maxpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)W;
     (void)KH;
     (void)KW;
-    float *const _s1 = bp_work + 0;
+    (void)bp_work;
+    /* y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* maximum over q */
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    float bp_acc = -INFINITY;
+                    int bp_acc_nan = 0;
                     for (ptrdiff_t p = 0; p < 2; ++p) {
-                        float bp_acc0 = -INFINITY;
-                        int bp_acc0_nan = 0;
-                        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
+                        BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))
                         for (ptrdiff_t q = 0; q < 2; ++q) {
                             const float bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
-                            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
-                            bp_acc0_nan |= bp_v != bp_v;
+                            bp_acc = bp_v > bp_acc ? bp_v : bp_acc;
+                            bp_acc_nan |= bp_v != bp_v;
                         }
-                        _s1[(((n*C + c)*Hout + i)*Wout + j)*2 + p] = bp_acc0_nan ? NAN : bp_acc0;
                     }
-                }
-            }
-        }
-        /* y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    float bp_acc1 = -INFINITY;
-                    int bp_acc1_nan = 0;
-                    BP_OMP(simd reduction(max:bp_acc1) reduction(|:bp_acc1_nan))
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        const float bp_v = _s1[(((n*C + c)*Hout + i)*Wout + j)*2 + p];
-                        bp_acc1 = bp_v > bp_acc1 ? bp_v : bp_acc1;
-                        bp_acc1_nan |= bp_v != bp_v;
-                    }
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc1_nan ? NAN : bp_acc1;
+                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc_nan ? NAN : bp_acc;
                 }
             }
         }
@@ -170,7 +154,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
     (void)KH;
     (void)KW;
-    float *const _s2 = bp_work + 0;
+    float *const _s1 = bp_work + 0;
     /* first maximal position over _p, _q */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -184,7 +168,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             { const float bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_p + _q; } }
                         }
                     }
-                    _s2[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
+                    _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                 }
             }
         }
@@ -198,7 +182,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -207,7 +191,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -216,7 +200,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -225,7 +209,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -234,7 +218,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -243,7 +227,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -254,7 +238,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -263,7 +247,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -272,7 +256,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -281,7 +265,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -290,7 +274,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -299,7 +283,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -310,7 +294,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -319,7 +303,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -328,7 +312,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -337,7 +321,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -346,7 +330,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -355,7 +339,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -366,7 +350,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -375,7 +359,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -384,7 +368,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -393,7 +377,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -402,7 +386,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -411,7 +395,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -422,7 +406,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -431,7 +415,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -440,7 +424,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -449,7 +433,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -458,7 +442,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -467,7 +451,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -478,7 +462,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -487,7 +471,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -496,7 +480,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -505,7 +489,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -514,7 +498,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -523,7 +507,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -548,40 +532,24 @@ int bp_maxpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)W;
     (void)KH;
     (void)KW;
-    double *const _s1 = bp_work + 0;
+    (void)bp_work;
+    /* y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
-        /* maximum over q */
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
+                    double bp_acc = -INFINITY;
+                    int bp_acc_nan = 0;
                     for (ptrdiff_t p = 0; p < 2; ++p) {
-                        double bp_acc0 = -INFINITY;
-                        int bp_acc0_nan = 0;
-                        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
+                        BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))
                         for (ptrdiff_t q = 0; q < 2; ++q) {
                             const double bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
-                            bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
-                            bp_acc0_nan |= bp_v != bp_v;
+                            bp_acc = bp_v > bp_acc ? bp_v : bp_acc;
+                            bp_acc_nan |= bp_v != bp_v;
                         }
-                        _s1[(((n*C + c)*Hout + i)*Wout + j)*2 + p] = bp_acc0_nan ? NAN : bp_acc0;
                     }
-                }
-            }
-        }
-        /* y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    double bp_acc1 = -INFINITY;
-                    int bp_acc1_nan = 0;
-                    BP_OMP(simd reduction(max:bp_acc1) reduction(|:bp_acc1_nan))
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        const double bp_v = _s1[(((n*C + c)*Hout + i)*Wout + j)*2 + p];
-                        bp_acc1 = bp_v > bp_acc1 ? bp_v : bp_acc1;
-                        bp_acc1_nan |= bp_v != bp_v;
-                    }
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc1_nan ? NAN : bp_acc1;
+                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc_nan ? NAN : bp_acc;
                 }
             }
         }
@@ -597,7 +565,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
     (void)KH;
     (void)KW;
-    double *const _s2 = bp_work + 0;
+    double *const _s1 = bp_work + 0;
     /* first maximal position over _p, _q */
     BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
@@ -611,7 +579,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             { const double bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_p + _q; } }
                         }
                     }
-                    _s2[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
+                    _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                 }
             }
         }
@@ -625,7 +593,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -634,7 +602,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -643,7 +611,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -652,7 +620,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -661,7 +629,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -670,7 +638,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -681,7 +649,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -690,7 +658,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -699,7 +667,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -708,7 +676,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -717,7 +685,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -726,7 +694,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -737,7 +705,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -746,7 +714,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -755,7 +723,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -764,7 +732,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -773,7 +741,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -782,7 +750,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -793,7 +761,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -802,7 +770,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -811,7 +779,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -820,7 +788,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -829,7 +797,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -838,7 +806,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -849,7 +817,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -858,7 +826,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -867,7 +835,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -876,7 +844,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -885,7 +853,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -894,7 +862,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -905,7 +873,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -914,7 +882,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -923,7 +891,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -932,7 +900,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -941,7 +909,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -950,7 +918,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s2[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

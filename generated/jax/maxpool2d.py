@@ -222,7 +222,7 @@ def forward(x):
     Hout = sizes['Hout']
     Wout = sizes['Wout']
     # y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
-    y = jnp.einsum('ncipjq->ncijpq', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((2, Hout), (1, KH))), (0, ((2, Wout), (1, KW))),))).max(axis=-1).max(axis=-1)
+    y = jnp.einsum('ncipjq->ncijpq', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((2, Hout), (1, KH))), (0, ((2, Wout), (1, KW))),))).max(axis=(-2, -1))
     return {
         'y': jnp.asarray(y, dtype),
     }
