@@ -98,7 +98,7 @@ def test_attention_contractions_are_batched_gemms():
     backward = _backward_c("attention", CAUSAL=1)
     call = "bp_attention_gemm_f32(101, "
     assert forward.count(call) == 6              # q, k, v, s, ctx, and y (sums over h)
-    assert "s + b*H*T*T + h*T*T, T);" in forward
+    assert "s + b_h*T*T, T);" in forward         # (b, h) adjacent everywhere: one loop
     # dctx, dv, dk, dq, dWq, dWk, dWv, dWo, dctx v^T (once: ds reads it twice, see
     # below), and dx's three products (one loop of GEMMs each, the later two adding to dx)
     assert backward.count(call) == 12
@@ -217,4 +217,4 @@ def test_attention_backward_computes_the_score_gradient_product_once():
     """sum_e dctx[t, e] v[u, e] appears twice in ds (alone, and inside sum_w a[t, w] (.)):
     one array serves both (it was computed twice)."""
     code = _backward_c("attention", CAUSAL=1)
-    assert code.count("dctx + b*H*T*E + h*T*E, E, v + b*H*T*E + h*T*E") == 1
+    assert code.count("dctx + b_h*T*E, E, v + b_h*T*E") == 1       # (b, h): one loop
