@@ -95,3 +95,19 @@ def test_the_dense_kernels_take_the_ruled_hook_and_leave_the_count_as_found():
         np.testing.assert_allclose(r["dx"], dz @ W, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(r["dW"], dz.T @ x, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(r["db"], dz.sum(0), rtol=1e-4, atol=1e-3)
+
+
+def test_the_crossover_bench_times_both_thread_counts(monkeypatch):
+    """bench/gemm_threads.py (where SERIAL_BELOW comes from): a row per product with its
+    work and a positive median on one and on two threads."""
+    from bench import gemm_threads
+
+    blas = numpy_blas()
+    monkeypatch.setattr(gemm_threads, "SHAPES", [(4, 8, 16), (8, 8, 8)])
+    before = blas.get_threads()
+    try:
+        rows = gemm_threads.measure(blas, repeat=2)
+    finally:
+        blas.set_threads(before)
+    assert [r[:4] for r in rows] == [(4, 8, 16, 512), (8, 8, 8, 512)]
+    assert all(one > 0 and two > 0 for *_, one, two in rows)
