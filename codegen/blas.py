@@ -97,7 +97,7 @@ def _ruled():
     module = build("gemm_threads", {"gemm_threads.h": header,
                                     "gemm_threads.c": render("gemm_threads.c.j2",
                                                              version=VERSION)},
-                   cdef, cache_dir(None))
+                   cdef, cache_dir(None) / "blas")    # apart from the layers' kernels
     address = lambda f: ctypes.cast(f, ctypes.c_void_p).value
     ffi, lib = module.ffi, module.lib
     lib.bp_gemm_threads_init(*(ffi.cast("void *", a) for a in (
