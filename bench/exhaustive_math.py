@@ -8,7 +8,7 @@ results too), where it happens, and how many inputs break NumPy's special values
 where NumPy has none or the reverse, a wrong Inf, a zero of the wrong sign).  The
 functions are compiled with the toolkit's flags and called from an `omp simd` loop, so
 what is checked is the vectorized code the kernels run.  --stride 1 (the default) is all
-2^32 bit patterns: about a minute per function on one core (sin and cos: a few).  The test
+2^32 bit patterns: about a minute per function on one core.  The test
 suite checks a sampled subset through the generated kernels (tests/test_vector_math.py)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from codegen import build
 from templates import render
 
-FUNCTIONS = ("exp", "log", "log1p", "tanh", "erf", "sin", "cos")
+FUNCTIONS = ("exp", "log", "log1p", "tanh", "erf")
 
 HARNESS = r"""
 #include <math.h>

@@ -65,6 +65,13 @@ def machine() -> dict:
     return info
 
 
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):         # not on every platform
+        return None
+
+
 def _cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
@@ -226,6 +233,10 @@ def table(info: dict, records: list[dict]) -> str:
             f"{p['num_threads']} threads, {os.path.basename(p['filepath'] or '')}" for p in pools))
     else:
         lines.append(f"thread pools: {pools}")
+    load = info.get("load_average")
+    if load:
+        lines.append(f"load average (1 min, {info['cores']} cores): " +
+                     " before, ".join(str(v) for v in load) + " after")
     if info["openblas_env"]:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in
                                                    info["openblas_env"].items()))
@@ -268,7 +279,8 @@ def main(repeat: int = 9, only: str = "", quick: bool = False, as_json: bool = F
                          f"available: {names}")
     chosen = [c for c in everything if not wanted or c.kernel in wanted]
     info = machine()
-    floor = Floor()
+    info["load_average"] = [_load()]       # the 1-minute load, before and after: a shared
+    floor = Floor()                        # machine's times are only comparable in one run
     rng = np.random.default_rng(0)
     records = []
     for case in chosen:
@@ -276,6 +288,7 @@ def main(repeat: int = 9, only: str = "", quick: bool = False, as_json: bool = F
                             0.0 if quick else min_seconds)
         if not as_json:
             print(f"  measured {case.kernel}", file=sys.stderr)
+    info["load_average"].append(_load())
     if as_json:
         json.dump(dict(machine=info, repeat=repeat, records=records), out, indent=1)
         out.write("\n")

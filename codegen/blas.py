@@ -14,7 +14,6 @@ import ctypes
 import functools
 import glob
 import os
-import threading
 from dataclasses import dataclass
 
 ENV = "BACKPROP_BLAS"
@@ -70,8 +69,55 @@ def numpy_blas() -> Blas | None:
     return None
 
 
-_one_thread = threading.Lock()
-_one_thread_users = [0, None]          # calls inside one_thread(), the count to restore
+# Products below this many multiply-adds (m n k) run OpenBLAS on one thread (see
+# templates/gemm_threads.c.j2).  Measured on the 2-core Xeon (`python -m bench.gemm_threads`,
+# load average 6): a second thread lost from 2^25 to 2^29 (128 x 512 x 512: 0.8 ms on one,
+# 18 ms on two; 512 x 1024 x 1024: 43 against 67 ms) and won only at 2^31 (4096 x 768 x
+# 768: 1.17x); quiet, two threads win at 2^24 by 1.4x at most (docs/benchmarks.md).  Below
+# 2^27 (a product of about 3 ms on one thread) one thread loses at most that on a quiet
+# machine and saves tens of ms on a shared one.
+SERIAL_BELOW = 2.0 ** 27
+
+
+@functools.lru_cache(maxsize=1)
+def _ruled():
+    """The compiled GEMM hook with the thread rule, bound to NumPy's OpenBLAS (or None)."""
+    blas = numpy_blas()
+    if blas is None or blas.set_threads is None or blas.get_threads is None:
+        return None
+    from templates import render
+
+    from .build import build
+    from .loader import cache_dir
+    from .version import VERSION
+
+    header = render("gemm_threads.h.j2", version=VERSION)
+    cdef = "\n".join(line for line in header.splitlines()
+                     if line.startswith(("void", "double", "int")))
+    module = build("gemm_threads", {"gemm_threads.h": header,
+                                    "gemm_threads.c": render("gemm_threads.c.j2",
+                                                             version=VERSION)},
+                   cdef, cache_dir(None) / "blas")    # apart from the layers' kernels
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value
+    ffi, lib = module.ffi, module.lib
+    lib.bp_gemm_threads_init(*(ffi.cast("void *", a) for a in (
+        blas.sgemm, blas.dgemm, address(blas.set_threads), address(blas.get_threads))),
+        SERIAL_BELOW)
+    return module
+
+
+def ruled_gemm(blas: Blas | None) -> tuple[int, int]:
+    """Addresses of (sgemm, dgemm) to hand the generated kernels: NumPy's OpenBLAS run on
+    one thread for products below SERIAL_BELOW, else on its thread count; the plain
+    functions where the thread count cannot be set; (0, 0) without a BLAS."""
+    if blas is None:
+        return 0, 0
+    module = _ruled()
+    if module is None:
+        return blas.sgemm, blas.dgemm
+    ffi, lib = module.ffi, module.lib
+    address = lambda name: int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    return address("bp_sgemm_ruled"), address("bp_dgemm_ruled")
 
 
 @contextlib.contextmanager
@@ -79,19 +125,14 @@ def one_thread(blas: Blas | None):
     """OpenBLAS on one thread for the duration: for kernels that call the GEMM from each
     of their own OpenMP threads at once (convolutions), where a threaded OpenBLAS would
     start its own workers beside them (13x slower, measured).  Nested and concurrent uses
-    restore the count once, when the last one leaves."""
-    if blas is None or blas.set_threads is None or blas.get_threads is None:
+    (and the products the rule runs on one thread meanwhile) share one count: the thread
+    count is restored once, when the last one leaves."""
+    module = _ruled() if blas is not None else None
+    if module is None:
         yield
         return
-    with _one_thread:
-        if _one_thread_users[0] == 0:
-            _one_thread_users[1] = blas.get_threads()
-            blas.set_threads(1)
-        _one_thread_users[0] += 1
+    module.lib.bp_gemm_threads_hold()
     try:
         yield
     finally:
-        with _one_thread:
-            _one_thread_users[0] -= 1
-            if _one_thread_users[0] == 0:
-                blas.set_threads(_one_thread_users[1])
+        module.lib.bp_gemm_threads_release()

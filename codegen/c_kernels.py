@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .arguments import check_backward, check_fusable, check_names, derive_sizes, dim_program
-from .blas import numpy_blas, one_thread
+from .blas import numpy_blas, one_thread, ruled_gemm
 from .dtypes import CTYPES, SUFFIX
 
 
@@ -83,8 +83,9 @@ class CKernels:
         OpenBLAS) or through the generated loops.  The setting belongs to the compiled
         module, so it applies to every kernels object of this layer in the process."""
         blas = numpy_blas() if enabled else None
-        f32 = self._ffi.cast("bp_gemm_f32_t", blas.sgemm if blas else 0)
-        f64 = self._ffi.cast("bp_gemm_f64_t", blas.dgemm if blas else 0)
+        sgemm, dgemm = ruled_gemm(blas)      # small products on one BLAS thread
+        f32 = self._ffi.cast("bp_gemm_f32_t", sgemm)
+        f64 = self._ffi.cast("bp_gemm_f64_t", dgemm)
         getattr(self._lib, f"bp_{self.name}_set_gemm")(f32, f64)
         self.blas = blas
 

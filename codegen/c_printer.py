@@ -22,13 +22,15 @@ from .dtypes import SUFFIX
 # c_vector_math.c.j2), by SymPy function name and dtype; any other function prints as the
 # C99 library call.  The float ones are branch-free and inline into `omp simd` loops, where
 # libmvec's expf, tanhf, logf... are a call per vector (and tanhf, erff, log1pf several
-# times slower than the inline code in GELU backward).  Heaviside is ReLU', with the
+# times slower than the inline code in GELU backward).  Not sin and cos: libmvec's vector
+# sinf/cosf, which `omp simd` loops call, are 5x faster than an exact branch-free reduction
+# (docs/kernels.md; tests/test_library_math.py bounds them).  Heaviside is ReLU', with the
 # ReLU'(0) = 0 convention of PyTorch and the NumPy backend.
 _EVERY_DTYPE = {"sigmoid": "sigmoid", "softplus": "softplus", "relu": "relu",
                "Heaviside": "step"}
 OWN_FUNCTIONS = {
     "float32": {**_EVERY_DTYPE, "exp": "exp", "log": "log", "log1p": "log1p", "tanh": "tanh",
-                "erf": "erf", "sin": "sin", "cos": "cos"},
+                "erf": "erf"},
     "float64": _EVERY_DTYPE,
 }
 # What each own function is written in: their definitions come too.

@@ -25,6 +25,7 @@ environment:
   BACKPROP_CACHE   folder of compiled and generated kernels
                    (default ~/.cache/backprop-toolkit)
   BACKPROP_CFLAGS  C optimization flags, replacing -O3 -march=native -fno-math-errno
+                   -fno-trapping-math
   BACKPROP_BLAS    'none': matrix products in the generated C loops, not NumPy's OpenBLAS
   CC               the C compiler (default cc)"""
 CLAIM_FORMS = r"""claims, in either form:

@@ -123,6 +123,9 @@ def test_bench_json_records():
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["machine"]["cores"] >= 1 and data["repeat"] == 2
+    # a shared machine's times compare only within one run: the load is recorded with them
+    assert len(data["machine"]["load_average"]) == 2
+    assert all(v is None or v >= 0 for v in data["machine"]["load_average"])
     # spinning OpenMP workers would steal BLAS's cores: the bench sleeps them unless told
     assert data["machine"]["openblas_env"].get("OMP_WAIT_POLICY") == "PASSIVE"
     assert data["machine"]["openblas_env"].get("OPENBLAS_THREAD_TIMEOUT") == "4"  # the same for BLAS

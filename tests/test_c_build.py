@@ -37,8 +37,8 @@ STRICT = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror"]
 def test_generated_sources_compile_standalone(tmp_path, name, flags):
     """The committed generated/c sources are plain C99 without a single diagnostic under
     -pedantic -Wall -Wextra -Werror: at -O2 without OpenMP (the pragmas compile away), and
-    with the toolkit's own build flags (-O3 -march=native -fno-math-errno, __FAST_MATH__
-    on x86_64 glibc, -fopenmp).  The object defines every function the header declares,
+    with the toolkit's own build flags (-O3 -march=native -fno-math-errno
+    -fno-trapping-math, __FAST_MATH__ on x86_64 glibc, -fopenmp).  The object defines every function the header declares,
     and nothing outside the layer's bp_NAME_ prefix."""
     cc = require_oracle("cc")
     src = ROOT / "generated" / "c" / f"{name}.c"

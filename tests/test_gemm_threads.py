@@ -1,0 +1,113 @@
+"""The GEMM hook the wrapper hands the kernels (templates/gemm_threads.c.j2): products below
+SERIAL_BELOW multiply-adds run OpenBLAS on one thread, larger ones on its thread count,
+which is restored after each; one_thread's holds share the same count."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+import codegen
+from codegen import blas as blas_module
+from codegen.blas import SERIAL_BELOW, numpy_blas, one_thread, ruled_gemm
+
+SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_ssize_t,
+                         ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_float, ctypes.c_void_p,
+                         ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_float,
+                         ctypes.c_void_p, ctypes.c_ssize_t)
+SET = ctypes.CFUNCTYPE(None, ctypes.c_int)
+GET = ctypes.CFUNCTYPE(ctypes.c_int)
+
+
+@pytest.fixture
+def recording_hook():
+    """The hook bound to a stand-in BLAS that records the thread count each product ran
+    with; rebound to NumPy's OpenBLAS afterwards."""
+    if numpy_blas() is None:
+        pytest.fail("NumPy's OpenBLAS is needed (BACKPROP_BLAS=none set?)")
+    module = blas_module._ruled()
+    state = {"threads": 2, "seen": []}
+    sgemm = SGEMM(lambda *args: state["seen"].append((args[3] * args[4] * args[5],
+                                                      state["threads"])))
+    setter = SET(lambda t: state.update(threads=t))
+    getter = GET(lambda: state["threads"])
+    ffi, lib = module.ffi, module.lib
+    address = lambda f: ffi.cast("void *", ctypes.cast(f, ctypes.c_void_p).value)
+    lib.bp_gemm_threads_init(address(sgemm), address(sgemm), address(setter),
+                             address(getter), SERIAL_BELOW)
+    try:
+        yield lib, state
+    finally:
+        blas_module._ruled.cache_clear()
+        blas_module._ruled()                      # the same module, bound to OpenBLAS again
+
+
+def _product(lib, m, n, k):
+    """A product of m n k multiply-adds (the stand-in reads no array)."""
+    null = blas_module._ruled().ffi.NULL
+    lib.bp_sgemm_ruled(101, 111, 111, m, n, k, 1.0, null, k, null, n, 0.0, null, n)
+
+
+def test_small_products_run_on_one_thread_and_large_ones_on_all(recording_hook):
+    lib, state = recording_hook
+    small, large = (64, 512, 512), (4096, 768, 768)
+    assert np.prod(small) < SERIAL_BELOW <= np.prod(large)
+    _product(lib, *small)
+    assert state["threads"] == 2                  # restored after the product
+    _product(lib, *large)
+    assert state["seen"] == [(np.prod(small), 1), (np.prod(large), 2)]
+
+
+def test_a_hold_keeps_large_products_on_one_thread_and_restores_once(recording_hook):
+    lib, state = recording_hook
+    lib.bp_gemm_threads_hold()
+    _product(lib, 4096, 768, 768)
+    _product(lib, 8, 8, 8)                        # its release must not restore the count
+    assert state["threads"] == 1
+    lib.bp_gemm_threads_release()
+    assert state["threads"] == 2
+    assert [t for _, t in state["seen"]] == [1, 1]
+
+
+def test_the_dense_kernels_take_the_ruled_hook_and_leave_the_count_as_found():
+    """The small dense backward (three products of 2^24) is exact through the hook, and
+    OpenBLAS's thread count is what set_threads set, before and after, also under
+    one_thread."""
+    c = codegen.load("dense", backend="c", dtype="float32")
+    assert c.blas is not None and ruled_gemm(c.blas) != (c.blas.sgemm, c.blas.dgemm)
+    rng = np.random.default_rng(5)
+    x, W = rng.normal(size=(64, 512)).astype(np.float32), \
+        rng.normal(size=(512, 512)).astype(np.float32)
+    dz = rng.normal(size=(64, 512)).astype(np.float32)
+    before = c.blas.get_threads()
+    try:
+        c.set_threads(2)
+        got = c.backward(x=x, W=W, b=np.zeros(512, np.float32), dz=dz)
+        assert c.blas.get_threads() == 2
+        with one_thread(c.blas):
+            again = c.backward(x=x, W=W, b=np.zeros(512, np.float32), dz=dz)
+            assert c.blas.get_threads() == 1
+        assert c.blas.get_threads() == 2
+    finally:
+        c.blas.set_threads(before)
+    for r in (got, again):
+        np.testing.assert_allclose(r["dx"], dz @ W, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(r["dW"], dz.T @ x, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(r["db"], dz.sum(0), rtol=1e-4, atol=1e-3)
+
+
+def test_the_crossover_bench_times_both_thread_counts(monkeypatch):
+    """bench/gemm_threads.py (where SERIAL_BELOW comes from): a row per product with its
+    work and a positive median on one and on two threads."""
+    from bench import gemm_threads
+
+    blas = numpy_blas()
+    monkeypatch.setattr(gemm_threads, "SHAPES", [(4, 8, 16), (8, 8, 8)])
+    before = blas.get_threads()
+    try:
+        rows = gemm_threads.measure(blas, repeat=2)
+    finally:
+        blas.set_threads(before)
+    assert [r[:4] for r in rows] == [(4, 8, 16, 512), (8, 8, 8, 512)]
+    assert all(one > 0 and two > 0 for *_, one, two in rows)
