@@ -15,7 +15,7 @@ from derive.same_shape import same_shapes
 from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
 from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
-from .fused_axes import as_fused_gemm
+from .fused_axes import as_fused_gemm, fewest_gemm_calls
 from .gemm import as_gemm
 from .im2col import as_im2col as _as_packed
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
@@ -181,13 +181,7 @@ def as_im2col(n: Nest, shapes: dict, windows=frozenset()):
 
 def _blocks(n: Nest, shapes: dict):
     """n as a loop of GEMMs on blocks, its adjacent axes merged where that makes fewer."""
-    return _fewest_loops(as_batched_gemm(n, shapes), as_fused_gemm(n, shapes))
-
-
-def _fewest_loops(*forms):
-    """The form with the fewest GEMM calls (the first of equals), None when none."""
-    forms = [f for f in forms if f is not None]
-    return min(forms, key=lambda f: len(f.loops)) if forms else None
+    return fewest_gemm_calls(n, shapes)
 
 
 def _with_steps(scan: Scan, shapes: dict) -> Scan:
@@ -586,8 +580,7 @@ def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
         writes = v.name == s.nest.target
         views.append(dict(name=v.name, ctype=ctype if writes else f"const {ctype}",
                           pointer=pointer))
-        if any(test is not None for test, _ in choices) and \
-                all(test is not None for test, _ in choices):
+        if all(test is not None for test, _ in choices):     # no case may apply
             checks.append(f"{v.name} != NULL")
     fill = dataclasses.replace(n, kind="elementwise", body=n.init, reduced=(),
                                loops=tuple(i for i in n.loops if i not in n.reduced),

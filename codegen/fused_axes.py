@@ -20,6 +20,14 @@ from .batched_gemm import BatchedGemm, as_batched_gemm
 from .loops import Nest
 
 
+def fewest_gemm_calls(nest: Nest, shapes: dict, plain: bool = False) -> BatchedGemm | None:
+    """nest as a loop of GEMMs on blocks (plain: or as one GEMM), as it stands or with its
+    adjacent axes merged: the form with fewer loops (the unmerged one of equals)."""
+    forms = [f for f in (as_batched_gemm(nest, shapes, plain=plain),
+                         as_fused_gemm(nest, shapes)) if f is not None]
+    return min(forms, key=lambda f: len(f.loops)) if forms else None
+
+
 def as_fused_gemm(nest: Nest, shapes: dict) -> BatchedGemm | None:
     """nest as one GEMM or a loop of GEMMs once its adjacent axes are merged; None when
     no pair merges (the unmerged forms are codegen/gemm.py's and batched_gemm's)."""
@@ -74,8 +82,7 @@ def _from_zero(nest: Nest) -> Nest | None:
     for i, lo, hi in nest.bounds:
         if lo.atoms(sp.Idx) or hi.atoms(sp.Idx) or i not in nest.reduced:
             return None
-        sub[i] = (sp.Idx(f"{i.label.name}_from_{lo}".replace("-", "m").replace(" ", ""),
-                         hi - lo + 1), lo)
+        sub[i] = (sp.Idx(f"bp_{i.label.name}_from0", hi - lo + 1), lo)
     if not sub:
         return nest
     swap = lambda seq: tuple(sub[i][0] if i in sub else i for i in seq)

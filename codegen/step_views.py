@@ -21,8 +21,8 @@ import sympy as sp
 
 from derive.affine import between
 
-from .batched_gemm import BatchedGemm, as_batched_gemm
-from .fused_axes import as_fused_gemm
+from .batched_gemm import BatchedGemm
+from .fused_axes import fewest_gemm_calls
 from .loops import Nest
 
 
@@ -66,9 +66,7 @@ def step_gemm(nest: Nest, t: sp.Idx, shapes: dict) -> StepGemm | None:
     stepped = dataclasses.replace(nest, target=target.base.label.name, out=target.indices,
                                   loops=tuple(i for i in nest.loops if i != t),
                                   body=sp.Mul(*factors), init=sp.Integer(0), subs=())
-    forms = [f for f in (as_fused_gemm(stepped, known), as_batched_gemm(stepped, known,
-                                                                        plain=True)) if f]
-    gemm = min(forms, key=lambda f: len(f.loops)) if forms else None
+    gemm = fewest_gemm_calls(stepped, known, plain=True)
     if gemm is None:
         return None
     return StepGemm(stepped, tuple(views), tuple(guards), gemm)
