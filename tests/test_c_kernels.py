@@ -440,3 +440,11 @@ def test_scratch_space_is_kept_between_calls_and_per_thread_when_busy():
     for n, v in want.items():
         np.testing.assert_array_equal(got[n], v)
     assert k._kept[("backward", None)] is kept
+
+
+def test_cffi_glue_compiles_at_o1_and_a_user_s_flags_are_kept():
+    """The argument-converting wrapper gains nothing from -O3 (0.9 s of an LSTM's build):
+    it compiles at -O1; flags without -O2/-O3 (a user's -O0 -g) stay as they are."""
+    from codegen.build import _glue_flags
+    assert _glue_flags(["-fPIC", "-O3", "-march=native"]) == ["-fPIC", "-march=native", "-O1"]
+    assert _glue_flags(["-O0", "-g"]) == ["-O0", "-g"]

@@ -334,3 +334,15 @@ def test_the_loops_without_a_gemm_equal_the_gemm_route(kernels, layer):
     for name, value in results[True].items():
         np.testing.assert_allclose(results[False][name], value, rtol=1e-12, atol=1e-12,
                                    err_msg=name)
+
+
+def test_a_step_runs_its_gate_math_as_one_pass():
+    """Inside the loop over t, the LSTM's bias sums, gates, cell and output share one
+    parallel loop over the batch: the row of h[t, n, j] is n once t is held."""
+    from codegen.loops import Group, fuse
+    loops, _ = _lowered("lstm")
+    (scan,) = [n for n in loops.forward if n.kind == "scan"]
+    parts = fuse(list(scan.copies), alone=lambda m: m.step is not None, fixed={scan.loops[0]})
+    groups = [p for p in parts if isinstance(p, Group)]
+    assert len(groups) == 1
+    assert {n.target for n in groups[0].nests} == {"a", "ig", "fg", "gg", "og", "c", "h"}
