@@ -23,6 +23,7 @@ from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants
                     split_by_residue)
 from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
+from .panel_steps import PANEL_COLS, with_panels
 from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
@@ -129,6 +130,10 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
             or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
                    for i in a.indices for r in i.atoms(sp.Rational))
             for n in leaves(loops.forward + loops.backward + loops.fused)),
+        panel_gemm=any(c.step is not None and c.step.panels is not None
+                       for n in loops.forward + loops.backward + loops.fused
+                       for c in n.copies),
+        panel_cols=PANEL_COLS,
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
                                                                       "fused")
                      for x in v[side] if x.get("group") for m in x["members"]),
@@ -159,11 +164,16 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
             temps += _im2col_scratch(n, g, shapes) if g else []
         shapes_now = dict(known)
         shapes_now.update({t.name: t.dims for t in temps})
-        nests = [scan_nest(_with_steps(x, shapes_now)) if isinstance(x, Scan) else x
-                 for x in schedule(
-            nests, lambda n: n.target,
-            lambda n: n.body.atoms(sp.Indexed) | n.init.atoms(sp.Indexed),
-            shapes_now, time_dims(plan.layer))]
+        scheduled = schedule(nests, lambda n: n.target,
+                             lambda n: n.body.atoms(sp.Indexed) | n.init.atoms(sp.Indexed),
+                             shapes_now, time_dims(plan.layer))
+        nests = []
+        for x in scheduled:
+            if isinstance(x, Scan):
+                x, panels = with_panels(_with_steps(x, shapes_now))
+                temps += panels
+                x = scan_nest(x)
+            nests.append(x)
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
@@ -427,6 +437,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         # the step's passes over the same rows as one parallel pass (its GEMMs apart)
         view.update(mode="copies", loops=loops, pragma="", parts=_views(
             list(n.copies), printer, shapes, lambda m: m.step is not None, fixed={t}))
+        view["packs"] = list({p["step"]["panels"]["name"]: p["step"]["panels"]
+                              for p in view["parts"]
+                              if p.get("step") and p["step"]["panels"]}.values())
         return view
     if n.copies:
         # a gather split by residue: the copies run in turn inside the shared loops
@@ -527,11 +540,15 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
 
 def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     """A contraction as a loop of GEMMs over strided blocks (codegen/batched_gemm): T
-    filled with its start, then one accumulating GEMM per loop value."""
+    filled with its start, then one accumulating GEMM per loop value; or, from a start of
+    0, one GEMM that overwrites T (an LSTM's input projection of all steps: a 16 MB fill
+    fewer)."""
     g = _blocks(n, shapes)
     if g is None:
         return None
     adds = n.init == sp.IndexedBase(n.target)[n.out]     # a later product: T holds its start
+    if n.init == 0 and not g.loops:      # one GEMM writes all of T: no fill (beta = 0)
+        return dict(_gemm_calls(g, printer), fill=None, beta=0)
     fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
     return dict(_gemm_calls(g, printer), fill=None if adds else _view(fill, printer, shapes))
 
@@ -590,8 +607,23 @@ def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     # where the product is skipped (one parallel region a step fewer)
     overwrite = n.init == 0 and not s.gemm.loops
     return dict(_gemm_calls(s.gemm, printer), views=views, fill=_view(fill, printer, known),
+                panels=_panels_view(s, printer),
                 cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1",
                 beta=0 if overwrite else 1, overwrite=overwrite)
+
+
+def _panels_view(s, printer: KernelCPrinter) -> dict | None:
+    """A step GEMM on op(B) packed before the scan (codegen/panel_steps): op(A)'s element
+    (i, r) at a[i*sam + r*sak], and the pack's reads of op(B), (r, j) at b[r*sbk + j*sbn]."""
+    p = s.panels
+    if p is None:
+        return None
+    ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
+    a, b = s.gemm.a, p.block
+    return dict(name=p.name, width=PANEL_COLS if printer.dtype == "float32" else PANEL_COLS // 2,
+                a=ptr(a), sam="1" if a.transposed else a.ld, sak=a.ld if a.transposed else "1",
+                b=ptr(b), sbk="1" if b.transposed else b.ld, sbn=b.ld if b.transposed else "1",
+                k=printer.index_code(p.k), n=printer.index_code(p.n))
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:

@@ -41,6 +41,7 @@ class StepGemm:
     views: tuple[View, ...]
     guards: tuple              # (s, lo, hi): the product is zero unless each holds
     gemm: BatchedGemm
+    panels: object = None      # op(B) packed once before the scan (codegen/panel_steps)
 
 
 def step_gemm(nest: Nest, t: sp.Idx, shapes: dict) -> StepGemm | None:

@@ -346,3 +346,55 @@ def test_a_step_runs_its_gate_math_as_one_pass():
     groups = [p for p in parts if isinstance(p, Group)]
     assert len(groups) == 1
     assert {n.target for n in groups[0].nests} == {"a", "ig", "fg", "gg", "og", "c", "h"}
+
+
+def test_a_step_s_weight_is_packed_once_before_the_steps():
+    """The recurrent weight a step multiplies by is the same at every step: it is packed
+    into panels once, before the loop over t (forward: W_hh^T; backward: W_hh), and each
+    step's GEMM reads those panels (codegen/panel_steps) instead of a BLAS re-packing it."""
+    from codegen.c_backend import c_sources
+    from codegen.plan import plan
+    loops, _ = _lowered("lstm")
+    for side in ("forward", "backward"):
+        (scan,) = [n for n in getattr(loops, side) if n.kind == "scan"]
+        (s,) = [m.step for m in scan.copies if m.step is not None]
+        assert s.panels is not None and s.panels.block.name == "W_hh", side
+        assert s.panels.name in {t.name for t in getattr(loops, side + "_temps")}
+    source = c_sources(plan(derive(builtin("lstm"))))["lstm.c"]
+    body = source[source.index("int bp_lstm_forward_f32("):]
+    scan = body[body.index("/* a recurrence: step by step */"):]
+    pack, steps = scan.index("bp_panel_pack_f32("), scan.index("for (ptrdiff_t t = 0; t < T")
+    assert pack < steps and "bp_panel_gemm_f32(" in scan[steps:]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_panel_gemm_equals_the_loops_at_ragged_sizes(kernels, dtype):
+    """The panel GEMM's edges: 7 rows (a block of 4 and 3 single rows), 4H = 524 columns
+    (a part-filled last panel) and, backward, K = 4H = 524 (two blocks of panel rows).
+    Against the loops of a plain C build (use_blas(False)) in float64: 1e-12 relative in
+    float64; in float32 the float64 bound of test_equals_torch_nn, 50 eps (1 + 4H + I) T."""
+    T, N, I, H = 2, 7, 3, 131
+    key = ("lstm", "c", dtype)
+    if key not in kernels:
+        kernels[key] = codegen.load("lstm", backend="c", dtype=dtype)
+    loops_key = ("lstm", "c", "float64")
+    if loops_key not in kernels:
+        kernels[loops_key] = codegen.load("lstm", backend="c", dtype="float64")
+    rng = np.random.default_rng(11)
+    a = _arrays("lstm", T, N, I, H, rng)
+    a.update(W_hh=a["W_hh"] / np.sqrt(H), W_ih=a["W_ih"] / np.sqrt(I))   # gates unsaturated
+    k, ref = kernels[key], kernels[loops_key]
+    ups = {"d" + t.name: rng.normal(size=(T, N, H) if t.dims[0] == "T" else (N, H))
+           for t in k.layer.upstream}
+    cast = {n: np.asarray(v, dtype) for n, v in {**a, **ups}.items()}
+    got = {**k.forward(**{n: cast[n] for n in k.args}), **k.backward(**cast)}
+    try:
+        ref.use_blas(False)
+        want = {**ref.forward(**{n: a[n] for n in ref.args}), **ref.backward(**a, **ups)}
+    finally:
+        ref.use_blas(True)
+    tol = 1e-12 if dtype == "float64" else \
+        50 * np.finfo(np.float32).eps * (1 + 4 * H + I) * T
+    for name, value in want.items():
+        err = np.linalg.norm(got[name] - value) / max(np.linalg.norm(value), 1e-300)
+        assert err < tol, (name, err)

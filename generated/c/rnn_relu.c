@@ -103,6 +103,18 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
     return t >= nt || at > n ? n : at;
 }
 
+/* The panel GEMM of a recurrence's steps (codegen/panel_steps.py) asks for 512-bit
+ * vectors where the compiler would pick 256 (GCC on recent Xeons): its accumulators then
+ * fill twice the lanes per instruction (125 against 85 GFLOP/s a core, Sapphire Rapids). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define BP_WIDE __attribute__((target("prefer-vector-width=512")))
+#else
+#define BP_WIDE
+#endif
+
+/* op(B)'s columns rounded up to whole panels: the width of the panels' scratch */
+#define bp_panel_cols(n) (((n) + 64 - 1) / 64 * 64)
+
 /* The GEMM the caller supplied with bp_rnn_relu_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_rnn_relu_gemm_f32;
@@ -128,7 +140,7 @@ size_t bp_rnn_relu_forward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t
     (void)N;
     (void)I;
     (void)H;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)bp_panel_cols(H);
 }
 
 size_t bp_rnn_relu_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H)
@@ -137,7 +149,7 @@ size_t bp_rnn_relu_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_
     (void)N;
     (void)I;
     (void)H;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H;
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)bp_panel_cols(H);
 }
 
 void bp_rnn_relu_set_threads(int threads)
@@ -152,6 +164,123 @@ void bp_rnn_relu_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1
+
+/* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 64
+ * columns, each panel's k rows one after the other: p[(q*k + r)*64 + c] is
+ * column q*64 + c, zero past n.  Tiles of 64 rows keep both the strided reads
+ * (a transposed B) and the writes in the L1 cache. */
+static void bp_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, float *restrict p)
+{
+    const ptrdiff_t np = (n + 64 - 1) / 64;
+    BP_OMP(parallel for if (k * n >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t q = 0; q < np; ++q) {
+        for (ptrdiff_t r0 = 0; r0 < k; r0 += 64) {
+            const ptrdiff_t r1 = r0 + 64 < k ? r0 + 64 : k;
+            for (ptrdiff_t c = 0; c < 64; ++c) {
+                const ptrdiff_t j = q * 64 + c;
+                for (ptrdiff_t r = r0; r < r1; ++r) {
+                    p[(q * k + r) * 64 + c] = j < n ? b[r * sbk + j * sbn] : 0;
+                }
+            }
+        }
+    }
+}
+
+/* rows i..i+3 of C (row stride ldc), w <= 64 columns from panel pq,
+ * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
+ * 4 x 64 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and 64 / vector-width loads of the panel.  add: C's old
+ * values are added (else never read: the scratch may hold anything). */
+BP_WIDE static inline void bp_panel_rows4_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+                                        float alpha, const float *a, ptrdiff_t sam,
+                                        ptrdiff_t sak, const float *restrict pq, int add,
+                                        float *c, ptrdiff_t ldc)
+{
+    float acc[4][64];
+    for (ptrdiff_t s = 0; s < 4; ++s) {
+        BP_OMP(simd)
+        for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+            acc[s][cc] = 0;
+        }
+    }
+    for (ptrdiff_t r = r0; r < r1; ++r) {
+        const float *restrict row = pq + (r - r0) * 64;
+        for (ptrdiff_t s = 0; s < 4; ++s) {
+            const float x = a[(i + s) * sam + r * sak];
+            BP_OMP(simd)
+            for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+                acc[s][cc] += x * row[cc];
+            }
+        }
+    }
+    for (ptrdiff_t s = 0; s < 4; ++s) {
+        float *restrict out = c + (i + s) * ldc;
+        for (ptrdiff_t cc = 0; cc < w; ++cc) {
+            out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
+        }
+    }
+}
+
+/* rows i..i+0 of C (row stride ldc), w <= 64 columns from panel pq,
+ * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
+ * 1 x 64 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and 64 / vector-width loads of the panel.  add: C's old
+ * values are added (else never read: the scratch may hold anything). */
+BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+                                        float alpha, const float *a, ptrdiff_t sam,
+                                        ptrdiff_t sak, const float *restrict pq, int add,
+                                        float *c, ptrdiff_t ldc)
+{
+    float acc[1][64];
+    for (ptrdiff_t s = 0; s < 1; ++s) {
+        BP_OMP(simd)
+        for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+            acc[s][cc] = 0;
+        }
+    }
+    for (ptrdiff_t r = r0; r < r1; ++r) {
+        const float *restrict row = pq + (r - r0) * 64;
+        for (ptrdiff_t s = 0; s < 1; ++s) {
+            const float x = a[(i + s) * sam + r * sak];
+            BP_OMP(simd)
+            for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+                acc[s][cc] += x * row[cc];
+            }
+        }
+    }
+    for (ptrdiff_t s = 0; s < 1; ++s) {
+        float *restrict out = c + (i + s) * ldc;
+        for (ptrdiff_t cc = 0; cc < w; ++cc) {
+            out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
+        }
+    }
+}
+
+/* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
+ * bp_panel_pack_f32); each panel's rows in blocks of 512, so a block (128 KB) stays in
+ * the L2 cache while every row of A passes over it. */
+BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                      const float *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const float *restrict p, int beta, float *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
+{
+    for (ptrdiff_t q = q0; q < q1; ++q) {
+        const ptrdiff_t j = q * 64, w = n - j < 64 ? n - j : 64;
+        for (ptrdiff_t r0 = 0; r0 < k || r0 == 0; r0 += 512) {
+            const ptrdiff_t r1 = r0 + 512 < k ? r0 + 512 : k;
+            const float *restrict pq = p + (q * k + r0) * 64;
+            const int add = beta || r0 > 0;
+            ptrdiff_t i = 0;
+            for (; i + 4 <= m; i += 4) {
+                bp_panel_rows4_f32(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+            }
+            for (; i < m; ++i) {
+                bp_panel_rows1_f32(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+            }
+        }
+    }
+}
 
 /* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline float bp_relu_f32(float x)
@@ -169,17 +298,9 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 {
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*H;
+    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
     /* sum over i */
     if (bp_rnn_relu_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    _s2[(t*N + n)*H + j] = 0;
-                }
-            }
-        }
         BP_OMP(parallel if ((N*T)*(H)*(I) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -187,8 +308,8 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             const ptrdiff_t bp_extent = bp_by_cols ? H : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, _s2 + bp_a, H);
-                else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 1, _s2 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 0, _s2 + bp_a, H);
+                else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 0, _s2 + bp_a*(H), H);
             }
         }
     } else {
@@ -207,6 +328,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         }
     }
     /* a recurrence: step by step */
+    if (bp_rnn_relu_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, 1, H, _W_hh_panels0);
     for (ptrdiff_t t = 0; t < T; ++t) {
         if (bp_rnn_relu_gemm_f32 != NULL) {
             const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
@@ -215,13 +337,8 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
                     const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const int bp_by_cols = H >= N;
-                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
-                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
-                    if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 0, bp__s1_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 0, bp__s1_step1 + bp_a*(H), H);
-                    }
+                    const ptrdiff_t bp_np = (H + 64 - 1) / 64;
+                    bp_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                 }
             } else {
                 BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -278,7 +395,9 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _s3 = bp_work + T*N*H;
     float *const _s4 = bp_work + T*N*H + T*N*H;
     float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
+    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
+    if (bp_rnn_relu_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_rnn_relu_gemm_f32 != NULL) {
             const float *const bp_dz_step0 = dz + H*N*(t + 1);
@@ -287,13 +406,8 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
                     const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const int bp_by_cols = H >= N;
-                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
-                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
-                    if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 0, bp__s3_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 0, bp__s3_step1 + bp_a*(H), H);
-                    }
+                    const ptrdiff_t bp_np = (H + 64 - 1) / 64;
+                    bp_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                 }
             } else {
                 BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -327,15 +441,6 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     /* dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j]) */
     if (bp_rnn_relu_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t i = 0; i < I; ++i) {
-                    dx[(t*N + n)*I + i] = 0;
-                }
-            }
-        }
         BP_OMP(parallel if ((N*T)*(I)*(H) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -343,8 +448,8 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N*T, bp_b - bp_a, H, 1, dz, H, W_ih + bp_a, I, 1, dx + bp_a, I);
-                else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, I, H, 1, dz + bp_a*(H), H, W_ih, I, 1, dx + bp_a*(I), I);
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 111, N*T, bp_b - bp_a, H, 1, dz, H, W_ih + bp_a, I, 0, dx + bp_a, I);
+                else bp_rnn_relu_gemm_f32(101, 111, 111, bp_b - bp_a, I, H, 1, dz + bp_a*(H), H, W_ih, I, 0, dx + bp_a*(I), I);
             }
         }
     } else {
@@ -390,13 +495,6 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
     if (bp_rnn_relu_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[j*I + i] = 0;
-            }
-        }
         BP_OMP(parallel if ((H)*(I)*(N*T) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -404,8 +502,8 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? I : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*T, 1, dz, H, x + bp_a, I, 1, dW_ih + bp_a, I);
-                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, I, N*T, 1, dz + bp_a, H, x, I, 1, dW_ih + bp_a*(I), I);
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*T, 1, dz, H, x + bp_a, I, 0, dW_ih + bp_a, I);
+                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, I, N*T, 1, dz + bp_a, H, x, I, 0, dW_ih + bp_a*(I), I);
             }
         }
     } else {
@@ -449,13 +547,6 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     /* sum over n, t */
     if (bp_rnn_relu_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s5[j*H + k] = 0;
-            }
-        }
         BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -463,8 +554,8 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? H : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 1, _s5 + bp_a, H);
-                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 1, _s5 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 0, _s5 + bp_a, H);
+                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 0, _s5 + bp_a*(H), H);
             }
         }
     } else {
@@ -522,6 +613,123 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 2
 
+/* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 32
+ * columns, each panel's k rows one after the other: p[(q*k + r)*32 + c] is
+ * column q*32 + c, zero past n.  Tiles of 64 rows keep both the strided reads
+ * (a transposed B) and the writes in the L1 cache. */
+static void bp_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, double *restrict p)
+{
+    const ptrdiff_t np = (n + 32 - 1) / 32;
+    BP_OMP(parallel for if (k * n >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t q = 0; q < np; ++q) {
+        for (ptrdiff_t r0 = 0; r0 < k; r0 += 64) {
+            const ptrdiff_t r1 = r0 + 64 < k ? r0 + 64 : k;
+            for (ptrdiff_t c = 0; c < 32; ++c) {
+                const ptrdiff_t j = q * 32 + c;
+                for (ptrdiff_t r = r0; r < r1; ++r) {
+                    p[(q * k + r) * 32 + c] = j < n ? b[r * sbk + j * sbn] : 0;
+                }
+            }
+        }
+    }
+}
+
+/* rows i..i+3 of C (row stride ldc), w <= 32 columns from panel pq,
+ * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
+ * 4 x 32 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and 32 / vector-width loads of the panel.  add: C's old
+ * values are added (else never read: the scratch may hold anything). */
+BP_WIDE static inline void bp_panel_rows4_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+                                        double alpha, const double *a, ptrdiff_t sam,
+                                        ptrdiff_t sak, const double *restrict pq, int add,
+                                        double *c, ptrdiff_t ldc)
+{
+    double acc[4][32];
+    for (ptrdiff_t s = 0; s < 4; ++s) {
+        BP_OMP(simd)
+        for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+            acc[s][cc] = 0;
+        }
+    }
+    for (ptrdiff_t r = r0; r < r1; ++r) {
+        const double *restrict row = pq + (r - r0) * 32;
+        for (ptrdiff_t s = 0; s < 4; ++s) {
+            const double x = a[(i + s) * sam + r * sak];
+            BP_OMP(simd)
+            for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+                acc[s][cc] += x * row[cc];
+            }
+        }
+    }
+    for (ptrdiff_t s = 0; s < 4; ++s) {
+        double *restrict out = c + (i + s) * ldc;
+        for (ptrdiff_t cc = 0; cc < w; ++cc) {
+            out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
+        }
+    }
+}
+
+/* rows i..i+0 of C (row stride ldc), w <= 32 columns from panel pq,
+ * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
+ * 1 x 32 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and 32 / vector-width loads of the panel.  add: C's old
+ * values are added (else never read: the scratch may hold anything). */
+BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+                                        double alpha, const double *a, ptrdiff_t sam,
+                                        ptrdiff_t sak, const double *restrict pq, int add,
+                                        double *c, ptrdiff_t ldc)
+{
+    double acc[1][32];
+    for (ptrdiff_t s = 0; s < 1; ++s) {
+        BP_OMP(simd)
+        for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+            acc[s][cc] = 0;
+        }
+    }
+    for (ptrdiff_t r = r0; r < r1; ++r) {
+        const double *restrict row = pq + (r - r0) * 32;
+        for (ptrdiff_t s = 0; s < 1; ++s) {
+            const double x = a[(i + s) * sam + r * sak];
+            BP_OMP(simd)
+            for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+                acc[s][cc] += x * row[cc];
+            }
+        }
+    }
+    for (ptrdiff_t s = 0; s < 1; ++s) {
+        double *restrict out = c + (i + s) * ldc;
+        for (ptrdiff_t cc = 0; cc < w; ++cc) {
+            out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
+        }
+    }
+}
+
+/* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
+ * bp_panel_pack_f64); each panel's rows in blocks of 512, so a block (128 KB) stays in
+ * the L2 cache while every row of A passes over it. */
+BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+                                      const double *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const double *restrict p, int beta, double *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
+{
+    for (ptrdiff_t q = q0; q < q1; ++q) {
+        const ptrdiff_t j = q * 32, w = n - j < 32 ? n - j : 32;
+        for (ptrdiff_t r0 = 0; r0 < k || r0 == 0; r0 += 512) {
+            const ptrdiff_t r1 = r0 + 512 < k ? r0 + 512 : k;
+            const double *restrict pq = p + (q * k + r0) * 32;
+            const int add = beta || r0 > 0;
+            ptrdiff_t i = 0;
+            for (; i + 4 <= m; i += 4) {
+                bp_panel_rows4_f64(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+            }
+            for (; i < m; ++i) {
+                bp_panel_rows1_f64(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+            }
+        }
+    }
+}
+
 /* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline double bp_relu_f64(double x)
 {
@@ -538,17 +746,9 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 {
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*H;
+    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
     /* sum over i */
     if (bp_rnn_relu_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    _s2[(t*N + n)*H + j] = 0;
-                }
-            }
-        }
         BP_OMP(parallel if ((N*T)*(H)*(I) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -556,8 +756,8 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             const ptrdiff_t bp_extent = bp_by_cols ? H : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, _s2 + bp_a, H);
-                else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 1, _s2 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 0, _s2 + bp_a, H);
+                else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 0, _s2 + bp_a*(H), H);
             }
         }
     } else {
@@ -576,6 +776,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         }
     }
     /* a recurrence: step by step */
+    if (bp_rnn_relu_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, 1, H, _W_hh_panels0);
     for (ptrdiff_t t = 0; t < T; ++t) {
         if (bp_rnn_relu_gemm_f64 != NULL) {
             const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
@@ -584,13 +785,8 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
                     const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const int bp_by_cols = H >= N;
-                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
-                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
-                    if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N, bp_b - bp_a, H, 1, bp_h0_step0, H, W_hh + bp_a*(H), H, 0, bp__s1_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, H, 1, bp_h0_step0 + bp_a*(H), H, W_hh, H, 0, bp__s1_step1 + bp_a*(H), H);
-                    }
+                    const ptrdiff_t bp_np = (H + 32 - 1) / 32;
+                    bp_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                 }
             } else {
                 BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -647,7 +843,9 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _s3 = bp_work + T*N*H;
     double *const _s4 = bp_work + T*N*H + T*N*H;
     double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
+    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
+    if (bp_rnn_relu_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
     for (ptrdiff_t t = T - 1; t >= 0; --t) {
         if (bp_rnn_relu_gemm_f64 != NULL) {
             const double *const bp_dz_step0 = dz + H*N*(t + 1);
@@ -656,13 +854,8 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
                 {
                     const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const int bp_by_cols = H >= N;
-                    const ptrdiff_t bp_extent = bp_by_cols ? H : N;
-                    const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
-                    if (bp_b > bp_a) {
-                        if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N, bp_b - bp_a, H, 1, bp_dz_step0, H, W_hh + bp_a, H, 0, bp__s3_step1 + bp_a, H);
-                        else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, H, H, 1, bp_dz_step0 + bp_a*(H), H, W_hh, H, 0, bp__s3_step1 + bp_a*(H), H);
-                    }
+                    const ptrdiff_t bp_np = (H + 32 - 1) / 32;
+                    bp_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                 }
             } else {
                 BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -696,15 +889,6 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     /* dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j]) */
     if (bp_rnn_relu_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t t = 0; t < T; ++t) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t i = 0; i < I; ++i) {
-                    dx[(t*N + n)*I + i] = 0;
-                }
-            }
-        }
         BP_OMP(parallel if ((N*T)*(I)*(H) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -712,8 +896,8 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? I : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N*T, bp_b - bp_a, H, 1, dz, H, W_ih + bp_a, I, 1, dx + bp_a, I);
-                else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, I, H, 1, dz + bp_a*(H), H, W_ih, I, 1, dx + bp_a*(I), I);
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 111, N*T, bp_b - bp_a, H, 1, dz, H, W_ih + bp_a, I, 0, dx + bp_a, I);
+                else bp_rnn_relu_gemm_f64(101, 111, 111, bp_b - bp_a, I, H, 1, dz + bp_a*(H), H, W_ih, I, 0, dx + bp_a*(I), I);
             }
         }
     } else {
@@ -759,13 +943,6 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     /* dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i]) */
     if (bp_rnn_relu_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t i = 0; i < I; ++i) {
-                dW_ih[j*I + i] = 0;
-            }
-        }
         BP_OMP(parallel if ((H)*(I)*(N*T) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -773,8 +950,8 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? I : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*T, 1, dz, H, x + bp_a, I, 1, dW_ih + bp_a, I);
-                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, I, N*T, 1, dz + bp_a, H, x, I, 1, dW_ih + bp_a*(I), I);
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*T, 1, dz, H, x + bp_a, I, 0, dW_ih + bp_a, I);
+                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, I, N*T, 1, dz + bp_a, H, x, I, 0, dW_ih + bp_a*(I), I);
             }
         }
     } else {
@@ -818,13 +995,6 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     /* sum over n, t */
     if (bp_rnn_relu_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s5[j*H + k] = 0;
-            }
-        }
         BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -832,8 +1002,8 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? H : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 1, _s5 + bp_a, H);
-                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 1, _s5 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 0, _s5 + bp_a, H);
+                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 0, _s5 + bp_a*(H), H);
             }
         }
     } else {
