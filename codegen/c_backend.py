@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import sympy as sp
 
@@ -306,6 +307,57 @@ def _views(nests, printer, shapes, lowered, seen: dict | None = None,
     return out
 
 
+# a parallel loop that can share an enclosing region's threads instead (no reduction
+# clause: its variables would be private to the region)
+_OWN_TEAM = re.compile(r"#pragma omp parallel for( simd)?( collapse\(\d+\))?( if \(.*\))?")
+
+
+def _scan_in_one_team(parts: list[dict]) -> list[dict] | None:
+    """A recurrence's step parts run by one thread team for all steps, or None.
+
+    Each step otherwise starts two or three teams (a fill, the GEMM, the gate math): 192
+    for an LSTM's 64 backward steps, each waking the sleeping threads (OMP_WAIT_POLICY=
+    PASSIVE) at tens of microseconds on a virtual machine.  In one region around the loop
+    over t, every loop becomes `omp for` (its barrier at the end keeps the steps' order) and
+    each thread multiplies its own panels (codegen/panel_steps) before a barrier.  Only
+    where every part splits so: each step GEMM on panels, every other part a parallel loop
+    without a reduction clause (returned as copies: the views are shared with other
+    kernels)."""
+    def rewrite(value):
+        if isinstance(value, dict):
+            out = {}
+            for key, v in value.items():
+                if key.endswith("pragma") and isinstance(v, str) \
+                        and v.startswith("#pragma omp parallel"):
+                    m = _OWN_TEAM.fullmatch(v)
+                    if m is None:
+                        raise LookupError(v)
+                    v = "#pragma omp for" + (m[1] or "") + (m[2] or "")
+                else:
+                    v = rewrite(v)
+                out[key] = v
+            return out
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    if not any(p.get("step") for p in parts):
+        return None
+    try:
+        team = rewrite(parts)
+    except LookupError:
+        return None
+    for p in team:
+        if p.get("step"):
+            if p["step"]["panels"] is None:
+                return None
+            p["step"]["in_team"] = True
+        elif not p.get("pragma", "").startswith("#pragma omp for") or p.get("pre") \
+                or p.get("post"):
+            return None
+    return team
+
+
 def pointwise(nests: list[Nest]) -> bool:
     """Every statement elementwise over the same loops, every array read at exactly those
     indices: element i of each result depends only on element i of each input, so a result
@@ -440,6 +492,10 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         view["packs"] = list({p["step"]["panels"]["name"]: p["step"]["panels"]
                               for p in view["parts"]
                               if p.get("step") and p["step"]["panels"]}.values())
+        team = _scan_in_one_team(view["parts"])
+        if team is not None:
+            steps = [p["step"]["work"] for p in view["parts"] if p.get("step")]
+            view.update(parts=team, team=f"{view['loops'][0][2]}*{steps[0]}")
         return view
     if n.copies:
         # a gather split by residue: the copies run in turn inside the shared loops

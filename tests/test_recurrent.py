@@ -398,3 +398,26 @@ def test_the_panel_gemm_equals_the_loops_at_ragged_sizes(kernels, dtype):
     for name, value in want.items():
         err = np.linalg.norm(got[name] - value) / max(np.linalg.norm(value), 1e-300)
         assert err < tol, (name, err)
+
+
+def test_the_steps_run_in_one_thread_team():
+    """An LSTM's steps start no thread team of their own: one parallel region holds the
+    loop over t, its loops are `omp for` and the panel GEMM ends at a barrier.  A part
+    with a reduction clause (private to a region) keeps the team per step."""
+    from codegen.c_backend import _scan_in_one_team, c_sources
+    from codegen.plan import plan
+    source = c_sources(plan(derive(builtin("lstm"))))["lstm.c"]
+    for entry in ("forward", "backward"):
+        body = source[source.index(f"int bp_lstm_{entry}_f32("):]
+        body = body[:body.index("\n}\n")]
+        scan = body[body.index("/* a recurrence"):]
+        scan = scan[:scan.index("\n    }\n") + 7]          # to the region's closing brace
+        steps = scan[scan.index("for (ptrdiff_t t"):]
+        assert scan.count("BP_OMP(parallel") == 1 and "BP_OMP(parallel" not in steps, entry
+        assert "BP_OMP(for)" in steps and "BP_OMP(barrier)" in steps, entry
+    step = {"step": {"panels": {"name": "P"}, "work": "N*H*H"}, "pragma": ""}
+    fine = {"pragma": "#pragma omp parallel for if (N*H >= BP_PARALLEL_MIN)"}
+    summed = {"pragma": "#pragma omp parallel for reduction(+:db[0:H]) if (N*H >= 1)"}
+    assert _scan_in_one_team([step, fine])[1]["pragma"] == "#pragma omp for"
+    assert fine["pragma"].startswith("#pragma omp parallel for")      # a copy was changed
+    assert _scan_in_one_team([step, summed]) is None

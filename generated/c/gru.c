@@ -422,61 +422,64 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     }
     /* a recurrence: step by step */
     if (bp_gru_gemm_f32 != NULL) bp_panel_pack_f32(H, 3*H, W_hh, 1, H, _W_hh_panels0);
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        if (bp_gru_gemm_f32 != NULL) {
-            const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-            float *const bp_ah_step1 = ah + G*H*N*t;
-            BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        ah[((t*N + n)*G + g)*H + j] = b_hh[g*H + j];
-                    }
-                }
-            }
-            if (bp_h0_step0 != NULL) {
-                BP_OMP(parallel if ((N)*(3*H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (3*H + 64 - 1) / 64;
-                    bp_panel_gemm_f32(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
-                }
-            }
-        } else {
-            BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        float bp_acc = 0;
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+    BP_OMP(parallel if (T*(N)*(3*H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            if (bp_gru_gemm_f32 != NULL) {
+                const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+                float *const bp_ah_step1 = ah + G*H*N*t;
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t g = 0; g < 3; ++g) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            ah[((t*N + n)*G + g)*H + j] = b_hh[g*H + j];
                         }
-                        ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                    }
+                }
+                if (bp_h0_step0 != NULL) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (3*H + 64 - 1) / 64;
+                        bp_panel_gemm_f32(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                }
+            } else {
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t g = 0; g < 3; ++g) {
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            float bp_acc = 0;
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                            }
+                            ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                        }
                     }
                 }
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc0_m = bp_sigmoid_f32(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
-                const float bp_acc1_m = bp_sigmoid_f32(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
-                r[(t*N + n)*H + j] = bp_acc0_m;
-                z[(t*N + n)*H + j] = bp_acc1_m;
-            }
-            /* cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                cand[(t*N + n)*H + j] = bp_tanh_f32(ah[((t*N + n)*G + 2)*H + j]*r[(t*N + n)*H + j] + ai[((t*N + n)*G + 2)*H + j]);
-            }
-            /* h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
+            BP_OMP(for)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc0_m = bp_sigmoid_f32(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                    const float bp_acc1_m = bp_sigmoid_f32(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
+                    r[(t*N + n)*H + j] = bp_acc0_m;
+                    z[(t*N + n)*H + j] = bp_acc1_m;
+                }
+                /* cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    cand[(t*N + n)*H + j] = bp_tanh_f32(ah[((t*N + n)*G + 2)*H + j]*r[(t*N + n)*H + j] + ai[((t*N + n)*G + 2)*H + j]);
+                }
+                /* h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j] */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
+                }
             }
         }
     }
@@ -506,56 +509,59 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
     /* a recurrence: step by step, from the last */
     if (bp_gru_gemm_f32 != NULL) bp_panel_pack_f32(3*H, H, W_hh, H, 1, _W_hh_panels0);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        if (bp_gru_gemm_f32 != NULL) {
-            const float *const bp_dah_step0 = dah + 3*H*N*(t + 1);
-            float *const bp_dh_total_step1 = dh_total + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
-                }
-            }
-            if ((0 <= t + 1 && t + 1 <= T - 1)) {
-                BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                    bp_panel_gemm_f32(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
-                }
-            }
-        } else {
-            BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t g = 0; g < 3; ++g) {
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
-                        }
+    BP_OMP(parallel if (T*(N)*(H)*(3*H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            if (bp_gru_gemm_f32 != NULL) {
+                const float *const bp_dah_step0 = dah + 3*H*N*(t + 1);
+                float *const bp_dh_total_step1 = dh_total + H*N*t;
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
                     }
-                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                }
+                if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 64 - 1) / 64;
+                        bp_panel_gemm_f32(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                }
+            } else {
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t g = 0; g < 3; ++g) {
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
+                            }
+                        }
+                        dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                    }
                 }
             }
-        }
-        BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]; dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc0_m = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
-                const float bp_acc1_m = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
-                dz[(t*N + n)*H + j] = bp_acc0_m;
-                dr[(t*N + n)*H + j] = bp_acc1_m;
-            }
-            /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
-            for (ptrdiff_t g = 0; g < 3; ++g) {
+            BP_OMP(for)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]; dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j] */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
-                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    const float bp_acc0_m = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
+                    const float bp_acc1_m = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    dz[(t*N + n)*H + j] = bp_acc0_m;
+                    dr[(t*N + n)*H + j] = bp_acc1_m;
+                }
+                /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const float bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
+                        dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    }
                 }
             }
         }
@@ -978,61 +984,64 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     }
     /* a recurrence: step by step */
     if (bp_gru_gemm_f64 != NULL) bp_panel_pack_f64(H, 3*H, W_hh, 1, H, _W_hh_panels0);
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        if (bp_gru_gemm_f64 != NULL) {
-            const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-            double *const bp_ah_step1 = ah + G*H*N*t;
-            BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN_PLAIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        ah[((t*N + n)*G + g)*H + j] = b_hh[g*H + j];
-                    }
-                }
-            }
-            if (bp_h0_step0 != NULL) {
-                BP_OMP(parallel if ((N)*(3*H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (3*H + 32 - 1) / 32;
-                    bp_panel_gemm_f64(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
-                }
-            }
-        } else {
-            BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        double bp_acc = 0;
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+    BP_OMP(parallel if (T*(N)*(3*H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            if (bp_gru_gemm_f64 != NULL) {
+                const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+                double *const bp_ah_step1 = ah + G*H*N*t;
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t g = 0; g < 3; ++g) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            ah[((t*N + n)*G + g)*H + j] = b_hh[g*H + j];
                         }
-                        ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                    }
+                }
+                if (bp_h0_step0 != NULL) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (3*H + 32 - 1) / 32;
+                        bp_panel_gemm_f64(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                }
+            } else {
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t g = 0; g < 3; ++g) {
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            double bp_acc = 0;
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                            }
+                            ah[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j];
+                        }
                     }
                 }
             }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc0_m = bp_sigmoid_f64(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
-                const double bp_acc1_m = bp_sigmoid_f64(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
-                r[(t*N + n)*H + j] = bp_acc0_m;
-                z[(t*N + n)*H + j] = bp_acc1_m;
-            }
-            /* cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                cand[(t*N + n)*H + j] = tanh(ah[((t*N + n)*G + 2)*H + j]*r[(t*N + n)*H + j] + ai[((t*N + n)*G + 2)*H + j]);
-            }
-            /* h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
+            BP_OMP(for)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc0_m = bp_sigmoid_f64(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                    const double bp_acc1_m = bp_sigmoid_f64(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
+                    r[(t*N + n)*H + j] = bp_acc0_m;
+                    z[(t*N + n)*H + j] = bp_acc1_m;
+                }
+                /* cand[t, n, j] = tanh(ai[t, n, 2, j] + r[t, n, j] * ah[t, n, 2, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    cand[(t*N + n)*H + j] = tanh(ah[((t*N + n)*G + 2)*H + j]*r[(t*N + n)*H + j] + ai[((t*N + n)*G + 2)*H + j]);
+                }
+                /* h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j] */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    h[(t*N + n)*H + j] = (1 - z[(t*N + n)*H + j])*cand[(t*N + n)*H + j] + (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0))*z[(t*N + n)*H + j];
+                }
             }
         }
     }
@@ -1062,56 +1071,59 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
     /* a recurrence: step by step, from the last */
     if (bp_gru_gemm_f64 != NULL) bp_panel_pack_f64(3*H, H, W_hh, H, 1, _W_hh_panels0);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        if (bp_gru_gemm_f64 != NULL) {
-            const double *const bp_dah_step0 = dah + 3*H*N*(t + 1);
-            double *const bp_dh_total_step1 = dh_total + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
-                }
-            }
-            if ((0 <= t + 1 && t + 1 <= T - 1)) {
-                BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                    bp_panel_gemm_f64(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
-                }
-            }
-        } else {
-            BP_OMP(parallel for if (N*H*3*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t g = 0; g < 3; ++g) {
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
-                        }
+    BP_OMP(parallel if (T*(N)*(H)*(3*H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            if (bp_gru_gemm_f64 != NULL) {
+                const double *const bp_dah_step0 = dah + 3*H*N*(t + 1);
+                double *const bp_dh_total_step1 = dh_total + H*N*t;
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
                     }
-                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                }
+                if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 32 - 1) / 32;
+                        bp_panel_gemm_f64(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                }
+            } else {
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t g = 0; g < 3; ++g) {
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*dah[(((t + 1)*N + n)*3 + g)*H + k] : 0);
+                            }
+                        }
+                        dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
+                    }
                 }
             }
-        }
-        BP_OMP(parallel for if (N*3*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]; dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc0_m = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
-                const double bp_acc1_m = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
-                dz[(t*N + n)*H + j] = bp_acc0_m;
-                dr[(t*N + n)*H + j] = bp_acc1_m;
-            }
-            /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
-            for (ptrdiff_t g = 0; g < 3; ++g) {
+            BP_OMP(for)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]; dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j] */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
-                    dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    const double bp_acc0_m = (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + j] : 0) - cand[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j];
+                    const double bp_acc1_m = (z[(t*N + n)*H + j] - 1)*ah[((t*N + n)*G + 2)*H + j]*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    dz[(t*N + n)*H + j] = bp_acc0_m;
+                    dr[(t*N + n)*H + j] = bp_acc1_m;
+                }
+                /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
+                for (ptrdiff_t g = 0; g < 3; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        const double bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
+                        dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    }
                 }
             }
         }

@@ -413,73 +413,76 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     /* a recurrence: step by step */
     if (bp_lstm_gemm_f32 != NULL) bp_panel_pack_f32(H, 4*H, W_hh, 1, H, _W_hh_panels0);
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        if (bp_lstm_gemm_f32 != NULL) {
-            const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-            float *const bp__s1_step1 = _s1 + 4*H*N*t;
-            if (bp_h0_step0 != NULL) {
-                BP_OMP(parallel if ((N)*(4*H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (4*H + 64 - 1) / 64;
-                    bp_panel_gemm_f32(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, 4*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+    BP_OMP(parallel if (T*(N)*(4*H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            if (bp_lstm_gemm_f32 != NULL) {
+                const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+                float *const bp__s1_step1 = _s1 + 4*H*N*t;
+                if (bp_h0_step0 != NULL) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (4*H + 64 - 1) / 64;
+                        bp_panel_gemm_f32(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, 4*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                } else {
+                    BP_OMP(for)
+                    for (ptrdiff_t n = 0; n < N; ++n) {
+                        for (ptrdiff_t g = 0; g < 4; ++g) {
+                            BP_OMP(simd)
+                            for (ptrdiff_t j = 0; j < H; ++j) {
+                                _s1[((t*N + n)*4 + g)*H + j] = 0;
+                            }
+                        }
+                    }
                 }
             } else {
-                BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+                BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t g = 0; g < 4; ++g) {
-                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < H; ++j) {
-                            _s1[((t*N + n)*4 + g)*H + j] = 0;
+                            float bp_acc = 0;
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                            }
+                            _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
                         }
                     }
                 }
             }
-        } else {
-            BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
+            BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
+                /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
                 for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
-                        float bp_acc = 0;
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
-                        }
-                        _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                        a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
                     }
                 }
-            }
-        }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
-            for (ptrdiff_t g = 0; g < 4; ++g) {
+                /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
+                    const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G + 0)*H + j]);
+                    const float bp_acc2_m = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
+                    const float bp_acc3_m = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
+                    const float bp_acc4_m = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
+                    ig[(t*N + n)*H + j] = bp_acc1_m;
+                    fg[(t*N + n)*H + j] = bp_acc2_m;
+                    gg[(t*N + n)*H + j] = bp_acc3_m;
+                    og[(t*N + n)*H + j] = bp_acc4_m;
                 }
-            }
-            /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G + 0)*H + j]);
-                const float bp_acc2_m = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
-                const float bp_acc3_m = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
-                const float bp_acc4_m = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
-                ig[(t*N + n)*H + j] = bp_acc1_m;
-                fg[(t*N + n)*H + j] = bp_acc2_m;
-                gg[(t*N + n)*H + j] = bp_acc3_m;
-                og[(t*N + n)*H + j] = bp_acc4_m;
-            }
-            /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
-            }
-            /* h[t, n, j] = og[t, n, j] * tanh(c[t, n, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = bp_tanh_f32(c[(t*N + n)*H + j])*og[(t*N + n)*H + j];
+                /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
+                }
+                /* h[t, n, j] = og[t, n, j] * tanh(c[t, n, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    h[(t*N + n)*H + j] = bp_tanh_f32(c[(t*N + n)*H + j])*og[(t*N + n)*H + j];
+                }
             }
         }
     }
@@ -510,52 +513,55 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
     /* a recurrence: step by step, from the last */
     if (bp_lstm_gemm_f32 != NULL) bp_panel_pack_f32(4*H, H, W_hh, H, 1, _W_hh_panels0);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        if (bp_lstm_gemm_f32 != NULL) {
-            const float *const bp_da_step0 = da + 4*H*N*(t + 1);
-            float *const bp_dh_total_step1 = dh_total + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
-                }
-            }
-            if ((0 <= t + 1 && t + 1 <= T - 1)) {
-                BP_OMP(parallel if ((N)*(H)*(4*H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                    bp_panel_gemm_f32(N, H, 4*H, 1, bp_da_step0, 4*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
-                }
-            }
-        } else {
-            BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t g = 0; g < 4; ++g) {
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
-                        }
+    BP_OMP(parallel if (T*(N)*(H)*(4*H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            if (bp_lstm_gemm_f32 != NULL) {
+                const float *const bp_da_step0 = da + 4*H*N*(t + 1);
+                float *const bp_dh_total_step1 = dh_total + H*N*t;
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
                     }
-                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                }
+                if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 64 - 1) / 64;
+                        bp_panel_gemm_f32(N, H, 4*H, 1, bp_da_step0, 4*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                }
+            } else {
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t g = 0; g < 4; ++g) {
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
+                            }
+                        }
+                        dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                    }
                 }
             }
-        }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (bp_tanh_f32(c[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])));
-            }
-            /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
-            for (ptrdiff_t g = 0; g < 4; ++g) {
+            BP_OMP(for)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
+                    dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (bp_tanh_f32(c[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])));
+                }
+                /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
+                    }
                 }
             }
         }
@@ -949,73 +955,76 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     /* a recurrence: step by step */
     if (bp_lstm_gemm_f64 != NULL) bp_panel_pack_f64(H, 4*H, W_hh, 1, H, _W_hh_panels0);
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        if (bp_lstm_gemm_f64 != NULL) {
-            const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-            double *const bp__s1_step1 = _s1 + 4*H*N*t;
-            if (bp_h0_step0 != NULL) {
-                BP_OMP(parallel if ((N)*(4*H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (4*H + 32 - 1) / 32;
-                    bp_panel_gemm_f64(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, 4*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+    BP_OMP(parallel if (T*(N)*(4*H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            if (bp_lstm_gemm_f64 != NULL) {
+                const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+                double *const bp__s1_step1 = _s1 + 4*H*N*t;
+                if (bp_h0_step0 != NULL) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (4*H + 32 - 1) / 32;
+                        bp_panel_gemm_f64(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, 4*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                } else {
+                    BP_OMP(for)
+                    for (ptrdiff_t n = 0; n < N; ++n) {
+                        for (ptrdiff_t g = 0; g < 4; ++g) {
+                            BP_OMP(simd)
+                            for (ptrdiff_t j = 0; j < H; ++j) {
+                                _s1[((t*N + n)*4 + g)*H + j] = 0;
+                            }
+                        }
+                    }
                 }
             } else {
-                BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN_PLAIN))
+                BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t g = 0; g < 4; ++g) {
-                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < H; ++j) {
-                            _s1[((t*N + n)*4 + g)*H + j] = 0;
+                            double bp_acc = 0;
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
+                            }
+                            _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
                         }
                     }
                 }
             }
-        } else {
-            BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN))
+            BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
+                /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
                 for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
-                        double bp_acc = 0;
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
-                        }
-                        _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                        a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
                     }
                 }
-            }
-        }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
-            for (ptrdiff_t g = 0; g < 4; ++g) {
+                /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
+                    const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G + 0)*H + j]);
+                    const double bp_acc2_m = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
+                    const double bp_acc3_m = tanh(a[((t*N + n)*G + 2)*H + j]);
+                    const double bp_acc4_m = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
+                    ig[(t*N + n)*H + j] = bp_acc1_m;
+                    fg[(t*N + n)*H + j] = bp_acc2_m;
+                    gg[(t*N + n)*H + j] = bp_acc3_m;
+                    og[(t*N + n)*H + j] = bp_acc4_m;
                 }
-            }
-            /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G + 0)*H + j]);
-                const double bp_acc2_m = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
-                const double bp_acc3_m = tanh(a[((t*N + n)*G + 2)*H + j]);
-                const double bp_acc4_m = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
-                ig[(t*N + n)*H + j] = bp_acc1_m;
-                fg[(t*N + n)*H + j] = bp_acc2_m;
-                gg[(t*N + n)*H + j] = bp_acc3_m;
-                og[(t*N + n)*H + j] = bp_acc4_m;
-            }
-            /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
-            }
-            /* h[t, n, j] = og[t, n, j] * tanh(c[t, n, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = tanh(c[(t*N + n)*H + j])*og[(t*N + n)*H + j];
+                /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    c[(t*N + n)*H + j] = (((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*fg[(t*N + n)*H + j] + gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
+                }
+                /* h[t, n, j] = og[t, n, j] * tanh(c[t, n, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    h[(t*N + n)*H + j] = tanh(c[(t*N + n)*H + j])*og[(t*N + n)*H + j];
+                }
             }
         }
     }
@@ -1046,52 +1055,55 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
     /* a recurrence: step by step, from the last */
     if (bp_lstm_gemm_f64 != NULL) bp_panel_pack_f64(4*H, H, W_hh, H, 1, _W_hh_panels0);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        if (bp_lstm_gemm_f64 != NULL) {
-            const double *const bp_da_step0 = da + 4*H*N*(t + 1);
-            double *const bp_dh_total_step1 = dh_total + H*N*t;
-            BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
-                }
-            }
-            if ((0 <= t + 1 && t + 1 <= T - 1)) {
-                BP_OMP(parallel if ((N)*(H)*(4*H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                    bp_panel_gemm_f64(N, H, 4*H, 1, bp_da_step0, 4*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
-                }
-            }
-        } else {
-            BP_OMP(parallel for if (N*H*4*H >= BP_PARALLEL_MIN))
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t g = 0; g < 4; ++g) {
-                        BP_OMP(simd reduction(+:bp_acc))
-                        for (ptrdiff_t k = 0; k < H; ++k) {
-                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
-                        }
+    BP_OMP(parallel if (T*(N)*(H)*(4*H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            if (bp_lstm_gemm_f64 != NULL) {
+                const double *const bp_da_step0 = da + 4*H*N*(t + 1);
+                double *const bp_dh_total_step1 = dh_total + H*N*t;
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        dh_total[(t*N + n)*H + j] = (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
                     }
-                    dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                }
+                if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 32 - 1) / 32;
+                        bp_panel_gemm_f64(N, H, 4*H, 1, bp_da_step0, 4*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                }
+            } else {
+                BP_OMP(for)
+                for (ptrdiff_t n = 0; n < N; ++n) {
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t g = 0; g < 4; ++g) {
+                            BP_OMP(simd reduction(+:bp_acc))
+                            for (ptrdiff_t k = 0; k < H; ++k) {
+                                bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[(g*H + k)*H + j]*da[(((t + 1)*N + n)*4 + g)*H + k] : 0);
+                            }
+                        }
+                        dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + dh[(t*N + n)*H + j];
+                    }
                 }
             }
-        }
-        BP_OMP(parallel for if (N*4*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (tanh(c[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])));
-            }
-            /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
-            for (ptrdiff_t g = 0; g < 4; ++g) {
+            BP_OMP(for)
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
+                    dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (tanh(c[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])));
+                }
+                /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
+                    }
                 }
             }
         }

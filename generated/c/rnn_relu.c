@@ -329,50 +329,53 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     }
     /* a recurrence: step by step */
     if (bp_rnn_relu_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, 1, H, _W_hh_panels0);
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        if (bp_rnn_relu_gemm_f32 != NULL) {
-            const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-            float *const bp__s1_step1 = _s1 + H*N*t;
-            if (bp_h0_step0 != NULL) {
-                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                    bp_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+    BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            if (bp_rnn_relu_gemm_f32 != NULL) {
+                const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+                float *const bp__s1_step1 = _s1 + H*N*t;
+                if (bp_h0_step0 != NULL) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 64 - 1) / 64;
+                        bp_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                } else {
+                    BP_OMP(for)
+                    for (ptrdiff_t n = 0; n < N; ++n) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            _s1[(t*N + n)*H + j] = 0;
+                        }
+                    }
                 }
             } else {
-                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
-                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
-                        _s1[(t*N + n)*H + j] = 0;
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+                        }
+                        _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
             }
-        } else {
-            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
+                /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
-                    }
-                    _s1[(t*N + n)*H + j] = bp_acc;
+                    z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
                 }
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
-            }
-            /* h[t, n, j] = relu(z[t, n, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = bp_relu_f32(z[(t*N + n)*H + j]);
+                /* h[t, n, j] = relu(z[t, n, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    h[(t*N + n)*H + j] = bp_relu_f32(z[(t*N + n)*H + j]);
+                }
             }
         }
     }
@@ -398,44 +401,47 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
     if (bp_rnn_relu_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        if (bp_rnn_relu_gemm_f32 != NULL) {
-            const float *const bp_dz_step0 = dz + H*N*(t + 1);
-            float *const bp__s3_step1 = _s3 + H*N*t;
-            if ((0 <= t + 1 && t + 1 <= T - 1)) {
-                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                    bp_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+    BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            if (bp_rnn_relu_gemm_f32 != NULL) {
+                const float *const bp_dz_step0 = dz + H*N*(t + 1);
+                float *const bp__s3_step1 = _s3 + H*N*t;
+                if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 64 - 1) / 64;
+                        bp_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                } else {
+                    BP_OMP(for)
+                    for (ptrdiff_t n = 0; n < N; ++n) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            _s3[(t*N + n)*H + j] = 0;
+                        }
+                    }
                 }
             } else {
-                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
-                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
-                        _s3[(t*N + n)*H + j] = 0;
+                        float bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
+                        }
+                        _s3[(t*N + n)*H + j] = bp_acc;
                     }
                 }
             }
-        } else {
-            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    float bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
-                    }
-                    _s3[(t*N + n)*H + j] = bp_acc;
+                    dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f32(z[(t*N + n)*H + j]);
                 }
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f32(z[(t*N + n)*H + j]);
             }
         }
     }
@@ -777,50 +783,53 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     }
     /* a recurrence: step by step */
     if (bp_rnn_relu_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, 1, H, _W_hh_panels0);
-    for (ptrdiff_t t = 0; t < T; ++t) {
-        if (bp_rnn_relu_gemm_f64 != NULL) {
-            const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-            double *const bp__s1_step1 = _s1 + H*N*t;
-            if (bp_h0_step0 != NULL) {
-                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                    bp_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+    BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            if (bp_rnn_relu_gemm_f64 != NULL) {
+                const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
+                double *const bp__s1_step1 = _s1 + H*N*t;
+                if (bp_h0_step0 != NULL) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 32 - 1) / 32;
+                        bp_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                } else {
+                    BP_OMP(for)
+                    for (ptrdiff_t n = 0; n < N; ++n) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            _s1[(t*N + n)*H + j] = 0;
+                        }
+                    }
                 }
             } else {
-                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
-                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
-                        _s1[(t*N + n)*H + j] = 0;
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
+                        }
+                        _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
             }
-        } else {
-            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
+                /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
-                    }
-                    _s1[(t*N + n)*H + j] = bp_acc;
+                    z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
                 }
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
-            }
-            /* h[t, n, j] = relu(z[t, n, j]) */
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                h[(t*N + n)*H + j] = bp_relu_f64(z[(t*N + n)*H + j]);
+                /* h[t, n, j] = relu(z[t, n, j]) */
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    h[(t*N + n)*H + j] = bp_relu_f64(z[(t*N + n)*H + j]);
+                }
             }
         }
     }
@@ -846,44 +855,47 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
     if (bp_rnn_relu_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
-    for (ptrdiff_t t = T - 1; t >= 0; --t) {
-        if (bp_rnn_relu_gemm_f64 != NULL) {
-            const double *const bp_dz_step0 = dz + H*N*(t + 1);
-            double *const bp__s3_step1 = _s3 + H*N*t;
-            if ((0 <= t + 1 && t + 1 <= T - 1)) {
-                BP_OMP(parallel if ((N)*(H)*(H) >= BP_PARALLEL_MIN))
-                {
-                    const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
-                    const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                    bp_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+    BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
+    {
+        for (ptrdiff_t t = T - 1; t >= 0; --t) {
+            if (bp_rnn_relu_gemm_f64 != NULL) {
+                const double *const bp_dz_step0 = dz + H*N*(t + 1);
+                double *const bp__s3_step1 = _s3 + H*N*t;
+                if ((0 <= t + 1 && t + 1 <= T - 1)) {
+                    {
+                        const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
+                        const ptrdiff_t bp_np = (H + 32 - 1) / 32;
+                        bp_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                    }
+                    BP_OMP(barrier)
+                } else {
+                    BP_OMP(for)
+                    for (ptrdiff_t n = 0; n < N; ++n) {
+                        BP_OMP(simd)
+                        for (ptrdiff_t j = 0; j < H; ++j) {
+                            _s3[(t*N + n)*H + j] = 0;
+                        }
+                    }
                 }
             } else {
-                BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+                BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
-                    BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
-                        _s3[(t*N + n)*H + j] = 0;
+                        double bp_acc = 0;
+                        BP_OMP(simd reduction(+:bp_acc))
+                        for (ptrdiff_t k = 0; k < H; ++k) {
+                            bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
+                        }
+                        _s3[(t*N + n)*H + j] = bp_acc;
                     }
                 }
             }
-        } else {
-            BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN))
+            BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    double bp_acc = 0;
-                    BP_OMP(simd reduction(+:bp_acc))
-                    for (ptrdiff_t k = 0; k < H; ++k) {
-                        bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
-                    }
-                    _s3[(t*N + n)*H + j] = bp_acc;
+                    dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f64(z[(t*N + n)*H + j]);
                 }
-            }
-        }
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            BP_OMP(simd)
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f64(z[(t*N + n)*H + j]);
             }
         }
     }
