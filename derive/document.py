@@ -11,7 +11,7 @@ import sympy as sp
 from templates import render
 
 from .calculus import complexity, fold, tidy
-from .derivation import Derivation, adjoint_name
+from .derivation import Derivation, adjoint_name, total_name
 from .evaluate import evaluate
 from .indices import canonical_indices, freshen_bound, readable, tidy_bound
 from .latex import (IndexLatexPrinter, MatrixConverter, NoMatrixForm, tex_adjoint,
@@ -153,6 +153,9 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
 
     # a recurrent output's total adjoint, where it is a step: dh_total (dh is its upstream)
     totals = {s.tensor: s.name for s in d.steps if s.label}
+    # an output later steps read (an RNN's h): its upstream gradient starts the total
+    recurrent_outputs = {t.name for t in layer.outputs if t.initial}
+    totals.update({n: total_name(n) for n in recurrent_outputs if n not in totals})
     gradients = []
     for name in order:
         P = d.indices(name)
@@ -165,7 +168,10 @@ def context(d: Derivation, fmt: str = "tex") -> dict:
                      else tex_adjoint(name), terms=terms, kept=step is not None,
                      gradient=bool(step and step.is_gradient),
                      used_in=sorted(tex_name(u) for u in users.get(name, ())),
-                     result=None, matrix=None, given=None)
+                     result=None, matrix=None, given=None,
+                     upstream=eq(tex(sp.IndexedBase(total_name(name))[P]),
+                                 tex(sp.IndexedBase(adjoint_name(name))[P]))
+                     if name in recurrent_outputs and P and name in by_tensor else None)
         if step is not None:
             lhs = tex(step.lhs)
             entry["result"] = eq(lhs, tex(step.expr))

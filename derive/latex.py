@@ -18,6 +18,7 @@ from sympy.printing.precedence import PRECEDENCE
 from .functions import expm1, log1p, relu, sigmoid, softplus
 from .piecewise import absolute
 from .affine import is_full
+from .pretty import index_constant
 from .indices import dim_of, free_indices
 from .tex_names import has_top_script, tex_index, tex_name
 
@@ -56,6 +57,7 @@ class IndexLatexPrinter(LatexPrinter):
     def _print_Add(self, expr, order=None):
         # positive terms first: y - t rather than -t + y; a product first: W x + b
         terms = sorted(expr.args, key=lambda t: (t.could_extract_minus_sign(),
+                                                 index_constant(t, expr),
                                                  not t.has(sp.Sum), sp.default_sort_key(t)))
         out = ""
         for k, t in enumerate(terms):

@@ -7,6 +7,12 @@ from sympy.printing.str import StrPrinter
 from .affine import is_full
 
 
+def index_constant(term, add) -> bool:
+    """term is the constant of an index expression (t + 1, T - 1, floor((L - K)/S) + 1):
+    written last."""
+    return term.is_Number and (add.is_integer is True or add.has(sp.floor, sp.ceiling))
+
+
 class FormulaPrinter(StrPrinter):
     def _print(self, expr, **kwargs):
         if isinstance(expr, sp.Indexed):       # Indexed's own _sympystr would win
@@ -59,14 +65,16 @@ class FormulaPrinter(StrPrinter):
         return f"min({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_Add(self, expr, order=None):
-        # Positive terms first: (y*sum_k(t) - t)/N rather than (-t + y*sum_k(t))/N.
+        # Positive terms first: (y*sum_k(t) - t)/N rather than (-t + y*sum_k(t))/N; in
+        # index arithmetic the constant last: dz[t + 1], not dz[1 + t].
         terms = sorted(expr.args, key=lambda t: (t.could_extract_minus_sign(),
+                                                 index_constant(t, expr),
                                                  sp.default_sort_key(t)))
         out = self._print(terms[0]) if not terms[0].could_extract_minus_sign() else \
             "-" + self.parenthesize(-terms[0], 50)
         for t in terms[1:]:
-            if t.could_extract_minus_sign():
-                out += " - " + self.parenthesize(-t, 50)
+            if t.could_extract_minus_sign():       # l + 1 - 2*i; a - (b + c)
+                out += " - " + self.parenthesize(-t, 40)
             else:
                 out += " + " + self.parenthesize(t, 40)
         return out

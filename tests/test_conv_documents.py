@@ -17,9 +17,9 @@ def test_the_document_states_its_constants_and_derived_sizes():
     the spec defines it and at S = 2, in LaTeX and in Markdown."""
     d = derive(builtin("conv2d", dict(S=2)))
     tex, md = document(d, "tex"), document(d, "md")
-    general = (r"1 + \left\lfloor \frac{H + 2 P - 1 - D \left(\mathrm{KH} - 1\right)}{S} "
-               r"\right\rfloor")
-    at_s2 = r"1 + \left\lfloor \frac{H - \mathrm{KH}}{2} \right\rfloor"
+    general = (r"\left\lfloor \frac{H + 2 P - D \left(\mathrm{KH} - 1\right) - 1}{S} "
+               r"\right\rfloor + 1")
+    at_s2 = r"\left\lfloor \frac{H - \mathrm{KH}}{2} \right\rfloor + 1"
     for text in (tex, md):
         assert r"S = 2,\ P = 0,\ D = 1" in text
     assert rf"\mathrm{{Hout}} &= {general} \\" + f"\n&= {at_s2}" in tex
@@ -33,12 +33,12 @@ def test_a_layer_without_constants_states_none():
 
 
 def test_fractions_in_subscripts_and_bounds_are_inline():
-    """dx of a strided conv reads dy at (1 + h - 2 p)/2: written inline, not as a \\frac
+    """dx of a strided conv reads dy at (h + 1 - 2 p)/2: written inline, not as a \\frac
     a third of the text's size; the bounds' floor and ceiling too."""
     tex = document(derive(builtin("conv2d", dict(S=2, P=1, D=2))), "tex")
     dx = tex.split(r"\bar{x}_{nchk} &= ")[1].split(r"\end{align*}")[0]
-    assert r"\left(1 + h - 2 p\right)/2" in dx
-    assert r"\left\lfloor \left(1 + h\right)/2 \right\rfloor" in dx
+    assert r"\left(h + 1 - 2 p\right)/2" in dx
+    assert r"\left\lfloor \left(h + 1\right)/2 \right\rfloor" in dx
     assert r"\frac" not in dx
 
 

@@ -86,7 +86,7 @@ def test_the_derivation_is_backpropagation_through_time():
     d = derive(builtin("rnn_tanh"))
     shown = {s.name: formula(s.expr) for s in d.steps}
     assert shown["dz"] == ("(1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + "
-                           "sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + "
+                           "sum_k(W_hh[k, j]*dz[t + 1, n, k])*[0 <= t + 1 <= T - 1] + "
                            "dh[t, n, j])")
     assert shown["dh0"] == "sum_j(W_hh[j, k]*dz[0, n, j])"
     assert shown["dW_hh"] == ("sum_n(h0[n, k]*dz[0, n, j]) + "

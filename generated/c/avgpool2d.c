@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW)
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
  */
 #include <math.h>
 #include <stddef.h>
@@ -115,8 +115,8 @@ int bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)H;
     (void)W;
     (void)KH;
@@ -147,13 +147,13 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)KH;
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -506,8 +506,8 @@ int bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)H;
     (void)W;
     (void)KH;
@@ -538,13 +538,13 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)KH;
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {

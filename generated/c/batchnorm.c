@@ -11,7 +11,7 @@
  *   y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
  *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
+ *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c]
  *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
  *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  */
@@ -187,7 +187,7 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         }
         _s2[c] = bp_acc1;
     }
-    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c] */
+    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c] */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -318,7 +318,7 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         }
         _s2[c] = bp_acc1;
     }
-    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c] */
+    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c] */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {

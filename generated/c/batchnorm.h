@@ -69,7 +69,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 
 /* backward, float:
  *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
+ *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c]
  *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
  *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]
@@ -90,7 +90,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
 
 /* backward, double:
  *   dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
- *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
+ *   dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c]
  *   dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
  *   db[c] = sum_{n,i,j}(dy[n, c, i, j])
  * in:  x[N, C, H, W], w[C], b[C], dy[N, C, H, W], mu[C], var[C], rstd[C]

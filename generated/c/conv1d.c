@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
+ *   dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
  *   dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
  *   db[o] = sum_{n,i}(dy[n, o, i])
  */
@@ -153,7 +153,7 @@ void bp_conv1d_set_threads(int threads)
 
 int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
-    if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
+    if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
     (void)L;
     float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
@@ -222,13 +222,13 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 
 int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
-    if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
+    if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
     (void)b;
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb_slots = bp_work + C*O*K;
     float *const _dw_pb_slots = bp_work + C*O*K + bp_slots(N)*O*K*L;
     float *const _dw_part = bp_work + C*O*K + bp_slots(N)*O*K*L + bp_slots(N)*C*K*Lout;
-    /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
+    /* dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f32 != NULL) {
         /* pack w[o, c, k] as a c x o k matrix */
         BP_OMP(parallel for if (C*O*K >= BP_PARALLEL_MIN))
@@ -384,7 +384,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
 
 int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
-    if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
+    if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
     (void)L;
     double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
@@ -453,13 +453,13 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 
 int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
-    if (Lout != -K + L + 1) return -1;   /* Lout = 1 + L - K */
+    if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
     (void)b;
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb_slots = bp_work + C*O*K;
     double *const _dw_pb_slots = bp_work + C*O*K + bp_slots(N)*O*K*L;
     double *const _dw_part = bp_work + C*O*K + bp_slots(N)*O*K*L + bp_slots(N)*C*K*Lout;
-    /* dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
+    /* dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
     if (bp_conv1d_gemm_f64 != NULL) {
         /* pack w[o, c, k] as a c x o k matrix */
         BP_OMP(parallel for if (C*O*K >= BP_PARALLEL_MIN))

@@ -10,7 +10,7 @@
  * elements the matching *_work function returns (it may be NULL when that is 0).
  * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
  * derives from others is not what its definition gives:
- *   Lout = 1 + L - K
+ *   Lout = L + 1 - K
  */
 #ifndef BP_CONV1D_H
 #define BP_CONV1D_H
@@ -71,7 +71,7 @@ int bp_conv1d_gemm_per_thread(void);
 int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
+ *   dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
  *   dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
  *   db[o] = sum_{n,i}(dy[n, o, i])
  * in:  x[N, C, L], w[O, C, K], b[O], dy[N, O, Lout]
@@ -87,7 +87,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
 int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
+ *   dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
  *   dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
  *   db[o] = sum_{n,i}(dy[n, o, i])
  * in:  x[N, C, L], w[O, C, K], b[O], dy[N, O, Lout]

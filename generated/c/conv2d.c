@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+ *   dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
  *   dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
  *   db[o] = sum_{n,i,j}(dy[n, o, i, j])
  */
@@ -159,8 +159,8 @@ void bp_conv2d_set_threads(int threads)
 
 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)H;
     (void)W;
     float *const _y_pb_slots = bp_work + 0;
@@ -242,14 +242,14 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
 
 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)b;
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb_slots = bp_work + C*O*KH*KW;
     float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
     float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
-    /* dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
+    /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL) {
         /* pack w[o, c, p, q] as a c x o p q matrix */
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
@@ -431,8 +431,8 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 
 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)H;
     (void)W;
     double *const _y_pb_slots = bp_work + 0;
@@ -514,14 +514,14 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
 
 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)b;
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb_slots = bp_work + C*O*KH*KW;
     double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
     double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
-    /* dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
+    /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL) {
         /* pack w[o, c, p, q] as a c x o p q matrix */
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))

@@ -10,8 +10,8 @@
  * elements the matching *_work function returns (it may be NULL when that is 0).
  * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
  * derives from others is not what its definition gives:
- *   Hout = 1 + H - KH
- *   Wout = 1 + W - KW
+ *   Hout = H + 1 - KH
+ *   Wout = W + 1 - KW
  */
 #ifndef BP_CONV2D_H
 #define BP_CONV2D_H
@@ -72,7 +72,7 @@ int bp_conv2d_gemm_per_thread(void);
 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+ *   dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
  *   dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
  *   db[o] = sum_{n,i,j}(dy[n, o, i, j])
  * in:  x[N, C, H, W], w[O, C, KH, KW], b[O], dy[N, O, Hout, Wout]
@@ -88,7 +88,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
+ *   dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q])
  *   dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q])
  *   db[o] = sum_{n,i,j}(dy[n, o, i, j])
  * in:  x[N, C, H, W], w[O, C, KH, KW], b[O], dy[N, O, Hout, Wout]

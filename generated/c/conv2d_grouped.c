@@ -6,7 +6,7 @@
  * Forward equations (index form; an index not on the left is summed):
  *   y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+ *   dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
  *   dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
  *   db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
  */
@@ -119,8 +119,8 @@ void bp_conv2d_grouped_set_threads(int threads)
 
 int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)H;
     (void)W;
     (void)bp_work;
@@ -161,11 +161,11 @@ int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
 
 int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)b;
     (void)bp_work;
-    /* dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
+    /* dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
     BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
@@ -249,8 +249,8 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
 
 int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)H;
     (void)W;
     (void)bp_work;
@@ -291,11 +291,11 @@ int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
 
 int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
-    if (Hout != H - KH + 1) return -1;   /* Hout = 1 + H - KH */
-    if (Wout != -KW + W + 1) return -1;   /* Wout = 1 + W - KW */
+    if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
+    if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
     (void)b;
     (void)bp_work;
-    /* dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
+    /* dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
     BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {

@@ -10,8 +10,8 @@
  * elements the matching *_work function returns (it may be NULL when that is 0).
  * Every kernel returns 0, or -1 (having read and written nothing) when a size the spec
  * derives from others is not what its definition gives:
- *   Hout = 1 + H - KH
- *   Wout = 1 + W - KW
+ *   Hout = H + 1 - KH
+ *   Wout = W + 1 - KW
  */
 #ifndef BP_CONV2D_GROUPED_H
 #define BP_CONV2D_GROUPED_H
@@ -66,7 +66,7 @@ void bp_conv2d_grouped_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+ *   dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
  *   dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
  *   db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
  * in:  x[N, G, CG, H, W], w[G, OG, CG, KH, KW], b[G, OG], dy[N, G, OG, Hout, Wout]
@@ -82,7 +82,7 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
 int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+ *   dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
  *   dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
  *   db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
  * in:  x[N, G, CG, H, W], w[G, OG, CG, KH, KW], b[G, OG], dy[N, G, OG, Hout, Wout]

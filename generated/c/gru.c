@@ -12,7 +12,7 @@
  *   h[t, n, j] = (1 - z[t, n, j]) * cand[t, n, j] + z[t, n, j] * h[t - 1, n, j]
  *   hn[n, j] = h[T - 1, n, j]
  * Backward pass (from the upstream gradients dh, dhn):
- *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[t + 1, n, g, k])*[0 <= t + 1 <= T - 1] + dh_total[t + 1, n, j]*z[t + 1, n, j]*[0 <= t + 1 <= T - 1] + dh[t, n, j]
  *   dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
  *   dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
  *   dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]

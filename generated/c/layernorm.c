@@ -10,7 +10,7 @@
  *   y[n, c] = xhat[n, c] * w[c] + b[c]
  * Backward pass (from the upstream gradient dy):
  *   dxhat[n, c] = w[c]*dy[n, c]
- *   dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+ *   dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]
  *   dw[c] = sum_n(dy[n, c]*xhat[n, c])
  *   db[c] = sum_n(dy[n, c])
  */
@@ -168,7 +168,7 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         }
         _s2[n] = bp_acc0;
         _s3[n] = bp_acc1;
-        /* dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
+        /* dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
         const float bp_acc2_r0 = _s2[n];
         const float bp_acc2_r1 = _s3[n];
         const float bp_acc2_r2 = mu[n];
@@ -276,7 +276,7 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         }
         _s2[n] = bp_acc0;
         _s3[n] = bp_acc1;
-        /* dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
+        /* dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]; dw[c] = sum_n(dy[n, c]*xhat[n, c]); db[c] = sum_n(dy[n, c]) */
         const double bp_acc2_r0 = _s2[n];
         const double bp_acc2_r1 = _s3[n];
         const double bp_acc2_r2 = mu[n];

@@ -68,7 +68,7 @@ int bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, 
 
 /* backward, float:
  *   dxhat[n, c] = w[c]*dy[n, c]
- *   dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+ *   dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]
  *   dw[c] = sum_n(dy[n, c]*xhat[n, c])
  *   db[c] = sum_n(dy[n, c])
  * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N]
@@ -88,7 +88,7 @@ int bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x,
 
 /* backward, double:
  *   dxhat[n, c] = w[c]*dy[n, c]
- *   dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+ *   dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]
  *   dw[c] = sum_n(dy[n, c]*xhat[n, c])
  *   db[c] = sum_n(dy[n, c])
  * in:  x[N, C], w[C], b[C], dy[N, C], mu[N], rstd[N]

@@ -7,7 +7,7 @@
  *   p[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k)
  *   y[n, i] = log(p[n, i])
  * Backward pass (from the upstream gradient dy):
- *   dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k]))
+ *   dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k])
  */
 #include <math.h>
 #include <stddef.h>
@@ -230,7 +230,7 @@ int bp_log_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
             bp_acc0 += dy[n*I + k];
         }
         _s2[n] = bp_acc0;
-        /* dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k])) */
+        /* dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k]) */
         const float bp_acc1_r0 = _s2[n];
         for (ptrdiff_t bp_i_lo = 0; bp_i_lo < I; bp_i_lo += 256) {
             const ptrdiff_t bp_i_hi = bp_i_lo + 256 < I ? bp_i_lo + 256 : I;
@@ -313,7 +313,7 @@ int bp_log_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
             bp_acc0 += dy[n*I + k];
         }
         _s2[n] = bp_acc0;
-        /* dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k])) */
+        /* dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k]) */
         const double bp_acc1_r0 = _s2[n];
         for (ptrdiff_t bp_i_lo = 0; bp_i_lo < I; bp_i_lo += 128) {
             const ptrdiff_t bp_i_hi = bp_i_lo + 128 < I ? bp_i_lo + 128 : I;

@@ -65,7 +65,7 @@ void bp_log_softmax_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_log_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict p, float *restrict bp_work);
 
 /* backward, float:
- *   dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k]))
+ *   dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k])
  * in:  z[N, I], dy[N, I], p[N, I]
  * out: dz[N, I]
  */
@@ -80,7 +80,7 @@ int bp_log_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
 int bp_log_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict p, double *restrict bp_work);
 
 /* backward, double:
- *   dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k]))
+ *   dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k])
  * in:  z[N, I], dy[N, I], p[N, I]
  * out: dz[N, I]
  */

@@ -14,8 +14,8 @@
  *   hn[n, j] = h[T - 1, n, j]
  *   cn[n, j] = c[T - 1, n, j]
  * Backward pass (from the upstream gradients dh, dhn, dcn):
- *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
- *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+ *   dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[t + 1, n, g, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j]
+ *   dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[t + 1, n, j]*fg[t + 1, n, j]*[0 <= t + 1 <= T - 1]
  *   da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
  *   dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
  *   dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
@@ -551,7 +551,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
-                /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
+                /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[t + 1, n, j]*fg[t + 1, n, j]*[0 <= t + 1 <= T - 1] */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
                     dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (bp_tanh_f32(c[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])));
@@ -1093,7 +1093,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
-                /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1] */
+                /* dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[t + 1, n, j]*fg[t + 1, n, j]*[0 <= t + 1 <= T - 1] */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
                     dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (tanh(c[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])));

@@ -7,7 +7,7 @@
  *   at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
  *   y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
  */
 #include <math.h>
 #include <stddef.h>
@@ -116,8 +116,8 @@ int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)H;
     (void)W;
     (void)KH;
@@ -150,13 +150,13 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)KH;
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -509,8 +509,8 @@ int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)H;
     (void)W;
     (void)KH;
@@ -543,13 +543,13 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
 {
     if (KH != 2) return -1;   /* KH = 2 */
     if (KW != 2) return -1;   /* KW = 2 */
-    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = 1 + floor((H - KH)/2) */
-    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
+    if (Hout != (1 + bp_floordiv(H - KH, 2))) return -1;   /* Hout = floor((H - KH)/2) + 1 */
+    if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = floor((W - KW)/2) + 1 */
     (void)KH;
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {

@@ -7,7 +7,7 @@
  *   rstd[n] = 1 / sqrt(sum(x[n, c]**2, c) / C + 0.00001)
  *   y[n, c] = x[n, c] * rstd[n] * w[c]
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
+ *   dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]
  *   dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
  */
 #include <math.h>
@@ -138,7 +138,7 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
             bp_acc0 += dy[n*C + k]*y[n*C + k];
         }
         _s2[n] = bp_acc0;
-        /* dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]; dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
+        /* dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]; dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
         const float bp_acc1_r0 = _s2[n];
         const float bp_acc1_r1 = rstd[n];
         const float bp_acc1_r2 = bp_acc1_r0*bp_acc1_r1*bp_k0;
@@ -213,7 +213,7 @@ int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, 
             bp_acc0 += dy[n*C + k]*y[n*C + k];
         }
         _s2[n] = bp_acc0;
-        /* dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]; dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
+        /* dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]; dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c]) */
         const double bp_acc1_r0 = _s2[n];
         const double bp_acc1_r1 = rstd[n];
         const double bp_acc1_r2 = bp_acc1_r0*bp_acc1_r1*bp_k0;

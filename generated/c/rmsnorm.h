@@ -65,7 +65,7 @@ void bp_rmsnorm_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_rmsnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, float *restrict y, float *restrict rstd, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
+ *   dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]
  *   dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
  * in:  x[N, C], w[C], dy[N, C], y[N, C], rstd[N]
  * out: dx[N, C], dw[C]
@@ -81,7 +81,7 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
 int bp_rmsnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, double *restrict y, double *restrict rstd, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
+ *   dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]
  *   dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
  * in:  x[N, C], w[C], dy[N, C], y[N, C], rstd[N]
  * out: dx[N, C], dw[C]

@@ -8,7 +8,7 @@
  *   h[t, n, j] = tanh(z[t, n, j])
  *   hn[n, j] = h[T - 1, n, j]
  * Backward pass (from the upstream gradients dh, dhn):
- *   dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+ *   dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[t + 1, n, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j])
  *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
  *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
  *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])

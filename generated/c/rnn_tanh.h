@@ -70,7 +70,7 @@ int bp_rnn_tanh_gemm_blocks(void);
 int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict z, float *restrict bp_work);
 
 /* backward, float:
- *   dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+ *   dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[t + 1, n, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j])
  *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
  *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
  *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
@@ -92,7 +92,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict z, double *restrict bp_work);
 
 /* backward, double:
- *   dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+ *   dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[t + 1, n, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j])
  *   dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
  *   dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
  *   dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])

@@ -12,7 +12,7 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dxhat[n, c, i, j] = w[c]*dy[n, c, i, j]
-    dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
+    dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c]
     dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
     db[c] = sum_{n,i,j}(dy[n, c, i, j])
 
@@ -148,7 +148,7 @@ def backward(x, w, b, dy, *, mu=None, var=None, rstd=None):
     N = sizes['N']
     H = sizes['H']
     W = sizes['W']
-    # dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - (sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W)))*rstd[c]
+    # dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c]
     dx = (w[None, :, None, None]*dy + (x - mu[None, :, None, None])*rstd[None, :, None, None]*w[None, :, None, None]*jnp.einsum('ckhl,kchl->c', mu[:, None, None, None] - jnp.transpose(x, (1, 0, 2, 3)), dy, optimize=True)[None, :, None, None]/(H*N*W*jnp.sqrt(1e-05 + var[None, :, None, None])) - w[None, :, None, None]*dy.sum(axis=(0, 2, 3))[None, :, None, None]/(H*N*W))/jnp.sqrt(1e-05 + var[None, :, None, None])
     # dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j])
     dw = -rstd*jnp.einsum('cnij,ncij->c', mu[:, None, None, None] - jnp.transpose(x, (1, 0, 2, 3)), dy, optimize=True)

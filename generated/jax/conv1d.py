@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o]
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
+    dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
     dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
     db[o] = sum_{n,i}(dy[n, o, i])
 
@@ -156,7 +156,7 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
-    _derived(sizes, 'Lout', ['L', 'K'], lambda L, K: 1 + L - K, '1 + L - K')
+    _derived(sizes, 'Lout', ['L', 'K'], lambda L, K: 1 + L - K, 'L + 1 - K')
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -230,7 +230,7 @@ def backward(x, w, b, dy):
     L = sizes['L']
     K = sizes['K']
     Lout = sizes['Lout']
-    # dx[n, c, l] = sum_{o,k=max(0, 1 + l - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
+    # dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k])
     dx = jnp.einsum('nokl,ock,lk->ncl', _window(dy, ((0, ((1, N),)), (0, ((1, O),)), (0, ((-1, K), (1, L))),)), w, ((jnp.maximum(0, 1 + jnp.arange(L)[:, None] - Lout) <= jnp.arange(K)[None, :]) & (jnp.arange(K)[None, :] <= jnp.minimum(K - 1, jnp.arange(L)[:, None]))).astype(dtype), optimize=True)
     # dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k])
     dw = jnp.einsum('noi,ncik->ock', dy, _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, Lout), (1, K))),)), optimize=True)

@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o]
 
 Backward pass (from the upstream gradient dy):
-    dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+    dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
     dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
     db[g, o] = sum_{n,i,j}(dy[n, g, o, i, j])
 
@@ -156,8 +156,8 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
-    _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + H - KH, '1 + H - KH')
-    _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + W - KW, '1 + W - KW')
+    _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + H - KH, 'H + 1 - KH')
+    _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + W - KW, 'W + 1 - KW')
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -238,7 +238,7 @@ def backward(x, w, b, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, g, c, h, k] = sum_{o,p=max(0, 1 + h - Hout)..min(KH - 1, h),q=max(0, 1 + k - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
+    # dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q])
     dx = jnp.einsum('ngohpkq,gocpq,hp,kq->ngchk', _window(dy, ((0, ((1, N),)), (0, ((1, G),)), (0, ((1, OG),)), (0, ((1, H), (-1, KH))), (0, ((1, W), (-1, KW))),)), w, ((jnp.maximum(0, 1 + jnp.arange(H)[:, None] - Hout) <= jnp.arange(KH)[None, :]) & (jnp.arange(KH)[None, :] <= jnp.minimum(KH - 1, jnp.arange(H)[:, None]))).astype(dtype), ((jnp.maximum(0, 1 + jnp.arange(W)[:, None] - Wout) <= jnp.arange(KW)[None, :]) & (jnp.arange(KW)[None, :] <= jnp.minimum(KW - 1, jnp.arange(W)[:, None]))).astype(dtype), optimize=True)
     # dw[g, o, c, p, q] = sum_{n,i,j}(dy[n, g, o, i, j]*x[n, g, c, i + p, j + q])
     dw = jnp.einsum('ngoij,ngcipjq->gocpq', dy, _window(x, ((0, ((1, N),)), (0, ((1, G),)), (0, ((1, CG),)), (0, ((1, Hout), (1, KH))), (0, ((1, Wout), (1, KW))),)), optimize=True)

@@ -13,7 +13,7 @@ Forward equations (index form; an index not on the left is summed):
     hn[n, j] = h[T - 1, n, j]
 
 Backward pass (from the upstream gradients dh, dhn):
-    dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+    dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[t + 1, n, g, k])*[0 <= t + 1 <= T - 1] + dh_total[t + 1, n, j]*z[t + 1, n, j]*[0 <= t + 1 <= T - 1] + dh[t, n, j]
     dcand[t, n, j] = (1 - z[t, n, j])*dh_total[t, n, j]
     dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
     dr[t, n, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*ah[t, n, 2, j]
@@ -314,7 +314,7 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None, ah=None, r=None,
     dr = jnp.zeros((T, N, H), dtype)
     dah = jnp.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
-        # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh_total[1 + t, n, j]*z[1 + t, n, j]*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+        # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*dah[t + 1, n, g, k])*[0 <= t + 1 <= T - 1] + dh_total[t + 1, n, j]*z[t + 1, n, j]*[0 <= t + 1 <= T - 1] + dh[t, n, j]
         dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + _step(dh_total, 1 + t)*_step(z, 1 + t)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype) + _step(dh, t) + (jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)*jnp.einsum('gkj,ngk->nj', W_hh, _step(dah, 1 + t), optimize=True)))
         # dz[t, n, j] = (h0[n, j]*[-1 <= t - 1 <= -1] + h[t - 1, n, j]*[0 <= t - 1 <= T - 1] - cand[t, n, j])*dh_total[t, n, j]
         dz = dz.at[t].set((_step(h, t - 1)*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + h0*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype) - _step(cand, t))*_step(dh_total, t))

@@ -15,8 +15,8 @@ Forward equations (index form; an index not on the left is summed):
     cn[n, j] = c[T - 1, n, j]
 
 Backward pass (from the upstream gradients dh, dhn, dcn):
-    dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
-    dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+    dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[t + 1, n, g, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j]
+    dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[t + 1, n, j]*fg[t + 1, n, j]*[0 <= t + 1 <= T - 1]
     da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
     dx[t, n, i] = sum_{g,j}(W_ih[g, j, i]*da[t, n, g, j])
     dh0[n, k] = sum_{g,j}(W_hh[g, j, k]*da[0, n, g, j])
@@ -329,9 +329,9 @@ def backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, *, h=None, ig=None
     dc = jnp.zeros((T, N, H), dtype)
     da = jnp.zeros((T, N, G, H), dtype)
     for t in reversed(range(T)):
-        # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[1 + t, n, g, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j]
+        # dh_total[t, n, j] = dhn[n, j]*[T - 1 == t] + sum_{g,k}(W_hh[g, k, j]*da[t + 1, n, g, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j]
         dh_total = dh_total.at[t].set(dhn*jnp.asarray(t == T - 1, dtype) + _step(dh, t) + (jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)*jnp.einsum('gkj,ngk->nj', W_hh, _step(da, 1 + t), optimize=True)))
-        # dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[1 + t, n, j]*fg[1 + t, n, j]*[0 <= 1 + t <= T - 1]
+        # dc[t, n, j] = dcn[n, j]*[T - 1 == t] + (1 - tanh(c[t, n, j])**2)*dh_total[t, n, j]*og[t, n, j] + dc[t + 1, n, j]*fg[t + 1, n, j]*[0 <= t + 1 <= T - 1]
         dc = dc.at[t].set(dcn*jnp.asarray(t == T - 1, dtype) + (1 - jnp.tanh(_step(c, t))**2)*_step(dh_total, t)*_step(og, t) + _step(dc, 1 + t)*_step(fg, 1 + t)*jnp.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype))
         # da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j])
         da = da.at[t].set((1 - _step(gg, t)[:, None, :]**2)*_step(dc, t)[:, None, :]*_step(ig, t)[:, None, :]*(2 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(fg, t)[:, None, :])*(_step(c, t - 1)[:, None, :]*jnp.asarray((0 <= t - 1) & (t - 1 <= T - 1), dtype) + c0[:, None, :]*jnp.asarray((-1 <= t - 1) & (t - 1 <= -1), dtype))*_step(dc, t)[:, None, :]*_step(fg, t)[:, None, :]*(1 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(ig, t)[:, None, :])*_step(dc, t)[:, None, :]*_step(gg, t)[:, None, :]*_step(ig, t)[:, None, :]*(0 == jnp.arange(G)[None, :, None]).astype(dtype) + (1 - _step(og, t)[:, None, :])*_step(dh_total, t)[:, None, :]*_step(og, t)[:, None, :]*(3 == jnp.arange(G)[None, :, None]).astype(dtype)*jnp.tanh(_step(c, t)[:, None, :]))

@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
 
 Shapes: x[N, C, H, W], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -162,8 +162,8 @@ def _prepare(arrays):
             out[name] = _indices(name, out[name], dim, sizes)
     _derived(sizes, 'KH', [], lambda : 2, '2')
     _derived(sizes, 'KW', [], lambda : 2, '2')
-    _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + (H - KH)//2, '1 + floor((H - KH)/2)')
-    _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + (W - KW)//2, '1 + floor((W - KW)/2)')
+    _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + (H - KH)//2, 'floor((H - KH)/2) + 1')
+    _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + (W - KW)//2, 'floor((W - KW)/2) + 1')
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -241,7 +241,7 @@ def backward(x, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    # dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
     _r1 = _first_argmax(jnp.einsum('ncaibj->ncijab', _window(x, ((0, ((1, N),)), (0, ((1, C),)), (0, ((1, KH), (2, Hout))), (0, ((1, KW), (2, Wout))),))), (KH, KW,))
     _L2 = 1 + (KH - 1)//2
     _L3 = 1 + (KW - 1)//2

@@ -8,7 +8,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c] = x[n, c] * rstd[n] * w[c]
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
+    dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]
     dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
 
 Shapes: x[N, C], w[C], rstd[N], y[N, C], dy[N, C]
@@ -121,7 +121,7 @@ def backward(x, w, dy, *, y=None, rstd=None):
     a, dtype, sizes = _prepare({'x': x, 'w': w, 'dy': dy, 'y': y, 'rstd': rstd})
     x, w, dy, y, rstd = a['x'], a['w'], a['dy'], a['y'], a['rstd']
     C = sizes['C']
-    # dx[n, c] = (w[c]*dy[n, c] - (rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C))*rstd[n]
+    # dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]
     dx = (w[None, :]*dy - rstd[:, None]*x*jnp.einsum('nk,nk->n', dy, y, optimize=True)[:, None]/C)*rstd[:, None]
     # dw[c] = sum_n(rstd[n]*dy[n, c]*x[n, c])
     dw = jnp.einsum('n,nc,nc->c', rstd, dy, x, optimize=True)

@@ -7,7 +7,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
+    dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
 
 Shapes: x[N, C, H, W], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -87,8 +87,8 @@ def _prepare(arrays):
             out[name] = _indices(name, out[name], dim, sizes)
     _derived(sizes, 'KH', [], lambda : 2, '2')
     _derived(sizes, 'KW', [], lambda : 2, '2')
-    _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + (H - KH)//2, '1 + floor((H - KH)/2)')
-    _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + (W - KW)//2, '1 + floor((W - KW)/2)')
+    _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + (H - KH)//2, 'floor((H - KH)/2) + 1')
+    _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + (W - KW)//2, 'floor((W - KW)/2) + 1')
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -161,7 +161,7 @@ def backward(x, dy):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
+    # dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW)
     dx = np.einsum('ncij,hi,wj->nchw', dy, ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(Hout)[None, :]) & (np.arange(Hout)[None, :] <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(Wout)[None, :]) & (np.arange(Wout)[None, :] <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), optimize=True)/(KH*KW)
     return {
         'dx': np.asarray(dx, dtype),

@@ -11,7 +11,7 @@ Forward equations (index form; an index not on the left is summed):
 
 Backward pass (from the upstream gradient dy):
     dxhat[n, c] = w[c]*dy[n, c]
-    dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+    dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]
     dw[c] = sum_n(dy[n, c]*xhat[n, c])
     db[c] = sum_n(dy[n, c])
 
@@ -131,7 +131,7 @@ def backward(x, w, b, dy, *, mu=None, rstd=None):
     a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'rstd': rstd})
     x, w, b, dy, mu, rstd = a['x'], a['w'], a['b'], a['dy'], a['mu'], a['rstd']
     C = sizes['C']
-    # dx[n, c] = (dxhat[n, c] - (sum_k(dxhat[n, k])/C) - (xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C))*rstd[n]
+    # dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]
     dx = (w[None, :]*dy + rstd[:, None]**2*(x - mu[:, None])*np.einsum('nk,k,nk->n', mu[:, None] - x, w, dy, optimize=True)[:, None]/C - np.einsum('k,nk->n', w, dy, optimize=True)[:, None]/C)*rstd[:, None]
     # dw[c] = sum_n(dy[n, c]*xhat[n, c])
     dw = -np.einsum('cn,n,nc->c', mu[None, :] - x.T, rstd, dy, optimize=True)

@@ -8,7 +8,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, i] = log(p[n, i])
 
 Backward pass (from the upstream gradient dy):
-    dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k]))
+    dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k])
 
 Shapes: z[N, I], p[N, I], y[N, I], dy[N, I]
 """
@@ -112,7 +112,7 @@ def backward(z, dy, *, p=None):
         p = cache['p'] if p is None else p
     a, dtype, sizes = _prepare({'z': z, 'dy': dy, 'p': p})
     z, dy, p = a['z'], a['dy'], a['p']
-    # dz[n, i] = dy[n, i] - (p[n, i]*sum_k(dy[n, k]))
+    # dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k])
     dz = dy - p*dy.sum(axis=1)[:, None]
     return {
         'dz': np.asarray(dz, dtype),

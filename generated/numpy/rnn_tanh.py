@@ -9,7 +9,7 @@ Forward equations (index form; an index not on the left is summed):
     hn[n, j] = h[T - 1, n, j]
 
 Backward pass (from the upstream gradients dh, dhn):
-    dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+    dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[t + 1, n, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j])
     dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
     dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j])
     dW_ih[j, i] = sum_{t,n}(dz[t, n, j]*x[t, n, i])
@@ -176,7 +176,7 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None):
     # a recurrence: step by step, from the last
     dz = np.zeros((T, N, H), dtype)
     for t in reversed(range(T)):
-        # dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[1 + t, n, k])*[0 <= 1 + t <= T - 1] + dh[t, n, j])
+        # dz[t, n, j] = (1 - h[t, n, j]**2)*(dhn[n, j]*[T - 1 == t] + sum_k(W_hh[k, j]*dz[t + 1, n, k])*[0 <= t + 1 <= T - 1] + dh[t, n, j])
         dz[t] = (1 - _step(h, t)**2)*(dhn*np.asarray(t == T - 1, dtype) + _step(dh, t) + (np.asarray((0 <= 1 + t) & (1 + t <= T - 1), dtype)*np.einsum('kj,nk->nj', W_hh, _step(dz, 1 + t), optimize=True)))
     # dx[t, n, i] = sum_j(W_ih[j, i]*dz[t, n, j])
     dx = np.einsum('ji,tnj->tni', W_ih, dz, optimize=True)
