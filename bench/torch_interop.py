@@ -113,7 +113,7 @@ def _entry_points(module, x, dz):
     k = module.kernels
     ffi, ctype = k.c_types()
     args = [x, module.W.detach(), module.b.detach()]
-    plan = module.calls.plan(args)
+    plan = module.calls.plan(args, tuple(a.shape for a in args))
     ptr = lambda t: ffi.cast(f"{ctype} *", t.data_ptr())        # noqa: E731
     out = [torch.empty(s) for s in plan.returns]
     grads = [torch.empty(s) for s in plan.gradients]

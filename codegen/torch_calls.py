@@ -56,16 +56,16 @@ class DirectCalls:
             if kernels.gradients else (None, None)
         self._plans: dict[tuple, ShapePlan] = {}
 
-    def plan(self, args) -> ShapePlan:
-        """The plan of these arguments' shapes (made, and checked, on first sight); the
-        labels' values are checked every call (C reads x[n, t[n]] unchecked)."""
-        key = tuple(a.shape for a in args)
-        plan = self._plans.get(key)
+    def plan(self, args, shapes: tuple) -> ShapePlan:
+        """The plan of the arguments' shapes (`shapes`, theirs in order: made, and checked,
+        on first sight); the labels' values are checked every call (C reads x[n, t[n]]
+        unchecked)."""
+        plan = self._plans.get(shapes)
         if plan is None:
             plan = self._new_plan(args)
             if len(self._plans) >= MAX_SHAPES:
                 del self._plans[next(iter(self._plans))]
-            self._plans[key] = plan
+            self._plans[shapes] = plan
         for i, dim in self._labels:
             t = args[i]
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= plan.sizes[dim]):
@@ -80,7 +80,8 @@ class DirectCalls:
                                *[cast(p, a.data_ptr()) for p, a in zip(ptrs, args)],
                                *[buffer(array, o) for o in out],
                                self._alloc(array, plan.forward_work))
-        self.kernels.check_status(status, plan.sizes)
+        if status:
+            self.kernels.check_status(status, plan.sizes)
         return tuple(map(torch.from_numpy, out))
 
     def backward(self, plan: ShapePlan, args, upstream, reused) -> tuple:
@@ -96,7 +97,8 @@ class DirectCalls:
                                 *[cast(fp, t.data_ptr()) for t in reused],
                                 *[buffer(array, g) for g in grads],
                                 self._alloc(array, plan.backward_work))
-        self.kernels.check_status(status, plan.sizes)
+        if status:
+            self.kernels.check_status(status, plan.sizes)
         return tuple(map(torch.from_numpy, grads))
 
     def _new_plan(self, args) -> ShapePlan:
