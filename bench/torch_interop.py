@@ -115,8 +115,8 @@ def _entry_points(module, x, dz):
     args = [x, module.W.detach(), module.b.detach()]
     plan = module.calls.plan(args, tuple(a.shape for a in args))
     ptr = lambda t: ffi.cast(f"{ctype} *", t.data_ptr())        # noqa: E731
-    out = [torch.empty(s) for s in plan.returns]
-    grads = [torch.empty(s) for s in plan.gradients]
+    out = [torch.empty(s) for _, _, s in plan.returns.views]
+    grads = [torch.empty(s) for _, _, s in plan.gradients.views]
     work = torch.empty(max(plan.forward_work, plan.backward_work, 1))
     forward, _ = k.entry_point("forward")
     backward, _ = k.entry_point("backward")

@@ -4,19 +4,38 @@ What a call needs besides the tensors' addresses (the sizes of every dimension, 
 of the results, the size of the work buffer) depends only on the tensors' shapes, so it is
 worked out once per set of shapes, through the C wrapper's own checks (a bad shape gets
 their error), and kept.  A call with known shapes then costs a dictionary look-up, one
-fresh array per result (NumPy's, handed out under torch.from_numpy: cheaper than
-torch.empty) and one cffi pointer cast per tensor (from Tensor.data_ptr(): no NumPy
-views).  What can change between calls with the same shapes (device, dtype,
+fresh array for all of an entry's results (NumPy's, each result a view of it handed out
+under torch.from_numpy: cheaper than torch.empty), one cffi pointer cast per tensor (from
+Tensor.data_ptr(): no NumPy views) and no work buffer unless the entry needs one.  What can change between calls with the same shapes (device, dtype,
 contiguity, the values of integer labels) is checked by the module (codegen.torch_layer)
 and here, every call."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 MAX_SHAPES = 64          # shape plans kept per module; past that the oldest are dropped
+ALIGN_BYTES = 64         # each result in a block starts on a cache line
+
+
+@dataclass(frozen=True)
+class Block:
+    """An entry's results packed into one array: one allocation per call, not one per
+    result (each costs a microsecond or two inside a training step)."""
+    size: int              # elements of the whole block
+    views: tuple           # (first element, end, shape) of each result
+
+    @classmethod
+    def of(cls, shapes, itemsize: int) -> "Block":
+        step, at, views = max(ALIGN_BYTES // itemsize, 1), 0, []
+        for shape in shapes:
+            n = math.prod(shape)
+            views.append((at, at + n, shape))
+            at += -(-n // step) * step
+        return cls(max(at, 1), tuple(views))
 
 
 @dataclass(frozen=True)
@@ -24,9 +43,9 @@ class ShapePlan:
     """Everything a call with these input shapes needs besides the tensors."""
     sizes: dict            # dimension -> size
     dims: tuple            # the sizes, as the C entry points take them first
-    returns: tuple         # shapes of forward's results, in kernels.returns order
-    gradients: tuple       # shapes of backward's results, in kernels.gradients order
-    forward_work: int      # elements of the work buffer of each entry
+    returns: Block         # forward's results, in kernels.returns order
+    gradients: Block       # backward's results, in kernels.gradients order
+    forward_work: int      # elements of the work buffer of each entry (0: none)
     backward_work: int
 
 
@@ -41,7 +60,7 @@ class DirectCalls:
         self.dtype = dtype
         self._np_dtype = np.dtype(str(dtype).removeprefix("torch."))
         ffi, ctype = kernels.c_types()
-        self._cast, self._float_ptr = ffi.cast, ffi.typeof(f"{ctype} *")
+        self._cast, self._float_ptr, self._null = ffi.cast, ffi.typeof(f"{ctype} *"), ffi.NULL
         int_ptr = ffi.typeof("int64_t *")
         # results: NumPy arrays seen as C arrays; the work buffer: cffi's own memory, not
         # cleared (cheaper than a tensor)
@@ -74,43 +93,49 @@ class DirectCalls:
 
     def forward(self, plan: ShapePlan, args) -> tuple:
         """Forward's results, fresh tensors in kernels.returns order."""
-        out = [np.empty(s, self._np_dtype) for s in plan.returns]
-        cast, ptrs, buffer, array = self._cast, self._arg_ptrs, self._from_buffer, self._array
+        block = np.empty(plan.returns.size, self._np_dtype)
+        base, cast = self._from_buffer(self._array, block), self._cast
         status = self._forward(*plan.dims,
-                               *[cast(p, a.data_ptr()) for p, a in zip(ptrs, args)],
-                               *[buffer(array, o) for o in out],
-                               self._alloc(array, plan.forward_work))
+                               *[cast(p, a.data_ptr()) for p, a in zip(self._arg_ptrs, args)],
+                               *[base + at for at, _, _ in plan.returns.views],
+                               self._work(plan.forward_work))
         if status:
             self.kernels.check_status(status, plan.sizes)
-        return tuple(map(torch.from_numpy, out))
+        return tuple([torch.from_numpy(block[at:end].reshape(shape))
+                      for at, end, shape in plan.returns.views])
 
     def backward(self, plan: ShapePlan, args, upstream, reused) -> tuple:
         """Every gradient, fresh tensors in kernels.gradients order, from the arguments,
         the upstream gradients (kernels.upstream order, contiguous, of the dtype) and the
         forward results backward reuses (kernels.reuses order)."""
-        grads = [np.empty(s, self._np_dtype) for s in plan.gradients]
-        cast, ptrs, buffer, array = self._cast, self._arg_ptrs, self._from_buffer, self._array
-        fp = self._float_ptr
+        block = np.empty(plan.gradients.size, self._np_dtype)
+        base, cast, fp = self._from_buffer(self._array, block), self._cast, self._float_ptr
         status = self._backward(*plan.dims,
-                                *[cast(p, a.data_ptr()) for p, a in zip(ptrs, args)],
+                                *[cast(p, a.data_ptr()) for p, a in zip(self._arg_ptrs, args)],
                                 *[cast(fp, t.data_ptr()) for t in upstream],
                                 *[cast(fp, t.data_ptr()) for t in reused],
-                                *[buffer(array, g) for g in grads],
-                                self._alloc(array, plan.backward_work))
+                                *[base + at for at, _, _ in plan.gradients.views],
+                                self._work(plan.backward_work))
         if status:
             self.kernels.check_status(status, plan.sizes)
-        return tuple(map(torch.from_numpy, grads))
+        return tuple([torch.from_numpy(block[at:end].reshape(shape))
+                      for at, end, shape in plan.gradients.views])
+
+    def _work(self, size: int):
+        """The entry's work buffer: none when it needs none (most layers)."""
+        return self._alloc(self._array, size) if size else self._null
 
     def _new_plan(self, args) -> ShapePlan:
         k = self.kernels
         sizes = self._check(args)
         dims = tuple(k.dim_values(sizes))
-        backward_work = max(int(self._backward_work(*dims)), 1) if self._backward else 0
-        return ShapePlan(sizes=sizes, dims=dims,
-                         returns=tuple(k.shape_of(n, sizes) for n in k.returns),
-                         gradients=tuple(k.shape_of(n, sizes) for n in k.gradients),
-                         forward_work=max(int(self._forward_work(*dims)), 1),
-                         backward_work=backward_work)
+        itemsize = self._np_dtype.itemsize
+        return ShapePlan(
+            sizes=sizes, dims=dims,
+            returns=Block.of([k.shape_of(n, sizes) for n in k.returns], itemsize),
+            gradients=Block.of([k.shape_of(n, sizes) for n in k.gradients], itemsize),
+            forward_work=int(self._forward_work(*dims)),
+            backward_work=int(self._backward_work(*dims)) if self._backward else 0)
 
     def _check(self, args) -> dict:
         """The C wrapper's checks of the arguments (as NumPy views: no copy)."""
