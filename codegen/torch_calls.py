@@ -12,11 +12,13 @@ and here, every call."""
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+_data_ptr, _from_numpy, _reshape = torch.Tensor.data_ptr, torch.from_numpy, np.ndarray.reshape
 MAX_SHAPES = 64          # shape plans kept per module; past that the oldest are dropped
 ALIGN_BYTES = 64         # each result in a block starts on a cache line
 
@@ -26,16 +28,19 @@ class Block:
     """An entry's results packed into one array: one allocation per call, not one per
     result (each costs a microsecond or two inside a training step)."""
     size: int              # elements of the whole block
-    views: tuple           # (first element, end, shape) of each result
+    offsets: tuple         # where each result starts
+    slices: tuple          # the elements of each result
+    shapes: tuple          # each result's shape
 
     @classmethod
     def of(cls, shapes, itemsize: int) -> "Block":
-        step, at, views = max(ALIGN_BYTES // itemsize, 1), 0, []
+        step, at, offsets, slices = max(ALIGN_BYTES // itemsize, 1), 0, [], []
         for shape in shapes:
             n = math.prod(shape)
-            views.append((at, at + n, shape))
+            offsets.append(at)
+            slices.append(slice(at, at + n))
             at += -(-n // step) * step
-        return cls(max(at, 1), tuple(views))
+        return cls(max(at, 1), tuple(offsets), tuple(slices), tuple(shapes))
 
 
 @dataclass(frozen=True)
@@ -91,35 +96,40 @@ class DirectCalls:
                 self._check(args)                  # raises, naming the value and where
         return plan
 
+    # The two calls below are chains of map() over C functions: in Python 3.11 each list
+    # comprehension is a function call of its own, a microsecond or so inside a training
+    # step; map() runs without a Python frame.
+
     def forward(self, plan: ShapePlan, args) -> tuple:
         """Forward's results, fresh tensors in kernels.returns order."""
-        block = np.empty(plan.returns.size, self._np_dtype)
-        base, cast = self._from_buffer(self._array, block), self._cast
+        out = plan.returns
+        block = np.empty(out.size, self._np_dtype)
         status = self._forward(*plan.dims,
-                               *[cast(p, a.data_ptr()) for p, a in zip(self._arg_ptrs, args)],
-                               *[base + at for at, _, _ in plan.returns.views],
+                               *map(self._cast, self._arg_ptrs, map(_data_ptr, args)),
+                               *map(self._from_buffer(self._array, block).__add__, out.offsets),
                                self._work(plan.forward_work))
         if status:
             self.kernels.check_status(status, plan.sizes)
-        return tuple([torch.from_numpy(block[at:end].reshape(shape))
-                      for at, end, shape in plan.returns.views])
+        return tuple(map(_from_numpy, map(_reshape, map(block.__getitem__, out.slices),
+                                          out.shapes)))
 
     def backward(self, plan: ShapePlan, args, upstream, reused) -> tuple:
         """Every gradient, fresh tensors in kernels.gradients order, from the arguments,
         the upstream gradients (kernels.upstream order, contiguous, of the dtype) and the
         forward results backward reuses (kernels.reuses order)."""
-        block = np.empty(plan.gradients.size, self._np_dtype)
-        base, cast, fp = self._from_buffer(self._array, block), self._cast, self._float_ptr
+        out = plan.gradients
+        block = np.empty(out.size, self._np_dtype)
+        cast, fp = self._cast, self._float_ptr
         status = self._backward(*plan.dims,
-                                *[cast(p, a.data_ptr()) for p, a in zip(self._arg_ptrs, args)],
-                                *[cast(fp, t.data_ptr()) for t in upstream],
-                                *[cast(fp, t.data_ptr()) for t in reused],
-                                *[base + at for at, _, _ in plan.gradients.views],
+                                *map(cast, self._arg_ptrs, map(_data_ptr, args)),
+                                *map(cast, repeat(fp), map(_data_ptr, (*upstream, *reused))),
+                                *map(self._from_buffer(self._array, block).__add__,
+                                     out.offsets),
                                 self._work(plan.backward_work))
         if status:
             self.kernels.check_status(status, plan.sizes)
-        return tuple([torch.from_numpy(block[at:end].reshape(shape))
-                      for at, end, shape in plan.gradients.views])
+        return tuple(map(_from_numpy, map(_reshape, map(block.__getitem__, out.slices),
+                                          out.shapes)))
 
     def _work(self, size: int):
         """The entry's work buffer: none when it needs none (most layers)."""

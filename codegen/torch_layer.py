@@ -112,6 +112,7 @@ class DerivedModule(torch.nn.Module):
         self._reuse_at = tuple(kernels.returns.index(n) for n in reuses)
         self._gradient_at = tuple(self.gradients.index("d" + n) if "d" + n in self.gradients
                                   else None for n in kernels.args)
+        self._gradients_in_order = self._gradient_at == tuple(range(len(kernels.args)))
         self._pick = self.outputs.index(self.loss) if self.loss else \
             (0 if len(self.outputs) == 1 else None)
         # the autograd.Function returns just the picked output when backward needs no
@@ -132,9 +133,9 @@ class DerivedModule(torch.nn.Module):
             raise TypeError(f"{self.layer_name}: forward takes {len(self.inputs)} "
                             f"tensor{'s' if len(self.inputs) != 1 else ''} "
                             f"({', '.join(self.inputs)}), got {len(tensors)}")
-        params = self._parameters
-        given = tensors + tuple([params[n] for n in self.param_names])
-        args = [given[i] for i in self._arg_at]
+        # map() where a comprehension would be a function call of its own (Python 3.11)
+        given = (*tensors, *map(self._parameters.__getitem__, self.param_names))
+        args = list(map(given.__getitem__, self._arg_at))
         dtypes, shapes, i = self._arg_dtypes, [], 0
         for t in args:
             # the common case in four cheap tests; anything else is looked at closely
@@ -153,7 +154,7 @@ class DerivedModule(torch.nn.Module):
                         else out[self._pick]
         out = self.calls.forward(plan, args)           # no graph to record
         if self._pick is None:
-            return tuple([out[i] for i in self._output_at])
+            return tuple(map(out.__getitem__, self._output_at))
         return out[self._output_at[self._pick]]
 
     def _refuse_gradients_it_cannot_give(self, args):
@@ -207,10 +208,10 @@ class _KernelFunction(torch.autograd.Function):
     def forward(ctx, module, plan, *args):
         out = module.calls.forward(plan, args)
         ctx.module, ctx.plan = module, plan
-        ctx.save_for_backward(*args, *[out[i] for i in module._reuse_at])
+        ctx.save_for_backward(*args, *map(out.__getitem__, module._reuse_at))
         if module._returns_one:
             return out[module._output_at[module._pick]]
-        return tuple([out[i] for i in module._output_at])
+        return tuple(map(out.__getitem__, module._output_at))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -227,7 +228,8 @@ class _KernelFunction(torch.autograd.Function):
             upstream.append(g if g.dtype is dtype and g.is_contiguous()
                             else g.to(dtype).contiguous())
         got = module.calls.backward(ctx.plan, saved[:n], upstream, saved[n:])
-        result = [None if at is None else got[at] for at in module._gradient_at]
+        result = got if module._gradients_in_order else \
+            [None if at is None else got[at] for at in module._gradient_at]
         if module.loss:
             scale, needs = grads[module._scale_at], ctx.needs_input_grad
             for k, g in enumerate(result):
