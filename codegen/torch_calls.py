@@ -31,6 +31,8 @@ class Block:
     offsets: tuple         # where each result starts
     slices: tuple          # the elements of each result
     shapes: tuple          # each result's shape
+    single: bool           # one result, not empty: the block is it, in its shape
+    allocated: tuple       # the shape of the array to allocate
 
     @classmethod
     def of(cls, shapes, itemsize: int) -> "Block":
@@ -40,7 +42,10 @@ class Block:
             offsets.append(at)
             slices.append(slice(at, at + n))
             at += -(-n // step) * step
-        return cls(max(at, 1), tuple(offsets), tuple(slices), tuple(shapes))
+        single = len(shapes) == 1 and math.prod(shapes[0]) > 0
+        size = max(at, 1)
+        return cls(size, tuple(offsets), tuple(slices), tuple(shapes), single,
+                   tuple(shapes[0]) if single else (size,))
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class DirectCalls:
         self._cast, self._float_ptr, self._null = ffi.cast, ffi.typeof(f"{ctype} *"), ffi.NULL
         int_ptr = ffi.typeof("int64_t *")
         # results: NumPy arrays seen as C arrays; the work buffer: cffi's own memory, not
-        # cleared (cheaper than a tensor)
+        # cleared (cheaper than a tensor), and NULL for the many entries that need none
         self._array, self._from_buffer = ffi.typeof(f"{ctype}[]"), ffi.from_buffer
         self._alloc = ffi.new_allocator(should_clear_after_alloc=False)
         self._arg_ptrs = tuple(int_ptr if n in labels else self._float_ptr
@@ -78,18 +83,19 @@ class DirectCalls:
         self._forward, self._forward_work = kernels.entry_point("forward")
         self._backward, self._backward_work = kernels.entry_point("backward") \
             if kernels.gradients else (None, None)
-        self._plans: dict[tuple, ShapePlan] = {}
+        self.plans: dict[tuple, ShapePlan] = {}      # input shapes -> their plan
+        self.labelled = bool(self._labels)           # plan() must see every call
 
     def plan(self, args, shapes: tuple) -> ShapePlan:
         """The plan of the arguments' shapes (`shapes`, theirs in order: made, and checked,
         on first sight); the labels' values are checked every call (C reads x[n, t[n]]
         unchecked)."""
-        plan = self._plans.get(shapes)
+        plan = self.plans.get(shapes)
         if plan is None:
             plan = self._new_plan(args)
-            if len(self._plans) >= MAX_SHAPES:
-                del self._plans[next(iter(self._plans))]
-            self._plans[shapes] = plan
+            if len(self.plans) >= MAX_SHAPES:
+                del self.plans[next(iter(self.plans))]
+            self.plans[shapes] = plan
         for i, dim in self._labels:
             t = args[i]
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= plan.sizes[dim]):
@@ -103,37 +109,33 @@ class DirectCalls:
     def forward(self, plan: ShapePlan, args) -> tuple:
         """Forward's results, fresh tensors in kernels.returns order."""
         out = plan.returns
-        block = np.empty(out.size, self._np_dtype)
+        block = np.empty(out.allocated, self._np_dtype)
+        base = self._from_buffer(self._array, block)
         status = self._forward(*plan.dims,
                                *map(self._cast, self._arg_ptrs, map(_data_ptr, args)),
-                               *map(self._from_buffer(self._array, block).__add__, out.offsets),
-                               self._work(plan.forward_work))
+                               *((base,) if out.single else map(base.__add__, out.offsets)),
+                               self._alloc(self._array, plan.forward_work)
+                               if plan.forward_work else self._null)
         if status:
             self.kernels.check_status(status, plan.sizes)
-        return tuple(map(_from_numpy, map(_reshape, map(block.__getitem__, out.slices),
-                                          out.shapes)))
+        return _tensors(block, out)
 
     def backward(self, plan: ShapePlan, args, upstream, reused) -> tuple:
         """Every gradient, fresh tensors in kernels.gradients order, from the arguments,
         the upstream gradients (kernels.upstream order, contiguous, of the dtype) and the
         forward results backward reuses (kernels.reuses order)."""
         out = plan.gradients
-        block = np.empty(out.size, self._np_dtype)
-        cast, fp = self._cast, self._float_ptr
+        block = np.empty(out.allocated, self._np_dtype)
+        base, cast, fp = self._from_buffer(self._array, block), self._cast, self._float_ptr
         status = self._backward(*plan.dims,
                                 *map(cast, self._arg_ptrs, map(_data_ptr, args)),
                                 *map(cast, repeat(fp), map(_data_ptr, (*upstream, *reused))),
-                                *map(self._from_buffer(self._array, block).__add__,
-                                     out.offsets),
-                                self._work(plan.backward_work))
+                                *((base,) if out.single else map(base.__add__, out.offsets)),
+                                self._alloc(self._array, plan.backward_work)
+                                if plan.backward_work else self._null)
         if status:
             self.kernels.check_status(status, plan.sizes)
-        return tuple(map(_from_numpy, map(_reshape, map(block.__getitem__, out.slices),
-                                          out.shapes)))
-
-    def _work(self, size: int):
-        """The entry's work buffer: none when it needs none (most layers)."""
-        return self._alloc(self._array, size) if size else self._null
+        return _tensors(block, out)
 
     def _new_plan(self, args) -> ShapePlan:
         k = self.kernels
@@ -152,3 +154,11 @@ class DirectCalls:
         return self.kernels.checked_sizes(
             {n: a.detach().numpy() for n, a in zip(self.kernels.args, args)},
             self.kernels.args)
+
+
+def _tensors(block, out: Block) -> tuple:
+    """Tensors over the results in a block (no copies)."""
+    if out.single:
+        return (_from_numpy(block),)
+    return tuple(map(_from_numpy, map(_reshape, map(block.__getitem__, out.slices),
+                                      out.shapes)))

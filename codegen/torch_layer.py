@@ -144,7 +144,10 @@ class DerivedModule(torch.nn.Module):
                 args[i] = t = self._checked(self.kernels.args[i], t)
             shapes.append(t.shape)
             i += 1
-        plan = self.calls.plan(args, tuple(shapes))
+        calls, shapes = self.calls, tuple(shapes)
+        plan = calls.plans.get(shapes)
+        if plan is None or calls.labelled:
+            plan = calls.plan(args, shapes)
         if self.gradients and torch.is_grad_enabled():
             for t in args:
                 if t.requires_grad:
@@ -241,6 +244,8 @@ class _KernelFunction(torch.autograd.Function):
 class _NumpyCalls:
     """DirectCalls' contract on the NumPy backend: NumPy views of the tensors in, tensors
     over the result arrays out (no copies either way)."""
+
+    plans, labelled = {}, True          # no plans: plan() every call
 
     def __init__(self, kernels, reuses):
         self.kernels = kernels

@@ -49,8 +49,8 @@ def test_a_planned_call_equals_a_fresh_modules_first_call(name, sizes, width):
         fresh = _step(_fresh_twin(module, **sizes), x, up)
         for a, b in zip(planned, fresh):
             assert torch.equal(a, b)
-    assert len(module.calls._plans) == 2
-    work = [(p.forward_work, p.backward_work) for p in module.calls._plans.values()]
+    assert len(module.calls.plans) == 2
+    work = [(p.forward_work, p.backward_work) for p in module.calls.plans.values()]
     assert all(w == (0, 0) for w in work) == (name == "dense")
 
 
