@@ -151,7 +151,8 @@ class DerivedModule(torch.nn.Module):
         if self.gradients and torch.is_grad_enabled():
             for t in args:
                 if t.requires_grad:
-                    self._refuse_gradients_it_cannot_give(args)
+                    if self.no_gradient:
+                        self._refuse_gradients_it_cannot_give(args)
                     out = _KernelFunction.apply(self, plan, *args)
                     return out if self._returns_one or self._pick is None \
                         else out[self._pick]
@@ -223,8 +224,8 @@ class _KernelFunction(torch.autograd.Function):
             raise RuntimeError(f"{module.layer_name}: double backward (create_graph="
                                f"True, a gradient of a gradient) is not supported: the "
                                f"derived kernels give first derivatives only")
-        saved = ctx.saved_tensors
-        n, dtype, upstream = len(module._arg_at), module.dtype, []
+        saved, n = ctx.saved_tensors, len(module._arg_at)
+        dtype, upstream = module.dtype, []
         for i in module._upstream_at:
             g = grads[i]
             # torch hands the outputs' dtype; a sum's gradient arrives expanded (strided)
