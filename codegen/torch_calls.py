@@ -6,19 +6,21 @@ worked out once per set of shapes, through the C wrapper's own checks (a bad sha
 their error), and kept.  A call with known shapes then costs a dictionary look-up, one
 fresh array for all of an entry's results (NumPy's, each result a view of it handed out
 under torch.from_numpy: cheaper than torch.empty), one cffi pointer cast per tensor (from
-Tensor.data_ptr(): no NumPy views) and no work buffer unless the entry needs one.  What can change between calls with the same shapes (device, dtype,
-contiguity, the values of integer labels) is checked by the module (codegen.torch_layer)
-and here, every call."""
+Tensor.data_ptr(): no NumPy views) and no work buffer unless the entry needs one.  What
+can change between calls with the same shapes (device, dtype, contiguity, the values of
+integer labels) is checked by the module (codegen.torch_layer) and here, every call."""
 from __future__ import annotations
 
 import math
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import torch
 
+# called through map(), as C functions: no Python frame per tensor
 _data_ptr, _from_numpy, _reshape = torch.Tensor.data_ptr, torch.from_numpy, np.ndarray.reshape
+
 MAX_SHAPES = 64          # shape plans kept per module; past that the oldest are dropped
 ALIGN_BYTES = 64         # each result in a block starts on a cache line
 

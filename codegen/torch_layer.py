@@ -156,7 +156,7 @@ class DerivedModule(torch.nn.Module):
                     out = _KernelFunction.apply(self, plan, *args)
                     return out if self._returns_one or self._pick is None \
                         else out[self._pick]
-        out = self.calls.forward(plan, args)           # no graph to record
+        out = calls.forward(plan, args)                # no graph to record
         if self._pick is None:
             return tuple(map(out.__getitem__, self._output_at))
         return out[self._output_at[self._pick]]
