@@ -1,7 +1,9 @@
 """What codegen.torch_module costs inside PyTorch: the per-call cost of a derived layer
 (autograd.Function, tensor checks, pointers) against calling its C kernel through the NumPy
 wrapper and against torch's own nn.Linear of the same size, on a shape so small the kernel
-itself takes next to nothing; and layernorm + gelu, derived,
+itself takes next to nothing; the module's own cost over the floor (its C entry points,
+plus what torch charges any Python-defined layer: an empty autograd.Function of the same
+inputs), no_grad, recording and forward + backward; and layernorm + gelu, derived,
 inside a torch model against torch's native nn.LayerNorm and nn.GELU.
 
     python -m bench.torch_interop [--repeat 200] [--json]
@@ -50,17 +52,21 @@ def overhead(repeat: int) -> dict:
     def train(layer):
         return lambda: layer(x).backward(dz)
 
-    def forward(layer):
+    def no_grad(call):
         def run():
             with torch.no_grad():
-                layer(x)
+                call()
         return run
+
+    def forward(layer):
+        return no_grad(lambda: layer(x))
 
     def c_train():
         c.forward(**arrays)
         c.backward(**arrays, dz=dz.numpy())
 
     entry_forward, entry_train = _entry_points(module, x.detach(), dz)
+    empty = _empty_function(module, x)
     nothing = lambda: None                                       # noqa: E731
     c.set_threads(1)             # one thread: its CPU time is the whole cost of a call
     threads = torch.get_num_threads()
@@ -75,7 +81,10 @@ def overhead(repeat: int) -> dict:
             "linear_forward_backward": (nothing, train(linear)),
             "entry_forward": (nothing, _times(ENTRY_CALLS, entry_forward)),
             "entry_forward_backward": (nothing, _times(ENTRY_CALLS, entry_train)),
-            "empty_function_forward_backward": (nothing, train(_identity_function().apply)),
+            "entry_forward_no_grad": (nothing, no_grad(entry_forward)),
+            "module_forward_recording": (nothing, lambda: module(x)),
+            "empty_function_forward": (nothing, empty),
+            "empty_function_forward_backward": (nothing, lambda: empty().backward(dz)),
         }, repeat, clock=time.thread_time)
     finally:
         c.set_threads(os.cpu_count() or 1)
@@ -83,6 +92,7 @@ def overhead(repeat: int) -> dict:
     for k in ("entry_forward", "entry_forward_backward"):
         times[k] /= ENTRY_CALLS
     return dict(times, rounds=rounds,
+                **over_the_floor(times),
                 forward_over_entry=times["module_forward"] - times["entry_forward"],
                 train_over_entry=times["module_forward_backward"]
                 - times["entry_forward_backward"],
@@ -91,6 +101,18 @@ def overhead(repeat: int) -> dict:
                 forward_vs_linear=times["module_forward"] / times["linear_forward"],
                 train_vs_linear=times["module_forward_backward"]
                 / times["linear_forward_backward"])
+
+
+def over_the_floor(times: dict) -> dict:
+    """The module's own cost in each mode: what it takes beyond what torch charges any
+    Python-defined layer (nothing under no_grad; an empty autograd.Function of the same
+    inputs while recording) and beyond its C entry points."""
+    return dict(
+        over_floor_no_grad=times["module_forward"] - times["entry_forward_no_grad"],
+        over_floor_recording=times["module_forward_recording"]
+        - times["empty_function_forward"] - times["entry_forward"],
+        over_floor_forward_backward=times["module_forward_backward"]
+        - times["empty_function_forward_backward"] - times["entry_forward_backward"])
 
 
 # the entry points take about a microsecond, near the clock's own cost: timed in runs
@@ -113,15 +135,16 @@ def _entry_points(module, x, dz):
     k = module.kernels
     ffi, ctype = k.c_types()
     args = [x, module.W.detach(), module.b.detach()]
-    plan = module.calls.plan(args)
+    sizes = k.checked_sizes(dict(zip(k.args, (a.numpy() for a in args))), k.args)
+    dims = k.dim_values(sizes)
     ptr = lambda t: ffi.cast(f"{ctype} *", t.data_ptr())        # noqa: E731
-    out = [torch.empty(s) for s in plan.returns]
-    grads = [torch.empty(s) for s in plan.gradients]
-    work = torch.empty(max(plan.forward_work, plan.backward_work, 1))
-    forward, _ = k.entry_point("forward")
-    backward, _ = k.entry_point("backward")
-    fwd_args = (*plan.dims, *map(ptr, args), *map(ptr, out), ptr(work))
-    bwd_args = (*plan.dims, *map(ptr, args), ptr(dz), *map(ptr, grads), ptr(work))
+    out = [torch.empty(k.shape_of(n, sizes)) for n in k.returns]
+    grads = [torch.empty(k.shape_of(n, sizes)) for n in k.gradients]
+    forward, forward_work = k.entry_point("forward")
+    backward, backward_work = k.entry_point("backward")
+    work = torch.empty(max(forward_work(*dims), backward_work(*dims), 1))
+    fwd_args = (*dims, *map(ptr, args), *map(ptr, out), ptr(work))
+    bwd_args = (*dims, *map(ptr, args), ptr(dz), *map(ptr, grads), ptr(work))
 
     def run():
         forward(*fwd_args)
@@ -134,20 +157,27 @@ def _entry_points(module, x, dz):
     return run, train
 
 
-def _identity_function():
-    """An autograd.Function that does nothing (a copy forward, the gradient back): the
-    least a Python-defined layer pays torch per training call."""
+def _empty_function(module, x):
+    """The floor torch sets for a Python-defined layer: an autograd.Function that takes
+    what the module's takes (x, W, b), allocates an output of its shape and does nothing
+    else; its backward hands back gradients made once.  What the module costs over it,
+    less its C entry points, is this toolkit's own Python."""
     import torch
 
-    class Identity(torch.autograd.Function):
+    out_shape = module.kernels.shape_of(module.outputs[0], dict(
+        N=x.shape[0], I=module.W.shape[0], J=module.W.shape[1]))
+    grads = tuple(torch.zeros_like(t) for t in (x, module.W, module.b))
+
+    class Empty(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, a):
-            return a.clone()
+        def forward(ctx, x, W, b):
+            return x.new_empty(out_shape)
 
         @staticmethod
         def backward(ctx, g):
-            return g
-    return Identity
+            return grads
+
+    return lambda: Empty.apply(x, module.W, module.b)
 
 
 def peers(width: int) -> dict:
@@ -214,8 +244,13 @@ def main(argv=None) -> None:
     print(f"  the C entry points alone: forward {us(o['entry_forward'])}, forward + backward "
           f"{us(o['entry_forward_backward'])}; the module over them: forward "
           f"{us(o['forward_over_entry'])}, forward + backward {us(o['train_over_entry'])}")
-    print(f"  an empty autograd.Function's forward + backward: "
+    print(f"  an empty autograd.Function of the same inputs: recording forward "
+          f"{us(o['empty_function_forward'])}, forward + backward "
           f"{us(o['empty_function_forward_backward'])}")
+    print(f"  the module over the floor (torch's charge for a Python layer, plus the C entry "
+          f"points): no_grad forward {us(o['over_floor_no_grad'])}, recording forward "
+          f"{us(o['over_floor_recording'])}, forward + backward "
+          f"{us(o['over_floor_forward_backward'])}")
     print(f"training step (forward + backward), {MODEL} float32, OMP_WAIT_POLICY="
           f"{record['omp_wait_policy']}:")
     for what in ("model", "layernorm", "gelu"):

@@ -110,42 +110,63 @@ class DerivedModule(torch.nn.Module):
         reuses = _reused(kernels)
         self._output_at = tuple(kernels.returns.index(n) for n in self.outputs)
         self._reuse_at = tuple(kernels.returns.index(n) for n in reuses)
-        self._upstream_at = tuple(self.outputs.index(u[1:]) for u in kernels.upstream)
         self._gradient_at = tuple(self.gradients.index("d" + n) if "d" + n in self.gradients
                                   else None for n in kernels.args)
+        self._gradients_in_order = self._gradient_at == tuple(range(len(kernels.args)))
         self._pick = self.outputs.index(self.loss) if self.loss else \
             (0 if len(self.outputs) == 1 else None)
+        # the autograd.Function returns just the picked output when backward needs no
+        # other output's gradient (torch would fill those with zeros every call)
+        picked = None if self._pick is None else self.outputs[self._pick]
+        self._returns_one = all(u[1:] == picked for u in kernels.upstream) and \
+            picked is not None
+        returned = (picked,) if self._returns_one else self.outputs
+        self._upstream_at = tuple(returned.index(u[1:]) for u in kernels.upstream)
+        self._scale_at = returned.index(self.loss) if self.loss else None
         self.calls = DirectCalls(kernels, self.dtype, labels) if kernels.backend == "c" \
             else _NumpyCalls(kernels, reuses)
 
     def forward(self, *tensors):
+        # The hot path, kept flat (each Python frame or generator costs a microsecond
+        # here): the cheap per-call checks, the shape key, then the kernels.
         if len(tensors) != len(self.inputs):
             raise TypeError(f"{self.layer_name}: forward takes {len(self.inputs)} "
                             f"tensor{'s' if len(self.inputs) != 1 else ''} "
                             f"({', '.join(self.inputs)}), got {len(tensors)}")
+        # map() where a comprehension would be a function call of its own (Python 3.11)
         given = (*tensors, *map(self._parameters.__getitem__, self.param_names))
-        args = [given[i] for i in self._arg_at]
-        i = 0
-        for t, want in zip(args, self._arg_dtypes):
+        args = list(map(given.__getitem__, self._arg_at))
+        dtypes, shapes, i = self._arg_dtypes, [], 0
+        for t in args:
             # the common case in four cheap tests; anything else is looked at closely
-            if not (type(t) in _PLAIN and t.is_cpu and t.dtype is want and t.is_contiguous()):
-                args[i] = self._checked(self.kernels.args[i], t)
+            if not (type(t) in _PLAIN and t.dtype is dtypes[i] and t.is_cpu
+                    and t.is_contiguous()):
+                args[i] = t = self._checked(self.kernels.args[i], t)
+            shapes.append(t.shape)
             i += 1
-        if self.gradients:
-            for i in self.no_gradient:
-                if args[i].requires_grad:
-                    raise ValueError(f"{self.layer_name}: {self.kernels.args[i]} requires "
-                                     f"grad, but the derivation gives no gradient for it (a "
-                                     f"target or nograd tensor): pass it detached")
-        plan = self.calls.plan(args)
-        if self.gradients and torch.is_grad_enabled() and any(a.requires_grad for a in args):
-            return self._result(_KernelFunction.apply(self, plan, *args))
-        out = self.calls.forward(plan, args)           # no graph to record
-        return self._result(tuple(out[i] for i in self._output_at))
+        calls, shapes = self.calls, tuple(shapes)
+        plan = calls.plans.get(shapes)
+        if plan is None or calls.labelled:
+            plan = calls.plan(args, shapes)
+        if self.gradients and torch.is_grad_enabled():
+            for t in args:
+                if t.requires_grad:
+                    if self.no_gradient:
+                        self._refuse_gradients_it_cannot_give(args)
+                    out = _KernelFunction.apply(self, plan, *args)
+                    return out if self._returns_one or self._pick is None \
+                        else out[self._pick]
+        out = calls.forward(plan, args)                # no graph to record
+        if self._pick is None:
+            return tuple(map(out.__getitem__, self._output_at))
+        return out[self._output_at[self._pick]]
 
-    def _result(self, outputs):
-        """The loss, or the output, or a tuple of the outputs."""
-        return outputs if self._pick is None else outputs[self._pick]
+    def _refuse_gradients_it_cannot_give(self, args):
+        for i in self.no_gradient:
+            if args[i].requires_grad:
+                raise ValueError(f"{self.layer_name}: {self.kernels.args[i]} requires "
+                                 f"grad, but the derivation gives no gradient for it (a "
+                                 f"target or nograd tensor): pass it detached")
 
     def _checked(self, name, t):
         """The tensor (labels as int64), or a ValueError naming what the kernels cannot
@@ -191,8 +212,10 @@ class _KernelFunction(torch.autograd.Function):
     def forward(ctx, module, plan, *args):
         out = module.calls.forward(plan, args)
         ctx.module, ctx.plan = module, plan
-        ctx.save_for_backward(*args, *[out[i] for i in module._reuse_at])
-        return tuple(out[i] for i in module._output_at)
+        ctx.save_for_backward(*args, *map(out.__getitem__, module._reuse_at))
+        if module._returns_one:
+            return out[module._output_at[module._pick]]
+        return tuple(map(out.__getitem__, module._output_at))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -201,30 +224,35 @@ class _KernelFunction(torch.autograd.Function):
             raise RuntimeError(f"{module.layer_name}: double backward (create_graph="
                                f"True, a gradient of a gradient) is not supported: the "
                                f"derived kernels give first derivatives only")
-        saved = ctx.saved_tensors
-        n = len(module._arg_at)
-        upstream = [grads[i].to(module.dtype).contiguous() for i in module._upstream_at]
+        saved, n = ctx.saved_tensors, len(module._arg_at)
+        dtype, upstream = module.dtype, []
+        for i in module._upstream_at:
+            g = grads[i]
+            # torch hands the outputs' dtype; a sum's gradient arrives expanded (strided)
+            upstream.append(g if g.dtype is dtype and g.is_contiguous()
+                            else g.to(dtype).contiguous())
         got = module.calls.backward(ctx.plan, saved[:n], upstream, saved[n:])
-        scale = grads[module._pick] if module.loss else None
-        needs = ctx.needs_input_grad
-        result = [None, None]
-        for k, at in enumerate(module._gradient_at):
-            if at is None or not needs[2 + k]:
-                result.append(None)
-            else:
-                result.append(got[at] if scale is None else got[at].mul_(scale))
-        return tuple(result)
+        result = got if module._gradients_in_order else \
+            [None if at is None else got[at] for at in module._gradient_at]
+        if module.loss:
+            scale, needs = grads[module._scale_at], ctx.needs_input_grad
+            for k, g in enumerate(result):
+                if g is not None and needs[2 + k]:
+                    g.mul_(scale)
+        return (None, None, *result)
 
 
 class _NumpyCalls:
     """DirectCalls' contract on the NumPy backend: NumPy views of the tensors in, tensors
     over the result arrays out (no copies either way)."""
 
+    plans, labelled = {}, True          # no plans: plan() every call
+
     def __init__(self, kernels, reuses):
         self.kernels = kernels
         self.reuses = reuses
 
-    def plan(self, args):
+    def plan(self, args, shapes):
         return None                     # the NumPy wrapper checks every call itself
 
     def forward(self, plan, args) -> tuple:

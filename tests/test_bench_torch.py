@@ -30,6 +30,14 @@ def test_overhead_record(monkeypatch):
     assert record["train_over_entry"] == pytest.approx(record["module_forward_backward"]
                                                        - record["entry_forward_backward"])
     assert 0 < record["entry_forward"] and 0 < record["empty_function_forward_backward"]
+    assert record["over_floor_no_grad"] == pytest.approx(
+        record["module_forward"] - record["entry_forward_no_grad"])
+    assert record["over_floor_recording"] == pytest.approx(
+        record["module_forward_recording"] - record["empty_function_forward"]
+        - record["entry_forward"])
+    assert record["over_floor_forward_backward"] == pytest.approx(
+        record["module_forward_backward"] - record["empty_function_forward_backward"]
+        - record["entry_forward_backward"])
     model = bench.in_a_model(repeat=2)
     assert set(model) == {"rounds", "native_model", "derived_model", "native_layernorm",
                           "derived_layernorm", "native_gelu", "derived_gelu"}
@@ -51,3 +59,19 @@ def test_entry_points_compute_what_the_module_does():
     torch.testing.assert_close(z, module(x).detach())
     for got, want in ((dx, x.grad), (dW, module.W.grad), (db, module.b.grad)):
         torch.testing.assert_close(got, want)
+
+
+def test_the_floor_function_takes_and_gives_what_the_module_does():
+    """The empty autograd.Function the bench subtracts records a node over the same
+    leaves (x, W, b), returns an output of the module's shape, and hands a gradient to
+    every leaf, so torch's share of a call is the same for both."""
+    import codegen
+    from bench.torch_interop import _empty_function
+
+    module = codegen.torch_module("dense", I=3, J=5)
+    x = torch.randn(4, 5, requires_grad=True)
+    out = _empty_function(module, x)()
+    assert out.shape == module(x).shape and out.grad_fn is not None
+    out.backward(torch.ones(4, 3))
+    assert all(t.grad is not None and t.grad.shape == t.shape
+               for t in (x, module.W, module.b))
