@@ -1,6 +1,7 @@
 """The GEMM hook the wrapper hands the kernels (templates/gemm_threads.c.j2): products below
-SERIAL_BELOW multiply-adds run OpenBLAS on one thread, larger ones on its thread count,
-which is restored after each; one_thread's holds share the same count."""
+SERIAL_BELOW multiply-adds run OpenBLAS on one thread, those from THREADED_FROM on its
+thread count, those between on its count only while the other processes' load leaves a
+core per thread; the count is restored after each; one_thread's holds share it."""
 from __future__ import annotations
 
 import ctypes
@@ -10,7 +11,7 @@ import pytest
 
 import codegen
 from codegen import blas as blas_module
-from codegen.blas import SERIAL_BELOW, numpy_blas, one_thread, ruled_gemm
+from codegen.blas import SERIAL_BELOW, THREADED_FROM, numpy_blas, one_thread, ruled_gemm
 
 SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_ssize_t,
                          ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_float, ctypes.c_void_p,
@@ -35,10 +36,12 @@ def recording_hook():
     ffi, lib = module.ffi, module.lib
     address = lambda f: ffi.cast("void *", ctypes.cast(f, ctypes.c_void_p).value)
     lib.bp_gemm_threads_init(address(sgemm), address(sgemm), address(setter),
-                             address(getter), SERIAL_BELOW)
+                             address(getter), SERIAL_BELOW, THREADED_FROM)
+    lib.bp_gemm_threads_force_load(0.0)           # an idle machine unless a test says not
     try:
         yield lib, state
     finally:
+        lib.bp_gemm_threads_force_load(-1.0)
         blas_module._ruled.cache_clear()
         blas_module._ruled()                      # the same module, bound to OpenBLAS again
 
@@ -51,12 +54,45 @@ def _product(lib, m, n, k):
 
 def test_small_products_run_on_one_thread_and_large_ones_on_all(recording_hook):
     lib, state = recording_hook
-    small, large = (64, 512, 512), (4096, 768, 768)
-    assert np.prod(small) < SERIAL_BELOW <= np.prod(large)
-    _product(lib, *small)
+    tiny, small, large = (32, 128, 128), (64, 512, 512), (4096, 768, 768)
+    assert np.prod(tiny) < SERIAL_BELOW <= np.prod(small) < THREADED_FROM <= np.prod(large)
+    _product(lib, *tiny)
     assert state["threads"] == 2                  # restored after the product
+    _product(lib, *small)
     _product(lib, *large)
-    assert state["seen"] == [(np.prod(small), 1), (np.prod(large), 2)]
+    assert state["seen"] == [(np.prod(tiny), 1), (np.prod(small), 2), (np.prod(large), 2)]
+
+
+@pytest.mark.parametrize("others, threads", [(0.4, 2), (0.7, 1), (3.0, 1)])
+def test_middling_products_take_a_second_thread_only_while_a_core_is_free(
+        recording_hook, others, threads):
+    """The others' load leaves 2 - others cores: a second thread while that is >= 1.5;
+    the largest products take it whatever the load."""
+    import os
+    lib, state = recording_hook
+    cores = os.cpu_count()
+    lib.bp_gemm_threads_force_load(cores - 2 + others)
+    _product(lib, 64, 512, 512)
+    _product(lib, 4096, 768, 768)
+    assert state["seen"] == [(64 * 512 * 512, threads), (4096 * 768 * 768, 2)]
+
+
+def test_the_others_load_is_the_load_average_less_this_process_share():
+    """Measured (nothing forced): never negative, never above the 1-minute load average
+    (read after it), and this process's own busy thread raises its share, which is taken
+    out of the load average: a process spinning on a core is not 'another'."""
+    import os
+    import time
+    lib = blas_module._ruled().lib
+    lib.bp_gemm_threads_force_load(-1.0)
+    lib.bp_gemm_threads_others_load()
+    share = lib.bp_gemm_threads_own_share()
+    end = time.perf_counter() + 0.6               # busy: well past the 0.25 s re-measure
+    while time.perf_counter() < end:
+        pass
+    others = lib.bp_gemm_threads_others_load()
+    assert lib.bp_gemm_threads_own_share() > share
+    assert 0 <= others <= os.getloadavg()[0] + 1e-9
 
 
 def test_a_hold_keeps_large_products_on_one_thread_and_restores_once(recording_hook):
