@@ -5,6 +5,7 @@ core per thread; the count is restored after each; one_thread's holds share it."
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import codegen
 from codegen import blas as blas_module
 from codegen.blas import SERIAL_BELOW, THREADED_FROM, numpy_blas, one_thread, ruled_gemm
 
+ROOT = Path(__file__).resolve().parent.parent
 SGEMM = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_ssize_t,
                          ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_float, ctypes.c_void_p,
                          ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_float,
@@ -147,3 +149,41 @@ def test_the_crossover_bench_times_both_thread_counts(monkeypatch):
         blas.set_threads(before)
     assert [r[:4] for r in rows] == [(4, 8, 16, 512), (8, 8, 8, 512)]
     assert all(one > 0 and two > 0 for *_, one, two in rows)
+
+
+def test_a_product_inside_a_parallel_region_runs_on_one_thread(recording_hook):
+    """The dense backward's two 2^24 products (codegen/gemm_pairs.py) run side by side on
+    the kernel's two threads, each on one OpenBLAS thread, on an idle machine too."""
+    lib, state = recording_hook
+    c = codegen.load("dense", backend="c", dtype="float32")
+    x, W, dz = (np.zeros(s, np.float32) for s in ((64, 512), (512, 512), (64, 512)))
+    c.set_threads(2)
+    c.backward(x=x, W=W, b=np.zeros(512, np.float32), dz=dz)
+    assert state["seen"] == [(2 ** 24, 1), (2 ** 24, 1)]
+    assert state["threads"] == 2
+
+
+def _view(target, a, b, fill=""):
+    gemm = dict(a=a, b=b, c=target, fill=fill, m="N", n="J", k="I")
+    return dict(gemm=gemm, suffix="f32", target=target)
+
+
+def test_only_independent_plain_products_go_side_by_side():
+    from codegen.gemm_pairs import side_by_side
+
+    dx, dW, dh = _view("dx", "dz", "W"), _view("dW", "dz", "x"), _view("dh", "dx", "V")
+    paired = side_by_side([dx, dW, dh])
+    assert [v.get("pair") for v in paired] == [(dx, dW), None]
+    assert side_by_side([dx, dh]) == [dx, dh]                    # dh reads dx
+    assert side_by_side([dh, dx]) == [dh, dx]                    # dx overwrites what dh read
+    assert side_by_side([dx, _view("dW", "dz", "x", fill="b[j]")])[0].get("pair") is None
+
+
+def test_the_dense_backward_emits_its_products_as_two_sections():
+    text = (ROOT / "generated" / "c" / "dense.c").read_text()
+    body = text[text.index("int bp_dense_backward_f32"):text.index("return 0;",
+                                                         text.index("int bp_dense_backward_f32"))]
+    sections = body[body.index("parallel sections"):body.index("} else {")]
+    assert sections.count("BP_OMP(section)") == 2
+    assert "bp_dense_gemm_f32(101, 111, 111, N, J, I" in sections
+    assert "bp_dense_gemm_f32(101, 112, 111, I, J, N" in sections
