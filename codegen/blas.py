@@ -69,14 +69,15 @@ def numpy_blas() -> Blas | None:
     return None
 
 
-# Products below this many multiply-adds (m n k) run OpenBLAS on one thread (see
-# templates/gemm_threads.c.j2).  Measured on the 2-core Xeon (`python -m bench.gemm_threads`,
-# load average 6): a second thread lost from 2^25 to 2^29 (128 x 512 x 512: 0.8 ms on one,
-# 18 ms on two; 512 x 1024 x 1024: 43 against 67 ms) and won only at 2^31 (4096 x 768 x
-# 768: 1.17x); quiet, two threads win at 2^24 by 1.4x at most (docs/benchmarks.md).  Below
-# 2^27 (a product of about 3 ms on one thread) one thread loses at most that on a quiet
-# machine and saves tens of ms on a shared one.
-SERIAL_BELOW = 2.0 ** 27
+# The thread rule (templates/gemm_threads.c.j2), from `python -m bench.gemm_threads` on the
+# 2-core Xeon.  Idle (load 0.8), a second thread wins 1.7-1.9x from 2^22 multiply-adds up
+# (64 x 512 x 512: 0.45 ms on one, 0.25 on two) and OpenBLAS runs products of 2^19 and
+# less on one thread itself.  With another process on a core (load 2.7) two threads lose
+# 20-40 ms from 2^20 to 2^28 and still lose at 2^29 (23 against 35 ms), win at 2^31 (1.17x).
+# So: one thread below SERIAL_BELOW; all from THREADED_FROM; between them, all only while
+# the other processes leave a core for each.
+SERIAL_BELOW = 2.0 ** 20
+THREADED_FROM = 2.0 ** 30
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,13 +103,14 @@ def _ruled():
     ffi, lib = module.ffi, module.lib
     lib.bp_gemm_threads_init(*(ffi.cast("void *", a) for a in (
         blas.sgemm, blas.dgemm, address(blas.set_threads), address(blas.get_threads))),
-        SERIAL_BELOW)
+        SERIAL_BELOW, THREADED_FROM)
     return module
 
 
 def ruled_gemm(blas: Blas | None) -> tuple[int, int]:
     """Addresses of (sgemm, dgemm) to hand the generated kernels: NumPy's OpenBLAS run on
-    one thread for products below SERIAL_BELOW, else on its thread count; the plain
+    one thread for products below SERIAL_BELOW, and below THREADED_FROM while other
+    processes hold the cores, else on its thread count; the plain
     functions where the thread count cannot be set; (0, 0) without a BLAS."""
     if blas is None:
         return 0, 0

@@ -18,6 +18,7 @@ from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm, fewest_gemm_calls
 from .gemm import as_gemm
+from .gemm_pairs import side_by_side
 from .im2col import as_im2col as _as_packed
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
                     inline_cheap, leaves, lower, max_into_argmax, scan_nest,
@@ -93,8 +94,8 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                     shapes, loops.invariants["backward"]),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
-            forward=_views(loops.forward, printer, shapes, lowered, seen),
-            backward=_views(loops.backward, printer, shapes, lowered, seen),
+            forward=side_by_side(_views(loops.forward, printer, shapes, lowered, seen)),
+            backward=side_by_side(_views(loops.backward, printer, shapes, lowered, seen)),
             fused_params=params(plan.args, fused_out),
             inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
             inplace=_inplace_view(loops.forward, printer) if inplace else None,
@@ -104,7 +105,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
-            fused=_views(loops.fused, printer, shapes, lowered, seen),
+            fused=side_by_side(_views(loops.fused, printer, shapes, lowered, seen)),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \

@@ -118,9 +118,15 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
 {
     (void)b;
     (void)bp_work;
-    /* dx[n, j] = sum_i(W[i, j]*dz[n, i]) */
+    /* dx[n, j] = sum_i(W[i, j]*dz[n, i]); dW[i, j] = sum_n(dz[n, i]*x[n, j]): side by side */
     if (bp_dense_gemm_f32 != NULL) {
-        bp_dense_gemm_f32(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
+        BP_OMP(parallel sections if ((double)N*J*I >= 1048576 && (double)I*J*N >= 1048576 && (double)N*J*I <= 2*(double)I*J*N && (double)I*J*N <= 2*(double)N*J*I))
+        {
+            BP_OMP(section)
+            bp_dense_gemm_f32(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
+            BP_OMP(section)
+            bp_dense_gemm_f32(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
+        }
     } else {
         BP_OMP(parallel for if (N*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -139,11 +145,6 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
                 }
             }
         }
-    }
-    /* dW[i, j] = sum_n(dz[n, i]*x[n, j]) */
-    if (bp_dense_gemm_f32 != NULL) {
-        bp_dense_gemm_f32(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
-    } else {
         BP_OMP(parallel for if (I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             BP_OMP(simd)
@@ -214,9 +215,15 @@ int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
 {
     (void)b;
     (void)bp_work;
-    /* dx[n, j] = sum_i(W[i, j]*dz[n, i]) */
+    /* dx[n, j] = sum_i(W[i, j]*dz[n, i]); dW[i, j] = sum_n(dz[n, i]*x[n, j]): side by side */
     if (bp_dense_gemm_f64 != NULL) {
-        bp_dense_gemm_f64(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
+        BP_OMP(parallel sections if ((double)N*J*I >= 1048576 && (double)I*J*N >= 1048576 && (double)N*J*I <= 2*(double)I*J*N && (double)I*J*N <= 2*(double)N*J*I))
+        {
+            BP_OMP(section)
+            bp_dense_gemm_f64(101, 111, 111, N, J, I, 1, dz, I, W, J, 0, dx, J);
+            BP_OMP(section)
+            bp_dense_gemm_f64(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
+        }
     } else {
         BP_OMP(parallel for if (N*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -235,11 +242,6 @@ int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
                 }
             }
         }
-    }
-    /* dW[i, j] = sum_n(dz[n, i]*x[n, j]) */
-    if (bp_dense_gemm_f64 != NULL) {
-        bp_dense_gemm_f64(101, 112, 111, I, J, N, 1, dz, I, x, J, 0, dW, J);
-    } else {
         BP_OMP(parallel for if (I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             BP_OMP(simd)

@@ -362,9 +362,15 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
         }
     }
-    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
+    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]); dW1[h, d] = sum_n(dz1[n, h]*x[n, d]): side by side */
     if (bp_mlp2_gemm_f32 != NULL) {
-        bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+        BP_OMP(parallel sections if ((double)N*D*H >= 1048576 && (double)H*D*N >= 1048576 && (double)N*D*H <= 2*(double)H*D*N && (double)H*D*N <= 2*(double)N*D*H))
+        {
+            BP_OMP(section)
+            bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+            BP_OMP(section)
+            bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+        }
     } else {
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -383,11 +389,6 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
-    }
-    /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_mlp2_gemm_f32 != NULL) {
-        bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
-    } else {
         BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
@@ -606,9 +607,15 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s6[n*H + h]*a1[n*H + h];
         }
     }
-    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
+    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]); dW1[h, d] = sum_n(dz1[n, h]*x[n, d]): side by side */
     if (bp_mlp2_gemm_f32 != NULL) {
-        bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+        BP_OMP(parallel sections if ((double)N*D*H >= 1048576 && (double)H*D*N >= 1048576 && (double)N*D*H <= 2*(double)H*D*N && (double)H*D*N <= 2*(double)N*D*H))
+        {
+            BP_OMP(section)
+            bp_mlp2_gemm_f32(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+            BP_OMP(section)
+            bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+        }
     } else {
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -627,11 +634,6 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
-    }
-    /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_mlp2_gemm_f32 != NULL) {
-        bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
-    } else {
         BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
@@ -876,9 +878,15 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s3[n*H + h]*a1[n*H + h];
         }
     }
-    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
+    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]); dW1[h, d] = sum_n(dz1[n, h]*x[n, d]): side by side */
     if (bp_mlp2_gemm_f64 != NULL) {
-        bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+        BP_OMP(parallel sections if ((double)N*D*H >= 1048576 && (double)H*D*N >= 1048576 && (double)N*D*H <= 2*(double)H*D*N && (double)H*D*N <= 2*(double)N*D*H))
+        {
+            BP_OMP(section)
+            bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+            BP_OMP(section)
+            bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+        }
     } else {
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -897,11 +905,6 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
-    }
-    /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_mlp2_gemm_f64 != NULL) {
-        bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
-    } else {
         BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
@@ -1120,9 +1123,15 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
             dz1[n*H + h] = -(a1[n*H + h] - 1)*_s6[n*H + h]*a1[n*H + h];
         }
     }
-    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]) */
+    /* dx[n, d] = sum_h(W1[h, d]*dz1[n, h]); dW1[h, d] = sum_n(dz1[n, h]*x[n, d]): side by side */
     if (bp_mlp2_gemm_f64 != NULL) {
-        bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+        BP_OMP(parallel sections if ((double)N*D*H >= 1048576 && (double)H*D*N >= 1048576 && (double)N*D*H <= 2*(double)H*D*N && (double)H*D*N <= 2*(double)N*D*H))
+        {
+            BP_OMP(section)
+            bp_mlp2_gemm_f64(101, 111, 111, N, D, H, 1, dz1, H, W1, D, 0, dx, D);
+            BP_OMP(section)
+            bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
+        }
     } else {
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1141,11 +1150,6 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
-    }
-    /* dW1[h, d] = sum_n(dz1[n, h]*x[n, d]) */
-    if (bp_mlp2_gemm_f64 != NULL) {
-        bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
-    } else {
         BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
