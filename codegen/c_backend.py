@@ -389,12 +389,20 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
                 comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests))
 
 
+def _bounded_loop(i, lo, hi, printer) -> tuple:
+    count = sp.expand(hi - lo + 1)
+    if count.is_Integer and count > 0 and free_indices(lo):
+        return (i.label.name, printer.index_code(lo), str(count), "count")
+    return (i.label.name, printer.index_code(lo), printer.index_code(hi + 1))
+
+
 def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict:
     """What the template needs of one loop nest, every formula printed."""
     bounded = {k: (lo, hi) for k, lo, hi in n.bounds}
-    # a loop is (name, extent), or (name, first, end) over part of its range
-    loops = [(i.label.name, printer.index_code(bounded[i][0]),
-              printer.index_code(bounded[i][1] + 1)) if i in bounded else
+    # a loop is (name, extent), or (name, first, end) over part of its range, or (name,
+    # first, count, "count") over a fixed number of terms from a moving first (the interior
+    # of a strided gather: the compiler unrolls it and vectorizes the loop outside)
+    loops = [_bounded_loop(i, *bounded[i], printer) if i in bounded else
              (i.label.name, str(dim_of(i))) for i in n.loops]
     extents = "*".join(str(dim_of(i)) for i in n.loops)
     at = dict(n.subs)
@@ -430,7 +438,11 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         return view
     if n.copies:
         # a gather split by residue: the copies run in turn inside the shared loops
-        parts = [_view(c, printer, shapes, acc) for c in n.copies]
+        # leaves side by side in one loop (each residue of an interior) each declare an
+        # accumulator there: one name each
+        side_by_side = sum(not c.copies for c in n.copies) > 1
+        parts = [_view(c, printer, shapes, f"{acc}_r{k}" if side_by_side and not c.copies
+                       else acc) for k, c in enumerate(n.copies)]
         for p in parts:
             p.update(pragma="", simd="")
         # the work is the whole target (the shared loops are only its outer axes)
