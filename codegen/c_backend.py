@@ -666,6 +666,19 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
     ptr = lambda name, offset: name if offset == 0 else f"{name} + {printer.index_code(offset)}"
     m, cols, k = ext(g.m), ext(g.n), ext(g.k)
     a, b = ptr(g.a.name, g.a.offset), ptr(g.b.name, g.b.offset)
+    direct = None
+    if g.b_in_place and g.b.per_loop:        # B's pack skipped where it would copy B
+        sizes, op = g.b_in_place
+        direct = dict(when=" && ".join(f"{printer.index_code(d)} == {printer.index_code(v)}"
+                                       for d, v in sizes),
+                      b=ptr(op.name, op.offset), packed=b, ld=g.b.ld if op.ld == g.b.ld
+                      else f"bp_in_place ? {op.ld} : {g.b.ld}")
+        for p, v in packs:
+            if p is g.b:
+                v["unless"] = direct["when"]
+        b, ldb = "bp_b", "bp_ldb"
+    else:
+        ldb = g.b.ld
     c = "bp_part" if summed else ptr(n.target, g.c_offset)
     # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
     # op(B) and of T; of its rows, at row bp_a of op(A) and of T
@@ -674,7 +687,7 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
                 part=f"_{n.target}_part" if summed else None, part_size=ext(n.out),
                 target=n.target,
                 trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
-                m=m, n=cols, k=k, lda=g.a.ld, ldb=g.b.ld, ldc=cols, a=a, b=b, c=c,
+                m=m, n=cols, k=k, lda=g.a.ld, ldb=ldb, ldc=cols, a=a, b=b, c=c, direct=direct,
                 b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
                 a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
                 c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})",
