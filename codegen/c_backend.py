@@ -452,12 +452,20 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
                 comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests))
 
 
+def _bounded_loop(i, lo, hi, printer) -> tuple:
+    count = sp.expand(hi - lo + 1)
+    if count.is_Integer and count > 0 and free_indices(lo):
+        return (i.label.name, printer.index_code(lo), str(count), "count")
+    return (i.label.name, printer.index_code(lo), printer.index_code(hi + 1))
+
+
 def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict:
     """What the template needs of one loop nest, every formula printed."""
     bounded = {k: (lo, hi) for k, lo, hi in n.bounds}
-    # a loop is (name, extent), or (name, first, end) over part of its range
-    loops = [(i.label.name, printer.index_code(bounded[i][0]),
-              printer.index_code(bounded[i][1] + 1)) if i in bounded else
+    # a loop is (name, extent), or (name, first, end) over part of its range, or (name,
+    # first, count, "count") over a fixed number of terms from a moving first (the interior
+    # of a strided gather: the compiler unrolls it and vectorizes the loop outside)
+    loops = [_bounded_loop(i, *bounded[i], printer) if i in bounded else
              (i.label.name, str(dim_of(i))) for i in n.loops]
     extents = "*".join(str(dim_of(i)) for i in n.loops)
     at = dict(n.subs)
@@ -500,7 +508,11 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         return view
     if n.copies:
         # a gather split by residue: the copies run in turn inside the shared loops
-        parts = [_view(c, printer, shapes, acc) for c in n.copies]
+        # leaves side by side in one loop (each residue of an interior) each declare an
+        # accumulator there: one name each
+        side_by_side = sum(not c.copies for c in n.copies) > 1
+        parts = [_view(c, printer, shapes, f"{acc}_r{k}" if side_by_side and not c.copies
+                       else acc) for k, c in enumerate(n.copies)]
         for p in parts:
             p.update(pragma="", simd="")
         # the work is the whole target (the shared loops are only its outer axes)
@@ -743,6 +755,19 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
     ptr = lambda name, offset: name if offset == 0 else f"{name} + {printer.index_code(offset)}"
     m, cols, k = ext(g.m), ext(g.n), ext(g.k)
     a, b = ptr(g.a.name, g.a.offset), ptr(g.b.name, g.b.offset)
+    direct = None
+    if g.b_in_place and g.b.per_loop:        # B's pack skipped where it would copy B
+        sizes, op = g.b_in_place
+        direct = dict(when=" && ".join(f"{printer.index_code(d)} == {printer.index_code(v)}"
+                                       for d, v in sizes),
+                      b=ptr(op.name, op.offset), packed=b, ld=g.b.ld if op.ld == g.b.ld
+                      else f"bp_in_place ? {op.ld} : {g.b.ld}")
+        for p, v in packs:
+            if p is g.b:
+                v["unless"] = direct["when"]
+        b, ldb = "bp_b", "bp_ldb"
+    else:
+        ldb = g.b.ld
     c = "bp_part" if summed else ptr(n.target, g.c_offset)
     # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
     # op(B) and of T; of its rows, at row bp_a of op(A) and of T
@@ -751,7 +776,7 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
                 part=f"_{n.target}_part" if summed else None, part_size=ext(n.out),
                 target=n.target,
                 trans_a=112 if g.a.transposed else 111, trans_b=112 if g.b.transposed else 111,
-                m=m, n=cols, k=k, lda=g.a.ld, ldb=g.b.ld, ldc=cols, a=a, b=b, c=c,
+                m=m, n=cols, k=k, lda=g.a.ld, ldb=ldb, ldc=cols, a=a, b=b, c=c, direct=direct,
                 b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
                 a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
                 c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})",

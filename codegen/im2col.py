@@ -45,6 +45,9 @@ class Im2col:
     b: Packed
     c_offset: sp.Expr             # where T's block for the loop value starts
     alpha: sp.Expr
+    # B used in place where its packed matrix is its own block (a 1x1 window, stride 1, no
+    # padding): the sizes that must hold, as (dimension, value) pairs, and B in place
+    b_in_place: tuple | None = None
 
 
 def _extent(indices) -> sp.Expr:
@@ -107,7 +110,32 @@ def as_im2col(nest: Nest, shapes: dict, windows=frozenset()) -> Im2col | None:
     if a is None or b is None or a.transposed and a.pack is not None:
         return None
     c_offset = sp.Integer(0) if loop is None or loop not in out else loop * _extent(m + n)
-    return Im2col(loop, m, n, k, a, b, c_offset, sp.Mul(*rest))
+    b_in_place = _in_place_when_unit(B, k, n, loop, shapes, windows, b.transposed) \
+        if b.pack else None
+    return Im2col(loop, m, n, k, a, b, c_offset, sp.Mul(*rest), b_in_place)
+
+
+def _in_place_when_unit(ref, rows, cols, loop, shapes, windows, transposed):
+    """(sizes, operand): ref's block for one loop value is already its packed matrix when
+    the indices of its shifted subscripts that a parameter's window runs over (p, q of
+    x[n, c, i + p, j + q]) have extent 1 and the other dimensions of those subscripts equal
+    the array's (Hout = H): a 1x1 convolution reads its input as the GEMM operand, no
+    copy.  None when a subscript is not then a plain index (a stride, a padding)."""
+    shifted = [s for s in ref.indices if not isinstance(s, sp.Idx)]
+    unit = sorted({i for s in shifted for i in free_indices(s)
+                   if i in rows + cols and str(dim_of(i)) in windows}, key=str)
+    if not unit:
+        return None
+    slots = [sp.expand(s.xreplace({i: 0 for i in unit})) for s in ref.indices]
+    if not all(isinstance(s, sp.Idx) for s in slots):
+        return None
+    keep = lambda axes: tuple(i for i in axes if i not in unit)
+    operand = _operand(ref.base[tuple(slots)], keep(rows), keep(cols), loop, "", shapes)
+    if operand is None or operand.pack is not None or operand.transposed != transposed:
+        return None
+    sizes = [(dim_of(i), sp.Integer(1)) for i in unit] + [
+        (dim_of(s), d) for s, d in zip(slots, _dims(ref, shapes)) if dim_of(s) != d]
+    return tuple(sizes), operand
 
 
 def _first_use(ref, index) -> int:

@@ -295,11 +295,12 @@ def split_by_residue(nest: Nest) -> Nest:
     The output loops run outside, the sums inside with one accumulator (each element
     written once: no zero fill, no update in place).  The last output index w runs as q
     copies of a loop over w_q, w = q*w_q + r for each residue r: there the bounds are w_q
-    plus a constant.  Each copy runs in three parts, the interior where the clamps
-    max(0, .)/min(Wout - 1, .) cannot bind (a fixed number of terms, which the compiler
-    unrolls) and the borders on either side, which keep them (as Halide splits loops at
-    the bounds it infers).  The index outside w (h) is split the same way around those
-    copies, so in the interior of both every sum has a length known when compiling.
+    plus a constant.  Where the clamps max(0, .)/min(Wout - 1, .) cannot bind for any
+    residue, one interior loop writes w = q*w_q + 0 .. q - 1 in turn (a fixed number of
+    terms each, which the compiler unrolls, and contiguous stores it vectorizes); each
+    residue's borders on either side keep the clamps (as Halide splits loops at the bounds
+    it infers).  The index outside w (h) is split the same way around those loops, so in
+    the interior of both every sum has a length known when compiling.
     Returns the nest unchanged where this does not apply."""
     refs = [(nest.target, nest.out)] + [(a.base.label.name, tuple(a.indices))
                                         for a in nest.body.atoms(sp.Indexed)]
@@ -384,27 +385,29 @@ def _split_index(parts, v):
         return None
     q = int(next(iter(divisors)))
     t = sp.Idx(f"bp_{v.label.name}_q", dim_of(v))
-    out = []
+    residues, lows, highs, inner = [], [sp.Integer(0)], [], {}
     for r in range(q):
         sub = {v: q * t + r}
         residue = [_substituted(n, sub, (v, q * t + r)) for n in parts]
-        first, last = sp.Integer(0), sp.floor((dim_of(v) - 1 - r) / sp.Integer(q))
-        lows, highs, inner = [], [], {}
+        last = sp.floor((dim_of(v) - 1 - r) / sp.Integer(q))
+        highs.append(last)
         for n in leaves(residue):
             lo, hi, bounds = _interior(n.bounds, t)
             lows += [lo] if lo is not None else []
             highs += [hi] if hi is not None else []
             inner[n] = bounds
-        if not lows and not highs:
-            out.append(_wrapping(residue, t, first, last))
-            continue
-        inner_lo = sp.Max(first, *lows)
-        inner_hi = sp.Min(last, *highs)
-        out.append(_wrapping(residue, t, first, sp.Min(last, inner_lo - 1)))
-        out.append(_wrapping([_with_bounds(n, inner) for n in residue], t, inner_lo,
-                             inner_hi))
-        out.append(_wrapping(residue, t, sp.Max(inner_lo, inner_hi + 1), last))
-    return out
+        residues.append((residue, last))
+    # One interior for every residue, each t writing v = q*t .. q*t + q - 1 in turn: the
+    # target's elements in their order, so its rows stream out (and the compiler can
+    # vectorize the q interleaved stores) rather than q passes of stride-q writes.
+    inner_lo, inner_hi = sp.Max(*lows), sp.Min(*highs)
+    before = [_wrapping(residue, t, sp.Integer(0), sp.Min(last, inner_lo - 1))
+              for residue, last in residues]
+    middle = _wrapping([_with_bounds(n, inner) for residue, _ in residues for n in residue],
+                       t, inner_lo, inner_hi)
+    after = [_wrapping(residue, t, sp.Max(inner_lo, inner_hi + 1), last)
+             for residue, last in residues]
+    return before + [middle] + after
 
 
 def _substituted(n: Nest, sub, at) -> Nest:

@@ -460,11 +460,12 @@ def test_plain_c_reads_and_writes_only_inside_arrays(tmp_path):
 @pytest.mark.parametrize("name, constants, sizes", [
     ("conv2d", dict(S=2, P=1), dict(x=(2, 3, 7, 6), w=(4, 3, 3, 3), b=(4,))),
     ("conv2d", dict(D=2, P=2), dict(x=(1, 2, 5, 9), w=(3, 2, 3, 2), b=(3,))),
-    ("conv1d", dict(S=3, P=2, D=2), dict(x=(2, 3, 13), w=(2, 3, 3), b=(2,))),
+    ("conv1d", dict(S=3, P=2, D=2), dict(x=(2, 6, 31), w=(5, 6, 3), b=(5,))),
 ])
 def test_gemm_lowering_and_loops_agree(name, constants, sizes):
     """The C convolution runs as packed operands and one GEMM per image when a GEMM is
-    supplied (BLAS), else as loops: both against torch, in float32 and float64."""
+    supplied (BLAS), else as loops: both against torch, in float32 and float64.  (Sizes
+    with at least BP_IM2COL_MIN_WORK terms per GEMM: below, the C takes its loops anyway.)"""
     conv = {"conv1d": F.conv1d, "conv2d": F.conv2d}[name]
     fn = lambda x, w, b: conv(x, w, b, stride=constants.get("S", 1),
                               padding=constants.get("P", 0), dilation=constants.get("D", 1))

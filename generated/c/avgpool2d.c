@@ -41,11 +41,13 @@
 #define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
- * positive divisor (C's / truncates toward zero), maximum and minimum. */
+ * positive divisor (C's / truncates toward zero), maximum and minimum.  Without a branch
+ * (no &&): GCC cannot count the trips of a loop whose end has control flow in it, so it
+ * would not vectorize a strided gather's interior. */
 static inline ptrdiff_t bp_floordiv(ptrdiff_t a, ptrdiff_t b)
 {
     const ptrdiff_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return q - ((a % b != 0) & (a < 0));
 }
 
 static inline ptrdiff_t bp_imax(ptrdiff_t a, ptrdiff_t b)
@@ -167,24 +169,6 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -194,83 +178,25 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -279,43 +205,7 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -335,24 +225,6 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -362,16 +234,34 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -381,55 +271,121 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
@@ -437,7 +393,7 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -445,18 +401,56 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -474,16 +468,34 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -558,24 +570,6 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -585,83 +579,25 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -670,43 +606,7 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -726,24 +626,6 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -753,16 +635,34 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -772,55 +672,121 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
@@ -828,7 +794,7 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -836,18 +802,56 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -865,16 +869,34 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {

@@ -43,11 +43,13 @@
 #define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
- * positive divisor (C's / truncates toward zero), maximum and minimum. */
+ * positive divisor (C's / truncates toward zero), maximum and minimum.  Without a branch
+ * (no &&): GCC cannot count the trips of a loop whose end has control flow in it, so it
+ * would not vectorize a strided gather's interior. */
 static inline ptrdiff_t bp_floordiv(ptrdiff_t a, ptrdiff_t b)
 {
     const ptrdiff_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return q - ((a % b != 0) & (a < 0));
 }
 
 static inline ptrdiff_t bp_imax(ptrdiff_t a, ptrdiff_t b)
@@ -72,6 +74,15 @@ static inline ptrdiff_t bp_thread(void) { return 0; }
 static inline ptrdiff_t bp_threads(void) { return 1; }
 static inline ptrdiff_t bp_procs(void) { return 1; }
 static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* A convolution takes the GEMM route (pack, then one GEMM per image) only where one GEMM
+ * multiplies at least this many terms (M*N*K); below, its loops are faster.  Measured on
+ * a 2-core Xeon, one thread (docs/kernels.md): at M*N*K <= 64 per image the loops took
+ * 3-8 us less a call, at 256 the two were even, from 1024 up the GEMM won (1.6-3x at
+ * 4096).  Compile with -DBP_IM2COL_MIN_WORK=0 to take the GEMM route at every size. */
+#ifndef BP_IM2COL_MIN_WORK
+#define BP_IM2COL_MIN_WORK 256
 #endif
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
@@ -157,7 +168,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
     (void)L;
     float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
-    if (bp_conv1d_gemm_f32 != NULL) {
+    if (bp_conv1d_gemm_f32 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -178,20 +189,25 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
             float *const _y_pb = _y_pb_slots + bp_t*(C*K*Lout);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = K == 1 && Lout == L;
+                const float *const bp_b = bp_in_place ? x + C*Lout*n : _y_pb;
+                const ptrdiff_t bp_ldb = Lout;
                 /* pack x[n, c, i + k] as a c k x i matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            {
+                                const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                                for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                                for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                            }
                         }
                     }
-                }
-                bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
+}
+                bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
     } else {
@@ -229,7 +245,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     float *const _dw_pb_slots = bp_work + C*O*K + bp_slots(N)*O*K*L;
     float *const _dw_part = bp_work + C*O*K + bp_slots(N)*O*K*L + bp_slots(N)*C*K*Lout;
     /* dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
-    if (bp_conv1d_gemm_f32 != NULL) {
+    if (bp_conv1d_gemm_f32 != NULL && C*K*L*O >= BP_IM2COL_MIN_WORK) {
         /* pack w[o, c, k] as a c x o k matrix */
         BP_OMP(parallel for if (C*O*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -255,20 +271,25 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*K*L);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = K == 1 && L == Lout;
+                const float *const bp_b = bp_in_place ? dy + L*O*n : _dx_pb;
+                const ptrdiff_t bp_ldb = L;
                 /* pack dy[n, o, -k + l] as a o k x l matrix */
-                for (ptrdiff_t o = 0; o < O; ++o) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
-                            for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
-                            for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            {
+                                const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
+                                for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
+                                for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                            }
                         }
                     }
-                }
-                bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 0, dx + C*L*n, L);
+}
+                bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
     } else {
@@ -295,7 +316,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
-    if (bp_conv1d_gemm_f32 != NULL) {
+    if (bp_conv1d_gemm_f32 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -318,20 +339,25 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             memset(bp_part, 0, sizeof(*bp_part)*(C*K*O));
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = K == 1 && Lout == L;
+                const float *const bp_b = bp_in_place ? x + C*Lout*n : _dw_pb;
+                const ptrdiff_t bp_ldb = Lout;
                 /* pack x[n, c, i + k] as a c k x i matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            {
+                                const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                                for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                                for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                            }
                         }
                     }
-                }
-                bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, bp_part, C*K);
+}
+                bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, bp_b, bp_ldb, 1, bp_part, C*K);
             }
         }
         BP_OMP(parallel for simd if (C*K*O >= BP_PARALLEL_MIN))
@@ -388,7 +414,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
     (void)L;
     double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
-    if (bp_conv1d_gemm_f64 != NULL) {
+    if (bp_conv1d_gemm_f64 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -409,20 +435,25 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
             double *const _y_pb = _y_pb_slots + bp_t*(C*K*Lout);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = K == 1 && Lout == L;
+                const double *const bp_b = bp_in_place ? x + C*Lout*n : _y_pb;
+                const ptrdiff_t bp_ldb = Lout;
                 /* pack x[n, c, i + k] as a c k x i matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            {
+                                const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                                for (ptrdiff_t i = 0; i < bp_lo; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _y_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                                for (ptrdiff_t i = bp_hi; i < Lout; ++i) _y_pb[(c*K + k)*Lout + i] = 0;
+                            }
                         }
                     }
-                }
-                bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, _y_pb, Lout, 1, y + Lout*O*n, Lout);
+}
+                bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
     } else {
@@ -460,7 +491,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     double *const _dw_pb_slots = bp_work + C*O*K + bp_slots(N)*O*K*L;
     double *const _dw_part = bp_work + C*O*K + bp_slots(N)*O*K*L + bp_slots(N)*C*K*Lout;
     /* dx[n, c, l] = sum_{o,k=max(0, l + 1 - Lout)..min(K - 1, l)}(dy[n, o, l - k]*w[o, c, k]) */
-    if (bp_conv1d_gemm_f64 != NULL) {
+    if (bp_conv1d_gemm_f64 != NULL && C*K*L*O >= BP_IM2COL_MIN_WORK) {
         /* pack w[o, c, k] as a c x o k matrix */
         BP_OMP(parallel for if (C*O*K >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -486,20 +517,25 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*K*L);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = K == 1 && L == Lout;
+                const double *const bp_b = bp_in_place ? dy + L*O*n : _dx_pb;
+                const ptrdiff_t bp_ldb = L;
                 /* pack dy[n, o, -k + l] as a o k x l matrix */
-                for (ptrdiff_t o = 0; o < O; ++o) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
-                            for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
-                            for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            {
+                                const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(k, L), 0) : L;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(L - 1, Lout + k - 1) + 1, L), bp_lo);
+                                for (ptrdiff_t l = 0; l < bp_lo; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t l = bp_lo; l < bp_hi; ++l) _dx_pb[(o*K + k)*L + l] = dy[(n*O + o)*Lout + -k + l];
+                                for (ptrdiff_t l = bp_hi; l < L; ++l) _dx_pb[(o*K + k)*L + l] = 0;
+                            }
                         }
                     }
-                }
-                bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, _dx_pb, L, 0, dx + C*L*n, L);
+}
+                bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
     } else {
@@ -526,7 +562,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
-    if (bp_conv1d_gemm_f64 != NULL) {
+    if (bp_conv1d_gemm_f64 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -549,20 +585,25 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             memset(bp_part, 0, sizeof(*bp_part)*(C*K*O));
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = K == 1 && Lout == L;
+                const double *const bp_b = bp_in_place ? x + C*Lout*n : _dw_pb;
+                const ptrdiff_t bp_ldb = Lout;
                 /* pack x[n, c, i + k] as a c k x i matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t k = 0; k < K; ++k) {
-                        {
-                            const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
-                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
-                            for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
-                            BP_OMP(simd)
-                            for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
-                            for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t k = 0; k < K; ++k) {
+                            {
+                                const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(bp_imax(0, -k), Lout), 0) : Lout;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Lout - 1, L - k - 1) + 1, Lout), bp_lo);
+                                for (ptrdiff_t i = 0; i < bp_lo; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t i = bp_lo; i < bp_hi; ++i) _dw_pb[(c*K + k)*Lout + i] = x[(n*C + c)*L + i + k];
+                                for (ptrdiff_t i = bp_hi; i < Lout; ++i) _dw_pb[(c*K + k)*Lout + i] = 0;
+                            }
                         }
                     }
-                }
-                bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, _dw_pb, Lout, 1, bp_part, C*K);
+}
+                bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, bp_b, bp_ldb, 1, bp_part, C*K);
             }
         }
         BP_OMP(parallel for simd if (C*K*O >= BP_PARALLEL_MIN))

@@ -43,11 +43,13 @@
 #define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
- * positive divisor (C's / truncates toward zero), maximum and minimum. */
+ * positive divisor (C's / truncates toward zero), maximum and minimum.  Without a branch
+ * (no &&): GCC cannot count the trips of a loop whose end has control flow in it, so it
+ * would not vectorize a strided gather's interior. */
 static inline ptrdiff_t bp_floordiv(ptrdiff_t a, ptrdiff_t b)
 {
     const ptrdiff_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return q - ((a % b != 0) & (a < 0));
 }
 
 static inline ptrdiff_t bp_imax(ptrdiff_t a, ptrdiff_t b)
@@ -72,6 +74,15 @@ static inline ptrdiff_t bp_thread(void) { return 0; }
 static inline ptrdiff_t bp_threads(void) { return 1; }
 static inline ptrdiff_t bp_procs(void) { return 1; }
 static inline int bp_max_threads(void) { return 1; }
+#endif
+
+/* A convolution takes the GEMM route (pack, then one GEMM per image) only where one GEMM
+ * multiplies at least this many terms (M*N*K); below, its loops are faster.  Measured on
+ * a 2-core Xeon, one thread (docs/kernels.md): at M*N*K <= 64 per image the loops took
+ * 3-8 us less a call, at 256 the two were even, from 1024 up the GEMM won (1.6-3x at
+ * 4096).  Compile with -DBP_IM2COL_MIN_WORK=0 to take the GEMM route at every size. */
+#ifndef BP_IM2COL_MIN_WORK
+#define BP_IM2COL_MIN_WORK 256
 #endif
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
@@ -165,7 +176,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     (void)W;
     float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
-    if (bp_conv2d_gemm_f32 != NULL) {
+    if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -188,24 +199,29 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
             float *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
+                const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
+                const ptrdiff_t bp_ldb = Hout*Wout;
                 /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                {
-                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                    BP_OMP(simd)
-                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                    {
+                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        BP_OMP(simd)
+                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
+}
+                bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
         }
     } else {
@@ -250,7 +266,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
     float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
-    if (bp_conv2d_gemm_f32 != NULL) {
+    if (bp_conv2d_gemm_f32 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         /* pack w[o, c, p, q] as a c x o p q matrix */
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -278,24 +294,29 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
+                const float *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
+                const ptrdiff_t bp_ldb = H*W;
                 /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
-                for (ptrdiff_t o = 0; o < O; ++o) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            for (ptrdiff_t h = 0; h < H; ++h) {
-                                {
-                                    const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
-                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
-                                    for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
-                                    BP_OMP(simd)
-                                    for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
-                                    for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t h = 0; h < H; ++h) {
+                                    {
+                                        const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                        for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                        BP_OMP(simd)
+                                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                        for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 0, dx + C*H*W*n, H*W);
+}
+                bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
             }
         }
     } else {
@@ -328,7 +349,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
-    if (bp_conv2d_gemm_f32 != NULL) {
+    if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -353,24 +374,29 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
+                const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
+                const ptrdiff_t bp_ldb = Hout*Wout;
                 /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                {
-                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                    BP_OMP(simd)
-                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                    {
+                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        BP_OMP(simd)
+                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, bp_part, C*KH*KW);
+}
+                bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, bp_b, bp_ldb, 1, bp_part, C*KH*KW);
             }
         }
         BP_OMP(parallel for simd if (C*KH*KW*O >= BP_PARALLEL_MIN))
@@ -437,7 +463,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     (void)W;
     double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
-    if (bp_conv2d_gemm_f64 != NULL) {
+    if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -460,24 +486,29 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
             double *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
+                const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
+                const ptrdiff_t bp_ldb = Hout*Wout;
                 /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                {
-                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                    BP_OMP(simd)
-                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                    {
+                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        BP_OMP(simd)
+                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, _y_pb, Hout*Wout, 1, y + Hout*O*Wout*n, Hout*Wout);
+}
+                bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
         }
     } else {
@@ -522,7 +553,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
     double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
-    if (bp_conv2d_gemm_f64 != NULL) {
+    if (bp_conv2d_gemm_f64 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         /* pack w[o, c, p, q] as a c x o p q matrix */
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -550,24 +581,29 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
+                const double *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
+                const ptrdiff_t bp_ldb = H*W;
                 /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
-                for (ptrdiff_t o = 0; o < O; ++o) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            for (ptrdiff_t h = 0; h < H; ++h) {
-                                {
-                                    const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
-                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
-                                    for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
-                                    BP_OMP(simd)
-                                    for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
-                                    for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t h = 0; h < H; ++h) {
+                                    {
+                                        const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                        for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                        BP_OMP(simd)
+                                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                        for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, _dx_pb, H*W, 0, dx + C*H*W*n, H*W);
+}
+                bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
             }
         }
     } else {
@@ -600,7 +636,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
-    if (bp_conv2d_gemm_f64 != NULL) {
+    if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -625,24 +661,29 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
+                const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
+                const ptrdiff_t bp_ldb = Hout*Wout;
                 /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    for (ptrdiff_t p = 0; p < KH; ++p) {
-                        for (ptrdiff_t q = 0; q < KW; ++q) {
-                            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                {
-                                    const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                    const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                    for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                    BP_OMP(simd)
-                                    for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                    for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                if (!bp_in_place) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        for (ptrdiff_t p = 0; p < KH; ++p) {
+                            for (ptrdiff_t q = 0; q < KW; ++q) {
+                                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                                    {
+                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        BP_OMP(simd)
+                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, _dw_pb, Hout*Wout, 1, bp_part, C*KH*KW);
+}
+                bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, bp_b, bp_ldb, 1, bp_part, C*KH*KW);
             }
         }
         BP_OMP(parallel for simd if (C*KH*KW*O >= BP_PARALLEL_MIN))

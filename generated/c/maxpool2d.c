@@ -41,11 +41,13 @@
 #define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
- * positive divisor (C's / truncates toward zero), maximum and minimum. */
+ * positive divisor (C's / truncates toward zero), maximum and minimum.  Without a branch
+ * (no &&): GCC cannot count the trips of a loop whose end has control flow in it, so it
+ * would not vectorize a strided gather's interior. */
 static inline ptrdiff_t bp_floordiv(ptrdiff_t a, ptrdiff_t b)
 {
     const ptrdiff_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return q - ((a % b != 0) & (a < 0));
 }
 
 static inline ptrdiff_t bp_imax(ptrdiff_t a, ptrdiff_t b)
@@ -187,24 +189,6 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -214,83 +198,25 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -299,43 +225,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -355,24 +245,6 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -382,16 +254,34 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -401,55 +291,121 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
@@ -457,26 +413,64 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -494,16 +488,34 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -598,24 +610,6 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -625,83 +619,25 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -710,43 +646,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -766,24 +666,6 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -793,16 +675,34 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -812,55 +712,121 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
@@ -868,26 +834,64 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -905,16 +909,34 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {

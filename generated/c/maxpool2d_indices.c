@@ -42,11 +42,13 @@
 #define BP_PARALLEL_MIN_PLAIN 262144
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
- * positive divisor (C's / truncates toward zero), maximum and minimum. */
+ * positive divisor (C's / truncates toward zero), maximum and minimum.  Without a branch
+ * (no &&): GCC cannot count the trips of a loop whose end has control flow in it, so it
+ * would not vectorize a strided gather's interior. */
 static inline ptrdiff_t bp_floordiv(ptrdiff_t a, ptrdiff_t b)
 {
     const ptrdiff_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return q - ((a % b != 0) & (a < 0));
 }
 
 static inline ptrdiff_t bp_imax(ptrdiff_t a, ptrdiff_t b)
@@ -170,24 +172,6 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -197,83 +181,25 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -282,43 +208,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -338,24 +228,6 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -365,16 +237,34 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -384,55 +274,121 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
@@ -440,26 +396,64 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -477,16 +471,34 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    float bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    float bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     float bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -563,24 +575,6 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -590,83 +584,25 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -675,43 +611,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -731,24 +631,6 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -758,16 +640,34 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -777,55 +677,121 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
                     double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                        const ptrdiff_t i = bp_h_q + bp_i_k;
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
                             bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
@@ -833,26 +799,64 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                 for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
@@ -870,16 +874,34 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                     dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
-                    double bp_acc = 0;
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc_r0 = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
                         }
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                    double bp_acc_r1 = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                            const ptrdiff_t j = bp_w_q + bp_j_k;
+                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
                     double bp_acc = 0;
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                         for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
