@@ -218,3 +218,35 @@ def test_attention_backward_computes_the_score_gradient_product_once():
     one array serves both (it was computed twice)."""
     code = _backward_c("attention", CAUSAL=1)
     assert code.count("dctx + b_h*T*E, E, v + b_h*T*E") == 1       # (b, h): one loop
+
+
+def test_batchnorm_backward_is_one_pass_per_channel_read_twice_from_cache():
+    """The channel sums of dy and (x - mu) dy share one loop over n, h, w (dy read once,
+    not twice), and dx runs channel by channel inside the same parallel loop right after
+    them, so its reads of the channel's x and dy come from cache: one parallel region,
+    memory traffic of one read of x and dy and one write of dx, as torch's kernel."""
+    code = re.sub(r"/\*.*?\*/", "", _backward_c("batchnorm"))
+    assert code.count("BP_OMP(parallel") == 1
+    assert code.count("simd reduction(+:bp_acc0, bp_acc1)") == 1
+    # the per-channel constants (a powf among them) once per channel and image, not per row
+    head, rows = code.split("for (ptrdiff_t i = 0; i < H; ++i)")
+    assert "powf" in head and "powf" not in rows
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (1, 3, 1, 2), (2, 1, 4, 3)])
+def test_batchnorm_channel_pass_equals_torch(dtype, shape):
+    """The fused channel pass computes torch's batch norm gradients (sizes of 1 too)."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x = rng.normal(size=shape).astype(dtype)
+    w, b = rng.normal(size=shape[1]).astype(dtype), rng.normal(size=shape[1]).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    k = codegen.load("batchnorm", backend="c", dtype=dtype)
+    got = k.backward(**{**k.forward(x=x, w=w, b=b), "x": x, "w": w, "b": b, "dy": dy})
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True).backward(
+        torch.tensor(dy))
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for name, t in (("dx", xt), ("dw", wt), ("db", bt)):
+        np.testing.assert_allclose(got[name], t.grad.numpy(), rtol=tol, atol=tol, err_msg=name)
