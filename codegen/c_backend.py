@@ -25,7 +25,6 @@ from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
 from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
-from .windows import LOCAL_RANK, window_by_window
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
 from .version import VERSION
@@ -154,7 +153,6 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
             [p for n in getattr(loops, side) for p in _products_apart(n, known)])
         nests, temps = inline_cheap(nests, getattr(loops, side + "_temps"), keep=library)
         nests, loops.invariants[side] = hoist_invariants(nests)
-        nests, temps = window_by_window(nests, temps, keep=library)
         nests = [n if library(n) else split_by_residue(n) for n in nests]
         for n in nests:
             g = as_im2col(n, known, windows)
@@ -431,10 +429,8 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
             list(n.copies), printer, shapes, lambda m: m.step is not None, fixed={t}))
         return view
     if n.copies:
-        # a gather split by residue: the copies run in turn inside the shared loops (a
-        # window's elements, loop-less, one after the other: each its own temporaries)
-        parts = [_view(c, printer, shapes, acc if c.loops else f"{acc}_{k}")
-                 for k, c in enumerate(n.copies)]
+        # a gather split by residue: the copies run in turn inside the shared loops
+        parts = [_view(c, printer, shapes, acc) for c in n.copies]
         for p in parts:
             p.update(pragma="", simd="")
         # the work is the whole target (the shared loops are only its outer axes)
@@ -465,8 +461,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
         # one scan of the window in rank order, no simd (the order decides ties): the
         # best value and its rank, as torch.max_pool2d's `val > max || isnan(val)`
         view.update(mode="scalar_acc", split=len(n.loops) - len(n.reduced), start="-INFINITY",
-                    finish=f"{acc}_at", declare="const ptrdiff_t " if n.target == LOCAL_RANK
-                    else "", rank=printer.index_code(linear_position(
+                    finish=f"{acc}_at", rank=printer.index_code(linear_position(
                         n.reduced, n.reduced)), pragma=f"#pragma omp parallel for{when}",
                     best=printer._print(sp.IndexedBase(n.best)[target_ref.indices])
                     if n.best else "")

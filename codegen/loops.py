@@ -542,7 +542,7 @@ def _led_by(nest: Nest, idx: sp.Idx) -> Nest | None:
 
 
 def _groupable(nest: Nest) -> bool:
-    if nest.kind == "scan" or nest.copies:     # a split gather, a window loop
+    if nest.kind == "scan":
         return False
     if not nest.loops or nest.kind == "scatter" or nest.bounds or nest.op == "argmax":
         return False                 # a scatter writes any row; an argmax scans in order

@@ -153,40 +153,344 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 2*Hout; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < 2*Hout; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 2*Wout; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW): window by window */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    dx[((n*C + c)*H + 2*i)*W + 2*j] = (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                    dx[((n*C + c)*H + 2*i)*W + 2*j + 1] = (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j] = (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j + 1] = (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }
@@ -240,40 +544,344 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 2*Hout; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < 2*Hout; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 2*Wout; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW): window by window */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j])/(KH*KW) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    dx[((n*C + c)*H + 2*i)*W + 2*j] = (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                    dx[((n*C + c)*H + 2*i)*W + 2*j + 1] = (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j] = (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j + 1] = (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }

@@ -95,7 +95,7 @@ size_t bp_maxpool2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return 0;
+    return (size_t)N*(size_t)C*(size_t)Hout*(size_t)Wout;
 }
 
 void bp_maxpool2d_set_threads(int threads)
@@ -154,33 +154,9 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
     (void)KH;
     (void)KW;
-    (void)bp_work;
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 2*Hout; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < 2*Hout; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 2*Wout; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]): window by window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    float *const _s1 = bp_work + 0;
+    /* first maximal position over _p, _q */
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -192,11 +168,349 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             { const float bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_p + _q; } }
                         }
                     }
-                    const ptrdiff_t bp_win_at = bp_acc_at;
-                    dx[((n*C + c)*H + 2*i)*W + 2*j] = ((0 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                    dx[((n*C + c)*H + 2*i)*W + 2*j + 1] = ((1 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j] = ((2 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j + 1] = ((3 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
+                }
+            }
+        }
+    }
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    float bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }
@@ -251,33 +565,9 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     if (Wout != (1 + bp_floordiv(-KW + W, 2))) return -1;   /* Wout = 1 + floor((W - KW)/2) */
     (void)KH;
     (void)KW;
-    (void)bp_work;
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 2*Hout; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx past the last window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t h = 0; h < 2*Hout; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 2*Wout; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = 0;
-                }
-            }
-        }
-    }
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]): window by window */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    double *const _s1 = bp_work + 0;
+    /* first maximal position over _p, _q */
+    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -289,11 +579,349 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             { const double bp_v = x[((n*C + c)*H + _p + 2*i)*W + _q + 2*j]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*_p + _q; } }
                         }
                     }
-                    const ptrdiff_t bp_win_at = bp_acc_at;
-                    dx[((n*C + c)*H + 2*i)*W + 2*j] = ((0 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                    dx[((n*C + c)*H + 2*i)*W + 2*j + 1] = ((1 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j] = ((2 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                    dx[((n*C + c)*H + 2*i + 1)*W + 2*j + 1] = ((3 == bp_win_at) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
+                }
+            }
+        }
+    }
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((1 + h - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((1 + w - KW)/2))..min(Wout - 1, floor(w/2))}([(h - (2*i), w - (2*j)) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+    for (ptrdiff_t n = 0; n < N; ++n) {
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = (1 + bp_imin(Hout - 1, bp_floordiv(H - 1, 2))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2)))); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < bp_h_q + 1; ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+            }
+            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = (1 + bp_imin(Wout - 1, bp_floordiv(W - 1, 2))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2)))); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < bp_w_q + 1; ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                }
+                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                    double bp_acc = 0;
+                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        }
+                    }
+                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }
