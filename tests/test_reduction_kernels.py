@@ -39,6 +39,27 @@ def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
     assert code.count("bp_acc_at = 2*_p + _q;") == 1
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("K, S, H, W", [(2, 2, 7, 9), (2, 3, 8, 7), (1, 2, 5, 5),
+                                        (3, 3, 7, 8), (2, 2, 2, 2)])
+def test_maxpool_backward_equals_torch_at_gaps_and_borders(dtype, K, S, H, W):
+    """The C gather equals torch's dx with ties (values rounded to halves), a NaN window,
+    gaps between windows (S > K) and rows and columns past the last window, into an
+    output buffer holding stale values."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K * 10 + S + H)
+    x = np.round(rng.normal(size=(2, 3, H, W)) * 2) / 2
+    x[0, 0, :K, :K] = np.nan
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, K, S)
+    dy = rng.normal(size=tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("maxpool2d", backend="c", dtype=dtype, constants=dict(K=K, S=S))
+    dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype), out={
+        "dx": np.full(x.shape, 7.0, dtype=dtype)})["dx"]
+    np.testing.assert_array_equal(dx, xt.grad.numpy().astype(dtype))
+
+
 @pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
                                             ("c", "float32")])
 def test_maxpool_nan_and_inf_windows_as_torch(backend, dtype):
