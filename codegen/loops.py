@@ -517,9 +517,12 @@ def fuse(nests: list[Nest], alone=lambda nest: False, fixed=frozenset()) -> list
         current.clear()
 
     for nest in nests:
-        if current and not alone(nest) and _joins(nest, current, fixed):
-            current.append(nest)
-            continue
+        if current and not alone(nest):
+            led = _led_by(nest, current[0].loops[0])
+            joining = next((n for n in (nest, led) if n and _joins(n, current, fixed)), None)
+            if joining is not None:
+                current.append(joining)
+                continue
         close()
         if not alone(nest) and _groupable(nest):
             current.append(nest)
@@ -527,6 +530,18 @@ def fuse(nests: list[Nest], alone=lambda nest: False, fixed=frozenset()) -> list
             out.append(nest)
     close()
     return out
+
+
+def _led_by(nest: Nest, idx: sp.Idx) -> Nest | None:
+    """An elementwise nest with idx as its outermost loop, the others in their order, so
+    it may join a group over idx: batch norm's dx[n, c, i, j], which reads the channel
+    sums, runs channel by channel right after them and reads x and dy of the channel
+    back from cache, not memory.  None unless at least two of the target's axes follow
+    idx (a walk over contiguous planes, not a stride)."""
+    if nest.kind != "elementwise" or idx not in nest.loops or nest.loops[0] == idx \
+            or idx not in nest.out or len(nest.out) - list(nest.out).index(idx) < 3:
+        return None
+    return replace(nest, loops=(idx,) + tuple(i for i in nest.loops if i != idx))
 
 
 def _groupable(nest: Nest) -> bool:

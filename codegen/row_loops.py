@@ -51,14 +51,15 @@ def merge_inner_loops(members: list[dict]) -> list[dict]:
     """Consecutive members of a group whose inner loop is the same single loop, none
     reading what another writes, share that loop: layer norm's two row sums become one
     pass with two accumulators, its dw and db updates another (one read of the row each,
-    not two)."""
+    not two).  Sums over the same several loops share them too: batch norm's channel
+    sums of dy and of (x - mu) dy, over n, h, w, read x and dy once, not dy twice."""
     out: list[dict] = []
     run: list[dict] = []
 
     def key(v):
-        if v["mode"] == "scalar_acc" and v["op"] == "sum" and v["split"] == 0 \
-                and len(v["loops"]) == 1:       # the merged pass writes one loop only
-            return tuple(v["loops"])
+        if v["mode"] == "scalar_acc" and v["op"] == "sum" and v["split"] == 0 and (
+                len(v["loops"]) == 1 or v["loops"] and not v["hoisted"] and not v["store"]):
+            return tuple(v["loops"])     # over several loops: accumulators only
         if v["mode"] in ("assign", "update") and len(v["loops"]) == 1 and not v.get("point"):
             return tuple(v["loops"])
         return None
@@ -165,7 +166,16 @@ def hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
         name = r.base.label.name if isinstance(r, sp.Indexed) else r.name
         return "int64_t" if name in getattr(printer, "integer", ()) else v["ctype"]
 
-    v.update(hoisted=[(ctype(r), str(s), printer.code(r)) for r, s in hoisted],
+    # each value loaded inside the fewest loops that bind its indices (batch norm's
+    # per-channel constants once per channel, not once per row of each image); with
+    # several loops, inside the first at least (a pragma sits right above it)
+    outer = [l[0] for l in inner_loops[:-1]]
+    level: dict = {}
+    for r, s in hoisted:
+        deps = [outer.index(i.label.name) + 1 for i in r.atoms(sp.Idx)
+                if i.label.name in outer] + [level[d] for d in r.free_symbols if d in level]
+        level[s] = max(deps + [1 if outer else 0])
+    v.update(hoisted=[(ctype(r), str(s), printer.code(r), level[s]) for r, s in hoisted],
              cse=[(str(s), printer.code(e)) for s, e in replacements],
              value=printer.code(body))
     return v

@@ -39,6 +39,27 @@ def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
     assert code.count("bp_acc_at = 2*_p + _q;") == 1
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("K, S, H, W", [(2, 2, 7, 9), (2, 3, 8, 7), (1, 2, 5, 5),
+                                        (3, 3, 7, 8), (2, 2, 2, 2)])
+def test_maxpool_backward_equals_torch_at_gaps_and_borders(dtype, K, S, H, W):
+    """The C gather equals torch's dx with ties (values rounded to halves), a NaN window,
+    gaps between windows (S > K) and rows and columns past the last window, into an
+    output buffer holding stale values."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K * 10 + S + H)
+    x = np.round(rng.normal(size=(2, 3, H, W)) * 2) / 2
+    x[0, 0, :K, :K] = np.nan
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, K, S)
+    dy = rng.normal(size=tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("maxpool2d", backend="c", dtype=dtype, constants=dict(K=K, S=S))
+    dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype), out={
+        "dx": np.full(x.shape, 7.0, dtype=dtype)})["dx"]
+    np.testing.assert_array_equal(dx, xt.grad.numpy().astype(dtype))
+
+
 @pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("c", "float64"),
                                             ("c", "float32")])
 def test_maxpool_nan_and_inf_windows_as_torch(backend, dtype):
@@ -218,3 +239,35 @@ def test_attention_backward_computes_the_score_gradient_product_once():
     one array serves both (it was computed twice)."""
     code = _backward_c("attention", CAUSAL=1)
     assert code.count("dctx + b_h*T*E, E, v + b_h*T*E") == 1       # (b, h): one loop
+
+
+def test_batchnorm_backward_is_one_pass_per_channel_read_twice_from_cache():
+    """The channel sums of dy and (x - mu) dy share one loop over n, h, w (dy read once,
+    not twice), and dx runs channel by channel inside the same parallel loop right after
+    them, so its reads of the channel's x and dy come from cache: one parallel region,
+    memory traffic of one read of x and dy and one write of dx, as torch's kernel."""
+    code = re.sub(r"/\*.*?\*/", "", _backward_c("batchnorm"))
+    assert code.count("BP_OMP(parallel") == 1
+    assert code.count("simd reduction(+:bp_acc0, bp_acc1)") == 1
+    # the per-channel constants (a powf among them) once per channel and image, not per row
+    head, rows = code.split("for (ptrdiff_t i = 0; i < H; ++i)")
+    assert "powf" in head and "powf" not in rows
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7), (1, 3, 1, 2), (2, 1, 4, 3)])
+def test_batchnorm_channel_pass_equals_torch(dtype, shape):
+    """The fused channel pass computes torch's batch norm gradients (sizes of 1 too)."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x = rng.normal(size=shape).astype(dtype)
+    w, b = rng.normal(size=shape[1]).astype(dtype), rng.normal(size=shape[1]).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    k = codegen.load("batchnorm", backend="c", dtype=dtype)
+    got = k.backward(**{**k.forward(x=x, w=w, b=b), "x": x, "w": w, "b": b, "dy": dy})
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True).backward(
+        torch.tensor(dy))
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for name, t in (("dx", xt), ("dw", wt), ("db", bt)):
+        np.testing.assert_allclose(got[name], t.grad.numpy(), rtol=tol, atol=tol, err_msg=name)

@@ -124,29 +124,29 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         var[c] = bp_acc1;
         /* rstd[c] = 1 / sqrt(var[c] + 0.00001) */
         rstd[c] = powf(var[c] + 1.0F/100000.0F, -1.0F/2.0F);
-    }
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
         /* xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c] */
-        for (ptrdiff_t c = 0; c < C; ++c) {
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const float bp_acc3_r0 = mu[c];
+            const float bp_acc3_r1 = rstd[c];
+            const float bp_acc3_r2 = -bp_acc3_r0;
             for (ptrdiff_t i = 0; i < H; ++i) {
-                const float bp_acc0_r0 = mu[c];
-                const float bp_acc0_r1 = rstd[c];
-                const float bp_acc0_r2 = -bp_acc0_r0;
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    xhat[((n*C + c)*H + i)*W + j] = bp_acc0_r1*(bp_acc0_r2 + x[((n*C + c)*H + i)*W + j]);
+                    xhat[((n*C + c)*H + i)*W + j] = bp_acc3_r1*(bp_acc3_r2 + x[((n*C + c)*H + i)*W + j]);
                 }
             }
         }
-        /* y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c] */
+    }
+    /* y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c] */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
+            const float bp_acc_r0 = b[c];
+            const float bp_acc_r1 = w[c];
             for (ptrdiff_t i = 0; i < H; ++i) {
-                const float bp_acc1_r0 = b[c];
-                const float bp_acc1_r1 = w[c];
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    y[((n*C + c)*H + i)*W + j] = bp_acc1_r0 + bp_acc1_r1*xhat[((n*C + c)*H + i)*W + j];
+                    y[((n*C + c)*H + i)*W + j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H + i)*W + j];
                 }
             }
         }
@@ -164,53 +164,39 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const float bp_k2 = 1.0F/W;
     BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over k, h, l */
+        /* sum over k, h, l; sum over k, h, l */
         float bp_acc0 = 0;
-        for (ptrdiff_t k = 0; k < N; ++k) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
-                }
-            }
-        }
-        _s1[c] = bp_acc0;
-        /* sum over k, h, l */
         float bp_acc1 = 0;
         for (ptrdiff_t k = 0; k < N; ++k) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc1))
+                BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
                 for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
                     bp_acc1 += (mu[c] - x[((k*C + c)*H + h)*W + l])*dy[((k*C + c)*H + h)*W + l];
                 }
             }
         }
+        _s1[c] = bp_acc0;
         _s2[c] = bp_acc1;
-    }
-    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c] */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
+        /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c] */
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const float bp_acc2_r0 = _s1[c];
+            const float bp_acc2_r1 = _s2[c];
+            const float bp_acc2_r2 = mu[c];
+            const float bp_acc2_r3 = rstd[c];
+            const float bp_acc2_r4 = var[c];
+            const float bp_acc2_r5 = w[c];
+            const float bp_acc2_r6 = -bp_acc2_r2;
+            const float bp_acc2_r7 = bp_acc2_r1*bp_acc2_r3*bp_acc2_r5*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc2_r4 + 1.0F/100000.0F);
+            const float bp_acc2_r8 = -bp_acc2_r0*bp_acc2_r5*bp_k0*bp_k1*bp_k2;
+            const float bp_acc2_r9 = powf(bp_acc2_r4 + 1.0F/100000.0F, -1.0F/2.0F);
             for (ptrdiff_t i = 0; i < H; ++i) {
-                const float bp_acc_r0 = _s1[c];
-                const float bp_acc_r1 = _s2[c];
-                const float bp_acc_r2 = mu[c];
-                const float bp_acc_r3 = rstd[c];
-                const float bp_acc_r4 = var[c];
-                const float bp_acc_r5 = w[c];
-                const float bp_acc_r6 = -bp_acc_r2;
-                const float bp_acc_r7 = bp_acc_r1*bp_acc_r3*bp_acc_r5*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc_r4 + 1.0F/100000.0F);
-                const float bp_acc_r8 = -bp_acc_r0*bp_acc_r5*bp_k0*bp_k1*bp_k2;
-                const float bp_acc_r9 = powf(bp_acc_r4 + 1.0F/100000.0F, -1.0F/2.0F);
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r9*(bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8);
+                    dx[((n*C + c)*H + i)*W + j] = bp_acc2_r9*(bp_acc2_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc2_r7*(bp_acc2_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc2_r8);
                 }
             }
         }
-    }
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t c = 0; c < C; ++c) {
         /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
         dw[c] = -_s2[c]*rstd[c];
         /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */
@@ -255,29 +241,29 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         var[c] = bp_acc1;
         /* rstd[c] = 1 / sqrt(var[c] + 0.00001) */
         rstd[c] = pow(var[c] + 1.0/100000.0, -1.0/2.0);
-    }
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
         /* xhat[n, c, i, j] = (x[n, c, i, j] - mu[c]) * rstd[c] */
-        for (ptrdiff_t c = 0; c < C; ++c) {
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const double bp_acc3_r0 = mu[c];
+            const double bp_acc3_r1 = rstd[c];
+            const double bp_acc3_r2 = -bp_acc3_r0;
             for (ptrdiff_t i = 0; i < H; ++i) {
-                const double bp_acc0_r0 = mu[c];
-                const double bp_acc0_r1 = rstd[c];
-                const double bp_acc0_r2 = -bp_acc0_r0;
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    xhat[((n*C + c)*H + i)*W + j] = bp_acc0_r1*(bp_acc0_r2 + x[((n*C + c)*H + i)*W + j]);
+                    xhat[((n*C + c)*H + i)*W + j] = bp_acc3_r1*(bp_acc3_r2 + x[((n*C + c)*H + i)*W + j]);
                 }
             }
         }
-        /* y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c] */
+    }
+    /* y[n, c, i, j] = xhat[n, c, i, j] * w[c] + b[c] */
+    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
+            const double bp_acc_r0 = b[c];
+            const double bp_acc_r1 = w[c];
             for (ptrdiff_t i = 0; i < H; ++i) {
-                const double bp_acc1_r0 = b[c];
-                const double bp_acc1_r1 = w[c];
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    y[((n*C + c)*H + i)*W + j] = bp_acc1_r0 + bp_acc1_r1*xhat[((n*C + c)*H + i)*W + j];
+                    y[((n*C + c)*H + i)*W + j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H + i)*W + j];
                 }
             }
         }
@@ -295,53 +281,39 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     const double bp_k2 = 1.0/W;
     BP_OMP(parallel for if (C*N*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
-        /* sum over k, h, l */
+        /* sum over k, h, l; sum over k, h, l */
         double bp_acc0 = 0;
-        for (ptrdiff_t k = 0; k < N; ++k) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
-                }
-            }
-        }
-        _s1[c] = bp_acc0;
-        /* sum over k, h, l */
         double bp_acc1 = 0;
         for (ptrdiff_t k = 0; k < N; ++k) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc1))
+                BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
                 for (ptrdiff_t l = 0; l < W; ++l) {
+                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
                     bp_acc1 += (mu[c] - x[((k*C + c)*H + h)*W + l])*dy[((k*C + c)*H + h)*W + l];
                 }
             }
         }
+        _s1[c] = bp_acc0;
         _s2[c] = bp_acc1;
-    }
-    /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c] */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
+        /* dx[n, c, i, j] = (rstd[c]*xhat[n, c, i, j]*sum_{k,h,l}((mu[c] - x[k, c, h, l])*dxhat[k, c, h, l])/(H*N*W) + dxhat[n, c, i, j] - sum_{k,h,l}(dxhat[k, c, h, l])/(H*N*W))*rstd[c] */
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            const double bp_acc2_r0 = _s1[c];
+            const double bp_acc2_r1 = _s2[c];
+            const double bp_acc2_r2 = mu[c];
+            const double bp_acc2_r3 = rstd[c];
+            const double bp_acc2_r4 = var[c];
+            const double bp_acc2_r5 = w[c];
+            const double bp_acc2_r6 = -bp_acc2_r2;
+            const double bp_acc2_r7 = bp_acc2_r1*bp_acc2_r3*bp_acc2_r5*bp_k0*bp_k1*bp_k2/sqrt(bp_acc2_r4 + 1.0/100000.0);
+            const double bp_acc2_r8 = -bp_acc2_r0*bp_acc2_r5*bp_k0*bp_k1*bp_k2;
+            const double bp_acc2_r9 = pow(bp_acc2_r4 + 1.0/100000.0, -1.0/2.0);
             for (ptrdiff_t i = 0; i < H; ++i) {
-                const double bp_acc_r0 = _s1[c];
-                const double bp_acc_r1 = _s2[c];
-                const double bp_acc_r2 = mu[c];
-                const double bp_acc_r3 = rstd[c];
-                const double bp_acc_r4 = var[c];
-                const double bp_acc_r5 = w[c];
-                const double bp_acc_r6 = -bp_acc_r2;
-                const double bp_acc_r7 = bp_acc_r1*bp_acc_r3*bp_acc_r5*bp_k0*bp_k1*bp_k2/sqrt(bp_acc_r4 + 1.0/100000.0);
-                const double bp_acc_r8 = -bp_acc_r0*bp_acc_r5*bp_k0*bp_k1*bp_k2;
-                const double bp_acc_r9 = pow(bp_acc_r4 + 1.0/100000.0, -1.0/2.0);
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc_r9*(bp_acc_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc_r7*(bp_acc_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc_r8);
+                    dx[((n*C + c)*H + i)*W + j] = bp_acc2_r9*(bp_acc2_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc2_r7*(bp_acc2_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc2_r8);
                 }
             }
         }
-    }
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t c = 0; c < C; ++c) {
         /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
         dw[c] = -_s2[c]*rstd[c];
         /* db[c] = sum_{n,i,j}(dy[n, c, i, j]) */

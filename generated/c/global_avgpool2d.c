@@ -117,8 +117,8 @@ int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
+            const float bp_acc_r0 = dy[n*C + c];
             for (ptrdiff_t h = 0; h < H; ++h) {
-                const float bp_acc_r0 = dy[n*C + c];
                 BP_OMP(simd)
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     dx[((n*C + c)*H + h)*W + w] = bp_acc_r0*bp_k0*bp_k1;
@@ -165,8 +165,8 @@ int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
+            const double bp_acc_r0 = dy[n*C + c];
             for (ptrdiff_t h = 0; h < H; ++h) {
-                const double bp_acc_r0 = dy[n*C + c];
                 BP_OMP(simd)
                 for (ptrdiff_t w = 0; w < W; ++w) {
                     dx[((n*C + c)*H + h)*W + w] = bp_acc_r0*bp_k0*bp_k1;
