@@ -675,24 +675,25 @@ def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     # one GEMM from a start of 0 writes every element (beta = 0): the fill runs only
     # where the product is skipped (one parallel region a step fewer)
     overwrite = n.init == 0 and not s.gemm.loops
-    return dict(_gemm_calls(s.gemm, printer), views=views, fill=_view(fill, printer, known),
-                panels=_panels_view(s, printer),
+    calls = _gemm_calls(s.gemm, printer)
+    return dict(calls, views=views, fill=_view(fill, printer, known),
+                panels=_panels_view(s, calls, printer),
                 cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1",
                 beta=0 if overwrite else 1, overwrite=overwrite)
 
 
-def _panels_view(s, printer: KernelCPrinter) -> dict | None:
-    """A step GEMM on op(B) packed before the scan (codegen/panel_steps): op(A)'s element
-    (i, r) at a[i*sam + r*sak], and the pack's reads of op(B), (r, j) at b[r*sbk + j*sbn]."""
+def _panels_view(s, calls: dict, printer: KernelCPrinter) -> dict | None:
+    """A step GEMM on op(B) packed before the scan (codegen/panel_steps), from its calls'
+    view: op(A)'s element (i, r) at a[i*sam + r*sak], the pack's reads of op(B), (r, j) at
+    b[r*sbk + j*sbn]."""
     p = s.panels
     if p is None:
         return None
-    ptr = lambda b: f"{b.name} + {b.offset}" if b.offset else b.name
     a, b = s.gemm.a, p.block
     return dict(name=p.name, width=PANEL_COLS if printer.dtype == "float32" else PANEL_COLS // 2,
-                a=ptr(a), sam="1" if a.transposed else a.ld, sak=a.ld if a.transposed else "1",
-                b=ptr(b), sbk="1" if b.transposed else b.ld, sbn=b.ld if b.transposed else "1",
-                k=printer.index_code(p.k), n=printer.index_code(p.n))
+                a=calls["a"], sam="1" if a.transposed else a.ld, sak=a.ld if a.transposed else "1",
+                b=calls["b"], sbk="1" if b.transposed else b.ld, sbn=b.ld if b.transposed else "1",
+                k=calls["k"], n=calls["n"])
 
 
 def _size_checks(layer, printer) -> list[tuple[str, str, str]]:
