@@ -98,3 +98,14 @@ def test_numpy_modules_use_no_python_loops():
         assert loops == [], layer.name
     assert python_loops("def forward(x):\n    return [v for v in x]\n"
                         "def backward(x):\n    return x\n") == [("forward", 2, "ListComp")]
+
+
+def test_compiled_templates_are_kept_between_processes():
+    """The kernel template's compiled code is on disk once it has been used, so the next
+    process's first kernel does not compile the template again (Jinja's bytecode cache)."""
+    from templates import environment
+    env = environment()
+    env.get_template("c_source.c.j2")
+    source, filename, _ = env.loader.get_source(env, "c_source.c.j2")
+    bucket = env.bytecode_cache.get_bucket(env, "c_source.c.j2", filename, source)
+    assert bucket.code is not None

@@ -421,3 +421,27 @@ def test_the_steps_run_in_one_thread_team():
     assert _scan_in_one_team([step, fine])[1]["pragma"] == "#pragma omp for"
     assert fine["pragma"].startswith("#pragma omp parallel for")      # a copy was changed
     assert _scan_in_one_team([step, summed]) is None
+
+
+def test_one_gemm_from_zero_writes_without_a_fill():
+    """The input projection of all steps is one GEMM from a start of 0: it overwrites its
+    scratch (beta = 0), with no pass that fills it with zeros first."""
+    from codegen.c_backend import c_sources
+    from codegen.plan import plan
+    source = c_sources(plan(derive(builtin("lstm"))))["lstm.c"]
+    body = source[source.index("int bp_lstm_forward_f32("):]
+    projection = body[body.index("/* sum over i */"):body.index("/* a recurrence")]
+    gemm = projection[:projection.index("} else {")]          # the GEMM route
+    assert "= 0;" not in gemm and ", I, 0, _s2 + bp_a" in gemm
+
+
+def test_the_document_starts_a_recurrent_output_s_total_from_its_upstream_gradient():
+    """h is an output and later steps read it: its section first says that h-bar^total
+    starts as the upstream gradient h-bar, then every contribution adds to h-bar^total."""
+    from derive.document import document
+    md = document(derive(builtin("rnn_tanh")), "md")
+    section = md[md.index(r"### $\partial L / \partial h_{tnj}$"):]
+    section = section[:section.index("###", 3)]
+    start = section.index(r"$$\bar{h}^{\mathrm{total}}_{tnj} = \bar{h}_{tnj}$$")
+    assert start < section.index(r"\bar{h}^{\mathrm{total}}_{tnj} \mathrel{+}=")
+    assert r"\bar{h}_{tnj} \mathrel{+}=" not in section
