@@ -708,8 +708,10 @@ class _Parser:
                          f"{'s' if steps > 1 else ''} before 0; give it a leading axis "
                          f"of {d} steps ({state}[D, {', '.join(h0.dims[-len(h.dims) + 1:])}]"
                          f" with dims D = {d})")
-                if check is not None:
-                    self.reads_to_check.remove(check)
+                if check is not None:     # every read of this step on this line is checked
+                    key = (eq.line, name, time)
+                    self.reads_to_check = [c for c in self.reads_to_check
+                                           if (c[0].line, c[2], c[4]) != key]
                 sub[read] = recurrence.guarded_read(read, t, d, h0, steps)
                 earlier.add(name)
             if sub:

@@ -445,3 +445,46 @@ def test_the_document_starts_a_recurrent_output_s_total_from_its_upstream_gradie
     start = section.index(r"$$\bar{h}^{\mathrm{total}}_{tnj} = \bar{h}_{tnj}$$")
     assert start < section.index(r"\bar{h}^{\mathrm{total}}_{tnj} \mathrel{+}=")
     assert r"\bar{h}_{tnj} \mathrel{+}=" not in section
+
+
+LEAKY = """layer leaky  a leaky RNN with a learned leak per unit
+dims T, N, I, H
+input  x[T, N, I]
+input  h0[N, H]
+param  U[H, I], W[H, H], a[H]
+output h[T, N, H]
+initial h = h0
+h[t, n, j] = sigmoid(a[j]) * h[t - 1, n, j] + (1 - sigmoid(a[j])) * tanh(U[j, i] * x[t, n, i] + W[j, k] * h[t - 1, n, k])
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_one_equation_may_read_the_earlier_step_at_two_places(tmp_path, backend):
+    """h[t - 1, n, j] and h[t - 1, n, k] on one line (a leak and the recurrent product)
+    are two reads of the same step: the spec parses, and both kernels equal torch's
+    autograd through the same loop (float64)."""
+    torch = require_oracle("torch")
+    spec = tmp_path / "leaky.bp"
+    spec.write_text(LEAKY)
+    k = codegen.load(str(spec), backend=backend)
+    rng = np.random.default_rng(5)
+    T, N, I, H = 4, 3, 2, 5
+    a = dict(x=rng.normal(size=(T, N, I)), h0=rng.normal(size=(N, H)),
+             U=0.5 * rng.normal(size=(H, I)), W=0.5 * rng.normal(size=(H, H)),
+             a=rng.normal(size=H))
+    dh = rng.normal(size=(T, N, H))
+    got = k.forward(**a)["h"]
+    grads = k.backward(**a, dh=dh)
+    leaves = {n: torch.tensor(v, requires_grad=True) for n, v in a.items()}
+    prev, hs = leaves["h0"], []
+    for t in range(T):
+        s = torch.sigmoid(leaves["a"])
+        prev = s * prev + (1 - s) * torch.tanh(leaves["x"][t] @ leaves["U"].T
+                                               + prev @ leaves["W"].T)
+        hs.append(prev)
+    h = torch.stack(hs)
+    (h * torch.tensor(dh)).sum().backward()
+    np.testing.assert_allclose(got, h.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for n, leaf in leaves.items():
+        np.testing.assert_allclose(grads["d" + n], leaf.grad.numpy(), rtol=1e-10,
+                                   atol=1e-12, err_msg=n)
