@@ -22,7 +22,7 @@ from .gemm_pairs import side_by_side
 from .im2col import as_im2col as _as_packed
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
                     inline_cheap, leaves, lower, max_into_argmax, scan_nest,
-                    split_by_residue)
+                    split_by_residue, split_by_value)
 from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
 from .panel_steps import PANEL_COLS, with_panels
@@ -169,13 +169,19 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         scheduled = schedule(nests, lambda n: n.target,
                              lambda n: n.body.atoms(sp.Indexed) | n.init.atoms(sp.Indexed),
                              shapes_now, time_dims(plan.layer))
+        # by value after scheduling, which orders whole arrays: da[.., 0, ..] and the
+        # other gates' copies stay in the same step of a recurrence
+        by_value = lambda ns: [p for n in ns for p in ([n] if library(n) else split_by_value(n))]
         nests = []
         for x in scheduled:
             if isinstance(x, Scan):
+                x = dataclasses.replace(x, items=tuple(by_value(x.items)))
                 x, panels = with_panels(_with_steps(x, shapes_now))
                 temps += panels
                 x = scan_nest(x)
-            nests.append(x)
+                nests.append(x)
+            else:
+                nests += by_value([x])
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops
@@ -299,7 +305,7 @@ def _views(nests, printer, shapes, lowered, seen: dict | None = None,
     out = []
     for x in fuse(nests, alone=lowered, fixed=fixed):
         if isinstance(x, Group):
-            out.append(_group_view(x, printer, shapes))
+            out.append(_group_view(x, printer, shapes, in_step=bool(fixed)))
             continue
         if x not in seen:
             seen[x] = view_by_shape(x, printer, shapes, lambda n: hoist_row_values(
@@ -406,8 +412,10 @@ def parallel_min(nests) -> str:
     return "BP_PARALLEL_MIN" if heavy else "BP_PARALLEL_MIN_PLAIN"
 
 
-def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
-    """One parallel loop over g.index around every member's inner loops."""
+def _group_view(g: Group, printer: KernelCPrinter, shapes, in_step=False) -> dict:
+    """One parallel loop over g.index around every member's inner loops.  in_step: inside
+    a recurrence's step, where the rows read at [n, j] are initial states read at one step
+    (h0), not the arrays streamed, so no row is prefetched."""
     var, extent = g.index.label.name, str(dim_of(g.index))
     members, pre, post, clauses = [], [], [], []
     ctype = CTYPES[printer.dtype]
@@ -445,11 +453,12 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes) -> dict:
     pragma = " ".join([f"#pragma omp parallel for{' simd' if flat else ''}"] + clauses +
                       [f"if ({extents} >= {parallel_min(g.nests)})"])
     members = merge_inner_loops(members)
-    prefetch_next_row(members, var, extent, shapes, 8 if printer.dtype == "float64" else 4)
+    if not in_step:
+        prefetch_next_row(members, var, extent, shapes, 8 if printer.dtype == "float64" else 4)
     return dict(group=True, var=var, extent=extent, members=members,
                 pre=pre, post=post,
                 pragma=pragma,
-                comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests))
+                comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests if n.comment))
 
 
 def _bounded_loop(i, lo, hi, printer) -> tuple:

@@ -323,6 +323,31 @@ def split_by_residue(nest: Nest) -> Nest:
     return replace(nest, loops=tuple(shared), copies=tuple(parts))
 
 
+# An index runs as separate loops, one per value, when its range is at most this long.
+FEW_VALUES = 8
+
+
+def split_by_value(nest: Nest) -> list[Nest]:
+    """An elementwise nest over an index g of a few fixed values whose body picks its terms
+    by g's value ([g = 2] in an LSTM's da[t, n, g, j]: each gate's adjoint is one term of
+    four) as one nest per value, g written as that number: each copy computes its own term
+    only, where one loop over g evaluated every term (and each tanh) four times and kept
+    one.  Returns [nest] where this does not apply."""
+    if nest.kind != "elementwise" or nest.subs or nest.copies:
+        return [nest]
+    for g in nest.out:
+        values = dim_of(g)
+        picks = [d for d in nest.body.atoms(sp.KroneckerDelta)
+                 if g in d.args and any(a.is_Integer for a in d.args)]
+        if not (values.is_Integer and values <= FEW_VALUES and picks):
+            continue
+        return [replace(nest, loops=tuple(i for i in nest.loops if i != g),
+                        body=nest.body.subs(g, v), subs=((g, sp.Integer(v)),),
+                        comment=nest.comment if v == 0 else "")
+                for v in range(int(values))]
+    return [nest]
+
+
 def max_into_argmax(nests: list[Nest]) -> list[Nest]:
     """A max over a window beside an argmax over the same window (a pooling that saves its
     argmax): the argmax's scan keeps the best value anyway (NaN as the max's, the last one
@@ -560,12 +585,20 @@ def _row(indices, fixed):
     return rest[0] if rest else None
 
 
+def _apart(a: Nest, b: Nest) -> bool:
+    """True when two nests write disjoint parts of one array: an index each holds at a
+    different number (the copies of split_by_value)."""
+    at = dict(a.subs)
+    return any(i in at and at[i].is_Integer and v.is_Integer and at[i] != v
+               for i, v in b.subs)
+
+
 def _joins(nest: Nest, group: list[Nest], fixed=frozenset()) -> bool:
     idx = group[0].loops[0]
     if not _groupable(nest) or nest.loops[0] != idx:
         return False
     written = {g.target: g for g in group}
-    if nest.target in written:
+    if any(g.target == nest.target and not _apart(g, nest) for g in group):
         return False
     for e in (nest.body, nest.init):
         refs = e.atoms(sp.Indexed)

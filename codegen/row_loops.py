@@ -84,7 +84,7 @@ def merge_inner_loops(members: list[dict]) -> list[dict]:
             accs = [p["acc"] for p in run if p["mode"] == "scalar_acc"] + \
                 [p["target"] for p in run if p.get("total")]
             out.append(dict(mode="merged", parts=list(run), loops=run[0]["loops"],
-                            comment="; ".join(p["comment"] for p in run),
+                            comment="; ".join(p["comment"] for p in run if p["comment"]),
                             simd="#pragma omp simd" + (f" reduction(+:{', '.join(accs)})"
                                                        if accs else "")))
         else:

@@ -367,6 +367,35 @@ def test_a_step_s_weight_is_packed_once_before_the_steps():
     assert pack < steps and "bp_panel_gemm_f32(" in scan[steps:]
 
 
+def test_a_gate_s_adjoint_is_computed_only_for_its_own_gate():
+    """da[t, n, g, j] is one term per gate, picked by [g = 0] .. [g = 3]: the C runs one
+    copy per gate with g written as its number (codegen/loops.split_by_value), all four in
+    the step's one pass over the batch, instead of a loop over g that evaluated every
+    gate's term (and tanh(c)) four times and kept one.  GRU's dah (in its step) and dai
+    (after it) likewise; test_equals_torch_nn holds their values."""
+    from codegen.c_backend import c_sources
+    from codegen.loops import leaves
+    from codegen.plan import plan
+    for name, arrays, gates in (("lstm", ("da",), 4), ("gru", ("dah", "dai"), 3)):
+        loops, _ = _lowered(name)
+        for array in arrays:
+            copies = [n for n in leaves(loops.backward) if n.target == array]
+            assert sorted(dict(n.subs)[n.out[2]] for n in copies) == list(range(gates))
+            assert not any(n.body.has(sp.KroneckerDelta) for n in copies), name
+        (scan,) = [n for n in loops.backward if n.kind == "scan"]
+        inside = [n for n in scan.copies if n.target == arrays[0]]
+        assert len(inside) == gates, name
+        source = c_sources(plan(derive(builtin(name))))[f"{name}.c"]
+        body = source[source.index(f"int bp_{name}_backward_f32("):]
+        body = body[:body.index("\n}\n")]
+        assert " == g)" not in body, name
+        if name == "lstm":
+            step = body[body.index("from the last */"):body.index("/* dx[t, n, i]")]
+            # one parallel loop over n after the GEMM's barrier: dc and the four gates
+            assert step.count("BP_OMP(for)") == 3, step        # fill, loops' fallback, pass
+            assert all(f"da[((t*N + n)*4 + {g})*H + j] =" in step for g in range(4))
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_panel_gemm_equals_the_loops_at_ragged_sizes(kernels, dtype):
     """The panel GEMM's edges: 7 rows (a block of 4 and 3 single rows), 4H = 524 columns

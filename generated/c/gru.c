@@ -558,26 +558,37 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     dr[(t*N + n)*H + j] = bp_acc1_m;
                 }
                 /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        const float bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
-                        dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc2_m = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    const float bp_acc3_m = -(z[(t*N + n)*H + j] - 1)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j];
+                    const float bp_acc4_m = (z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    dah[((t*N + n)*3 + 0)*H + j] = bp_acc2_m;
+                    dah[((t*N + n)*3 + 1)*H + j] = bp_acc3_m;
+                    dah[((t*N + n)*3 + 2)*H + j] = bp_acc4_m;
                 }
             }
         }
     }
-    /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
-    BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
+        /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_c0 = z[(t*N + n)*H + j] - 1;
-                    dai[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dai[((t*N + n)*3 + 0)*H + j] = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dai[((t*N + n)*3 + 1)*H + j] = -(z[(t*N + n)*H + j] - 1)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j];
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dai[((t*N + n)*3 + 2)*H + j] = (z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
             }
         }
     }
@@ -1120,26 +1131,37 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     dr[(t*N + n)*H + j] = bp_acc1_m;
                 }
                 /* dah[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*r[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
-                for (ptrdiff_t g = 0; g < 3; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        const double bp_acc2_c0 = z[(t*N + n)*H + j] - 1;
-                        dah[((t*N + n)*3 + g)*H + j] = -bp_acc2_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc2_c0*(2 == g)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc2_m = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                    const double bp_acc3_m = -(z[(t*N + n)*H + j] - 1)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j];
+                    const double bp_acc4_m = (z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
+                    dah[((t*N + n)*3 + 0)*H + j] = bp_acc2_m;
+                    dah[((t*N + n)*3 + 1)*H + j] = bp_acc3_m;
+                    dah[((t*N + n)*3 + 2)*H + j] = bp_acc4_m;
                 }
             }
         }
     }
-    /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
-    BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
+        /* dai[t, n, g, j] = (1 - cand[t, n, j]**2)*dcand[t, n, j]*[2 == g] + (1 - r[t, n, j])*dr[t, n, j]*r[t, n, j]*[0 == g] + (1 - z[t, n, j])*dz[t, n, j]*z[t, n, j]*[1 == g] */
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t g = 0; g < 3; ++g) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_c0 = z[(t*N + n)*H + j] - 1;
-                    dai[((t*N + n)*3 + g)*H + j] = -bp_acc_c0*(1 == g)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j] + bp_acc_c0*(2 == g)*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]) - (r[(t*N + n)*H + j] - 1)*(0 == g)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dai[((t*N + n)*3 + 0)*H + j] = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dai[((t*N + n)*3 + 1)*H + j] = -(z[(t*N + n)*H + j] - 1)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j];
+            }
+        }
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H; ++j) {
+                dai[((t*N + n)*3 + 2)*H + j] = (z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
             }
         }
     }

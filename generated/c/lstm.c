@@ -559,11 +559,16 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                     dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (bp_tanh_f32(c[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])));
                 }
                 /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*bp_tanh_f32(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const float bp_acc1_m = -(ig[(t*N + n)*H + j] - 1)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
+                    const float bp_acc2_m = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j];
+                    const float bp_acc3_m = -dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(-1 + gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]);
+                    const float bp_acc4_m = -(og[(t*N + n)*H + j] - 1)*bp_tanh_f32(c[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j];
+                    da[((t*N + n)*4 + 0)*H + j] = bp_acc1_m;
+                    da[((t*N + n)*4 + 1)*H + j] = bp_acc2_m;
+                    da[((t*N + n)*4 + 2)*H + j] = bp_acc3_m;
+                    da[((t*N + n)*4 + 3)*H + j] = bp_acc4_m;
                 }
             }
         }
@@ -1101,11 +1106,16 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                     dc[(t*N + n)*H + j] = (T - 1 == t)*dcn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dc[((t + 1)*N + n)*H + j]*fg[((t + 1)*N + n)*H + j] : 0) + dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j]*(1 - (tanh(c[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])));
                 }
                 /* da[t, n, g, j] = (1 - gg[t, n, j]**2)*dc[t, n, j]*ig[t, n, j]*[2 == g] + (1 - fg[t, n, j])*(c0[n, j]*[-1 <= t - 1 <= -1] + c[t - 1, n, j]*[0 <= t - 1 <= T - 1])*dc[t, n, j]*fg[t, n, j]*[1 == g] + (1 - ig[t, n, j])*dc[t, n, j]*gg[t, n, j]*ig[t, n, j]*[0 == g] + (1 - og[t, n, j])*dh_total[t, n, j]*og[t, n, j]*[3 == g]*tanh(c[t, n, j]) */
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        da[((t*N + n)*4 + g)*H + j] = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*(1 == g)*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j] + (1 - ig[(t*N + n)*H + j])*(0 == g)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j] + (1 - og[(t*N + n)*H + j])*tanh(c[(t*N + n)*H + j])*(3 == g)*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j] + (2 == g)*dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(1 - (gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]));
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    const double bp_acc1_m = -(ig[(t*N + n)*H + j] - 1)*dc[(t*N + n)*H + j]*gg[(t*N + n)*H + j]*ig[(t*N + n)*H + j];
+                    const double bp_acc2_m = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j];
+                    const double bp_acc3_m = -dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(-1 + gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]);
+                    const double bp_acc4_m = -(og[(t*N + n)*H + j] - 1)*tanh(c[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j];
+                    da[((t*N + n)*4 + 0)*H + j] = bp_acc1_m;
+                    da[((t*N + n)*4 + 1)*H + j] = bp_acc2_m;
+                    da[((t*N + n)*4 + 2)*H + j] = bp_acc3_m;
+                    da[((t*N + n)*4 + 3)*H + j] = bp_acc4_m;
                 }
             }
         }
