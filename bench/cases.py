@@ -19,7 +19,8 @@ LAYERS = Path(__file__).resolve().parent / "layers"      # specs only the bench 
 class Case:
     kernel: str                       # record name, e.g. "layernorm_backward"
     layer: str                        # built-in layer
-    entry: str                        # "forward", "backward" or "forward_backward"
+    entry: str                        # "forward", "backward", "forward_backward" or
+                                      # "train_step" (forward, then backward: bench/run.py)
     sizes: dict[str, int]
     make: Callable                    # (rng, sizes) -> arrays the entry takes
     hand: Callable | None             # arrays -> results, hand-written NumPy (or none)
@@ -414,7 +415,10 @@ def _rnn_make(rng, s, gates):
     return a
 
 
-def _rnn_torch(torch, a, kind, backward):
+def _rnn_torch(torch, a, kind, entry):
+    """torch.nn.LSTM / GRU doing what ours does at `entry`: the forward a training step runs
+    (graph recorded, what its backward needs kept, as our forward saves the gates), the
+    backward alone (autograd through a graph recorded once, kept between calls), or both."""
     T, N, I = a["x"].shape
     H = a["h0"].shape[-1]
     module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(I, H)
@@ -423,27 +427,30 @@ def _rnn_torch(torch, a, kind, backward):
                            ("bias_ih_l0", "b_ih"), ("bias_hh_l0", "b_hh")):
             getattr(module, name).copy_(torch.from_numpy(a[mine]).reshape(
                 getattr(module, name).shape))
-    x = torch.from_numpy(a["x"]).requires_grad_(backward)
-    h0 = torch.from_numpy(a["h0"])[None].requires_grad_(backward)
-    state = (h0, torch.from_numpy(a["c0"])[None].requires_grad_(backward)) \
+    x = torch.from_numpy(a["x"]).requires_grad_()
+    h0 = torch.from_numpy(a["h0"])[None].requires_grad_()
+    state = (h0, torch.from_numpy(a["c0"])[None].requires_grad_()) \
         if kind == "lstm" else h0
     params = list(module.parameters())
     leaves = [x, h0] + ([state[1]] if kind == "lstm" else []) + params
     shapes = [a[n].shape for n in ("W_ih", "W_hh", "b_ih", "b_hh")]
     ups = [torch.from_numpy(a[n]) for n in ("dh", "dhn", "dcn") if n in a]
 
-    def run():
-        if not backward:
-            with torch.no_grad():
-                out, last = module(x, state)
-            return (out,) + tuple(s[0] for s in (last if kind == "lstm" else (last,)))
+    def forward():
         out, last = module(x, state)
-        outs = [out] + [s[0] for s in (last if kind == "lstm" else (last,))]
-        grads = torch.autograd.grad(outs, leaves, ups)
+        return [out] + [s[0] for s in (last if kind == "lstm" else (last,))]
+
+    def backward(outs, keep=False):
+        grads = torch.autograd.grad(outs, leaves, ups, retain_graph=keep)
         k = len(leaves) - len(params)      # the parameters in the gate-blocked layout
         return grads[:k] + tuple(g.reshape(s) for g, s in zip(grads[k:], shapes))
 
-    return run
+    if entry == "forward":
+        return lambda: tuple(forward())
+    if entry == "backward":
+        recorded = forward()
+        return lambda: backward(recorded, keep=True)
+    return lambda: backward(forward())
 
 
 def cases(scale: int = 1) -> list[Case]:
@@ -539,12 +546,17 @@ def cases(scale: int = 1) -> list[Case]:
         *[Case(f"{kind}_{entry}", kind, entry,
                dict(T=max(64 // scale, 2), N=32, I=256, H=512),
                lambda rng, s, g=gates: _rnn_make(rng, s, g), None,
-               lambda torch, a, k=kind, b=entry == "backward": _rnn_torch(torch, a, k, b),
-               flops=lambda s, g=gates: 2 * g * s["T"] * s["N"] * s["H"] * (s["I"] + s["H"])
-               * (1 if entry == "forward" else 2),
-               note="T=64 steps; torch.nn." + kind.upper() + (
-                   " forward, no grad" if entry == "forward" else
-                   ": autograd through its forward (forward included in its time); ours "
-                   "reads the forward's saved gates"))
-          for kind, gates in (("lstm", 4), ("gru", 3)) for entry in ("forward", "backward")],
+               lambda torch, a, k=kind, e=entry: _rnn_torch(torch, a, k, e),
+               flops=lambda s, g=gates, e=entry: 2 * g * s["T"] * s["N"] * s["H"]
+               * (s["I"] + s["H"]) * {"forward": 1, "backward": 2, "train_step": 3}[e],
+               numpy=entry != "train_step",
+               note="T=64 steps; torch.nn." + kind.upper() + {
+                   "forward": " forward recording its graph (what its backward needs "
+                              "kept, as ours saves the gates)",
+                   "backward": ": autograd through a graph recorded once; ours reads the "
+                               "forward's saved gates",
+                   "train_step": ": forward, then autograd backward; ours: forward, then "
+                                 "backward"}[entry])
+          for kind, gates in (("lstm", 4), ("gru", 3))
+          for entry in ("forward", "backward", "train_step")],
     ]

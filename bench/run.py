@@ -115,9 +115,30 @@ def case_arrays(case: Case, c, rng) -> tuple[dict, dict]:
         fwd = c.forward(**{n: arrays[n] for n in c.args})
         arrays.update({n: fwd[n] for n in c.reuses if n not in arrays})
         names = c.args + c.upstream + c.reuses
+    elif case.entry == "train_step":
+        names = c.args + c.upstream
     else:
         names = c.args
     return arrays, {n: arrays[n] for n in names}
+
+
+def entry_of(kernels, case: Case):
+    """The C kernels' call a case times.  "train_step": forward, then backward from its
+    saved values, as one training step runs them (what torch's forward + autograd backward
+    does)."""
+    if case.entry != "train_step":
+        return getattr(kernels, case.entry)
+
+    def step(out=None, reuse=False, **arrays):
+        part = lambda names: None if out is None else {n: out[n] for n in names}
+        fwd = kernels.forward(out=part(kernels.returns), reuse=reuse,
+                              **{n: arrays[n] for n in kernels.args})
+        grads = kernels.backward(
+            out=part(kernels.gradients), reuse=reuse,
+            **{n: arrays[n] for n in kernels.args + kernels.upstream},
+            **{n: fwd[n] for n in kernels.reuses})
+        return {**fwd, **grads}
+    return step
 
 
 def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
@@ -126,7 +147,7 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     c = codegen.load(case.layer, backend="c", dtype="float32", constants=constants)
     npk = codegen.load(case.layer, constants=constants)
     arrays, args = case_arrays(case, c, rng)
-    entry = getattr(c, case.entry)
+    entry = entry_of(c, case)
     results = entry(**args)
     prealloc = {n: np.empty_like(v) for n, v in results.items() if np.ndim(v)}
     impls = {}
@@ -141,13 +162,13 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
         if case.in_place:
             impls[("c", t, "in-place")] = (setup, lambda: entry(out=inplace_out,
                                                                 **inplace_args))
-    np_entry = getattr(npk, case.entry)
+    np_entry = getattr(npk, case.entry, None)
     np_args = {n: arrays[n] for n in (npk.args + npk.upstream if case.entry == "backward"
                                       else npk.args)}
     if case.entry == "backward":
         np_args.update({n: arrays[n] for n in c.reuses})
     nothing = lambda: None
-    if case.numpy:
+    if case.numpy and np_entry is not None:
         impls[("numpy", 2, "fresh")] = (nothing, lambda: np_entry(**np_args))
     if case.hand is not None:
         impls[("hand", 2, "fresh")] = (nothing, lambda: case.hand(arrays))

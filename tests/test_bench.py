@@ -14,7 +14,7 @@ from .oracles import rel_err, require_oracle
 from bench import peer_c
 from bench.cases import cases
 from bench.floor import Floor
-from bench.run import case_arrays
+from bench.run import case_arrays, entry_of
 
 CASES = cases(scale=64)
 
@@ -24,7 +24,7 @@ def test_every_peer_computes_the_same_results(case):
     c = codegen.load(case.layer, backend="c", dtype="float32",
                      constants=case.constants or None)
     arrays, args = case_arrays(case, c, np.random.default_rng(0))
-    ours = getattr(c, case.entry)(**args)
+    ours = entry_of(c, case)(**args)
     hand = case.hand(dict(arrays)) if case.hand is not None else {}
     for n, v in hand.items():
         np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
@@ -47,17 +47,17 @@ def test_every_peer_computes_the_same_results(case):
         np.testing.assert_allclose(float(loss.detach()), float(ours["L"]), rtol=1e-4)
         np.testing.assert_allclose(dz.numpy(), ours["dz"], rtol=2e-4, atol=1e-7)
     else:
-        names = c.gradients if case.entry == "backward" else c.returns
+        names = c.returns if case.entry == "forward" else c.gradients
         want = dict(zip(names, got if isinstance(got, tuple) else (got,)))
         for n, v in want.items():
             if case.flops:
                 # a convolution's dw sums N*H*W products in float32, in another order
                 # than torch: elementwise, small entries differ by ~sqrt(K) eps of the
                 # large ones, so normwise (float32 sums of up to 1e4 terms: ~1e-5)
-                assert rel_err(ours[n], v.numpy()) < 1e-4, n
+                assert rel_err(ours[n], v.detach().numpy()) < 1e-4, n
             else:
-                np.testing.assert_allclose(v.numpy(), ours[n], rtol=2e-4, atol=2e-5,
-                                           err_msg=n)
+                np.testing.assert_allclose(v.detach().numpy(), ours[n], rtol=2e-4,
+                                           atol=2e-5, err_msg=n)
 
 
 def test_floor_streams_a_pooling_s_traffic():
