@@ -196,12 +196,13 @@ def toolkit_fingerprint() -> str:
     return _FINGERPRINT[0]
 
 
-def spec_key(spec_text: str, name: str) -> str:
+def spec_key(spec_text: str, name: str, dtype: str = "") -> str:
     """The key of a spec as written, for the index that lets a warm load skip SymPy: the
-    spec text, the toolkit's fingerprint, flags, compiler, CPU, ABI and cffi."""
+    spec text, the dtype built, the toolkit's fingerprint, flags, compiler, CPU, ABI and
+    cffi."""
     cc = compiler()
     h = hashlib.sha256()
-    for part in (name, spec_text, toolkit_fingerprint(), " ".join(BASE_FLAGS + opt_flags()),
+    for part in (name, dtype, spec_text, toolkit_fingerprint(), " ".join(BASE_FLAGS + opt_flags()),
                  compiler_identity(cc), cpu_identity(), sys.implementation.cache_tag,
                  sysconfig.get_config_var("EXT_SUFFIX") or "", cffi.__version__):
         h.update(part.encode())

@@ -36,8 +36,9 @@ DTYPES = ("float32", "float64")
 
 
 @same_shapes()     # a deep network's layers print the same formulas renamed
-def c_sources(plan: KernelPlan) -> dict[str, str]:
-    """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}"""
+def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
+    """{'NAME.h': ..., 'NAME.c': ..., 'cdef': the declarations cffi reads}, with the
+    kernels of each of `dtypes` (the toolkit's own build: the one asked for)."""
     layer = plan.layer
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
@@ -68,7 +69,7 @@ def c_sources(plan: KernelPlan) -> dict[str, str]:
         if fusable(plan) else ()
     inplace = pointwise(loops.forward)
     variants = []
-    for dtype in DTYPES:
+    for dtype in dtypes:
         ctype = CTYPES[dtype]
         printer = KernelCPrinter(dtype, shapes, scalars, frozenset(
             t.name for t in layer.tensors.values() if t.outside is not None))

@@ -167,7 +167,7 @@ def _load_c(layer_or_name, dtype, cache):
     source = spec_source(layer_or_name)
     if source is not None:
         text, label = source
-        skey = b.spec_key(text, label if is_layer(layer_or_name) else "")
+        skey = b.spec_key(text, label if is_layer(layer_or_name) else "", dtype)
         hit = b.load_indexed(root, skey)
         if hit is not None and "shape" in hit[1]:
             module, meta = hit
@@ -185,7 +185,7 @@ def _load_c(layer_or_name, dtype, cache):
 
     derivation = derive(layer)
     kplan = plan(derivation)
-    files = c_sources(kplan)
+    files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
     cdef = files.pop("cdef")
     module = b.build(layer.name, files, cdef, root)
     key = b.build_key(files, cdef)

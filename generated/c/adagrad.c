@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -78,7 +78,8 @@ void bp_adagrad_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_adagrad_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict acc, const float *restrict step, const float *restrict lr, const float *restrict lr_decay, const float *restrict eps, const float *restrict weight_decay, float *restrict p_next, float *restrict acc_next, float *restrict gd, float *restrict bp_work)
 {
@@ -95,6 +96,8 @@ int bp_adagrad_forward_f32(ptrdiff_t P, const float *restrict p, const float *re
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_adagrad_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict acc, const float *restrict step, const float *restrict lr, const float *restrict lr_decay, const float *restrict eps, const float *restrict weight_decay, float *restrict bp_work)
 {
@@ -110,6 +113,8 @@ int bp_adagrad_backward_f32(ptrdiff_t P, const float *restrict p, const float *r
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_adagrad_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *acc, const float *step, const float *lr, const float *lr_decay, const float *eps, const float *weight_decay, float *p_next, float *acc_next, float *gd, float *bp_work)
 {
@@ -134,9 +139,11 @@ int bp_adagrad_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_adagrad_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict acc, const double *restrict step, const double *restrict lr, const double *restrict lr_decay, const double *restrict eps, const double *restrict weight_decay, double *restrict p_next, double *restrict acc_next, double *restrict gd, double *restrict bp_work)
 {
@@ -153,6 +160,8 @@ int bp_adagrad_forward_f64(ptrdiff_t P, const double *restrict p, const double *
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_adagrad_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict acc, const double *restrict step, const double *restrict lr, const double *restrict lr_decay, const double *restrict eps, const double *restrict weight_decay, double *restrict bp_work)
 {
@@ -168,6 +177,8 @@ int bp_adagrad_backward_f64(ptrdiff_t P, const double *restrict p, const double 
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_adagrad_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *acc, const double *step, const double *lr, const double *lr_decay, const double *eps, const double *weight_decay, double *p_next, double *acc_next, double *gd, double *bp_work)
 {
@@ -191,4 +202,5 @@ int bp_adagrad_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g
     }
     return 0;
 }
+#endif
 #endif

@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -78,7 +78,8 @@ void bp_adamw_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_adamw_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, const float *restrict weight_decay, float *restrict p_next, float *restrict m_next, float *restrict v_next, float *restrict bp_work)
 {
@@ -96,6 +97,8 @@ int bp_adamw_forward_f32(ptrdiff_t P, const float *restrict p, const float *rest
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_adamw_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict m, const float *restrict v, const float *restrict step, const float *restrict lr, const float *restrict beta1, const float *restrict beta2, const float *restrict eps, const float *restrict weight_decay, float *restrict bp_work)
 {
@@ -113,6 +116,8 @@ int bp_adamw_backward_f32(ptrdiff_t P, const float *restrict p, const float *res
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_adamw_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *m, const float *v, const float *step, const float *lr, const float *beta1, const float *beta2, const float *eps, const float *weight_decay, float *p_next, float *m_next, float *v_next, float *bp_work)
 {
@@ -141,9 +146,11 @@ int bp_adamw_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, co
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_adamw_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, const double *restrict weight_decay, double *restrict p_next, double *restrict m_next, double *restrict v_next, double *restrict bp_work)
 {
@@ -161,6 +168,8 @@ int bp_adamw_forward_f64(ptrdiff_t P, const double *restrict p, const double *re
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_adamw_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict m, const double *restrict v, const double *restrict step, const double *restrict lr, const double *restrict beta1, const double *restrict beta2, const double *restrict eps, const double *restrict weight_decay, double *restrict bp_work)
 {
@@ -178,6 +187,8 @@ int bp_adamw_backward_f64(ptrdiff_t P, const double *restrict p, const double *r
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_adamw_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *m, const double *v, const double *step, const double *lr, const double *beta1, const double *beta2, const double *eps, const double *weight_decay, double *p_next, double *m_next, double *v_next, double *bp_work)
 {
@@ -205,4 +216,5 @@ int bp_adamw_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, 
     }
     return 0;
 }
+#endif
 #endif

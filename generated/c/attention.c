@@ -39,10 +39,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -142,7 +142,7 @@ void bp_attention_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -187,6 +187,7 @@ static inline float bp_exp_f32(float x)
     memcpy(&s2, &e2, sizeof s2);
     return p * s1 * s2;
 }
+#if BP_PART != 2
 
 int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, float *restrict y, float *restrict q, float *restrict k, float *restrict v, float *restrict s, float *restrict a, float *restrict ctx, float *restrict bp_work)
 {
@@ -464,6 +465,8 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, const float *restrict dy, const float *restrict q, const float *restrict k, const float *restrict v, const float *restrict a, const float *restrict ctx, float *restrict dx, float *restrict dWq, float *restrict dWk, float *restrict dWv, float *restrict dWo, float *restrict bp_work)
 {
@@ -993,9 +996,11 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, double *restrict y, double *restrict q, double *restrict k, double *restrict v, double *restrict s, double *restrict a, double *restrict ctx, double *restrict bp_work)
 {
@@ -1273,6 +1278,8 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, const double *restrict dy, const double *restrict q, const double *restrict k, const double *restrict v, const double *restrict a, const double *restrict ctx, double *restrict dx, double *restrict dWq, double *restrict dWk, double *restrict dWv, double *restrict dWo, double *restrict bp_work)
 {
@@ -1801,4 +1808,5 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     return 0;
 }
+#endif
 #endif

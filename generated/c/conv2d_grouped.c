@@ -26,10 +26,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -117,7 +117,8 @@ void bp_conv2d_grouped_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
@@ -160,6 +161,8 @@ int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
@@ -245,9 +248,11 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
@@ -290,6 +295,8 @@ int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdiff_t OG, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
@@ -374,4 +381,5 @@ int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     }
     return 0;
 }
+#endif
 #endif

@@ -26,10 +26,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -83,7 +83,8 @@ void bp_dense_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work)
 {
@@ -113,6 +114,8 @@ int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *res
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work)
 {
@@ -178,9 +181,11 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work)
 {
@@ -210,6 +215,8 @@ int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *re
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work)
 {
@@ -274,4 +281,5 @@ int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
     }
     return 0;
 }
+#endif
 #endif

@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -79,7 +79,8 @@ void bp_dropout_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, const float *restrict mask, const float *restrict p, float *restrict y, float *restrict bp_work)
 {
@@ -95,6 +96,8 @@ int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, co
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, const float *restrict mask, const float *restrict p, const float *restrict dy, float *restrict dx, float *restrict bp_work)
 {
@@ -111,6 +114,8 @@ int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, c
     }
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_dropout_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *x, const float *mask, const float *p, float *y, float *bp_work)
 {
@@ -127,9 +132,11 @@ int bp_dropout_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *x, con
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, const double *restrict mask, const double *restrict p, double *restrict y, double *restrict bp_work)
 {
@@ -145,6 +152,8 @@ int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, c
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, const double *restrict mask, const double *restrict p, const double *restrict dy, double *restrict dx, double *restrict bp_work)
 {
@@ -161,6 +170,8 @@ int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, 
     }
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_dropout_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *x, const double *mask, const double *p, double *y, double *bp_work)
 {
@@ -176,4 +187,5 @@ int bp_dropout_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *x, co
     }
     return 0;
 }
+#endif
 #endif

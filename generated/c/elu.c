@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -79,7 +79,7 @@ void bp_elu_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -124,6 +124,7 @@ static inline float bp_exp_f32(float x)
     memcpy(&s2, &e2, sizeof s2);
     return p * s1 * s2;
 }
+#if BP_PART != 2
 
 int bp_elu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
@@ -138,6 +139,8 @@ int bp_elu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float 
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_elu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
 {
@@ -152,6 +155,8 @@ int bp_elu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const
     }
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_elu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
@@ -166,9 +171,11 @@ int bp_elu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_elu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
@@ -183,6 +190,8 @@ int bp_elu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doubl
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_elu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
 {
@@ -197,6 +206,8 @@ int bp_elu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, cons
     }
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_elu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
@@ -210,4 +221,5 @@ int bp_elu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double
     }
     return 0;
 }
+#endif
 #endif

@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -81,7 +81,8 @@ void bp_embedding_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_embedding_forward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_t *restrict ids, const float *restrict E, float *restrict y, float *restrict bp_work)
 {
@@ -98,6 +99,8 @@ int bp_embedding_forward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_embedding_backward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_t *restrict ids, const float *restrict E, const float *restrict dy, float *restrict dE, float *restrict bp_work)
 {
@@ -123,9 +126,11 @@ int bp_embedding_backward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_embedding_forward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_t *restrict ids, const double *restrict E, double *restrict y, double *restrict bp_work)
 {
@@ -142,6 +147,8 @@ int bp_embedding_forward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_embedding_backward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_t *restrict ids, const double *restrict E, const double *restrict dy, double *restrict dE, double *restrict bp_work)
 {
@@ -166,4 +173,5 @@ int bp_embedding_backward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64
     }
     return 0;
 }
+#endif
 #endif

@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -79,7 +79,8 @@ void bp_hardtanh_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_hardtanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
@@ -94,6 +95,8 @@ int bp_hardtanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_hardtanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
 {
@@ -108,6 +111,8 @@ int bp_hardtanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     }
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_hardtanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
@@ -122,9 +127,11 @@ int bp_hardtanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_hardtanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
@@ -139,6 +146,8 @@ int bp_hardtanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_hardtanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
 {
@@ -153,6 +162,8 @@ int bp_hardtanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     }
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_hardtanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
@@ -166,4 +177,5 @@ int bp_hardtanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, d
     }
     return 0;
 }
+#endif
 #endif

@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -94,7 +94,8 @@ void bp_huber_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_huber_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict r, float *restrict bp_work)
 {
@@ -126,6 +127,8 @@ int bp_huber_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
     L[0] = bp_total1;
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
 {
@@ -170,9 +173,11 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_huber_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict r, double *restrict bp_work)
 {
@@ -204,6 +209,8 @@ int bp_huber_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
     L[0] = bp_total1;
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
 {
@@ -247,4 +254,5 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
     L[0] = bp_total0;
     return 0;
 }
+#endif
 #endif

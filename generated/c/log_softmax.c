@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -87,7 +87,7 @@ void bp_log_softmax_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -166,6 +166,7 @@ static inline float bp_log_f32(float x)
     const float special = x == 0 ? -HUGE_VALF : (x == HUGE_VALF ? x : NAN);
     return x > 0 && x < HUGE_VALF ? r : special;
 }
+#if BP_PART != 2
 
 int bp_log_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict p, float *restrict bp_work)
 {
@@ -216,6 +217,8 @@ int bp_log_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_log_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict dy, const float *restrict p, float *restrict dz, float *restrict bp_work)
 {
@@ -246,9 +249,11 @@ int bp_log_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_log_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict p, double *restrict bp_work)
 {
@@ -299,6 +304,8 @@ int bp_log_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_log_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict dy, const double *restrict p, double *restrict dz, double *restrict bp_work)
 {
@@ -328,4 +335,5 @@ int bp_log_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     }
     return 0;
 }
+#endif
 #endif

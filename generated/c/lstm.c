@@ -41,10 +41,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -176,7 +176,7 @@ void bp_lstm_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -376,6 +376,7 @@ static inline float bp_sigmoid_f32(float x)
     const float e = bp_exp_f32(-fabsf(x));
     return (x >= 0 ? 1 : e) / (1 + e);
 }
+#if BP_PART != 2
 
 int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict c0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict cn, float *restrict a, float *restrict ig, float *restrict fg, float *restrict gg, float *restrict og, float *restrict c, float *restrict bp_work)
 {
@@ -501,6 +502,8 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict c0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict dcn, const float *restrict h, const float *restrict ig, const float *restrict fg, const float *restrict gg, const float *restrict og, const float *restrict c, float *restrict dx, float *restrict dh0, float *restrict dc0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
 {
@@ -796,9 +799,10 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 32
  * columns, each panel's k rows one after the other: p[(q*k + r)*32 + c] is
@@ -923,6 +927,7 @@ static inline double bp_sigmoid_f64(double x)
     const double e = exp(-fabs(x));
     return (x >= 0 ? 1 : e) / (1 + e);
 }
+#if BP_PART != 4
 
 int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict c0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict cn, double *restrict a, double *restrict ig, double *restrict fg, double *restrict gg, double *restrict og, double *restrict c, double *restrict bp_work)
 {
@@ -1048,6 +1053,8 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict c0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict dcn, const double *restrict h, const double *restrict ig, const double *restrict fg, const double *restrict gg, const double *restrict og, const double *restrict c, double *restrict dx, double *restrict dh0, double *restrict dc0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
 {
@@ -1342,4 +1349,5 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     }
     return 0;
 }
+#endif
 #endif

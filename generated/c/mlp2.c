@@ -34,10 +34,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -109,7 +109,7 @@ void bp_mlp2_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -195,6 +195,7 @@ static inline float bp_sigmoid_f32(float x)
     const float e = bp_exp_f32(-fabsf(x));
     return (x >= 0 ? 1 : e) / (1 + e);
 }
+#if BP_PART != 2
 
 int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
 {
@@ -300,6 +301,8 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     L[0] = bp_total3;
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
@@ -701,9 +704,10 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline double bp_sigmoid_f64(double x)
@@ -711,6 +715,7 @@ static inline double bp_sigmoid_f64(double x)
     const double e = exp(-fabs(x));
     return (x >= 0 ? 1 : e) / (1 + e);
 }
+#if BP_PART != 4
 
 int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)
 {
@@ -816,6 +821,8 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     L[0] = bp_total3;
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
@@ -1216,4 +1223,5 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     }
     return 0;
 }
+#endif
 #endif

@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -86,7 +86,8 @@ void bp_mse_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict bp_work)
 {
@@ -106,6 +107,8 @@ int bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const 
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
 {
@@ -140,9 +143,11 @@ int bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict bp_work)
 {
@@ -162,6 +167,8 @@ int bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
 {
@@ -195,4 +202,5 @@ int bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     L[0] = bp_total0;
     return 0;
 }
+#endif
 #endif

@@ -28,10 +28,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -84,7 +84,7 @@ void bp_neuron_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -159,6 +159,7 @@ static inline float bp_softplus_f32(float x)
 {
     return (x > 0 ? x : 0) + bp_log1p_unit_f32(bp_exp_f32(-fabsf(x)));
 }
+#if BP_PART != 2
 
 int bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work)
 {
@@ -171,6 +172,8 @@ int bp_neuron_forward_f32(const float *restrict x, const float *restrict w, cons
     L[0] = y[0]*bp_softplus_f32(-z[0]);
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
@@ -204,9 +207,10 @@ int bp_neuron_forward_backward_f32(const float *restrict x, const float *restric
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline double bp_sigmoid_f64(double x)
@@ -220,6 +224,7 @@ static inline double bp_softplus_f64(double x)
 {
     return (x > 0 ? x : 0) + log1p(exp(-fabs(x)));
 }
+#if BP_PART != 4
 
 int bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work)
 {
@@ -232,6 +237,8 @@ int bp_neuron_forward_f64(const double *restrict x, const double *restrict w, co
     L[0] = y[0]*bp_softplus_f64(-z[0]);
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
@@ -264,4 +271,5 @@ int bp_neuron_forward_backward_f64(const double *restrict x, const double *restr
     dw[0] = dz[0]*x[0];
     return 0;
 }
+#endif
 #endif

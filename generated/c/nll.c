@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -86,7 +86,8 @@ void bp_nll_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_nll_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict logp, const int64_t *restrict t, float *restrict L, float *restrict bp_work)
 {
@@ -104,6 +105,8 @@ int bp_nll_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict logp, con
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_nll_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict logp, const int64_t *restrict t, float *restrict dlogp, float *restrict bp_work)
 {
@@ -148,9 +151,11 @@ int bp_nll_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_nll_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict logp, const int64_t *restrict t, double *restrict L, double *restrict bp_work)
 {
@@ -168,6 +173,8 @@ int bp_nll_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict logp, co
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_nll_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict logp, const int64_t *restrict t, double *restrict dlogp, double *restrict bp_work)
 {
@@ -211,4 +218,5 @@ int bp_nll_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     L[0] = bp_total0;
     return 0;
 }
+#endif
 #endif

@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -79,7 +79,7 @@ void bp_relu_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline float bp_relu_f32(float x)
@@ -92,6 +92,7 @@ static inline float bp_step_f32(float x)
 {
     return x != x ? x : (x > 0 ? 1 : 0);
 }
+#if BP_PART != 2
 
 int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
@@ -106,6 +107,8 @@ int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
 {
@@ -120,6 +123,8 @@ int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
     }
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
@@ -134,9 +139,10 @@ int bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline double bp_relu_f64(double x)
@@ -149,6 +155,7 @@ static inline double bp_step_f64(double x)
 {
     return x != x ? x : (x > 0 ? 1 : 0);
 }
+#if BP_PART != 4
 
 int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
@@ -163,6 +170,8 @@ int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
 {
@@ -177,6 +186,8 @@ int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
     }
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
@@ -190,4 +201,5 @@ int bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doubl
     }
     return 0;
 }
+#endif
 #endif

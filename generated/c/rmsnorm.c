@@ -26,10 +26,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -88,7 +88,8 @@ void bp_rmsnorm_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_rmsnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, float *restrict y, float *restrict rstd, float *restrict bp_work)
 {
@@ -120,6 +121,8 @@ int bp_rmsnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, co
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, const float *restrict w, const float *restrict dy, const float *restrict y, const float *restrict rstd, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
@@ -161,9 +164,11 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_rmsnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, double *restrict y, double *restrict rstd, double *restrict bp_work)
 {
@@ -195,6 +200,8 @@ int bp_rmsnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, c
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, const double *restrict w, const double *restrict dy, const double *restrict y, const double *restrict rstd, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
@@ -235,4 +242,5 @@ int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, 
     }
     return 0;
 }
+#endif
 #endif

@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -78,7 +78,8 @@ void bp_rmsprop_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_rmsprop_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict p_next, float *restrict sq_next, float *restrict gd, float *restrict bp_work)
 {
@@ -94,6 +95,8 @@ int bp_rmsprop_forward_f32(ptrdiff_t P, const float *restrict p, const float *re
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_rmsprop_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict bp_work)
 {
@@ -108,6 +111,8 @@ int bp_rmsprop_backward_f32(ptrdiff_t P, const float *restrict p, const float *r
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *sq, const float *lr, const float *alpha, const float *eps, const float *weight_decay, float *p_next, float *sq_next, float *gd, float *bp_work)
 {
@@ -132,9 +137,11 @@ int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_rmsprop_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict p_next, double *restrict sq_next, double *restrict gd, double *restrict bp_work)
 {
@@ -150,6 +157,8 @@ int bp_rmsprop_forward_f64(ptrdiff_t P, const double *restrict p, const double *
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_rmsprop_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict bp_work)
 {
@@ -164,6 +173,8 @@ int bp_rmsprop_backward_f64(ptrdiff_t P, const double *restrict p, const double 
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_rmsprop_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *sq, const double *lr, const double *alpha, const double *eps, const double *weight_decay, double *p_next, double *sq_next, double *gd, double *bp_work)
 {
@@ -187,4 +198,5 @@ int bp_rmsprop_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g
     }
     return 0;
 }
+#endif
 #endif

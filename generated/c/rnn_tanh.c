@@ -32,10 +32,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -165,7 +165,7 @@ void bp_rnn_tanh_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -358,6 +358,7 @@ BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, flo
         }
     }
 }
+#if BP_PART != 2
 
 int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict z, float *restrict bp_work)
 {
@@ -454,6 +455,8 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict h, float *restrict dx, float *restrict dh0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
 {
@@ -680,9 +683,10 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 32
  * columns, each panel's k rows one after the other: p[(q*k + r)*32 + c] is
@@ -800,6 +804,7 @@ BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, dou
         }
     }
 }
+#if BP_PART != 4
 
 int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict z, double *restrict bp_work)
 {
@@ -896,6 +901,8 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict h, double *restrict dx, double *restrict dh0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
 {
@@ -1121,4 +1128,5 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     }
     return 0;
 }
+#endif
 #endif

@@ -23,10 +23,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -76,7 +76,8 @@ void bp_sgd_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, const float *restrict weight_decay, float *restrict p_next, float *restrict bp_work)
 {
@@ -88,6 +89,8 @@ int bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restri
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_sgd_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict lr, const float *restrict weight_decay, float *restrict bp_work)
 {
@@ -99,6 +102,8 @@ int bp_sgd_backward_f32(ptrdiff_t P, const float *restrict p, const float *restr
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *lr, const float *weight_decay, float *p_next, float *bp_work)
 {
@@ -116,9 +121,11 @@ int bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, cons
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, const double *restrict weight_decay, double *restrict p_next, double *restrict bp_work)
 {
@@ -130,6 +137,8 @@ int bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *rest
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_sgd_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict lr, const double *restrict weight_decay, double *restrict bp_work)
 {
@@ -141,6 +150,8 @@ int bp_sgd_backward_f64(ptrdiff_t P, const double *restrict p, const double *res
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *lr, const double *weight_decay, double *p_next, double *bp_work)
 {
@@ -157,4 +168,5 @@ int bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, co
     }
     return 0;
 }
+#endif
 #endif

@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -78,7 +78,8 @@ void bp_sgd_momentum_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+#if BP_PART != 2
 
 int bp_sgd_momentum_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict buf, const float *restrict step, const float *restrict lr, const float *restrict momentum, const float *restrict dampening, const float *restrict nesterov, const float *restrict weight_decay, float *restrict p_next, float *restrict buf_next, float *restrict gd, float *restrict bp_work)
 {
@@ -94,6 +95,8 @@ int bp_sgd_momentum_forward_f32(ptrdiff_t P, const float *restrict p, const floa
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_sgd_momentum_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict buf, const float *restrict step, const float *restrict lr, const float *restrict momentum, const float *restrict dampening, const float *restrict nesterov, const float *restrict weight_decay, float *restrict bp_work)
 {
@@ -110,6 +113,8 @@ int bp_sgd_momentum_backward_f32(ptrdiff_t P, const float *restrict p, const flo
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_sgd_momentum_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *buf, const float *step, const float *lr, const float *momentum, const float *dampening, const float *nesterov, const float *weight_decay, float *p_next, float *buf_next, float *gd, float *bp_work)
 {
@@ -136,9 +141,11 @@ int bp_sgd_momentum_forward_inplace_f32(ptrdiff_t P, const float *p, const float
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_sgd_momentum_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict buf, const double *restrict step, const double *restrict lr, const double *restrict momentum, const double *restrict dampening, const double *restrict nesterov, const double *restrict weight_decay, double *restrict p_next, double *restrict buf_next, double *restrict gd, double *restrict bp_work)
 {
@@ -154,6 +161,8 @@ int bp_sgd_momentum_forward_f64(ptrdiff_t P, const double *restrict p, const dou
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_sgd_momentum_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict buf, const double *restrict step, const double *restrict lr, const double *restrict momentum, const double *restrict dampening, const double *restrict nesterov, const double *restrict weight_decay, double *restrict bp_work)
 {
@@ -170,6 +179,8 @@ int bp_sgd_momentum_backward_f64(ptrdiff_t P, const double *restrict p, const do
     (void)bp_work;
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_sgd_momentum_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *buf, const double *step, const double *lr, const double *momentum, const double *dampening, const double *nesterov, const double *weight_decay, double *p_next, double *buf_next, double *gd, double *bp_work)
 {
@@ -195,4 +206,5 @@ int bp_sgd_momentum_forward_inplace_f64(ptrdiff_t P, const double *p, const doub
     }
     return 0;
 }
+#endif
 #endif

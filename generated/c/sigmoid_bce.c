@@ -25,10 +25,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -87,7 +87,7 @@ void bp_sigmoid_bce_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -162,6 +162,7 @@ static inline float bp_softplus_f32(float x)
 {
     return (x > 0 ? x : 0) + bp_log1p_unit_f32(bp_exp_f32(-fabsf(x)));
 }
+#if BP_PART != 2
 
 int bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
@@ -180,6 +181,8 @@ int bp_sigmoid_bce_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
     L[0] = bp_total1;
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
@@ -215,9 +218,10 @@ int bp_sigmoid_bce_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *r
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline double bp_sigmoid_f64(double x)
@@ -231,6 +235,7 @@ static inline double bp_softplus_f64(double x)
 {
     return (x > 0 ? x : 0) + log1p(exp(-fabs(x)));
 }
+#if BP_PART != 4
 
 int bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
@@ -249,6 +254,8 @@ int bp_sigmoid_bce_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
     L[0] = bp_total1;
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
@@ -283,4 +290,5 @@ int bp_sigmoid_bce_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *
     L[0] = bp_total0;
     return 0;
 }
+#endif
 #endif

@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -86,7 +86,7 @@ void bp_softmax_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -131,6 +131,7 @@ static inline float bp_exp_f32(float x)
     memcpy(&s2, &e2, sizeof s2);
     return p * s1 * s2;
 }
+#if BP_PART != 2
 
 int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict y, float *restrict bp_work)
 {
@@ -175,6 +176,8 @@ int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict dy, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
@@ -207,9 +210,11 @@ int bp_softmax_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, c
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict y, double *restrict bp_work)
 {
@@ -254,6 +259,8 @@ int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict dy, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
@@ -285,4 +292,5 @@ int bp_softmax_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     }
     return 0;
 }
+#endif
 #endif

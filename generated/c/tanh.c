@@ -24,10 +24,10 @@
 #define BP_OMP(...)
 #endif
 
-/* This file compiles whole.  The toolkit's own build compiles it 2 times at once, with
- * -DBP_PART=1 (the shared functions and float) and -DBP_PART=2 (double), and links the
- * objects: a first build takes half the time on two cores.
- * bp-parts: 2 */
+/* This file compiles whole.  The toolkit's own build compiles it 4 times at once, with
+ * -DBP_PART=1 (the shared functions and float's forward), -DBP_PART=2 (float's backward),
+ * 3 and 4 (double's), and links the objects: a first build takes half the time on two cores.
+ * bp-parts: 4 */
 #ifndef BP_PART
 #define BP_PART 0
 #endif
@@ -79,7 +79,7 @@ void bp_tanh_set_threads(int threads)
 #endif
 
 /* ---- float ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 1
+#if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* expm1(r) for r in [-ln2/2, ln2/2]: r + r^2 P(r), P Cephes' degree-5 fit (exp and tanh) */
 static inline float bp_expm1_reduced_f32(float r)
@@ -155,6 +155,7 @@ static inline float bp_tanh_f32(float x)
     const float t = (far ? 1.0F : 0.0F) + (far ? -2 * e : -m) / fmaf(s, q, s + 1);
     return copysignf(t, x);
 }
+#if BP_PART != 2
 
 int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
@@ -169,6 +170,8 @@ int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
     }
     return 0;
 }
+#endif
+#if BP_PART != 1
 
 int bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, const float *restrict a, float *restrict dz, float *restrict bp_work)
 {
@@ -184,6 +187,8 @@ int bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
     }
     return 0;
 }
+#endif
+#if BP_PART != 2
 
 int bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
@@ -198,9 +203,11 @@ int bp_tanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float 
     return 0;
 }
 #endif
+#endif
 
 /* ---- double ------------------------------------------------------------------ */
-#if BP_PART == 0 || BP_PART == 2
+#if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+#if BP_PART != 4
 
 int bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
@@ -215,6 +222,8 @@ int bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
     }
     return 0;
 }
+#endif
+#if BP_PART != 3
 
 int bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, const double *restrict a, double *restrict dz, double *restrict bp_work)
 {
@@ -230,6 +239,8 @@ int bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
     }
     return 0;
 }
+#endif
+#if BP_PART != 4
 
 int bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
@@ -243,4 +254,5 @@ int bp_tanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doubl
     }
     return 0;
 }
+#endif
 #endif
