@@ -239,6 +239,24 @@ def test_warm_cache_loads_without_the_compiler(tmp_path):
     assert r.stdout.split()[1] == "False"
 
 
+def test_a_load_builds_only_its_dtype(tmp_path):
+    """A first load compiles the kernels of the dtype asked for, no other (half the
+    compiler's work); the other dtype is its own entry, built when asked for, and each
+    gives the same results as the other to float32 rounding."""
+    f32 = codegen.load("dense", backend="c", dtype="float32", cache=tmp_path)
+    assert hasattr(f32._lib, "bp_dense_forward_f32")
+    assert not hasattr(f32._lib, "bp_dense_forward_f64")
+    f64 = codegen.load("dense", backend="c", dtype="float64", cache=tmp_path)
+    assert hasattr(f64._lib, "bp_dense_forward_f64")
+    assert not hasattr(f64._lib, "bp_dense_forward_f32")
+    assert len(list((tmp_path / "c").glob("*/manifest.json"))) == 2
+    rng = np.random.default_rng(0)
+    x, W, b = (rng.standard_normal(s) for s in ((3, 4), (5, 4), (5,)))
+    z32 = f32.forward(x=x.astype(np.float32), W=W.astype(np.float32),
+                      b=b.astype(np.float32))["z"]
+    np.testing.assert_allclose(z32, f64.forward(x=x, W=W, b=b)["z"], rtol=1e-5, atol=1e-6)
+
+
 def test_warm_load_parses_nothing_until_asked(tmp_path):
     """A warm load reads the spec text and the index only: no parsing, no C printer, not
     even SymPy's import (0.2 s; the warm load itself is about 25 ms); the Layer and the
