@@ -184,9 +184,8 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
             torch_call = case.torch(torch, arrays)
         except ImportError:
             pass
-    if torch_call is not None:
-        mode = "in-place" if case.kernel.startswith("adam") else "fresh"
-        impls[("torch", 2, mode)] = (nothing, torch_call)
+    if torch_call is not None:       # a case with in-place results runs torch in place too
+        impls[("torch", 2, "in-place" if case.in_place else "fresh")] = (nothing, torch_call)
     if case.reads:
         ins = [np.ascontiguousarray(arrays[n], dtype=np.float32) for n in case.reads]
         outs = [prealloc[n] for n in case.writes]
@@ -214,12 +213,13 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
     c.set_threads(max(THREADS))
     nbytes = sum(np.asarray(arrays[n]).nbytes for n in case.reads) + \
         sum(prealloc[n].nbytes for n in case.writes)
-    torch_time = next((v for (impl, _, _), v in medians.items() if impl == "torch"), None)
+    torch_time, torch_outputs = next(((v, o) for (impl, _, o), v in medians.items()
+                                      if impl == "torch"), (None, None))
     records = []
     for (impl, threads, outputs), median in medians.items():
         rec = dict(kernel=case.kernel, impl=impl, threads=threads, outputs=outputs,
                    median_s=median, calls=rounds, sizes=case.sizes)
-        if torch_time is not None and impl != "torch":
+        if torch_time is not None and impl != "torch" and same_traffic(outputs, torch_outputs):
             rec["vs_torch"] = torch_time / median
         if case.reads:
             mode = "preallocated" if outputs == "reused" else outputs
@@ -230,6 +230,14 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
             rec["gflops"] = case.flops(case.sizes) / median / 1e9
         records.append(rec)
     return records
+
+
+def same_traffic(outputs: str, torch_outputs: str) -> bool:
+    """Whether a row's time compares with torch's like for like: updating in place reads
+    and writes the same arrays (no line is fetched only to be overwritten), so it is
+    compared only with an in-place torch, and new arrays (fresh, preallocated, reused)
+    only with a torch that writes new arrays."""
+    return (outputs == "in-place") == (torch_outputs == "in-place")
 
 
 def _distinct(arrays) -> list[np.ndarray]:
@@ -280,7 +288,8 @@ def table(info: dict, records: list[dict]) -> str:
                 f"{r['gflops'] if 'gflops' in r else float('nan'):>9.1f}"
                 f"{r['pct_floor'] if 'pct_floor' in r else float('nan'):>9.1f}"
                 f"{r['vs_torch'] if 'vs_torch' in r else float('nan'):>10.2f}")
-    lines += ["", "vs torch: PyTorch's median / this one (above 1: faster than PyTorch); "
+    lines += ["", "vs torch: PyTorch's median / this one (above 1: faster than PyTorch), only "
+                  "where both write new arrays or both update in place; "
                   "% floor: the streaming kernel's time / this one, same threads and outputs; "
                   "nan: does not apply"]
     return "\n".join(lines)

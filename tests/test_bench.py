@@ -14,7 +14,7 @@ from .oracles import rel_err, require_oracle
 from bench import peer_c
 from bench.cases import cases
 from bench.floor import Floor
-from bench.run import case_arrays, entry_of
+from bench.run import case_arrays, entry_of, same_traffic
 
 CASES = cases(scale=64)
 
@@ -101,6 +101,30 @@ def test_floor_streams_what_it_is_given():
         floor.stream([a], [np.empty(3, np.float32)])
 
 
+def test_floor_aligns_its_vector_loop_and_streams_every_element():
+    """NumPy's big arrays start 16 bytes past a cache line, where every vector access
+    straddles two lines: the floor streams the elements before the first output's line
+    boundary one by one and runs its vector loop from there; none is lost or doubled, for
+    arrays that start at any float of a line and sizes shorter than the head."""
+    from bench.floor import SHAPES
+    from templates import render
+    source = render("floor.c.j2", shapes=SHAPES, version="test")
+    body = source.split("void bp_floor_4_3(")[1].split("\n}\n")[0]
+    assert "bp_floor_head(out0, n)" in body
+    assert "for (ptrdiff_t i = head; i < n; ++i)" in body.split("#pragma omp parallel for simd")[1]
+    floor = Floor()
+    for offset in range(16):
+        for n in (1, 3, 40, 1001):
+            buffers = [np.zeros(n + 16, np.float32)[offset:offset + n] for _ in range(5)]
+            a, b, out, c, d = buffers
+            a[:], b[:] = np.arange(n), 2
+            floor.stream([a, b], [out])
+            np.testing.assert_array_equal(out, a + 2)
+            c[:], d[:] = a, 1
+            floor.stream_in_place([c, d], 1)
+            np.testing.assert_array_equal(c, a + 1)
+
+
 def test_flush_keeps_the_data_and_covers_odd_sizes():
     """flush writes dirty lines back before dropping them: every value survives, for sizes
     and offsets that are not whole cache lines; on x86-64 and AArch64 it reports success."""
@@ -139,8 +163,19 @@ def test_bench_json_records():
         assert set(x) >= {"kernel", "impl", "threads", "outputs", "median_s"}
         assert x["calls"] == 2                         # --quick: --repeat calls, no minimum time
     assert any(x["outputs"] == "in-place" and x["impl"] == "c" for x in recs)
-    if data["machine"]["torch"]:
-        assert all("vs_torch" in x for x in recs if x["impl"] != "torch")
+    if data["machine"]["torch"]:     # like for like: torch's Adam runs in place
+        assert {x["outputs"] for x in recs if x["kernel"] == "adam_step"
+                and x["impl"] == "torch"} == {"in-place"}
+        for x in recs:
+            if x["impl"] != "torch":
+                in_place_vs_new = x["kernel"] == "adam_step" and x["outputs"] != "in-place"
+                assert ("vs_torch" in x) != in_place_vs_new, x
+
+
+def test_torch_compares_like_for_like():
+    assert same_traffic("in-place", "in-place") and same_traffic("preallocated", "fresh")
+    assert not same_traffic("preallocated", "in-place")
+    assert not same_traffic("in-place", "fresh")
 
 
 def test_bench_names_an_unknown_kernel():
