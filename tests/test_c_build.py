@@ -241,7 +241,7 @@ def test_warm_cache_loads_without_the_compiler(tmp_path):
 
 def test_a_load_builds_only_its_dtype(tmp_path):
     """A first load compiles the kernels of the dtype asked for, no other (half the
-    compiler's work); the other dtype is its own entry, built when asked for, and each
+    compiler's work); the other dtype is its own module, built when asked for, and each
     gives the same results as the other to float32 rounding."""
     f32 = codegen.load("dense", backend="c", dtype="float32", cache=tmp_path)
     assert hasattr(f32._lib, "bp_dense_forward_f32")
@@ -249,7 +249,6 @@ def test_a_load_builds_only_its_dtype(tmp_path):
     f64 = codegen.load("dense", backend="c", dtype="float64", cache=tmp_path)
     assert hasattr(f64._lib, "bp_dense_forward_f64")
     assert not hasattr(f64._lib, "bp_dense_forward_f32")
-    assert len(list((tmp_path / "c").glob("*/manifest.json"))) == 2
     rng = np.random.default_rng(0)
     x, W, b = (rng.standard_normal(s) for s in ((3, 4), (5, 4), (5,)))
     z32 = f32.forward(x=x.astype(np.float32), W=W.astype(np.float32),
