@@ -23,6 +23,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -76,6 +77,8 @@ struct Layout {
   std::string name;
   void* forward = nullptr;
   void* backward = nullptr;
+  void (*hold)() = nullptr;            // called around each entry point (OpenBLAS held on
+  void (*release)() = nullptr;         // one thread: codegen.blas.one_thread), or null
   at::ScalarType dtype = at::kFloat;
   std::vector<int64_t> arg_at;         // kernel argument -> index in (inputs, parameters)
   std::vector<bool> is_label;          // kernel argument -> integer labels (int64)
@@ -89,15 +92,17 @@ struct Layout {
   int64_t scale_at = -1;               // node output whose gradient scales a loss's
 };
 
-int run(void* entry, const std::vector<Word>& words, const std::string& name) {
+void run(const Layout& l, void* entry, const std::vector<Word>& words) {
   int status;
   {
-    py::gil_scoped_release nogil;   // (backward runs without the GIL: a no-op there)
+    std::optional<py::gil_scoped_release> nogil;   // backward runs without the GIL already
+    if (PyGILState_Check()) nogil.emplace();
+    if (l.hold) l.hold();
     status = CALLERS[words.size()](entry, words.data());
+    if (l.release) l.release();
   }
-  TORCH_CHECK(status == 0, name, ": the C kernel refused the sizes (status ", status,
+  TORCH_CHECK(status == 0, l.name, ": the C kernel refused the sizes (status ", status,
               "); please report this");
-  return status;
 }
 
 at::Tensor fresh(const std::vector<int64_t>& shape, at::ScalarType dtype) {
@@ -146,7 +151,7 @@ struct KernelBackward : public torch::autograd::Node {
     at::Tensor work;
     if (plan->backward_work) work = fresh({plan->backward_work}, l.dtype);
     words.push_back(plan->backward_work ? word(work) : 0);
-    run(l.backward, words, l.name);
+    run(l, l.backward, words);
     variable_list result(l.arg_at.size());
     for (std::size_t k = 0; k < result.size(); ++k)
       if (l.gradient_at[k] >= 0 && should_compute_output(k))
@@ -182,7 +187,8 @@ constexpr std::size_t MAX_PLANS = 64;   // as codegen.torch_calls.MAX_SHAPES
 
 class NativeLayer {
  public:
-  NativeLayer(std::string name, Word forward, Word backward, bool is_double,
+  NativeLayer(std::string name, Word forward, Word backward, Word hold, Word release,
+              bool is_double,
               std::vector<int64_t> arg_at, std::vector<bool> is_label,
               std::vector<std::string> param_names, int64_t n_inputs,
               std::vector<int64_t> no_gradient, std::vector<int64_t> output_at,
@@ -194,6 +200,8 @@ class NativeLayer {
     l->name = std::move(name);
     l->forward = reinterpret_cast<void*>(forward);
     l->backward = reinterpret_cast<void*>(backward);
+    l->hold = reinterpret_cast<void (*)()>(hold);
+    l->release = reinterpret_cast<void (*)()>(release);
     l->dtype = is_double ? at::kDouble : at::kFloat;
     l->arg_at = std::move(arg_at);
     l->is_label = std::move(is_label);
@@ -251,7 +259,7 @@ class NativeLayer {
     at::Tensor work;
     if (plan->forward_work) work = fresh({plan->forward_work}, l.dtype);
     words.push_back(plan->forward_work ? word(work) : 0);
-    run(l.forward, words, l.name);
+    run(l, l.forward, words);
     if (recording) record(args, out, plan);
     if (l.pick >= 0) return wrap(out[l.output_at[l.pick]]);
     py::tuple outputs(l.output_at.size());
@@ -331,7 +339,7 @@ class NativeLayer {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "codegen.torch_module's C++ route (codegen/torch_native.cpp)";
   py::class_<NativeLayer, std::shared_ptr<NativeLayer>>(m, "NativeLayer")
-      .def(py::init<std::string, Word, Word, bool, std::vector<int64_t>, std::vector<bool>,
+      .def(py::init<std::string, Word, Word, Word, Word, bool, std::vector<int64_t>, std::vector<bool>,
                     std::vector<std::string>, int64_t, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, int64_t, int64_t,

@@ -82,13 +82,11 @@ def native_layer(module, extension):
     """The extension's NativeLayer of a DerivedModule on C kernels (its positions worked
     out by the module: codegen.torch_layer._index_calls)."""
     k, m = module.kernels, module
-    forward, _ = k.entry_point("forward")
-    backward = k.entry_point("backward")[0] if k.gradients else None
-    ffi, _ = k.c_types()
-    address = lambda f: int(ffi.cast("uintptr_t", f)) if f is not None else 0  # noqa: E731
+    forward, hold, release = k.entry_addresses("forward")
+    backward = k.entry_addresses("backward")[0] if k.gradients else 0
     returned = (m._output_at[m._pick],) if m._returns_one else m._output_at
     return extension.NativeLayer(
-        m.layer_name, address(forward), address(backward), m.dtype == torch.float64,
+        m.layer_name, forward, backward, hold, release, m.dtype == torch.float64,
         list(m._arg_at), [t is torch.int64 for t in m._arg_dtypes], list(m.param_names),
         len(m.inputs), list(m.no_gradient), list(m._output_at), list(m._reuse_at),
         list(returned), list(m._upstream_at),
