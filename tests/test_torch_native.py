@@ -74,10 +74,10 @@ def test_an_output_the_loss_does_not_use_gets_a_zero_gradient():
 
     layer = parse_spec("layer twice\ndims N, I\ninput x[N, I]\noutput y[N, I], z[N, I]\n\n"
                        "y[n, i] = 2 * x[n, i]\nz[n, i] = x[n, i] * x[n, i]\n", "twice.bp")
-    grads = []
+    grads, data = [], torch.randn(3, 2, dtype=torch.float64)
     for route in ("cpp", "python"):
         m = codegen.torch_module(layer, dtype="float64", route=route)
-        x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+        x = data.clone().requires_grad_()
         y, z = m(x)
         z.sum().backward()
         grads.append(x.grad)
