@@ -15,6 +15,8 @@
 // that requires grad) returns None: the module then takes its Python route, which gives the
 // error message (one place for every message) or handles the case.
 #include <torch/extension.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/util/SmallVector.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -70,6 +72,7 @@ struct Plan {
   std::vector<std::vector<int64_t>> gradients;      // backward's results' shapes
   int64_t forward_work = 0, backward_work = 0;      // elements of each work buffer
   std::vector<int64_t> label_limits;                // per argument: labels < this (-1: none)
+  bool release_gil = false;          // work enough to let other Python threads run meanwhile
 };
 
 // ---- one layer: everything fixed at construction ----------------------------------------
@@ -92,11 +95,13 @@ struct Layout {
   int64_t scale_at = -1;               // node output whose gradient scales a loss's
 };
 
-void run(const Layout& l, void* entry, const std::vector<Word>& words) {
+using Words = c10::SmallVector<Word, 32>;
+
+void run(const Layout& l, void* entry, const Words& words, bool release_gil) {
   int status;
   {
     std::optional<py::gil_scoped_release> nogil;   // backward runs without the GIL already
-    if (PyGILState_Check()) nogil.emplace();
+    if (release_gil && PyGILState_Check()) nogil.emplace();
     if (l.hold) l.hold();
     status = CALLERS[words.size()](entry, words.data());
     if (l.release) l.release();
@@ -105,8 +110,10 @@ void run(const Layout& l, void* entry, const std::vector<Word>& words) {
               "); please report this");
 }
 
-at::Tensor fresh(const std::vector<int64_t>& shape, at::ScalarType dtype) {
-  return at::empty(shape, at::TensorOptions().dtype(dtype));
+// A result's memory, straight from the CPU allocator (at::empty's dispatch costs more than
+// the allocation here).
+at::Tensor fresh(at::IntArrayRef shape, at::ScalarType dtype) {
+  return at::Tensor(at::detail::empty_cpu(shape, dtype, false, std::nullopt));
 }
 
 // ---- the backward node --------------------------------------------------------------------
@@ -130,8 +137,8 @@ struct KernelBackward : public torch::autograd::Node {
     TORCH_CHECK(!args.empty() || l.arg_at.empty(), l.name,
                 ": backward through the graph a second time (retain_graph=True keeps it)");
     auto self = getptr();
-    std::vector<Word> words(plan->dims);
-    std::vector<at::Tensor> keep;      // tensors whose memory the call reads
+    Words words(plan->dims.begin(), plan->dims.end());
+    c10::SmallVector<at::Tensor, 16> keep;      // tensors whose memory the call reads
     for (auto& s : args) keep.push_back(s.unpack(self));
     for (int64_t u : l.upstream_at) {
       at::Tensor g = grads[u];
@@ -143,7 +150,7 @@ struct KernelBackward : public torch::autograd::Node {
     }
     for (auto& s : reused) keep.push_back(s.unpack(self));
     for (auto& t : keep) words.push_back(word(t));
-    std::vector<at::Tensor> out;
+    c10::SmallVector<at::Tensor, 8> out;
     for (auto& shape : plan->gradients) {
       out.push_back(fresh(shape, l.dtype));
       words.push_back(word(out.back()));
@@ -151,7 +158,7 @@ struct KernelBackward : public torch::autograd::Node {
     at::Tensor work;
     if (plan->backward_work) work = fresh({plan->backward_work}, l.dtype);
     words.push_back(plan->backward_work ? word(work) : 0);
-    run(l, l.backward, words);
+    run(l, l.backward, words, false);
     variable_list result(l.arg_at.size());
     for (std::size_t k = 0; k < result.size(); ++k)
       if (l.gradient_at[k] >= 0 && should_compute_output(k))
@@ -222,9 +229,8 @@ class NativeLayer {
   py::object call(const py::tuple& tensors, const py::dict& parameters) {
     const Layout& l = *layout_;
     if (static_cast<int64_t>(tensors.size()) != n_inputs_) return py::none();
-    std::vector<at::Tensor> args;
-    args.reserve(l.arg_at.size());
-    std::vector<int64_t> key;
+    c10::SmallVector<at::Tensor, 8> args;
+    c10::SmallVector<int64_t, 24> key;
     bool recording = false;
     for (std::size_t k = 0; k < l.arg_at.size(); ++k) {
       int64_t at = l.arg_at[k];
@@ -249,9 +255,9 @@ class NativeLayer {
     for (std::size_t k = 0; k < args.size(); ++k)
       if (plan->label_limits[k] >= 0 && !in_range(args[k], plan->label_limits[k]))
         return py::none();                                  // named by the Python route
-    std::vector<Word> words(plan->dims);
+    Words words(plan->dims.begin(), plan->dims.end());
     for (auto& t : args) words.push_back(word(t));
-    std::vector<at::Tensor> out;
+    c10::SmallVector<at::Tensor, 8> out;
     for (auto& shape : plan->returns) {
       out.push_back(fresh(shape, l.dtype));
       words.push_back(word(out.back()));
@@ -259,7 +265,7 @@ class NativeLayer {
     at::Tensor work;
     if (plan->forward_work) work = fresh({plan->forward_work}, l.dtype);
     words.push_back(plan->forward_work ? word(work) : 0);
-    run(l, l.forward, words);
+    run(l, l.forward, words, plan->release_gil);
     if (recording) record(args, out, plan);
     if (l.pick >= 0) return wrap(out[l.output_at[l.pick]]);
     py::tuple outputs(l.output_at.size());
@@ -283,10 +289,14 @@ class NativeLayer {
   }
 
   // The plan of these shapes: kept, or made (and the shapes checked) by the Python planner.
-  std::shared_ptr<const Plan> plan_of(const std::vector<int64_t>& key, const py::tuple& tensors,
+  template <typename Key>
+  std::shared_ptr<const Plan> plan_of(const Key& key, const py::tuple& tensors,
                                       const py::dict& parameters) {
-    auto found = plans_.find(key);
-    if (found != plans_.end()) return found->second;
+    if (last_plan_ && std::equal(key.begin(), key.end(), last_key_.begin(), last_key_.end()))
+      return last_plan_;                         // the common case: the shapes of last call
+    std::vector<int64_t> shapes(key.begin(), key.end());
+    auto found = plans_.find(shapes);
+    if (found != plans_.end()) return remember(std::move(shapes), found->second);
     const Layout& l = *layout_;
     py::tuple args(l.arg_at.size());
     for (std::size_t k = 0; k < l.arg_at.size(); ++k) {
@@ -302,17 +312,26 @@ class NativeLayer {
     plan->forward_work = got[3].cast<int64_t>();
     plan->backward_work = got[4].cast<int64_t>();
     plan->label_limits = got[5].cast<std::vector<int64_t>>();
+    int64_t elements = 0;
+    for (auto& shape : plan->returns) elements += c10::multiply_integers(shape);
+    plan->release_gil = elements >= (1 << 14);
     std::size_t words = plan->dims.size() + l.arg_at.size() + plan->returns.size() + 1;
     std::size_t back = plan->dims.size() + l.arg_at.size() + l.upstream_at.size() +
                        l.reuse_at.size() + plan->gradients.size() + 1;
     TORCH_CHECK(words <= MAX_WORDS && back <= MAX_WORDS, l.name, ": the C entry points take ",
                 std::max(words, back), " arguments; the C++ route calls up to ", MAX_WORDS);
     if (plans_.size() >= MAX_PLANS) plans_.erase(plans_.begin());
-    plans_.emplace(key, plan);
-    return plan;
+    plans_.emplace(shapes, plan);
+    return remember(std::move(shapes), plan);
   }
 
-  void record(const std::vector<at::Tensor>& args, const std::vector<at::Tensor>& out,
+  std::shared_ptr<const Plan> remember(std::vector<int64_t>&& shapes,
+                                       std::shared_ptr<const Plan> plan) {
+    last_key_ = std::move(shapes);
+    return last_plan_ = std::move(plan);
+  }
+
+  void record(at::ArrayRef<at::Tensor> args, at::ArrayRef<at::Tensor> out,
               const std::shared_ptr<const Plan>& plan) {
     const Layout& l = *layout_;
     auto node = c10::make_intrusive<KernelBackward>();
@@ -332,6 +351,8 @@ class NativeLayer {
   std::vector<py::str> param_names_;
   py::function planner_;
   std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Plan>, ShapesHash> plans_;
+  std::vector<int64_t> last_key_;              // the shapes of the last call, and their plan
+  std::shared_ptr<const Plan> last_plan_;
 };
 
 }  // namespace

@@ -48,6 +48,10 @@ def test_the_cpp_route_takes_the_calls_and_gives_the_python_routes_results(monke
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert cpp.native.plans == 1                 # one set of shapes, planned once in C++
+    for _ in range(2):                           # refused each time, not taken for the last
+        with pytest.raises(ValueError, match=r"W: expected shape \(I=3, J=4\)"):
+            cpp(torch.randn(4, 4, dtype=torch.float64))
+    torch.testing.assert_close(cpp(x), results[0][1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name, sizes, shape", [
