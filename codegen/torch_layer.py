@@ -50,7 +50,10 @@ def torch_module(layer_or_name, backend: str = "c", dtype: str = "float32",
     module = DerivedModule(layer, kernels, getattr(torch, dtype), sizes)
     if backend == "c" and route == "cpp":
         built = extension()
-        module.native = native_layer(module, built) if built is not None else None
+        if built is not None:
+            module.native = native_layer(module, built)
+            module.native.bind(module)
+            module.forward = module.native   # over the class's: no Python frame per call
     return module
 
 
@@ -138,12 +141,9 @@ class DerivedModule(torch.nn.Module):
     native = None            # the C++ route (codegen.torch_native), when torch_module chose it
 
     def forward(self, *tensors):
-        # The C++ route takes every ordinary call; None means an unusual one (a wrong dtype,
-        # a strided tensor, ...), which the Python route below handles or names.
-        if self.native is not None:
-            out = self.native(tensors, self._parameters)
-            if out is not None:
-                return out
+        # The Python route.  On the C++ route the module's own `forward` is the extension's
+        # NativeLayer (set by torch_module), which calls this for the unusual calls only (a
+        # wrong dtype, a strided tensor, ...): here they are handled or named.
         # The hot path, kept flat (each Python frame or generator costs a microsecond
         # here): the cheap per-call checks, the shape key, then the kernels.
         if len(tensors) != len(self.inputs):

@@ -11,9 +11,10 @@
 // results with at::empty, calls the C entry point and, when there is a graph to record,
 // attaches a KernelBackward node that calls the backward entry point.
 //
+// A bound NativeLayer is the module's forward (an instance attribute over the class's).
 // Anything unusual (a wrong dtype, a strided or CUDA tensor, a label out of range, a target
-// that requires grad) returns None: the module then takes its Python route, which gives the
-// error message (one place for every message) or handles the case.
+// that requires grad) goes to the class's forward, the Python route, which gives the error
+// message (one place for every message) or handles the case.
 #include <torch/extension.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/util/SmallVector.h>
@@ -274,6 +275,22 @@ class NativeLayer {
     return std::move(outputs);
   }
 
+  // Bind to the module: its parameters (the dict itself, which torch updates in place) and
+  // a weak reference, for the calls the Python route takes (no cycle keeps the module).
+  void bind(const py::object& module) {
+    parameters_ = module.attr("_parameters");
+    module_ = py::weakref(module);
+  }
+
+  // module.forward on the C++ route: the call, or the Python route for an unusual one.
+  py::object forward(const py::args& tensors) {
+    py::object out = call(tensors, parameters_);
+    if (!out.is_none()) return out;
+    py::object module = module_();
+    TORCH_CHECK(!module.is_none(), layout_->name, ": the module of this forward is gone");
+    return py::type::of(module).attr("forward")(module, *tensors);
+  }
+
   std::size_t plans() const { return plans_.size(); }
 
  private:
@@ -349,6 +366,8 @@ class NativeLayer {
   std::shared_ptr<const Layout> layout_;
   int64_t n_inputs_;
   std::vector<py::str> param_names_;
+  py::dict parameters_;
+  py::weakref module_;
   py::function planner_;
   std::unordered_map<std::vector<int64_t>, std::shared_ptr<const Plan>, ShapesHash> plans_;
   std::vector<int64_t> last_key_;              // the shapes of the last call, and their plan
@@ -365,6 +384,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, int64_t, int64_t,
                     py::function>())
-      .def("__call__", &NativeLayer::call)
+      .def("call", &NativeLayer::call)
+      .def("bind", &NativeLayer::bind)
+      .def("__call__", &NativeLayer::forward)
       .def_property_readonly("plans", &NativeLayer::plans);
 }

@@ -113,3 +113,18 @@ def test_a_failed_build_warns_and_leaves_modules_on_the_python_route(monkeypatch
     x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     m(x).sum().backward()
     torch.testing.assert_close(x.grad, m.W.detach().sum(0).expand(4, 5))
+
+
+def test_a_dropped_module_is_freed():
+    """The C++ forward holds its module weakly: no cycle through the extension (which the
+    garbage collector could not see into) keeps a module alive."""
+    import gc
+    import weakref
+
+    m = codegen.torch_module("dense", route="cpp", I=3, J=4)
+    assert m.forward is m.native
+    m(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    gone = weakref.ref(m)
+    del m
+    gc.collect()
+    assert gone() is None
