@@ -70,6 +70,7 @@ def overhead(repeat: int) -> dict:
 
     entry_forward, entry_train = _entry_points(module, x.detach(), dz)
     empty = _empty_function(module, x)
+    identity = torch.nn.Identity()        # torch's charge for any module's call
     nothing = lambda: None                                       # noqa: E731
     c.set_threads(1)             # one thread: its CPU time is the whole cost of a call
     threads = torch.get_num_threads()
@@ -85,6 +86,8 @@ def overhead(repeat: int) -> dict:
             "entry_forward": (nothing, _times(ENTRY_CALLS, entry_forward)),
             "entry_forward_backward": (nothing, _times(ENTRY_CALLS, entry_train)),
             "entry_forward_no_grad": (nothing, no_grad(entry_forward)),
+            "identity_forward_no_grad": (nothing, forward(identity)),
+            "no_grad_block": (nothing, no_grad(nothing)),
             "module_forward_recording": (nothing, lambda: module(x)),
             "python_module_forward": (nothing, forward(python_route)),
             "python_module_forward_backward": (nothing, train(python_route)),
@@ -118,6 +121,10 @@ def over_the_floor(times: dict, route: str = "") -> dict:
     return {
         route + "over_floor_no_grad": times[module + "forward"]
         - times["entry_forward_no_grad"],
+        # of which nn.Module's call, as nn.Identity's (its no_grad block counted once)
+        route + "over_floor_no_grad_past_module_call": times[module + "forward"]
+        - times["identity_forward_no_grad"] - times["entry_forward_no_grad"]
+        + times["no_grad_block"],
         route + "over_floor_recording": times[module + "forward_recording"]
         - times["empty_function_forward"] - times["entry_forward"],
         route + "over_floor_forward_backward": times[module + "forward_backward"]
@@ -265,7 +272,8 @@ def main(argv=None) -> None:
               f"for a Python layer, plus the C entry points): "
               f"{us(o[route + 'over_floor_no_grad'])}, "
               f"{us(o[route + 'over_floor_recording'])}, "
-              f"{us(o[route + 'over_floor_forward_backward'])}")
+              f"{us(o[route + 'over_floor_forward_backward'])}; no_grad past nn.Module's "
+              f"call {us(o[route + 'over_floor_no_grad_past_module_call'])}")
     print(f"training step (forward + backward), {MODEL} float32, OMP_WAIT_POLICY="
           f"{record['omp_wait_policy']}:")
     for what in ("model", "layernorm", "gelu"):
