@@ -8,8 +8,8 @@
 // the CPU, of the module's dtype, contiguous), finds the plan of their shapes (the sizes of
 // every dimension, the results' shapes, the work buffers: made once per set of shapes by the
 // Python planner, through the C wrapper's own checks, whose error it raises), allocates the
-// results with at::empty, calls the C entry point and, when there is a graph to record,
-// attaches a KernelBackward node that calls the backward entry point.
+// results from torch's CPU allocator, calls the C entry point and, when there is a graph to
+// record, attaches a KernelBackward node that calls the backward entry point.
 //
 // A bound NativeLayer is the module's forward (an instance attribute over the class's).
 // Anything unusual (a wrong dtype, a strided or CUDA tensor, a label out of range, a target
@@ -117,6 +117,23 @@ at::Tensor fresh(at::IntArrayRef shape, at::ScalarType dtype) {
   return at::Tensor(at::detail::empty_cpu(shape, dtype, false, std::nullopt));
 }
 
+// An entry point's results, fresh: their pointers and the work buffer's go after the
+// inputs' in `words`, then the entry point is called.
+c10::SmallVector<at::Tensor, 8> results_of(const Layout& l, void* entry, Words& words,
+                                           const std::vector<std::vector<int64_t>>& shapes,
+                                           int64_t work_size, bool release_gil) {
+  c10::SmallVector<at::Tensor, 8> out;
+  for (auto& shape : shapes) {
+    out.push_back(fresh(shape, l.dtype));
+    words.push_back(word(out.back()));
+  }
+  at::Tensor work;
+  if (work_size) work = fresh({work_size}, l.dtype);
+  words.push_back(work_size ? word(work) : 0);
+  run(l, entry, words, release_gil);
+  return out;
+}
+
 // ---- the backward node --------------------------------------------------------------------
 struct KernelBackward : public torch::autograd::Node {
   std::shared_ptr<const Layout> layout;
@@ -151,15 +168,7 @@ struct KernelBackward : public torch::autograd::Node {
     }
     for (auto& s : reused) keep.push_back(s.unpack(self));
     for (auto& t : keep) words.push_back(word(t));
-    c10::SmallVector<at::Tensor, 8> out;
-    for (auto& shape : plan->gradients) {
-      out.push_back(fresh(shape, l.dtype));
-      words.push_back(word(out.back()));
-    }
-    at::Tensor work;
-    if (plan->backward_work) work = fresh({plan->backward_work}, l.dtype);
-    words.push_back(plan->backward_work ? word(work) : 0);
-    run(l, l.backward, words, false);
+    auto out = results_of(l, l.backward, words, plan->gradients, plan->backward_work, false);
     variable_list result(l.arg_at.size());
     for (std::size_t k = 0; k < result.size(); ++k)
       if (l.gradient_at[k] >= 0 && should_compute_output(k))
@@ -258,15 +267,8 @@ class NativeLayer {
         return py::none();                                  // named by the Python route
     Words words(plan->dims.begin(), plan->dims.end());
     for (auto& t : args) words.push_back(word(t));
-    c10::SmallVector<at::Tensor, 8> out;
-    for (auto& shape : plan->returns) {
-      out.push_back(fresh(shape, l.dtype));
-      words.push_back(word(out.back()));
-    }
-    at::Tensor work;
-    if (plan->forward_work) work = fresh({plan->forward_work}, l.dtype);
-    words.push_back(plan->forward_work ? word(work) : 0);
-    run(l, l.forward, words, plan->release_gil);
+    auto out = results_of(l, l.forward, words, plan->returns, plan->forward_work,
+                          plan->release_gil);
     if (recording) record(args, out, plan);
     if (l.pick >= 0) return wrap(out[l.output_at[l.pick]]);
     py::tuple outputs(l.output_at.size());
