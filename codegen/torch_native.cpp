@@ -381,12 +381,11 @@ class NativeLayer {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "codegen.torch_module's C++ route (codegen/torch_native.cpp)";
   py::class_<NativeLayer, std::shared_ptr<NativeLayer>>(m, "NativeLayer")
-      .def(py::init<std::string, Word, Word, Word, Word, bool, std::vector<int64_t>, std::vector<bool>,
-                    std::vector<std::string>, int64_t, std::vector<int64_t>,
+      .def(py::init<std::string, Word, Word, Word, Word, bool, std::vector<int64_t>,
+                    std::vector<bool>, std::vector<std::string>, int64_t, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
                     std::vector<int64_t>, std::vector<int64_t>, int64_t, int64_t,
                     py::function>())
-      .def("call", &NativeLayer::call)
       .def("bind", &NativeLayer::bind)
       .def("__call__", &NativeLayer::forward)
       .def_property_readonly("plans", &NativeLayer::plans);
