@@ -2,8 +2,9 @@
 torch.nn.Module whose forward and backward run the generated kernels (C by default)
 through a torch.autograd.Function.
 
-Tensors reach the C kernels as pointers to their own memory (Tensor.data_ptr(): no copy;
-codegen.torch_calls, checked once per set of shapes), the NumPy kernels as NumPy views
+Tensors reach the C kernels as pointers to their own memory (no copy), through C++
+(codegen.torch_native, the default) or Python (codegen.torch_calls; shapes checked once
+per set of shapes either way), the NumPy kernels as NumPy views
 (Tensor.numpy()); results come back as tensors over fresh arrays (torch.from_numpy).
 Before that every tensor is checked here, so the error names torch's terms: on the CPU,
 in the module's dtype, contiguous."""
