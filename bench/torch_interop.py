@@ -3,7 +3,8 @@
 wrapper and against torch's own nn.Linear of the same size, on a shape so small the kernel
 itself takes next to nothing; the module's own cost over the floor (its C entry points,
 plus what torch charges any Python-defined layer: an empty autograd.Function of the same
-inputs), no_grad, recording and forward + backward; and layernorm + gelu, derived,
+inputs), no_grad, recording and forward + backward, on both routes of a call (C++,
+codegen.torch_native, and Python, codegen.torch_calls); and layernorm + gelu, derived,
 inside a torch model against torch's native nn.LayerNorm and nn.GELU.
 
     python -m bench.torch_interop [--repeat 200] [--json]
@@ -38,7 +39,9 @@ def overhead(repeat: int) -> dict:
     nn.Linear of the same size beside them (its weights the module's)."""
     import torch
 
-    module = codegen.torch_module("dense", I=SMALL["I"], J=SMALL["J"])
+    module = codegen.torch_module("dense", route="cpp", I=SMALL["I"], J=SMALL["J"])
+    python_route = codegen.torch_module("dense", route="python", I=SMALL["I"], J=SMALL["J"])
+    python_route.load_state_dict(module.state_dict())
     linear = torch.nn.Linear(SMALL["J"], SMALL["I"])
     with torch.no_grad():
         linear.weight.copy_(module.W)
@@ -67,6 +70,7 @@ def overhead(repeat: int) -> dict:
 
     entry_forward, entry_train = _entry_points(module, x.detach(), dz)
     empty = _empty_function(module, x)
+    identity = torch.nn.Identity()        # torch's charge for any module's call
     nothing = lambda: None                                       # noqa: E731
     c.set_threads(1)             # one thread: its CPU time is the whole cost of a call
     threads = torch.get_num_threads()
@@ -82,7 +86,12 @@ def overhead(repeat: int) -> dict:
             "entry_forward": (nothing, _times(ENTRY_CALLS, entry_forward)),
             "entry_forward_backward": (nothing, _times(ENTRY_CALLS, entry_train)),
             "entry_forward_no_grad": (nothing, no_grad(entry_forward)),
+            "identity_forward_no_grad": (nothing, forward(identity)),
+            "no_grad_block": (nothing, no_grad(nothing)),
             "module_forward_recording": (nothing, lambda: module(x)),
+            "python_module_forward": (nothing, forward(python_route)),
+            "python_module_forward_backward": (nothing, train(python_route)),
+            "python_module_forward_recording": (nothing, lambda: python_route(x)),
             "empty_function_forward": (nothing, empty),
             "empty_function_forward_backward": (nothing, lambda: empty().backward(dz)),
         }, repeat, clock=time.thread_time)
@@ -91,8 +100,8 @@ def overhead(repeat: int) -> dict:
         torch.set_num_threads(threads)
     for k in ("entry_forward", "entry_forward_backward"):
         times[k] /= ENTRY_CALLS
-    return dict(times, rounds=rounds,
-                **over_the_floor(times),
+    return dict(times, rounds=rounds, cpp_route=module.native is not None,
+                **over_the_floor(times), **over_the_floor(times, "python_"),
                 forward_over_entry=times["module_forward"] - times["entry_forward"],
                 train_over_entry=times["module_forward_backward"]
                 - times["entry_forward_backward"],
@@ -103,16 +112,23 @@ def overhead(repeat: int) -> dict:
                 / times["linear_forward_backward"])
 
 
-def over_the_floor(times: dict) -> dict:
-    """The module's own cost in each mode: what it takes beyond what torch charges any
-    Python-defined layer (nothing under no_grad; an empty autograd.Function of the same
-    inputs while recording) and beyond its C entry points."""
-    return dict(
-        over_floor_no_grad=times["module_forward"] - times["entry_forward_no_grad"],
-        over_floor_recording=times["module_forward_recording"]
+def over_the_floor(times: dict, route: str = "") -> dict:
+    """The module's own cost in each mode (`route`: "" the C++ route, "python_" the
+    Python one): what it takes beyond what torch charges any Python-defined layer
+    (nothing under no_grad; an empty autograd.Function of the same inputs while
+    recording) and beyond its C entry points."""
+    module = route + "module_"
+    return {
+        route + "over_floor_no_grad": times[module + "forward"]
+        - times["entry_forward_no_grad"],
+        # of which nn.Module's call, as nn.Identity's (its no_grad block counted once)
+        route + "over_floor_no_grad_past_module_call": times[module + "forward"]
+        - times["identity_forward_no_grad"] - times["entry_forward_no_grad"]
+        + times["no_grad_block"],
+        route + "over_floor_recording": times[module + "forward_recording"]
         - times["empty_function_forward"] - times["entry_forward"],
-        over_floor_forward_backward=times["module_forward_backward"]
-        - times["empty_function_forward_backward"] - times["entry_forward_backward"])
+        route + "over_floor_forward_backward": times[module + "forward_backward"]
+        - times["empty_function_forward_backward"] - times["entry_forward_backward"]}
 
 
 # the entry points take about a microsecond, near the clock's own cost: timed in runs
@@ -247,10 +263,17 @@ def main(argv=None) -> None:
     print(f"  an empty autograd.Function of the same inputs: recording forward "
           f"{us(o['empty_function_forward'])}, forward + backward "
           f"{us(o['empty_function_forward_backward'])}")
-    print(f"  the module over the floor (torch's charge for a Python layer, plus the C entry "
-          f"points): no_grad forward {us(o['over_floor_no_grad'])}, recording forward "
-          f"{us(o['over_floor_recording'])}, forward + backward "
-          f"{us(o['over_floor_forward_backward'])}")
+    for route, name in (("", "C++" if o["cpp_route"] else "C++ (not built: Python)"),
+                        ("python_", "Python")):
+        print(f"  the module on the {name} route: no_grad forward "
+              f"{us(o[route + 'module_forward'])}, recording forward "
+              f"{us(o[route + 'module_forward_recording'])}, forward + backward "
+              f"{us(o[route + 'module_forward_backward'])}; over the floor (torch's charge "
+              f"for a Python layer, plus the C entry points): "
+              f"{us(o[route + 'over_floor_no_grad'])}, "
+              f"{us(o[route + 'over_floor_recording'])}, "
+              f"{us(o[route + 'over_floor_forward_backward'])}; no_grad past nn.Module's "
+              f"call {us(o[route + 'over_floor_no_grad_past_module_call'])}")
     print(f"training step (forward + backward), {MODEL} float32, OMP_WAIT_POLICY="
           f"{record['omp_wait_policy']}:")
     for what in ("model", "layernorm", "gelu"):

@@ -122,6 +122,17 @@ def ruled_gemm(blas: Blas | None) -> tuple[int, int]:
     return address("bp_sgemm_ruled"), address("bp_dgemm_ruled")
 
 
+def hold_addresses(blas: Blas | None) -> tuple:
+    """The addresses of the C functions one_thread calls on entry and on exit, for a
+    caller outside Python (codegen.torch_native), or (0, 0) where there is nothing to hold."""
+    module = _ruled() if blas is not None else None
+    if module is None:
+        return 0, 0
+    ffi, lib = module.ffi, module.lib
+    return tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+                 for name in ("bp_gemm_threads_hold", "bp_gemm_threads_release"))
+
+
 @contextlib.contextmanager
 def one_thread(blas: Blas | None):
     """OpenBLAS on one thread for the duration: for kernels that call the GEMM from each

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .arguments import check_backward, check_fusable, check_names, derive_sizes, dim_program
-from .blas import numpy_blas, one_thread, ruled_gemm
+from .blas import hold_addresses, numpy_blas, one_thread, ruled_gemm
 from .dtypes import CTYPES, SUFFIX
 
 
@@ -57,7 +57,9 @@ class CKernels:
         self.use_blas(True)
         # convolutions' per-image GEMMs and attention's GEMMs of blocks run on the
         # kernel's own threads: OpenBLAS on one thread meanwhile (see blas.one_thread)
-        if _gemm_per_thread(self._lib, layer_name) or self._gemm_blocks:
+        self._c_entries = {"forward": self._forward, "backward": self._backward}
+        self._holds_blas = _gemm_per_thread(self._lib, layer_name) or self._gemm_blocks
+        if self._holds_blas:
             self._forward, self._backward, self._fused, self._inplace = (
                 self._one_blas_thread(f) if f is not None else None
                 for f in (self._forward, self._backward, self._fused, self._inplace))
@@ -174,6 +176,14 @@ class CKernels:
         if entry == "backward":
             return self._backward, self._backward_work
         raise ValueError(f"{self.name}: no C entry point {entry!r} (forward, backward)")
+
+    def entry_addresses(self, entry: str) -> tuple:
+        """For a caller outside Python (codegen.torch_native): the address of entry
+        "forward" or "backward", and of the functions to call just before and after it
+        (OpenBLAS held on one thread, as entry_point's call does: blas.one_thread), else 0s."""
+        self.entry_point(entry)                          # an unknown entry: its error
+        return (int(self._ffi.cast("uintptr_t", self._c_entries[entry])),
+                *(hold_addresses(self.blas) if self._holds_blas else (0, 0)))
 
     def checked_sizes(self, arrays: dict, names) -> dict:
         """Every dimension's size, from the arrays `names`, checked as forward checks them

@@ -104,6 +104,15 @@ class DirectCalls:
                 self._check(args)                  # raises, naming the value and where
         return plan
 
+    def native_plan(self, args) -> tuple:
+        """The plan of the arguments' shapes for the C++ route (codegen.torch_native):
+        (sizes as the entry points take them, forward's result shapes, backward's, the two
+        work sizes, per argument the bound of its label values or -1)."""
+        plan = self.plan(args, tuple(t.shape for t in args))
+        limits = dict((i, plan.sizes[dim]) for i, dim in self._labels)
+        return (plan.dims, plan.returns.shapes, plan.gradients.shapes, plan.forward_work,
+                plan.backward_work, [limits.get(i, -1) for i in range(len(args))])
+
     # The two calls below are chains of map() over C functions: in Python 3.11 each list
     # comprehension is a function call of its own, a microsecond or so inside a training
     # step; map() runs without a Python frame.

@@ -2,8 +2,9 @@
 torch.nn.Module whose forward and backward run the generated kernels (C by default)
 through a torch.autograd.Function.
 
-Tensors reach the C kernels as pointers to their own memory (Tensor.data_ptr(): no copy;
-codegen.torch_calls, checked once per set of shapes), the NumPy kernels as NumPy views
+Tensors reach the C kernels as pointers to their own memory (no copy), through C++
+(codegen.torch_native, the default) or Python (codegen.torch_calls; shapes checked once
+per set of shapes either way), the NumPy kernels as NumPy views
 (Tensor.numpy()); results come back as tensors over fresh arrays (torch.from_numpy).
 Before that every tensor is checked here, so the error names torch's terms: on the CPU,
 in the module's dtype, contiguous."""
@@ -18,12 +19,14 @@ from derive.builtins import resolve
 
 from .torch_calls import DirectCalls
 from .torch_init import init_rules, initialise
+from .torch_native import chosen_route, extension, native_layer
 
 DTYPES = ("float32", "float64")
 
 
 def torch_module(layer_or_name, backend: str = "c", dtype: str = "float32",
-                 constants: dict | None = None, cache=None, **sizes):
+                 constants: dict | None = None, cache=None, route: str | None = None,
+                 **sizes):
     """An nn.Module of a layer (a built-in name, a spec path or a Layer).
 
     sizes: every dimension of the parameters by its spec name (dense: I=5, J=3).  The
@@ -31,7 +34,10 @@ def torch_module(layer_or_name, backend: str = "c", dtype: str = "float32",
     the matching layer (codegen.torch_init).  forward takes the layer's inputs, then its
     targets, positionally in declaration order, and returns its output (a tuple when
     there are several; the loss when it ends in one).  backend "c" (compiled once, then
-    cached) or "numpy"; constants sets the spec's `const` values (stride, padding)."""
+    cached) or "numpy"; constants sets the spec's `const` values (stride, padding).
+    route (C kernels): "cpp", a call in C++ (codegen.torch_native; the default), or
+    "python" (codegen.torch_calls); default $BACKPROP_TORCH_ROUTE, else "cpp"."""
+    route = chosen_route(route)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if backend not in ("c", "numpy"):
@@ -42,7 +48,14 @@ def torch_module(layer_or_name, backend: str = "c", dtype: str = "float32",
 
     kernels = load(layer, backend=backend, cache=cache,
                    **({"dtype": dtype} if backend == "c" else {}))
-    return DerivedModule(layer, kernels, getattr(torch, dtype), sizes)
+    module = DerivedModule(layer, kernels, getattr(torch, dtype), sizes)
+    if backend == "c" and route == "cpp":
+        built = extension()
+        if built is not None:
+            module.native = native_layer(module, built)
+            module.native.bind(module)
+            module.forward = module.native   # over the class's: no Python frame per call
+    return module
 
 
 def _parameter_sizes(layer, sizes: dict) -> dict:
@@ -126,7 +139,12 @@ class DerivedModule(torch.nn.Module):
         self.calls = DirectCalls(kernels, self.dtype, labels) if kernels.backend == "c" \
             else _NumpyCalls(kernels, reuses)
 
+    native = None            # the C++ route (codegen.torch_native), when torch_module chose it
+
     def forward(self, *tensors):
+        # The Python route.  On the C++ route the module's own `forward` is the extension's
+        # NativeLayer (set by torch_module), which calls this for the unusual calls only (a
+        # wrong dtype, a strided tensor, ...): here they are handled or named.
         # The hot path, kept flat (each Python frame or generator costs a microsecond
         # here): the cheap per-call checks, the shape key, then the kernels.
         if len(tensors) != len(self.inputs):

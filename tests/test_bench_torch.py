@@ -38,6 +38,15 @@ def test_overhead_record(monkeypatch):
     assert record["over_floor_forward_backward"] == pytest.approx(
         record["module_forward_backward"] - record["empty_function_forward_backward"]
         - record["entry_forward_backward"])
+    assert record["cpp_route"]                     # the C++ route's rows measure it
+    calls = dict(no_grad="forward", recording="forward_recording",
+                 forward_backward="forward_backward")
+    for mode, call in calls.items():                 # the Python route's, on the same floor
+        assert record["python_over_floor_" + mode] - record["over_floor_" + mode] == \
+            pytest.approx(record["python_module_" + call] - record["module_" + call])
+    assert record["over_floor_no_grad_past_module_call"] == pytest.approx(
+        record["over_floor_no_grad"] - record["identity_forward_no_grad"]
+        + record["no_grad_block"])
     model = bench.in_a_model(repeat=2)
     assert set(model) == {"rounds", "native_model", "derived_model", "native_layernorm",
                           "derived_layernorm", "native_gelu", "derived_gelu"}

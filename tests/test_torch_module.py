@@ -17,6 +17,24 @@ torch = require_oracle("torch")
 GRADIENT_LAYERS = [n for n in BUILTINS if builtin(n).differentiable]
 
 
+@pytest.fixture(params=["cpp", "python"])
+def route(request, monkeypatch):
+    """Each test so marked runs on both routes of a call (codegen.torch_native's C++ and
+    codegen.torch_calls' Python), chosen as a user would: $BACKPROP_TORCH_ROUTE."""
+    monkeypatch.setenv("BACKPROP_TORCH_ROUTE", request.param)
+    if request.param == "cpp":
+        from codegen.torch_native import extension
+
+        assert extension() is not None, "the C++ route did not build"
+    return request.param
+
+
+def _on(route, module):
+    """The module, checked to be on the route the test asked for."""
+    assert (module.native is not None) == (route == "cpp")
+    return module
+
+
 def module_and_tensors(name, seed, dtype="float64", backend="c"):
     """A module of the built-in with drawn sizes, and its inputs then targets as tensors:
     float inputs require grad, targets and integer labels do not."""
@@ -36,10 +54,11 @@ def module_and_tensors(name, seed, dtype="float64", backend="c"):
 
 
 @pytest.mark.parametrize("name", GRADIENT_LAYERS)
-def test_gradcheck_every_builtin(name):
+def test_gradcheck_every_builtin(name, route):
     """Inputs and parameters at once: the module's parameters are swapped for gradcheck's
     leaves with torch.func.functional_call, the way torch.func differentiates a module."""
     module, tensors = module_and_tensors(name, seed=1)
+    _on(route, module)
     params = dict(module.named_parameters())
     leaves = [t for t in tensors if t.requires_grad] + list(params.values())
     fixed = {i: t for i, t in enumerate(tensors) if not t.requires_grad}
@@ -107,7 +126,7 @@ def test_grouped_conv_and_user_spec_follow_the_rules():
     assert 0 < gated.W.abs().max() <= bound and 0 < gated.b.abs().max() <= bound
 
 
-def test_a_mixed_model_trains_as_the_all_torch_model():
+def test_a_mixed_model_trains_as_the_all_torch_model(route):
     """Derived dense, layernorm, gelu and loss beside a torch Linear, in nn.Sequential,
     with torch.optim.Adam: every loss and parameter as the all-torch model's, 25 steps."""
     dt = torch.float64
@@ -117,7 +136,8 @@ def test_a_mixed_model_trains_as_the_all_torch_model():
         codegen.torch_module("layernorm", dtype="float64", C=16),
         codegen.torch_module("gelu", dtype="float64"),
         torch.nn.Linear(16, 4, dtype=dt))
-    loss_derived = codegen.torch_module("softmax_cross_entropy_labels", dtype="float64")
+    loss_derived = _on(route, codegen.torch_module("softmax_cross_entropy_labels",
+                                                   dtype="float64"))
     torch.manual_seed(0)
     native = torch.nn.Sequential(torch.nn.Linear(8, 16, dtype=dt),
                                  torch.nn.LayerNorm(16, dtype=dt),
@@ -177,8 +197,8 @@ class _OnCuda(torch.Tensor):
         return torch.device("cuda", 0)
 
 
-def test_tensors_the_kernels_cannot_take_get_a_clear_error():
-    m = codegen.torch_module("dense", dtype="float64", I=3, J=4)
+def test_tensors_the_kernels_cannot_take_get_a_clear_error(route):
+    m = _on(route, codegen.torch_module("dense", dtype="float64", I=3, J=4))
     x = torch.randn(4, 2, dtype=torch.float64).t()        # 2 x 4, transposed: strided
     with pytest.raises(ValueError, match=r"dense: x is not contiguous .*\.contiguous\(\)"):
         m(x)
@@ -220,8 +240,8 @@ def test_bad_dtype_and_backend_get_a_clear_error():
         codegen.torch_module("sigmoid", backend="jax")
 
 
-def test_double_backward_raises_a_clear_error():
-    m = codegen.torch_module("tanh", dtype="float64")
+def test_double_backward_raises_a_clear_error(route):
+    m = _on(route, codegen.torch_module("tanh", dtype="float64"))
     z = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match="tanh: double backward .* first derivatives only"):
         torch.autograd.grad(m(z).sum(), z, create_graph=True)
@@ -229,18 +249,18 @@ def test_double_backward_raises_a_clear_error():
     torch.testing.assert_close(g, 1 - torch.tanh(z) ** 2)
 
 
-def test_loss_gradient_scales_with_the_upstream_gradient():
-    m = codegen.torch_module("mse", dtype="float64")
+def test_loss_gradient_scales_with_the_upstream_gradient(route):
+    m = _on(route, codegen.torch_module("mse", dtype="float64"))
     y = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     t = torch.randn(4, 3, dtype=torch.float64)
     (3 * m(y, t)).backward()
     torch.testing.assert_close(y.grad, 3 * (y - t).detach() / 4)
 
 
-def test_shapes_are_checked_once_per_set_of_shapes(monkeypatch):
+def test_shapes_are_checked_once_per_set_of_shapes(monkeypatch, route):
     """The C wrapper's shape checks run on the first call with a set of input shapes only;
     a new set is checked (and a wrong one refused) again, and labels' values every call."""
-    m = codegen.torch_module("dense", I=3, J=4)
+    m = _on(route, codegen.torch_module("dense", I=3, J=4))
     checks = []
     check = m.kernels.checked_sizes
     monkeypatch.setattr(m.kernels, "checked_sizes", lambda *a: checks.append(a) or check(*a))
