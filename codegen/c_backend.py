@@ -28,6 +28,7 @@ from .step_views import step_gemm
 from .panel_steps import PANEL_COLS, with_panels
 from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
+from .contiguous_rows import merged_rows
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
 from .version import VERSION
@@ -488,6 +489,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="", best="")
+    flat = merged_rows(n, shapes, printer.padded)
+    if flat is not n and not any(view[k] for k in ("gemm", "im2col", "batched", "step")):
+        return _view(flat, printer, shapes, acc)      # rows of one stretch: one loop
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
     # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""

@@ -198,11 +198,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        q[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    q[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -234,11 +232,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        k[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    k[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -270,11 +266,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        v[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    v[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -306,11 +300,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        s[((b*H + h)*T + t)*T + u] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t u = 0; u < T*T; ++u) {
+                    s[((b*H + h)*T)*T + u] = 0;
                 }
             }
         }
@@ -383,11 +375,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        ctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    ctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -426,11 +416,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    y[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                y[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -480,11 +468,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -526,11 +512,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t w = 0; w < T; ++w) {
-                        _s2[((b*H + h)*T + t)*T + w] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t w = 0; w < T*T; ++w) {
+                    _s2[((b*H + h)*T)*T + w] = 0;
                 }
             }
         }
@@ -585,11 +569,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dv[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -629,11 +611,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dk[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -674,11 +654,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dq[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -718,11 +696,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                dx[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -826,11 +802,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWq[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWq[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -868,11 +842,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWk[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWk[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -910,11 +882,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWv[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWv[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -952,11 +922,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dWo[(d*H + h)*E + e] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t e = 0; e < H*E; ++e) {
+                dWo[(d*H)*E + e] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1007,11 +975,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        q[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    q[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1043,11 +1009,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        k[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    k[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1079,11 +1043,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        v[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    v[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1115,11 +1077,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        s[((b*H + h)*T + t)*T + u] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t u = 0; u < T*T; ++u) {
+                    s[((b*H + h)*T)*T + u] = 0;
                 }
             }
         }
@@ -1192,11 +1152,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        ctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    ctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1235,11 +1193,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    y[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                y[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -1289,11 +1245,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1335,11 +1289,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t w = 0; w < T; ++w) {
-                        _s2[((b*H + h)*T + t)*T + w] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t w = 0; w < T*T; ++w) {
+                    _s2[((b*H + h)*T)*T + w] = 0;
                 }
             }
         }
@@ -1394,11 +1346,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dv[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1438,11 +1388,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dk[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1483,11 +1431,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dq[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1527,11 +1473,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                dx[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -1635,11 +1579,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWq[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWq[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1677,11 +1619,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWk[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWk[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1719,11 +1659,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWv[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWv[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1761,11 +1699,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dWo[(d*H + h)*E + e] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t e = 0; e < H*E; ++e) {
+                dWo[(d*H)*E + e] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
