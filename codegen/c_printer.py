@@ -92,8 +92,8 @@ class KernelCPrinter(C99CodePrinter):
             elif out == "0":    # 0s (rows walked as one stretch) add nothing
                 out = idx
             else:
-                out = (f"({out})" if k > 1 else out) + f"*{dims[k]}" + (
-                    f" + {idx}" if idx != "0" else "")
+                whole = f"({out})" if k > 1 and not out.isidentifier() else out
+                out = f"{whole}*{dims[k]}" + (f" + {idx}" if idx != "0" else "")
         return out or "0"
 
     def _print_Integer(self, expr):

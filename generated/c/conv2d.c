@@ -269,13 +269,15 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                {
-                    const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
-                    const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
-                    for (ptrdiff_t q = 0; q < bp_lo; ++q) _dx_pa[((c*O + o)*KH)*KW + q] = 0;
-                    BP_OMP(simd)
-                    for (ptrdiff_t q = bp_lo; q < bp_hi; ++q) _dx_pa[((c*O + o)*KH)*KW + q] = w[((o*C + c)*KH + p)*KW + q];
-                    for (ptrdiff_t q = bp_hi; q < KW; ++q) _dx_pa[((c*O + o)*KH)*KW + q] = 0;
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
+                        for (ptrdiff_t q = 0; q < bp_lo; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t q = bp_lo; q < bp_hi; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = w[((o*C + c)*KH + p)*KW + q];
+                        for (ptrdiff_t q = bp_hi; q < KW; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
+                    }
                 }
             }
         }
@@ -548,13 +550,15 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                {
-                    const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
-                    const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
-                    for (ptrdiff_t q = 0; q < bp_lo; ++q) _dx_pa[((c*O + o)*KH)*KW + q] = 0;
-                    BP_OMP(simd)
-                    for (ptrdiff_t q = bp_lo; q < bp_hi; ++q) _dx_pa[((c*O + o)*KH)*KW + q] = w[((o*C + c)*KH + p)*KW + q];
-                    for (ptrdiff_t q = bp_hi; q < KW; ++q) _dx_pa[((c*O + o)*KH)*KW + q] = 0;
+                for (ptrdiff_t p = 0; p < KH; ++p) {
+                    {
+                        const ptrdiff_t bp_lo = (1) ? bp_imax(bp_imin(0, KW), 0) : KW;
+                        const ptrdiff_t bp_hi = bp_imax(bp_imin(KW - 1 + 1, KW), bp_lo);
+                        for (ptrdiff_t q = 0; q < bp_lo; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
+                        BP_OMP(simd)
+                        for (ptrdiff_t q = bp_lo; q < bp_hi; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = w[((o*C + c)*KH + p)*KW + q];
+                        for (ptrdiff_t q = bp_hi; q < KW; ++q) _dx_pa[((c*O + o)*KH + p)*KW + q] = 0;
+                    }
                 }
             }
         }

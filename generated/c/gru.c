@@ -625,7 +625,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(n)*H + j]*z[(n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
@@ -644,14 +644,14 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(n)*H + j]*z[(n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc_r0 = dah[((n)*3 + g)*H + k];
+                    const float bp_acc_r0 = dah[(n*3 + g)*H + k];
                     BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
                         dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
@@ -725,7 +725,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = dah[((n)*3 + g)*H + j];
+                    const float bp_acc_r0 = dah[(n*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
@@ -1185,7 +1185,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(n)*H + j]*z[(n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
@@ -1204,14 +1204,14 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(n)*H + j]*z[(n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc_r0 = dah[((n)*3 + g)*H + k];
+                    const double bp_acc_r0 = dah[(n*3 + g)*H + k];
                     BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
                         dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
@@ -1285,7 +1285,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = dah[((n)*3 + g)*H + j];
+                    const double bp_acc_r0 = dah[(n*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];

@@ -631,7 +631,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = da[((n)*4 + g)*H + j];
+                    const float bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + j)*H + k];
@@ -645,7 +645,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
-            dc0[n*H + j] = dc[(n)*H + j]*fg[(n)*H + j];
+            dc0[n*H + j] = dc[n*H + j]*fg[n*H + j];
         }
     }
     /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
@@ -713,7 +713,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = da[((n)*4 + g)*H + j];
+                    const float bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
@@ -1171,7 +1171,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = da[((n)*4 + g)*H + j];
+                    const double bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + j)*H + k];
@@ -1185,7 +1185,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
-            dc0[n*H + j] = dc[(n)*H + j]*fg[(n)*H + j];
+            dc0[n*H + j] = dc[n*H + j]*fg[n*H + j];
         }
     }
     /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
@@ -1253,7 +1253,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = da[((n)*4 + g)*H + j];
+                    const double bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
