@@ -28,6 +28,7 @@ from .step_views import step_gemm
 from .panel_steps import PANEL_COLS, with_panels
 from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
+from .contiguous_rows import merged_rows
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
 from templates import render
 from .version import VERSION
@@ -469,8 +470,10 @@ def _bounded_loop(i, lo, hi, printer) -> tuple:
     return (i.label.name, printer.index_code(lo), printer.index_code(hi + 1))
 
 
-def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict:
-    """What the template needs of one loop nest, every formula printed."""
+def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc",
+          one_stretch: bool = True) -> dict:
+    """What the template needs of one loop nest, every formula printed (one_stretch:
+    two inner loops over one contiguous plane may run as one)."""
     bounded = {k: (lo, hi) for k, lo, hi in n.bounds}
     # a loop is (name, extent), or (name, first, end) over part of its range, or (name,
     # first, count, "count") over a fixed number of terms from a moving first (the interior
@@ -498,6 +501,9 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc") -> dict
                 loops=loops, cse=cse, value=value,
                 target=target, op=n.op, pragma="", init_pragma="", split=0,
                 out_loops=[], start="0", finish="", simd="", init_simd="", best="")
+    flat = merged_rows(n, shapes, printer.padded) if one_stretch else n
+    if flat is not n and not any(view[k] for k in ("gemm", "im2col", "batched", "step")):
+        return _view(flat, printer, shapes, acc)      # rows of one stretch: one loop
     # The innermost loop is vectorized: `omp simd` lets a sum be reassociated across
     # lanes, which -O3 alone may not do.
     simd = "#pragma omp simd" if len(loops) else ""
@@ -800,7 +806,7 @@ def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     its array, tested once per row where they do not read the row's index, and turned
     into the bounds of the row's loop where they do (an interior without checks and zeros
     at the borders)."""
-    v = _view(n, printer, shapes)
+    v = _view(n, printer, shapes, one_stretch=False)      # reads n's own loops below
     inner = n.loops[-1]
     factors = sp.Mul.make_args(n.body)
     ref = next(f for f in factors if isinstance(f, sp.Indexed))

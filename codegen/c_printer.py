@@ -89,8 +89,11 @@ class KernelCPrinter(C99CodePrinter):
                 # a first subscript that is a sum or difference (a recurrence's t - 1)
                 # is multiplied as a whole
                 out = f"({idx})" if isinstance(i, sp.Add) and len(indices) > 1 else idx
+            elif out == "0":    # 0s (rows walked as one stretch) add nothing
+                out = idx
             else:
-                out = (f"({out})" if k > 1 else out) + f"*{dims[k]} + {idx}"
+                whole = f"({out})" if k > 1 and not out.isidentifier() else out
+                out = f"{whole}*{dims[k]}" + (f" + {idx}" if idx != "0" else "")
         return out or "0"
 
     def _print_Integer(self, expr):

@@ -16,6 +16,7 @@ from dataclasses import replace
 import sympy as sp
 
 from derive.piecewise import ArgMaxOver, FirstMax, Iverson, MaxOver, linear_position
+from derive.saved_argmax import saved_position
 
 from .plan import Maximum
 
@@ -93,12 +94,5 @@ def read_saved_argmax(backward, forward):
 
 def _same_search(st, e):
     """st's array at the indices where its search equals the search e, or None."""
-    theirs, mine = st.expr.bound_indices, e.bound_indices
-    if [k.upper for k in theirs] != [k.upper for k in mine]:
-        return None
-    body = e.args[0].xreplace(dict(zip(mine, theirs)))
-    wild = {i: sp.Wild(f"_w{j}") for j, i in enumerate(st.indices)}
-    found = body.match(st.expr.args[0].xreplace(wild))
-    if found is None or set(found) != set(wild.values()):
-        return None
-    return sp.IndexedBase(st.name)[tuple(found[wild[i]] for i in st.indices)]
+    return saved_position(e.args[0], e.bound_indices, st.name, st.indices, st.expr.args[0],
+                          st.expr.bound_indices)

@@ -25,6 +25,7 @@ from .calculus import (apply_conditions, complexity, contract, fold, merge_sums,
 from .indices import (canonical_indices, freshen_bound, fresh, slot_letters, tidy_bound,
                       user_letters)
 from .preactivations import name_preactivations, written_out
+from .saved_argmax import name_saved_argmax
 from .same_shape import by_shape, same_shapes
 from .spec import Condition, Equation, Layer, dim_symbol
 
@@ -178,7 +179,8 @@ def derive(layer: Layer) -> Derivation:
                 before, term = flat, sp.Integer(0)
             free = {i.label.name for i in canon[xname]}
             shown = min((term, merge_sums(term)), key=complexity)   # one sum, not two
-            tidied = lambda e: tidy_bound(freshen_bound(e), taken | free, letters)
+            tidied = lambda e: name_saved_argmax(
+                tidy_bound(freshen_bound(e), taken | free, letters), layer.equations)
             cancels = term == 0 and folded_in
             contributions.append(Contribution(
                 eq, xname, tidied(shown), tidied(before) if cancels else None,
@@ -219,7 +221,8 @@ def derive(layer: Layer) -> Derivation:
         if name not in kept:
             continue
         free = {i.label.name for i in canon[name]}
-        expr = tidy_bound(freshen_bound(expr), taken | free, letters)
+        expr = name_saved_argmax(tidy_bound(freshen_bound(expr), taken | free, letters),
+                                 layer.equations)
         given, used = apply_conditions(expr, layer.conditions, layer)
         if used:
             given = tidy_bound(freshen_bound(tidy(given)), taken | free, letters)

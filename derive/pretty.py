@@ -105,6 +105,9 @@ class FormulaPrinter(StrPrinter):
     def _print_Iverson(self, expr):
         return f"[{self._print(expr.args[0])}]"
 
+    def _print_Equality(self, expr):       # a bracket's [rank == at[..]], as the spec's ==
+        return " == ".join(self._print(a) for a in expr.args)
+
     def _print_And(self, expr):
         return " and ".join(self.parenthesize(a, 30) for a in expr.args)
 

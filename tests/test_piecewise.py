@@ -156,6 +156,22 @@ def test_latex_of_the_new_constructs():
     assert r"\operatorname{argmax}_{" in index_latex(pool.step("x").expr, {"dy"})
 
 
+
+def test_gradient_names_the_saved_argmax():
+    """Where the forward saves the search (maxpool2d_indices' at), dx is written at the
+    saved position, as a textbook does, in the text and in LaTeX; where it does not
+    (maxpool2d), the search stays written out."""
+    from derive.latex import index_latex
+
+    d = derive(codegen.load("maxpool2d_indices").layer)
+    text = derivation_text(d).split("backward")[-1]
+    assert "[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]]" in text and "argmax" not in text
+    tex = index_latex(d.step("x").expr, {"dy"})
+    assert r"= \mathrm{at}_{ncij}\right]" in tex and "argmax" not in tex
+    pool = derivation_text(derive(codegen.load("maxpool2d").layer)).split("backward")[-1]
+    assert "== argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])" in pool
+
+
 BAD = [
     ("a[n, i] = x[n, i] > 0", "7:11", "a comparison is allowed only as the condition of "
                                       "where(cond, a, b)"),

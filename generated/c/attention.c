@@ -199,11 +199,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        q[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    q[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -235,11 +233,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        k[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    k[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -271,11 +267,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        v[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    v[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -307,11 +301,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        s[((b*H + h)*T + t)*T + u] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t u = 0; u < T*T; ++u) {
+                    s[((b*H + h)*T)*T + u] = 0;
                 }
             }
         }
@@ -384,11 +376,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        ctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    ctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -427,11 +417,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    y[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                y[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -483,11 +471,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -529,11 +515,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t w = 0; w < T; ++w) {
-                        _s2[((b*H + h)*T + t)*T + w] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t w = 0; w < T*T; ++w) {
+                    _s2[((b*H + h)*T)*T + w] = 0;
                 }
             }
         }
@@ -588,11 +572,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dv[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -632,11 +614,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dk[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -677,11 +657,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dq[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -721,11 +699,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                dx[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -829,11 +805,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWq[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWq[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -871,11 +845,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWk[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWk[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -913,11 +885,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWv[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWv[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -955,11 +925,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dWo[(d*H + h)*E + e] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t e = 0; e < H*E; ++e) {
+                dWo[(d*H)*E + e] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1012,11 +980,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        q[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    q[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1048,11 +1014,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        k[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    k[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1084,11 +1048,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        v[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    v[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1120,11 +1082,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t u = 0; u < T; ++u) {
-                        s[((b*H + h)*T + t)*T + u] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t u = 0; u < T*T; ++u) {
+                    s[((b*H + h)*T)*T + u] = 0;
                 }
             }
         }
@@ -1197,11 +1157,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        ctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    ctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1240,11 +1198,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    y[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                y[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -1296,11 +1252,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dctx[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dctx[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1342,11 +1296,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t w = 0; w < T; ++w) {
-                        _s2[((b*H + h)*T + t)*T + w] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t w = 0; w < T*T; ++w) {
+                    _s2[((b*H + h)*T)*T + w] = 0;
                 }
             }
         }
@@ -1401,11 +1353,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dv[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dv[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1445,11 +1395,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dk[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dk[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1490,11 +1438,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
-                for (ptrdiff_t t = 0; t < T; ++t) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t e = 0; e < E; ++e) {
-                        dq[((b*H + h)*T + t)*E + e] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t e = 0; e < T*E; ++e) {
+                    dq[((b*H + h)*T)*E + e] = 0;
                 }
             }
         }
@@ -1534,11 +1480,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < T*D; ++d) {
+                dx[(b*T)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (B > 1))
@@ -1642,11 +1586,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWq[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWq[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1684,11 +1626,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWk[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWk[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1726,11 +1666,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
-            for (ptrdiff_t e = 0; e < E; ++e) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dWv[(h*E + e)*D + d] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t d = 0; d < E*D; ++d) {
+                dWv[(h*E)*D + d] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))
@@ -1768,11 +1706,9 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t e = 0; e < E; ++e) {
-                    dWo[(d*H + h)*E + e] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t e = 0; e < H*E; ++e) {
+                dWo[(d*H)*E + e] = 0;
             }
         }
         BP_OMP(parallel for collapse(1) if (H > 1))

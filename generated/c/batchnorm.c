@@ -104,22 +104,18 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         /* mu[c] = sum(x[n, c, i, j], n, i, j) / (N * H * W) */
         float bp_acc0 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += bp_k0*bp_k1*bp_k2*x[((n*C + c)*H + i)*W + j];
-                }
+            BP_OMP(simd reduction(+:bp_acc0))
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                bp_acc0 += bp_k0*bp_k1*bp_k2*x[((n*C + c)*H)*W + j];
             }
         }
         mu[c] = bp_acc0;
         /* var[c] = sum((x[n, c, i, j] - mu[c])**2, n, i, j) / (N * H * W) */
         float bp_acc1 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc1 += bp_k0*bp_k1*bp_k2*((mu[c] - x[((n*C + c)*H + i)*W + j])*(mu[c] - x[((n*C + c)*H + i)*W + j]));
-                }
+            BP_OMP(simd reduction(+:bp_acc1))
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                bp_acc1 += bp_k0*bp_k1*bp_k2*((mu[c] - x[((n*C + c)*H)*W + j])*(mu[c] - x[((n*C + c)*H)*W + j]));
             }
         }
         var[c] = bp_acc1;
@@ -130,11 +126,9 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
             const float bp_acc3_r0 = mu[c];
             const float bp_acc3_r1 = rstd[c];
             const float bp_acc3_r2 = -bp_acc3_r0;
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    xhat[((n*C + c)*H + i)*W + j] = bp_acc3_r1*(bp_acc3_r2 + x[((n*C + c)*H + i)*W + j]);
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                xhat[((n*C + c)*H)*W + j] = bp_acc3_r1*(bp_acc3_r2 + x[((n*C + c)*H)*W + j]);
             }
         }
     }
@@ -144,11 +138,9 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         for (ptrdiff_t c = 0; c < C; ++c) {
             const float bp_acc_r0 = b[c];
             const float bp_acc_r1 = w[c];
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    y[((n*C + c)*H + i)*W + j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H + i)*W + j];
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                y[((n*C + c)*H)*W + j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H)*W + j];
             }
         }
     }
@@ -171,12 +163,10 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         float bp_acc0 = 0;
         float bp_acc1 = 0;
         for (ptrdiff_t k = 0; k < N; ++k) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
-                    bp_acc1 += (mu[c] - x[((k*C + c)*H + h)*W + l])*dy[((k*C + c)*H + h)*W + l];
-                }
+            BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
+            for (ptrdiff_t l = 0; l < H*W; ++l) {
+                bp_acc0 += dy[((k*C + c)*H)*W + l];
+                bp_acc1 += (mu[c] - x[((k*C + c)*H)*W + l])*dy[((k*C + c)*H)*W + l];
             }
         }
         _s1[c] = bp_acc0;
@@ -193,11 +183,9 @@ int bp_batchnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             const float bp_acc2_r7 = bp_acc2_r1*bp_acc2_r3*bp_acc2_r5*bp_k0*bp_k1*bp_k2/sqrtf(bp_acc2_r4 + 1.0F/100000.0F);
             const float bp_acc2_r8 = -bp_acc2_r0*bp_acc2_r5*bp_k0*bp_k1*bp_k2;
             const float bp_acc2_r9 = powf(bp_acc2_r4 + 1.0F/100000.0F, -1.0F/2.0F);
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc2_r9*(bp_acc2_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc2_r7*(bp_acc2_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc2_r8);
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                dx[((n*C + c)*H)*W + j] = bp_acc2_r9*(bp_acc2_r5*dy[((n*C + c)*H)*W + j] + bp_acc2_r7*(bp_acc2_r6 + x[((n*C + c)*H)*W + j]) + bp_acc2_r8);
             }
         }
         /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */
@@ -225,22 +213,18 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         /* mu[c] = sum(x[n, c, i, j], n, i, j) / (N * H * W) */
         double bp_acc0 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc0))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc0 += bp_k0*bp_k1*bp_k2*x[((n*C + c)*H + i)*W + j];
-                }
+            BP_OMP(simd reduction(+:bp_acc0))
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                bp_acc0 += bp_k0*bp_k1*bp_k2*x[((n*C + c)*H)*W + j];
             }
         }
         mu[c] = bp_acc0;
         /* var[c] = sum((x[n, c, i, j] - mu[c])**2, n, i, j) / (N * H * W) */
         double bp_acc1 = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd reduction(+:bp_acc1))
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    bp_acc1 += bp_k0*bp_k1*bp_k2*((mu[c] - x[((n*C + c)*H + i)*W + j])*(mu[c] - x[((n*C + c)*H + i)*W + j]));
-                }
+            BP_OMP(simd reduction(+:bp_acc1))
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                bp_acc1 += bp_k0*bp_k1*bp_k2*((mu[c] - x[((n*C + c)*H)*W + j])*(mu[c] - x[((n*C + c)*H)*W + j]));
             }
         }
         var[c] = bp_acc1;
@@ -251,11 +235,9 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
             const double bp_acc3_r0 = mu[c];
             const double bp_acc3_r1 = rstd[c];
             const double bp_acc3_r2 = -bp_acc3_r0;
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    xhat[((n*C + c)*H + i)*W + j] = bp_acc3_r1*(bp_acc3_r2 + x[((n*C + c)*H + i)*W + j]);
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                xhat[((n*C + c)*H)*W + j] = bp_acc3_r1*(bp_acc3_r2 + x[((n*C + c)*H)*W + j]);
             }
         }
     }
@@ -265,11 +247,9 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
         for (ptrdiff_t c = 0; c < C; ++c) {
             const double bp_acc_r0 = b[c];
             const double bp_acc_r1 = w[c];
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    y[((n*C + c)*H + i)*W + j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H + i)*W + j];
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                y[((n*C + c)*H)*W + j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H)*W + j];
             }
         }
     }
@@ -292,12 +272,10 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         double bp_acc0 = 0;
         double bp_acc1 = 0;
         for (ptrdiff_t k = 0; k < N; ++k) {
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
-                for (ptrdiff_t l = 0; l < W; ++l) {
-                    bp_acc0 += dy[((k*C + c)*H + h)*W + l];
-                    bp_acc1 += (mu[c] - x[((k*C + c)*H + h)*W + l])*dy[((k*C + c)*H + h)*W + l];
-                }
+            BP_OMP(simd reduction(+:bp_acc0, bp_acc1))
+            for (ptrdiff_t l = 0; l < H*W; ++l) {
+                bp_acc0 += dy[((k*C + c)*H)*W + l];
+                bp_acc1 += (mu[c] - x[((k*C + c)*H)*W + l])*dy[((k*C + c)*H)*W + l];
             }
         }
         _s1[c] = bp_acc0;
@@ -314,11 +292,9 @@ int bp_batchnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             const double bp_acc2_r7 = bp_acc2_r1*bp_acc2_r3*bp_acc2_r5*bp_k0*bp_k1*bp_k2/sqrt(bp_acc2_r4 + 1.0/100000.0);
             const double bp_acc2_r8 = -bp_acc2_r0*bp_acc2_r5*bp_k0*bp_k1*bp_k2;
             const double bp_acc2_r9 = pow(bp_acc2_r4 + 1.0/100000.0, -1.0/2.0);
-            for (ptrdiff_t i = 0; i < H; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < W; ++j) {
-                    dx[((n*C + c)*H + i)*W + j] = bp_acc2_r9*(bp_acc2_r5*dy[((n*C + c)*H + i)*W + j] + bp_acc2_r7*(bp_acc2_r6 + x[((n*C + c)*H + i)*W + j]) + bp_acc2_r8);
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t j = 0; j < H*W; ++j) {
+                dx[((n*C + c)*H)*W + j] = bp_acc2_r9*(bp_acc2_r5*dy[((n*C + c)*H)*W + j] + bp_acc2_r7*(bp_acc2_r6 + x[((n*C + c)*H)*W + j]) + bp_acc2_r8);
             }
         }
         /* dw[c] = sum_{n,i,j}(dy[n, c, i, j]*xhat[n, c, i, j]) */

@@ -322,11 +322,9 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     if (bp_conv1d_gemm_f32 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    dw[(o*C + c)*K + k] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < C*K; ++k) {
+                dw[(o*C)*K + k] = 0;
             }
         }
         const ptrdiff_t bp_ns = bp_slots(N);
@@ -572,11 +570,9 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     if (bp_conv1d_gemm_f64 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < K; ++k) {
-                    dw[(o*C + c)*K + k] = 0;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < C*K; ++k) {
+                dw[(o*C)*K + k] = 0;
             }
         }
         const ptrdiff_t bp_ns = bp_slots(N);

@@ -181,11 +181,9 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < Wout; ++j) {
-                        y[((n*O + o)*Hout + i)*Wout + j] = b[o];
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
+                    y[((n*O + o)*Hout)*Wout + j] = b[o];
                 }
             }
         }
@@ -356,11 +354,9 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        dw[((o*C + c)*KH + p)*KW + q] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t q = 0; q < KH*KW; ++q) {
+                    dw[((o*C + c)*KH)*KW + q] = 0;
                 }
             }
         }
@@ -442,11 +438,9 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    bp_acc += dy[((n*O + o)*Hout + i)*Wout + j];
-                }
+            BP_OMP(simd reduction(+:bp_acc))
+            for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
+                bp_acc += dy[((n*O + o)*Hout)*Wout + j];
             }
         }
         db[o] = bp_acc;
@@ -472,11 +466,9 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
-                for (ptrdiff_t i = 0; i < Hout; ++i) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < Wout; ++j) {
-                        y[((n*O + o)*Hout + i)*Wout + j] = b[o];
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
+                    y[((n*O + o)*Hout)*Wout + j] = b[o];
                 }
             }
         }
@@ -647,11 +639,9 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
-                for (ptrdiff_t p = 0; p < KH; ++p) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t q = 0; q < KW; ++q) {
-                        dw[((o*C + c)*KH + p)*KW + q] = 0;
-                    }
+                BP_OMP(simd)
+                for (ptrdiff_t q = 0; q < KH*KW; ++q) {
+                    dw[((o*C + c)*KH)*KW + q] = 0;
                 }
             }
         }
@@ -733,11 +723,9 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    bp_acc += dy[((n*O + o)*Hout + i)*Wout + j];
-                }
+            BP_OMP(simd reduction(+:bp_acc))
+            for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
+                bp_acc += dy[((n*O + o)*Hout)*Wout + j];
             }
         }
         db[o] = bp_acc;

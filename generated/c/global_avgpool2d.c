@@ -96,11 +96,9 @@ int bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdi
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             float bp_acc = 0;
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + h)*W + w];
-                }
+            BP_OMP(simd reduction(+:bp_acc))
+            for (ptrdiff_t w = 0; w < H*W; ++w) {
+                bp_acc += bp_k0*bp_k1*x[((n*C + c)*H)*W + w];
             }
             y[n*C + c] = bp_acc;
         }
@@ -121,11 +119,9 @@ int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const float bp_acc_r0 = dy[n*C + c];
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = bp_acc_r0*bp_k0*bp_k1;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t w = 0; w < H*W; ++w) {
+                dx[((n*C + c)*H)*W + w] = bp_acc_r0*bp_k0*bp_k1;
             }
         }
     }
@@ -148,11 +144,9 @@ int bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdi
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             double bp_acc = 0;
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd reduction(+:bp_acc))
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    bp_acc += bp_k0*bp_k1*x[((n*C + c)*H + h)*W + w];
-                }
+            BP_OMP(simd reduction(+:bp_acc))
+            for (ptrdiff_t w = 0; w < H*W; ++w) {
+                bp_acc += bp_k0*bp_k1*x[((n*C + c)*H)*W + w];
             }
             y[n*C + c] = bp_acc;
         }
@@ -173,11 +167,9 @@ int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const double bp_acc_r0 = dy[n*C + c];
-            for (ptrdiff_t h = 0; h < H; ++h) {
-                BP_OMP(simd)
-                for (ptrdiff_t w = 0; w < W; ++w) {
-                    dx[((n*C + c)*H + h)*W + w] = bp_acc_r0*bp_k0*bp_k1;
-                }
+            BP_OMP(simd)
+            for (ptrdiff_t w = 0; w < H*W; ++w) {
+                dx[((n*C + c)*H)*W + w] = bp_acc_r0*bp_k0*bp_k1;
             }
         }
     }

@@ -468,7 +468,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                 /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc0_m = bp_sigmoid_f32(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                    const float bp_acc0_m = bp_sigmoid_f32(ah[((t*N + n)*G)*H + j] + ai[((t*N + n)*G)*H + j]);
                     const float bp_acc1_m = bp_sigmoid_f32(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
                     r[(t*N + n)*H + j] = bp_acc0_m;
                     z[(t*N + n)*H + j] = bp_acc1_m;
@@ -639,7 +639,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
@@ -658,14 +658,14 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
+                    const float bp_acc_r0 = dah[(n*3 + g)*H + k];
                     BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
                         dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
@@ -739,7 +739,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
+                    const float bp_acc_r0 = dah[(n*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
@@ -789,11 +789,9 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
         /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s1[(g*H + j)*H + k] + _s2[(g*H + j)*H + k];
-            }
+        BP_OMP(simd)
+        for (ptrdiff_t k = 0; k < H*H; ++k) {
+            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
         }
         /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
         BP_OMP(simd)
@@ -1045,7 +1043,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                 /* r[t, n, j] = sigmoid(ai[t, n, 0, j] + ah[t, n, 0, j]); z[t, n, j] = sigmoid(ai[t, n, 1, j] + ah[t, n, 1, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc0_m = bp_sigmoid_f64(ah[((t*N + n)*G + 0)*H + j] + ai[((t*N + n)*G + 0)*H + j]);
+                    const double bp_acc0_m = bp_sigmoid_f64(ah[((t*N + n)*G)*H + j] + ai[((t*N + n)*G)*H + j]);
                     const double bp_acc1_m = bp_sigmoid_f64(ah[((t*N + n)*G + 1)*H + j] + ai[((t*N + n)*G + 1)*H + j]);
                     r[(t*N + n)*H + j] = bp_acc0_m;
                     z[(t*N + n)*H + j] = bp_acc1_m;
@@ -1216,7 +1214,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel if ((N)*(H)*(3*H) >= BP_PARALLEL_MIN))
@@ -1235,14 +1233,14 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dh0[n*H + j] = dh_total[(0*N + n)*H + j]*z[(0*N + n)*H + j];
+                dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
         BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + k];
+                    const double bp_acc_r0 = dah[(n*3 + g)*H + k];
                     BP_OMP(simd)
                     for (ptrdiff_t j = 0; j < H; ++j) {
                         dh0[n*H + j] += bp_acc_r0*W_hh[(g*H + k)*H + j];
@@ -1316,7 +1314,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = dah[((0*N + n)*3 + g)*H + j];
+                    const double bp_acc_r0 = dah[(n*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
@@ -1366,11 +1364,9 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
         /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s1[(g*H + j)*H + k] + _s2[(g*H + j)*H + k];
-            }
+        BP_OMP(simd)
+        for (ptrdiff_t k = 0; k < H*H; ++k) {
+            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
         }
         /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
         BP_OMP(simd)

@@ -467,7 +467,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G + 0)*H + j]);
+                    const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G)*H + j]);
                     const float bp_acc2_m = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
                     const float bp_acc3_m = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
                     const float bp_acc4_m = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
@@ -639,7 +639,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    const float bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + j)*H + k];
@@ -653,7 +653,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
-            dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
+            dc0[n*H + j] = dc[n*H + j]*fg[n*H + j];
         }
     }
     /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
@@ -721,7 +721,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    const float bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
@@ -771,11 +771,9 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
         /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s3[(g*H + j)*H + k] + _s4[(g*H + j)*H + k];
-            }
+        BP_OMP(simd)
+        for (ptrdiff_t k = 0; k < H*H; ++k) {
+            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
         }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
@@ -1018,7 +1016,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G + 0)*H + j]);
+                    const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G)*H + j]);
                     const double bp_acc2_m = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
                     const double bp_acc3_m = tanh(a[((t*N + n)*G + 2)*H + j]);
                     const double bp_acc4_m = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
@@ -1190,7 +1188,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    const double bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         dh0[n*H + k] += bp_acc_r0*W_hh[(g*H + j)*H + k];
@@ -1204,7 +1202,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
-            dc0[n*H + j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
+            dc0[n*H + j] = dc[n*H + j]*fg[n*H + j];
         }
     }
     /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*da[t, n, g, j]) */
@@ -1272,7 +1270,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc_r0 = da[((0*N + n)*4 + g)*H + j];
+                    const double bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
                         _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
@@ -1322,11 +1320,9 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
         /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                dW_hh[(g*H + j)*H + k] = _s3[(g*H + j)*H + k] + _s4[(g*H + j)*H + k];
-            }
+        BP_OMP(simd)
+        for (ptrdiff_t k = 0; k < H*H; ++k) {
+            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
         }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)

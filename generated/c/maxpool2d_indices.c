@@ -7,7 +7,7 @@
  *   at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
  *   y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
  * Backward pass (from the upstream gradient dy):
- *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]])
  */
 #include <math.h>
 #include <stddef.h>
@@ -161,7 +161,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]]) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -568,7 +568,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
     (void)KW;
     (void)x;
     (void)bp_work;
-    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j]) */
+    /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]]) */
     BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {

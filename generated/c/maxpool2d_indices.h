@@ -69,7 +69,7 @@ void bp_maxpool2d_indices_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, float *restrict y, float *restrict at, float *restrict bp_work);
 
 /* backward, float:
- *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]])
  * in:  x[N, C, H, W], dy[N, C, Hout, Wout], at[N, C, Hout, Wout]
  * out: dx[N, C, H, W]
  */
@@ -84,7 +84,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
 int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, double *restrict y, double *restrict at, double *restrict bp_work);
 
 /* backward, double:
- *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+ *   dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]])
  * in:  x[N, C, H, W], dy[N, C, Hout, Wout], at[N, C, Hout, Wout]
  * out: dx[N, C, H, W]
  */

@@ -497,7 +497,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t j = 0; j < H; ++j) {
-            const float bp_acc_r0 = dz[(0*N + n)*H + j];
+            const float bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 dh0[n*H + k] += bp_acc_r0*W_hh[j*H + k];
@@ -549,7 +549,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const float bp_acc_r0 = dz[(0*N + n)*H + j];
+            const float bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s4[j*H + k] += bp_acc_r0*h0[n*H + k];
@@ -955,7 +955,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t j = 0; j < H; ++j) {
-            const double bp_acc_r0 = dz[(0*N + n)*H + j];
+            const double bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 dh0[n*H + k] += bp_acc_r0*W_hh[j*H + k];
@@ -1007,7 +1007,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const double bp_acc_r0 = dz[(0*N + n)*H + j];
+            const double bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s4[j*H + k] += bp_acc_r0*h0[n*H + k];

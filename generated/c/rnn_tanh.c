@@ -560,7 +560,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t j = 0; j < H; ++j) {
-            const float bp_acc_r0 = dz[(0*N + n)*H + j];
+            const float bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 dh0[n*H + k] += bp_acc_r0*W_hh[j*H + k];
@@ -612,7 +612,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const float bp_acc_r0 = dz[(0*N + n)*H + j];
+            const float bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s4[j*H + k] += bp_acc_r0*h0[n*H + k];
@@ -1006,7 +1006,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t j = 0; j < H; ++j) {
-            const double bp_acc_r0 = dz[(0*N + n)*H + j];
+            const double bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 dh0[n*H + k] += bp_acc_r0*W_hh[j*H + k];
@@ -1058,7 +1058,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
-            const double bp_acc_r0 = dz[(0*N + n)*H + j];
+            const double bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 _s4[j*H + k] += bp_acc_r0*h0[n*H + k];

@@ -8,7 +8,7 @@ Forward equations (index form; an index not on the left is summed):
     y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW)
 
 Backward pass (from the upstream gradient dy):
-    dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]])
 
 Shapes: x[N, C, H, W], at[N, C, Hout, Wout], y[N, C, Hout, Wout], dy[N, C, Hout, Wout]
 """
@@ -195,7 +195,7 @@ def backward(x, dy, *, at=None):
     KW = sizes['KW']
     Hout = sizes['Hout']
     Wout = sizes['Wout']
-    # dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}([(h - 2*i, w - 2*j) == argmax_{p,q}(x[n, c, 2*i + p, 2*j + q])]*dy[n, c, i, j])
+    # dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]])
     _L1 = 1 + (KH - 1)//2
     _L2 = 1 + (KW - 1)//2
     dx = np.einsum('ha,wb,nchwab->nchw', ((np.maximum(0, -((KH - 1 - np.arange(H)[:, None])//2)) <= np.arange(_L1)[None, :] + -((KH - 1 - np.arange(H)[:, None])//2)) & (np.arange(_L1)[None, :] + -((KH - 1 - np.arange(H)[:, None])//2) <= np.minimum(Hout - 1, np.arange(H)[:, None]//2))).astype(dtype), ((np.maximum(0, -((KW - 1 - np.arange(W)[:, None])//2)) <= np.arange(_L2)[None, :] + -((KW - 1 - np.arange(W)[:, None])//2)) & (np.arange(_L2)[None, :] + -((KW - 1 - np.arange(W)[:, None])//2) <= np.minimum(Wout - 1, np.arange(W)[:, None]//2))).astype(dtype), np.where((KW*(np.arange(H)[None, None, :, None, None, None] - 2*np.arange(_L1)[None, None, None, None, :, None] - 2*(-((KH - 1 - np.arange(H)[None, None, :, None, None, None])//2))) + np.arange(W)[None, None, None, :, None, None] - 2*np.arange(_L2)[None, None, None, None, None, :] - 2*(-((KW - 1 - np.arange(W)[None, None, None, :, None, None])//2)) == np.einsum('abchnw->nchwab', _take(at, (np.arange(N)[None, None, None, None, :, None], np.arange(C)[None, None, :, None, None, None], np.arange(_L1)[:, None, None, None, None, None] + -((KH - 1 - np.arange(H)[None, None, None, :, None, None])//2), np.arange(_L2)[None, :, None, None, None, None] + -((KW - 1 - np.arange(W)[None, None, None, None, None, :])//2),)))), np.einsum('abchnw->nchwab', _take(dy, (np.arange(N)[None, None, None, None, :, None], np.arange(C)[None, None, :, None, None, None], np.arange(_L1)[:, None, None, None, None, None] + -((KH - 1 - np.arange(H)[None, None, None, :, None, None])//2), np.arange(_L2)[None, :, None, None, None, None] + -((KW - 1 - np.arange(W)[None, None, None, None, None, :])//2),))), 0).astype(dtype, copy=False), optimize=True)
