@@ -566,7 +566,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     const float bp_acc2_m = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                     const float bp_acc3_m = -(z[(t*N + n)*H + j] - 1)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j];
                     const float bp_acc4_m = (z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
-                    dah[((t*N + n)*3 + 0)*H + j] = bp_acc2_m;
+                    dah[((t*N + n)*3)*H + j] = bp_acc2_m;
                     dah[((t*N + n)*3 + 1)*H + j] = bp_acc3_m;
                     dah[((t*N + n)*3 + 2)*H + j] = bp_acc4_m;
                 }
@@ -579,7 +579,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dai[((t*N + n)*3 + 0)*H + j] = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                dai[((t*N + n)*3)*H + j] = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1141,7 +1141,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     const double bp_acc2_m = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
                     const double bp_acc3_m = -(z[(t*N + n)*H + j] - 1)*dz[(t*N + n)*H + j]*z[(t*N + n)*H + j];
                     const double bp_acc4_m = (z[(t*N + n)*H + j] - 1)*dh_total[(t*N + n)*H + j]*r[(t*N + n)*H + j]*(-1 + cand[(t*N + n)*H + j]*cand[(t*N + n)*H + j]);
-                    dah[((t*N + n)*3 + 0)*H + j] = bp_acc2_m;
+                    dah[((t*N + n)*3)*H + j] = bp_acc2_m;
                     dah[((t*N + n)*3 + 1)*H + j] = bp_acc3_m;
                     dah[((t*N + n)*3 + 2)*H + j] = bp_acc4_m;
                 }
@@ -1154,7 +1154,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
-                dai[((t*N + n)*3 + 0)*H + j] = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
+                dai[((t*N + n)*3)*H + j] = -(r[(t*N + n)*H + j] - 1)*dr[(t*N + n)*H + j]*r[(t*N + n)*H + j];
             }
         }
         for (ptrdiff_t n = 0; n < N; ++n) {

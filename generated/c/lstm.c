@@ -568,7 +568,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                     const float bp_acc2_m = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j];
                     const float bp_acc3_m = -dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(-1 + gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]);
                     const float bp_acc4_m = -(og[(t*N + n)*H + j] - 1)*bp_tanh_f32(c[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j];
-                    da[((t*N + n)*4 + 0)*H + j] = bp_acc1_m;
+                    da[((t*N + n)*4)*H + j] = bp_acc1_m;
                     da[((t*N + n)*4 + 1)*H + j] = bp_acc2_m;
                     da[((t*N + n)*4 + 2)*H + j] = bp_acc3_m;
                     da[((t*N + n)*4 + 3)*H + j] = bp_acc4_m;
@@ -1117,7 +1117,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                     const double bp_acc2_m = (1 - fg[(t*N + n)*H + j])*(((-1 <= t - 1 && t - 1 <= -1) ? c0[n*H + j] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? c[((t - 1)*N + n)*H + j] : 0))*dc[(t*N + n)*H + j]*fg[(t*N + n)*H + j];
                     const double bp_acc3_m = -dc[(t*N + n)*H + j]*ig[(t*N + n)*H + j]*(-1 + gg[(t*N + n)*H + j]*gg[(t*N + n)*H + j]);
                     const double bp_acc4_m = -(og[(t*N + n)*H + j] - 1)*tanh(c[(t*N + n)*H + j])*dh_total[(t*N + n)*H + j]*og[(t*N + n)*H + j];
-                    da[((t*N + n)*4 + 0)*H + j] = bp_acc1_m;
+                    da[((t*N + n)*4)*H + j] = bp_acc1_m;
                     da[((t*N + n)*4 + 1)*H + j] = bp_acc2_m;
                     da[((t*N + n)*4 + 2)*H + j] = bp_acc3_m;
                     da[((t*N + n)*4 + 3)*H + j] = bp_acc4_m;
