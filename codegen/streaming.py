@@ -79,11 +79,27 @@ def _merged_streams(m: dict, outputs, read: set[str], printer) -> None:
         m["stream"] = dict(size=parts[0]["stream"]["size"], lanes=parts[0]["stream"]["lanes"])
 
 
+def _flat_streams(g: dict, outputs, read: set[str], printer) -> bool:
+    """A one-loop group (an optimizer step) whose statements all assign outputs nobody
+    reads, nothing summed: every one streamed, its blocks shared among the threads."""
+    members = g["members"]
+    if g["pre"] or g["post"] or "reduction" in g["pragma"] or not all(
+            m["mode"] == "assign" and not m["loops"] and not m["hoisted"] and not m["point"]
+            and _writes_alone(m["nest"], outputs, read) for m in members):
+        return False
+    for k, m in enumerate(members):
+        m["stream"] = _stream(m["nest"], printer, f"bp_block{k}")
+    g["stream"] = dict(size=g["extent"], lanes=members[0]["stream"]["lanes"])
+    return True
+
+
 def mark_streams(views: list[dict], nests, outputs, printer) -> list[dict]:
     """Adds `stream` to each view (or row loop member, or part of a merged inner loop)
     whose output is streamed: see _stream."""
     read, outputs = read_arrays(nests), set(outputs)
     for v in views:
+        if v.get("group") and _flat_streams(v, outputs, read, printer):
+            continue
         if v.get("group"):
             for m in v["members"]:
                 if m["mode"] == "merged":
