@@ -6,6 +6,7 @@ import codegen
 from codegen.c_backend import c_sources
 from codegen.plan import plan
 from derive import derive
+from derive.builtins import builtin_text
 from derive.parser import parse_spec
 
 # h is an output that y's statement reads again; dx (backward) is only written
@@ -65,3 +66,26 @@ def test_streamed_results_equal_plain_ones(tmp_path):
         plain = np.concatenate([c.backward(x=x[r:r + 64], dh=dh[r:r + 64], dy=dy[r:r + 64],
                                            h=h[r:r + 64])["dx"] for r in range(0, N, 64)])
         np.testing.assert_array_equal(grads["dx"], plain)
+
+
+def test_a_one_loop_step_streams_every_output_in_shared_blocks():
+    source = c_sources(plan(derive(parse_spec(builtin_text("adam"), "<adam>"))))["adam.c"]
+    forward = function(source, "bp_adam_forward_f32")
+    for k, name in enumerate(("m_next", "v_next", "p_next")):
+        assert f"bp_stream_f32(&{name}[bp_b], bp_block{k});" in forward
+    assert "BP_OMP(for schedule(static) nowait)" in forward
+    assert "bp_stream" not in function(source, "bp_adam_forward_inplace_f32")
+
+
+def test_streamed_step_equals_plain_steps():
+    c = codegen.load("adam", backend="c", dtype="float32")
+    P = 2_100_001                       # 8.4 MB an output; an odd tail
+    rng = np.random.default_rng(3)
+    a = {n: rng.random(P, dtype=np.float32) for n in "pgmv"}
+    a.update({n: np.float32(x) for n, x in
+              dict(step=3, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8).items()})
+    whole = c.forward(**a)
+    parts = [c.forward(**{n: x[r:r + 100_000] if np.ndim(x) else x for n, x in a.items()})
+             for r in range(0, P, 100_000)]
+    for n in c.returns:
+        np.testing.assert_array_equal(whole[n], np.concatenate([p[n] for p in parts]))
