@@ -155,6 +155,7 @@ int bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restr
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
                     bp_block0[bp_j] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
                     bp_block1[bp_j] = beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i];
                     bp_block2[bp_j] = -bp_k0*lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0F/(eps[0] + sqrtf(bp_k1*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];
@@ -264,6 +265,7 @@ int bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *res
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
                     bp_block0[bp_j] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
                     bp_block1[bp_j] = beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i];
                     bp_block2[bp_j] = -bp_k0*lr[0]*(beta1[0]*m[i] - (beta1[0] - 1)*g[i])*1.0/(eps[0] + sqrt(bp_k1*(beta2[0]*v[i] - (beta2[0] - 1)*g[i]*g[i]))) + p[i];

@@ -212,6 +212,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                     BP_OMP(simd)
                     for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                         const ptrdiff_t j = bp_b + bp_j;
+                        (void)j;      /* unused where the value does not vary along the row */
                         bp_block[bp_j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H + i)*W + j];
                     }
                     bp_stream_f32(&y[((n*C + c)*H + i)*W + bp_b], bp_block);
@@ -369,6 +370,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                     BP_OMP(simd)
                     for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                         const ptrdiff_t j = bp_b + bp_j;
+                        (void)j;      /* unused where the value does not vary along the row */
                         bp_block[bp_j] = bp_acc_r0 + bp_acc_r1*xhat[((n*C + c)*H + i)*W + j];
                     }
                     bp_stream_f64(&y[((n*C + c)*H + i)*W + bp_b], bp_block);

@@ -156,6 +156,7 @@ int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, co
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_k0*mask[n*I + i]*x[n*I + i];
             }
             bp_stream_f32(&y[n*I + bp_b], bp_block);
@@ -204,6 +205,7 @@ int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, c
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_k0*dy[n*I + i]*mask[n*I + i];
             }
             bp_stream_f32(&dx[n*I + bp_b], bp_block);
@@ -272,6 +274,7 @@ int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, c
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_k0*mask[n*I + i]*x[n*I + i];
             }
             bp_stream_f64(&y[n*I + bp_b], bp_block);
@@ -320,6 +323,7 @@ int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_k0*dy[n*I + i]*mask[n*I + i];
             }
             bp_stream_f64(&dx[n*I + bp_b], bp_block);

@@ -199,6 +199,7 @@ int bp_elu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((z[n*I + i] > 0) ? z[n*I + i] : expm1f(z[n*I + i]));
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -245,6 +246,7 @@ int bp_elu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = da[n*I + i]*(((z[n*I + i] > 0) ? 1 : 0) + ((z[n*I + i] <= 0) ? bp_exp_f32(z[n*I + i]) : 0));
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -310,6 +312,7 @@ int bp_elu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doubl
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((z[n*I + i] > 0) ? z[n*I + i] : expm1(z[n*I + i]));
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -356,6 +359,7 @@ int bp_elu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = da[n*I + i]*(((z[n*I + i] > 0) ? 1 : 0) + ((z[n*I + i] <= 0) ? exp(z[n*I + i]) : 0));
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);

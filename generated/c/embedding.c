@@ -159,6 +159,7 @@ int bp_embedding_forward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t d = bp_b + bp_j;
+                (void)d;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((0 <= bp_acc_r0 && bp_acc_r0 < V) ? E[bp_acc_r0*D + d] : 0);
             }
             bp_stream_f32(&y[n*D + bp_b], bp_block);
@@ -238,6 +239,7 @@ int bp_embedding_forward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t d = bp_b + bp_j;
+                (void)d;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((0 <= bp_acc_r0 && bp_acc_r0 < V) ? E[bp_acc_r0*D + d] : 0);
             }
             bp_stream_f64(&y[n*D + bp_b], bp_block);

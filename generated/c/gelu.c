@@ -255,6 +255,7 @@ int bp_gelu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = (1.0F/2.0F)*(th[n*I + i] + 1)*z[n*I + i];
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -299,6 +300,7 @@ int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
                 bp_block[bp_j] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
             }
@@ -387,6 +389,7 @@ int bp_gelu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = (1.0/2.0)*(th[n*I + i] + 1)*z[n*I + i];
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -431,6 +434,7 @@ int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
                 bp_block[bp_j] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
             }

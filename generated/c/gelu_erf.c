@@ -229,6 +229,7 @@ int bp_gelu_erf_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = (1.0F/2.0F)*(bp_erf_f32(0.707106781F*z[n*I + i]) + 1)*z[n*I + i];
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -276,6 +277,7 @@ int bp_gelu_erf_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = (1.0F/2.0F)*da[n*I + i]*(1.41421356F*bp_k0*z[n*I + i]*bp_exp_f32(-0.5F*z[n*I + i]*z[n*I + i]) + bp_erf_f32(0.707106781F*z[n*I + i]) + 1);
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -341,6 +343,7 @@ int bp_gelu_erf_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = (1.0/2.0)*(erf(0.7071067811865476*z[n*I + i]) + 1)*z[n*I + i];
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -388,6 +391,7 @@ int bp_gelu_erf_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = (1.0/2.0)*da[n*I + i]*(1.4142135623730952*bp_k0*z[n*I + i]*exp(-0.50000000000000011*z[n*I + i]*z[n*I + i]) + erf(0.7071067811865476*z[n*I + i]) + 1);
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);

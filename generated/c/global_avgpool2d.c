@@ -189,6 +189,7 @@ int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
                     BP_OMP(simd)
                     for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                         const ptrdiff_t w = bp_b + bp_j;
+                        (void)w;      /* unused where the value does not vary along the row */
                         bp_block[bp_j] = bp_acc_r0*bp_k0*bp_k1;
                     }
                     bp_stream_f32(&dx[((n*C + c)*H + h)*W + bp_b], bp_block);
@@ -276,6 +277,7 @@ int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
                     BP_OMP(simd)
                     for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                         const ptrdiff_t w = bp_b + bp_j;
+                        (void)w;      /* unused where the value does not vary along the row */
                         bp_block[bp_j] = bp_acc_r0*bp_k0*bp_k1;
                     }
                     bp_stream_f64(&dx[((n*C + c)*H + h)*W + bp_b], bp_block);

@@ -556,6 +556,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = h[((T - 1)*N + n)*H + j];
             }
             bp_stream_f32(&hn[n*H + bp_b], bp_block);
@@ -887,6 +888,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t k = bp_b + bp_j;
+                    (void)k;      /* unused where the value does not vary along the row */
                     bp_block[bp_j] = _s1[(g*H + j)*H + k] + _s2[(g*H + j)*H + k];
                 }
                 bp_stream_f32(&dW_hh[(g*H + j)*H + bp_b], bp_block);
@@ -1192,6 +1194,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = h[((T - 1)*N + n)*H + j];
             }
             bp_stream_f64(&hn[n*H + bp_b], bp_block);
@@ -1523,6 +1526,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t k = bp_b + bp_j;
+                    (void)k;      /* unused where the value does not vary along the row */
                     bp_block[bp_j] = _s1[(g*H + j)*H + k] + _s2[(g*H + j)*H + k];
                 }
                 bp_stream_f64(&dW_hh[(g*H + j)*H + bp_b], bp_block);

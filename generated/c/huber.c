@@ -208,6 +208,7 @@ int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, con
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 const float bp_acc_c0 = t[n*I + i] - y[n*I + i];
                 const float bp_acc_c1 = -bp_acc_c0;
                 const float bp_acc_c2 = fabsf(bp_acc_c1);
@@ -329,6 +330,7 @@ int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, co
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 const double bp_acc_c0 = t[n*I + i] - y[n*I + i];
                 const double bp_acc_c1 = -bp_acc_c0;
                 const double bp_acc_c2 = fabs(bp_acc_c1);

@@ -148,6 +148,7 @@ int bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t c = bp_b + bp_j;
+                (void)c;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = b[c] + w[c]*xhat[n*C + c];
             }
             bp_stream_f32(&y[n*C + bp_b], bp_block);
@@ -227,6 +228,7 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
                     const float bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
                     const float bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
                     const float bp_acc4_m = db[c] + (dy[n*C + c]);
@@ -329,6 +331,7 @@ int bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x,
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t c = bp_b + bp_j;
+                (void)c;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = b[c] + w[c]*xhat[n*C + c];
             }
             bp_stream_f64(&y[n*C + bp_b], bp_block);
@@ -408,6 +411,7 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
                     const double bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
                     const double bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
                     const double bp_acc4_m = db[c] + (dy[n*C + c]);

@@ -155,6 +155,7 @@ int bp_leaky_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z,
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((z[n*I + i] > 0) ? z[n*I + i] : (1.0F/100.0F)*z[n*I + i]);
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -201,6 +202,7 @@ int bp_leaky_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((1.0F/100.0F)*da[n*I + i])*(((z[n*I + i] <= 0) ? 1 : 0) + ((z[n*I + i] > 0) ? 100 : 0));
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -266,6 +268,7 @@ int bp_leaky_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((z[n*I + i] > 0) ? z[n*I + i] : (1.0/100.0)*z[n*I + i]);
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -312,6 +315,7 @@ int bp_leaky_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = ((1.0/100.0)*da[n*I + i])*(((z[n*I + i] <= 0) ? 1 : 0) + ((z[n*I + i] > 0) ? 100 : 0));
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);

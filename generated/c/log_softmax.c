@@ -226,6 +226,7 @@ int bp_log_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
                     const float bp_acc2_m = bp_acc2_r1*p[n*I + i];
                     const float bp_acc3_m = bp_acc3_r2 + z[n*I + i];
                     bp_block0[bp_j] = bp_acc2_m;
@@ -352,6 +353,7 @@ int bp_log_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
                     const double bp_acc2_m = bp_acc2_r1*p[n*I + i];
                     const double bp_acc3_m = bp_acc3_r2 + z[n*I + i];
                     bp_block0[bp_j] = bp_acc2_m;

@@ -564,6 +564,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t j = bp_b + bp_j;
+                    (void)j;      /* unused where the value does not vary along the row */
                     const float bp_acc0_m = h[((T - 1)*N + n)*H + j];
                     const float bp_acc1_m = c[((T - 1)*N + n)*H + j];
                     bp_block0[bp_j] = bp_acc0_m;
@@ -757,6 +758,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
             }
             bp_stream_f32(&dc0[n*H + bp_b], bp_block);
@@ -908,6 +910,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t k = bp_b + bp_j;
+                    (void)k;      /* unused where the value does not vary along the row */
                     bp_block[bp_j] = _s3[(g*H + j)*H + k] + _s4[(g*H + j)*H + k];
                 }
                 bp_stream_f32(&dW_hh[(g*H + j)*H + bp_b], bp_block);
@@ -956,6 +959,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = db_ih[g*H + j];
             }
             bp_stream_f32(&db_hh[g*H + bp_b], bp_block);
@@ -1240,6 +1244,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t j = bp_b + bp_j;
+                    (void)j;      /* unused where the value does not vary along the row */
                     const double bp_acc0_m = h[((T - 1)*N + n)*H + j];
                     const double bp_acc1_m = c[((T - 1)*N + n)*H + j];
                     bp_block0[bp_j] = bp_acc0_m;
@@ -1433,6 +1438,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = dc[(0*N + n)*H + j]*fg[(0*N + n)*H + j];
             }
             bp_stream_f64(&dc0[n*H + bp_b], bp_block);
@@ -1584,6 +1590,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t k = bp_b + bp_j;
+                    (void)k;      /* unused where the value does not vary along the row */
                     bp_block[bp_j] = _s3[(g*H + j)*H + k] + _s4[(g*H + j)*H + k];
                 }
                 bp_stream_f64(&dW_hh[(g*H + j)*H + bp_b], bp_block);
@@ -1632,6 +1639,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = db_ih[g*H + j];
             }
             bp_stream_f64(&db_hh[g*H + bp_b], bp_block);

@@ -184,6 +184,7 @@ int bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -bp_k0*(t[n*I + i] - y[n*I + i]);
             }
             bp_stream_f32(&dy[n*I + bp_b], bp_block);
@@ -274,6 +275,7 @@ int bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -bp_k0*(t[n*I + i] - y[n*I + i]);
             }
             bp_stream_f64(&dy[n*I + bp_b], bp_block);

@@ -163,6 +163,7 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                     const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
                     const float bp_acc1_m = -bp_acc1_r1*(bp_acc1_r2*x[n*C + c] - dy[n*C + c]*w[c]);
                     const float bp_acc2_m = dw[c] + (bp_acc2_r0*dy[n*C + c]*x[n*C + c]);
                     bp_block0[bp_j] = bp_acc1_m;
@@ -278,6 +279,7 @@ int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, 
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                     const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
                     const double bp_acc1_m = -bp_acc1_r1*(bp_acc1_r2*x[n*C + c] - dy[n*C + c]*w[c]);
                     const double bp_acc2_m = dw[c] + (bp_acc2_r0*dy[n*C + c]*x[n*C + c]);
                     bp_block0[bp_j] = bp_acc1_m;

@@ -452,6 +452,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = h[((T - 1)*N + n)*H + j];
             }
             bp_stream_f32(&hn[n*H + bp_b], bp_block);
@@ -690,6 +691,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t k = bp_b + bp_j;
+                (void)k;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = _s4[j*H + k] + _s5[j*H + k];
             }
             bp_stream_f32(&dW_hh[j*H + bp_b], bp_block);
@@ -970,6 +972,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t j = bp_b + bp_j;
+                (void)j;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = h[((T - 1)*N + n)*H + j];
             }
             bp_stream_f64(&hn[n*H + bp_b], bp_block);
@@ -1208,6 +1211,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t k = bp_b + bp_j;
+                (void)k;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = _s4[j*H + k] + _s5[j*H + k];
             }
             bp_stream_f64(&dW_hh[j*H + bp_b], bp_block);

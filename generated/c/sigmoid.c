@@ -206,6 +206,7 @@ int bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_sigmoid_f32(z[n*I + i]);
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -253,6 +254,7 @@ int bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, c
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -325,6 +327,7 @@ int bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_sigmoid_f64(z[n*I + i]);
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -372,6 +375,7 @@ int bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -(a[n*I + i] - 1)*a[n*I + i]*da[n*I + i];
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);

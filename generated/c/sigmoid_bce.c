@@ -259,6 +259,7 @@ int bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -bp_k0*(t[n*I + i] - y[n*I + i]);
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -362,6 +363,7 @@ int bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -bp_k0*(t[n*I + i] - y[n*I + i]);
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);

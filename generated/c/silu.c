@@ -206,6 +206,7 @@ int bp_silu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_sigmoid_f32(z[n*I + i])*z[n*I + i];
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -253,6 +254,7 @@ int bp_silu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 const float bp_acc_c0 = bp_sigmoid_f32(z[n*I + i]);
                 bp_block[bp_j] = -(-bp_acc_c0 + (bp_acc_c0 - 1)*a[n*I + i])*da[n*I + i];
             }
@@ -328,6 +330,7 @@ int bp_silu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_sigmoid_f64(z[n*I + i])*z[n*I + i];
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -375,6 +378,7 @@ int bp_silu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 const double bp_acc_c0 = bp_sigmoid_f64(z[n*I + i]);
                 bp_block[bp_j] = -(-bp_acc_c0 + (bp_acc_c0 - 1)*a[n*I + i])*da[n*I + i];
             }

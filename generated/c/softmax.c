@@ -183,6 +183,7 @@ int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_acc2_r1*y[n*I + i];
             }
             bp_stream_f32(&y[n*I + bp_b], bp_block);
@@ -295,6 +296,7 @@ int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_acc2_r1*y[n*I + i];
             }
             bp_stream_f64(&y[n*I + bp_b], bp_block);

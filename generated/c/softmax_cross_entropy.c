@@ -327,6 +327,7 @@ int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -510,6 +511,7 @@ int bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);

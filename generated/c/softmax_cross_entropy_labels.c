@@ -227,6 +227,7 @@ int bp_softmax_cross_entropy_labels_forward_f32(ptrdiff_t N, ptrdiff_t I, const 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_acc2_r1*y[n*I + i];
             }
             bp_stream_f32(&y[n*I + bp_b], bp_block);
@@ -386,6 +387,7 @@ int bp_softmax_cross_entropy_labels_forward_f64(ptrdiff_t N, ptrdiff_t I, const 
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_acc2_r1*y[n*I + i];
             }
             bp_stream_f64(&y[n*I + bp_b], bp_block);

@@ -230,6 +230,7 @@ int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = bp_tanh_f32(z[n*I + i]);
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
@@ -277,6 +278,7 @@ int bp_tanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
@@ -342,6 +344,7 @@ int bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = tanh(z[n*I + i]);
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
@@ -389,6 +392,7 @@ int bp_tanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
                 bp_block[bp_j] = -da[n*I + i]*(-1 + a[n*I + i]*a[n*I + i]);
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);
