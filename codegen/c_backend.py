@@ -30,6 +30,7 @@ from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
 from .contiguous_rows import merged_rows
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
+from .streaming import mark_streams
 from templates import render
 from .version import VERSION
 
@@ -96,8 +97,12 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                                     shapes, loops.invariants["backward"]),
             forward_temps=_offsets(loops.forward_temps),
             backward_temps=_offsets(loops.backward_temps),
-            forward=side_by_side(_views(loops.forward, printer, shapes, lowered, seen)),
-            backward=side_by_side(_views(loops.backward, printer, shapes, lowered, seen)),
+            forward=mark_streams(side_by_side(_views(loops.forward, printer, shapes,
+                                                     lowered, seen)),
+                                 loops.forward, plan.returns, printer),
+            backward=mark_streams(side_by_side(_views(loops.backward, printer, shapes,
+                                                      lowered, seen)),
+                                  loops.backward, plan.gradients, printer),
             fused_params=params(plan.args, fused_out),
             inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
             inplace=_inplace_view(loops.forward, printer) if inplace else None,
@@ -107,7 +112,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
-            fused=side_by_side(_views(loops.fused, printer, shapes, lowered, seen)),
+            fused=mark_streams(side_by_side(_views(loops.fused, printer, shapes, lowered,
+                                                   seen)), loops.fused, fused_out, printer),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \
@@ -138,6 +144,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                        for n in loops.forward + loops.backward + loops.fused
                        for c in n.copies),
         panel_cols=PANEL_COLS,
+        streams=any(x.get("stream") for v in variants
+                    for side in ("forward", "backward", "fused") for x in v[side]),
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
                                                                       "fused")
                      for x in v[side] if x.get("group") for m in x["members"]),

@@ -134,9 +134,37 @@ int bp_layernorm_forward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, 
             xhat[n*C + c] = bp_acc3_r1*(bp_acc3_r2 + x[n*C + c]);
         }
         /* y[n, c] = xhat[n, c] * w[c] + b[c] */
+        #if BP_STREAMS
+        if (N*C >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && C >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+        const ptrdiff_t bp_head = bp_stream_head(&y[n*C], sizeof(float), C);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t c = 0; c < bp_head; ++c) {
+            y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
+        }
+        for (bp_b = bp_head; bp_b + 16 <= C; bp_b += 16) {
+            BP_STREAM_BLOCK float bp_block[16];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                const ptrdiff_t c = bp_b + bp_j;
+                (void)c;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = b[c] + w[c]*xhat[n*C + c];
+            }
+            bp_stream_f32(&y[n*C + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t c = bp_b; c < C; ++c) {
+            y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
+        }
         }
     }
     return 0;
@@ -181,6 +209,48 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
         const float bp_acc2_r6 = -bp_acc2_r0*bp_k0;
         const float bp_acc3_r0 = mu[n];
         const float bp_acc3_r1 = rstd[n];
+        #if BP_STREAMS
+        if (N*C >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && C >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+            const ptrdiff_t bp_head = bp_stream_head(&dx[n*C], sizeof(float), C);
+            ptrdiff_t bp_b;
+            BP_OMP(simd)
+            for (ptrdiff_t c = 0; c < bp_head; ++c) {
+                const float bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                const float bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
+                const float bp_acc4_m = db[c] + (dy[n*C + c]);
+                dx[n*C + c] = bp_acc2_m;
+                dw[c] = bp_acc3_m;
+                db[c] = bp_acc4_m;
+            }
+            for (bp_b = bp_head; bp_b + 16 <= C; bp_b += 16) {
+                BP_STREAM_BLOCK float bp_block0[16];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                    const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
+                    const float bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                    const float bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
+                    const float bp_acc4_m = db[c] + (dy[n*C + c]);
+                    bp_block0[bp_j] = bp_acc2_m;
+                    dw[c] = bp_acc3_m;
+                    db[c] = bp_acc4_m;
+                }
+                bp_stream_f32(&dx[n*C + bp_b], bp_block0);
+            }
+            BP_OMP(simd)
+            for (ptrdiff_t c = bp_b; c < C; ++c) {
+                const float bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                const float bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
+                const float bp_acc4_m = db[c] + (dy[n*C + c]);
+                dx[n*C + c] = bp_acc2_m;
+                dw[c] = bp_acc3_m;
+                db[c] = bp_acc4_m;
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 256) {
             const ptrdiff_t bp_c_hi = bp_c_lo + 256 < C ? bp_c_lo + 256 : C;
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 16) {
@@ -196,6 +266,7 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
                 dw[c] = bp_acc3_m;
                 db[c] = bp_acc4_m;
             }
+        }
         }
     }
     return 0;
@@ -246,9 +317,37 @@ int bp_layernorm_forward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x,
             xhat[n*C + c] = bp_acc3_r1*(bp_acc3_r2 + x[n*C + c]);
         }
         /* y[n, c] = xhat[n, c] * w[c] + b[c] */
+        #if BP_STREAMS
+        if (N*C >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && C >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+        const ptrdiff_t bp_head = bp_stream_head(&y[n*C], sizeof(double), C);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t c = 0; c < bp_head; ++c) {
+            y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
+        }
+        for (bp_b = bp_head; bp_b + 8 <= C; bp_b += 8) {
+            BP_STREAM_BLOCK double bp_block[8];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                const ptrdiff_t c = bp_b + bp_j;
+                (void)c;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = b[c] + w[c]*xhat[n*C + c];
+            }
+            bp_stream_f64(&y[n*C + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t c = bp_b; c < C; ++c) {
+            y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = b[c] + w[c]*xhat[n*C + c];
+        }
         }
     }
     return 0;
@@ -293,6 +392,48 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
         const double bp_acc2_r6 = -bp_acc2_r0*bp_k0;
         const double bp_acc3_r0 = mu[n];
         const double bp_acc3_r1 = rstd[n];
+        #if BP_STREAMS
+        if (N*C >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && C >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+            const ptrdiff_t bp_head = bp_stream_head(&dx[n*C], sizeof(double), C);
+            ptrdiff_t bp_b;
+            BP_OMP(simd)
+            for (ptrdiff_t c = 0; c < bp_head; ++c) {
+                const double bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                const double bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
+                const double bp_acc4_m = db[c] + (dy[n*C + c]);
+                dx[n*C + c] = bp_acc2_m;
+                dw[c] = bp_acc3_m;
+                db[c] = bp_acc4_m;
+            }
+            for (bp_b = bp_head; bp_b + 8 <= C; bp_b += 8) {
+                BP_STREAM_BLOCK double bp_block0[8];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                    const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
+                    const double bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                    const double bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
+                    const double bp_acc4_m = db[c] + (dy[n*C + c]);
+                    bp_block0[bp_j] = bp_acc2_m;
+                    dw[c] = bp_acc3_m;
+                    db[c] = bp_acc4_m;
+                }
+                bp_stream_f64(&dx[n*C + bp_b], bp_block0);
+            }
+            BP_OMP(simd)
+            for (ptrdiff_t c = bp_b; c < C; ++c) {
+                const double bp_acc2_m = bp_acc2_r3*(bp_acc2_r5*(bp_acc2_r4 + x[n*C + c]) + bp_acc2_r6 + dy[n*C + c]*w[c]);
+                const double bp_acc3_m = dw[c] + (-bp_acc3_r1*(bp_acc3_r0 - x[n*C + c])*dy[n*C + c]);
+                const double bp_acc4_m = db[c] + (dy[n*C + c]);
+                dx[n*C + c] = bp_acc2_m;
+                dw[c] = bp_acc3_m;
+                db[c] = bp_acc4_m;
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         for (ptrdiff_t bp_c_lo = 0; bp_c_lo < C; bp_c_lo += 128) {
             const ptrdiff_t bp_c_hi = bp_c_lo + 128 < C ? bp_c_lo + 128 : C;
             for (ptrdiff_t bp_q = bp_c_lo; bp_q < bp_c_hi; bp_q += 8) {
@@ -308,6 +449,7 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
                 dw[c] = bp_acc3_m;
                 db[c] = bp_acc4_m;
             }
+        }
         }
     }
     return 0;

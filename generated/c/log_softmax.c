@@ -207,12 +207,52 @@ int bp_log_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
         const float bp_acc3_r0 = _p_max[n];
         const float bp_acc3_r1 = _s1[n];
         const float bp_acc3_r2 = -bp_acc3_r0 - bp_log_f32(bp_acc3_r1);
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)
+                && bp_stream_head(&y[n*I], sizeof(float), I) == bp_stream_head(&p[n*I], sizeof(float), I)) {
+            const ptrdiff_t bp_head = bp_stream_head(&p[n*I], sizeof(float), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd)
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                const float bp_acc2_m = bp_acc2_r1*p[n*I + i];
+                const float bp_acc3_m = bp_acc3_r2 + z[n*I + i];
+                p[n*I + i] = bp_acc2_m;
+                y[n*I + i] = bp_acc3_m;
+            }
+            for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+                BP_STREAM_BLOCK float bp_block0[16];
+                BP_STREAM_BLOCK float bp_block1[16];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    const float bp_acc2_m = bp_acc2_r1*p[n*I + i];
+                    const float bp_acc3_m = bp_acc3_r2 + z[n*I + i];
+                    bp_block0[bp_j] = bp_acc2_m;
+                    bp_block1[bp_j] = bp_acc3_m;
+                }
+                bp_stream_f32(&p[n*I + bp_b], bp_block0);
+                bp_stream_f32(&y[n*I + bp_b], bp_block1);
+            }
+            BP_OMP(simd)
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                const float bp_acc2_m = bp_acc2_r1*p[n*I + i];
+                const float bp_acc3_m = bp_acc3_r2 + z[n*I + i];
+                p[n*I + i] = bp_acc2_m;
+                y[n*I + i] = bp_acc3_m;
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             const float bp_acc2_m = bp_acc2_r1*p[n*I + i];
             const float bp_acc3_m = bp_acc3_r2 + z[n*I + i];
             p[n*I + i] = bp_acc2_m;
             y[n*I + i] = bp_acc3_m;
+        }
         }
     }
     return 0;
@@ -294,12 +334,52 @@ int bp_log_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
         const double bp_acc3_r0 = _p_max[n];
         const double bp_acc3_r1 = _s1[n];
         const double bp_acc3_r2 = -bp_acc3_r0 - log(bp_acc3_r1);
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)
+                && bp_stream_head(&y[n*I], sizeof(double), I) == bp_stream_head(&p[n*I], sizeof(double), I)) {
+            const ptrdiff_t bp_head = bp_stream_head(&p[n*I], sizeof(double), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd)
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                const double bp_acc2_m = bp_acc2_r1*p[n*I + i];
+                const double bp_acc3_m = bp_acc3_r2 + z[n*I + i];
+                p[n*I + i] = bp_acc2_m;
+                y[n*I + i] = bp_acc3_m;
+            }
+            for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+                BP_STREAM_BLOCK double bp_block0[8];
+                BP_STREAM_BLOCK double bp_block1[8];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    const double bp_acc2_m = bp_acc2_r1*p[n*I + i];
+                    const double bp_acc3_m = bp_acc3_r2 + z[n*I + i];
+                    bp_block0[bp_j] = bp_acc2_m;
+                    bp_block1[bp_j] = bp_acc3_m;
+                }
+                bp_stream_f64(&p[n*I + bp_b], bp_block0);
+                bp_stream_f64(&y[n*I + bp_b], bp_block1);
+            }
+            BP_OMP(simd)
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                const double bp_acc2_m = bp_acc2_r1*p[n*I + i];
+                const double bp_acc3_m = bp_acc3_r2 + z[n*I + i];
+                p[n*I + i] = bp_acc2_m;
+                y[n*I + i] = bp_acc3_m;
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             const double bp_acc2_m = bp_acc2_r1*p[n*I + i];
             const double bp_acc3_m = bp_acc3_r2 + z[n*I + i];
             p[n*I + i] = bp_acc2_m;
             y[n*I + i] = bp_acc3_m;
+        }
         }
     }
     return 0;

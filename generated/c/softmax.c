@@ -167,11 +167,41 @@ int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+        const float bp_acc2_r0 = _s1[n];
+        const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
+        const ptrdiff_t bp_head = bp_stream_head(&y[n*I], sizeof(float), I);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t i = 0; i < bp_head; ++i) {
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
+        }
+        for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+            BP_STREAM_BLOCK float bp_block[16];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = bp_acc2_r1*y[n*I + i];
+            }
+            bp_stream_f32(&y[n*I + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t i = bp_b; i < I; ++i) {
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         const float bp_acc2_r0 = _s1[n];
         const float bp_acc2_r1 = 1.0F/bp_acc2_r0;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
+        }
         }
     }
     return 0;
@@ -250,11 +280,41 @@ int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
         }
         _s1[n] = bp_acc1;
         /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+        const double bp_acc2_r0 = _s1[n];
+        const double bp_acc2_r1 = 1.0/bp_acc2_r0;
+        const ptrdiff_t bp_head = bp_stream_head(&y[n*I], sizeof(double), I);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t i = 0; i < bp_head; ++i) {
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
+        }
+        for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+            BP_STREAM_BLOCK double bp_block[8];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = bp_acc2_r1*y[n*I + i];
+            }
+            bp_stream_f64(&y[n*I + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t i = bp_b; i < I; ++i) {
+            y[n*I + i] = bp_acc2_r1*y[n*I + i];
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         const double bp_acc2_r0 = _s1[n];
         const double bp_acc2_r1 = 1.0/bp_acc2_r0;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
+        }
         }
     }
     return 0;

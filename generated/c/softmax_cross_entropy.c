@@ -310,12 +310,43 @@ int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, cons
         }
         _s4[n] = bp_acc3;
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+        const float bp_acc4_r0 = _s3[n];
+        const float bp_acc4_r1 = _s4[n];
+        const float bp_acc4_r2 = bp_acc4_r1*1.0F/bp_acc4_r0;
+        const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t i = 0; i < bp_head; ++i) {
+            dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+        }
+        for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+            BP_STREAM_BLOCK float bp_block[16];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+            }
+            bp_stream_f32(&dz[n*I + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t i = bp_b; i < I; ++i) {
+            dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         const float bp_acc4_r0 = _s3[n];
         const float bp_acc4_r1 = _s4[n];
         const float bp_acc4_r2 = bp_acc4_r1*1.0F/bp_acc4_r0;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+        }
         }
     }
     L[0] = bp_total2;
@@ -463,12 +494,43 @@ int bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, cons
         }
         _s4[n] = bp_acc3;
         /* dz[n, i] = (y[n, i]*sum_k(t[n, k]) - t[n, i])/N */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+        const double bp_acc4_r0 = _s3[n];
+        const double bp_acc4_r1 = _s4[n];
+        const double bp_acc4_r2 = bp_acc4_r1*1.0/bp_acc4_r0;
+        const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t i = 0; i < bp_head; ++i) {
+            dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+        }
+        for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+            BP_STREAM_BLOCK double bp_block[8];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                const ptrdiff_t i = bp_b + bp_j;
+                (void)i;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+            }
+            bp_stream_f64(&dz[n*I + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t i = bp_b; i < I; ++i) {
+            dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         const double bp_acc4_r0 = _s3[n];
         const double bp_acc4_r1 = _s4[n];
         const double bp_acc4_r2 = bp_acc4_r1*1.0/bp_acc4_r0;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             dz[n*I + i] = bp_k0*(bp_acc4_r2*dz[n*I + i] - t[n*I + i]);
+        }
         }
     }
     L[0] = bp_total2;
