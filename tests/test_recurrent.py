@@ -400,7 +400,8 @@ def test_a_gate_s_adjoint_is_computed_only_for_its_own_gate():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_panel_gemm_equals_the_loops_at_ragged_sizes(kernels, dtype):
     """The panel GEMM's edges: 7 rows (a block of 4 and 3 single rows), 4H = 524 columns
-    (a part-filled last panel) and, backward, K = 4H = 524 (two blocks of panel rows).
+    (a part-filled last panel), K = H = 131 forward and 4H = 524 backward (blocks of 128
+    panel rows, the last part-filled).
     Against the loops of a plain C build (use_blas(False)) in float64: 1e-12 relative in
     float64; in float32 the float64 bound of test_equals_torch_nn, 50 eps (1 + 4H + I) T."""
     T, N, I, H = 2, 7, 3, 131
