@@ -89,3 +89,52 @@ def test_streamed_step_equals_plain_steps():
              for r in range(0, P, 100_000)]
     for n in c.returns:
         np.testing.assert_array_equal(whole[n], np.concatenate([p[n] for p in parts]))
+
+
+def test_a_streamed_row_asks_for_the_next_row_line_by_line():
+    """Layer norm backward's dx pass is streamed and prefetches the next row: each
+    streamed block is one cache line, and asks for that line of the next row of x and dy
+    (the plain loop asks block by block); a streamed pass without the prefetch left the
+    next row's first pass waiting on memory."""
+    source = c_sources(plan(derive(parse_spec(builtin_text("layernorm"), "<ln>"))))
+    backward = function(source["layernorm.c"], "bp_layernorm_backward_f32")
+    streamed = backward[backward.index("for (bp_b = bp_head;"):backward.index("bp_stream_fence")]
+    for row in ("dy", "x"):
+        assert f"BP_PREFETCH({row} + (n + 1 < N ? n + 1 : n)*C + bp_b);" in streamed
+    # the twostep's dx pass has no later pass to prefetch for: none
+    twostep = c_sources(plan(derive(parse_spec(SPEC, "<twostep>"))))["twostep.c"]
+    assert "BP_PREFETCH" not in function(twostep, "bp_twostep_backward_f32")
+
+
+def test_a_row_loop_that_sums_streams_and_sums_in_lanes():
+    """Sigmoid + BCE's fused pass sums the loss beside dz: dz is streamed, and the loss adds
+    into one array of the block's lanes, reduced once after the row's blocks (an `omp simd
+    reduction` per 16-element block reduced across lanes at every block's end)."""
+    source = c_sources(plan(derive(parse_spec(builtin_text("sigmoid_bce"), "<bce>"))),
+                       dtypes=("float32",))["sigmoid_bce.c"]
+    fused = function(source, "bp_sigmoid_bce_forward_backward_f32")
+    streamed = fused[fused.index("for (bp_b = bp_head;"):fused.index("bp_stream_fence")]
+    assert "bp_stream_f32(&dz[n*I + bp_b], bp_block0);" in streamed
+    assert "bp_total0_lanes[bp_j] += " in streamed
+    assert "BP_STREAM_BLOCK float bp_total0_lanes[16] = {0};" in fused
+    assert "bp_total0 += bp_total0_lanes[bp_j];" in streamed
+    block = streamed.split("for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {")[0]
+    assert "reduction" not in block
+
+
+def test_streamed_sums_equal_plain_ones():
+    """Rows of 1000 floats (each at another offset in its line), 8 MB and more of dz:
+    every element of dz and the loss as NumPy computes them, and as row blocks below the
+    streaming size give them (summed plainly)."""
+    c = codegen.load("sigmoid_bce", backend="c", dtype="float32")
+    rng = np.random.default_rng(5)
+    N, I = 2200, 1000
+    z = rng.standard_normal((N, I)).astype(np.float32) * 3
+    t = (rng.random((N, I)) < 0.5).astype(np.float32)
+    whole = c.forward_backward(z=z, t=t)
+    parts = [c.forward_backward(z=z[r:r + 200], t=t[r:r + 200]) for r in range(0, N, 200)]
+    sigmoid = 1 / (1 + np.exp(-z.astype(np.float64)))
+    np.testing.assert_allclose(whole["dz"], (sigmoid - t) / N, rtol=1e-5, atol=2e-7 / N)
+    expect = np.mean(np.logaddexp(0, z) - t * z, dtype=np.float64) * I
+    np.testing.assert_allclose(whole["L"], expect, rtol=1e-5)
+    np.testing.assert_allclose(sum(p["L"] * 200 for p in parts) / N, expect, rtol=1e-5)
