@@ -292,10 +292,43 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - bp_log_f32(bp_acc3_r0);
+        #if BP_STREAMS
+        if (N*C >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && C >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+            const ptrdiff_t bp_head = bp_stream_head(&y[n*C], sizeof(float), C);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t c = 0; c < bp_head; ++c) {
+                y[n*C + c] = bp_acc2_r1*y[n*C + c];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+            }
+            BP_STREAM_BLOCK float bp_total3_lanes[16] = {0};
+            for (bp_b = bp_head; bp_b + 16 <= C; bp_b += 16) {
+                BP_STREAM_BLOCK float bp_block0[16];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                    const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
+                    bp_block0[bp_j] = bp_acc2_r1*y[n*C + c];
+                    bp_total3_lanes[bp_j] += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+                }
+                bp_stream_f32(&y[n*C + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) bp_total3 += bp_total3_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t c = bp_b; c < C; ++c) {
+                y[n*C + c] = bp_acc2_r1*y[n*C + c];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = bp_acc2_r1*y[n*C + c];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+        }
         }
     }
     L[0] = bp_total3;
@@ -812,10 +845,43 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
+        #if BP_STREAMS
+        if (N*C >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && C >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+            const ptrdiff_t bp_head = bp_stream_head(&y[n*C], sizeof(double), C);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t c = 0; c < bp_head; ++c) {
+                y[n*C + c] = bp_acc2_r1*y[n*C + c];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+            }
+            BP_STREAM_BLOCK double bp_total3_lanes[8] = {0};
+            for (bp_b = bp_head; bp_b + 8 <= C; bp_b += 8) {
+                BP_STREAM_BLOCK double bp_block0[8];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                    const ptrdiff_t c = bp_b + bp_j;
+                    (void)c;      /* unused where the value does not vary along the row */
+                    bp_block0[bp_j] = bp_acc2_r1*y[n*C + c];
+                    bp_total3_lanes[bp_j] += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+                }
+                bp_stream_f64(&y[n*C + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) bp_total3 += bp_total3_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t c = bp_b; c < C; ++c) {
+                y[n*C + c] = bp_acc2_r1*y[n*C + c];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t c = 0; c < C; ++c) {
             y[n*C + c] = bp_acc2_r1*y[n*C + c];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z2[n*C + c])*t[n*C + c];
+        }
         }
     }
     L[0] = bp_total3;

@@ -159,6 +159,8 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
                 dw[c] = bp_acc2_m;
             }
             for (bp_b = bp_head; bp_b + 16 <= C; bp_b += 16) {
+                BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_b);
+                BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*C + bp_b);
                 BP_STREAM_BLOCK float bp_block0[16];
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
@@ -275,6 +277,8 @@ int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, 
                 dw[c] = bp_acc2_m;
             }
             for (bp_b = bp_head; bp_b + 8 <= C; bp_b += 8) {
+                BP_PREFETCH(dy + (n + 1 < N ? n + 1 : n)*C + bp_b);
+                BP_PREFETCH(y + (n + 1 < N ? n + 1 : n)*C + bp_b);
                 BP_STREAM_BLOCK double bp_block0[8];
                 BP_OMP(simd)
                 for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {

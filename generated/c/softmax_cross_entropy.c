@@ -216,10 +216,43 @@ int bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *
         const float bp_acc3_r0 = _s1[n];
         const float bp_acc3_r1 = _y_max[n];
         const float bp_acc3_r2 = -bp_acc3_r1 - bp_log_f32(bp_acc3_r0);
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+            const ptrdiff_t bp_head = bp_stream_head(&y[n*I], sizeof(float), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                y[n*I + i] = bp_acc2_r1*y[n*I + i];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+            }
+            BP_STREAM_BLOCK float bp_total3_lanes[16] = {0};
+            for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+                BP_STREAM_BLOCK float bp_block0[16];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    bp_block0[bp_j] = bp_acc2_r1*y[n*I + i];
+                    bp_total3_lanes[bp_j] += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+                }
+                bp_stream_f32(&y[n*I + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) bp_total3 += bp_total3_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                y[n*I + i] = bp_acc2_r1*y[n*I + i];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+        }
         }
     }
     L[0] = bp_total3;
@@ -400,10 +433,43 @@ int bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double 
         const double bp_acc3_r0 = _s1[n];
         const double bp_acc3_r1 = _y_max[n];
         const double bp_acc3_r2 = -bp_acc3_r1 - log(bp_acc3_r0);
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+            const ptrdiff_t bp_head = bp_stream_head(&y[n*I], sizeof(double), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                y[n*I + i] = bp_acc2_r1*y[n*I + i];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+            }
+            BP_STREAM_BLOCK double bp_total3_lanes[8] = {0};
+            for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+                BP_STREAM_BLOCK double bp_block0[8];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    bp_block0[bp_j] = bp_acc2_r1*y[n*I + i];
+                    bp_total3_lanes[bp_j] += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+                }
+                bp_stream_f64(&y[n*I + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) bp_total3 += bp_total3_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total3))
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                y[n*I + i] = bp_acc2_r1*y[n*I + i];
+                bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total3))
         for (ptrdiff_t i = 0; i < I; ++i) {
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
             bp_total3 += -bp_k0*(bp_acc3_r2 + z[n*I + i])*t[n*I + i];
+        }
         }
     }
     L[0] = bp_total3;
