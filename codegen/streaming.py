@@ -123,3 +123,12 @@ def mark_streams(views: list[dict], nests, outputs, printer) -> list[dict]:
         elif streamable(v, outputs, read):
             v["stream"] = _stream(v["nest"], printer, "bp_block")
     return views
+
+
+def any_streamed(views: list[dict]) -> bool:
+    """Whether any view, row loop member or part of a merged inner loop is streamed: the
+    source then needs the helpers (templates/c_streams.c.j2), or `#if BP_STREAMS` reads
+    an undefined macro as 0 and the streamed branch silently compiles away."""
+    return any(x.get("stream") or any(
+        m.get("stream") or any(p.get("stream") for p in m.get("parts", ()))
+        for m in x.get("members", ())) for x in views)

@@ -138,3 +138,18 @@ def test_streamed_sums_equal_plain_ones():
     expect = np.mean(np.logaddexp(0, z) - t * z, dtype=np.float64) * I
     np.testing.assert_allclose(whole["L"], expect, rtol=1e-5)
     np.testing.assert_allclose(sum(p["L"] * 200 for p in parts) / N, expect, rtol=1e-5)
+
+
+def test_every_source_with_a_streamed_branch_has_the_helpers():
+    """`#if BP_STREAMS` of an undefined macro is 0: a source whose only streamed loops sit
+    in a row loop's members (layer norm, softmax + CE) compiled without its streamed
+    branch until the helpers were included for members and merged parts too.  Checked on
+    every built-in layer's generated source (tests/test_generated.py keeps them fresh)."""
+    from pathlib import Path
+    sources = sorted((Path(__file__).resolve().parent.parent / "generated" / "c").glob("*.c"))
+    assert sources
+    missing = [p.name for p in sources if "#if BP_STREAMS" in p.read_text()
+               and "#define BP_STREAMS 1" not in p.read_text()]
+    assert not missing, f"streamed branches without the helpers: {missing}"
+    for name in ("layernorm", "softmax_cross_entropy_labels"):
+        assert "#define BP_STREAMS 1" in (sources[0].parent / f"{name}.c").read_text()
