@@ -153,3 +153,21 @@ def test_every_source_with_a_streamed_branch_has_the_helpers():
     assert not missing, f"streamed branches without the helpers: {missing}"
     for name in ("layernorm", "softmax_cross_entropy_labels"):
         assert "#define BP_STREAMS 1" in (sources[0].parent / f"{name}.c").read_text()
+
+
+def test_streamed_layer_norm_rows_equal_plain_ones():
+    """Layer norm backward's dx pass, streamed above 8 MB with dw and db summed beside it
+    and the next row prefetched: dx as rows below the streaming size give it, dw and db
+    as their sums."""
+    c = codegen.load("layernorm", backend="c", dtype="float32")
+    rng = np.random.default_rng(11)
+    N, C = 2800, 776                  # 8.7 MB of dx; rows at every offset in a line
+    x, dy = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(2))
+    w, b = rng.standard_normal(C).astype(np.float32), np.zeros(C, np.float32)
+    saved = c.forward(x=x, w=w, b=b)
+    whole = c.backward(x=x, w=w, b=b, dy=dy, mu=saved["mu"], rstd=saved["rstd"])
+    parts = [c.backward(x=x[r:r + 400], w=w, b=b, dy=dy[r:r + 400], mu=saved["mu"][r:r + 400],
+                        rstd=saved["rstd"][r:r + 400]) for r in range(0, N, 400)]
+    np.testing.assert_array_equal(whole["dx"], np.concatenate([p["dx"] for p in parts]))
+    for g in ("dw", "db"):
+        np.testing.assert_allclose(whole[g], sum(p[g] for p in parts), rtol=1e-4, atol=1e-3)
