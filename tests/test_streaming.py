@@ -40,7 +40,8 @@ def test_streams_a_write_only_output_and_not_one_read_again():
     assert "#define BP_STREAMS 0" in source and "_mm512_stream_ps" in source
 
 
-def test_streams_only_outputs_of_row_loops_that_sum_nothing():
+def test_streams_neither_a_row_sum_nor_an_output_read_again():
+    """y[n] is a row's sum, not a row; h is read again by y's statement: nothing streams."""
     source = c_sources(plan(derive(parse_spec(SPEC.replace(
         "y[n, i] = h[n, i] * x[n, i] + h[n, i]", "y[n] = sum(h[n, i] * x[n, i], i)").replace(
         "output y[N, I]", "output y[N]"), "<rowsum>"))))["twostep.c"]
