@@ -1,5 +1,6 @@
 """The traffic floor: a trivial C kernel that only streams a kernel's buffers (read each
-input array once, write each output once), compiled with the generated kernels' flags.
+input array once, write each output once), compiled with the generated kernels' flags,
+large outputs written with the same streaming stores (templates/c_streams.c.j2).
 Its time is the memory-bandwidth limit a kernel with that read/write pattern can reach."""
 from __future__ import annotations
 

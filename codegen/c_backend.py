@@ -30,7 +30,7 @@ from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
 from .contiguous_rows import merged_rows
 from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
-from .streaming import mark_streams
+from .streaming import any_streamed, mark_streams
 from templates import render
 from .version import VERSION
 
@@ -144,8 +144,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                        for n in loops.forward + loops.backward + loops.fused
                        for c in n.copies),
         panel_cols=PANEL_COLS,
-        streams=any(x.get("stream") for v in variants
-                    for side in ("forward", "backward", "fused") for x in v[side]),
+        streams=any(any_streamed(v[side]) for v in variants
+                    for side in ("forward", "backward", "fused")),
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",
                                                                       "fused")
                      for x in v[side] if x.get("group") for m in x["members"]),

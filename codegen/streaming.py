@@ -66,17 +66,31 @@ def _stream(n, printer, name: str) -> dict:
                 lanes=64 // (4 if printer.dtype == "float32" else 8))
 
 
+def _sums(m: dict) -> list[str] | None:
+    """The accumulators a merged inner loop adds into (its row sums and the enclosing
+    loop's totals), or None when one of them also stores its summands."""
+    parts = [p for p in m["parts"] if p["mode"] == "scalar_acc" or p.get("total")]
+    if any(p["store"] for p in parts):
+        return None
+    return [p["acc"] if p["mode"] == "scalar_acc" else p["target"] for p in parts]
+
+
 def _merged_streams(m: dict, outputs, read: set[str], printer) -> None:
-    """Streams, in a row loop's merged inner loop that sums nothing, every part that
-    assigns an output nobody reads (not one it stores summands into)."""
-    if not _plain_loops(m["loops"], 1) or m.get("point") or "reduction" in m["simd"]:
-        return      # a sum reduced across lanes at every block's end: 1.8x slower
+    """Streams, in a row loop's merged inner loop, every part that assigns an output
+    nobody reads (not one it stores summands into).  Its sums (sigmoid + BCE's loss beside
+    dz) add into one array of a block's lanes, reduced once after the row's blocks: an
+    `omp simd reduction` per 16-element block reduced across lanes at every block's end
+    and ran 1.8x slower."""
+    sums = _sums(m)
+    if not _plain_loops(m["loops"], 1) or m.get("point") or sums is None:
+        return
     parts = [p for p in m["parts"] if p["mode"] == "assign" and not p["store"]
              and not p.get("point") and _writes_alone(p["nest"], outputs, read)]
     for k, p in enumerate(parts):
         p["stream"] = _stream(p["nest"], printer, f"bp_block{k}")
     if parts:
-        m["stream"] = dict(size=parts[0]["stream"]["size"], lanes=parts[0]["stream"]["lanes"])
+        m["stream"] = dict(size=parts[0]["stream"]["size"], lanes=parts[0]["stream"]["lanes"],
+                           sums=[(acc, f"{acc}_lanes") for acc in sums])
 
 
 def _flat_streams(g: dict, outputs, read: set[str], printer) -> bool:
@@ -109,3 +123,12 @@ def mark_streams(views: list[dict], nests, outputs, printer) -> list[dict]:
         elif streamable(v, outputs, read):
             v["stream"] = _stream(v["nest"], printer, "bp_block")
     return views
+
+
+def any_streamed(views: list[dict]) -> bool:
+    """Whether any view, row loop member or part of a merged inner loop is streamed: the
+    source then needs the helpers (templates/c_streams.c.j2), or `#if BP_STREAMS` reads
+    an undefined macro as 0 and the streamed branch silently compiles away."""
+    return any(x.get("stream") or any(
+        m.get("stream") or any(p.get("stream") for p in m.get("parts", ()))
+        for m in x.get("members", ())) for x in views)

@@ -125,6 +125,31 @@ def test_floor_aligns_its_vector_loop_and_streams_every_element():
             np.testing.assert_array_equal(c, a + 1)
 
 
+def test_floor_streams_large_outputs_as_the_kernels_do():
+    """Outputs of BP_STREAM_MIN (8 MB) and more are written with non-temporal stores, as
+    the generated kernels write theirs (codegen/streaming.py): a floor that paid the
+    write-allocate fetch the kernels skip put Adam's new arrays at 210% of it.  In place
+    the lines were just read, and the floor stores plainly.  Every element is written once,
+    with the outputs at any offset in a line, or at different ones (then plainly)."""
+    from bench.floor import SHAPES
+    from templates import render
+    source = render("floor.c.j2", shapes=SHAPES, version="test")
+    body = source.split("void bp_floor_4_3(")[1].split("\n}\n")[0]
+    assert "n >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)" in body
+    for k in range(3):
+        assert f"bp_stream_f32(out{k} + b, block{k});" in body
+    assert "bp_stream_fence();" in body and "#pragma omp for schedule(static) nowait" in body
+    assert "bp_stream" not in source.split("void bp_floor_inplace_4_3(")[1].split("\n}\n")[0]
+    floor = Floor()
+    n = (8 << 20) // 4 + 37
+    for offsets in ((0, 0), (3, 3), (5, 2)):
+        a = np.arange(n, dtype=np.float32) % 1000
+        outs = [np.zeros(n + 16, np.float32)[o:o + n] for o in (offsets[0], *offsets)]
+        floor.stream([a, np.ones(n, np.float32)], outs)
+        for k, out in enumerate(outs):
+            np.testing.assert_array_equal(out, a + 1 + k)
+
+
 def test_flush_keeps_the_data_and_covers_odd_sizes():
     """flush writes dirty lines back before dropping them: every value survives, for sizes
     and offsets that are not whole cache lines; on x86-64 and AArch64 it reports success."""

@@ -42,7 +42,8 @@ def test_streams_a_write_only_output_and_not_one_read_again():
     assert "#include <immintrin.h>" not in source
 
 
-def test_streams_only_outputs_of_row_loops_that_sum_nothing():
+def test_streams_neither_a_row_sum_nor_an_output_read_again():
+    """y[n] is a row's sum, not a row; h is read again by y's statement: nothing streams."""
     source = c_sources(plan(derive(parse_spec(SPEC.replace(
         "y[n, i] = h[n, i] * x[n, i] + h[n, i]", "y[n] = sum(h[n, i] * x[n, i], i)").replace(
         "output y[N, I]", "output y[N]"), "<rowsum>"))))["twostep.c"]
@@ -91,3 +92,85 @@ def test_streamed_step_equals_plain_steps():
              for r in range(0, P, 100_000)]
     for n in c.returns:
         np.testing.assert_array_equal(whole[n], np.concatenate([p[n] for p in parts]))
+
+
+def test_a_streamed_row_asks_for_the_next_row_line_by_line():
+    """Layer norm backward's dx pass is streamed and prefetches the next row: each
+    streamed block is one cache line, and asks for that line of the next row of x and dy
+    (the plain loop asks block by block); a streamed pass without the prefetch left the
+    next row's first pass waiting on memory."""
+    source = c_sources(plan(derive(parse_spec(builtin_text("layernorm"), "<ln>"))))
+    backward = function(source["layernorm.c"], "bp_layernorm_backward_f32")
+    streamed = backward[backward.index("for (bp_b = bp_head;"):backward.index("bp_stream_fence")]
+    for row in ("dy", "x"):
+        assert f"BP_PREFETCH({row} + (n + 1 < N ? n + 1 : n)*C + bp_b);" in streamed
+    # the twostep's dx pass has no later pass to prefetch for: none
+    twostep = c_sources(plan(derive(parse_spec(SPEC, "<twostep>"))))["twostep.c"]
+    assert "BP_PREFETCH" not in function(twostep, "bp_twostep_backward_f32")
+
+
+def test_a_row_loop_that_sums_streams_and_sums_in_lanes():
+    """Sigmoid + BCE's fused pass sums the loss beside dz: dz is streamed, and the loss adds
+    into one array of the block's lanes, reduced once after the row's blocks (an `omp simd
+    reduction` per 16-element block reduced across lanes at every block's end)."""
+    source = c_sources(plan(derive(parse_spec(builtin_text("sigmoid_bce"), "<bce>"))),
+                       dtypes=("float32",))["sigmoid_bce.c"]
+    fused = function(source, "bp_sigmoid_bce_forward_backward_f32")
+    streamed = fused[fused.index("for (bp_b = bp_head;"):fused.index("bp_stream_fence")]
+    assert "bp_stream_f32(&dz[n*I + bp_b], bp_block0);" in streamed
+    assert "bp_total0_lanes[bp_j] += " in streamed
+    assert "BP_STREAM_BLOCK float bp_total0_lanes[16] = {0};" in fused
+    assert "bp_total0 += bp_total0_lanes[bp_j];" in streamed
+    block = streamed.split("for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {")[0]
+    assert "reduction" not in block
+
+
+def test_streamed_sums_equal_plain_ones():
+    """Rows of 1000 floats (each at another offset in its line), 8 MB and more of dz:
+    every element of dz and the loss as NumPy computes them, and as row blocks below the
+    streaming size give them (summed plainly)."""
+    c = codegen.load("sigmoid_bce", backend="c", dtype="float32")
+    rng = np.random.default_rng(5)
+    N, I = 2200, 1000
+    z = rng.standard_normal((N, I)).astype(np.float32) * 3
+    t = (rng.random((N, I)) < 0.5).astype(np.float32)
+    whole = c.forward_backward(z=z, t=t)
+    parts = [c.forward_backward(z=z[r:r + 200], t=t[r:r + 200]) for r in range(0, N, 200)]
+    sigmoid = 1 / (1 + np.exp(-z.astype(np.float64)))
+    np.testing.assert_allclose(whole["dz"], (sigmoid - t) / N, rtol=1e-5, atol=2e-7 / N)
+    expect = np.mean(np.logaddexp(0, z) - t * z, dtype=np.float64) * I
+    np.testing.assert_allclose(whole["L"], expect, rtol=1e-5)
+    np.testing.assert_allclose(sum(p["L"] * 200 for p in parts) / N, expect, rtol=1e-5)
+
+
+def test_every_source_with_a_streamed_branch_has_the_helpers():
+    """`#if BP_STREAMS` of an undefined macro is 0: a source whose only streamed loops sit
+    in a row loop's members (layer norm, softmax + CE) compiled without its streamed
+    branch until the helpers were included for members and merged parts too.  Checked on
+    every built-in layer's generated source (tests/test_generated.py keeps them fresh)."""
+    from pathlib import Path
+    sources = sorted((Path(__file__).resolve().parent.parent / "generated" / "c").glob("*.c"))
+    assert sources
+    missing = [p.name for p in sources if "#if BP_STREAMS" in p.read_text()
+               and "#define BP_STREAMS 1" not in p.read_text()]
+    assert not missing, f"streamed branches without the helpers: {missing}"
+    for name in ("layernorm", "softmax_cross_entropy_labels"):
+        assert "#define BP_STREAMS 1" in (sources[0].parent / f"{name}.c").read_text()
+
+
+def test_streamed_layer_norm_rows_equal_plain_ones():
+    """Layer norm backward's dx pass, streamed above 8 MB with dw and db summed beside it
+    and the next row prefetched: dx as rows below the streaming size give it, dw and db
+    as their sums."""
+    c = codegen.load("layernorm", backend="c", dtype="float32")
+    rng = np.random.default_rng(11)
+    N, C = 2800, 776                  # 8.7 MB of dx; rows at every offset in a line
+    x, dy = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(2))
+    w, b = rng.standard_normal(C).astype(np.float32), np.zeros(C, np.float32)
+    saved = c.forward(x=x, w=w, b=b)
+    whole = c.backward(x=x, w=w, b=b, dy=dy, mu=saved["mu"], rstd=saved["rstd"])
+    parts = [c.backward(x=x[r:r + 400], w=w, b=b, dy=dy[r:r + 400], mu=saved["mu"][r:r + 400],
+                        rstd=saved["rstd"][r:r + 400]) for r in range(0, N, 400)]
+    np.testing.assert_array_equal(whole["dx"], np.concatenate([p["dx"] for p in parts]))
+    for g in ("dw", "db"):
+        np.testing.assert_allclose(whole[g], sum(p[g] for p in parts), rtol=1e-4, atol=1e-3)

@@ -267,6 +267,53 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
     BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum(where(abs(r[n, i]) < 1, 0.5 * r[n, i]**2, abs(r[n, i]) - 0.5), n, i) / (N * I); dy[n, i] = (sign(r[n, i])*[abs(r[n, i]) >= 1] + r[n, i]*[abs(r[n, i]) < 1])/(I*N) */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+            const ptrdiff_t bp_head = bp_stream_head(&dy[n*I], sizeof(float), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                const float bp_acc0_c0 = t[n*I + i] - y[n*I + i];
+                const float bp_acc0_c1 = fabsf(bp_acc0_c0);
+                bp_total0 += bp_k0*bp_k1*((bp_acc0_c1 < 1) ? (1.0F/2.0F)*(bp_acc0_c0*bp_acc0_c0) : bp_acc0_c1 - 1.0F/2.0F);
+                const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
+                const float bp_acc1_c1 = -bp_acc1_c0;
+                const float bp_acc1_c2 = fabsf(bp_acc1_c1);
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+            }
+            BP_STREAM_BLOCK float bp_total0_lanes[16] = {0};
+            for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+                BP_STREAM_BLOCK float bp_block0[16];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    const float bp_acc0_c0 = t[n*I + i] - y[n*I + i];
+                    const float bp_acc0_c1 = fabsf(bp_acc0_c0);
+                    bp_total0_lanes[bp_j] += bp_k0*bp_k1*((bp_acc0_c1 < 1) ? (1.0F/2.0F)*(bp_acc0_c0*bp_acc0_c0) : bp_acc0_c1 - 1.0F/2.0F);
+                    const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
+                    const float bp_acc1_c1 = -bp_acc1_c0;
+                    const float bp_acc1_c2 = fabsf(bp_acc1_c1);
+                    bp_block0[bp_j] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                }
+                bp_stream_f32(&dy[n*I + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) bp_total0 += bp_total0_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                const float bp_acc0_c0 = t[n*I + i] - y[n*I + i];
+                const float bp_acc0_c1 = fabsf(bp_acc0_c0);
+                bp_total0 += bp_k0*bp_k1*((bp_acc0_c1 < 1) ? (1.0F/2.0F)*(bp_acc0_c0*bp_acc0_c0) : bp_acc0_c1 - 1.0F/2.0F);
+                const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
+                const float bp_acc1_c1 = -bp_acc1_c0;
+                const float bp_acc1_c2 = fabsf(bp_acc1_c1);
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             const float bp_acc0_c0 = t[n*I + i] - y[n*I + i];
@@ -276,6 +323,7 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
             const float bp_acc1_c1 = -bp_acc1_c0;
             const float bp_acc1_c2 = fabsf(bp_acc1_c1);
             dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+        }
         }
     }
     L[0] = bp_total0;
@@ -389,6 +437,53 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
     BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum(where(abs(r[n, i]) < 1, 0.5 * r[n, i]**2, abs(r[n, i]) - 0.5), n, i) / (N * I); dy[n, i] = (sign(r[n, i])*[abs(r[n, i]) >= 1] + r[n, i]*[abs(r[n, i]) < 1])/(I*N) */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+            const ptrdiff_t bp_head = bp_stream_head(&dy[n*I], sizeof(double), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                const double bp_acc0_c0 = t[n*I + i] - y[n*I + i];
+                const double bp_acc0_c1 = fabs(bp_acc0_c0);
+                bp_total0 += bp_k0*bp_k1*((bp_acc0_c1 < 1) ? (1.0/2.0)*(bp_acc0_c0*bp_acc0_c0) : bp_acc0_c1 - 1.0/2.0);
+                const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
+                const double bp_acc1_c1 = -bp_acc1_c0;
+                const double bp_acc1_c2 = fabs(bp_acc1_c1);
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+            }
+            BP_STREAM_BLOCK double bp_total0_lanes[8] = {0};
+            for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+                BP_STREAM_BLOCK double bp_block0[8];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    const double bp_acc0_c0 = t[n*I + i] - y[n*I + i];
+                    const double bp_acc0_c1 = fabs(bp_acc0_c0);
+                    bp_total0_lanes[bp_j] += bp_k0*bp_k1*((bp_acc0_c1 < 1) ? (1.0/2.0)*(bp_acc0_c0*bp_acc0_c0) : bp_acc0_c1 - 1.0/2.0);
+                    const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
+                    const double bp_acc1_c1 = -bp_acc1_c0;
+                    const double bp_acc1_c2 = fabs(bp_acc1_c1);
+                    bp_block0[bp_j] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                }
+                bp_stream_f64(&dy[n*I + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) bp_total0 += bp_total0_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                const double bp_acc0_c0 = t[n*I + i] - y[n*I + i];
+                const double bp_acc0_c1 = fabs(bp_acc0_c0);
+                bp_total0 += bp_k0*bp_k1*((bp_acc0_c1 < 1) ? (1.0/2.0)*(bp_acc0_c0*bp_acc0_c0) : bp_acc0_c1 - 1.0/2.0);
+                const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
+                const double bp_acc1_c1 = -bp_acc1_c0;
+                const double bp_acc1_c2 = fabs(bp_acc1_c1);
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             const double bp_acc0_c0 = t[n*I + i] - y[n*I + i];
@@ -398,6 +493,7 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
             const double bp_acc1_c1 = -bp_acc1_c0;
             const double bp_acc1_c2 = fabs(bp_acc1_c1);
             dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+        }
         }
     }
     L[0] = bp_total0;

@@ -233,10 +233,43 @@ int bp_mse_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N); dy[n, i] = (y[n, i] - t[n, i])/N */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+            const ptrdiff_t bp_head = bp_stream_head(&dy[n*I], sizeof(float), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                bp_total0 += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+            }
+            BP_STREAM_BLOCK float bp_total0_lanes[16] = {0};
+            for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+                BP_STREAM_BLOCK float bp_block0[16];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    bp_total0_lanes[bp_j] += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                    bp_block0[bp_j] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+                }
+                bp_stream_f32(&dy[n*I + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) bp_total0 += bp_total0_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                bp_total0 += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += (1.0F/2.0F)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+        }
         }
     }
     L[0] = bp_total0;
@@ -324,10 +357,43 @@ int bp_mse_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     BP_OMP(parallel for reduction(+:bp_total0) if (N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N); dy[n, i] = (y[n, i] - t[n, i])/N */
+        #if BP_STREAMS
+        if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+            const ptrdiff_t bp_head = bp_stream_head(&dy[n*I], sizeof(double), I);
+            ptrdiff_t bp_b;
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = 0; i < bp_head; ++i) {
+                bp_total0 += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+            }
+            BP_STREAM_BLOCK double bp_total0_lanes[8] = {0};
+            for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+                BP_STREAM_BLOCK double bp_block0[8];
+                BP_OMP(simd)
+                for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                    const ptrdiff_t i = bp_b + bp_j;
+                    (void)i;      /* unused where the value does not vary along the row */
+                    bp_total0_lanes[bp_j] += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                    bp_block0[bp_j] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+                }
+                bp_stream_f64(&dy[n*I + bp_b], bp_block0);
+            }
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) bp_total0 += bp_total0_lanes[bp_j];
+            BP_OMP(simd reduction(+:bp_total0))
+            for (ptrdiff_t i = bp_b; i < I; ++i) {
+                bp_total0 += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
+                dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+            }
+            bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd reduction(+:bp_total0))
         for (ptrdiff_t i = 0; i < I; ++i) {
             bp_total0 += (1.0/2.0)*bp_k0*((t[n*I + i] - y[n*I + i])*(t[n*I + i] - y[n*I + i]));
             dy[n*I + i] = -bp_k0*(t[n*I + i] - y[n*I + i]);
+        }
         }
     }
     L[0] = bp_total0;
