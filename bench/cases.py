@@ -386,20 +386,34 @@ def _att_hand_backward(a):
     return out
 
 
-def _att_torch(torch, a, backward):
+def _att_torch(torch, a, entry):
+    """Projections around scaled_dot_product_attention (causal), doing what ours does at
+    `entry` (as `_rnn_torch`): the forward, the backward alone (autograd through a graph
+    recorded once), or a training step (forward, then backward)."""
     x, Wq, Wk, Wv, Wo, dy = (torch.from_numpy(a[n]) for n in ("x", "Wq", "Wk", "Wv", "Wo",
                                                                "dy"))
-    leaves = [t.requires_grad_(backward) for t in (x, Wq, Wk, Wv, Wo)]
+    leaves = [t.requires_grad_() for t in (x, Wq, Wk, Wv, Wo)]
 
-    def run():
+    def forward():
         q, k, v = (torch.einsum("hed,btd->bhte", W, x) for W in (Wq, Wk, Wv))
         ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = torch.einsum("dhe,bhte->btd", Wo, ctx)
-        if not backward:
-            return y
-        return torch.autograd.grad(y, leaves, dy)
+        return [torch.einsum("dhe,bhte->btd", Wo, ctx)]
 
-    return run
+    return _torch_entry(entry, forward,
+                        lambda outs, keep: torch.autograd.grad(outs, leaves, [dy],
+                                                               retain_graph=keep))
+
+
+def _torch_entry(entry, forward, backward):
+    """Torch's call at `entry`: `forward()` (its graph recorded when leaves need grad), or
+    `backward(outs, keep)` through one graph recorded here and kept between calls, or a
+    forward then its backward (a training step)."""
+    if entry == "forward":
+        return lambda: tuple(forward())
+    if entry == "backward":
+        recorded = forward()
+        return lambda: backward(recorded, True)
+    return lambda: backward(forward(), False)
 
 
 # ---- recurrences: torch.nn.LSTM / GRU, one layer, batch second ---------------------------
@@ -445,12 +459,7 @@ def _rnn_torch(torch, a, kind, entry):
         k = len(leaves) - len(params)      # the parameters in the gate-blocked layout
         return grads[:k] + tuple(g.reshape(s) for g, s in zip(grads[k:], shapes))
 
-    if entry == "forward":
-        return lambda: tuple(forward())
-    if entry == "backward":
-        recorded = forward()
-        return lambda: backward(recorded, keep=True)
-    return lambda: backward(forward())
+    return _torch_entry(entry, forward, backward)
 
 
 def cases(scale: int = 1) -> list[Case]:
@@ -531,18 +540,21 @@ def cases(scale: int = 1) -> list[Case]:
         Case("batchnorm_backward", "batchnorm", "backward", dict(N=big(32), C=64, H=56, W=56),
              _bn_make, _bn_hand, _bn_torch, reads=("x", "dy"), writes=("dx",),
              note="training mode; ours reads the saved mean, variance and rstd"),
-        Case("attention_causal_forward", "attention", "forward",
-             dict(B=big(8), T=max(512 // scale, 8), D=768, H=12, E=64), _att_make,
-             _att_hand_forward, lambda torch, a: _att_torch(torch, a, False),
-             constants=dict(CAUSAL=1),
-             note="with the q, k, v and output projections; torch: einsum projections "
-                  "around scaled_dot_product_attention"),
-        Case("attention_causal_backward", "attention", "backward",
-             dict(B=big(8), T=max(512 // scale, 8), D=768, H=12, E=64), _att_make,
-             _att_hand_backward, lambda torch, a: _att_torch(torch, a, True),
-             constants=dict(CAUSAL=1), numpy=False,
-             note="torch: autograd through the same forward (forward included in its "
-                  "time); generated NumPy not timed (4.8 GB at B = 1: 37 GB here)"),
+        *[Case(f"attention_causal_{entry}", "attention", entry,
+               dict(B=big(8), T=max(512 // scale, 8), D=768, H=12, E=64), _att_make,
+               _att_hand_forward if entry == "forward" else _att_hand_backward,
+               lambda torch, a, e=entry: _att_torch(torch, a, e),
+               constants=dict(CAUSAL=1), numpy=entry == "forward",
+               note="with the q, k, v and output projections; torch: einsum projections "
+                    "around scaled_dot_product_attention" + {
+                        "forward": ", recording its graph (as ours saves q, k, v, a, ctx)",
+                        "backward": ", autograd through a graph recorded once; ours reads "
+                                    "the forward's saved arrays",
+                        "train_step": ", forward then autograd backward; ours: forward, "
+                                      "then backward"}[entry]
+                    + ("" if entry == "forward" else "; generated NumPy not timed (4.8 GB "
+                                                     "at B = 1: 37 GB here)"))
+          for entry in ("forward", "backward", "train_step")],
         *[Case(f"{kind}_{entry}", kind, entry,
                dict(T=max(64 // scale, 2), N=32, I=256, H=512),
                lambda rng, s, g=gates: _rnn_make(rng, s, g), None,

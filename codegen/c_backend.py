@@ -26,6 +26,7 @@ from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants
 from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
 from .panel_steps import PANEL_COLS, with_panels
+from .plane_fusion import fuse_into_gathers
 from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
 from .contiguous_rows import merged_rows
@@ -192,6 +193,7 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
                 nests.append(x)
             else:
                 nests += by_value([x])
+        nests = fuse_into_gathers(nests, {t.name for t in temps})
         setattr(loops, side, nests)
         setattr(loops, side + "_temps", temps)
     return loops

@@ -239,3 +239,27 @@ def test_loading_the_hand_c_peer_keeps_subnormals():
     peer_c.library()
     tiny = np.array([1e-39], np.float32)
     assert (tiny * np.float32(0.5))[0] != 0
+
+
+def test_torch_attention_backward_reuses_one_recorded_forward(monkeypatch):
+    """Like for like with ours (which reads the forward's saved arrays): torch's backward row
+    runs autograd through a graph recorded once, never its forward; the train-step row runs
+    the forward each call.  Both give the same gradients, call after call."""
+    torch = require_oracle("torch")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    by_name = {c.kernel: c for c in CASES}
+    case = by_name["attention_causal_backward"]
+    arrays = case.make(np.random.default_rng(0), case.sizes)
+    backward = case.torch(torch, arrays)
+    assert len(calls) == 1
+    first, again = backward(), backward()
+    assert len(calls) == 1
+    step = by_name["attention_causal_train_step"].torch(torch, arrays)
+    stepped = step()
+    assert len(calls) == 2          # the step records its own graph, then runs back through it
+    for a, b, c in zip(first, again, stepped):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_allclose(c.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)

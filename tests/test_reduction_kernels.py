@@ -39,6 +39,21 @@ def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
     assert code.count("bp_acc_at = 2*_p + _q;") == 1
 
 
+@pytest.mark.parametrize("K, S", [(2, 2), (3, 2)])
+def test_maxpool_backward_ranks_each_plane_inside_the_gather(K, S):
+    """The window ranks of one (n, c) plane are found inside the gather's loops over n and
+    c, right before that plane's dx reads them (codegen/plane_fusion.py): one parallel
+    loop, not a pass over all ranks then a pass over all of dx."""
+    code = _backward_c("maxpool2d", K=K, S=S)
+    assert code.count("parallel for") == 1
+    shared = "for (ptrdiff_t n = 0; n < N; ++n) {\n" \
+             "        for (ptrdiff_t c = 0; c < C; ++c) {\n" \
+             "            for (ptrdiff_t i = 0; i < Hout; ++i) {"
+    assert shared in code
+    ranks, gather = code.index(shared), code.index("for (ptrdiff_t bp_h_q")
+    assert ranks < code.index("bp_acc_at = ") < gather
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("K, S, H, W", [(2, 2, 7, 9), (2, 3, 8, 7), (1, 2, 5, 5),
                                         (3, 3, 7, 8), (2, 2, 2, 2)])

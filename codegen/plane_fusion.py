@@ -1,0 +1,66 @@
+"""A scratch array's producer run inside the split gather that reads it, plane by plane.
+
+Max-pooling's backward without a saved index is two nests: the first maximal position of
+every window (an argmax over x into a scratch rank array, quarter the size of x), then
+dx as a gather split by residue (codegen/loops.split_by_residue) that reads those ranks and
+dy.  Run one after the other, the rank array makes a round trip through memory between
+them, and the two passes stream x, then dx, each at its own time.  When the gather's
+shared outer loops (n, c) are the producer's outermost loops and the gather reads the
+scratch only at those loops' values (rank[n, c, .., ..]), the producer's inner loops run
+first inside each iteration of the shared loops: the plane of ranks it writes is read back
+from L1/L2 right after, and x's plane and dx's plane are streamed together.  Any producer
+and any gather of that shape fuse this way (average pooling's has no producer; a strided
+convolution's dx reads arrays the forward wrote, not scratch).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import sympy as sp
+
+from .loops import Nest
+
+
+def _reads(nest: Nest, name: str) -> list[sp.Indexed]:
+    exprs = [nest.body, nest.init] + [c.body for c in nest.copies] + \
+        [c.init for c in nest.copies]
+    return [r for e in exprs for r in e.atoms(sp.Indexed) if r.base.label.name == name]
+
+
+def _fuses(producer: Nest, gather: Nest, later: list[Nest], scratch: set) -> bool:
+    shared = tuple(gather.loops)
+    k = len(shared)
+    # a split gather keeps its bounds (a recurrence's steps are copies too: kind "scan")
+    if gather.kind != "reduce" or not gather.bounds or not gather.copies or not shared \
+            or producer.target not in scratch \
+            or producer.kind != "reduce" or producer.copies or producer.subs \
+            or producer.parallel != "output" or tuple(producer.loops[:k]) != shared \
+            or tuple(producer.out[:k]) != shared:
+        return False
+    refs = _reads(gather, producer.target)
+    if not refs or any(tuple(r.indices[:k]) != shared for r in refs):
+        return False
+    # the producer's own reads and the gather's target are untouched by the other
+    if _reads(producer, gather.target) or gather.target == producer.target:
+        return False
+    return not any(_reads(n, producer.target) for n in later)
+
+
+def fuse_into_gathers(nests: list[Nest], scratch: set) -> list[Nest]:
+    """`nests` with each producer of a scratch array (a name in `scratch`) that the next
+    nest, a gather split by residue, alone reads at its shared loops' values moved inside
+    that gather: the first of its copies, over the producer's remaining loops."""
+    out: list[Nest] = []
+    k = 0
+    while k < len(nests):
+        n = nests[k]
+        if k + 1 < len(nests) and _fuses(n, nests[k + 1], nests[k + 2:], scratch):
+            gather = nests[k + 1]
+            inner = replace(n, loops=tuple(n.loops[len(gather.loops):]))
+            out.append(replace(gather, copies=(inner,) + tuple(gather.copies),
+                               comment=f"{n.comment}, then {gather.comment}"))
+            k += 2
+            continue
+        out.append(n)
+        k += 1
+    return out
