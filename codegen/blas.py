@@ -107,6 +107,15 @@ def _ruled():
     return module
 
 
+def warm() -> None:
+    """Build (or find) the GEMM hook's module now, for a caller that will need it soon and
+    has a core to spare meanwhile; a failure is left for that caller to meet and report."""
+    try:
+        _ruled()
+    except Exception:             # noqa: BLE001 -- the caller's own _ruled() raises it
+        pass
+
+
 def ruled_gemm(blas: Blas | None) -> tuple[int, int]:
     """Addresses of (sgemm, dgemm) to hand the generated kernels: NumPy's OpenBLAS run on
     one thread for products below SERIAL_BELOW, and below THREADED_FROM while other

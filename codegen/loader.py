@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -182,18 +183,32 @@ def _load_c(layer_or_name, dtype, cache):
     from .plan import plan
 
     layer = resolve(layer_or_name)
-
-    derivation = derive(layer)
-    kplan = plan(derivation)
-    files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
-    cdef = files.pop("cdef")
-    module = b.build(layer.name, files, cdef, root)
+    gemm_hook = _built_meanwhile()
+    try:
+        derivation = derive(layer)
+        kplan = plan(derivation)
+        files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
+        cdef = files.pop("cdef")
+        module = b.build(layer.name, files, cdef, root)
+    finally:
+        gemm_hook.join()
     key = b.build_key(files, cdef)
     if source is not None:
         b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
                                     plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS},
                                     shape=layer_shape(layer)))
     return CKernels(layer, derivation, kplan, module, dtype)
+
+
+def _built_meanwhile() -> threading.Thread:
+    """The GEMM hook's own module (codegen/blas, built once per cache) compiled on a
+    thread while this one derives: SymPy keeps one core busy and the compiler runs on the
+    other (0.25 s of an LSTM's first load).  Joined before the load returns or raises."""
+    from . import blas
+
+    thread = threading.Thread(target=blas.warm, name="backprop-gemm-hook", daemon=True)
+    thread.start()
+    return thread
 
 
 PLAN_FIELDS = ("args", "returns", "upstream", "gradients", "reuses")

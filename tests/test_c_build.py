@@ -56,6 +56,23 @@ def test_generated_sources_compile_standalone(tmp_path, name, flags):
     assert all(s.startswith(f"bp_{name}_") for s in symbols), symbols
 
 
+def test_flags_are_probed_in_one_run_and_an_unknown_one_dropped(monkeypatch):
+    """A cold build asks the compiler about all its flags in one run; only when that run
+    fails is each flag asked alone, and the one it rejects is left out."""
+    cc = require_oracle("cc")
+    b = codegen.build
+    runs, real = [], b._run
+    monkeypatch.setattr(b, "_run", lambda cmd, cwd=None: runs.append(cmd) or real(cmd, cwd))
+    monkeypatch.setattr(b, "_accepted", {})
+    assert b.accepted(cc, ["-fPIC", "-O2", "-Wall"]) == ["-fPIC", "-O2", "-Wall"]
+    assert len(runs) == 1
+    runs.clear()
+    assert b.accepted(cc, ["-O1", "-fno-such-flag-bp", "-w"]) == ["-O1", "-w"]
+    assert len(runs) == 4                           # all three together, then each alone
+    runs.clear()
+    assert b.accepted(cc, ["-O1", "-fno-such-flag-bp"]) == ["-O1"] and not runs
+
+
 @pytest.mark.parametrize("name", ["mlp2", "dense", "softmax_cross_entropy_labels"])
 def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name):
     """The toolkit compiles a source's parts (-DBP_PART=k) at once and links them: each part

@@ -187,3 +187,29 @@ def test_the_dense_backward_emits_its_products_as_two_sections():
     assert sections.count("BP_OMP(section)") == 2
     assert "bp_dense_gemm_f32(101, 111, 111, N, J, I" in sections
     assert "bp_dense_gemm_f32(101, 112, 111, I, J, N" in sections
+
+
+def test_a_cold_load_builds_the_hook_on_a_thread_while_it_derives(tmp_path, monkeypatch):
+    """A cold load asks for the hook's module on a thread of its own (the derivation keeps
+    this one busy meanwhile), joined before the load returns; a hook that cannot be built
+    there does not stop the load (the kernels' own call reports it)."""
+    import threading
+
+    seen = []
+
+    def warm():
+        seen.append(threading.current_thread().name)
+        try:
+            raise RuntimeError("no hook here")
+        except RuntimeError:                 # as the real warm() leaves it to the caller
+            pass
+
+    monkeypatch.setattr(blas_module, "warm", warm)
+    spec = tmp_path / "hooked.bp"
+    spec.write_text("layer hooked\ndims N, I\ninput x[N, I]\noutput y[N, I]\n\n"
+                    "y[n, i] = 3 * x[n, i]\n")
+    k = codegen.load(str(spec), backend="c", cache=tmp_path / "cache")
+    assert seen == ["backprop-gemm-hook"]
+    assert not any(t.name == "backprop-gemm-hook" for t in threading.enumerate())
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(k.forward(x=x)["y"], 3 * x)
