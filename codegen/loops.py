@@ -75,7 +75,9 @@ class Nest:
         pos = {i: k for k, i in enumerate(self.loops)}
         if self.subs:                            # a copy: its loops are the inner ones
             return False
-        return any(pos[r] < pos[o] for r in self.reduced for o in self.out)
+        # an output index with no loop here is fixed by loops around this nest (a producer
+        # run inside a gather's shared loops, codegen/plane_fusion): outside every loop
+        return any(pos[r] < pos.get(o, -1) for r in self.reduced for o in self.out)
 
 
 @dataclass(frozen=True)
