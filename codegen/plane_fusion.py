@@ -9,8 +9,10 @@ shared outer loops (n, c) are the producer's outermost loops and the gather read
 scratch only at those loops' values (rank[n, c, .., ..]), the producer's inner loops run
 first inside each iteration of the shared loops: the plane of ranks it writes is read back
 from L1/L2 right after, and x's plane and dx's plane are streamed together.  Any producer
-and any gather of that shape fuse this way (average pooling's has no producer; a strided
-convolution's dx reads arrays the forward wrote, not scratch).
+and any gather of that shape fuse this way: a strided, dilated conv1d's dx does too (its
+sum over o of dy w, image by image); average pooling's gather has no producer.  The moved
+producer keeps its output indices; those its loops lost are fixed by the gather's
+(Nest.accumulate_in_place reads them as outside every loop).
 """
 from __future__ import annotations
 
