@@ -34,9 +34,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from contextlib import redirect_stdout
-from io import StringIO
-
 import cffi
 
 NUMPY_HINT = ("To run without a C compiler, use the NumPy backend: "
@@ -303,9 +300,11 @@ def _compile_entry(entry, module_name, sources, cdef, cc, flags, version):
         header = next(f for f in sources if f.endswith(".h"))
         ffi = cffi.FFI()
         ffi.cdef(cdef)
-        ffi.set_source(module_name, f'#include "{header}"')
-        with redirect_stdout(StringIO()):         # cffi announces "generating ..."
-            ffi.emit_c_code(str(tmp / f"{module_name}.c"))
+        # quiet: cffi would announce "generating ..." (not through redirect_stdout, which
+        # swaps sys.stdout for the whole process: two builds on two threads, the kernels'
+        # and the GEMM hook's, left it pointing at a dead buffer)
+        ffi.set_source(module_name, f'#include "{header}"', compiler_verbose=False)
+        ffi.emit_c_code(str(tmp / f"{module_name}.c"))
         library = module_name + _ext_suffix()
         started = time.time()
         units = [(f"{module_name}.c", 0)] + [

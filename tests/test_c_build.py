@@ -56,6 +56,27 @@ def test_generated_sources_compile_standalone(tmp_path, name, flags):
     assert all(s.startswith(f"bp_{name}_") for s in symbols), symbols
 
 
+def test_a_build_leaves_sys_stdout_alone(tmp_path, monkeypatch):
+    """cffi's "generating ..." is silenced by its own setting, not by swapping sys.stdout:
+    a swap is process-wide, and two builds on two threads (a kernel's and the GEMM hook's,
+    codegen/loader) restored each other's buffers and left print() writing into one."""
+    import cffi
+    import sys as _sys
+
+    require_oracle("cc")
+    seen, real = [], cffi.FFI.emit_c_code
+
+    def emit(self, filename):
+        seen.append(_sys.stdout)
+        return real(self, filename)
+
+    monkeypatch.setattr(cffi.FFI, "emit_c_code", emit)
+    spec = tmp_path / "quiet.bp"
+    spec.write_text("layer quiet\ndims N\ninput x[N]\noutput y[N]\n\ny[n] = 2 * x[n]\n")
+    codegen.load(str(spec), backend="c", cache=tmp_path / "cache")
+    assert seen and all(out is _sys.stdout for out in seen)
+
+
 def test_flags_are_probed_in_one_run_and_an_unknown_one_dropped(monkeypatch):
     """A cold build asks the compiler about all its flags in one run; only when that run
     fails is each flag asked alone, and the one it rejects is left out."""
