@@ -99,25 +99,21 @@ def accepted(cc, flags) -> list[str]:
     per compiler when a build is needed: all in one compiler run, and one by one only
     when that run fails (one run per flag cost a cold build 0.13 s)."""
     unknown = [f for f in flags if (tuple(cc), f) not in _accepted]
-    if len(unknown) > 1:
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "probe.c"
-            src.write_text("int bp_probe(void) { return 0; }\n")
-            if _run(cc + unknown + ["-c", str(src), "-o", str(Path(tmp) / "probe.o")]) \
-                    .returncode == 0:
-                _accepted.update({(tuple(cc), f): True for f in unknown})
-    out = []
+    if len(unknown) > 1 and _compiles(cc, unknown):
+        _accepted.update({(tuple(cc), f): True for f in unknown})
     for flag in flags:
-        key = (tuple(cc), flag)
-        if key not in _accepted:
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "probe.c"
-                src.write_text("int bp_probe(void) { return 0; }\n")
-                r = _run(cc + [flag, "-c", str(src), "-o", str(Path(tmp) / "probe.o")])
-                _accepted[key] = r.returncode == 0
-        if _accepted[key]:
-            out.append(flag)
-    return out
+        if (tuple(cc), flag) not in _accepted:
+            _accepted[(tuple(cc), flag)] = _compiles(cc, [flag])
+    return [f for f in flags if _accepted[(tuple(cc), f)]]
+
+
+def _compiles(cc, flags) -> bool:
+    """Whether the compiler takes these flags on an empty function."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text("int bp_probe(void) { return 0; }\n")
+        return _run(cc + flags + ["-c", str(src), "-o", str(Path(tmp) / "probe.o")]) \
+            .returncode == 0
 
 
 def openmp_flags(cc) -> list[str]:
