@@ -31,11 +31,25 @@ def read_arrays(nests) -> set[str]:
             for a in e.atoms(sp.Indexed)} | {t for t, k in targets.items() if k > 1}
 
 
+def _written_at(n) -> tuple:
+    """The target's subscripts as the nest writes them (its fixed indices put in: a copy
+    by value's number, or a merged row's i = 0)."""
+    return tuple(sp.sympify(i).xreplace(dict(n.subs)) for i in n.out)
+
+
+def _walks_rows(n) -> bool:
+    """Each loop index is one subscript of the target, the innermost loop its last, the
+    other subscripts numbers: every element written once, each row contiguous, in any
+    order of the outer loops (batch norm's dx runs its channels outermost)."""
+    at = _written_at(n)
+    return bool(n.loops) and at[-1] == n.loops[-1] \
+        and sorted(map(str, n.loops)) == sorted(str(i) for i in at if not i.is_Integer)
+
+
 def _writes_alone(n, outputs, read: set[str]) -> bool:
-    """An elementwise nest over its target's own indices writing an output nobody reads."""
-    return (n.kind == "elementwise" and not n.subs and not n.bounds and not n.copies
-            and tuple(n.out) == tuple(n.loops) and n.target in outputs
-            and n.target not in read)
+    """An elementwise nest walking its target's rows, an output nobody reads."""
+    return (n.kind == "elementwise" and not n.bounds and not n.copies and _walks_rows(n)
+            and n.target in outputs and n.target not in read)
 
 
 def _plain_loops(loops, least: int) -> bool:
@@ -58,7 +72,7 @@ def streamable(view: dict, outputs, read: set[str], least: int = 2) -> bool:
 def _stream(n, printer, name: str) -> dict:
     """The target's element at its row's first element and at the block's (bp_b)."""
     inner = n.loops[-1]
-    ref = sp.IndexedBase(n.target)[tuple(n.out)]
+    ref = sp.IndexedBase(n.target)[_written_at(n)]
     block = sp.Idx("bp_b", (inner.lower, inner.upper))     # in range: no guard
     return dict(row=printer._print(ref.xreplace({inner: sp.Integer(0)})),
                 block=printer._print(ref.xreplace({inner: block})), name=name,
