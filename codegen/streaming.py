@@ -20,13 +20,17 @@ import sympy as sp
 
 from derive.indices import dim_of
 
+from .gather_streams import mark_gather_streams
 from .loops import leaves
 
 
 def read_arrays(nests) -> set[str]:
     """Names of the arrays any of these nests reads, or writes from more than one nest
     (a later one adds to what the first wrote)."""
-    targets = Counter(n.target for n in leaves(nests))
+    # a gather split by residue writes each element in one of its copies: one writer
+    targets = Counter(t for n in nests for t in (
+        {m.target for m in leaves([n])} if n.kind == "reduce" else
+        [m.target for m in leaves([n])]))
     return {a.base.label.name for n in leaves(nests) for e in (n.body, n.init)
             for a in e.atoms(sp.Indexed)} | {t for t, k in targets.items() if k > 1}
 
@@ -125,6 +129,7 @@ def mark_streams(views: list[dict], nests, outputs, printer) -> list[dict]:
     """Adds `stream` to each view (or row loop member, or part of a merged inner loop)
     whose output is streamed: see _stream."""
     read, outputs = read_arrays(nests), set(outputs)
+    mark_gather_streams(views, outputs, read, printer)
     for v in views:
         if v.get("group") and _flat_streams(v, outputs, read, printer):
             continue
@@ -143,6 +148,6 @@ def any_streamed(views: list[dict]) -> bool:
     """Whether any view, row loop member or part of a merged inner loop is streamed: the
     source then needs the helpers (templates/c_streams.c.j2), or `#if BP_STREAMS` reads
     an undefined macro as 0 and the streamed branch silently compiles away."""
-    return any(x.get("stream") or any(
+    return any(x.get("stream") or x.get("tiled") or any(
         m.get("stream") or any(p.get("stream") for p in m.get("parts", ()))
         for m in x.get("members", ())) for x in views)

@@ -47,7 +47,10 @@ def _spec(tmp_path, text):
 def test_planes_walked_as_one_loop(tmp_path):
     code = _float_c(_spec(tmp_path, PLANE))
     # y, dx and ds: one loop over the H x W plane each, the broadcast g read flat
-    assert code.count("< H*W; ++j)") == 3
+    assert code.count("j = 0; j < H*W; ++j)") == 3
+    # dx, large, streams its planes as rows (codegen/streaming.py): the merged row's
+    # head, streamed lines and tail
+    assert "bp_stream_head(&dx[((n*C + c)*H)*W], sizeof(float), H*W)" in code
     assert "y[((n*C + c)*H)*W + j] = " in code and "g[j]" in code
     # dg sums over n and c outside its rows (in place): its loops stay as they were
     assert "dg[i*W + j] += " in code

@@ -30,28 +30,93 @@ def _forward_c(name, **constants):
     return _entry_c(name, "forward", **constants)
 
 
+def _branches(code):
+    """The streamed (tiled) branch of a gather and its plain one."""
+    streamed = code[code.index("#if BP_STREAMS"):code.index("} else\n")]
+    return streamed, code[code.index("} else\n"):]
+
+
 def test_maxpool_backward_finds_the_first_maximum_in_one_pass():
     """One scan of each window keeps the best value and its rank, and dx is a gather that
-    reads that rank: no maxima of negated ranks, no nested window maxima (four passes)."""
+    reads that rank: no maxima of negated ranks, no nested window maxima (four passes).
+    Each branch scans a row of windows once per loop over dx's row pairs (the interior
+    and its borders), so five scans in each."""
     code = _backward_c("maxpool2d")
     assert code.count("first maximal position over") == 1
     assert "maximum over" not in code
-    assert code.count("bp_acc_at = 2*_p + _q;") == 1
+    for branch in _branches(code):
+        scans = branch.count("bp_acc_at = 2*_p + _q;")
+        assert scans == branch.count("for (ptrdiff_t bp_h_q") == 5
 
 
-@pytest.mark.parametrize("K, S", [(2, 2), (3, 2)])
-def test_maxpool_backward_ranks_each_plane_inside_the_gather(K, S):
-    """The window ranks of one (n, c) plane are found inside the gather's loops over n and
-    c, right before that plane's dx reads them (codegen/plane_fusion.py): one parallel
-    loop, not a pass over all ranks then a pass over all of dx."""
-    code = _backward_c("maxpool2d", K=K, S=S)
-    assert code.count("parallel for") == 1
-    shared = "for (ptrdiff_t n = 0; n < N; ++n) {\n" \
-             "        for (ptrdiff_t c = 0; c < C; ++c) {\n" \
-             "            for (ptrdiff_t i = 0; i < Hout; ++i) {"
-    assert shared in code
-    ranks, gather = code.index(shared), code.index("for (ptrdiff_t bp_h_q")
-    assert ranks < code.index("bp_acc_at = ") < gather
+def test_maxpool_backward_ranks_each_row_right_before_its_dx_rows():
+    """Windows that do not overlap (K = S): each row of window ranks is found inside the
+    loop over dx's rows, right before the two rows it decides are written
+    (codegen/plane_fusion.rows_where_read): x is read as dx is written, not a plane of x
+    then a plane of dx.  One parallel loop in each branch."""
+    code = _backward_c("maxpool2d")
+    for branch in _branches(code):
+        assert branch.count("parallel for") == 1
+        for piece in branch.split("for (ptrdiff_t bp_h_q")[1:]:
+            assert piece.index("for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, "
+                               "bp_h_q)); ++i) {") < piece.index("bp_acc_at = ") \
+                < piece.index("for (ptrdiff_t bp_w_q")
+
+
+def test_maxpool_backward_ranks_overlapping_windows_plane_by_plane():
+    """Overlapping windows (K = 3, S = 2) read two rows of ranks per row of dx: the ranks
+    of one (n, c) plane are found inside the gather's loops over n and c, right before
+    that plane's dx reads them (codegen/plane_fusion.py): one parallel loop, not a pass
+    over all ranks then a pass over all of dx."""
+    code = _backward_c("maxpool2d", K=3, S=2)
+    for branch in _branches(code):
+        assert branch.count("parallel for") == 1
+        ranks = branch.index("for (ptrdiff_t i = 0; i < Hout; ++i) {")
+        assert branch.index("for (ptrdiff_t c = 0; c < C; ++c) {") < ranks \
+            < branch.index("bp_acc_at = ") < branch.index("for (ptrdiff_t bp_h_q")
+
+
+def test_maxpool_backward_streams_dx_rows_through_a_tile():
+    """Large dx: each iteration over dx's rows stores them in a tile of two rows on the
+    stack and streams them out (codegen/gather_streams.py), the ranks of that iteration's
+    row of windows in a stack row too; small dx: stored in place, the ranks in scratch."""
+    streamed, plain = _branches(_backward_c("maxpool2d"))
+    assert "BP_STREAM_BLOCK float bp_tile[2*W];" in streamed
+    assert "float bp_row__s1[Wout];" in streamed
+    assert "_s1[" not in streamed.replace("bp_row__s1[", "")
+    assert re.search(r"\bdx\[", streamed.replace("&dx[", "")) is None
+    assert streamed.count("bp_stream_copy_f32(&dx[") == 6     # 2 borders x 2 + 2 inside
+    assert "bp_stream_fence();" in streamed
+    assert "bp_tile" not in plain and "bp_row__s1" not in plain and "dx[" in plain
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("K, S", [(2, 2), (3, 2), (2, 3)])
+def test_streamed_maxpool_backward_equals_torch(dtype, K, S):
+    """dx above the streaming size (BP_STREAM_MIN, 8 MB) at odd sizes, rows at every
+    offset of a cache line: the tiled, streamed branch equals torch's dx with ties and a
+    NaN window, every element written over stale values."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K * 10 + S)
+    x = np.round(rng.normal(size=(2, 4, 517, 509)) * 2) / 2
+    x[1, 2, 4:4 + K, 8:8 + K] = np.nan
+    assert x.size * np.dtype(dtype).itemsize >= 8 << 20
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, K, S)
+    dy = rng.normal(size=tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("maxpool2d", backend="c", dtype=dtype, constants=dict(K=K, S=S))
+    dx = k.backward(x=x.astype(dtype), dy=dy.astype(dtype), out={
+        "dx": np.full(x.shape, 7.0, dtype=dtype)})["dx"]
+    expected = xt.grad.numpy().astype(dtype)
+    if K <= S:          # one term per element: exact
+        np.testing.assert_array_equal(dx, expected)
+    else:
+        # up to 4 overlapping windows' terms, summed in another order than torch's: each
+        # of the 3 additions rounds by at most eps times the sum of |terms|, 4 max|dy|
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(dx, expected, rtol=0, atol=12 * eps * np.abs(dy).max())
+        assert np.array_equal(np.isnan(dx), np.isnan(expected))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

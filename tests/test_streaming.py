@@ -174,3 +174,31 @@ def test_streamed_layer_norm_rows_equal_plain_ones():
     np.testing.assert_array_equal(whole["dx"], np.concatenate([p["dx"] for p in parts]))
     for g in ("dw", "db"):
         np.testing.assert_allclose(whole[g], sum(p[g] for p in parts), rtol=1e-4, atol=1e-3)
+
+
+def test_a_row_loop_with_its_channels_outermost_streams():
+    """Batch norm's dx runs inside the loop over channels (its sums first), each image
+    plane one merged row: its rows are still whole rows of dx, so they stream."""
+    code = function(c_sources(plan(derive(parse_spec(builtin_text("batchnorm")))))[
+        "batchnorm.c"], "bp_batchnorm_backward_f32")
+    assert code.index("for (ptrdiff_t c = 0; c < C; ++c)") \
+        < code.index("bp_stream_head(&dx[((n*C + c)*H)*W], sizeof(float), H*W)")
+
+
+def test_streamed_batch_norm_planes_equal_plain_ones():
+    """Channels are independent in batch norm: dx of six channels at once (12.6 MB,
+    streamed, planes at every offset in a line) equals each channel's alone (2.1 MB,
+    stored plainly)."""
+    c = codegen.load("batchnorm", backend="c", dtype="float32")
+    rng = np.random.default_rng(12)
+    x, dy = (rng.standard_normal((4, 6, 331, 397)).astype(np.float32) for _ in range(2))
+    w, b = rng.standard_normal(6).astype(np.float32), np.zeros(6, np.float32)
+    saved = c.forward(x=x, w=w, b=b)
+    whole = c.backward(x=x, w=w, b=b, dy=dy, mu=saved["mu"], var=saved["var"],
+                       rstd=saved["rstd"])["dx"]
+    for k in range(6):
+        one = lambda a: np.ascontiguousarray(a[:, k:k + 1])
+        alone = c.backward(x=one(x), w=w[k:k + 1], b=b[k:k + 1], dy=one(dy),
+                           mu=saved["mu"][k:k + 1], var=saved["var"][k:k + 1],
+                           rstd=saved["rstd"][k:k + 1])["dx"]
+        np.testing.assert_array_equal(whole[:, k:k + 1], alone)

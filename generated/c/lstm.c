@@ -117,6 +117,38 @@ static inline void bp_stream_f64(double *dst, const double *block)
     }
 }
 
+/* A gather's rows pass through a tile of at most this many bytes on the stack
+ * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
+#define BP_STREAM_TILE_MAX (32 << 10)
+
+/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
+ * boundary and after its last, whole lines streamed between */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+{
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    ptrdiff_t e = 0;
+    for (; e < head; ++e) dst[e] = src[e];
+    for (; e + 16 <= n; e += 16) {
+        BP_STREAM_BLOCK float block[16];
+        __builtin_memcpy(block, src + e, sizeof(block));
+        bp_stream_f32(dst + e, block);
+    }
+    for (; e < n; ++e) dst[e] = src[e];
+}
+
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+{
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    ptrdiff_t e = 0;
+    for (; e < head; ++e) dst[e] = src[e];
+    for (; e + 8 <= n; e += 8) {
+        BP_STREAM_BLOCK double block[8];
+        __builtin_memcpy(block, src + e, sizeof(block));
+        bp_stream_f64(dst + e, block);
+    }
+    for (; e < n; ++e) dst[e] = src[e];
+}
+
 /* streamed stores are weakly ordered: fenced before anyone may read them */
 static inline void bp_stream_fence(void)
 {
@@ -918,9 +950,37 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
         /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
+        #if BP_STREAMS
+        if (4*H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                && H*H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[(g*H)*H], sizeof(float), H*H);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t k = 0; k < bp_head; ++k) {
+            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+        }
+        for (bp_b = bp_head; bp_b + 16 <= H*H; bp_b += 16) {
+            BP_STREAM_BLOCK float bp_block[16];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                const ptrdiff_t k = bp_b + bp_j;
+                (void)k;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+            }
+            bp_stream_f32(&dW_hh[(g*H)*H + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t k = bp_b; k < H*H; ++k) {
+            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H*H; ++k) {
             dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+        }
         }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
@@ -1566,9 +1626,37 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
         /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
+        #if BP_STREAMS
+        if (4*H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                && H*H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[(g*H)*H], sizeof(double), H*H);
+        ptrdiff_t bp_b;
+        BP_OMP(simd)
+        for (ptrdiff_t k = 0; k < bp_head; ++k) {
+            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+        }
+        for (bp_b = bp_head; bp_b + 8 <= H*H; bp_b += 8) {
+            BP_STREAM_BLOCK double bp_block[8];
+            BP_OMP(simd)
+            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                const ptrdiff_t k = bp_b + bp_j;
+                (void)k;      /* unused where the value does not vary along the row */
+                bp_block[bp_j] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+            }
+            bp_stream_f64(&dW_hh[(g*H)*H + bp_b], bp_block);
+        }
+        BP_OMP(simd)
+        for (ptrdiff_t k = bp_b; k < H*H; ++k) {
+            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+        }
+        bp_stream_fence();
+        } else
+        #endif
+        {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H*H; ++k) {
             dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
+        }
         }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)

@@ -41,6 +41,107 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
+/* Outputs of at least this many bytes that the kernel never reads are written with
+ * non-temporal stores: no fetch of each line before it is written (write-allocate), but
+ * the result is not left in cache, so a smaller one, which the caller may read right
+ * away, is stored plainly.  Out of place, 4 arrays in and 3 out of 10^7 floats: 33 ms
+ * with plain stores, 17.5 streamed (Xeon, 1 thread). */
+#define BP_STREAM_MIN (8 << 20)
+/* Each row's ends are stored plainly and its streamed stores fenced: rows of at least
+ * 16 lines, so that costs little. */
+#define BP_STREAM_ROW_MIN 1024
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__AVX512F__) || defined(__AVX__))
+#define BP_STREAMS 1
+#define BP_STREAM_BLOCK __attribute__((aligned(64)))
+
+/* Elements before the first 64-byte boundary of p (all n if p is not even aligned to
+ * its type): the vector blocks from there on are whole cache lines. */
+static inline ptrdiff_t bp_stream_head(const void *p, size_t size, ptrdiff_t n)
+{
+    const uintptr_t a = (uintptr_t)p;
+    const ptrdiff_t head = a % size ? n : (ptrdiff_t)((64 - a % 64) % 64 / size);
+    return head < n ? head : n;
+}
+
+/* The compilers' own non-temporal store builtins (what <immintrin.h> wraps), on vectors
+ * of their vector extension: parsing <immintrin.h> took 0.2 s of every compile unit's
+ * 1.2-1.6 s (an LSTM's). */
+#ifdef __AVX512F__
+#define BP_LINE_VECTORS 1
+typedef float bp_vf32 __attribute__((vector_size(64), may_alias));
+typedef double bp_vf64 __attribute__((vector_size(64), may_alias));
+#else
+#define BP_LINE_VECTORS 2
+typedef float bp_vf32 __attribute__((vector_size(32), may_alias));
+typedef double bp_vf64 __attribute__((vector_size(32), may_alias));
+#endif
+#if defined(__clang__)
+#define bp_stream_store_f32(dst, v) __builtin_nontemporal_store((v), (bp_vf32 *)(dst))
+#define bp_stream_store_f64(dst, v) __builtin_nontemporal_store((v), (bp_vf64 *)(dst))
+#elif defined(__AVX512F__)
+#define bp_stream_store_f32(dst, v) __builtin_ia32_movntps512((dst), (v))
+#define bp_stream_store_f64(dst, v) __builtin_ia32_movntpd512((dst), (v))
+#else
+#define bp_stream_store_f32(dst, v) __builtin_ia32_movntps256((dst), (v))
+#define bp_stream_store_f64(dst, v) __builtin_ia32_movntpd256((dst), (v))
+#endif
+
+/* one line from an aligned block to dst, on a line boundary */
+static inline void bp_stream_f32(float *dst, const float *block)
+{
+    for (int v = 0; v < BP_LINE_VECTORS; ++v) {
+        bp_stream_store_f32(dst + v * (64 / BP_LINE_VECTORS / 4), ((const bp_vf32 *)block)[v]);
+    }
+}
+
+static inline void bp_stream_f64(double *dst, const double *block)
+{
+    for (int v = 0; v < BP_LINE_VECTORS; ++v) {
+        bp_stream_store_f64(dst + v * (64 / BP_LINE_VECTORS / 8), ((const bp_vf64 *)block)[v]);
+    }
+}
+
+/* A gather's rows pass through a tile of at most this many bytes on the stack
+ * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
+#define BP_STREAM_TILE_MAX (32 << 10)
+
+/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
+ * boundary and after its last, whole lines streamed between */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+{
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    ptrdiff_t e = 0;
+    for (; e < head; ++e) dst[e] = src[e];
+    for (; e + 16 <= n; e += 16) {
+        BP_STREAM_BLOCK float block[16];
+        __builtin_memcpy(block, src + e, sizeof(block));
+        bp_stream_f32(dst + e, block);
+    }
+    for (; e < n; ++e) dst[e] = src[e];
+}
+
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+{
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    ptrdiff_t e = 0;
+    for (; e < head; ++e) dst[e] = src[e];
+    for (; e + 8 <= n; e += 8) {
+        BP_STREAM_BLOCK double block[8];
+        __builtin_memcpy(block, src + e, sizeof(block));
+        bp_stream_f64(dst + e, block);
+    }
+    for (; e < n; ++e) dst[e] = src[e];
+}
+
+/* streamed stores are weakly ordered: fenced before anyone may read them */
+static inline void bp_stream_fence(void)
+{
+    __builtin_ia32_sfence();
+}
+#else
+#define BP_STREAMS 0
+#endif
+
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
  * positive divisor (C's / truncates toward zero), maximum and minimum.  Without a branch
  * (no &&): GCC cannot count the trips of a loop whose end has control flow in it, so it
@@ -162,353 +263,719 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
     (void)x;
     (void)bp_work;
     /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]]) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+    #if BP_STREAMS
+    if (N*C*H*W >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+            && 2*W <= BP_STREAM_TILE_MAX / (ptrdiff_t)sizeof(float)) {
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                BP_STREAM_BLOCK float bp_tile[2*W];
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                    float bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
                 }
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                }
+                bp_stream_fence();
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+        }
+    } else
+    #endif
+    {
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                    float bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc_r0 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                    float bp_acc_r1 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc_r0 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                    float bp_acc_r1 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                    float bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    float bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                    float bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }
@@ -569,353 +1036,719 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
     (void)x;
     (void)bp_work;
     /* dx[n, c, h, w] = sum_{i=max(0, ceiling((h + 1 - KH)/2))..min(Hout - 1, floor(h/2)),j=max(0, ceiling((w + 1 - KW)/2))..min(Wout - 1, floor(w/2))}(dy[n, c, i, j]*[KW*(h - 2*i) + w - 2*j == at[n, c, i, j]]) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+    #if BP_STREAMS
+    if (N*C*H*W >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+            && 2*W <= BP_STREAM_TILE_MAX / (ptrdiff_t)sizeof(double)) {
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                BP_STREAM_BLOCK double bp_tile[2*W];
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                    double bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
                 }
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                }
+                bp_stream_fence();
             }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+        }
+    } else
+    #endif
+    {
+        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                    double bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                    }
                 }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc_r0 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                    double bp_acc_r1 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            }
                         }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc_r0 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                    double bp_acc_r1 = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                        const ptrdiff_t i = bp_h_q + bp_i_k;
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                    double bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-            }
-            for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                    double bp_acc_r0 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                    double bp_acc_r1 = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                            const ptrdiff_t j = bp_w_q + bp_j_k;
-                            bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                }
-                for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                        for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                            bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                        }
-                    }
-                    dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                 }
             }
         }

@@ -101,6 +101,38 @@ static inline void bp_stream_f64(double *dst, const double *block)
     }
 }
 
+/* A gather's rows pass through a tile of at most this many bytes on the stack
+ * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
+#define BP_STREAM_TILE_MAX (32 << 10)
+
+/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
+ * boundary and after its last, whole lines streamed between */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+{
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    ptrdiff_t e = 0;
+    for (; e < head; ++e) dst[e] = src[e];
+    for (; e + 16 <= n; e += 16) {
+        BP_STREAM_BLOCK float block[16];
+        __builtin_memcpy(block, src + e, sizeof(block));
+        bp_stream_f32(dst + e, block);
+    }
+    for (; e < n; ++e) dst[e] = src[e];
+}
+
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+{
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    ptrdiff_t e = 0;
+    for (; e < head; ++e) dst[e] = src[e];
+    for (; e + 8 <= n; e += 8) {
+        BP_STREAM_BLOCK double block[8];
+        __builtin_memcpy(block, src + e, sizeof(block));
+        bp_stream_f64(dst + e, block);
+    }
+    for (; e < n; ++e) dst[e] = src[e];
+}
+
 /* streamed stores are weakly ordered: fenced before anyone may read them */
 static inline void bp_stream_fence(void)
 {
