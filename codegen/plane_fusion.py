@@ -12,7 +12,8 @@ from L1/L2 right after, and x's plane and dx's plane are streamed together.  Any
 and any gather of that shape fuse this way: a strided, dilated conv1d's dx does too (its
 sum over o of dy w, image by image); average pooling's gather has no producer.  The moved
 producer keeps its output indices; those its loops lost are fixed by the gather's
-(Nest.accumulate_in_place reads them as outside every loop).
+(Nest.accumulate_in_place reads them as outside every loop).  Where each row of dx reads
+one row of ranks, the ranks go further in, row by row: rows_where_read.
 """
 from __future__ import annotations
 
@@ -92,9 +93,11 @@ def rows_where_read(gather: Nest) -> Nest:
     S - 1): the producer's row runs first inside each of those loop's iterations instead
     of the whole plane before them.  Each row of x is then read (and ranked) right before
     the dx rows it decides are written, reads and writes interleaved as a streaming copy
-    does, where the plane at once had a phase of reads then a phase of writes (one thread:
-    22-28 ms against 14-15 for a row by row kernel, N=32 C=64 112x112).  A border piece
-    that reads no row computes none (its bound clamps t to the last row)."""
+    does, where the plane at once had a phase of reads then a phase of writes (a hand
+    edit of the generated C, dx streamed either way, one thread, N=32 C=64 112x112:
+    22-28 ms plane by plane against 14-15 for a row-by-row kernel).  A border piece that
+    reads no row computes none (its bound clamps t to the last row).  Overlapping windows
+    (K > S) read two rows of ranks per row of dx and keep the plane."""
     if len(gather.copies) < 2 or gather.copies[0].kind != "reduce" \
             or gather.copies[0].op not in ("argmax", "max"):
         return gather
