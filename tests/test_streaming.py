@@ -1,6 +1,7 @@
 """Streaming (non-temporal) stores of large write-only outputs (codegen/streaming.py):
 which outputs the emitted C streams, and that results are unchanged where it does."""
 import numpy as np
+import pytest
 
 import codegen
 from codegen.c_backend import c_sources
@@ -8,6 +9,8 @@ from codegen.plan import plan
 from derive import derive
 from derive.builtins import builtin_text
 from derive.parser import parse_spec
+
+from .oracles import require_oracle
 
 # h is an output that y's statement reads again; dx (backward) is only written
 SPEC = """layer twostep  an output a later statement reads
@@ -202,3 +205,26 @@ def test_streamed_batch_norm_planes_equal_plain_ones():
                            mu=saved["mu"][k:k + 1], var=saved["var"][k:k + 1],
                            rstd=saved["rstd"][k:k + 1])["dx"]
         np.testing.assert_array_equal(whole[:, k:k + 1], alone)
+
+
+@pytest.mark.parametrize("K, S", [(2, 2), (3, 2)])
+def test_streamed_average_pooling_backward_equals_torch(K, S):
+    """Average pooling's dx, a gather with no scratch of its own, above the streaming size
+    at odd sizes: through the tile (codegen/gather_streams.py) as torch gives it."""
+    code = function(c_sources(plan(derive(parse_spec(builtin_text("avgpool2d")))))[
+        "avgpool2d.c"], "bp_avgpool2d_backward_f32")
+    assert "bp_stream_copy_f32(&dx[" in code
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K + S)
+    x = rng.normal(size=(2, 4, 515, 511)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.avg_pool2d(xt, K, S)
+    dy = rng.normal(size=tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dy))
+    k = codegen.load("avgpool2d", backend="c", dtype="float32", constants=dict(K=K, S=S))
+    dx = k.backward(x=x, dy=dy, out={"dx": np.full(x.shape, 7.0, np.float32)})["dx"]
+    # up to 4 windows' terms in another order than torch's: 3 roundings of at most eps
+    # times the sum of |terms| (4 max|dy| / K^2)
+    eps = np.finfo(np.float32).eps
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=0,
+                               atol=12 * eps * np.abs(dy).max() / K ** 2)
