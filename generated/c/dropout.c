@@ -111,10 +111,11 @@ static inline void bp_stream_f64(double *dst, const double *block)
 static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
 {
     const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(float);
     ptrdiff_t e = 0;
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
-    for (; e + 16 <= n; e += 16) {
-        BP_STREAM_BLOCK float block[16];
+    for (; e + line <= n; e += line) {
+        BP_STREAM_BLOCK float block[64 / sizeof(float)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f32(dst + e, block);
     }
@@ -124,10 +125,11 @@ static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
 static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
 {
     const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(double);
     ptrdiff_t e = 0;
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
-    for (; e + 8 <= n; e += 8) {
-        BP_STREAM_BLOCK double block[8];
+    for (; e + line <= n; e += line) {
+        BP_STREAM_BLOCK double block[64 / sizeof(double)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f64(dst + e, block);
     }
