@@ -306,7 +306,7 @@ int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < bp_head; ++i) {
             const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.797884561F + 0.107032224F*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
         }
         for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
             BP_STREAM_BLOCK float bp_block[16];
@@ -315,14 +315,14 @@ int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
                 const ptrdiff_t i = bp_b + bp_j;
                 (void)i;      /* unused where the value does not vary along the row */
                 const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-                bp_block[bp_j] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+                bp_block[bp_j] = -1.0F/2.0F*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.797884561F + 0.107032224F*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
         }
         BP_OMP(simd)
         for (ptrdiff_t i = bp_b; i < I; ++i) {
             const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.797884561F + 0.107032224F*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
         }
         bp_stream_fence();
     }
@@ -334,7 +334,7 @@ int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             const float bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(0.797884561F*bp_acc_c0*z[n*I + i] + 0.107032224F*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            dz[n*I + i] = -1.0F/2.0F*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.797884561F + 0.107032224F*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
         }
     }
     }
@@ -440,7 +440,7 @@ int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < bp_head; ++i) {
             const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.7978845608028654 + 0.10703222440890038*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
         }
         for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
             BP_STREAM_BLOCK double bp_block[8];
@@ -449,14 +449,14 @@ int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
                 const ptrdiff_t i = bp_b + bp_j;
                 (void)i;      /* unused where the value does not vary along the row */
                 const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-                bp_block[bp_j] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+                bp_block[bp_j] = -1.0/2.0*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.7978845608028654 + 0.10703222440890038*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);
         }
         BP_OMP(simd)
         for (ptrdiff_t i = bp_b; i < I; ++i) {
             const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.7978845608028654 + 0.10703222440890038*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
         }
         bp_stream_fence();
     }
@@ -468,7 +468,7 @@ int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
             const double bp_acc_c0 = -1 + th[n*I + i]*th[n*I + i];
-            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(0.7978845608028654*bp_acc_c0*z[n*I + i] + 0.10703222440890038*bp_acc_c0*(z[n*I + i]*z[n*I + i]*z[n*I + i]) - th[n*I + i] - 1);
+            dz[n*I + i] = -1.0/2.0*da[n*I + i]*(bp_acc_c0*z[n*I + i]*(0.7978845608028654 + 0.10703222440890038*(z[n*I + i]*z[n*I + i])) - (th[n*I + i] + 1));
         }
     }
     }
