@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from codegen import build, load
+from derive.errors import SpecError
 
 LANES = {"zmm": 16, "ymm": 8, "xmm": 4}
 ENTRIES = ("forward", "backward", "forward_backward")
@@ -34,8 +35,9 @@ def assembly(layer: str) -> str:
             (Path(tmp) / name).write_text(text)
         c_file = next(n for n in sources if n.endswith(".c"))
         out = Path(tmp) / "kernel.s"
+        # the whole source (no -DBP_PART): every entry's functions, not one part's
         cmd = [build.compiler()[0], *build.BASE_FLAGS, *build.opt_flags(), "-fopenmp",
-               "-DBP_PART=1", "-S", str(Path(tmp) / c_file), "-o", str(out)]
+               "-S", str(Path(tmp) / c_file), "-o", str(out)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(f"the kernel does not compile:\n{r.stderr}")
@@ -70,11 +72,17 @@ def vector_loops(asm: str, function: str) -> list[tuple[int, str]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("layer")
-    p.add_argument("entries", nargs="*", default=list(ENTRIES))
+    p.add_argument("entries", nargs="*", metavar="ENTRY", help=", ".join(ENTRIES))
     a = p.parse_args(argv)
-    asm = assembly(a.layer)
+    wrong = [e for e in a.entries if e not in ENTRIES]
+    if wrong:      # (argparse's choices= refuses an empty list with nargs="*")
+        p.error(f"no entry {', '.join(wrong)}; choose from {', '.join(ENTRIES)}")
+    try:
+        asm = assembly(a.layer)
+    except SpecError as exc:
+        raise SystemExit(str(exc)) from None
     name = load(a.layer, backend="c", dtype="float32").name
-    for entry in a.entries:
+    for entry in a.entries or ENTRIES:
         for count, width in vector_loops(asm, f"bp_{name}_{entry}_f32"):
             print(f"{entry:17} {count:4} instructions / {LANES[width]:2} lanes ({width}) = "
                   f"{count / LANES[width]:.2f} per element")

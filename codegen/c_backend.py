@@ -14,6 +14,7 @@ from derive.pretty import formula
 from derive.same_shape import same_shapes
 
 from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
+from .factored_sums import factored_sums
 from .dtypes import CTYPES, SUFFIX
 from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm, fewest_gemm_calls
@@ -499,6 +500,7 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc",
         replacements, body = [], n.body        # no read may move out of its guard
     else:
         replacements, (body,) = common_subexpressions(n.body, acc)
+        body = factored_sums(body)        # the sums a derivation expanded, regrouped
     cse = [(str(s), printer.code(e)) for s, e in replacements]
     value = printer.code(body)
     when = f" if ({extents} >= {parallel_min([n])})" if loops else ""

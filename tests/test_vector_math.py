@@ -1,6 +1,8 @@
 """The toolkit's own float functions (templates/c_vector_math.c.j2): their error bounds on a
 sample of every float, their special values as NumPy's, and the name table through which
 the C kernels call them (codegen/c_printer.py, OWN_FUNCTIONS)."""
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -35,7 +37,7 @@ def test_the_checker_catches_a_wrong_function(monkeypatch):
     """A function off by a few ulp, or with a wrong special value, is reported."""
     require_oracle("cc")
     source = exhaustive_math.render("c_vector_math.c.j2", helpers=set(exhaustive_math.FUNCTIONS))
-    broken = source.replace("return copysignf(t, x);", "return copysignf(t * 1.000001F, x);")
+    broken = source.replace("/ fmaf(s, q, s + 1), x);", "/ fmaf(s, q, s + 1) * 1.000001F, x);")
     broken = broken.replace("const float special = x == 0 ? -HUGE_VALF",
                             "const float special = x == 0 ? HUGE_VALF")
     assert broken.count("1.000001F") == 1 and "? HUGE_VALF" in broken
@@ -78,6 +80,23 @@ def test_special_values_through_a_kernel_as_numpy(name):
     fin = ~exact & ~np.isnan(want)
     err = np.abs(got[fin] - want[fin]) / np.spacing(np.abs(rounded[fin]))
     assert err.max() <= BOUNDS[name], (err.max(), SPECIAL[fin][err.argmax()])
+
+
+def _code_of(function: str) -> list[str]:
+    """The statements of one own float function, comments left out."""
+    source = exhaustive_math.render("c_vector_math.c.j2", helpers=set(exhaustive_math.FUNCTIONS))
+    body = source[source.index(f"static inline float {function}(float x)"):]
+    body = re.sub(r"/\*.*?\*/", "", body[:body.index("\n}\n")], flags=re.S)
+    return [line.strip() for line in body.splitlines()[2:] if line.strip()]
+
+
+def test_tanh_is_one_form_one_division():
+    """-m / (2 + m) over the whole range, numerator and divisor each one fma from (2^k, q):
+    one division and one select (the clamp) a vector, no second form chosen past 0.55."""
+    code = _code_of("bp_tanh_f32")
+    assert sum(line.count(" / ") for line in code) == 1, code
+    assert sum(line.count(" ? ") for line in code) == 1, code
+    assert code[-1] == "return copysignf(-fmaf(s, q, s - 1) / fmaf(s, q, s + 1), x);"
 
 
 def test_own_functions_by_name_and_dtype():
