@@ -165,17 +165,21 @@ def _load_c(layer_or_name, dtype, cache):
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     root = cache_dir(cache)
+    defines = gemm_defines()
     source = spec_source(layer_or_name)
     if source is not None:
         text, label = source
-        skey = b.spec_key(text, label if is_layer(layer_or_name) else "", dtype)
+        skey = b.spec_key(text, label if is_layer(layer_or_name) else "", dtype, defines)
         hit = b.load_indexed(root, skey)
         if hit is not None and "shape" in hit[1]:
             module, meta = hit
             lazy = (lambda: layer_or_name) if is_layer(layer_or_name) else \
                 (lambda: _parse(text, label))
-            return CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
-                            shape=meta["shape"])
+            kernels = CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
+                               shape=meta["shape"])
+            if defines:
+                kernels.with_loops = lambda: _with_loops(kernels.derivation, dtype, root)
+            return kernels
     # Cold: parse, derive, plan, print, compile (SymPy from here on).
     from derive import derive
 
@@ -189,15 +193,38 @@ def _load_c(layer_or_name, dtype, cache):
         kplan = plan(derivation)
         files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
         cdef = files.pop("cdef")
-        module = b.build(layer.name, files, cdef, root)
+        module = b.build(layer.name, files, cdef, root, defines)
     finally:
         gemm_hook.join()
-    key = b.build_key(files, cdef)
+    key = b.build_key(files, cdef, defines)
     if source is not None:
         b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
                                     plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS},
                                     shape=layer_shape(layer)))
-    return CKernels(layer, derivation, kplan, module, dtype)
+    kernels = CKernels(layer, derivation, kplan, module, dtype)
+    if defines:
+        kernels.with_loops = lambda: b.build(layer.name, files, cdef, root)
+    return kernels
+
+
+def gemm_defines() -> tuple[str, ...]:
+    """-DBP_GEMM_LOOPS=0 when the kernels will always be handed a GEMM (NumPy's OpenBLAS):
+    the plain-C loops beside each GEMM call are then left out of the build (0.4 s of an
+    LSTM's 2.6 s of compiling), and built only if use_blas(False) asks for them."""
+    from .blas import numpy_blas
+
+    return () if numpy_blas() is None else ("-DBP_GEMM_LOOPS=0",)
+
+
+def _with_loops(derivation, dtype, root):
+    """The layer's module with its plain-C loops, for a kernels object loaded without."""
+    from . import build as b
+    from .c_backend import c_sources
+    from .plan import plan
+
+    files = c_sources(plan(derivation), dtypes=(dtype,))
+    cdef = files.pop("cdef")
+    return b.build(derivation.layer.name, files, cdef, root)
 
 
 def _built_meanwhile() -> threading.Thread:

@@ -94,13 +94,16 @@ def test_flags_are_probed_in_one_run_and_an_unknown_one_dropped(monkeypatch):
     assert b.accepted(cc, ["-O1", "-fno-such-flag-bp"]) == ["-O1"] and not runs
 
 
-@pytest.mark.parametrize("name", ["mlp2", "dense", "softmax_cross_entropy_labels"])
-def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name):
+@pytest.mark.parametrize("loops", ["", "-DBP_GEMM_LOOPS=0"])
+@pytest.mark.parametrize("name", ["mlp2", "dense", "softmax_cross_entropy_labels", "lstm"])
+def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name, loops):
     """The toolkit compiles a source's parts (-DBP_PART=k) at once and links them: each part
     is warning-free C99, no symbol is defined twice, and together they define exactly what
-    the whole file defines."""
+    the whole file defines; so also without the loops beside the GEMM calls.  The LSTM's
+    panel GEMM is compiled in its forward's part only (the backward's calls it there)."""
     src = ROOT / "generated" / "c" / f"{name}.c"
-    flags = require_oracle("cc") + STRICT + ["-O1", "-fopenmp", "-fPIC"]
+    flags = require_oracle("cc") + STRICT + ["-O1", "-fopenmp", "-fPIC"] + \
+        ([loops] if loops else [])
     defined = defined_symbols
     whole = tmp_path / "whole.o"
     subprocess.run(flags + ["-c", str(src), "-o", str(whole)], check=True)
@@ -111,11 +114,45 @@ def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name):
                            capture_output=True, text=True)
         assert r.returncode == 0 and r.stderr == "", r.stderr
         symbols += defined(obj)
+        if name == "lstm":
+            assert ("bp_lstm_panel_gemm_f32" in defined(obj)) == (part == 1), part
     assert len(symbols) == len(set(symbols)), "a symbol is defined in two parts"
     assert sorted(symbols) == defined(whole)
     # float's forward and backward, double's: a first build asks for one dtype, two parts
     assert codegen.build._parts(src.read_text()) == [1, 2, 3, 4]
     assert codegen.build._parts("int f(void);") == [0]
+
+
+def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_path):
+    """With NumPy's OpenBLAS to hand the kernels, codegen.load compiles them without the
+    plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of an LSTM's first
+    compile): called without a GEMM, such a kernel refuses (-2) before it touches an array.
+    use_blas(False) swaps in the build with the loops, after a cold load and after a warm
+    one (which derives the layer for it), and the results equal the GEMM route's."""
+    require_oracle("cc")
+    from codegen.blas import numpy_blas
+
+    if numpy_blas() is None:
+        pytest.fail("NumPy's ILP64 OpenBLAS is needed (BACKPROP_BLAS=none set?)")
+    rng = np.random.default_rng(5)
+    a = dict(x=rng.normal(size=(3, 5)), W=rng.normal(size=(4, 5)), b=rng.normal(size=4),
+             dz=rng.normal(size=(3, 4)))
+    k = codegen.load("dense", backend="c", cache=tmp_path)
+    (manifest,) = (tmp_path / "c").glob("*/manifest.json")
+    assert "-DBP_GEMM_LOOPS=0" in json.loads(manifest.read_text())["command"]
+    want = k.backward(**a)
+    getattr(k._lib, "bp_dense_set_gemm")(k._ffi.NULL, k._ffi.NULL)
+    with pytest.raises(RuntimeError, match="built without their loops"):
+        k.backward(**a)
+    for kernels in (k, codegen.load("dense", backend="c", cache=tmp_path)):  # cold, warm
+        assert kernels.with_loops is not None
+        kernels.use_blas(False)
+        assert kernels.with_loops is None and kernels.blas is None
+        got = kernels.backward(**a)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-12, err_msg=name)
+        kernels.use_blas(True)
+        assert kernels.blas is not None
 
 
 def test_a_failing_part_is_reported_and_leaves_no_entry(tmp_path, monkeypatch):
