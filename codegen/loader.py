@@ -180,15 +180,16 @@ def _load_c(layer_or_name, dtype, cache):
             if defines:
                 kernels.with_loops = lambda: _with_loops(kernels.derivation, dtype, root)
             return kernels
-    # Cold: parse, derive, plan, print, compile (SymPy from here on).
-    from derive import derive
-
-    from .c_backend import c_sources
-    from .plan import plan
-
-    layer = resolve(layer_or_name)
+    # Cold: parse, derive, plan, print, compile (SymPy from here on).  The GEMM hook's
+    # module builds meanwhile, from before SymPy's import (0.4 s) on.
     gemm_hook = _built_meanwhile()
     try:
+        from derive import derive
+
+        from .c_backend import c_sources
+        from .plan import plan
+
+        layer = resolve(layer_or_name)
         derivation = derive(layer)
         kplan = plan(derivation)
         files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
@@ -209,8 +210,9 @@ def _load_c(layer_or_name, dtype, cache):
 
 def gemm_defines() -> tuple[str, ...]:
     """-DBP_GEMM_LOOPS=0 when the kernels will always be handed a GEMM (NumPy's OpenBLAS):
-    the plain-C loops beside each GEMM call are then left out of the build (0.4 s of an
-    LSTM's 2.6 s of compiling), and built only if use_blas(False) asks for them."""
+    the plain-C loops beside each GEMM call are then left out of the build (0.4 s of the
+    1.9 s of compiler CPU of an LSTM's float build), and built only if use_blas(False)
+    asks for them."""
     from .blas import numpy_blas
 
     return () if numpy_blas() is None else ("-DBP_GEMM_LOOPS=0",)

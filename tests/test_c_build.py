@@ -125,8 +125,8 @@ def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name, loops):
 
 def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_path):
     """With NumPy's OpenBLAS to hand the kernels, codegen.load compiles them without the
-    plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of an LSTM's first
-    compile): called without a GEMM, such a kernel refuses (-2) before it touches an array.
+    plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of CPU of an LSTM's
+    first compile): called without a GEMM, such a kernel refuses (-2) before it touches an array.
     use_blas(False) swaps in the build with the loops, after a cold load and after a warm
     one (which derives the layer for it), and the results equal the GEMM route's."""
     require_oracle("cc")
