@@ -123,6 +123,17 @@ def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name, loops):
     assert codegen.build._parts("int f(void);") == [0]
 
 
+@pytest.mark.parametrize("name", BUILTINS)
+def test_the_loops_switch_is_where_the_kernels_may_call_a_gemm(name):
+    """BP_GEMM_LOOPS (and the -2 refusal without a GEMM) is in exactly the sources whose
+    kernels test for the GEMM hook (codegen/gemm_loops.py finds them in the kernel views),
+    so a layer without products never refuses to run without a GEMM."""
+    text = (ROOT / "generated" / "c" / f"{name}.c").read_text()
+    tests_hook = f"bp_{name}_gemm_f32 != NULL" in text
+    assert ("#if BP_GEMM_LOOPS" in text) == tests_hook
+    assert ("return -2;" in text) == tests_hook
+
+
 def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_path):
     """With NumPy's OpenBLAS to hand the kernels, codegen.load compiles them without the
     plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of CPU of an LSTM's
