@@ -89,9 +89,10 @@ class CKernels:
     def use_blas(self, enabled: bool = True) -> None:
         """Matrix products through NumPy's BLAS (the default, when NumPy has an ILP64
         OpenBLAS) or through the generated loops.  The setting belongs to the compiled
-        module, so it applies to every kernels object of this layer in the process.  A
-        module built without its loops is swapped, for this object, for one built with
-        them (compiled now, if the cache does not hold it)."""
+        module, so it applies to every kernels object of this layer in the process that
+        uses that module.  codegen.load builds without the loops when it has a BLAS
+        (codegen.loader.gemm_defines): the first use_blas(False) then switches this object
+        to the layer's build with them (compiled now, unless the cache holds it)."""
         if not enabled and self.with_loops is not None:
             self._bind(self.with_loops())
             self.with_loops = None
