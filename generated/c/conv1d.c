@@ -222,8 +222,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -245,7 +244,6 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-#endif
     }
     return 0;
 }
@@ -311,8 +309,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -334,7 +331,6 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-#endif
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f32 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
@@ -385,8 +381,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -408,7 +403,6 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-#endif
     }
     /* db[o] = sum_{n,i}(dy[n, o, i]) */
     BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
@@ -482,8 +476,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -505,7 +498,6 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-#endif
     }
     return 0;
 }
@@ -571,8 +563,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -594,7 +585,6 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-#endif
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f64 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
@@ -645,8 +635,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -668,7 +657,6 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-#endif
     }
     /* db[o] = sum_{n,i}(dy[n, o, i]) */
     BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))

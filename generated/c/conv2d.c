@@ -234,8 +234,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -263,7 +262,6 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-#endif
     }
     return 0;
 }
@@ -336,8 +334,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -365,7 +362,6 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-#endif
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
@@ -422,8 +418,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -451,7 +446,6 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-#endif
     }
     /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
     BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
@@ -531,8 +525,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -560,7 +553,6 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-#endif
     }
     return 0;
 }
@@ -633,8 +625,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
             }
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -662,7 +653,6 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-#endif
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
@@ -719,8 +709,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
-#if BP_GEMM_LOOPS
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -748,7 +737,6 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-#endif
     }
     /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
     BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
