@@ -108,14 +108,6 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
     return t >= nt || at > n ? n : at;
 }
 
-/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
- * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
- * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
- * then return -2 when called without a GEMM. */
-#ifndef BP_GEMM_LOOPS
-#define BP_GEMM_LOOPS 1
-#endif
-
 /* The GEMM the caller supplied with bp_conv1d_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_conv1d_gemm_f32;
@@ -174,9 +166,6 @@ void bp_conv1d_set_threads(int threads)
 int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
     if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
-#if !BP_GEMM_LOOPS
-    if (bp_conv1d_gemm_f32 == NULL) return -2;   /* built without its loops */
-#endif
     (void)L;
     float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
@@ -253,9 +242,6 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
-#if !BP_GEMM_LOOPS
-    if (bp_conv1d_gemm_f32 == NULL) return -2;   /* built without its loops */
-#endif
     (void)b;
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb_slots = bp_work + C*O*K;
@@ -428,9 +414,6 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
 int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
     if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
-#if !BP_GEMM_LOOPS
-    if (bp_conv1d_gemm_f64 == NULL) return -2;   /* built without its loops */
-#endif
     (void)L;
     double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
@@ -507,9 +490,6 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
 int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, ptrdiff_t K, ptrdiff_t Lout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     if (Lout != -K + L + 1) return -1;   /* Lout = L + 1 - K */
-#if !BP_GEMM_LOOPS
-    if (bp_conv1d_gemm_f64 == NULL) return -2;   /* built without its loops */
-#endif
     (void)b;
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb_slots = bp_work + C*O*K;

@@ -108,14 +108,6 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
     return t >= nt || at > n ? n : at;
 }
 
-/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
- * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
- * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
- * then return -2 when called without a GEMM. */
-#ifndef BP_GEMM_LOOPS
-#define BP_GEMM_LOOPS 1
-#endif
-
 /* The GEMM the caller supplied with bp_conv2d_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_conv2d_gemm_f32;
@@ -181,9 +173,6 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
-#if !BP_GEMM_LOOPS
-    if (bp_conv2d_gemm_f32 == NULL) return -2;   /* built without its loops */
-#endif
     (void)H;
     (void)W;
     float *const _y_pb_slots = bp_work + 0;
@@ -272,9 +261,6 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
-#if !BP_GEMM_LOOPS
-    if (bp_conv2d_gemm_f32 == NULL) return -2;   /* built without its loops */
-#endif
     (void)b;
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb_slots = bp_work + C*O*KH*KW;
@@ -472,9 +458,6 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
-#if !BP_GEMM_LOOPS
-    if (bp_conv2d_gemm_f64 == NULL) return -2;   /* built without its loops */
-#endif
     (void)H;
     (void)W;
     double *const _y_pb_slots = bp_work + 0;
@@ -563,9 +546,6 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
-#if !BP_GEMM_LOOPS
-    if (bp_conv2d_gemm_f64 == NULL) return -2;   /* built without its loops */
-#endif
     (void)b;
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb_slots = bp_work + C*O*KH*KW;
