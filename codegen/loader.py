@@ -181,7 +181,7 @@ def _load_c(layer_or_name, dtype, cache):
                 (lambda: _parse(text, label))
             kernels = CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
                                shape=meta["shape"])
-            if defines:
+            if meta.get("loops_left_out"):
                 kernels.with_loops = lambda: _with_loops(kernels.derivation, dtype, root)
             return kernels
     # Cold: parse, derive, plan, print, compile (SymPy from here on).  The GEMM hook's
@@ -199,18 +199,23 @@ def _load_c(layer_or_name, dtype, cache):
         kplan = plan(derivation)
         files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
         cdef = files.pop("cdef")
-        module = b.build(layer.name, files, cdef, root, defines)
+        # only where the source has loops to leave out (a layer with products)
+        left_out = defines if any(LOOPS_SWITCH in t for t in files.values()) else ()
+        module = b.build(layer.name, files, cdef, root, left_out)
     finally:
         gemm_hook.join()
-    key = b.build_key(files, cdef, defines)
+    key = b.build_key(files, cdef, left_out)
     if source is not None:
         b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
                                     plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS},
-                                    shape=layer_shape(layer)))
+                                    shape=layer_shape(layer), loops_left_out=bool(left_out)))
     kernels = CKernels(layer, derivation, kplan, module, dtype)
-    if defines:
+    if left_out:
         kernels.with_loops = lambda: b.build(layer.name, files, cdef, root)
     return kernels
+
+
+LOOPS_SWITCH = "BP_GEMM_LOOPS"
 
 
 def gemm_defines() -> tuple[str, ...]:
@@ -220,7 +225,7 @@ def gemm_defines() -> tuple[str, ...]:
     asks for them."""
     from .blas import numpy_blas
 
-    return () if numpy_blas() is None else ("-DBP_GEMM_LOOPS=0",)
+    return () if numpy_blas() is None else (f"-D{LOOPS_SWITCH}=0",)
 
 
 def _with_loops(derivation, dtype, root):

@@ -140,7 +140,8 @@ def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_p
     plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of CPU of an LSTM's
     first compile): called without a GEMM, such a kernel refuses (-2) before it touches an array.
     use_blas(False) swaps in the build with the loops, after a cold load and after a warm
-    one (which derives the layer for it), and the results equal the GEMM route's."""
+    one (which derives the layer for it), and the results equal the GEMM route's.  A layer
+    without products has nothing to leave out and is built once."""
     require_oracle("cc")
     from codegen.blas import numpy_blas
 
@@ -165,6 +166,10 @@ def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_p
             np.testing.assert_allclose(got[name], value, rtol=1e-12, err_msg=name)
         kernels.use_blas(True)
         assert kernels.blas is not None
+    # a layer without products has no loops to leave out: one build serves both routes
+    for _ in ("cold", "warm"):
+        relu = codegen.load("relu", backend="c", cache=tmp_path)
+        assert relu.with_loops is None
 
 
 def test_a_failing_part_is_reported_and_leaves_no_entry(tmp_path, monkeypatch):
