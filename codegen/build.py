@@ -154,12 +154,14 @@ def cpu_identity() -> str:
         return platform.processor() or platform.machine()
 
 
-def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
+def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path,
+          defines: tuple[str, ...] = ()):
     """The compiled extension module for `sources` (file name -> text), from the cache
-    when a valid entry exists, else compiled once even under concurrent callers."""
+    when a valid entry exists, else compiled once even under concurrent callers.
+    defines: -D options for the sources (part of the key; no compiler is asked about them)."""
     cc = compiler()
     flags = BASE_FLAGS + opt_flags()
-    key = _key(sources, cdef, flags, compiler_identity(cc) + "|" + cpu_identity())
+    key = _key(sources, cdef, flags + list(defines), compiler_identity(cc) + "|" + cpu_identity())
     if key in _loaded:
         return _loaded[key]
     module_name = module_name_for(name, key)
@@ -173,7 +175,8 @@ def build(name: str, sources: dict[str, str], cdef: str, cache_root: Path):
             if module is None:
                 _sweep_stale(root, key)
                 _compile_entry(entry, module_name, sources, cdef, cc,
-                               accepted(cc, flags) + openmp_flags(cc), compiler_version(cc))
+                               accepted(cc, flags) + list(defines) + openmp_flags(cc),
+                               compiler_version(cc))
                 module = _try_load(entry, module_name)
         if module is None:
             raise CompilerError(f"the freshly built kernel in {entry} does not load")
@@ -198,13 +201,14 @@ def toolkit_fingerprint() -> str:
     return _FINGERPRINT[0]
 
 
-def spec_key(spec_text: str, name: str, dtype: str = "") -> str:
+def spec_key(spec_text: str, name: str, dtype: str = "", defines: tuple[str, ...] = ()) -> str:
     """The key of a spec as written, for the index that lets a warm load skip SymPy: the
     spec text, the dtype built, the toolkit's fingerprint, flags, compiler, CPU, ABI and
     cffi."""
     cc = compiler()
     h = hashlib.sha256()
-    for part in (name, dtype, spec_text, toolkit_fingerprint(), " ".join(BASE_FLAGS + opt_flags()),
+    for part in (name, dtype, spec_text, toolkit_fingerprint(),
+                 " ".join(BASE_FLAGS + opt_flags() + list(defines)),
                  compiler_identity(cc), cpu_identity(), sys.implementation.cache_tag,
                  sysconfig.get_config_var("EXT_SUFFIX") or "", cffi.__version__):
         h.update(part.encode())
@@ -243,9 +247,9 @@ def module_name_for(name: str, key: str) -> str:
     return f"_bp_{name}_{key[:16]}"
 
 
-def build_key(sources: dict, cdef: str) -> str:
+def build_key(sources: dict, cdef: str, defines: tuple[str, ...] = ()) -> str:
     """The cache key build() uses for these sources."""
-    return _key(sources, cdef, BASE_FLAGS + opt_flags(),
+    return _key(sources, cdef, BASE_FLAGS + opt_flags() + list(defines),
                 compiler_identity(compiler()) + "|" + cpu_identity())
 
 

@@ -26,6 +26,7 @@ from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants
                     split_by_residue, split_by_value)
 from .scan import Scan, schedule, time_dims
 from .step_views import step_gemm
+from .gemm_loops import calls_gemm
 from .panel_steps import PANEL_COLS, with_panels
 from .plane_fusion import fuse_into_gathers
 from .plan import KernelPlan, const_flag
@@ -146,6 +147,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                        for n in loops.forward + loops.backward + loops.fused
                        for c in n.copies),
         panel_cols=PANEL_COLS,
+        uses_gemm=any(calls_gemm(v[side]) for v in variants
+                      for side in ("forward", "backward", "fused")),
         streams=any(any_streamed(v[side]) for v in variants
                     for side in ("forward", "backward", "fused")),
         prefetch=any(m.get("prefetch") for v in variants for side in ("forward", "backward",

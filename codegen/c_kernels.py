@@ -29,18 +29,8 @@ class CKernels:
         self._output_names = tuple(shape["outputs"])
         tensors = {n: (role, tuple(dims), values)
                    for n, (role, dims, values) in shape["tensors"].items()}
-        layer_name = self.name
         self.dtype = np.dtype(dtype)
-        self._ffi, self._lib = module.ffi, module.lib
         self._ctype = CTYPES[dtype]
-        sfx = SUFFIX[dtype]
-        self._forward = getattr(self._lib, f"bp_{layer_name}_forward_{sfx}")
-        self._backward = getattr(self._lib, f"bp_{layer_name}_backward_{sfx}")
-        self._forward_work = getattr(self._lib, f"bp_{layer_name}_forward_work")
-        self._backward_work = getattr(self._lib, f"bp_{layer_name}_backward_work")
-        self._fused = getattr(self._lib, f"bp_{layer_name}_forward_backward_{sfx}", None)
-        self._inplace = getattr(self._lib, f"bp_{layer_name}_forward_inplace_{sfx}", None)
-        self._fused_work = getattr(self._lib, f"bp_{layer_name}_forward_backward_work", None)
         self.tensors = {n: (role, dims) for n, (role, dims, _) in tensors.items()}
         self.args = tuple(plan.args)
         self.returns = tuple(plan.returns)
@@ -52,17 +42,11 @@ class CKernels:
                          if values is not None}
         self._shapes.update({"d" + n: dims for n, (_, dims, _) in tensors.items()})
         self.blas = None
-        # products as loops of small GEMMs on OpenMP threads: BLAS on one thread meanwhile
-        self._gemm_blocks = hasattr(self._lib, f"bp_{layer_name}_gemm_blocks")
+        # a function returning this layer's module with the plain-C loops beside its GEMM
+        # calls, when `module` was built without them (codegen.loader.gemm_defines)
+        self.with_loops = None
+        self._bind(module)
         self.use_blas(True)
-        # convolutions' per-image GEMMs and attention's GEMMs of blocks run on the
-        # kernel's own threads: OpenBLAS on one thread meanwhile (see blas.one_thread)
-        self._c_entries = {"forward": self._forward, "backward": self._backward}
-        self._holds_blas = _gemm_per_thread(self._lib, layer_name) or self._gemm_blocks
-        if self._holds_blas:
-            self._forward, self._backward, self._fused, self._inplace = (
-                self._one_blas_thread(f) if f is not None else None
-                for f in (self._forward, self._backward, self._fused, self._inplace))
         self._kept: dict[tuple, np.ndarray] = {}     # (entry, result) -> buffer, for reuse=
         self._scratch_locks = {e: threading.Lock() for e in ("forward", "backward", "fused")}
 
@@ -80,10 +64,38 @@ class CKernels:
             self._derivation = derive(self.layer)
         return self._derivation
 
+    def _bind(self, module) -> None:
+        """Take the kernels' entry points from a compiled module."""
+        layer_name, sfx = self.name, SUFFIX[self.dtype.name]
+        self._ffi, self._lib = module.ffi, module.lib
+        self._forward = getattr(self._lib, f"bp_{layer_name}_forward_{sfx}")
+        self._backward = getattr(self._lib, f"bp_{layer_name}_backward_{sfx}")
+        self._forward_work = getattr(self._lib, f"bp_{layer_name}_forward_work")
+        self._backward_work = getattr(self._lib, f"bp_{layer_name}_backward_work")
+        self._fused = getattr(self._lib, f"bp_{layer_name}_forward_backward_{sfx}", None)
+        self._inplace = getattr(self._lib, f"bp_{layer_name}_forward_inplace_{sfx}", None)
+        self._fused_work = getattr(self._lib, f"bp_{layer_name}_forward_backward_work", None)
+        # products as loops of small GEMMs on OpenMP threads: BLAS on one thread meanwhile
+        self._gemm_blocks = hasattr(self._lib, f"bp_{layer_name}_gemm_blocks")
+        # convolutions' per-image GEMMs and attention's GEMMs of blocks run on the
+        # kernel's own threads: OpenBLAS on one thread meanwhile (see blas.one_thread)
+        self._c_entries = {"forward": self._forward, "backward": self._backward}
+        self._holds_blas = _gemm_per_thread(self._lib, layer_name) or self._gemm_blocks
+        if self._holds_blas:
+            self._forward, self._backward, self._fused, self._inplace = (
+                self._one_blas_thread(f) if f is not None else None
+                for f in (self._forward, self._backward, self._fused, self._inplace))
+
     def use_blas(self, enabled: bool = True) -> None:
         """Matrix products through NumPy's BLAS (the default, when NumPy has an ILP64
         OpenBLAS) or through the generated loops.  The setting belongs to the compiled
-        module, so it applies to every kernels object of this layer in the process."""
+        module, so it applies to every kernels object of this layer in the process that
+        uses that module.  codegen.load builds without the loops when it has a BLAS
+        (codegen.loader.gemm_defines): the first use_blas(False) then switches this object
+        to the layer's build with them (compiled now, unless the cache holds it)."""
+        if not enabled and self.with_loops is not None:
+            self._bind(self.with_loops())
+            self.with_loops = None
         blas = numpy_blas() if enabled else None
         sgemm, dgemm = ruled_gemm(blas)      # small products on one BLAS thread
         f32 = self._ffi.cast("bp_gemm_f32_t", sgemm)
@@ -208,6 +220,9 @@ class CKernels:
     def _ran(self, status, sizes):
         """A kernel's status: -1 means a derived size disagreed with its definition, which
         the checks before the call rule out; reaching it is a bug, not bad input."""
+        if status == -2:
+            raise RuntimeError(f"{self.name}: the C kernels were built without their loops "
+                               f"(-DBP_GEMM_LOOPS=0) and no GEMM is set; call use_blas()")
         if status != 0:
             raise RuntimeError(f"{self.name}: the C kernel refused the sizes {sizes} "
                                f"(status {status}); please report this")

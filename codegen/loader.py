@@ -5,6 +5,9 @@ two layers with the same name but different specs never collide) and imported fr
 """
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import hashlib
 import importlib.util
 import os
@@ -122,6 +125,7 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     from .emitter import write_atomic
     from .plan import plan
 
+    _no_last_sweep()
     layer = resolve(layer_or_name)
     if dtype is not None:
         raise ValueError(f"dtype is chosen per call by the {backend} backend (it follows "
@@ -165,39 +169,74 @@ def _load_c(layer_or_name, dtype, cache):
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     root = cache_dir(cache)
+    defines = gemm_defines()
     source = spec_source(layer_or_name)
     if source is not None:
         text, label = source
-        skey = b.spec_key(text, label if is_layer(layer_or_name) else "", dtype)
+        skey = b.spec_key(text, label if is_layer(layer_or_name) else "", dtype, defines)
         hit = b.load_indexed(root, skey)
         if hit is not None and "shape" in hit[1]:
             module, meta = hit
             lazy = (lambda: layer_or_name) if is_layer(layer_or_name) else \
                 (lambda: _parse(text, label))
-            return CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
-                            shape=meta["shape"])
-    # Cold: parse, derive, plan, print, compile (SymPy from here on).
-    from derive import derive
-
-    from .c_backend import c_sources
-    from .plan import plan
-
-    layer = resolve(layer_or_name)
+            kernels = CKernels(lazy, None, SimpleNamespace(**meta["plan"]), module, dtype,
+                               shape=meta["shape"])
+            if meta.get("loops_left_out"):
+                kernels.with_loops = lambda: _with_loops(kernels.derivation, dtype, root)
+            return kernels
+    # Cold: parse, derive, plan, print, compile (SymPy from here on).  The GEMM hook's
+    # module builds meanwhile, from before SymPy's import (0.4 s) on.
     gemm_hook = _built_meanwhile()
+    _no_last_sweep()
     try:
+        from derive import derive
+
+        from .c_backend import c_sources
+        from .plan import plan
+
+        layer = resolve(layer_or_name)
         derivation = derive(layer)
         kplan = plan(derivation)
         files = c_sources(kplan, dtypes=(dtype,))     # compile only the kernels asked for
         cdef = files.pop("cdef")
-        module = b.build(layer.name, files, cdef, root)
+        # only where the source has loops to leave out (a layer with products)
+        left_out = defines if any(LOOPS_SWITCH in t for t in files.values()) else ()
+        module = b.build(layer.name, files, cdef, root, left_out)
     finally:
         gemm_hook.join()
-    key = b.build_key(files, cdef)
+    key = b.build_key(files, cdef, left_out)
     if source is not None:
         b.remember(root, skey, dict(key=key, module=b.module_name_for(layer.name, key),
                                     plan={f: list(getattr(kplan, f)) for f in PLAN_FIELDS},
-                                    shape=layer_shape(layer)))
-    return CKernels(layer, derivation, kplan, module, dtype)
+                                    shape=layer_shape(layer), loops_left_out=bool(left_out)))
+    kernels = CKernels(layer, derivation, kplan, module, dtype)
+    if left_out:
+        kernels.with_loops = lambda: b.build(layer.name, files, cdef, root)
+    return kernels
+
+
+LOOPS_SWITCH = "BP_GEMM_LOOPS"
+
+
+def gemm_defines() -> tuple[str, ...]:
+    """-DBP_GEMM_LOOPS=0 when the kernels will always be handed a GEMM (NumPy's OpenBLAS):
+    the plain-C loops beside each GEMM call are then left out of the build (0.4 s of the
+    1.9 s of compiler CPU of an LSTM's float build), and built only if use_blas(False)
+    asks for them."""
+    from .blas import numpy_blas
+
+    return () if numpy_blas() is None else (f"-D{LOOPS_SWITCH}=0",)
+
+
+def _with_loops(derivation, dtype, root):
+    """The layer's module with its plain-C loops, for a kernels object loaded without."""
+    from . import build as b
+    from .c_backend import c_sources
+    from .plan import plan
+
+    files = c_sources(plan(derivation), dtypes=(dtype,))
+    cdef = files.pop("cdef")
+    return b.build(derivation.layer.name, files, cdef, root)
 
 
 def _built_meanwhile() -> threading.Thread:
@@ -209,6 +248,17 @@ def _built_meanwhile() -> threading.Thread:
     thread = threading.Thread(target=blas.warm, name="backprop-gemm-hook", daemon=True)
     thread.start()
     return thread
+
+
+@functools.cache
+def _no_last_sweep() -> None:
+    """No last garbage collection over SymPy's objects when the process exits: Python's
+    finalization walks every object the collector tracks, which took 0.15-0.3 s of an
+    LSTM's first compile in a fresh process (the 2-core Xeon, shared), only to free memory
+    the system takes back anyway.  gc.freeze() at exit puts them out of its way;
+    Python does not promise to run __del__ for objects alive at exit.  Registered on the
+    paths that import SymPy (a warm load does not), once."""
+    atexit.register(gc.freeze)
 
 
 PLAN_FIELDS = ("args", "returns", "upstream", "gradients", "reuses")

@@ -94,13 +94,16 @@ def test_flags_are_probed_in_one_run_and_an_unknown_one_dropped(monkeypatch):
     assert b.accepted(cc, ["-O1", "-fno-such-flag-bp"]) == ["-O1"] and not runs
 
 
-@pytest.mark.parametrize("name", ["mlp2", "dense", "softmax_cross_entropy_labels"])
-def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name):
+@pytest.mark.parametrize("loops", ["", "-DBP_GEMM_LOOPS=0"])
+@pytest.mark.parametrize("name", ["mlp2", "dense", "softmax_cross_entropy_labels", "lstm"])
+def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name, loops):
     """The toolkit compiles a source's parts (-DBP_PART=k) at once and links them: each part
     is warning-free C99, no symbol is defined twice, and together they define exactly what
-    the whole file defines."""
+    the whole file defines; so also without the loops beside the GEMM calls.  The LSTM's
+    panel GEMM is compiled in its forward's part only (the backward's calls it there)."""
     src = ROOT / "generated" / "c" / f"{name}.c"
-    flags = require_oracle("cc") + STRICT + ["-O1", "-fopenmp", "-fPIC"]
+    flags = require_oracle("cc") + STRICT + ["-O1", "-fopenmp", "-fPIC"] + \
+        ([loops] if loops else [])
     defined = defined_symbols
     whole = tmp_path / "whole.o"
     subprocess.run(flags + ["-c", str(src), "-o", str(whole)], check=True)
@@ -111,11 +114,62 @@ def test_parts_build_the_same_library_as_the_whole_file(tmp_path, name):
                            capture_output=True, text=True)
         assert r.returncode == 0 and r.stderr == "", r.stderr
         symbols += defined(obj)
+        if name == "lstm":
+            assert ("bp_lstm_panel_gemm_f32" in defined(obj)) == (part == 1), part
     assert len(symbols) == len(set(symbols)), "a symbol is defined in two parts"
     assert sorted(symbols) == defined(whole)
     # float's forward and backward, double's: a first build asks for one dtype, two parts
     assert codegen.build._parts(src.read_text()) == [1, 2, 3, 4]
     assert codegen.build._parts("int f(void);") == [0]
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_the_loops_switch_is_where_the_kernels_may_call_a_gemm(name):
+    """BP_GEMM_LOOPS (and the -2 refusal without a GEMM) is in exactly the sources whose
+    kernels choose between a GEMM and loops by the hook alone (codegen/gemm_loops.py finds
+    them in the kernel views), so a layer without such products never refuses to run
+    without a GEMM; a convolution's loops, which also run beside a GEMM, are not among them."""
+    text = (ROOT / "generated" / "c" / f"{name}.c").read_text()
+    by_hook_alone = bool(re.search(rf"bp_{name}_gemm_f32 != NULL\)", text))
+    assert ("#if BP_GEMM_LOOPS" in text) == by_hook_alone
+    assert ("return -2;" in text) == by_hook_alone
+
+
+def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_path):
+    """With NumPy's OpenBLAS to hand the kernels, codegen.load compiles them without the
+    plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of CPU of an LSTM's
+    first compile): called without a GEMM, such a kernel refuses (-2) before it touches an array.
+    use_blas(False) swaps in the build with the loops, after a cold load and after a warm
+    one (which derives the layer for it), and the results equal the GEMM route's.  A layer
+    without products has nothing to leave out and is built once."""
+    require_oracle("cc")
+    from codegen.blas import numpy_blas
+
+    if numpy_blas() is None:
+        pytest.fail("NumPy's ILP64 OpenBLAS is needed (BACKPROP_BLAS=none set?)")
+    rng = np.random.default_rng(5)
+    a = dict(x=rng.normal(size=(3, 5)), W=rng.normal(size=(4, 5)), b=rng.normal(size=4),
+             dz=rng.normal(size=(3, 4)))
+    k = codegen.load("dense", backend="c", cache=tmp_path)
+    (manifest,) = (tmp_path / "c").glob("*/manifest.json")
+    assert "-DBP_GEMM_LOOPS=0" in json.loads(manifest.read_text())["command"]
+    want = k.backward(**a)
+    getattr(k._lib, "bp_dense_set_gemm")(k._ffi.NULL, k._ffi.NULL)
+    with pytest.raises(RuntimeError, match="built without their loops"):
+        k.backward(**a)
+    for kernels in (k, codegen.load("dense", backend="c", cache=tmp_path)):  # cold, warm
+        assert kernels.with_loops is not None
+        kernels.use_blas(False)
+        assert kernels.with_loops is None and kernels.blas is None
+        got = kernels.backward(**a)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-12, err_msg=name)
+        kernels.use_blas(True)
+        assert kernels.blas is not None
+    # a layer without products has no loops to leave out: one build serves both routes
+    for _ in ("cold", "warm"):
+        relu = codegen.load("relu", backend="c", cache=tmp_path)
+        assert relu.with_loops is None
 
 
 def test_a_failing_part_is_reported_and_leaves_no_entry(tmp_path, monkeypatch):
@@ -611,3 +665,18 @@ def test_clang_builds_the_same_kernels(tmp_path, monkeypatch):
     got = c.forward_backward(**{n: v.astype(np.float32) for n, v in a.items()})
     for n, v in want.items():
         assert_close(got[n], v, tolerance(np.float32, dict(N=N, D=D, H=H, C=C)), n)
+
+
+def test_a_cold_load_spares_the_exit_a_last_sweep_and_a_warm_one_changes_nothing(tmp_path):
+    """After a cold load (SymPy imported), the process's last garbage collection at exit
+    skips what exists then (gc.freeze, registered with atexit: 0.15-0.3 s of an LSTM's
+    first compile); a warm load imports no SymPy and registers nothing.  A handler
+    registered before the load runs after the toolkit's (atexit is last in, first out)."""
+    require_oracle("cc")
+    code = ("import atexit, gc; "
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+            "import codegen; codegen.load('dense', backend='c')")
+    env = {**os.environ, "BACKPROP_CACHE": str(tmp_path)}
+    seen = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, cwd=ROOT).stdout.split() for _ in ("cold", "warm")]
+    assert seen == [["frozen", "True"], ["frozen", "False"]], seen

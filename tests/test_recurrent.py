@@ -363,8 +363,8 @@ def test_a_step_s_weight_is_packed_once_before_the_steps():
     source = c_sources(plan(derive(builtin("lstm"))))["lstm.c"]
     body = source[source.index("int bp_lstm_forward_f32("):]
     scan = body[body.index("/* a recurrence: step by step */"):]
-    pack, steps = scan.index("bp_panel_pack_f32("), scan.index("for (ptrdiff_t t = 0; t < T")
-    assert pack < steps and "bp_panel_gemm_f32(" in scan[steps:]
+    pack, steps = scan.index("bp_lstm_panel_pack_f32("), scan.index("for (ptrdiff_t t = 0; t < T")
+    assert pack < steps and "bp_lstm_panel_gemm_f32(" in scan[steps:]
 
 
 def test_a_gate_s_adjoint_is_computed_only_for_its_own_gate():

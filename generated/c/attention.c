@@ -92,6 +92,14 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
     return t >= nt || at > n ? n : at;
 }
 
+/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
+ * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
+ * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
+ * then return -2 when called without a GEMM. */
+#ifndef BP_GEMM_LOOPS
+#define BP_GEMM_LOOPS 1
+#endif
+
 /* The GEMM the caller supplied with bp_attention_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_attention_gemm_f32;
@@ -191,6 +199,9 @@ static inline float bp_exp_f32(float x)
 
 int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, float *restrict y, float *restrict q, float *restrict k, float *restrict v, float *restrict s, float *restrict a, float *restrict ctx, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_attention_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const _a_max = bp_work + 0;
     float *const _s1 = bp_work + B*H*T;
     const float bp_k0 = powf(E, -1.0F/2.0F);
@@ -212,6 +223,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -227,6 +239,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
@@ -246,6 +259,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -261,6 +275,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
@@ -280,6 +295,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -295,6 +311,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -312,6 +329,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             bp_attention_gemm_f32(101, 111, 112, T, T, E, bp_k0, q + b_h*T*E, E, k + b_h*T*E, E, 1, s + b_h*T*T, T);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -327,6 +345,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -387,6 +406,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             bp_attention_gemm_f32(101, 111, 111, T, E, T, 1, a + b_h*T*T, T, v + b_h*T*E, E, 1, ctx + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -412,6 +432,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
     if (bp_attention_gemm_f32 != NULL) {
@@ -429,6 +450,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -450,6 +472,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     return 0;
 }
@@ -458,6 +481,9 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
 
 int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, const float *restrict dy, const float *restrict q, const float *restrict k, const float *restrict v, const float *restrict a, const float *restrict ctx, float *restrict dx, float *restrict dWq, float *restrict dWk, float *restrict dWv, float *restrict dWo, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_attention_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const dctx = bp_work + 0;
     float *const ds = bp_work + B*H*T*E;
     float *const _s2 = bp_work + B*H*T*E + B*H*T*T;
@@ -484,6 +510,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -509,6 +536,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* sum over e */
     if (bp_attention_gemm_f32 != NULL) {
@@ -526,6 +554,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f32(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s2 + b_h*T*T, T);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -541,6 +570,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -583,6 +613,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f32(101, 112, 111, T, E, T, 1, a + b_h*T*T, T, dctx + b_h*T*E, E, 1, dv + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -608,6 +639,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -625,6 +657,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f32(101, 112, 111, T, E, T, bp_k0, ds + b_h*T*T, T, q + b_h*T*E, E, 1, dk + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -651,6 +684,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -668,6 +702,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f32(101, 111, 111, T, E, T, bp_k0, ds + b_h*T*T, T, k + b_h*T*E, E, 1, dq + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -694,6 +729,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -711,6 +747,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -734,6 +771,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -744,6 +782,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -767,6 +806,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -777,6 +817,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -800,6 +841,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -817,6 +859,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
@@ -840,6 +883,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -857,6 +901,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
@@ -880,6 +925,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -897,6 +943,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
@@ -920,6 +967,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
@@ -937,6 +985,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -960,6 +1009,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     return 0;
 }
@@ -972,6 +1022,9 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
 
 int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, double *restrict y, double *restrict q, double *restrict k, double *restrict v, double *restrict s, double *restrict a, double *restrict ctx, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_attention_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const _a_max = bp_work + 0;
     double *const _s1 = bp_work + B*H*T;
     const double bp_k0 = pow(E, -1.0/2.0);
@@ -993,6 +1046,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1008,6 +1062,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1027,6 +1082,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1042,6 +1098,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1061,6 +1118,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1076,6 +1134,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1093,6 +1152,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             bp_attention_gemm_f64(101, 111, 112, T, T, E, bp_k0, q + b_h*T*E, E, k + b_h*T*E, E, 1, s + b_h*T*T, T);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1108,6 +1168,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -1168,6 +1229,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             bp_attention_gemm_f64(101, 111, 111, T, E, T, 1, a + b_h*T*T, T, v + b_h*T*E, E, 1, ctx + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1193,6 +1255,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1210,6 +1273,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1231,6 +1295,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     return 0;
 }
@@ -1239,6 +1304,9 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
 
 int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, const double *restrict dy, const double *restrict q, const double *restrict k, const double *restrict v, const double *restrict a, const double *restrict ctx, double *restrict dx, double *restrict dWq, double *restrict dWk, double *restrict dWv, double *restrict dWo, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_attention_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const dctx = bp_work + 0;
     double *const ds = bp_work + B*H*T*E;
     double *const _s2 = bp_work + B*H*T*E + B*H*T*T;
@@ -1265,6 +1333,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1290,6 +1359,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* sum over e */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1307,6 +1377,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f64(101, 111, 112, T, T, E, 1, dctx + b_h*T*E, E, v + b_h*T*E, E, 1, _s2 + b_h*T*T, T);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1322,6 +1393,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t b = 0; b < B; ++b) {
@@ -1364,6 +1436,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f64(101, 112, 111, T, E, T, 1, a + b_h*T*T, T, dctx + b_h*T*E, E, 1, dv + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1389,6 +1462,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1406,6 +1480,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f64(101, 112, 111, T, E, T, bp_k0, ds + b_h*T*T, T, q + b_h*T*E, E, 1, dk + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1432,6 +1507,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1449,6 +1525,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             bp_attention_gemm_f64(101, 111, 111, T, E, T, bp_k0, ds + b_h*T*T, T, k + b_h*T*E, E, 1, dq + b_h*T*E, E);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1475,6 +1552,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1492,6 +1570,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1515,6 +1594,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1525,6 +1605,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1548,6 +1629,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1558,6 +1640,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1581,6 +1664,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1598,6 +1682,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
@@ -1621,6 +1706,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1638,6 +1724,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
@@ -1661,6 +1748,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1678,6 +1766,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
@@ -1701,6 +1790,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
@@ -1718,6 +1808,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1741,6 +1832,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
+#endif
     }
     return 0;
 }

@@ -211,7 +211,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -295,7 +295,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -367,7 +367,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -459,7 +459,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -543,7 +543,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -615,7 +615,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {

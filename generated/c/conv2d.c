@@ -223,7 +223,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -320,7 +320,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -404,7 +404,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -508,7 +508,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
@@ -605,7 +605,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
             }
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -689,7 +689,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
-    } else {
+    } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {

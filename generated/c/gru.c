@@ -238,6 +238,14 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
 #define BP_PANEL_KB 128
 #endif
 
+/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
+ * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
+ * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
+ * then return -2 when called without a GEMM. */
+#ifndef BP_GEMM_LOOPS
+#define BP_GEMM_LOOPS 1
+#endif
+
 /* The GEMM the caller supplied with bp_gru_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_gru_gemm_f32;
@@ -362,11 +370,29 @@ static inline float bp_tanh_f32(float x)
     return copysignf(-fmaf(s, q, s - 1) / fmaf(s, q, s + 1), x);
 }
 
+/* The panel functions are compiled once, in the forward's part, and the backward's part
+ * calls them there: compiled in both, they took 0.2 s of each part's 0.7-0.9 s of CPU
+ * (an LSTM's, -O3).  Hidden: the layer's extension does not export them. */
+#ifndef BP_HIDDEN
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BP_HIDDEN
+#endif
+#endif
+BP_HIDDEN void bp_gru_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, float *restrict p);
+BP_WIDE BP_HIDDEN void bp_gru_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                      const float *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const float *restrict p, int beta, float *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1);
+#if BP_PART == 0 || BP_PART == 1
+
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 64
  * columns, each panel's k rows one after the other: p[(q*k + r)*64 + c] is
  * column q*64 + c, zero past n.  Tiles of 64 rows keep both the strided reads
  * (a transposed B) and the writes in the L1 cache. */
-static void bp_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+BP_HIDDEN void bp_gru_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
                                ptrdiff_t sbn, float *restrict p)
 {
     const ptrdiff_t np = (n + 64 - 1) / 64;
@@ -455,9 +481,9 @@ BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_
 }
 
 /* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
- * bp_panel_pack_f32); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
+ * bp_gru_panel_pack_f32); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
  * the L1 cache while every row of A passes over it. */
-BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+BP_WIDE BP_HIDDEN void bp_gru_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                       const float *a, ptrdiff_t sam, ptrdiff_t sak,
                                       const float *restrict p, int beta, float *c,
                                       ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
@@ -478,6 +504,7 @@ BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, flo
         }
     }
 }
+#endif
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline float bp_sigmoid_f32(float x)
@@ -490,6 +517,9 @@ static inline float bp_sigmoid_f32(float x)
 int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict ai, float *restrict ah, float *restrict r, float *restrict z, float *restrict cand, float *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
+#if !BP_GEMM_LOOPS
+    if (bp_gru_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const _W_hh_panels0 = bp_work + 0;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
     if (bp_gru_gemm_f32 != NULL) {
@@ -516,6 +546,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -531,9 +562,10 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                 }
             }
         }
+#endif
     }
     /* a recurrence: step by step */
-    if (bp_gru_gemm_f32 != NULL) bp_panel_pack_f32(H, 3*H, W_hh, 1, H, _W_hh_panels0);
+    if (bp_gru_gemm_f32 != NULL) bp_gru_panel_pack_f32(H, 3*H, W_hh, 1, H, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(3*H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -553,11 +585,12 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (3*H + 64 - 1) / 64;
-                        bp_panel_gemm_f32(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_gru_panel_gemm_f32(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -571,6 +604,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                         }
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -642,6 +676,9 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
 int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict h, const float *restrict ah, const float *restrict r, const float *restrict z, const float *restrict cand, float *restrict dx, float *restrict dh0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
+#if !BP_GEMM_LOOPS
+    if (bp_gru_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b_ih;
     (void)b_hh;
     float *const dh_total = bp_work + 0;
@@ -653,7 +690,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
     /* a recurrence: step by step, from the last */
-    if (bp_gru_gemm_f32 != NULL) bp_panel_pack_f32(3*H, H, W_hh, H, 1, _W_hh_panels0);
+    if (bp_gru_gemm_f32 != NULL) bp_gru_panel_pack_f32(3*H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(3*H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -671,11 +708,12 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_panel_gemm_f32(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_gru_panel_gemm_f32(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -689,6 +727,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                         dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -749,6 +788,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -772,6 +812,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
     if (bp_gru_gemm_f32 != NULL) {
@@ -794,6 +835,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -813,6 +855,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
     if (bp_gru_gemm_f32 != NULL) {
@@ -828,6 +871,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -851,6 +895,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* sum over n */
     if (bp_gru_gemm_f32 != NULL) {
@@ -866,6 +911,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -887,6 +933,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* sum over n, t */
     if (bp_gru_gemm_f32 != NULL) {
@@ -902,6 +949,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -925,6 +973,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -996,11 +1045,29 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
+/* The panel functions are compiled once, in the forward's part, and the backward's part
+ * calls them there: compiled in both, they took 0.2 s of each part's 0.7-0.9 s of CPU
+ * (an LSTM's, -O3).  Hidden: the layer's extension does not export them. */
+#ifndef BP_HIDDEN
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BP_HIDDEN
+#endif
+#endif
+BP_HIDDEN void bp_gru_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, double *restrict p);
+BP_WIDE BP_HIDDEN void bp_gru_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+                                      const double *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const double *restrict p, int beta, double *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1);
+#if BP_PART == 0 || BP_PART == 3
+
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 32
  * columns, each panel's k rows one after the other: p[(q*k + r)*32 + c] is
  * column q*32 + c, zero past n.  Tiles of 64 rows keep both the strided reads
  * (a transposed B) and the writes in the L1 cache. */
-static void bp_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+BP_HIDDEN void bp_gru_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
                                ptrdiff_t sbn, double *restrict p)
 {
     const ptrdiff_t np = (n + 32 - 1) / 32;
@@ -1089,9 +1156,9 @@ BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_
 }
 
 /* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
- * bp_panel_pack_f64); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
+ * bp_gru_panel_pack_f64); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
  * the L1 cache while every row of A passes over it. */
-BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+BP_WIDE BP_HIDDEN void bp_gru_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
                                       const double *a, ptrdiff_t sam, ptrdiff_t sak,
                                       const double *restrict p, int beta, double *c,
                                       ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
@@ -1112,6 +1179,7 @@ BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, dou
         }
     }
 }
+#endif
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline double bp_sigmoid_f64(double x)
@@ -1124,6 +1192,9 @@ static inline double bp_sigmoid_f64(double x)
 int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict ai, double *restrict ah, double *restrict r, double *restrict z, double *restrict cand, double *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
+#if !BP_GEMM_LOOPS
+    if (bp_gru_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const _W_hh_panels0 = bp_work + 0;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
     if (bp_gru_gemm_f64 != NULL) {
@@ -1150,6 +1221,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1165,9 +1237,10 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                 }
             }
         }
+#endif
     }
     /* a recurrence: step by step */
-    if (bp_gru_gemm_f64 != NULL) bp_panel_pack_f64(H, 3*H, W_hh, 1, H, _W_hh_panels0);
+    if (bp_gru_gemm_f64 != NULL) bp_gru_panel_pack_f64(H, 3*H, W_hh, 1, H, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(3*H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1187,11 +1260,12 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (3*H + 32 - 1) / 32;
-                        bp_panel_gemm_f64(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_gru_panel_gemm_f64(N, 3*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_ah_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -1205,6 +1279,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
                         }
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1276,6 +1351,9 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
 int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict h, const double *restrict ah, const double *restrict r, const double *restrict z, const double *restrict cand, double *restrict dx, double *restrict dh0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
+#if !BP_GEMM_LOOPS
+    if (bp_gru_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b_ih;
     (void)b_hh;
     double *const dh_total = bp_work + 0;
@@ -1287,7 +1365,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
     /* a recurrence: step by step, from the last */
-    if (bp_gru_gemm_f64 != NULL) bp_panel_pack_f64(3*H, H, W_hh, H, 1, _W_hh_panels0);
+    if (bp_gru_gemm_f64 != NULL) bp_gru_panel_pack_f64(3*H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(3*H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -1305,11 +1383,12 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_panel_gemm_f64(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_gru_panel_gemm_f64(N, H, 3*H, 1, bp_dah_step0, 3*H, 1, _W_hh_panels0, 1, bp_dh_total_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1323,6 +1402,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                         dh_total[(t*N + n)*H + j] = bp_acc + (T - 1 == t)*dhn[n*H + j] + ((0 <= t + 1 && t + 1 <= T - 1) ? dh_total[((t + 1)*N + n)*H + j]*z[((t + 1)*N + n)*H + j] : 0) + dh[(t*N + n)*H + j];
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1383,6 +1463,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1406,6 +1487,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
     if (bp_gru_gemm_f64 != NULL) {
@@ -1428,6 +1510,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -1447,6 +1530,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* dW_ih[g, j, i] = sum_{t,n}(x[t, n, i]*dai[t, n, g, j]) */
     if (bp_gru_gemm_f64 != NULL) {
@@ -1462,6 +1546,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1485,6 +1570,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* sum over n */
     if (bp_gru_gemm_f64 != NULL) {
@@ -1500,6 +1586,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1521,6 +1608,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     /* sum over n, t */
     if (bp_gru_gemm_f64 != NULL) {
@@ -1536,6 +1624,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1559,6 +1648,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
+#endif
     }
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {

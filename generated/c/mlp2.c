@@ -162,6 +162,14 @@ static inline void bp_stream_fence(void)
 #define BP_PREFETCH(p) ((void)(p))
 #endif
 
+/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
+ * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
+ * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
+ * then return -2 when called without a GEMM. */
+#ifndef BP_GEMM_LOOPS
+#define BP_GEMM_LOOPS 1
+#endif
+
 /* The GEMM the caller supplied with bp_mlp2_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_mlp2_gemm_f32;
@@ -304,6 +312,9 @@ static inline float bp_sigmoid_f32(float x)
 
 int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_mlp2_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
     const float bp_k0 = 1.0F/N;
@@ -318,6 +329,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -329,6 +341,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
                 z1[n*H + h] = bp_acc + b1[h];
             }
         }
+#endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -349,6 +362,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -360,6 +374,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
                 z2[n*C + c] = bp_acc + b2[c];
             }
         }
+#endif
     }
     float bp_total3 = 0;
     BP_OMP(parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN))
@@ -444,6 +459,9 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
 
 int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_mlp2_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b1;
     (void)b2;
     float *const dz2 = bp_work + 0;
@@ -477,6 +495,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -494,6 +513,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
+#endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -513,6 +533,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -547,6 +568,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
+#endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
@@ -564,6 +586,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
@@ -581,6 +604,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
+#endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
     BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
@@ -599,6 +623,9 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 
 int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_mlp2_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const z1 = bp_work + 0;
     float *const a1 = bp_work + N*H;
     float *const z2 = bp_work + N*H + N*H;
@@ -620,6 +647,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -631,6 +659,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 z1[n*H + h] = bp_acc + b1[h];
             }
         }
+#endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -651,6 +680,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -662,6 +692,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 z2[n*C + c] = bp_acc + b2[c];
             }
         }
+#endif
     }
     float bp_total2 = 0;
     BP_OMP(parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN))
@@ -722,6 +753,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -739,6 +771,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
+#endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -758,6 +791,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
             bp_mlp2_gemm_f32(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -792,6 +826,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
+#endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
@@ -809,6 +844,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f32 != NULL) {
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
@@ -826,6 +862,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
+#endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
     BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
@@ -857,6 +894,9 @@ static inline double bp_sigmoid_f64(double x)
 
 int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_mlp2_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
     const double bp_k0 = 1.0/N;
@@ -871,6 +911,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -882,6 +923,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
                 z1[n*H + h] = bp_acc + b1[h];
             }
         }
+#endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -902,6 +944,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -913,6 +956,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
                 z2[n*C + c] = bp_acc + b2[c];
             }
         }
+#endif
     }
     double bp_total3 = 0;
     BP_OMP(parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN))
@@ -997,6 +1041,9 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
 
 int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_mlp2_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b1;
     (void)b2;
     double *const dz2 = bp_work + 0;
@@ -1030,6 +1077,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -1047,6 +1095,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
+#endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1066,6 +1115,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
             bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -1100,6 +1150,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
+#endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
@@ -1117,6 +1168,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
@@ -1134,6 +1186,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
+#endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
     BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
@@ -1152,6 +1205,9 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 
 int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_mlp2_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const z1 = bp_work + 0;
     double *const a1 = bp_work + N*H;
     double *const z2 = bp_work + N*H + N*H;
@@ -1173,6 +1229,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1184,6 +1241,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 z1[n*H + h] = bp_acc + b1[h];
             }
         }
+#endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
@@ -1204,6 +1262,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -1215,6 +1274,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 z2[n*C + c] = bp_acc + b2[c];
             }
         }
+#endif
     }
     double bp_total2 = 0;
     BP_OMP(parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN))
@@ -1275,6 +1335,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -1292,6 +1353,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
+#endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1311,6 +1373,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
             bp_mlp2_gemm_f64(101, 112, 111, H, D, N, 1, dz1, H, x, D, 0, dW1, D);
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -1345,6 +1408,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
+#endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
@@ -1362,6 +1426,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     if (bp_mlp2_gemm_f64 != NULL) {
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
@@ -1379,6 +1444,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
+#endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
     BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))

@@ -229,6 +229,14 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
 #define BP_PANEL_KB 128
 #endif
 
+/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
+ * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
+ * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
+ * then return -2 when called without a GEMM. */
+#ifndef BP_GEMM_LOOPS
+#define BP_GEMM_LOOPS 1
+#endif
+
 /* The GEMM the caller supplied with bp_rnn_relu_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_rnn_relu_gemm_f32;
@@ -279,11 +287,29 @@ void bp_rnn_relu_set_threads(int threads)
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
+/* The panel functions are compiled once, in the forward's part, and the backward's part
+ * calls them there: compiled in both, they took 0.2 s of each part's 0.7-0.9 s of CPU
+ * (an LSTM's, -O3).  Hidden: the layer's extension does not export them. */
+#ifndef BP_HIDDEN
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BP_HIDDEN
+#endif
+#endif
+BP_HIDDEN void bp_rnn_relu_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, float *restrict p);
+BP_WIDE BP_HIDDEN void bp_rnn_relu_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                      const float *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const float *restrict p, int beta, float *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1);
+#if BP_PART == 0 || BP_PART == 1
+
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 64
  * columns, each panel's k rows one after the other: p[(q*k + r)*64 + c] is
  * column q*64 + c, zero past n.  Tiles of 64 rows keep both the strided reads
  * (a transposed B) and the writes in the L1 cache. */
-static void bp_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+BP_HIDDEN void bp_rnn_relu_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
                                ptrdiff_t sbn, float *restrict p)
 {
     const ptrdiff_t np = (n + 64 - 1) / 64;
@@ -372,9 +398,9 @@ BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_
 }
 
 /* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
- * bp_panel_pack_f32); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
+ * bp_rnn_relu_panel_pack_f32); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
  * the L1 cache while every row of A passes over it. */
-BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+BP_WIDE BP_HIDDEN void bp_rnn_relu_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                       const float *a, ptrdiff_t sam, ptrdiff_t sak,
                                       const float *restrict p, int beta, float *c,
                                       ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
@@ -395,6 +421,7 @@ BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, flo
         }
     }
 }
+#endif
 
 /* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline float bp_relu_f32(float x)
@@ -411,6 +438,9 @@ static inline float bp_step_f32(float x)
 
 int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict z, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_relu_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*H;
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
@@ -428,6 +458,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -441,9 +472,10 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
+#endif
     }
     /* a recurrence: step by step */
-    if (bp_rnn_relu_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, 1, H, _W_hh_panels0);
+    if (bp_rnn_relu_gemm_f32 != NULL) bp_rnn_relu_panel_pack_f32(H, H, W_hh, 1, H, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -454,7 +486,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -467,6 +499,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -478,6 +511,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                         _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -540,6 +574,9 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 
 int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict h, const float *restrict z, float *restrict dx, float *restrict dh0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_relu_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b_ih;
     (void)b_hh;
     float *const dz = bp_work + 0;
@@ -548,7 +585,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
-    if (bp_rnn_relu_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
+    if (bp_rnn_relu_gemm_f32 != NULL) bp_rnn_relu_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -559,7 +596,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -572,6 +609,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -583,6 +621,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                         _s3[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -607,6 +646,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -628,6 +668,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -661,6 +702,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -680,6 +722,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* sum over n */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -713,6 +756,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -732,6 +776,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     #if BP_STREAMS
@@ -799,11 +844,29 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
+/* The panel functions are compiled once, in the forward's part, and the backward's part
+ * calls them there: compiled in both, they took 0.2 s of each part's 0.7-0.9 s of CPU
+ * (an LSTM's, -O3).  Hidden: the layer's extension does not export them. */
+#ifndef BP_HIDDEN
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BP_HIDDEN
+#endif
+#endif
+BP_HIDDEN void bp_rnn_relu_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, double *restrict p);
+BP_WIDE BP_HIDDEN void bp_rnn_relu_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+                                      const double *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const double *restrict p, int beta, double *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1);
+#if BP_PART == 0 || BP_PART == 3
+
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 32
  * columns, each panel's k rows one after the other: p[(q*k + r)*32 + c] is
  * column q*32 + c, zero past n.  Tiles of 64 rows keep both the strided reads
  * (a transposed B) and the writes in the L1 cache. */
-static void bp_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+BP_HIDDEN void bp_rnn_relu_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
                                ptrdiff_t sbn, double *restrict p)
 {
     const ptrdiff_t np = (n + 32 - 1) / 32;
@@ -892,9 +955,9 @@ BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_
 }
 
 /* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
- * bp_panel_pack_f64); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
+ * bp_rnn_relu_panel_pack_f64); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
  * the L1 cache while every row of A passes over it. */
-BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+BP_WIDE BP_HIDDEN void bp_rnn_relu_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
                                       const double *a, ptrdiff_t sam, ptrdiff_t sak,
                                       const double *restrict p, int beta, double *c,
                                       ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
@@ -915,6 +978,7 @@ BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, dou
         }
     }
 }
+#endif
 
 /* max(x, 0); a NaN stays NaN, as in NumPy */
 static inline double bp_relu_f64(double x)
@@ -931,6 +995,9 @@ static inline double bp_step_f64(double x)
 
 int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict z, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_relu_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*H;
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
@@ -948,6 +1015,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -961,9 +1029,10 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
+#endif
     }
     /* a recurrence: step by step */
-    if (bp_rnn_relu_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, 1, H, _W_hh_panels0);
+    if (bp_rnn_relu_gemm_f64 != NULL) bp_rnn_relu_panel_pack_f64(H, H, W_hh, 1, H, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -974,7 +1043,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -987,6 +1056,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -998,6 +1068,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                         _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1060,6 +1131,9 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 
 int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict h, const double *restrict z, double *restrict dx, double *restrict dh0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_relu_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b_ih;
     (void)b_hh;
     double *const dz = bp_work + 0;
@@ -1068,7 +1142,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
-    if (bp_rnn_relu_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
+    if (bp_rnn_relu_gemm_f64 != NULL) bp_rnn_relu_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -1079,7 +1153,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -1092,6 +1166,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1103,6 +1178,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                         _s3[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1127,6 +1203,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1148,6 +1225,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1181,6 +1259,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -1200,6 +1279,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* sum over n */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1233,6 +1313,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -1252,6 +1333,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     #if BP_STREAMS

@@ -229,6 +229,14 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
 #define BP_PANEL_KB 128
 #endif
 
+/* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
+ * sets one (the toolkit's own, with NumPy's OpenBLAS) defines BP_GEMM_LOOPS=0 and leaves
+ * them out (0.4 s of the 1.9 s of compiler CPU of an LSTM's float build).  Its kernels
+ * then return -2 when called without a GEMM. */
+#ifndef BP_GEMM_LOOPS
+#define BP_GEMM_LOOPS 1
+#endif
+
 /* The GEMM the caller supplied with bp_rnn_tanh_set_gemm; NULL: loops below.  Visible
  * to both parts, so not static. */
 extern bp_gemm_f32_t bp_rnn_tanh_gemm_f32;
@@ -351,11 +359,29 @@ static inline float bp_tanh_f32(float x)
     return copysignf(-fmaf(s, q, s - 1) / fmaf(s, q, s + 1), x);
 }
 
+/* The panel functions are compiled once, in the forward's part, and the backward's part
+ * calls them there: compiled in both, they took 0.2 s of each part's 0.7-0.9 s of CPU
+ * (an LSTM's, -O3).  Hidden: the layer's extension does not export them. */
+#ifndef BP_HIDDEN
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BP_HIDDEN
+#endif
+#endif
+BP_HIDDEN void bp_rnn_tanh_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, float *restrict p);
+BP_WIDE BP_HIDDEN void bp_rnn_tanh_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                                      const float *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const float *restrict p, int beta, float *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1);
+#if BP_PART == 0 || BP_PART == 1
+
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 64
  * columns, each panel's k rows one after the other: p[(q*k + r)*64 + c] is
  * column q*64 + c, zero past n.  Tiles of 64 rows keep both the strided reads
  * (a transposed B) and the writes in the L1 cache. */
-static void bp_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
+BP_HIDDEN void bp_rnn_tanh_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t sbk,
                                ptrdiff_t sbn, float *restrict p)
 {
     const ptrdiff_t np = (n + 64 - 1) / 64;
@@ -444,9 +470,9 @@ BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_
 }
 
 /* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
- * bp_panel_pack_f32); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
+ * bp_rnn_tanh_panel_pack_f32); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
  * the L1 cache while every row of A passes over it. */
-BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+BP_WIDE BP_HIDDEN void bp_rnn_tanh_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                                       const float *a, ptrdiff_t sam, ptrdiff_t sak,
                                       const float *restrict p, int beta, float *c,
                                       ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
@@ -467,10 +493,14 @@ BP_WIDE static void bp_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, flo
         }
     }
 }
+#endif
 #if BP_PART != 2
 
 int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict z, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_tanh_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     float *const _s1 = bp_work + 0;
     float *const _s2 = bp_work + T*N*H;
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
@@ -488,6 +518,7 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -501,9 +532,10 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
+#endif
     }
     /* a recurrence: step by step */
-    if (bp_rnn_tanh_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, 1, H, _W_hh_panels0);
+    if (bp_rnn_tanh_gemm_f32 != NULL) bp_rnn_tanh_panel_pack_f32(H, H, W_hh, 1, H, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -514,7 +546,7 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_tanh_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -527,6 +559,7 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -538,6 +571,7 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                         _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -600,6 +634,9 @@ int bp_rnn_tanh_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 
 int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict h, float *restrict dx, float *restrict dh0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_tanh_gemm_f32 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b_ih;
     (void)b_hh;
     float *const dz = bp_work + 0;
@@ -608,7 +645,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
     float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
-    if (bp_rnn_tanh_gemm_f32 != NULL) bp_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
+    if (bp_rnn_tanh_gemm_f32 != NULL) bp_rnn_tanh_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -619,7 +656,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_tanh_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -632,6 +669,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -643,6 +681,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                         _s3[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -667,6 +706,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -688,6 +728,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -721,6 +762,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -740,6 +782,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* sum over n */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -773,6 +816,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -792,6 +836,7 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     #if BP_STREAMS
@@ -859,11 +904,29 @@ int bp_rnn_tanh_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
+/* The panel functions are compiled once, in the forward's part, and the backward's part
+ * calls them there: compiled in both, they took 0.2 s of each part's 0.7-0.9 s of CPU
+ * (an LSTM's, -O3).  Hidden: the layer's extension does not export them. */
+#ifndef BP_HIDDEN
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define BP_HIDDEN
+#endif
+#endif
+BP_HIDDEN void bp_rnn_tanh_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+                               ptrdiff_t sbn, double *restrict p);
+BP_WIDE BP_HIDDEN void bp_rnn_tanh_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+                                      const double *a, ptrdiff_t sam, ptrdiff_t sak,
+                                      const double *restrict p, int beta, double *c,
+                                      ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1);
+#if BP_PART == 0 || BP_PART == 3
+
 /* op(B) (k x n, element (r, j) at b[r*sbk + j*sbn]) packed into panels of 32
  * columns, each panel's k rows one after the other: p[(q*k + r)*32 + c] is
  * column q*32 + c, zero past n.  Tiles of 64 rows keep both the strided reads
  * (a transposed B) and the writes in the L1 cache. */
-static void bp_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
+BP_HIDDEN void bp_rnn_tanh_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b, ptrdiff_t sbk,
                                ptrdiff_t sbn, double *restrict p)
 {
     const ptrdiff_t np = (n + 32 - 1) / 32;
@@ -952,9 +1015,9 @@ BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_
 }
 
 /* C (m x n) = alpha op(A) op(B) (+ C when beta), op(B) in panels q0..q1-1 of p (packed by
- * bp_panel_pack_f64); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
+ * bp_rnn_tanh_panel_pack_f64); each panel's rows in blocks of BP_PANEL_KB, so a block stays in
  * the L1 cache while every row of A passes over it. */
-BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
+BP_WIDE BP_HIDDEN void bp_rnn_tanh_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
                                       const double *a, ptrdiff_t sam, ptrdiff_t sak,
                                       const double *restrict p, int beta, double *c,
                                       ptrdiff_t ldc, ptrdiff_t q0, ptrdiff_t q1)
@@ -975,10 +1038,14 @@ BP_WIDE static void bp_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, dou
         }
     }
 }
+#endif
 #if BP_PART != 4
 
 int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict z, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_tanh_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     double *const _s1 = bp_work + 0;
     double *const _s2 = bp_work + T*N*H;
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
@@ -996,6 +1063,7 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1009,9 +1077,10 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                 }
             }
         }
+#endif
     }
     /* a recurrence: step by step */
-    if (bp_rnn_tanh_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, 1, H, _W_hh_panels0);
+    if (bp_rnn_tanh_gemm_f64 != NULL) bp_rnn_tanh_panel_pack_f64(H, H, W_hh, 1, H, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1022,7 +1091,7 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_tanh_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -1035,6 +1104,7 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1046,6 +1116,7 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                         _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1108,6 +1179,9 @@ int bp_rnn_tanh_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 
 int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict h, double *restrict dx, double *restrict dh0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
 {
+#if !BP_GEMM_LOOPS
+    if (bp_rnn_tanh_gemm_f64 == NULL) return -2;   /* built without its loops */
+#endif
     (void)b_ih;
     (void)b_hh;
     double *const dz = bp_work + 0;
@@ -1116,7 +1190,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
     double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
     /* a recurrence: step by step, from the last */
-    if (bp_rnn_tanh_gemm_f64 != NULL) bp_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
+    if (bp_rnn_tanh_gemm_f64 != NULL) bp_rnn_tanh_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
     {
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
@@ -1127,7 +1201,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_tanh_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -1140,6 +1214,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     }
                 }
             } else {
+#if BP_GEMM_LOOPS
                 BP_OMP(for)
                 for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1151,6 +1226,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                         _s3[(t*N + n)*H + j] = bp_acc;
                     }
                 }
+#endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1175,6 +1251,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1196,6 +1273,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
     BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1229,6 +1307,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -1248,6 +1327,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* sum over n */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1281,6 +1361,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             }
         }
     } else {
+#if BP_GEMM_LOOPS
         BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
@@ -1300,6 +1381,7 @@ int bp_rnn_tanh_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
+#endif
     }
     /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     #if BP_STREAMS
