@@ -5,9 +5,6 @@ two layers with the same name but different specs never collide) and imported fr
 """
 from __future__ import annotations
 
-import atexit
-import functools
-import gc
 import hashlib
 import importlib.util
 import os
@@ -125,7 +122,6 @@ def load(layer_or_name, backend: str = "numpy", dtype: str | None = None, cache=
     from .emitter import write_atomic
     from .plan import plan
 
-    _no_last_sweep()
     layer = resolve(layer_or_name)
     if dtype is not None:
         raise ValueError(f"dtype is chosen per call by the {backend} backend (it follows "
@@ -187,7 +183,6 @@ def _load_c(layer_or_name, dtype, cache):
     # Cold: parse, derive, plan, print, compile (SymPy from here on).  The GEMM hook's
     # module builds meanwhile, from before SymPy's import (0.4 s) on.
     gemm_hook = _built_meanwhile()
-    _no_last_sweep()
     try:
         from derive import derive
 
@@ -248,17 +243,6 @@ def _built_meanwhile() -> threading.Thread:
     thread = threading.Thread(target=blas.warm, name="backprop-gemm-hook", daemon=True)
     thread.start()
     return thread
-
-
-@functools.cache
-def _no_last_sweep() -> None:
-    """No last garbage collection over SymPy's objects when the process exits: Python's
-    finalization walks every object the collector tracks, which took 0.15-0.3 s of an
-    LSTM's first compile in a fresh process (the 2-core Xeon, shared), only to free memory
-    the system takes back anyway.  gc.freeze() at exit puts them out of its way;
-    Python does not promise to run __del__ for objects alive at exit.  Registered on the
-    paths that import SymPy (a warm load does not), once."""
-    atexit.register(gc.freeze)
 
 
 PLAN_FIELDS = ("args", "returns", "upstream", "gradients", "reuses")

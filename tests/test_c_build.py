@@ -665,18 +665,3 @@ def test_clang_builds_the_same_kernels(tmp_path, monkeypatch):
     got = c.forward_backward(**{n: v.astype(np.float32) for n, v in a.items()})
     for n, v in want.items():
         assert_close(got[n], v, tolerance(np.float32, dict(N=N, D=D, H=H, C=C)), n)
-
-
-def test_a_cold_load_spares_the_exit_a_last_sweep_and_a_warm_one_changes_nothing(tmp_path):
-    """After a cold load (SymPy imported), the process's last garbage collection at exit
-    skips what exists then (gc.freeze, registered with atexit: 0.15-0.3 s of an LSTM's
-    first compile); a warm load imports no SymPy and registers nothing.  A handler
-    registered before the load runs after the toolkit's (atexit is last in, first out)."""
-    require_oracle("cc")
-    code = ("import atexit, gc; "
-            "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
-            "import codegen; codegen.load('dense', backend='c')")
-    env = {**os.environ, "BACKPROP_CACHE": str(tmp_path)}
-    seen = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                           text=True, cwd=ROOT).stdout.split() for _ in ("cold", "warm")]
-    assert seen == [["frozen", "True"], ["frozen", "False"]], seen
