@@ -101,11 +101,26 @@ def _tiled_view(view: dict, plan: dict, printer, tile: dict) -> dict:
             out["target"] = f"bp_tile[{row}{printer.index_code(w)}]"
     if nest in plan:
         t = nest.loops[0]
+        # consecutive rows are one stretch of the target (and of the tile): one copy, so
+        # a row's last partial line and the next row's first are one line, streamed
+        width = tile["width"]
         out["flush"] = [dict(dst=printer._print(sp.IndexedBase(tile["target"])[
             tile["shared"] + (tile["q"] * t + r, sp.Integer(0))]),
-            src=f"bp_tile + {r}*{tile['width']}" if r else "bp_tile", count=tile["width"])
-            for r in sorted({r for _, r in plan[nest].values()})]
+            src=f"bp_tile + {r}*{width}" if r else "bp_tile",
+            count=f"{rows}*{width}" if rows > 1 else width)
+            for r, rows in _runs(sorted({r for _, r in plan[nest].values()}))]
     return out
+
+
+def _runs(residues: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each run of consecutive residues."""
+    runs = []
+    for r in residues:
+        if runs and runs[-1][0] + runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((r, 1))
+    return runs
 
 
 def _on_stack(nest, view: dict, printer, scratch: dict) -> dict:

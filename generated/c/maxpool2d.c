@@ -545,8 +545,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -1439,8 +1438,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {

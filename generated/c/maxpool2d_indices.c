@@ -509,8 +509,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
@@ -1282,8 +1281,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
