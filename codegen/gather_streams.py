@@ -9,9 +9,9 @@ the stack, and at the iteration's end they are streamed out to the target (the e
 before each row's first line boundary and after its last plainly): the target's lines
 are written without being fetched first (write-allocate), and the tile stays in L1.  With
 the ranks found row by row (codegen/plane_fusion.rows_where_read), max pooling's backward
-(N=32, C=64, 112x112, one thread, a C harness, minimum of 25 calls on a loaded machine)
-went from 27-32 ms to 19-21, against 17-22 for a hand-written row-by-row kernel and 12-17
-for a streaming copy of x into dx.
+(N=32, C=64, 112x112, one thread, a C harness, minimum of 25 calls, loaded machine) went
+from 27-32 ms to 19-21; idle, 20.2 ms against 12.4 for a hand-written row-by-row kernel
+and 11.6 for a streaming copy of x into dx (docs/benchmarks.md: the gap is open).
 
 Applies to a gather whose target is an output the function never reads, whose shared
 loops are the target's leading indices and whose split loops each write rows
