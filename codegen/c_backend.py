@@ -309,6 +309,8 @@ def _helpers(loops: LoopPlan) -> set[str]:
                 names.add("halfstep")
             elif type(f).__name__ in ("maximum", "minimum"):
                 names.add(type(f).__name__)
+            elif type(f).__name__ == "Where":
+                names.add("select")
     return names
 
 

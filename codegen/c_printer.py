@@ -224,8 +224,20 @@ class KernelCPrinter(C99CodePrinter):
     # piecewise functions (derive.piecewise)
     def _print_Where(self, expr):
         c, a, b = (self._print(x) for x in expr.args)
+        if all(self._plain(x) for x in expr.args[1:]):
+            # Both branches read unconditionally, through a function's arguments: `c ?
+            # dy[..] : 0` is a load under a condition, which GCC vectorizes as a masked
+            # load and could not at all where the select fed stride-2 stores (max
+            # pooling's dx); loading first, it is one blend.
+            return f"bp_select_{self.suffix}({c}, {a}, {b})"
         return f"(({c}) ? {self.parenthesize(expr.args[1], 0)} : " \
             f"{self.parenthesize(expr.args[2], 0)})"
+
+    def _plain(self, e) -> bool:
+        """A value that may be read where it is not used: a number, a scalar, or an
+        element whose subscripts stay inside its array (no guarded read)."""
+        return e.is_Number or isinstance(e, sp.Symbol) or (
+            isinstance(e, sp.Indexed) and not self.guarded(e))
 
     def _print_Iverson(self, expr):
         return f"(({self._print(expr.args[0])}) ? 1 : 0)"

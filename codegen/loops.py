@@ -430,11 +430,29 @@ def _split_index(parts, v):
     inner_lo, inner_hi = sp.Max(*lows), sp.Min(*highs)
     before = [_wrapping(residue, t, sp.Integer(0), sp.Min(last, inner_lo - 1))
               for residue, last in residues]
-    middle = _wrapping([_with_bounds(n, inner) for residue, _ in residues for n in residue],
-                       t, inner_lo, inner_hi)
+    middle = _wrapping(_side_by_side([[_with_bounds(n, inner) for n in residue]
+                                      for residue, _ in residues]), t, inner_lo, inner_hi)
     after = [_wrapping(residue, t, sp.Max(inner_lo, inner_hi + 1), last)
              for residue, last in residues]
     return before + [middle] + after
+
+
+def _side_by_side(residues: list[list[Nest]]) -> list[Nest]:
+    """The residues' parts in one list, each inner loop that every residue runs with the
+    same bounds run once for all of them: in max pooling's interior, the loop over w_q
+    writes row 2*h_q and row 2*h_q + 1 from one read of each rank and each dy, where a loop
+    per row read them twice.  The parts run in another order then, which is safe: each
+    writes its own elements of the target, and a gather reads only other arrays."""
+    out = []
+    for same in zip(*residues):
+        first = same[0]
+        if len(same) > 1 and first.copies and all(
+                n.copies and n.loops == first.loops and n.bounds == first.bounds
+                for n in same):
+            out.append(replace(first, copies=tuple(c for n in same for c in n.copies)))
+        else:
+            out.extend(same)
+    return out
 
 
 def _substituted(n: Nest, sub, at) -> Nest:

@@ -85,10 +85,20 @@ def test_maxpool_backward_streams_dx_rows_through_a_tile():
     assert "float bp_row__s1[Wout];" in streamed
     assert "_s1[" not in streamed.replace("bp_row__s1[", "")
     assert re.search(r"\bdx\[", streamed.replace("&dx[", "")) is None
-    # each border row alone (2 residues x 2 sides); inside, the two rows in one copy
+    # each border row alone (2 residues x 2 sides); inside, the two rows in one copy,
+    # each copy's last partial line completed by the next (bp_stream_carry)
     assert streamed.count("bp_stream_copy_f32(&dx[") == 5
-    assert "bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);" in streamed
-    assert "bp_stream_fence();" in streamed
+    assert "bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);" \
+        in streamed
+    assert "bp_stream_end_f32(&bp_carry);" in streamed
+    # inside, one loop over the windows writes both rows of each: the four elements of a
+    # window from one read of its rank and its dy, each a select, not a load under a
+    # condition (codegen/loops._side_by_side, c_printer._print_Where)
+    interior = streamed[streamed.index("bp_acc_r3 = 0") - 2000:streamed.index("bp_acc_r3 = 0")]
+    body = interior[interior.rindex("for (ptrdiff_t bp_w_q"):]
+    for store in ("bp_tile[2*bp_w_q] =", "bp_tile[2*bp_w_q + 1] =", "bp_tile[1*W + 2*bp_w_q] ="):
+        assert store in body
+    assert "bp_select_f32(" in body and "? dy[" not in streamed
     assert "bp_tile" not in plain and "bp_row__s1" not in plain and "dx[" in plain
 
 
@@ -119,6 +129,32 @@ def test_streamed_maxpool_backward_equals_torch(dtype, K, S):
         eps = np.finfo(dtype).eps
         np.testing.assert_allclose(dx, expected, rtol=0, atol=12 * eps * np.abs(dy).max())
         assert np.array_equal(np.isnan(dx), np.isnan(expected))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_streamed_maxpool_backward_into_dx_at_every_offset_of_a_line(dtype):
+    """The tile's row pairs go out as one stream per plane, each pair's last partial line
+    completed by the next pair (bp_stream_carry): dx placed at every element offset of a
+    cache line, planes of odd width and height (an odd last row, streamed alone), equals
+    torch's dx, and no element of the buffer around it is touched."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(size=(2, 5, 463, 461)) * 2) / 2
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 2, 2)
+    dy = rng.normal(size=tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    expected = xt.grad.numpy().astype(dtype)
+    k = codegen.load("maxpool2d", backend="c", dtype=dtype, constants=dict(K=2, S=2))
+    line = 64 // np.dtype(dtype).itemsize
+    assert x.size * np.dtype(dtype).itemsize >= 8 << 20          # the streamed branch
+    buffer = np.empty(x.size + 2 * line, dtype=dtype)
+    for offset in range(line):
+        buffer[:] = 7.0
+        dx = buffer[offset:offset + x.size].reshape(x.shape)
+        k.backward(x=x.astype(dtype), dy=dy.astype(dtype), out={"dx": dx})
+        np.testing.assert_array_equal(dx, expected, err_msg=f"offset {offset}")
+        assert (buffer[:offset] == 7).all() and (buffer[offset + x.size:] == 7).all()
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -100,47 +100,132 @@ static inline void bp_stream_f64(double *dst, const double *block)
     }
 }
 
+/* streamed stores are weakly ordered: fenced before anyone may read them */
+static inline void bp_stream_fence(void)
+{
+    __builtin_ia32_sfence();
+}
+
 /* A gather's rows pass through a tile of at most this many bytes on the stack
  * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
 #define BP_STREAM_TILE_MAX (32 << 10)
 
-/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
- * boundary and after its last, whole lines streamed between.  The empty asm keeps GCC
- * from turning those few plain copies into two memcpy calls a row (13% of max pooling's
- * backward). */
-static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+/* A tile's rows go out in calls of bp_stream_copy, one after the other in dst: each call
+ * streams its whole lines and keeps its last partial line here, and the next call, where it
+ * starts right after, completes that line and streams it whole.  Stored plainly, each
+ * call's two partial lines were fetched before being written: NumPy's large arrays start
+ * 16 bytes into a line, so every row pair of max pooling's dx had two (26.5 ms against
+ * 15.2 for the same kernel on aligned arrays, Xeon, 1 thread). */
+typedef struct {
+    BP_STREAM_BLOCK float line[64 / sizeof(float)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    float *end;   /* where they end in dst */
+} bp_stream_carry_f32;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n,
+                                       bp_stream_carry_f32 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(float);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f32(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f32(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK float block[64 / sizeof(float)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f32(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    bp_stream_drop_f32(carry);
+    bp_stream_fence();
+}
+
+typedef struct {
+    BP_STREAM_BLOCK double line[64 / sizeof(double)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    double *end;   /* where they end in dst */
+} bp_stream_carry_f64;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f64(bp_stream_carry_f64 *carry)
+{
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n,
+                                       bp_stream_carry_f64 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(double);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f64(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f64(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK double block[64 / sizeof(double)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f64(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-/* streamed stores are weakly ordered: fenced before anyone may read them */
-static inline void bp_stream_fence(void)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f64(bp_stream_carry_f64 *carry)
 {
-    __builtin_ia32_sfence();
+    bp_stream_drop_f64(carry);
+    bp_stream_fence();
 }
+
 #else
 #define BP_STREAMS 0
 #endif
@@ -185,6 +270,12 @@ void bp_hardtanh_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline float bp_select_f32(int c, float a, float b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 2
 
 int bp_hardtanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
@@ -200,7 +291,7 @@ int bp_hardtanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
         ptrdiff_t bp_b;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < bp_head; ++i) {
-            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : bp_select_f32(z[n*I + i] >= 1, 1, z[n*I + i]));
         }
         for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
             BP_STREAM_BLOCK float bp_block[16];
@@ -208,13 +299,13 @@ int bp_hardtanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
                 (void)i;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+                bp_block[bp_j] = ((z[n*I + i] <= -1) ? -1 : bp_select_f32(z[n*I + i] >= 1, 1, z[n*I + i]));
             }
             bp_stream_f32(&a[n*I + bp_b], bp_block);
         }
         BP_OMP(simd)
         for (ptrdiff_t i = bp_b; i < I; ++i) {
-            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : bp_select_f32(z[n*I + i] >= 1, 1, z[n*I + i]));
         }
         bp_stream_fence();
     }
@@ -225,7 +316,7 @@ int bp_hardtanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : bp_select_f32(z[n*I + i] >= 1, 1, z[n*I + i]));
         }
     }
     }
@@ -247,7 +338,7 @@ int bp_hardtanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
         ptrdiff_t bp_b;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < bp_head; ++i) {
-            dz[n*I + i] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+            dz[n*I + i] = bp_select_f32(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
         }
         for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
             BP_STREAM_BLOCK float bp_block[16];
@@ -255,13 +346,13 @@ int bp_hardtanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
                 (void)i;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+                bp_block[bp_j] = bp_select_f32(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
             }
             bp_stream_f32(&dz[n*I + bp_b], bp_block);
         }
         BP_OMP(simd)
         for (ptrdiff_t i = bp_b; i < I; ++i) {
-            dz[n*I + i] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+            dz[n*I + i] = bp_select_f32(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
         }
         bp_stream_fence();
     }
@@ -272,7 +363,7 @@ int bp_hardtanh_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+            dz[n*I + i] = bp_select_f32(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
         }
     }
     }
@@ -288,7 +379,7 @@ int bp_hardtanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
     BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
-        const float bp_out_a = ((bp_in_z <= -1) ? -1 : ((bp_in_z >= 1) ? 1 : bp_in_z));
+        const float bp_out_a = ((bp_in_z <= -1) ? -1 : bp_select_f32(bp_in_z >= 1, 1, bp_in_z));
         a[bp_i] = bp_out_a;
     }
     return 0;
@@ -298,6 +389,12 @@ int bp_hardtanh_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline double bp_select_f64(int c, double a, double b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 4
 
 int bp_hardtanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
@@ -313,7 +410,7 @@ int bp_hardtanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
         ptrdiff_t bp_b;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < bp_head; ++i) {
-            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : bp_select_f64(z[n*I + i] >= 1, 1, z[n*I + i]));
         }
         for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
             BP_STREAM_BLOCK double bp_block[8];
@@ -321,13 +418,13 @@ int bp_hardtanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
                 (void)i;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+                bp_block[bp_j] = ((z[n*I + i] <= -1) ? -1 : bp_select_f64(z[n*I + i] >= 1, 1, z[n*I + i]));
             }
             bp_stream_f64(&a[n*I + bp_b], bp_block);
         }
         BP_OMP(simd)
         for (ptrdiff_t i = bp_b; i < I; ++i) {
-            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : bp_select_f64(z[n*I + i] >= 1, 1, z[n*I + i]));
         }
         bp_stream_fence();
     }
@@ -338,7 +435,7 @@ int bp_hardtanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : ((z[n*I + i] >= 1) ? 1 : z[n*I + i]));
+            a[n*I + i] = ((z[n*I + i] <= -1) ? -1 : bp_select_f64(z[n*I + i] >= 1, 1, z[n*I + i]));
         }
     }
     }
@@ -360,7 +457,7 @@ int bp_hardtanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
         ptrdiff_t bp_b;
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < bp_head; ++i) {
-            dz[n*I + i] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+            dz[n*I + i] = bp_select_f64(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
         }
         for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
             BP_STREAM_BLOCK double bp_block[8];
@@ -368,13 +465,13 @@ int bp_hardtanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
                 const ptrdiff_t i = bp_b + bp_j;
                 (void)i;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+                bp_block[bp_j] = bp_select_f64(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
             }
             bp_stream_f64(&dz[n*I + bp_b], bp_block);
         }
         BP_OMP(simd)
         for (ptrdiff_t i = bp_b; i < I; ++i) {
-            dz[n*I + i] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+            dz[n*I + i] = bp_select_f64(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
         }
         bp_stream_fence();
     }
@@ -385,7 +482,7 @@ int bp_hardtanh_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
-            dz[n*I + i] = ((z[n*I + i] > -1 && z[n*I + i] < 1) ? da[n*I + i] : 0);
+            dz[n*I + i] = bp_select_f64(z[n*I + i] > -1 && z[n*I + i] < 1, da[n*I + i], 0);
         }
     }
     }
@@ -401,7 +498,7 @@ int bp_hardtanh_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, d
     BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
-        const double bp_out_a = ((bp_in_z <= -1) ? -1 : ((bp_in_z >= 1) ? 1 : bp_in_z));
+        const double bp_out_a = ((bp_in_z <= -1) ? -1 : bp_select_f64(bp_in_z >= 1, 1, bp_in_z));
         a[bp_i] = bp_out_a;
     }
     return 0;

@@ -101,47 +101,132 @@ static inline void bp_stream_f64(double *dst, const double *block)
     }
 }
 
+/* streamed stores are weakly ordered: fenced before anyone may read them */
+static inline void bp_stream_fence(void)
+{
+    __builtin_ia32_sfence();
+}
+
 /* A gather's rows pass through a tile of at most this many bytes on the stack
  * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
 #define BP_STREAM_TILE_MAX (32 << 10)
 
-/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
- * boundary and after its last, whole lines streamed between.  The empty asm keeps GCC
- * from turning those few plain copies into two memcpy calls a row (13% of max pooling's
- * backward). */
-static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+/* A tile's rows go out in calls of bp_stream_copy, one after the other in dst: each call
+ * streams its whole lines and keeps its last partial line here, and the next call, where it
+ * starts right after, completes that line and streams it whole.  Stored plainly, each
+ * call's two partial lines were fetched before being written: NumPy's large arrays start
+ * 16 bytes into a line, so every row pair of max pooling's dx had two (26.5 ms against
+ * 15.2 for the same kernel on aligned arrays, Xeon, 1 thread). */
+typedef struct {
+    BP_STREAM_BLOCK float line[64 / sizeof(float)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    float *end;   /* where they end in dst */
+} bp_stream_carry_f32;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n,
+                                       bp_stream_carry_f32 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(float);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f32(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f32(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK float block[64 / sizeof(float)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f32(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    bp_stream_drop_f32(carry);
+    bp_stream_fence();
+}
+
+typedef struct {
+    BP_STREAM_BLOCK double line[64 / sizeof(double)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    double *end;   /* where they end in dst */
+} bp_stream_carry_f64;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f64(bp_stream_carry_f64 *carry)
+{
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n,
+                                       bp_stream_carry_f64 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(double);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f64(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f64(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK double block[64 / sizeof(double)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f64(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-/* streamed stores are weakly ordered: fenced before anyone may read them */
-static inline void bp_stream_fence(void)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f64(bp_stream_carry_f64 *carry)
 {
-    __builtin_ia32_sfence();
+    bp_stream_drop_f64(carry);
+    bp_stream_fence();
 }
+
 #else
 #define BP_STREAMS 0
 #endif
@@ -200,6 +285,12 @@ void bp_huber_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline float bp_select_f32(int c, float a, float b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 2
 
 int bp_huber_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict r, float *restrict bp_work)
@@ -253,7 +344,7 @@ int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, con
             const float bp_acc_c0 = t[n*I + i] - y[n*I + i];
             const float bp_acc_c1 = -bp_acc_c0;
             const float bp_acc_c2 = fabsf(bp_acc_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f32(bp_acc_c2 < 1, bp_acc_c1, 0));
         }
         for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
             BP_STREAM_BLOCK float bp_block[16];
@@ -264,7 +355,7 @@ int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, con
                 const float bp_acc_c0 = t[n*I + i] - y[n*I + i];
                 const float bp_acc_c1 = -bp_acc_c0;
                 const float bp_acc_c2 = fabsf(bp_acc_c1);
-                bp_block[bp_j] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+                bp_block[bp_j] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f32(bp_acc_c2 < 1, bp_acc_c1, 0));
             }
             bp_stream_f32(&dy[n*I + bp_b], bp_block);
         }
@@ -273,7 +364,7 @@ int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, con
             const float bp_acc_c0 = t[n*I + i] - y[n*I + i];
             const float bp_acc_c1 = -bp_acc_c0;
             const float bp_acc_c2 = fabsf(bp_acc_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f32(bp_acc_c2 < 1, bp_acc_c1, 0));
         }
         bp_stream_fence();
     }
@@ -287,7 +378,7 @@ int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, con
             const float bp_acc_c0 = t[n*I + i] - y[n*I + i];
             const float bp_acc_c1 = -bp_acc_c0;
             const float bp_acc_c2 = fabsf(bp_acc_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f32(bp_acc_c2 < 1, bp_acc_c1, 0));
         }
     }
     }
@@ -316,7 +407,7 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
                 const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
                 const float bp_acc1_c1 = -bp_acc1_c0;
                 const float bp_acc1_c2 = fabsf(bp_acc1_c1);
-                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f32(bp_acc1_c2 < 1, bp_acc1_c1, 0));
             }
             BP_STREAM_BLOCK float bp_total0_lanes[16] = {0};
             for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
@@ -331,7 +422,7 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
                     const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
                     const float bp_acc1_c1 = -bp_acc1_c0;
                     const float bp_acc1_c2 = fabsf(bp_acc1_c1);
-                    bp_block0[bp_j] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                    bp_block0[bp_j] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f32(bp_acc1_c2 < 1, bp_acc1_c1, 0));
                 }
                 bp_stream_f32(&dy[n*I + bp_b], bp_block0);
             }
@@ -344,7 +435,7 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
                 const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
                 const float bp_acc1_c1 = -bp_acc1_c0;
                 const float bp_acc1_c2 = fabsf(bp_acc1_c1);
-                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f32(bp_acc1_c2 < 1, bp_acc1_c1, 0));
             }
             bp_stream_fence();
         } else
@@ -358,7 +449,7 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
             const float bp_acc1_c0 = t[n*I + i] - y[n*I + i];
             const float bp_acc1_c1 = -bp_acc1_c0;
             const float bp_acc1_c2 = fabsf(bp_acc1_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f32(bp_acc1_c2 < 1, bp_acc1_c1, 0));
         }
         }
     }
@@ -370,6 +461,12 @@ int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restric
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline double bp_select_f64(int c, double a, double b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 4
 
 int bp_huber_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict r, double *restrict bp_work)
@@ -423,7 +520,7 @@ int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, co
             const double bp_acc_c0 = t[n*I + i] - y[n*I + i];
             const double bp_acc_c1 = -bp_acc_c0;
             const double bp_acc_c2 = fabs(bp_acc_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f64(bp_acc_c2 < 1, bp_acc_c1, 0));
         }
         for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
             BP_STREAM_BLOCK double bp_block[8];
@@ -434,7 +531,7 @@ int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, co
                 const double bp_acc_c0 = t[n*I + i] - y[n*I + i];
                 const double bp_acc_c1 = -bp_acc_c0;
                 const double bp_acc_c2 = fabs(bp_acc_c1);
-                bp_block[bp_j] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+                bp_block[bp_j] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f64(bp_acc_c2 < 1, bp_acc_c1, 0));
             }
             bp_stream_f64(&dy[n*I + bp_b], bp_block);
         }
@@ -443,7 +540,7 @@ int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, co
             const double bp_acc_c0 = t[n*I + i] - y[n*I + i];
             const double bp_acc_c1 = -bp_acc_c0;
             const double bp_acc_c2 = fabs(bp_acc_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f64(bp_acc_c2 < 1, bp_acc_c1, 0));
         }
         bp_stream_fence();
     }
@@ -457,7 +554,7 @@ int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, co
             const double bp_acc_c0 = t[n*I + i] - y[n*I + i];
             const double bp_acc_c1 = -bp_acc_c0;
             const double bp_acc_c2 = fabs(bp_acc_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + ((bp_acc_c2 < 1) ? bp_acc_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc_c2 >= 1) ? -(((bp_acc_c0) > 0) - ((bp_acc_c0) < 0)) : 0) + bp_select_f64(bp_acc_c2 < 1, bp_acc_c1, 0));
         }
     }
     }
@@ -486,7 +583,7 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
                 const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
                 const double bp_acc1_c1 = -bp_acc1_c0;
                 const double bp_acc1_c2 = fabs(bp_acc1_c1);
-                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f64(bp_acc1_c2 < 1, bp_acc1_c1, 0));
             }
             BP_STREAM_BLOCK double bp_total0_lanes[8] = {0};
             for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
@@ -501,7 +598,7 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
                     const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
                     const double bp_acc1_c1 = -bp_acc1_c0;
                     const double bp_acc1_c2 = fabs(bp_acc1_c1);
-                    bp_block0[bp_j] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                    bp_block0[bp_j] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f64(bp_acc1_c2 < 1, bp_acc1_c1, 0));
                 }
                 bp_stream_f64(&dy[n*I + bp_b], bp_block0);
             }
@@ -514,7 +611,7 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
                 const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
                 const double bp_acc1_c1 = -bp_acc1_c0;
                 const double bp_acc1_c2 = fabs(bp_acc1_c1);
-                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+                dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f64(bp_acc1_c2 < 1, bp_acc1_c1, 0));
             }
             bp_stream_fence();
         } else
@@ -528,7 +625,7 @@ int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restri
             const double bp_acc1_c0 = t[n*I + i] - y[n*I + i];
             const double bp_acc1_c1 = -bp_acc1_c0;
             const double bp_acc1_c2 = fabs(bp_acc1_c1);
-            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + ((bp_acc1_c2 < 1) ? bp_acc1_c1 : 0));
+            dy[n*I + i] = bp_k0*bp_k1*(((bp_acc1_c2 >= 1) ? -(((bp_acc1_c0) > 0) - ((bp_acc1_c0) < 0)) : 0) + bp_select_f64(bp_acc1_c2 < 1, bp_acc1_c1, 0));
         }
         }
     }

@@ -100,47 +100,132 @@ static inline void bp_stream_f64(double *dst, const double *block)
     }
 }
 
+/* streamed stores are weakly ordered: fenced before anyone may read them */
+static inline void bp_stream_fence(void)
+{
+    __builtin_ia32_sfence();
+}
+
 /* A gather's rows pass through a tile of at most this many bytes on the stack
  * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
 #define BP_STREAM_TILE_MAX (32 << 10)
 
-/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
- * boundary and after its last, whole lines streamed between.  The empty asm keeps GCC
- * from turning those few plain copies into two memcpy calls a row (13% of max pooling's
- * backward). */
-static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+/* A tile's rows go out in calls of bp_stream_copy, one after the other in dst: each call
+ * streams its whole lines and keeps its last partial line here, and the next call, where it
+ * starts right after, completes that line and streams it whole.  Stored plainly, each
+ * call's two partial lines were fetched before being written: NumPy's large arrays start
+ * 16 bytes into a line, so every row pair of max pooling's dx had two (26.5 ms against
+ * 15.2 for the same kernel on aligned arrays, Xeon, 1 thread). */
+typedef struct {
+    BP_STREAM_BLOCK float line[64 / sizeof(float)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    float *end;   /* where they end in dst */
+} bp_stream_carry_f32;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n,
+                                       bp_stream_carry_f32 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(float);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f32(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f32(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK float block[64 / sizeof(float)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f32(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    bp_stream_drop_f32(carry);
+    bp_stream_fence();
+}
+
+typedef struct {
+    BP_STREAM_BLOCK double line[64 / sizeof(double)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    double *end;   /* where they end in dst */
+} bp_stream_carry_f64;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f64(bp_stream_carry_f64 *carry)
+{
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n,
+                                       bp_stream_carry_f64 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(double);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f64(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f64(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK double block[64 / sizeof(double)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f64(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-/* streamed stores are weakly ordered: fenced before anyone may read them */
-static inline void bp_stream_fence(void)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f64(bp_stream_carry_f64 *carry)
 {
-    __builtin_ia32_sfence();
+    bp_stream_drop_f64(carry);
+    bp_stream_fence();
 }
+
 #else
 #define BP_STREAMS 0
 #endif
@@ -217,6 +302,12 @@ void bp_maxpool2d_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline float bp_select_f32(int c, float a, float b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 2
 
 int bp_maxpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, float *restrict y, float *restrict bp_work)
@@ -273,6 +364,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_STREAM_BLOCK float bp_tile[2*W];
+                bp_stream_carry_f32 bp_carry = {.n = 0};
                 float bp_row__s1[Wout];
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -291,7 +383,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -300,7 +392,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -310,7 +402,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -318,7 +410,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -327,7 +419,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -336,12 +428,12 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -360,7 +452,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -369,7 +461,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -379,7 +471,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -387,7 +479,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -396,7 +488,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -405,12 +497,12 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -426,24 +518,40 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         }
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
@@ -451,7 +559,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -460,92 +568,66 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                        float bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r2;
+                        float bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
                         float bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -564,7 +646,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -573,7 +655,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -583,7 +665,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -591,7 +673,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -600,7 +682,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -609,12 +691,12 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -633,7 +715,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -642,7 +724,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -652,7 +734,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -660,7 +742,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -669,7 +751,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -678,14 +760,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
-                bp_stream_fence();
+                bp_stream_end_f32(&bp_carry);
             }
         }
     } else
@@ -711,7 +793,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -720,7 +802,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -730,7 +812,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -738,7 +820,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -747,7 +829,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -756,7 +838,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -779,7 +861,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -788,7 +870,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -798,7 +880,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -806,7 +888,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -815,7 +897,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -824,7 +906,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -844,24 +926,40 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         }
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
@@ -869,7 +967,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -878,90 +976,64 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                        float bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r2;
+                        float bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
                         float bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
@@ -981,7 +1053,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -990,7 +1062,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1000,7 +1072,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1008,7 +1080,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1017,7 +1089,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1026,7 +1098,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1049,7 +1121,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1058,7 +1130,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1068,7 +1140,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1076,7 +1148,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1085,7 +1157,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1094,7 +1166,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1110,6 +1182,12 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline double bp_select_f64(int c, double a, double b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 4
 
 int bp_maxpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, double *restrict y, double *restrict bp_work)
@@ -1166,6 +1244,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_STREAM_BLOCK double bp_tile[2*W];
+                bp_stream_carry_f64 bp_carry = {.n = 0};
                 double bp_row__s1[Wout];
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -1184,7 +1263,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1193,7 +1272,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -1203,7 +1282,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -1211,7 +1290,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -1220,7 +1299,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1229,12 +1308,12 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -1253,7 +1332,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1262,7 +1341,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -1272,7 +1351,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -1280,7 +1359,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1289,7 +1368,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1298,12 +1377,12 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -1319,24 +1398,40 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         }
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
@@ -1344,7 +1439,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -1353,92 +1448,66 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                        double bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r2;
+                        double bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
                         double bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -1457,7 +1526,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1466,7 +1535,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -1476,7 +1545,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -1484,7 +1553,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -1493,7 +1562,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1502,12 +1571,12 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
@@ -1526,7 +1595,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1535,7 +1604,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -1545,7 +1614,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -1553,7 +1622,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1562,7 +1631,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1571,14 +1640,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
-                bp_stream_fence();
+                bp_stream_end_f64(&bp_carry);
             }
         }
     } else
@@ -1604,7 +1673,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1613,7 +1682,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1623,7 +1692,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1631,7 +1700,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1640,7 +1709,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1649,7 +1718,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1672,7 +1741,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1681,7 +1750,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1691,7 +1760,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1699,7 +1768,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1708,7 +1777,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1717,7 +1786,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1737,24 +1806,40 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         }
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
@@ -1762,7 +1847,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1771,90 +1856,64 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                        double bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r2;
+                        double bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
                         double bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
@@ -1874,7 +1933,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1883,7 +1942,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1893,7 +1952,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1901,7 +1960,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1910,7 +1969,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1919,7 +1978,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1942,7 +2001,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1951,7 +2010,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1961,7 +2020,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1969,7 +2028,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1978,7 +2037,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1987,7 +2046,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

@@ -101,47 +101,132 @@ static inline void bp_stream_f64(double *dst, const double *block)
     }
 }
 
+/* streamed stores are weakly ordered: fenced before anyone may read them */
+static inline void bp_stream_fence(void)
+{
+    __builtin_ia32_sfence();
+}
+
 /* A gather's rows pass through a tile of at most this many bytes on the stack
  * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
 #define BP_STREAM_TILE_MAX (32 << 10)
 
-/* n elements from src (in cache, any alignment) to dst: plainly before dst's first line
- * boundary and after its last, whole lines streamed between.  The empty asm keeps GCC
- * from turning those few plain copies into two memcpy calls a row (13% of max pooling's
- * backward). */
-static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n)
+/* A tile's rows go out in calls of bp_stream_copy, one after the other in dst: each call
+ * streams its whole lines and keeps its last partial line here, and the next call, where it
+ * starts right after, completes that line and streams it whole.  Stored plainly, each
+ * call's two partial lines were fetched before being written: NumPy's large arrays start
+ * 16 bytes into a line, so every row pair of max pooling's dx had two (26.5 ms against
+ * 15.2 for the same kernel on aligned arrays, Xeon, 1 thread). */
+typedef struct {
+    BP_STREAM_BLOCK float line[64 / sizeof(float)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    float *end;   /* where they end in dst */
+} bp_stream_carry_f32;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f32(float *dst, const float *src, ptrdiff_t n,
+                                       bp_stream_carry_f32 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(float);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(float), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f32(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f32(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK float block[64 / sizeof(float)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f32(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f32(bp_stream_carry_f32 *carry)
 {
-    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
+    bp_stream_drop_f32(carry);
+    bp_stream_fence();
+}
+
+typedef struct {
+    BP_STREAM_BLOCK double line[64 / sizeof(double)];   /* the kept elements: line[0..n) */
+    ptrdiff_t n;
+    double *end;   /* where they end in dst */
+} bp_stream_carry_f64;
+
+/* the kept elements stored plainly, in place */
+static inline void bp_stream_drop_f64(bp_stream_carry_f64 *carry)
+{
+    for (ptrdiff_t e = 0; e < carry->n; ++e) {
+        carry->end[e - carry->n] = carry->line[e];
+        __asm__ volatile("" ::: "memory");
+    }
+    carry->n = 0;
+}
+
+/* n elements from src (in cache, any alignment) to dst: whole lines of dst streamed, the
+ * partial ones completed across calls (above) or stored plainly.  The empty asm keeps GCC
+ * from turning the few plain copies into memcpy calls (13% of max pooling's backward). */
+static inline void bp_stream_copy_f64(double *dst, const double *src, ptrdiff_t n,
+                                       bp_stream_carry_f64 *carry)
+{
     const ptrdiff_t line = 64 / (ptrdiff_t)sizeof(double);
+    const ptrdiff_t head = bp_stream_head(dst, sizeof(double), n);
     ptrdiff_t e = 0;
+    if (carry->n && carry->end != dst)     /* elsewhere: the kept line stays partial */
+        bp_stream_drop_f64(carry);
+    if (carry->n) {              /* dst continues the kept line: complete it */
+        for (; e < head; ++e) carry->line[carry->n + e] = src[e];
+        if (carry->n + head < line) {            /* still not whole: keep it all */
+            carry->n += head;
+            carry->end += head;
+            return;
+        }
+        bp_stream_f64(dst - carry->n, carry->line);
+        carry->n = 0;
+    }
     for (; e < head; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
     for (; e + line <= n; e += line) {
         BP_STREAM_BLOCK double block[64 / sizeof(double)];
         __builtin_memcpy(block, src + e, sizeof(block));
         bp_stream_f64(dst + e, block);
     }
-    for (; e < n; ++e) { dst[e] = src[e]; __asm__ volatile("" ::: "memory"); }
+    for (ptrdiff_t k = 0; e + k < n; ++k) carry->line[k] = src[e + k];
+    carry->n = n - e;
+    carry->end = dst + n;
 }
 
-/* streamed stores are weakly ordered: fenced before anyone may read them */
-static inline void bp_stream_fence(void)
+/* the last kept elements stored, and the streamed stores fenced */
+static inline void bp_stream_end_f64(bp_stream_carry_f64 *carry)
 {
-    __builtin_ia32_sfence();
+    bp_stream_drop_f64(carry);
+    bp_stream_fence();
 }
+
 #else
 #define BP_STREAMS 0
 #endif
@@ -218,6 +303,12 @@ void bp_maxpool2d_indices_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline float bp_select_f32(int c, float a, float b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 2
 
 int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, float *restrict y, float *restrict at, float *restrict bp_work)
@@ -274,12 +365,13 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_STREAM_BLOCK float bp_tile[2*W];
+                bp_stream_carry_f32 bp_carry = {.n = 0};
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -288,7 +380,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -298,7 +390,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -306,7 +398,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -315,7 +407,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -324,19 +416,19 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -345,7 +437,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -355,7 +447,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -363,7 +455,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -372,7 +464,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -381,33 +473,49 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
@@ -415,7 +523,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -424,99 +532,73 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                        float bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r2;
+                        float bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
                         float bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -525,7 +607,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -535,7 +617,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -543,7 +625,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -552,7 +634,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -561,19 +643,19 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -582,7 +664,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -592,7 +674,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -600,7 +682,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -609,7 +691,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -618,14 +700,14 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
-                bp_stream_fence();
+                bp_stream_end_f32(&bp_carry);
             }
         }
     } else
@@ -639,7 +721,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -648,7 +730,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -658,7 +740,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -666,7 +748,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -675,7 +757,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -684,7 +766,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -695,7 +777,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -704,7 +786,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -714,7 +796,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -722,7 +804,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -731,7 +813,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -740,7 +822,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -748,24 +830,40 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
+                        float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
@@ -773,7 +871,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -782,90 +880,64 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                        float bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r2;
+                        float bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         float bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
                         float bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        float bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        float bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
@@ -873,7 +945,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -882,7 +954,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -892,7 +964,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -900,7 +972,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -909,7 +981,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -918,7 +990,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -929,7 +1001,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -938,7 +1010,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -948,7 +1020,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -956,7 +1028,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -965,7 +1037,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -974,7 +1046,7 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -990,6 +1062,12 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline double bp_select_f64(int c, double a, double b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 4
 
 int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, double *restrict y, double *restrict at, double *restrict bp_work)
@@ -1046,12 +1124,13 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_STREAM_BLOCK double bp_tile[2*W];
+                bp_stream_carry_f64 bp_carry = {.n = 0};
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1060,7 +1139,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -1070,7 +1149,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -1078,7 +1157,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -1087,7 +1166,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1096,19 +1175,19 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1117,7 +1196,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -1127,7 +1206,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -1135,7 +1214,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1144,7 +1223,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1153,33 +1232,49 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
@@ -1187,7 +1282,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -1196,99 +1291,73 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
+                        double bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r2;
+                        double bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
+                        bp_tile[2*bp_w_q] = bp_acc_r0;
                         double bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        bp_tile[2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1297,7 +1366,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
@@ -1307,7 +1376,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc_r0;
@@ -1315,7 +1384,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc_r1;
@@ -1324,7 +1393,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q] = bp_acc;
@@ -1333,19 +1402,19 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1354,7 +1423,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
@@ -1364,7 +1433,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
@@ -1372,7 +1441,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1381,7 +1450,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q] = bp_acc;
@@ -1390,14 +1459,14 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
                     }
-                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W);
+                    bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
-                bp_stream_fence();
+                bp_stream_end_f64(&bp_carry);
             }
         }
     } else
@@ -1411,7 +1480,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1420,7 +1489,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1430,7 +1499,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1438,7 +1507,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1447,7 +1516,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1456,7 +1525,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1467,7 +1536,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1476,7 +1545,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1486,7 +1555,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1494,7 +1563,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1503,7 +1572,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1512,7 +1581,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1520,24 +1589,40 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
+                        double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
                     }
                     for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
@@ -1545,7 +1630,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1554,90 +1639,64 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                             const ptrdiff_t i = bp_h_q + bp_i_k;
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
+                        double bp_acc_r2 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r2 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r2;
+                        double bp_acc_r3 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
+                                const ptrdiff_t j = bp_w_q + bp_j_k;
+                                bp_acc_r3 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r3;
                     }
                     for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
                         double bp_acc_r0 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
                         double bp_acc_r1 = 0;
                         for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
                             const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r1;
+                    }
+                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
+                        double bp_acc_r0 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r0 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            }
+                        }
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r0;
+                        double bp_acc_r1 = 0;
+                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
+                            const ptrdiff_t i = bp_h_q + bp_i_k;
+                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t bp_i_k = 0; bp_i_k < 1; ++bp_i_k) {
-                            const ptrdiff_t i = bp_h_q + bp_i_k;
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
@@ -1645,7 +1704,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1654,7 +1713,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1664,7 +1723,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1672,7 +1731,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1681,7 +1740,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
@@ -1690,7 +1749,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1701,7 +1760,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1710,7 +1769,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
@@ -1720,7 +1779,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
@@ -1728,7 +1787,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
                                 const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
@@ -1737,7 +1796,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
@@ -1746,7 +1805,7 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
                             for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += ((4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j]) ? dy[((n*C + c)*Hout + i)*Wout + j] : 0);
+                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
                         dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;

@@ -79,6 +79,12 @@ void bp_sgd_momentum_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline float bp_select_f32(int c, float a, float b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 2
 
 int bp_sgd_momentum_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict buf, const float *restrict step, const float *restrict lr, const float *restrict momentum, const float *restrict dampening, const float *restrict nesterov, const float *restrict weight_decay, float *restrict p_next, float *restrict buf_next, float *restrict gd, float *restrict bp_work)
@@ -145,6 +151,12 @@ int bp_sgd_momentum_forward_inplace_f32(ptrdiff_t P, const float *p, const float
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+
+/* where(c, a, b) with a and b evaluated first: loads, not loads under a condition */
+static inline double bp_select_f64(int c, double a, double b)
+{
+    return c ? a : b;
+}
 #if BP_PART != 4
 
 int bp_sgd_momentum_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict buf, const double *restrict step, const double *restrict lr, const double *restrict momentum, const double *restrict dampening, const double *restrict nesterov, const double *restrict weight_decay, double *restrict p_next, double *restrict buf_next, double *restrict gd, double *restrict bp_work)
