@@ -5,13 +5,16 @@ row of its target in several loops (the borders and the interior of w, each resi
 h), so no one loop walks a row that the row streaming of codegen/streaming.py could
 stream.  Each iteration of a loop over h_q does write whole rows, though: h = q*h_q + r
 for the residues r it covers, every w of them.  So those rows go to a tile of q rows on
-the stack, and at the iteration's end they are streamed out to the target (the elements
-before each row's first line boundary and after its last plainly): the target's lines
-are written without being fetched first (write-allocate), and the tile stays in L1.  With
-the ranks found row by row (codegen/plane_fusion.rows_where_read), max pooling's backward
-(N=32, C=64, 112x112, one thread, a C harness, minimum of 25 calls, loaded machine) went
-from 27-32 ms to 19-21; idle, 20.2 ms against 12.4 for a hand-written row-by-row kernel
-and 11.6 for a streaming copy of x into dx (docs/benchmarks.md: the gap is open).
+the stack, and at the iteration's end they are streamed out to the target: the target's
+lines are written without being fetched first (write-allocate), and the tile stays in L1.
+Each flush keeps its last partial line and the next one, starting right after it,
+completes it (bp_stream_carry in templates/c_streams.c.j2), so a plane goes out in whole
+lines wherever the target starts in a line; only the plane's first and last partial lines
+are stored plainly.  With the ranks found row by row (codegen/plane_fusion.rows_where_read)
+and both rows of each window written by one loop (codegen/loops._side_by_side), max
+pooling's backward (N=32, C=64, 112x112) takes 15-16 ms at one thread in a C harness on
+arrays 16 bytes into a line, as NumPy's are, against 27-32 ms before the tile
+(docs/benchmarks.md, fifth pass).
 
 Applies to a gather whose target is an output the function never reads, whose shared
 loops are the target's leading indices and whose split loops each write rows
