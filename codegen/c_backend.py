@@ -16,6 +16,7 @@ from derive.same_shape import same_shapes
 from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
 from .factored_sums import factored_sums
 from .dtypes import CTYPES, SUFFIX
+from .exp_ranges import nonpositive_exps
 from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm, fewest_gemm_calls
 from .gemm import as_gemm
@@ -161,10 +162,11 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
 
 
 def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
-    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay),
+    """Loop nests (an exp of a shifted exp-sum marked as such: codegen/exp_ranges.py),
+    with cheap scratch arrays recomputed where read (GEMM operands stay),
     loop-invariant subexpressions computed once per call, and scratch for the packed
     operands of convolutions lowered onto the GEMM hook."""
-    loops = lower(_fixed_dims(plan))
+    loops = lower(_fixed_dims(nonpositive_exps(plan)))
     for side in ("forward", "backward", "fused"):
         known = dict(shapes)
         known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})

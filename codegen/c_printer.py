@@ -30,11 +30,13 @@ _EVERY_DTYPE = {"sigmoid": "sigmoid", "softplus": "softplus", "relu": "relu",
                "Heaviside": "step"}
 OWN_FUNCTIONS = {
     "float32": {**_EVERY_DTYPE, "exp": "exp", "log": "log", "log1p": "log1p", "tanh": "tanh",
-                "erf": "erf"},
+                "erf": "erf", "exp_nonpositive": "exp_nonpos"},
     "float64": _EVERY_DTYPE,
 }
 # What each own function is written in: their definitions come too.
-OWN_NEEDS = {"log1p": "log", "tanh": "exp", "erf": "exp", "sigmoid": "exp", "softplus": "exp"}
+# (sigmoid, softplus and erf take exp of an argument <= 0 only: the range-limited one)
+OWN_NEEDS = {"log1p": "log", "erf": "exp_nonpos", "sigmoid": "exp_nonpos",
+             "softplus": "exp_nonpos"}
 
 
 def own_function(expr, dtype: str) -> str | None:
@@ -210,6 +212,11 @@ class KernelCPrinter(C99CodePrinter):
         if function:              # all unary (Heaviside's second argument is its value at 0)
             return f"{function}({self._print(expr.args[0])})"
         return super()._print(expr, **kwargs)
+
+    def _print_exp_nonpositive(self, expr):
+        # an exp whose argument is <= 0 (codegen/exp_ranges.py): float has its own
+        # function for that range (own_function); double's is the library's exp
+        return self._print(sp.exp(expr.args[0]))
 
     def _print_NumberSymbol(self, expr):
         # pi (erf's derivative) as a literal: M_PI is not in strict C99's <math.h>
