@@ -22,12 +22,14 @@ from pathlib import Path
 from codegen import build
 from templates import render
 
-FUNCTIONS = ("exp", "exp_nonpos", "log", "log1p", "tanh", "erf")
+FUNCTIONS = ("exp", "exp_nonpos", "log", "log1p", "log1p_unit", "tanh", "erf")
 # What each is checked against (the double function of its name, unless given here) and on
 # which floats: each bit pattern's float x, or FOLD(x) for a function made for a range
-# (exp_nonpos: x <= 43, so a float above it is checked as -x: every negative float twice).
-REFERENCE = {"exp_nonpos": "exp"}
-FOLD = {"exp_nonpos": "(x > 43.0F ? -x : x)"}
+# (exp_nonpos: x <= 43, so a float above it is checked as -x: every negative float twice;
+# log1p_unit: [0, 1], |x| or 1 / |x|, NaN as it is).
+REFERENCE = {"exp_nonpos": "exp", "log1p_unit": "log1p"}
+FOLD = {"exp_nonpos": "(x > 43.0F ? -x : x)",
+        "log1p_unit": "(fabsf(x) <= 1 || x != x ? fabsf(x) : 1 / fabsf(x))"}
 
 HARNESS = r"""
 #include <math.h>

@@ -34,9 +34,10 @@ OWN_FUNCTIONS = {
     "float64": _EVERY_DTYPE,
 }
 # What each own function is written in: their definitions come too.
-# (sigmoid, softplus and erf take exp of an argument <= 0 only: the range-limited one)
-OWN_NEEDS = {"log1p": "log", "erf": "exp_nonpos", "sigmoid": "exp_nonpos",
-             "softplus": "exp_nonpos"}
+# (sigmoid, softplus and erf take exp of an argument <= 0 only: the range-limited one;
+# softplus' log1p of an argument in [0, 1] only, likewise)
+OWN_NEEDS = {"log1p": ("log",), "erf": ("exp_nonpos",), "sigmoid": ("exp_nonpos",),
+             "softplus": ("exp_nonpos", "log1p_unit")}
 
 
 def own_function(expr, dtype: str) -> str | None:
@@ -54,7 +55,7 @@ def own_functions_in(exprs) -> set[str]:
     for after the rewrites the printer applies (log(1 + x) prints as log1p(x))."""
     names = {OWN_FUNCTIONS[d].get(type(f).__name__) for e in exprs
              for f in _optimized(e).atoms(sp.Function) for d in OWN_FUNCTIONS} - {None}
-    return names | {OWN_NEEDS[n] for n in names if n in OWN_NEEDS}
+    return names | {m for n in names for m in OWN_NEEDS.get(n, ())}
 
 
 _INTEGER_POWER = re.compile(r"\b(powf?)\(([A-Za-z_]\w*), (\d+)\)")

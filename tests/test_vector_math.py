@@ -19,9 +19,10 @@ from .oracles import require_oracle
 
 # The largest error over all 2^32 floats (python -m bench.exhaustive_math), in ulp of the
 # float result, rounded up: what the README promises and the sample must not exceed.
-# exp_nonpos over the floats <= 43 only (bench/exhaustive_math.py, FOLD).
-BOUNDS = {"exp": 1.02, "exp_nonpos": 1.02, "log": 1.0, "log1p": 2.0, "tanh": 2.0,
-          "erf": 2.0}
+# exp_nonpos over the floats <= 43 only, log1p_unit over [0, 1] (bench/exhaustive_math.py,
+# FOLD).
+BOUNDS = {"exp": 1.02, "exp_nonpos": 1.02, "log": 1.0, "log1p": 2.0, "log1p_unit": 2.0,
+          "tanh": 2.0, "erf": 2.0}
 
 
 def test_sampled_floats_within_the_exhaustive_bounds(tmp_path):
@@ -93,7 +94,7 @@ def test_special_values_through_a_kernel_as_numpy(name):
 def _code_of(function: str) -> list[str]:
     """The statements of one own float function, comments left out."""
     source = exhaustive_math.render("c_vector_math.c.j2", helpers=set(exhaustive_math.FUNCTIONS))
-    body = source[source.index(f"static inline float {function}(float x)"):]
+    body = source[source.index(f"static inline float {function}(float "):]
     body = re.sub(r"/\*.*?\*/", "", body[:body.index("\n}\n")], flags=re.S)
     return [line.strip() for line in body.splitlines()[2:] if line.strip()]
 
@@ -130,6 +131,18 @@ def test_erf_coefficients_are_the_documented_fit():
         assert err < 0.5
         for c in coefficients:
             assert f"{c:.9e}F" in template, c
+
+
+def test_log1p_unit_coefficients_are_the_documented_fit():
+    """bp_log1p_unit_f32's coefficients are what bench/fit_log1p.py computes, the fit alone
+    well inside the bound, and the function divides nowhere."""
+    from bench import fit_log1p
+    coefficients, err = fit_log1p.fit()
+    assert err < 1
+    template = exhaustive_math.render("c_vector_math.c.j2", helpers={"log1p_unit"})
+    for c in coefficients:
+        assert f"{c:.9e}F" in template, c
+    assert not any(" / " in line for line in _code_of("bp_log1p_unit_f32"))
 
 
 def test_an_exp_below_its_row_maximum_is_the_range_limited_one():
