@@ -609,7 +609,21 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc",
                     simd=f"#pragma omp simd reduction(+:{acc})" if n.op == "sum" else
                     f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
                     pragma=f"#pragma omp parallel for{when}")
+        if _two_chains(n, loops):
+            view.update(chains=f"#pragma omp simd reduction(max:{acc}, {acc}_hi) "
+                               f"reduction(|:{acc}_nan)")
     return view
+
+
+def _two_chains(n: Nest, loops) -> bool:
+    """A maximum over one loop the length of a dimension (a softmax's row, not a pooling
+    window's fixed 2) runs as two chains over the loop's halves: one vector accumulator
+    is a chain of `vmaxps`, 4 cycles a vector, and the loads and compares beside it wait
+    on it (softmax + CE's max pass; 8% of the kernel in cache).  A sum needs no second
+    chain: the loops that sum compute enough per element to hide its adds."""
+    inner = loops[-1] if loops else None
+    return n.op == "max" and len(n.reduced) == 1 and n.loops[-1] in n.reduced and \
+        len(inner) == 2 and not inner[1].isdigit()
 
 
 def _fill_first(n: Nest) -> dict:

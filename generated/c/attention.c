@@ -346,14 +346,30 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         /* maximum over w of s[b, h, t, w], for a stable exp-sum */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                float bp_acc0 = -INFINITY;
+                float bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
                 int bp_acc0_nan = 0;
-                BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-                for (ptrdiff_t w = 0; w < T; ++w) {
+                const ptrdiff_t bp_acc0_half = T / 2;
+                BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+                for (ptrdiff_t bp_w_j = 0; bp_w_j < bp_acc0_half; ++bp_w_j) {
+                    {
+                        const ptrdiff_t w = bp_w_j;
+                        const float bp_v = s[((b*H + h)*T + t)*T + w];
+                        bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                        bp_acc0_nan |= bp_v != bp_v;
+                    }
+                    {
+                        const ptrdiff_t w = bp_w_j + bp_acc0_half;
+                        const float bp_v = s[((b*H + h)*T + t)*T + w];
+                        bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                        bp_acc0_nan |= bp_v != bp_v;
+                    }
+                }
+                for (ptrdiff_t w = 2 * bp_acc0_half; w < T; ++w) {
                     const float bp_v = s[((b*H + h)*T + t)*T + w];
                     bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
                     bp_acc0_nan |= bp_v != bp_v;
                 }
+                bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
                 _a_max[(b*H + h)*T + t] = bp_acc0_nan ? NAN : bp_acc0;
             }
         }
@@ -1169,14 +1185,30 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         /* maximum over w of s[b, h, t, w], for a stable exp-sum */
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t t = 0; t < T; ++t) {
-                double bp_acc0 = -INFINITY;
+                double bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
                 int bp_acc0_nan = 0;
-                BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-                for (ptrdiff_t w = 0; w < T; ++w) {
+                const ptrdiff_t bp_acc0_half = T / 2;
+                BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+                for (ptrdiff_t bp_w_j = 0; bp_w_j < bp_acc0_half; ++bp_w_j) {
+                    {
+                        const ptrdiff_t w = bp_w_j;
+                        const double bp_v = s[((b*H + h)*T + t)*T + w];
+                        bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                        bp_acc0_nan |= bp_v != bp_v;
+                    }
+                    {
+                        const ptrdiff_t w = bp_w_j + bp_acc0_half;
+                        const double bp_v = s[((b*H + h)*T + t)*T + w];
+                        bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                        bp_acc0_nan |= bp_v != bp_v;
+                    }
+                }
+                for (ptrdiff_t w = 2 * bp_acc0_half; w < T; ++w) {
                     const double bp_v = s[((b*H + h)*T + t)*T + w];
                     bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
                     bp_acc0_nan |= bp_v != bp_v;
                 }
+                bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
                 _a_max[(b*H + h)*T + t] = bp_acc0_nan ? NAN : bp_acc0;
             }
         }

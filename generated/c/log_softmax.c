@@ -274,14 +274,30 @@ int bp_log_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
     BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
-        float bp_acc0 = -INFINITY;
+        float bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
         int bp_acc0_nan = 0;
-        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-        for (ptrdiff_t k = 0; k < I; ++k) {
+        const ptrdiff_t bp_acc0_half = I / 2;
+        BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+        for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+            {
+                const ptrdiff_t k = bp_k_j;
+                const float bp_v = z[n*I + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            {
+                const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                const float bp_v = z[n*I + k];
+                bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+        }
+        for (ptrdiff_t k = 2 * bp_acc0_half; k < I; ++k) {
             const float bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
             bp_acc0_nan |= bp_v != bp_v;
         }
+        bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
         _p_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
@@ -401,14 +417,30 @@ int bp_log_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
     BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
-        double bp_acc0 = -INFINITY;
+        double bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
         int bp_acc0_nan = 0;
-        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-        for (ptrdiff_t k = 0; k < I; ++k) {
+        const ptrdiff_t bp_acc0_half = I / 2;
+        BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+        for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+            {
+                const ptrdiff_t k = bp_k_j;
+                const double bp_v = z[n*I + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            {
+                const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                const double bp_v = z[n*I + k];
+                bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+        }
+        for (ptrdiff_t k = 2 * bp_acc0_half; k < I; ++k) {
             const double bp_v = z[n*I + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
             bp_acc0_nan |= bp_v != bp_v;
         }
+        bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
         _p_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;

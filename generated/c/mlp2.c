@@ -374,14 +374,30 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     BP_OMP(parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
-        float bp_acc0 = -INFINITY;
+        float bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
         int bp_acc0_nan = 0;
-        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-        for (ptrdiff_t k = 0; k < C; ++k) {
+        const ptrdiff_t bp_acc0_half = C / 2;
+        BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+        for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+            {
+                const ptrdiff_t k = bp_k_j;
+                const float bp_v = z2[n*C + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            {
+                const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                const float bp_v = z2[n*C + k];
+                bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+        }
+        for (ptrdiff_t k = 2 * bp_acc0_half; k < C; ++k) {
             const float bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
             bp_acc0_nan |= bp_v != bp_v;
         }
+        bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
@@ -692,14 +708,30 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     BP_OMP(parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
-        float bp_acc0 = -INFINITY;
+        float bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
         int bp_acc0_nan = 0;
-        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-        for (ptrdiff_t k = 0; k < C; ++k) {
+        const ptrdiff_t bp_acc0_half = C / 2;
+        BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+        for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+            {
+                const ptrdiff_t k = bp_k_j;
+                const float bp_v = z2[n*C + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            {
+                const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                const float bp_v = z2[n*C + k];
+                bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+        }
+        for (ptrdiff_t k = 2 * bp_acc0_half; k < C; ++k) {
             const float bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
             bp_acc0_nan |= bp_v != bp_v;
         }
+        bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         float bp_acc1 = 0;
@@ -956,14 +988,30 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
     BP_OMP(parallel for reduction(+:bp_total3) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
-        double bp_acc0 = -INFINITY;
+        double bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
         int bp_acc0_nan = 0;
-        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-        for (ptrdiff_t k = 0; k < C; ++k) {
+        const ptrdiff_t bp_acc0_half = C / 2;
+        BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+        for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+            {
+                const ptrdiff_t k = bp_k_j;
+                const double bp_v = z2[n*C + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            {
+                const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                const double bp_v = z2[n*C + k];
+                bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+        }
+        for (ptrdiff_t k = 2 * bp_acc0_half; k < C; ++k) {
             const double bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
             bp_acc0_nan |= bp_v != bp_v;
         }
+        bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
@@ -1274,14 +1322,30 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
     BP_OMP(parallel for reduction(+:bp_total2) if (N*C >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z2[n, k], for a stable exp-sum */
-        double bp_acc0 = -INFINITY;
+        double bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
         int bp_acc0_nan = 0;
-        BP_OMP(simd reduction(max:bp_acc0) reduction(|:bp_acc0_nan))
-        for (ptrdiff_t k = 0; k < C; ++k) {
+        const ptrdiff_t bp_acc0_half = C / 2;
+        BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+        for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+            {
+                const ptrdiff_t k = bp_k_j;
+                const double bp_v = z2[n*C + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            {
+                const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                const double bp_v = z2[n*C + k];
+                bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+        }
+        for (ptrdiff_t k = 2 * bp_acc0_half; k < C; ++k) {
             const double bp_v = z2[n*C + k];
             bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
             bp_acc0_nan |= bp_v != bp_v;
         }
+        bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
         _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
         /* sum over k */
         double bp_acc1 = 0;
