@@ -22,7 +22,14 @@ from pathlib import Path
 from codegen import build
 from templates import render
 
-FUNCTIONS = ("exp", "log", "log1p", "tanh", "erf")
+FUNCTIONS = ("exp", "exp_nonpos", "log", "log1p", "log1p_unit", "tanh", "erf")
+# What each is checked against (the double function of its name, unless given here) and on
+# which floats: each bit pattern's float x, or FOLD(x) for a function made for a range
+# (exp_nonpos: x <= 43, so a float above it is checked as -x: every negative float twice;
+# log1p_unit: [0, 1], |x| or 1 / |x|, NaN as it is).
+REFERENCE = {"exp_nonpos": "exp", "log1p_unit": "log1p"}
+FOLD = {"exp_nonpos": "(x > 43.0F ? -x : x)",
+        "log1p_unit": "(fabsf(x) <= 1 || x != x ? fabsf(x) : 1 / fabsf(x))"}
 
 HARNESS = r"""
 #include <math.h>
@@ -60,7 +67,7 @@ static void check(float (*fn)(float), double (*ref)(double), float *x, float *go
 }
 
 #define CHUNK 65536
-#define RUN(NAME, REF) \
+#define RUN(NAME, REF, FOLD) \
 void run_##NAME(uint64_t stride, result_t *r) \
 { \
     static float x[CHUNK], got[CHUNK]; \
@@ -69,7 +76,9 @@ void run_##NAME(uint64_t stride, result_t *r) \
         long n = 0; \
         for (; n < CHUNK && bits < 0x100000000ULL; ++n, bits += stride) { \
             const uint32_t b = (uint32_t)bits; \
-            memcpy(&x[n], &b, sizeof b); \
+            float x0; \
+            memcpy(&x0, &b, sizeof b); \
+            x[n] = FOLD(x0); \
         } \
         _Pragma("omp simd") \
         for (long i = 0; i < n; ++i) got[i] = bp_##NAME##_f32(x[i]); \
@@ -88,7 +97,9 @@ class Result(ctypes.Structure):
 def compile_checker(names, folder: Path) -> ctypes.CDLL:
     functions = render("c_vector_math.c.j2", helpers=set(FUNCTIONS))
     source = HARNESS % dict(functions=functions,
-                            runs="\n".join(f"RUN({n}, {n})" for n in names))
+                            runs="\n".join(f"#define FOLD_{n}(x) {FOLD.get(n, '(x)')}\n"
+                                           f"RUN({n}, {REFERENCE.get(n, n)}, FOLD_{n})"
+                                           for n in names))
     src, lib = folder / "exhaustive.c", folder / "exhaustive.so"
     src.write_text("#include <float.h>\n" + source)
     cmd = [build.compiler()[0], *build.BASE_FLAGS, *build.opt_flags(), "-fopenmp-simd",

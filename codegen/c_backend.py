@@ -16,6 +16,7 @@ from derive.same_shape import same_shapes
 from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
 from .factored_sums import factored_sums
 from .dtypes import CTYPES, SUFFIX
+from .exp_ranges import nonpositive_exps
 from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm, fewest_gemm_calls
 from .gemm import as_gemm
@@ -161,10 +162,11 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
 
 
 def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
-    """Loop nests, with cheap scratch arrays recomputed where read (GEMM operands stay),
+    """Loop nests (an exp of a shifted exp-sum marked as such: codegen/exp_ranges.py),
+    with cheap scratch arrays recomputed where read (GEMM operands stay),
     loop-invariant subexpressions computed once per call, and scratch for the packed
     operands of convolutions lowered onto the GEMM hook."""
-    loops = lower(_fixed_dims(plan))
+    loops = lower(_fixed_dims(nonpositive_exps(plan)))
     for side in ("forward", "backward", "fused"):
         known = dict(shapes)
         known.update({t.name: t.dims for t in getattr(loops, side + "_temps")})
@@ -609,7 +611,21 @@ def _view(n: Nest, printer: KernelCPrinter, shapes, acc: str = "bp_acc",
                     simd=f"#pragma omp simd reduction(+:{acc})" if n.op == "sum" else
                     f"#pragma omp simd reduction(max:{acc}) reduction(|:{acc}_nan)",
                     pragma=f"#pragma omp parallel for{when}")
+        if _two_chains(n, loops):
+            view.update(chains=f"#pragma omp simd reduction(max:{acc}, {acc}_hi) "
+                               f"reduction(|:{acc}_nan)")
     return view
+
+
+def _two_chains(n: Nest, loops) -> bool:
+    """A maximum over one loop the length of a dimension (a softmax's row, not a pooling
+    window's fixed 2) runs as two chains over the loop's halves: one vector accumulator
+    is a chain of `vmaxps`, 4 cycles a vector, and the loads and compares beside it wait
+    on it (softmax + CE's max pass; 8% of the kernel in cache).  A sum needs no second
+    chain: the loops that sum compute enough per element to hide its adds."""
+    inner = loops[-1] if loops else None
+    return n.op == "max" and len(n.reduced) == 1 and n.loops[-1] in n.reduced and \
+        len(inner) == 2 and not inner[1].isdigit()
 
 
 def _fill_first(n: Nest) -> dict:

@@ -30,11 +30,14 @@ _EVERY_DTYPE = {"sigmoid": "sigmoid", "softplus": "softplus", "relu": "relu",
                "Heaviside": "step"}
 OWN_FUNCTIONS = {
     "float32": {**_EVERY_DTYPE, "exp": "exp", "log": "log", "log1p": "log1p", "tanh": "tanh",
-                "erf": "erf"},
+                "erf": "erf", "exp_nonpositive": "exp_nonpos"},
     "float64": _EVERY_DTYPE,
 }
 # What each own function is written in: their definitions come too.
-OWN_NEEDS = {"log1p": "log", "tanh": "exp", "erf": "exp", "sigmoid": "exp", "softplus": "exp"}
+# (sigmoid, softplus and erf take exp of an argument <= 0 only: the range-limited one;
+# softplus' log1p of an argument in [0, 1] only, likewise)
+OWN_NEEDS = {"log1p": ("log",), "erf": ("exp_nonpos",), "sigmoid": ("exp_nonpos",),
+             "softplus": ("exp_nonpos", "log1p_unit")}
 
 
 def own_function(expr, dtype: str) -> str | None:
@@ -52,7 +55,7 @@ def own_functions_in(exprs) -> set[str]:
     for after the rewrites the printer applies (log(1 + x) prints as log1p(x))."""
     names = {OWN_FUNCTIONS[d].get(type(f).__name__) for e in exprs
              for f in _optimized(e).atoms(sp.Function) for d in OWN_FUNCTIONS} - {None}
-    return names | {OWN_NEEDS[n] for n in names if n in OWN_NEEDS}
+    return names | {m for n in names for m in OWN_NEEDS.get(n, ())}
 
 
 _INTEGER_POWER = re.compile(r"\b(powf?)\(([A-Za-z_]\w*), (\d+)\)")
@@ -210,6 +213,11 @@ class KernelCPrinter(C99CodePrinter):
         if function:              # all unary (Heaviside's second argument is its value at 0)
             return f"{function}({self._print(expr.args[0])})"
         return super()._print(expr, **kwargs)
+
+    def _print_exp_nonpositive(self, expr):
+        # an exp whose argument is <= 0 (codegen/exp_ranges.py): float has its own
+        # function for that range (own_function); double's is the library's exp
+        return self._print(sp.exp(expr.args[0]))
 
     def _print_NumberSymbol(self, expr):
         # pi (erf's derivative) as a literal: M_PI is not in strict C99's <math.h>

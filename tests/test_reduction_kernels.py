@@ -390,3 +390,37 @@ def test_batchnorm_channel_pass_equals_torch(dtype, shape):
     tol = 1e-4 if dtype == "float32" else 1e-10
     for name, t in (("dx", xt), ("dw", wt), ("db", bt)):
         np.testing.assert_allclose(got[name], t.grad.numpy(), rtol=tol, atol=tol, err_msg=name)
+
+
+def test_a_row_maximum_runs_as_two_chains_and_a_window_maximum_as_one():
+    """softmax's row maximum is two accumulators over the row's halves (one `vmaxps`
+    chain is 4 cycles a vector: codegen/c_backend.py, _two_chains); max pooling's fixed
+    windows keep their one scan."""
+    softmax = _forward_c("softmax")
+    assert "reduction(max:bp_acc0, bp_acc0_hi)" in softmax
+    assert "const ptrdiff_t k = bp_k_j + bp_acc0_half;" in softmax
+    assert "_hi" not in _forward_c("maxpool2d")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("I", [1, 2, 7, 32, 33])
+def test_two_chain_row_maxima_equal_numpy(dtype, I):
+    """The maximum, or NaN, wherever it sits: the first half, the second, the odd last
+    element; rows of -Inf and Inf.  Through softmax, against NumPy in float64."""
+    rows = []
+    for at in sorted({0, I // 2 - 1, I // 2, I - 1} - {-1}):
+        for special in (50.0, np.nan, np.inf):
+            r = np.linspace(-3, 3, I)
+            r[at] = special
+            rows.append(r)
+    rows += [np.full(I, -np.inf), np.full(I, np.inf)]
+    z = np.array(rows, dtype=dtype)
+    got = codegen.load("softmax", backend="c", dtype=dtype).forward(z=z)["y"]
+    x = z.astype(np.float64)
+    with np.errstate(all="ignore"):
+        e = np.exp(x - x.max(1, keepdims=True))
+        want = e / e.sum(1, keepdims=True)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    tol = 2e-6 if dtype == "float32" else 1e-14     # a few ulp of the float's epsilon
+    fin = ~np.isnan(want)
+    assert np.allclose(got[fin], want[fin], rtol=tol, atol=0)

@@ -11,6 +11,7 @@ import codegen
 from bench import exhaustive_math
 from codegen.c_backend import c_sources
 from codegen.c_printer import OWN_FUNCTIONS, own_function
+from codegen.loader import resolve
 from codegen.plan import plan
 from derive import derive, parse_spec
 
@@ -18,7 +19,10 @@ from .oracles import require_oracle
 
 # The largest error over all 2^32 floats (python -m bench.exhaustive_math), in ulp of the
 # float result, rounded up: what the README promises and the sample must not exceed.
-BOUNDS = {"exp": 1.02, "log": 1.0, "log1p": 2.0, "tanh": 2.0, "erf": 2.0}
+# exp_nonpos over the floats <= 43 only, log1p_unit over [0, 1] (bench/exhaustive_math.py,
+# FOLD).
+BOUNDS = {"exp": 1.02, "exp_nonpos": 1.02, "log": 1.0, "log1p": 2.0, "log1p_unit": 2.0,
+          "tanh": 2.0, "erf": 2.0}
 
 
 def test_sampled_floats_within_the_exhaustive_bounds(tmp_path):
@@ -41,9 +45,14 @@ def test_the_checker_catches_a_wrong_function(monkeypatch):
     broken = broken.replace("const float special = x == 0 ? -HUGE_VALF",
                             "const float special = x == 0 ? HUGE_VALF")
     assert broken.count("1.000001F") == 1 and "? HUGE_VALF" in broken
+    # exp_nonpos with its subnormal results flushed to 0
+    scaled = "fmaf(q, s, s) * 5.42101086242752217e-20F"
+    assert broken.count(scaled) == 1
+    broken = broken.replace(scaled, f"({scaled} < 1.17549435e-38F ? 0 : {scaled})")
     monkeypatch.setattr(exhaustive_math, "render", lambda *a, **k: broken)
-    results = exhaustive_math.check(("tanh", "log"), stride=65537)
+    results = exhaustive_math.check(("tanh", "log", "exp_nonpos"), stride=65537)
     assert results["tanh"].max_ulp > 4 and results["log"].specials > 0
+    assert results["exp_nonpos"].max_ulp > 4
 
 
 SPECIAL = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1.1754942e-38, 1e-10, -1e-10,
@@ -85,7 +94,7 @@ def test_special_values_through_a_kernel_as_numpy(name):
 def _code_of(function: str) -> list[str]:
     """The statements of one own float function, comments left out."""
     source = exhaustive_math.render("c_vector_math.c.j2", helpers=set(exhaustive_math.FUNCTIONS))
-    body = source[source.index(f"static inline float {function}(float x)"):]
+    body = source[source.index(f"static inline float {function}(float "):]
     body = re.sub(r"/\*.*?\*/", "", body[:body.index("\n}\n")], flags=re.S)
     return [line.strip() for line in body.splitlines()[2:] if line.strip()]
 
@@ -122,3 +131,53 @@ def test_erf_coefficients_are_the_documented_fit():
         assert err < 0.5
         for c in coefficients:
             assert f"{c:.9e}F" in template, c
+
+
+def test_log1p_unit_coefficients_are_the_documented_fit():
+    """bp_log1p_unit_f32's coefficients are what bench/fit_log1p.py computes, the fit alone
+    well inside the bound, and the function divides nowhere."""
+    from bench import fit_log1p
+    coefficients, err = fit_log1p.fit()
+    assert err < 1
+    template = exhaustive_math.render("c_vector_math.c.j2", helpers={"log1p_unit"})
+    for c in coefficients:
+        assert f"{c:.9e}F" in template, c
+    assert not any(" / " in line for line in _code_of("bp_log1p_unit_f32"))
+
+
+def test_an_exp_below_its_row_maximum_is_the_range_limited_one():
+    """softmax's exp(z_i - m) and its sum's exp(z_k - m), m the row maximum, call
+    bp_exp_nonpos_f32 (codegen/exp_ranges.py: the plan's own Maximum statement says the
+    argument is <= 0); an exp the plan knows nothing of stays bp_exp_f32; double's are
+    the library's exp."""
+    softmax = c_sources(plan(derive(resolve("softmax"))))["softmax.c"]
+    assert "= bp_exp_nonpos_f32(bp_" in softmax and "bp_exp_f32(" not in softmax
+    assert "= exp(bp_" in softmax                                # the double kernels
+    spec = "layer plain_exp  exp, alone\ndims N, I\ninput z[N, I]\noutput y[N, I]\n\n" \
+        "y[n, i] = exp(z[n, i])\n"
+    plain = c_sources(plan(derive(parse_spec(spec))))["plain_exp.c"]
+    assert "= bp_exp_f32(z[" in plain and "bp_exp_nonpos_f32" not in plain
+
+
+def test_softmax_rows_that_underflow_as_numpy():
+    """Rows whose exps leave the normal range (subnormal, rounded to 0), and rows holding
+    -Inf, Inf or NaN, through the float softmax kernel against NumPy's float64 softmax
+    rounded: zeros and NaNs where NumPy has them, the rest within 2 ulp (the exp's
+    1.02 and the product by 1/s)."""
+    rows = np.array([[0.0, -80.0, -87.5, -95.0, -100.0, -103.9, -104.5, -200.0],
+                     [30.0, -57.5, -65.0, -73.3, -74.0, -3e38, -np.inf, 29.5],
+                     [1.0, 2.0, np.nan, 3.0, 4.0, 5.0, 6.0, 7.0],
+                     [1.0, np.inf, 2.0, 3.0, 4.0, 5.0, -np.inf, 7.0],
+                     [-np.inf] * 8], dtype=np.float32)
+    got = codegen.load("softmax", backend="c", dtype="float32").forward(z=rows)["y"]
+    z = rows.astype(np.float64)
+    with np.errstate(all="ignore"):
+        e = np.exp(z - z.max(1, keepdims=True))
+        want = e / e.sum(1, keepdims=True)
+    rounded = want.astype(np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), got
+    assert np.array_equal(got[rounded == 0], rounded[rounded == 0])
+    fin = ~np.isnan(want) & (rounded != 0)
+    assert np.any(np.abs(rounded[fin]) < np.finfo(np.float32).tiny)   # subnormals checked
+    err = np.abs(got[fin] - want[fin]) / np.spacing(np.abs(rounded[fin]))
+    assert err.max() <= 2, (err.max(), got[fin][err.argmax()], want[fin][err.argmax()])

@@ -98,66 +98,62 @@ static inline float bp_expm1_reduced_f32(float r)
     return fmaf(p, r * r, r);
 }
 
-/* exp(x) = 2^k p(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 in two
- * parts, so r is exact), p Cephes' degree-7 fit of exp(r).  Branch-free, so an omp simd
- * loop vectorizes it inline.  x is clamped below at -104 (the result is 0 there anyway)
- * and k above at 129 (p 2^129 is Inf for any p the reduction leaves, and so is p = Inf for
- * x = Inf); that upper clamp is an integer min on k's bits, one instruction, where a
- * second float clamp made GCC if-convert the whole function.  NaN passes through p.
- * 2^k is applied as two powers of two, 2^(e1 - 127) 2^(e2 - 127), so a subnormal result
- * rounds once: the rounding constant 1.5 * 2^23 + 255 leaves D = k + 255 in the low bits,
- * e1 = floor(D / 2) and e2 = ceil(D / 2) - 1 (both in [52, 192]) come out of two shifts,
- * and the constant's own bits fall off the top.  Within 1.02 ulp of exp over every float
- * (checked exhaustively against double). */
-static inline float bp_exp_f32(float x)
+/* exp(x) for x <= 43 only (x <= 0 where it is called: a row maximum subtracted, or
+ * -|x|; codegen/exp_ranges.py), NaN passing through: bp_exp_f32's reduction and
+ * polynomial without what the rest of the range costs.  No overflow, so no clamp on k.
+ * k is in [-150, 63] and k + 64 in the exponent's normal range, so 2^(k + 64) is one
+ * shift of the rounding constant's bits (1.5 * 2^23 + 191 leaves k + 191 there, and the
+ * constant's own bits fall off the top), and the result 2^(k + 64) (1 + q) 2^-64: the
+ * first product is exact (an fma, no +1 rounded apart), the last rounds once, a subnormal
+ * result too, as bp_exp_f32's two scales do.  x is clamped below at -104 (the result is
+ * 0 there anyway).  Within 1.01 ulp of exp over every float <= 43 (checked exhaustively
+ * against double); 6 instructions a vector fewer than bp_exp_f32. */
+static inline float bp_exp_nonpos_f32(float x)
 {
     const float xc = -104.0F > x ? -104.0F : x;
-    const float shifted = fmaf(xc, 1.44269504088896341F, 12583167.0F);
+    const float shifted = fmaf(xc, 1.44269504088896341F, 12583103.0F);
     int32_t bits;
     memcpy(&bits, &shifted, sizeof bits);
-    bits = bits < 0x4B400000 + 255 + 129 ? bits : 0x4B400000 + 255 + 129;
-    float clamped;
-    memcpy(&clamped, &bits, sizeof clamped);
-    const float k = clamped - 12583167.0F;
+    const float k = shifted - 12583103.0F;
     float r = fmaf(k, -0.693145751953125F, xc);
     r = fmaf(k, -1.428606765330187045e-06F, r);
-    const float p = bp_expm1_reduced_f32(r) + 1;
-    const int32_t half = bits >> 1;
-    const int32_t e1 = (int32_t)((uint32_t)half << 23), e2 = (int32_t)((uint32_t)(bits - 1 - half) << 23);
-    float s1, s2;
-    memcpy(&s1, &e1, sizeof s1);
-    memcpy(&s2, &e2, sizeof s2);
-    return p * s1 * s2;
+    const float q = bp_expm1_reduced_f32(r);
+    const int32_t sbits = (int32_t)((uint32_t)bits << 23);
+    float s;
+    memcpy(&s, &sbits, sizeof s);
+    return fmaf(q, s, s) * 5.42101086242752217e-20F;
+}
+
+/* log1p(e) for e in [0, 1] only (what softplus takes: e = exp(-|x|)), or NaN: 1 + e lies in
+ * [1, 2], so no range reduction is needed, and no division: e + e^2 Q(e), Q of degree 7
+ * fitted in ulp of the result (bench/fit_log1p.py); e^2 Q is under a third of e, so e,
+ * exact, carries the result.  Within 1.62 ulp of log1p over every float in [0, 1]
+ * (checked exhaustively; the former 2 atanh(e / (2 + e)) series: 1.97 ulp and a
+ * division). */
+static inline float bp_log1p_unit_f32(float e)
+{
+    float q = 5.320258904e-03F;
+    q = fmaf(q, e, -2.987466194e-02F);
+    q = fmaf(q, e, 7.886562496e-02F);
+    q = fmaf(q, e, -1.372193098e-01F);
+    q = fmaf(q, e, 1.913675517e-01F);
+    q = fmaf(q, e, -2.485222369e-01F);
+    q = fmaf(q, e, 3.332060874e-01F);
+    q = fmaf(q, e, -4.999961257e-01F);
+    return fmaf(q, e * e, e);
 }
 
 /* exp of -|x| only, so neither branch overflows; one division, no branch */
 static inline float bp_sigmoid_f32(float x)
 {
-    const float e = bp_exp_f32(-fabsf(x));
+    const float e = bp_exp_nonpos_f32(-fabsf(x));
     return (x >= 0 ? 1 : e) / (1 + e);
-}
-
-/* log1p(e) for e in [0, 1] only (what softplus takes): 1 + e lies in [1, 2], so no range
- * reduction is needed.  log1p(e) = 2 atanh(s), s = e / (2 + e) in [0, 1/3], whose odd
- * series to s^13 is exact to 1e-8 relative; within 2 ulp of log1p over every float in
- * [0, 1] (checked exhaustively), and half the time of the general log1pf. */
-static inline float bp_log1p_unit_f32(float e)
-{
-    const float s = e / (2 + e);
-    const float s2 = s * s;
-    float p = 2.0F / 13;
-    p = fmaf(p, s2, 2.0F / 11);
-    p = fmaf(p, s2, 2.0F / 9);
-    p = fmaf(p, s2, 2.0F / 7);
-    p = fmaf(p, s2, 2.0F / 5);
-    p = fmaf(p, s2, 2.0F / 3);
-    return fmaf(p * s2, s, 2 * s);
 }
 
 /* log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow for large |x| */
 static inline float bp_softplus_f32(float x)
 {
-    return (x > 0 ? x : 0) + bp_log1p_unit_f32(bp_exp_f32(-fabsf(x)));
+    return (x > 0 ? x : 0) + bp_log1p_unit_f32(bp_exp_nonpos_f32(-fabsf(x)));
 }
 #if BP_PART != 2
 
