@@ -8,9 +8,9 @@ import codegen
 from derive.builtins import BUILTINS, builtin
 from derive.evaluate import evaluate
 
-from .oracles import (GATED, assert_close, draw_sizes, finite_differences, gradients,
-                      random_arrays, rel_err, require_oracle, tolerance, torch_forward,
-                      torch_leaves)
+from .oracles import (GATED, OnFirstUse, assert_close, draw_sizes, finite_differences,
+                      gradients, random_arrays, rel_err, require_oracle, tolerance,
+                      torch_forward, torch_leaves)
 
 # Gradient tests run over the layers that have gradients; forward-only layers (an
 # optimizer step) are tested on their own terms below, against torch.optim.
@@ -21,7 +21,8 @@ CASES = [(name, seed) for name in GRADIENT_LAYERS for seed in range(3)]
 
 @pytest.fixture(scope="module")
 def kernels():
-    return {name: codegen.load(name) for name in BUILTINS}
+    """name -> a built-in's NumPy kernels, derived when a test first asks."""
+    return OnFirstUse(codegen.load)
 
 
 def setup(kernels, name, seed, one_hot=False):
