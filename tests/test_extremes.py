@@ -30,7 +30,8 @@ def kernels():
 
 
 def _load(cache, name, backend, dtype):
-    key = (name, backend, dtype)
+    # NumPy kernels follow the arrays' dtype: one load serves both dtypes
+    key = (name, backend, dtype if backend == "c" else None)
     if key not in cache:
         cache[key] = codegen.load(name, backend=backend,
                                   **({"dtype": dtype} if backend == "c" else {}))
