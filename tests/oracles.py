@@ -114,7 +114,8 @@ def draw_sizes(layer, rng, ones=False):
 
 
 def random_arrays(kernels, sizes, rng, one_hot=False):
-    """Inputs, parameters, targets and upstream gradients, float64."""
+    """Inputs, parameters, targets and upstream gradients, float64.  `kernels`: anything
+    that carries the layer (loaded kernels, or a derivation)."""
     layer = kernels.layer
     out = {}
     for t in layer.tensors.values():
