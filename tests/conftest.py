@@ -29,6 +29,17 @@ def _private_kernel_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def builtin_numpy_kernels():
+    """name -> a built-in's NumPy kernels, derived and emitted once per session (per xdist
+    worker) for every test file that checks them (they hold no state between calls)."""
+    import codegen
+
+    from .oracles import OnFirstUse
+
+    return OnFirstUse(codegen.load)
+
+
+@pytest.fixture(scope="session")
 def symbolic_oracle():
     """derive.evaluate.evaluate, computed once per (layer, derivation, arrays, options):
     the float32 and float64 cases of a test draw the same float64 arrays, and the oracle

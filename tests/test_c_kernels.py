@@ -25,8 +25,8 @@ def kernels():
 
 
 @pytest.fixture(scope="module")
-def numpy_kernels():
-    return OnFirstUse(codegen.load)
+def numpy_kernels(builtin_numpy_kernels):
+    return builtin_numpy_kernels
 
 
 def cast(arrays, dtype):

@@ -8,7 +8,7 @@ import codegen
 from derive.builtins import BUILTINS, builtin
 from derive.evaluate import evaluate
 
-from .oracles import (GATED, OnFirstUse, assert_close, draw_sizes, finite_differences,
+from .oracles import (GATED, assert_close, draw_sizes, finite_differences,
                       gradients, random_arrays, rel_err, require_oracle, tolerance,
                       torch_forward, torch_leaves)
 
@@ -20,9 +20,8 @@ CASES = [(name, seed) for name in GRADIENT_LAYERS for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    """name -> a built-in's NumPy kernels, derived when a test first asks."""
-    return OnFirstUse(codegen.load)
+def kernels(builtin_numpy_kernels):
+    return builtin_numpy_kernels
 
 
 def setup(kernels, name, seed, one_hot=False):
