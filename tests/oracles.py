@@ -45,6 +45,19 @@ a[n, i] = x[n, i] * g[n, i]
 """
 
 
+class OnFirstUse(dict):
+    """A dict whose value for a key is made by make(key) when it is first looked up: a
+    module's kernels are built as its tests ask for them, once each."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
+
+
 def require_oracle(name):
     """An optional oracle: "torch" or "jax" (the module), "latex" or "pdftoppm" (a
     program's path), "cc" (the C compiler, $CC or cc, as a command list).  Missing, the test is skipped,
@@ -101,7 +114,8 @@ def draw_sizes(layer, rng, ones=False):
 
 
 def random_arrays(kernels, sizes, rng, one_hot=False):
-    """Inputs, parameters, targets and upstream gradients, float64."""
+    """Inputs, parameters, targets and upstream gradients, float64.  `kernels`: anything
+    that carries the layer (loaded kernels, or a derivation)."""
     layer = kernels.layer
     out = {}
     for t in layer.tensors.values():

@@ -7,10 +7,10 @@ import pytest
 
 import codegen
 from derive.builtins import BUILTINS, builtin
-from derive.evaluate import evaluate
 
-from .oracles import (assert_close, draw_sizes, finite_differences, gradients, random_arrays,
-                      rel_err, require_oracle, tolerance, torch_forward, torch_leaves)
+from .oracles import (OnFirstUse, assert_close, draw_sizes, finite_differences, gradients,
+                      random_arrays, rel_err, require_oracle, tolerance, torch_forward,
+                      torch_leaves)
 from .test_numpy_kernels import FORWARD_ONLY, GRADIENT_LAYERS
 
 DTYPES = ("float32", "float64")
@@ -19,13 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def kernels():
-    return {(name, dt): codegen.load(name, backend="c", dtype=dt)
-            for name in BUILTINS for dt in DTYPES}
+    """(name, dtype) -> a built-in's C kernels, built when a test first asks (under
+    pytest-xdist each worker builds the ones its own tests use)."""
+    return OnFirstUse(lambda key: codegen.load(key[0], backend="c", dtype=key[1]))
 
 
 @pytest.fixture(scope="module")
-def numpy_kernels():
-    return {name: codegen.load(name) for name in BUILTINS}
+def numpy_kernels(builtin_numpy_kernels):
+    return builtin_numpy_kernels
 
 
 def cast(arrays, dtype):
@@ -36,12 +37,13 @@ def cast(arrays, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name, seed", [(n, s) for n in BUILTINS for s in range(3)])
-def test_against_numpy_and_symbolic(kernels, numpy_kernels, name, seed, dtype):
+def test_against_numpy_and_symbolic(kernels, numpy_kernels, symbolic_oracle, name, seed,
+                                    dtype):
     c = kernels[name, dtype]
-    rng = np.random.default_rng(2000 + seed)
+    rng = np.random.default_rng(2000 + seed)          # the same arrays for both dtypes
     sizes = draw_sizes(c.layer, rng, ones=(seed == 0))
     arrays = random_arrays(numpy_kernels[name], sizes, rng)
-    exact = evaluate(c.derivation, arrays)            # float64 symbolic oracle
+    exact = symbolic_oracle(c.derivation, arrays)     # float64, evaluated once per case
     a = cast(arrays, dtype)
     fwd = c.forward(**{n: a[n] for n in c.args})
     grads = gradients(c, **a)
@@ -319,14 +321,14 @@ LOSS_LAYERS = [n for n in BUILTINS if builtin(n).loss]     # parsed only: no cac
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name, seed", [(n, s) for n in LOSS_LAYERS for s in range(2)])
-def test_fused_forward_backward(kernels, numpy_kernels, name, seed, dtype):
+def test_fused_forward_backward(kernels, numpy_kernels, symbolic_oracle, name, seed, dtype):
     """One kernel computes the loss and every gradient (intermediates stay in scratch or
     are recomputed): the same values as forward + backward and the symbolic oracle."""
     c = kernels[name, dtype]
     rng = np.random.default_rng(3000 + seed)
     sizes = draw_sizes(c.layer, rng, ones=(seed == 0))
     arrays = random_arrays(numpy_kernels[name], sizes, rng)
-    exact = evaluate(c.derivation, arrays)
+    exact = symbolic_oracle(c.derivation, arrays)
     a = cast(arrays, dtype)
     got = c.forward_backward(**{n: a[n] for n in c.args})
     assert set(got) == {t.name for t in c.layer.outputs} | set(c.gradients)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import sympy as sp
 
-import codegen
 from derive import derive
 from derive.builtins import BUILTINS, builtin
 from derive.piecewise import FirstMax, Iverson, MaxOver, Where, maximum, minimum
@@ -16,15 +15,21 @@ from derive.document import document, write
 from derive.evaluate import evaluate
 from derive.latex import MatrixConverter, NoMatrixForm
 
-from .oracles import random_arrays, require_oracle
+from .oracles import OnFirstUse, random_arrays, require_oracle
 
 
 PIECEWISE = (Iverson, Where, maximum, minimum, MaxOver, FirstMax)
 
 
+@pytest.fixture(scope="module")
+def derivations():
+    """name -> a built-in's derivation, derived once for the tests that read it."""
+    return OnFirstUse(lambda name: derive(builtin(name)))
+
+
 @pytest.mark.parametrize("name", BUILTINS)
-def test_matrix_forms_equal_index_forms(name):
-    d = derive(builtin(name))
+def test_matrix_forms_equal_index_forms(derivations, name):
+    d = derivations[name]
     layer = d.layer
     shapes = {t.name: t.dims for t in layer.tensors.values()}
     shapes.update({"d" + n: dims for n, dims in list(shapes.items())})
@@ -35,7 +40,7 @@ def test_matrix_forms_equal_index_forms(name):
         sizes = layer.dim_sizes({dim: int(rng.choice([2, 3, 5])) for dim in free})
         if all(v >= 1 for v in sizes.values()):
             break
-    values = evaluate(d, random_arrays(codegen.load(name), sizes, rng))
+    values = evaluate(d, random_arrays(d, sizes, rng))
     for target, indices, expr in ([(s.name, s.indices, s.expr) for s in d.steps] +
                                   [(e.target, e.indices, e.rhs) for e in layer.equations]):
         if any(not isinstance(x, sp.Idx) for a in expr.atoms(sp.Indexed) for x in a.indices) \
@@ -109,10 +114,10 @@ def test_document_walks_the_chain_rule():
 
 
 @pytest.mark.parametrize("name", BUILTINS)
-def test_tex_compiles(tmp_path, name):
+def test_tex_compiles(tmp_path, derivations, name):
     engine = require_oracle("latex")
     tex = tmp_path / f"{name}.tex"
-    write(derive(builtin(name)), tex)
+    write(derivations[name], tex)
     r = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", tex.name],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, [line for line in r.stdout.splitlines() if line.startswith("!")]

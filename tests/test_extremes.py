@@ -10,7 +10,7 @@ import pytest
 import codegen
 from derive.builtins import BUILTINS, builtin
 
-from .oracles import draw_sizes, random_arrays, require_oracle, torch_forward
+from .oracles import OnFirstUse, draw_sizes, random_arrays, require_oracle, torch_forward
 
 EDGES = {"1e4": 1e4, "exp32-below": 88.7, "exp32-above": 88.75}
 DTYPES = ("float32", "float64")
@@ -25,16 +25,12 @@ CASES = [(n, e, d) for n in BUILTINS for e in EDGES for d in DTYPES
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    return {}
-
-
-def _load(cache, name, backend, dtype):
-    key = (name, backend, dtype)
-    if key not in cache:
-        cache[key] = codegen.load(name, backend=backend,
-                                  **({"dtype": dtype} if backend == "c" else {}))
-    return cache[key]
+def kernels(builtin_numpy_kernels):
+    """kernels(name, backend, dtype): the session's NumPy kernels (they follow the arrays'
+    dtype: one load serves both), and C kernels built here when first asked for."""
+    c = OnFirstUse(lambda key: codegen.load(key[0], backend="c", dtype=key[1]))
+    return lambda name, backend, dtype: \
+        builtin_numpy_kernels[name] if backend == "numpy" else c[name, dtype]
 
 
 def _extreme_arrays(k, edge, rng):
@@ -52,7 +48,7 @@ def _extreme_arrays(k, edge, rng):
 @pytest.mark.parametrize("name, edge, dtype", CASES)
 def test_extreme_inputs_stay_finite_and_equal_torch(kernels, backend, name, edge, dtype):
     torch = require_oracle("torch")
-    k = _load(kernels, name, backend, dtype)
+    k = kernels(name, backend, dtype)
     rng = np.random.default_rng(sum(map(ord, name + edge)))
     arrays = _extreme_arrays(k, EDGES[edge], rng)
     cast = {n: v if k.layer.tensors.get(n[1:] if n not in k.layer.tensors else n).values

@@ -8,9 +8,9 @@ import codegen
 from derive.builtins import BUILTINS, builtin
 from derive.evaluate import evaluate
 
-from .oracles import (GATED, assert_close, draw_sizes, finite_differences, gradients,
-                      random_arrays, rel_err, require_oracle, tolerance, torch_forward,
-                      torch_leaves)
+from .oracles import (GATED, assert_close, draw_sizes, finite_differences,
+                      gradients, random_arrays, rel_err, require_oracle, tolerance,
+                      torch_forward, torch_leaves)
 
 # Gradient tests run over the layers that have gradients; forward-only layers (an
 # optimizer step) are tested on their own terms below, against torch.optim.
@@ -20,8 +20,8 @@ CASES = [(name, seed) for name in GRADIENT_LAYERS for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    return {name: codegen.load(name) for name in BUILTINS}
+def kernels(builtin_numpy_kernels):
+    return builtin_numpy_kernels
 
 
 def setup(kernels, name, seed, one_hot=False):

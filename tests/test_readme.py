@@ -166,6 +166,19 @@ def test_the_ci_test_command_installs_the_docs_extra():
     assert "docs" in command and "train" in command and "pytest" in command
 
 
+def test_the_ci_test_command_runs_two_workers_it_installs():
+    """The suite runs on two pytest-xdist workers (-n 2; a 2-core CI machine) that keep
+    tests marked xdist_group together (--dist loadgroup), and the test extra the command
+    installs brings pytest-xdist."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"```\n(.*?)\n", readme.split("<!-- ci: test command -->", 1)[1])
+    assert re.search(r"pytest .*-n 2 --dist loadgroup\b", command.group(1))
+    assert "test" in command.group(1)
+    test_extra = re.search(r"^test = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(),
+                           re.M | re.S).group(1)
+    assert '"pytest-xdist>=' in test_extra, test_extra
+
+
 def test_shown_output_must_match():
     """The comparison can fail: a changed line, a missing line or extra output."""
     printed = "layer x\n\nforward:\n  y = 2*x\n"

@@ -51,3 +51,33 @@ def test_what_the_tests_prove_names_real_tests():
         assert test in defined[file], f"{file}::{test}"
     bare = set(re.findall(r"`(test_\w+)`", text))
     assert bare <= every, bare - every
+
+
+WHERE_AM_I = """
+import os
+
+
+def test_where(tmp_path):
+    (tmp_path.parent.parent / os.environ["PYTEST_XDIST_WORKER"]).write_text(
+        os.environ["BACKPROP_CACHE"])
+"""
+
+
+def test_xdist_workers_share_one_kernel_cache(tmp_path):
+    """README's command runs two pytest-xdist workers: both use the same private kernel
+    cache (a kernel one built, the other loads), and it is not the user's.  (--dist each:
+    each worker runs the one test.)"""
+    (tmp_path / "test_where.py").write_text(WHERE_AM_I)
+    base = tmp_path / "base"
+    env = {n: v for n, v in os.environ.items()       # not this run's cache, nor its worker
+           if n != "BACKPROP_CACHE" and not n.startswith("PYTEST_")}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "each",
+                        "-p", "tests.conftest", "-p", "no:cacheprovider",
+                        f"--basetemp={base}", str(tmp_path / "test_where.py")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    seen = {f.name: f.read_text() for f in base.iterdir() if f.name.startswith("gw")}
+    assert sorted(seen) == ["gw0", "gw1"], seen
+    assert len(set(seen.values())) == 1, seen
+    assert Path(seen["gw0"]).is_relative_to(base), seen

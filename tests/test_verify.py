@@ -35,6 +35,11 @@ def d_of(cache, name):
     return cache[name]
 
 
+# The tests that read the catalogue's run stay on one pytest-xdist worker (--dist
+# loadgroup), so the run (a minute of proofs) is made once, not once per worker.
+ON_ONE_WORKER = pytest.mark.xdist_group("verify-catalogue")
+
+
 @pytest.fixture(scope="module")
 def catalogue_records():
     """`backprop verify --catalogue --json`, run once: each entry's record, by name."""
@@ -44,6 +49,7 @@ def catalogue_records():
     return r.returncode, {rec["name"]: rec for rec in records}
 
 
+@ON_ONE_WORKER
 @pytest.mark.parametrize("entry", CATALOGUE, ids=[e.name for e in CATALOGUE])
 def test_catalogue_entry(catalogue_records, entry):
     """The expected verdict, reached the expected way: every HOLDS of the catalogue is
@@ -160,6 +166,7 @@ def test_cli_unreadable_claim_exits_nonzero():
     assert r.returncode == 2 and "SYMBOL=TENSOR" in r.stderr
 
 
+@ON_ONE_WORKER
 def test_cli_catalogue(catalogue_records):
     returncode, records = catalogue_records
     assert returncode == 0 and all(r["as_expected"] for r in records.values())
