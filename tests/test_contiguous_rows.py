@@ -59,7 +59,7 @@ def test_planes_walked_as_one_loop(tmp_path):
 def test_index_used_as_a_number_or_transposed_read_keeps_both_loops(tmp_path):
     code = _float_c(_spec(tmp_path, TRIANGLE))
     assert "< H*H; ++" not in code
-    assert "(j > i)" in code and "t[((n*C + c)*H + j)*H + i]" in code
+    assert "bp_select_f32(j > i, " in code and "t[((n*C + c)*H + j)*H + i]" in code
 
 
 def test_square_plane_extent_prints_as_a_c_product():
