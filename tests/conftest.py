@@ -55,7 +55,10 @@ def symbolic_oracle():
         key = (layer.name, layer.source, layer.equations, derivation.steps,
                tuple(sorted(options.items())), _digest(arrays))
         if key not in remembered:
-            values = evaluate(derivation, arrays, **options)
+            # copies: the values include the inputs themselves, which the caller may still
+            # change (a finite difference nudges them in place)
+            values = {n: v.copy() if isinstance(v, np.ndarray) else v
+                      for n, v in evaluate(derivation, arrays, **options).items()}
             for v in values.values():
                 if isinstance(v, np.ndarray):
                     v.setflags(write=False)
