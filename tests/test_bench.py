@@ -263,3 +263,20 @@ def test_torch_attention_backward_reuses_one_recorded_forward(monkeypatch):
     for a, b, c in zip(first, again, stepped):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_allclose(c.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_first_compile_bench_runs_a_cold_load_in_a_fresh_process(tmp_path):
+    """bench/first_compile.py: a record per fresh process, its time inside load part of
+    its wall time; a bad layer name is one line naming it.  No timing is asserted."""
+    script = [sys.executable, "bench/first_compile.py", "--scratch", str(tmp_path)]
+    r = subprocess.run(script + ["--layer", "relu", "--repeat", "2", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    runs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["layer"], x["dtype"]) for x in runs] == [("relu", "float32")] * 2
+    assert all(0 < x["load"] < x["wall"] for x in runs)
+    bad = subprocess.run(script + ["--layer", "nope", "--repeat", "1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("first_compile: loading 'nope' failed: ")
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
