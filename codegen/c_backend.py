@@ -103,10 +103,10 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
             backward_temps=_offsets(loops.backward_temps),
             forward=mark_streams(side_by_side(_views(loops.forward, printer, shapes,
                                                      lowered, seen)),
-                                 loops.forward, plan.returns, printer),
+                                 loops.forward, plan.returns, printer, shapes),
             backward=mark_streams(side_by_side(_views(loops.backward, printer, shapes,
                                                       lowered, seen)),
-                                  loops.backward, plan.gradients, printer),
+                                  loops.backward, plan.gradients, printer, shapes),
             fused_params=params(plan.args, fused_out),
             inplace_params=params(plan.args, plan.returns).replace("restrict ", ""),
             inplace=_inplace_view(loops.forward, printer) if inplace else None,
@@ -117,7 +117,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
             fused=mark_streams(side_by_side(_views(loops.fused, printer, shapes, lowered,
-                                                   seen)), loops.fused, fused_out, printer),
+                                                   seen)), loops.fused, fused_out, printer,
+                                 shapes),
         ))
     seed = f"seeded with d{layer.loss} = 1" if layer.loss else \
         "from the upstream gradient" + ("s " if len(plan.upstream) > 1 else " ") + \

@@ -125,11 +125,11 @@ def _flat_streams(g: dict, outputs, read: set[str], printer) -> bool:
     return True
 
 
-def mark_streams(views: list[dict], nests, outputs, printer) -> list[dict]:
+def mark_streams(views: list[dict], nests, outputs, printer, shapes: dict) -> list[dict]:
     """Adds `stream` to each view (or row loop member, or part of a merged inner loop)
     whose output is streamed: see _stream."""
     read, outputs = read_arrays(nests), set(outputs)
-    mark_gather_streams(views, outputs, read, printer)
+    mark_gather_streams(views, outputs, read, printer, shapes)
     for v in views:
         if v.get("group") and _flat_streams(v, outputs, read, printer):
             continue

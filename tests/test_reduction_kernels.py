@@ -100,6 +100,18 @@ def test_maxpool_backward_streams_dx_rows_through_a_tile():
         assert store in body
     assert "bp_select_f32(" in body and "? dy[" not in streamed
     assert "bp_tile" not in plain and "bp_row__s1" not in plain and "dx[" in plain
+    # each iteration first asks for the two rows of x that the one BP_STREAM_AHEAD later
+    # ranks (codegen/gather_streams.read_ahead), rows that exist only; dy (other shape) not
+    ahead = ("if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f32("
+             "&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);")
+    assert streamed.count(ahead) == 5 and "bp_stream_ahead" not in plain
+    assert "bp_stream_ahead_f32(&dy" not in streamed
+
+
+def test_a_gather_reading_no_array_of_its_target_s_shape_asks_for_nothing_ahead():
+    """Average pooling's dx reads only dy (the windows' shape): nothing to ask for."""
+    streamed, _ = _branches(_backward_c("avgpool2d"))
+    assert "bp_tile[" in streamed and "bp_stream_ahead_f32(&" not in streamed
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
