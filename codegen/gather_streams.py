@@ -10,7 +10,9 @@ lines are written without being fetched first (write-allocate), and the tile sta
 Each flush keeps its last partial line and the next one, starting right after it,
 completes it (bp_stream_carry in templates/c_streams.c.j2), so a plane goes out in whole
 lines wherever the target starts in a line; only the plane's first and last partial lines
-are stored plainly.  With the ranks found row by row (codegen/plane_fusion.rows_where_read)
+are stored plainly.  Each iteration first asks for the rows that the iteration
+BP_STREAM_AHEAD later reads of the inputs of the target's shape (read_ahead).  With the
+ranks found row by row (codegen/plane_fusion.rows_where_read)
 and both rows of each window written by one loop (codegen/loops._side_by_side), max
 pooling's backward (N=32, C=64, 112x112) takes 15-16 ms at one thread in a C harness on
 arrays 16 bytes into a line, as NumPy's are, against 27-32 ms before the tile
