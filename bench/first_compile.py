@@ -61,6 +61,8 @@ def main(argv=None) -> None:
                          "folder; it must allow loading shared objects)")
     ap.add_argument("--json", action="store_true", help="one JSON record per run")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
     scratch = Path(args.scratch).expanduser()
     scratch.mkdir(parents=True, exist_ok=True)
     runs = []

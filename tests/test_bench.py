@@ -280,3 +280,5 @@ def test_the_first_compile_bench_runs_a_cold_load_in_a_fresh_process(tmp_path):
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("first_compile: loading 'nope' failed: ")
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    none = subprocess.run(script + ["--repeat", "0"], capture_output=True, text=True)
+    assert none.returncode == 2 and "--repeat must be at least 1, got 0" in none.stderr
