@@ -122,6 +122,10 @@ def tidy_bound(expr, taken: set[str], letters=None):
         return _rebind(expr, mapping, tidy_bound(expr.args[0], scope, letters))
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
         return expr
+    # a free index anywhere in this term is taken inside each of its factors' sums too:
+    # y[n, c] * sum_k t[n, k] must not become y[n, c] * sum_c t[n, c], which reads as one c
+    # (and which contract and simplify then took as one: a wrong claim HOLDS)
+    taken = set(taken) | {i.label.name for i in free_indices(expr)}
     return expr.func(*[tidy_bound(a, taken, letters) for a in expr.args])
 
 

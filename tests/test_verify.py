@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import sympy as sp
 
 from derive import LayerBuilder, derive
 from derive.builtins import builtin
@@ -84,6 +85,23 @@ def test_bound_index_names_do_not_matter():
     assert (v.verdict, v.method) == ("HOLDS", "symbolic")
     v = verify(derive(layer), r"\sum_k y_k = 0")
     assert (v.verdict, v.method) == ("HOLDS", "symbolic")
+
+
+@pytest.mark.parametrize("factor, verdict", [("", "HOLDS"), ("-", "FALSE"), ("2", "FALSE")])
+def test_a_sum_s_index_is_not_renamed_onto_a_free_one(factor, verdict):
+    """mlp2's dz2 = (y_nc sum_k t_nk - t_nc) / N.  Renaming the bound k to c, free beside it
+    (y_nc sum_c t_nc), made the difference of any multiple of the formula simplify to 0:
+    its negation and its double were proven to HOLD."""
+    from derive.indices import tidy_bound
+    d = derive(builtin("mlp2"))
+    claim = (r"\bar{z}^{(2)}_{nc} = " + factor +
+             r"\frac{y_{nc} \sum_{k} t_{nk} - t_{nc}}{N}")
+    assert verify(d, claim).verdict == verdict
+    y, t = (sp.IndexedBase(name) for name in "yt")
+    n, c, k = (sp.Idx(name, sp.Symbol(dim)) for name, dim in zip("nck", "NCC"))
+    tidy = tidy_bound(y[n, c] * sp.Sum(t[n, k], (k, 0, sp.Symbol("C") - 1)), set())
+    (bound,) = tidy.atoms(sp.Sum).pop().variables
+    assert bound != c
 
 
 def test_ones_vectors_take_their_length_from_the_claim(derivations):
