@@ -723,10 +723,12 @@ def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
                                init=sp.Integer(0), step=None)
     known = {**shapes, **{v.name: v.dims for v in s.views}}
     # one GEMM from a start of 0 writes every element (beta = 0): the fill runs only
-    # where the product is skipped (one parallel region a step fewer)
+    # where the product is skipped (one parallel region a step fewer); a later product
+    # of several (loops._split_init) adds to what the target holds: no fill at all
     overwrite = n.init == 0 and not s.gemm.loops
+    adds = n.init == sp.IndexedBase(n.target)[n.out]
     calls = _gemm_calls(s.gemm, printer)
-    return dict(calls, views=views, fill=_view(fill, printer, known),
+    return dict(calls, views=views, fill=None if adds else _view(fill, printer, known),
                 panels=_panels_view(s, calls, printer),
                 cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1",
                 beta=0 if overwrite else 1, overwrite=overwrite)

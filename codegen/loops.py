@@ -138,46 +138,55 @@ def fusable(plan: KernelPlan) -> bool:
 
 def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[Nest]:
     nests: list[Nest] = []
-    expr = st.expr
-    init, reduction = _split_init(expr, st.indices)
-    coeff, core = _split_coefficient(reduction)
-    if isinstance(core, (sp.Sum, Maximum, ArgMax)):
+    init, reductions = _split_init(st.expr, st.indices)
+    for k, reduction in enumerate(reductions):
+        # a later reduction of several starts from the target: it adds to it
+        start = init if k == 0 else _ref(st.name, tuple(st.indices))
+        coeff, core = _split_coefficient(reduction)
+        if not isinstance(core, (sp.Sum, Maximum, ArgMax)):
+            break
         body, reduced, op, bounds = _reduction_parts(core)
         ctx = tuple(st.indices) + tuple(reduced)
         body = _hoist(body, temps, nests, counter, ctx, known, bounds)
-        init = _hoist(init, temps, nests, counter, tuple(st.indices), known)
+        start = _hoist(start, temps, nests, counter, tuple(st.indices), known)
         key = _key(op, body, reduced, tuple(st.indices), bounds)
         if key in known:          # computed already (db = sum dy, which dx needed too)
-            value = init + coeff * _ref(known[key], tuple(st.indices))
+            value = start + coeff * _ref(known[key], tuple(st.indices))
             nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices),
                               (), value, comment=st.formula))
-            return nests
-        if coeff == 1 and init == 0:
+            continue
+        if coeff == 1 and start == 0 and len(reductions) == 1:
             known[key] = st.name
         nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
-                                  init, bounds))
+                                  start, bounds))
+    else:
         return nests
-    expr = _hoist(expr, temps, nests, counter, tuple(st.indices), known)
+    expr = _hoist(st.expr, temps, nests, counter, tuple(st.indices), known)
     nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices), (), expr,
                       comment=st.formula))
     return nests
 
 
 def _split_init(expr, out):
-    """base + c * Sum(...) -> (base, c * Sum(...)) when the sum covers every output index
-    and base has no sum: then the reduction starts from base instead of a temporary."""
+    """base + c1 * Sum(...) + c2 * Sum(...) ... -> (base, [c1 * Sum(...), ...]) when every
+    sum covers every output index and base has no sum: the first reduction starts from
+    base, each later one from the target (it adds to it), where a temporary per sum and a
+    pass adding them would write and read every sum once more (an LSTM's gates, W_ih x[t]
+    + W_hh h[t - 1] + b: both products accumulate into a).  Sums that read a shifted
+    step (h[t - 1]) go last, so that a recurrence runs per step only its own product,
+    after the others ran over all steps at once.  (0, [expr]) otherwise."""
     if not isinstance(expr, sp.Add):
-        return sp.Integer(0), expr
-    candidates = [t for t in expr.args if _split_coefficient(t)[1] is not t or
-                  isinstance(t, sp.Sum)]
-    candidates = [t for t in candidates if isinstance(_split_coefficient(t)[1], sp.Sum)
+        return sp.Integer(0), [expr]
+    candidates = [t for t in expr.args if isinstance(_split_coefficient(t)[1], sp.Sum)
                   and free_indices(t) == set(out)]
-    if len(candidates) != 1:
-        return sp.Integer(0), expr
-    base = expr - candidates[0]
+    if not candidates:
+        return sp.Integer(0), [expr]
+    base = expr - sp.Add(*candidates)
     if base.has(sp.Sum) or base.has(Maximum):
-        return sp.Integer(0), expr
-    return base, candidates[0]
+        return sp.Integer(0), [expr]
+    shifted = lambda t: any(not isinstance(i, sp.Idx) for a in t.atoms(sp.Indexed)
+                            for i in a.indices)
+    return base, sorted(candidates, key=shifted)
 
 
 def _split_coefficient(expr):

@@ -316,6 +316,57 @@ def test_matrix_products_through_blas_and_through_loops(kernels, numpy_kernels, 
             assert_close(got[n], exact[n], tol, (blas, n, sizes))
 
 
+# Several products summed into one target: each accumulates into it in turn
+# (codegen/loops._split_init): y's two GEMMs (the first from the bias), u's hand-loop
+# product after its GEMM, the loss's two scalar sums.
+PRODUCTS = """layer two_products  y = W x + V z + b, u = W x + (V z)^2 summed apart, a loss of both
+dims N, I, K, J
+input  x[N, I], z[N, K]
+param  W[J, I], V[J, K], b[J]
+output y[N, J], u[N, J]
+loss   L
+
+y[n, j] = W[j, i] * x[n, i] + b[j] + V[j, k] * z[n, k]
+u[n, j] = W[j, i] * x[n, i] + V[j, k] * z[n, k] * z[n, k] - y[n, j]
+L = sum(y[n, j] * y[n, j], n, j) / N + sum(u[n, j], n, j)
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_several_products_accumulate_into_one_target(dtype):
+    """A target that is a sum of several products (an LSTM's gates: W_ih x + W_hh h + b)
+    gets no scratch array per product: the first product starts from the rest, each later
+    one adds to the target.  The forward needs no scratch, and its C equals the
+    NumPy backend (float64) and, for the loss's gradients, finite differences of the NumPy
+    forward, through BLAS and through the generated loops."""
+    from codegen.c_backend import lower_for_c
+    from codegen.plan import plan
+    from derive import derive, parse_spec
+    layer = parse_spec(PRODUCTS)
+    c = codegen.load(layer, backend="c", dtype=dtype)
+    npk = codegen.load(layer, backend="numpy")
+    loops = lower_for_c(plan(derive(layer)), {t.name: t.dims for t in layer.tensors.values()})
+    assert not loops.forward_temps
+    assert [(n.target, n.kind) for n in loops.forward] == [
+        (t, "reduce") for t in ("y", "y", "u", "u", "L", "L")]
+    rng = np.random.default_rng(5)
+    sizes = dict(N=7, I=5, K=11, J=3)
+    arrays = random_arrays(npk, sizes, rng)
+    exact = {**npk.forward(**{n: arrays[n] for n in npk.args}), **npk.backward(**arrays)}
+    for name in ("x", "z", "W", "V", "b"):
+        assert_close(exact["d" + name], finite_differences(npk, arrays, name), 1e-7, name)
+    a = cast(arrays, dtype)
+    tol = max(tolerance(np.dtype(dtype), sizes), 50 * np.finfo(dtype).eps)
+    try:
+        for blas in (True, False):
+            c.use_blas(blas)
+            got = {**c.forward(**{n: a[n] for n in c.args}), **c.backward(**a)}
+            for n in ("y", "u", "L", "dx", "dz", "dW", "dV", "db"):
+                assert_close(got[n], exact[n], tol, (blas, n))
+    finally:
+        c.use_blas(True)
+
+
 LOSS_LAYERS = [n for n in BUILTINS if builtin(n).loss]     # parsed only: no cache written
 
 

@@ -6,7 +6,6 @@ import re
 import numpy as np
 import sympy as sp
 import pytest
-import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +13,7 @@ import codegen
 from derive import derive
 from derive.builtins import builtin
 from derive.errors import SpecError
+from derive.indices import dim_of
 from derive.parser import parse_spec
 from derive.pretty import formula
 
@@ -337,15 +337,30 @@ def test_the_loops_without_a_gemm_equal_the_gemm_route(kernels, layer):
 
 
 def test_a_step_runs_its_gate_math_as_one_pass():
-    """Inside the loop over t, the LSTM's bias sums, gates, cell and output share one
-    parallel loop over the batch: the row of h[t, n, j] is n once t is held."""
+    """Inside the loop over t, the LSTM's gates, cell and output share one parallel loop
+    over the batch: the row of h[t, n, j] is n once t is held."""
     from codegen.loops import Group, fuse
     loops, _ = _lowered("lstm")
     (scan,) = [n for n in loops.forward if n.kind == "scan"]
     parts = fuse(list(scan.copies), alone=lambda m: m.step is not None, fixed={scan.loops[0]})
     groups = [p for p in parts if isinstance(p, Group)]
     assert len(groups) == 1
-    assert {n.target for n in groups[0].nests} == {"a", "ig", "fg", "gg", "og", "c", "h"}
+    assert {n.target for n in groups[0].nests} == {"ig", "fg", "gg", "og", "c", "h"}
+
+
+def test_both_products_of_the_gates_accumulate_into_a():
+    """a = W_ih x[t] + b_ih + W_hh h[t - 1] + b_hh: the biases and the input projection of
+    all steps are written into a before the steps, and each step's recurrent product adds
+    to a[t] (beta = 1), with no scratch array per product and no pass adding them."""
+    loops, _ = _lowered("lstm")
+    (scan,) = [n for n in loops.forward if n.kind == "scan"]
+    writers = [n for n in loops.forward if n.target == "a" and n is not scan]
+    (step,) = [m for m in scan.copies if m.target == "a"]
+    assert len(writers) == 1 and writers[0].kind == "reduce"
+    assert loops.forward.index(writers[0]) < loops.forward.index(scan)
+    assert step.step is not None and step.init == sp.IndexedBase("a")[step.out]
+    assert {str(dim_of(i)) for i in step.reduced} == {"H"}        # W_hh h[t - 1], per step
+    assert not [t for t in loops.forward_temps if t.name.startswith("_s")]
 
 
 def test_a_step_s_weight_is_packed_once_before_the_steps():
@@ -455,15 +470,15 @@ def test_the_steps_run_in_one_thread_team():
 
 
 def test_one_gemm_from_zero_writes_without_a_fill():
-    """The input projection of all steps is one GEMM from a start of 0: it overwrites its
-    scratch (beta = 0), with no pass that fills it with zeros first."""
+    """dx of all steps is one GEMM from a start of 0: it overwrites dx (beta = 0), with
+    no pass that fills it with zeros first."""
     from codegen.c_backend import c_sources
     from codegen.plan import plan
     source = c_sources(plan(derive(builtin("lstm"))))["lstm.c"]
-    body = source[source.index("int bp_lstm_forward_f32("):]
-    projection = body[body.index("/* sum over i */"):body.index("/* a recurrence")]
+    body = source[source.index("int bp_lstm_backward_f32("):]
+    projection = body[body.index("/* dx[t, n, i] = "):body.index("/* dh0[n, k] = ")]
     gemm = projection[:projection.index("} else {")]          # the GEMM route
-    assert "= 0;" not in gemm and ", I, 0, _s2 + bp_a" in gemm
+    assert "= 0;" not in gemm and ", 4*H, 1, da, 4*H, W_ih + bp_a, I, 0, dx + bp_a, I)" in gemm
 
 
 def test_the_document_starts_a_recurrent_output_s_total_from_its_upstream_gradient():

@@ -793,15 +793,6 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
-                }
-            }
-        }
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -828,15 +819,6 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
-                }
-            }
-        }
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1632,15 +1614,6 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
-                }
-            }
-        }
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1667,15 +1640,6 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t b = 0; b < B; ++b) {
-            for (ptrdiff_t t = 0; t < T; ++t) {
-                BP_OMP(simd)
-                for (ptrdiff_t d = 0; d < D; ++d) {
-                    dx[(b*T + t)*D + d] = dx[(b*T + t)*D + d];
-                }
-            }
-        }
         BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {

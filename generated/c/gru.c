@@ -389,7 +389,7 @@ size_t bp_gru_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*(size_t)H*(size_t)H + (size_t)3*H*(size_t)bp_panel_cols(H);
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)T*(size_t)N*(size_t)3*(size_t)H + (size_t)3*H*(size_t)bp_panel_cols(H);
 }
 
 void bp_gru_set_threads(int threads)
@@ -787,9 +787,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const dr = bp_work + T*N*H + T*N*H;
     float *const dah = bp_work + T*N*H + T*N*H + T*N*H;
     float *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H;
-    float *const _s1 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
-    float *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
-    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
+    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
     /* a recurrence: step by step, from the last */
     if (bp_gru_gemm_f32 != NULL) bp_gru_panel_pack_f32(3*H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(3*H) >= BP_PARALLEL_MIN))
@@ -998,7 +996,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
 #endif
     }
-    /* sum over n */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
     if (bp_gru_gemm_f32 != NULL) {
         BP_OMP(parallel if ((3*H)*(H)*(N) >= BP_PARALLEL_MIN))
         {
@@ -1007,8 +1005,8 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N, 1, dah, 3*H, h0 + bp_a, H, 0, _s1 + bp_a, H);
-                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, H, N, 1, dah + bp_a, 3*H, h0, H, 0, _s1 + bp_a*(H), H);
+                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N, 1, dah, 3*H, h0 + bp_a, H, 0, dW_hh + bp_a, H);
+                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, H, N, 1, dah + bp_a, 3*H, h0, H, 0, dW_hh + bp_a*(H), H);
             }
         }
     } else {
@@ -1018,7 +1016,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s1[(g*H + j)*H + k] = 0;
+                    dW_hh[(g*H + j)*H + k] = 0;
                 }
             }
         }
@@ -1029,14 +1027,14 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     const float bp_acc_r0 = dah[(n*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                        dW_hh[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                     }
                 }
             }
         }
 #endif
     }
-    /* sum over n, t */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
     if (bp_gru_gemm_f32 != NULL) {
         BP_OMP(parallel if ((3*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
@@ -1045,21 +1043,12 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N*(T - 1), 1, dah + (1)*(N*3*H), 3*H, h + bp_a, H, 0, _s2 + bp_a, H);
-                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dah + (1)*(N*3*H) + bp_a, 3*H, h, H, 0, _s2 + bp_a*(H), H);
+                if (bp_by_cols) bp_gru_gemm_f32(101, 112, 111, 3*H, bp_b - bp_a, N*(T - 1), 1, dah + (1)*(N*3*H), 3*H, h + bp_a, H, 1, dW_hh + bp_a, H);
+                else bp_gru_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dah + (1)*(N*3*H) + bp_a, 3*H, h, H, 1, dW_hh + bp_a*(H), H);
             }
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s2[(g*H + j)*H + k] = 0;
-                }
-            }
-        }
         BP_OMP(parallel for if (3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1068,7 +1057,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                         const float bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
                         BP_OMP(simd)
                         for (ptrdiff_t k = 0; k < H; ++k) {
-                            _s2[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                            dW_hh[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                         }
                     }
                 }
@@ -1078,39 +1067,6 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
-        #if BP_STREAMS
-        if (3*H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
-                && H*H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[(g*H)*H], sizeof(float), H*H);
-        ptrdiff_t bp_b;
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < bp_head; ++k) {
-            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-        }
-        for (bp_b = bp_head; bp_b + 16 <= H*H; bp_b += 16) {
-            BP_STREAM_BLOCK float bp_block[16];
-            BP_OMP(simd)
-            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
-                const ptrdiff_t k = bp_b + bp_j;
-                (void)k;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-            }
-            bp_stream_f32(&dW_hh[(g*H)*H + bp_b], bp_block);
-        }
-        BP_OMP(simd)
-        for (ptrdiff_t k = bp_b; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-        }
-        bp_stream_fence();
-        } else
-        #endif
-        {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-        }
-        }
         /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1462,9 +1418,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const dr = bp_work + T*N*H + T*N*H;
     double *const dah = bp_work + T*N*H + T*N*H + T*N*H;
     double *const dai = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H;
-    double *const _s1 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
-    double *const _s2 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H;
-    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H + 3*H*H + 3*H*H;
+    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*H + T*N*3*H + T*N*3*H;
     /* a recurrence: step by step, from the last */
     if (bp_gru_gemm_f64 != NULL) bp_gru_panel_pack_f64(3*H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(3*H) >= BP_PARALLEL_MIN))
@@ -1673,7 +1627,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
 #endif
     }
-    /* sum over n */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
     if (bp_gru_gemm_f64 != NULL) {
         BP_OMP(parallel if ((3*H)*(H)*(N) >= BP_PARALLEL_MIN))
         {
@@ -1682,8 +1636,8 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N, 1, dah, 3*H, h0 + bp_a, H, 0, _s1 + bp_a, H);
-                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, H, N, 1, dah + bp_a, 3*H, h0, H, 0, _s1 + bp_a*(H), H);
+                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N, 1, dah, 3*H, h0 + bp_a, H, 0, dW_hh + bp_a, H);
+                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, H, N, 1, dah + bp_a, 3*H, h0, H, 0, dW_hh + bp_a*(H), H);
             }
         }
     } else {
@@ -1693,7 +1647,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s1[(g*H + j)*H + k] = 0;
+                    dW_hh[(g*H + j)*H + k] = 0;
                 }
             }
         }
@@ -1704,14 +1658,14 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                     const double bp_acc_r0 = dah[(n*3 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s1[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                        dW_hh[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                     }
                 }
             }
         }
 #endif
     }
-    /* sum over n, t */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
     if (bp_gru_gemm_f64 != NULL) {
         BP_OMP(parallel if ((3*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
@@ -1720,21 +1674,12 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             const ptrdiff_t bp_extent = bp_by_cols ? H : 3*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N*(T - 1), 1, dah + (1)*(N*3*H), 3*H, h + bp_a, H, 0, _s2 + bp_a, H);
-                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dah + (1)*(N*3*H) + bp_a, 3*H, h, H, 0, _s2 + bp_a*(H), H);
+                if (bp_by_cols) bp_gru_gemm_f64(101, 112, 111, 3*H, bp_b - bp_a, N*(T - 1), 1, dah + (1)*(N*3*H), 3*H, h + bp_a, H, 1, dW_hh + bp_a, H);
+                else bp_gru_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dah + (1)*(N*3*H) + bp_a, 3*H, h, H, 1, dW_hh + bp_a*(H), H);
             }
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s2[(g*H + j)*H + k] = 0;
-                }
-            }
-        }
         BP_OMP(parallel for if (3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1743,7 +1688,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                         const double bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
                         BP_OMP(simd)
                         for (ptrdiff_t k = 0; k < H; ++k) {
-                            _s2[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                            dW_hh[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                         }
                     }
                 }
@@ -1753,39 +1698,6 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     BP_OMP(parallel for if (3*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 3; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*dah[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*dah[t, n, g, j]) */
-        #if BP_STREAMS
-        if (3*H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
-                && H*H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[(g*H)*H], sizeof(double), H*H);
-        ptrdiff_t bp_b;
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < bp_head; ++k) {
-            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-        }
-        for (bp_b = bp_head; bp_b + 8 <= H*H; bp_b += 8) {
-            BP_STREAM_BLOCK double bp_block[8];
-            BP_OMP(simd)
-            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
-                const ptrdiff_t k = bp_b + bp_j;
-                (void)k;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-            }
-            bp_stream_f64(&dW_hh[(g*H)*H + bp_b], bp_block);
-        }
-        BP_OMP(simd)
-        for (ptrdiff_t k = bp_b; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-        }
-        bp_stream_fence();
-        } else
-        #endif
-        {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s1[(g*H)*H + k] + _s2[(g*H)*H + k];
-        }
-        }
         /* db_ih[g, j] = sum_{t,n}(dai[t, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {

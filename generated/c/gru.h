@@ -53,7 +53,7 @@ typedef void (*bp_gemm_f64_t)(int layout, int trans_a, int trans_b, ptrdiff_t m,
                               double *c, ptrdiff_t ldc);
 #endif
 
-/* Matrix products (ai, ah in forward; dh_total, dx, dh0, dW_ih, _s1, _s2 in backward) call these when set; NULL (the
+/* Matrix products (ai, ah in forward; dh_total, dx, dh0, dW_ih, dW_hh, dW_hh in backward) call these when set; NULL (the
  * default) runs the built-in loops.  Not thread-safe: set before calling the kernels. */
 void bp_gru_set_gemm(bp_gemm_f32_t sgemm, bp_gemm_f64_t dgemm);
 /* Returns 1: some products here are loops of small GEMMs over blocks, run on the kernel's

@@ -379,7 +379,7 @@ size_t bp_lstm_forward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)H*(size_t)bp_panel_cols(4*H);
+    return (size_t)H*(size_t)bp_panel_cols(4*H);
 }
 
 size_t bp_lstm_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G)
@@ -389,7 +389,7 @@ size_t bp_lstm_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     (void)I;
     (void)H;
     (void)G;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)4*(size_t)H*(size_t)H + (size_t)4*H*(size_t)bp_panel_cols(H);
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)4*(size_t)H + (size_t)4*H*(size_t)bp_panel_cols(H);
 }
 
 void bp_lstm_set_threads(int threads)
@@ -621,11 +621,20 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
 #if !BP_GEMM_LOOPS
     if (bp_lstm_gemm_f32 == NULL) return -2;   /* built without its loops */
 #endif
-    float *const _s1 = bp_work + 0;
-    float *const _s2 = bp_work + T*N*4*H;
-    float *const _W_hh_panels0 = bp_work + T*N*4*H + T*N*4*H;
-    /* sum over i */
+    float *const _W_hh_panels0 = bp_work + 0;
+    /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
     if (bp_lstm_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        a[((t*N + n)*G + g)*H + j] = b_hh[g*H + j] + b_ih[g*H + j];
+                    }
+                }
+            }
+        }
         BP_OMP(parallel if ((N*T)*(4*H)*(I) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -633,8 +642,8 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 0, _s2 + bp_a, 4*H);
-                else bp_lstm_gemm_f32(101, 111, 112, bp_b - bp_a, 4*H, I, 1, x + bp_a*(I), I, W_ih, I, 0, _s2 + bp_a*(4*H), 4*H);
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, a + bp_a, G*H);
+                else bp_lstm_gemm_f32(101, 111, 112, bp_b - bp_a, 4*H, I, 1, x + bp_a*(I), I, W_ih, I, 1, a + bp_a*(G*H), G*H);
             }
         }
     } else {
@@ -649,7 +658,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                         for (ptrdiff_t i = 0; i < I; ++i) {
                             bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
                         }
-                        _s2[((t*N + n)*4 + g)*H + j] = bp_acc;
+                        a[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j] + b_ih[g*H + j];
                     }
                 }
             }
@@ -663,24 +672,14 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t t = 0; t < T; ++t) {
             if (bp_lstm_gemm_f32 != NULL) {
                 const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-                float *const bp__s1_step1 = _s1 + 4*H*N*t;
+                float *const bp_a_step1 = a + G*H*N*t;
                 if (bp_h0_step0 != NULL) {
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (4*H + 64 - 1) / 64;
-                        bp_lstm_panel_gemm_f32(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, 4*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_lstm_panel_gemm_f32(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_a_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
-                } else {
-                    BP_OMP(for)
-                    for (ptrdiff_t n = 0; n < N; ++n) {
-                        for (ptrdiff_t g = 0; g < 4; ++g) {
-                            BP_OMP(simd)
-                            for (ptrdiff_t j = 0; j < H; ++j) {
-                                _s1[((t*N + n)*4 + g)*H + j] = 0;
-                            }
-                        }
-                    }
                 }
             } else {
 #if BP_GEMM_LOOPS
@@ -693,7 +692,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                             for (ptrdiff_t k = 0; k < H; ++k) {
                                 bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
                             }
-                            _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                            a[((t*N + n)*G + g)*H + j] = bp_acc + a[((t*N + n)*G + g)*H + j];
                         }
                     }
                 }
@@ -701,24 +700,17 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
-                /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
-                    }
-                }
                 /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G)*H + j]);
-                    const float bp_acc2_m = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
-                    const float bp_acc3_m = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
-                    const float bp_acc4_m = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
-                    ig[(t*N + n)*H + j] = bp_acc1_m;
-                    fg[(t*N + n)*H + j] = bp_acc2_m;
-                    gg[(t*N + n)*H + j] = bp_acc3_m;
-                    og[(t*N + n)*H + j] = bp_acc4_m;
+                    const float bp_acc0_m = bp_sigmoid_f32(a[((t*N + n)*G)*H + j]);
+                    const float bp_acc1_m = bp_sigmoid_f32(a[((t*N + n)*G + 1)*H + j]);
+                    const float bp_acc2_m = bp_tanh_f32(a[((t*N + n)*G + 2)*H + j]);
+                    const float bp_acc3_m = bp_sigmoid_f32(a[((t*N + n)*G + 3)*H + j]);
+                    ig[(t*N + n)*H + j] = bp_acc0_m;
+                    fg[(t*N + n)*H + j] = bp_acc1_m;
+                    gg[(t*N + n)*H + j] = bp_acc2_m;
+                    og[(t*N + n)*H + j] = bp_acc3_m;
                 }
                 /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
                 BP_OMP(simd)
@@ -800,9 +792,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     float *const dh_total = bp_work + 0;
     float *const dc = bp_work + T*N*H;
     float *const da = bp_work + T*N*H + T*N*H;
-    float *const _s3 = bp_work + T*N*H + T*N*H + T*N*4*H;
-    float *const _s4 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H;
-    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
+    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*4*H;
     /* a recurrence: step by step, from the last */
     if (bp_lstm_gemm_f32 != NULL) bp_lstm_panel_pack_f32(4*H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(4*H) >= BP_PARALLEL_MIN))
@@ -1020,7 +1010,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
 #endif
     }
-    /* sum over n */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
     if (bp_lstm_gemm_f32 != NULL) {
         BP_OMP(parallel if ((4*H)*(H)*(N) >= BP_PARALLEL_MIN))
         {
@@ -1029,8 +1019,8 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N, 1, da, 4*H, h0 + bp_a, H, 0, _s3 + bp_a, H);
-                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, H, N, 1, da + bp_a, 4*H, h0, H, 0, _s3 + bp_a*(H), H);
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N, 1, da, 4*H, h0 + bp_a, H, 0, dW_hh + bp_a, H);
+                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, H, N, 1, da + bp_a, 4*H, h0, H, 0, dW_hh + bp_a*(H), H);
             }
         }
     } else {
@@ -1040,7 +1030,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s3[(g*H + j)*H + k] = 0;
+                    dW_hh[(g*H + j)*H + k] = 0;
                 }
             }
         }
@@ -1051,14 +1041,14 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                     const float bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                        dW_hh[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                     }
                 }
             }
         }
 #endif
     }
-    /* sum over n, t */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
     if (bp_lstm_gemm_f32 != NULL) {
         BP_OMP(parallel if ((4*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
@@ -1067,21 +1057,12 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N*(T - 1), 1, da + (1)*(N*4*H), 4*H, h + bp_a, H, 0, _s4 + bp_a, H);
-                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, da + (1)*(N*4*H) + bp_a, 4*H, h, H, 0, _s4 + bp_a*(H), H);
+                if (bp_by_cols) bp_lstm_gemm_f32(101, 112, 111, 4*H, bp_b - bp_a, N*(T - 1), 1, da + (1)*(N*4*H), 4*H, h + bp_a, H, 1, dW_hh + bp_a, H);
+                else bp_lstm_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, da + (1)*(N*4*H) + bp_a, 4*H, h, H, 1, dW_hh + bp_a*(H), H);
             }
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s4[(g*H + j)*H + k] = 0;
-                }
-            }
-        }
         BP_OMP(parallel for if (4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1090,7 +1071,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                         const float bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
                         BP_OMP(simd)
                         for (ptrdiff_t k = 0; k < H; ++k) {
-                            _s4[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                            dW_hh[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                         }
                     }
                 }
@@ -1100,39 +1081,6 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     }
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
-        #if BP_STREAMS
-        if (4*H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
-                && H*H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[(g*H)*H], sizeof(float), H*H);
-        ptrdiff_t bp_b;
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < bp_head; ++k) {
-            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-        }
-        for (bp_b = bp_head; bp_b + 16 <= H*H; bp_b += 16) {
-            BP_STREAM_BLOCK float bp_block[16];
-            BP_OMP(simd)
-            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
-                const ptrdiff_t k = bp_b + bp_j;
-                (void)k;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-            }
-            bp_stream_f32(&dW_hh[(g*H)*H + bp_b], bp_block);
-        }
-        BP_OMP(simd)
-        for (ptrdiff_t k = bp_b; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-        }
-        bp_stream_fence();
-        } else
-        #endif
-        {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-        }
-        }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1338,11 +1286,20 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
 #if !BP_GEMM_LOOPS
     if (bp_lstm_gemm_f64 == NULL) return -2;   /* built without its loops */
 #endif
-    double *const _s1 = bp_work + 0;
-    double *const _s2 = bp_work + T*N*4*H;
-    double *const _W_hh_panels0 = bp_work + T*N*4*H + T*N*4*H;
-    /* sum over i */
+    double *const _W_hh_panels0 = bp_work + 0;
+    /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
     if (bp_lstm_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t g = 0; g < 4; ++g) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < H; ++j) {
+                        a[((t*N + n)*G + g)*H + j] = b_hh[g*H + j] + b_ih[g*H + j];
+                    }
+                }
+            }
+        }
         BP_OMP(parallel if ((N*T)*(4*H)*(I) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -1350,8 +1307,8 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             const ptrdiff_t bp_extent = bp_by_cols ? 4*H : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 0, _s2 + bp_a, 4*H);
-                else bp_lstm_gemm_f64(101, 111, 112, bp_b - bp_a, 4*H, I, 1, x + bp_a*(I), I, W_ih, I, 0, _s2 + bp_a*(4*H), 4*H);
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, a + bp_a, G*H);
+                else bp_lstm_gemm_f64(101, 111, 112, bp_b - bp_a, 4*H, I, 1, x + bp_a*(I), I, W_ih, I, 1, a + bp_a*(G*H), G*H);
             }
         }
     } else {
@@ -1366,7 +1323,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                         for (ptrdiff_t i = 0; i < I; ++i) {
                             bp_acc += W_ih[(g*H + j)*I + i]*x[(t*N + n)*I + i];
                         }
-                        _s2[((t*N + n)*4 + g)*H + j] = bp_acc;
+                        a[((t*N + n)*G + g)*H + j] = bp_acc + b_hh[g*H + j] + b_ih[g*H + j];
                     }
                 }
             }
@@ -1380,24 +1337,14 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         for (ptrdiff_t t = 0; t < T; ++t) {
             if (bp_lstm_gemm_f64 != NULL) {
                 const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-                double *const bp__s1_step1 = _s1 + 4*H*N*t;
+                double *const bp_a_step1 = a + G*H*N*t;
                 if (bp_h0_step0 != NULL) {
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (4*H + 32 - 1) / 32;
-                        bp_lstm_panel_gemm_f64(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, 4*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_lstm_panel_gemm_f64(N, 4*H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_a_step1, G*H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
-                } else {
-                    BP_OMP(for)
-                    for (ptrdiff_t n = 0; n < N; ++n) {
-                        for (ptrdiff_t g = 0; g < 4; ++g) {
-                            BP_OMP(simd)
-                            for (ptrdiff_t j = 0; j < H; ++j) {
-                                _s1[((t*N + n)*4 + g)*H + j] = 0;
-                            }
-                        }
-                    }
                 }
             } else {
 #if BP_GEMM_LOOPS
@@ -1410,7 +1357,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                             for (ptrdiff_t k = 0; k < H; ++k) {
                                 bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[(g*H + j)*H + k];
                             }
-                            _s1[((t*N + n)*4 + g)*H + j] = bp_acc;
+                            a[((t*N + n)*G + g)*H + j] = bp_acc + a[((t*N + n)*G + g)*H + j];
                         }
                     }
                 }
@@ -1418,24 +1365,17 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
-                /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
-                for (ptrdiff_t g = 0; g < 4; ++g) {
-                    BP_OMP(simd)
-                    for (ptrdiff_t j = 0; j < H; ++j) {
-                        a[((t*N + n)*G + g)*H + j] = _s1[((t*N + n)*4 + g)*H + j] + _s2[((t*N + n)*4 + g)*H + j] + b_hh[g*H + j] + b_ih[g*H + j];
-                    }
-                }
                 /* ig[t, n, j] = sigmoid(a[t, n, 0, j]); fg[t, n, j] = sigmoid(a[t, n, 1, j]); gg[t, n, j] = tanh(a[t, n, 2, j]); og[t, n, j] = sigmoid(a[t, n, 3, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G)*H + j]);
-                    const double bp_acc2_m = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
-                    const double bp_acc3_m = tanh(a[((t*N + n)*G + 2)*H + j]);
-                    const double bp_acc4_m = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
-                    ig[(t*N + n)*H + j] = bp_acc1_m;
-                    fg[(t*N + n)*H + j] = bp_acc2_m;
-                    gg[(t*N + n)*H + j] = bp_acc3_m;
-                    og[(t*N + n)*H + j] = bp_acc4_m;
+                    const double bp_acc0_m = bp_sigmoid_f64(a[((t*N + n)*G)*H + j]);
+                    const double bp_acc1_m = bp_sigmoid_f64(a[((t*N + n)*G + 1)*H + j]);
+                    const double bp_acc2_m = tanh(a[((t*N + n)*G + 2)*H + j]);
+                    const double bp_acc3_m = bp_sigmoid_f64(a[((t*N + n)*G + 3)*H + j]);
+                    ig[(t*N + n)*H + j] = bp_acc0_m;
+                    fg[(t*N + n)*H + j] = bp_acc1_m;
+                    gg[(t*N + n)*H + j] = bp_acc2_m;
+                    og[(t*N + n)*H + j] = bp_acc3_m;
                 }
                 /* c[t, n, j] = fg[t, n, j] * c[t - 1, n, j] + ig[t, n, j] * gg[t, n, j] */
                 BP_OMP(simd)
@@ -1517,9 +1457,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     double *const dh_total = bp_work + 0;
     double *const dc = bp_work + T*N*H;
     double *const da = bp_work + T*N*H + T*N*H;
-    double *const _s3 = bp_work + T*N*H + T*N*H + T*N*4*H;
-    double *const _s4 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H;
-    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*4*H + 4*H*H + 4*H*H;
+    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + T*N*4*H;
     /* a recurrence: step by step, from the last */
     if (bp_lstm_gemm_f64 != NULL) bp_lstm_panel_pack_f64(4*H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(4*H) >= BP_PARALLEL_MIN))
@@ -1737,7 +1675,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
 #endif
     }
-    /* sum over n */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
     if (bp_lstm_gemm_f64 != NULL) {
         BP_OMP(parallel if ((4*H)*(H)*(N) >= BP_PARALLEL_MIN))
         {
@@ -1746,8 +1684,8 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N, 1, da, 4*H, h0 + bp_a, H, 0, _s3 + bp_a, H);
-                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, H, N, 1, da + bp_a, 4*H, h0, H, 0, _s3 + bp_a*(H), H);
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N, 1, da, 4*H, h0 + bp_a, H, 0, dW_hh + bp_a, H);
+                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, H, N, 1, da + bp_a, 4*H, h0, H, 0, dW_hh + bp_a*(H), H);
             }
         }
     } else {
@@ -1757,7 +1695,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
                 for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s3[(g*H + j)*H + k] = 0;
+                    dW_hh[(g*H + j)*H + k] = 0;
                 }
             }
         }
@@ -1768,14 +1706,14 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                     const double bp_acc_r0 = da[(n*4 + g)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s3[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
+                        dW_hh[(g*H + j)*H + k] += bp_acc_r0*h0[n*H + k];
                     }
                 }
             }
         }
 #endif
     }
-    /* sum over n, t */
+    /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
     if (bp_lstm_gemm_f64 != NULL) {
         BP_OMP(parallel if ((4*H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
@@ -1784,21 +1722,12 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
             const ptrdiff_t bp_extent = bp_by_cols ? H : 4*H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N*(T - 1), 1, da + (1)*(N*4*H), 4*H, h + bp_a, H, 0, _s4 + bp_a, H);
-                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, da + (1)*(N*4*H) + bp_a, 4*H, h, H, 0, _s4 + bp_a*(H), H);
+                if (bp_by_cols) bp_lstm_gemm_f64(101, 112, 111, 4*H, bp_b - bp_a, N*(T - 1), 1, da + (1)*(N*4*H), 4*H, h + bp_a, H, 1, dW_hh + bp_a, H);
+                else bp_lstm_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, da + (1)*(N*4*H) + bp_a, 4*H, h, H, 1, dW_hh + bp_a*(H), H);
             }
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t g = 0; g < 4; ++g) {
-            for (ptrdiff_t j = 0; j < H; ++j) {
-                BP_OMP(simd)
-                for (ptrdiff_t k = 0; k < H; ++k) {
-                    _s4[(g*H + j)*H + k] = 0;
-                }
-            }
-        }
         BP_OMP(parallel for if (4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1807,7 +1736,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                         const double bp_acc_r0 = da[((t*N + n)*4 + g)*H + j];
                         BP_OMP(simd)
                         for (ptrdiff_t k = 0; k < H; ++k) {
-                            _s4[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                            dW_hh[(g*H + j)*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                         }
                     }
                 }
@@ -1817,39 +1746,6 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     }
     BP_OMP(parallel for if (4*T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < 4; ++g) {
-        /* dW_hh[g, j, k] = sum_n(h0[n, k]*da[0, n, g, j]) + sum_{n,t=1..T - 1}(h[t - 1, n, k]*da[t, n, g, j]) */
-        #if BP_STREAMS
-        if (4*H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
-                && H*H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[(g*H)*H], sizeof(double), H*H);
-        ptrdiff_t bp_b;
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < bp_head; ++k) {
-            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-        }
-        for (bp_b = bp_head; bp_b + 8 <= H*H; bp_b += 8) {
-            BP_STREAM_BLOCK double bp_block[8];
-            BP_OMP(simd)
-            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
-                const ptrdiff_t k = bp_b + bp_j;
-                (void)k;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-            }
-            bp_stream_f64(&dW_hh[(g*H)*H + bp_b], bp_block);
-        }
-        BP_OMP(simd)
-        for (ptrdiff_t k = bp_b; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-        }
-        bp_stream_fence();
-        } else
-        #endif
-        {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H*H; ++k) {
-            dW_hh[(g*H)*H + k] = _s3[(g*H)*H + k] + _s4[(g*H)*H + k];
-        }
-        }
         /* db_ih[g, j] = sum_{t,n}(da[t, n, g, j]) */
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {

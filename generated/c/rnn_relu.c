@@ -369,7 +369,7 @@ size_t bp_rnn_relu_forward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t
     (void)N;
     (void)I;
     (void)H;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)bp_panel_cols(H);
+    return (size_t)H*(size_t)bp_panel_cols(H);
 }
 
 size_t bp_rnn_relu_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H)
@@ -378,7 +378,7 @@ size_t bp_rnn_relu_backward_work(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_
     (void)N;
     (void)I;
     (void)H;
-    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)H + (size_t)H*(size_t)bp_panel_cols(H);
+    return (size_t)T*(size_t)N*(size_t)H + (size_t)T*(size_t)N*(size_t)H + (size_t)H*(size_t)bp_panel_cols(H);
 }
 
 void bp_rnn_relu_set_threads(int threads)
@@ -548,11 +548,18 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 #if !BP_GEMM_LOOPS
     if (bp_rnn_relu_gemm_f32 == NULL) return -2;   /* built without its loops */
 #endif
-    float *const _s1 = bp_work + 0;
-    float *const _s2 = bp_work + T*N*H;
-    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
-    /* sum over i */
+    float *const _W_hh_panels0 = bp_work + 0;
+    /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
     if (bp_rnn_relu_gemm_f32 != NULL) {
+        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    z[(t*N + n)*H + j] = b_hh[j] + b_ih[j];
+                }
+            }
+        }
         BP_OMP(parallel if ((N*T)*(H)*(I) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -560,8 +567,8 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             const ptrdiff_t bp_extent = bp_by_cols ? H : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 0, _s2 + bp_a, H);
-                else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 0, _s2 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, z + bp_a, H);
+                else bp_rnn_relu_gemm_f32(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 1, z + bp_a*(H), H);
             }
         }
     } else {
@@ -575,7 +582,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     for (ptrdiff_t i = 0; i < I; ++i) {
                         bp_acc += W_ih[j*I + i]*x[(t*N + n)*I + i];
                     }
-                    _s2[(t*N + n)*H + j] = bp_acc;
+                    z[(t*N + n)*H + j] = bp_acc + b_hh[j] + b_ih[j];
                 }
             }
         }
@@ -588,22 +595,14 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         for (ptrdiff_t t = 0; t < T; ++t) {
             if (bp_rnn_relu_gemm_f32 != NULL) {
                 const float *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-                float *const bp__s1_step1 = _s1 + H*N*t;
+                float *const bp_z_step1 = z + H*N*t;
                 if (bp_h0_step0 != NULL) {
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_rnn_relu_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f32(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_z_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
-                } else {
-                    BP_OMP(for)
-                    for (ptrdiff_t n = 0; n < N; ++n) {
-                        BP_OMP(simd)
-                        for (ptrdiff_t j = 0; j < H; ++j) {
-                            _s1[(t*N + n)*H + j] = 0;
-                        }
-                    }
                 }
             } else {
 #if BP_GEMM_LOOPS
@@ -615,19 +614,13 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                         for (ptrdiff_t k = 0; k < H; ++k) {
                             bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
                         }
-                        _s1[(t*N + n)*H + j] = bp_acc;
+                        z[(t*N + n)*H + j] = bp_acc + z[(t*N + n)*H + j];
                     }
                 }
 #endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
-                /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
-                }
-                /* h[t, n, j] = relu(z[t, n, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
                     h[(t*N + n)*H + j] = bp_relu_f32(z[(t*N + n)*H + j]);
@@ -687,10 +680,8 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     (void)b_ih;
     (void)b_hh;
     float *const dz = bp_work + 0;
-    float *const _s3 = bp_work + T*N*H;
-    float *const _s4 = bp_work + T*N*H + T*N*H;
-    float *const _s5 = bp_work + T*N*H + T*N*H + H*H;
-    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
+    float *const _s1 = bp_work + T*N*H;
+    float *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
     /* a recurrence: step by step, from the last */
     if (bp_rnn_relu_gemm_f32 != NULL) bp_rnn_relu_panel_pack_f32(H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
@@ -698,12 +689,12 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             if (bp_rnn_relu_gemm_f32 != NULL) {
                 const float *const bp_dz_step0 = dz + H*N*(t + 1);
-                float *const bp__s3_step1 = _s3 + H*N*t;
+                float *const bp__s1_step1 = _s1 + H*N*t;
                 if ((0 <= t + 1 && t + 1 <= T - 1)) {
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 64 - 1) / 64;
-                        bp_rnn_relu_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f32(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -711,7 +702,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     for (ptrdiff_t n = 0; n < N; ++n) {
                         BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < H; ++j) {
-                            _s3[(t*N + n)*H + j] = 0;
+                            _s1[(t*N + n)*H + j] = 0;
                         }
                     }
                 }
@@ -725,7 +716,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                         for (ptrdiff_t k = 0; k < H; ++k) {
                             bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
                         }
-                        _s3[(t*N + n)*H + j] = bp_acc;
+                        _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
 #endif
@@ -734,7 +725,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f32(z[(t*N + n)*H + j]);
+                    dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s1[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f32(z[(t*N + n)*H + j]);
                 }
             }
         }
@@ -831,12 +822,12 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
 #endif
     }
-    /* sum over n */
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
-            _s4[j*H + k] = 0;
+            dW_hh[j*H + k] = 0;
         }
     }
     BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -845,11 +836,11 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const float bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s4[j*H + k] += bp_acc_r0*h0[n*H + k];
+                dW_hh[j*H + k] += bp_acc_r0*h0[n*H + k];
             }
         }
     }
-    /* sum over n, t */
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     if (bp_rnn_relu_gemm_f32 != NULL) {
         BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
@@ -858,19 +849,12 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? H : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 0, _s5 + bp_a, H);
-                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 0, _s5 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f32(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 1, dW_hh + bp_a, H);
+                else bp_rnn_relu_gemm_f32(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 1, dW_hh + bp_a*(H), H);
             }
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s5[j*H + k] = 0;
-            }
-        }
         BP_OMP(parallel for if (H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -878,51 +862,12 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     const float bp_acc_r0 = dz[(t*N + n)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                        dW_hh[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                     }
                 }
             }
         }
 #endif
-    }
-    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
-    #if BP_STREAMS
-    if (H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
-            && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[j*H], sizeof(float), H);
-        ptrdiff_t bp_b;
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < bp_head; ++k) {
-            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
-        }
-        for (bp_b = bp_head; bp_b + 16 <= H; bp_b += 16) {
-            BP_STREAM_BLOCK float bp_block[16];
-            BP_OMP(simd)
-            for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
-                const ptrdiff_t k = bp_b + bp_j;
-                (void)k;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = _s4[j*H + k] + _s5[j*H + k];
-            }
-            bp_stream_f32(&dW_hh[j*H + bp_b], bp_block);
-        }
-        BP_OMP(simd)
-        for (ptrdiff_t k = bp_b; k < H; ++k) {
-            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
-        }
-        bp_stream_fence();
-    }
-    } else
-    #endif
-    {
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
-        }
-    }
     }
     /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
@@ -1105,11 +1050,18 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
 #if !BP_GEMM_LOOPS
     if (bp_rnn_relu_gemm_f64 == NULL) return -2;   /* built without its loops */
 #endif
-    double *const _s1 = bp_work + 0;
-    double *const _s2 = bp_work + T*N*H;
-    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
-    /* sum over i */
+    double *const _W_hh_panels0 = bp_work + 0;
+    /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
     if (bp_rnn_relu_gemm_f64 != NULL) {
+        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t t = 0; t < T; ++t) {
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < H; ++j) {
+                    z[(t*N + n)*H + j] = b_hh[j] + b_ih[j];
+                }
+            }
+        }
         BP_OMP(parallel if ((N*T)*(H)*(I) >= BP_PARALLEL_MIN))
         {
             const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
@@ -1117,8 +1069,8 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
             const ptrdiff_t bp_extent = bp_by_cols ? H : N*T;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 0, _s2 + bp_a, H);
-                else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 0, _s2 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 111, 112, N*T, bp_b - bp_a, I, 1, x, I, W_ih + bp_a*(I), I, 1, z + bp_a, H);
+                else bp_rnn_relu_gemm_f64(101, 111, 112, bp_b - bp_a, H, I, 1, x + bp_a*(I), I, W_ih, I, 1, z + bp_a*(H), H);
             }
         }
     } else {
@@ -1132,7 +1084,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                     for (ptrdiff_t i = 0; i < I; ++i) {
                         bp_acc += W_ih[j*I + i]*x[(t*N + n)*I + i];
                     }
-                    _s2[(t*N + n)*H + j] = bp_acc;
+                    z[(t*N + n)*H + j] = bp_acc + b_hh[j] + b_ih[j];
                 }
             }
         }
@@ -1145,22 +1097,14 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         for (ptrdiff_t t = 0; t < T; ++t) {
             if (bp_rnn_relu_gemm_f64 != NULL) {
                 const double *const bp_h0_step0 = (-1 <= t - 1 && t - 1 <= -1) ? h0 : (0 <= t - 1 && t - 1 <= T - 1) ? h + H*N*(t - 1) : NULL;
-                double *const bp__s1_step1 = _s1 + H*N*t;
+                double *const bp_z_step1 = z + H*N*t;
                 if (bp_h0_step0 != NULL) {
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_rnn_relu_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f64(N, H, H, 1, bp_h0_step0, H, 1, _W_hh_panels0, 1, bp_z_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
-                } else {
-                    BP_OMP(for)
-                    for (ptrdiff_t n = 0; n < N; ++n) {
-                        BP_OMP(simd)
-                        for (ptrdiff_t j = 0; j < H; ++j) {
-                            _s1[(t*N + n)*H + j] = 0;
-                        }
-                    }
                 }
             } else {
 #if BP_GEMM_LOOPS
@@ -1172,19 +1116,13 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
                         for (ptrdiff_t k = 0; k < H; ++k) {
                             bp_acc += (((-1 <= t - 1 && t - 1 <= -1) ? h0[n*H + k] : 0) + ((0 <= t - 1 && t - 1 <= T - 1) ? h[((t - 1)*N + n)*H + k] : 0))*W_hh[j*H + k];
                         }
-                        _s1[(t*N + n)*H + j] = bp_acc;
+                        z[(t*N + n)*H + j] = bp_acc + z[(t*N + n)*H + j];
                     }
                 }
 #endif
             }
             BP_OMP(for)
             for (ptrdiff_t n = 0; n < N; ++n) {
-                /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < H; ++j) {
-                    z[(t*N + n)*H + j] = _s1[(t*N + n)*H + j] + _s2[(t*N + n)*H + j] + b_hh[j] + b_ih[j];
-                }
-                /* h[t, n, j] = relu(z[t, n, j]) */
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
                     h[(t*N + n)*H + j] = bp_relu_f64(z[(t*N + n)*H + j]);
@@ -1244,10 +1182,8 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
     (void)b_ih;
     (void)b_hh;
     double *const dz = bp_work + 0;
-    double *const _s3 = bp_work + T*N*H;
-    double *const _s4 = bp_work + T*N*H + T*N*H;
-    double *const _s5 = bp_work + T*N*H + T*N*H + H*H;
-    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H + H*H + H*H;
+    double *const _s1 = bp_work + T*N*H;
+    double *const _W_hh_panels0 = bp_work + T*N*H + T*N*H;
     /* a recurrence: step by step, from the last */
     if (bp_rnn_relu_gemm_f64 != NULL) bp_rnn_relu_panel_pack_f64(H, H, W_hh, H, 1, _W_hh_panels0);
     BP_OMP(parallel if (T*(N)*(H)*(H) >= BP_PARALLEL_MIN))
@@ -1255,12 +1191,12 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         for (ptrdiff_t t = T - 1; t >= 0; --t) {
             if (bp_rnn_relu_gemm_f64 != NULL) {
                 const double *const bp_dz_step0 = dz + H*N*(t + 1);
-                double *const bp__s3_step1 = _s3 + H*N*t;
+                double *const bp__s1_step1 = _s1 + H*N*t;
                 if ((0 <= t + 1 && t + 1 <= T - 1)) {
                     {
                         const ptrdiff_t bp_t = bp_thread(), bp_nt = bp_threads();
                         const ptrdiff_t bp_np = (H + 32 - 1) / 32;
-                        bp_rnn_relu_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s3_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
+                        bp_rnn_relu_panel_gemm_f64(N, H, H, 1, bp_dz_step0, H, 1, _W_hh_panels0, 0, bp__s1_step1, H, bp_np * bp_t / bp_nt, bp_np * (bp_t + 1) / bp_nt);
                     }
                     BP_OMP(barrier)
                 } else {
@@ -1268,7 +1204,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     for (ptrdiff_t n = 0; n < N; ++n) {
                         BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < H; ++j) {
-                            _s3[(t*N + n)*H + j] = 0;
+                            _s1[(t*N + n)*H + j] = 0;
                         }
                     }
                 }
@@ -1282,7 +1218,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                         for (ptrdiff_t k = 0; k < H; ++k) {
                             bp_acc += ((0 <= t + 1 && t + 1 <= T - 1) ? W_hh[k*H + j]*dz[((t + 1)*N + n)*H + k] : 0);
                         }
-                        _s3[(t*N + n)*H + j] = bp_acc;
+                        _s1[(t*N + n)*H + j] = bp_acc;
                     }
                 }
 #endif
@@ -1291,7 +1227,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < H; ++j) {
-                    dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s3[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f64(z[(t*N + n)*H + j]);
+                    dz[(t*N + n)*H + j] = ((T - 1 == t)*dhn[n*H + j] + _s1[(t*N + n)*H + j] + dh[(t*N + n)*H + j])*bp_step_f64(z[(t*N + n)*H + j]);
                 }
             }
         }
@@ -1388,12 +1324,12 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
 #endif
     }
-    /* sum over n */
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
-            _s4[j*H + k] = 0;
+            dW_hh[j*H + k] = 0;
         }
     }
     BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
@@ -1402,11 +1338,11 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const double bp_acc_r0 = dz[n*H + j];
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
-                _s4[j*H + k] += bp_acc_r0*h0[n*H + k];
+                dW_hh[j*H + k] += bp_acc_r0*h0[n*H + k];
             }
         }
     }
-    /* sum over n, t */
+    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
     if (bp_rnn_relu_gemm_f64 != NULL) {
         BP_OMP(parallel if ((H)*(H)*(N*(T - 1)) >= BP_PARALLEL_MIN))
         {
@@ -1415,19 +1351,12 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
             const ptrdiff_t bp_extent = bp_by_cols ? H : H;
             const ptrdiff_t bp_a = bp_part(bp_extent, bp_t, bp_nt), bp_b = bp_part(bp_extent, bp_t + 1, bp_nt);
             if (bp_b > bp_a) {
-                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 0, _s5 + bp_a, H);
-                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 0, _s5 + bp_a*(H), H);
+                if (bp_by_cols) bp_rnn_relu_gemm_f64(101, 112, 111, H, bp_b - bp_a, N*(T - 1), 1, dz + (1)*(N*H), H, h + bp_a, H, 1, dW_hh + bp_a, H);
+                else bp_rnn_relu_gemm_f64(101, 112, 111, bp_b - bp_a, H, N*(T - 1), 1, dz + (1)*(N*H) + bp_a, H, h, H, 1, dW_hh + bp_a*(H), H);
             }
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t j = 0; j < H; ++j) {
-            BP_OMP(simd)
-            for (ptrdiff_t k = 0; k < H; ++k) {
-                _s5[j*H + k] = 0;
-            }
-        }
         BP_OMP(parallel for if (H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1435,51 +1364,12 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                     const double bp_acc_r0 = dz[(t*N + n)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
-                        _s5[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
+                        dW_hh[j*H + k] += bp_acc_r0*h[((t - 1)*N + n)*H + k];
                     }
                 }
             }
         }
 #endif
-    }
-    /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
-    #if BP_STREAMS
-    if (H*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
-            && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        const ptrdiff_t bp_head = bp_stream_head(&dW_hh[j*H], sizeof(double), H);
-        ptrdiff_t bp_b;
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < bp_head; ++k) {
-            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
-        }
-        for (bp_b = bp_head; bp_b + 8 <= H; bp_b += 8) {
-            BP_STREAM_BLOCK double bp_block[8];
-            BP_OMP(simd)
-            for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
-                const ptrdiff_t k = bp_b + bp_j;
-                (void)k;      /* unused where the value does not vary along the row */
-                bp_block[bp_j] = _s4[j*H + k] + _s5[j*H + k];
-            }
-            bp_stream_f64(&dW_hh[j*H + bp_b], bp_block);
-        }
-        BP_OMP(simd)
-        for (ptrdiff_t k = bp_b; k < H; ++k) {
-            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
-        }
-        bp_stream_fence();
-    }
-    } else
-    #endif
-    {
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t j = 0; j < H; ++j) {
-        BP_OMP(simd)
-        for (ptrdiff_t k = 0; k < H; ++k) {
-            dW_hh[j*H + k] = _s4[j*H + k] + _s5[j*H + k];
-        }
-    }
     }
     /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
     BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
