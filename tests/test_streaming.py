@@ -112,6 +112,60 @@ def test_a_streamed_row_asks_for_the_next_row_line_by_line():
     assert "BP_PREFETCH" not in function(twostep, "bp_twostep_backward_f32")
 
 
+# a pass calling vector math (tanh) on rows it streams out: forward y, backward dx
+HEAVY = """layer tanhgate  x (.) tanh(x): vector math in a streamed pass
+dims N, I
+input  x[N, I]
+output y[N, I]
+
+y[n, i] = x[n, i] * tanh(x[n, i])
+"""
+
+
+def test_a_streamed_pass_calling_vector_math_asks_for_its_rows_ahead():
+    """Each streamed block of a pass that calls the toolkit's vector math asks for the
+    line BP_AHEAD_BYTES further on in every row it reads of the target's shape (the
+    forward: x; the backward: x and dy); a pass of plain arithmetic (twostep's dx) or of a
+    compare and select (relu) asks for none."""
+    source = c_sources(plan(derive(parse_spec(HEAVY, "<tanhgate>"))))["tanhgate.c"]
+    for entry, rows in (("forward", ["x"]), ("backward", ["dy", "x"])):
+        for sfx in ("f32", "f64"):
+            body = function(source, f"bp_tanhgate_{entry}_{sfx}")
+            streamed = body[body.index("for (bp_b = bp_head;"):body.index("bp_stream_fence")]
+            asked = [line.strip() for line in streamed.splitlines() if "BP_READ_AHEAD" in line]
+            assert asked == [f"BP_READ_AHEAD(&{r}[n*I + bp_b]);" for r in rows], (entry, sfx)
+    assert "#define BP_AHEAD_BYTES 4096" in source
+    twostep = c_sources(plan(derive(parse_spec(SPEC, "<twostep>"))))["twostep.c"]
+    relu = c_sources(plan(derive(parse_spec(builtin_text("relu"), "<relu>"))))["relu.c"]
+    assert "BP_READ_AHEAD(&" not in twostep and "BP_READ_AHEAD(&" not in relu
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_asked_for_ahead_give_the_plain_results(tmp_path, dtype):
+    """Streamed with requests 4 KB ahead, which in the last rows point past the arrays'
+    ends (a hint never faults): equal to the same rows computed 64 at a time, below the
+    size that streams, and to NumPy."""
+    spec = tmp_path / "tanhgate.bp"
+    spec.write_text(HEAVY)
+    c = codegen.load(str(spec), backend="c", dtype=dtype)
+    rng = np.random.default_rng(11)
+    N, I = (2048 if dtype == "float32" else 1024), 1030
+    x, dy = (rng.standard_normal((N, I)).astype(dtype) for _ in range(2))
+    y, dx = c.forward(x=x)["y"], c.backward(x=x, dy=dy)["dx"]
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    th = np.tanh(x.astype(np.float64))
+    np.testing.assert_allclose(y, x * th, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, dy * (th + x * (1 - th ** 2)), rtol=tol, atol=tol)
+    # float: the toolkit's own tanh, one code in every loop, so equal bit for bit;
+    # double: libmvec's tanh in the vector loops and libm's in a row's head and tail,
+    # which may differ in the last bits (up to 2 ulp here)
+    same = np.testing.assert_array_equal if dtype == "float32" else \
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-15, atol=0)
+    rows = range(0, N, 64)
+    same(y, np.concatenate([c.forward(x=x[r:r + 64])["y"] for r in rows]))
+    same(dx, np.concatenate([c.backward(x=x[r:r + 64], dy=dy[r:r + 64])["dx"] for r in rows]))
+
+
 def test_a_row_loop_that_sums_streams_and_sums_in_lanes():
     """Sigmoid + BCE's fused pass sums the loss beside dz: dz is streamed, and the loss adds
     into one array of the block's lanes, reduced once after the row's blocks (an `omp simd

@@ -118,6 +118,16 @@ static inline void bp_stream_fence(void)
 #define BP_STREAM_AHEAD 4
 #endif
 
+/* A streamed pass that calls vector math asks for the lines of its rows this many bytes
+ * ahead (codegen/streaming.py, _ahead).  GELU's backward from (z, dy) at 1 thread in a C
+ * harness: 11.1 ms without, 11.1 / 10.2 / 9.4 / 8.8-9.3 / 8.8-9.2 / 8.9 ms at 0.5, 1, 2,
+ * 4, 8 and 16 KB ahead; the floor 7.4 ms.  The address is computed as an integer: past
+ * the array's end it is only a hint, which never faults. */
+#ifndef BP_AHEAD_BYTES
+#define BP_AHEAD_BYTES 4096
+#endif
+#define BP_READ_AHEAD(p) __builtin_prefetch((const void *)((uintptr_t)(p) + BP_AHEAD_BYTES), 0, 3)
+
 /* A tile's rows go out in calls of bp_stream_copy, one after the other in dst: each call
  * streams its whole lines and keeps its last partial line here, and the next call, where it
  * starts right after, completes that line and streams it whole.  Stored plainly, each
@@ -350,6 +360,7 @@ int bp_tanh_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
             a[n*I + i] = bp_tanh_f32(z[n*I + i]);
         }
         for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+            BP_READ_AHEAD(&z[n*I + bp_b]);
             BP_STREAM_BLOCK float bp_block[16];
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
@@ -464,6 +475,7 @@ int bp_tanh_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
             a[n*I + i] = tanh(z[n*I + i]);
         }
         for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+            BP_READ_AHEAD(&z[n*I + bp_b]);
             BP_STREAM_BLOCK double bp_block[8];
             BP_OMP(simd)
             for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
