@@ -1,6 +1,7 @@
 """The documentation site builds with `mkdocs build --strict` (broken links, missing
 images, docstrings the API pages cannot read: all errors), every page is in the
-navigation, and the README's links into docs/ lead somewhere."""
+navigation, and the README's links into docs/ lead somewhere (a section link to a heading
+of its page)."""
 import os
 import re
 import subprocess
@@ -47,3 +48,16 @@ def test_readme_links_lead_to_files():
         assert (ROOT / link).is_file(), link
     assert "docs/tutorial.ipynb" in links
     assert len(readme.splitlines()) < 200
+
+
+def test_readme_section_links_lead_to_headings():
+    """docs/PAGE.md#anchor in the README names a heading of that page, slugged as the
+    site's table of contents slugs it (mkdocs checks links between pages, not the README's)."""
+    from markdown.extensions.toc import slugify
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((docs/[^)#]+)#([^)]+)\)", readme)
+    assert links
+    for page, anchor in links:
+        headings = re.findall(r"^#+\s+(.+?)\s*$", (ROOT / page).read_text(encoding="utf-8"),
+                              re.MULTILINE)
+        assert anchor in {slugify(h, "-") for h in headings}, (page, anchor)
