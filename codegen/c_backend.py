@@ -647,12 +647,11 @@ def _gemm_view(n: Nest, printer: KernelCPrinter, target: str) -> dict | None:
     fill_loops = [(i.label.name, str(dim_of(i))) for i in n.out]
     # a later product of a sum split apart (_products_apart) starts from the target itself:
     # beta = 1 adds to it, with no fill
-    adds = n.out and n.init == sp.IndexedBase(n.target)[n.out]
-    fill = printer.code(n.init) if n.init != 0 and not adds else ""
+    fill = printer.code(n.init) if n.init != 0 and not n.adds else ""
     extents = "*".join(e for _, e in fill_loops)
     return dict(trans_a=112 if g.trans_a else 111, trans_b=112 if g.trans_b else 111,
                 m=g.m, n=g.n, k=g.k, lda=g.lda, ldb=g.ldb, ldc=g.ldc, a=g.a, b=g.b,
-                c=n.target, alpha=printer.code(g.alpha), beta=1 if fill or adds else 0,
+                c=n.target, alpha=printer.code(g.alpha), beta=1 if fill or n.adds else 0,
                 fill=fill, fill_loops=fill_loops,
                 fill_pragma=f"#pragma omp parallel for if ({extents} >= BP_PARALLEL_MIN_PLAIN)")
 
@@ -665,11 +664,10 @@ def _batched_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     g = _blocks(n, shapes)
     if g is None:
         return None
-    adds = n.init == sp.IndexedBase(n.target)[n.out]     # a later product: T holds its start
     if n.init == 0 and not g.loops:      # one GEMM writes all of T: no fill (beta = 0)
         return dict(_gemm_calls(g, printer), fill=None, beta=0)
     fill = Nest("elementwise", n.target, n.out, n.out, (), n.init, comment="")
-    return dict(_gemm_calls(g, printer), fill=None if adds else _view(fill, printer, shapes))
+    return dict(_gemm_calls(g, printer), fill=None if n.adds else _view(fill, printer, shapes))
 
 
 def _gemm_calls(g, printer: KernelCPrinter) -> dict:
@@ -726,9 +724,8 @@ def _step_view(n: Nest, printer: KernelCPrinter, shapes) -> dict | None:
     # where the product is skipped (one parallel region a step fewer); a later product
     # of several (loops._split_init) adds to what the target holds: no fill at all
     overwrite = n.init == 0 and not s.gemm.loops
-    adds = n.init == sp.IndexedBase(n.target)[n.out]
     calls = _gemm_calls(s.gemm, printer)
-    return dict(calls, views=views, fill=None if adds else _view(fill, printer, known),
+    return dict(calls, views=views, fill=None if n.adds else _view(fill, printer, known),
                 panels=_panels_view(s, calls, printer),
                 cond=" && ".join(checks + [cond(c) for c in s.guards]) or "1",
                 beta=0 if overwrite else 1, overwrite=overwrite)

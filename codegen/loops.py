@@ -67,6 +67,12 @@ class Nest:
         return "array" if self.out else "scalar"
 
     @property
+    def adds(self) -> bool:
+        """The start is the target itself: a later product of several adds to what the
+        earlier ones wrote (_split_init; c_backend._products_apart)."""
+        return self.init == _ref(self.target, self.out)
+
+    @property
     def accumulate_in_place(self) -> bool:
         """True when a reduced loop is outside an output loop: the target is initialized
         first and updated in place; otherwise a scalar accumulator suffices."""
@@ -139,12 +145,14 @@ def fusable(plan: KernelPlan) -> bool:
 def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[Nest]:
     nests: list[Nest] = []
     init, reductions = _split_init(st.expr, st.indices)
+    if not isinstance(_split_coefficient(reductions[0])[1], (sp.Sum, Maximum, ArgMax)):
+        expr = _hoist(st.expr, temps, nests, counter, tuple(st.indices), known)
+        return nests + [Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices), (),
+                             expr, comment=st.formula)]
     for k, reduction in enumerate(reductions):
         # a later reduction of several starts from the target: it adds to it
         start = init if k == 0 else _ref(st.name, tuple(st.indices))
         coeff, core = _split_coefficient(reduction)
-        if not isinstance(core, (sp.Sum, Maximum, ArgMax)):
-            break
         body, reduced, op, bounds = _reduction_parts(core)
         ctx = tuple(st.indices) + tuple(reduced)
         body = _hoist(body, temps, nests, counter, ctx, known, bounds)
@@ -159,11 +167,6 @@ def _lower_statement(st: Statement, temps: list[Temp], counter, known) -> list[N
             known[key] = st.name
         nests.append(_reduce_nest(st.name, st.indices, reduced, coeff * body, op, st.formula,
                                   start, bounds))
-    else:
-        return nests
-    expr = _hoist(st.expr, temps, nests, counter, tuple(st.indices), known)
-    nests.append(Nest("elementwise", st.name, tuple(st.indices), tuple(st.indices), (), expr,
-                      comment=st.formula))
     return nests
 
 
