@@ -12,6 +12,9 @@ falls on all of them alike:
     hand    hand-written NumPy (fresh outputs)
     torch   PyTorch eager's best CPU path, 2 threads (when installed)
     floor   a C kernel that only streams the same big buffers (1 and 2 threads)
+    c, in cache  the generated C kernel, 1 thread, on the case shrunk until its arrays fit
+            in IN_CACHE_BYTES, called back to back with nothing flushed: what its
+            arithmetic alone takes, scaled to the case's bytes (a memory-bound case only)
 
 Before each timed call of a memory-bound case (one with a floor), the case's buffers are
 flushed from every cache level (clflush; untimed), so every implementation and the floor
@@ -22,7 +25,9 @@ thread count) and achieved GB/s (the floor's bytes / time) or GFLOP/s.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -38,6 +43,9 @@ from . import peer_c
 from .floor import Floor
 
 THREADS = (1, 2)
+# An in-cache run's arrays: within one core's L2 (2 MB on the Xeon and EPYC guests here),
+# so its calls stream nothing from memory.
+IN_CACHE_BYTES = 1 << 20
 
 
 def machine() -> dict:
@@ -229,7 +237,79 @@ def run_case(case: Case, repeat: int, floor: Floor, rng, use_torch=True,
         if case.flops:
             rec["gflops"] = case.flops(case.sizes) / median / 1e9
         records.append(rec)
+    if case.reads:
+        sizes, per_byte = _in_cache(case, c, rng, repeat, nbytes)
+        scaled = per_byte * nbytes
+        records.append(dict(kernel=case.kernel, impl="c", threads=1, outputs="in cache",
+                            median_s=scaled, calls=repeat, sizes=case.sizes,
+                            in_cache_sizes=sizes, gbps=nbytes / scaled / 1e9,
+                            pct_floor=100 * medians[("floor", 1, "preallocated")] / scaled))
     return records
+
+
+def in_cache_sizes(case: Case, nbytes: int) -> dict:
+    """The case's sizes, its dimensions shrunk in order (each to 1 at least) until the
+    arrays it streams (nbytes at its full sizes), which grow with every dimension, fit in
+    IN_CACHE_BYTES."""
+    full = case.sizes
+    sizes = dict(full)
+    for d in full:
+        now = nbytes * math.prod(sizes[k] / full[k] for k in full)
+        if now <= IN_CACHE_BYTES:
+            break
+        sizes[d] = max(1, int(sizes[d] * IN_CACHE_BYTES // now))
+    return sizes
+
+
+def bound_call(c, entry: str, args: dict):
+    """(a call of the C entry with no arguments, its outputs): the arrays checked and
+    their pointers made once (codegen's entry_point route), so a call of a few
+    microseconds is timed without the wrapper's checks, which cost as much.  The outputs
+    are the wrapper's own results, in its order, overwritten by each call."""
+    out = getattr(c, entry)(**args)
+    fn, work_size = c.entry_point(entry)
+    inputs = c.args + (c.upstream + c.reuses if entry == "backward" else ())
+    sizes = c.checked_sizes(args, inputs)
+    dims = c.dim_values(sizes)
+    ffi, ctype = c.c_types()
+    keep = {n: np.ascontiguousarray(args[n]) for n in inputs}
+    work = np.empty(max(int(work_size(*dims)), 1), out[next(iter(out))].dtype)
+
+    def ptr(a):
+        return ffi.cast(("int64_t" if a.dtype == np.int64 else ctype) + " *", ffi.from_buffer(a))
+
+    pointers = [ptr(keep[n]) for n in inputs] + [ptr(v) for v in out.values()] + [ptr(work)]
+    buffers = (keep, out, work)        # a cast pointer does not keep its array alive
+
+    def call():
+        buffers                        # (held by this closure)
+        return fn(*dims, *pointers)
+    return call, out
+
+
+def _in_cache(case: Case, c, rng, repeat: int, full_bytes: int) -> tuple[dict, float]:
+    """(the shrunk sizes, seconds per streamed byte) of the C kernel at 1 thread on the
+    case shrunk to fit in cache: the median over `repeat` batches, each of back-to-back
+    calls lasting a millisecond at least (one call is a few microseconds)."""
+    sizes = in_cache_sizes(case, full_bytes)
+    small = dataclasses.replace(case, sizes=sizes)
+    arrays, args = case_arrays(small, c, rng)
+    call, out = bound_call(c, case.entry, args)
+    nbytes = sum(np.asarray(arrays[n]).nbytes for n in case.reads) + \
+        sum(out[n].nbytes for n in case.writes)
+    c.set_threads(1)
+    call()
+    t0 = time.perf_counter()
+    call()
+    batch = max(1, int(1e-3 / max(time.perf_counter() - t0, 1e-7)) + 1)
+    times = []
+    for _ in range(max(repeat, 3)):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            call()
+        times.append((time.perf_counter() - t0) / batch)
+    c.set_threads(max(THREADS))
+    return sizes, statistics.median(times) / nbytes
 
 
 def same_traffic(outputs: str, torch_outputs: str) -> bool:
@@ -291,6 +371,9 @@ def table(info: dict, records: list[dict]) -> str:
     lines += ["", "vs torch: PyTorch's median / this one (above 1: faster than PyTorch), only "
                   "where both write new arrays or both update in place; "
                   "% floor: the streaming kernel's time / this one, same threads and outputs; "
+                  "in cache: the kernel on arrays shrunk to fit in cache (1 MB), its time per "
+                  "byte times the case's bytes: its arithmetic alone, against the 1-thread "
+                  "floor (near or under 100%: the arithmetic, not the traffic, bounds it); "
                   "nan: does not apply"]
     return "\n".join(lines)
 

@@ -178,16 +178,20 @@ class CKernels:
 
     # ---- for callers that pass pointers themselves (codegen.torch_calls) -----------------
     def entry_point(self, entry: str):
-        """(C function, its work-size function) of entry "forward" or "backward".  The
-        function takes the sizes (`dim_values`), then a pointer per array: `args` (and for
-        backward `upstream`, then `reuses`), then one per result (`returns`;
-        `gradients`), then the work buffer; it returns 0.  Nothing is checked on that
-        route: check the arrays with `checked_sizes` first."""
+        """(C function, its work-size function) of entry "forward", "backward" or
+        "forward_backward" (a layer ending in its loss).  The function takes the sizes
+        (`dim_values`), then a pointer per array: `args` (and for backward `upstream`, then
+        `reuses`), then one per result (`returns`; `gradients`; the outputs, then the
+        gradients), then the work buffer; it returns 0.  Nothing is checked on that route:
+        check the arrays with `checked_sizes` first."""
         if entry == "forward":
             return self._forward, self._forward_work
         if entry == "backward":
             return self._backward, self._backward_work
-        raise ValueError(f"{self.name}: no C entry point {entry!r} (forward, backward)")
+        if entry == "forward_backward" and self._fused is not None:
+            return self._fused, self._fused_work
+        raise ValueError(f"{self.name}: no C entry point {entry!r} (forward, backward"
+                         f"{', forward_backward' if self._fused is not None else ''})")
 
     def entry_addresses(self, entry: str) -> tuple:
         """For a caller outside Python (codegen.torch_native): the address of entry

@@ -188,11 +188,17 @@ def test_bench_json_records():
         assert set(x) >= {"kernel", "impl", "threads", "outputs", "median_s"}
         assert x["calls"] == 2                         # --quick: --repeat calls, no minimum time
     assert any(x["outputs"] == "in-place" and x["impl"] == "c" for x in recs)
+    # each memory-bound case also times its arithmetic alone, in cache, at 1 thread
+    cached = [x for x in recs if x["outputs"] == "in cache"]
+    assert sorted(x["kernel"] for x in cached) == ["adam_step", "layernorm_backward"]
+    assert all(x["impl"] == "c" and x["threads"] == 1 and x["in_cache_sizes"] for x in cached)
     if data["machine"]["torch"]:     # like for like: torch's Adam runs in place
         assert {x["outputs"] for x in recs if x["kernel"] == "adam_step"
                 and x["impl"] == "torch"} == {"in-place"}
         for x in recs:
-            if x["impl"] != "torch":
+            if x["outputs"] == "in cache":          # not a call torch is compared with
+                assert "vs_torch" not in x
+            elif x["impl"] != "torch":
                 in_place_vs_new = x["kernel"] == "adam_step" and x["outputs"] != "in-place"
                 assert ("vs_torch" in x) != in_place_vs_new, x
 
@@ -282,3 +288,45 @@ def test_the_first_compile_bench_runs_a_cold_load_in_a_fresh_process(tmp_path):
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     none = subprocess.run(script + ["--repeat", "0"], capture_output=True, text=True)
     assert none.returncode == 2 and "--repeat must be at least 1, got 0" in none.stderr
+
+
+def test_in_cache_sizes_shrink_the_first_dimensions_until_the_arrays_fit():
+    from bench.run import IN_CACHE_BYTES, in_cache_sizes
+    from bench.cases import Case
+    case = lambda **sizes: Case("k", "layer", "backward", sizes, None, None)
+    # batch norm's 77 MB: N down to 1 (2.4 MB), then C until they fit
+    full = dict(N=32, C=64, H=56, W=56)
+    nbytes = 3 * 4 * 32 * 64 * 56 * 56
+    small = in_cache_sizes(case(**full), nbytes)
+    assert small["N"] == 1 and 1 <= small["C"] < 64 and small["H"] == 56 and small["W"] == 56
+    assert nbytes * small["N"] * small["C"] / (32 * 64) <= IN_CACHE_BYTES
+    # rows: fewer of them, each as long
+    assert in_cache_sizes(case(N=4096, I=8192), 2 * 4 * 4096 * 8192) == dict(N=16, I=8192)
+    # what already fits stays as it is
+    assert in_cache_sizes(case(N=8, I=8), 512) == dict(N=8, I=8)
+
+
+def test_a_bound_call_computes_what_the_wrapper_does():
+    """The in-cache timing calls the C entry through pointers made once: each memory-bound
+    case's results equal the wrapper's, with nothing but the returned call holding the
+    arrays (a cast pointer does not keep its array alive: it crashed so once)."""
+    import dataclasses
+    import gc
+    from bench.run import bound_call, case_arrays, in_cache_sizes
+    rng = np.random.default_rng(0)
+    for case in cases(scale=64):
+        if not case.reads:
+            continue
+        c = codegen.load(case.layer, backend="c", dtype="float32",
+                         constants=case.constants or None)
+        small = dataclasses.replace(case, sizes=in_cache_sizes(case, 10 ** 9))
+        arrays, args = case_arrays(small, c, rng)
+        call, out = bound_call(c, case.entry, args)
+        del arrays, args
+        gc.collect()
+        expected = {k: v.copy() for k, v in out.items()}
+        for v in out.values():
+            v[...] = 7
+        assert call() == 0
+        for k, v in expected.items():
+            np.testing.assert_array_equal(out[k], v, err_msg=f"{case.kernel}: {k}")
