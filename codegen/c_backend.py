@@ -33,7 +33,8 @@ from .plane_fusion import fuse_into_gathers
 from .plan import KernelPlan, const_flag
 from .view_shapes import view_by_shape
 from .contiguous_rows import merged_rows
-from .row_loops import hoist_row_values, merge_inner_loops, prefetch_next_row, store_summands
+from .row_loops import (defer_last_pass, hoist_row_values, merge_inner_loops,
+                        prefetch_next_row, store_summands)
 from .streaming import any_streamed, mark_streams
 from templates import render
 from .version import VERSION
@@ -441,14 +442,20 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes, in_step=False) -> dic
     members, pre, post, clauses = [], [], [], []
     ctype = CTYPES[printer.dtype]
     nests, stores = store_summands(g)
-    for k, n in enumerate(nests):
+
+    def member(n: Nest, k: int) -> dict:
+        """The view of a row-loop member: its loops inside the shared one."""
         v = _view(n, printer, shapes, acc=f"bp_acc{k}")
-        if k in stores:
-            v["store"] = printer._print(stores[k])
         v.update(loops=v["loops"][1:], pragma="", init_pragma="")
         if v["mode"] == "assign":
             v["simd"] = "#pragma omp simd" if v["loops"] else ""
-        elif v["mode"] == "scalar_acc":
+        return v
+
+    for k, n in enumerate(nests):
+        v = member(n, k)
+        if k in stores:
+            v["store"] = printer._print(stores[k])
+        if v["mode"] == "scalar_acc":
             v["split"] -= 1
         elif v["mode"] == "scalar_total":
             acc = f"bp_total{k}"
@@ -463,7 +470,7 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes, in_step=False) -> dic
             pre.append(dict(nest=hoist_row_values(_view(init, printer, shapes), printer)))
             clauses.append(f"reduction(+:{n.target}[0:{'*'.join(shapes[n.target])}])")
             v.update(mode="update")
-        else:                                   # in place, this row of the target
+        elif v["mode"] != "assign":             # in place, this row of the target
             v.update(out_loops=v["out_loops"][1:],
                      init_simd="#pragma omp simd" if len(v["out_loops"]) > 1 else "")
         members.append(hoist_row_values(v, printer))
@@ -476,10 +483,16 @@ def _group_view(g: Group, printer: KernelCPrinter, shapes, in_step=False) -> dic
     members = merge_inner_loops(members)
     if not in_step:
         prefetch_next_row(members, var, extent, shapes, 8 if printer.dtype == "float64" else 4)
-    return dict(group=True, var=var, extent=extent, members=members,
+    view = dict(group=True, var=var, extent=extent, members=members,
                 pre=pre, post=post,
                 pragma=pragma,
                 comment="; ".join(n.comment.replace("*/", "* /") for n in g.nests if n.comment))
+    if not in_step:
+        view["deferred"] = defer_last_pass(
+            g, nests, stores, members,
+            lambda n: hoist_row_values(member(n, len(nests)), printer), printer, clauses,
+            parallel_min(g.nests))
+    return view
 
 
 def _bounded_loop(i, lo, hi, printer) -> tuple:

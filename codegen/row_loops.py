@@ -9,8 +9,9 @@ import sympy as sp
 
 from derive.indices import dim_of, free_indices
 
-from .c_printer import KernelCPrinter, common_subexpressions
+from .c_printer import KernelCPrinter, common_subexpressions, own_functions_in
 from .loops import Group, Nest
+from .streaming import CHEAP
 
 
 def store_summands(g: Group):
@@ -222,3 +223,84 @@ def prefetch_next_row(members: list[dict], var: str, extent: str, shapes, itemsi
         later["prefetch"] = dict(
             rows=[f"{a} + ({var} + 1 < {extent} ? {var} + 1 : {var})*{row}" for a in rows],
             step=line, block=16 * line)
+
+
+def defer_last_pass(g: Group, nests, stores: dict, members: list[dict], build, printer,
+                    clauses: list[str], parallel_min: str) -> dict | None:
+    """A row loop whose last pass writes an output row, after a row sum over a row of
+    the same length (softmax + CE: max, exp-sum, dz), may run that last pass one row late,
+    inside the next row's sum: the sum's arithmetic then overlaps the output's streamed
+    stores and the next row's reads, which the passes one after the other leave to run
+    alone (C harness, 2 threads: 50-56% of the floor as generated, 71-72% so, 72-75% with
+    every pass a row apart; layer norm's two passes ran slower apart, 56-60% against
+    62-70%, which is why only a sum carries the deferred pass).  A summand the sum stores
+    for the last pass goes to a per-thread ring of two rows, this row's and the last
+    one's, not the output's row: the output is then written once, streamed.
+
+    Returns what the template needs, or None: `before` (the members before the sum, as
+    they are), `first` (the sum alone, for a thread's first row), `both` (the sum and the
+    last pass of the row before, one merged loop), `between` (members between, loopless),
+    `last` (the last pass alone, for a thread's last row), `ring`, `row` (the row's
+    length), the parallel region's pragma and its loop's.  mark_streams keeps it only
+    where the output is one nobody reads (codegen/streaming.py, _deferred_streams)."""
+    if len(members) < 2:
+        return None
+    last = members[-1]
+    looped = [k for k, m in enumerate(members[:-1]) if m["loops"]]
+    if last["mode"] != "assign" or len(last["loops"]) != 1 or not looped:
+        return None
+    f = looped[-1]
+    first = members[f]
+    n = last["nest"]
+    if first["mode"] != "scalar_acc" or first["op"] != "sum" or first["split"] != 0 \
+            or len(first["loops"]) != 1 or first.get("chains") \
+            or first["loops"][0][1] != last["loops"][0][1] \
+            or n.bounds or n.subs or n.copies or any(last.get(k) for k in (
+                "gemm", "im2col", "batched", "step")):
+        return None
+    # only a sum that computes vector math has arithmetic to overlap with the traffic
+    if not own_functions_in([first["nest"].body]) - CHEAP:
+        return None
+    between = members[f + 1:-1]
+    if any(m["loops"] or n.target in {a.base.label.name for e in (m["nest"].body,
+                                                                  m["nest"].init)
+                                      for a in e.atoms(sp.Indexed)}
+           for m in between if "nest" in m):
+        return None
+    s = next((k for k, x in enumerate(nests) if x is first["nest"]), None)
+    if s is None:
+        return None
+    row_index, i = g.index, n.loops[-1]
+    k = first["nest"].loops[-1]
+    ring = s in stores
+    if ring and stores[s].base.label.name != n.target:
+        return None
+    prev = sp.Idx(f"bp_{row_index.label.name}_prev", (row_index.lower, row_index.upper))
+    body = n.body
+    if ring:                     # the summand the sum stored, read from the ring's row
+        body = body.xreplace({sp.IndexedBase(n.target)[row_index, i]:
+                              sp.IndexedBase("bp_row_prev")[i]})
+        if body.has(sp.IndexedBase(n.target)):
+            return None
+        for name in ("bp_row", "bp_row_prev"):      # one row each, for the printer
+            printer.shapes[name] = (str(dim_of(k)),)
+    rename = {row_index: prev, i: k}
+    late = Nest(n.kind, n.target, tuple(x.xreplace(rename) for x in n.out),
+                tuple(x.xreplace(rename) for x in n.loops), n.reduced,
+                body.xreplace(rename), n.op, n.comment, n.init.xreplace(rename))
+    late_view = build(late)
+    sum_view = dict(first, store=printer._print(sp.IndexedBase("bp_row")[k])) if ring \
+        else first
+    both = dict(mode="merged", parts=[sum_view, late_view], loops=sum_view["loops"],
+                comment="; ".join(x for x in (first["comment"], last["comment"]) if x),
+                simd=f"#pragma omp simd reduction(+:{first['acc']})")
+    ahead = first.get("prefetch") or last.get("prefetch")
+    if ahead:                          # the next row's lines, block by block
+        both["prefetch"] = ahead
+    work = "*".join(str(dim_of(x)) for x in n.loops)
+    # (the last pass alone, for a thread's last row, stays unstreamed: one row a thread,
+    # and its one-hot element stored after the loop, which the streamed form has not)
+    return dict(before=members[:f], first=sum_view, both=both, between=between,
+                last=dict(late_view), ring=ring, row=first["loops"][0][1], prev=prev.label.name,
+                parallel=f"#pragma omp parallel if ({work} >= {parallel_min})",
+                loop=" ".join(["#pragma omp for schedule(static)"] + clauses))

@@ -155,6 +155,23 @@ def _flat_streams(g: dict, outputs, read: set[str], printer, shapes: dict) -> bo
     return True
 
 
+def _deferred_streams(g: dict, outputs, read: set[str], printer) -> None:
+    """A row loop's last pass run a row late inside the next row's sum
+    (codegen/row_loops.py, defer_last_pass) streams its output row, the sum's lanes added
+    up after the blocks; kept only where that output is one nobody reads, else dropped."""
+    d = g.get("deferred")
+    if not d:
+        return
+    late = d["both"]["parts"][-1]
+    if not _writes_alone(late["nest"], outputs, read):
+        g["deferred"] = None
+        return
+    late["stream"] = _stream(late["nest"], printer, "bp_block0")
+    d["both"]["stream"] = dict(size=late["stream"]["size"], lanes=late["stream"]["lanes"],
+                               sums=[(d["first"]["acc"], f"{d['first']['acc']}_lanes")],
+                               ahead=[])
+
+
 def mark_streams(views: list[dict], nests, outputs, printer, shapes: dict) -> list[dict]:
     """Adds `stream` to each view (or row loop member, or part of a merged inner loop)
     whose output is streamed: see _stream."""
@@ -164,6 +181,7 @@ def mark_streams(views: list[dict], nests, outputs, printer, shapes: dict) -> li
         if v.get("group") and _flat_streams(v, outputs, read, printer, shapes):
             continue
         if v.get("group"):
+            _deferred_streams(v, outputs, read, printer)
             for m in v["members"]:
                 if m["mode"] == "merged":
                     _merged_streams(m, outputs, read, printer, shapes)
@@ -180,6 +198,6 @@ def any_streamed(views: list[dict]) -> bool:
     """Whether any view, row loop member or part of a merged inner loop is streamed: the
     source then needs the helpers (templates/c_streams.c.j2), or `#if BP_STREAMS` reads
     an undefined macro as 0 and the streamed branch silently compiles away."""
-    return any(x.get("stream") or x.get("tiled") or any(
+    return any(x.get("stream") or x.get("tiled") or x.get("deferred") or any(
         m.get("stream") or any(p.get("stream") for p in m.get("parts", ()))
         for m in x.get("members", ())) for x in views)

@@ -111,6 +111,12 @@ static inline void bp_stream_fence(void)
  * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
 #define BP_STREAM_TILE_MAX (32 << 10)
 
+/* A row loop's last pass run a row late (codegen/row_loops.py, defer_last_pass) reads the
+ * summands its row sum kept from a ring of two rows on each thread's stack, at most this
+ * many bytes: softmax + CE's 8192-float rows take all of it; longer rows run the passes
+ * one after the other. */
+#define BP_RING_MAX (64 << 10)
+
 /* A tiled gather asks for the rows of its target-shaped inputs that the iteration this
  * many ahead reads (codegen/gather_streams.py, read_ahead).  Max pooling's backward at 1
  * thread in a C harness: 16.2 ms without, 14.6 / 13.9 / 13.5-14.3 / 14.9 ms at 1, 2, 4

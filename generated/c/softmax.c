@@ -110,6 +110,12 @@ static inline void bp_stream_fence(void)
  * (codegen/gather_streams.py): max pooling's 2 rows of 112 floats take 896. */
 #define BP_STREAM_TILE_MAX (32 << 10)
 
+/* A row loop's last pass run a row late (codegen/row_loops.py, defer_last_pass) reads the
+ * summands its row sum kept from a ring of two rows on each thread's stack, at most this
+ * many bytes: softmax + CE's 8192-float rows take all of it; longer rows run the passes
+ * one after the other. */
+#define BP_RING_MAX (64 << 10)
+
 /* A tiled gather asks for the rows of its target-shaped inputs that the iteration this
  * many ahead reads (codegen/gather_streams.py, read_ahead).  Max pooling's backward at 1
  * thread in a C harness: 16.2 ms without, 14.6 / 13.9 / 13.5-14.3 / 14.9 ms at 1, 2, 4
@@ -353,6 +359,141 @@ int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
+    #if BP_STREAMS
+    if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+            && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)
+            && I <= BP_RING_MAX / 2 / (ptrdiff_t)sizeof(float)) {
+    BP_OMP(parallel if (N*I >= BP_PARALLEL_MIN))
+    {
+        BP_STREAM_BLOCK float bp_ring[BP_RING_MAX / sizeof(float)];
+        float *bp_row = bp_ring, *bp_row_prev = bp_ring + BP_RING_MAX / 2 / sizeof(float);
+        ptrdiff_t bp_n_prev = -1;
+        BP_OMP(for schedule(static))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* maximum over k of z[n, k], for a stable exp-sum */
+            float bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
+            int bp_acc0_nan = 0;
+            const ptrdiff_t bp_acc0_half = I / 2;
+            BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+            for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+                {
+                    const ptrdiff_t k = bp_k_j;
+                    const float bp_v = z[n*I + k];
+                    bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                    bp_acc0_nan |= bp_v != bp_v;
+                }
+                {
+                    const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                    const float bp_v = z[n*I + k];
+                    bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                    bp_acc0_nan |= bp_v != bp_v;
+                }
+            }
+            for (ptrdiff_t k = 2 * bp_acc0_half; k < I; ++k) {
+                const float bp_v = z[n*I + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
+            _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+            if (bp_n_prev >= 0) {
+                /* sum over k; y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+                const float bp_acc1_r0 = _y_max[n];
+                const float bp_acc1_r1 = -bp_acc1_r0;
+                const float bp_acc3_r0 = _s1[bp_n_prev];
+                const float bp_acc3_r1 = 1.0F/bp_acc3_r0;
+                float bp_acc1 = 0;
+                #if BP_STREAMS
+                if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+                        && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
+                    const ptrdiff_t bp_head = bp_stream_head(&y[bp_n_prev*I], sizeof(float), I);
+                    ptrdiff_t bp_b;
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = 0; k < bp_head; ++k) {
+                        const float bp_v = bp_exp_nonpos_f32(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                        y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+                    }
+                    BP_STREAM_BLOCK float bp_acc1_lanes[16] = {0};
+                    for (bp_b = bp_head; bp_b + 16 <= I; bp_b += 16) {
+                        BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_b);
+                        BP_STREAM_BLOCK float bp_block0[16];
+                        BP_OMP(simd)
+                        for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) {
+                            const ptrdiff_t k = bp_b + bp_j;
+                            (void)k;      /* unused where the value does not vary along the row */
+                            const float bp_v = bp_exp_nonpos_f32(bp_acc1_r1 + z[n*I + k]);
+                            bp_row[k] = bp_v;
+                            bp_acc1_lanes[bp_j] += bp_v;
+                            bp_block0[bp_j] = bp_acc3_r1*bp_row_prev[k];
+                        }
+                        bp_stream_f32(&y[bp_n_prev*I + bp_b], bp_block0);
+                    }
+                    for (ptrdiff_t bp_j = 0; bp_j < 16; ++bp_j) bp_acc1 += bp_acc1_lanes[bp_j];
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = bp_b; k < I; ++k) {
+                        const float bp_v = bp_exp_nonpos_f32(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                        y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+                    }
+                    bp_stream_fence();
+                } else
+                #endif
+                {
+                for (ptrdiff_t bp_k_lo = 0; bp_k_lo < I; bp_k_lo += 256) {
+                    const ptrdiff_t bp_k_hi = bp_k_lo + 256 < I ? bp_k_lo + 256 : I;
+                    for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
+                        BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
+                    }
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                        const float bp_v = bp_exp_nonpos_f32(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                        y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+                    }
+                }
+                }
+                _s1[n] = bp_acc1;
+            } else {
+                /* sum over k */
+                float bp_acc1 = 0;
+                const float bp_acc1_r0 = _y_max[n];
+                const float bp_acc1_r1 = -bp_acc1_r0;
+                for (ptrdiff_t bp_k_lo = 0; bp_k_lo < I; bp_k_lo += 256) {
+                    const ptrdiff_t bp_k_hi = bp_k_lo + 256 < I ? bp_k_lo + 256 : I;
+                    for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 16) {
+                        BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
+                    }
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                        const float bp_v = bp_exp_nonpos_f32(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                    }
+                }
+                _s1[n] = bp_acc1;
+            }
+            bp_n_prev = n;
+            float *const bp_swap = bp_row;
+            bp_row = bp_row_prev;
+            bp_row_prev = bp_swap;
+        }
+        if (bp_n_prev >= 0) {
+            /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+            const float bp_acc3_r0 = _s1[bp_n_prev];
+            const float bp_acc3_r1 = 1.0F/bp_acc3_r0;
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < I; ++k) {
+                y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+            }
+        }
+    }
+    } else
+    #endif
+    {
     BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
@@ -436,6 +577,7 @@ int bp_softmax_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
         }
         }
     }
+    }
     return 0;
 }
 #endif
@@ -482,6 +624,141 @@ int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
+    #if BP_STREAMS
+    if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+            && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)
+            && I <= BP_RING_MAX / 2 / (ptrdiff_t)sizeof(double)) {
+    BP_OMP(parallel if (N*I >= BP_PARALLEL_MIN))
+    {
+        BP_STREAM_BLOCK double bp_ring[BP_RING_MAX / sizeof(double)];
+        double *bp_row = bp_ring, *bp_row_prev = bp_ring + BP_RING_MAX / 2 / sizeof(double);
+        ptrdiff_t bp_n_prev = -1;
+        BP_OMP(for schedule(static))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            /* maximum over k of z[n, k], for a stable exp-sum */
+            double bp_acc0 = -INFINITY, bp_acc0_hi = -INFINITY;
+            int bp_acc0_nan = 0;
+            const ptrdiff_t bp_acc0_half = I / 2;
+            BP_OMP(simd reduction(max:bp_acc0, bp_acc0_hi) reduction(|:bp_acc0_nan))
+            for (ptrdiff_t bp_k_j = 0; bp_k_j < bp_acc0_half; ++bp_k_j) {
+                {
+                    const ptrdiff_t k = bp_k_j;
+                    const double bp_v = z[n*I + k];
+                    bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                    bp_acc0_nan |= bp_v != bp_v;
+                }
+                {
+                    const ptrdiff_t k = bp_k_j + bp_acc0_half;
+                    const double bp_v = z[n*I + k];
+                    bp_acc0_hi = bp_v > bp_acc0_hi ? bp_v : bp_acc0_hi;
+                    bp_acc0_nan |= bp_v != bp_v;
+                }
+            }
+            for (ptrdiff_t k = 2 * bp_acc0_half; k < I; ++k) {
+                const double bp_v = z[n*I + k];
+                bp_acc0 = bp_v > bp_acc0 ? bp_v : bp_acc0;
+                bp_acc0_nan |= bp_v != bp_v;
+            }
+            bp_acc0 = bp_acc0_hi > bp_acc0 ? bp_acc0_hi : bp_acc0;
+            _y_max[n] = bp_acc0_nan ? NAN : bp_acc0;
+            if (bp_n_prev >= 0) {
+                /* sum over k; y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+                const double bp_acc1_r0 = _y_max[n];
+                const double bp_acc1_r1 = -bp_acc1_r0;
+                const double bp_acc3_r0 = _s1[bp_n_prev];
+                const double bp_acc3_r1 = 1.0/bp_acc3_r0;
+                double bp_acc1 = 0;
+                #if BP_STREAMS
+                if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+                        && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
+                    const ptrdiff_t bp_head = bp_stream_head(&y[bp_n_prev*I], sizeof(double), I);
+                    ptrdiff_t bp_b;
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = 0; k < bp_head; ++k) {
+                        const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                        y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+                    }
+                    BP_STREAM_BLOCK double bp_acc1_lanes[8] = {0};
+                    for (bp_b = bp_head; bp_b + 8 <= I; bp_b += 8) {
+                        BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_b);
+                        BP_STREAM_BLOCK double bp_block0[8];
+                        BP_OMP(simd)
+                        for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) {
+                            const ptrdiff_t k = bp_b + bp_j;
+                            (void)k;      /* unused where the value does not vary along the row */
+                            const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+                            bp_row[k] = bp_v;
+                            bp_acc1_lanes[bp_j] += bp_v;
+                            bp_block0[bp_j] = bp_acc3_r1*bp_row_prev[k];
+                        }
+                        bp_stream_f64(&y[bp_n_prev*I + bp_b], bp_block0);
+                    }
+                    for (ptrdiff_t bp_j = 0; bp_j < 8; ++bp_j) bp_acc1 += bp_acc1_lanes[bp_j];
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = bp_b; k < I; ++k) {
+                        const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                        y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+                    }
+                    bp_stream_fence();
+                } else
+                #endif
+                {
+                for (ptrdiff_t bp_k_lo = 0; bp_k_lo < I; bp_k_lo += 128) {
+                    const ptrdiff_t bp_k_hi = bp_k_lo + 128 < I ? bp_k_lo + 128 : I;
+                    for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
+                        BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
+                    }
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                        const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                        y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+                    }
+                }
+                }
+                _s1[n] = bp_acc1;
+            } else {
+                /* sum over k */
+                double bp_acc1 = 0;
+                const double bp_acc1_r0 = _y_max[n];
+                const double bp_acc1_r1 = -bp_acc1_r0;
+                for (ptrdiff_t bp_k_lo = 0; bp_k_lo < I; bp_k_lo += 128) {
+                    const ptrdiff_t bp_k_hi = bp_k_lo + 128 < I ? bp_k_lo + 128 : I;
+                    for (ptrdiff_t bp_q = bp_k_lo; bp_q < bp_k_hi; bp_q += 8) {
+                        BP_PREFETCH(z + (n + 1 < N ? n + 1 : n)*I + bp_q);
+                    }
+                    BP_OMP(simd reduction(+:bp_acc1))
+                    for (ptrdiff_t k = bp_k_lo; k < bp_k_hi; ++k) {
+                        const double bp_v = exp(bp_acc1_r1 + z[n*I + k]);
+                        bp_row[k] = bp_v;
+                        bp_acc1 += bp_v;
+                    }
+                }
+                _s1[n] = bp_acc1;
+            }
+            bp_n_prev = n;
+            double *const bp_swap = bp_row;
+            bp_row = bp_row_prev;
+            bp_row_prev = bp_swap;
+        }
+        if (bp_n_prev >= 0) {
+            /* y[n, i] = exp(z[n, i]) / sum(exp(z[n, k]), k) */
+            const double bp_acc3_r0 = _s1[bp_n_prev];
+            const double bp_acc3_r1 = 1.0/bp_acc3_r0;
+            BP_OMP(simd)
+            for (ptrdiff_t k = 0; k < I; ++k) {
+                y[bp_n_prev*I + k] = bp_acc3_r1*bp_row_prev[k];
+            }
+        }
+    }
+    } else
+    #endif
+    {
     BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         /* maximum over k of z[n, k], for a stable exp-sum */
@@ -564,6 +841,7 @@ int bp_softmax_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
             y[n*I + i] = bp_acc2_r1*y[n*I + i];
         }
         }
+    }
     }
     return 0;
 }
