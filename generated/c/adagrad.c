@@ -85,7 +85,7 @@ int bp_adagrad_forward_f32(ptrdiff_t P, const float *restrict p, const float *re
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/(lr_decay[0]*(step[0] - 1) + 1);
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* gd[i] = g[i] + weight_decay * p[i] */
         gd[i] = weight_decay[0]*p[i] + g[i];
@@ -124,7 +124,7 @@ int bp_adagrad_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, 
     const float bp_s_lr = lr[0];
     const float bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_acc = acc[bp_i];
         const float bp_in_g = g[bp_i];
@@ -149,7 +149,7 @@ int bp_adagrad_forward_f64(ptrdiff_t P, const double *restrict p, const double *
 {
     (void)bp_work;
     const double bp_k0 = 1.0/(lr_decay[0]*(step[0] - 1) + 1);
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* gd[i] = g[i] + weight_decay * p[i] */
         gd[i] = weight_decay[0]*p[i] + g[i];
@@ -188,7 +188,7 @@ int bp_adagrad_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g
     const double bp_s_lr = lr[0];
     const double bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_acc = acc[bp_i];
         const double bp_in_g = g[bp_i];

@@ -354,7 +354,7 @@ int bp_adam_forward_f32(ptrdiff_t P, const float *restrict p, const float *restr
     } else
     #endif
     {
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
         m_next[i] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
@@ -397,7 +397,7 @@ int bp_adam_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, con
     const float bp_s_eps = eps[0];
     const float bp_s_lr = lr[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_g = g[bp_i];
         const float bp_in_m = m[bp_i];
@@ -464,7 +464,7 @@ int bp_adam_forward_f64(ptrdiff_t P, const double *restrict p, const double *res
     } else
     #endif
     {
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
         m_next[i] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
@@ -507,7 +507,7 @@ int bp_adam_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, c
     const double bp_s_eps = eps[0];
     const double bp_s_lr = lr[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_g = g[bp_i];
         const double bp_in_m = m[bp_i];

@@ -86,7 +86,7 @@ int bp_adamw_forward_f32(ptrdiff_t P, const float *restrict p, const float *rest
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - powf(beta1[0], step[0]));
     const float bp_k1 = powf(1 - powf(beta2[0], step[0]), -1.0F/2.0F);
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
         m_next[i] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
@@ -130,7 +130,7 @@ int bp_adamw_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, co
     const float bp_s_lr = lr[0];
     const float bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_g = g[bp_i];
         const float bp_in_m = m[bp_i];
@@ -157,7 +157,7 @@ int bp_adamw_forward_f64(ptrdiff_t P, const double *restrict p, const double *re
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - pow(beta1[0], step[0]));
     const double bp_k1 = pow(1 - pow(beta2[0], step[0]), -1.0/2.0);
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* m_next[i] = beta1 * m[i] + (1 - beta1) * g[i] */
         m_next[i] = beta1[0]*m[i] - (beta1[0] - 1)*g[i];
@@ -201,7 +201,7 @@ int bp_adamw_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, 
     const double bp_s_lr = lr[0];
     const double bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_g = g[bp_i];
         const double bp_in_m = m[bp_i];

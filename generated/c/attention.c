@@ -201,7 +201,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     const float bp_k0 = powf(E, -1.0F/2.0F);
     /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -218,7 +218,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -237,7 +237,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -254,7 +254,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -273,7 +273,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -290,7 +290,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -309,7 +309,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -324,7 +324,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -402,7 +402,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -417,7 +417,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -428,7 +428,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -446,7 +446,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < T*D; ++d) {
@@ -461,7 +461,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -470,7 +470,7 @@ int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -504,7 +504,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     const float bp_k0 = powf(E, -1.0F/2.0F);
     /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -521,7 +521,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -532,7 +532,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -550,7 +550,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* sum over e */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -565,7 +565,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -609,7 +609,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -624,7 +624,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -635,7 +635,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t u = 0; u < T; ++u) {
@@ -653,7 +653,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -668,7 +668,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -679,7 +679,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t u = 0; u < T; ++u) {
@@ -698,7 +698,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -713,7 +713,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -724,7 +724,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -743,7 +743,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < T*D; ++d) {
@@ -758,7 +758,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -767,7 +767,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -793,7 +793,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -819,7 +819,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -837,7 +837,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < E*D; ++d) {
@@ -852,7 +852,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -861,7 +861,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -879,7 +879,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < E*D; ++d) {
@@ -894,7 +894,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -903,7 +903,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -921,7 +921,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < E*D; ++d) {
@@ -936,7 +936,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -945,7 +945,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -963,7 +963,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             BP_OMP(simd)
             for (ptrdiff_t e = 0; e < H*E; ++e) {
@@ -978,7 +978,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -987,7 +987,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t d = 0; d < D; ++d) {
@@ -1022,7 +1022,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     const double bp_k0 = pow(E, -1.0/2.0);
     /* q[b, h, t, e] = Wq[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1039,7 +1039,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1058,7 +1058,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* k[b, h, t, e] = Wk[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1075,7 +1075,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1094,7 +1094,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* v[b, h, t, e] = Wv[h, e, d] * x[b, t, d] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1111,7 +1111,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1130,7 +1130,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* s[b, h, t, u] = q[b, h, t, e] * k[b, h, u, e] / sqrt(E) + where(u > t and CAUSAL > 0, -1000000000, 0) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1145,7 +1145,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1223,7 +1223,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* ctx[b, h, t, e] = a[b, h, t, u] * v[b, h, u, e] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1238,7 +1238,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1249,7 +1249,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1267,7 +1267,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
     }
     /* y[b, t, d] = Wo[d, h, e] * ctx[b, h, t, e] */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < T*D; ++d) {
@@ -1282,7 +1282,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1291,7 +1291,7 @@ int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1325,7 +1325,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     const double bp_k0 = pow(E, -1.0/2.0);
     /* dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1342,7 +1342,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1353,7 +1353,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*D*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1371,7 +1371,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* sum over e */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1386,7 +1386,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1430,7 +1430,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1445,7 +1445,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1456,7 +1456,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t u = 0; u < T; ++u) {
@@ -1474,7 +1474,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1489,7 +1489,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1500,7 +1500,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t u = 0; u < T; ++u) {
@@ -1519,7 +1519,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1534,7 +1534,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1545,7 +1545,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1564,7 +1564,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < T*D; ++d) {
@@ -1579,7 +1579,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*T*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 BP_OMP(simd)
@@ -1588,7 +1588,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1614,7 +1614,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1640,7 +1640,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: B*H*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1658,7 +1658,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < E*D; ++d) {
@@ -1673,7 +1673,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1682,7 +1682,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1700,7 +1700,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < E*D; ++d) {
@@ -1715,7 +1715,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1724,7 +1724,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1742,7 +1742,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < E*D; ++d) {
@@ -1757,7 +1757,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t e = 0; e < E; ++e) {
                 BP_OMP(simd)
@@ -1766,7 +1766,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*T*E*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t t = 0; t < T; ++t) {
@@ -1784,7 +1784,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
     }
     /* dWo[d, h, e] = sum_{b,t}(dy[b, t, d]*ctx[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             BP_OMP(simd)
             for (ptrdiff_t e = 0; e < H*E; ++e) {
@@ -1799,7 +1799,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (D*H*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: D*H*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t d = 0; d < D; ++d) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 BP_OMP(simd)
@@ -1808,7 +1808,7 @@ int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
                 }
             }
         }
-        BP_OMP(parallel for if (H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*B*D*T*E >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t b = 0; b < B; ++b) {
                 for (ptrdiff_t d = 0; d < D; ++d) {

@@ -354,7 +354,7 @@ int bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KW;
     (void)bp_work;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -1105,7 +1105,7 @@ int bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KW;
     (void)bp_work;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {

@@ -364,7 +364,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     #if BP_STREAMS
     if (N*C*H*W >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && H*W >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const float bp_acc_r0 = b[c];
@@ -395,7 +395,7 @@ int bp_batchnorm_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const float bp_acc_r0 = b[c];
@@ -548,7 +548,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     #if BP_STREAMS
     if (N*C*H*W >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && H*W >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const double bp_acc_r0 = b[c];
@@ -579,7 +579,7 @@ int bp_batchnorm_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const double bp_acc_r0 = b[c];

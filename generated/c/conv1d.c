@@ -170,7 +170,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
     float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f32 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -212,7 +212,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -221,7 +221,7 @@ int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -296,7 +296,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -305,7 +305,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -320,7 +320,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f32 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < C*K; ++k) {
@@ -361,14 +361,14 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, bp_b, bp_ldb, 1, bp_part, C*K);
             }
         }
-        BP_OMP(parallel for simd if (C*K*O >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for simd if (parallel: C*K*O >= BP_PARALLEL_MIN))
         for (ptrdiff_t bp_e = 0; bp_e < C*K*O; ++bp_e) {
             float bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -377,7 +377,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -391,7 +391,7 @@ int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* db[o] = sum_{n,i}(dy[n, o, i]) */
-    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -418,7 +418,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
     double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i] = w[o, c, k] * x[n, c, S*i + D*k - P] + b[o] */
     if (bp_conv1d_gemm_f64 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -460,7 +460,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -469,7 +469,7 @@ int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*Lout*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -544,7 +544,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*C*L >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*L >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -553,7 +553,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*L*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -568,7 +568,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
     }
     /* dw[o, c, k] = sum_{n,i}(dy[n, o, i]*x[n, c, i + k]) */
     if (bp_conv1d_gemm_f64 != NULL && C*K*Lout*O >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < C*K; ++k) {
@@ -609,14 +609,14 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, bp_b, bp_ldb, 1, bp_part, C*K);
             }
         }
-        BP_OMP(parallel for simd if (C*K*O >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for simd if (parallel: C*K*O >= BP_PARALLEL_MIN))
         for (ptrdiff_t bp_e = 0; bp_e < C*K*O; ++bp_e) {
             double bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*K*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (O*C*K >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*K >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -625,7 +625,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*N*C*K*Lout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -639,7 +639,7 @@ int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t L, p
         }
     }
     /* db[o] = sum_{n,i}(dy[n, o, i]) */
-    BP_OMP(parallel for if (O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: O*N*Lout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {

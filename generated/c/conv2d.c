@@ -178,7 +178,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     float *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -224,7 +224,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -235,7 +235,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -321,7 +321,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -332,7 +332,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -351,7 +351,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -398,14 +398,14 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, bp_b, bp_ldb, 1, bp_part, C*KH*KW);
             }
         }
-        BP_OMP(parallel for simd if (C*KH*KW*O >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for simd if (parallel: C*KH*KW*O >= BP_PARALLEL_MIN))
         for (ptrdiff_t bp_e = 0; bp_e < C*KH*KW*O; ++bp_e) {
             float bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -416,7 +416,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -434,7 +434,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
-    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         float bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {
@@ -463,7 +463,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
     double *const _y_pb_slots = bp_work + 0;
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 BP_OMP(simd)
@@ -509,7 +509,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t i = 0; i < Hout; ++i) {
@@ -520,7 +520,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -606,7 +606,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t h = 0; h < H; ++h) {
@@ -617,7 +617,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*O*C*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < O; ++o) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -636,7 +636,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 BP_OMP(simd)
@@ -683,14 +683,14 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, bp_b, bp_ldb, 1, bp_part, C*KH*KW);
             }
         }
-        BP_OMP(parallel for simd if (C*KH*KW*O >= BP_PARALLEL_MIN))
+        BP_OMP(parallel for simd if (parallel: C*KH*KW*O >= BP_PARALLEL_MIN))
         for (ptrdiff_t bp_e = 0; bp_e < C*KH*KW*O; ++bp_e) {
             double bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
         }
     } else {                 /* no GEMM, or too little work for the packing */
-        BP_OMP(parallel for if (O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t p = 0; p < KH; ++p) {
@@ -701,7 +701,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
                 }
             }
         }
-        BP_OMP(parallel for if (O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: O*N*C*KH*Hout*KW*Wout >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t c = 0; c < C; ++c) {
@@ -719,7 +719,7 @@ int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
         }
     }
     /* db[o] = sum_{n,i,j}(dy[n, o, i, j]) */
-    BP_OMP(parallel for if (O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: O*N*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t o = 0; o < O; ++o) {
         double bp_acc = 0;
         for (ptrdiff_t n = 0; n < N; ++n) {

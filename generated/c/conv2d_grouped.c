@@ -128,7 +128,7 @@ int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
     (void)W;
     (void)bp_work;
     /* y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o] */
-    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*G*OG*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -141,7 +141,7 @@ int bp_conv2d_grouped_forward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -171,7 +171,7 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     (void)b;
     (void)bp_work;
     /* dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
-    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t c = 0; c < CG; ++c) {
@@ -184,7 +184,7 @@ int bp_conv2d_grouped_backward_f32(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -262,7 +262,7 @@ int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
     (void)W;
     (void)bp_work;
     /* y[n, g, o, i, j] = w[g, o, c, p, q] * x[n, g, c, S*i + D*p - P, S*j + D*q - P] + b[g, o] */
-    BP_OMP(parallel for if (N*G*OG*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*G*OG*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -275,7 +275,7 @@ int bp_conv2d_grouped_forward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdif
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: G*N*OG*CG*Hout*KH*Wout*KW >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {
@@ -305,7 +305,7 @@ int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
     (void)b;
     (void)bp_work;
     /* dx[n, g, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, g, o, h - p, k - q]*w[g, o, c, p, q]) */
-    BP_OMP(parallel for if (N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*G*CG*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t g = 0; g < G; ++g) {
             for (ptrdiff_t c = 0; c < CG; ++c) {
@@ -318,7 +318,7 @@ int bp_conv2d_grouped_backward_f64(ptrdiff_t N, ptrdiff_t G, ptrdiff_t CG, ptrdi
             }
         }
     }
-    BP_OMP(parallel for if (G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: G*N*OG*CG*H*KH*W*KW >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t g = 0; g < G; ++g) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t o = 0; o < OG; ++o) {

@@ -112,7 +112,7 @@ int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *res
         bp_dense_gemm_f32(101, 111, 112, N, I, J, 1, x, J, W, J, 1, z, I);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 float bp_acc = 0;
@@ -148,14 +148,14 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dx[n*J + j] = 0;
             }
         }
-        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 const float bp_acc_r0 = dz[n*I + i];
@@ -165,14 +165,14 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
                 }
             }
         }
-        BP_OMP(parallel for if (I*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dW[i*J + j] = 0;
             }
         }
-        BP_OMP(parallel for if (I*N*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: I*N*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz[n*I + i];
@@ -185,11 +185,11 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
 #endif
     }
     /* db[i] = sum_n(dz[n, i]) */
-    BP_OMP(parallel for simd if (I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < I; ++i) {
         db[i] = 0;
     }
-    BP_OMP(parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db[0:I]) if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -223,7 +223,7 @@ int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *re
         bp_dense_gemm_f64(101, 111, 112, N, I, J, 1, x, J, W, J, 1, z, I);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 double bp_acc = 0;
@@ -259,14 +259,14 @@ int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dx[n*J + j] = 0;
             }
         }
-        BP_OMP(parallel for if (N*I*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t i = 0; i < I; ++i) {
                 const double bp_acc_r0 = dz[n*I + i];
@@ -276,14 +276,14 @@ int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
                 }
             }
         }
-        BP_OMP(parallel for if (I*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: I*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < J; ++j) {
                 dW[i*J + j] = 0;
             }
         }
-        BP_OMP(parallel for if (I*N*J >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: I*N*J >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t i = 0; i < I; ++i) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz[n*I + i];
@@ -296,11 +296,11 @@ int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *r
 #endif
     }
     /* db[i] = sum_n(dz[n, i]) */
-    BP_OMP(parallel for simd if (I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < I; ++i) {
         db[i] = 0;
     }
-    BP_OMP(parallel for reduction(+:db[0:I]) if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db[0:I]) if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {

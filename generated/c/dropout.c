@@ -318,7 +318,7 @@ int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, co
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&y[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -345,7 +345,7 @@ int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, co
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -367,7 +367,7 @@ int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, c
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dx[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -394,7 +394,7 @@ int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, c
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -412,7 +412,7 @@ int bp_dropout_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *x, con
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - p[0]);
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_mask = mask[bp_i];
         const float bp_in_x = x[bp_i];
@@ -436,7 +436,7 @@ int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, c
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&y[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -463,7 +463,7 @@ int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, c
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -485,7 +485,7 @@ int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dx[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -512,7 +512,7 @@ int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -530,7 +530,7 @@ int bp_dropout_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *x, co
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - p[0]);
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_mask = mask[bp_i];
         const double bp_in_x = x[bp_i];

@@ -367,7 +367,7 @@ int bp_elu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -394,7 +394,7 @@ int bp_elu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -414,7 +414,7 @@ int bp_elu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -443,7 +443,7 @@ int bp_elu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -460,7 +460,7 @@ int bp_elu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_a = ((bp_in_z > 0) ? bp_in_z : expm1f(bp_in_z));
@@ -488,7 +488,7 @@ int bp_elu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doubl
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -515,7 +515,7 @@ int bp_elu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doubl
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -535,7 +535,7 @@ int bp_elu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, cons
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -564,7 +564,7 @@ int bp_elu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, cons
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -581,7 +581,7 @@ int bp_elu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_a = ((bp_in_z > 0) ? bp_in_z : expm1(bp_in_z));

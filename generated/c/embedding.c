@@ -320,7 +320,7 @@ int bp_embedding_forward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
     #if BP_STREAMS
     if (N*D >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && D >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = ids[n];
         const ptrdiff_t bp_head = bp_stream_head(&y[n*D], sizeof(float), D);
@@ -348,7 +348,7 @@ int bp_embedding_forward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = ids[n];
         BP_OMP(simd)
@@ -367,7 +367,7 @@ int bp_embedding_backward_f32(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64
     (void)E;
     (void)bp_work;
     /* dE[v, d] = sum_n(dy[n, d]*[v == ids[n]]) */
-    BP_OMP(parallel for if (V*D >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: V*D >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t v = 0; v < V; ++v) {
         BP_OMP(simd)
         for (ptrdiff_t d = 0; d < D; ++d) {
@@ -400,7 +400,7 @@ int bp_embedding_forward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
     #if BP_STREAMS
     if (N*D >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && D >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = ids[n];
         const ptrdiff_t bp_head = bp_stream_head(&y[n*D], sizeof(double), D);
@@ -428,7 +428,7 @@ int bp_embedding_forward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64_
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = ids[n];
         BP_OMP(simd)
@@ -447,7 +447,7 @@ int bp_embedding_backward_f64(ptrdiff_t N, ptrdiff_t V, ptrdiff_t D, const int64
     (void)E;
     (void)bp_work;
     /* dE[v, d] = sum_n(dy[n, d]*[v == ids[n]]) */
-    BP_OMP(parallel for if (V*D >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: V*D >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t v = 0; v < V; ++v) {
         BP_OMP(simd)
         for (ptrdiff_t d = 0; d < D; ++d) {

@@ -426,7 +426,7 @@ int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -456,7 +456,7 @@ int bp_gelu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -474,7 +474,7 @@ int bp_gelu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float 
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_u = 0.797884561F*bp_in_z + 0.0356774081F*(bp_in_z*bp_in_z*bp_in_z);
@@ -560,7 +560,7 @@ int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -590,7 +590,7 @@ int bp_gelu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -608,7 +608,7 @@ int bp_gelu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, doubl
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_u = 0.7978845608028654*bp_in_z + 0.035677408136300126*(bp_in_z*bp_in_z*bp_in_z);

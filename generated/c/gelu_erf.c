@@ -417,7 +417,7 @@ int bp_gelu_erf_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -445,7 +445,7 @@ int bp_gelu_erf_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, f
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -466,7 +466,7 @@ int bp_gelu_erf_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -495,7 +495,7 @@ int bp_gelu_erf_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -512,7 +512,7 @@ int bp_gelu_erf_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, fl
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_a = (1.0F/2.0F)*bp_in_z*(bp_erf_f32(0.707106781F*bp_in_z) + 1);
@@ -534,7 +534,7 @@ int bp_gelu_erf_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -562,7 +562,7 @@ int bp_gelu_erf_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -583,7 +583,7 @@ int bp_gelu_erf_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -612,7 +612,7 @@ int bp_gelu_erf_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z,
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -629,7 +629,7 @@ int bp_gelu_erf_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, d
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_a = (1.0/2.0)*bp_in_z*(erf(0.7071067811865476*bp_in_z) + 1);

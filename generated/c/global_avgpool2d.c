@@ -320,7 +320,7 @@ int bp_global_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdi
     const float bp_k0 = 1.0F/H;
     const float bp_k1 = 1.0F/W;
     /* y[n, c] = sum(x[n, c, h, w], h, w) / (H * W) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             float bp_acc = 0;
@@ -346,7 +346,7 @@ int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     #if BP_STREAMS
     if (N*C*H*W >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && H*W >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const float bp_acc_r0 = dy[n*C + c];
@@ -376,7 +376,7 @@ int bp_global_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const float bp_acc_r0 = dy[n*C + c];
@@ -402,7 +402,7 @@ int bp_global_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdi
     const double bp_k0 = 1.0/H;
     const double bp_k1 = 1.0/W;
     /* y[n, c] = sum(x[n, c, h, w], h, w) / (H * W) */
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             double bp_acc = 0;
@@ -428,7 +428,7 @@ int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     #if BP_STREAMS
     if (N*C*H*W >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && H*W >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const double bp_acc_r0 = dy[n*C + c];
@@ -458,7 +458,7 @@ int bp_global_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*C*H*W >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             const double bp_acc_r0 = dy[n*C + c];

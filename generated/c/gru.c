@@ -640,7 +640,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     float *const _W_hh_panels0 = bp_work + 0;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
     if (bp_gru_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*3*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -664,7 +664,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -750,7 +750,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     #if BP_STREAMS
     if (N*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&hn[n*H], sizeof(float), H);
         ptrdiff_t bp_b;
@@ -777,7 +777,7 @@ int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -904,7 +904,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -913,7 +913,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -931,7 +931,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
     if (bp_gru_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -951,14 +951,14 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
-        BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 for (ptrdiff_t k = 0; k < H; ++k) {
@@ -987,7 +987,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -996,7 +996,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1027,7 +1027,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1036,7 +1036,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1065,7 +1065,7 @@ int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t t = 1; t < T; ++t) {
@@ -1271,7 +1271,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     double *const _W_hh_panels0 = bp_work + 0;
     /* ai[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] */
     if (bp_gru_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (T*N*3*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*3*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -1295,7 +1295,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -1381,7 +1381,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     #if BP_STREAMS
     if (N*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&hn[n*H], sizeof(double), H);
         ptrdiff_t bp_b;
@@ -1408,7 +1408,7 @@ int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdi
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1535,7 +1535,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -1544,7 +1544,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 3; ++g) {
@@ -1562,7 +1562,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     }
     /* dh0[n, j] = dh_total[0, n, j]*z[0, n, j] + sum_{g,k}(W_hh[g, k, j]*dah[0, n, g, k]) */
     if (bp_gru_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1582,14 +1582,14 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t j = 0; j < H; ++j) {
                 dh0[n*H + j] = dh_total[n*H + j]*z[n*H + j];
             }
         }
-        BP_OMP(parallel for if (N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 3; ++g) {
                 for (ptrdiff_t k = 0; k < H; ++k) {
@@ -1618,7 +1618,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1627,7 +1627,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1658,7 +1658,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1667,7 +1667,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
                 }
             }
         }
-        BP_OMP(parallel for if (3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1696,7 +1696,7 @@ int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t t = 1; t < T; ++t) {

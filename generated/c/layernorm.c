@@ -406,11 +406,11 @@ int bp_layernorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x,
     float *const _s2 = bp_work + 0;
     float *const _s3 = bp_work + N;
     const float bp_k0 = 1.0F/C;
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db[c] = 0;
     }
@@ -591,11 +591,11 @@ int bp_layernorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x
     double *const _s2 = bp_work + 0;
     double *const _s3 = bp_work + N;
     const double bp_k0 = 1.0/C;
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db[c] = 0;
     }

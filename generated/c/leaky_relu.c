@@ -323,7 +323,7 @@ int bp_leaky_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z,
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -350,7 +350,7 @@ int bp_leaky_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z,
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -370,7 +370,7 @@ int bp_leaky_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -397,7 +397,7 @@ int bp_leaky_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -414,7 +414,7 @@ int bp_leaky_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, 
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_a = ((bp_in_z > 0) ? bp_in_z : (1.0F/100.0F)*bp_in_z);
@@ -442,7 +442,7 @@ int bp_leaky_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -469,7 +469,7 @@ int bp_leaky_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -489,7 +489,7 @@ int bp_leaky_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -516,7 +516,7 @@ int bp_leaky_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -533,7 +533,7 @@ int bp_leaky_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z,
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_a = ((bp_in_z > 0) ? bp_in_z : (1.0/100.0)*bp_in_z);

@@ -640,7 +640,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     float *const _W_hh_panels0 = bp_work + 0;
     /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
     if (bp_lstm_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -664,7 +664,7 @@ int bp_lstm_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -886,7 +886,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -895,7 +895,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -926,14 +926,14 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 dh0[n*H + k] = 0;
             }
         }
-        BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -951,7 +951,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     #if BP_STREAMS
     if (N*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dc0[n*H], sizeof(float), H);
         ptrdiff_t bp_b;
@@ -978,7 +978,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1001,7 +1001,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1010,7 +1010,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1041,7 +1041,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1050,7 +1050,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1079,7 +1079,7 @@ int bp_lstm_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t t = 1; t < T; ++t) {
@@ -1305,7 +1305,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
     double *const _W_hh_panels0 = bp_work + 0;
     /* a[t, n, g, j] = W_ih[g, j, i] * x[t, n, i] + b_ih[g, j] + W_hh[g, j, k] * h[t - 1, n, k] + b_hh[g, j] */
     if (bp_lstm_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*4*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -1329,7 +1329,7 @@ int bp_lstm_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrd
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -1551,7 +1551,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -1560,7 +1560,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*4*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t g = 0; g < 4; ++g) {
@@ -1591,14 +1591,14 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t k = 0; k < H; ++k) {
                 dh0[n*H + k] = 0;
             }
         }
-        BP_OMP(parallel for if (N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*4*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t g = 0; g < 4; ++g) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1616,7 +1616,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     #if BP_STREAMS
     if (N*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dc0[n*H], sizeof(double), H);
         ptrdiff_t bp_b;
@@ -1643,7 +1643,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1666,7 +1666,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1675,7 +1675,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1706,7 +1706,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t j = 0; j < H; ++j) {
                 BP_OMP(simd)
@@ -1715,7 +1715,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
                 }
             }
         }
-        BP_OMP(parallel for if (4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1744,7 +1744,7 @@ int bp_lstm_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 4*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 4; ++g) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t t = 1; t < T; ++t) {

@@ -447,7 +447,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 float bp_acc = 0;
@@ -461,7 +461,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
 #endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -480,7 +480,7 @@ int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 float bp_acc = 0;
@@ -630,14 +630,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -650,7 +650,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 #endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -668,14 +668,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -685,14 +685,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -705,11 +705,11 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 #endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -721,14 +721,14 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -741,11 +741,11 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 #endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (parallel: N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -782,7 +782,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f32(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 float bp_acc = 0;
@@ -796,7 +796,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -815,7 +815,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f32(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 float bp_acc = 0;
@@ -904,14 +904,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f32(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s6[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -924,7 +924,7 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -942,14 +942,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -959,14 +959,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz1[n*H + h];
@@ -979,11 +979,11 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -995,14 +995,14 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f32(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const float bp_acc_r0 = dz2[n*C + c];
@@ -1015,11 +1015,11 @@ int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (parallel: N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -1062,7 +1062,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 double bp_acc = 0;
@@ -1076,7 +1076,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
 #endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1095,7 +1095,7 @@ int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, cons
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 double bp_acc = 0;
@@ -1245,14 +1245,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s3, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s3[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -1265,7 +1265,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 #endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1283,14 +1283,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -1300,14 +1300,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
                 }
             }
         }
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -1320,11 +1320,11 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 #endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1336,14 +1336,14 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -1356,11 +1356,11 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
 #endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (parallel: N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -1397,7 +1397,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f64(101, 111, 112, N, H, D, 1, x, D, W1, D, 1, z1, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 double bp_acc = 0;
@@ -1411,7 +1411,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* a1[n, h] = sigmoid(z1[n, h]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1430,7 +1430,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f64(101, 111, 112, N, C, H, 1, a1, H, W2, H, 1, z2, C);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 double bp_acc = 0;
@@ -1519,14 +1519,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f64(101, 111, 111, N, H, C, 1, dz2, C, W2, H, 0, _s6, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 _s6[n*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (N*C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -1539,7 +1539,7 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* dz1[n, h] = (1 - a1[n, h])*a1[n, h]*sum_c(W2[c, h]*dz2[n, c]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1557,14 +1557,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dx[n*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (N*H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: N*H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t h = 0; h < H; ++h) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -1574,14 +1574,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
                 }
             }
         }
-        BP_OMP(parallel for if (H*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             BP_OMP(simd)
             for (ptrdiff_t d = 0; d < D; ++d) {
                 dW1[h*D + d] = 0;
             }
         }
-        BP_OMP(parallel for if (H*N*D >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*N*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t h = 0; h < H; ++h) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz1[n*H + h];
@@ -1594,11 +1594,11 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* db1[h] = sum_n(dz1[n, h]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t h = 0; h < H; ++h) {
         db1[h] = 0;
     }
-    BP_OMP(parallel for reduction(+:db1[0:H]) if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db1[0:H]) if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t h = 0; h < H; ++h) {
@@ -1610,14 +1610,14 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
         bp_mlp2_gemm_f64(101, 112, 111, C, H, N, 1, dz2, C, a1, H, 0, dW2, H);
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (C*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             BP_OMP(simd)
             for (ptrdiff_t h = 0; h < H; ++h) {
                 dW2[c*H + h] = 0;
             }
         }
-        BP_OMP(parallel for if (C*N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: C*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const double bp_acc_r0 = dz2[n*C + c];
@@ -1630,11 +1630,11 @@ int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_
 #endif
     }
     /* db2[c] = sum_n(dz2[n, c]) */
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         db2[c] = 0;
     }
-    BP_OMP(parallel for reduction(+:db2[0:C]) if (N*C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db2[0:C]) if (parallel: N*C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t c = 0; c < C; ++c) {

@@ -324,7 +324,7 @@ int bp_mse_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const 
     /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
     {
         float bp_acc = 0;
-        BP_OMP(parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for reduction(+:bp_acc) if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd reduction(+:bp_acc))
             for (ptrdiff_t i = 0; i < I; ++i) {
@@ -346,7 +346,7 @@ int bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dy[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -373,7 +373,7 @@ int bp_mse_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -448,7 +448,7 @@ int bp_mse_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const
     /* L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N) */
     {
         double bp_acc = 0;
-        BP_OMP(parallel for reduction(+:bp_acc) if (N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for reduction(+:bp_acc) if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd reduction(+:bp_acc))
             for (ptrdiff_t i = 0; i < I; ++i) {
@@ -470,7 +470,7 @@ int bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dy[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -497,7 +497,7 @@ int bp_mse_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, cons
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {

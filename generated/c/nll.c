@@ -97,7 +97,7 @@ int bp_nll_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict logp, con
     /* L = -sum(logp[n, t[n]], n) / N */
     {
         float bp_acc = 0;
-        BP_OMP(parallel for simd reduction(+:bp_acc) if (N >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for simd reduction(+:bp_acc) if (parallel: N >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             bp_acc += -bp_k0*((0 <= t[n] && t[n] < I) ? logp[n*I + t[n]] : 0);
         }
@@ -114,7 +114,7 @@ int bp_nll_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict logp, co
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     /* dlogp[n, i] = -[i == t[n]]/N */
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
@@ -165,7 +165,7 @@ int bp_nll_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict logp, co
     /* L = -sum(logp[n, t[n]], n) / N */
     {
         double bp_acc = 0;
-        BP_OMP(parallel for simd reduction(+:bp_acc) if (N >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for simd reduction(+:bp_acc) if (parallel: N >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t n = 0; n < N; ++n) {
             bp_acc += -bp_k0*((0 <= t[n] && t[n] < I) ? logp[n*I + t[n]] : 0);
         }
@@ -182,7 +182,7 @@ int bp_nll_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict logp, c
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     /* dlogp[n, i] = -[i == t[n]]/N */
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;

@@ -356,7 +356,7 @@ int bp_rmsnorm_backward_f32(ptrdiff_t N, ptrdiff_t C, const float *restrict x, c
 {
     float *const _s2 = bp_work + 0;
     const float bp_k0 = 1.0F/C;
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }
@@ -474,7 +474,7 @@ int bp_rmsnorm_backward_f64(ptrdiff_t N, ptrdiff_t C, const double *restrict x, 
 {
     double *const _s2 = bp_work + 0;
     const double bp_k0 = 1.0/C;
-    BP_OMP(parallel for simd if (C >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: C >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t c = 0; c < C; ++c) {
         dw[c] = 0;
     }

@@ -84,7 +84,7 @@ void bp_rmsprop_set_threads(int threads)
 int bp_rmsprop_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict p_next, float *restrict sq_next, float *restrict gd, float *restrict bp_work)
 {
     (void)bp_work;
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* gd[i] = g[i] + weight_decay * p[i] */
         gd[i] = weight_decay[0]*p[i] + g[i];
@@ -122,7 +122,7 @@ int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, 
     const float bp_s_lr = lr[0];
     const float bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_g = g[bp_i];
         const float bp_in_p = p[bp_i];
@@ -146,7 +146,7 @@ int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, 
 int bp_rmsprop_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict p_next, double *restrict sq_next, double *restrict gd, double *restrict bp_work)
 {
     (void)bp_work;
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* gd[i] = g[i] + weight_decay * p[i] */
         gd[i] = weight_decay[0]*p[i] + g[i];
@@ -184,7 +184,7 @@ int bp_rmsprop_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g
     const double bp_s_lr = lr[0];
     const double bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_g = g[bp_i];
         const double bp_in_p = p[bp_i];

@@ -567,7 +567,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     float *const _W_hh_panels0 = bp_work + 0;
     /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
     if (bp_rnn_relu_gemm_f32 != NULL) {
-        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -589,7 +589,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -648,7 +648,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     #if BP_STREAMS
     if (N*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&hn[n*H], sizeof(float), H);
         ptrdiff_t bp_b;
@@ -675,7 +675,7 @@ int bp_rnn_relu_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -761,7 +761,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -770,7 +770,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -785,14 +785,14 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 #endif
     }
     /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dh0[n*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t j = 0; j < H; ++j) {
             const float bp_acc_r0 = dz[n*H + j];
@@ -817,14 +817,14 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 dW_ih[j*I + i] = 0;
             }
         }
-        BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t n = 0; n < N; ++n) {
@@ -839,14 +839,14 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 #endif
     }
     /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dW_hh[j*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: H*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             const float bp_acc_r0 = dz[n*H + j];
@@ -871,7 +871,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t t = 1; t < T; ++t) {
@@ -886,11 +886,11 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 #endif
     }
     /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         db_ih[j] = 0;
     }
-    BP_OMP(parallel for reduction(+:db_ih[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db_ih[0:H]) if (parallel: T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -900,7 +900,7 @@ int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     }
     /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         db_hh[j] = db_ih[j];
     }
@@ -1069,7 +1069,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     double *const _W_hh_panels0 = bp_work + 0;
     /* z[t, n, j] = W_ih[j, i] * x[t, n, i] + b_ih[j] + W_hh[j, k] * h[t - 1, n, k] + b_hh[j] */
     if (bp_rnn_relu_gemm_f64 != NULL) {
-        BP_OMP(parallel for if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -1091,7 +1091,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1150,7 +1150,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     #if BP_STREAMS
     if (N*H >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && H >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&hn[n*H], sizeof(double), H);
         ptrdiff_t bp_b;
@@ -1177,7 +1177,7 @@ int bp_rnn_relu_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1263,7 +1263,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 BP_OMP(simd)
@@ -1272,7 +1272,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
                 }
             }
         }
-        BP_OMP(parallel for if (T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: T*N*H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t t = 0; t < T; ++t) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t j = 0; j < H; ++j) {
@@ -1287,14 +1287,14 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 #endif
     }
     /* dh0[n, k] = sum_j(W_hh[j, k]*dz[0, n, j]) */
-    BP_OMP(parallel for if (N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dh0[n*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (N*H*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t j = 0; j < H; ++j) {
             const double bp_acc_r0 = dz[n*H + j];
@@ -1319,14 +1319,14 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             BP_OMP(simd)
             for (ptrdiff_t i = 0; i < I; ++i) {
                 dW_ih[j*I + i] = 0;
             }
         }
-        BP_OMP(parallel for if (H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*T*N*I >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             for (ptrdiff_t t = 0; t < T; ++t) {
                 for (ptrdiff_t n = 0; n < N; ++n) {
@@ -1341,14 +1341,14 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 #endif
     }
     /* dW_hh[j, k] = sum_n(h0[n, k]*dz[0, n, j]) + sum_{n,t=1..T - 1}(dz[t, n, j]*h[t - 1, n, k]) */
-    BP_OMP(parallel for if (H*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: H*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         BP_OMP(simd)
         for (ptrdiff_t k = 0; k < H; ++k) {
             dW_hh[j*H + k] = 0;
         }
     }
-    BP_OMP(parallel for if (H*N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: H*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             const double bp_acc_r0 = dz[n*H + j];
@@ -1373,7 +1373,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
             for (ptrdiff_t n = 0; n < N; ++n) {
                 for (ptrdiff_t t = 1; t < T; ++t) {
@@ -1388,11 +1388,11 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
 #endif
     }
     /* db_ih[j] = sum_{t,n}(dz[t, n, j]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         db_ih[j] = 0;
     }
-    BP_OMP(parallel for reduction(+:db_ih[0:H]) if (T*N*H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for reduction(+:db_ih[0:H]) if (parallel: T*N*H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t t = 0; t < T; ++t) {
         for (ptrdiff_t n = 0; n < N; ++n) {
             BP_OMP(simd)
@@ -1402,7 +1402,7 @@ int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H,
         }
     }
     /* db_hh[j] = sum_{t,n}(dz[t, n, j]) */
-    BP_OMP(parallel for simd if (H >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: H >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t j = 0; j < H; ++j) {
         db_hh[j] = db_ih[j];
     }

@@ -83,7 +83,7 @@ int bp_sgd_forward_f32(ptrdiff_t P, const float *restrict p, const float *restri
 {
     (void)bp_work;
     /* p_next[i] = p[i] - lr * (g[i] + weight_decay * p[i]) */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         p_next[i] = -lr[0]*(weight_decay[0]*p[i] + g[i]) + p[i];
     }
@@ -111,7 +111,7 @@ int bp_sgd_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, cons
     const float bp_s_lr = lr[0];
     const float bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_g = g[bp_i];
         const float bp_in_p = p[bp_i];
@@ -131,7 +131,7 @@ int bp_sgd_forward_f64(ptrdiff_t P, const double *restrict p, const double *rest
 {
     (void)bp_work;
     /* p_next[i] = p[i] - lr * (g[i] + weight_decay * p[i]) */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         p_next[i] = -lr[0]*(weight_decay[0]*p[i] + g[i]) + p[i];
     }
@@ -159,7 +159,7 @@ int bp_sgd_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, co
     const double bp_s_lr = lr[0];
     const double bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_g = g[bp_i];
         const double bp_in_p = p[bp_i];

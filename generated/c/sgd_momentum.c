@@ -90,7 +90,7 @@ static inline float bp_select_f32(int c, float a, float b)
 int bp_sgd_momentum_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict buf, const float *restrict step, const float *restrict lr, const float *restrict momentum, const float *restrict dampening, const float *restrict nesterov, const float *restrict weight_decay, float *restrict p_next, float *restrict buf_next, float *restrict gd, float *restrict bp_work)
 {
     (void)bp_work;
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* gd[i] = g[i] + weight_decay * p[i] */
         gd[i] = weight_decay[0]*p[i] + g[i];
@@ -132,7 +132,7 @@ int bp_sgd_momentum_forward_inplace_f32(ptrdiff_t P, const float *p, const float
     const float bp_s_step = step[0];
     const float bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const float bp_in_buf = buf[bp_i];
         const float bp_in_g = g[bp_i];
@@ -162,7 +162,7 @@ static inline double bp_select_f64(int c, double a, double b)
 int bp_sgd_momentum_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict buf, const double *restrict step, const double *restrict lr, const double *restrict momentum, const double *restrict dampening, const double *restrict nesterov, const double *restrict weight_decay, double *restrict p_next, double *restrict buf_next, double *restrict gd, double *restrict bp_work)
 {
     (void)bp_work;
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t i = 0; i < P; ++i) {
         /* gd[i] = g[i] + weight_decay * p[i] */
         gd[i] = weight_decay[0]*p[i] + g[i];
@@ -204,7 +204,7 @@ int bp_sgd_momentum_forward_inplace_f64(ptrdiff_t P, const double *p, const doub
     const double bp_s_step = step[0];
     const double bp_s_weight_decay = weight_decay[0];
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (P >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < P; ++bp_i) {
         const double bp_in_buf = buf[bp_i];
         const double bp_in_g = g[bp_i];

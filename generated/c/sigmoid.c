@@ -362,7 +362,7 @@ int bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -390,7 +390,7 @@ int bp_sigmoid_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, fl
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -411,7 +411,7 @@ int bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, c
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -438,7 +438,7 @@ int bp_sigmoid_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, c
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -455,7 +455,7 @@ int bp_sigmoid_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, flo
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const float bp_in_z = z[bp_i];
         const float bp_out_a = bp_sigmoid_f32(bp_in_z);
@@ -484,7 +484,7 @@ int bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&a[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -512,7 +512,7 @@ int bp_sigmoid_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, d
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -533,7 +533,7 @@ int bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -560,7 +560,7 @@ int bp_sigmoid_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -577,7 +577,7 @@ int bp_sigmoid_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, do
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
-    BP_OMP(parallel for simd if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for simd if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t bp_i = 0; bp_i < N*I; ++bp_i) {
         const double bp_in_z = z[bp_i];
         const double bp_out_a = bp_sigmoid_f64(bp_in_z);

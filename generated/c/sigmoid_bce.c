@@ -451,7 +451,7 @@ int bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(float), I);
         ptrdiff_t bp_b;
@@ -478,7 +478,7 @@ int bp_sigmoid_bce_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict 
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {
@@ -624,7 +624,7 @@ int bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     #if BP_STREAMS
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)) {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const ptrdiff_t bp_head = bp_stream_head(&dz[n*I], sizeof(double), I);
         ptrdiff_t bp_b;
@@ -651,7 +651,7 @@ int bp_sigmoid_bce_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict
     } else
     #endif
     {
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN_PLAIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN_PLAIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         BP_OMP(simd)
         for (ptrdiff_t i = 0; i < I; ++i) {

@@ -500,7 +500,7 @@ int bp_softmax_cross_entropy_labels_backward_f32(ptrdiff_t N, ptrdiff_t I, const
     (void)bp_work;
     const float bp_k0 = 1.0F/N;
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
@@ -836,7 +836,7 @@ int bp_softmax_cross_entropy_labels_backward_f64(ptrdiff_t N, ptrdiff_t I, const
     (void)bp_work;
     const double bp_k0 = 1.0/N;
     /* dz[n, i] = (y[n, i] - [i == t[n]])/N */
-    BP_OMP(parallel for if (N*I >= BP_PARALLEL_MIN))
+    BP_OMP(parallel for if (parallel: N*I >= BP_PARALLEL_MIN))
     for (ptrdiff_t n = 0; n < N; ++n) {
         const int64_t bp_acc_r0 = t[n];
         const int bp_acc_fix_in = 0 <= bp_acc_r0 && bp_acc_r0 < I;
