@@ -276,7 +276,8 @@ def bound_call(c, entry: str, args: dict):
     work = np.empty(max(int(work_size(*dims)), 1), out[next(iter(out))].dtype)
 
     def ptr(a):
-        return ffi.cast(("int64_t" if a.dtype == np.int64 else ctype) + " *", ffi.from_buffer(a))
+        kind = "int64_t" if a.dtype == np.int64 else ctype
+        return ffi.cast(kind + " *", ffi.from_buffer(a))
 
     pointers = [ptr(keep[n]) for n in inputs] + [ptr(v) for v in out.values()] + [ptr(work)]
     buffers = (keep, out, work)        # a cast pointer does not keep its array alive

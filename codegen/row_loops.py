@@ -262,10 +262,12 @@ def defer_last_pass(g: Group, nests, stores: dict, members: list[dict], build, p
     if not own_functions_in([first["nest"].body]) - CHEAP:
         return None
     between = members[f + 1:-1]
-    if any(m["loops"] or n.target in {a.base.label.name for e in (m["nest"].body,
-                                                                  m["nest"].init)
-                                      for a in e.atoms(sp.Indexed)}
-           for m in between if "nest" in m):
+
+    def reads(m):
+        parts = [p["nest"] for p in m["parts"]] if m["mode"] == "merged" else [m["nest"]]
+        return {a.base.label.name for x in parts for e in (x.body, x.init)
+                for a in e.atoms(sp.Indexed)}
+    if any(m["loops"] or n.target in reads(m) for m in between):
         return None
     s = next((k for k, x in enumerate(nests) if x is first["nest"]), None)
     if s is None:
@@ -301,6 +303,7 @@ def defer_last_pass(g: Group, nests, stores: dict, members: list[dict], build, p
     # (the last pass alone, for a thread's last row, stays unstreamed: one row a thread,
     # and its one-hot element stored after the loop, which the streamed form has not)
     return dict(before=members[:f], first=sum_view, both=both, between=between,
-                last=dict(late_view), ring=ring, row=first["loops"][0][1], prev=prev.label.name,
+                last=dict(late_view), ring=ring, row=first["loops"][0][1],
+                prev=prev.label.name,
                 parallel=f"#pragma omp parallel if ({work} >= {parallel_min})",
                 loop=" ".join(["#pragma omp for schedule(static)"] + clauses))
