@@ -330,3 +330,16 @@ def test_a_bound_call_computes_what_the_wrapper_does():
         assert call() == 0
         for k, v in expected.items():
             np.testing.assert_array_equal(out[k], v, err_msg=f"{case.kernel}: {k}")
+
+
+def test_entry_point_names_the_entries_a_layer_has():
+    """The pointer route (torch, the bench's in-cache calls) takes "forward_backward" where
+    the layer ends in its loss, and names what it has otherwise."""
+    bce = codegen.load("sigmoid_bce", backend="c", dtype="float32")
+    assert bce.entry_point("forward_backward")[0] is not None
+    with pytest.raises(ValueError, match=r"no C entry point 'sideways' \(forward, backward, "
+                                         r"forward_backward\)"):
+        bce.entry_point("sideways")
+    relu = codegen.load("relu", backend="c", dtype="float32")
+    with pytest.raises(ValueError, match=r"'forward_backward' \(forward, backward\)"):
+        relu.entry_point("forward_backward")
