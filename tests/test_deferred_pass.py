@@ -143,3 +143,27 @@ def test_a_user_layer_a_row_late_equals_numpy(tmp_path):
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(c.forward(x=x)["y"],
                                x64 / np.exp(x64).sum(1, keepdims=True), rtol=2e-6, atol=0)
+
+
+def test_no_ring_runs_the_passes_in_turn(tmp_path, monkeypatch):
+    """-DBP_RING_MAX=0 (for a caller whose threads have small stacks) compiles the ring's
+    path out: the passes run in turn, with the results NumPy gives."""
+    import json
+
+    import codegen.build as b
+    src = function(source(builtin_text("softmax"), "softmax"), "bp_softmax_forward_f32")
+    assert "#if BP_STREAMS && BP_RING_MAX > 0" in src
+    # a late pass that keeps no summand needs no ring, and no such condition
+    assert "BP_RING_MAX" not in function(source(EXPNORM, "expnorm"), "bp_expnorm_forward_f32")
+    b._loaded.clear()          # modules built earlier in this process would be reused
+    monkeypatch.setenv("BACKPROP_CFLAGS", " ".join(b.DEFAULT_OPT_FLAGS + ["-DBP_RING_MAX=0"]))
+    c = codegen.load("softmax", backend="c", dtype="float32", cache=tmp_path)
+    (entry,) = [e for e in (tmp_path / "c").iterdir() if e.is_dir() and e.name != "index"]
+    assert "-DBP_RING_MAX=0" in json.loads((entry / "manifest.json").read_text())["command"]
+    rng = np.random.default_rng(29)
+    z = rng.standard_normal((260, 8192)).astype(np.float32)       # over 8 MB: would defer
+    z64 = z.astype(np.float64)
+    want = np.exp(z64 - z64.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(c.forward(z=z)["y"], want, rtol=0, atol=1e-5 * want.max())
+    b._loaded.clear()

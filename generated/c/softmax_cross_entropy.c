@@ -114,8 +114,10 @@ static inline void bp_stream_fence(void)
 /* A row loop's last pass run a row late (codegen/row_loops.py, defer_last_pass) reads the
  * summands its row sum kept from a ring of two rows on each thread's stack, at most this
  * many bytes: softmax + CE's 8192-float rows take all of it; longer rows run the passes
- * one after the other. */
+ * one after the other (as every row does with -DBP_RING_MAX=0, for small thread stacks). */
+#ifndef BP_RING_MAX
 #define BP_RING_MAX (64 << 10)
+#endif
 
 /* A tiled gather asks for the rows of its target-shaped inputs that the iteration this
  * many ahead reads (codegen/gather_streams.py, read_ahead).  Max pooling's backward at 1

@@ -114,8 +114,10 @@ static inline void bp_stream_fence(void)
 /* A row loop's last pass run a row late (codegen/row_loops.py, defer_last_pass) reads the
  * summands its row sum kept from a ring of two rows on each thread's stack, at most this
  * many bytes: softmax + CE's 8192-float rows take all of it; longer rows run the passes
- * one after the other. */
+ * one after the other (as every row does with -DBP_RING_MAX=0, for small thread stacks). */
+#ifndef BP_RING_MAX
 #define BP_RING_MAX (64 << 10)
+#endif
 
 /* A tiled gather asks for the rows of its target-shaped inputs that the iteration this
  * many ahead reads (codegen/gather_streams.py, read_ahead).  Max pooling's backward at 1
@@ -520,7 +522,7 @@ int bp_softmax_cross_entropy_labels_forward_backward_f32(ptrdiff_t N, ptrdiff_t 
     float *const _s2 = bp_work + N;
     const float bp_k0 = 1.0F/N;
     float bp_total2 = 0;
-    #if BP_STREAMS
+    #if BP_STREAMS && BP_RING_MAX > 0
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(float)
             && I <= BP_RING_MAX / 2 / (ptrdiff_t)sizeof(float)) {
@@ -856,7 +858,7 @@ int bp_softmax_cross_entropy_labels_forward_backward_f64(ptrdiff_t N, ptrdiff_t 
     double *const _s2 = bp_work + N;
     const double bp_k0 = 1.0/N;
     double bp_total2 = 0;
-    #if BP_STREAMS
+    #if BP_STREAMS && BP_RING_MAX > 0
     if (N*I >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
             && I >= BP_STREAM_ROW_MIN / (ptrdiff_t)sizeof(double)
             && I <= BP_RING_MAX / 2 / (ptrdiff_t)sizeof(double)) {
