@@ -197,6 +197,11 @@ def _one_point(body, inner: str):
     return delta, i, at
 
 
+def _nests(m: dict) -> list:
+    """The nests a row loop member runs: a merged loop's parts', or its own."""
+    return [p["nest"] for p in m["parts"]] if m["mode"] == "merged" else [m["nest"]]
+
+
 def prefetch_next_row(members: list[dict], var: str, extent: str, shapes, itemsize: int):
     """The first pass over row n streams it in from memory; the passes after it find it in
     cache and compute, while memory would idle.  The first such pass over a row of the same
@@ -207,13 +212,10 @@ def prefetch_next_row(members: list[dict], var: str, extent: str, shapes, itemsi
         return loops[0] if len(loops) == 1 and m["mode"] in (
             "assign", "update", "scalar_acc", "merged") else None
 
-    def nests(m):
-        return [p["nest"] for p in m["parts"]] if m["mode"] == "merged" else [m["nest"]]
-
     if len(members) < 2 or inner(members[0]) is None:
         return
     k, row = inner(members[0])
-    rows = sorted({a.base.label.name for n in nests(members[0]) for e in (n.body, n.init)
+    rows = sorted({a.base.label.name for n in _nests(members[0]) for e in (n.body, n.init)
                    for a in e.atoms(sp.Indexed)
                    if [str(i) for i in a.indices] == [var, k] and len(shapes.get(
                        a.base.label.name, ())) == 2})
@@ -262,12 +264,9 @@ def defer_last_pass(g: Group, nests, stores: dict, members: list[dict], build, p
     if not own_functions_in([first["nest"].body]) - CHEAP:
         return None
     between = members[f + 1:-1]
-
-    def reads(m):
-        parts = [p["nest"] for p in m["parts"]] if m["mode"] == "merged" else [m["nest"]]
-        return {a.base.label.name for x in parts for e in (x.body, x.init)
-                for a in e.atoms(sp.Indexed)}
-    if any(m["loops"] or n.target in reads(m) for m in between):
+    if any(m["loops"] or n.target in {a.base.label.name for x in _nests(m)
+                                      for e in (x.body, x.init) for a in e.atoms(sp.Indexed)}
+           for m in between):
         return None
     s = next((k for k, x in enumerate(nests) if x is first["nest"]), None)
     if s is None:
