@@ -27,8 +27,7 @@ def test_every_peer_computes_the_same_results(case):
     ours = entry_of(c, case)(**args)
     hand = case.hand(dict(arrays)) if case.hand is not None else {}
     for n, v in hand.items():
-        np.testing.assert_allclose(np.asarray(v, np.float64), ours[n], rtol=2e-4, atol=2e-5,
-                                   err_msg=f"hand {n}")
+        assert_same(ours[n], v, case, f"hand {n}")
     if case.peer is not None:       # the hand-C peer, from the same arrays
         out = {n: np.empty_like(v) for n, v in ours.items() if np.ndim(v)}
         loss = case.peer(peer_c.library(), arrays, out)()
@@ -50,14 +49,19 @@ def test_every_peer_computes_the_same_results(case):
         names = c.returns if case.entry == "forward" else c.gradients
         want = dict(zip(names, got if isinstance(got, tuple) else (got,)))
         for n, v in want.items():
-            if case.flops:
-                # a convolution's dw sums N*H*W products in float32, in another order
-                # than torch: elementwise, small entries differ by ~sqrt(K) eps of the
-                # large ones, so normwise (float32 sums of up to 1e4 terms: ~1e-5)
-                assert rel_err(ours[n], v.detach().numpy()) < 1e-4, n
-            else:
-                np.testing.assert_allclose(v.detach().numpy(), ours[n], rtol=2e-4,
-                                           atol=2e-5, err_msg=n)
+            assert_same(ours[n], v.detach().numpy(), case, n)
+
+
+def assert_same(ours, want, case, what):
+    """Elementwise for elementwise kernels.  A GEMM's outputs (a convolution's dw sums
+    N*H*W products in float32) are summed in another order by each peer (and by each
+    machine's BLAS): small entries differ by ~sqrt(K) eps of the large ones, so they are
+    compared normwise (float32 sums of up to 1e4 terms: ~1e-5)."""
+    if case.flops:
+        assert rel_err(ours, want) < 1e-4, what
+    else:
+        np.testing.assert_allclose(np.asarray(want, np.float64), ours, rtol=2e-4, atol=2e-5,
+                                   err_msg=what)
 
 
 def test_floor_streams_a_pooling_s_traffic():

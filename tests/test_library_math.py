@@ -12,7 +12,9 @@ from .oracles import require_oracle
 # --doubles 1048576: every 257th float, 2^20 doubles over every binade; docs/kernels.md),
 # rounded up to the next half ulp.  float erf is the toolkit's own: 2 ulp over all floats
 # (tests/test_vector_math.py); sin and cos are libmvec's, double erf the C library's.
-BOUNDS = {("sin", "float32"): 2.0, ("cos", "float32"): 2.0, ("erf", "float32"): 2.0,
+# libmvec picks its variant by the CPU: float sin and cos measured 1.77 and 1.92 ulp in
+# the AVX-512 one (a Xeon), 2.03 and 2.33 in the AVX2 one (an EPYC, Zen 1).
+BOUNDS = {("sin", "float32"): 2.5, ("cos", "float32"): 2.5, ("erf", "float32"): 2.0,
           ("sin", "float64"): 3.0, ("cos", "float64"): 3.5, ("erf", "float64"): 2.5}
 
 
