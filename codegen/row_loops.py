@@ -110,8 +110,9 @@ def hoist_row_values(v: dict, printer: KernelCPrinter) -> dict:
     through pointers into the scratch buffer past the stores of the loop, and then it
     will not vectorize the loop at all."""
     n, loops, mode = v["nest"], v["loops"], v["mode"]
-    if mode not in ("assign", "update", "inplace", "scalar_acc") or not loops:
-        return v
+    if mode not in ("assign", "update", "inplace", "scalar_acc") or not loops or \
+            v.get("window"):
+        return v                     # (a small window's loops sit inside the vector loop)
     inner_loops = loops[v["split"]:] if mode == "scalar_acc" else loops
     if len(inner_loops) != 1 and mode == "scalar_acc" or \
             (len(loops) == 1 and v["pragma"] and mode != "scalar_acc"):

@@ -436,3 +436,50 @@ def test_two_chain_row_maxima_equal_numpy(dtype, I):
     tol = 2e-6 if dtype == "float32" else 1e-14     # a few ulp of the float's epsilon
     fin = ~np.isnan(want)
     assert np.allclose(got[fin], want[fin], rtol=tol, atol=0)
+
+
+def test_a_small_fixed_window_runs_inside_the_vector_loop_over_outputs():
+    """A pooling's window (2 x 2, 3 x 3: 16 terms at most) is unrolled inside the loop over
+    the outputs of a row, which carries the simd pragma (each lane one output); a wider
+    window keeps its own vector loop (codegen/c_backend.py, _small_window)."""
+    for name, k in (("maxpool2d", 2), ("maxpool2d", 3), ("maxpool2d_indices", 2),
+                    ("avgpool2d", 2)):
+        code = _forward_c(name, K=k, S=k)
+        assert re.search(r"BP_OMP\(simd\)\n\s*for \(ptrdiff_t j = 0; j < Wout; \+\+j\)", code), \
+            (name, k)
+        assert "reduction(" not in code, (name, k)
+    wide = _forward_c("maxpool2d", K=5, S=5)
+    assert "BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))" in wide
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("K, S", [(2, 2), (3, 1), (3, 2), (5, 5)])
+def test_pooling_over_long_rows_equals_torch(dtype, K, S):
+    """Rows long enough for the vector loop over outputs and its odd tail (W = 151), with
+    ties, NaN, Inf and -Inf at lanes all along the row: max pooling's y, the first
+    maximal rank and average pooling equal torch."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K * 7 + S)
+    H, W = 2 * K + 1, 151
+    x = np.round(rng.normal(size=(2, 3, H, W)) * 2) / 2       # halves: ties in most windows
+    x[0, 0, 0, ::7] = np.nan
+    x[0, 1, 1, 3::11] = np.inf
+    x[1, 2, :, 5::13] = -np.inf
+    x[1, 0, 0, 2::5] = np.nan
+    x[1, 0, 1, 2::5] = np.inf
+    xt = torch.tensor(x)
+    yt, idx = torch.nn.functional.max_pool2d(xt, K, S, return_indices=True)
+    i = np.arange(idx.shape[2])[:, None] * S
+    j = np.arange(idx.shape[3])[None, :] * S
+    ranks = (idx.numpy() // W - i) * K + (idx.numpy() % W - j)
+    c = dict(backend="c", dtype=dtype, constants=dict(K=K, S=S))
+    got = codegen.load("maxpool2d", **c).forward(x=x.astype(dtype))["y"]
+    np.testing.assert_array_equal(got, yt.numpy().astype(dtype))
+    saved = codegen.load("maxpool2d_indices", **c).forward(x=x.astype(dtype))
+    np.testing.assert_array_equal(saved["y"], yt.numpy().astype(dtype))
+    np.testing.assert_array_equal(saved["at"], ranks)
+    finite = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    avg = codegen.load("avgpool2d", **c).forward(x=finite.astype(dtype))["y"]
+    want = torch.nn.functional.avg_pool2d(torch.tensor(finite), K, S).numpy()
+    np.testing.assert_allclose(avg, want, rtol=1e-6 if dtype == "float32" else 1e-13,
+                               atol=1e-6 if dtype == "float32" else 1e-13)

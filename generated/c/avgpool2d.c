@@ -360,10 +360,10 @@ int bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc = 0;
                     for (ptrdiff_t p = 0; p < 2; ++p) {
-                        BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t q = 0; q < 2; ++q) {
                             bp_acc += (1.0F/4.0F)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                         }
@@ -1111,10 +1111,10 @@ int bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc = 0;
                     for (ptrdiff_t p = 0; p < 2; ++p) {
-                        BP_OMP(simd reduction(+:bp_acc))
                         for (ptrdiff_t q = 0; q < 2; ++q) {
                             bp_acc += (1.0/4.0)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                         }

@@ -366,11 +366,11 @@ int bp_maxpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc = -INFINITY;
                     int bp_acc_nan = 0;
                     for (ptrdiff_t p = 0; p < 2; ++p) {
-                        BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))
                         for (ptrdiff_t q = 0; q < 2; ++q) {
                             const float bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                             bp_acc = bp_v > bp_acc ? bp_v : bp_acc;
@@ -409,6 +409,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -479,6 +480,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -549,6 +551,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -675,6 +678,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -745,6 +749,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -823,6 +828,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -891,6 +897,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -959,6 +966,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1083,6 +1091,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1151,6 +1160,7 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             float bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1251,11 +1261,11 @@ int bp_maxpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc = -INFINITY;
                     int bp_acc_nan = 0;
                     for (ptrdiff_t p = 0; p < 2; ++p) {
-                        BP_OMP(simd reduction(max:bp_acc) reduction(|:bp_acc_nan))
                         for (ptrdiff_t q = 0; q < 2; ++q) {
                             const double bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
                             bp_acc = bp_v > bp_acc ? bp_v : bp_acc;
@@ -1294,6 +1304,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1364,6 +1375,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1434,6 +1446,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1560,6 +1573,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1630,6 +1644,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     if (2*BP_STREAM_AHEAD + 2*bp_h_q + 2 <= H) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*bp_h_q)*W], 2*W);
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1708,6 +1723,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1776,6 +1792,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1844,6 +1861,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -1968,6 +1986,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;
@@ -2036,6 +2055,7 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
                     for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
+                        BP_OMP(simd)
                         for (ptrdiff_t j = 0; j < Wout; ++j) {
                             double bp_acc = -INFINITY;
                             ptrdiff_t bp_acc_at = 0;

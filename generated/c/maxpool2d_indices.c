@@ -368,6 +368,7 @@ int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     float bp_acc = -INFINITY;
                     ptrdiff_t bp_acc_at = 0;
@@ -1127,6 +1128,7 @@ int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     for (ptrdiff_t n = 0; n < N; ++n) {
         for (ptrdiff_t c = 0; c < C; ++c) {
             for (ptrdiff_t i = 0; i < Hout; ++i) {
+                BP_OMP(simd)
                 for (ptrdiff_t j = 0; j < Wout; ++j) {
                     double bp_acc = -INFINITY;
                     ptrdiff_t bp_acc_at = 0;
