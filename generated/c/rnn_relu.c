@@ -340,8 +340,21 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
  * fill twice the lanes per instruction (125 against 85 GFLOP/s a core, Sapphire Rapids). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
 #define BP_WIDE __attribute__((target("prefer-vector-width=512")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__)
+#define BP_WIDE __attribute__((target("prefer-vector-width=256")))
 #else
 #define BP_WIDE
+#endif
+/* The columns of a panel one call of its kernel keeps accumulators for, 4 rows of them:
+ * a whole panel in 16 of AVX-512's 32 vector registers; with 16 registers of 256 bits
+ * (AVX2), 16 floats, 8 registers (a whole 64-column panel spilled them: an LSTM's
+ * forward 0.52x torch's on an AVX2 EPYC, ...). */
+#if defined(__AVX512F__)
+#define BP_PANEL_CHUNK_F32 64
+#define BP_PANEL_CHUNK_F64 32
+#else
+#define BP_PANEL_CHUNK_F32 16
+#define BP_PANEL_CHUNK_F64 8
 #endif
 
 /* op(B)'s columns rounded up to whole panels: the width of the panels' scratch */
@@ -452,70 +465,70 @@ BP_HIDDEN void bp_rnn_relu_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float 
     }
 }
 
-/* rows i..i+3 of C (row stride ldc), w <= 64 columns from panel pq,
+/* rows i..i+3 of C (row stride ldc), w <= BP_PANEL_CHUNK_F32 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
  * 4 x 64 accumulators the compiler keeps in vector registers, each step of r one
  * broadcast of A per row and 64 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
-BP_WIDE static inline void bp_panel_rows4_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+BP_WIDE static inline void bp_panel_rows4_f32(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         float alpha, const float *a, ptrdiff_t sam,
                                         ptrdiff_t sak, const float *restrict pq, int add,
                                         float *c, ptrdiff_t ldc)
 {
-    float acc[4][64];
+    float acc[4][BP_PANEL_CHUNK_F32];
     for (ptrdiff_t s = 0; s < 4; ++s) {
         BP_OMP(simd)
-        for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+        for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F32; ++cc) {
             acc[s][cc] = 0;
         }
     }
     for (ptrdiff_t r = r0; r < r1; ++r) {
-        const float *restrict row = pq + (r - r0) * 64;
+        const float *restrict row = pq + (r - r0) * 64 + c0;
         for (ptrdiff_t s = 0; s < 4; ++s) {
             const float x = a[(i + s) * sam + r * sak];
             BP_OMP(simd)
-            for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+            for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F32; ++cc) {
                 acc[s][cc] += x * row[cc];
             }
         }
     }
     for (ptrdiff_t s = 0; s < 4; ++s) {
-        float *restrict out = c + (i + s) * ldc;
+        float *restrict out = c + (i + s) * ldc + c0;
         for (ptrdiff_t cc = 0; cc < w; ++cc) {
             out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
         }
     }
 }
 
-/* rows i..i+0 of C (row stride ldc), w <= 64 columns from panel pq,
+/* rows i..i+0 of C (row stride ldc), w <= BP_PANEL_CHUNK_F32 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
  * 1 x 64 accumulators the compiler keeps in vector registers, each step of r one
  * broadcast of A per row and 64 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
-BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         float alpha, const float *a, ptrdiff_t sam,
                                         ptrdiff_t sak, const float *restrict pq, int add,
                                         float *c, ptrdiff_t ldc)
 {
-    float acc[1][64];
+    float acc[1][BP_PANEL_CHUNK_F32];
     for (ptrdiff_t s = 0; s < 1; ++s) {
         BP_OMP(simd)
-        for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+        for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F32; ++cc) {
             acc[s][cc] = 0;
         }
     }
     for (ptrdiff_t r = r0; r < r1; ++r) {
-        const float *restrict row = pq + (r - r0) * 64;
+        const float *restrict row = pq + (r - r0) * 64 + c0;
         for (ptrdiff_t s = 0; s < 1; ++s) {
             const float x = a[(i + s) * sam + r * sak];
             BP_OMP(simd)
-            for (ptrdiff_t cc = 0; cc < 64; ++cc) {
+            for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F32; ++cc) {
                 acc[s][cc] += x * row[cc];
             }
         }
     }
     for (ptrdiff_t s = 0; s < 1; ++s) {
-        float *restrict out = c + (i + s) * ldc;
+        float *restrict out = c + (i + s) * ldc + c0;
         for (ptrdiff_t cc = 0; cc < w; ++cc) {
             out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
         }
@@ -536,12 +549,15 @@ BP_WIDE BP_HIDDEN void bp_rnn_relu_panel_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrd
             const ptrdiff_t r1 = r0 + BP_PANEL_KB < k ? r0 + BP_PANEL_KB : k;
             const float *restrict pq = p + (q * k + r0) * 64;
             const int add = beta || r0 > 0;
-            ptrdiff_t i = 0;
-            for (; i + 4 <= m; i += 4) {
-                bp_panel_rows4_f32(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
-            }
-            for (; i < m; ++i) {
-                bp_panel_rows1_f32(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+            for (ptrdiff_t c0 = 0; c0 < w; c0 += BP_PANEL_CHUNK_F32) {
+                const ptrdiff_t wc = w - c0 < BP_PANEL_CHUNK_F32 ? w - c0 : BP_PANEL_CHUNK_F32;
+                ptrdiff_t i = 0;
+                for (; i + 4 <= m; i += 4) {
+                    bp_panel_rows4_f32(i, c0, wc, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+                }
+                for (; i < m; ++i) {
+                    bp_panel_rows1_f32(i, c0, wc, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+                }
             }
         }
     }
@@ -954,70 +970,70 @@ BP_HIDDEN void bp_rnn_relu_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double
     }
 }
 
-/* rows i..i+3 of C (row stride ldc), w <= 32 columns from panel pq,
+/* rows i..i+3 of C (row stride ldc), w <= BP_PANEL_CHUNK_F64 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
  * 4 x 32 accumulators the compiler keeps in vector registers, each step of r one
  * broadcast of A per row and 32 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
-BP_WIDE static inline void bp_panel_rows4_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+BP_WIDE static inline void bp_panel_rows4_f64(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         double alpha, const double *a, ptrdiff_t sam,
                                         ptrdiff_t sak, const double *restrict pq, int add,
                                         double *c, ptrdiff_t ldc)
 {
-    double acc[4][32];
+    double acc[4][BP_PANEL_CHUNK_F64];
     for (ptrdiff_t s = 0; s < 4; ++s) {
         BP_OMP(simd)
-        for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+        for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F64; ++cc) {
             acc[s][cc] = 0;
         }
     }
     for (ptrdiff_t r = r0; r < r1; ++r) {
-        const double *restrict row = pq + (r - r0) * 32;
+        const double *restrict row = pq + (r - r0) * 32 + c0;
         for (ptrdiff_t s = 0; s < 4; ++s) {
             const double x = a[(i + s) * sam + r * sak];
             BP_OMP(simd)
-            for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+            for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F64; ++cc) {
                 acc[s][cc] += x * row[cc];
             }
         }
     }
     for (ptrdiff_t s = 0; s < 4; ++s) {
-        double *restrict out = c + (i + s) * ldc;
+        double *restrict out = c + (i + s) * ldc + c0;
         for (ptrdiff_t cc = 0; cc < w; ++cc) {
             out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
         }
     }
 }
 
-/* rows i..i+0 of C (row stride ldc), w <= 32 columns from panel pq,
+/* rows i..i+0 of C (row stride ldc), w <= BP_PANEL_CHUNK_F64 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
  * 1 x 32 accumulators the compiler keeps in vector registers, each step of r one
  * broadcast of A per row and 32 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
-BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
+BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         double alpha, const double *a, ptrdiff_t sam,
                                         ptrdiff_t sak, const double *restrict pq, int add,
                                         double *c, ptrdiff_t ldc)
 {
-    double acc[1][32];
+    double acc[1][BP_PANEL_CHUNK_F64];
     for (ptrdiff_t s = 0; s < 1; ++s) {
         BP_OMP(simd)
-        for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+        for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F64; ++cc) {
             acc[s][cc] = 0;
         }
     }
     for (ptrdiff_t r = r0; r < r1; ++r) {
-        const double *restrict row = pq + (r - r0) * 32;
+        const double *restrict row = pq + (r - r0) * 32 + c0;
         for (ptrdiff_t s = 0; s < 1; ++s) {
             const double x = a[(i + s) * sam + r * sak];
             BP_OMP(simd)
-            for (ptrdiff_t cc = 0; cc < 32; ++cc) {
+            for (ptrdiff_t cc = 0; cc < BP_PANEL_CHUNK_F64; ++cc) {
                 acc[s][cc] += x * row[cc];
             }
         }
     }
     for (ptrdiff_t s = 0; s < 1; ++s) {
-        double *restrict out = c + (i + s) * ldc;
+        double *restrict out = c + (i + s) * ldc + c0;
         for (ptrdiff_t cc = 0; cc < w; ++cc) {
             out[cc] = add ? out[cc] + alpha * acc[s][cc] : alpha * acc[s][cc];
         }
@@ -1038,12 +1054,15 @@ BP_WIDE BP_HIDDEN void bp_rnn_relu_panel_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrd
             const ptrdiff_t r1 = r0 + BP_PANEL_KB < k ? r0 + BP_PANEL_KB : k;
             const double *restrict pq = p + (q * k + r0) * 32;
             const int add = beta || r0 > 0;
-            ptrdiff_t i = 0;
-            for (; i + 4 <= m; i += 4) {
-                bp_panel_rows4_f64(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
-            }
-            for (; i < m; ++i) {
-                bp_panel_rows1_f64(i, w, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+            for (ptrdiff_t c0 = 0; c0 < w; c0 += BP_PANEL_CHUNK_F64) {
+                const ptrdiff_t wc = w - c0 < BP_PANEL_CHUNK_F64 ? w - c0 : BP_PANEL_CHUNK_F64;
+                ptrdiff_t i = 0;
+                for (; i + 4 <= m; i += 4) {
+                    bp_panel_rows4_f64(i, c0, wc, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+                }
+                for (; i < m; ++i) {
+                    bp_panel_rows1_f64(i, c0, wc, r0, r1, alpha, a, sam, sak, pq, add, c + j, ldc);
+                }
             }
         }
     }
