@@ -35,7 +35,7 @@ from .view_shapes import view_by_shape
 from .contiguous_rows import merged_rows
 from .row_loops import (defer_last_pass, hoist_row_values, merge_inner_loops,
                         prefetch_next_row, store_summands)
-from .streaming import any_streamed, mark_streams
+from .streaming import CHEAP, any_streamed, mark_streams
 from templates import render
 from .version import VERSION
 
@@ -117,6 +117,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
+            **{f"{side}_wide": _computes_math(getattr(loops, side))
+               for side in ("forward", "backward", "fused")},
             fused=mark_streams(side_by_side(_views(loops.fused, printer, shapes, lowered,
                                                    seen)), loops.fused, fused_out, printer,
                                  shapes),
@@ -292,6 +294,14 @@ def _unused(dims, inputs, outputs, nests, temps, shapes, consts=()) -> list[str]
 def _size(temps) -> str:
     terms = ["*".join(f"(size_t){d}" for d in t.dims) or "1" for t in temps]
     return " + ".join(terms) or "0"
+
+
+def _computes_math(nests) -> bool:
+    """Whether these nests compute the toolkit's vector math (exp, tanh, log1p...; not
+    ReLU's compare and select): their function then asks for 256-bit vectors where the
+    compiler's tuning picks 128 (templates/c_source.c.j2, BP_MATH_WIDE)."""
+    return bool(own_functions_in([e for n in leaves(nests) for e in (n.body, n.init)])
+                - CHEAP)
 
 
 def _offsets(temps):
