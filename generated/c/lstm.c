@@ -368,7 +368,7 @@ static inline ptrdiff_t bp_part(ptrdiff_t n, ptrdiff_t t, ptrdiff_t nt)
 /* The columns of a panel one call of its kernel keeps accumulators for, 4 rows of them:
  * a whole panel in 16 of AVX-512's 32 vector registers; with 16 registers of 256 bits
  * (AVX2), 16 floats, 8 registers (a whole 64-column panel spilled them: an LSTM's
- * forward 0.52x torch's on an AVX2 EPYC, ...). */
+ * forward ran at 0.60x torch's on an AVX2 EPYC, 0.89x so). */
 #if defined(__AVX512F__)
 #define BP_PANEL_CHUNK_F32 64
 #define BP_PANEL_CHUNK_F64 32
@@ -555,8 +555,8 @@ BP_HIDDEN void bp_lstm_panel_pack_f32(ptrdiff_t k, ptrdiff_t n, const float *b, 
 
 /* rows i..i+3 of C (row stride ldc), w <= BP_PANEL_CHUNK_F32 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
- * 4 x 64 accumulators the compiler keeps in vector registers, each step of r one
- * broadcast of A per row and 64 / vector-width loads of the panel.  add: C's old
+ * 4 x BP_PANEL_CHUNK_F32 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and BP_PANEL_CHUNK_F32 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
 BP_WIDE static inline void bp_panel_rows4_f32(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         float alpha, const float *a, ptrdiff_t sam,
@@ -590,8 +590,8 @@ BP_WIDE static inline void bp_panel_rows4_f32(ptrdiff_t i, ptrdiff_t c0, ptrdiff
 
 /* rows i..i+0 of C (row stride ldc), w <= BP_PANEL_CHUNK_F32 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
- * 1 x 64 accumulators the compiler keeps in vector registers, each step of r one
- * broadcast of A per row and 64 / vector-width loads of the panel.  add: C's old
+ * 1 x BP_PANEL_CHUNK_F32 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and BP_PANEL_CHUNK_F32 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
 BP_WIDE static inline void bp_panel_rows1_f32(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         float alpha, const float *a, ptrdiff_t sam,
@@ -1223,8 +1223,8 @@ BP_HIDDEN void bp_lstm_panel_pack_f64(ptrdiff_t k, ptrdiff_t n, const double *b,
 
 /* rows i..i+3 of C (row stride ldc), w <= BP_PANEL_CHUNK_F64 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
- * 4 x 32 accumulators the compiler keeps in vector registers, each step of r one
- * broadcast of A per row and 32 / vector-width loads of the panel.  add: C's old
+ * 4 x BP_PANEL_CHUNK_F64 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and BP_PANEL_CHUNK_F64 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
 BP_WIDE static inline void bp_panel_rows4_f64(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         double alpha, const double *a, ptrdiff_t sam,
@@ -1258,8 +1258,8 @@ BP_WIDE static inline void bp_panel_rows4_f64(ptrdiff_t i, ptrdiff_t c0, ptrdiff
 
 /* rows i..i+0 of C (row stride ldc), w <= BP_PANEL_CHUNK_F64 columns from column c0 of panel pq,
  * from op(A)'s rows (element (i, r) at a[i*sam + r*sak]) times the panel's rows r0..r1-1:
- * 1 x 32 accumulators the compiler keeps in vector registers, each step of r one
- * broadcast of A per row and 32 / vector-width loads of the panel.  add: C's old
+ * 1 x BP_PANEL_CHUNK_F64 accumulators the compiler keeps in vector registers, each step of r one
+ * broadcast of A per row and BP_PANEL_CHUNK_F64 / vector-width loads of the panel.  add: C's old
  * values are added (else never read: the scratch may hold anything). */
 BP_WIDE static inline void bp_panel_rows1_f64(ptrdiff_t i, ptrdiff_t c0, ptrdiff_t w, ptrdiff_t r0, ptrdiff_t r1,
                                         double alpha, const double *a, ptrdiff_t sam,
