@@ -15,7 +15,9 @@ recursion delta1 = (W2^T delta2) (.) f'(z1) appears: da1 is inlined into dz1.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+import io
+import pickle
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -122,8 +124,52 @@ class Derivation:
         return [adjoint_name(t.name) for t in self.layer.upstream]
 
 
-@same_shapes()     # a deep network's layers share their shapes: each derived once
+# Derivations this process made, by the layer they are of (its pickled form: two layers
+# equal field by field, parsed apart, share one), the most recently used last.  derive is
+# a pure function of the layer, so a second call for the same layer (a layer loaded for
+# NumPy, then C, then its document; a test suite's checks of one built-in) returns the
+# first's result, which no one changes (frozen dataclasses, and no code writes into their
+# dicts): batch norm's 7 s were derived 27 times in one run of the tests.
+_DERIVED: OrderedDict[bytes, Derivation] = OrderedDict()
+REMEMBERED = 64
+
+
 def derive(layer: Layer) -> Derivation:
+    """The layer's backward pass (see the module's docstring); remembered per layer."""
+    key = _layer_key(layer)
+    if key is not None and key in _DERIVED:
+        _DERIVED.move_to_end(key)
+        return _DERIVED[key]
+    derivation = _derive(layer)
+    if key is not None:
+        _DERIVED[key] = derivation
+        while len(_DERIVED) > REMEMBERED:
+            _DERIVED.popitem(last=False)
+    return derivation
+
+
+def _layer_key(layer: Layer) -> bytes | None:
+    """The layer pickled without pickle's memo: each value written out in full, so the
+    bytes do not depend on which equal subexpressions happen to be one object (SymPy's
+    cache makes a layer parsed after a derivation share more of them).  Where that mode
+    fails (a network's layer), pickled as usual: a key all the same, which may only miss
+    more often.  None for a layer holding something unpicklable: derived each time."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    try:
+        pickler.dump(layer)
+        return out.getvalue()
+    except Exception:
+        pass
+    try:
+        return pickle.dumps(layer, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+
+
+@same_shapes()     # a deep network's layers share their shapes: each derived once
+def _derive(layer: Layer) -> Derivation:
     needed = _needed(layer)
     walked = name_preactivations(layer, needed)
     needed = _needed(walked)

@@ -93,6 +93,30 @@ def test_floor_streams_a_saved_argmax_s_traffic():
         floor.stream([a, y], [dx])
 
 
+def test_pooling_floors_read_and_write_every_element_once():
+    """The pooling floors go in blocks of 16 small elements and their big lines (streamed
+    when large), the ends one by one: at any offset in a line, short or past
+    BP_STREAM_MIN, every big element is summed into exactly one small one (the totals
+    agree), and each small one reaches exactly `ratio` big ones (the same multiset)."""
+    floor = Floor()
+    rng = np.random.default_rng(0)
+    total = lambda v: v.astype(np.float64).sum()      # exact: small integers, float64
+    for n in (3, 17, 40, 1001, 2_200_000):
+        for offset in (0, 4, 7):
+            big = lambda: np.zeros(4 * n + 16, np.float32)[offset:offset + 4 * n]
+            small = lambda: np.zeros(n + 16, np.float32)[offset:offset + n]
+            a, y, at, dx = big(), small(), small(), big()
+            a[:] = rng.integers(0, 8, a.size)
+            floor.stream([a], [y])
+            assert total(y) == total(a), (n, offset)
+            floor.stream([a], [y, at])
+            assert total(y) == total(a) and np.array_equal(at, y + 1), (n, offset)
+            floor.stream([y], [dx])
+            np.testing.assert_array_equal(np.sort(dx), np.sort(np.repeat(y, 4)))
+            floor.stream([y, at], [dx])
+            np.testing.assert_array_equal(np.sort(dx), np.sort(np.repeat(y + at, 4)))
+
+
 def test_floor_streams_what_it_is_given():
     floor = Floor()
     a, b = np.arange(10, dtype=np.float32), np.ones(10, np.float32)
