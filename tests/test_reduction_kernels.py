@@ -117,6 +117,61 @@ def test_a_gather_reading_no_array_of_its_target_s_shape_asks_for_nothing_ahead(
     assert "bp_tile[" in streamed and "bp_stream_ahead_f32(&" not in streamed
 
 
+def test_pooling_forwards_stream_their_rows_through_a_tile():
+    """Large y: max and average pooling's forward compute each row of y into a tile on
+    the stack and stream it out (codegen/streaming.py, _window_rows), first asking for
+    the rows of x the window reads BP_STREAM_AHEAD rows later (rows that exist only);
+    small y: stored in place.  A forward that also saves its argmax (two targets) and a
+    3 x 3 window reading three rows of x each."""
+    for name in ("maxpool2d", "avgpool2d"):
+        streamed, plain = _branches(_forward_c(name))
+        assert "BP_STREAM_BLOCK float bp_tile[Wout];" in streamed
+        assert "bp_stream_copy_f32(&y[((n*C + c)*Hout + i)*Wout], bp_tile, Wout, " \
+               "&bp_carry);" in streamed
+        assert "bp_tile[j] = " in streamed and "bp_stream_end_f32(&bp_carry);" in streamed
+        for p in ("", " + 1"):
+            assert (f"if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f32(&x[((n*C + c)*H "
+                    f"+ 2*BP_STREAM_AHEAD + 2*i{p})*W], W);") in streamed, name
+        assert "bp_tile" not in plain and "bp_stream" not in plain and "y[((n*C" in plain
+    streamed, _ = _branches(_forward_c("maxpool2d", K=3, S=2))
+    assert streamed.count("bp_stream_ahead_f32(&x[") == 3
+    assert "bp_tile" not in _forward_c("maxpool2d_indices")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name, K, S", [("maxpool2d", 2, 2), ("maxpool2d", 3, 2),
+                                        ("avgpool2d", 2, 2)])
+def test_streamed_pooling_forward_into_y_at_every_offset_of_a_line(dtype, name, K, S):
+    """y above the streaming size (8 MB) with rows of an odd width (each row's last
+    partial line completed by the next row's first, bp_stream_carry), placed at every
+    element offset of a cache line: equals torch's, ties, NaN and -inf windows included,
+    and no element of the buffer around y is touched."""
+    torch = require_oracle("torch")
+    rng = np.random.default_rng(K * 10 + S)
+    x = np.round(rng.normal(size=(2, 10, 2 * 331 + K - 2, 2 * 333 + K - 2)) * 2) / 2
+    x[1, 2, 4:4 + K, 8:8 + K] = np.nan
+    x[0, 5, 10:10 + K, 20:20 + K] = -np.inf
+    pool = torch.nn.functional.max_pool2d if name == "maxpool2d" else \
+        torch.nn.functional.avg_pool2d
+    expected = pool(torch.tensor(x), K, S).numpy().astype(dtype)
+    assert expected.size * np.dtype(dtype).itemsize >= 8 << 20      # the streamed branch
+    k = codegen.load(name, backend="c", dtype=dtype, constants=dict(K=K, S=S))
+    line = 64 // np.dtype(dtype).itemsize
+    buffer = np.empty(expected.size + 2 * line, dtype=dtype)
+    xs = x.astype(dtype)
+    for offset in (0, 1, line // 2 + 1, line - 1):
+        buffer[:] = 7.0
+        y = buffer[offset:offset + expected.size].reshape(expected.shape)
+        k.forward(x=xs, out={"y": y})
+        if name == "maxpool2d":
+            np.testing.assert_array_equal(y, expected, err_msg=f"offset {offset}")
+        else:   # four terms in another order than torch's: 3 roundings of at most eps
+            np.testing.assert_allclose(y, expected, rtol=4 * np.finfo(dtype).eps, atol=0,
+                                       err_msg=f"offset {offset}")
+            assert np.array_equal(np.isnan(y), np.isnan(expected))
+        assert (buffer[:offset] == 7).all() and (buffer[offset + expected.size:] == 7).all()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("K, S", [(2, 2), (3, 2), (2, 3)])
 def test_streamed_maxpool_backward_equals_torch(dtype, K, S):
@@ -318,9 +373,10 @@ def test_numpy_maxpool_backward_memory_is_proportionate():
 
 
 def test_maxpool_forward_is_one_pass_over_each_window():
-    """max over (p, q) is one reduction: no partial maxima over q stored and read back."""
-    code = _forward_c("maxpool2d")
-    assert "_s1" not in code and code.count("bp_acc_nan |=") == 1
+    """max over (p, q) is one reduction: no partial maxima over q stored and read back
+    (in each branch: rows streamed through a tile, and stored in place)."""
+    for branch in _branches(_forward_c("maxpool2d")):
+        assert "_s1" not in branch and branch.count("bp_acc_nan |=") == 1
 
 
 def test_saved_argmax_and_max_are_one_scan_in_the_forward():

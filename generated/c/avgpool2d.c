@@ -367,19 +367,49 @@ int bp_avgpool2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KW;
     (void)bp_work;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    float bp_acc = 0;
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        for (ptrdiff_t q = 0; q < 2; ++q) {
-                            bp_acc += (1.0F/4.0F)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+    #if BP_STREAMS
+    if (N*C*Hout*Wout >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+            && Wout <= BP_STREAM_TILE_MAX / (ptrdiff_t)sizeof(float)) {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_STREAM_BLOCK float bp_tile[Wout];
+            bp_stream_carry_f32 bp_carry = {.n = 0};
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i)*W], W);
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i + 1)*W], W);
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                bp_acc += (1.0F/4.0F)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+                            }
                         }
+                        bp_tile[j] = bp_acc;
                     }
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    bp_stream_copy_f32(&y[((n*C + c)*Hout + i)*Wout], bp_tile, Wout, &bp_carry);
+                }
+            }
+            bp_stream_end_f32(&bp_carry);
+        }
+    } else
+    #endif
+    {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        float bp_acc = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                bp_acc += (1.0F/4.0F)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+                            }
+                        }
+                        y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    }
                 }
             }
         }
@@ -1118,19 +1148,49 @@ int bp_avgpool2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
     (void)KW;
     (void)bp_work;
     /* y[n, c, i, j] = sum(x[n, c, S*i + p, S*j + q], p in KH, q in KW) / (KH * KW) */
-    BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    double bp_acc = 0;
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        for (ptrdiff_t q = 0; q < 2; ++q) {
-                            bp_acc += (1.0/4.0)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+    #if BP_STREAMS
+    if (N*C*Hout*Wout >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+            && Wout <= BP_STREAM_TILE_MAX / (ptrdiff_t)sizeof(double)) {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_STREAM_BLOCK double bp_tile[Wout];
+            bp_stream_carry_f64 bp_carry = {.n = 0};
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i)*W], W);
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i + 1)*W], W);
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                bp_acc += (1.0/4.0)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+                            }
                         }
+                        bp_tile[j] = bp_acc;
                     }
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    bp_stream_copy_f64(&y[((n*C + c)*Hout + i)*Wout], bp_tile, Wout, &bp_carry);
+                }
+            }
+            bp_stream_end_f64(&bp_carry);
+        }
+    } else
+    #endif
+    {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        double bp_acc = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                bp_acc += (1.0/4.0)*x[((n*C + c)*H + 2*i + p)*W + 2*j + q];
+                            }
+                        }
+                        y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    }
                 }
             }
         }
