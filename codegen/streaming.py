@@ -183,21 +183,25 @@ def _window_rows(v: dict, outputs, read: set[str], printer, shapes: dict) -> Non
     BP_STREAM_AHEAD rows later are asked for first: the prefetcher alone left max
     pooling's forward waiting on x (C harness, N=32 C=64 112x112, 2 threads, flushed
     caches, EPYC Zen 1: 9.5 ms as before, 6.9 with the rows asked for, 5.8 with the
-    output streamed too; the floor 5.0)."""
+    output streamed too; the floor 5.0).  An argmax that also keeps the best value (max
+    pooling's forward saving its ranks: at and y) streams both rows, each through its own
+    tile and carry."""
     n = v.get("nest")
-    if n is None or v.get("mode") != "scalar_acc" or not v.get("window") or v.get("best") \
+    if n is None or v.get("mode") != "scalar_acc" or not v.get("window") \
             or n.kind != "reduce" or n.bounds or n.copies or n.subs:
         return
+    # the targets: the reduction's, and the best value an argmax also keeps (y beside at)
+    targets = [n.target] + ([n.best] if n.best else [])
     k = len(n.loops) - len(n.reduced)
     if k < 3 or tuple(n.out) != tuple(n.loops[:k]) or not _plain_loops(v["loops"][:k], k) \
-            or n.target not in outputs or n.target in read:
+            or any(t not in outputs or t in read for t in targets):
         return
     row, j = n.loops[k - 2], n.loops[k - 1]
     extents = {name: int(extent) for name, extent in v["loops"][k:]}
     ahead, widths = [], set()
     for a in sorted(n.body.atoms(sp.Indexed), key=str):
         *lead, last = a.indices
-        if a.base.label.name == n.target or last.has(row) or any(x.has(j) for x in lead):
+        if a.base.label.name in targets or last.has(row) or any(x.has(j) for x in lead):
             continue                    # (only reads whose rows the last index walks)
         vars_ = [w for w in n.reduced if any(x.has(w) for x in lead)]
         if any(w.label.name not in extents for w in vars_) or a.base.label.name not in shapes:
@@ -211,9 +215,12 @@ def _window_rows(v: dict, outputs, read: set[str], printer, shapes: dict) -> Non
             widths.add(str(shapes[a.base.label.name][-1]))
     if len(widths) > 1:
         return
-    target = sp.IndexedBase(n.target)[tuple(n.out[:-1]) + (sp.Integer(0),)]
+    row_start = tuple(n.out[:-1]) + (sp.Integer(0),)
+    tiles = [dict(tile=f"bp_tile{k if k else ''}", carry=f"bp_carry{k if k else ''}",
+                  dst=printer._print(sp.IndexedBase(t)[row_start]))
+             for k, t in enumerate(targets)]
     v["rows"] = dict(size="*".join(str(dim_of(i)) for i in n.out),
-                     count=str(dim_of(j)), dst=printer._print(target),
+                     count=str(dim_of(j)), tiles=tiles,
                      ahead=list(dict.fromkeys(ahead)), width=widths.pop() if widths else "0",
                      guard=f"{row} + BP_STREAM_AHEAD < {dim_of(row)}")
 

@@ -135,12 +135,19 @@ def test_pooling_forwards_stream_their_rows_through_a_tile():
         assert "bp_tile" not in plain and "bp_stream" not in plain and "y[((n*C" in plain
     streamed, _ = _branches(_forward_c("maxpool2d", K=3, S=2))
     assert streamed.count("bp_stream_ahead_f32(&x[") == 3
-    assert "bp_tile" not in _forward_c("maxpool2d_indices")
+    # the ranks and the best values, each through its own tile and carry
+    streamed, plain = _branches(_forward_c("maxpool2d_indices"))
+    for target, tile, carry in (("at", "bp_tile", "bp_carry"), ("y", "bp_tile1", "bp_carry1")):
+        assert f"bp_stream_copy_f32(&{target}[((n*C + c)*Hout + i)*Wout], {tile}, Wout, " \
+               f"&{carry});" in streamed
+        assert f"bp_stream_end_f32(&{carry});" in streamed
+    assert "bp_tile[j] = bp_acc_at;" in streamed and "bp_tile1[j] = bp_acc;" in streamed
+    assert "bp_tile" not in plain
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name, K, S", [("maxpool2d", 2, 2), ("maxpool2d", 3, 2),
-                                        ("avgpool2d", 2, 2)])
+                                        ("avgpool2d", 2, 2), ("maxpool2d_indices", 2, 2)])
 def test_streamed_pooling_forward_into_y_at_every_offset_of_a_line(dtype, name, K, S):
     """y above the streaming size (8 MB) with rows of an odd width (each row's last
     partial line completed by the next row's first, bp_stream_carry), placed at every
@@ -151,9 +158,16 @@ def test_streamed_pooling_forward_into_y_at_every_offset_of_a_line(dtype, name, 
     x = np.round(rng.normal(size=(2, 10, 2 * 331 + K - 2, 2 * 333 + K - 2)) * 2) / 2
     x[1, 2, 4:4 + K, 8:8 + K] = np.nan
     x[0, 5, 10:10 + K, 20:20 + K] = -np.inf
-    pool = torch.nn.functional.max_pool2d if name == "maxpool2d" else \
-        torch.nn.functional.avg_pool2d
-    expected = pool(torch.tensor(x), K, S).numpy().astype(dtype)
+    if name == "avgpool2d":
+        expected = torch.nn.functional.avg_pool2d(torch.tensor(x), K, S).numpy()
+    else:
+        expected, flat = torch.nn.functional.max_pool2d(torch.tensor(x), K, S,
+                                                        return_indices=True)
+        expected, flat = expected.numpy(), flat.numpy()
+        # torch's flat h*W + w of each window's first maximum -> its rank p*K + q
+        rows, cols = np.indices(expected.shape[2:])
+        ranks = (flat // x.shape[3] - S * rows) * K + flat % x.shape[3] - S * cols
+    expected = expected.astype(dtype)
     assert expected.size * np.dtype(dtype).itemsize >= 8 << 20      # the streamed branch
     k = codegen.load(name, backend="c", dtype=dtype, constants=dict(K=K, S=S))
     line = 64 // np.dtype(dtype).itemsize
@@ -162,8 +176,13 @@ def test_streamed_pooling_forward_into_y_at_every_offset_of_a_line(dtype, name, 
     for offset in (0, 1, line // 2 + 1, line - 1):
         buffer[:] = 7.0
         y = buffer[offset:offset + expected.size].reshape(expected.shape)
-        k.forward(x=xs, out={"y": y})
-        if name == "maxpool2d":
+        if name == "maxpool2d_indices":
+            at = np.full(expected.shape, 7.0, dtype=dtype)
+            k.forward(x=xs, out={"y": y, "at": at})
+            np.testing.assert_array_equal(at, ranks.astype(dtype), err_msg=f"offset {offset}")
+        else:
+            k.forward(x=xs, out={"y": y})
+        if name != "avgpool2d":
             np.testing.assert_array_equal(y, expected, err_msg=f"offset {offset}")
         else:   # four terms in another order than torch's: 3 roundings of at most eps
             np.testing.assert_allclose(y, expected, rtol=4 * np.finfo(dtype).eps, atol=0,
@@ -380,10 +399,14 @@ def test_maxpool_forward_is_one_pass_over_each_window():
 
 
 def test_saved_argmax_and_max_are_one_scan_in_the_forward():
-    """The argmax's scan keeps the best value: it writes y as well, one pass over x."""
+    """The argmax's scan keeps the best value: it writes y as well, one pass over x (in
+    each branch; the streamed one's other reads of x are the rows it asks for ahead)."""
     code = re.sub(r"/\*.*?\*/", "", _forward_c("maxpool2d_indices"))
-    assert len(re.findall(r"\bx\[", code)) == 1 and "bp_acc_nan" not in code
-    assert "y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;" in code
+    streamed, plain = _branches(code)
+    for branch in (streamed, plain):
+        assert len(re.findall(r"(?<!&)\bx\[", branch)) == 1 and "bp_acc_nan" not in branch
+    assert "y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;" in plain
+    assert "bp_tile1[j] = bp_acc;" in streamed
 
 
 def test_saved_argmax_is_read_by_the_backward_not_searched_again():

@@ -375,21 +375,57 @@ int bp_maxpool2d_indices_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     (void)y;
     (void)bp_work;
     /* at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW); y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
-    BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    float bp_acc = -INFINITY;
-                    ptrdiff_t bp_acc_at = 0;
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        for (ptrdiff_t q = 0; q < 2; ++q) {
-                            { const float bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*p + q; } }
+    #if BP_STREAMS
+    if (N*C*Hout*Wout >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)
+            && Wout <= BP_STREAM_TILE_MAX / (ptrdiff_t)sizeof(float)) {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_STREAM_BLOCK float bp_tile[Wout];
+            bp_stream_carry_f32 bp_carry = {.n = 0};
+            BP_STREAM_BLOCK float bp_tile1[Wout];
+            bp_stream_carry_f32 bp_carry1 = {.n = 0};
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i)*W], W);
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f32(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i + 1)*W], W);
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        float bp_acc = -INFINITY;
+                        ptrdiff_t bp_acc_at = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                { const float bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*p + q; } }
+                            }
                         }
+                        bp_tile[j] = bp_acc_at;
+                        bp_tile1[j] = bp_acc;
                     }
-                    at[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    bp_stream_copy_f32(&at[((n*C + c)*Hout + i)*Wout], bp_tile, Wout, &bp_carry);
+                    bp_stream_copy_f32(&y[((n*C + c)*Hout + i)*Wout], bp_tile1, Wout, &bp_carry1);
+                }
+            }
+            bp_stream_end_f32(&bp_carry);
+            bp_stream_end_f32(&bp_carry1);
+        }
+    } else
+    #endif
+    {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        float bp_acc = -INFINITY;
+                        ptrdiff_t bp_acc_at = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                { const float bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*p + q; } }
+                            }
+                        }
+                        at[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
+                        y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    }
                 }
             }
         }
@@ -1135,21 +1171,57 @@ int bp_maxpool2d_indices_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrd
     (void)y;
     (void)bp_work;
     /* at[n, c, i, j] = argmax(x[n, c, S*i + p, S*j + q], p in KH, q in KW); y[n, c, i, j] = max(x[n, c, S*i + p, S*j + q], p in KH, q in KW) */
-    BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
-    for (ptrdiff_t n = 0; n < N; ++n) {
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t i = 0; i < Hout; ++i) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < Wout; ++j) {
-                    double bp_acc = -INFINITY;
-                    ptrdiff_t bp_acc_at = 0;
-                    for (ptrdiff_t p = 0; p < 2; ++p) {
-                        for (ptrdiff_t q = 0; q < 2; ++q) {
-                            { const double bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*p + q; } }
+    #if BP_STREAMS
+    if (N*C*Hout*Wout >= BP_STREAM_MIN / (ptrdiff_t)sizeof(double)
+            && Wout <= BP_STREAM_TILE_MAX / (ptrdiff_t)sizeof(double)) {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            BP_STREAM_BLOCK double bp_tile[Wout];
+            bp_stream_carry_f64 bp_carry = {.n = 0};
+            BP_STREAM_BLOCK double bp_tile1[Wout];
+            bp_stream_carry_f64 bp_carry1 = {.n = 0};
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i)*W], W);
+                    if (i + BP_STREAM_AHEAD < Hout) bp_stream_ahead_f64(&x[((n*C + c)*H + 2*BP_STREAM_AHEAD + 2*i + 1)*W], W);
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        double bp_acc = -INFINITY;
+                        ptrdiff_t bp_acc_at = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                { const double bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*p + q; } }
+                            }
                         }
+                        bp_tile[j] = bp_acc_at;
+                        bp_tile1[j] = bp_acc;
                     }
-                    at[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
-                    y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    bp_stream_copy_f64(&at[((n*C + c)*Hout + i)*Wout], bp_tile, Wout, &bp_carry);
+                    bp_stream_copy_f64(&y[((n*C + c)*Hout + i)*Wout], bp_tile1, Wout, &bp_carry1);
+                }
+            }
+            bp_stream_end_f64(&bp_carry);
+            bp_stream_end_f64(&bp_carry1);
+        }
+    } else
+    #endif
+    {
+        BP_OMP(parallel for if (parallel: N*C*Hout*Wout*2*2 >= BP_PARALLEL_MIN_PLAIN))
+        for (ptrdiff_t n = 0; n < N; ++n) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t i = 0; i < Hout; ++i) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Wout; ++j) {
+                        double bp_acc = -INFINITY;
+                        ptrdiff_t bp_acc_at = 0;
+                        for (ptrdiff_t p = 0; p < 2; ++p) {
+                            for (ptrdiff_t q = 0; q < 2; ++q) {
+                                { const double bp_v = x[((n*C + c)*H + 2*i + p)*W + 2*j + q]; if (bp_v > bp_acc || bp_v != bp_v) { bp_acc = bp_v; bp_acc_at = 2*p + q; } }
+                            }
+                        }
+                        at[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
+                        y[((n*C + c)*Hout + i)*Wout + j] = bp_acc;
+                    }
                 }
             }
         }
