@@ -216,9 +216,9 @@ def _window_rows(v: dict, outputs, read: set[str], printer, shapes: dict) -> Non
     if len(widths) > 1:
         return
     row_start = tuple(n.out[:-1]) + (sp.Integer(0),)
-    tiles = [dict(tile=f"bp_tile{k if k else ''}", carry=f"bp_carry{k if k else ''}",
+    tiles = [dict(tile=f"bp_tile{m if m else ''}", carry=f"bp_carry{m if m else ''}",
                   dst=printer._print(sp.IndexedBase(t)[row_start]))
-             for k, t in enumerate(targets)]
+             for m, t in enumerate(targets)]
     v["rows"] = dict(size="*".join(str(dim_of(i)) for i in n.out),
                      count=str(dim_of(j)), tiles=tiles,
                      ahead=list(dict.fromkeys(ahead)), width=widths.pop() if widths else "0",
