@@ -230,6 +230,29 @@ def test_output_size_is_checked_against_its_definition():
             kern.forward(x=np.ones((1, 2, 2)), w=w, b=b)
 
 
+PAIRS = """layer pairs
+dims N, I, K = 2, J = 2*I
+input x[N, J]
+output y[N, I]
+y[n, i] = max(x[n, 2*i + p], p in K)
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c", "jax"])
+def test_a_dimension_only_defined_into_another_needs_an_array_that_gives_it(backend):
+    """J = 2*I with only x[N, J] given: I cannot be recovered from J, so the forward pass
+    says which dimension is missing (it raised a bare KeyError: 'I' in the NumPy module);
+    the backward pass, given dy[N, I], has it."""
+    if backend == "jax":
+        pytest.importorskip("jax")
+    k = codegen.load(parse_spec(PAIRS), backend=backend)
+    x = np.arange(12.0).reshape(2, 6)
+    with pytest.raises(ValueError, match=r"^pairs: no array gives the size of dimension I$"):
+        k.forward(x=x)
+    dx = k.backward(x=x, dy=np.ones((2, 3)))["dx"]
+    assert np.array_equal(np.asarray(dx), np.tile([0.0, 1.0], 6).reshape(2, 6))
+
+
 # ---- spec errors -------------------------------------------------------------------
 
 HEAD = """layer c1

@@ -70,8 +70,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dx', 'dWq', 'dWk', 'dWv', 'dWo']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -98,6 +99,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -125,7 +129,7 @@ def _shape(dims, sizes):
 
 def forward(x, Wq, Wk, Wv, Wo):
     """Returns y, q, k, v, s, a, ctx (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'Wq': Wq, 'Wk': Wk, 'Wv': Wv, 'Wo': Wo})
+    a, dtype, sizes = _prepare({'x': x, 'Wq': Wq, 'Wk': Wk, 'Wv': Wv, 'Wo': Wo}, ['E'])
     x, Wq, Wk, Wv, Wo = a['x'], a['Wq'], a['Wk'], a['Wv'], a['Wo']
     E = sizes['E']
     # q[b, h, t, e] = Wq[h, e, d] * x[b, t, d]
@@ -168,7 +172,7 @@ def backward(x, Wq, Wk, Wv, Wo, dy, *, q=None, k=None, v=None, a=None, ctx=None)
         v = cache['v'] if v is None else v
         a = cache['a'] if a is None else a
         ctx = cache['ctx'] if ctx is None else ctx
-    a, dtype, sizes = _prepare({'x': x, 'Wq': Wq, 'Wk': Wk, 'Wv': Wv, 'Wo': Wo, 'dy': dy, 'q': q, 'k': k, 'v': v, 'a': a, 'ctx': ctx})
+    a, dtype, sizes = _prepare({'x': x, 'Wq': Wq, 'Wk': Wk, 'Wv': Wv, 'Wo': Wo, 'dy': dy, 'q': q, 'k': k, 'v': v, 'a': a, 'ctx': ctx}, ['E'])
     x, Wq, Wk, Wv, Wo, dy, q, k, v, a, ctx = a['x'], a['Wq'], a['Wk'], a['Wv'], a['Wo'], a['dy'], a['q'], a['k'], a['v'], a['a'], a['ctx']
     E = sizes['E']
     # dctx[b, h, t, e] = sum_d(Wo[d, h, e]*dy[b, t, d])

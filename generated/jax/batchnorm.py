@@ -54,8 +54,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dx', 'dw', 'db']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -82,6 +83,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -109,7 +113,7 @@ def _shape(dims, sizes):
 
 def forward(x, w, b):
     """Returns y, mu, var, rstd, xhat (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b}, ['N', 'H', 'W'])
     x, w, b = a['x'], a['w'], a['b']
     N = sizes['N']
     H = sizes['H']
@@ -143,7 +147,7 @@ def backward(x, w, b, dy, *, mu=None, var=None, rstd=None):
         mu = cache['mu'] if mu is None else mu
         var = cache['var'] if var is None else var
         rstd = cache['rstd'] if rstd is None else rstd
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'var': var, 'rstd': rstd})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'var': var, 'rstd': rstd}, ['N', 'H', 'W'])
     x, w, b, dy, mu, var, rstd = a['x'], a['w'], a['b'], a['dy'], a['mu'], a['var'], a['rstd']
     N = sizes['N']
     H = sizes['H']

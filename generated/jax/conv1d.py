@@ -128,8 +128,9 @@ def _take(a, index):
     return jnp.where(inside, a[clipped], 0).astype(a.dtype)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -157,6 +158,9 @@ def _prepare(arrays):
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
     _derived(sizes, 'Lout', ['L', 'K'], lambda L, K: 1 + L - K, 'L + 1 - K')
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -206,7 +210,7 @@ def _shape(dims, sizes):
 
 def forward(x, w, b):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b}, ['N', 'C', 'K', 'Lout'])
     x, w, b = a['x'], a['w'], a['b']
     N = sizes['N']
     C = sizes['C']
@@ -222,7 +226,7 @@ def forward(x, w, b):
 def backward(x, w, b, dy):
     """Returns dx, dw, db as a dict.
     """
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy}, ['N', 'C', 'O', 'L', 'K', 'Lout'])
     x, w, b, dy = a['x'], a['w'], a['b'], a['dy']
     N = sizes['N']
     C = sizes['C']

@@ -41,8 +41,9 @@ UPSTREAM = ['dz']
 GRADIENTS = ['dx', 'dW', 'db']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -69,6 +70,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -96,7 +100,7 @@ def _shape(dims, sizes):
 
 def forward(x, W, b):
     """Returns z (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'W': W, 'b': b})
+    a, dtype, sizes = _prepare({'x': x, 'W': W, 'b': b}, [])
     x, W, b = a['x'], a['W'], a['b']
     # z[n, i] = W[i, j] * x[n, j] + b[i]
     z = b[None, :] + jnp.einsum('ij,nj->ni', W, x, optimize=True)
@@ -108,7 +112,7 @@ def forward(x, W, b):
 def backward(x, W, b, dz):
     """Returns dx, dW, db as a dict.
     """
-    a, dtype, sizes = _prepare({'x': x, 'W': W, 'b': b, 'dz': dz})
+    a, dtype, sizes = _prepare({'x': x, 'W': W, 'b': b, 'dz': dz}, [])
     x, W, b, dz = a['x'], a['W'], a['b'], a['dz']
     # dx[n, j] = sum_i(W[i, j]*dz[n, i])
     dx = jnp.einsum('ij,ni->nj', W, dz, optimize=True)

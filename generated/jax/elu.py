@@ -35,8 +35,9 @@ UPSTREAM = ['da']
 GRADIENTS = ['dz']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -63,6 +64,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -90,7 +94,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns a (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # a[n, i] = where(z[n, i] > 0, z[n, i], expm1(z[n, i]))
     a = jnp.where((z > 0), z, jnp.expm1(z)).astype(dtype, copy=False)
@@ -102,7 +106,7 @@ def forward(z):
 def backward(z, da):
     """Returns dz as a dict.
     """
-    a, dtype, sizes = _prepare({'z': z, 'da': da})
+    a, dtype, sizes = _prepare({'z': z, 'da': da}, [])
     z, da = a['z'], a['da']
     # dz[n, i] = da[n, i]*(exp(z[n, i])*[z[n, i] <= 0] + [z[n, i] > 0])
     dz = da*(((z > 0)).astype(dtype) + jnp.where((z <= 0), jnp.exp(z), 0).astype(dtype, copy=False))

@@ -46,8 +46,9 @@ def _scatter_add(size, index, values, dtype):
     return jnp.zeros((size,) + values.shape[index.ndim:], dtype).at[index].add(values)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -74,6 +75,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -101,7 +105,7 @@ def _shape(dims, sizes):
 
 def forward(ids, E):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'ids': ids, 'E': E})
+    a, dtype, sizes = _prepare({'ids': ids, 'E': E}, ['D'])
     ids, E = a['ids'], a['E']
     D = sizes['D']
     # y[n, d] = E[ids[n], d]
@@ -114,7 +118,7 @@ def forward(ids, E):
 def backward(ids, E, dy):
     """Returns dE as a dict.
     """
-    a, dtype, sizes = _prepare({'ids': ids, 'E': E, 'dy': dy})
+    a, dtype, sizes = _prepare({'ids': ids, 'E': E, 'dy': dy}, ['V'])
     ids, E, dy = a['ids'], a['E'], a['dy']
     V = sizes['V']
     # dE[v, d] = sum_n(dy[n, d]*[v == ids[n]])

@@ -42,8 +42,9 @@ def _erf(v):
     return jax.scipy.special.erf(v)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -70,6 +71,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -97,7 +101,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns a (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # a[n, i] = 0.5 * z[n, i] * (1 + erf(0.7071067811865476 * z[n, i]))
     a = (1 + _erf(0.7071067811865476*z))*z/2
@@ -109,7 +113,7 @@ def forward(z):
 def backward(z, da):
     """Returns dz as a dict.
     """
-    a, dtype, sizes = _prepare({'z': z, 'da': da})
+    a, dtype, sizes = _prepare({'z': z, 'da': da}, [])
     z, da = a['z'], a['da']
     # dz[n, i] = (1 + 1.4142135623730952*z[n, i]*exp(-0.50000000000000011*z[n, i]**2)/sqrt(pi) + erf(0.7071067811865476*z[n, i]))*da[n, i]/2
     dz = (1 + 1.4142135623730951*z*jnp.exp(-0.5000000000000001*z**2)/jnp.sqrt(3.141592653589793) + _erf(0.7071067811865476*z))*da/2

@@ -35,8 +35,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dx']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -63,6 +64,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -90,7 +94,7 @@ def _shape(dims, sizes):
 
 def forward(x):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x})
+    a, dtype, sizes = _prepare({'x': x}, ['H', 'W'])
     x = a['x']
     H = sizes['H']
     W = sizes['W']
@@ -104,7 +108,7 @@ def forward(x):
 def backward(x, dy):
     """Returns dx as a dict.
     """
-    a, dtype, sizes = _prepare({'x': x, 'dy': dy})
+    a, dtype, sizes = _prepare({'x': x, 'dy': dy}, ['N', 'C', 'H', 'W'])
     x, dy = a['x'], a['dy']
     N = sizes['N']
     C = sizes['C']

@@ -51,8 +51,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dx', 'dw', 'db']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -79,6 +80,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -106,7 +110,7 @@ def _shape(dims, sizes):
 
 def forward(x, w, b):
     """Returns y, mu, rstd, xhat (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b}, ['C'])
     x, w, b = a['x'], a['w'], a['b']
     C = sizes['C']
     # mu[n] = sum(x[n, c], c) / C
@@ -134,7 +138,7 @@ def backward(x, w, b, dy, *, mu=None, rstd=None):
         cache = forward(x, w, b)
         mu = cache['mu'] if mu is None else mu
         rstd = cache['rstd'] if rstd is None else rstd
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'rstd': rstd})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy, 'mu': mu, 'rstd': rstd}, ['C'])
     x, w, b, dy, mu, rstd = a['x'], a['w'], a['b'], a['dy'], a['mu'], a['rstd']
     C = sizes['C']
     # dx[n, c] = (dxhat[n, c] - sum_k(dxhat[n, k])/C - xhat[n, c]*sum_k(dxhat[n, k]*xhat[n, k])/C)*rstd[n]

@@ -38,8 +38,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dz']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -66,6 +67,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -93,7 +97,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns y, p (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # maximum over k of z[n, k], for a stable exp-sum
     _p_max = z.max(axis=-1)
@@ -116,7 +120,7 @@ def backward(z, dy, *, p=None):
     if p is None:
         cache = forward(z)
         p = cache['p'] if p is None else p
-    a, dtype, sizes = _prepare({'z': z, 'dy': dy, 'p': p})
+    a, dtype, sizes = _prepare({'z': z, 'dy': dy, 'p': p}, [])
     z, dy, p = a['z'], a['dy'], a['p']
     # dz[n, i] = dy[n, i] - p[n, i]*sum_k(dy[n, k])
     dz = dy - p*dy.sum(axis=1)[:, None]

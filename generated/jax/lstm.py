@@ -181,8 +181,9 @@ def _take(a, index):
     return jnp.where(inside, a[clipped], 0).astype(a.dtype)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -210,6 +211,9 @@ def _prepare(arrays):
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
     _derived(sizes, 'G', [], lambda : 4, '4')
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -259,7 +263,7 @@ def _shape(dims, sizes):
 
 def forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh):
     """Returns h, hn, cn, a, ig, fg, gg, og, c (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh}, ['T', 'N', 'H', 'G'])
     x, h0, c0, W_ih, W_hh, b_ih, b_hh = a['x'], a['h0'], a['c0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh']
     T = sizes['T']
     N = sizes['N']
@@ -318,7 +322,7 @@ def backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, *, h=None, ig=None
         gg = cache['gg'] if gg is None else gg
         og = cache['og'] if og is None else og
         c = cache['c'] if c is None else c
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'dcn': dcn, 'h': h, 'ig': ig, 'fg': fg, 'gg': gg, 'og': og, 'c': c})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'dcn': dcn, 'h': h, 'ig': ig, 'fg': fg, 'gg': gg, 'og': og, 'c': c}, ['T', 'N', 'H', 'G'])
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, h, ig, fg, gg, og, c = a['x'], a['h0'], a['c0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh'], a['dh'], a['dhn'], a['dcn'], a['h'], a['ig'], a['fg'], a['gg'], a['og'], a['c']
     T = sizes['T']
     N = sizes['N']

@@ -135,8 +135,9 @@ def _first_argmax(a, sizes):
     return jnp.where(nan.any(axis=-1), last_nan, jnp.argmax(flat, axis=-1))
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -167,6 +168,9 @@ def _prepare(arrays):
     _derived(sizes, 'KW', [], lambda : 2, '2')
     _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + (H - KH)//2, 'floor((H - KH)/2) + 1')
     _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + (W - KW)//2, 'floor((W - KW)/2) + 1')
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -216,7 +220,7 @@ def _shape(dims, sizes):
 
 def forward(x):
     """Returns y, at (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x})
+    a, dtype, sizes = _prepare({'x': x}, ['N', 'C', 'KH', 'KW', 'Hout', 'Wout'])
     x = a['x']
     N = sizes['N']
     C = sizes['C']
@@ -242,7 +246,7 @@ def backward(x, dy, *, at=None):
     if at is None:
         cache = forward(x)
         at = cache['at'] if at is None else at
-    a, dtype, sizes = _prepare({'x': x, 'dy': dy, 'at': at})
+    a, dtype, sizes = _prepare({'x': x, 'dy': dy, 'at': at}, ['N', 'C', 'H', 'W', 'KH', 'KW', 'Hout', 'Wout'])
     x, dy, at = a['x'], a['dy'], a['at']
     N = sizes['N']
     C = sizes['C']

@@ -73,8 +73,9 @@ def _sigmoid(v):
     return jnp.exp(jnp.minimum(v, 0)) / (1 + jnp.exp(-jnp.abs(v)))
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -101,6 +102,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -128,7 +132,7 @@ def _shape(dims, sizes):
 
 def forward(x, W1, b1, W2, b2, t):
     """Returns L, z1, a1, z2, y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'W1': W1, 'b1': b1, 'W2': W2, 'b2': b2, 't': t})
+    a, dtype, sizes = _prepare({'x': x, 'W1': W1, 'b1': b1, 'W2': W2, 'b2': b2, 't': t}, ['N'])
     x, W1, b1, W2, b2, t = a['x'], a['W1'], a['b1'], a['W2'], a['b2'], a['t']
     N = sizes['N']
     # z1[n, h] = W1[h, d] * x[n, d] + b1[h]
@@ -162,7 +166,7 @@ def backward(x, W1, b1, W2, b2, t, *, a1=None, y=None):
         cache = forward(x, W1, b1, W2, b2, t)
         a1 = cache['a1'] if a1 is None else a1
         y = cache['y'] if y is None else y
-    a, dtype, sizes = _prepare({'x': x, 'W1': W1, 'b1': b1, 'W2': W2, 'b2': b2, 't': t, 'a1': a1, 'y': y})
+    a, dtype, sizes = _prepare({'x': x, 'W1': W1, 'b1': b1, 'W2': W2, 'b2': b2, 't': t, 'a1': a1, 'y': y}, ['N'])
     x, W1, b1, W2, b2, t, a1, y = a['x'], a['W1'], a['b1'], a['W2'], a['b2'], a['t'], a['a1'], a['y']
     N = sizes['N']
     # dz2[n, c] = (y[n, c]*sum_k(t[n, k]) - t[n, c])/N

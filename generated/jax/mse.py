@@ -36,8 +36,9 @@ UPSTREAM = []
 GRADIENTS = ['dy']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -64,6 +65,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -91,7 +95,7 @@ def _shape(dims, sizes):
 
 def forward(y, t):
     """Returns L (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'y': y, 't': t})
+    a, dtype, sizes = _prepare({'y': y, 't': t}, ['N'])
     y, t = a['y'], a['t']
     N = sizes['N']
     # L = sum((y[n, i] - t[n, i])**2, n, i) / (2 * N)
@@ -104,7 +108,7 @@ def forward(y, t):
 def backward(y, t):
     """Returns dy as a dict.
     """
-    a, dtype, sizes = _prepare({'y': y, 't': t})
+    a, dtype, sizes = _prepare({'y': y, 't': t}, ['N'])
     y, t = a['y'], a['t']
     N = sizes['N']
     # dy[n, i] = (y[n, i] - t[n, i])/N

@@ -52,8 +52,9 @@ def _sigmoid(v):
     return jnp.exp(jnp.minimum(v, 0)) / (1 + jnp.exp(-jnp.abs(v)))
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -80,6 +81,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -107,7 +111,7 @@ def _shape(dims, sizes):
 
 def forward(x, w, y):
     """Returns L, z, yhat (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y}, [])
     x, w, y = a['x'], a['w'], a['y']
     # z = w * x
     z = w*x
@@ -130,7 +134,7 @@ def backward(x, w, y, *, yhat=None):
     if yhat is None:
         cache = forward(x, w, y)
         yhat = cache['yhat'] if yhat is None else yhat
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y, 'yhat': yhat})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y, 'yhat': yhat}, [])
     x, w, y, yhat = a['x'], a['w'], a['y'], a['yhat']
     # dz = y*yhat - y
     dz = y*yhat - y

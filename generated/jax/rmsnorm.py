@@ -41,8 +41,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dx', 'dw']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -69,6 +70,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -96,7 +100,7 @@ def _shape(dims, sizes):
 
 def forward(x, w):
     """Returns y, rstd (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w})
+    a, dtype, sizes = _prepare({'x': x, 'w': w}, ['C'])
     x, w = a['x'], a['w']
     C = sizes['C']
     # rstd[n] = 1 / sqrt(sum(x[n, c]**2, c) / C + 0.00001)
@@ -118,7 +122,7 @@ def backward(x, w, dy, *, y=None, rstd=None):
         cache = forward(x, w)
         y = cache['y'] if y is None else y
         rstd = cache['rstd'] if rstd is None else rstd
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'dy': dy, 'y': y, 'rstd': rstd})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'dy': dy, 'y': y, 'rstd': rstd}, ['C'])
     x, w, dy, y, rstd = a['x'], a['w'], a['dy'], a['y'], a['rstd']
     C = sizes['C']
     # dx[n, c] = (w[c]*dy[n, c] - rstd[n]*x[n, c]*sum_k(dy[n, k]*y[n, k])/C)*rstd[n]

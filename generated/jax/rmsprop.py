@@ -53,8 +53,9 @@ UPSTREAM = []
 GRADIENTS = []
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -81,6 +82,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -108,7 +112,7 @@ def _shape(dims, sizes):
 
 def forward(p, g, sq, lr, alpha, eps, weight_decay):
     """Returns p_next, sq_next, gd (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'p': p, 'g': g, 'sq': sq, 'lr': lr, 'alpha': alpha, 'eps': eps, 'weight_decay': weight_decay})
+    a, dtype, sizes = _prepare({'p': p, 'g': g, 'sq': sq, 'lr': lr, 'alpha': alpha, 'eps': eps, 'weight_decay': weight_decay}, [])
     p, g, sq, lr, alpha, eps, weight_decay = a['p'], a['g'], a['sq'], a['lr'], a['alpha'], a['eps'], a['weight_decay']
     # gd[i] = g[i] + weight_decay * p[i]
     gd = weight_decay*p + g
@@ -126,7 +130,7 @@ def forward(p, g, sq, lr, alpha, eps, weight_decay):
 def backward(p, g, sq, lr, alpha, eps, weight_decay):
     """Returns  as a dict.
     """
-    a, dtype, sizes = _prepare({'p': p, 'g': g, 'sq': sq, 'lr': lr, 'alpha': alpha, 'eps': eps, 'weight_decay': weight_decay})
+    a, dtype, sizes = _prepare({'p': p, 'g': g, 'sq': sq, 'lr': lr, 'alpha': alpha, 'eps': eps, 'weight_decay': weight_decay}, [])
     p, g, sq, lr, alpha, eps, weight_decay = a['p'], a['g'], a['sq'], a['lr'], a['alpha'], a['eps'], a['weight_decay']
     return {
     }

@@ -151,8 +151,9 @@ def _take(a, index):
     return jnp.where(inside, a[clipped], 0).astype(a.dtype)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: jnp.asarray(value) for name, value in arrays.items()}
     dtype = jnp.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     # float64 only where JAX has it (jax.config.update("jax_enable_x64", True))
@@ -179,6 +180,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -206,7 +210,7 @@ def _shape(dims, sizes):
 
 def forward(x, h0, W_ih, W_hh, b_ih, b_hh):
     """Returns h, hn, z (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh}, ['T', 'N', 'H'])
     x, h0, W_ih, W_hh, b_ih, b_hh = a['x'], a['h0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh']
     T = sizes['T']
     N = sizes['N']
@@ -236,7 +240,7 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None):
     if h is None:
         cache = forward(x, h0, W_ih, W_hh, b_ih, b_hh)
         h = cache['h'] if h is None else h
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'h': h})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'h': h}, ['T', 'N', 'H'])
     x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, h = a['x'], a['h0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh'], a['dh'], a['dhn'], a['h']
     T = sizes['T']
     N = sizes['N']

@@ -56,8 +56,9 @@ UPSTREAM = []
 GRADIENTS = []
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -83,6 +84,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -107,7 +111,7 @@ def _shape(dims, sizes):
 
 def forward(p, g, m, v, step, lr, beta1, beta2, eps):
     """Returns p_next, m_next, v_next (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'p': p, 'g': g, 'm': m, 'v': v, 'step': step, 'lr': lr, 'beta1': beta1, 'beta2': beta2, 'eps': eps})
+    a, dtype, sizes = _prepare({'p': p, 'g': g, 'm': m, 'v': v, 'step': step, 'lr': lr, 'beta1': beta1, 'beta2': beta2, 'eps': eps}, [])
     p, g, m, v, step, lr, beta1, beta2, eps = a['p'], a['g'], a['m'], a['v'], a['step'], a['lr'], a['beta1'], a['beta2'], a['eps']
     # m_next[i] = beta1 * m[i] + (1 - beta1) * g[i]
     m_next = beta1*m + (1 - beta1)*g
@@ -125,7 +129,7 @@ def forward(p, g, m, v, step, lr, beta1, beta2, eps):
 def backward(p, g, m, v, step, lr, beta1, beta2, eps):
     """Returns  as a dict.
     """
-    a, dtype, sizes = _prepare({'p': p, 'g': g, 'm': m, 'v': v, 'step': step, 'lr': lr, 'beta1': beta1, 'beta2': beta2, 'eps': eps})
+    a, dtype, sizes = _prepare({'p': p, 'g': g, 'm': m, 'v': v, 'step': step, 'lr': lr, 'beta1': beta1, 'beta2': beta2, 'eps': eps}, [])
     p, g, m, v, step, lr, beta1, beta2, eps = a['p'], a['g'], a['m'], a['v'], a['step'], a['lr'], a['beta1'], a['beta2'], a['eps']
     return {
     }

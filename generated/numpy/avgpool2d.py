@@ -58,8 +58,9 @@ def _window(a, slots):
     return view
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -89,6 +90,9 @@ def _prepare(arrays):
     _derived(sizes, 'KW', [], lambda : 2, '2')
     _derived(sizes, 'Hout', ['H', 'KH'], lambda H, KH: 1 + (H - KH)//2, 'floor((H - KH)/2) + 1')
     _derived(sizes, 'Wout', ['W', 'KW'], lambda W, KW: 1 + (W - KW)//2, 'floor((W - KW)/2) + 1')
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -135,7 +139,7 @@ def _shape(dims, sizes):
 
 def forward(x):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x})
+    a, dtype, sizes = _prepare({'x': x}, ['N', 'C', 'KH', 'KW', 'Hout', 'Wout'])
     x = a['x']
     N = sizes['N']
     C = sizes['C']
@@ -153,7 +157,7 @@ def forward(x):
 def backward(x, dy):
     """Returns dx as a dict.
     """
-    a, dtype, sizes = _prepare({'x': x, 'dy': dy})
+    a, dtype, sizes = _prepare({'x': x, 'dy': dy}, ['H', 'W', 'KH', 'KW', 'Hout', 'Wout'])
     x, dy = a['x'], a['dy']
     H = sizes['H']
     W = sizes['W']

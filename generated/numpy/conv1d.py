@@ -64,8 +64,9 @@ def _window(a, slots):
     return view
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -92,6 +93,9 @@ def _prepare(arrays):
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
     _derived(sizes, 'Lout', ['L', 'K'], lambda L, K: 1 + L - K, 'L + 1 - K')
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -138,7 +142,7 @@ def _shape(dims, sizes):
 
 def forward(x, w, b):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b}, ['N', 'C', 'K', 'Lout'])
     x, w, b = a['x'], a['w'], a['b']
     N = sizes['N']
     C = sizes['C']
@@ -154,7 +158,7 @@ def forward(x, w, b):
 def backward(x, w, b, dy):
     """Returns dx, dw, db as a dict.
     """
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'b': b, 'dy': dy}, ['N', 'C', 'O', 'L', 'K', 'Lout'])
     x, w, b, dy = a['x'], a['w'], a['b'], a['dy']
     N = sizes['N']
     C = sizes['C']

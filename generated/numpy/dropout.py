@@ -37,8 +37,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dx']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -64,6 +65,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -88,7 +92,7 @@ def _shape(dims, sizes):
 
 def forward(x, mask, p):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'mask': mask, 'p': p})
+    a, dtype, sizes = _prepare({'x': x, 'mask': mask, 'p': p}, [])
     x, mask, p = a['x'], a['mask'], a['p']
     # y[n, i] = x[n, i] * mask[n, i] / (1 - p)
     y = mask*x/(1 - p)
@@ -100,7 +104,7 @@ def forward(x, mask, p):
 def backward(x, mask, p, dy):
     """Returns dx as a dict.
     """
-    a, dtype, sizes = _prepare({'x': x, 'mask': mask, 'p': p, 'dy': dy})
+    a, dtype, sizes = _prepare({'x': x, 'mask': mask, 'p': p, 'dy': dy}, [])
     x, mask, p, dy = a['x'], a['mask'], a['p'], a['dy']
     # dx[n, i] = dy[n, i]*mask[n, i]/(1 - p)
     dx = dy*mask/(1 - p)

@@ -39,8 +39,9 @@ UPSTREAM = ['da']
 GRADIENTS = ['dz']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -66,6 +67,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -90,7 +94,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns a, u, th (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # u[n, i] = 0.7978845608028654 * (z[n, i] + 0.044715 * z[n, i]**3)
     u = 0.035677408136300125*z**3 + 0.7978845608028654*z
@@ -113,7 +117,7 @@ def backward(z, da, *, th=None):
     if th is None:
         cache = forward(z)
         th = cache['th'] if th is None else th
-    a, dtype, sizes = _prepare({'z': z, 'da': da, 'th': th})
+    a, dtype, sizes = _prepare({'z': z, 'da': da, 'th': th}, [])
     z, da, th = a['z'], a['da'], a['th']
     # dz[n, i] = (1 + 0.7978845608028654*(1 - th[n, i]**2)*z[n, i] + 0.10703222440890038*z[n, i]**3*(1 - th[n, i]**2) + th[n, i])*da[n, i]/2
     dz = (1 + 0.10703222440890038*z**3*(1 - th**2) + 0.7978845608028654*(1 - th**2)*z + th)*da/2

@@ -45,8 +45,9 @@ def _erf(v):
     return out.astype(v.dtype)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -72,6 +73,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -96,7 +100,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns a (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # a[n, i] = 0.5 * z[n, i] * (1 + erf(0.7071067811865476 * z[n, i]))
     a = (1 + _erf(0.7071067811865476*z))*z/2
@@ -108,7 +112,7 @@ def forward(z):
 def backward(z, da):
     """Returns dz as a dict.
     """
-    a, dtype, sizes = _prepare({'z': z, 'da': da})
+    a, dtype, sizes = _prepare({'z': z, 'da': da}, [])
     z, da = a['z'], a['da']
     # dz[n, i] = (1 + 1.4142135623730952*z[n, i]*exp(-0.50000000000000011*z[n, i]**2)/sqrt(pi) + erf(0.7071067811865476*z[n, i]))*da[n, i]/2
     dz = (1 + 1.4142135623730951*z*np.exp(-0.5000000000000001*z**2)/np.sqrt(3.141592653589793) + _erf(0.7071067811865476*z))*da/2

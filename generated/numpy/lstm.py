@@ -117,8 +117,9 @@ def _step(a, i):
     return a[i] if 0 <= i < a.shape[0] else np.zeros(a.shape[1:], a.dtype)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -145,6 +146,9 @@ def _prepare(arrays):
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
     _derived(sizes, 'G', [], lambda : 4, '4')
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -191,7 +195,7 @@ def _shape(dims, sizes):
 
 def forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh):
     """Returns h, hn, cn, a, ig, fg, gg, og, c (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh}, ['T', 'N', 'H', 'G'])
     x, h0, c0, W_ih, W_hh, b_ih, b_hh = a['x'], a['h0'], a['c0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh']
     T = sizes['T']
     N = sizes['N']
@@ -250,7 +254,7 @@ def backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, *, h=None, ig=None
         gg = cache['gg'] if gg is None else gg
         og = cache['og'] if og is None else og
         c = cache['c'] if c is None else c
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'dcn': dcn, 'h': h, 'ig': ig, 'fg': fg, 'gg': gg, 'og': og, 'c': c})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'c0': c0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'dcn': dcn, 'h': h, 'ig': ig, 'fg': fg, 'gg': gg, 'og': og, 'c': c}, ['T', 'N', 'H', 'G'])
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, dh, dhn, dcn, h, ig, fg, gg, og, c = a['x'], a['h0'], a['c0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh'], a['dh'], a['dhn'], a['dcn'], a['h'], a['ig'], a['fg'], a['gg'], a['og'], a['c']
     T = sizes['T']
     N = sizes['N']

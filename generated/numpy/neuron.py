@@ -50,8 +50,9 @@ def _sigmoid(v):
     return np.exp(np.minimum(v, 0)) / (1 + np.exp(-np.abs(v)))
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -77,6 +78,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -101,7 +105,7 @@ def _shape(dims, sizes):
 
 def forward(x, w, y):
     """Returns L, z, yhat (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y}, [])
     x, w, y = a['x'], a['w'], a['y']
     # z = w * x
     z = w*x
@@ -124,7 +128,7 @@ def backward(x, w, y, *, yhat=None):
     if yhat is None:
         cache = forward(x, w, y)
         yhat = cache['yhat'] if yhat is None else yhat
-    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y, 'yhat': yhat})
+    a, dtype, sizes = _prepare({'x': x, 'w': w, 'y': y, 'yhat': yhat}, [])
     x, w, y, yhat = a['x'], a['w'], a['y'], a['yhat']
     # dz = y*yhat - y
     dz = y*yhat - y

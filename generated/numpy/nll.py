@@ -34,8 +34,9 @@ UPSTREAM = []
 GRADIENTS = ['dlogp']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -61,6 +62,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -85,7 +89,7 @@ def _shape(dims, sizes):
 
 def forward(logp, t):
     """Returns L (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'logp': logp, 't': t})
+    a, dtype, sizes = _prepare({'logp': logp, 't': t}, ['N'])
     logp, t = a['logp'], a['t']
     N = sizes['N']
     # L = -sum(logp[n, t[n]], n) / N
@@ -98,7 +102,7 @@ def forward(logp, t):
 def backward(logp, t):
     """Returns dlogp as a dict.
     """
-    a, dtype, sizes = _prepare({'logp': logp, 't': t})
+    a, dtype, sizes = _prepare({'logp': logp, 't': t}, ['N', 'I'])
     logp, t = a['logp'], a['t']
     N = sizes['N']
     I = sizes['I']

@@ -87,8 +87,9 @@ def _step(a, i):
     return a[i] if 0 <= i < a.shape[0] else np.zeros(a.shape[1:], a.dtype)
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -114,6 +115,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -138,7 +142,7 @@ def _shape(dims, sizes):
 
 def forward(x, h0, W_ih, W_hh, b_ih, b_hh):
     """Returns h, hn, z (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh}, ['T', 'N', 'H'])
     x, h0, W_ih, W_hh, b_ih, b_hh = a['x'], a['h0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh']
     T = sizes['T']
     N = sizes['N']
@@ -168,7 +172,7 @@ def backward(x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, *, h=None):
     if h is None:
         cache = forward(x, h0, W_ih, W_hh, b_ih, b_hh)
         h = cache['h'] if h is None else h
-    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'h': h})
+    a, dtype, sizes = _prepare({'x': x, 'h0': h0, 'W_ih': W_ih, 'W_hh': W_hh, 'b_ih': b_ih, 'b_hh': b_hh, 'dh': dh, 'dhn': dhn, 'h': h}, ['T', 'N', 'H'])
     x, h0, W_ih, W_hh, b_ih, b_hh, dh, dhn, h = a['x'], a['h0'], a['W_ih'], a['W_hh'], a['b_ih'], a['b_hh'], a['dh'], a['dhn'], a['h']
     T = sizes['T']
     N = sizes['N']

@@ -55,8 +55,9 @@ UPSTREAM = []
 GRADIENTS = []
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -82,6 +83,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -106,7 +110,7 @@ def _shape(dims, sizes):
 
 def forward(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay):
     """Returns p_next, buf_next, gd (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'p': p, 'g': g, 'buf': buf, 'step': step, 'lr': lr, 'momentum': momentum, 'dampening': dampening, 'nesterov': nesterov, 'weight_decay': weight_decay})
+    a, dtype, sizes = _prepare({'p': p, 'g': g, 'buf': buf, 'step': step, 'lr': lr, 'momentum': momentum, 'dampening': dampening, 'nesterov': nesterov, 'weight_decay': weight_decay}, [])
     p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay = a['p'], a['g'], a['buf'], a['step'], a['lr'], a['momentum'], a['dampening'], a['nesterov'], a['weight_decay']
     # gd[i] = g[i] + weight_decay * p[i]
     gd = weight_decay*p + g
@@ -124,7 +128,7 @@ def forward(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay):
 def backward(p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay):
     """Returns  as a dict.
     """
-    a, dtype, sizes = _prepare({'p': p, 'g': g, 'buf': buf, 'step': step, 'lr': lr, 'momentum': momentum, 'dampening': dampening, 'nesterov': nesterov, 'weight_decay': weight_decay})
+    a, dtype, sizes = _prepare({'p': p, 'g': g, 'buf': buf, 'step': step, 'lr': lr, 'momentum': momentum, 'dampening': dampening, 'nesterov': nesterov, 'weight_decay': weight_decay}, [])
     p, g, buf, step, lr, momentum, dampening, nesterov, weight_decay = a['p'], a['g'], a['buf'], a['step'], a['lr'], a['momentum'], a['dampening'], a['nesterov'], a['weight_decay']
     return {
     }

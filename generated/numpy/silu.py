@@ -39,8 +39,9 @@ def _sigmoid(v):
     return np.exp(np.minimum(v, 0)) / (1 + np.exp(-np.abs(v)))
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -66,6 +67,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -90,7 +94,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns a (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # a[n, i] = z[n, i] * sigmoid(z[n, i])
     a = z*_sigmoid(z)
@@ -107,7 +111,7 @@ def backward(z, da, *, a=None):
     if a is None:
         cache = forward(z)
         a = cache['a'] if a is None else a
-    a, dtype, sizes = _prepare({'z': z, 'da': da, 'a': a})
+    a, dtype, sizes = _prepare({'z': z, 'da': da, 'a': a}, [])
     z, da, a = a['z'], a['da'], a['a']
     # dz[n, i] = ((1 - sigmoid(z[n, i]))*a[n, i] + sigmoid(z[n, i]))*da[n, i]
     dz = ((1 - _sigmoid(z))*a + _sigmoid(z))*da

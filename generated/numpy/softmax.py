@@ -33,8 +33,9 @@ UPSTREAM = ['dy']
 GRADIENTS = ['dz']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -60,6 +61,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -84,7 +88,7 @@ def _shape(dims, sizes):
 
 def forward(z):
     """Returns y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z})
+    a, dtype, sizes = _prepare({'z': z}, [])
     z = a['z']
     # maximum over k of z[n, k], for a stable exp-sum
     _y_max = z.max(axis=-1)
@@ -104,7 +108,7 @@ def backward(z, dy, *, y=None):
     if y is None:
         cache = forward(z)
         y = cache['y'] if y is None else y
-    a, dtype, sizes = _prepare({'z': z, 'dy': dy, 'y': y})
+    a, dtype, sizes = _prepare({'z': z, 'dy': dy, 'y': y}, [])
     z, dy, y = a['z'], a['dy'], a['y']
     # dz[n, i] = (dy[n, i] - sum_k(dy[n, k]*y[n, k]))*y[n, i]
     dz = (dy - np.einsum('nk,nk->n', dy, y, optimize=True)[:, None])*y

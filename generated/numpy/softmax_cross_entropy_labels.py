@@ -37,8 +37,9 @@ UPSTREAM = []
 GRADIENTS = ['dz']
 
 
-def _prepare(arrays):
-    """Check every array against SHAPES; return them in one float dtype, and the sizes."""
+def _prepare(arrays, needed):
+    """Check every array against SHAPES; return them in one float dtype, and the sizes;
+    each of `needed` (the entry's dimensions) given by an array or defined from them."""
     out = {name: np.asarray(value) for name, value in arrays.items()}
     dtype = np.result_type(*[v for n, v in out.items() if n not in INDICES] or [np.float64])
     dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
@@ -64,6 +65,9 @@ def _prepare(arrays):
     for name, dim in INDICES.items():
         if name in out:
             out[name] = _indices(name, out[name], dim, sizes)
+    missing = [d for d in needed if d not in sizes]
+    if missing:
+        raise ValueError(f"{NAME}: no array gives the size of dimension {missing[0]}")
     return out, dtype, {dim: size for dim, (size, _) in sizes.items()}
 
 
@@ -88,7 +92,7 @@ def _shape(dims, sizes):
 
 def forward(z, t):
     """Returns L, y (outputs, then intermediates) as a dict."""
-    a, dtype, sizes = _prepare({'z': z, 't': t})
+    a, dtype, sizes = _prepare({'z': z, 't': t}, ['N'])
     z, t = a['z'], a['t']
     N = sizes['N']
     # maximum over k of z[n, k], for a stable exp-sum
@@ -112,7 +116,7 @@ def backward(z, t, *, y=None):
     if y is None:
         cache = forward(z, t)
         y = cache['y'] if y is None else y
-    a, dtype, sizes = _prepare({'z': z, 't': t, 'y': y})
+    a, dtype, sizes = _prepare({'z': z, 't': t, 'y': y}, ['N', 'I'])
     z, t, y = a['z'], a['t'], a['y']
     N = sizes['N']
     I = sizes['I']
