@@ -96,16 +96,18 @@ def test_floor_streams_a_saved_argmax_s_traffic():
 def test_pooling_floors_read_and_write_every_element_once():
     """The pooling floors go in blocks of 16 small elements and their big lines (streamed
     when large), the ends one by one: at any offset in a line, short or past
-    BP_STREAM_MIN, every big element is summed into exactly one small one (the totals
-    agree), and each small one reaches exactly `ratio` big ones (the same multiset)."""
+    BP_STREAM_MIN, the two outputs of a reduction at different offsets, every big element
+    is summed into exactly one small one (the totals agree), and each small one reaches
+    exactly `ratio` big ones (the same multiset)."""
     floor = Floor()
     rng = np.random.default_rng(0)
     total = lambda v: v.astype(np.float64).sum()      # exact: small integers, float64
     for n in (3, 17, 40, 1001, 2_200_000):
         for offset in (0, 4, 7):
             big = lambda: np.zeros(4 * n + 16, np.float32)[offset:offset + 4 * n]
-            small = lambda: np.zeros(n + 16, np.float32)[offset:offset + n]
-            a, y, at, dx = big(), small(), small(), big()
+            small = lambda o=offset: np.zeros(n + 16, np.float32)[o:o + n]
+            # the second output at another offset in its line: it goes through a stage
+            a, y, at, dx = big(), small(), small((offset + 5) % 16), big()
             a[:] = rng.integers(0, 8, a.size)
             floor.stream([a], [y])
             assert total(y) == total(a), (n, offset)
@@ -158,19 +160,24 @@ def test_floor_streams_large_outputs_as_the_kernels_do():
     the generated kernels write theirs (codegen/streaming.py): a floor that paid the
     write-allocate fetch the kernels skip put Adam's new arrays at 210% of it.  In place
     the lines were just read, and the floor stores plainly.  Every element is written once,
-    with the outputs at any offset in a line, or at different ones (then plainly)."""
+    with the outputs at any offset in a line, or at different ones (the first output's
+    blocks on its line boundaries, the others through a stage, streamed too)."""
     from bench.floor import SHAPES
     from templates import render
     source = render("floor.c.j2", shapes=SHAPES, version="test")
     body = source.split("void bp_floor_4_3(")[1].split("\n}\n")[0]
     assert "n >= BP_STREAM_MIN / (ptrdiff_t)sizeof(float)" in body
-    for k in range(3):
-        assert f"bp_stream_f32(out{k} + b, block{k});" in body
+    assert "bp_stream_f32(out0 + b, block0);" in body
+    for k in (1, 2):
+        assert f"bp_floor_stream_any(&stage{k}, out{k} + b, block{k}, shift{k});" in body
+        assert f"bp_floor_stage_end(&stage{k}, shift{k});" in body
+    reduce2 = source.split("void bp_floor_reduce2(")[1].split("\n}\n")[0]
+    assert "bp_floor_stream_any(&stage, out1 + b, block, shift);" in reduce2
     assert "bp_stream_fence();" in body and "#pragma omp for schedule(static) nowait" in body
     assert "bp_stream" not in source.split("void bp_floor_inplace_4_3(")[1].split("\n}\n")[0]
     floor = Floor()
     n = (8 << 20) // 4 + 37
-    for offsets in ((0, 0), (3, 3), (5, 2)):
+    for offsets in ((0, 0), (3, 3), (5, 2), (15, 1)):
         a = np.arange(n, dtype=np.float32) % 1000
         outs = [np.zeros(n + 16, np.float32)[o:o + n] for o in (offsets[0], *offsets)]
         floor.stream([a, np.ones(n, np.float32)], outs)
