@@ -58,7 +58,7 @@ def _build(source: str):
             path.write_text(source)
         if not list(folder.glob(f"{name}*.so")) and not list(folder.glob(f"{name}*.pyd")):
             print(f"backprop-toolkit: building the C++ route of torch_module in {folder} "
-                  f"(once per torch version, about a minute)", file=sys.stderr, flush=True)
+                  f"(once per torch version, about half a minute)", file=sys.stderr, flush=True)
         from torch.utils import cpp_extension
 
         return cpp_extension.load(name, [str(path)], extra_cflags=["-O2"],
