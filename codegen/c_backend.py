@@ -117,7 +117,7 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
                                   loops.invariants[side]]
                for side in ("forward", "backward", "fused")},
             fused_temps=_offsets(loops.fused_temps),
-            **{f"{side}_wide": _computes_math(getattr(loops, side))
+            **{f"{side}_wide": _prefers_256(getattr(loops, side))
                for side in ("forward", "backward", "fused")},
             fused=mark_streams(side_by_side(_views(loops.fused, printer, shapes, lowered,
                                                    seen)), loops.fused, fused_out, printer,
@@ -296,12 +296,28 @@ def _size(temps) -> str:
     return " + ".join(terms) or "0"
 
 
-def _computes_math(nests) -> bool:
-    """Whether these nests compute the toolkit's vector math (exp, tanh, log1p...; not
-    ReLU's compare and select): their function then asks for 256-bit vectors where the
-    compiler's tuning picks 128 (templates/c_source.c.j2, BP_MATH_WIDE)."""
+def _prefers_256(nests) -> bool:
+    """Whether these nests' function asks for 256-bit vectors where the compiler's tuning
+    picks 128 (templates/c_source.c.j2, BP_PREFER_256): all do, unless one reads or writes
+    an array at a stride (a pooling's window, 2 i + p), whose lanes are shuffled apart
+    and which ran 2-3x slower so, and computes none of the toolkit's vector math (exp,
+    tanh, log1p...; not ReLU's compare), which is bound by instructions and gains most."""
     return bool(own_functions_in([e for n in leaves(nests) for e in (n.body, n.init)])
-                - CHEAP)
+                - CHEAP) or not _strided(nests)
+
+
+def _strided(nests) -> bool:
+    """Whether an index of an array read, or of the target a split copy writes (w =
+    2 bp_w_q + 1), steps by more than one: a coefficient above 1 or a symbolic one (S i).
+    A gather's index (t[n]) is not a stride."""
+    for n in leaves(nests):
+        indices = [i for e in (n.body, n.init) for a in e.atoms(sp.Indexed) for i in a.indices]
+        for e in indices + [e for _, e in n.subs]:
+            for term, c in sp.expand(e).as_coefficients_dict().items():
+                if term != 1 and not term.has(sp.Indexed) and (
+                        abs(c) > 1 or len(term.free_symbols) > 1):
+                    return True
+    return False
 
 
 def _offsets(temps):

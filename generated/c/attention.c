@@ -55,15 +55,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Convolutions and contractions of blocks run as GEMMs, each thread of the team on its
@@ -202,7 +204,7 @@ static inline float bp_exp_nonpos_f32(float x)
 }
 #if BP_PART != 2
 
-BP_MATH_WIDE int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, float *restrict y, float *restrict q, float *restrict k, float *restrict v, float *restrict s, float *restrict a, float *restrict ctx, float *restrict bp_work)
+BP_PREFER_256 int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, float *restrict y, float *restrict q, float *restrict k, float *restrict v, float *restrict s, float *restrict a, float *restrict ctx, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_attention_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -500,7 +502,7 @@ BP_MATH_WIDE int bp_attention_forward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D,
 #endif
 #if BP_PART != 1
 
-int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, const float *restrict dy, const float *restrict q, const float *restrict k, const float *restrict v, const float *restrict a, const float *restrict ctx, float *restrict dx, float *restrict dWq, float *restrict dWk, float *restrict dWv, float *restrict dWo, float *restrict bp_work)
+BP_PREFER_256 int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const float *restrict x, const float *restrict Wq, const float *restrict Wk, const float *restrict Wv, const float *restrict Wo, const float *restrict dy, const float *restrict q, const float *restrict k, const float *restrict v, const float *restrict a, const float *restrict ctx, float *restrict dx, float *restrict dWq, float *restrict dWk, float *restrict dWv, float *restrict dWo, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_attention_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -1023,7 +1025,7 @@ int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 #if BP_PART != 4
 
-BP_MATH_WIDE int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, double *restrict y, double *restrict q, double *restrict k, double *restrict v, double *restrict s, double *restrict a, double *restrict ctx, double *restrict bp_work)
+BP_PREFER_256 int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, double *restrict y, double *restrict q, double *restrict k, double *restrict v, double *restrict s, double *restrict a, double *restrict ctx, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_attention_gemm_f64 == NULL) return -2;   /* built without its loops */
@@ -1321,7 +1323,7 @@ BP_MATH_WIDE int bp_attention_forward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D,
 #endif
 #if BP_PART != 3
 
-int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, const double *restrict dy, const double *restrict q, const double *restrict k, const double *restrict v, const double *restrict a, const double *restrict ctx, double *restrict dx, double *restrict dWq, double *restrict dWk, double *restrict dWv, double *restrict dWo, double *restrict bp_work)
+BP_PREFER_256 int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t D, ptrdiff_t H, ptrdiff_t E, const double *restrict x, const double *restrict Wq, const double *restrict Wk, const double *restrict Wv, const double *restrict Wo, const double *restrict dy, const double *restrict q, const double *restrict k, const double *restrict v, const double *restrict a, const double *restrict ctx, double *restrict dx, double *restrict dWq, double *restrict dWk, double *restrict dWv, double *restrict dWo, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_attention_gemm_f64 == NULL) return -2;   /* built without its loops */

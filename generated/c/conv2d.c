@@ -42,15 +42,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
@@ -180,7 +182,7 @@ void bp_conv2d_set_threads(int threads)
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 #if BP_PART != 2
 
-int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
+BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
@@ -268,7 +270,7 @@ int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
 #endif
 #if BP_PART != 1
 
-int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
+BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, const float *restrict dy, float *restrict dx, float *restrict dw, float *restrict db, float *restrict bp_work)
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
@@ -465,7 +467,7 @@ int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, p
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 #if BP_PART != 4
 
-int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
+BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */
@@ -553,7 +555,7 @@ int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, pt
 #endif
 #if BP_PART != 3
 
-int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
+BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, const double *restrict dy, double *restrict dx, double *restrict dw, double *restrict db, double *restrict bp_work)
 {
     if (Hout != H - KH + 1) return -1;   /* Hout = H + 1 - KH */
     if (Wout != -KW + W + 1) return -1;   /* Wout = W + 1 - KW */

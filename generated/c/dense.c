@@ -42,15 +42,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* The plain-C loops beside each GEMM call run when no GEMM is set.  A build that always
@@ -105,7 +107,7 @@ void bp_dense_set_threads(int threads)
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 #if BP_PART != 2
 
-int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work)
+BP_PREFER_256 int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, float *restrict z, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_dense_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -141,7 +143,7 @@ int bp_dense_forward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *res
 #endif
 #if BP_PART != 1
 
-int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work)
+BP_PREFER_256 int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *restrict x, const float *restrict W, const float *restrict b, const float *restrict dz, float *restrict dx, float *restrict dW, float *restrict db, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_dense_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -216,7 +218,7 @@ int bp_dense_backward_f32(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const float *re
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 #if BP_PART != 4
 
-int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work)
+BP_PREFER_256 int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, double *restrict z, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_dense_gemm_f64 == NULL) return -2;   /* built without its loops */
@@ -252,7 +254,7 @@ int bp_dense_forward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *re
 #endif
 #if BP_PART != 3
 
-int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work)
+BP_PREFER_256 int bp_dense_backward_f64(ptrdiff_t N, ptrdiff_t I, ptrdiff_t J, const double *restrict x, const double *restrict W, const double *restrict b, const double *restrict dz, double *restrict dx, double *restrict dW, double *restrict db, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_dense_gemm_f64 == NULL) return -2;   /* built without its loops */

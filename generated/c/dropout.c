@@ -40,15 +40,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Outputs of at least this many bytes that the kernel never reads are written with
@@ -323,7 +325,7 @@ void bp_dropout_set_threads(int threads)
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 #if BP_PART != 2
 
-int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, const float *restrict mask, const float *restrict p, float *restrict y, float *restrict bp_work)
+BP_PREFER_256 int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, const float *restrict mask, const float *restrict p, float *restrict y, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - p[0]);
@@ -371,7 +373,7 @@ int bp_dropout_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, co
 #endif
 #if BP_PART != 1
 
-int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, const float *restrict mask, const float *restrict p, const float *restrict dy, float *restrict dx, float *restrict bp_work)
+BP_PREFER_256 int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, const float *restrict mask, const float *restrict p, const float *restrict dy, float *restrict dx, float *restrict bp_work)
 {
     (void)x;
     (void)bp_work;
@@ -420,7 +422,7 @@ int bp_dropout_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict x, c
 #endif
 #if BP_PART != 2
 
-int bp_dropout_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *x, const float *mask, const float *p, float *y, float *bp_work)
+BP_PREFER_256 int bp_dropout_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *x, const float *mask, const float *p, float *y, float *bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/(1 - p[0]);
@@ -441,7 +443,7 @@ int bp_dropout_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *x, con
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 #if BP_PART != 4
 
-int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, const double *restrict mask, const double *restrict p, double *restrict y, double *restrict bp_work)
+BP_PREFER_256 int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, const double *restrict mask, const double *restrict p, double *restrict y, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - p[0]);
@@ -489,7 +491,7 @@ int bp_dropout_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, c
 #endif
 #if BP_PART != 3
 
-int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, const double *restrict mask, const double *restrict p, const double *restrict dy, double *restrict dx, double *restrict bp_work)
+BP_PREFER_256 int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, const double *restrict mask, const double *restrict p, const double *restrict dy, double *restrict dx, double *restrict bp_work)
 {
     (void)x;
     (void)bp_work;
@@ -538,7 +540,7 @@ int bp_dropout_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict x, 
 #endif
 #if BP_PART != 4
 
-int bp_dropout_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *x, const double *mask, const double *p, double *y, double *bp_work)
+BP_PREFER_256 int bp_dropout_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *x, const double *mask, const double *p, double *y, double *bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/(1 - p[0]);

@@ -57,15 +57,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Outputs of at least this many bytes that the kernel never reads are written with
@@ -660,7 +662,7 @@ static inline float bp_sigmoid_f32(float x)
 }
 #if BP_PART != 2
 
-BP_MATH_WIDE int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict ai, float *restrict ah, float *restrict r, float *restrict z, float *restrict cand, float *restrict bp_work)
+BP_PREFER_256 int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, float *restrict h, float *restrict hn, float *restrict ai, float *restrict ah, float *restrict r, float *restrict z, float *restrict cand, float *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
 #if !BP_GEMM_LOOPS
@@ -819,7 +821,7 @@ BP_MATH_WIDE int bp_gru_forward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdi
 #endif
 #if BP_PART != 1
 
-int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict h, const float *restrict ah, const float *restrict r, const float *restrict z, const float *restrict cand, float *restrict dx, float *restrict dh0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
+BP_PREFER_256 int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const float *restrict x, const float *restrict h0, const float *restrict W_ih, const float *restrict W_hh, const float *restrict b_ih, const float *restrict b_hh, const float *restrict dh, const float *restrict dhn, const float *restrict h, const float *restrict ah, const float *restrict r, const float *restrict z, const float *restrict cand, float *restrict dx, float *restrict dh0, float *restrict dW_ih, float *restrict dW_hh, float *restrict db_ih, float *restrict db_hh, float *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
 #if !BP_GEMM_LOOPS
@@ -1294,7 +1296,7 @@ static inline double bp_sigmoid_f64(double x)
 }
 #if BP_PART != 4
 
-BP_MATH_WIDE int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict ai, double *restrict ah, double *restrict r, double *restrict z, double *restrict cand, double *restrict bp_work)
+BP_PREFER_256 int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, double *restrict h, double *restrict hn, double *restrict ai, double *restrict ah, double *restrict r, double *restrict z, double *restrict cand, double *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
 #if !BP_GEMM_LOOPS
@@ -1453,7 +1455,7 @@ BP_MATH_WIDE int bp_gru_forward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdi
 #endif
 #if BP_PART != 3
 
-int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict h, const double *restrict ah, const double *restrict r, const double *restrict z, const double *restrict cand, double *restrict dx, double *restrict dh0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
+BP_PREFER_256 int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptrdiff_t H, ptrdiff_t G, const double *restrict x, const double *restrict h0, const double *restrict W_ih, const double *restrict W_hh, const double *restrict b_ih, const double *restrict b_hh, const double *restrict dh, const double *restrict dhn, const double *restrict h, const double *restrict ah, const double *restrict r, const double *restrict z, const double *restrict cand, double *restrict dx, double *restrict dh0, double *restrict dW_ih, double *restrict dW_hh, double *restrict db_ih, double *restrict db_hh, double *restrict bp_work)
 {
     if (G != 3) return -1;   /* G = 3 */
 #if !BP_GEMM_LOOPS

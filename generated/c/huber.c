@@ -41,15 +41,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Outputs of at least this many bytes that the kernel never reads are written with
@@ -344,7 +346,7 @@ static inline float bp_select_f32(int c, float a, float b)
 }
 #if BP_PART != 2
 
-int bp_huber_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict r, float *restrict bp_work)
+BP_PREFER_256 int bp_huber_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict r, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/I;
@@ -377,7 +379,7 @@ int bp_huber_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, cons
 #endif
 #if BP_PART != 1
 
-int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
+BP_PREFER_256 int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict dy, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/I;
@@ -436,7 +438,7 @@ int bp_huber_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, con
     return 0;
 }
 
-int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work)
+BP_PREFER_256 int bp_huber_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict y, const float *restrict t, float *restrict L, float *restrict dy, float *restrict bp_work)
 {
     (void)bp_work;
     const float bp_k0 = 1.0F/I;
@@ -520,7 +522,7 @@ static inline double bp_select_f64(int c, double a, double b)
 }
 #if BP_PART != 4
 
-int bp_huber_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict r, double *restrict bp_work)
+BP_PREFER_256 int bp_huber_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict r, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/I;
@@ -553,7 +555,7 @@ int bp_huber_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, con
 #endif
 #if BP_PART != 3
 
-int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
+BP_PREFER_256 int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict dy, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/I;
@@ -612,7 +614,7 @@ int bp_huber_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, co
     return 0;
 }
 
-int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work)
+BP_PREFER_256 int bp_huber_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict y, const double *restrict t, double *restrict L, double *restrict dy, double *restrict bp_work)
 {
     (void)bp_work;
     const double bp_k0 = 1.0/I;

@@ -50,15 +50,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Outputs of at least this many bytes that the kernel never reads are written with
@@ -440,7 +442,7 @@ static inline float bp_sigmoid_f32(float x)
 }
 #if BP_PART != 2
 
-BP_MATH_WIDE int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
+BP_PREFER_256 int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict z1, float *restrict a1, float *restrict z2, float *restrict y, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_mlp2_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -604,7 +606,7 @@ BP_MATH_WIDE int bp_mlp2_forward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrd
 #endif
 #if BP_PART != 1
 
-int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
+BP_PREFER_256 int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, const float *restrict a1, const float *restrict y, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_mlp2_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -768,7 +770,7 @@ int bp_mlp2_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     return 0;
 }
 
-BP_MATH_WIDE int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
+BP_PREFER_256 int bp_mlp2_forward_backward_f32(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const float *restrict x, const float *restrict W1, const float *restrict b1, const float *restrict W2, const float *restrict b2, const float *restrict t, float *restrict L, float *restrict dx, float *restrict dW1, float *restrict db1, float *restrict dW2, float *restrict db2, float *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_mlp2_gemm_f32 == NULL) return -2;   /* built without its loops */
@@ -1055,7 +1057,7 @@ static inline double bp_sigmoid_f64(double x)
 }
 #if BP_PART != 4
 
-BP_MATH_WIDE int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)
+BP_PREFER_256 int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict z1, double *restrict a1, double *restrict z2, double *restrict y, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_mlp2_gemm_f64 == NULL) return -2;   /* built without its loops */
@@ -1219,7 +1221,7 @@ BP_MATH_WIDE int bp_mlp2_forward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrd
 #endif
 #if BP_PART != 3
 
-int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
+BP_PREFER_256 int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, const double *restrict a1, const double *restrict y, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_mlp2_gemm_f64 == NULL) return -2;   /* built without its loops */
@@ -1383,7 +1385,7 @@ int bp_mlp2_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, con
     return 0;
 }
 
-BP_MATH_WIDE int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
+BP_PREFER_256 int bp_mlp2_forward_backward_f64(ptrdiff_t N, ptrdiff_t D, ptrdiff_t H, ptrdiff_t C, const double *restrict x, const double *restrict W1, const double *restrict b1, const double *restrict W2, const double *restrict b2, const double *restrict t, double *restrict L, double *restrict dx, double *restrict dW1, double *restrict db1, double *restrict dW2, double *restrict db2, double *restrict bp_work)
 {
 #if !BP_GEMM_LOOPS
     if (bp_mlp2_gemm_f64 == NULL) return -2;   /* built without its loops */

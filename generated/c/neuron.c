@@ -44,15 +44,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* The GEMM the caller supplied with bp_neuron_set_gemm; NULL: loops below.  Visible
@@ -168,7 +170,7 @@ static inline float bp_softplus_f32(float x)
 }
 #if BP_PART != 2
 
-BP_MATH_WIDE int bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work)
+BP_PREFER_256 int bp_neuron_forward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict z, float *restrict yhat, float *restrict bp_work)
 {
     (void)bp_work;
     /* z = w * x */
@@ -182,7 +184,7 @@ BP_MATH_WIDE int bp_neuron_forward_f32(const float *restrict x, const float *res
 #endif
 #if BP_PART != 1
 
-int bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work)
+BP_PREFER_256 int bp_neuron_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, const float *restrict yhat, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
     float *const dz = bp_work + 0;
     /* dz = y*yhat - y */
@@ -194,7 +196,7 @@ int bp_neuron_backward_f32(const float *restrict x, const float *restrict w, con
     return 0;
 }
 
-BP_MATH_WIDE int bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work)
+BP_PREFER_256 int bp_neuron_forward_backward_f32(const float *restrict x, const float *restrict w, const float *restrict y, float *restrict L, float *restrict dx, float *restrict dw, float *restrict bp_work)
 {
     float *const z = bp_work + 0;
     float *const yhat = bp_work + 1;
@@ -233,7 +235,7 @@ static inline double bp_softplus_f64(double x)
 }
 #if BP_PART != 4
 
-BP_MATH_WIDE int bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work)
+BP_PREFER_256 int bp_neuron_forward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict z, double *restrict yhat, double *restrict bp_work)
 {
     (void)bp_work;
     /* z = w * x */
@@ -247,7 +249,7 @@ BP_MATH_WIDE int bp_neuron_forward_f64(const double *restrict x, const double *r
 #endif
 #if BP_PART != 3
 
-int bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work)
+BP_PREFER_256 int bp_neuron_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, const double *restrict yhat, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
     double *const dz = bp_work + 0;
     /* dz = y*yhat - y */
@@ -259,7 +261,7 @@ int bp_neuron_backward_f64(const double *restrict x, const double *restrict w, c
     return 0;
 }
 
-BP_MATH_WIDE int bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work)
+BP_PREFER_256 int bp_neuron_forward_backward_f64(const double *restrict x, const double *restrict w, const double *restrict y, double *restrict L, double *restrict dx, double *restrict dw, double *restrict bp_work)
 {
     double *const z = bp_work + 0;
     double *const yhat = bp_work + 1;

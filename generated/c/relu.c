@@ -40,15 +40,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Outputs of at least this many bytes that the kernel never reads are written with
@@ -335,7 +337,7 @@ static inline float bp_step_f32(float x)
 }
 #if BP_PART != 2
 
-int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
+BP_PREFER_256 int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float *restrict a, float *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = relu(z[n, i]) */
@@ -382,7 +384,7 @@ int bp_relu_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, float
 #endif
 #if BP_PART != 1
 
-int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
+BP_PREFER_256 int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict da, float *restrict dz, float *restrict bp_work)
 {
     (void)bp_work;
     /* dz[n, i] = [z[n, i] > 0]*da[n, i] */
@@ -429,7 +431,7 @@ int bp_relu_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, cons
 #endif
 #if BP_PART != 2
 
-int bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
+BP_PREFER_256 int bp_relu_forward_inplace_f32(ptrdiff_t N, ptrdiff_t I, const float *z, float *a, float *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */
@@ -460,7 +462,7 @@ static inline double bp_step_f64(double x)
 }
 #if BP_PART != 4
 
-int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
+BP_PREFER_256 int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, double *restrict a, double *restrict bp_work)
 {
     (void)bp_work;
     /* a[n, i] = relu(z[n, i]) */
@@ -507,7 +509,7 @@ int bp_relu_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, doub
 #endif
 #if BP_PART != 3
 
-int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
+BP_PREFER_256 int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict da, double *restrict dz, double *restrict bp_work)
 {
     (void)bp_work;
     /* dz[n, i] = [z[n, i] > 0]*da[n, i] */
@@ -554,7 +556,7 @@ int bp_relu_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, con
 #endif
 #if BP_PART != 4
 
-int bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
+BP_PREFER_256 int bp_relu_forward_inplace_f64(ptrdiff_t N, ptrdiff_t I, const double *z, double *a, double *bp_work)
 {
     (void)bp_work;
     /* every load of element bp_i comes before any store to it */

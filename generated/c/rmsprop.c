@@ -41,15 +41,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* The GEMM the caller supplied with bp_rmsprop_set_gemm; NULL: loops below.  Visible
@@ -92,7 +94,7 @@ void bp_rmsprop_set_threads(int threads)
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 #if BP_PART != 2
 
-int bp_rmsprop_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict p_next, float *restrict sq_next, float *restrict gd, float *restrict bp_work)
+BP_PREFER_256 int bp_rmsprop_forward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict p_next, float *restrict sq_next, float *restrict gd, float *restrict bp_work)
 {
     (void)bp_work;
     BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
@@ -109,7 +111,7 @@ int bp_rmsprop_forward_f32(ptrdiff_t P, const float *restrict p, const float *re
 #endif
 #if BP_PART != 1
 
-int bp_rmsprop_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict bp_work)
+BP_PREFER_256 int bp_rmsprop_backward_f32(ptrdiff_t P, const float *restrict p, const float *restrict g, const float *restrict sq, const float *restrict lr, const float *restrict alpha, const float *restrict eps, const float *restrict weight_decay, float *restrict bp_work)
 {
     (void)P;
     (void)p;
@@ -125,7 +127,7 @@ int bp_rmsprop_backward_f32(ptrdiff_t P, const float *restrict p, const float *r
 #endif
 #if BP_PART != 2
 
-int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *sq, const float *lr, const float *alpha, const float *eps, const float *weight_decay, float *p_next, float *sq_next, float *gd, float *bp_work)
+BP_PREFER_256 int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, const float *sq, const float *lr, const float *alpha, const float *eps, const float *weight_decay, float *p_next, float *sq_next, float *gd, float *bp_work)
 {
     (void)bp_work;
     const float bp_s_alpha = alpha[0];
@@ -154,7 +156,7 @@ int bp_rmsprop_forward_inplace_f32(ptrdiff_t P, const float *p, const float *g, 
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 #if BP_PART != 4
 
-int bp_rmsprop_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict p_next, double *restrict sq_next, double *restrict gd, double *restrict bp_work)
+BP_PREFER_256 int bp_rmsprop_forward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict p_next, double *restrict sq_next, double *restrict gd, double *restrict bp_work)
 {
     (void)bp_work;
     BP_OMP(parallel for simd if (parallel: P >= BP_PARALLEL_MIN_PLAIN))
@@ -171,7 +173,7 @@ int bp_rmsprop_forward_f64(ptrdiff_t P, const double *restrict p, const double *
 #endif
 #if BP_PART != 3
 
-int bp_rmsprop_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict bp_work)
+BP_PREFER_256 int bp_rmsprop_backward_f64(ptrdiff_t P, const double *restrict p, const double *restrict g, const double *restrict sq, const double *restrict lr, const double *restrict alpha, const double *restrict eps, const double *restrict weight_decay, double *restrict bp_work)
 {
     (void)P;
     (void)p;
@@ -187,7 +189,7 @@ int bp_rmsprop_backward_f64(ptrdiff_t P, const double *restrict p, const double 
 #endif
 #if BP_PART != 4
 
-int bp_rmsprop_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *sq, const double *lr, const double *alpha, const double *eps, const double *weight_decay, double *p_next, double *sq_next, double *gd, double *bp_work)
+BP_PREFER_256 int bp_rmsprop_forward_inplace_f64(ptrdiff_t P, const double *p, const double *g, const double *sq, const double *lr, const double *alpha, const double *eps, const double *weight_decay, double *p_next, double *sq_next, double *gd, double *bp_work)
 {
     (void)bp_work;
     const double bp_s_alpha = alpha[0];

@@ -41,15 +41,17 @@
 #define BP_PARALLEL_MIN 32768
 #define BP_PARALLEL_MIN_PLAIN 262144
 
-/* A function whose loops compute vector math (exp, tanh, log1p...) asks for 256-bit
- * vectors where GCC's tuning picks 128 (-march=native on AMD Zen 1, whose units are 128
- * bits wide): the math is bound by instructions, and each 256-bit one does twice the
- * lanes (GELU's backward from z, in cache, 1 thread: 4.1 -> 3.3 ns an element; max
- * pooling's lane shuffles are faster at 128 bits, so only these functions ask). */
+/* Functions ask for 256-bit vectors where GCC's tuning picks 128 (-march=native on AMD
+ * Zen 1, whose units are 128 bits wide): a 256-bit instruction does twice the lanes for
+ * about twice the cost, but the loop's overhead, loads and stores come at half the count
+ * (in cache, 1 thread: GELU's backward from z 4.1 -> 3.3 ns an element, layer norm's
+ * backward 3.6 -> 2.8 ms).  Not a function that reads or writes at a stride (a pooling's
+ * window) and computes no vector math: its lanes' shuffles made max and average pooling
+ * 2-3x slower so (codegen/c_backend.py, _prefers_256). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512F__)
-#define BP_MATH_WIDE __attribute__((target("prefer-vector-width=256")))
+#define BP_PREFER_256 __attribute__((target("prefer-vector-width=256")))
 #else
-#define BP_MATH_WIDE
+#define BP_PREFER_256
 #endif
 
 /* Outputs of at least this many bytes that the kernel never reads are written with
@@ -410,7 +412,7 @@ static inline float bp_log_f32(float x)
 }
 #if BP_PART != 2
 
-BP_MATH_WIDE int bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
+BP_PREFER_256 int bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict y, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s1 = bp_work + N;
@@ -513,7 +515,7 @@ BP_MATH_WIDE int bp_softmax_cross_entropy_forward_f32(ptrdiff_t N, ptrdiff_t I, 
 #endif
 #if BP_PART != 1
 
-int bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
+BP_PREFER_256 int bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, const float *restrict y, float *restrict dz, float *restrict bp_work)
 {
     (void)z;
     float *const _s2 = bp_work + 0;
@@ -543,7 +545,7 @@ int bp_softmax_cross_entropy_backward_f32(ptrdiff_t N, ptrdiff_t I, const float 
     return 0;
 }
 
-BP_MATH_WIDE int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
+BP_PREFER_256 int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrdiff_t I, const float *restrict z, const float *restrict t, float *restrict L, float *restrict dz, float *restrict bp_work)
 {
     float *const _y_max = bp_work + 0;
     float *const _s3 = bp_work + N;
@@ -660,7 +662,7 @@ BP_MATH_WIDE int bp_softmax_cross_entropy_forward_backward_f32(ptrdiff_t N, ptrd
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 #if BP_PART != 4
 
-BP_MATH_WIDE int bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
+BP_PREFER_256 int bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict y, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s1 = bp_work + N;
@@ -763,7 +765,7 @@ BP_MATH_WIDE int bp_softmax_cross_entropy_forward_f64(ptrdiff_t N, ptrdiff_t I, 
 #endif
 #if BP_PART != 3
 
-int bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
+BP_PREFER_256 int bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, const double *restrict y, double *restrict dz, double *restrict bp_work)
 {
     (void)z;
     double *const _s2 = bp_work + 0;
@@ -793,7 +795,7 @@ int bp_softmax_cross_entropy_backward_f64(ptrdiff_t N, ptrdiff_t I, const double
     return 0;
 }
 
-BP_MATH_WIDE int bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
+BP_PREFER_256 int bp_softmax_cross_entropy_forward_backward_f64(ptrdiff_t N, ptrdiff_t I, const double *restrict z, const double *restrict t, double *restrict L, double *restrict dz, double *restrict bp_work)
 {
     double *const _y_max = bp_work + 0;
     double *const _s3 = bp_work + N;
