@@ -1,5 +1,7 @@
 """How the C of a convolution reaches the GEMM hook at run time: a 1x1, stride-1,
 unpadded read is its own GEMM operand (no pack), for y, dx and dw alike."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,9 @@ SHAPES = [(2, 3, 5, 4, 6, 1, 1), (2, 3, 5, 4, 6, 3, 1), (1, 1, 1, 1, 1, 1, 1),
 
 
 def _body(source, side):
-    return source.split(f"int bp_conv2d_{side}_f32(", 1)[1].split("\nint bp_", 1)[0]
+    """One entry function's text, up to the next one (whatever attributes precede it)."""
+    rest = source.split(f"int bp_conv2d_{side}_f32(", 1)[1]
+    return re.split(r"\n(?:BP_\w+ )*int bp_", rest, maxsplit=1)[0]
 
 
 def test_a_1x1_read_skips_its_pack():
