@@ -7,6 +7,7 @@ import re
 import sympy as sp
 
 from derive.affine import between, bounds_from, divides
+from derive.affine import terms as affine_terms
 from derive.indices import dim_of, free_indices
 from derive.piecewise import linear_position
 from derive.spec import dim_symbol
@@ -308,15 +309,15 @@ def _prefers_256(nests) -> bool:
 
 def _strided(nests) -> bool:
     """Whether an index of an array read, or of the target a split copy writes (w =
-    2 bp_w_q + 1), steps by more than one: a coefficient above 1 or a symbolic one (S i).
-    A gather's index (t[n]) is not a stride."""
+    2 bp_w_q + 1), steps by more than one: an affine index (derive/affine.py, terms)
+    with a coefficient other than 1 or -1 (2 i + p, or a symbolic S i).  A gather's
+    index (t[n]) is not affine, and not a stride."""
     for n in leaves(nests):
         indices = [i for e in (n.body, n.init) for a in e.atoms(sp.Indexed) for i in a.indices]
         for e in indices + [e for _, e in n.subs]:
-            for term, c in sp.expand(e).as_coefficients_dict().items():
-                if term != 1 and not term.has(sp.Indexed) and (
-                        abs(c) > 1 or len(term.free_symbols) > 1):
-                    return True
+            affine = affine_terms(e)
+            if affine and any(c not in (1, -1) for c in affine[0].values()):
+                return True
     return False
 
 
