@@ -5,7 +5,6 @@ Outputs are allocated here, so they never alias an input."""
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -31,6 +30,7 @@ class CKernels:
                    for n, (role, dims, values) in shape["tensors"].items()}
         self.dtype = np.dtype(dtype)
         self._ctype = CTYPES[dtype]
+        self._array_type = f"{self._ctype}[]"
         self.tensors = {n: (role, dims) for n, (role, dims, _) in tensors.items()}
         self.args = tuple(plan.args)
         self.returns = tuple(plan.returns)
@@ -123,7 +123,7 @@ class CKernels:
         computed element by element (an optimizer step, an activation) a result may be the
         very input it replaces, out={"p_next": p}: an update in place.
 
-        The scratch space is this object's, kept from call to call (see _scratch).
+        The scratch space is this object's, kept from call to call (see _call).
         reuse=True: results go into buffers this object keeps too, and
         hands out again on the next reuse=True call of the same entry with the same sizes,
         so a training loop does not pay a fresh allocation's page faults every step.  The
@@ -132,14 +132,17 @@ class CKernels:
         a fresh one, which is kept from then on."""
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
-        out = self._outputs(out, self.returns, sizes, a, in_place=self._inplace is not None,
+        ptrs = self._pointers(a)
+        given = out
+        out = self._outputs(given, self.returns, sizes, a, ptrs,
+                            in_place=self._inplace is not None,
                             reuse="forward" if reuse else None)
-        shared = any(np.may_share_memory(o, x) for o in out.values() for x in a.values())
+        # (fresh and kept results share no input's memory: only the caller's may)
+        shared = bool(given) and self._inplace is not None and any(
+            np.may_share_memory(o, x) for o in out.values() for x in a.values())
         kernel = self._inplace if shared else self._forward
-        with self._scratch(self._forward_work, sizes, "forward") as work:
-            self._ran(kernel(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                             *[self._ptr(out[n]) for n in self.returns], self._ptr(work)),
-                      sizes)
+        self._call(kernel, self._forward_work, sizes, "forward",
+                   [ptrs[n] for n in self.args + self.returns])
         return out
 
     def backward(self, out=None, reuse=False, **arrays):
@@ -152,12 +155,11 @@ class CKernels:
             arrays = {**{n: fwd[n] for n in self.reuses}, **arrays}
         inputs = self.args + self.upstream + self.reuses
         a, sizes = self._check(arrays, inputs)
-        out = self._outputs(out, self.gradients, sizes, a, reuse="backward" if reuse else None)
-        with self._scratch(self._backward_work, sizes, "backward") as work:
-            self._ran(self._backward(*self._dims(sizes),
-                                     *[self._ptr(a[n]) for n in inputs],
-                                     *[self._ptr(out[n]) for n in self.gradients],
-                                     self._ptr(work)), sizes)
+        ptrs = self._pointers(a)
+        out = self._outputs(out, self.gradients, sizes, a, ptrs,
+                            reuse="backward" if reuse else None)
+        self._call(self._backward, self._backward_work, sizes, "backward",
+                   [ptrs[n] for n in inputs + self.gradients])
         return out
 
     def forward_backward(self, out=None, reuse=False, **arrays):
@@ -169,11 +171,11 @@ class CKernels:
             check_fusable(self.name, None, self.upstream)
         check_names(self.name, arrays, self.args, ())
         a, sizes = self._check(arrays, self.args)
+        ptrs = self._pointers(a)
         names = self._output_names + self.gradients
-        out = self._outputs(out, names, sizes, a, reuse="fused" if reuse else None)
-        with self._scratch(self._fused_work, sizes, "fused") as work:
-            self._ran(self._fused(*self._dims(sizes), *[self._ptr(a[n]) for n in self.args],
-                                  *[self._ptr(out[n]) for n in names], self._ptr(work)), sizes)
+        out = self._outputs(out, names, sizes, a, ptrs, reuse="fused" if reuse else None)
+        self._call(self._fused, self._fused_work, sizes, "fused",
+                   [ptrs[n] for n in self.args + names])
         return out
 
     # ---- for callers that pass pointers themselves (codegen.torch_calls) -----------------
@@ -231,35 +233,52 @@ class CKernels:
             raise RuntimeError(f"{self.name}: the C kernel refused the sizes {sizes} "
                                f"(status {status}); please report this")
 
-    def _outputs(self, given, names, sizes, inputs, in_place=False, reuse=None):
+    def _outputs(self, given, names, sizes, inputs, ptrs, in_place=False, reuse=None):
         """Result arrays: fresh ones, or the caller's (`out={name: array}`, some or all),
         each checked like an input and refused if it may overlap any other array (the C
         pointers are restrict), except, with `in_place`, exactly the input it replaces.
         With `reuse` (the entry's name), the ones not given come from the buffers kept
-        for that entry (see forward)."""
+        for that entry (see forward).  `ptrs` holds each input's C pointer: each result's
+        is added."""
         given = dict(given or {})
         unknown = [n for n in given if n not in names]
         if unknown:
             raise ValueError(f"{self.name}: out has no result named {unknown[0]} (results: "
                              f"{', '.join(names)})")
-        out = {}
+        out, spans, cast = {}, {}, self._ffi.cast
+
+        def span(name, array):
+            """The bytes [start, end) the array spans: the arrays are C-contiguous, so two
+            overlap exactly when their spans do (np.may_share_memory's bounds test at a
+            fraction of its cost; only the caller's out= arrays need it)."""
+            if name not in spans:
+                start = int(cast("uintptr_t", ptrs[name]))
+                spans[name] = (start, start + array.nbytes)
+            return spans[name]
+
         for n in names:
             shape = self._shape(n, sizes)
             a = given.get(n)
             if a is None:
                 out[n] = self._buffer((reuse, n), shape, inputs) if reuse else \
                     np.empty(shape, self.dtype)
+                ptrs[n] = self._ptr(out[n])
                 continue
-            if not isinstance(a, np.ndarray) or a.dtype != self.dtype or a.shape != shape \
-                    or not a.flags.c_contiguous or not a.flags.writeable:
+            flags = a.flags if isinstance(a, np.ndarray) else None
+            if flags is None or a.dtype != self.dtype or a.shape != shape \
+                    or not (flags.c_contiguous and flags.writeable):
                 got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
                 if isinstance(a, np.ndarray) and a.dtype == self.dtype and a.shape == shape:
                     got += " that is read-only" if not a.flags.writeable else \
                         f" with strides {a.strides} (not C-contiguous)"
                 raise ValueError(f"out[{n!r}]: expected a writeable C-contiguous {self.dtype} "
                                  f"array of shape {shape}, got {got}")
-            for other, b in list(inputs.items()) + list(out.items()):
-                if not np.may_share_memory(a, b):
+            ptrs[n] = self._ptr(a)
+            start, end = span(n, a)
+            for other in [*inputs, *out]:
+                b = inputs[other] if other in inputs else out[other]
+                other_start, other_end = span(other, b)
+                if other_end <= start or end <= other_start:      # no byte shared
                     continue
                 if in_place and other in inputs and _same_buffer(a, b):
                     continue
@@ -330,19 +349,22 @@ class CKernels:
     def _dims(self, sizes):
         return [sizes[d] for d in self._dim_names]
 
-    @contextmanager
-    def _scratch(self, fn, sizes, entry):
-        """The entry's scratch space for one call, kept from call to call whatever the
-        outputs: it never leaves the call, and a fresh one's page faults cost more than
-        the work at large sizes (attention's backward, 200 MB of scratch: a third of the
-        call).  A call made while another thread holds it gets a fresh one."""
-        size = (max(int(fn(*self._dims(sizes))), 1),)
+    def _call(self, kernel, work_size, sizes, entry, pointers):
+        """Runs an entry on its arrays' pointers with the entry's scratch space, kept from
+        call to call whatever the outputs: it never leaves the call, and a fresh one's page
+        faults cost more than the work at large sizes (attention's backward, 200 MB of
+        scratch: a third of the call).  A call made while another thread holds it gets a
+        fresh one."""
+        dims = self._dims(sizes)
+        size = (max(int(work_size(*dims)), 1),)
         lock = self._scratch_locks[entry]
         if not lock.acquire(blocking=False):
-            yield np.empty(size, self.dtype)
+            work = np.empty(size, self.dtype)
+            self._ran(kernel(*dims, *pointers, self._ptr(work)), sizes)
             return
         try:
-            yield self._buffer((entry, None), size, {})
+            work = self._buffer((entry, None), size, {})
+            self._ran(kernel(*dims, *pointers, self._ptr(work)), sizes)
         finally:
             lock.release()
 
@@ -356,8 +378,13 @@ class CKernels:
         return kept
 
     def _ptr(self, array):
-        ctype = "int64_t" if array.dtype == np.int64 else self._ctype
-        return self._ffi.cast(f"{ctype} *", self._ffi.from_buffer(array))
+        """A C pointer to the array's data (a `float[]` cdata, which the entries take as
+        `float *`: ffi.from_buffer with the type named costs a third of casting its result)."""
+        return self._ffi.from_buffer("int64_t[]" if array.dtype.kind == "i" else
+                                     self._array_type, array)
+
+    def _pointers(self, arrays: dict) -> dict:
+        return {n: self._ptr(a) for n, a in arrays.items()}
 
     def __repr__(self):
         return f"<C kernels ({self.dtype}) of layer {self.name}>"

@@ -116,6 +116,14 @@ def test_overlapping_outputs_are_refused():
     shared = np.zeros(10)
     with pytest.raises(ValueError, match=r"out\['v_next'\] overlaps p_next"):
         a.forward(out={"p_next": shared, "v_next": shared}, **arrays)
+    # arrays that only touch (the output starts at the byte after the input) share nothing
+    touching = np.zeros(20)
+    arrays["p"] = touching[:10]
+    arrays["p"][:] = adam_arrays(10, "float64")["p"]
+    want = a.forward(**arrays)["p_next"]
+    got = a.forward(out={"p_next": touching[10:]}, **arrays)["p_next"]
+    assert got.base is touching
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
