@@ -106,8 +106,11 @@ def test_random_user_layers_compile_and_fit(tmp_path_factory, text):
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_builtin_documents_fit(tmp_path, name):
+    """Every built-in's document compiles (a PDF of its pages) with no line over the
+    margin: one pdflatex run per layer in the suite."""
     errors, over = compile_tex(tmp_path, derive(builtin(name)), name)
     assert not errors, errors
+    assert (tmp_path / f"{name}.pdf").stat().st_size > 10_000
     assert all(w <= TOLERANCE_PT for w in over), over
 
 
