@@ -135,7 +135,8 @@ def test_the_loops_switch_is_where_the_kernels_may_call_a_gemm(name):
     assert ("return -2;" in text) == by_hook_alone
 
 
-def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_path):
+def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_path,
+                                                                          monkeypatch):
     """With NumPy's OpenBLAS to hand the kernels, codegen.load compiles them without the
     plain-C loops beside their GEMM calls (-DBP_GEMM_LOOPS=0; 0.4 s of CPU of an LSTM's
     first compile): called without a GEMM, such a kernel refuses (-2) before it touches an array.
@@ -150,6 +151,8 @@ def test_a_build_with_a_gemm_leaves_the_loops_out_until_they_are_asked_for(tmp_p
     rng = np.random.default_rng(5)
     a = dict(x=rng.normal(size=(3, 5)), W=rng.normal(size=(4, 5)), b=rng.normal(size=4),
              dz=rng.normal(size=(3, 4)))
+    # (modules built earlier in this worker, dense's by test_c_kernels, would be reused)
+    monkeypatch.setattr(codegen.build, "_loaded", {})
     k = codegen.load("dense", backend="c", cache=tmp_path)
     (manifest,) = (tmp_path / "c").glob("*/manifest.json")
     assert "-DBP_GEMM_LOOPS=0" in json.loads(manifest.read_text())["command"]
