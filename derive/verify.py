@@ -6,9 +6,7 @@ side becomes an index-form SymPy expression with matrix axes made explicit, and 
   1. shapes: sides whose shapes cannot match are ILL-FORMED (naming the shapes);
   2. symbolic: the gradient on the left is replaced by its derived formula and the
      difference is simplified (sums with different bound-index names are the same sum),
-     under a time limit; zero means HOLDS, decided symbolically (tried only where the
-     sides agree at the first random point of step 3: where they differ nothing can be
-     proven, and simplifying a nonzero difference is SymPy's slowest case);
+     under a time limit; zero means HOLDS, decided symbolically;
   3. numeric: both sides are evaluated at random points and sizes; if they differ, the
      smallest set of conditions under which they agree (batch size 1, a declared condition
      such as one-hot targets, a scalar target equal to 1 or 0) makes it CONDITIONAL, and
@@ -966,16 +964,8 @@ def _verify_every_layer(claim: Claim, d: Derivation, mapping, timeout) -> Verdic
 def _decide(readings, problems, base, d, timeout) -> Verdict:
     if not readings:
         return Verdict("ILL-FORMED", "shapes", message=problems, **base)
-    outcomes, counters = [], {}
-    for k, reading in enumerate(readings):
-        # One random point first: where it already tells the sides apart no proof can
-        # succeed, and simplifying a difference that is not zero is SymPy's slow case (the
-        # catalogue's false and conditional claims: up to 4 s each, half of its run).  The
-        # point is numeric_check's first, so a counterexample is the one it would find.
-        counters[k] = numeric_check(reading, d, [], trials=1)
-        if counters[k] is not None:
-            outcomes.append("differs")
-            continue
+    outcomes = []
+    for reading in readings:
         outcome = symbolic_zero(reading, d, timeout)
         if outcome == "zero":
             return _away_from_kinks(Verdict(
@@ -986,8 +976,8 @@ def _decide(readings, problems, base, d, timeout) -> Verdict:
     why = ("SymPy did not decide within the time limit" if "timeout" in outcomes else
            "SymPy's simplification did not reach zero")
     first_counter = None
-    for k, reading in enumerate(readings):
-        counter = counters[k] or numeric_check(reading, d, [])
+    for reading in readings:
+        counter = numeric_check(reading, d, [])
         if counter is None:
             return _away_from_kinks(Verdict(
                 "HOLDS", "numeric", convention=_conv(reading, readings),
