@@ -260,8 +260,11 @@ class CKernels:
             shape = self._shape(n, sizes)
             a = given.get(n)
             if a is None:
-                out[n] = self._buffer((reuse, n), shape, inputs) if reuse else \
-                    np.empty(shape, self.dtype)
+                # a kept buffer is none of the inputs nor any array the caller passed in
+                # out= (one kept from an earlier call, handed back for another result)
+                out[n] = self._buffer((reuse, n), shape, {**inputs, **{
+                    k: v for k, v in given.items() if isinstance(v, np.ndarray)}}) \
+                    if reuse else np.empty(shape, self.dtype)
                 ptrs[n] = self._ptr(out[n])
                 continue
             flags = a.flags if isinstance(a, np.ndarray) else None

@@ -63,3 +63,23 @@ def test_fused_entry_and_numpy_backend_accept_reuse():
     assert r2["dz"] is r1["dz"]
     np.testing.assert_allclose(r2["dz"], codegen.load("sigmoid_bce").forward_backward(
         reuse=True, **a)["dz"])
+
+
+def test_a_kept_buffer_given_in_out_for_another_result_is_not_handed_out_twice():
+    """A result kept from one call passed back in out= for another result (Adam's v_next
+    buffer as p_next): the result it was kept for gets a fresh buffer, not the same memory
+    twice (both written by the kernel, one result wrong)."""
+    require_oracle("cc")
+    k = codegen.load("adam", backend="c", dtype="float64")
+    rng = np.random.default_rng(0)
+    P = 10
+    a = dict(p=rng.normal(size=P), g=rng.normal(size=P), m=0.1 * rng.normal(size=P),
+             v=np.abs(0.1 * rng.normal(size=P)), step=7, lr=0.01, beta1=0.9,
+             beta2=0.999, eps=1e-8)
+    want = k.forward(**a)
+    first = k.forward(reuse=True, **a)
+    got = k.forward(reuse=True, out={"p_next": first["v_next"]}, **a)
+    assert got["p_next"] is first["v_next"]
+    assert not np.shares_memory(got["p_next"], got["v_next"])
+    for n in k.returns:
+        np.testing.assert_array_equal(got[n], want[n], err_msg=n)
