@@ -246,6 +246,10 @@ class CKernels:
             raise ValueError(f"{self.name}: out has no result named {unknown[0]} (results: "
                              f"{', '.join(names)})")
         out, spans, cast = {}, {}, self._ffi.cast
+        # a kept buffer is none of the inputs nor any array the caller passed in out= (one
+        # kept from an earlier call, handed back for another result)
+        avoid = {**inputs, **{k: v for k, v in given.items() if isinstance(v, np.ndarray)}} \
+            if reuse else inputs
 
         def span(name, array):
             """The bytes [start, end) the array spans: the arrays are C-contiguous, so two
@@ -260,11 +264,8 @@ class CKernels:
             shape = self._shape(n, sizes)
             a = given.get(n)
             if a is None:
-                # a kept buffer is none of the inputs nor any array the caller passed in
-                # out= (one kept from an earlier call, handed back for another result)
-                out[n] = self._buffer((reuse, n), shape, {**inputs, **{
-                    k: v for k, v in given.items() if isinstance(v, np.ndarray)}}) \
-                    if reuse else np.empty(shape, self.dtype)
+                out[n] = self._buffer((reuse, n), shape, avoid) if reuse else \
+                    np.empty(shape, self.dtype)
                 ptrs[n] = self._ptr(out[n])
                 continue
             flags = a.flags if isinstance(a, np.ndarray) else None
@@ -361,15 +362,13 @@ class CKernels:
         dims = self._dims(sizes)
         size = (max(int(work_size(*dims)), 1),)
         lock = self._scratch_locks[entry]
-        if not lock.acquire(blocking=False):
-            work = np.empty(size, self.dtype)
-            self._ran(kernel(*dims, *pointers, self._ptr(work)), sizes)
-            return
+        held = lock.acquire(blocking=False)
         try:
-            work = self._buffer((entry, None), size, {})
+            work = self._buffer((entry, None), size, {}) if held else np.empty(size, self.dtype)
             self._ran(kernel(*dims, *pointers, self._ptr(work)), sizes)
         finally:
-            lock.release()
+            if held:
+                lock.release()
 
     def _buffer(self, key, shape, inputs):
         """The buffer kept under key, if it has this shape and is none of the inputs; else
