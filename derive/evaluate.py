@@ -1,52 +1,18 @@
 """Numbers from the symbolic side: every equation and every derived step evaluated at
-concrete arrays by expanding the sums at the given sizes and lambdifying the scalar
-element formulas.  Independent of codegen: it is the symbolic oracle of the tests and
-what `backprop tour` prints for the worked example.  Meant for small sizes (it builds one
-formula per element)."""
+concrete arrays, each formula over its whole index grid at the given sizes (derive.grid:
+NumPy broadcasting, sums as masked reductions).  Independent of codegen: it is the
+symbolic oracle of the tests, the verifier's numeric check, and what `backprop tour`
+prints for the worked example."""
 from __future__ import annotations
 
-import itertools
-import math
 from collections import OrderedDict
 
 import numpy as np
 import sympy as sp
 
-from .piecewise import ArgMaxOver, FirstMax, MaxOver
-
 from .derivation import Derivation, adjoint_name
+from .grid import compile_grid
 from .spec import dim_symbol
-
-NUMERIC = {
-    "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
-    "relu": lambda v: np.maximum(v, 0.0),
-    "softplus": lambda v: np.logaddexp(0.0, v),
-    "Heaviside": lambda v, h0=0.0: np.heaviside(v, h0),
-    "KroneckerDelta": lambda a, b: np.float64(a == b),
-    "erf": np.vectorize(math.erf, otypes=[np.float64]),
-    "maximum": np.maximum,
-    "minimum": np.minimum,
-    "absolute": np.abs,
-    "Where": lambda c, a, b: np.where(c, a, b),
-    "Iverson": lambda c: np.float64(c),
-    # a max over an index, written out: the values of its body at every position
-    "max_of": lambda *values: np.max(values),
-    "first_max_at": lambda rank, *values: np.float64(rank == np.argmax(values)),
-    "first_max_rank": lambda *values: np.float64(np.argmax(values)),
-}
-
-
-class max_of(sp.Function):
-    """The largest of the arguments (a MaxOver written out; numbers only here)."""
-
-
-class first_max_rank(sp.Function):
-    """first_max_rank(v0, v1, ...): the position of the first maximal value (an argmax)."""
-
-
-class first_max_at(sp.Function):
-    """first_max_at(rank, v0, v1, ...): 1 when v[rank] is the first maximal value."""
-
 
 def sizes_of(layer, arrays) -> dict[str, int]:
     sizes = {}
@@ -78,13 +44,16 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
                              f"{expr.xreplace(subs)}")
     outside = {t.name: (t.outside, [sizes[d] for d in t.dims])
                for t in layer.tensors.values()}
+    # an adjoint's read outside its tensor is an error too, unless a bracket guards it
+    outside |= {adjoint_name(t.name): (None, [sizes[d] for d in t.dims])
+                for t in layer.tensors.values()}
     compiled = {}
 
     def compute(expr, idx, dims):
         key = (expr, tuple(idx), tuple(dims))
         if key not in compiled:
             compiled[key] = _compile(expr, idx, dims, sizes, outside)
-        return _run(compiled[key], values, sizes, dims)
+        return compiled[key][1](values)
 
     # A recurrence reads its own earlier steps (and its adjoint its later ones): every
     # pass over the equations gets one more step right, from zeros.
@@ -125,19 +94,19 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
 def _compute(expr, indices, dims, sizes, values, outside=None):
     """expr at every element of a tensor over `dims`; `outside`: tensor -> (value read
     outside its shape or None, shape), for shifted reads."""
-    return _run(_compile(expr, indices, dims, sizes, outside), values, sizes, dims)
+    return _compile(expr, indices, dims, sizes, outside)[1](values)
 
 
 # Compiled element formulas by what they are compiled from, the most recently used last:
 # the verifier draws the same sizes (seed 0) for every claim about a layer, and so
 # evaluates the layer's equations and steps at the same sizes claim after claim (15 claims
-# about mlp2 in the catalogue).  A lambdified formula is a pure function of its arrays.
+# about mlp2 in the catalogue).  A compiled formula is a pure function of its arrays.
 _COMPILED: OrderedDict = OrderedDict()
 COMPILED_KEPT = 2048
 
 
 def _compile(expr, indices, dims, sizes, outside=None):
-    """(names read, the lambdified element formulas) of expr over `dims`."""
+    """(names read, a function of the arrays giving expr over `dims`)."""
     outside = outside or {}
     key = (sp.sympify(expr), tuple(indices), tuple(dims), tuple(sorted(sizes.items())),
            tuple(sorted((k, fill, tuple(shape)) for k, (fill, shape) in outside.items())))
@@ -154,64 +123,5 @@ def _compile_anew(expr, indices, dims, sizes, outside):
     subs = {dim_symbol(d): sp.Integer(n) for d, n in sizes.items()}
     expr = sp.sympify(expr).xreplace(subs)
     indices = [i.xreplace(subs) for i in indices]
-    elements = []
-    for combo in itertools.product(*[range(sizes[d]) for d in dims]):
-        element = expr.xreplace(dict(zip(indices, map(sp.Integer, combo))))
-        elements.append(_expand(element, outside))
-    names = sorted({b.label.name for e in elements for b in e.atoms(sp.IndexedBase)} |
-                   {s.name for e in elements for s in e.free_symbols
-                    if isinstance(s, sp.Symbol) and not isinstance(s, sp.Indexed)})
-    indexed = {b.label.name for e in elements for b in e.atoms(sp.IndexedBase)}
-    args = [sp.IndexedBase(n) if n in indexed else sp.Symbol(n) for n in names]
-    return names, sp.lambdify(args, elements, modules=[NUMERIC, "numpy"])
+    return compile_grid(expr, indices, tuple(sizes[d] for d in dims), outside)
 
-
-def _run(compiled, values, sizes, dims):
-    names, fn = compiled
-    out = np.asarray(fn(*[values[n] for n in names]), dtype=np.float64)
-    return out.reshape(tuple(sizes[d] for d in dims))
-
-
-def _expand(e, outside):
-    """An element formula with every sum written out.  Sums are expanded here rather than
-    by Sum.doit(): a sum whose upper bound is below its lower bound is empty (SymPy's
-    Karr convention would negate it), and a read outside a zero-padded array is 0."""
-    if isinstance(e, sp.Sum):
-        *inner, (k, lo, hi) = e.limits             # the last limit is the outermost
-        body = sp.Sum(e.function, *inner) if inner else e.function
-        lo, hi = _expand(lo, outside), _expand(hi, outside)
-        return sp.Add(*[_expand(body.xreplace({k: sp.Integer(v)}), outside)
-                        for v in range(int(lo), int(hi) + 1)])
-    if isinstance(e, (MaxOver, FirstMax, ArgMaxOver)):
-        ks = e.bound_indices
-        values = [_expand(e.body.xreplace(dict(zip(ks, map(sp.Integer, at)))), outside)
-                  for at in itertools.product(*[range(int(k.upper) + 1) for k in ks])]
-        if isinstance(e, MaxOver):
-            return max_of(*values)
-        if isinstance(e, ArgMaxOver):
-            return first_max_rank(*values)
-        rank = sp.Integer(0)
-        for a, k in zip(e.position, ks):
-            rank = rank * (k.upper + 1) + _expand(a, outside)
-        return first_max_at(rank, *values)
-    if isinstance(e, sp.Indexed):
-        idx = [_expand(i, outside) for i in e.indices]
-        name = e.base.label.name
-        if name in outside and all(i.is_Integer for i in idx):
-            fill, shape = outside[name]
-            if any(not 0 <= int(i) < n for i, n in zip(idx, shape)):
-                if fill is None:
-                    raise IndexError(f"{name}{tuple(map(int, idx))} is outside {name}'s "
-                                     f"shape {tuple(shape)}")
-                return fill
-        return e.base[tuple(idx)]
-    if not e.args or isinstance(e, (sp.Symbol, sp.Number)):
-        return e
-    if isinstance(e, sp.Mul):
-        # brackets first: a read they guard may lie outside its array where they are 0
-        guards = [_expand(a, outside) for a in e.args if not isinstance(a, sp.Indexed)]
-        if any(g == 0 for g in guards):
-            return sp.Integer(0)
-        return sp.Mul(*guards, *[_expand(a, outside) for a in e.args
-                                 if isinstance(a, sp.Indexed)])
-    return e.func(*[_expand(a, outside) for a in e.args])

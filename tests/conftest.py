@@ -42,9 +42,8 @@ def builtin_numpy_kernels():
 @pytest.fixture(scope="session")
 def symbolic_oracle():
     """derive.evaluate.evaluate, computed once per (layer, derivation, arrays, options):
-    the float32 and float64 cases of a test draw the same float64 arrays, and the oracle
-    expands and lambdifies the layer's formulas element by element (seconds for a
-    recurrence), so both dtypes compare against one evaluation.  The values it returns
+    the float32 and float64 cases of a test draw the same float64 arrays, so both dtypes
+    compare against one evaluation.  The values it returns
     are read-only: a test cannot alter what another one compares with."""
     from derive.evaluate import evaluate
 

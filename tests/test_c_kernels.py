@@ -35,13 +35,8 @@ def cast(arrays, dtype):
             np.asarray(v, dtype=dtype) for n, v in arrays.items()}
 
 
-# Both dtypes of a case on one pytest-xdist worker (--dist loadgroup), so they compare
-# against one evaluation of the symbolic oracle (the session's cache is per worker): the
-# oracle is most of these tests' time, 12 s for a grouped convolution's largest case.
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name, seed", [
-    pytest.param(n, s, marks=pytest.mark.xdist_group(f"oracle-{n}-{s}"))
-    for n in BUILTINS for s in range(3)])
+@pytest.mark.parametrize("name, seed", [(n, s) for n in BUILTINS for s in range(3)])
 def test_against_numpy_and_symbolic(kernels, numpy_kernels, symbolic_oracle, name, seed,
                                     dtype):
     c = kernels[name, dtype]

@@ -1,5 +1,5 @@
 """Every built-in layer's emitted NumPy kernels against three independent oracles:
-the lambdified symbolic expressions, central finite differences of the emitted forward,
+the symbolic expressions evaluated (derive.evaluate), central finite differences of the emitted forward,
 and PyTorch autograd on a hand-written forward."""
 import numpy as np
 import pytest

@@ -1,0 +1,77 @@
+"""The symbolic oracle's arithmetic (derive/grid.py) against values written out by hand:
+the semantics the kernels are checked against must themselves be right."""
+import numpy as np
+import pytest
+import sympy as sp
+
+from derive.affine import between, divides
+from derive.evaluate import _compute
+from derive.piecewise import ArgMaxOver, FirstMax, MaxOver
+
+i, j, k = (sp.Idx(n) for n in "ijk")
+x, y, ids = (sp.IndexedBase(n) for n in ("x", "y", "ids"))
+rng = np.random.default_rng(0)
+X = rng.normal(size=(4, 5))
+
+
+def at(expr, dims, sizes, outside=None, **arrays):
+    indices = [{"I": i, "J": j}[d] for d in dims]
+    return _compute(expr, indices, dims, sizes, arrays, outside)
+
+
+def test_a_sum_below_its_lower_bound_is_empty_not_negated():
+    # sum_{k=i+1}^{J-1} x[i, k]: empty for i >= J - 1 (SymPy's doit() would negate it)
+    got = at(sp.Sum(x[i, k], (k, i + 1, 4)), ["I"], dict(I=4), x=X)
+    want = [X[r, r + 1:].sum() for r in range(4)]
+    np.testing.assert_allclose(got, want)
+
+
+def test_bounds_that_depend_on_an_outer_index():
+    got = at(sp.Sum(x[i, k] * x[j, k], (k, 0, sp.Min(i, j))), ["I", "J"], dict(I=4, J=4),
+             x=X)
+    want = [[X[a, :min(a, b) + 1] @ X[b, :min(a, b) + 1] for b in range(4)]
+            for a in range(4)]
+    np.testing.assert_allclose(got, want)
+
+
+def test_a_read_outside_gives_the_padding_or_is_an_error_unless_a_bracket_guards_it():
+    shifted = x[i, j - 1]
+    padded = at(shifted, ["I", "J"], dict(I=4, J=5), {"x": (0, [4, 5])}, x=X)
+    np.testing.assert_allclose(padded, np.pad(X, ((0, 0), (1, 0)))[:, :5])
+    guarded = at(between(j - 1, 0, 4) * shifted, ["I", "J"], dict(I=4, J=5),
+                 {"x": (None, [4, 5])}, x=X)
+    np.testing.assert_allclose(guarded, padded)
+    with pytest.raises(IndexError, match=r"x\[i, j - 1\] reads outside x's shape \(4, 5\), first at i = 0, j = 0"):
+        at(shifted, ["I", "J"], dict(I=4, J=5), {"x": (None, [4, 5])}, x=X)
+
+
+def test_a_fractional_subscript_reads_nothing_where_divides_guards_it():
+    # y[(j - 1)/2] where 2 | j - 1: a stride-2 read's adjoint
+    Y = rng.normal(size=3)
+    got = at(divides(2, j - 1) * y[(j - 1) / 2], ["J"], dict(J=5),
+             {"y": (0, [3])}, y=Y)
+    np.testing.assert_allclose(got, [0, Y[0], 0, Y[1], 0])
+    with pytest.raises(IndexError, match="not whole"):
+        at(y[(j - 1) / 2], ["J"], dict(J=5), {"y": (0, [3])}, y=Y)
+
+
+def test_max_argmax_and_first_max_send_ties_to_the_first_position():
+    T = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    kk = sp.Idx("k", (0, 3))
+    np.testing.assert_allclose(at(MaxOver(x[i, kk], kk), ["I"], dict(I=2), x=T), [3, 2])
+    np.testing.assert_allclose(at(ArgMaxOver(x[i, kk], kk), ["I"], dict(I=2), x=T), [1, 0])
+    first = at(FirstMax(x[i, kk], kk, j), ["I", "J"], dict(I=2, J=4), x=T)
+    np.testing.assert_allclose(first, [[0, 1, 0, 0], [1, 0, 0, 0]])
+
+
+def test_subscripts_read_from_a_tensor_gather():
+    got = at(x[ids[j], i], ["J", "I"], dict(I=5, J=3), x=X, ids=np.array([3, 0, 3]))
+    np.testing.assert_allclose(got, X[[3, 0, 3]])
+
+
+def test_functions_and_piecewise_element_by_element():
+    expr = sp.Piecewise((sp.exp(x[i, j]), x[i, j] < 0),
+                        (sp.tanh(x[i, j]) + sp.KroneckerDelta(i, j), True))
+    got = at(expr, ["I", "J"], dict(I=4, J=5), x=X)
+    want = np.where(X < 0, np.exp(X), np.tanh(X) + np.eye(4, 5))
+    np.testing.assert_allclose(got, want)
