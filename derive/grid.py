@@ -293,8 +293,19 @@ def _combine(args, op) -> Node:
     """op over the arguments' values: a constant when every argument is one."""
     outside = _merge_outside([a.outside for a in args if a.outside is not None])
     if all(a.constant for a in args):
-        return Node(op(*[a.value for a in args]), outside=outside)
+        return Node(_snap(op(*[a.value for a in args])), outside=outside)
     return Node(run=lambda arrays: op(*[a(arrays) for a in args]), outside=outside)
+
+
+def _snap(value):
+    """Index arithmetic with fractions (h/3 - p + 2/3 of a stride-3 adjoint) in floats:
+    a value within rounding of a whole number is that number, so that the subscript is
+    whole and floor() of it right (the fractions' denominators are small)."""
+    if np.asarray(value).dtype.kind != "f":
+        return value
+    whole = np.round(value)
+    return np.where(np.abs(value - whole) <= 1e-9 * np.maximum(1.0, np.abs(value)),
+                    whole, value)
 
 
 def _merge_outside(problems):

@@ -75,3 +75,17 @@ def test_functions_and_piecewise_element_by_element():
     got = at(expr, ["I", "J"], dict(I=4, J=5), x=X)
     want = np.where(X < 0, np.exp(X), np.tanh(X) + np.eye(4, 5))
     np.testing.assert_allclose(got, want)
+
+
+def test_fractional_index_arithmetic_lands_on_whole_subscripts():
+    # sum_p [3 | j - 3p + 2] y[j/3 - p + 2/3], a stride-3 read's adjoint: j/3 - p + 2/3 is
+    # whole where the bracket holds, though not in floats (1/3 - 1 + 2/3 = -1.1e-16)
+    p = sp.Idx("p")
+    Y = rng.normal(size=3)
+    expr = sp.Sum(divides(3, j - 3 * p + 2) * y[j / 3 - p + sp.Rational(2, 3)],
+                  (p, sp.Max(0, sp.ceiling(j / 3 + sp.Rational(5, 3)) - 3),
+                   sp.Min(2, sp.floor(j / 3 + sp.Rational(2, 3)))))
+    got = at(expr, ["J"], dict(J=7), {"y": (None, [3])}, y=Y)
+    want = [sum(Y[(r + 2) // 3 - q] for q in range(3)
+                if (r - 3 * q + 2) % 3 == 0 and 0 <= (r + 2) // 3 - q < 3) for r in range(7)]
+    np.testing.assert_allclose(got, want)
