@@ -131,6 +131,21 @@ def test_floor_streams_what_it_is_given():
         floor.stream([a], [np.empty(3, np.float32)])
 
 
+def test_floor_builds_and_streams_with_the_user_s_own_flags(tmp_path, monkeypatch):
+    """BACKPROP_CFLAGS replaces the default flags: without -march=native there are no
+    streaming stores, and the floor must still compile (its blocks' alignment macro was
+    defined only where stores stream) and compute the same."""
+    monkeypatch.setenv("BACKPROP_CFLAGS", "-O2")
+    monkeypatch.setattr(codegen.build, "_loaded", {})
+    floor = Floor(cache=tmp_path)
+    a, b = np.arange(40, dtype=np.float32), np.ones(40, np.float32)
+    out, small = np.empty(40, np.float32), np.empty(10, np.float32)
+    floor.stream([a, b], [out])
+    np.testing.assert_array_equal(out, a + 1)
+    floor.stream([a], [small])
+    np.testing.assert_array_equal(small, a.reshape(10, 4).sum(axis=1))
+
+
 def test_floor_aligns_its_vector_loop_and_streams_every_element():
     """NumPy's big arrays start 16 bytes past a cache line, where every vector access
     straddles two lines: the floor streams the elements before the first output's line

@@ -289,6 +289,7 @@ static inline void bp_stream_end_f64(bp_stream_carry_f64 *carry)
 
 #else
 #define BP_STREAMS 0
+#define BP_STREAM_BLOCK        /* no vector stores to align for */
 #endif
 
 /* Index arithmetic of shifted reads and their adjoints' bounds: floor division by a
