@@ -6,7 +6,13 @@ from .oracles import require_oracle
 
 torch = require_oracle("torch")
 
+# The tests so marked load the C++ route (codegen/torch_native.py), a 34 s build the first
+# time in a session.  They run on one pytest-xdist worker (--dist loadgroup), which builds
+# it once while the other goes on with other tests instead of waiting on the build's lock.
+ON_THE_BUILDING_WORKER = pytest.mark.xdist_group("torch-native-build")
 
+
+@ON_THE_BUILDING_WORKER
 def test_derived_and_native_peers_compute_the_same():
     from bench.torch_interop import peers
 
@@ -17,6 +23,7 @@ def test_derived_and_native_peers_compute_the_same():
                                    rtol=2e-5, atol=2e-6)
 
 
+@ON_THE_BUILDING_WORKER
 def test_overhead_record(monkeypatch):
     import bench.torch_interop as bench
 
@@ -53,6 +60,7 @@ def test_overhead_record(monkeypatch):
     assert all(v > 0 for v in model.values())
 
 
+@ON_THE_BUILDING_WORKER
 def test_entry_points_compute_what_the_module_does():
     """The bench's floor (the C entry points on pointers made once) runs the real kernels:
     the module's output and autograd's gradients."""
