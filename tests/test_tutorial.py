@@ -17,7 +17,9 @@ def test_tutorial_notebook_runs(tmp_path):
     # the kernel starts in the repository root, so it imports this tree's toolkit
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(ROOT)}})
-    client.execute(env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # the notebook's working folder (tempfile.mkdtemp, kept for the reader) goes in this
+    # test's tmp_path: a run of the suite left one in /tmp each time
+    client.execute(env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)})
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                      for out in cell.outputs)
     assert "backward, from the upstream gradient dy:" in text
