@@ -53,7 +53,7 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
         key = (expr, tuple(idx), tuple(dims))
         if key not in compiled:
             compiled[key] = _compile(expr, idx, dims, sizes, outside)
-        return compiled[key][1](values)
+        return compiled[key](values)
 
     # A recurrence reads its own earlier steps (and its adjoint its later ones): every
     # pass over the equations gets one more step right, from zeros.
@@ -94,7 +94,7 @@ def evaluate(derivation: Derivation, arrays: dict, given: bool = False,
 def _compute(expr, indices, dims, sizes, values, outside=None):
     """expr at every element of a tensor over `dims`; `outside`: tensor -> (value read
     outside its shape or None, shape), for shifted reads."""
-    return _compile(expr, indices, dims, sizes, outside)[1](values)
+    return _compile(expr, indices, dims, sizes, outside)(values)
 
 
 # Compiled element formulas by what they are compiled from, the most recently used last:
@@ -106,7 +106,7 @@ COMPILED_KEPT = 2048
 
 
 def _compile(expr, indices, dims, sizes, outside=None):
-    """(names read, a function of the arrays giving expr over `dims`)."""
+    """A function of the arrays giving expr over `dims`."""
     outside = outside or {}
     key = (sp.sympify(expr), tuple(indices), tuple(dims), tuple(sorted(sizes.items())),
            tuple(sorted((k, fill, tuple(shape)) for k, (fill, shape) in outside.items())))

@@ -6,10 +6,10 @@ import sympy as sp
 
 from derive.affine import between, divides
 from derive.evaluate import _compute
-from derive.piecewise import ArgMaxOver, FirstMax, MaxOver
+from derive.piecewise import ArgMaxOver, FirstMax, Iverson, MaxOver, Where
 
 i, j, k = (sp.Idx(n) for n in "ijk")
-x, y, ids = (sp.IndexedBase(n) for n in ("x", "y", "ids"))
+x, y, z, ids = (sp.IndexedBase(n) for n in ("x", "y", "z", "ids"))
 rng = np.random.default_rng(0)
 X = rng.normal(size=(4, 5))
 
@@ -89,3 +89,45 @@ def test_fractional_index_arithmetic_lands_on_whole_subscripts():
     want = [sum(Y[(r + 2) // 3 - q] for q in range(3)
                 if (r - 3 * q + 2) % 3 == 0 and 0 <= (r + 2) // 3 - q < 3) for r in range(7)]
     np.testing.assert_allclose(got, want)
+
+
+def test_a_max_whose_body_does_not_read_its_index():
+    # the body has no axis for k: the max over k is the body itself (a review found the
+    # free axis reduced in its place)
+    kk = sp.Idx("k", (0, 2))
+    col = np.array([1.0, 2.0, 0.0])
+    T = np.stack([col, col], axis=1)
+    np.testing.assert_allclose(at(MaxOver(x[i, 0], kk), ["I"], dict(I=3), x=T), col)
+    np.testing.assert_allclose(at(ArgMaxOver(x[i, 0], kk), ["I"], dict(I=3), x=T), 0)
+
+
+def test_a_branch_not_taken_reads_nothing():
+    Y = rng.normal(size=4)
+    for expr in (sp.Piecewise((y[i - 1], i >= 1), (0, True)), Where(i >= 1, y[i - 1], 0)):
+        got = at(expr, ["I"], dict(I=4), {"y": (None, [4])}, y=Y)
+        np.testing.assert_allclose(got, [0, *Y[:3]])
+
+
+def test_the_error_names_the_read_that_is_outside():
+    Y, Z = rng.normal(size=4), rng.normal(size=4)
+    with pytest.raises(IndexError, match=r"^z\[i - 1\] reads outside"):
+        at(between(i - 1, 0, 3) * y[i - 1] + z[i - 1], ["I"], dict(I=4),
+           {"y": (None, [4]), "z": (None, [4])}, y=Y, z=Z)
+
+
+def test_brackets_that_read_tensors_still_guard():
+    # [ids[n] >= 0] E[ids[n], j] with an id of -1: 0 there, not NaN
+    got = at(Iverson(ids[j] >= 0) * x[ids[j], i], ["J", "I"], dict(I=5, J=3), x=X,
+             ids=np.array([2, -1, 0]))
+    np.testing.assert_allclose(got, [X[2], np.zeros(5), X[0]])
+    # a stride's adjoint read with no shape given: the fraction guarded by divides
+    Y = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(at(divides(2, j) * y[j / 2], ["J"], dict(J=7), y=Y),
+                               [1, 0, 2, 0, 3, 0, 4])
+
+
+def test_values_are_not_rounded_and_index_powers_do_not_wrap():
+    got = at(sp.Float(1e-10) * sp.KroneckerDelta(i, 1) + (i + 10) ** 20, ["I"], dict(I=2))
+    np.testing.assert_allclose(got, [10.0 ** 20, 1e-10 + 11.0 ** 20], rtol=1e-15)
+    with pytest.raises(ZeroDivisionError):
+        at(1 / i, ["I"], dict(I=2))
