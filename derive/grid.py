@@ -11,8 +11,8 @@ writing every element out as its own formula took seconds for a recurrence.
 
 The semantics are the written-out ones: a sum whose upper bound is below its lower bound
 is empty (0; SymPy's Sum.doit() follows Karr's convention instead), a read outside an
-array gives its `outside` value (zero padding) or is an error, unless an index-only
-factor of the product it is in (a bracket, a delta) is 0 there.
+array gives its `outside` value (zero padding) or is an error, unless a bracket factor
+of the product it is in (between, divides, a delta, an Iverson bracket) is 0 there.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ class _Compiler:
         if isinstance(e, sp.Mul):
             return self.product(e, args)
         if isinstance(e, sp.Add):
-            return _combine(args, lambda *v: sum(v[1:], v[0]))
+            return _combine(args, lambda *v: sum(v))
         if isinstance(e, sp.Pow):
             return _combine(args, _power)
         # where an index's value decides, fractions computed in floats land on it exactly
@@ -207,7 +207,7 @@ class _Compiler:
                 zero = z if zero is None else zero | z
         guards = [a for f, a in zip(e.args, args) if isinstance(f, _BRACKETS)
                   and not a.constant]
-        node = _combine(args, lambda *v: _prod(v))
+        node = _combine(args, lambda *v: math.prod(v))
         if zero is not None and np.any(zero):
             problems = _masked(node.problems, ~zero)
             if node.constant:
@@ -350,13 +350,6 @@ def _padded(a, ndim):
     """a with leading axes of length 1 up to ndim (its axes are the trailing ones)."""
     a = np.asarray(a)
     return a.reshape((1,) * (ndim - a.ndim) + a.shape) if a.ndim < ndim else a
-
-
-def _prod(values):
-    out = values[0]
-    for v in values[1:]:
-        out = out * v
-    return out
 
 
 def _power(base, exponent):
