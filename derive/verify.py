@@ -624,26 +624,51 @@ def read_claim(claim: Claim, d: Derivation, mapping: dict) -> tuple[list, str]:
     return readings, "; ".join(problems)
 
 
+class ProofTimeout(TimeoutError):
+    """Raised by `time_limit`'s alarm; its own class so the block's unraisable hook can
+    tell it from anyone else's error."""
+
+
 @contextmanager
 def time_limit(seconds):
-    """SIGALRM-based limit (main thread only); elsewhere no limit is enforced.  After the
-    limit the alarm repeats every 50 ms until the block ends: a TimeoutError raised while
-    a gc callback runs (hypothesis installs one) is swallowed there, and a single alarm
-    would then let SymPy run on without limit."""
+    """SIGALRM-based limit (main thread only); elsewhere no limit is enforced.
+
+    After the limit the alarm repeats every 50 ms until the block ends: a timeout raised
+    while a gc callback or a finaliser runs (hypothesis installs a gc callback) is ignored
+    there, and a single alarm would then let SymPy run on without limit.  Such an ignored
+    timeout goes to `sys.unraisablehook`; pytest's hook formats a traceback, which the next
+    alarm interrupted, failing the test ("Failed to process unraisable exception").  So for
+    the block's duration our own hook drops our timeouts (nothing is lost: the next alarm
+    raises where it counts) and passes everything else on, and the alarm holds its fire
+    while any unraisable is being handled."""
+    handling = False
+
     def raise_timeout(signum, frame):
-        raise TimeoutError
+        if not handling:
+            raise ProofTimeout
+
+    def drop_own_timeouts(unraisable):
+        nonlocal handling
+        handling = True
+        try:
+            if not isinstance(unraisable.exc_value, ProofTimeout):
+                outer_hook(unraisable)
+        finally:
+            handling = False
 
     try:
         old = signal.signal(signal.SIGALRM, raise_timeout)
     except ValueError:           # not the main thread
         yield
         return
+    outer_hook, sys.unraisablehook = sys.unraisablehook, drop_own_timeouts
     signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        sys.unraisablehook = outer_hook
 
 
 def symbolic_zero(reading: Reading, d: Derivation, seconds: float) -> str:
