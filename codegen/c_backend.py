@@ -888,9 +888,11 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
     else:
         ldb = g.b.ld
     c = "bp_part" if summed else ptr(n.target, g.c_offset)
+    beta = 0 if overwrite else 1
+    block = _column_blocks(g, packs, printer, a, b, c, beta)
     # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
     # op(B) and of T; of its rows, at row bp_a of op(A) and of T
-    return dict(fill=fill, loop=loop, beta=0 if overwrite else 1, ctype=CTYPES[printer.dtype],
+    return dict(fill=fill, loop=loop, beta=beta, ctype=CTYPES[printer.dtype],
                 once=[v for p, v in packs if not p.per_loop], each=each,
                 part=f"_{n.target}_part" if summed else None, part_size=ext(n.out),
                 target=n.target,
@@ -898,9 +900,47 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
                 m=m, n=cols, k=k, lda=g.a.ld, ldb=ldb, ldc=cols, a=a, b=b, c=c, direct=direct,
                 b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
                 a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
-                c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})",
+                c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})", block=block,
                 work=printer.index_code(sp.Mul(*[dim_of(i) for i in g.m + g.n + g.k])),
                 alpha=printer.code(g.alpha))
+
+
+def _column_blocks(g, packs, printer, a, b, c, beta) -> dict | None:
+    """Each image's product a block of B's packed columns at a time, the block packed right
+    before its GEMM, so it is still in cache when the GEMM reads it: an image's whole pack
+    (576 x 3136 floats for a 3x3, 64-channel 56 x 56 layer: 7 MB a thread) went out to
+    memory and came back (docs/benchmarks.md, issue 18, eighth session).  The block is a
+    range of the first of the pack's column indices, whole rows of the image: of N when B
+    is packed K x N (a convolution's y and dx: the GEMM writes those columns of T), of K
+    when B is packed N x K (its dw: each block's GEMM adds its share of the sum).  The
+    pack's layout is unchanged (a block is a range of its columns, its rows as long as
+    before), so the 1x1 convolution's B, used in place, blocks alike."""
+    along_n = not g.b.transposed
+    idx = g.n if along_n else g.k
+    if g.loop is None or not g.b.per_loop or len(idx) < 2 or \
+            not (along_n or (beta == 1 and not g.a.transposed)):
+        return None     # K blocks: each adds to T (its start there already), A is M x K
+    first = idx[0].label.name
+    rest = printer.index_code(sp.Mul(*[dim_of(i) for i in idx[1:]]))
+    other = printer.index_code(sp.Mul(*[dim_of(i) for i in (g.k if along_n else g.n)]))
+    pack = next(v for p, v in packs if p is g.b)
+    outer = [list(l) for l in pack["outer"]]
+    at = [k for k, l in enumerate(outer) if l[0] == first]
+    if len(at) != 1 or len(outer[at[0]]) != 2:     # a loop over its whole range only
+        return None
+    extent = outer[at[0]][1]
+    outer[at[0]] = [first, "bp_c0", "bp_c1"]
+    pack["blocked"] = True                         # packed in the block loop instead
+    width, shift = f"(bp_c1 - bp_c0)*({rest})", f"bp_c0*({rest})"
+    m, n, k = (printer.index_code(sp.Mul(*[dim_of(i) for i in x])) for x in (g.m, g.n, g.k))
+    if along_n:                  # T's columns, and B's (its rows are K)
+        call = dict(m=m, n=width, k=k, a=a, b=f"{b} + {shift}", c=f"{c} + {shift}",
+                    beta=str(beta))
+    else:                        # the sum's terms: A's columns and B's
+        call = dict(m=m, n=n, k=width, a=f"{a} + {shift}", b=f"{b} + {shift}", c=c,
+                    beta="1")
+    return dict(extent=extent, per_row=f"({other})*({rest})",
+                pack={**pack, "outer": [tuple(l) for l in outer]}, **call)
 
 
 def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:

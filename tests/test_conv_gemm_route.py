@@ -28,8 +28,8 @@ def test_a_1x1_read_skips_its_pack():
         assert f"bp_in_place ? {operand} + " in body, (side, operand)
     when = _body(source, "forward").split("const int bp_in_place = ", 1)[1].split(";")[0]
     assert when == "KH == 1 && KW == 1 && Hout == H && Wout == W"
-    # the GEMMs read the operand chosen, not the scratch
-    assert _body(source, "forward").count(", bp_b, bp_ldb, ") == 1
+    # the GEMMs read the operand chosen, not the scratch, a block of output rows at a time
+    assert _body(source, "forward").count(", bp_b + bp_c0*(Wout), bp_ldb, ") == 1
 
 
 def test_padding_or_a_stride_keeps_the_pack():
@@ -120,3 +120,53 @@ def test_both_routes_equal_torch_on_the_same_inputs(monkeypatch):
             for name, ref in refs.items():
                 np.testing.assert_allclose(got[name], ref.numpy(), rtol=2e-5, atol=2e-5,
                                            err_msg=f"{shape} {name}")
+
+
+def test_every_image_product_runs_in_blocks_of_rows():
+    """y's and dx's GEMMs a block of output rows (N columns) at a time, dw's a block of its
+    sum (K columns), each block packed right before its GEMM; the first image a thread
+    takes goes whole (BP_IM2COL_FIRST_WHOLE)."""
+    for constants, blocked in ((dict(P=1), 3), (dict(P=0), 3), (dict(S=2), 3)):
+        source = codegen.sources(builtin("conv2d", constants), "c")["conv2d.c"]
+        assert source.count("bp_c0 += bp_step) {") == 2 * blocked, constants   # f32, f64
+    forward = _body(codegen.sources(builtin("conv2d", dict(P=1)), "c")["conv2d.c"],
+                    "forward")
+    loop = forward.split("bp_c0 += bp_step) {", 1)[1]
+    assert loop.index("/* pack x[n, c, ") < loop.index("bp_conv2d_gemm_f32(101, 111, 111, O, "
+                                                       "(bp_c1 - bp_c0)*(Wout), ")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("constants", [dict(P=1), dict(P=0), dict(S=2, P=1), dict(D=2, P=2)])
+def test_blocks_of_rows_equal_torch(monkeypatch, dtype, constants):
+    """Blocks of one row (BP_IM2COL_BLOCK_BYTES=1), of a few rows (often a shorter last
+    one), the first image whole or not: y, dx, dw and db as torch's (float64), for padded,
+    1x1-in-place-capable, strided (dx summed over blocks of K) and dilated convolutions."""
+    from codegen import build
+    rng = np.random.default_rng(3)
+    N, C, O, H, W = 3, 3, 4, 9, 11
+    x, b = (rng.standard_normal(s).astype(dtype) for s in ((N, C, H, W), (O,)))
+    tol = 1e-11 if dtype == "float64" else 2e-5
+    for KH, KW in ((3, 3), (1, 1), (2, 3)):
+        w = rng.standard_normal((O, C, KH, KW)).astype(dtype)
+        xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                      for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, stride=constants.get("S", 1), padding=constants.get("P", 0),
+                     dilation=constants.get("D", 1))
+        dy = rng.standard_normal(tuple(y.shape)).astype(dtype)
+        y.backward(torch.tensor(dy, dtype=torch.float64))
+        refs = dict(y=y.detach().numpy(), dx=xt.grad.numpy(), dw=wt.grad.numpy(),
+                    db=bt.grad.numpy())
+        for flags in (["-DBP_IM2COL_BLOCK_BYTES=1", "-DBP_IM2COL_FIRST_WHOLE=0"],
+                      ["-DBP_IM2COL_BLOCK_BYTES=1"], ["-DBP_IM2COL_BLOCK_BYTES=6000"]):
+            monkeypatch.setenv("BACKPROP_CFLAGS", " ".join(
+                build.opt_flags() + ["-DBP_IM2COL_MIN_WORK=0"] + flags))
+            k = codegen.load("conv2d", backend="c", dtype=dtype, constants=constants)
+            monkeypatch.delenv("BACKPROP_CFLAGS")
+            assert k.blas is not None, "the GEMM path needs NumPy's BLAS"
+            for threads in (1, 2):
+                k.set_threads(threads)
+                got = {**k.forward(x=x, w=w, b=b), **k.backward(x=x, w=w, b=b, dy=dy)}
+                for name, ref in refs.items():
+                    err = np.abs(got[name] - ref).max() / np.abs(ref).max()
+                    assert err < tol, (constants, KH, KW, flags, threads, name, err)

@@ -97,6 +97,19 @@ static inline int bp_max_threads(void) { return 1; }
 #ifndef BP_IM2COL_MIN_WORK
 #define BP_IM2COL_MIN_WORK 256
 #endif
+/* An image's pack and GEMM go a block of whole output rows at a time, the block's packed
+ * columns at most this many bytes (the 512 KB L2 of a Zen 1 core), so they are still in
+ * cache when the GEMM reads them; a whole image's pack (7 MB for a 3x3, 64-channel 56 x 56
+ * layer) went out to memory and came back.  The first image a thread takes in a call goes
+ * whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on a thread
+ * until that thread had run a wider one (measured on the EPYC guest; the cause inside
+ * OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+#ifndef BP_IM2COL_BLOCK_BYTES
+#define BP_IM2COL_BLOCK_BYTES (512 << 10)
+#endif
+#ifndef BP_IM2COL_FIRST_WHOLE
+#define BP_IM2COL_FIRST_WHOLE 1
+#endif
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
  * size counts them; a team never has more threads than slots (bp_team), whatever the
@@ -220,7 +233,7 @@ BP_PREFER_256 int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                             }
                         }
                     }
-}
+                }
                 bp_conv1d_gemm_f32(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
@@ -304,7 +317,7 @@ BP_PREFER_256 int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                             }
                         }
                     }
-}
+                }
                 bp_conv1d_gemm_f32(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
@@ -370,7 +383,7 @@ BP_PREFER_256 int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                             }
                         }
                     }
-}
+                }
                 bp_conv1d_gemm_f32(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, bp_b, bp_ldb, 1, bp_part, C*K);
             }
         }
@@ -468,7 +481,7 @@ BP_PREFER_256 int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                             }
                         }
                     }
-}
+                }
                 bp_conv1d_gemm_f64(101, 111, 111, O, Lout, C*K, 1, w, C*K, bp_b, bp_ldb, 1, y + Lout*O*n, Lout);
             }
         }
@@ -552,7 +565,7 @@ BP_PREFER_256 int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                             }
                         }
                     }
-}
+                }
                 bp_conv1d_gemm_f64(101, 111, 111, C, L, K*O, 1, _dx_pa, K*O, bp_b, bp_ldb, 0, dx + C*L*n, L);
             }
         }
@@ -618,7 +631,7 @@ BP_PREFER_256 int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                             }
                         }
                     }
-}
+                }
                 bp_conv1d_gemm_f64(101, 111, 112, O, C*K, Lout, 1, dy + Lout*O*n, Lout, bp_b, bp_ldb, 1, bp_part, C*K);
             }
         }

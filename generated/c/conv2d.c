@@ -97,6 +97,19 @@ static inline int bp_max_threads(void) { return 1; }
 #ifndef BP_IM2COL_MIN_WORK
 #define BP_IM2COL_MIN_WORK 256
 #endif
+/* An image's pack and GEMM go a block of whole output rows at a time, the block's packed
+ * columns at most this many bytes (the 512 KB L2 of a Zen 1 core), so they are still in
+ * cache when the GEMM reads them; a whole image's pack (7 MB for a 3x3, 64-channel 56 x 56
+ * layer) went out to memory and came back.  The first image a thread takes in a call goes
+ * whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on a thread
+ * until that thread had run a wider one (measured on the EPYC guest; the cause inside
+ * OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+#ifndef BP_IM2COL_BLOCK_BYTES
+#define BP_IM2COL_BLOCK_BYTES (512 << 10)
+#endif
+#ifndef BP_IM2COL_FIRST_WHOLE
+#define BP_IM2COL_FIRST_WHOLE 1
+#endif
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
  * size counts them; a team never has more threads than slots (bp_team), whatever the
@@ -209,31 +222,37 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             float *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
+            int bp_first = BP_IM2COL_FIRST_WHOLE;
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                if (!bp_in_place) {
-                    for (ptrdiff_t c = 0; c < C; ++c) {
-                        for (ptrdiff_t p = 0; p < KH; ++p) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                    {
-                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                        BP_OMP(simd)
-                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(float) / ((C*KH*KW)*(Wout)));
+                bp_first = 0;
+                for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
+                    const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
+                    /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                    if (!bp_in_place) {
+                        for (ptrdiff_t c = 0; c < C; ++c) {
+                            for (ptrdiff_t p = 0; p < KH; ++p) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    for (ptrdiff_t i = bp_c0; i < bp_c1; ++i) {
+                                        {
+                                            const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                            for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                            BP_OMP(simd)
+                                            for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                            for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-}
-                bp_conv2d_gemm_f32(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
+                    bp_conv2d_gemm_f32(101, 111, 111, O, (bp_c1 - bp_c0)*(Wout), C*KH*KW, 1, w, C*KH*KW, bp_b + bp_c0*(Wout), bp_ldb, 1, y + Hout*O*Wout*n + bp_c0*(Wout), Hout*Wout);
+                }
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
@@ -306,31 +325,37 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
+            int bp_first = BP_IM2COL_FIRST_WHOLE;
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const float *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
                 const ptrdiff_t bp_ldb = H*W;
-                /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
-                if (!bp_in_place) {
-                    for (ptrdiff_t o = 0; o < O; ++o) {
-                        for (ptrdiff_t p = 0; p < KH; ++p) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                for (ptrdiff_t h = 0; h < H; ++h) {
-                                    {
-                                        const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
-                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
-                                        for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
-                                        BP_OMP(simd)
-                                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
-                                        for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                const ptrdiff_t bp_step = bp_first ? H : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(float) / ((KH*KW*O)*(W)));
+                bp_first = 0;
+                for (ptrdiff_t bp_c0 = 0; bp_c0 < H; bp_c0 += bp_step) {
+                    const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, H);
+                    /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
+                    if (!bp_in_place) {
+                        for (ptrdiff_t o = 0; o < O; ++o) {
+                            for (ptrdiff_t p = 0; p < KH; ++p) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    for (ptrdiff_t h = bp_c0; h < bp_c1; ++h) {
+                                        {
+                                            const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                            for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                            BP_OMP(simd)
+                                            for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                            for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-}
-                bp_conv2d_gemm_f32(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
+                    bp_conv2d_gemm_f32(101, 111, 111, C, (bp_c1 - bp_c0)*(W), KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b + bp_c0*(W), bp_ldb, 0, dx + C*H*W*n + bp_c0*(W), H*W);
+                }
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
@@ -384,31 +409,37 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             float *const _dw_pb = _dw_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             float *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
             memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
+            int bp_first = BP_IM2COL_FIRST_WHOLE;
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                if (!bp_in_place) {
-                    for (ptrdiff_t c = 0; c < C; ++c) {
-                        for (ptrdiff_t p = 0; p < KH; ++p) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                    {
-                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                        BP_OMP(simd)
-                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(float) / ((C*KH*KW)*(Wout)));
+                bp_first = 0;
+                for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
+                    const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
+                    /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                    if (!bp_in_place) {
+                        for (ptrdiff_t c = 0; c < C; ++c) {
+                            for (ptrdiff_t p = 0; p < KH; ++p) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    for (ptrdiff_t i = bp_c0; i < bp_c1; ++i) {
+                                        {
+                                            const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                            for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                            BP_OMP(simd)
+                                            for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                            for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-}
-                bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, bp_b, bp_ldb, 1, bp_part, C*KH*KW);
+                    bp_conv2d_gemm_f32(101, 111, 112, O, C*KH*KW, (bp_c1 - bp_c0)*(Wout), 1, dy + Hout*O*Wout*n + bp_c0*(Wout), Hout*Wout, bp_b + bp_c0*(Wout), bp_ldb, 1, bp_part, C*KH*KW);
+                }
             }
         }
         BP_OMP(parallel for simd if (parallel: C*KH*KW*O >= BP_PARALLEL_MIN))
@@ -494,31 +525,37 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             double *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
+            int bp_first = BP_IM2COL_FIRST_WHOLE;
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                if (!bp_in_place) {
-                    for (ptrdiff_t c = 0; c < C; ++c) {
-                        for (ptrdiff_t p = 0; p < KH; ++p) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                    {
-                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                        BP_OMP(simd)
-                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(double) / ((C*KH*KW)*(Wout)));
+                bp_first = 0;
+                for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
+                    const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
+                    /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                    if (!bp_in_place) {
+                        for (ptrdiff_t c = 0; c < C; ++c) {
+                            for (ptrdiff_t p = 0; p < KH; ++p) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    for (ptrdiff_t i = bp_c0; i < bp_c1; ++i) {
+                                        {
+                                            const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                            for (ptrdiff_t j = 0; j < bp_lo; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                            BP_OMP(simd)
+                                            for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                            for (ptrdiff_t j = bp_hi; j < Wout; ++j) _y_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-}
-                bp_conv2d_gemm_f64(101, 111, 111, O, Hout*Wout, C*KH*KW, 1, w, C*KH*KW, bp_b, bp_ldb, 1, y + Hout*O*Wout*n, Hout*Wout);
+                    bp_conv2d_gemm_f64(101, 111, 111, O, (bp_c1 - bp_c0)*(Wout), C*KH*KW, 1, w, C*KH*KW, bp_b + bp_c0*(Wout), bp_ldb, 1, y + Hout*O*Wout*n + bp_c0*(Wout), Hout*Wout);
+                }
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
@@ -591,31 +628,37 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
+            int bp_first = BP_IM2COL_FIRST_WHOLE;
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const double *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
                 const ptrdiff_t bp_ldb = H*W;
-                /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
-                if (!bp_in_place) {
-                    for (ptrdiff_t o = 0; o < O; ++o) {
-                        for (ptrdiff_t p = 0; p < KH; ++p) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                for (ptrdiff_t h = 0; h < H; ++h) {
-                                    {
-                                        const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
-                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
-                                        for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
-                                        BP_OMP(simd)
-                                        for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
-                                        for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                const ptrdiff_t bp_step = bp_first ? H : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(double) / ((KH*KW*O)*(W)));
+                bp_first = 0;
+                for (ptrdiff_t bp_c0 = 0; bp_c0 < H; bp_c0 += bp_step) {
+                    const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, H);
+                    /* pack dy[n, o, h - p, k - q] as a o p q x h k matrix */
+                    if (!bp_in_place) {
+                        for (ptrdiff_t o = 0; o < O; ++o) {
+                            for (ptrdiff_t p = 0; p < KH; ++p) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    for (ptrdiff_t h = bp_c0; h < bp_c1; ++h) {
+                                        {
+                                            const ptrdiff_t bp_lo = (0 <= h - p && h - p <= Hout - 1) ? bp_imax(bp_imin(q, W), 0) : W;
+                                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, Wout + q - 1) + 1, W), bp_lo);
+                                            for (ptrdiff_t k = 0; k < bp_lo; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                            BP_OMP(simd)
+                                            for (ptrdiff_t k = bp_lo; k < bp_hi; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = dy[((n*O + o)*Hout + h - p)*Wout + k - q];
+                                            for (ptrdiff_t k = bp_hi; k < W; ++k) _dx_pb[(((o*KH + p)*KW + q)*H + h)*W + k] = 0;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-}
-                bp_conv2d_gemm_f64(101, 111, 111, C, H*W, KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b, bp_ldb, 0, dx + C*H*W*n, H*W);
+                    bp_conv2d_gemm_f64(101, 111, 111, C, (bp_c1 - bp_c0)*(W), KH*KW*O, 1, _dx_pa, KH*KW*O, bp_b + bp_c0*(W), bp_ldb, 0, dx + C*H*W*n + bp_c0*(W), H*W);
+                }
             }
         }
     } else {                 /* no GEMM, or too little work for the packing */
@@ -669,31 +712,37 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             double *const _dw_pb = _dw_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             double *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
             memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
+            int bp_first = BP_IM2COL_FIRST_WHOLE;
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
-                if (!bp_in_place) {
-                    for (ptrdiff_t c = 0; c < C; ++c) {
-                        for (ptrdiff_t p = 0; p < KH; ++p) {
-                            for (ptrdiff_t q = 0; q < KW; ++q) {
-                                for (ptrdiff_t i = 0; i < Hout; ++i) {
-                                    {
-                                        const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
-                                        const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
-                                        for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
-                                        BP_OMP(simd)
-                                        for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
-                                        for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(double) / ((C*KH*KW)*(Wout)));
+                bp_first = 0;
+                for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
+                    const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
+                    /* pack x[n, c, i + p, j + q] as a c p q x i j matrix */
+                    if (!bp_in_place) {
+                        for (ptrdiff_t c = 0; c < C; ++c) {
+                            for (ptrdiff_t p = 0; p < KH; ++p) {
+                                for (ptrdiff_t q = 0; q < KW; ++q) {
+                                    for (ptrdiff_t i = bp_c0; i < bp_c1; ++i) {
+                                        {
+                                            const ptrdiff_t bp_lo = (0 <= i + p && i + p <= H - 1) ? bp_imax(bp_imin(bp_imax(0, -q), Wout), 0) : Wout;
+                                            const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, W - q - 1) + 1, Wout), bp_lo);
+                                            for (ptrdiff_t j = 0; j < bp_lo; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                            BP_OMP(simd)
+                                            for (ptrdiff_t j = bp_lo; j < bp_hi; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = x[((n*C + c)*H + i + p)*W + j + q];
+                                            for (ptrdiff_t j = bp_hi; j < Wout; ++j) _dw_pb[(((c*KH + p)*KW + q)*Hout + i)*Wout + j] = 0;
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-}
-                bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, Hout*Wout, 1, dy + Hout*O*Wout*n, Hout*Wout, bp_b, bp_ldb, 1, bp_part, C*KH*KW);
+                    bp_conv2d_gemm_f64(101, 111, 112, O, C*KH*KW, (bp_c1 - bp_c0)*(Wout), 1, dy + Hout*O*Wout*n + bp_c0*(Wout), Hout*Wout, bp_b + bp_c0*(Wout), bp_ldb, 1, bp_part, C*KH*KW);
+                }
             }
         }
         BP_OMP(parallel for simd if (parallel: C*KH*KW*O >= BP_PARALLEL_MIN))
