@@ -939,7 +939,7 @@ def _column_blocks(g, packs, printer, a, b, c, beta) -> dict | None:
     else:                        # the sum's terms: A's columns and B's
         call = dict(m=m, n=n, k=width, a=f"{a} + {shift}", b=f"{b} + {shift}", c=c,
                     beta="1")
-    return dict(extent=extent, per_row=f"({other})*({rest})",
+    return dict(extent=extent, rest=f"({rest})", per_row=f"({other})*({rest})",
                 pack={**pack, "outer": [tuple(l) for l in outer]}, **call)
 
 

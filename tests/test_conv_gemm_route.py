@@ -140,7 +140,8 @@ def test_every_image_product_runs_in_blocks_of_rows():
 @pytest.mark.parametrize("constants", [dict(P=1), dict(P=0), dict(S=2, P=1), dict(D=2, P=2)])
 def test_blocks_of_rows_equal_torch(monkeypatch, dtype, constants):
     """Blocks of one row (BP_IM2COL_BLOCK_BYTES=1), of a few rows (often a shorter last
-    one), the first image whole or not: y, dx, dw and db as torch's (float64), for padded,
+    one), the first image whole or not (these small images go whole by default:
+    BP_IM2COL_WHOLE_MAX=0 and BP_IM2COL_MIN_COLS=1 block them): y, dx, dw and db as torch's (float64), for padded,
     1x1-in-place-capable, strided (dx summed over blocks of K) and dilated convolutions."""
     from codegen import build
     rng = np.random.default_rng(3)
@@ -160,7 +161,8 @@ def test_blocks_of_rows_equal_torch(monkeypatch, dtype, constants):
         for flags in (["-DBP_IM2COL_BLOCK_BYTES=1", "-DBP_IM2COL_FIRST_WHOLE=0"],
                       ["-DBP_IM2COL_BLOCK_BYTES=1"], ["-DBP_IM2COL_BLOCK_BYTES=6000"]):
             monkeypatch.setenv("BACKPROP_CFLAGS", " ".join(
-                build.opt_flags() + ["-DBP_IM2COL_MIN_WORK=0"] + flags))
+                build.opt_flags() + ["-DBP_IM2COL_MIN_WORK=0", "-DBP_IM2COL_WHOLE_MAX=0",
+                                     "-DBP_IM2COL_MIN_COLS=1"] + flags))
             k = codegen.load("conv2d", backend="c", dtype=dtype, constants=constants)
             monkeypatch.delenv("BACKPROP_CFLAGS")
             assert k.blas is not None, "the GEMM path needs NumPy's BLAS"

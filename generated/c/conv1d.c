@@ -97,19 +97,39 @@ static inline int bp_max_threads(void) { return 1; }
 #ifndef BP_IM2COL_MIN_WORK
 #define BP_IM2COL_MIN_WORK 256
 #endif
-/* An image's pack and GEMM go a block of whole output rows at a time, the block's packed
- * columns at most this many bytes (the 512 KB L2 of a Zen 1 core), so they are still in
- * cache when the GEMM reads them; a whole image's pack (7 MB for a 3x3, 64-channel 56 x 56
- * layer) went out to memory and came back.  The first image a thread takes in a call goes
- * whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on a thread
- * until that thread had run a wider one (measured on the EPYC guest; the cause inside
- * OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+/* An image's pack and GEMM go a block of whole output rows at a time where its whole pack
+ * takes more than BP_IM2COL_WHOLE_MAX bytes (7 MB for a 3x3, 64-channel 56 x 56 layer: it
+ * went out to memory and came back): a block's packed columns take at most
+ * BP_IM2COL_BLOCK_BYTES (the 512 KB L2 of a Zen 1 core), so the GEMM reads them from cache,
+ * but span at least BP_IM2COL_MIN_COLS columns (narrower GEMMs lost up to 30%: blocks of 3
+ * rows made a 7 x 7, 512-channel layer 12% slower, of 5 rows a 28 x 28, 128-channel one 5%).  The first image a thread takes in
+ * a call goes whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on
+ * a thread until that thread had run a wider one (measured on the EPYC guest; the cause
+ * inside OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+#ifndef BP_IM2COL_WHOLE_MAX
+#define BP_IM2COL_WHOLE_MAX (4 << 20)
+#endif
 #ifndef BP_IM2COL_BLOCK_BYTES
 #define BP_IM2COL_BLOCK_BYTES (512 << 10)
+#endif
+#ifndef BP_IM2COL_MIN_COLS
+#define BP_IM2COL_MIN_COLS 224
 #endif
 #ifndef BP_IM2COL_FIRST_WHOLE
 #define BP_IM2COL_FIRST_WHOLE 1
 #endif
+
+/* Output rows a block: all of them where the whole pack is small; else as many as fit
+ * BP_IM2COL_BLOCK_BYTES, but BP_IM2COL_MIN_COLS columns at least (row_bytes: one row's
+ * packed bytes, rest: its columns). */
+static inline ptrdiff_t bp_im2col_rows(ptrdiff_t rows, ptrdiff_t rest, ptrdiff_t row_bytes)
+{
+    if (rows * row_bytes <= BP_IM2COL_WHOLE_MAX)
+        return bp_imax(rows, 1);
+    const ptrdiff_t by_bytes = BP_IM2COL_BLOCK_BYTES / bp_imax(row_bytes, 1);
+    const ptrdiff_t by_cols = (BP_IM2COL_MIN_COLS + rest - 1) / bp_imax(rest, 1);
+    return bp_imax(1, bp_imax(by_bytes, by_cols));
+}
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
  * size counts them; a team never has more threads than slots (bp_team), whatever the

@@ -97,19 +97,39 @@ static inline int bp_max_threads(void) { return 1; }
 #ifndef BP_IM2COL_MIN_WORK
 #define BP_IM2COL_MIN_WORK 256
 #endif
-/* An image's pack and GEMM go a block of whole output rows at a time, the block's packed
- * columns at most this many bytes (the 512 KB L2 of a Zen 1 core), so they are still in
- * cache when the GEMM reads them; a whole image's pack (7 MB for a 3x3, 64-channel 56 x 56
- * layer) went out to memory and came back.  The first image a thread takes in a call goes
- * whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on a thread
- * until that thread had run a wider one (measured on the EPYC guest; the cause inside
- * OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+/* An image's pack and GEMM go a block of whole output rows at a time where its whole pack
+ * takes more than BP_IM2COL_WHOLE_MAX bytes (7 MB for a 3x3, 64-channel 56 x 56 layer: it
+ * went out to memory and came back): a block's packed columns take at most
+ * BP_IM2COL_BLOCK_BYTES (the 512 KB L2 of a Zen 1 core), so the GEMM reads them from cache,
+ * but span at least BP_IM2COL_MIN_COLS columns (narrower GEMMs lost up to 30%: blocks of 3
+ * rows made a 7 x 7, 512-channel layer 12% slower, of 5 rows a 28 x 28, 128-channel one 5%).  The first image a thread takes in
+ * a call goes whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on
+ * a thread until that thread had run a wider one (measured on the EPYC guest; the cause
+ * inside OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+#ifndef BP_IM2COL_WHOLE_MAX
+#define BP_IM2COL_WHOLE_MAX (4 << 20)
+#endif
 #ifndef BP_IM2COL_BLOCK_BYTES
 #define BP_IM2COL_BLOCK_BYTES (512 << 10)
+#endif
+#ifndef BP_IM2COL_MIN_COLS
+#define BP_IM2COL_MIN_COLS 224
 #endif
 #ifndef BP_IM2COL_FIRST_WHOLE
 #define BP_IM2COL_FIRST_WHOLE 1
 #endif
+
+/* Output rows a block: all of them where the whole pack is small; else as many as fit
+ * BP_IM2COL_BLOCK_BYTES, but BP_IM2COL_MIN_COLS columns at least (row_bytes: one row's
+ * packed bytes, rest: its columns). */
+static inline ptrdiff_t bp_im2col_rows(ptrdiff_t rows, ptrdiff_t rest, ptrdiff_t row_bytes)
+{
+    if (rows * row_bytes <= BP_IM2COL_WHOLE_MAX)
+        return bp_imax(rows, 1);
+    const ptrdiff_t by_bytes = BP_IM2COL_BLOCK_BYTES / bp_imax(row_bytes, 1);
+    const ptrdiff_t by_cols = (BP_IM2COL_MIN_COLS + rest - 1) / bp_imax(rest, 1);
+    return bp_imax(1, bp_imax(by_bytes, by_cols));
+}
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
  * size counts them; a team never has more threads than slots (bp_team), whatever the
@@ -228,7 +248,7 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(float) / ((C*KH*KW)*(Wout)));
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_im2col_rows(Hout, (Wout), ((C*KH*KW)*(Wout))*(ptrdiff_t)sizeof(float));
                 bp_first = 0;
                 for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
                     const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
@@ -331,7 +351,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const float *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
                 const ptrdiff_t bp_ldb = H*W;
-                const ptrdiff_t bp_step = bp_first ? H : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(float) / ((KH*KW*O)*(W)));
+                const ptrdiff_t bp_step = bp_first ? H : bp_im2col_rows(H, (W), ((KH*KW*O)*(W))*(ptrdiff_t)sizeof(float));
                 bp_first = 0;
                 for (ptrdiff_t bp_c0 = 0; bp_c0 < H; bp_c0 += bp_step) {
                     const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, H);
@@ -415,7 +435,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(float) / ((C*KH*KW)*(Wout)));
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_im2col_rows(Hout, (Wout), ((C*KH*KW)*(Wout))*(ptrdiff_t)sizeof(float));
                 bp_first = 0;
                 for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
                     const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
@@ -531,7 +551,7 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(double) / ((C*KH*KW)*(Wout)));
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_im2col_rows(Hout, (Wout), ((C*KH*KW)*(Wout))*(ptrdiff_t)sizeof(double));
                 bp_first = 0;
                 for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
                     const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
@@ -634,7 +654,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const double *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
                 const ptrdiff_t bp_ldb = H*W;
-                const ptrdiff_t bp_step = bp_first ? H : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(double) / ((KH*KW*O)*(W)));
+                const ptrdiff_t bp_step = bp_first ? H : bp_im2col_rows(H, (W), ((KH*KW*O)*(W))*(ptrdiff_t)sizeof(double));
                 bp_first = 0;
                 for (ptrdiff_t bp_c0 = 0; bp_c0 < H; bp_c0 += bp_step) {
                     const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, H);
@@ -718,7 +738,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
-                const ptrdiff_t bp_step = bp_first ? Hout : bp_imax(1, BP_IM2COL_BLOCK_BYTES / (ptrdiff_t)sizeof(double) / ((C*KH*KW)*(Wout)));
+                const ptrdiff_t bp_step = bp_first ? Hout : bp_im2col_rows(Hout, (Wout), ((C*KH*KW)*(Wout))*(ptrdiff_t)sizeof(double));
                 bp_first = 0;
                 for (ptrdiff_t bp_c0 = 0; bp_c0 < Hout; bp_c0 += bp_step) {
                     const ptrdiff_t bp_c1 = bp_imin(bp_c0 + bp_step, Hout);
