@@ -101,11 +101,12 @@ static inline int bp_max_threads(void) { return 1; }
  * takes more than BP_IM2COL_WHOLE_MAX bytes (7 MB for a 3x3, 64-channel 56 x 56 layer: it
  * went out to memory and came back): a block's packed columns take at most
  * BP_IM2COL_BLOCK_BYTES (the 512 KB L2 of a Zen 1 core), so the GEMM reads them from cache,
- * but span at least BP_IM2COL_MIN_COLS columns (narrower GEMMs lost up to 30%: blocks of 3
- * rows made a 7 x 7, 512-channel layer 12% slower, of 5 rows a 28 x 28, 128-channel one 5%).  The first image a thread takes in
- * a call goes whole: NumPy's OpenBLAS 0.3.31 ran products of at most 320 columns 3x slower on
- * a thread until that thread had run a wider one (measured on the EPYC guest; the cause
- * inside OpenBLAS is not known).  docs/benchmarks.md, issue 18, eighth session. */
+ * but span at least BP_IM2COL_MIN_COLS columns (narrower GEMMs lost up to 30%: blocks of
+ * 3 rows made 7 x 7 and 14 x 14 layers 9-15% slower, of 5 rows a 28 x 28 one 5%).  The
+ * first image a thread takes in a call goes whole: NumPy's OpenBLAS 0.3.31 ran products
+ * of at most 320 columns 3x slower on a thread until that thread had run a wider one
+ * (measured on the EPYC guest; the cause inside OpenBLAS is not known).
+ * docs/benchmarks.md, issue 18, eighth session. */
 #ifndef BP_IM2COL_WHOLE_MAX
 #define BP_IM2COL_WHOLE_MAX (4 << 20)
 #endif
