@@ -914,7 +914,8 @@ def _column_blocks(g, packs, printer, a, b, c, beta) -> dict | None:
     is packed K x N (a convolution's y and dx: the GEMM writes those columns of T), of K
     when B is packed N x K (its dw: each block's GEMM adds its share of the sum).  The
     pack's layout is unchanged (a block is a range of its columns, its rows as long as
-    before), so the 1x1 convolution's B, used in place, blocks alike."""
+    before), so the 1x1 convolution's B, used in place, blocks alike.  How many rows a
+    block takes, and which images go whole, the C decides per call (`bp_im2col_rows`)."""
     along_n = not g.b.transposed
     idx = g.n if along_n else g.k
     if g.loop is None or not g.b.per_loop or len(idx) < 2 or \
