@@ -235,7 +235,7 @@ BP_PREFER_256 int bp_conv1d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             float *const _y_pb = _y_pb_slots + bp_t*(C*K*Lout);
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = K == 1 && Lout == L;
                 const float *const bp_b = bp_in_place ? x + C*Lout*n : _y_pb;
@@ -319,7 +319,7 @@ BP_PREFER_256 int bp_conv1d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*K*L);
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = K == 1 && L == Lout;
                 const float *const bp_b = bp_in_place ? dy + L*O*n : _dx_pb;
@@ -483,7 +483,7 @@ BP_PREFER_256 int bp_conv1d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             double *const _y_pb = _y_pb_slots + bp_t*(C*K*Lout);
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = K == 1 && Lout == L;
                 const double *const bp_b = bp_in_place ? x + C*Lout*n : _y_pb;
@@ -567,7 +567,7 @@ BP_PREFER_256 int bp_conv1d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             const ptrdiff_t bp_t = bp_thread();
             if (bp_t == 0) bp_used = bp_threads();
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*K*L);
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = K == 1 && L == Lout;
                 const double *const bp_b = bp_in_place ? dy + L*O*n : _dx_pb;

@@ -244,7 +244,7 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             if (bp_t == 0) bp_used = bp_threads();
             float *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
@@ -347,7 +347,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const float *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
@@ -547,7 +547,7 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             if (bp_t == 0) bp_used = bp_threads();
             double *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
@@ -650,7 +650,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            BP_OMP(for schedule(static))
+            BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const double *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
