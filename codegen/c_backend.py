@@ -889,7 +889,7 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
         ldb = g.b.ld
     c = "bp_part" if summed else ptr(n.target, g.c_offset)
     beta = 0 if overwrite else 1
-    block = _column_blocks(g, packs, printer, a, b, c, beta)
+    block = _column_blocks(g, packs, printer, (m, cols, k), a, b, c, beta)
     # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
     # op(B) and of T; of its rows, at row bp_a of op(A) and of T
     return dict(fill=fill, loop=loop, beta=beta, ctype=CTYPES[printer.dtype],
@@ -905,7 +905,7 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
                 alpha=printer.code(g.alpha))
 
 
-def _column_blocks(g, packs, printer, a, b, c, beta) -> dict | None:
+def _column_blocks(g, packs, printer, mnk, a, b, c, beta) -> dict | None:
     """Each image's product a block of B's packed columns at a time, the block packed right
     before its GEMM, so it is still in cache when the GEMM reads it: an image's whole pack
     (576 x 3136 floats for a 3x3, 64-channel 56 x 56 layer: 7 MB a thread) went out to
@@ -933,7 +933,7 @@ def _column_blocks(g, packs, printer, a, b, c, beta) -> dict | None:
     outer[at[0]] = [first, "bp_c0", "bp_c1"]
     pack["blocked"] = True                         # packed in the block loop instead
     width, shift = f"(bp_c1 - bp_c0)*({rest})", f"bp_c0*({rest})"
-    m, n, k = (printer.index_code(sp.Mul(*[dim_of(i) for i in x])) for x in (g.m, g.n, g.k))
+    m, n, k = mnk
     if along_n:                  # T's columns, and B's (its rows are K)
         call = dict(m=m, n=width, k=k, a=a, b=f"{b} + {shift}", c=f"{c} + {shift}",
                     beta=str(beta))
