@@ -173,3 +173,25 @@ def test_blocks_of_rows_equal_torch(monkeypatch, dtype, constants):
                 for name, ref in refs.items():
                     err = np.abs(got[name] - ref).max() / np.abs(ref).max()
                     assert err < tol, (constants, KH, KW, flags, threads, name, err)
+
+
+def test_images_go_to_free_threads_only_where_they_write_their_own_block():
+    """y's and dx's images (each writes its own block of T) are handed out as threads come
+    free; dw's and a strided dx's (they add to the threads' parts) keep fixed shares, so
+    every result is the same bit for bit from call to call at two threads."""
+    for constants, schedules in ((dict(P=1), ["dynamic", "dynamic", "static"]),
+                                 (dict(S=2, P=1), ["dynamic", "static", "static"])):
+        source = codegen.sources(builtin("conv2d", constants), "c")["conv2d.c"]
+        f32 = source.split("int bp_conv2d_forward_f64(", 1)[0]
+        assert re.findall(r"BP_OMP\(for schedule\((\w+)\)\)", f32) == schedules, constants
+    k = codegen.load("conv2d", backend="c", dtype="float32", constants=dict(P=1))
+    k.set_threads(2)
+    rng = np.random.default_rng(4)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32)
+               for s in ((9, 16, 40, 40), (16, 16, 3, 3), (16,)))
+    dy = rng.standard_normal((9, 16, 40, 40), dtype=np.float32)
+    first = {**k.forward(x=x, w=w, b=b), **k.backward(x=x, w=w, b=b, dy=dy)}
+    for _ in range(4):
+        again = {**k.forward(x=x, w=w, b=b), **k.backward(x=x, w=w, b=b, dy=dy)}
+        for name, value in first.items():
+            assert (again[name] == value).all(), name
