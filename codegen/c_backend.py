@@ -23,6 +23,7 @@ from .fused_axes import as_fused_gemm, fewest_gemm_calls
 from .gemm import as_gemm
 from .gemm_pairs import side_by_side
 from .im2col import as_im2col as _as_packed
+from .winograd import TRANSFORMS, as_winograd
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
                     inline_cheap, leaves, lower, max_into_argmax, scan_nest,
                     split_by_residue, split_by_value)
@@ -144,6 +145,8 @@ def c_sources(plan: KernelPlan, dtypes=DTYPES) -> dict[str, str]:
         size_checks=_size_checks(layer, printer), const_flag=const_flag(layer),
         im2col=any(as_im2col(n, shapes, windows)
                    for n in loops.forward + loops.backward + loops.fused),
+        winograd=any(as_winograd(n, as_im2col(n, shapes, windows), shapes, windows)
+                     for n in loops.forward + loops.backward + loops.fused),
         index_math=bool(layer.dim_defs) or any(
             n.bounds or n.body.has(sp.floor, sp.ceiling, between, divides)
             or any(not r.is_Integer for a in n.body.atoms(sp.Indexed)
@@ -186,6 +189,7 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         for n in nests:
             g = as_im2col(n, known, windows)
             temps += _im2col_scratch(n, g, shapes) if g else []
+            temps += _winograd_scratch(n, as_winograd(n, g, known, windows), g, shapes)
         shapes_now = dict(known)
         shapes_now.update({t.name: t.dims for t in temps})
         scheduled = schedule(nests, lambda n: n.target,
@@ -254,6 +258,27 @@ def _im2col_scratch(n: Nest, g, shapes: dict) -> list[Temp]:
     if g.loop is not None and g.loop not in n.out:
         temps.append(Temp(f"_{n.target}_part", (_slots(g.loop),) + tuple(n.out)))
     return temps
+
+
+def _winograd_scratch(n: Nest, w, g, shapes: dict) -> list[Temp]:
+    """Scratch of a 3x3 convolution's Winograd route, none where the window is not 3 x 3 at
+    the call (the C's bp_wino_ sizes are then 0): the transformed weights (16 x M x C),
+    and per slot the transformed inputs and products of one image (16 x (C + M) x tiles)
+    and one channel's padded input plane."""
+    if w is None:
+        return []
+    m, k = _extent(g.m), _extent(w.channels)
+    (v1, v2), (u1, u2) = w.windows, w.rows
+    size = lambda f, *args: sp.Idx(f"bp_wi", sp.Symbol(
+        f"{f}({', '.join(str(a) for a in args)})", integer=True, positive=True))
+    window = (dim_of(v1), dim_of(v2))
+    return [Temp(f"_{n.target}_wu", (size("bp_wino_weights", m, k, *window),)),
+            Temp(f"_{n.target}_wv_slots", (_slots(g.loop), size(
+                "bp_wino_slot", m, k, dim_of(u1), dim_of(u2), *window)))]
+
+
+def _extent(indices) -> sp.Expr:
+    return sp.Mul(*[dim_of(i) for i in indices])
 
 
 def _products_apart(n: Nest, shapes) -> list[Nest]:
@@ -890,6 +915,7 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
     c = "bp_part" if summed else ptr(n.target, g.c_offset)
     beta = 0 if overwrite else 1
     block = _column_blocks(g, packs, printer, (m, cols, k), a, b, c, beta)
+    wino = _winograd_view(n, as_winograd(n, g, shapes, windows), g, printer, c, beta)
     # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
     # op(B) and of T; of its rows, at row bp_a of op(A) and of T
     return dict(fill=fill, loop=loop, beta=beta, ctype=CTYPES[printer.dtype],
@@ -900,9 +926,33 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
                 m=m, n=cols, k=k, lda=g.a.ld, ldb=ldb, ldc=cols, a=a, b=b, c=c, direct=direct,
                 b_cols=f"{b} + bp_a*({g.b.ld})" if g.b.transposed else f"{b} + bp_a",
                 a_rows=f"{a} + bp_a" if g.a.transposed else f"{a} + bp_a*({g.a.ld})",
-                c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})", block=block,
+                c_cols=f"{c} + bp_a", c_rows=f"{c} + bp_a*({cols})", block=block, wino=wino,
                 work=printer.index_code(sp.Mul(*[dim_of(i) for i in g.m + g.n + g.k])),
                 alpha=printer.code(g.alpha))
+
+
+def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, c: str, beta: int) -> dict | None:
+    """What the template needs of a 3x3 convolution's Winograd route (codegen/winograd):
+    the loops over A's M indices and the channels, their flat positions, the padded input
+    plane's element and the window's element as C, and where T's block starts."""
+    if w is None:
+        return None
+    code = printer.index_code
+    flat = lambda idx: code(sum((i * sp.Mul(*[dim_of(j) for j in idx[k + 1:]])
+                                 for k, i in enumerate(idx)), sp.Integer(0)))
+    loops = lambda idx: [(i.label.name, code(dim_of(i))) for i in idx]
+    (v1, v2), (u1, u2) = w.windows, w.rows
+    m, k = code(_extent(g.m)), code(_extent(w.channels))
+    sizes = f"{m}, {k}, {code(dim_of(u1))}, {code(dim_of(u2))}"
+    window = f"{code(dim_of(v1))}, {code(dim_of(v2))}"
+    return dict(when=f"bp_wino_on({m}, {k}, {window})", m=m, k=k,
+                rows=code(dim_of(u1)), cols=code(dim_of(u2)),
+                m_loops=loops(g.m), k_loops=loops(w.channels),
+                m_flat=flat(g.m), k_flat=flat(w.channels),
+                patch=printer.code(w.patch), weight=printer.code(w.weight),
+                u=f"_{n.target}_wu", slots=f"_{n.target}_wv_slots",
+                slot=f"bp_wino_slot({sizes}, {window})",
+                c=c, add=beta, count=TRANSFORMS)
 
 
 def _column_blocks(g, packs, printer, mnk, a, b, c, beta) -> dict | None:

@@ -58,11 +58,9 @@ def _shifted(ref) -> bool:
     return any(not isinstance(i, sp.Idx) for i in ref.indices)
 
 
-def as_im2col(nest: Nest, shapes: dict, windows=frozenset()) -> Im2col | None:
-    """The GEMM form of `nest`, or None; `shapes`: every array's dimension names;
-    `windows`: the parameters' dimensions (kernel sizes)."""
-    if nest.kind != "reduce" or nest.op != "sum" or not nest.out:
-        return None
+def operands(nest: Nest):
+    """(A, B, the scalar factors) of a sum of one product of two arrays, B the one read at
+    shifted subscripts (the later one where both are); None otherwise."""
     factors = sp.Mul.make_args(nest.body)
     arrays = [f for f in factors if isinstance(f, sp.Indexed)]
     rest = [f for f in factors if not isinstance(f, sp.Indexed)]
@@ -76,6 +74,18 @@ def as_im2col(nest: Nest, shapes: dict, windows=frozenset()) -> Im2col | None:
         return None
     B = shifted[-1]
     A = arrays[0] if arrays[1] is B else arrays[1]
+    return A, B, rest
+
+
+def as_im2col(nest: Nest, shapes: dict, windows=frozenset()) -> Im2col | None:
+    """The GEMM form of `nest`, or None; `shapes`: every array's dimension names;
+    `windows`: the parameters' dimensions (kernel sizes)."""
+    if nest.kind != "reduce" or nest.op != "sum" or not nest.out:
+        return None
+    found = operands(nest)
+    if found is None:
+        return None
+    A, B, rest = found
     held_a, held_b = free_indices(A), free_indices(B)
     out, red = list(nest.out), list(nest.reduced)
     # the loop: T's first axis when only B has it, or a summed index both have

@@ -132,6 +132,40 @@ static inline ptrdiff_t bp_im2col_rows(ptrdiff_t rows, ptrdiff_t rest, ptrdiff_t
     return bp_imax(1, bp_imax(by_bytes, by_cols));
 }
 
+/* A 3x3 window at stride 1 runs as Winograd's F(2x2, 3x3) (codegen/winograd.py): 16
+ * GEMMs on transformed values, 2.25x fewer multiply-adds than the im2col GEMM.
+ * -DBP_WINOGRAD=0 keeps the im2col GEMM at every size (its float rounding differs: the
+ * transforms add a few units in the last place). */
+#ifndef BP_WINOGRAD
+#define BP_WINOGRAD 1
+#endif
+/* Below this many channels summed (K of the GEMMs) the 16 thin products lose to one
+ * im2col product over K * 9 terms. */
+#ifndef BP_WINOGRAD_MIN_K
+#define BP_WINOGRAD_MIN_K 16
+#endif
+
+static inline int bp_wino_on(ptrdiff_t m, ptrdiff_t k, ptrdiff_t kh, ptrdiff_t kw)
+{
+    return BP_WINOGRAD && kh == 3 && kw == 3 && k >= BP_WINOGRAD_MIN_K && m >= 1;
+}
+
+/* Scratch, in elements: the transformed weights (16 x M x K), and per thread one image's
+ * transformed inputs (16 x K x tiles) and products (16 x M x tiles), one channel's input
+ * plane, padded to whole tiles, and four rows of it transformed; none where the route is
+ * not taken. */
+static inline ptrdiff_t bp_wino_weights(ptrdiff_t m, ptrdiff_t k, ptrdiff_t kh, ptrdiff_t kw)
+{
+    return bp_wino_on(m, k, kh, kw) ? 16 * m * k : 0;
+}
+
+static inline ptrdiff_t bp_wino_slot(ptrdiff_t m, ptrdiff_t k, ptrdiff_t rows, ptrdiff_t cols,
+                                     ptrdiff_t kh, ptrdiff_t kw)
+{
+    const ptrdiff_t th = (rows + 1) / 2, tw = (cols + 1) / 2;
+    return bp_wino_on(m, k, kh, kw) ? 16 * (m + k) * th * tw + (2 * th + 6) * (2 * tw + 2) : 0;
+}
+
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
  * size counts them; a team never has more threads than slots (bp_team), whatever the
  * thread count is set to between asking for the work size and calling the kernel. */
@@ -185,7 +219,7 @@ size_t bp_conv2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout;
+    return (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_wino_weights(O, C, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW);
 }
 
 size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
@@ -199,7 +233,7 @@ size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW;
+    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_wino_weights(C, O, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(C, O, H, W, KH, KW) + (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW;
 }
 
 void bp_conv2d_set_threads(int threads)
@@ -214,6 +248,101 @@ void bp_conv2d_set_threads(int threads)
 
 /* ---- float ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
+
+/* U = G g G^T of one 3x3 window g (row-major): its 16 values, value xi at u[xi*stride]. */
+static inline void bp_wino_weight_f32(const float g[9], float *u, ptrdiff_t stride)
+{
+    float t[4][3];
+    for (int b = 0; b < 3; ++b) {
+        t[0][b] = g[b];
+        t[1][b] = (g[b] + g[3 + b] + g[6 + b]) * (float)0.5;
+        t[2][b] = (g[b] - g[3 + b] + g[6 + b]) * (float)0.5;
+        t[3][b] = g[6 + b];
+    }
+    for (int a = 0; a < 4; ++a) {
+        u[(4 * a + 0) * stride] = t[a][0];
+        u[(4 * a + 1) * stride] = (t[a][0] + t[a][1] + t[a][2]) * (float)0.5;
+        u[(4 * a + 2) * stride] = (t[a][0] - t[a][1] + t[a][2]) * (float)0.5;
+        u[(4 * a + 3) * stride] = t[a][2];
+    }
+}
+
+/* V = B^T d B of every 4x4 patch d of one channel's plane (th x tw tiles, the plane
+ * 2 th + 2 rows of 2 tw + 2): tile t's value xi at v[xi*stride + t].  The rows' transform
+ * first, a whole plane row at a time (contiguous), then the columns'. */
+static inline void bp_wino_input_f32(const float *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+                                    float *restrict v, ptrdiff_t stride, float *restrict rows)
+{
+    const ptrdiff_t pw = 2 * tw + 2;
+    for (ptrdiff_t ty = 0; ty < th; ++ty) {
+        const float *restrict r0 = plane + 2 * ty * pw, *restrict r1 = r0 + pw;
+        const float *restrict r2 = r1 + pw, *restrict r3 = r2 + pw;
+        float *restrict e0 = rows, *restrict e1 = rows + pw;
+        float *restrict e2 = rows + 2 * pw, *restrict e3 = rows + 3 * pw;
+        BP_OMP(simd)
+        for (ptrdiff_t c = 0; c < pw; ++c) {
+            e0[c] = r0[c] - r2[c];
+            e1[c] = r1[c] + r2[c];
+            e2[c] = r2[c] - r1[c];
+            e3[c] = r1[c] - r3[c];
+        }
+        float *restrict out = v + ty * tw;
+        for (int a = 0; a < 4; ++a) {
+            const float *restrict e = rows + a * pw;
+            float *restrict o0 = out + (4 * a) * stride, *restrict o1 = o0 + stride;
+            float *restrict o2 = o1 + stride, *restrict o3 = o2 + stride;
+            BP_OMP(simd)
+            for (ptrdiff_t x = 0; x < tw; ++x) {
+                const float d0 = e[2 * x], d1 = e[2 * x + 1], d2 = e[2 * x + 2], d3 = e[2 * x + 3];
+                o0[x] = d0 - d2;
+                o1[x] = d1 + d2;
+                o2[x] = d2 - d1;
+                o3[x] = d1 - d3;
+            }
+        }
+    }
+}
+
+/* Y = A^T m A of every tile's 16 products (value xi of tile t at m[xi*stride + t]) into
+ * an output plane of rows x cols (row stride cols), added to it when add; the last tile
+ * row and column keep only what lies inside. */
+static inline void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride, ptrdiff_t th,
+                                     ptrdiff_t tw, float *restrict y, ptrdiff_t rows,
+                                     ptrdiff_t cols, int add, float *restrict two)
+{
+    for (ptrdiff_t ty = 0; ty < th; ++ty) {
+        const float *restrict mt = m + ty * tw;
+        float *restrict y0 = two, *restrict y1 = two + 2 * tw;
+        BP_OMP(simd)
+        for (ptrdiff_t x = 0; x < tw; ++x) {
+            float s[4][4];
+            for (int a = 0; a < 4; ++a)
+                for (int b = 0; b < 4; ++b)
+                    s[a][b] = mt[(4 * a + b) * stride + x];
+            float e0[4], e1[4];
+            for (int b = 0; b < 4; ++b) {
+                e0[b] = s[0][b] + s[1][b] + s[2][b];
+                e1[b] = s[1][b] - s[2][b] - s[3][b];
+            }
+            y0[2 * x] = e0[0] + e0[1] + e0[2];
+            y0[2 * x + 1] = e0[1] - e0[2] - e0[3];
+            y1[2 * x] = e1[0] + e1[1] + e1[2];
+            y1[2 * x + 1] = e1[1] - e1[2] - e1[3];
+        }
+        const ptrdiff_t i = 2 * ty, n = i + 1 < rows ? 2 : 1;
+        for (ptrdiff_t r = 0; r < n; ++r) {
+            const float *restrict from = two + r * 2 * tw;
+            float *restrict to = y + (i + r) * cols;
+            if (add) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < cols; ++j) to[j] += from[j];
+            } else {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < cols; ++j) to[j] = from[j];
+            }
+        }
+    }
+}
 #if BP_PART != 2
 
 BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
@@ -223,6 +352,8 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
     (void)H;
     (void)W;
     float *const _y_pb_slots = bp_work + 0;
+    float *const _y_wu = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout;
+    float *const _y_wv_slots = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
@@ -234,6 +365,24 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                 }
             }
         }
+        /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
+        const int bp_wino = bp_wino_on(O, C, KH, KW);
+        const ptrdiff_t bp_wth = (Hout + 1)/2, bp_wtw = (Wout + 1)/2, bp_wt = bp_wth*bp_wtw;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        if (bp_wino) {
+            BP_OMP(parallel for if ((O)*(C) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                float bp_wg[9];
+                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                        bp_wg[bp_wa*3 + bp_wb] = ((0 <= bp_wa && bp_wa < KH && 0 <= bp_wb && bp_wb < KW) ? w[((o*C + c)*KH + bp_wa)*KW + bp_wb] : 0);
+                    }
+                }
+                bp_wino_weight_f32(bp_wg, _y_wu + (o)*(C) + c, (O)*(C));
+            }
+        }
+        }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
         (void)bp_ns;               /* (without OpenMP the team is one thread) */
@@ -244,8 +393,31 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             if (bp_t == 0) bp_used = bp_threads();
             float *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
+            float *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW));
+            float *const bp_wm = bp_wv + 16*(C)*bp_wt;
+            float *const bp_wplane = bp_wm + 16*(O)*bp_wt;
+            float *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                if (bp_wino) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
+                        for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
+                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
+                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr && bp_wr <= H - 1 && 0 <= bp_ws && bp_ws <= W - 1) ? x[((n*C + c)*H + bp_wr)*W + bp_ws] : 0);
+                            }
+                        }
+                        bp_wino_input_f32(bp_wplane, bp_wth, bp_wtw, bp_wv + (c)*bp_wt, (C)*bp_wt, bp_wrows);
+                    }
+                    for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {
+                        bp_conv2d_gemm_f32(101, 111, 111, O, bp_wt, C, 1, _y_wu + bp_xi*(O)*(C), C, bp_wv + bp_xi*(C)*bp_wt, bp_wt, 0, bp_wm + bp_xi*(O)*bp_wt, bp_wt);
+                    }
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        const ptrdiff_t bp_wo = o;
+                        bp_wino_output_f32(bp_wm + bp_wo*bp_wt, (O)*bp_wt, bp_wth, bp_wtw, y + Hout*O*Wout*n + bp_wo*(Hout)*(Wout), Hout, Wout, 1, bp_wrows);
+                    }
+                    continue;
+                }
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
@@ -317,8 +489,10 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     (void)b;
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb_slots = bp_work + C*O*KH*KW;
-    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
-    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
+    float *const _dx_wu = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
+    float *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
+    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW);
+    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW) + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         /* pack w[o, c, p, q] as a c x o p q matrix */
@@ -337,6 +511,24 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 }
             }
         }
+        /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
+        const int bp_wino = bp_wino_on(C, O, KH, KW);
+        const ptrdiff_t bp_wth = (H + 1)/2, bp_wtw = (W + 1)/2, bp_wt = bp_wth*bp_wtw;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        if (bp_wino) {
+            BP_OMP(parallel for if ((C)*(O) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                float bp_wg[9];
+                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                        bp_wg[bp_wa*3 + bp_wb] = w[((o*C + c)*KH + 2 - bp_wa)*KW + 2 - bp_wb];
+                    }
+                }
+                bp_wino_weight_f32(bp_wg, _dx_wu + (c)*(O) + o, (C)*(O));
+            }
+        }
+        }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
         (void)bp_ns;               /* (without OpenMP the team is one thread) */
@@ -347,8 +539,31 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
+            float *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW));
+            float *const bp_wm = bp_wv + 16*(O)*bp_wt;
+            float *const bp_wplane = bp_wm + 16*(C)*bp_wt;
+            float *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                if (bp_wino) {
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
+                        for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
+                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
+                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr - 2 && bp_wr - 2 <= Hout - 1 && 0 <= bp_ws - 2 && bp_ws - 2 <= Wout - 1) ? dy[((n*O + o)*Hout + bp_wr - 2)*Wout + bp_ws - 2] : 0);
+                            }
+                        }
+                        bp_wino_input_f32(bp_wplane, bp_wth, bp_wtw, bp_wv + (o)*bp_wt, (O)*bp_wt, bp_wrows);
+                    }
+                    for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {
+                        bp_conv2d_gemm_f32(101, 111, 111, C, bp_wt, O, 1, _dx_wu + bp_xi*(C)*(O), O, bp_wv + bp_xi*(O)*bp_wt, bp_wt, 0, bp_wm + bp_xi*(C)*bp_wt, bp_wt);
+                    }
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        const ptrdiff_t bp_wo = c;
+                        bp_wino_output_f32(bp_wm + bp_wo*bp_wt, (C)*bp_wt, bp_wth, bp_wtw, dx + C*H*W*n + bp_wo*(H)*(W), H, W, 0, bp_wrows);
+                    }
+                    continue;
+                }
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const float *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
                 const ptrdiff_t bp_ldb = H*W;
@@ -517,6 +732,101 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
 
 /* ---- double ------------------------------------------------------------------ */
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
+
+/* U = G g G^T of one 3x3 window g (row-major): its 16 values, value xi at u[xi*stride]. */
+static inline void bp_wino_weight_f64(const double g[9], double *u, ptrdiff_t stride)
+{
+    double t[4][3];
+    for (int b = 0; b < 3; ++b) {
+        t[0][b] = g[b];
+        t[1][b] = (g[b] + g[3 + b] + g[6 + b]) * (double)0.5;
+        t[2][b] = (g[b] - g[3 + b] + g[6 + b]) * (double)0.5;
+        t[3][b] = g[6 + b];
+    }
+    for (int a = 0; a < 4; ++a) {
+        u[(4 * a + 0) * stride] = t[a][0];
+        u[(4 * a + 1) * stride] = (t[a][0] + t[a][1] + t[a][2]) * (double)0.5;
+        u[(4 * a + 2) * stride] = (t[a][0] - t[a][1] + t[a][2]) * (double)0.5;
+        u[(4 * a + 3) * stride] = t[a][2];
+    }
+}
+
+/* V = B^T d B of every 4x4 patch d of one channel's plane (th x tw tiles, the plane
+ * 2 th + 2 rows of 2 tw + 2): tile t's value xi at v[xi*stride + t].  The rows' transform
+ * first, a whole plane row at a time (contiguous), then the columns'. */
+static inline void bp_wino_input_f64(const double *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+                                    double *restrict v, ptrdiff_t stride, double *restrict rows)
+{
+    const ptrdiff_t pw = 2 * tw + 2;
+    for (ptrdiff_t ty = 0; ty < th; ++ty) {
+        const double *restrict r0 = plane + 2 * ty * pw, *restrict r1 = r0 + pw;
+        const double *restrict r2 = r1 + pw, *restrict r3 = r2 + pw;
+        double *restrict e0 = rows, *restrict e1 = rows + pw;
+        double *restrict e2 = rows + 2 * pw, *restrict e3 = rows + 3 * pw;
+        BP_OMP(simd)
+        for (ptrdiff_t c = 0; c < pw; ++c) {
+            e0[c] = r0[c] - r2[c];
+            e1[c] = r1[c] + r2[c];
+            e2[c] = r2[c] - r1[c];
+            e3[c] = r1[c] - r3[c];
+        }
+        double *restrict out = v + ty * tw;
+        for (int a = 0; a < 4; ++a) {
+            const double *restrict e = rows + a * pw;
+            double *restrict o0 = out + (4 * a) * stride, *restrict o1 = o0 + stride;
+            double *restrict o2 = o1 + stride, *restrict o3 = o2 + stride;
+            BP_OMP(simd)
+            for (ptrdiff_t x = 0; x < tw; ++x) {
+                const double d0 = e[2 * x], d1 = e[2 * x + 1], d2 = e[2 * x + 2], d3 = e[2 * x + 3];
+                o0[x] = d0 - d2;
+                o1[x] = d1 + d2;
+                o2[x] = d2 - d1;
+                o3[x] = d1 - d3;
+            }
+        }
+    }
+}
+
+/* Y = A^T m A of every tile's 16 products (value xi of tile t at m[xi*stride + t]) into
+ * an output plane of rows x cols (row stride cols), added to it when add; the last tile
+ * row and column keep only what lies inside. */
+static inline void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride, ptrdiff_t th,
+                                     ptrdiff_t tw, double *restrict y, ptrdiff_t rows,
+                                     ptrdiff_t cols, int add, double *restrict two)
+{
+    for (ptrdiff_t ty = 0; ty < th; ++ty) {
+        const double *restrict mt = m + ty * tw;
+        double *restrict y0 = two, *restrict y1 = two + 2 * tw;
+        BP_OMP(simd)
+        for (ptrdiff_t x = 0; x < tw; ++x) {
+            double s[4][4];
+            for (int a = 0; a < 4; ++a)
+                for (int b = 0; b < 4; ++b)
+                    s[a][b] = mt[(4 * a + b) * stride + x];
+            double e0[4], e1[4];
+            for (int b = 0; b < 4; ++b) {
+                e0[b] = s[0][b] + s[1][b] + s[2][b];
+                e1[b] = s[1][b] - s[2][b] - s[3][b];
+            }
+            y0[2 * x] = e0[0] + e0[1] + e0[2];
+            y0[2 * x + 1] = e0[1] - e0[2] - e0[3];
+            y1[2 * x] = e1[0] + e1[1] + e1[2];
+            y1[2 * x + 1] = e1[1] - e1[2] - e1[3];
+        }
+        const ptrdiff_t i = 2 * ty, n = i + 1 < rows ? 2 : 1;
+        for (ptrdiff_t r = 0; r < n; ++r) {
+            const double *restrict from = two + r * 2 * tw;
+            double *restrict to = y + (i + r) * cols;
+            if (add) {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < cols; ++j) to[j] += from[j];
+            } else {
+                BP_OMP(simd)
+                for (ptrdiff_t j = 0; j < cols; ++j) to[j] = from[j];
+            }
+        }
+    }
+}
 #if BP_PART != 4
 
 BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
@@ -526,6 +836,8 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
     (void)H;
     (void)W;
     double *const _y_pb_slots = bp_work + 0;
+    double *const _y_wu = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout;
+    double *const _y_wv_slots = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
@@ -537,6 +849,24 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                 }
             }
         }
+        /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
+        const int bp_wino = bp_wino_on(O, C, KH, KW);
+        const ptrdiff_t bp_wth = (Hout + 1)/2, bp_wtw = (Wout + 1)/2, bp_wt = bp_wth*bp_wtw;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        if (bp_wino) {
+            BP_OMP(parallel for if ((O)*(C) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t o = 0; o < O; ++o) {
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                double bp_wg[9];
+                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                        bp_wg[bp_wa*3 + bp_wb] = ((0 <= bp_wa && bp_wa < KH && 0 <= bp_wb && bp_wb < KW) ? w[((o*C + c)*KH + bp_wa)*KW + bp_wb] : 0);
+                    }
+                }
+                bp_wino_weight_f64(bp_wg, _y_wu + (o)*(C) + c, (O)*(C));
+            }
+        }
+        }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
         (void)bp_ns;               /* (without OpenMP the team is one thread) */
@@ -547,8 +877,31 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             if (bp_t == 0) bp_used = bp_threads();
             double *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
+            double *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW));
+            double *const bp_wm = bp_wv + 16*(C)*bp_wt;
+            double *const bp_wplane = bp_wm + 16*(O)*bp_wt;
+            double *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                if (bp_wino) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
+                        for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
+                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
+                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr && bp_wr <= H - 1 && 0 <= bp_ws && bp_ws <= W - 1) ? x[((n*C + c)*H + bp_wr)*W + bp_ws] : 0);
+                            }
+                        }
+                        bp_wino_input_f64(bp_wplane, bp_wth, bp_wtw, bp_wv + (c)*bp_wt, (C)*bp_wt, bp_wrows);
+                    }
+                    for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {
+                        bp_conv2d_gemm_f64(101, 111, 111, O, bp_wt, C, 1, _y_wu + bp_xi*(O)*(C), C, bp_wv + bp_xi*(C)*bp_wt, bp_wt, 0, bp_wm + bp_xi*(O)*bp_wt, bp_wt);
+                    }
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        const ptrdiff_t bp_wo = o;
+                        bp_wino_output_f64(bp_wm + bp_wo*bp_wt, (O)*bp_wt, bp_wth, bp_wtw, y + Hout*O*Wout*n + bp_wo*(Hout)*(Wout), Hout, Wout, 1, bp_wrows);
+                    }
+                    continue;
+                }
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _y_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
@@ -620,8 +973,10 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     (void)b;
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb_slots = bp_work + C*O*KH*KW;
-    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
-    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_slots(N)*C*KH*KW*Hout*Wout;
+    double *const _dx_wu = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
+    double *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
+    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW);
+    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW) + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         /* pack w[o, c, p, q] as a c x o p q matrix */
@@ -640,6 +995,24 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 }
             }
         }
+        /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
+        const int bp_wino = bp_wino_on(C, O, KH, KW);
+        const ptrdiff_t bp_wth = (H + 1)/2, bp_wtw = (W + 1)/2, bp_wt = bp_wth*bp_wtw;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        if (bp_wino) {
+            BP_OMP(parallel for if ((C)*(O) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t c = 0; c < C; ++c) {
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                double bp_wg[9];
+                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                        bp_wg[bp_wa*3 + bp_wb] = w[((o*C + c)*KH + 2 - bp_wa)*KW + 2 - bp_wb];
+                    }
+                }
+                bp_wino_weight_f64(bp_wg, _dx_wu + (c)*(O) + o, (C)*(O));
+            }
+        }
+        }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
         (void)bp_ns;               /* (without OpenMP the team is one thread) */
@@ -650,8 +1023,31 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
+            double *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW));
+            double *const bp_wm = bp_wv + 16*(O)*bp_wt;
+            double *const bp_wplane = bp_wm + 16*(C)*bp_wt;
+            double *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                if (bp_wino) {
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
+                        for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
+                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
+                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr - 2 && bp_wr - 2 <= Hout - 1 && 0 <= bp_ws - 2 && bp_ws - 2 <= Wout - 1) ? dy[((n*O + o)*Hout + bp_wr - 2)*Wout + bp_ws - 2] : 0);
+                            }
+                        }
+                        bp_wino_input_f64(bp_wplane, bp_wth, bp_wtw, bp_wv + (o)*bp_wt, (O)*bp_wt, bp_wrows);
+                    }
+                    for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {
+                        bp_conv2d_gemm_f64(101, 111, 111, C, bp_wt, O, 1, _dx_wu + bp_xi*(C)*(O), O, bp_wv + bp_xi*(O)*bp_wt, bp_wt, 0, bp_wm + bp_xi*(C)*bp_wt, bp_wt);
+                    }
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        const ptrdiff_t bp_wo = c;
+                        bp_wino_output_f64(bp_wm + bp_wo*bp_wt, (C)*bp_wt, bp_wth, bp_wtw, dx + C*H*W*n + bp_wo*(H)*(W), H, W, 0, bp_wrows);
+                    }
+                    continue;
+                }
                 const int bp_in_place = KH == 1 && KW == 1 && H == Hout && W == Wout;
                 const double *const bp_b = bp_in_place ? dy + H*O*W*n : _dx_pb;
                 const ptrdiff_t bp_ldb = H*W;
