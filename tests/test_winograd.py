@@ -1,0 +1,117 @@
+"""Winograd's F(2x2, 3x3) route of a 3x3 window at stride 1 (codegen/winograd.py): which
+products take it, that the C takes it at run time only for a 3 x 3 window with enough
+channels, and that y, dx, dw and db equal torch's on the shapes where tiles overhang."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import codegen
+from codegen.c_backend import _windows, as_im2col, lower_for_c
+from codegen.plan import plan
+from codegen.winograd import as_winograd
+from derive import derive
+from derive.builtins import builtin
+
+
+def _routes(constants):
+    """{target: the Winograd form or None} of conv2d's GEMM-route products."""
+    layer = builtin("conv2d", constants)
+    p = plan(derive(layer))
+    shapes = {t.name: t.dims for t in layer.tensors.values()}
+    shapes.update({"d" + t.name: t.dims for t in layer.tensors.values()})
+    loops = lower_for_c(p, shapes)
+    for t in loops.forward_temps + loops.backward_temps:
+        shapes[t.name] = t.dims
+    windows = _windows(layer)
+    return {n.target: as_winograd(n, g, shapes, windows)
+            for n in loops.forward + loops.backward
+            if (g := as_im2col(n, shapes, windows)) is not None}
+
+
+def test_y_and_dx_take_the_route_and_dw_does_not():
+    """y reads x at i + p - P (the window forwards), dx reads dy at h - p + P (backwards:
+    the window is flipped into the transformed weights); dw sums over the images (one
+    GEMM a thread, added up), not a product per image."""
+    for P in (0, 1, 2):
+        routes = _routes(dict(P=P))
+        assert set(routes) == {"y", "dx", "dw"} and routes["dw"] is None, P
+        assert str(routes["y"].weight) == "w[o, c, bp_wa, bp_wb]"
+        assert str(routes["dx"].weight) == "w[o, c, 2 - bp_wa, 2 - bp_wb]"
+        assert [i.label.name for i in routes["y"].channels] == ["c"]
+        assert [i.label.name for i in routes["dx"].channels] == ["o"]
+
+
+@pytest.mark.parametrize("constants", [dict(S=2, P=1), dict(D=2, P=2)])
+def test_a_stride_or_a_dilation_keeps_the_im2col_gemm(constants):
+    assert not any(_routes(constants).values()), constants
+    source = codegen.sources(builtin("conv2d", constants), "c")["conv2d.c"]
+    assert "bp_wino" not in source
+
+
+def _build(monkeypatch, dtype, *flags):
+    """conv2d (P=1) built with extra -D flags (BACKPROP_CFLAGS replaces the defaults)."""
+    from codegen import build
+    monkeypatch.setenv("BACKPROP_CFLAGS", " ".join(build.opt_flags() + list(flags)))
+    k = codegen.load("conv2d", backend="c", dtype=dtype, constants=dict(P=1))
+    monkeypatch.delenv("BACKPROP_CFLAGS")
+    assert k.blas is not None, "the GEMM routes need NumPy's BLAS"
+    return k
+
+
+def _all(k, x, w, b, dy):
+    return {**k.forward(x=x, w=w, b=b), **k.backward(x=x, w=w, b=b, dy=dy)}
+
+
+def test_the_route_is_taken_for_a_3x3_window_with_enough_channels(monkeypatch):
+    """The routes round differently in float32, so the bits tell which one ran: y and dx
+    differ from the im2col build's (-DBP_WINOGRAD=0) where the window is 3 x 3 and the
+    channels summed reach BP_WINOGRAD_MIN_K (16: C for y, O for dx); below, or for a
+    window of another size, they are the same bits; dw (never on the route) always is."""
+    default = codegen.load("conv2d", backend="c", dtype="float32", constants=dict(P=1))
+    im2col = _build(monkeypatch, "float32", "-DBP_WINOGRAD=0")
+    rng = np.random.default_rng(5)
+    for (C, O, KH, KW), on in {(16, 15, 3, 3): ("y",), (15, 16, 3, 3): ("dx",),
+                               (16, 16, 3, 3): ("y", "dx"), (15, 15, 3, 3): (),
+                               (16, 16, 5, 5): (), (16, 16, 3, 5): (),
+                               (16, 16, 1, 3): ()}.items():
+        x, w, b, dy = (rng.standard_normal(s, dtype=np.float32) for s in (
+            (2, C, 10, 9), (O, C, KH, KW), (O,), (2, O, 10 + 3 - KH, 9 + 3 - KW)))
+        got, ref = _all(default, x, w, b, dy), _all(im2col, x, w, b, dy)
+        for name in ("y", "dx", "dw"):
+            same = bool((got[name] == ref[name]).all())
+            assert same == (name not in on), (C, O, KH, KW, name)
+
+
+SHAPES = [  # N, C, O, H, W, P: odd and even sizes (tiles past the last row and column)
+    (2, 16, 20, 7, 9, 1), (1, 17, 3, 8, 8, 0), (3, 32, 16, 5, 6, 2), (2, 16, 16, 1, 1, 1),
+    (1, 16, 16, 3, 4, 0), (5, 24, 40, 2, 3, 1), (2, 16, 16, 12, 5, 2)]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_route_equals_torch(dtype, threads):
+    """y, dx, dw and db as torch's float64 convolution.  float32: the sums run over
+    C * 9 terms in either route; Winograd's transforms add sums of four values and the
+    halving of G before the products, so its error is a few times the im2col GEMM's
+    (64 channels, 28 x 28: about 2e-6 of the largest value against 1e-6); 3e-5 leaves
+    room for the largest sums here and fails on any wrong tile, tap or flip (errors of
+    order 1)."""
+    tol = 1e-12 if dtype == "float64" else 3e-5
+    rng = np.random.default_rng(6)
+    for N, C, O, H, W, P in SHAPES:
+        k = codegen.load("conv2d", backend="c", dtype=dtype, constants=dict(P=P))
+        k.set_threads(threads)
+        x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((N, C, H, W), (O, C, 3, 3),
+                                                                  (O,)))
+        xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                      for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, padding=P)
+        dy = rng.standard_normal(tuple(y.shape)).astype(dtype)
+        y.backward(torch.tensor(dy, dtype=torch.float64))
+        got = _all(k, x, w, b, dy)
+        for name, ref in (("y", y.detach()), ("dx", xt.grad), ("dw", wt.grad),
+                          ("db", bt.grad)):
+            ref = ref.numpy()
+            err = np.abs(got[name] - ref).max() / np.abs(ref).max()
+            assert err < tol, ((N, C, O, H, W, P), threads, name, err)
