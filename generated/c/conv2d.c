@@ -140,7 +140,9 @@ static inline ptrdiff_t bp_im2col_rows(ptrdiff_t rows, ptrdiff_t rest, ptrdiff_t
 #define BP_WINOGRAD 1
 #endif
 /* Below this many channels summed (K of the GEMMs) the 16 thin products lose to one
- * im2col product over K * 9 terms. */
+ * im2col product over K * 9 terms: N = 32, 56 x 56, 3x3, C = O, 2 threads on the EPYC
+ * guest, Winograd against im2col: forward 3.7 against 3.3 ms at 4 channels, 7.8 against
+ * 7.5 at 8, 10.6 against 13.5 at 16; from 64 to 512 channels 1.2-1.85x faster. */
 #ifndef BP_WINOGRAD_MIN_K
 #define BP_WINOGRAD_MIN_K 16
 #endif
