@@ -915,7 +915,8 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
     c = "bp_part" if summed else ptr(n.target, g.c_offset)
     beta = 0 if overwrite else 1
     block = _column_blocks(g, packs, printer, (m, cols, k), a, b, c, beta)
-    wino = _winograd_view(n, as_winograd(n, g, shapes, windows), g, printer, c, beta)
+    wino = _winograd_view(n, as_winograd(n, g, shapes, windows), g, printer, shapes, c,
+                          beta)
     # without a loop, a thread's part bp_a..bp_b of T's columns starts at column bp_a of
     # op(B) and of T; of its rows, at row bp_a of op(A) and of T
     return dict(fill=fill, loop=loop, beta=beta, ctype=CTYPES[printer.dtype],
@@ -931,12 +932,23 @@ def _im2col_view(n: Nest, printer: KernelCPrinter, shapes, windows) -> dict | No
                 alpha=printer.code(g.alpha))
 
 
-def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, c: str, beta: int) -> dict | None:
+def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, shapes, c: str,
+                   beta: int) -> dict | None:
     """What the template needs of a 3x3 convolution's Winograd route (codegen/winograd):
     the loops over A's M indices and the channels, their flat positions, the padded input
-    plane's element and the window's element as C, and where T's block starts."""
+    plane's pack (rows checked once, zeros at the borders, as an im2col pack) and the
+    window's element as C, where T's block starts, and T's start where the output
+    transform can write it itself (a bias of M's indices: y = b[o] + ..., no fill
+    first)."""
     if w is None:
         return None
+    r, s = w.plane
+    shapes = {**shapes, "bp_wplane": (str(dim_of(r)), str(dim_of(s)))}
+    printer.shapes.setdefault("bp_wplane", shapes["bp_wplane"])
+    plane = _pack_view(Nest("elementwise", "bp_wplane", (r, s), (r, s), (), w.patch,
+                            comment="the channel's input plane"), printer, shapes)
+    plane["pragma"] = ""                     # (inside the images' parallel loop)
+    start = n.init if beta and free_indices(n.init) <= set(g.m) | {g.loop} else None
     code = printer.index_code
     flat = lambda idx: code(sum((i * sp.Mul(*[dim_of(j) for j in idx[k + 1:]])
                                  for k, i in enumerate(idx)), sp.Integer(0)))
@@ -949,7 +961,8 @@ def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, c: str, beta: int) ->
                 rows=code(dim_of(u1)), cols=code(dim_of(u2)),
                 m_loops=loops(g.m), k_loops=loops(w.channels),
                 m_flat=flat(g.m), k_flat=flat(w.channels),
-                patch=printer.code(w.patch), weight=printer.code(w.weight),
+                plane=plane, weight=printer.code(w.weight),
+                start=None if start is None else printer.code(start),
                 u=f"_{n.target}_wu", slots=f"_{n.target}_wv_slots",
                 slot=f"bp_wino_slot({sizes}, {window})",
                 c=c, add=beta, count=TRANSFORMS)

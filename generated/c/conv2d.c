@@ -306,30 +306,30 @@ static inline void bp_wino_input_f32(const float *restrict plane, ptrdiff_t th, 
 }
 
 /* Y = A^T m A of every tile's 16 products (value xi of tile t at m[xi*stride + t]) into
- * an output plane of rows x cols (row stride cols), added to it when add; the last tile
- * row and column keep only what lies inside. */
+ * an output plane of rows x cols (row stride cols): start + Y, or Y added to it when add;
+ * the last tile row and column keep only what lies inside.  Each tile row goes through
+ * `two` (two output rows of whole tiles), so the tiles' loop has no bounds to check. */
 static inline void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride, ptrdiff_t th,
                                      ptrdiff_t tw, float *restrict y, ptrdiff_t rows,
-                                     ptrdiff_t cols, int add, float *restrict two)
+                                     ptrdiff_t cols, int add, float start, float *restrict two)
 {
     for (ptrdiff_t ty = 0; ty < th; ++ty) {
         const float *restrict mt = m + ty * tw;
         float *restrict y0 = two, *restrict y1 = two + 2 * tw;
         BP_OMP(simd)
         for (ptrdiff_t x = 0; x < tw; ++x) {
-            float s[4][4];
-            for (int a = 0; a < 4; ++a)
-                for (int b = 0; b < 4; ++b)
-                    s[a][b] = mt[(4 * a + b) * stride + x];
-            float e0[4], e1[4];
-            for (int b = 0; b < 4; ++b) {
-                e0[b] = s[0][b] + s[1][b] + s[2][b];
-                e1[b] = s[1][b] - s[2][b] - s[3][b];
-            }
-            y0[2 * x] = e0[0] + e0[1] + e0[2];
-            y0[2 * x + 1] = e0[1] - e0[2] - e0[3];
-            y1[2 * x] = e1[0] + e1[1] + e1[2];
-            y1[2 * x + 1] = e1[1] - e1[2] - e1[3];
+            const float s00 = mt[0 * stride + x], s01 = mt[1 * stride + x], s02 = mt[2 * stride + x], s03 = mt[3 * stride + x];
+            const float s10 = mt[4 * stride + x], s11 = mt[5 * stride + x], s12 = mt[6 * stride + x], s13 = mt[7 * stride + x];
+            const float s20 = mt[8 * stride + x], s21 = mt[9 * stride + x], s22 = mt[10 * stride + x], s23 = mt[11 * stride + x];
+            const float s30 = mt[12 * stride + x], s31 = mt[13 * stride + x], s32 = mt[14 * stride + x], s33 = mt[15 * stride + x];
+            const float e00 = s00 + s10 + s20, e10 = s10 - s20 - s30;
+            const float e01 = s01 + s11 + s21, e11 = s11 - s21 - s31;
+            const float e02 = s02 + s12 + s22, e12 = s12 - s22 - s32;
+            const float e03 = s03 + s13 + s23, e13 = s13 - s23 - s33;
+            y0[2 * x] = e00 + e01 + e02;
+            y0[2 * x + 1] = e01 - e02 - e03;
+            y1[2 * x] = e10 + e11 + e12;
+            y1[2 * x + 1] = e11 - e12 - e13;
         }
         const ptrdiff_t i = 2 * ty, n = i + 1 < rows ? 2 : 1;
         for (ptrdiff_t r = 0; r < n; ++r) {
@@ -340,7 +340,7 @@ static inline void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride,
                 for (ptrdiff_t j = 0; j < cols; ++j) to[j] += from[j];
             } else {
                 BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < cols; ++j) to[j] = from[j];
+                for (ptrdiff_t j = 0; j < cols; ++j) to[j] = start + from[j];
             }
         }
     }
@@ -358,32 +358,34 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
     float *const _y_wv_slots = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
-                    y[((n*O + o)*Hout)*Wout + j] = b[o];
+        const int bp_wino = bp_wino_on(O, C, KH, KW);
+        if (!bp_wino) {      /* (Winograd's output transform writes T's start itself) */
+            BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
+                        y[((n*O + o)*Hout)*Wout + j] = b[o];
+                    }
                 }
             }
         }
         /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
-        const int bp_wino = bp_wino_on(O, C, KH, KW);
         const ptrdiff_t bp_wth = (Hout + 1)/2, bp_wtw = (Wout + 1)/2, bp_wt = bp_wth*bp_wtw;
-        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wps = 2*bp_wtw + 2;
         if (bp_wino) {
             BP_OMP(parallel for if ((O)*(C) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t o = 0; o < O; ++o) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                float bp_wg[9];
-                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
-                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
-                        bp_wg[bp_wa*3 + bp_wb] = ((0 <= bp_wa && bp_wa < KH && 0 <= bp_wb && bp_wb < KW) ? w[((o*C + c)*KH + bp_wa)*KW + bp_wb] : 0);
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    float bp_wg[9];
+                    for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                        for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                            bp_wg[bp_wa*3 + bp_wb] = ((0 <= bp_wa && bp_wa < KH && 0 <= bp_wb && bp_wb < KW) ? w[((o*C + c)*KH + bp_wa)*KW + bp_wb] : 0);
+                        }
                     }
+                    bp_wino_weight_f32(bp_wg, _y_wu + (o)*(C) + c, (O)*(C));
                 }
-                bp_wino_weight_f32(bp_wg, _y_wu + (o)*(C) + c, (O)*(C));
             }
-        }
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
@@ -398,15 +400,20 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             float *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW));
             float *const bp_wm = bp_wv + 16*(C)*bp_wt;
             float *const bp_wplane = bp_wm + 16*(O)*bp_wt;
-            float *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
+            float *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 if (bp_wino) {
                     for (ptrdiff_t c = 0; c < C; ++c) {
                         /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
                         for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
-                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
-                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr && bp_wr <= H - 1 && 0 <= bp_ws && bp_ws <= W - 1) ? x[((n*C + c)*H + bp_wr)*W + bp_ws] : 0);
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wr && bp_wr <= H - 1) ? bp_imax(bp_imin(0, bp_wps), 0) : bp_wps;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, bp_wps - 1) + 1, bp_wps), bp_lo);
+                                for (ptrdiff_t bp_ws = 0; bp_ws < bp_lo; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_ws = bp_lo; bp_ws < bp_hi; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = x[((n*C + c)*H + bp_wr)*W + bp_ws];
+                                for (ptrdiff_t bp_ws = bp_hi; bp_ws < bp_wps; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
                             }
                         }
                         bp_wino_input_f32(bp_wplane, bp_wth, bp_wtw, bp_wv + (c)*bp_wt, (C)*bp_wt, bp_wrows);
@@ -416,7 +423,7 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                     }
                     for (ptrdiff_t o = 0; o < O; ++o) {
                         const ptrdiff_t bp_wo = o;
-                        bp_wino_output_f32(bp_wm + bp_wo*bp_wt, (O)*bp_wt, bp_wth, bp_wtw, y + Hout*O*Wout*n + bp_wo*(Hout)*(Wout), Hout, Wout, 1, bp_wrows);
+                        bp_wino_output_f32(bp_wm + bp_wo*bp_wt, (O)*bp_wt, bp_wth, bp_wtw, y + Hout*O*Wout*n + bp_wo*(Hout)*(Wout), Hout, Wout, 0, b[o], bp_wrows);
                     }
                     continue;
                 }
@@ -497,6 +504,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW) + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
+        const int bp_wino = bp_wino_on(C, O, KH, KW);
         /* pack w[o, c, p, q] as a c x o p q matrix */
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -514,22 +522,21 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             }
         }
         /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
-        const int bp_wino = bp_wino_on(C, O, KH, KW);
         const ptrdiff_t bp_wth = (H + 1)/2, bp_wtw = (W + 1)/2, bp_wt = bp_wth*bp_wtw;
-        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wps = 2*bp_wtw + 2;
         if (bp_wino) {
             BP_OMP(parallel for if ((C)*(O) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                float bp_wg[9];
-                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
-                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
-                        bp_wg[bp_wa*3 + bp_wb] = w[((o*C + c)*KH + 2 - bp_wa)*KW + 2 - bp_wb];
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    float bp_wg[9];
+                    for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                        for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                            bp_wg[bp_wa*3 + bp_wb] = w[((o*C + c)*KH + 2 - bp_wa)*KW + 2 - bp_wb];
+                        }
                     }
+                    bp_wino_weight_f32(bp_wg, _dx_wu + (c)*(O) + o, (C)*(O));
                 }
-                bp_wino_weight_f32(bp_wg, _dx_wu + (c)*(O) + o, (C)*(O));
             }
-        }
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
@@ -544,15 +551,20 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             float *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW));
             float *const bp_wm = bp_wv + 16*(O)*bp_wt;
             float *const bp_wplane = bp_wm + 16*(C)*bp_wt;
-            float *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
+            float *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 if (bp_wino) {
                     for (ptrdiff_t o = 0; o < O; ++o) {
                         /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
                         for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
-                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
-                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr - 2 && bp_wr - 2 <= Hout - 1 && 0 <= bp_ws - 2 && bp_ws - 2 <= Wout - 1) ? dy[((n*O + o)*Hout + bp_wr - 2)*Wout + bp_ws - 2] : 0);
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wr - 2 && bp_wr - 2 <= Hout - 1) ? bp_imax(bp_imin(2, bp_wps), 0) : bp_wps;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout + 1, bp_wps - 1) + 1, bp_wps), bp_lo);
+                                for (ptrdiff_t bp_ws = 0; bp_ws < bp_lo; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_ws = bp_lo; bp_ws < bp_hi; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = dy[((n*O + o)*Hout + bp_wr - 2)*Wout + bp_ws - 2];
+                                for (ptrdiff_t bp_ws = bp_hi; bp_ws < bp_wps; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
                             }
                         }
                         bp_wino_input_f32(bp_wplane, bp_wth, bp_wtw, bp_wv + (o)*bp_wt, (O)*bp_wt, bp_wrows);
@@ -562,7 +574,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                     }
                     for (ptrdiff_t c = 0; c < C; ++c) {
                         const ptrdiff_t bp_wo = c;
-                        bp_wino_output_f32(bp_wm + bp_wo*bp_wt, (C)*bp_wt, bp_wth, bp_wtw, dx + C*H*W*n + bp_wo*(H)*(W), H, W, 0, bp_wrows);
+                        bp_wino_output_f32(bp_wm + bp_wo*bp_wt, (C)*bp_wt, bp_wth, bp_wtw, dx + C*H*W*n + bp_wo*(H)*(W), H, W, 0, 0, bp_wrows);
                     }
                     continue;
                 }
@@ -790,30 +802,30 @@ static inline void bp_wino_input_f64(const double *restrict plane, ptrdiff_t th,
 }
 
 /* Y = A^T m A of every tile's 16 products (value xi of tile t at m[xi*stride + t]) into
- * an output plane of rows x cols (row stride cols), added to it when add; the last tile
- * row and column keep only what lies inside. */
+ * an output plane of rows x cols (row stride cols): start + Y, or Y added to it when add;
+ * the last tile row and column keep only what lies inside.  Each tile row goes through
+ * `two` (two output rows of whole tiles), so the tiles' loop has no bounds to check. */
 static inline void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride, ptrdiff_t th,
                                      ptrdiff_t tw, double *restrict y, ptrdiff_t rows,
-                                     ptrdiff_t cols, int add, double *restrict two)
+                                     ptrdiff_t cols, int add, double start, double *restrict two)
 {
     for (ptrdiff_t ty = 0; ty < th; ++ty) {
         const double *restrict mt = m + ty * tw;
         double *restrict y0 = two, *restrict y1 = two + 2 * tw;
         BP_OMP(simd)
         for (ptrdiff_t x = 0; x < tw; ++x) {
-            double s[4][4];
-            for (int a = 0; a < 4; ++a)
-                for (int b = 0; b < 4; ++b)
-                    s[a][b] = mt[(4 * a + b) * stride + x];
-            double e0[4], e1[4];
-            for (int b = 0; b < 4; ++b) {
-                e0[b] = s[0][b] + s[1][b] + s[2][b];
-                e1[b] = s[1][b] - s[2][b] - s[3][b];
-            }
-            y0[2 * x] = e0[0] + e0[1] + e0[2];
-            y0[2 * x + 1] = e0[1] - e0[2] - e0[3];
-            y1[2 * x] = e1[0] + e1[1] + e1[2];
-            y1[2 * x + 1] = e1[1] - e1[2] - e1[3];
+            const double s00 = mt[0 * stride + x], s01 = mt[1 * stride + x], s02 = mt[2 * stride + x], s03 = mt[3 * stride + x];
+            const double s10 = mt[4 * stride + x], s11 = mt[5 * stride + x], s12 = mt[6 * stride + x], s13 = mt[7 * stride + x];
+            const double s20 = mt[8 * stride + x], s21 = mt[9 * stride + x], s22 = mt[10 * stride + x], s23 = mt[11 * stride + x];
+            const double s30 = mt[12 * stride + x], s31 = mt[13 * stride + x], s32 = mt[14 * stride + x], s33 = mt[15 * stride + x];
+            const double e00 = s00 + s10 + s20, e10 = s10 - s20 - s30;
+            const double e01 = s01 + s11 + s21, e11 = s11 - s21 - s31;
+            const double e02 = s02 + s12 + s22, e12 = s12 - s22 - s32;
+            const double e03 = s03 + s13 + s23, e13 = s13 - s23 - s33;
+            y0[2 * x] = e00 + e01 + e02;
+            y0[2 * x + 1] = e01 - e02 - e03;
+            y1[2 * x] = e10 + e11 + e12;
+            y1[2 * x + 1] = e11 - e12 - e13;
         }
         const ptrdiff_t i = 2 * ty, n = i + 1 < rows ? 2 : 1;
         for (ptrdiff_t r = 0; r < n; ++r) {
@@ -824,7 +836,7 @@ static inline void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride
                 for (ptrdiff_t j = 0; j < cols; ++j) to[j] += from[j];
             } else {
                 BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < cols; ++j) to[j] = from[j];
+                for (ptrdiff_t j = 0; j < cols; ++j) to[j] = start + from[j];
             }
         }
     }
@@ -842,32 +854,34 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
     double *const _y_wv_slots = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
-        BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
-        for (ptrdiff_t n = 0; n < N; ++n) {
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                BP_OMP(simd)
-                for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
-                    y[((n*O + o)*Hout)*Wout + j] = b[o];
+        const int bp_wino = bp_wino_on(O, C, KH, KW);
+        if (!bp_wino) {      /* (Winograd's output transform writes T's start itself) */
+            BP_OMP(parallel for if (parallel: N*O*Hout*Wout >= BP_PARALLEL_MIN_PLAIN))
+            for (ptrdiff_t n = 0; n < N; ++n) {
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    BP_OMP(simd)
+                    for (ptrdiff_t j = 0; j < Hout*Wout; ++j) {
+                        y[((n*O + o)*Hout)*Wout + j] = b[o];
+                    }
                 }
             }
         }
         /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
-        const int bp_wino = bp_wino_on(O, C, KH, KW);
         const ptrdiff_t bp_wth = (Hout + 1)/2, bp_wtw = (Wout + 1)/2, bp_wt = bp_wth*bp_wtw;
-        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wps = 2*bp_wtw + 2;
         if (bp_wino) {
             BP_OMP(parallel for if ((O)*(C) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t o = 0; o < O; ++o) {
-            for (ptrdiff_t c = 0; c < C; ++c) {
-                double bp_wg[9];
-                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
-                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
-                        bp_wg[bp_wa*3 + bp_wb] = ((0 <= bp_wa && bp_wa < KH && 0 <= bp_wb && bp_wb < KW) ? w[((o*C + c)*KH + bp_wa)*KW + bp_wb] : 0);
+            for (ptrdiff_t o = 0; o < O; ++o) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    double bp_wg[9];
+                    for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                        for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                            bp_wg[bp_wa*3 + bp_wb] = ((0 <= bp_wa && bp_wa < KH && 0 <= bp_wb && bp_wb < KW) ? w[((o*C + c)*KH + bp_wa)*KW + bp_wb] : 0);
+                        }
                     }
+                    bp_wino_weight_f64(bp_wg, _y_wu + (o)*(C) + c, (O)*(C));
                 }
-                bp_wino_weight_f64(bp_wg, _y_wu + (o)*(C) + c, (O)*(C));
             }
-        }
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
@@ -882,15 +896,20 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             double *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW));
             double *const bp_wm = bp_wv + 16*(C)*bp_wt;
             double *const bp_wplane = bp_wm + 16*(O)*bp_wt;
-            double *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
+            double *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 if (bp_wino) {
                     for (ptrdiff_t c = 0; c < C; ++c) {
                         /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
                         for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
-                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
-                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr && bp_wr <= H - 1 && 0 <= bp_ws && bp_ws <= W - 1) ? x[((n*C + c)*H + bp_wr)*W + bp_ws] : 0);
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wr && bp_wr <= H - 1) ? bp_imax(bp_imin(0, bp_wps), 0) : bp_wps;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, bp_wps - 1) + 1, bp_wps), bp_lo);
+                                for (ptrdiff_t bp_ws = 0; bp_ws < bp_lo; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_ws = bp_lo; bp_ws < bp_hi; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = x[((n*C + c)*H + bp_wr)*W + bp_ws];
+                                for (ptrdiff_t bp_ws = bp_hi; bp_ws < bp_wps; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
                             }
                         }
                         bp_wino_input_f64(bp_wplane, bp_wth, bp_wtw, bp_wv + (c)*bp_wt, (C)*bp_wt, bp_wrows);
@@ -900,7 +919,7 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
                     }
                     for (ptrdiff_t o = 0; o < O; ++o) {
                         const ptrdiff_t bp_wo = o;
-                        bp_wino_output_f64(bp_wm + bp_wo*bp_wt, (O)*bp_wt, bp_wth, bp_wtw, y + Hout*O*Wout*n + bp_wo*(Hout)*(Wout), Hout, Wout, 1, bp_wrows);
+                        bp_wino_output_f64(bp_wm + bp_wo*bp_wt, (O)*bp_wt, bp_wth, bp_wtw, y + Hout*O*Wout*n + bp_wo*(Hout)*(Wout), Hout, Wout, 0, b[o], bp_wrows);
                     }
                     continue;
                 }
@@ -981,6 +1000,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW) + bp_slots(N)*C*KH*KW*Hout*Wout;
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
+        const int bp_wino = bp_wino_on(C, O, KH, KW);
         /* pack w[o, c, p, q] as a c x o p q matrix */
         BP_OMP(parallel for if (C*O*KH*KW >= BP_PARALLEL_MIN))
         for (ptrdiff_t c = 0; c < C; ++c) {
@@ -998,22 +1018,21 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             }
         }
         /* Winograd's route where the window is 3 x 3: the weights' 16 values first */
-        const int bp_wino = bp_wino_on(C, O, KH, KW);
         const ptrdiff_t bp_wth = (H + 1)/2, bp_wtw = (W + 1)/2, bp_wt = bp_wth*bp_wtw;
-        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wpc = 2*bp_wtw + 2;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wps = 2*bp_wtw + 2;
         if (bp_wino) {
             BP_OMP(parallel for if ((C)*(O) >= BP_PARALLEL_MIN))
-        for (ptrdiff_t c = 0; c < C; ++c) {
-            for (ptrdiff_t o = 0; o < O; ++o) {
-                double bp_wg[9];
-                for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
-                    for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
-                        bp_wg[bp_wa*3 + bp_wb] = w[((o*C + c)*KH + 2 - bp_wa)*KW + 2 - bp_wb];
+            for (ptrdiff_t c = 0; c < C; ++c) {
+                for (ptrdiff_t o = 0; o < O; ++o) {
+                    double bp_wg[9];
+                    for (ptrdiff_t bp_wa = 0; bp_wa < 3; ++bp_wa) {
+                        for (ptrdiff_t bp_wb = 0; bp_wb < 3; ++bp_wb) {
+                            bp_wg[bp_wa*3 + bp_wb] = w[((o*C + c)*KH + 2 - bp_wa)*KW + 2 - bp_wb];
+                        }
                     }
+                    bp_wino_weight_f64(bp_wg, _dx_wu + (c)*(O) + o, (C)*(O));
                 }
-                bp_wino_weight_f64(bp_wg, _dx_wu + (c)*(O) + o, (C)*(O));
             }
-        }
         }
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
@@ -1028,15 +1047,20 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             double *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW));
             double *const bp_wm = bp_wv + 16*(O)*bp_wt;
             double *const bp_wplane = bp_wm + 16*(C)*bp_wt;
-            double *const bp_wrows = bp_wplane + bp_wpr*bp_wpc;
+            double *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
             BP_OMP(for schedule(dynamic))
             for (ptrdiff_t n = 0; n < N; ++n) {
                 if (bp_wino) {
                     for (ptrdiff_t o = 0; o < O; ++o) {
                         /* the channel's input, zero outside, padded to whole tiles; then its tiles' 16 values */
                         for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
-                            for (ptrdiff_t bp_ws = 0; bp_ws < bp_wpc; ++bp_ws) {
-                                bp_wplane[bp_wr*bp_wpc + bp_ws] = ((0 <= bp_wr - 2 && bp_wr - 2 <= Hout - 1 && 0 <= bp_ws - 2 && bp_ws - 2 <= Wout - 1) ? dy[((n*O + o)*Hout + bp_wr - 2)*Wout + bp_ws - 2] : 0);
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wr - 2 && bp_wr - 2 <= Hout - 1) ? bp_imax(bp_imin(2, bp_wps), 0) : bp_wps;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout + 1, bp_wps - 1) + 1, bp_wps), bp_lo);
+                                for (ptrdiff_t bp_ws = 0; bp_ws < bp_lo; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_ws = bp_lo; bp_ws < bp_hi; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = dy[((n*O + o)*Hout + bp_wr - 2)*Wout + bp_ws - 2];
+                                for (ptrdiff_t bp_ws = bp_hi; bp_ws < bp_wps; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
                             }
                         }
                         bp_wino_input_f64(bp_wplane, bp_wth, bp_wtw, bp_wv + (o)*bp_wt, (O)*bp_wt, bp_wrows);
@@ -1046,7 +1070,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                     }
                     for (ptrdiff_t c = 0; c < C; ++c) {
                         const ptrdiff_t bp_wo = c;
-                        bp_wino_output_f64(bp_wm + bp_wo*bp_wt, (C)*bp_wt, bp_wth, bp_wtw, dx + C*H*W*n + bp_wo*(H)*(W), H, W, 0, bp_wrows);
+                        bp_wino_output_f64(bp_wm + bp_wo*bp_wt, (C)*bp_wt, bp_wth, bp_wtw, dx + C*H*W*n + bp_wo*(H)*(W), H, W, 0, 0, bp_wrows);
                     }
                     continue;
                 }
