@@ -262,9 +262,9 @@ def _im2col_scratch(n: Nest, g, shapes: dict) -> list[Temp]:
 
 def _winograd_scratch(n: Nest, w, g, shapes: dict) -> list[Temp]:
     """Scratch of a 3x3 convolution's Winograd route, none where the window is not 3 x 3 at
-    the call (the C's bp_wino_ sizes are then 0): the transformed weights (16 x M x C),
-    and per slot the transformed inputs and products of one image (16 x (C + M) x tiles)
-    and one channel's padded input plane."""
+    the call (the C's bp_wino_ sizes are then 0): the transformed weights (16 x M x C; in
+    the weights' form each slot's 16 sums of M x C instead), and per slot the transformed
+    values of one image (16 x (C + M) x tiles) and one channel's padded planes."""
     if w is None:
         return []
     m, k = _extent(g.m), _extent(w.channels)
@@ -272,9 +272,13 @@ def _winograd_scratch(n: Nest, w, g, shapes: dict) -> list[Temp]:
     size = lambda f, *args: sp.Idx(f"bp_wi", sp.Symbol(
         f"{f}({', '.join(str(a) for a in args)})", integer=True, positive=True))
     window = (dim_of(v1), dim_of(v2))
-    return [Temp(f"_{n.target}_wu", (size("bp_wino_weights", m, k, *window),)),
-            Temp(f"_{n.target}_wv_slots", (_slots(g.loop), size(
-                "bp_wino_slot", m, k, dim_of(u1), dim_of(u2), *window)))]
+    sums = int(w.tile is not None)       # the weights' form: each slot's 16 sums of M x C
+    slot = Temp(f"_{n.target}_wv_slots", (_slots(g.loop), size(
+        "bp_wino_slot", m, k, dim_of(u1), dim_of(u2), *window, sums)))
+    if sums:
+        return [slot, Temp(f"_{n.target}_wparts", (_slots(g.loop), size(
+            "bp_wino_parts", m, k, dim_of(u1), dim_of(u2), *window)))]
+    return [Temp(f"_{n.target}_wu", (size("bp_wino_weights", m, k, *window),)), slot]
 
 
 def _extent(indices) -> sp.Expr:
@@ -942,13 +946,18 @@ def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, shapes, c: str,
     first)."""
     if w is None:
         return None
-    r, s = w.plane
-    shapes = {**shapes, "bp_wplane": (str(dim_of(r)), str(dim_of(s)))}
-    printer.shapes.setdefault("bp_wplane", shapes["bp_wplane"])
-    plane = _pack_view(Nest("elementwise", "bp_wplane", (r, s), (r, s), (), w.patch,
-                            comment="the channel's input plane"), printer, shapes)
-    plane["pragma"] = ""                     # (inside the images' parallel loop)
-    start = n.init if beta and free_indices(n.init) <= set(g.m) | {g.loop} else None
+    def pack(name, expr, plane):
+        nonlocal shapes
+        shapes = {**shapes, name: tuple(str(dim_of(i)) for i in plane)}
+        printer.shapes.setdefault(name, shapes[name])
+        view = _pack_view(Nest("elementwise", name, plane, plane, (), expr,
+                               comment=f"the {name[4:]} of one channel"), printer, shapes)
+        view["pragma"] = ""                  # (inside the images' parallel loop)
+        return view
+    plane = pack("bp_wplane", w.patch, w.plane)
+    tile = pack("bp_wtile", w.tile, w.tile_plane) if w.tile is not None else None
+    start = n.init if beta and w.tile is None and \
+        free_indices(n.init) <= set(g.m) | {g.loop} else None
     code = printer.index_code
     flat = lambda idx: code(sum((i * sp.Mul(*[dim_of(j) for j in idx[k + 1:]])
                                  for k, i in enumerate(idx)), sp.Integer(0)))
@@ -957,14 +966,18 @@ def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, shapes, c: str,
     m, k = code(_extent(g.m)), code(_extent(w.channels))
     sizes = f"{m}, {k}, {code(dim_of(u1))}, {code(dim_of(u2))}"
     window = f"{code(dim_of(v1))}, {code(dim_of(v2))}"
-    return dict(when=f"bp_wino_on({m}, {k}, {window})", m=m, k=k,
+    sums = int(w.tile is not None)
+    when = f"bp_wino_sums_on({sizes}, {window})" if sums else f"bp_wino_on({m}, {k}, {window})"
+    return dict(when=when, m=m, k=k,
                 rows=code(dim_of(u1)), cols=code(dim_of(u2)),
                 m_loops=loops(g.m), k_loops=loops(w.channels),
                 m_flat=flat(g.m), k_flat=flat(w.channels),
-                plane=plane, weight=printer.code(w.weight),
+                plane=plane, tile=tile, parts=f"_{n.target}_wparts",
+                weights=f"bp_wino_parts({sizes}, {window})",
+                weight=None if w.weight is None else printer.code(w.weight),
                 start=None if start is None else printer.code(start),
                 u=f"_{n.target}_wu", slots=f"_{n.target}_wv_slots",
-                slot=f"bp_wino_slot({sizes}, {window})",
+                slot=f"bp_wino_slot({sizes}, {window}, {sums})",
                 c=c, add=beta, count=TRANSFORMS)
 
 

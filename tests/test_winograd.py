@@ -1,8 +1,10 @@
-"""Winograd's F(2x2, 3x3) route of a 3x3 window at stride 1 (codegen/winograd.py): which
-products take it, that the C takes it at run time only for a 3 x 3 window with enough
-channels, and that y, dx, dw and db equal torch's on the shapes where tiles overhang."""
+"""Winograd's F(2x2, 3x3) route of a 3x3 window at stride 1, and F(3x3, 2x2) for its dw
+(codegen/winograd.py): which products take it, that the C takes it at run time only for a
+3 x 3 window with enough channels (and, for dw, tiles), and that y, dx, dw and db equal
+torch's on the shapes where tiles overhang."""
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 import torch.nn.functional as F
 
@@ -29,17 +31,25 @@ def _routes(constants):
             if (g := as_im2col(n, shapes, windows)) is not None}
 
 
-def test_y_and_dx_take_the_route_and_dw_does_not():
+def test_y_dx_and_dw_each_have_a_form():
     """y reads x at i + p - P (the window forwards), dx reads dy at h - p + P (backwards:
-    the window is flipped into the transformed weights); dw sums over the images (one
-    GEMM a thread, added up), not a product per image."""
+    the window is flipped into the transformed weights); dw sums dy's tiles times x's
+    patches over the images: the weights' form, F(3x3, 2x2), its window T's last axes."""
     for P in (0, 1, 2):
         routes = _routes(dict(P=P))
-        assert set(routes) == {"y", "dx", "dw"} and routes["dw"] is None, P
+        assert set(routes) == {"y", "dx", "dw"}, P
         assert str(routes["y"].weight) == "w[o, c, bp_wa, bp_wb]"
         assert str(routes["dx"].weight) == "w[o, c, 2 - bp_wa, 2 - bp_wb]"
         assert [i.label.name for i in routes["y"].channels] == ["c"]
         assert [i.label.name for i in routes["dx"].channels] == ["o"]
+        dw = routes["dw"]
+        assert dw.weight is None and [i.label.name for i in dw.channels] == ["c"]
+        assert [i.label.name for i in dw.windows] == ["p", "q"]
+        reads = lambda e: {str(a) for a in e.atoms(sp.Indexed)}
+        assert reads(dw.tile) == {"dy[n, o, bp_wtr, bp_wts]"}, dw.tile
+        assert reads(dw.patch) == {str(sp.IndexedBase("x")[
+            sp.Symbol("n"), sp.Symbol("c"), sp.Symbol("bp_wr") - P,
+            sp.Symbol("bp_ws") - P])}, dw.patch
 
 
 @pytest.mark.parametrize("constants", [dict(S=2, P=1), dict(D=2, P=2)])
@@ -64,28 +74,32 @@ def _all(k, x, w, b, dy):
 
 
 def test_the_route_is_taken_for_a_3x3_window_with_enough_channels(monkeypatch):
-    """The routes round differently in float32, so the bits tell which one ran: y and dx
-    differ from the im2col build's (-DBP_WINOGRAD=0) where the window is 3 x 3 and the
-    channels summed reach BP_WINOGRAD_MIN_K (16: C for y, O for dx); below, or for a
-    window of another size, they are the same bits; dw (never on the route) always is."""
+    """The routes round differently in float32, so the bits tell which one ran: y, dx and
+    dw differ from the im2col build's (-DBP_WINOGRAD=0) where the window is 3 x 3 and the
+    channels summed reach BP_WINOGRAD_MIN_K (16: C for y and dw, O for dx), dw only where
+    an image has BP_WINOGRAD_MIN_TILES (32) tiles of dy (10 x 9: 5 x 5 = 25 tiles, 12 x 13:
+    42); below, or for a window of another size, they are the same bits."""
     default = codegen.load("conv2d", backend="c", dtype="float32", constants=dict(P=1))
     im2col = _build(monkeypatch, "float32", "-DBP_WINOGRAD=0")
     rng = np.random.default_rng(5)
-    for (C, O, KH, KW), on in {(16, 15, 3, 3): ("y",), (15, 16, 3, 3): ("dx",),
-                               (16, 16, 3, 3): ("y", "dx"), (15, 15, 3, 3): (),
-                               (16, 16, 5, 5): (), (16, 16, 3, 5): (),
-                               (16, 16, 1, 3): ()}.items():
+    for (C, O, KH, KW, H, W), on in {
+            (16, 15, 3, 3, 10, 9): ("y",), (15, 16, 3, 3, 10, 9): ("dx",),
+            (16, 16, 3, 3, 10, 9): ("y", "dx"), (16, 16, 3, 3, 12, 13): ("y", "dx", "dw"),
+            (16, 3, 3, 3, 12, 13): ("y", "dw"), (15, 15, 3, 3, 12, 13): (),
+            (16, 16, 5, 5, 12, 13): (), (16, 16, 3, 5, 12, 13): (),
+            (16, 16, 1, 3, 10, 9): ()}.items():
         x, w, b, dy = (rng.standard_normal(s, dtype=np.float32) for s in (
-            (2, C, 10, 9), (O, C, KH, KW), (O,), (2, O, 10 + 3 - KH, 9 + 3 - KW)))
+            (2, C, H, W), (O, C, KH, KW), (O,), (2, O, H + 3 - KH, W + 3 - KW)))
         got, ref = _all(default, x, w, b, dy), _all(im2col, x, w, b, dy)
         for name in ("y", "dx", "dw"):
             same = bool((got[name] == ref[name]).all())
-            assert same == (name not in on), (C, O, KH, KW, name)
+            assert same == (name not in on), (C, O, KH, KW, H, W, name)
 
 
 SHAPES = [  # N, C, O, H, W, P: odd and even sizes (tiles past the last row and column)
     (2, 16, 20, 7, 9, 1), (1, 17, 3, 8, 8, 0), (3, 32, 16, 5, 6, 2), (2, 16, 16, 1, 1, 1),
-    (1, 16, 16, 3, 4, 0), (5, 24, 40, 2, 3, 1), (2, 16, 16, 12, 5, 2)]
+    (1, 16, 16, 3, 4, 0), (5, 24, 40, 2, 3, 1), (2, 16, 16, 12, 5, 2),
+    (2, 16, 16, 12, 12, 1), (1, 16, 20, 13, 11, 2), (3, 20, 16, 16, 15, 0)]  # dw's too
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

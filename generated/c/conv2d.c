@@ -147,25 +147,47 @@ static inline ptrdiff_t bp_im2col_rows(ptrdiff_t rows, ptrdiff_t rest, ptrdiff_t
 #define BP_WINOGRAD_MIN_K 16
 #endif
 
+/* dw's form sums the tiles of each image in its GEMMs (their K): below this many tiles an
+ * image the 16 short sums lost to the im2col GEMM (512 channels at 7 x 7, 16 tiles: the
+ * backward 304 against 286 ms; 256 at 14 x 14, 49 tiles: 150 against 288). */
+#ifndef BP_WINOGRAD_MIN_TILES
+#define BP_WINOGRAD_MIN_TILES 32
+#endif
+
 static inline int bp_wino_on(ptrdiff_t m, ptrdiff_t k, ptrdiff_t kh, ptrdiff_t kw)
 {
     return BP_WINOGRAD && kh == 3 && kw == 3 && k >= BP_WINOGRAD_MIN_K && m >= 1;
 }
 
-/* Scratch, in elements: the transformed weights (16 x M x K), and per thread one image's
- * transformed inputs (16 x K x tiles) and products (16 x M x tiles), one channel's input
- * plane, padded to whole tiles, and four rows of it transformed; none where the route is
- * not taken. */
+/* dw's form: M x K windows from sums over tiles of rows x cols positions */
+static inline int bp_wino_sums_on(ptrdiff_t m, ptrdiff_t k, ptrdiff_t rows, ptrdiff_t cols,
+                                  ptrdiff_t kh, ptrdiff_t kw)
+{
+    return bp_wino_on(m, k, kh, kw) && ((rows + 1) / 2) * ((cols + 1) / 2) >= BP_WINOGRAD_MIN_TILES;
+}
+
+/* Scratch, in elements: the transformed weights (16 x M x K; dw's form: each thread's 16
+ * sums of M x K), and per thread one image's transformed inputs (16 x K x tiles) and
+ * products (16 x M x tiles; dw: the other operand's tiles transformed), one channel's
+ * input plane, padded to whole tiles, four rows of it transformed, and (dw) a plane of the
+ * other operand's tiles; none where the route is not taken. */
 static inline ptrdiff_t bp_wino_weights(ptrdiff_t m, ptrdiff_t k, ptrdiff_t kh, ptrdiff_t kw)
 {
     return bp_wino_on(m, k, kh, kw) ? 16 * m * k : 0;
 }
 
+static inline ptrdiff_t bp_wino_parts(ptrdiff_t m, ptrdiff_t k, ptrdiff_t rows, ptrdiff_t cols,
+                                      ptrdiff_t kh, ptrdiff_t kw)
+{
+    return bp_wino_sums_on(m, k, rows, cols, kh, kw) ? 16 * m * k : 0;
+}
+
 static inline ptrdiff_t bp_wino_slot(ptrdiff_t m, ptrdiff_t k, ptrdiff_t rows, ptrdiff_t cols,
-                                     ptrdiff_t kh, ptrdiff_t kw)
+                                     ptrdiff_t kh, ptrdiff_t kw, int sums)
 {
     const ptrdiff_t th = (rows + 1) / 2, tw = (cols + 1) / 2;
-    return bp_wino_on(m, k, kh, kw) ? 16 * (m + k) * th * tw + (2 * th + 6) * (2 * tw + 2) : 0;
+    const int on = sums ? bp_wino_sums_on(m, k, rows, cols, kh, kw) : bp_wino_on(m, k, kh, kw);
+    return on ? 16 * (m + k) * th * tw + (2 * th + 6) * (2 * tw + 2) + (sums ? 4 * th * tw : 0) : 0;
 }
 
 /* Scratch slots of a GEMM loop over n values: one per processor, at most n.  The work
@@ -221,7 +243,7 @@ size_t bp_conv2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_wino_weights(O, C, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW);
+    return (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_wino_weights(O, C, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW, 0);
 }
 
 size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
@@ -235,7 +257,7 @@ size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_wino_weights(C, O, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(C, O, H, W, KH, KW) + (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW;
+    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_wino_weights(C, O, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(C, O, H, W, KH, KW, 0) + (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW, 1) + (size_t)bp_slots(N)*(size_t)bp_wino_parts(O, C, Hout, Wout, KH, KW);
 }
 
 void bp_conv2d_set_threads(int threads)
@@ -345,6 +367,61 @@ static inline void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride,
         }
     }
 }
+
+/* The weights' form, F(3x3, 2x2) (a convolution's dw): A t A^T of every 2x2 tile t of one
+ * plane of dy (th x tw tiles, the plane 2 th rows of 2 tw, zero past dy), A = [1 0; 1 1;
+ * 1 -1; 0 -1]: tile t's value xi at u[xi*stride + t]. */
+static inline void bp_wino_tile_f32(const float *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+                                   float *restrict u, ptrdiff_t stride)
+{
+    const ptrdiff_t pw = 2 * tw;
+    for (ptrdiff_t ty = 0; ty < th; ++ty) {
+        const float *restrict r0 = plane + 2 * ty * pw, *restrict r1 = r0 + pw;
+        float *restrict out = u + ty * tw;
+        BP_OMP(simd)
+        for (ptrdiff_t x = 0; x < tw; ++x) {
+            const float g00 = r0[2 * x], g01 = r0[2 * x + 1], g10 = r1[2 * x], g11 = r1[2 * x + 1];
+            const float h00 = g00, h01 = g01, h10 = g00 + g10, h11 = g01 + g11;
+            const float h20 = g00 - g10, h21 = g01 - g11, h30 = -g10, h31 = -g11;
+            out[0 * stride + x] = h00;
+            out[1 * stride + x] = h00 + h01;
+            out[2 * stride + x] = h00 - h01;
+            out[3 * stride + x] = -h01;
+            out[4 * stride + x] = h10;
+            out[5 * stride + x] = h10 + h11;
+            out[6 * stride + x] = h10 - h11;
+            out[7 * stride + x] = -h11;
+            out[8 * stride + x] = h20;
+            out[9 * stride + x] = h20 + h21;
+            out[10 * stride + x] = h20 - h21;
+            out[11 * stride + x] = -h21;
+            out[12 * stride + x] = h30;
+            out[13 * stride + x] = h30 + h31;
+            out[14 * stride + x] = h30 - h31;
+            out[15 * stride + x] = -h31;
+        }
+    }
+}
+
+/* The weights' form's result, G^T m G of the 16 sums m (value xi at m[xi*stride]), G^T =
+ * [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]: the 3x3 window, row-major, added to w. */
+static inline void bp_wino_window_f32(const float *restrict m, ptrdiff_t stride, float *restrict w)
+{
+    const float h = (float)0.5;
+    float z[3][4];
+    for (int b = 0; b < 4; ++b) {
+        const float m0 = m[b * stride], m1 = m[(4 + b) * stride];
+        const float m2 = m[(8 + b) * stride], m3 = m[(12 + b) * stride];
+        z[0][b] = m0 + h * (m1 + m2);
+        z[1][b] = h * (m1 - m2);
+        z[2][b] = h * (m1 + m2) + m3;
+    }
+    for (int a = 0; a < 3; ++a) {
+        w[3 * a] += z[a][0] + h * (z[a][1] + z[a][2]);
+        w[3 * a + 1] += h * (z[a][1] - z[a][2]);
+        w[3 * a + 2] += h * (z[a][1] + z[a][2]) + z[a][3];
+    }
+}
 #if BP_PART != 2
 
 BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const float *restrict x, const float *restrict w, const float *restrict b, float *restrict y, float *restrict bp_work)
@@ -397,7 +474,7 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             if (bp_t == 0) bp_used = bp_threads();
             float *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            float *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW));
+            float *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW, 0));
             float *const bp_wm = bp_wv + 16*(C)*bp_wt;
             float *const bp_wplane = bp_wm + 16*(O)*bp_wt;
             float *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
@@ -500,8 +577,10 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     float *const _dx_pb_slots = bp_work + C*O*KH*KW;
     float *const _dx_wu = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
     float *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
-    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW);
-    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW) + bp_slots(N)*C*KH*KW*Hout*Wout;
+    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0);
+    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout;
+    float *const _dw_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW;
+    float *const _dw_wparts = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW + bp_slots(N)*bp_wino_slot(O, C, Hout, Wout, KH, KW, 1);
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         const int bp_wino = bp_wino_on(C, O, KH, KW);
@@ -548,7 +627,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             float *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            float *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW));
+            float *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW, 0));
             float *const bp_wm = bp_wv + 16*(O)*bp_wt;
             float *const bp_wplane = bp_wm + 16*(C)*bp_wt;
             float *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
@@ -639,6 +718,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
+        const int bp_wino = bp_wino_sums_on(O, C, Hout, Wout, KH, KW);
         BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -648,6 +728,10 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 }
             }
         }
+        /* Winograd's route where the window is 3 x 3 */
+        const ptrdiff_t bp_wth = (Hout + 1)/2, bp_wtw = (Wout + 1)/2, bp_wt = bp_wth*bp_wtw;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wps = 2*bp_wtw + 2;
+        const ptrdiff_t bp_wqr = 2*bp_wth, bp_wqs = 2*bp_wtw;     /* the tiles' plane */
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
         (void)bp_ns;               /* (without OpenMP the team is one thread) */
@@ -660,8 +744,49 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             float *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
             memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
             int bp_first = BP_IM2COL_FIRST_WHOLE;
+            float *const bp_wv = _dw_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW, 1));
+            float *const bp_wm = bp_wv + 16*(C)*bp_wt;
+            float *const bp_wplane = bp_wm + 16*(O)*bp_wt;
+            float *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
+            float *const bp_wtile = bp_wrows + 4*bp_wps;
+            float *const bp_wpart = _dw_wparts + bp_t*bp_wino_parts(O, C, Hout, Wout, KH, KW);
+            if (bp_wino) memset(bp_wpart, 0, sizeof(*bp_wpart)*16*(O)*(C));
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                if (bp_wino) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        /* the channel's input, zero outside, padded to whole tiles; then its patches' 16 values */
+                        for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wr && bp_wr <= H - 1) ? bp_imax(bp_imin(0, bp_wps), 0) : bp_wps;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, bp_wps - 1) + 1, bp_wps), bp_lo);
+                                for (ptrdiff_t bp_ws = 0; bp_ws < bp_lo; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_ws = bp_lo; bp_ws < bp_hi; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = x[((n*C + c)*H + bp_wr)*W + bp_ws];
+                                for (ptrdiff_t bp_ws = bp_hi; bp_ws < bp_wps; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                            }
+                        }
+                        bp_wino_input_f32(bp_wplane, bp_wth, bp_wtw, bp_wv + (c)*bp_wt, (C)*bp_wt, bp_wrows);
+                    }
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        /* the 2x2 tiles of the other operand, zero past it; then their 16 values */
+                        for (ptrdiff_t bp_wtr = 0; bp_wtr < bp_wqr; ++bp_wtr) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wtr && bp_wtr <= Hout - 1) ? bp_imax(bp_imin(0, bp_wqs), 0) : bp_wqs;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, bp_wqs - 1) + 1, bp_wqs), bp_lo);
+                                for (ptrdiff_t bp_wts = 0; bp_wts < bp_lo; ++bp_wts) bp_wtile[bp_wtr*bp_wqs + bp_wts] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_wts = bp_lo; bp_wts < bp_hi; ++bp_wts) bp_wtile[bp_wtr*bp_wqs + bp_wts] = dy[((n*O + o)*Hout + bp_wtr)*Wout + bp_wts];
+                                for (ptrdiff_t bp_wts = bp_hi; bp_wts < bp_wqs; ++bp_wts) bp_wtile[bp_wtr*bp_wqs + bp_wts] = 0;
+                            }
+                        }
+                        bp_wino_tile_f32(bp_wtile, bp_wth, bp_wtw, bp_wm + (o)*bp_wt, (O)*bp_wt);
+                    }
+                    for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {   /* summed over the tiles, into this thread's part */
+                        bp_conv2d_gemm_f32(101, 111, 112, O, C, bp_wt, 1, bp_wm + bp_xi*(O)*bp_wt, bp_wt, bp_wv + bp_xi*(C)*bp_wt, bp_wt, 1, bp_wpart + bp_xi*(O)*(C), C);
+                    }
+                    continue;
+                }
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const float *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
@@ -697,6 +822,19 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             float bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
+        }
+        if (bp_wino) {       /* the threads' 16 sums added up, each window G^T m G */
+            const ptrdiff_t bp_wmk = (O)*(C);
+            BP_OMP(parallel for if (bp_wmk >= BP_PARALLEL_MIN))
+            for (ptrdiff_t bp_e = 0; bp_e < bp_wmk; ++bp_e) {
+                float bp_wsum[16];
+                for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {
+                    float bp_sum = 0;
+                    for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_wparts[bp_s*16*bp_wmk + bp_xi*bp_wmk + bp_e];
+                    bp_wsum[bp_xi] = bp_sum;
+                }
+                bp_wino_window_f32(bp_wsum, 1, dw + 9*bp_e);
+            }
         }
     } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
@@ -841,6 +979,61 @@ static inline void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride
         }
     }
 }
+
+/* The weights' form, F(3x3, 2x2) (a convolution's dw): A t A^T of every 2x2 tile t of one
+ * plane of dy (th x tw tiles, the plane 2 th rows of 2 tw, zero past dy), A = [1 0; 1 1;
+ * 1 -1; 0 -1]: tile t's value xi at u[xi*stride + t]. */
+static inline void bp_wino_tile_f64(const double *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+                                   double *restrict u, ptrdiff_t stride)
+{
+    const ptrdiff_t pw = 2 * tw;
+    for (ptrdiff_t ty = 0; ty < th; ++ty) {
+        const double *restrict r0 = plane + 2 * ty * pw, *restrict r1 = r0 + pw;
+        double *restrict out = u + ty * tw;
+        BP_OMP(simd)
+        for (ptrdiff_t x = 0; x < tw; ++x) {
+            const double g00 = r0[2 * x], g01 = r0[2 * x + 1], g10 = r1[2 * x], g11 = r1[2 * x + 1];
+            const double h00 = g00, h01 = g01, h10 = g00 + g10, h11 = g01 + g11;
+            const double h20 = g00 - g10, h21 = g01 - g11, h30 = -g10, h31 = -g11;
+            out[0 * stride + x] = h00;
+            out[1 * stride + x] = h00 + h01;
+            out[2 * stride + x] = h00 - h01;
+            out[3 * stride + x] = -h01;
+            out[4 * stride + x] = h10;
+            out[5 * stride + x] = h10 + h11;
+            out[6 * stride + x] = h10 - h11;
+            out[7 * stride + x] = -h11;
+            out[8 * stride + x] = h20;
+            out[9 * stride + x] = h20 + h21;
+            out[10 * stride + x] = h20 - h21;
+            out[11 * stride + x] = -h21;
+            out[12 * stride + x] = h30;
+            out[13 * stride + x] = h30 + h31;
+            out[14 * stride + x] = h30 - h31;
+            out[15 * stride + x] = -h31;
+        }
+    }
+}
+
+/* The weights' form's result, G^T m G of the 16 sums m (value xi at m[xi*stride]), G^T =
+ * [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]: the 3x3 window, row-major, added to w. */
+static inline void bp_wino_window_f64(const double *restrict m, ptrdiff_t stride, double *restrict w)
+{
+    const double h = (double)0.5;
+    double z[3][4];
+    for (int b = 0; b < 4; ++b) {
+        const double m0 = m[b * stride], m1 = m[(4 + b) * stride];
+        const double m2 = m[(8 + b) * stride], m3 = m[(12 + b) * stride];
+        z[0][b] = m0 + h * (m1 + m2);
+        z[1][b] = h * (m1 - m2);
+        z[2][b] = h * (m1 + m2) + m3;
+    }
+    for (int a = 0; a < 3; ++a) {
+        w[3 * a] += z[a][0] + h * (z[a][1] + z[a][2]);
+        w[3 * a + 1] += h * (z[a][1] - z[a][2]);
+        w[3 * a + 2] += h * (z[a][1] + z[a][2]) + z[a][3];
+    }
+}
 #if BP_PART != 4
 
 BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout, const double *restrict x, const double *restrict w, const double *restrict b, double *restrict y, double *restrict bp_work)
@@ -893,7 +1086,7 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
             if (bp_t == 0) bp_used = bp_threads();
             double *const _y_pb = _y_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            double *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW));
+            double *const bp_wv = _y_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW, 0));
             double *const bp_wm = bp_wv + 16*(C)*bp_wt;
             double *const bp_wplane = bp_wm + 16*(O)*bp_wt;
             double *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
@@ -996,8 +1189,10 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     double *const _dx_pb_slots = bp_work + C*O*KH*KW;
     double *const _dx_wu = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
     double *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
-    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW);
-    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW) + bp_slots(N)*C*KH*KW*Hout*Wout;
+    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0);
+    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout;
+    double *const _dw_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW;
+    double *const _dw_wparts = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW + bp_slots(N)*bp_wino_slot(O, C, Hout, Wout, KH, KW, 1);
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         const int bp_wino = bp_wino_on(C, O, KH, KW);
@@ -1044,7 +1239,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             double *const _dx_pb = _dx_pb_slots + bp_t*(O*KH*KW*H*W);
             int bp_first = BP_IM2COL_FIRST_WHOLE;
-            double *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW));
+            double *const bp_wv = _dx_wv_slots + bp_t*(bp_wino_slot(C, O, H, W, KH, KW, 0));
             double *const bp_wm = bp_wv + 16*(O)*bp_wt;
             double *const bp_wplane = bp_wm + 16*(C)*bp_wt;
             double *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
@@ -1135,6 +1330,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     }
     /* dw[o, c, p, q] = sum_{n,i,j}(dy[n, o, i, j]*x[n, c, i + p, j + q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
+        const int bp_wino = bp_wino_sums_on(O, C, Hout, Wout, KH, KW);
         BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t o = 0; o < O; ++o) {
             for (ptrdiff_t c = 0; c < C; ++c) {
@@ -1144,6 +1340,10 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 }
             }
         }
+        /* Winograd's route where the window is 3 x 3 */
+        const ptrdiff_t bp_wth = (Hout + 1)/2, bp_wtw = (Wout + 1)/2, bp_wt = bp_wth*bp_wtw;
+        const ptrdiff_t bp_wpr = 2*bp_wth + 2, bp_wps = 2*bp_wtw + 2;
+        const ptrdiff_t bp_wqr = 2*bp_wth, bp_wqs = 2*bp_wtw;     /* the tiles' plane */
         const ptrdiff_t bp_ns = bp_slots(N);
         ptrdiff_t bp_used = 1;     /* threads that ran, each with its slot */
         (void)bp_ns;               /* (without OpenMP the team is one thread) */
@@ -1156,8 +1356,49 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             double *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
             memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
             int bp_first = BP_IM2COL_FIRST_WHOLE;
+            double *const bp_wv = _dw_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW, 1));
+            double *const bp_wm = bp_wv + 16*(C)*bp_wt;
+            double *const bp_wplane = bp_wm + 16*(O)*bp_wt;
+            double *const bp_wrows = bp_wplane + bp_wpr*bp_wps;
+            double *const bp_wtile = bp_wrows + 4*bp_wps;
+            double *const bp_wpart = _dw_wparts + bp_t*bp_wino_parts(O, C, Hout, Wout, KH, KW);
+            if (bp_wino) memset(bp_wpart, 0, sizeof(*bp_wpart)*16*(O)*(C));
             BP_OMP(for schedule(static))
             for (ptrdiff_t n = 0; n < N; ++n) {
+                if (bp_wino) {
+                    for (ptrdiff_t c = 0; c < C; ++c) {
+                        /* the channel's input, zero outside, padded to whole tiles; then its patches' 16 values */
+                        for (ptrdiff_t bp_wr = 0; bp_wr < bp_wpr; ++bp_wr) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wr && bp_wr <= H - 1) ? bp_imax(bp_imin(0, bp_wps), 0) : bp_wps;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(W - 1, bp_wps - 1) + 1, bp_wps), bp_lo);
+                                for (ptrdiff_t bp_ws = 0; bp_ws < bp_lo; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_ws = bp_lo; bp_ws < bp_hi; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = x[((n*C + c)*H + bp_wr)*W + bp_ws];
+                                for (ptrdiff_t bp_ws = bp_hi; bp_ws < bp_wps; ++bp_ws) bp_wplane[bp_wr*bp_wps + bp_ws] = 0;
+                            }
+                        }
+                        bp_wino_input_f64(bp_wplane, bp_wth, bp_wtw, bp_wv + (c)*bp_wt, (C)*bp_wt, bp_wrows);
+                    }
+                    for (ptrdiff_t o = 0; o < O; ++o) {
+                        /* the 2x2 tiles of the other operand, zero past it; then their 16 values */
+                        for (ptrdiff_t bp_wtr = 0; bp_wtr < bp_wqr; ++bp_wtr) {
+                            {
+                                const ptrdiff_t bp_lo = (0 <= bp_wtr && bp_wtr <= Hout - 1) ? bp_imax(bp_imin(0, bp_wqs), 0) : bp_wqs;
+                                const ptrdiff_t bp_hi = bp_imax(bp_imin(bp_imin(Wout - 1, bp_wqs - 1) + 1, bp_wqs), bp_lo);
+                                for (ptrdiff_t bp_wts = 0; bp_wts < bp_lo; ++bp_wts) bp_wtile[bp_wtr*bp_wqs + bp_wts] = 0;
+                                BP_OMP(simd)
+                                for (ptrdiff_t bp_wts = bp_lo; bp_wts < bp_hi; ++bp_wts) bp_wtile[bp_wtr*bp_wqs + bp_wts] = dy[((n*O + o)*Hout + bp_wtr)*Wout + bp_wts];
+                                for (ptrdiff_t bp_wts = bp_hi; bp_wts < bp_wqs; ++bp_wts) bp_wtile[bp_wtr*bp_wqs + bp_wts] = 0;
+                            }
+                        }
+                        bp_wino_tile_f64(bp_wtile, bp_wth, bp_wtw, bp_wm + (o)*bp_wt, (O)*bp_wt);
+                    }
+                    for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {   /* summed over the tiles, into this thread's part */
+                        bp_conv2d_gemm_f64(101, 111, 112, O, C, bp_wt, 1, bp_wm + bp_xi*(O)*bp_wt, bp_wt, bp_wv + bp_xi*(C)*bp_wt, bp_wt, 1, bp_wpart + bp_xi*(O)*(C), C);
+                    }
+                    continue;
+                }
                 const int bp_in_place = KH == 1 && KW == 1 && Hout == H && Wout == W;
                 const double *const bp_b = bp_in_place ? x + C*Hout*Wout*n : _dw_pb;
                 const ptrdiff_t bp_ldb = Hout*Wout;
@@ -1193,6 +1434,19 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             double bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
+        }
+        if (bp_wino) {       /* the threads' 16 sums added up, each window G^T m G */
+            const ptrdiff_t bp_wmk = (O)*(C);
+            BP_OMP(parallel for if (bp_wmk >= BP_PARALLEL_MIN))
+            for (ptrdiff_t bp_e = 0; bp_e < bp_wmk; ++bp_e) {
+                double bp_wsum[16];
+                for (int bp_xi = 0; bp_xi < 16; ++bp_xi) {
+                    double bp_sum = 0;
+                    for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_wparts[bp_s*16*bp_wmk + bp_xi*bp_wmk + bp_e];
+                    bp_wsum[bp_xi] = bp_sum;
+                }
+                bp_wino_window_f64(bp_wsum, 1, dw + 9*bp_e);
+            }
         }
     } else {                 /* no GEMM, or too little work for the packing */
         BP_OMP(parallel for if (parallel: O*C*KH*KW >= BP_PARALLEL_MIN_PLAIN))
