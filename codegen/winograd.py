@@ -101,6 +101,8 @@ def as_winograd(nest: Nest, g: Im2col | None, shapes: dict,
     if found is None:
         return None
     A, B, _ = found
+    if not all(isinstance(i, sp.Idx) for i in A.indices):
+        return None        # A read in place by the transforms: no read of it may leave it
     if g.loop not in nest.out:
         return _weights_form(nest, g, A, B, shapes, windows)
     if len(g.n) != 2:

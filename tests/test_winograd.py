@@ -129,3 +129,37 @@ def test_the_route_equals_torch(dtype, threads):
             ref = ref.numpy()
             err = np.abs(got[name] - ref).max() / np.abs(ref).max()
             assert err < tol, ((N, C, O, H, W, P), threads, name, err)
+
+
+SHIFTED_A = """layer shifted_{kind}  a GEMM operand read past its own indices
+const P = 1
+dims N, C, O, H, W, KH, KW
+dims Hout = H + 2*P - KH + 1, Wout = W + 2*P - KW + 1
+input  g[N, O, Hout, Wout], x[N, C, H, W]
+outside x = 0
+outside g = 0
+param  w[O, C, KH, KW]
+outside w = 0
+output {out}
+{equation}
+"""
+
+
+@pytest.mark.parametrize("kind, out, equation", [
+    ("weights", "y[O, C, KH, KW]",
+     "y[o, c, p, q] = w[o, c, p, q] + g[n, o + 1, i, j] * x[n, c, i + p - P, j + q - P]"),
+    ("forward", "y[N, O, Hout, Wout]",
+     "y[n, o, i, j] = g[n, o, i, j] + w[o + 1, c, p, q] * x[n, c, i + p - P, j + q - P]")])
+def test_an_operand_read_past_its_indices_keeps_the_im2col_gemm(kind, out, equation):
+    """The transforms read A in place, without the guards an im2col pack gives a shifted
+    read (o + 1 past O), so such an A keeps the im2col GEMM (a review found the weights'
+    form reading past g: errors of 1e154 against the NumPy backend)."""
+    from derive import parse_spec
+    layer = parse_spec(SHIFTED_A.format(kind=kind, out=out, equation=equation))
+    assert "bp_wino" not in codegen.sources(layer, "c")[f"shifted_{kind}.c"]
+    rng = np.random.default_rng(7)
+    N, C, O, H, W = 2, 16, 3, 12, 12
+    arrays = dict(x=rng.standard_normal((N, C, H, W)), g=rng.standard_normal((N, O, H, W)),
+                  w=rng.standard_normal((O, C, 3, 3)))
+    got, ref = (codegen.load(layer, backend=b).forward(**arrays)["y"] for b in ("c", "numpy"))
+    assert np.abs(got - ref).max() <= 1e-12 * np.abs(ref).max()
