@@ -11,7 +11,7 @@ g the 3x3 window of A for one (m, channel), d the 4x4 input patch of one tile an
 the 16 products of the transformed values, summed over channels, are 16 GEMMs
 U_xi (M x C) @ V_xi (C x tiles): 2 * 16 * M * C * tiles multiply-adds against the direct
 2 * 9 * M * C * 4 * tiles, 2.25x fewer.  A window read u - v (a convolution's dx, whose
-window runs backwards) is the forward one with the window flipped: g[a][b] = A(2 - a, ..).
+window runs backwards) is the forward one with the window flipped: `g[a][b] = A(2 - a, ..)`.
 
 A sum over the images and positions u of a plain A (dy[n, o, i, j]) times B read at u + v + c
 with v in T's last two axes (a convolution's dw) is F(3x3, 2x2), the same algorithm with
