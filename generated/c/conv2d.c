@@ -154,6 +154,15 @@ static inline ptrdiff_t bp_im2col_rows(ptrdiff_t rows, ptrdiff_t rest, ptrdiff_t
 #define BP_WINOGRAD_MIN_TILES 32
 #endif
 
+/* The transforms are called once a channel plane or window, not inlined: inlined into the
+ * images' loops they tripled the compile time of conv2d's parts (0.96 -> 3.0 s of one part,
+ * -O3) for no speed. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BP_OUT_OF_LINE __attribute__((noinline, unused))
+#else
+#define BP_OUT_OF_LINE
+#endif
+
 static inline int bp_wino_on(ptrdiff_t m, ptrdiff_t k, ptrdiff_t kh, ptrdiff_t kw)
 {
     return BP_WINOGRAD && kh == 3 && kw == 3 && k >= BP_WINOGRAD_MIN_K && m >= 1;
@@ -274,7 +283,7 @@ void bp_conv2d_set_threads(int threads)
 #if BP_PART == 0 || BP_PART == 1 || BP_PART == 2
 
 /* U = G g G^T of one 3x3 window g (row-major): its 16 values, value xi at u[xi*stride]. */
-static inline void bp_wino_weight_f32(const float g[9], float *u, ptrdiff_t stride)
+BP_OUT_OF_LINE static void bp_wino_weight_f32(const float g[9], float *u, ptrdiff_t stride)
 {
     float t[4][3];
     for (int b = 0; b < 3; ++b) {
@@ -294,7 +303,7 @@ static inline void bp_wino_weight_f32(const float g[9], float *u, ptrdiff_t stri
 /* V = B^T d B of every 4x4 patch d of one channel's plane (th x tw tiles, the plane
  * 2 th + 2 rows of 2 tw + 2): tile t's value xi at v[xi*stride + t].  The rows' transform
  * first, a whole plane row at a time (contiguous), then the columns'. */
-static inline void bp_wino_input_f32(const float *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+BP_OUT_OF_LINE static void bp_wino_input_f32(const float *restrict plane, ptrdiff_t th, ptrdiff_t tw,
                                     float *restrict v, ptrdiff_t stride, float *restrict rows)
 {
     const ptrdiff_t pw = 2 * tw + 2;
@@ -331,7 +340,7 @@ static inline void bp_wino_input_f32(const float *restrict plane, ptrdiff_t th, 
  * an output plane of rows x cols (row stride cols): start + Y, or Y added to it when add;
  * the last tile row and column keep only what lies inside.  Each tile row goes through
  * `two` (two output rows of whole tiles), so the tiles' loop has no bounds to check. */
-static inline void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride, ptrdiff_t th,
+BP_OUT_OF_LINE static void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride, ptrdiff_t th,
                                      ptrdiff_t tw, float *restrict y, ptrdiff_t rows,
                                      ptrdiff_t cols, int add, float start, float *restrict two)
 {
@@ -371,7 +380,7 @@ static inline void bp_wino_output_f32(const float *restrict m, ptrdiff_t stride,
 /* The weights' form, F(3x3, 2x2) (a convolution's dw): A t A^T of every 2x2 tile t of one
  * plane of dy (th x tw tiles, the plane 2 th rows of 2 tw, zero past dy), A = [1 0; 1 1;
  * 1 -1; 0 -1]: tile t's value xi at u[xi*stride + t]. */
-static inline void bp_wino_tile_f32(const float *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+BP_OUT_OF_LINE static void bp_wino_tile_f32(const float *restrict plane, ptrdiff_t th, ptrdiff_t tw,
                                    float *restrict u, ptrdiff_t stride)
 {
     const ptrdiff_t pw = 2 * tw;
@@ -405,7 +414,7 @@ static inline void bp_wino_tile_f32(const float *restrict plane, ptrdiff_t th, p
 
 /* The weights' form's result, G^T m G of the 16 sums m (value xi at m[xi*stride]), G^T =
  * [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]: the 3x3 window, row-major, added to w. */
-static inline void bp_wino_window_f32(const float *restrict m, ptrdiff_t stride, float *restrict w)
+BP_OUT_OF_LINE static void bp_wino_window_f32(const float *restrict m, ptrdiff_t stride, float *restrict w)
 {
     const float h = (float)0.5;
     float z[3][4];
@@ -886,7 +895,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
 #if BP_PART == 0 || BP_PART == 3 || BP_PART == 4
 
 /* U = G g G^T of one 3x3 window g (row-major): its 16 values, value xi at u[xi*stride]. */
-static inline void bp_wino_weight_f64(const double g[9], double *u, ptrdiff_t stride)
+BP_OUT_OF_LINE static void bp_wino_weight_f64(const double g[9], double *u, ptrdiff_t stride)
 {
     double t[4][3];
     for (int b = 0; b < 3; ++b) {
@@ -906,7 +915,7 @@ static inline void bp_wino_weight_f64(const double g[9], double *u, ptrdiff_t st
 /* V = B^T d B of every 4x4 patch d of one channel's plane (th x tw tiles, the plane
  * 2 th + 2 rows of 2 tw + 2): tile t's value xi at v[xi*stride + t].  The rows' transform
  * first, a whole plane row at a time (contiguous), then the columns'. */
-static inline void bp_wino_input_f64(const double *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+BP_OUT_OF_LINE static void bp_wino_input_f64(const double *restrict plane, ptrdiff_t th, ptrdiff_t tw,
                                     double *restrict v, ptrdiff_t stride, double *restrict rows)
 {
     const ptrdiff_t pw = 2 * tw + 2;
@@ -943,7 +952,7 @@ static inline void bp_wino_input_f64(const double *restrict plane, ptrdiff_t th,
  * an output plane of rows x cols (row stride cols): start + Y, or Y added to it when add;
  * the last tile row and column keep only what lies inside.  Each tile row goes through
  * `two` (two output rows of whole tiles), so the tiles' loop has no bounds to check. */
-static inline void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride, ptrdiff_t th,
+BP_OUT_OF_LINE static void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride, ptrdiff_t th,
                                      ptrdiff_t tw, double *restrict y, ptrdiff_t rows,
                                      ptrdiff_t cols, int add, double start, double *restrict two)
 {
@@ -983,7 +992,7 @@ static inline void bp_wino_output_f64(const double *restrict m, ptrdiff_t stride
 /* The weights' form, F(3x3, 2x2) (a convolution's dw): A t A^T of every 2x2 tile t of one
  * plane of dy (th x tw tiles, the plane 2 th rows of 2 tw, zero past dy), A = [1 0; 1 1;
  * 1 -1; 0 -1]: tile t's value xi at u[xi*stride + t]. */
-static inline void bp_wino_tile_f64(const double *restrict plane, ptrdiff_t th, ptrdiff_t tw,
+BP_OUT_OF_LINE static void bp_wino_tile_f64(const double *restrict plane, ptrdiff_t th, ptrdiff_t tw,
                                    double *restrict u, ptrdiff_t stride)
 {
     const ptrdiff_t pw = 2 * tw;
@@ -1017,7 +1026,7 @@ static inline void bp_wino_tile_f64(const double *restrict plane, ptrdiff_t th, 
 
 /* The weights' form's result, G^T m G of the 16 sums m (value xi at m[xi*stride]), G^T =
  * [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]: the 3x3 window, row-major, added to w. */
-static inline void bp_wino_window_f64(const double *restrict m, ptrdiff_t stride, double *restrict w)
+BP_OUT_OF_LINE static void bp_wino_window_f64(const double *restrict m, ptrdiff_t stride, double *restrict w)
 {
     const double h = (double)0.5;
     double z[3][4];
