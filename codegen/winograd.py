@@ -49,8 +49,7 @@ class Winograd:
     channels: tuple              # the summed indices other than the window (C)
     patch: sp.Expr               # B's read at position (r, s) of the padded input plane
     plane: tuple                 # (r, s): the plane's indices, from 0
-    weight: sp.Expr | None       # A's element at window position (a, b), flipped as read
-    taps: tuple                  # (a, b): the window position symbols in `weight`
+    weight: sp.Expr | None       # A's element at window position (bp_wa, bp_wb), flipped as read
     tile: sp.Expr | None = None  # weights' form: A's read at (r, s) of its own plane, 0 past it
     tile_plane: tuple = ()       # (r, s) of that plane
 
@@ -130,7 +129,7 @@ def as_winograd(nest: Nest, g: Im2col | None, shapes: dict,
     taps = {wins[0]: a if signs[0] > 0 else TAPS - 1 - a,
             wins[1]: b if signs[1] > 0 else TAPS - 1 - b}
     return Winograd(tuple(g.n), tuple(wins), channels, _patch(B, at, shifts, shapes),
-                    (r, s), A.xreplace(taps), (a, b))
+                    (r, s), A.xreplace(taps))
 
 
 def _weights_form(nest, g, A, B, shapes, windows) -> Winograd | None:
@@ -156,4 +155,4 @@ def _weights_form(nest, g, A, B, shapes, windows) -> Winograd | None:
     tile = between(tr, 0, dim_of(g.k[0]) - 1) * between(ts, 0, dim_of(g.k[1]) - 1) * \
         A.xreplace({g.k[0]: tr, g.k[1]: ts})
     return Winograd(tuple(g.k), tuple(wins), tuple(g.n[:-2]), _patch(B, at, shifts, shapes),
-                    (r, s), None, (), tile, (tr, ts))
+                    (r, s), None, tile, (tr, ts))
