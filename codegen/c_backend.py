@@ -22,8 +22,8 @@ from .batched_gemm import as_batched_gemm
 from .fused_axes import as_fused_gemm, fewest_gemm_calls
 from .gemm import as_gemm
 from .gemm_pairs import side_by_side
-from .im2col import as_im2col as _as_packed
-from .winograd import TRANSFORMS, as_winograd
+from .im2col import _extent, as_im2col as _as_packed
+from .winograd import as_winograd
 from .loops import (Group, LoopPlan, Nest, Temp, fusable, fuse, hoist_invariants,
                     inline_cheap, leaves, lower, max_into_argmax, scan_nest,
                     split_by_residue, split_by_value)
@@ -269,7 +269,7 @@ def _winograd_scratch(n: Nest, w, g, shapes: dict) -> list[Temp]:
         return []
     m, k = _extent(g.m), _extent(w.channels)
     (v1, v2), (u1, u2) = w.windows, w.rows
-    size = lambda f, *args: sp.Idx(f"bp_wi", sp.Symbol(
+    size = lambda f, *args: sp.Idx("bp_wi", sp.Symbol(
         f"{f}({', '.join(str(a) for a in args)})", integer=True, positive=True))
     window = (dim_of(v1), dim_of(v2))
     sums = int(w.tile is not None)       # the weights' form: each slot's 16 sums of M x C
@@ -279,10 +279,6 @@ def _winograd_scratch(n: Nest, w, g, shapes: dict) -> list[Temp]:
         return [slot, Temp(f"_{n.target}_wparts", (_slots(g.loop), size(
             "bp_wino_parts", m, k, dim_of(u1), dim_of(u2), *window)))]
     return [Temp(f"_{n.target}_wu", (size("bp_wino_weights", m, k, *window),)), slot]
-
-
-def _extent(indices) -> sp.Expr:
-    return sp.Mul(*[dim_of(i) for i in indices])
 
 
 def _products_apart(n: Nest, shapes) -> list[Nest]:
@@ -978,7 +974,7 @@ def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, shapes, c: str,
                 start=None if start is None else printer.code(start),
                 u=f"_{n.target}_wu", slots=f"_{n.target}_wv_slots",
                 slot=f"bp_wino_slot({sizes}, {window}, {sums})",
-                c=c, add=beta, count=TRANSFORMS)
+                c=c, add=beta)
 
 
 def _column_blocks(g, packs, printer, mnk, a, b, c, beta) -> dict | None:

@@ -39,7 +39,6 @@ from .im2col import Im2col, _dims, operands
 from .loops import Nest
 
 TAPS = 3                # the window F(2x2, 3x3) takes
-TRANSFORMS = 16         # the 4 x 4 transformed products
 
 
 @dataclass(frozen=True)
