@@ -82,13 +82,20 @@ def freshen_bound(expr):
     if isinstance(expr, sp.Sum):
         mapping = {lim[0]: fresh(lim[0]) for lim in expr.limits}
         body = freshen_bound(expr.function).xreplace(mapping)
-        return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
+        return sp.Sum(body, *_renamed_limits(expr.limits, mapping))
     if hasattr(expr, "bound_indices") and expr.bound_indices:   # a max over an index
         mapping = {k: fresh(k) for k in expr.bound_indices}
         return _rebind(expr, mapping, freshen_bound(expr.args[0]))
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
         return expr
     return expr.func(*[freshen_bound(a) for a in expr.args])
+
+
+def _renamed_limits(limits, mapping):
+    """A sum's limits with its indices renamed by `mapping`, in the bounds too: an inner
+    index's bounds may read an outer one (sum_p sum_{q=max(0, h - p - L)..} after a delta
+    on h - p - q), and left unrenamed they would read an index no sum binds."""
+    return [(mapping[k], lo.xreplace(mapping), hi.xreplace(mapping)) for k, lo, hi in limits]
 
 
 def _rebind(expr, mapping, body):
@@ -112,7 +119,7 @@ def tidy_bound(expr, taken: set[str], letters=None):
             mapping[k] = new
         body = expr.function.xreplace(mapping)
         body = tidy_bound(body, scope, letters)
-        return sp.Sum(body, *[(mapping[k], lo, hi) for k, lo, hi in expr.limits])
+        return sp.Sum(body, *_renamed_limits(expr.limits, mapping))
     if hasattr(expr, "bound_indices") and expr.bound_indices:   # a max over an index
         scope = set(taken) | {i.label.name for i in free_indices(expr)}
         mapping = {}

@@ -18,6 +18,7 @@ from derive.affine import between
 from derive.builtins import builtin
 from derive.errors import SpecError
 from derive.evaluate import evaluate
+from derive.indices import free_indices
 
 from .oracles import rel_err, require_oracle
 
@@ -690,3 +691,38 @@ def test_a_function_of_a_strided_sum_over_the_solved_index(backend):
     fn = lambda x, w: torch.relu(F.conv1d(x, w[:, None, :], stride=2, groups=3))  # noqa
     _check(kernels, dict(x=x, w=w), fn, "float64", rng, TOL["float64"])
 
+
+
+SUMMED_OFFSETS = """layer summed_offsets  two window offsets summed in one slot
+dims N, C, O, H, W, KH, KW
+dims Hout = H - KH - KW + 2
+input  x[N, C, H, W]
+param  w[O, C, KH, KW]
+output y[N, O, Hout, W]
+y[n, o, i, j] = w[o, c, p, q] * x[n, c, i + p + q, j]
+"""
+
+
+@pytest.mark.parametrize("backend, dtype", BACKENDS)
+def test_a_window_offset_whose_bounds_read_another(tmp_path, backend, dtype):
+    """dx[n, c, h, j] sums q over max(0, h + 1 - Hout - p)..min(KW - 1, h - p): bounds that
+    read the outer offset p.  Renaming the sums' indices (fresh, then readable) must rename
+    them in those bounds too: left behind, they read an index no sum binds, and the C did
+    not compile.  The oracle: torch's conv2d with the offsets' combined (KH + KW - 1) x 1
+    kernel, w summed over p + q = r."""
+    spec = tmp_path / "summed_offsets.bp"
+    spec.write_text(SUMMED_OFFSETS)
+    dx = derive(parse_spec(SUMMED_OFFSETS)).gradients["x"].expr
+    assert "~" not in str(dx), dx
+    assert {i.label.name for i in free_indices(dx)} == {"n", "c", "h", "j"}, dx
+
+    def fn(x, w):
+        KH, KW = w.shape[2:]
+        r = torch.zeros(*w.shape[:2], KH + KW - 1, 1, dtype=w.dtype)
+        for p in range(KH):
+            r = r + F.pad(w[:, :, p:p + 1, :].transpose(2, 3), (0, 0, p, KH - 1 - p))
+        return F.conv2d(x, r)
+
+    rng = np.random.default_rng(8)
+    inputs = dict(x=rng.normal(size=(2, 3, 9, 4)), w=rng.normal(size=(5, 3, 3, 2)))
+    _check(_load(str(spec), backend, dtype), inputs, fn, dtype, rng, TOL[dtype])
