@@ -188,8 +188,9 @@ def lower_for_c(plan: KernelPlan, shapes: dict) -> LoopPlan:
         nests = [n if library(n) else split_by_residue(n) for n in nests]
         for n in nests:
             g = as_im2col(n, known, windows)
-            temps += _im2col_scratch(n, g, shapes) if g else []
-            temps += _winograd_scratch(n, as_winograd(n, g, known, windows), g, shapes)
+            w = as_winograd(n, g, known, windows)
+            temps += _im2col_scratch(n, g, shapes, w) if g else []
+            temps += _winograd_scratch(n, w, g, shapes)
         shapes_now = dict(known)
         shapes_now.update({t.name: t.dims for t in temps})
         scheduled = schedule(nests, lambda n: n.target,
@@ -235,29 +236,46 @@ def _with_steps(scan: Scan, shapes: dict) -> Scan:
         dataclasses.replace(n, step=step_gemm(n, scan.index, shapes)) for n in scan.items))
 
 
-def _slots(loop: sp.Idx) -> sp.Idx:
+def _slots(loop: sp.Idx, unless: str | None = None) -> sp.Idx:
     """An index over the scratch slots of a GEMM loop run in parallel: one per thread that
-    can run (bp_slots in the generated C), at most one per loop value."""
-    return sp.Idx("bp_slot", sp.Symbol(f"bp_slots({dim_of(loop)})", integer=True,
-                                       positive=True))
+    can run (bp_slots in the generated C), at most one per loop value; none at a call
+    where the C condition `unless` holds (Winograd's route, which uses other scratch)."""
+    count = f"bp_slots({dim_of(loop)})" if unless is None else \
+        f"bp_slots_unless({dim_of(loop)}, {unless})"
+    return sp.Idx("bp_slot", sp.Symbol(count, integer=True, positive=True))
 
 
-def _im2col_scratch(n: Nest, g, shapes: dict) -> list[Temp]:
+def _im2col_scratch(n: Nest, g, shapes: dict, w=None) -> list[Temp]:
     """Scratch of a convolution's GEMMs: operands packed once; those packed per loop value
     once per slot (each thread packs its own), and, where the loop is summed, a partial
-    result per slot.  `shapes` learns the one-slot shape a thread's pack is printed with."""
+    result per slot.  `shapes` learns the one-slot shape a thread's pack is printed with.
+    Where Winograd's route `w` may be taken, the slots count 0 at the calls that take it
+    (its images skip the packs and the partial results)."""
     temps = []
+    unless = None if w is None else winograd_when(w, g, str)
     for operand in (g.a, g.b):
         if operand.pack is None:
             continue
         if operand.per_loop:
-            temps.append(Temp(operand.name + "_slots", (_slots(g.loop),) + operand.pack.out))
+            temps.append(Temp(operand.name + "_slots",
+                              (_slots(g.loop, unless),) + operand.pack.out))
             shapes[operand.name] = Temp(operand.name, operand.pack.out).dims
         else:
             temps.append(Temp(operand.name, operand.pack.out))
     if g.loop is not None and g.loop not in n.out:
-        temps.append(Temp(f"_{n.target}_part", (_slots(g.loop),) + tuple(n.out)))
+        temps.append(Temp(f"_{n.target}_part", (_slots(g.loop, unless),) + tuple(n.out)))
     return temps
+
+
+def winograd_when(w, g, code) -> str:
+    """The C condition under which a call takes the Winograd route `w` of im2col route
+    `g` (sizes printed by `code`): the same text in the work size and in the kernel."""
+    (v1, v2), (u1, u2) = w.windows, w.rows
+    m, k = code(_extent(g.m)), code(_extent(w.channels))
+    window = f"{code(dim_of(v1))}, {code(dim_of(v2))}"
+    if w.tile is not None:               # the weights' form: also enough tiles an image
+        return f"bp_wino_sums_on({m}, {k}, {code(dim_of(u1))}, {code(dim_of(u2))}, {window})"
+    return f"bp_wino_on({m}, {k}, {window})"
 
 
 def _winograd_scratch(n: Nest, w, g, shapes: dict) -> list[Temp]:
@@ -963,8 +981,7 @@ def _winograd_view(n: Nest, w, g, printer: KernelCPrinter, shapes, c: str,
     sizes = f"{m}, {k}, {code(dim_of(u1))}, {code(dim_of(u2))}"
     window = f"{code(dim_of(v1))}, {code(dim_of(v2))}"
     sums = int(w.tile is not None)
-    when = f"bp_wino_sums_on({sizes}, {window})" if sums else f"bp_wino_on({m}, {k}, {window})"
-    return dict(when=when, m=m, k=k,
+    return dict(when=winograd_when(w, g, code), m=m, k=k,
                 rows=code(dim_of(u1)), cols=code(dim_of(u2)),
                 m_loops=loops(g.m), k_loops=loops(w.channels),
                 m_flat=flat(g.m), k_flat=flat(w.channels),

@@ -163,3 +163,73 @@ def test_an_operand_read_past_its_indices_keeps_the_im2col_gemm(kind, out, equat
                   w=rng.standard_normal((O, C, 3, 3)))
     got, ref = (codegen.load(layer, backend=b).forward(**arrays)["y"] for b in ("c", "numpy"))
     assert np.abs(got - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def _guarded_call(k, entry, arrays, guard=4096):
+    """k's C entry called directly with a work buffer of exactly the size its work function
+    gives, between NaN guard bands (nothing outside the buffer is writable unseen, and a
+    read past it brings NaN into a result): (results, guards intact, work size)."""
+    out = getattr(k, entry)(**arrays)
+    fn, work_size = k.entry_point(entry)
+    inputs = k.args + (k.upstream if entry == "backward" else ())
+    dims = k.dim_values(k.checked_sizes(arrays, inputs))
+    ffi, ctype = k.c_types()
+    size = int(work_size(*dims))
+    band = np.full(size + 2 * guard, np.nan, dtype=k.dtype)
+    out = {n: np.full_like(v, np.nan) for n, v in out.items()}
+    ptr = lambda a: ffi.cast(ctype + " *", ffi.from_buffer(a))
+    keep = {n: np.ascontiguousarray(arrays[n]) for n in inputs}
+    assert fn(*dims, *[ptr(keep[n]) for n in inputs], *[ptr(v) for v in out.values()],
+              ptr(band[guard:])) == 0
+    intact = bool(np.isnan(band[:guard]).all() and np.isnan(band[guard + size:]).all())
+    return out, intact, size
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_route_needs_no_im2col_scratch(monkeypatch, threads):
+    """Where a call takes Winograd's route, the work size leaves out the im2col packs'
+    slots and dw's partial sums (its images skip them): smaller than the im2col build's
+    (-DBP_WINOGRAD=0) on the bench's shape, by the packs' size and less the route's own.
+    Called with exactly that buffer between NaN guard bands, the kernels stay inside it and
+    equal torch; at 8 channels (below BP_WINOGRAD_MIN_K) the im2col route gets its slots."""
+    wino, plain = _build(monkeypatch, "float64"), \
+        _build(monkeypatch, "float64", "-DBP_WINOGRAD=0")
+    for k in (wino, plain):
+        k.set_threads(threads)
+    _, fwork = wino.entry_point("forward")
+    _, fplain = plain.entry_point("forward")
+    _, bwork = wino.entry_point("backward")
+    _, bplain = plain.entry_point("backward")
+    N, C, O, H, W = 4, 64, 64, 56, 56           # (Hout, Wout = H, W at padding 1)
+    dims = (N, C, O, H, W, 3, 3, H, W)
+    pack = fplain(*dims)                        # y's im2col pack: C * 9 * H * W a slot
+    slots = pack // (C * 9 * H * W)
+    assert pack == slots * C * 9 * H * W and 1 <= slots <= N
+    # Winograd's own: the weights' 16 values, and a slot's transformed image (16 x (O + C)
+    # x 28 x 28 tiles) and padded plane (58 x 58) with 4 transformed rows: 62 x 58
+    assert fwork(*dims) == 16 * O * C + slots * (16 * (O + C) * 28 * 28 + 62 * 58)
+    assert fwork(*dims) < pack          # (with the packs counted too: pack + this)
+    # backward: dx's weights rearranged (packed once, either route), dx's and dw's slots
+    # (dw's with its 28 x 28 plane of dy's tiles) and dw's 16 sums a slot; no im2col packs
+    # (2 x pack) and no partial dw (slots x O x C x 9) as in the im2col build
+    slot = 16 * (O + C) * 28 * 28 + 62 * 58
+    assert bwork(*dims) == C * O * 9 + 16 * C * O + slots * (2 * slot + 4 * 28 * 28) + \
+        slots * 16 * O * C
+    assert bplain(*dims) == C * O * 9 + 2 * pack + slots * O * C * 9
+    rng = np.random.default_rng(9)
+    for N, C, O, H, W in ((3, 16, 20, 12, 11), (2, 8, 16, 9, 9)):
+        x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), \
+            rng.standard_normal(O)
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, padding=1)
+        dy = rng.standard_normal(tuple(y.shape))
+        y.backward(torch.tensor(dy))
+        got, ok, _ = _guarded_call(wino, "forward", dict(x=x, w=w, b=b))
+        assert ok, ("forward", C)
+        grads, ok, _ = _guarded_call(wino, "backward", dict(x=x, w=w, b=b, dy=dy))
+        assert ok, ("backward", C)
+        for name, ref in (("y", y.detach()), ("dx", xt.grad), ("dw", wt.grad),
+                          ("db", bt.grad)):
+            v = (got if name == "y" else grads)[name]
+            ref = ref.numpy()
+            assert np.abs(v - ref).max() <= 1e-12 * np.abs(ref).max(), (C, name)

@@ -208,6 +208,13 @@ static inline ptrdiff_t bp_slots(ptrdiff_t n)
     return p < n ? p : n;
 }
 
+/* The im2col packs' and partial results' slots: none at a call that takes Winograd's
+ * route (`wino`), whose images skip them. */
+static inline ptrdiff_t bp_slots_unless(ptrdiff_t n, int wino)
+{
+    return wino ? 0 : bp_slots(n);
+}
+
 static inline int bp_team(ptrdiff_t slots)
 {
     const int t = bp_max_threads();
@@ -252,7 +259,7 @@ size_t bp_conv2d_forward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_wino_weights(O, C, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW, 0);
+    return (size_t)bp_slots_unless(N, bp_wino_on(O, C, KH, KW))*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_wino_weights(O, C, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW, 0);
 }
 
 size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t H, ptrdiff_t W, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hout, ptrdiff_t Wout)
@@ -266,7 +273,7 @@ size_t bp_conv2d_backward_work(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, ptrdiff_t 
     (void)KW;
     (void)Hout;
     (void)Wout;
-    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_wino_weights(C, O, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(C, O, H, W, KH, KW, 0) + (size_t)bp_slots(N)*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots(N)*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW, 1) + (size_t)bp_slots(N)*(size_t)bp_wino_parts(O, C, Hout, Wout, KH, KW);
+    return (size_t)C*(size_t)O*(size_t)KH*(size_t)KW + (size_t)bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*(size_t)O*(size_t)KH*(size_t)KW*(size_t)H*(size_t)W + (size_t)bp_wino_weights(C, O, KH, KW) + (size_t)bp_slots(N)*(size_t)bp_wino_slot(C, O, H, W, KH, KW, 0) + (size_t)bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*(size_t)C*(size_t)KH*(size_t)KW*(size_t)Hout*(size_t)Wout + (size_t)bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*(size_t)O*(size_t)C*(size_t)KH*(size_t)KW + (size_t)bp_slots(N)*(size_t)bp_wino_slot(O, C, Hout, Wout, KH, KW, 1) + (size_t)bp_slots(N)*(size_t)bp_wino_parts(O, C, Hout, Wout, KH, KW);
 }
 
 void bp_conv2d_set_threads(int threads)
@@ -440,8 +447,8 @@ BP_PREFER_256 int bp_conv2d_forward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
     (void)H;
     (void)W;
     float *const _y_pb_slots = bp_work + 0;
-    float *const _y_wu = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout;
-    float *const _y_wv_slots = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
+    float *const _y_wu = bp_work + bp_slots_unless(N, bp_wino_on(O, C, KH, KW))*C*KH*KW*Hout*Wout;
+    float *const _y_wv_slots = bp_work + bp_slots_unless(N, bp_wino_on(O, C, KH, KW))*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f32 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         const int bp_wino = bp_wino_on(O, C, KH, KW);
@@ -584,12 +591,12 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     (void)b;
     float *const _dx_pa = bp_work + 0;
     float *const _dx_pb_slots = bp_work + C*O*KH*KW;
-    float *const _dx_wu = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
-    float *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
-    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0);
-    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout;
-    float *const _dw_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW;
-    float *const _dw_wparts = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW + bp_slots(N)*bp_wino_slot(O, C, Hout, Wout, KH, KW, 1);
+    float *const _dx_wu = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W;
+    float *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
+    float *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0);
+    float *const _dw_part = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*C*KH*KW*Hout*Wout;
+    float *const _dw_wv_slots = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*C*KH*KW*Hout*Wout + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*O*C*KH*KW;
+    float *const _dw_wparts = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*C*KH*KW*Hout*Wout + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*O*C*KH*KW + bp_slots(N)*bp_wino_slot(O, C, Hout, Wout, KH, KW, 1);
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f32 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         const int bp_wino = bp_wino_on(C, O, KH, KW);
@@ -751,7 +758,7 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             float *const _dw_pb = _dw_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             float *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
-            memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
+            if (!bp_wino) memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
             int bp_first = BP_IM2COL_FIRST_WHOLE;
             float *const bp_wv = _dw_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW, 1));
             float *const bp_wm = bp_wv + 16*(C)*bp_wt;
@@ -826,8 +833,8 @@ BP_PREFER_256 int bp_conv2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 }
             }
         }
-        BP_OMP(parallel for simd if (parallel: C*KH*KW*O >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < C*KH*KW*O; ++bp_e) {
+        BP_OMP(parallel for simd if (parallel: (bp_wino ? 0 : C*KH*KW*O) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < (bp_wino ? 0 : C*KH*KW*O); ++bp_e) {
             float bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
@@ -1052,8 +1059,8 @@ BP_PREFER_256 int bp_conv2d_forward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, p
     (void)H;
     (void)W;
     double *const _y_pb_slots = bp_work + 0;
-    double *const _y_wu = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout;
-    double *const _y_wv_slots = bp_work + bp_slots(N)*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
+    double *const _y_wu = bp_work + bp_slots_unless(N, bp_wino_on(O, C, KH, KW))*C*KH*KW*Hout*Wout;
+    double *const _y_wv_slots = bp_work + bp_slots_unless(N, bp_wino_on(O, C, KH, KW))*C*KH*KW*Hout*Wout + bp_wino_weights(O, C, KH, KW);
     /* y[n, o, i, j] = w[o, c, p, q] * x[n, c, S*i + D*p - P, S*j + D*q - P] + b[o] */
     if (bp_conv2d_gemm_f64 != NULL && C*Hout*KH*KW*O*Wout >= BP_IM2COL_MIN_WORK) {
         const int bp_wino = bp_wino_on(O, C, KH, KW);
@@ -1196,12 +1203,12 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
     (void)b;
     double *const _dx_pa = bp_work + 0;
     double *const _dx_pb_slots = bp_work + C*O*KH*KW;
-    double *const _dx_wu = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W;
-    double *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
-    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0);
-    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout;
-    double *const _dw_wv_slots = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW;
-    double *const _dw_wparts = bp_work + C*O*KH*KW + bp_slots(N)*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots(N)*C*KH*KW*Hout*Wout + bp_slots(N)*O*C*KH*KW + bp_slots(N)*bp_wino_slot(O, C, Hout, Wout, KH, KW, 1);
+    double *const _dx_wu = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W;
+    double *const _dx_wv_slots = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW);
+    double *const _dw_pb_slots = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0);
+    double *const _dw_part = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*C*KH*KW*Hout*Wout;
+    double *const _dw_wv_slots = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*C*KH*KW*Hout*Wout + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*O*C*KH*KW;
+    double *const _dw_wparts = bp_work + C*O*KH*KW + bp_slots_unless(N, bp_wino_on(C, O, KH, KW))*O*KH*KW*H*W + bp_wino_weights(C, O, KH, KW) + bp_slots(N)*bp_wino_slot(C, O, H, W, KH, KW, 0) + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*C*KH*KW*Hout*Wout + bp_slots_unless(N, bp_wino_sums_on(O, C, Hout, Wout, KH, KW))*O*C*KH*KW + bp_slots(N)*bp_wino_slot(O, C, Hout, Wout, KH, KW, 1);
     /* dx[n, c, h, k] = sum_{o,p=max(0, h + 1 - Hout)..min(KH - 1, h),q=max(0, k + 1 - Wout)..min(KW - 1, k)}(dy[n, o, h - p, k - q]*w[o, c, p, q]) */
     if (bp_conv2d_gemm_f64 != NULL && C*H*KH*KW*O*W >= BP_IM2COL_MIN_WORK) {
         const int bp_wino = bp_wino_on(C, O, KH, KW);
@@ -1363,7 +1370,7 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
             if (bp_t == 0) bp_used = bp_threads();
             double *const _dw_pb = _dw_pb_slots + bp_t*(C*KH*KW*Hout*Wout);
             double *const bp_part = _dw_part + bp_t*(C*KH*KW*O);
-            memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
+            if (!bp_wino) memset(bp_part, 0, sizeof(*bp_part)*(C*KH*KW*O));
             int bp_first = BP_IM2COL_FIRST_WHOLE;
             double *const bp_wv = _dw_wv_slots + bp_t*(bp_wino_slot(O, C, Hout, Wout, KH, KW, 1));
             double *const bp_wm = bp_wv + 16*(C)*bp_wt;
@@ -1438,8 +1445,8 @@ BP_PREFER_256 int bp_conv2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t O, 
                 }
             }
         }
-        BP_OMP(parallel for simd if (parallel: C*KH*KW*O >= BP_PARALLEL_MIN))
-        for (ptrdiff_t bp_e = 0; bp_e < C*KH*KW*O; ++bp_e) {
+        BP_OMP(parallel for simd if (parallel: (bp_wino ? 0 : C*KH*KW*O) >= BP_PARALLEL_MIN))
+        for (ptrdiff_t bp_e = 0; bp_e < (bp_wino ? 0 : C*KH*KW*O); ++bp_e) {
             double bp_sum = 0;
             for (ptrdiff_t bp_s = 0; bp_s < bp_used; ++bp_s) bp_sum += _dw_part[bp_s*(C*KH*KW*O) + bp_e];
             dw[bp_e] += bp_sum;
