@@ -105,7 +105,7 @@ examples:
                    help=r"map a claim symbol to a tensor (repeatable), e.g. '\hat{y}=y'")
     p.add_argument("--json", action="store_true", help="print a machine-readable record")
     p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds SymPy may spend before numbers decide (default 5)")
+                   help="seconds of CPU time SymPy may spend before numbers decide (default 5)")
     p.add_argument("--catalogue", action="store_true",
                    help="verify the built-in catalogue of textbook claims")
 

@@ -232,21 +232,41 @@ def test_spec_language_claim_errors(derivations):
         verify(d_of(derivations, "dense"), "dx[n, j] = sinh(x[n, j])")
 
 
+def _busy(seconds):
+    """Spend CPU time (the limit counts CPU time, not sleep) until `seconds` of wall time
+    have passed."""
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
 def test_time_limit_fires_again_when_a_timeout_is_swallowed():
     """A TimeoutError raised inside a gc callback is ignored by Python; the limit must not
     end with it (the alarm repeats until the block is left)."""
-    import time
-
     from derive.verify import time_limit
     with pytest.raises(TimeoutError):
         with time_limit(0.05):
             try:
-                while True:
-                    time.sleep(0.001)
+                _busy(5)
             except TimeoutError:
                 pass                                  # swallowed, as in a gc callback
-            for _ in range(5000):                     # 5 s or more: ends unless interrupted
-                time.sleep(0.001)
+            _busy(5)                                  # 5 s: ends unless interrupted
+
+
+def test_time_limit_counts_cpu_time_not_waiting():
+    """A proof limited to 0.2 s of CPU time is not cut short by time spent waiting (a
+    loaded machine's other processes), and is cut short by its own work."""
+    import time
+
+    from derive.verify import time_limit
+    with time_limit(0.2):
+        time.sleep(0.5)                               # waiting: no CPU time spent
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        with time_limit(0.2):
+            _busy(5)
+    assert time.monotonic() - start < 4
 
 def test_time_limit_keeps_its_timeouts_out_of_the_unraisable_hook():
     """A timeout that lands in a gc callback is ignored by Python and goes to
@@ -255,7 +275,6 @@ def test_time_limit_keeps_its_timeouts_out_of_the_unraisable_hook():
     in CI).  Within the block the limit's own timeouts are dropped before any other hook
     sees them; other unraisable errors still reach it, and the block still times out."""
     import gc
-    import time
 
     from derive.verify import time_limit
     seen = []
@@ -264,8 +283,7 @@ def test_time_limit_keeps_its_timeouts_out_of_the_unraisable_hook():
     def slow_callback(phase, info):               # a gc callback the alarm lands in
         if phase == "start" and not calls:
             calls.append(phase)
-            while True:
-                time.sleep(0.001)
+            _busy(5)
 
     class Finalised:
         def __del__(self):
@@ -279,8 +297,7 @@ def test_time_limit_keeps_its_timeouts_out_of_the_unraisable_hook():
                 gc.collect()                          # the first timeout: ignored there
                 assert calls, "the gc callback did not run"
                 Finalised()                           # an unraisable that is not ours
-                for _ in range(5000):
-                    time.sleep(0.001)
+                _busy(5)
     finally:
         gc.callbacks.remove(slow_callback)
         sys.unraisablehook = saved_hook
