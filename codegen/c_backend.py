@@ -1037,23 +1037,27 @@ def _pack_view(n: Nest, printer: KernelCPrinter, shapes) -> dict:
     """An operand packed for a GEMM, row by row: the brackets that keep a shifted read in
     its array, tested once per row where they do not read the row's index, and turned
     into the bounds of the row's loop where they do (an interior without checks and zeros
-    at the borders)."""
+    at the borders).  A bracket on the row's index that gives no bounds (a fraction of it:
+    dy[n, i, (k - 2)/3], the adjoint of a stride-3 read) is tested per element."""
     v = _view(n, printer, shapes, one_stretch=False)      # reads n's own loops below
     inner = n.loops[-1]
     factors = sp.Mul.make_args(n.body)
     ref = next(f for f in factors if isinstance(f, sp.Indexed))
-    row, lo, hi = [], sp.Integer(0), dim_of(inner) - 1
+    row, each, lo, hi = [], [], sp.Integer(0), dim_of(inner) - 1
     for f in factors:
         if not isinstance(f, between):
             continue
         found = bounds_from(f, inner) if inner in free_indices(f) else None
         if found is None:
-            row.append(printer.condition(f))
+            (each if inner in free_indices(f) else row).append(printer.condition(f))
         else:
             lo, hi = sp.Max(lo, found[0]), sp.Min(hi, found[1])
+    value = printer.element(ref)
+    if each:
+        value = f"(({' && '.join(each)}) ? {value} : 0)"
     var, extent = inner.label.name, str(dim_of(inner))
     v.update(mode="pack", outer=v["loops"][:-1], var=var, extent=extent,
-             row=" && ".join(row) or "1", value=printer.element(ref),
+             row=" && ".join(row) or "1", value=value,
              lo=f"bp_imin({printer.index_code(lo)}, {extent})",
              hi=f"bp_imin({printer.index_code(hi)} + 1, {extent})")
     return v

@@ -327,7 +327,7 @@ def split_by_residue(nest: Nest) -> Nest:
                   nest.op, "", nest.init, bounds=nest.bounds)]
     shared = list(outs)
     while shared:
-        split = _split_index(parts, shared[-1])
+        split = _split_index(parts, shared[-1], set(shared[:-1]))
         if split is None:
             break
         parts = split
@@ -412,9 +412,10 @@ def scan_nest(scan) -> Nest:
                 copies=tuple(members), reverse=scan.reverse)
 
 
-def _split_index(parts, v):
+def _split_index(parts, v, outer):
     """`parts` (run in turn inside a loop over v) as q residues of v, each in its border
-    and interior parts; None when no bound divides v by one integer q > 1."""
+    and interior parts; None when no bound divides v by one integer q > 1.  `outer`: the
+    indices looped outside v, the only ones the interior's ends may read."""
     divisors = {sp.fraction(sp.together(a.args[0]))[1]
                 for n in leaves(parts) for _, lo, hi in n.bounds
                 for a in lo.atoms(sp.floor, sp.ceiling) | hi.atoms(sp.floor, sp.ceiling)
@@ -431,7 +432,7 @@ def _split_index(parts, v):
         last = sp.floor((dim_of(v) - 1 - r) / sp.Integer(q))
         highs.append(last)
         for n in leaves(residue):
-            lo, hi, bounds = _interior(n.bounds, t)
+            lo, hi, bounds = _interior(n.bounds, t, outer)
             lows += [lo] if lo is not None else []
             highs += [hi] if hi is not None else []
             inner[n] = bounds
@@ -490,9 +491,13 @@ def _wrapping(parts, t, lo, hi) -> Nest:
                 first.op, "", first.init, bounds=((t, lo, hi),), copies=tuple(parts))
 
 
-def _interior(bounds, t):
+def _interior(bounds, t, outer=frozenset()):
     """(lowest t, highest t, bounds) of the part of t's range where no max(a, t + b) or
-    min(a, t + b) of the bounds depends on its constant side a: there each is t + b."""
+    min(a, t + b) of the bounds depends on its constant side a: there each is t + b.  Only
+    a clamp whose a and b read no index but those of `outer` (looped outside t) counts:
+    one that reads an index inside (a summed one, or the split of an inner output index:
+    x[n, 3*i + 2*p - l]'s sum over p from max(0, l - 3*i)) would give t's loop ends that
+    read an index not yet defined; it is kept in the interior instead."""
     lows, highs, out = [], [], []
     for k, lo, hi in bounds:
         new = []
@@ -500,7 +505,9 @@ def _interior(bounds, t):
             if isinstance(e, kind):
                 moving = [a for a in e.args if t in free_indices(a)]
                 fixed = [a for a in e.args if t not in free_indices(a)]
-                if len(moving) == 1 and t not in free_indices(sp.expand(moving[0] - t)):
+                reads = set().union(*(free_indices(a) for a in e.args)) - {t}
+                if len(moving) == 1 and reads <= set(outer) and \
+                        t not in free_indices(sp.expand(moving[0] - t)):
                     b = moving[0] - t
                     for a in fixed:      # t + b >= a (a max) or t + b <= a (a min)
                         (lows if kind is sp.Max else highs).append(a - b)

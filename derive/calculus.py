@@ -14,7 +14,7 @@ import sympy as sp
 
 from .affine import (between, bounds_from, divides, extremes, is_full, proven_nonnegative,
                      solve_for)
-from .indices import dim_of, free_indices, freshen_bound
+from .indices import dim_of, free_indices, freshen_bound, outer_first
 from .same_shape import by_shape
 
 _EXPAND = dict(deep=False, mul=True, multinomial=False, power_exp=False, power_base=False,
@@ -37,7 +37,7 @@ def contract(expr):
     if _is_leaf(expr):
         return expr
     if isinstance(expr, sp.Sum):
-        return _contract_sum(expr.function, list(expr.limits))
+        return _contract_sum(expr.function, outer_first(expr.limits))
     if not (expr.has(sp.Sum) or expr.has(sp.KroneckerDelta)):
         return expr
     return expr.func(*[contract(a) for a in expr.args])
@@ -54,7 +54,8 @@ def _contract_sum(body, limits):
                       and f.function.has(sp.KroneckerDelta)), None)
         if inner is not None:
             rest = sp.Mul(*[f for f in factors if f is not inner])
-            out.append(_contract_sum(rest * inner.function, limits + list(inner.limits)))
+            out.append(_contract_sum(rest * inner.function,
+                                     limits + outer_first(inner.limits)))
             continue
         factors = [contract(f) for f in factors]
         out.append(_eliminate(factors, limits))

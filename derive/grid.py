@@ -22,6 +22,7 @@ import numpy as np
 import sympy as sp
 
 from .affine import between, divides
+from .indices import outer_first
 from .piecewise import ArgMaxOver, FirstMax, Iverson, MaxOver, Where
 
 # Functions lambdify does not know, as NumPy computes them element by element.
@@ -225,8 +226,8 @@ class _Compiler:
         return node
 
     def sum(self, e, scope, depth) -> Node:
-        *inner, (k, lo, hi) = e.limits               # the last limit is the outermost
-        body = sp.Sum(e.function, *inner) if inner else e.function
+        (k, lo, hi), *inner = outer_first(e.limits)
+        body = sp.Sum(e.function, *reversed(inner)) if inner else e.function
         lo, hi = (_exact(self.node(b, scope, depth)) for b in (lo, hi))
         if not (lo.constant and hi.constant):
             raise NotImplementedError(f"{e}: a sum bound that reads a tensor")

@@ -19,11 +19,11 @@ def free_indices(expr) -> set[sp.Idx]:
         for i in expr.indices:
             out |= {i} if isinstance(i, sp.Idx) else free_indices(i)
         return out
-    if isinstance(expr, sp.Sum):
+    if isinstance(expr, sp.Sum):     # bounds may read the sum's outer indices, in any order
         out = free_indices(expr.function)
-        for k, lo, hi in reversed(expr.limits):    # bounds may read outer indices
-            out = (out - {k}) | free_indices(lo) | free_indices(hi)
-        return out
+        for _, lo, hi in expr.limits:
+            out |= free_indices(lo) | free_indices(hi)
+        return out - {k for k, _, _ in expr.limits}
     if hasattr(expr, "bound_indices"):      # e.g. a maximum over an index
         bound = set(expr.bound_indices)
         out = free_indices(expr.args[0]) - bound
@@ -37,6 +37,29 @@ def free_indices(expr) -> set[sp.Idx]:
     for a in expr.args:
         out |= free_indices(a)
     return out
+
+
+def outer_first(limits) -> list:
+    """A sum's limits from the outermost in: each after every one its bounds read.  SymPy
+    lists a sum of sums innermost first (Sum(Sum(f, (q, ..)), (p, ..)) is Sum(f, (q, ..),
+    (p, ..))); ties keep that order, reversed."""
+    todo, out = list(reversed(limits)), []
+    while todo:
+        own = {k for k, _, _ in todo}
+        ready = next((lim for lim in todo
+                      if not (free_indices(lim[1]) | free_indices(lim[2])) & (own - {lim[0]})),
+                     todo[0])       # (bounds that read each other: no order makes sense)
+        out.append(ready)
+        todo.remove(ready)
+    return out
+
+
+def printed_order(limits) -> list:
+    """A sum's limits as a formula shows them: those over whole ranges first, as listed,
+    then the bounded ones, each after every one its bounds read."""
+    full = [lim for lim in limits if lim[1] == lim[0].lower and lim[2] == lim[0].upper]
+    bounded = [lim for lim in limits if lim not in full]
+    return full + outer_first(list(reversed(bounded)))
 
 
 def dim_of(i: sp.Idx) -> sp.Symbol:

@@ -19,7 +19,7 @@ from .functions import expm1, log1p, relu, sigmoid, softplus
 from .piecewise import absolute
 from .affine import is_full
 from .pretty import index_constant
-from .indices import dim_of, free_indices
+from .indices import dim_of, free_indices, printed_order
 from .tex_names import has_top_script, tex_index, tex_name
 
 
@@ -141,6 +141,7 @@ class IndexLatexPrinter(LatexPrinter):
         while isinstance(body, sp.Sum):
             limits += list(body.limits)
             body = body.function
+        limits = printed_order(limits)
         inner = self._print(body)
         if isinstance(body, sp.Add):
             inner = rf"\left({inner}\right)"

@@ -5,6 +5,7 @@ import sympy as sp
 from sympy.printing.str import StrPrinter
 
 from .affine import is_full
+from .indices import printed_order
 
 
 def index_constant(term, add) -> bool:
@@ -37,6 +38,7 @@ class FormulaPrinter(StrPrinter):
         while isinstance(body, sp.Sum):  # sum_n(sum_i(...)) reads better as sum_{n,i}(...)
             limits += list(body.limits)
             body = body.function
+        limits = printed_order(limits)
         parts = [self._print(k) if is_full((k, lo, hi)) else
                  f"{self._print(k)}={self._print(lo)}..{self._print(hi)}"
                  for k, lo, hi in limits]

@@ -17,7 +17,7 @@
  *   dv[b, h, t, e] = sum_u(a[b, h, u, t]*dctx[b, h, u, e])
  *   dk[b, h, t, e] = sum_u(ds[b, h, u, t]*q[b, h, u, e])/sqrt(E)
  *   dq[b, h, t, e] = sum_u(ds[b, h, t, u]*k[b, h, u, e])/sqrt(E)
- *   dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
+ *   dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e])
  *   dWq[h, e, d] = sum_{b,t}(x[b, t, d]*dq[b, h, t, e])
  *   dWk[h, e, d] = sum_{b,t}(x[b, t, d]*dk[b, h, t, e])
  *   dWv[h, e, d] = sum_{b,t}(x[b, t, d]*dv[b, h, t, e])
@@ -754,7 +754,7 @@ BP_PREFER_256 int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t 
         }
 #endif
     }
-    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
@@ -796,7 +796,7 @@ BP_PREFER_256 int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t 
         }
 #endif
     }
-    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for collapse(1) if (B > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
@@ -822,7 +822,7 @@ BP_PREFER_256 int bp_attention_backward_f32(ptrdiff_t B, ptrdiff_t T, ptrdiff_t 
         }
 #endif
     }
-    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f32 != NULL) {
         BP_OMP(parallel for collapse(1) if (B > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
@@ -1575,7 +1575,7 @@ BP_PREFER_256 int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t 
         }
 #endif
     }
-    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for if (parallel: B*T*D >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t b = 0; b < B; ++b) {
@@ -1617,7 +1617,7 @@ BP_PREFER_256 int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t 
         }
 #endif
     }
-    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for collapse(1) if (B > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {
@@ -1643,7 +1643,7 @@ BP_PREFER_256 int bp_attention_backward_f64(ptrdiff_t B, ptrdiff_t T, ptrdiff_t 
         }
 #endif
     }
-    /* dx[b, t, d] = sum_{e,h}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
+    /* dx[b, t, d] = sum_{h,e}(Wk[h, e, d]*dk[b, h, t, e] + Wq[h, e, d]*dq[b, h, t, e] + Wv[h, e, d]*dv[b, h, t, e]) */
     if (bp_attention_gemm_f64 != NULL) {
         BP_OMP(parallel for collapse(1) if (B > 1))
         for (ptrdiff_t b = 0; b < B; ++b) {

@@ -1097,10 +1097,10 @@ BP_PREFER_256 int bp_gru_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (parallel: 3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t t = 1; t < T; ++t) {
+            for (ptrdiff_t t = 1; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
                         const float bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
                         BP_OMP(simd)
@@ -1731,10 +1731,10 @@ BP_PREFER_256 int bp_gru_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I, ptr
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (parallel: 3*N*T*H*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: 3*T*N*H*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t g = 0; g < 3; ++g) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t t = 1; t < T; ++t) {
+            for (ptrdiff_t t = 1; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
                     for (ptrdiff_t j = 0; j < H; ++j) {
                         const double bp_acc_r0 = dah[((t*N + n)*3 + g)*H + j];
                         BP_OMP(simd)

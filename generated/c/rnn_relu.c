@@ -903,10 +903,10 @@ BP_PREFER_256 int bp_rnn_relu_backward_f32(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (parallel: H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*T*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t t = 1; t < T; ++t) {
+            for (ptrdiff_t t = 1; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
                     const float bp_acc_r0 = dz[(t*N + n)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
@@ -1408,10 +1408,10 @@ BP_PREFER_256 int bp_rnn_relu_backward_f64(ptrdiff_t T, ptrdiff_t N, ptrdiff_t I
         }
     } else {
 #if BP_GEMM_LOOPS
-        BP_OMP(parallel for if (parallel: H*N*T*H >= BP_PARALLEL_MIN_PLAIN))
+        BP_OMP(parallel for if (parallel: H*T*N*H >= BP_PARALLEL_MIN_PLAIN))
         for (ptrdiff_t j = 0; j < H; ++j) {
-            for (ptrdiff_t n = 0; n < N; ++n) {
-                for (ptrdiff_t t = 1; t < T; ++t) {
+            for (ptrdiff_t t = 1; t < T; ++t) {
+                for (ptrdiff_t n = 0; n < N; ++n) {
                     const double bp_acc_r0 = dz[(t*N + n)*H + j];
                     BP_OMP(simd)
                     for (ptrdiff_t k = 0; k < H; ++k) {
