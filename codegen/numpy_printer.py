@@ -442,7 +442,12 @@ class NumpyPrinter:
         others = [i for i in outer if i != v]
         # Summed indices that g does not read are contracted first (einsum), so the
         # values added are as small as the table: conv-by-table's sum over o.
+        # (g's own indices in the order the table stores them: idx[p, k] read as it lies,
+        # whatever order the sum lists p and k in)
         ks_g = [k for k in ks if k in free_indices(g)]
+        if isinstance(g, sp.Indexed):
+            slot = lambda k: next(j for j, s in enumerate(g.indices) if k in free_indices(s))
+            ks_g.sort(key=slot)
         free = [k for k in ks if k not in ks_g]
         if free:
             rest = sp.Sum(rest, *[(k, k.lower, k.upper) for k in free])
