@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import sympy as sp
 
 from derive.affine import is_full
-from derive.indices import dim_of, free_indices
+from derive.indices import dim_of, free_indices, outer_first
 
 from .plan import KernelPlan, Maximum, Statement
 from .reductions import ArgMax
@@ -296,6 +296,15 @@ def _reduce_nest(target, out, reduced, body, op, comment, init=sp.Integer(0),
     if op == "argmax":
         # the window scanned in rank order, innermost: the first maximum is the one kept
         loops = _order(out, (), refs) + tuple(reduced)
+        if _after_bounds(loops, bounds) != loops:
+            # a window offset whose bounds read a later one: no loop order both scans in
+            # rank order and defines each bound before its loop
+            raise ValueError(
+                "the C backend cannot yet scan a maximum over window offsets whose "
+                "bounds read a later offset ("
+                + "; ".join(f"{k} from {lo} to {hi}" for k, lo, hi in bounds)
+                + "): its first maximal position needs the window in rank order; use "
+                "backend=\"numpy\"")
     else:
         loops = _after_bounds(_order(out, tuple(reduced), refs), bounds)
     return Nest("reduce", target, out, loops, tuple(reduced), body, op, comment, init,
@@ -520,9 +529,11 @@ def _interior(bounds, t, outer=frozenset()):
 
 
 def _after_bounds(order, bounds):
-    """Loop order with every bounded index inside the loops its bounds read."""
+    """Loop order with every bounded index inside the loops its bounds read, the bounds
+    taken outermost first: moving q inside r must also move p, whose bounds read q, when
+    p was placed before (r's bounds read q, q's read p: a chain of window offsets)."""
     order = list(order)
-    for k, lo, hi in bounds:
+    for k, lo, hi in outer_first(bounds):
         needs = free_indices(lo) | free_indices(hi)
         last = max((order.index(i) for i in needs if i in order), default=-1)
         if order.index(k) < last:

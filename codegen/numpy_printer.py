@@ -397,8 +397,12 @@ class NumpyPrinter:
         longest window (ceil(K / S)), the bounds kept as a bracket: arrays L times the
         output's size instead of Hout times.  Reductions in the summand are computed
         first over their own indices.  None where this does not apply."""
+        # (an index whose bounds read another summed one keeps its sum: offsetting both
+        # at once would leave the first offset reading an index no longer summed)
+        summed = {k for k, _, _ in e.limits}
         bounded = [lim for lim in e.limits if not is_full(lim)
-                   and (free_indices(lim[1]) | free_indices(lim[2])) & set(outer)]
+                   and (free_indices(lim[1]) | free_indices(lim[2])) & set(outer)
+                   and not (free_indices(lim[1]) | free_indices(lim[2])) & summed]
         ks = {k for k, _, _ in bounded}
         wide = [f for f in sp.Mul.make_args(e.function) if not isinstance(f, sp.Indexed)
                 and free_indices(f) & ks and free_indices(f) & set(outer)]
@@ -422,8 +426,8 @@ class NumpyPrinter:
         subs, limits, masks = {}, [], []
         for k, lo, hi in e.limits:
             if k not in ks:
-                limits.append((k, lo, hi))
-                continue
+                limits.append((k, lo, hi))      # its bounds may read an offset index:
+                continue                        # substituted below
             first, count = spans[k]
             self.temps += 1
             length = sp.Symbol(f"_L{self.temps}", integer=True, positive=True)
@@ -431,7 +435,8 @@ class NumpyPrinter:
             t = sp.Idx(f"_t{self.temps}", length)
             subs[k] = first + t
             masks.append(between(first + t, lo, hi))
-            limits.append((t, 0, length - 1))
+            limits.append((t, sp.Integer(0), length - 1))
+        limits = [(k, lo.xreplace(subs), hi.xreplace(subs)) for k, lo, hi in limits]
         return sp.Sum(body.xreplace(subs) * sp.Mul(*masks), *limits)
 
     def _scatter_add(self, scatter, ks, outer):

@@ -11,6 +11,7 @@ C loops ends that read an inner loop's index: each of these failed here first.""
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,3 +98,110 @@ def test_random_affine_reads_against_loops(config):
         for name, value in want.items():
             scale = max(np.abs(value).max(), 1.0)
             assert np.abs(got[name] - value).max() <= 1e-12 * scale, (backend, name, text)
+
+
+CHAIN = """layer chain3  three window offsets, chained: r's bounds read q's, q's read p's
+dims N, H, W, KP, KQ, KR
+dims Hout = H - KP - KQ + 2, Wout = W - KQ - KR + 2
+input x[N, H, W]
+outside x = 0
+param w[KP, KQ, KR]
+output y[N, Hout, Wout]
+y[n, i, j] = w[p, q, r] * x[n, i + p + q, j + q + r]
+"""
+
+NESTED = """layer nested_tanh  a function of an inner sum over two offsets, a third outside
+dims N, H, W, KP, KQ, KR
+dims Hout = H - 1, Wout = W - 1
+input x[N, H, W]
+outside x = 0
+param w[KP, KR], v[KQ]
+output y[N, Hout, Wout]
+y[n, i, j] = v[q] * tanh(w[p, r] * x[n, i + q + r - 1, j + r + p - 1])
+"""
+
+
+def _chain_loops(x, w, dy):
+    N, H, W = x.shape
+    Hout, Wout = dy.shape[1:]
+    y, dx, dw = np.zeros_like(dy), np.zeros_like(x), np.zeros_like(w)
+    for i, j, p, q, r in itertools.product(range(Hout), range(Wout), *map(range, w.shape)):
+        y[:, i, j] += w[p, q, r] * x[:, i + p + q, j + q + r]
+        dx[:, i + p + q, j + q + r] += w[p, q, r] * dy[:, i, j]
+        dw[p, q, r] += x[:, i + p + q, j + q + r] @ dy[:, i, j]
+    return dict(y=y, dx=dx, dw=dw)
+
+
+def _nested_loops(x, w, v, dy):
+    N, H, W = x.shape
+    Hout, Wout = dy.shape[1:]
+    z, at = np.zeros((N, Hout, Wout, len(v))), []
+    for i, j, q, p, r in itertools.product(range(Hout), range(Wout), range(len(v)),
+                                           *map(range, w.shape)):
+        a, b = i + q + r - 1, j + r + p - 1
+        if 0 <= a < H and 0 <= b < W:
+            z[:, i, j, q] += w[p, r] * x[:, a, b]
+            at.append((i, j, q, p, r, a, b))
+    t = np.tanh(z)
+    dz = dy[..., None] * v * (1 - t ** 2)
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    for i, j, q, p, r, a, b in at:
+        dx[:, a, b] += w[p, r] * dz[:, i, j, q]
+        dw[p, r] += x[:, a, b] @ dz[:, i, j, q]
+    return dict(y=t @ v, dx=dx, dw=dw, dv=np.einsum("nij,nijq->q", dy, t))
+
+
+def test_chained_and_nested_window_offsets_in_both_backends():
+    """Bounds in a chain (a review found the C's loops placed p, whose bounds read q,
+    outside q once q had moved inside r: 'q' undeclared), and two offsets of a read inside
+    tanh, a third outside it (the NumPy backend offset both bounded indices at once and
+    left one reading the other: KeyError)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 7, 6))
+    cases = [(CHAIN, dict(w=rng.normal(size=(2, 3, 2))), _chain_loops),
+             (NESTED, dict(w=rng.normal(size=(2, 2)), v=rng.normal(size=3)), _nested_loops)]
+    for text, params, loops in cases:
+        layer = parse_spec(text)
+        k0 = codegen.load(layer)
+        dy = rng.normal(size=k0.forward(x=x, **params)["y"].shape)
+        want = loops(x, *params.values(), dy)
+        for backend in ("numpy", "c"):
+            k = codegen.load(layer, backend=backend)
+            got = {**k.forward(x=x, **params), **k.backward(x=x, dy=dy, **params)}
+            for name, value in want.items():
+                assert np.abs(got[name] - value).max() <= 1e-12 * np.abs(value).max(), \
+                    (layer.name, backend, name)
+
+
+MAX_OF_A_PAIR = """layer max_of_a_pair  a maximum over two offsets summed in one subscript
+const A = 2, B = 3
+dims N, H, KP = A, KQ = B
+dims Hout = H - KP - KQ + 2
+input x[N, H]
+output y[N, Hout]
+y[n, i] = max(x[n, i + p + q], p in KP, q in KQ)
+"""
+
+
+def test_a_maximum_whose_offsets_bounds_read_each_other():
+    """NumPy: y and dx (to the first maximal (p, q) in rank order) against loops.  C: no
+    loop order scans that window in rank order with each bound defined before its loop, so
+    the backend says so, naming the bounds, instead of emitting C that does not compile."""
+    layer = parse_spec(MAX_OF_A_PAIR)
+    rng = np.random.default_rng(12)
+    x = np.round(rng.normal(size=(2, 9)), 1)          # ties: the first in rank order wins
+    x[0, 3:6] = 2.0
+    dy = rng.normal(size=(2, 6))
+    y, dx = np.zeros((2, 6)), np.zeros_like(x)
+    for n, i in itertools.product(range(2), range(6)):
+        window = [(x[n, i + p + q], p, q) for p in range(2) for q in range(3)]
+        best = max(v for v, _, _ in window)
+        p, q = next((p, q) for v, p, q in window if v == best)
+        y[n, i] = best
+        dx[n, i + p + q] += dy[n, i]
+    k = codegen.load(layer)
+    assert np.array_equal(k.forward(x=x)["y"], y)
+    assert np.abs(k.backward(x=x, dy=dy)["dx"] - dx).max() <= 1e-12
+    with pytest.raises(ValueError, match=r"cannot yet scan a maximum over window offsets "
+                                         r"whose bounds read a later offset \(p from"):
+        codegen.load(layer, backend="c")
