@@ -141,8 +141,8 @@ class Layer:
         sizes = dict(known)
         for name, expr in self.dim_defs.items():
             if name not in sizes:
-                subs = {dim_symbol(d): n for d, n in sizes.items()}
-                value = expr.xreplace(subs)
+                subs = {dim_symbol(d): sp.Integer(n) for d, n in sizes.items()}
+                value = sp.sympify(expr.xreplace(subs))   # (Hout = H: a bare symbol)
                 if value.is_Integer:
                     sizes[name] = int(value)
         return sizes

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import codegen
-from derive import parse_spec
+from derive import derive, parse_spec
 
 SPEC = """layer affine_reads  random affine reads of x
 dims N, H, W, KP, KQ
@@ -205,3 +205,26 @@ def test_a_maximum_whose_offsets_bounds_read_each_other():
     with pytest.raises(ValueError, match=r"cannot yet scan a maximum over window offsets "
                                          r"whose bounds read a later offset \(p from"):
         codegen.load(layer, backend="c")
+
+
+ALIAS = """layer alias  an output size defined as another dimension
+dims N, H, K
+dims Hout = H
+input x[N, H]
+outside x = 0
+param w[K]
+output y[N, Hout]
+y[n, i] = w[k] * x[n, i + k - 1]
+"""
+
+
+def test_a_dimension_defined_as_another_has_its_size():
+    """dims Hout = H: substituting H's size into a bare symbol gave a Python int, which
+    the size inference took for a SymPy number (AttributeError in the symbolic evaluator
+    and in `backprop latex`)."""
+    from derive.evaluate import evaluate
+    layer = parse_spec(ALIAS)
+    assert layer.dim_sizes({"N": 2, "H": 5, "K": 3})["Hout"] == 5
+    v = evaluate(derive(layer), dict(x=np.ones((2, 5)), w=np.ones(3), dy=np.ones((2, 5))))
+    np.testing.assert_array_equal(v["y"], [[2, 3, 3, 3, 2]] * 2)
+    np.testing.assert_array_equal(v["dx"], [[2, 3, 3, 3, 2]] * 2)
