@@ -288,14 +288,20 @@ class NumpyPrinter:
         """z[n, t[n]]: advanced indexing with one index array per slot, each laid out
         over the axes the result depends on (np.arange for a plain index)."""
         have = [i for i in ctx if i in free_indices(e)]
-        slots = []
+        slots, shifted = [], False
         for i in e.indices:
             if isinstance(i, sp.Idx):
                 dim = str(i.upper + 1)
                 self.dims_used.add(dim)
                 slots.append(_expand(f"np.arange({dim})", [i], have))
-            else:
-                slots.append(self.array(i, tuple(have)))
+            elif i.atoms(sp.Indexed):
+                slots.append(self.array(i, tuple(have)))     # a label: checked in range
+            else:                         # x[ids[n, p], 2*i + p - 1]: may leave its axis
+                slots.append(self.integer(i, tuple(have)))
+                shifted = True
+        if shifted:                       # 0 there (outside x = 0), not a wrapped index
+            self.helpers_used.add("_take")
+            return _expand(f"_take({e.base.label.name}, ({', '.join(slots)},))", have, ctx)
         return _expand(f"{e.base.label.name}[{', '.join(slots)}]", have, ctx)
 
     def _window(self, e):

@@ -228,3 +228,36 @@ def test_a_dimension_defined_as_another_has_its_size():
     v = evaluate(derive(layer), dict(x=np.ones((2, 5)), w=np.ones(3), dy=np.ones((2, 5))))
     np.testing.assert_array_equal(v["y"], [[2, 3, 3, 3, 2]] * 2)
     np.testing.assert_array_equal(v["dx"], [[2, 3, 3, 3, 2]] * 2)
+
+
+TABLE_BESIDE_SHIFT = """layer table_beside_shift  a label read beside a shifted one
+dims N, V, H, KP
+dims Hout = H // 2
+input ids[N, KP] in V
+input x[V, H]
+outside x = 0
+param w[KP]
+output y[N, Hout]
+y[n, i] = w[p] * x[ids[n, p], 2*i + p - 1]
+"""
+
+
+def test_a_label_read_beside_a_shifted_subscript_is_zero_outside():
+    """x[ids[n, p], 2*i + p - 1] at i = p = 0 reads column -1: 0 (outside x = 0).  The
+    NumPy backend indexed x with it directly, and -1 wrapped to the last column (y and dw
+    off by 0.7 where a review tried it); C and the symbolic oracle were right."""
+    layer = parse_spec(TABLE_BESIDE_SHIFT)
+    rng = np.random.default_rng(13)
+    ids = rng.integers(0, 5, size=(3, 3))
+    x, w, dy = rng.normal(size=(5, 8)), rng.normal(size=3), rng.normal(size=(3, 4))
+    y, dx, dw = np.zeros((3, 4)), np.zeros_like(x), np.zeros_like(w)
+    for n, i, p in itertools.product(range(3), range(4), range(3)):
+        if 0 <= 2 * i + p - 1 < 8:
+            y[n, i] += w[p] * x[ids[n, p], 2 * i + p - 1]
+            dx[ids[n, p], 2 * i + p - 1] += w[p] * dy[n, i]
+            dw[p] += x[ids[n, p], 2 * i + p - 1] * dy[n, i]
+    for backend in ("numpy", "c"):
+        k = codegen.load(layer, backend=backend)
+        got = {**k.forward(x=x, ids=ids, w=w), **k.backward(x=x, ids=ids, w=w, dy=dy)}
+        for name, value in (("y", y), ("dx", dx), ("dw", dw)):
+            assert np.abs(got[name] - value).max() <= 1e-12, (backend, name)
