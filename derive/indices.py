@@ -5,6 +5,8 @@ import itertools
 
 import sympy as sp
 
+from .affine import is_full
+
 # Readable names tried, after the dimension's own lower-case name, for new indices.
 POOL = ("k", "l", "m", "p", "q", "r", "s", "u", "v", "w", "a", "b", "c", "e", "f", "g", "h")
 _fresh = itertools.count()
@@ -57,7 +59,7 @@ def outer_first(limits) -> list:
 def printed_order(limits) -> list:
     """A sum's limits as a formula shows them: those over whole ranges first, as listed,
     then the bounded ones, each after every one its bounds read."""
-    full = [lim for lim in limits if lim[1] == lim[0].lower and lim[2] == lim[0].upper]
+    full = [lim for lim in limits if is_full(lim)]
     bounded = [lim for lim in limits if lim not in full]
     return full + outer_first(list(reversed(bounded)))
 
