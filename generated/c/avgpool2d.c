@@ -442,116 +442,26 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 BP_STREAM_BLOCK float bp_tile[2*W];
                 bp_stream_carry_f32 bp_carry = {.n = 0};
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -669,116 +579,26 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -792,115 +612,25 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
@@ -1016,115 +746,25 @@ int bp_avgpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0F/4.0F)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
             }
@@ -1223,116 +863,26 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                 BP_STREAM_BLOCK double bp_tile[2*W];
                 bp_stream_carry_f64 bp_carry = {.n = 0};
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -1450,116 +1000,26 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -1573,115 +1033,25 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
@@ -1797,115 +1167,25 @@ int bp_avgpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
                                 bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += (1.0/4.0)*dy[((n*C + c)*Hout + i)*Wout + j];
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
             }

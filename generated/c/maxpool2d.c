@@ -468,59 +468,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
@@ -539,59 +494,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -737,59 +647,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
@@ -808,59 +673,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -887,59 +707,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
@@ -956,59 +731,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
@@ -1150,59 +880,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
@@ -1219,59 +904,14 @@ int bp_maxpool2d_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
             }
@@ -1396,59 +1036,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
@@ -1467,59 +1062,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -1665,59 +1215,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
@@ -1736,59 +1241,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             bp_row__s1[j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == bp_row__s1[j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -1815,59 +1275,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
@@ -1884,59 +1299,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
@@ -2078,59 +1448,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
@@ -2147,59 +1472,14 @@ int bp_maxpool2d_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
                             _s1[((n*C + c)*Hout + i)*Wout + j] = bp_acc_at;
                         }
                     }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == _s1[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
             }

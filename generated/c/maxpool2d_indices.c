@@ -458,116 +458,26 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                 BP_STREAM_BLOCK float bp_tile[2*W];
                 bp_stream_carry_f32 bp_carry = {.n = 0};
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -685,116 +595,26 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f32(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -808,115 +628,25 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
@@ -1032,115 +762,25 @@ int bp_maxpool2d_indices_backward_f32(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         float bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f32(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        float bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        float bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        float bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f32(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
             }
@@ -1254,116 +894,26 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                 BP_STREAM_BLOCK double bp_tile[2*W];
                 bp_stream_carry_f64 bp_carry = {.n = 0};
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -1481,116 +1031,26 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, 2*W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[2*bp_w_q + 1] = bp_acc;
+                        bp_tile[w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q)*W], bp_tile, W, &bp_carry);
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        bp_tile[1*W + 2*bp_w_q + 1] = bp_acc;
+                        bp_tile[1*W + w] = bp_acc;
                     }
                     bp_stream_copy_f64(&dx[((n*C + c)*H + 2*bp_h_q + 1)*W], bp_tile + 1*W, W, &bp_carry);
                 }
@@ -1604,115 +1064,25 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
         for (ptrdiff_t n = 0; n < N; ++n) {
             for (ptrdiff_t c = 0; c < C; ++c) {
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < 0; ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = 0; bp_h_q < (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2))); ++bp_h_q) {
@@ -1828,115 +1198,25 @@ int bp_maxpool2d_indices_backward_f64(ptrdiff_t N, ptrdiff_t C, ptrdiff_t H, ptr
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < (1 + bp_floordiv(H - 1, 2)); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 1 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q)*W + w] = bp_acc;
                     }
                 }
                 for (ptrdiff_t bp_h_q = bp_imax(0, (1 + bp_imin(bp_imin(Hout - 1, (-1 + bp_floordiv(H, 2))), bp_floordiv(H - 1, 2)))); bp_h_q < bp_floordiv(H, 2); ++bp_h_q) {
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
+                    for (ptrdiff_t w = 0; w < W; ++w) {
                         double bp_acc = 0;
                         for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
+                            for (ptrdiff_t j = bp_imax(0, (-bp_floordiv(1 - w, 2))); j < (1 + bp_imin(Wout - 1, bp_floordiv(w, 2))); ++j) {
+                                bp_acc += bp_select_f64(4*bp_h_q - 4*i - 2*j + w + 2 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
                             }
                         }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < 0; ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = 0; bp_w_q < (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2))); ++bp_w_q) {
-                        double bp_acc_r0 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r0 += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc_r0;
-                        double bp_acc_r1 = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t bp_j_k = 0; bp_j_k < 1; ++bp_j_k) {
-                                const ptrdiff_t j = bp_w_q + bp_j_k;
-                                bp_acc_r1 += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc_r1;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < (1 + bp_floordiv(W - 1, 2)); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(2*(2*bp_h_q + bp_w_q - 2*i - j + 1) == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q] = bp_acc;
-                    }
-                    for (ptrdiff_t bp_w_q = bp_imax(0, (1 + bp_imin(bp_imin(Wout - 1, (-1 + bp_floordiv(W, 2))), bp_floordiv(W - 1, 2)))); bp_w_q < bp_floordiv(W, 2); ++bp_w_q) {
-                        double bp_acc = 0;
-                        for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, bp_h_q)); ++i) {
-                            for (ptrdiff_t j = bp_w_q; j < (1 + bp_imin(Wout - 1, bp_w_q)); ++j) {
-                                bp_acc += bp_select_f64(4*bp_h_q + 2*bp_w_q - 4*i - 2*j + 3 == at[((n*C + c)*Hout + i)*Wout + j], dy[((n*C + c)*Hout + i)*Wout + j], 0);
-                            }
-                        }
-                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + 2*bp_w_q + 1] = bp_acc;
+                        dx[((n*C + c)*H + 2*bp_h_q + 1)*W + w] = bp_acc;
                     }
                 }
             }
