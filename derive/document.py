@@ -13,7 +13,7 @@ from templates import render
 from .calculus import complexity, fold, tidy
 from .derivation import Derivation, adjoint_name, total_name
 from .evaluate import evaluate
-from .indices import canonical_indices, freshen_bound, readable, tidy_bound
+from .indices import canonical_indices, freshen_bound, readable, tidy_bound, user_letters
 from .latex import (IndexLatexPrinter, MatrixConverter, NoMatrixForm, tex_adjoint,
                     tex_name)
 from .spec import dim_symbol
@@ -230,20 +230,25 @@ def _term(c, P, layer, taken, tex, display, totals=None):
     y = layer.tensors[eq.target]
     x = layer.tensors[c.tensor]
     used = {i.label.name for i in P} | taken
+    # the equation as the spec writes it, an index primed where it would clash with the
+    # gradient's (y_{n'i'} = tanh(z_{n'i'}) for dL/dz_{ni}), not a letter of its own
+    letters = {d: names + tuple(f"{n}'" for n in names)
+               for d, names in user_letters([eq]).items()}
     rename = {}
     for i in eq.indices:
         if i.label.name in used:
-            new = readable(i.upper + 1, used | {j.label.name for j in eq.indices})
+            new = readable(i.upper + 1, used | {j.label.name for j in eq.indices},
+                           (f"{i.label.name}'",) + letters.get(i.upper + 1, ()))
             used.add(new.label.name)
             rename[i] = new
     lhs_idx = [rename.get(i, i) for i in eq.indices]
     # bound (summed) indices must not collide with X's indices either; freshened before
     # the renaming, so j -> k does not land inside a sum over k (W_hh[j, k] as W_hh[k, k])
     rhs = tidy_bound(freshen_bound(eq.rhs).xreplace(rename),
-                     used | {i.label.name for i in lhs_idx})
+                     used | {i.label.name for i in lhs_idx}, letters)
     yref, xref = y.ref(*lhs_idx), x.ref(*P)
     # a max over an index differentiates into a sum over fresh indices: name them
-    local = tidy_bound(sp.diff(rhs, xref), used | {i.label.name for i in lhs_idx})
+    local = tidy_bound(sp.diff(rhs, xref), used | {i.label.name for i in lhs_idx}, letters)
     # in terms of its own output where it reappears: drstd/dx = -rstd^3 (x - mu) / C, not
     # the power of the variance it is
     local = min((local, _numbers_out(fold(local, rhs, lambda m: y.ref(*[m[i] for i in lhs_idx])))),

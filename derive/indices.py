@@ -76,10 +76,11 @@ def fresh(i: sp.Idx) -> sp.Idx:
 def readable(dim: sp.Symbol, taken: set[str], prefer=()) -> sp.Idx:
     """A readable index over `dim` whose name is not in `taken`: one of `prefer` (the
     letters the spec itself uses for dim) if free, else dim's own lower-case name, else
-    one of POOL."""
+    one of POOL.  A preferred name may carry a prime (p', for documents only: no code is
+    printed from their formulas)."""
     first = str(dim).lower()
     for name in itertools.chain(prefer, [first], POOL):
-        if name not in taken and name.isidentifier():
+        if name not in taken and name.rstrip("'").isidentifier():
             return sp.Idx(name, dim)
     for n in itertools.count(2):
         name = f"{first}{n}"

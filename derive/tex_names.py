@@ -67,7 +67,10 @@ def tex_name(name: str, bar: bool = False) -> str:
 
 
 def tex_index(name: str) -> str:
-    """An index name: n, n_{2} for n2, \\mathrm{in} for a word (inside a subscript)."""
+    """An index name: n, n_{2} for n2, \\mathrm{in} for a word (inside a subscript), n'
+    for n' (a document's renamed index)."""
+    if name.endswith("'"):
+        return tex_index(name[:-1]) + "'"
     stem, tags, layer = split_name(name)
     body, _ = stem_tex(stem)
     sub = tags + ([layer] if layer else [])

@@ -107,8 +107,9 @@ def test_markdown_uses_dollar_math():
 
 def test_document_walks_the_chain_rule():
     text = document(derive(builtin("dense")))
-    assert (r"\frac{\partial z_{nk}}{\partial W_{ij}} &= \sum_{l} [i = k] [j = l] "
-            r"x_{nl}") in text
+    # the equation in the spec's own letters, primed where they meet the gradient's
+    assert (r"\frac{\partial z_{n,i'}}{\partial W_{ij}} &= \sum_{j'} [i = i'] [j = j'] "
+            r"x_{n,j'}") in text
     assert "The brackets $[a = b]$" in text and r"\delta_{" not in text
     assert r"\bar{W}_{ij} &= \sum_{n} \bar{z}_{ni} x_{nj}" in text
 

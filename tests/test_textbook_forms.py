@@ -124,7 +124,7 @@ def test_document_factors_in_textbook_order():
     assert r"\bar{z}^{(1)}_{nh} &\mathrel{+}= \bar{a}^{(1)}_{nh} a^{(1)}_{nh} \left(1" in tex
     assert r"\bar{W}^{(2)}_{ch} &= \sum_{n} \bar{z}^{(2)}_{nc} a^{(1)}_{nh}" in tex
     # the local derivative in terms of its own output: sigma' = a (1 - a)
-    assert r"[h = l] [k = n] a^{(1)}_{kl} \left(1 - a^{(1)}_{kl}\right)" in tex
+    assert r"[h = h'] [n = n'] a^{(1)}_{n',h'} \left(1 - a^{(1)}_{n',h'}\right)" in tex
 
 
 def test_document_shows_each_gradient_once_complete():
@@ -210,9 +210,10 @@ def test_documents_introduce_named_values_and_local_derivatives_in_own_terms():
     named = tex.index("the walk names it")
     assert tex.index(r"z^{\mathrm{h}}_{tnj} &= \sum_{i} W_{ji} x_{tni}") > named
     assert named < tex.index(r"\partial L / \partial z^{\mathrm{h}}_{tnj}")
-    assert r"\sum_{k,l,m} \bar{h}^{\mathrm{total}}_{klm} \frac{\partial h_{klm}}" in tex
-    assert r"\bar{h}_{klm} \frac" not in tex
+    assert r"\sum_{t',n',j'} \bar{h}^{\mathrm{total}}_{t',n',j'} \frac{\partial h_{t',n',j'}}" \
+        in tex
+    assert r"\bar{h}_{t',n',j'} \frac" not in tex
     ln = document(derive(builtin("layernorm")))
-    assert (r"\frac{\partial \mathrm{rstd}_{k}}{\partial x_{nc}} &= - \frac{\mathrm{rstd}_{k}^{3}"
-            r" \sum_{l} [c = l] [k = n] \left(x_{kl} - \mu_{k}\right)}{C}") in ln
+    assert (r"\frac{\partial \mathrm{rstd}_{n'}}{\partial x_{nc}} &= - \frac{\mathrm{rstd}_{n'}^{3}"
+            r" \sum_{c'} [c = c'] [n = n'] \left(x_{n',c'} - \mu_{n'}\right)}{C}") in ln
     assert r"gradients of $\mu$ and $x$, where it is used" in ln
