@@ -245,10 +245,11 @@ def _term(c, P, layer, taken, tex, display, totals=None):
     # bound (summed) indices must not collide with X's indices either; freshened before
     # the renaming, so j -> k does not land inside a sum over k (W_hh[j, k] as W_hh[k, k])
     rhs = tidy_bound(freshen_bound(eq.rhs).xreplace(rename),
-                     used | {i.label.name for i in lhs_idx}, letters)
+                     used | {i.label.name for i in lhs_idx}, letters, primed=True)
     yref, xref = y.ref(*lhs_idx), x.ref(*P)
     # a max over an index differentiates into a sum over fresh indices: name them
-    local = tidy_bound(sp.diff(rhs, xref), used | {i.label.name for i in lhs_idx}, letters)
+    local = tidy_bound(sp.diff(rhs, xref), used | {i.label.name for i in lhs_idx}, letters,
+                       primed=True)
     # in terms of its own output where it reappears: drstd/dx = -rstd^3 (x - mu) / C, not
     # the power of the variance it is
     local = min((local, _numbers_out(fold(local, rhs, lambda m: y.ref(*[m[i] for i in lhs_idx])))),

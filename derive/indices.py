@@ -132,34 +132,41 @@ def _rebind(expr, mapping, body):
     return expr.func(body.xreplace(mapping), *rest)
 
 
-def tidy_bound(expr, taken: set[str], letters=None):
+def tidy_bound(expr, taken: set[str], letters=None, primed=False):
     """Give every summation index a readable name unused in its scope (one of `letters`,
-    dimension -> names, first)."""
+    dimension -> names, first).  `primed` (documents only): an index's own letter first,
+    then that letter primed (sum_{k'} W_{j,k'} h_{n,k'} beside a free k), then `letters`."""
     letters = letters or {}
+
+    def name(k, scope):
+        stem = k.label.name.split("~")[0].rstrip("'")
+        own = (stem, f"{stem}'") if primed and stem.isidentifier() else ()
+        return readable(dim_of(k), scope, own + tuple(letters.get(dim_of(k), ())))
+
     if isinstance(expr, sp.Sum):
         scope = set(taken) | {i.label.name for i in free_indices(expr)}
         mapping = {}
         for k, lo, hi in expr.limits:
-            new = readable(dim_of(k), scope, letters.get(dim_of(k), ()))
+            new = name(k, scope)
             scope.add(new.label.name)
             mapping[k] = new
         body = expr.function.xreplace(mapping)
-        body = tidy_bound(body, scope, letters)
+        body = tidy_bound(body, scope, letters, primed)
         return sp.Sum(body, *_renamed_limits(expr.limits, mapping))
     if hasattr(expr, "bound_indices") and expr.bound_indices:   # a max over an index
         scope = set(taken) | {i.label.name for i in free_indices(expr)}
         mapping = {}
         for k in expr.bound_indices:
-            mapping[k] = readable(dim_of(k), scope, letters.get(dim_of(k), ()))
+            mapping[k] = name(k, scope)
             scope.add(mapping[k].label.name)
-        return _rebind(expr, mapping, tidy_bound(expr.args[0], scope, letters))
+        return _rebind(expr, mapping, tidy_bound(expr.args[0], scope, letters, primed))
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx, sp.Symbol, sp.Number)):
         return expr
     # a free index anywhere in this term is taken inside each of its factors' sums too:
     # y[n, c] * sum_k t[n, k] must not become y[n, c] * sum_c t[n, c], which reads as one c
     # (and which contract and simplify then took as one: a wrong claim HOLDS)
     taken = set(taken) | {i.label.name for i in free_indices(expr)}
-    return expr.func(*[tidy_bound(a, taken, letters) for a in expr.args])
+    return expr.func(*[tidy_bound(a, taken, letters, primed) for a in expr.args])
 
 
 def user_letters(equations) -> dict[sp.Symbol, tuple[str, ...]]:

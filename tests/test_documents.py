@@ -114,6 +114,16 @@ def test_document_walks_the_chain_rule():
     assert r"\bar{W}_{ij} &= \sum_{n} \bar{z}_{ni} x_{nj}" in text
 
 
+def test_a_summed_index_keeps_its_own_letter_primed():
+    """W_hh[j, k] * h[t - 1, n, k] differentiated by h0[n, k]: the summed k becomes k'
+    beside the gradient's k, not j' (the next free letter of the same dimension, which
+    reads as the free j renamed)."""
+    text = document(derive(builtin("rnn_tanh")))
+    assert (r"\frac{\partial z_{t,n',j}}{\partial h^{(0)}_{nk}} &= \sum_{k'} [k = k'] "
+            r"[n = n'] W^{\mathrm{hh}}_{j,k'}") in text
+    assert r"W^{\mathrm{hh}}_{j,j'}" not in text
+
+
 # every built-in's document through pdflatex: tests/test_document_layout.py
 # (test_builtin_documents_fit: no error, a PDF, no line over the margin)
 

@@ -62,8 +62,10 @@ def test_maxpool_backward_ranks_each_row_right_before_its_dx_rows():
         assert branch.count("parallel for") == 1
         for piece in branch.split("for (ptrdiff_t bp_h_q")[1:]:
             # the interior's rows run w split by residue, the border rows (a few) w whole
-            row = min(piece.find(loop) % (len(piece) + 1) for loop in
-                      ("for (ptrdiff_t bp_w_q", "for (ptrdiff_t w = 0; w < W; ++w)"))
+            rows = [piece.find(loop) for loop in
+                    ("for (ptrdiff_t bp_w_q", "for (ptrdiff_t w = 0; w < W; ++w)")]
+            assert max(rows) >= 0, piece          # one of them is there
+            row = min(r for r in rows if r >= 0)
             assert piece.index("for (ptrdiff_t i = bp_h_q; i < (1 + bp_imin(Hout - 1, "
                                "bp_h_q)); ++i) {") < piece.index("bp_acc_at = ") < row
 
