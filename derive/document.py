@@ -13,7 +13,8 @@ from templates import render
 from .calculus import complexity, fold, tidy
 from .derivation import Derivation, adjoint_name, total_name
 from .evaluate import evaluate
-from .indices import canonical_indices, freshen_bound, readable, tidy_bound, user_letters
+from .indices import (canonical_indices, freshen_bound, respelled, tidy_bound,
+                      user_letters)
 from .latex import (IndexLatexPrinter, MatrixConverter, NoMatrixForm, tex_adjoint,
                     tex_name)
 from .spec import dim_symbol
@@ -232,13 +233,12 @@ def _term(c, P, layer, taken, tex, display, totals=None):
     used = {i.label.name for i in P} | taken
     # the equation as the spec writes it, an index primed where it would clash with the
     # gradient's (y_{n'i'} = tanh(z_{n'i'}) for dL/dz_{ni}), not a letter of its own
-    letters = {d: names + tuple(f"{n}'" for n in names)
-               for d, names in user_letters([eq]).items()}
+    letters = user_letters([eq])
     rename = {}
     for i in eq.indices:
         if i.label.name in used:
-            new = readable(i.upper + 1, used | {j.label.name for j in eq.indices},
-                           (f"{i.label.name}'",) + letters.get(i.upper + 1, ()))
+            new = respelled(i, used | {j.label.name for j in eq.indices}, letters,
+                            primed=True)
             used.add(new.label.name)
             rename[i] = new
     lhs_idx = [rename.get(i, i) for i in eq.indices]

@@ -132,17 +132,22 @@ def _rebind(expr, mapping, body):
     return expr.func(body.xreplace(mapping), *rest)
 
 
+def respelled(k: sp.Idx, taken: set[str], letters=None, primed=False) -> sp.Idx:
+    """A readable name for index k not in `taken`: one of `letters` (dimension -> names)
+    first.  `primed` (documents only): k's own letter first, then that letter primed, then
+    `letters` and their primes (sum_{k'} W_{j,k'} h_{n,k'} beside a free k)."""
+    spec = tuple((letters or {}).get(dim_of(k), ()))
+    stem = k.label.name.split("~")[0].rstrip("'")
+    if primed and stem.isidentifier():
+        spec = (stem, f"{stem}'") + spec + tuple(f"{n}'" for n in spec)
+    return readable(dim_of(k), taken, spec)
+
+
 def tidy_bound(expr, taken: set[str], letters=None, primed=False):
     """Give every summation index a readable name unused in its scope (one of `letters`,
-    dimension -> names, first).  `primed` (documents only): an index's own letter first,
-    then that letter primed (sum_{k'} W_{j,k'} h_{n,k'} beside a free k), then `letters`."""
+    dimension -> names, first; `primed`: see respelled)."""
     letters = letters or {}
-
-    def name(k, scope):
-        stem = k.label.name.split("~")[0].rstrip("'")
-        own = (stem, f"{stem}'") if primed and stem.isidentifier() else ()
-        return readable(dim_of(k), scope, own + tuple(letters.get(dim_of(k), ())))
-
+    name = lambda k, scope: respelled(k, scope, letters, primed)
     if isinstance(expr, sp.Sum):
         scope = set(taken) | {i.label.name for i in free_indices(expr)}
         mapping = {}
